@@ -1,0 +1,77 @@
+"""Length-prefixed MessagePack frames, sans-IO.
+
+A frame is a 4-byte little-endian body length followed by the body, one ``Message``. The
+reader is fed whatever bytes arrived, in any split, and returns the whole messages; it
+raises ``FrameError`` for a frame over the size cap (before buffering it) or a body that
+does not decode into a known message. After an error the reader is unusable: the
+connection it reads is to be closed.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+from .messages import Message
+
+__all__ = ["FrameError", "FrameReader", "encode", "MAX_FRAME"]
+
+MAX_FRAME = 4 << 20
+_LEN = struct.Struct("<I")
+_encoder = msgspec.msgpack.Encoder()
+
+
+class FrameError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+def encode(msg: Message) -> bytes:
+    """One message as a complete frame."""
+    buf = bytearray(4)
+    _encoder.encode_into(msg, buf, 4)
+    _LEN.pack_into(buf, 0, len(buf) - 4)
+    return bytes(buf)
+
+
+class FrameReader:
+    """Turns a byte stream into messages."""
+
+    __slots__ = ("_buf", "_decoder", "_max", "_broken")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+        self._max = max_frame
+        self._broken = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        if self._broken:
+            raise FrameError("the frame reader already failed")
+        buf = self._buf
+        buf += data
+        out: list[Message] = []
+        pos = 0
+        end = len(buf)
+        decode = self._decoder.decode
+        while end - pos >= 4:
+            (size,) = _LEN.unpack_from(buf, pos)
+            if size > self._max:
+                self._broken = True
+                raise FrameError(f"frame of {size} bytes is over the cap of {self._max}")
+            if end - pos - 4 < size:
+                break
+            start = pos + 4
+            try:
+                out.append(decode(memoryview(buf)[start : start + size]))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._broken = True
+                raise FrameError(f"malformed frame: {exc}") from None
+            pos = start + size
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)

@@ -1,0 +1,154 @@
+"""The messages that cross the worker <-> broker socket.
+
+Every message is a frozen, tagged ``msgspec.Struct`` encoded as a MessagePack array (the
+tag first), so the union below decodes with one typed decoder and anything else is a
+decode error. A stream is one request: the worker picks its id, odd and increasing.
+
+worker -> broker: Hello, Request, Data/End (a streamed request body), Ack, Cancel
+broker -> worker: Welcome, Head, Data/End (the response body), Ack, Failure, ErrorFrame
+
+Flow control is by credit: the sender of a body may have at most ``STREAM_WINDOW`` bytes
+of ``Data`` unacknowledged on a stream; the receiver sends ``Ack(stream, n)`` once its
+reader has consumed n bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from .specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout, PoolSpec
+
+PROTOCOL_VERSION = 1
+STREAM_WINDOW = 1 << 20
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, omit_defaults=True):
+    pass
+
+
+class Hello(_Msg, tag="hello"):
+    version: int
+    pid: int
+
+
+class Welcome(_Msg, tag="welcome"):
+    version: int
+    pid: int
+
+
+class Request(_Msg, tag="req"):
+    """One request. ``url`` is absolute and already encoded; ``headers`` are final
+    except for the per-hop ones the broker adds (Host, Content-Length or
+    Transfer-Encoding). With ``streamed`` the body follows as Data frames and an End."""
+
+    stream: int
+    method: str
+    url: str
+    headers: list[tuple[str, str]] = []
+    body: bytes | None = None
+    streamed: bool = False
+    pool: PoolSpec = DEFAULT_POOL
+    timeout: ClientTimeout = DEFAULT_TIMEOUT
+    allow_redirects: bool = True
+    max_redirects: int = 10
+    auto_decompress: bool = True
+    skip_host: bool = False
+
+
+class HistoryItem(msgspec.Struct, frozen=True, array_like=True):
+    """The head of a response that was followed as a redirect."""
+
+    status: int
+    reason: str
+    version: tuple[int, int]
+    headers: RawHeaders
+    url: str
+    method: str
+    request_headers: list[tuple[str, str]]
+
+
+class Head(_Msg, tag="head"):
+    """The final response's head, with the redirects that led to it."""
+
+    stream: int
+    status: int
+    reason: str
+    version: tuple[int, int]
+    headers: RawHeaders
+    url: str
+    method: str
+    request_headers: list[tuple[str, str]] = []
+    history: list[HistoryItem] = []
+
+
+class Data(_Msg, tag="data"):
+    stream: int
+    data: bytes
+
+
+class End(_Msg, tag="end"):
+    stream: int
+
+
+class Ack(_Msg, tag="ack"):
+    stream: int
+    size: int
+
+
+class Cancel(_Msg, tag="cancel"):
+    stream: int
+
+
+class Failure(_Msg, tag="fail"):
+    """A stream ended in error. ``code`` is a key of ``shared.errors.ERRORS``."""
+
+    stream: int
+    code: str
+    message: str
+    url: str = ""
+    host: str = ""
+    port: int = 0
+    ssl: bool = False
+    errno: int = 0
+    status: int = 0
+    history: list[HistoryItem] = []
+
+
+class ErrorFrame(_Msg, tag="error"):
+    """The connection is unusable and is being closed (bad frame, wrong version...)."""
+
+    code: str
+    message: str
+
+
+class StatsRequest(_Msg, tag="statsq"):
+    pass
+
+
+class Stats(_Msg, tag="stats"):
+    """Broker figures; ``pools`` maps a pool description to its counters."""
+
+    pid: int
+    workers: int
+    streams: int
+    pools: list[dict[str, object]] = []
+
+
+Message = Union[
+    Hello,
+    Welcome,
+    Request,
+    Head,
+    Data,
+    End,
+    Ack,
+    Cancel,
+    Failure,
+    ErrorFrame,
+    StatsRequest,
+    Stats,
+]

@@ -1,0 +1,70 @@
+"""Frozen, hashable descriptions of things that live in the broker.
+
+"Equal arguments, same state": a worker never holds a pool or a resolver, only a spec of
+one. Two specs that compare equal name the same object in the broker, so a spec is a
+dict key there.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["ClientTimeout", "DEFAULT_TIMEOUT", "PoolSpec"]
+
+
+def _check_non_negative(owner: str, name: str, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{owner}.{name} must be None or >= 0, got {value!r}")
+
+
+class ClientTimeout(msgspec.Struct, frozen=True, array_like=True):
+    """Timeouts of one request, as aiohttp's ``ClientTimeout``; None or 0 disables one.
+
+    ``total`` covers the whole request including reading the body; ``connect`` covers
+    getting a connection (the wait for a pool slot included); ``sock_connect`` one
+    connection attempt; ``sock_read`` the longest pause between two reads.
+    """
+
+    total: float | None = None
+    connect: float | None = None
+    sock_read: float | None = None
+    sock_connect: float | None = None
+    ceil_threshold: float = 5
+
+    def __post_init__(self) -> None:
+        for name in ("total", "connect", "sock_read", "sock_connect"):
+            _check_non_negative("ClientTimeout", name, getattr(self, name))
+
+
+DEFAULT_TIMEOUT = ClientTimeout(total=5 * 60, sock_connect=30)
+
+
+class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A connection pool in the broker: what a ``TCPConnector``/``UnixConnector`` sends.
+
+    ``limit`` counts connections across every worker using this pool; 0 means no limit.
+    ``limit_per_host`` counts per (host, port, is_ssl); 0 means no limit.
+    """
+
+    kind: str = "tcp"
+    limit: int = 100
+    limit_per_host: int = 0
+    force_close: bool = False
+    keepalive_timeout: float = 15.0
+    use_dns_cache: bool = True
+    ttl_dns_cache: float | None = 10
+    family: int = 0
+    path: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("tcp", "unix"):
+            raise ValueError(f"PoolSpec.kind must be 'tcp' or 'unix', got {self.kind!r}")
+        if self.kind == "unix" and not self.path:
+            raise ValueError("a unix pool needs a path")
+        if self.limit < 0 or self.limit_per_host < 0:
+            raise ValueError("limit and limit_per_host must be >= 0 (0 means no limit)")
+        _check_non_negative("PoolSpec", "keepalive_timeout", self.keepalive_timeout)
+
+
+DEFAULT_POOL = PoolSpec()
