@@ -30,17 +30,17 @@ class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, omit_defaults
     pass
 
 
-class Hello(_Msg, tag="hello"):
+class Hello(_Msg, tag="hello", frozen=True):
     version: int
     pid: int
 
 
-class Welcome(_Msg, tag="welcome"):
+class Welcome(_Msg, tag="welcome", frozen=True):
     version: int
     pid: int
 
 
-class Request(_Msg, tag="req"):
+class Request(_Msg, tag="req", frozen=True):
     """One request. ``url`` is absolute and already encoded; ``headers`` are final
     except for the per-hop ones the broker adds (Host, Content-Length or
     Transfer-Encoding). With ``streamed`` the body follows as Data frames and an End."""
@@ -56,6 +56,7 @@ class Request(_Msg, tag="req"):
     allow_redirects: bool = True
     max_redirects: int = 10
     auto_decompress: bool = True
+    read_until_eof: bool = True
     skip_host: bool = False
 
 
@@ -71,7 +72,7 @@ class HistoryItem(msgspec.Struct, frozen=True, array_like=True):
     request_headers: list[tuple[str, str]]
 
 
-class Head(_Msg, tag="head"):
+class Head(_Msg, tag="head", frozen=True):
     """The final response's head, with the redirects that led to it."""
 
     stream: int
@@ -85,25 +86,25 @@ class Head(_Msg, tag="head"):
     history: list[HistoryItem] = []
 
 
-class Data(_Msg, tag="data"):
+class Data(_Msg, tag="data", frozen=True):
     stream: int
     data: bytes
 
 
-class End(_Msg, tag="end"):
+class End(_Msg, tag="end", frozen=True):
     stream: int
 
 
-class Ack(_Msg, tag="ack"):
+class Ack(_Msg, tag="ack", frozen=True):
     stream: int
     size: int
 
 
-class Cancel(_Msg, tag="cancel"):
+class Cancel(_Msg, tag="cancel", frozen=True):
     stream: int
 
 
-class Failure(_Msg, tag="fail"):
+class Failure(_Msg, tag="fail", frozen=True):
     """A stream ended in error. ``code`` is a key of ``shared.errors.ERRORS``."""
 
     stream: int
@@ -118,18 +119,18 @@ class Failure(_Msg, tag="fail"):
     history: list[HistoryItem] = []
 
 
-class ErrorFrame(_Msg, tag="error"):
+class ErrorFrame(_Msg, tag="error", frozen=True):
     """The connection is unusable and is being closed (bad frame, wrong version...)."""
 
     code: str
     message: str
 
 
-class StatsRequest(_Msg, tag="statsq"):
+class StatsRequest(_Msg, tag="statsq", frozen=True):
     pass
 
 
-class Stats(_Msg, tag="stats"):
+class Stats(_Msg, tag="stats", frozen=True):
     """Broker figures; ``pools`` maps a pool description to its counters."""
 
     pid: int

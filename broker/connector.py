@@ -1,0 +1,321 @@
+"""Connection pools: the asyncio side of ``pool_state`` plus name resolution and connect."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl as ssl_mod
+from typing import Any
+
+from shared.specs import ClientTimeout, PoolSpec
+
+from .dns_cache import DNSCache
+from .http1 import ConnectionFailure, HTTP1Connection
+from .pool_state import NEW, Decision, PoolState
+
+__all__ = ["Pool", "Resolver", "ConnKey"]
+
+ConnKey = tuple[str, str, int]  # (scheme, host, port)
+
+_default_ssl: ssl_mod.SSLContext | None = None
+
+
+def default_ssl_context() -> ssl_mod.SSLContext:
+    global _default_ssl
+    if _default_ssl is None:  # ~20 ms: made on first use, never at import
+        _default_ssl = ssl_mod.create_default_context()
+    return _default_ssl
+
+
+def _is_ip(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+class Resolver:
+    """getaddrinfo in the loop's executor, with a TTL cache and single-flight lookups."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cache: DNSCache | None) -> None:
+        self._loop = loop
+        self.cache = cache
+        self._inflight: dict[tuple[str, int, int], asyncio.Future[list[dict[str, Any]]]] = {}
+
+    async def resolve(self, host: str, port: int, family: int) -> list[dict[str, Any]]:
+        if _is_ip(host):
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return [{"host": host, "port": port, "family": fam}]
+        key = (host, port, family)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = self._loop.create_future()
+        self._inflight[key] = fut
+        try:
+            infos = await self._loop.getaddrinfo(
+                host, port, family=family, type=socket.SOCK_STREAM
+            )
+            addrs = [
+                {"host": sa[0], "port": sa[1], "family": fam} for fam, _, _, _, sa in infos
+            ]
+            if self.cache is not None:
+                self.cache.put(key, addrs)
+            fut.set_result(addrs)
+            return addrs
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        finally:
+            del self._inflight[key]
+
+
+class Pool:
+    """One pool of connections, shared by every request whose ``PoolSpec`` is equal."""
+
+    def __init__(
+        self, spec: PoolSpec, loop: asyncio.AbstractEventLoop, resolver: Resolver
+    ) -> None:
+        self.spec = spec
+        self._loop = loop
+        self._resolver = resolver
+        self.state: PoolState[HTTP1Connection] = PoolState(
+            spec.limit,
+            spec.limit_per_host,
+            spec.keepalive_timeout,
+            clock=loop.time,
+        )
+        self._active: set[HTTP1Connection] = set()
+        self._expiry: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.spec.name or self.spec.kind} {self.state!r}>"
+
+    # -- acquire / release ----------------------------------------------------------
+
+    async def acquire(self, key: ConnKey, timeout: ClientTimeout) -> HTTP1Connection:
+        deadline = self._loop.time() + timeout.connect if timeout.connect else None
+        while True:
+            conn = await self._acquire_once(key, timeout, deadline)
+            if conn is not None:
+                return conn
+
+    async def _acquire_once(
+        self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
+    ) -> HTTP1Connection | None:
+        if self.closed:
+            raise ConnectionFailure("connection", "the connection pool is closed")
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        got, decision = self.state.acquire(key, waiter)
+        self._apply(decision)
+        if got is None:
+            try:
+                got = await asyncio.wait_for(waiter, self._remaining(deadline))
+            except BaseException as exc:
+                if not self.state.cancel(waiter) and waiter.done() and not waiter.cancelled():
+                    self._return_grant(key, waiter.result())
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise self._timeout(key) from None
+                raise
+        if got is NEW:
+            try:
+                conn = await self._connect(key, timeout, deadline)
+            except BaseException:
+                self._apply(self.state.discard(key))
+                raise
+            conn.in_use = True
+            self._active.add(conn)
+            return conn
+        assert isinstance(got, HTTP1Connection)
+        if got.closed:  # closed while idle, not yet noticed
+            self._apply(self.state.discard(key))
+            return None
+        got.reused = True
+        got.in_use = True
+        self._active.add(got)
+        return got
+
+    def release(self, conn: HTTP1Connection, reusable: bool) -> None:
+        self._active.discard(conn)
+        reusable = reusable and not self.spec.force_close and not self.closed
+        self._apply(self.state.release(conn.key, conn, reusable))
+        if reusable:
+            self._schedule_expiry()
+
+    def _return_grant(self, key: ConnKey, got: Any) -> None:
+        if got is NEW:
+            self._apply(self.state.discard(key))
+        else:
+            self._apply(self.state.release(key, got, not got.closed))
+
+    def _apply(self, decision: Decision[HTTP1Connection]) -> None:
+        for conn in decision.close:
+            conn.close()
+        for waiter, got in decision.grants:
+            assert isinstance(waiter, asyncio.Future)
+            if waiter.done():
+                self._return_grant(self._key_of(got), got)
+            else:
+                waiter.set_result(got)
+
+    def _key_of(self, got: Any) -> Any:
+        return got.key if isinstance(got, HTTP1Connection) else None
+
+    # -- connect ----------------------------------------------------------------
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        return max(deadline - self._loop.time(), 0.0)
+
+    def _timeout(self, key: ConnKey) -> ConnectionFailure:
+        scheme, host, port = key
+        return ConnectionFailure(
+            "connect_timeout", f"Connection timeout to host {scheme}://{host}:{port}"
+        )
+
+    async def _connect(
+        self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
+    ) -> HTTP1Connection:
+        scheme, host, port = key
+        is_ssl = scheme in ("https", "wss")
+        fields: dict[str, Any] = {"host": host, "port": port, "ssl": is_ssl}
+
+        def factory() -> HTTP1Connection:
+            return HTTP1Connection(self._loop)
+
+        def limit(step: float | None) -> float | None:
+            rem = self._remaining(deadline)
+            if step and rem is not None:
+                return min(step, rem)
+            return step or rem
+
+        ssl_ctx = default_ssl_context() if is_ssl else None
+        server_hostname = host if is_ssl else None
+        if self.spec.kind == "unix":
+            assert self.spec.path is not None
+            try:
+                _, conn = await asyncio.wait_for(
+                    self._loop.create_unix_connection(
+                        factory, self.spec.path, ssl=ssl_ctx, server_hostname=server_hostname
+                    ),
+                    limit(timeout.sock_connect),
+                )
+            except asyncio.TimeoutError:
+                raise self._timeout(key) from None
+            except OSError as exc:
+                raise ConnectionFailure(
+                    "unix_connect",
+                    exc.strerror or str(exc),
+                    url=self.spec.path,
+                    errno=exc.errno or 0,
+                    **fields,
+                ) from None
+            return self._adopt(conn, key)
+
+        try:
+            addrs = await asyncio.wait_for(
+                self._resolver.resolve(host, port, self.spec.family), self._remaining(deadline)
+            )
+        except asyncio.TimeoutError:
+            raise self._timeout(key) from None
+        except OSError as exc:
+            raise ConnectionFailure(
+                "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
+            ) from None
+        last: OSError | None = None
+        for addr in addrs:
+            try:
+                _, conn = await asyncio.wait_for(
+                    self._loop.create_connection(
+                        factory,
+                        addr["host"],
+                        addr["port"],
+                        family=addr["family"],
+                        ssl=ssl_ctx,
+                        server_hostname=server_hostname,
+                    ),
+                    limit(timeout.sock_connect),
+                )
+            except asyncio.TimeoutError:
+                if self._remaining(deadline) == 0.0:
+                    raise self._timeout(key) from None
+                last = TimeoutError(f"Connection timeout to host {host}:{port}")
+                continue
+            except OSError as exc:
+                last = exc
+                continue
+            return self._adopt(conn, key)
+        if isinstance(last, TimeoutError):
+            raise self._timeout(key)
+        assert last is not None
+        raise ConnectionFailure(
+            "connect", last.strerror or str(last), errno=last.errno or 0, **fields
+        )
+
+    def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
+        conn.key = key
+        conn.on_idle_lost = self._idle_lost
+        return conn
+
+    def _idle_lost(self, conn: HTTP1Connection) -> None:
+        self._apply(self.state.idle_lost(conn.key, conn))
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is None and self.spec.keepalive_timeout:
+            self._expiry = self._loop.call_later(self.spec.keepalive_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self._apply(self.state.expire())
+        if self.state.n_idle:
+            self._schedule_expiry()
+
+    # -- figures and shutdown --------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "pool": self.spec.name or self.spec.kind,
+            "limit": s.limit,
+            "limit_per_host": s.limit_per_host,
+            "open": s.total,
+            "idle": s.n_idle,
+            "active": s.total - s.n_idle,
+            "queued": len(s.waiters),
+            "longest_wait": s.longest_wait(),
+            "hosts": {
+                f"{k[0]}://{k[1]}:{k[2]}": {
+                    "open": n,
+                    "active": s.active_per_key.get(k, 0),
+                    "idle": len(s.idle.get(k, ())),
+                }
+                for k, n in s.per_key.items()
+            },
+        }
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        conns = self.state.close_all_idle() + list(self._active)
+        for conn in conns:
+            conn.abort()
+        for waiter in list(self.state.waiters):
+            assert isinstance(waiter, asyncio.Future)
+            if not waiter.done():
+                waiter.set_exception(ConnectionFailure("connection", "the pool was closed"))
+        self.state.waiters.clear()
+        # connection_lost runs on a later loop pass; wait for it so that no transport
+        # outlives the loop (a ResourceWarning otherwise).
+        await asyncio.gather(*(conn.wait_closed() for conn in conns))

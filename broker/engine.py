@@ -1,0 +1,380 @@
+"""The request engine: one request from a worker, carried out on the broker's pools.
+
+``Engine.perform`` runs the hops of a request (redirects are followed here, so that the
+pool and, later, the cookie jar see every hop), streams the final response to the
+``BrokerStream`` and turns every failure into a ``Failure`` message once. It is the same
+code in the broker process and in a worker's embedded mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from multidict import CIMultiDict
+from yarl import URL
+
+from shared.messages import Failure, Head, HistoryItem, Request
+from shared.specs import ClientTimeout, PoolSpec
+
+from .connector import Pool, Resolver
+from .decoding import DecodeError, make_decoder
+from .dns_cache import DNSCache
+from .http1 import ConnectionFailure, HTTP1Connection, ResponseHead
+from .stream import BrokerStream
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("broker.engine")
+
+REDIRECTS = frozenset((301, 302, 303, 307, 308))
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+_HOP_HEADERS = frozenset(("host", "content-length", "transfer-encoding"))
+_CROSS_ORIGIN_DROP = ("Authorization", "Cookie", "Proxy-Authorization")
+
+
+class _Redirect(Exception):
+    pass
+
+
+def build_head(
+    method: str,
+    url: URL,
+    headers: list[tuple[str, str]],
+    body_length: int | None,
+    chunked: bool,
+    skip_host: bool,
+) -> bytes:
+    """The request line and headers of one hop, per-hop headers added."""
+    target = url.raw_path_qs or "/"
+    parts = [f"{method} {target} HTTP/1.1\r\n"]
+    has_host = skip_host
+    user_length: str | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _HOP_HEADERS:
+            if lname == "host":
+                has_host = True
+            elif lname == "content-length":
+                user_length = value
+                continue
+            else:
+                continue
+        parts.append(f"{name}: {value}\r\n")
+    if not has_host:
+        parts.insert(1, f"Host: {url.host_port_subcomponent}\r\n")
+    if body_length is not None:
+        parts.append(f"Content-Length: {body_length}\r\n")
+    elif chunked:
+        if user_length is not None:
+            parts.append(f"Content-Length: {user_length}\r\n")
+        else:
+            parts.append("Transfer-Encoding: chunked\r\n")
+    elif method in BODY_METHODS:
+        parts.append("Content-Length: 0\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _find(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+class Engine:
+    """Pools by spec, a resolver, and the request loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self.dns_cache = DNSCache(ttl=10)
+        self._resolver = Resolver(self._loop, self.dns_cache)
+        self.pools: dict[PoolSpec, Pool] = {}
+        self.requests = 0
+        self.closed = False
+
+    def pool(self, spec: PoolSpec) -> Pool:
+        pool = self.pools.get(spec)
+        if pool is None:
+            pool = self.pools[spec] = Pool(spec, self._loop, self._resolver)
+        return pool
+
+    async def close(self) -> None:
+        self.closed = True
+        pools = list(self.pools.values())
+        self.pools.clear()
+        await asyncio.gather(*(p.close() for p in pools))
+
+    def figures(self) -> list[dict[str, Any]]:
+        return [p.figures() for p in self.pools.values()]
+
+    # -- one request ---------------------------------------------------------------
+
+    async def perform(self, req: Request, stream: BrokerStream) -> None:
+        """Carry out ``req``; report through ``stream``. Raises only CancelledError."""
+        self.requests += 1
+        history: list[HistoryItem] = []
+        try:
+            await self._hops(req, stream, history)
+        except ConnectionFailure as exc:
+            if not stream.finished:
+                stream.fail(
+                    Failure(
+                        req.stream,
+                        exc.code,
+                        exc.message,
+                        history=history,
+                        **exc.fields,
+                    )
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not take the broker down
+            log.exception("request %s failed inside the broker", req.stream)
+            if not stream.finished:
+                stream.fail(Failure(req.stream, "internal", f"{type(exc).__name__}: {exc}"))
+
+    async def _hops(
+        self, req: Request, stream: BrokerStream, history: list[HistoryItem]
+    ) -> None:
+        url = URL(req.url, encoded=True)
+        method = req.method
+        headers = req.headers
+        body = req.body
+        streamed = req.streamed
+        pool = self.pool(req.pool)
+        redirects = 0
+        while True:
+            head, conn = await self._exchange(pool, req, method, url, headers, body, streamed,
+                                              stream)
+            try:
+                location = _find(head.headers, b"location") or _find(head.headers, b"uri")
+                if not (req.allow_redirects and head.status in REDIRECTS and location):
+                    await self._deliver(req, stream, conn, head, method, url, headers, history)
+                    return
+                item = HistoryItem(
+                    head.status, head.reason, head.version, head.headers, str(url), method,
+                    headers,
+                )
+                history.append(item)
+                redirects += 1
+                if req.max_redirects and redirects >= req.max_redirects:
+                    raise ConnectionFailure(
+                        "too_many_redirects",
+                        f"Exceeded {req.max_redirects} redirects",
+                        status=head.status,
+                    )
+            finally:
+                self._finish_exchange(pool, conn)
+            if (head.status == 303 and method != "HEAD") or (
+                head.status in (301, 302) and method == "POST"
+            ):
+                method = "GET"
+                body = None
+                streamed = False
+                headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            elif streamed:
+                raise ConnectionFailure(
+                    "payload",
+                    "Cannot follow redirect with a consumed request body. Use bytes, a "
+                    "seekable file-like object, or set allow_redirects=False.",
+                )
+            url, headers = self._redirect_target(url, location, headers)
+
+    @staticmethod
+    def _redirect_target(
+        url: URL, location: bytes, headers: list[tuple[str, str]]
+    ) -> tuple[URL, list[tuple[str, str]]]:
+        r_url = location.decode("utf-8", "surrogateescape")
+        try:
+            target = URL(r_url)
+        except ValueError:
+            raise ConnectionFailure(
+                "invalid_redirect",
+                "Server attempted redirecting to a location that does not look like a URL",
+                url=r_url,
+            ) from None
+        if target.scheme not in ("http", "https", ""):
+            raise ConnectionFailure("non_http_redirect", r_url, url=r_url)
+        if not target.scheme or (target.scheme == url.scheme and not target.raw_host):
+            target = url.join(target)
+        try:
+            origin = target.origin()
+        except ValueError:
+            raise ConnectionFailure(
+                "invalid_redirect", "Invalid redirect URL origin", url=str(target)
+            ) from None
+        if url.origin() != origin:
+            drop = {h.lower() for h in _CROSS_ORIGIN_DROP}
+            headers = [(k, v) for k, v in headers if k.lower() not in drop]
+        return target, headers
+
+    async def _exchange(
+        self,
+        pool: Pool,
+        req: Request,
+        method: str,
+        url: URL,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        streamed: bool,
+        stream: BrokerStream,
+    ) -> tuple[ResponseHead, HTTP1Connection]:
+        """Send one hop and read its head; retry once on a stale keep-alive connection."""
+        if not url.raw_host:
+            raise ConnectionFailure("invalid_url", "URL has no host", url=str(url))
+        key = (url.scheme, url.raw_host, url.port or (443 if url.scheme == "https" else 80))
+        timeout = req.timeout
+        head_bytes = build_head(
+            method,
+            url,
+            headers,
+            len(body) if body is not None else None,
+            streamed,
+            req.skip_host,
+        )
+        for attempt in (0, 1):
+            conn = await pool.acquire(key, timeout)
+            try:
+                conn.read_until_eof = req.read_until_eof
+                conn.begin(method, head_bytes, body)
+                if streamed:
+                    await self._send_stream(conn, stream, _find_str(headers, "content-length"))
+                return await self._read(conn, conn.head_future, timeout), conn
+            except ConnectionFailure as exc:
+                self._finish_exchange(pool, conn)
+                retry = (
+                    attempt == 0
+                    and exc.code == "disconnected"
+                    and conn.reused
+                    and not conn.got_response_bytes
+                    and method in IDEMPOTENT
+                    and not streamed
+                )
+                if not retry:
+                    if exc.code == "disconnected":
+                        exc.fields.setdefault("url", str(url))
+                    raise
+            except BaseException:
+                self._finish_exchange(pool, conn)
+                raise
+        raise AssertionError("unreachable")
+
+    async def _send_stream(
+        self, conn: HTTP1Connection, stream: BrokerStream, content_length: str | None
+    ) -> None:
+        chunked = content_length is None
+        async for chunk in stream.request_body():
+            if not chunk:
+                continue
+            if chunked:
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                conn.write(chunk)
+            await conn.drain()
+            stream.body_written(len(chunk))
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+
+    async def _read(
+        self, conn: HTTP1Connection, fut: asyncio.Future[Any], timeout: ClientTimeout
+    ) -> Any:
+        """Await a future of the exchange, failing it after ``sock_read`` of silence."""
+        sock_read = timeout.sock_read
+        if not sock_read or fut.done():
+            return await fut
+        loop = self._loop
+
+        def check() -> None:
+            nonlocal handle
+            if fut.done():
+                return
+            if conn.reading_paused:
+                handle = loop.call_later(sock_read, check)
+                return
+            due = conn.last_read + sock_read
+            if loop.time() >= due:
+                conn.fail_exchange(
+                    ConnectionFailure("sock_read_timeout", "Timeout on reading data from socket")
+                )
+                conn.close()
+            else:
+                handle = loop.call_at(due, check)
+
+        handle = loop.call_at(conn.last_read + sock_read, check)
+        try:
+            return await fut
+        finally:
+            handle.cancel()
+
+    async def _deliver(
+        self,
+        req: Request,
+        stream: BrokerStream,
+        conn: HTTP1Connection,
+        head: ResponseHead,
+        method: str,
+        url: URL,
+        headers: list[tuple[str, str]],
+        history: list[HistoryItem],
+    ) -> None:
+        stream.head(
+            Head(
+                req.stream,
+                head.status,
+                head.reason,
+                head.version,
+                head.headers,
+                str(url),
+                method,
+                headers if history else [],
+                history,
+            )
+        )
+        decoder = None
+        if req.auto_decompress:
+            enc = _find(head.headers, b"content-encoding")
+            if enc:
+                decoder = make_decoder(enc.decode("latin-1"))
+
+        def on_body(chunk: bytes) -> None:
+            if decoder is not None:
+                try:
+                    chunk = decoder.decode(chunk)
+                except DecodeError as exc:
+                    conn.fail_exchange(ConnectionFailure("payload", str(exc)))
+                    conn.close()
+                    return
+                if not chunk:
+                    return
+            stream.data(chunk)
+            if stream.window_full:
+                conn.pause_reading()
+                stream.park(conn.resume_reading)
+
+        conn.on_body = on_body
+        await self._read(conn, conn.done_future, req.timeout)
+        if decoder is not None:
+            try:
+                tail = decoder.flush()
+            except DecodeError as exc:
+                raise ConnectionFailure("payload", str(exc)) from None
+            if tail:
+                stream.data(tail)
+        stream.end()
+
+    @staticmethod
+    def _finish_exchange(pool: Pool, conn: HTTP1Connection) -> None:
+        if conn.in_use:  # once per exchange, whichever path gets here first
+            conn.in_use = False
+            pool.release(conn, conn.end_exchange())
+
+
+def _find_str(headers: list[tuple[str, str]], name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None

@@ -1,0 +1,302 @@
+"""The broker's Unix-socket server: one ``WorkerConnection`` per worker process.
+
+A worker connection reads frames, checks the handshake, and runs one engine task per
+stream. Anything wrong with what a worker sends (a bad frame, a wrong protocol version,
+a stream id reused) closes that worker's connection with an ``ErrorFrame`` and nothing
+else; when a worker goes away its streams are cancelled, which closes their upstream
+connections and frees their pool slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
+from shared.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Cancel,
+    Data,
+    End,
+    ErrorFrame,
+    Failure,
+    Head,
+    Hello,
+    Request,
+    Stats,
+    StatsRequest,
+    Welcome,
+)
+
+from .engine import Engine
+from .stream import BrokerStream
+
+__all__ = ["BrokerServer", "WorkerConnection", "IPCStream"]
+
+log = logging.getLogger("broker.server")
+
+_BUFSIZE = 1 << 18
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class IPCStream(BrokerStream):
+    __slots__ = ("conn", "task", "_body_q")
+
+    def __init__(self, stream_id: int, conn: WorkerConnection) -> None:
+        super().__init__(stream_id)
+        self.conn = conn
+        self.task: asyncio.Task[None] | None = None
+        self._body_q: asyncio.Queue[bytes | None] | None = None
+
+    def _send_head(self, msg: Head) -> None:
+        self.conn.send(msg)
+
+    def _send_data(self, chunk: bytes) -> None:
+        self.conn.send(Data(self.id, chunk))
+
+    def _send_end(self) -> None:
+        self.conn.send(End(self.id))
+
+    def _send_failure(self, failure: Failure) -> None:
+        self.conn.send(failure)
+
+    def feed_body(self, chunk: bytes | None) -> None:
+        if self._body_q is None:
+            self._body_q = asyncio.Queue()
+        self._body_q.put_nowait(chunk)
+
+    async def request_body(self) -> AsyncIterator[bytes]:
+        if self._body_q is None:
+            self._body_q = asyncio.Queue()
+        while True:
+            chunk = await self._body_q.get()
+            if chunk is None:
+                return
+            yield chunk
+
+    def body_written(self, size: int) -> None:
+        self.conn.send(Ack(self.id, size))
+
+
+class WorkerConnection(asyncio.BufferedProtocol):
+    def __init__(self, server: BrokerServer) -> None:
+        self.server = server
+        self.engine = server.engine
+        self._buf = bytearray(_BUFSIZE)
+        self._view = memoryview(self._buf)
+        self._reader = FrameReader(MAX_FRAME)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, IPCStream] = {}
+        self.pid = 0
+        self.greeted = False
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerConnection pid={self.pid} streams={len(self.streams)}>"
+
+    # -- asyncio --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else None
+        if uid is not None and uid != os.getuid() and uid != 0:
+            log.warning("refused a worker of uid %s (broker uid %s)", uid, os.getuid())
+            self.abort("permission", "the broker serves only its own user")
+            return
+        self.server.workers.add(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            msgs = self._reader.feed(self._view[:nbytes])
+        except FrameError as exc:
+            self.abort("protocol", str(exc))
+            return
+        for msg in msgs:
+            if self.closed:
+                return
+            self._dispatch(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.workers.discard(self)
+        for stream in self.streams.values():
+            if stream.task is not None:
+                stream.task.cancel()
+        self.streams.clear()
+        self.server.connection_gone(self)
+
+    # -- messages -------------------------------------------------------------------
+
+    def _dispatch(self, msg: Any) -> None:
+        if not self.greeted:
+            if type(msg) is not Hello:
+                self.abort("protocol", "the first message must be Hello")
+            elif msg.version != PROTOCOL_VERSION:
+                self.abort(
+                    "version",
+                    f"protocol version {msg.version} is not supported by this broker "
+                    f"(it speaks {PROTOCOL_VERSION}); upgrade http-broker on both sides",
+                )
+            else:
+                self.greeted = True
+                self.pid = msg.pid
+                self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
+            return
+        kind = type(msg)
+        if kind is Request:
+            self._start(msg)
+        elif kind is Ack:
+            s = self.streams.get(msg.stream)
+            if s is not None:
+                s.on_ack(msg.size)
+        elif kind is Data:
+            s = self.streams.get(msg.stream)
+            if s is not None:
+                s.feed_body(msg.data)
+        elif kind is End:
+            s = self.streams.get(msg.stream)
+            if s is not None:
+                s.feed_body(None)
+        elif kind is Cancel:
+            s = self.streams.get(msg.stream)
+            if s is not None and s.task is not None:
+                s.task.cancel()
+        elif kind is StatsRequest:
+            self.send(self.server.stats())
+        else:
+            self.abort("protocol", f"a worker may not send {kind.__name__}")
+
+    def _start(self, req: Request) -> None:
+        if req.stream in self.streams:
+            self.abort("protocol", f"stream {req.stream} is already open")
+            return
+        if self.server.draining:
+            self.send(Failure(req.stream, "broker", "the broker is shutting down"))
+            return
+        stream = IPCStream(req.stream, self)
+        self.streams[req.stream] = stream
+        stream.task = asyncio.get_running_loop().create_task(self._run(req, stream))
+
+    async def _run(self, req: Request, stream: IPCStream) -> None:
+        try:
+            await self.engine.perform(req, stream)
+        finally:
+            if self.streams.get(req.stream) is stream:
+                del self.streams[req.stream]
+            self.server.stream_done()
+
+    # -- output ---------------------------------------------------------------------
+
+    def send(self, msg: Any) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(encode(msg))
+
+    def abort(self, code: str, message: str) -> None:
+        """Say why, then close this worker's connection."""
+        log.warning("closing worker connection pid=%s: %s", self.pid, message)
+        if self.transport is not None and not self.closed:
+            self.transport.write(encode(ErrorFrame(code, message)))
+            self.transport.close()
+        self.closed = True
+
+
+class BrokerServer:
+    """Serves workers on a Unix socket with one engine."""
+
+    def __init__(self, path: str, engine: Engine | None = None) -> None:
+        self.path = path
+        self.engine = engine or Engine()
+        self.workers: set[WorkerConnection] = set()
+        self.draining = False
+        self._server: asyncio.AbstractServer | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if os.path.exists(self.path):
+            _remove_stale_socket(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(512)
+        self._server = await loop.create_unix_server(
+            lambda: WorkerConnection(self), sock=sock
+        )
+
+    @property
+    def streams(self) -> int:
+        return sum(len(w.streams) for w in self.workers)
+
+    def stream_done(self) -> None:
+        if self.draining and not self.streams:
+            self._idle.set()
+
+    def connection_gone(self, conn: WorkerConnection) -> None:
+        self.stream_done()
+
+    def stats(self) -> Stats:
+        return Stats(
+            pid=os.getpid(),
+            workers=len(self.workers),
+            streams=self.streams,
+            pools=self.engine.figures(),  # type: ignore[arg-type]
+        )
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop accepting, let in-flight streams finish (up to a limit), close all."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        if self.streams:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), drain_timeout)
+            except asyncio.TimeoutError:
+                log.warning("drain timed out with %d streams in flight", self.streams)
+        for w in list(self.workers):
+            if w.transport is not None:
+                w.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.engine.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _remove_stale_socket(path: str) -> None:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a leftover of a broker that died
+    else:
+        raise OSError(f"a broker is already listening on {path}")
+    finally:
+        probe.close()
+
+

@@ -1,0 +1,87 @@
+"""The broker's end of one stream (one request), whatever carries it.
+
+The engine drives a ``BrokerStream``: ``head``, ``data``..., then ``end`` or ``fail``.
+Subclasses deliver the messages: over a worker's socket (``server.IPCStream``) or
+straight into the worker's objects in the same process (``worker_client.transport``).
+
+Response flow control: ``data`` counts bytes the worker has not yet acknowledged. When
+that reaches ``STREAM_WINDOW`` the engine pauses reading the upstream socket and parks a
+resume callback here, which ``on_ack`` calls once the worker has consumed half of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from shared.messages import STREAM_WINDOW, Failure, Head
+
+__all__ = ["BrokerStream"]
+
+
+class BrokerStream:
+    __slots__ = ("id", "unacked", "_resume", "finished")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.unacked = 0
+        self._resume: Callable[[], None] | None = None
+        self.finished = False
+
+    def __repr__(self) -> str:
+        state = "finished" if self.finished else "open"
+        return f"<{type(self).__name__} {self.id} {state}, {self.unacked} bytes unacked>"
+
+    # -- called by the engine ------------------------------------------------------
+
+    def head(self, msg: Head) -> None:
+        self._send_head(msg)
+
+    def data(self, chunk: bytes) -> None:
+        self.unacked += len(chunk)
+        self._send_data(chunk)
+
+    @property
+    def window_full(self) -> bool:
+        return self.unacked >= STREAM_WINDOW
+
+    def park(self, resume: Callable[[], None]) -> None:
+        self._resume = resume
+
+    def end(self) -> None:
+        self.finished = True
+        self._resume = None
+        self._send_end()
+
+    def fail(self, failure: Failure) -> None:
+        self.finished = True
+        self._resume = None
+        self._send_failure(failure)
+
+    def request_body(self) -> AsyncIterator[bytes]:
+        """The streamed request body, chunk by chunk."""
+        raise NotImplementedError
+
+    def body_written(self, size: int) -> None:
+        """``size`` bytes of the streamed request body are on the upstream socket."""
+
+    # -- called by the carrier -------------------------------------------------------
+
+    def on_ack(self, size: int) -> None:
+        self.unacked -= size
+        if self._resume is not None and self.unacked < STREAM_WINDOW // 2:
+            resume, self._resume = self._resume, None
+            resume()
+
+    # -- to implement ---------------------------------------------------------------
+
+    def _send_head(self, msg: Head) -> None:
+        raise NotImplementedError
+
+    def _send_data(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def _send_end(self) -> None:
+        raise NotImplementedError
+
+    def _send_failure(self, failure: Failure) -> None:
+        raise NotImplementedError

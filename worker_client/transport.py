@@ -1,0 +1,512 @@
+"""How a worker's requests reach the engine: over the broker's socket, or in-process.
+
+``IPCTransport`` is one Unix-socket connection from this process to the broker, shared by
+every session of this process on this event loop and multiplexing their streams.
+``EmbeddedTransport`` runs the broker's engine inside this process and hands it the same
+message objects without encoding them. Both deliver into a ``StreamHandle``.
+
+Transports are counted: each session that uses one holds it, and the last one to close
+closes it, so that nothing outlives the event loop. A transport made in another process
+(before a fork) is never reused: the cache is keyed by pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from broker.engine import Engine
+from broker.stream import BrokerStream
+from shared.errors import BrokerConnectionError, BrokerProtocolError, ClientConnectionError
+from shared.framing import FrameError, FrameReader, encode
+from shared.messages import (
+    PROTOCOL_VERSION,
+    STREAM_WINDOW,
+    Ack,
+    Cancel,
+    Data,
+    End,
+    ErrorFrame,
+    Failure,
+    Head,
+    Hello,
+    Request,
+    Stats,
+    StatsRequest,
+    Welcome,
+)
+
+from .response import StreamReader
+
+__all__ = ["StreamHandle", "Transport", "get_transport", "broker_address"]
+
+_ACK_BATCH = STREAM_WINDOW // 4
+_BUFSIZE = 1 << 18
+
+
+def broker_address(explicit: str | None) -> str | None:
+    """Discovery: ``broker=`` wins, then ``HTTP_BROKER``, else None (embedded)."""
+    addr = explicit if explicit is not None else os.environ.get("HTTP_BROKER") or None
+    if addr and addr.startswith("unix:"):
+        addr = addr[5:]
+    return addr
+
+
+class StreamHandle:
+    """The worker's end of one stream: the head future and the body reader."""
+
+    __slots__ = (
+        "id", "transport", "head", "content", "done", "_unacked", "make_error", "_timer",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        stream_id: int,
+        make_error: Callable[[Failure], BaseException],
+    ) -> None:
+        self.id = stream_id
+        self.transport = transport
+        loop = transport.loop
+        self.head: asyncio.Future[Head] = loop.create_future()
+        self.content = StreamReader(self._consumed)
+        self.done = False
+        self._unacked = 0
+        self.make_error = make_error
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<StreamHandle {self.id} {'done' if self.done else 'open'}>"
+
+    # -- from the transport --------------------------------------------------------
+
+    def on_head(self, msg: Head) -> None:
+        if not self.head.done():
+            self.head.set_result(msg)
+
+    def on_data(self, data: bytes) -> None:
+        self.content.feed_data(data)
+
+    def on_end(self) -> None:
+        self._close()
+        self.content.feed_eof()
+
+    def on_failure(self, failure: Failure) -> None:
+        self.fail(self.make_error(failure))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.done:
+            return
+        self._close()
+        if not self.head.done():
+            self.head.set_exception(exc)
+        else:
+            self.content.set_exception(exc)
+
+    # -- from the session --------------------------------------------------------------
+
+    def set_deadline(self, seconds: float) -> None:
+        self._timer = self.transport.loop.call_later(seconds, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self.done:
+            self.transport.cancel(self.id)
+            self.fail(asyncio.TimeoutError(f"Timeout on request (total): {self.id}"))
+
+    def abandon(self) -> None:
+        """The caller no longer wants the rest of this stream."""
+        if not self.done:
+            self._close()
+            self.transport.cancel(self.id)
+            if not self.head.done():
+                self.head.cancel()
+
+    def _consumed(self, size: int) -> None:
+        if self.done:
+            return
+        self._unacked += size
+        if self._unacked >= _ACK_BATCH:
+            self.transport.ack(self.id, self._unacked)
+            self._unacked = 0
+
+    def _close(self) -> None:
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.transport.forget(self.id)
+
+
+class Transport:
+    """What sessions use: open streams, cancel them, acknowledge body bytes."""
+
+    kind = "abstract"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.handles: dict[int, StreamHandle] = {}
+        self.users = 0
+        self.closed = False
+        self._next = 1
+
+    def next_stream_id(self) -> int:
+        sid = self._next
+        self._next += 2
+        return sid
+
+    def forget(self, stream_id: int) -> None:
+        self.handles.pop(stream_id, None)
+
+    def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
+        raise NotImplementedError
+
+    def cancel(self, stream_id: int) -> None:
+        raise NotImplementedError
+
+    def ack(self, stream_id: int, size: int) -> None:
+        raise NotImplementedError
+
+    async def stats(self) -> Stats:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+
+# -- embedded ---------------------------------------------------------------------------
+
+
+class _LocalStream(BrokerStream):
+    __slots__ = ("handle", "body")
+
+    def __init__(self, handle: StreamHandle, body: AsyncIterator[bytes] | None) -> None:
+        super().__init__(handle.id)
+        self.handle = handle
+        self.body = body
+
+    def _send_head(self, msg: Head) -> None:
+        self.handle.on_head(msg)
+
+    def _send_data(self, chunk: bytes) -> None:
+        self.handle.on_data(chunk)
+
+    def _send_end(self) -> None:
+        self.handle.on_end()
+
+    def _send_failure(self, failure: Failure) -> None:
+        self.handle.on_failure(failure)
+
+    async def request_body(self) -> AsyncIterator[bytes]:
+        if self.body is not None:
+            async for chunk in self.body:
+                yield chunk
+
+
+class EmbeddedTransport(Transport):
+    """The broker's engine in this process."""
+
+    kind = "embedded"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.engine = Engine(loop)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._streams: dict[int, _LocalStream] = {}
+
+    def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
+        stream = _LocalStream(handle, body)
+        self.handles[req.stream] = handle
+        self._streams[req.stream] = stream
+        task = self.loop.create_task(self.engine.perform(req, stream))
+        self._tasks[req.stream] = task
+        task.add_done_callback(lambda _t, sid=req.stream: self._task_done(sid))
+
+    def _task_done(self, stream_id: int) -> None:
+        self._tasks.pop(stream_id, None)
+        self._streams.pop(stream_id, None)
+
+    def cancel(self, stream_id: int) -> None:
+        task = self._tasks.get(stream_id)
+        if task is not None:
+            task.cancel()
+
+    def ack(self, stream_id: int, size: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.on_ack(size)
+
+    async def stats(self) -> Stats:
+        return Stats(
+            pid=os.getpid(), workers=1, streams=len(self._tasks),
+            pools=self.engine.figures(),  # type: ignore[arg-type]
+        )
+
+    async def aclose(self) -> None:
+        self.closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.engine.close()
+
+
+# -- through a broker process ------------------------------------------------------------
+
+
+class _BrokerProtocol(asyncio.BufferedProtocol):
+    def __init__(self, owner: IPCTransport) -> None:
+        self.owner = owner
+        self._buf = bytearray(_BUFSIZE)
+        self._view = memoryview(self._buf)
+        self.reader = FrameReader()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            msgs = self.reader.feed(self._view[:nbytes])
+        except FrameError as exc:
+            self.owner.lost(BrokerProtocolError(f"the broker sent a bad frame: {exc}"))
+            return
+        dispatch = self.owner.dispatch
+        for msg in msgs:
+            dispatch(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.connection_lost()
+
+
+class IPCTransport(Transport):
+    """This process's connection to a broker process."""
+
+    kind = "broker"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: str) -> None:
+        super().__init__(loop)
+        self.path = path
+        self._transport: asyncio.Transport | None = None
+        self._welcome: asyncio.Future[Welcome] = loop.create_future()
+        self._lost: asyncio.Future[None] = loop.create_future()
+        self._error: BaseException | None = None
+        self._credit: dict[int, int] = {}
+        self._credit_waiters: dict[int, asyncio.Future[None]] = {}
+        self._pumps: dict[int, asyncio.Task[None]] = {}
+        self._stats: asyncio.Future[Stats] | None = None
+        self.broker_pid = 0
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        try:
+            transport, _ = await self.loop.create_unix_connection(
+                lambda: _BrokerProtocol(self), self.path
+            )
+        except OSError as exc:
+            raise BrokerConnectionError(
+                f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
+            ) from None
+        self._transport = transport  # type: ignore[assignment]
+        transport.write(encode(Hello(PROTOCOL_VERSION, os.getpid())))
+        try:
+            welcome = await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
+        except asyncio.TimeoutError:
+            transport.close()
+            raise BrokerConnectionError(
+                f"the broker at {self.path} did not answer the handshake"
+            ) from None
+        except BaseException:
+            transport.close()
+            raise
+        self.broker_pid = welcome.pid
+
+    def _send(self, msg: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        assert self._transport is not None
+        self._transport.write(encode(msg))
+
+    def dispatch(self, msg: Any) -> None:
+        kind = type(msg)
+        if kind is Data:
+            h = self.handles.get(msg.stream)
+            if h is not None:
+                h.on_data(msg.data)
+        elif kind is Head:
+            h = self.handles.get(msg.stream)
+            if h is not None:
+                h.on_head(msg)
+        elif kind is End:
+            h = self.handles.get(msg.stream)
+            if h is not None:
+                h.on_end()
+        elif kind is Failure:
+            self._end_pump(msg.stream)
+            h = self.handles.get(msg.stream)
+            if h is not None:
+                h.on_failure(msg)
+        elif kind is Ack:
+            self._credit[msg.stream] = self._credit.get(msg.stream, 0) + msg.size
+            w = self._credit_waiters.pop(msg.stream, None)
+            if w is not None and not w.done():
+                w.set_result(None)
+        elif kind is Welcome:
+            if not self._welcome.done():
+                self._welcome.set_result(msg)
+        elif kind is Stats:
+            if self._stats is not None and not self._stats.done():
+                self._stats.set_result(msg)
+        elif kind is ErrorFrame:
+            self.lost(
+                BrokerProtocolError(f"the broker closed the connection: {msg.message}")
+                if msg.code in ("protocol", "version")
+                else BrokerConnectionError(f"the broker closed the connection: {msg.message}")
+            )
+        else:
+            self.lost(BrokerProtocolError(f"the broker sent an unexpected {kind.__name__}"))
+
+    def lost(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if self._transport is not None:
+            self._transport.close()
+        self.connection_lost()
+
+    def connection_lost(self) -> None:
+        self.closed = True
+        exc = self._error or BrokerConnectionError("lost the connection to the broker")
+        self._error = exc
+        for fut in (self._welcome, self._stats):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+        for h in list(self.handles.values()):
+            h.fail(exc)
+        for w in self._credit_waiters.values():
+            if not w.done():
+                w.set_exception(exc)
+                w.exception()
+        if not self._lost.done():
+            self._lost.set_result(None)
+        _drop(self)
+
+    # -- streams -----------------------------------------------------------------
+
+    def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
+        self._send(req)
+        self.handles[req.stream] = handle
+        if body is not None:
+            self._credit[req.stream] = STREAM_WINDOW
+            self._pumps[req.stream] = self.loop.create_task(self._pump(req.stream, body))
+
+    async def _pump(self, stream_id: int, body: AsyncIterator[bytes]) -> None:
+        try:
+            async for chunk in body:
+                while chunk:
+                    while self._credit.get(stream_id, 0) <= 0:
+                        w = self._credit_waiters[stream_id] = self.loop.create_future()
+                        await w
+                    part = chunk[: self._credit[stream_id]]
+                    chunk = chunk[len(part):]
+                    self._credit[stream_id] -= len(part)
+                    self._send(Data(stream_id, bytes(part)))
+            self._send(End(stream_id))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            h = self.handles.get(stream_id)
+            if h is not None:
+                h.fail(exc)
+            if not self.closed:
+                self._send(Cancel(stream_id))
+        finally:
+            self._pumps.pop(stream_id, None)
+            self._credit.pop(stream_id, None)
+
+    def _end_pump(self, stream_id: int) -> None:
+        task = self._pumps.pop(stream_id, None)
+        if task is not None:
+            task.cancel()
+
+    def cancel(self, stream_id: int) -> None:
+        self._end_pump(stream_id)
+        if not self.closed:
+            self._send(Cancel(stream_id))
+
+    def ack(self, stream_id: int, size: int) -> None:
+        if not self.closed:
+            self._send(Ack(stream_id, size))
+
+    async def stats(self) -> Stats:
+        self._stats = self.loop.create_future()
+        self._send(StatsRequest())
+        return await self._stats
+
+    async def aclose(self) -> None:
+        pumps = list(self._pumps.values())
+        for task in pumps:
+            task.cancel()
+        if pumps:
+            await asyncio.gather(*pumps, return_exceptions=True)
+        if self._transport is not None and not self._lost.done():
+            self._transport.close()
+            await self._lost
+        self.closed = True
+
+
+# -- the per-process, per-loop cache --------------------------------------------------
+
+_cache: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[int, str | None], asyncio.Future[Transport]]
+] = weakref.WeakKeyDictionary()
+
+
+def _drop(transport: Transport) -> None:
+    per_loop = _cache.get(transport.loop)
+    if not per_loop:
+        return
+    for key, fut in list(per_loop.items()):
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            if fut.result() is transport:
+                del per_loop[key]
+
+
+async def get_transport(address: str | None) -> Transport:
+    """This process's transport for ``address`` (None: embedded), counted as one user."""
+    loop = asyncio.get_running_loop()
+    per_loop = _cache.setdefault(loop, {})
+    key = (os.getpid(), address)
+    fut = per_loop.get(key)
+    if fut is None:
+        fut = per_loop[key] = loop.create_future()
+        try:
+            if address is None:
+                transport: Transport = EmbeddedTransport(loop)
+            else:
+                ipc = IPCTransport(loop, address)
+                await ipc.connect()
+                transport = ipc
+        except BaseException as exc:
+            del per_loop[key]
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        fut.set_result(transport)
+    transport = await asyncio.shield(fut)
+    transport.users += 1
+    return transport
+
+
+async def release_transport(transport: Transport) -> None:
+    """A session is done with ``transport``; the last user closes it."""
+    transport.users -= 1
+    if transport.users <= 0:
+        _drop(transport)
+        await transport.aclose()
+
+
