@@ -355,7 +355,7 @@ class Engine:
                 conn.pause_reading()
                 stream.park(conn.resume_reading)
 
-        conn.on_body = on_body
+        conn.set_body_consumer(on_body)
         await self._read(conn, conn.done_future, req.timeout)
         if decoder is not None:
             try:

@@ -54,7 +54,7 @@ class ResponseHead:
         self.eof_body = eof_body
 
 
-def _noop_body(data: bytes) -> None:
+def _drop_body(data: bytes) -> None:
     pass
 
 
@@ -83,7 +83,8 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._done_fut: asyncio.Future[None] | None = None
         self._complete = False
         self._got_bytes = False
-        self.on_body: Callable[[bytes], None] = _noop_body
+        self._on_body: Callable[[bytes], None] | None = None
+        self._early: list[bytes] = []  # body bytes that came before a consumer was set
         self._write_paused = False
         self._drain_fut: asyncio.Future[None] | None = None
         self._read_paused = False
@@ -207,7 +208,10 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             if self._head_only and self._head is not None:
                 self._head.keep_alive = False
             return
-        self.on_body(body)
+        if self._on_body is None:
+            self._early.append(body)
+        else:
+            self._on_body(body)
 
     def on_message_complete(self) -> None:
         if self._head is None:
@@ -250,7 +254,8 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._head = None
         self._complete = False
         self._got_bytes = False
-        self.on_body = _noop_body
+        self._on_body = None
+        self._early = []
         self.last_read = self._loop.time()
         self._head_fut = self._loop.create_future()
         self._done_fut = self._loop.create_future()
@@ -261,6 +266,14 @@ class HTTP1Connection(asyncio.BufferedProtocol):
                 self.transport.writelines((head, body))
         else:
             self.transport.write(head)
+
+    def set_body_consumer(self, consumer: Callable[[bytes], None] | None) -> None:
+        """Where the response body goes (None: dropped); bytes that came early first."""
+        consumer = consumer or _drop_body
+        self._on_body = consumer
+        early, self._early = self._early, []
+        for chunk in early:
+            consumer(chunk)
 
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -306,7 +319,8 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         )
         self._busy = False
         self._head_fut = self._done_fut = None
-        self.on_body = _noop_body
+        self._on_body = None
+        self._early = []
         if not reusable:
             self.close()
         return reusable

@@ -1,0 +1,120 @@
+"""``http-broker`` / ``python -m broker``: run a standalone broker, or ask one for figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from .server import BrokerServer
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("broker")
+
+
+def _parent_gone(parent_pid: int) -> bool:
+    return os.getppid() != parent_pid
+
+
+async def serve(
+    socket_path: str,
+    *,
+    parent_pid: int | None = None,
+    drain_timeout: float = 30.0,
+    ready_fd: int | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or until ``parent_pid`` exits), then drain and stop."""
+    loop = asyncio.get_running_loop()
+    server = BrokerServer(socket_path)
+    await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("broker %d serving on %s", os.getpid(), socket_path)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+
+    async def watch_parent() -> None:
+        assert parent_pid is not None
+        while not stop.is_set():
+            if _parent_gone(parent_pid):
+                log.info("the process that started the broker is gone; stopping")
+                stop.set()
+                return
+            await asyncio.sleep(0.5)
+
+    watcher = loop.create_task(watch_parent()) if parent_pid else None
+    await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
+    await server.stop(drain_timeout)
+    log.info("broker %d stopped", os.getpid())
+
+
+async def _stats(socket_path: str) -> dict[str, Any]:
+    from worker_client.transport import IPCTransport
+
+    transport = IPCTransport(asyncio.get_running_loop(), socket_path)
+    await transport.connect()
+    try:
+        stats = await transport.stats()
+    finally:
+        await transport.aclose()
+    return {
+        "pid": stats.pid,
+        "workers": stats.workers,
+        "streams": stats.streams,
+        "pools": stats.pools,
+    }
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="http-broker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run a broker on a Unix socket")
+    p_serve.add_argument("--socket", required=True, help="path of the Unix socket to create")
+    p_serve.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p_serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p_serve.add_argument("--drain-timeout", type=float, default=30.0)
+    p_serve.add_argument("--log-level", default="WARNING")
+    p_stats = sub.add_parser("stats", help="print a running broker's figures as JSON")
+    p_stats.add_argument("--socket", default=os.environ.get("HTTP_BROKER"))
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+        try:
+            _run(
+                serve(
+                    args.socket,
+                    parent_pid=args.parent_pid,
+                    drain_timeout=args.drain_timeout,
+                    ready_fd=args.ready_fd,
+                )
+            )
+        except OSError as exc:
+            print(f"http-broker: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.socket:
+        parser.error("stats needs --socket or HTTP_BROKER")
+    figures = _run(_stats(args.socket.removeprefix("unix:")))
+    print(json.dumps(figures, indent=2))
+    return 0

@@ -1,0 +1,33 @@
+"""http-broker's client: aiohttp's ``ClientSession`` API over a shared broker process.
+
+``from worker_client import ClientSession`` where you had ``from aiohttp import
+ClientSession``. With ``HTTP_BROKER`` set (or ``broker=``), requests go through that
+broker; otherwise the same engine runs inside this process.
+"""
+
+from shared.specs import ClientTimeout
+
+from .connector import BaseConnector, TCPConnector, UnixConnector
+from .exceptions import *  # noqa: F403
+from .exceptions import __all__ as _exc_all
+from .helpers import BasicAuth, HttpVersion, HttpVersion10, HttpVersion11
+from .request_builder import PreparedRequest
+from .response import ClientResponse, StreamReader
+from .session import ClientSession, request
+
+__all__ = [
+    "BaseConnector",
+    "BasicAuth",
+    "ClientResponse",
+    "ClientSession",
+    "ClientTimeout",
+    "HttpVersion",
+    "HttpVersion10",
+    "HttpVersion11",
+    "PreparedRequest",
+    "StreamReader",
+    "TCPConnector",
+    "UnixConnector",
+    "request",
+    *_exc_all,
+]

@@ -1,0 +1,430 @@
+"""``ClientSession``: aiohttp's client API in front of a broker (or the embedded engine).
+
+A request is three steps, each in its own place: ``prepare_request`` turns the keyword
+arguments into URL, headers and body (pure); the transport carries a ``Request`` message
+to the engine; the ``Head`` that comes back becomes a ``ClientResponse`` whose body
+streams in through its ``StreamReader``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as _json
+import sys
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from types import TracebackType
+from typing import Any, TypedDict
+
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+from yarl import URL
+
+from shared.errors import ClientConnectionError, RequestInfo, exception_from_failure
+from shared.messages import Failure, Head, Request
+from shared.specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout
+
+from .connector import BaseConnector
+from .helpers import BasicAuth
+from .request_builder import PreparedRequest, prepare_request
+from .response import ClientResponse
+from .transport import StreamHandle, Transport, broker_address, get_transport, release_transport
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover
+    from typing_extensions import Unpack
+
+__all__ = ["ClientSession", "request"]
+
+_SENTINEL: Any = object()
+
+
+class _RequestOptions(TypedDict, total=False):
+    params: Any
+    data: Any
+    json: Any
+    headers: Any
+    skip_auto_headers: Iterable[str] | None
+    auth: BasicAuth | None
+    allow_redirects: bool
+    max_redirects: int
+    timeout: ClientTimeout | None
+    raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] | None
+    read_until_eof: bool
+    auto_decompress: bool | None
+
+
+class ClientSession:
+    """A client session; its pool, DNS cache and cookies live in the broker."""
+
+    def __init__(
+        self,
+        base_url: str | URL | None = None,
+        *,
+        connector: BaseConnector | None = None,
+        headers: Any = None,
+        skip_auto_headers: Iterable[str] | None = None,
+        auth: BasicAuth | None = None,
+        json_serialize: Callable[[Any], str] = _json.dumps,
+        timeout: ClientTimeout = _SENTINEL,
+        raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] = False,
+        auto_decompress: bool = True,
+        connector_owner: bool = True,
+        max_redirects: int = 10,
+        broker: str | None = None,
+    ) -> None:
+        if base_url is not None:
+            base = URL(base_url)
+            if not (base.absolute and base.path.endswith("/")):
+                raise ValueError("base_url must be an absolute URL ending with a '/'")
+            self._base_url: URL | None = base
+        else:
+            self._base_url = None
+        if timeout is _SENTINEL or timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        elif not isinstance(timeout, ClientTimeout):
+            raise ValueError(
+                f"timeout parameter cannot be of {type(timeout)} type, "
+                "please use 'timeout=ClientTimeout(...)'"
+            )
+        self._connector = connector
+        self._connector_owner = connector_owner
+        self._pool = connector.spec if connector is not None else DEFAULT_POOL
+        self._default_headers: CIMultiDict[str] = CIMultiDict(headers or {})
+        self._skip_auto_headers = frozenset(istr(h) for h in skip_auto_headers or ())
+        self._default_auth = auth
+        self._json_serialize = json_serialize
+        self._timeout = timeout
+        self._raise_for_status = raise_for_status
+        self._auto_decompress = auto_decompress
+        self._max_redirects = max_redirects
+        self._broker = broker_address(broker)
+        self._transport: Transport | None = None
+        self._transport_lock: asyncio.Lock | None = None
+        self._handles: set[StreamHandle] = set()
+        self._closed = False
+
+    # -- properties as aiohttp's -------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def connector(self) -> BaseConnector | None:
+        return self._connector
+
+    @property
+    def connector_owner(self) -> bool:
+        return self._connector_owner
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        return self._default_headers
+
+    @property
+    def skip_auto_headers(self) -> frozenset[istr]:
+        return self._skip_auto_headers
+
+    @property
+    def auth(self) -> BasicAuth | None:
+        return self._default_auth
+
+    @property
+    def json_serialize(self) -> Callable[[Any], str]:
+        return self._json_serialize
+
+    @property
+    def timeout(self) -> ClientTimeout:
+        return self._timeout
+
+    @property
+    def raise_for_status(self) -> Any:
+        return self._raise_for_status
+
+    @property
+    def auto_decompress(self) -> bool:
+        return self._auto_decompress
+
+    @property
+    def broker(self) -> str | None:
+        """The broker socket this session talks to; None means embedded."""
+        return self._broker
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> ClientSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Abandon unfinished streams and let go of the transport; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in list(self._handles):
+            handle.abandon()
+            handle.fail(ClientConnectionError("Connection closed"))
+        self._handles.clear()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await release_transport(transport)
+        if self._connector is not None and self._connector_owner:
+            await self._connector.close()
+
+    def __del__(self, _warnings: Any = warnings) -> None:
+        if not getattr(self, "_closed", True) and getattr(self, "_transport", None) is not None:
+            _warnings.warn(f"Unclosed client session {self!r}", ResourceWarning, source=self)
+
+    async def _get_transport(self) -> Transport:
+        if self._transport is not None and not self._transport.closed:
+            return self._transport
+        if self._transport_lock is None:
+            self._transport_lock = asyncio.Lock()
+        async with self._transport_lock:
+            if self._transport is not None and self._transport.closed:
+                await release_transport(self._transport)
+                self._transport = None
+            if self._transport is None:
+                self._transport = await get_transport(self._broker)
+            return self._transport
+
+    async def stats(self) -> Any:
+        """The engine's figures (pools, streams) as a ``Stats`` message."""
+        return await (await self._get_transport()).stats()
+
+    # -- requests ---------------------------------------------------------------
+
+    def request(
+        self, method: str, url: str | URL, **kwargs: Unpack[_RequestOptions]
+    ) -> _RequestContextManager:
+        """Perform an HTTP request; await it or use it with ``async with``."""
+        return _RequestContextManager(self._request(method, url, **kwargs))
+
+    def get(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
+        return _RequestContextManager(self._request("GET", url, **kwargs))
+
+    def options(
+        self, url: str | URL, **kwargs: Unpack[_RequestOptions]
+    ) -> _RequestContextManager:
+        return _RequestContextManager(self._request("OPTIONS", url, **kwargs))
+
+    def head(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
+        kwargs.setdefault("allow_redirects", False)
+        return _RequestContextManager(self._request("HEAD", url, **kwargs))
+
+    def post(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
+        return _RequestContextManager(self._request("POST", url, **kwargs))
+
+    def put(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
+        return _RequestContextManager(self._request("PUT", url, **kwargs))
+
+    def patch(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
+        return _RequestContextManager(self._request("PATCH", url, **kwargs))
+
+    def delete(
+        self, url: str | URL, **kwargs: Unpack[_RequestOptions]
+    ) -> _RequestContextManager:
+        return _RequestContextManager(self._request("DELETE", url, **kwargs))
+
+    def _prepare(self, method: str, url: str | URL, kw: _RequestOptions) -> PreparedRequest:
+        headers = kw.get("headers")
+        merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
+        if headers:
+            extra = CIMultiDict(headers)
+            for name in extra.keys():
+                merged.popall(name, None)
+            merged.extend(extra)
+        skip = set(self._skip_auto_headers)
+        skip.update(istr(h) for h in kw.get("skip_auto_headers") or ())
+        return prepare_request(
+            method,
+            url,
+            base_url=self._base_url,
+            params=kw.get("params"),
+            data=kw.get("data"),
+            json=kw.get("json"),
+            json_serialize=self._json_serialize,
+            headers=merged,
+            skip_auto_headers=skip,
+            auth=kw.get("auth"),
+            session_auth=self._default_auth,
+        )
+
+    async def _request(
+        self, method: str, url: str | URL, **kw: Unpack[_RequestOptions]
+    ) -> ClientResponse:
+        if self._closed:
+            raise RuntimeError("Session is closed")
+        prepared = self._prepare(method, url, kw)
+        timeout = kw.get("timeout") or self._timeout
+        if timeout is _SENTINEL:
+            timeout = self._timeout
+        auto_decompress = kw.get("auto_decompress")
+        transport = await self._get_transport()
+        sent_headers = CIMultiDictProxy(prepared.headers)
+        request_info = RequestInfo(
+            prepared.url, prepared.method, sent_headers, prepared.real_url or prepared.url
+        )
+        history_box: list[tuple[ClientResponse, ...]] = [()]
+
+        def make_error(failure: Failure) -> BaseException:
+            history = tuple(
+                self._history_response(h, request_info) for h in failure.history
+            )
+            history_box[0] = history
+            return exception_from_failure(failure, request_info, history)
+
+        handle = StreamHandle(transport, transport.next_stream_id(), make_error)
+        req = Request(
+            stream=handle.id,
+            method=prepared.method,
+            url=str(prepared.url),
+            headers=[(str(k), v) for k, v in prepared.headers.items()],
+            body=prepared.body,
+            streamed=prepared.stream is not None,
+            pool=self._pool,
+            timeout=timeout,
+            allow_redirects=kw.get("allow_redirects", True),
+            max_redirects=kw.get("max_redirects", self._max_redirects),
+            auto_decompress=self._auto_decompress if auto_decompress is None else auto_decompress,
+            read_until_eof=kw.get("read_until_eof", True),
+            skip_host=prepared.skip_host,
+        )
+        transport.open(req, prepared.stream, handle)
+        self._handles.add(handle)
+        if timeout.total:
+            handle.set_deadline(timeout.total)
+        try:
+            head = await handle.head
+        except BaseException:
+            handle.abandon()
+            self._handles.discard(handle)
+            raise
+        resp = self._response(head, handle, request_info)
+        rfs = kw.get("raise_for_status")
+        if rfs is None:
+            rfs = self._raise_for_status
+        if rfs:
+            try:
+                if callable(rfs):
+                    await rfs(resp)
+                else:
+                    resp.raise_for_status()
+            except BaseException:
+                resp.release()
+                raise
+        return resp
+
+    def _history_response(self, item: Any, request_info: RequestInfo) -> ClientResponse:
+        info = self._info_for(item, request_info)
+        return ClientResponse.from_head(
+            item,
+            request_info=info,
+            content=None,
+            history=(),
+            on_release=None,
+            loop=asyncio.get_running_loop(),
+        )
+
+    @staticmethod
+    def _info_for(item: Any, first: RequestInfo) -> RequestInfo:
+        if not item.request_headers:
+            return first
+        url = URL(item.url, encoded=True)
+        headers = CIMultiDictProxy(CIMultiDict(item.request_headers))
+        return RequestInfo(url, item.method, headers, url)
+
+    def _response(
+        self, head: Head, handle: StreamHandle, request_info: RequestInfo
+    ) -> ClientResponse:
+        history = tuple(self._history_response(h, request_info) for h in head.history)
+
+        def on_release(complete: bool) -> None:
+            self._handles.discard(handle)
+            if not complete:
+                handle.abandon()
+
+        if handle.done:
+            self._handles.discard(handle)
+        return ClientResponse.from_head(
+            head,
+            request_info=self._info_for(head, request_info),
+            content=handle.content,
+            history=history,
+            on_release=on_release,
+            loop=asyncio.get_running_loop(),
+        )
+
+
+class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
+    """What the verb methods return: awaitable, and an async context manager."""
+
+    __slots__ = ("_coro", "_resp")
+
+    def __init__(self, coro: Coroutine[Any, Any, ClientResponse]) -> None:
+        self._coro = coro
+        self._resp: ClientResponse | None = None
+
+    def send(self, arg: Any) -> Any:
+        return self._coro.send(arg)
+
+    def throw(self, *args: Any) -> Any:
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, ClientResponse]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> ClientResponse:
+        self._resp = await self._coro
+        return self._resp
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._resp is not None
+        self._resp.release()
+        await self._resp.wait_for_close()
+
+
+def request(method: str, url: str | URL, **kwargs: Any) -> _SessionRequestContextManager:
+    """A one-off request in its own session (aiohttp's ``aiohttp.request``)."""
+    return _SessionRequestContextManager(method, url, kwargs)
+
+
+class _SessionRequestContextManager:
+    def __init__(self, method: str, url: str | URL, kwargs: dict[str, Any]) -> None:
+        session_keys = ("connector", "timeout", "broker", "auto_decompress", "headers")
+        self._session_kw = {k: kwargs.pop(k) for k in session_keys if k in kwargs}
+        self._method, self._url, self._kw = method, url, kwargs
+        self._session: ClientSession | None = None
+        self._resp: ClientResponse | None = None
+
+    async def __aenter__(self) -> ClientResponse:
+        self._session = ClientSession(**self._session_kw)
+        try:
+            self._resp = await self._session.request(self._method, self._url, **self._kw)
+        except BaseException:
+            await self._session.close()
+            raise
+        return self._resp
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._session is not None and self._resp is not None
+        self._resp.release()
+        await self._session.close()
+
+
