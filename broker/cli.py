@@ -71,6 +71,7 @@ async def _stats(socket_path: str) -> dict[str, Any]:
         "pid": stats.pid,
         "workers": stats.workers,
         "streams": stats.streams,
+        "requests": stats.requests,
         "pools": stats.pools,
     }
 

@@ -124,6 +124,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.closed:
+            return  # refused or aborted: drain and drop until the peer hangs up
         try:
             msgs = self._reader.feed(self._view[:nbytes])
         except FrameError as exc:
@@ -212,9 +214,16 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def abort(self, code: str, message: str) -> None:
         """Say why, then close this worker's connection."""
         log.warning("closing worker connection pid=%s: %s", self.pid, message)
-        if self.transport is not None and not self.closed:
-            self.transport.write(encode(ErrorFrame(code, message)))
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(encode(ErrorFrame(code, message)))
+            # Half-close rather than close: closing with unread input would send a reset
+            # that can overtake the error frame. The peer gets a second to hang up.
+            if transport.can_write_eof():
+                transport.write_eof()
+                asyncio.get_running_loop().call_later(1.0, transport.close)
+            else:
+                transport.close()
         self.closed = True
 
 
@@ -262,6 +271,7 @@ class BrokerServer:
             pid=os.getpid(),
             workers=len(self.workers),
             streams=self.streams,
+            requests=self.engine.requests,
             pools=self.engine.figures(),  # type: ignore[arg-type]
         )
 

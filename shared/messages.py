@@ -136,6 +136,7 @@ class Stats(_Msg, tag="stats", frozen=True):
     pid: int
     workers: int
     streams: int
+    requests: int = 0
     pools: list[dict[str, object]] = []
 
 

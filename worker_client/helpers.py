@@ -64,9 +64,9 @@ class BasicAuth(namedtuple("BasicAuth", ["login", "password", "encoding"])):
         if auth_type.lower() != "basic":
             raise ValueError(f"Unknown authorization method {auth_type}")
         try:
-            decoded = base64.b64decode(
-                encoded_credentials.encode("ascii"), validate=True
-            ).decode(encoding)
+            decoded = base64.b64decode(encoded_credentials.encode("ascii"), validate=True).decode(
+                encoding
+            )
         except binascii.Error:
             raise ValueError("Invalid base64 encoding.") from None
         try:
@@ -90,9 +90,7 @@ class BasicAuth(namedtuple("BasicAuth", ["login", "password", "encoding"])):
 
 
 # One parameter: `; name` optionally followed by `= token` or `= "quoted \" string"`.
-_PARAM_RE = re.compile(
-    r';\s*(?P<key>[^;=\s]*)\s*(?:=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*))?[^;]*'
-)
+_PARAM_RE = re.compile(r';\s*(?P<key>[^;=\s]*)\s*(?:=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*))?[^;]*')
 _UNESCAPE_RE = re.compile(r"\\(.)")
 _JSON_RE = re.compile(r"application/(?:[\w.+-]+\+)?json")
 

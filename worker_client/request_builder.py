@@ -185,9 +185,7 @@ def _build_headers(headers: Any) -> CIMultiDict[str]:
         if not isinstance(name, str):
             raise TypeError(f"header names must be str, got {name!r}")
         if not isinstance(value, str):
-            raise TypeError(
-                f"the value of header {name!r} must be str, got {type(value).__name__}"
-            )
+            raise TypeError(f"the value of header {name!r} must be str, got {type(value).__name__}")
         if not _TOKEN_RE.fullmatch(name):
             raise ValueError(f"Invalid header name {name!r}: potential header injection")
         if _FORBIDDEN_VALUE_RE.search(value):

@@ -292,8 +292,7 @@ class StreamReader:
         # could not tell which of them gets the data.
         if self._waiter is not None:
             raise RuntimeError(
-                f"{func_name}() called while another coroutine is "
-                "already waiting for incoming data"
+                f"{func_name}() called while another coroutine is already waiting for incoming data"
             )
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -375,6 +374,10 @@ class ClientResponse:
     _body: bytes | None = None
     _cookies: SimpleCookie | None = None
     _links: MultiDictProxy[MultiDictProxy[str | URL]] | None = None
+    # aiohttp's ``fallback_charset_resolver``: a session may set its own on the response.
+    _resolve_charset: Callable[[ClientResponse, bytes], str] = staticmethod(  # type: ignore[assignment]
+        lambda response, body: "utf-8"
+    )
 
     def __init__(
         self,
@@ -645,7 +648,7 @@ class ClientResponse:
             return "utf-8"  # RFC 8259
         if self._body is None:
             raise RuntimeError("Cannot compute fallback encoding of a not yet read body")
-        return "utf-8"
+        return self._resolve_charset(self, self._body)
 
     async def text(self, encoding: str | None = None, errors: str = "strict") -> str:
         """Read the body and decode it."""
@@ -687,4 +690,3 @@ class ClientResponse:
         if encoding is None:
             encoding = self.get_encoding()
         return loads(stripped.decode(encoding))
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json as _json
+import os
 import sys
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
@@ -102,6 +103,7 @@ class ClientSession:
         self._transport: Transport | None = None
         self._transport_lock: asyncio.Lock | None = None
         self._handles: set[StreamHandle] = set()
+        self._pid = os.getpid()
         self._closed = False
 
     # -- properties as aiohttp's -------------------------------------------------------
@@ -184,6 +186,13 @@ class ClientSession:
             _warnings.warn(f"Unclosed client session {self!r}", ResourceWarning, source=self)
 
     async def _get_transport(self) -> Transport:
+        if self._pid != os.getpid():
+            # A forked child never uses its parent's socket: forget it (the parent still
+            # owns it) and connect anew.
+            self._pid = os.getpid()
+            self._transport = None
+            self._transport_lock = None
+            self._handles = set()
         if self._transport is not None and not self._transport.closed:
             return self._transport
         if self._transport_lock is None:

@@ -307,16 +307,18 @@ async def _apply(reader, op: str, n: int):  # type: ignore[no-untyped-def]
 async def test_same_results_as_aiohttp_streamreader(seed: int) -> None:
     rnd = random.Random(seed)
     alphabet = b"ab\r\n"
-    chunks = [
-        bytes(rnd.choice(alphabet) for _ in range(rnd.randint(1, 12))) for _ in range(30)
-    ]
+    chunks = [bytes(rnd.choice(alphabet) for _ in range(rnd.randint(1, 12))) for _ in range(30)]
     ops = [
-        (rnd.choice(["read", "readany", "readline", "readuntil", "readchunk", "readexactly"]),
-         rnd.randint(1, 9))
+        (
+            rnd.choice(["read", "readany", "readline", "readuntil", "readchunk", "readexactly"]),
+            rnd.randint(1, 9),
+        )
         for _ in range(60)
     ]
     theirs = aiohttp_streams.StreamReader(
-        _Protocol(), 2**16, loop=asyncio.get_running_loop()  # type: ignore[arg-type]
+        _Protocol(),
+        2**16,
+        loop=asyncio.get_running_loop(),  # type: ignore[arg-type]
     )
     consumed = Consumed()
     ours = StreamReader(consumed)
@@ -329,10 +331,7 @@ async def test_same_results_as_aiohttp_streamreader(seed: int) -> None:
         expected = await _apply(theirs, op, n)
         assert await _apply(ours, op, n) == expected, (op, n)
         got.append(expected)
-    read = sum(
-        len(r[1]) if r[0] == "incomplete" else len(r[0]) if isinstance(r, tuple) else len(r)
-        for r in got
-    )
+    read = sum(len(r) if isinstance(r, bytes) else len(r[1] if len(r) == 3 else r[0]) for r in got)
     assert consumed.total == read
     assert ours.at_eof() == theirs.at_eof()
 
@@ -745,7 +744,9 @@ async def test_json_rejects_an_unexpected_content_type() -> None:
         await response.json()
     exc = info.value
     assert isinstance(exc, ClientResponseError)
-    assert exc.message == "Attempt to decode JSON with unexpected mimetype: text/html; charset=utf-8"
+    assert exc.message == (
+        "Attempt to decode JSON with unexpected mimetype: text/html; charset=utf-8"
+    )
     assert exc.status == 200
     assert exc.headers is response.headers
     assert exc.history == (redirect,)
@@ -760,8 +761,9 @@ async def test_json_rejects_an_unexpected_content_type() -> None:
 
 async def test_json_without_content_type_is_rejected() -> None:
     response, _, _ = make_response(make_head([(b"Server", b"x")]), b"1")
-    with pytest.raises(ContentTypeError, match="unexpected mimetype: $"):
+    with pytest.raises(ContentTypeError) as info:
         await response.json()
+    assert info.value.message == "Attempt to decode JSON with unexpected mimetype: "
 
 
 @pytest.mark.parametrize("body", [b"", b"  \r\n "])
@@ -815,3 +817,16 @@ async def test_raise_for_status_in_context_leaves_release_to_exit() -> None:
             response.raise_for_status()
             assert released.calls == []
     assert released.calls == [False]
+
+
+async def test_fallback_charset_resolver_can_be_replaced() -> None:
+    response, _, _ = make_response(make_head([(b"Content-Type", b"text/plain")]), b"caf\xe9")
+    seen = []
+
+    def resolve(resp: ClientResponse, body: bytes) -> str:
+        seen.append((resp, body))
+        return "latin-1"
+
+    response._resolve_charset = resolve  # type: ignore[method-assign]
+    assert await response.text() == "café"
+    assert seen == [(response, b"caf\xe9")]

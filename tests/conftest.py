@@ -1,0 +1,127 @@
+"""Fixtures shared by the suite: a broker process, the two modes, loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import broker  # noqa: E402
+from worker_client import ClientSession  # noqa: E402
+
+MODES = ("embedded", "broker")
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their mode explicitly; an HTTP_BROKER from outside must not leak in."""
+    monkeypatch.delenv("HTTP_BROKER", raising=False)
+
+
+@pytest.fixture(scope="session")
+def broker_process() -> Iterator[broker.BrokerProcess]:
+    """One broker process for the whole run (tests that kill brokers start their own)."""
+    with broker.start(export=False, drain_timeout=2) as proc:
+        yield proc
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def broker_address(mode: str, request: pytest.FixtureRequest) -> str | None:
+    """None in embedded mode, the broker's socket path in broker mode."""
+    if mode == "embedded":
+        return None
+    proc: broker.BrokerProcess = request.getfixturevalue("broker_process")
+    return proc.socket_path
+
+
+@pytest.fixture
+async def make_session(
+    broker_address: str | None,
+) -> AsyncIterator[Callable[..., ClientSession]]:
+    """``make_session(**kwargs)``: a ClientSession in the test's mode, closed afterwards."""
+    sessions: list[ClientSession] = []
+
+    def factory(**kwargs: Any) -> ClientSession:
+        kwargs.setdefault("broker", broker_address)
+        s = ClientSession(**kwargs)
+        sessions.append(s)
+        return s
+
+    yield factory
+    for s in sessions:
+        await s.close()
+
+
+@pytest.fixture
+async def session(make_session: Callable[..., ClientSession]) -> ClientSession:
+    return make_session()
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
+    """``await serve_app(app)`` runs an aiohttp.web app on 127.0.0.1; returns its base URL."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[RawHandler], Awaitable[str]]]:
+    """``await raw_server(handler)``: a raw asyncio TCP server for misbehaving peers."""
+    servers: list[asyncio.AbstractServer] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def start(handler: RawHandler) -> str:
+        async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            try:
+                await handler(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(wrapped, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for w in writers:
+        w.close()
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request_head(reader: asyncio.StreamReader) -> bytes:
+    """Read one request head (up to the blank line) from a raw connection."""
+    return await reader.readuntil(b"\r\n\r\n")

@@ -1,0 +1,318 @@
+"""The broker as a process: isolation between workers, bad input, lifecycle, groups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import psutil
+import pytest
+from aiohttp import web
+
+import broker
+from shared.framing import FrameReader, encode
+from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Welcome
+from worker_client import (
+    BrokerConnectionError,
+    BrokerProtocolError,
+    ClientSession,
+    TCPConnector,
+)
+
+from . import _workers
+from ..conftest import ROOT
+
+
+def _raw_exchange(path: str, payload: bytes, timeout: float = 5.0) -> list[object]:
+    """Send bytes to the broker as a misbehaving worker; every message until it closes."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(path)
+    try:
+        sock.sendall(payload)
+        reader = FrameReader()
+        out: list[object] = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return out
+            out.extend(reader.feed(data))
+    finally:
+        sock.close()
+
+
+async def _hello_app(serve_app) -> str:
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app.router.add_get("/", hello)
+    return await serve_app(app)
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (b"\xff\xff\xff\xff" + b"x" * 64, "over the cap"),
+        (b"\x05\x00\x00\x00garbage", "malformed"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "over the cap"),
+        (encode(Welcome(PROTOCOL_VERSION, 1)), "first message must be Hello"),
+        (encode(Hello(PROTOCOL_VERSION + 99, 1)), "protocol version"),
+    ],
+)
+async def test_bad_input_closes_only_that_worker(broker_process, serve_app, payload, needle):
+    base = await _hello_app(serve_app)
+    async with ClientSession(broker=broker_process.socket_path) as good:
+        async with good.get(base) as resp:  # a worker connected before the garbage
+            assert await resp.text() == "hello"
+        loop = asyncio.get_running_loop()
+        msgs = await loop.run_in_executor(
+            None, _raw_exchange, broker_process.socket_path, payload
+        )
+        errors = [m for m in msgs if isinstance(m, ErrorFrame)]
+        assert len(errors) == 1, msgs
+        assert needle in errors[0].message
+        assert broker_process.process.poll() is None
+        async with good.get(base) as resp:  # the same worker connection carries on
+            assert await resp.text() == "hello"
+
+
+async def test_wrong_version_is_a_clear_error_for_the_worker(broker_process, monkeypatch):
+    from worker_client import transport as transport_mod
+
+    monkeypatch.setattr(transport_mod, "PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
+    async with ClientSession(broker=broker_process.socket_path) as session:
+        with pytest.raises(BrokerProtocolError, match="protocol version"):
+            await session.get("http://127.0.0.1:1/")
+
+
+async def test_unreachable_broker_is_a_connection_error(tmp_path):
+    async with ClientSession(broker=str(tmp_path / "nobody.sock")) as session:
+        with pytest.raises(BrokerConnectionError, match="cannot reach the broker"):
+            await session.get("http://127.0.0.1:1/")
+
+
+def test_socket_is_private(broker_process):
+    mode = os.stat(broker_process.socket_path).st_mode & 0o777
+    assert mode == 0o600
+    parent = os.path.dirname(broker_process.socket_path)
+    assert os.stat(parent).st_mode & 0o077 == 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another uid")
+def test_other_uid_is_refused():
+    tmp = tempfile.mkdtemp()
+    os.chmod(tmp, 0o755)  # pytest's tmp_path sits under a 0700 folder
+    path = os.path.join(tmp, "b.sock")
+    with broker.start(path, export=False):
+        os.chmod(path, 0o666)  # even with the file open to all, the peer uid is checked
+        hello = encode(Hello(PROTOCOL_VERSION, 1)).hex()
+        # The child drops to nobody before anything else: it may not read our packages,
+        # so it speaks raw bytes and prints what came back.
+        code = textwrap.dedent(
+            f"""
+            import os, socket, sys
+            os.setgid(65534); os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect({path!r})
+            s.sendall(bytes.fromhex({hello!r}))
+            data = b""
+            while (d := s.recv(65536)):
+                data += d
+            sys.stdout.write(data.hex())
+            """
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=20
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+        msgs = FrameReader().feed(bytes.fromhex(out.stdout))
+        assert [(type(m).__name__, getattr(m, "code", None)) for m in msgs] == [
+            ("ErrorFrame", "permission")
+        ], out.stderr
+
+
+async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
+    """A worker SIGKILLed mid-request frees its pool slot for the others at once."""
+    arrived = asyncio.Event()
+    upstream_closed = asyncio.Event()
+    app = web.Application()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        # aiohttp.web does not cancel a handler when its client goes; watch the socket.
+        for _ in range(300):
+            if request.transport is None or request.transport.is_closing():
+                upstream_closed.set()
+                break
+            await asyncio.sleep(0.05)
+        return web.Response(text="late")
+
+    async def fast(request: web.Request) -> web.Response:
+        return web.Response(text="fast")
+
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/fast", fast)
+    base = await serve_app(app)
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.path.insert(0, {ROOT!r})
+        from worker_client import ClientSession, TCPConnector
+        async def main():
+            conn = TCPConnector(limit=1, name="kill9")
+            async with ClientSession(broker=sys.argv[1], connector=conn) as s:
+                await s.get(sys.argv[2])
+        asyncio.run(main())
+        """
+    )
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, broker_process.socket_path, base + "/slow"
+    )
+    try:
+        await asyncio.wait_for(arrived.wait(), 15)
+    finally:
+        victim.kill()
+        await victim.wait()
+    conn = TCPConnector(limit=1, name="kill9")
+    async with ClientSession(broker=broker_process.socket_path, connector=conn) as s:
+        t0 = time.monotonic()
+        async with s.get(base + "/fast") as resp:
+            assert await resp.text() == "fast"
+        assert time.monotonic() - t0 < 2.0
+    # The broker closed the dead worker's upstream connection too.
+    await asyncio.wait_for(upstream_closed.wait(), 2)
+    assert broker_process.process.poll() is None
+
+
+async def test_three_spawned_workers_share_one_broker(serve_app):
+    peers: set[int] = set()
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername")[1])
+        return web.Response(text="hello")
+
+    app.router.add_get("/", hello)
+    base = await serve_app(app)
+    loop = asyncio.get_running_loop()
+    with broker.start() as proc:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(3) as pool:
+            results = await loop.run_in_executor(
+                None, lambda: pool.starmap(_workers.fetch_many, [(base + "/", 5)] * 3)
+            )
+        assert {r[2] for r in results} == {proc.socket_path}
+        assert len({r[0] for r in results}) == 3
+        assert all(r[1] == [200] * 5 for r in results)
+        # Every connection the server saw came from the broker process.
+        broker_ports = {
+            c.laddr.port
+            for c in psutil.Process(proc.pid).net_connections(kind="tcp")
+            if c.laddr
+        }
+        assert peers and peers <= broker_ports
+        async with ClientSession() as session:
+            stats = await session.stats()
+        assert stats.requests == 15
+        assert stats.pid == proc.pid
+
+
+async def test_forked_child_reconnects(broker_process, serve_app):
+    base = await _hello_app(serve_app)
+    script = textwrap.dedent(
+        f"""
+        import asyncio, json, os, sys, threading
+        sys.path.insert(0, {ROOT!r})
+        from worker_client import ClientSession
+
+        async def use(session):
+            async with session.get(sys.argv[2]) as r:
+                return (await r.text(), id(session._transport))
+
+        async def main():
+            session = ClientSession(broker=sys.argv[1])
+            first = await use(session)
+            pid = os.fork()
+            if pid == 0:
+                out = {{}}
+                t = threading.Thread(target=lambda: out.update(r=asyncio.run(use(session))))
+                t.start(); t.join()
+                print(json.dumps({{"child": out["r"], "parent": first}}), flush=True)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            await session.close()
+
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, broker_process.socket_path, base + "/",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    result = json.loads(out)
+    assert result["child"][0] == result["parent"][0] == "hello"
+    assert result["child"][1] != result["parent"][1]
+
+
+async def test_standalone_broker_drains_on_sigterm(serve_app, tmp_path):
+    app = web.Application()
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response(text="drained")
+
+    app.router.add_get("/slow", slow)
+    base = await serve_app(app)
+    path = str(tmp_path / "standalone.sock")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "serve", "--socket", path, cwd=ROOT
+    )
+    try:
+        for _ in range(200):
+            if os.path.exists(path):
+                break
+            await asyncio.sleep(0.05)
+        async with ClientSession(broker=path) as session:
+            pending = asyncio.ensure_future(session.get(base + "/slow"))
+            await asyncio.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            resp = await pending
+            assert await resp.text() == "drained"
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert not os.path.exists(path)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_broker_exits_when_its_starter_dies(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        import broker
+        with broker.start() as b:
+            print(b.pid, flush=True)
+            time.sleep(60)
+        """
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE) as starter:
+        assert starter.stdout is not None
+        broker_pid = int(starter.stdout.readline())
+        starter.kill()
+        starter.wait()
+        psutil.Process(broker_pid).wait(timeout=5)
+        assert not psutil.pid_exists(broker_pid)

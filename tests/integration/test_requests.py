@@ -1,0 +1,578 @@
+"""Request-level behaviour: URL, headers, auth, methods, keep-alive, errors, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import time
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import read_request_head
+from tests.integration.apps import (
+    UNRESOLVABLE_HOST,
+    closed_port,
+    counting_app,
+    echo_app,
+    header,
+    headers_named,
+)
+from worker_client import (
+    BasicAuth,
+    ClientConnectionError,
+    ClientConnectorDNSError,
+    ClientConnectorError,
+    ClientResponseError,
+    ClientTimeout,
+    InvalidUrlClientError,
+    NonHttpUrlClientError,
+    ServerTimeoutError,
+    SocketTimeoutError,
+)
+
+# -- URL ------------------------------------------------------------------------------
+
+
+async def test_params_dict_are_added_to_the_query(serve_app, session):
+    base = await serve_app(echo_app())
+    async with session.get(base + "/p?a=0", params={"b": "1", "c": "x y"}) as resp:
+        got = await resp.json()
+    assert got["query"] == [["a", "0"], ["b", "1"], ["c", "x y"]]
+    assert resp.url.query == {"a": "0", "b": "1", "c": "x y"}
+
+
+async def test_params_pairs_keep_repeated_keys(serve_app, session):
+    base = await serve_app(echo_app())
+    async with session.get(base + "/p", params=[("k", "1"), ("k", "2")]) as resp:
+        got = await resp.json()
+    assert got["query"] == [["k", "1"], ["k", "2"]]
+
+
+async def test_base_url_joins_relative_urls(serve_app, make_session):
+    base = await serve_app(echo_app())
+    session = make_session(base_url=base + "/api/")
+    async with session.get("items", params={"q": "1"}) as resp:
+        got = await resp.json()
+    assert got["path"] == "/api/items"
+    assert got["query_string"] == "q=1"
+    assert str(resp.url) == base + "/api/items?q=1"
+    async with session.get("/root") as resp:  # RFC 3986 join, as aiohttp 3.14
+        assert (await resp.json())["path"] == "/root"
+
+
+async def test_fragment_is_not_sent(serve_app, session):
+    base = await serve_app(echo_app())
+    async with session.get(base + "/f#frag") as resp:
+        got = await resp.json()
+    assert got["path"] == "/f"
+    assert resp.url.fragment == ""
+
+
+# -- auth -----------------------------------------------------------------------------
+
+
+async def test_basic_auth_argument(serve_app, session):
+    base = await serve_app(echo_app())
+    async with session.get(base + "/", auth=BasicAuth("user", "pass")) as resp:
+        got = await resp.json()
+    assert header(got, "Authorization") == "Basic dXNlcjpwYXNz"
+
+
+async def test_credentials_in_the_url(serve_app, session):
+    base = await serve_app(echo_app())
+    url = base.replace("http://", "http://user:p%40ss@") + "/secret"
+    async with session.get(url) as resp:
+        got = await resp.json()
+    assert header(got, "Authorization") == BasicAuth("user", "p@ss").encode()
+    assert got["path"] == "/secret"
+    assert resp.url.user is None and resp.url.password is None
+
+
+async def test_session_auth_applies_and_request_auth_wins(serve_app, make_session):
+    base = await serve_app(echo_app())
+    session = make_session(auth=BasicAuth("s", "1"))
+    async with session.get(base + "/") as resp:
+        assert header(await resp.json(), "Authorization") == BasicAuth("s", "1").encode()
+    async with session.get(base + "/", auth=BasicAuth("r", "2")) as resp:
+        assert header(await resp.json(), "Authorization") == BasicAuth("r", "2").encode()
+
+
+async def test_auth_argument_and_url_credentials_conflict(serve_app, session):
+    base = await serve_app(echo_app())
+    with pytest.raises(ValueError):
+        await session.get(base.replace("http://", "http://u:p@"), auth=BasicAuth("a", "b"))
+
+
+# -- headers --------------------------------------------------------------------------
+
+
+async def test_default_auto_headers(serve_app, session):
+    base = await serve_app(echo_app())
+    async with session.get(base + "/") as resp:
+        got = await resp.json()
+    assert header(got, "User-Agent").startswith("Python/3.")
+    assert header(got, "Accept") == "*/*"
+    encodings = {e.strip() for e in header(got, "Accept-Encoding").split(",")}
+    assert {"gzip", "deflate"} <= encodings
+    assert header(got, "Host") == base.removeprefix("http://")
+    # A GET without a body announces none.
+    assert header(got, "Content-Length") is None
+    assert header(got, "Transfer-Encoding") is None
+
+
+async def test_skip_auto_headers_per_request_and_per_session(serve_app, make_session):
+    base = await serve_app(echo_app())
+    session = make_session(skip_auto_headers=["User-Agent"])
+    async with session.get(base + "/") as resp:
+        got = await resp.json()
+    assert header(got, "User-Agent") is None
+    assert header(got, "Accept") == "*/*"
+    async with session.get(base + "/", skip_auto_headers=["Accept-Encoding"]) as resp:
+        got = await resp.json()
+    assert header(got, "User-Agent") is None
+    assert header(got, "Accept-Encoding") is None
+    # An explicit header is sent even if its auto version is skipped.
+    async with session.get(base + "/", headers={"User-Agent": "mine/1"}) as resp:
+        assert header(await resp.json(), "User-Agent") == "mine/1"
+
+
+async def test_session_headers_merge_with_request_headers(serve_app, make_session):
+    base = await serve_app(echo_app())
+    session = make_session(headers={"X-Session": "s", "X-Both": "session"})
+    async with session.get(base + "/", headers={"x-both": "request", "X-Req": "r"}) as resp:
+        got = await resp.json()
+    assert header(got, "X-Session") == "s"
+    assert headers_named(got, "X-Both") == ["request"]
+    assert header(got, "X-Req") == "r"
+
+
+async def test_repeated_request_headers_are_all_sent(serve_app, session):
+    base = await serve_app(echo_app())
+    async with session.get(base + "/", headers=[("X-Multi", "1"), ("X-Multi", "2")]) as resp:
+        got = await resp.json()
+    assert headers_named(got, "X-Multi") == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-A": "a\r\nX-Injected: b"}, {"X-A": "a\nb"}, {"X-A\r\nX-B": "x"}],
+    ids=["crlf-value", "lf-value", "crlf-name"],
+)
+async def test_header_injection_is_rejected_before_sending(raw_server, session, headers):
+    received: list[bytes] = []
+
+    async def handler(reader, writer):
+        received.append(await reader.read())
+
+    base = await raw_server(handler)
+    with pytest.raises(ValueError):
+        await session.get(base + "/", headers=headers)
+    await asyncio.sleep(0.05)
+    assert not any(received)
+
+
+# -- methods and bodiless responses -------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["get", "post", "put", "patch", "delete", "options"])
+async def test_verb_methods(serve_app, session, verb):
+    base = await serve_app(echo_app())
+    async with getattr(session, verb)(base + "/v") as resp:
+        got = await resp.json()
+    assert got["method"] == verb.upper()
+    assert resp.method == verb.upper()
+
+
+async def test_request_with_custom_method(serve_app, session):
+    base = await serve_app(echo_app())
+    async with session.request("PROPFIND", base + "/") as resp:
+        assert (await resp.json())["method"] == "PROPFIND"
+
+
+async def test_invalid_method_is_rejected(session):
+    with pytest.raises(ValueError):
+        await session.request("GE T", "http://127.0.0.1:1/")
+
+
+async def test_head_has_no_body_and_the_connection_is_reused(serve_app, session):
+    app, ports = counting_app()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 1000)
+
+    app.router.add_get("/", page)  # also answers HEAD, with Content-Length: 1000
+    base = await serve_app(app)
+    async with session.head(base + "/") as resp:
+        assert resp.status == 200
+        assert resp.method == "HEAD"
+        assert resp.headers["Content-Length"] == "1000"
+        assert await resp.read() == b""
+    async with session.get(base + "/") as resp:
+        assert await resp.read() == b"x" * 1000
+    assert len(ports) == 2
+    assert len(set(ports)) == 1, "HEAD then GET should use one connection"
+
+
+async def test_head_does_not_follow_redirects_by_default(serve_app, session):
+    app = web.Application()
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/elsewhere")
+
+    app.router.add_get("/", moved)
+    base = await serve_app(app)
+    async with session.head(base + "/") as resp:
+        assert resp.status == 302
+        assert resp.history == ()
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_bodiless_status_then_reuse(serve_app, session, status):
+    app, ports = counting_app()
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"ETag": '"v1"'})
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="after")
+
+    app.router.add_get("/empty", empty)
+    app.router.add_get("/page", page)
+    base = await serve_app(app)
+    async with session.get(base + "/empty") as resp:
+        assert resp.status == status
+        assert await resp.read() == b""
+        assert resp.content.at_eof()
+    async with session.get(base + "/page") as resp:
+        assert await resp.text() == "after"
+    assert len(set(ports)) == 1
+
+
+# -- keep-alive --------------------------------------------------------------------------
+
+
+async def test_sequential_requests_reuse_one_connection(serve_app, session):
+    app, ports = counting_app()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=request.path)
+
+    app.router.add_get("/{n}", page)
+    base = await serve_app(app)
+    for n in range(5):
+        async with session.get(f"{base}/{n}") as resp:
+            assert await resp.text() == f"/{n}"
+    assert len(ports) == 5
+    assert len(set(ports)) == 1
+
+
+async def test_concurrent_requests_each_get_an_answer(serve_app, session):
+    app, ports = counting_app()
+
+    async def page(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.02)
+        return web.Response(text=request.path)
+
+    app.router.add_get("/{n}", page)
+    base = await serve_app(app)
+
+    async def one(n: int) -> str:
+        async with session.get(f"{base}/{n}") as resp:
+            return await resp.text()
+
+    assert await asyncio.gather(*(one(n) for n in range(10))) == [f"/{n}" for n in range(10)]
+    assert 1 < len(set(ports)) <= 10
+
+
+# -- calling styles ---------------------------------------------------------------------
+
+
+async def test_await_style_and_context_manager_style(serve_app, session):
+    app = web.Application()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="body")
+
+    app.router.add_get("/", page)
+    base = await serve_app(app)
+
+    resp = await session.get(base + "/")
+    assert resp.status == 200
+    assert await resp.text() == "body"
+    resp.release()
+
+    async with session.get(base + "/") as resp2:
+        assert resp2.status == 200
+        assert await resp2.text() == "body"
+    assert resp2.closed
+
+    async with await session.get(base + "/") as resp3:  # a response is a context manager too
+        assert await resp3.read() == b"body"
+
+
+# -- raise_for_status ---------------------------------------------------------------------
+
+
+def _not_found_app() -> web.Application:
+    app = web.Application()
+
+    async def missing(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="nope", headers={"X-Why": "gone"})
+
+    async def fine(request: web.Request) -> web.Response:
+        return web.Response(text="fine")
+
+    app.router.add_get("/missing", missing)
+    app.router.add_get("/fine", fine)
+    return app
+
+
+async def test_raise_for_status_on_the_session(serve_app, make_session):
+    base = await serve_app(_not_found_app())
+    session = make_session(raise_for_status=True)
+    with pytest.raises(ClientResponseError) as info:
+        await session.get(base + "/missing")
+    exc = info.value
+    assert exc.status == 404
+    assert exc.message == "Not Found"
+    assert exc.headers["X-Why"] == "gone"
+    assert exc.request_info.method == "GET"
+    assert str(exc.request_info.url) == base + "/missing"
+    assert exc.history == ()
+    # per request False wins over the session's True
+    async with session.get(base + "/missing", raise_for_status=False) as resp:
+        assert resp.status == 404
+        assert await resp.text() == "nope"
+    async with session.get(base + "/fine") as resp:
+        assert await resp.text() == "fine"
+
+
+async def test_raise_for_status_per_request(serve_app, session):
+    base = await serve_app(_not_found_app())
+    async with session.get(base + "/missing") as resp:
+        assert resp.status == 404
+        assert not resp.ok
+        with pytest.raises(ClientResponseError) as info:
+            resp.raise_for_status()
+        assert info.value.status == 404
+    with pytest.raises(ClientResponseError) as info:
+        async with session.get(base + "/missing", raise_for_status=True):
+            pytest.fail("the body should not be reached")
+    assert info.value.status == 404
+    assert info.value.request_info.url.path == "/missing"
+
+
+async def test_raise_for_status_callable(serve_app, make_session):
+    base = await serve_app(_not_found_app())
+    seen: list[int] = []
+
+    async def check(resp) -> None:
+        seen.append(resp.status)
+        if resp.status >= 400:
+            raise RuntimeError(f"bad {resp.status}")
+
+    session = make_session(raise_for_status=check)
+    with pytest.raises(RuntimeError, match="bad 404"):
+        await session.get(base + "/missing")
+    async with session.get(base + "/fine") as resp:
+        assert await resp.text() == "fine"
+    assert seen == [404, 200]
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+
+async def _silent(reader, writer):
+    await read_request_head(reader)
+    await reader.read()  # never answer; return when the client goes away
+
+
+async def test_sock_read_timeout_before_the_head(raw_server, session):
+    base = await raw_server(_silent)
+    started = time.monotonic()
+    with pytest.raises(SocketTimeoutError) as info:
+        await session.get(base + "/", timeout=ClientTimeout(sock_read=0.2))
+    assert isinstance(info.value, ServerTimeoutError)
+    assert isinstance(info.value, asyncio.TimeoutError)
+    assert 0.15 < time.monotonic() - started < 1.5
+
+
+async def test_sock_read_timeout_in_the_body(raw_server, session):
+    async def stalls(reader, writer):
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        await reader.read()
+
+    base = await raw_server(stalls)
+    resp = await session.get(base + "/", timeout=ClientTimeout(sock_read=0.2))
+    assert resp.status == 200
+    with pytest.raises(SocketTimeoutError):
+        await resp.read()
+
+
+async def test_session_timeout_is_used(raw_server, make_session):
+    base = await raw_server(_silent)
+    session = make_session(timeout=ClientTimeout(sock_read=0.2))
+    with pytest.raises(SocketTimeoutError):
+        await session.get(base + "/")
+
+
+async def test_total_timeout(raw_server, session):
+    base = await raw_server(_silent)
+    started = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError):
+        await session.get(base + "/", timeout=ClientTimeout(total=0.2))
+    assert 0.15 < time.monotonic() - started < 1.5
+
+
+async def test_total_timeout_while_reading_the_body(raw_server, session):
+    async def trickles(reader, writer):
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    base = await raw_server(trickles)
+    resp = await session.get(base + "/", timeout=ClientTimeout(total=0.3, sock_read=1))
+    with pytest.raises(asyncio.TimeoutError):
+        await resp.read()
+
+
+async def test_timeouts_leave_the_session_usable(raw_server, serve_app, session):
+    slow = await raw_server(_silent)
+    with pytest.raises(asyncio.TimeoutError):
+        await session.get(slow + "/", timeout=ClientTimeout(sock_read=0.1))
+    app = web.Application()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", page)
+    base = await serve_app(app)
+    async with session.get(base + "/") as resp:
+        assert await resp.text() == "ok"
+
+
+# -- connection errors ------------------------------------------------------------------
+
+
+async def test_connection_refused(session):
+    port = closed_port()
+    with pytest.raises(ClientConnectorError) as info:
+        await session.get(f"http://127.0.0.1:{port}/")
+    exc = info.value
+    assert not isinstance(exc, ClientConnectorDNSError)
+    assert isinstance(exc, OSError)
+    assert exc.host == "127.0.0.1"
+    assert exc.port == port
+    assert exc.os_error.errno == errno.ECONNREFUSED
+
+
+async def test_unresolvable_host(session):
+    with pytest.raises(ClientConnectorDNSError) as info:
+        await session.get(f"http://{UNRESOLVABLE_HOST}:8080/")
+    assert info.value.host == UNRESOLVABLE_HOST
+    assert info.value.port == 8080
+
+
+@pytest.mark.parametrize(
+    "url", ["http://", "http:///path", "/relative", "http://127.0.0.1:80:x/", "http://[::1/"]
+)
+async def test_invalid_url(session, url):
+    with pytest.raises(InvalidUrlClientError) as info:
+        await session.get(url)
+    assert isinstance(info.value, ValueError)
+
+
+async def test_invalid_url_sends_nothing(raw_server, session):
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+
+    base = await raw_server(handler)
+    port = base.rsplit(":", 1)[1]
+    with pytest.raises(InvalidUrlClientError):
+        await session.get(f"http://127.0.0.1:{port}:bad/")
+    await asyncio.sleep(0.05)
+    assert connections == []
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/file", "file:///etc/passwd", "ws://x/"])
+async def test_non_http_url(session, url):
+    with pytest.raises(NonHttpUrlClientError):
+        await session.get(url)
+
+
+# -- session lifecycle ----------------------------------------------------------------------
+
+
+async def test_closed_session_raises_runtime_error(make_session):
+    session = make_session()
+    await session.close()
+    assert session.closed
+    with pytest.raises(RuntimeError):
+        await session.get("http://127.0.0.1:1/")
+    await session.close()  # idempotent
+
+
+async def test_close_with_an_unread_response(serve_app, make_session):
+    app = web.Application()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = 100 * 65536
+        await resp.prepare(request)
+        try:
+            for _ in range(100):  # stops when the client goes away
+                await resp.write(b"x" * 65536)
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            pass
+        return resp
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/page", page)
+    base = await serve_app(app)
+    session = make_session()
+    resp = await session.get(base + "/endless")
+    assert resp.status == 200
+    await resp.content.readexactly(10)
+    started = time.monotonic()
+    await session.close()
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(ClientConnectionError):
+        await resp.read()
+    del resp
+    gc.collect()  # a ResourceWarning would surface here as an error
+
+    # Other sessions are not disturbed.
+    other = make_session()
+    async with other.get(base + "/page") as resp2:
+        assert await resp2.text() == "ok"
+
+
+async def test_session_as_context_manager(serve_app, broker_address):
+    from worker_client import ClientSession
+
+    app = web.Application()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", page)
+    base = await serve_app(app)
+    async with ClientSession(broker=broker_address) as session:
+        async with session.get(base + "/") as resp:
+            assert await resp.text() == "ok"
+        unread = await session.get(base + "/")
+    assert session.closed
+    del unread
+    gc.collect()
