@@ -1,0 +1,107 @@
+import msgspec
+import pytest
+
+from shared.framing import FrameError, FrameReader, encode
+from shared.messages import (
+    Ack,
+    Data,
+    End,
+    Failure,
+    Head,
+    Hello,
+    HistoryItem,
+    Request,
+    Stats,
+)
+from shared.specs import ClientTimeout, PoolSpec
+
+MESSAGES = [
+    Hello(1, 1234),
+    Request(
+        stream=1,
+        method="POST",
+        url="http://127.0.0.1:8080/a?b=c",
+        headers=[("X-A", "1"), ("X-A", "2")],
+        body=b"\x00\xffpayload",
+        pool=PoolSpec(limit=8, limit_per_host=2, name="p"),
+        timeout=ClientTimeout(total=3, sock_read=1.5),
+        allow_redirects=False,
+    ),
+    Head(
+        3, 200, "OK", (1, 1), [(b"Content-Type", b"text/plain")], "http://h/", "GET",
+        history=[HistoryItem(302, "Found", (1, 1), [(b"Location", b"/")], "http://h/r", "GET",
+                             [("Accept", "*/*")])],
+    ),
+    Data(3, b"x" * 1000),
+    End(3),
+    Ack(3, 1000),
+    Failure(5, "connect", "Connection refused", host="h", port=1, errno=111),
+    Stats(pid=1, workers=2, streams=3, requests=4, pools=[{"open": 1}]),
+]
+
+
+def test_round_trip_fed_one_byte_at_a_time():
+    wire = b"".join(encode(m) for m in MESSAGES)
+    reader = FrameReader()
+    out = []
+    for i in range(len(wire)):
+        out.extend(reader.feed(wire[i : i + 1]))
+    assert out == MESSAGES
+    assert reader.buffered == 0
+
+
+def test_round_trip_in_one_piece_and_in_odd_splits():
+    wire = b"".join(encode(m) for m in MESSAGES)
+    assert FrameReader().feed(wire) == MESSAGES
+    reader = FrameReader()
+    out = []
+    for i in range(0, len(wire), 7):
+        out.extend(reader.feed(memoryview(wire)[i : i + 7]))
+    assert out == MESSAGES
+
+
+def test_partial_frame_waits_for_the_rest():
+    frame = encode(Data(1, b"abc"))
+    reader = FrameReader()
+    assert reader.feed(frame[:-1]) == []
+    assert reader.buffered == len(frame) - 1
+    assert reader.feed(frame[-1:]) == [Data(1, b"abc")]
+
+
+def test_oversized_frame_is_refused_before_it_is_buffered():
+    reader = FrameReader(max_frame=100)
+    with pytest.raises(FrameError, match="over the cap"):
+        reader.feed((101).to_bytes(4, "little"))
+    with pytest.raises(FrameError, match="already failed"):
+        reader.feed(encode(End(1)))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"garbage",
+        msgspec.msgpack.encode(["nosuchtag", 1]),
+        msgspec.msgpack.encode(["data", "not-an-int", b""]),
+        msgspec.msgpack.encode({"stream": 1}),
+    ],
+)
+def test_malformed_frame_is_a_frame_error(body):
+    with pytest.raises(FrameError, match="malformed"):
+        FrameReader().feed(len(body).to_bytes(4, "little") + body)
+
+
+def test_messages_are_frozen_and_specs_hashable():
+    with pytest.raises(AttributeError):
+        End(1).stream = 2  # type: ignore[misc]
+    assert hash(PoolSpec(limit=8)) == hash(PoolSpec(limit=8))
+    assert {PoolSpec(limit=8): 1}[PoolSpec(limit=8)] == 1
+    assert PoolSpec(limit=8) != PoolSpec(limit=8, name="other")
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError):
+        ClientTimeout(total=-1)
+    with pytest.raises(ValueError):
+        PoolSpec(limit=-1)
+    with pytest.raises(ValueError):
+        PoolSpec(kind="unix")
