@@ -172,8 +172,7 @@ class ClientSession:
             return
         self._closed = True
         for handle in list(self._handles):
-            handle.abandon()
-            handle.fail(ClientConnectionError("Connection closed"))
+            handle.terminate(ClientConnectionError("Connection closed"))
         self._handles.clear()
         transport, self._transport = self._transport, None
         if transport is not None:

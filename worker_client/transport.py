@@ -115,9 +115,13 @@ class StreamHandle:
 
     def _timed_out(self) -> None:
         self._timer = None
+        self.terminate(asyncio.TimeoutError("Timeout on request (total)"))
+
+    def terminate(self, exc: BaseException) -> None:
+        """End the stream here and there: the broker stops it, readers get ``exc``."""
         if not self.done:
             self.transport.cancel(self.id)
-            self.fail(asyncio.TimeoutError(f"Timeout on request (total): {self.id}"))
+            self.fail(exc)
 
     def abandon(self) -> None:
         """The caller no longer wants the rest of this stream."""

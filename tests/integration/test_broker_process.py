@@ -316,3 +316,32 @@ def test_broker_exits_when_its_starter_dies(tmp_path):
         starter.wait()
         psutil.Process(broker_pid).wait(timeout=5)
         assert not psutil.pid_exists(broker_pid)
+
+
+async def test_losing_the_broker_mid_request_then_a_new_one(serve_app, tmp_path):
+    """A dead broker is a BrokerConnectionError; the same session reconnects later."""
+    arrived = asyncio.Event()
+    app = web.Application()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(0.5)
+        return web.Response(text="slow")
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/", hello)
+    base = await serve_app(app)
+    path = str(tmp_path / "b.sock")
+    async with ClientSession(broker=path) as session:
+        with broker.start(path, export=False) as first:
+            pending = asyncio.ensure_future(session.get(base + "/slow"))
+            await asyncio.wait_for(arrived.wait(), 10)
+            first.process.kill()
+            with pytest.raises(BrokerConnectionError, match="lost the connection"):
+                await pending
+        with broker.start(path, export=False):
+            async with session.get(base + "/") as resp:
+                assert await resp.text() == "hello"
