@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl as ssl_mod
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.specs import ClientTimeout, PoolSpec
@@ -12,6 +14,7 @@ from shared.specs import ClientTimeout, PoolSpec
 from .dns_cache import DNSCache
 from .http1 import ConnectionFailure, HTTP1Connection
 from .pool_state import NEW, Decision, PoolState
+from .rate_limit import RateLimiter
 
 __all__ = ["Pool", "Resolver", "ConnKey"]
 
@@ -95,12 +98,29 @@ class Pool:
         )
         self._active: set[HTTP1Connection] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        self.rate = (
+            RateLimiter(spec.rate_limit_per_host, clock=loop.time)
+            if spec.rate_limit_per_host
+            else None
+        )
         self.closed = False
 
     def __repr__(self) -> str:
         return f"<Pool {self.spec.name or self.spec.kind} {self.state!r}>"
 
     # -- acquire / release ----------------------------------------------------------
+
+    async def wait_turn(self, key: ConnKey) -> None:
+        """Wait for this host's next start under ``rate_limit_per_host``."""
+        if self.rate is None:
+            return
+        delay, start = self.rate.reserve(key[1])
+        if delay > 0:
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                self.rate.cancel(key[1], start)
+                raise
 
     async def acquire(self, key: ConnKey, timeout: ClientTimeout) -> HTTP1Connection:
         deadline = self._loop.time() + timeout.connect if timeout.connect else None
@@ -232,8 +252,9 @@ class Pool:
             raise ConnectionFailure(
                 "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
             ) from None
-        last: OSError | None = None
-        for addr in addrs:
+        local_addr = self.spec.local_addr
+
+        async def attempt(addr: dict[str, Any]) -> HTTP1Connection:
             try:
                 _, conn = await asyncio.wait_for(
                     self._loop.create_connection(
@@ -243,24 +264,26 @@ class Pool:
                         family=addr["family"],
                         ssl=ssl_ctx,
                         server_hostname=server_hostname,
+                        local_addr=local_addr,
                     ),
                     limit(timeout.sock_connect),
                 )
             except asyncio.TimeoutError:
-                if self._remaining(deadline) == 0.0:
-                    raise self._timeout(key) from None
-                last = TimeoutError(f"Connection timeout to host {host}:{port}")
-                continue
-            except OSError as exc:
-                last = exc
-                continue
-            return self._adopt(conn, key)
-        if isinstance(last, TimeoutError):
-            raise self._timeout(key)
-        assert last is not None
-        raise ConnectionFailure(
-            "connect", last.strerror or str(last), errno=last.errno or 0, **fields
-        )
+                raise TimeoutError(f"Connection timeout to host {host}:{port}") from None
+            return conn
+
+        try:
+            conn = await _happy_eyeballs(
+                [functools.partial(attempt, a) for a in _interleave(addrs)],
+                self.spec.happy_eyeballs_delay,
+            )
+        except TimeoutError:
+            raise self._timeout(key) from None
+        except OSError as exc:
+            raise ConnectionFailure(
+                "connect", exc.strerror or str(exc), errno=exc.errno or 0, **fields
+            ) from None
+        return self._adopt(conn, key)
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
         conn.key = key
@@ -284,6 +307,7 @@ class Pool:
 
     def figures(self) -> dict[str, Any]:
         s = self.state
+        queued = s.queued_per_key()
         return {
             "pool": self.spec.name or self.spec.kind,
             "limit": s.limit,
@@ -295,11 +319,13 @@ class Pool:
             "longest_wait": s.longest_wait(),
             "hosts": {
                 f"{k[0]}://{k[1]}:{k[2]}": {
-                    "open": n,
+                    "open": s.per_key.get(k, 0),
                     "active": s.active_per_key.get(k, 0),
                     "idle": len(s.idle.get(k, ())),
+                    "queued": queued.get(k, (0, 0.0))[0],
+                    "longest_wait": queued.get(k, (0, 0.0))[1],
                 }
-                for k, n in s.per_key.items()
+                for k in set(s.per_key) | set(queued)
             },
         }
 
@@ -319,3 +345,64 @@ class Pool:
         # connection_lost runs on a later loop pass; wait for it so that no transport
         # outlives the loop (a ResourceWarning otherwise).
         await asyncio.gather(*(conn.wait_closed() for conn in conns))
+
+
+def _interleave(addrs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Alternate address families, the first one first (RFC 8305's interleaving)."""
+    by_family: dict[int, list[dict[str, Any]]] = {}
+    for a in addrs:
+        by_family.setdefault(a["family"], []).append(a)
+    groups = list(by_family.values())
+    out: list[dict[str, Any]] = []
+    for i in range(max(map(len, groups), default=0)):
+        out.extend(g[i] for g in groups if i < len(g))
+    return out
+
+
+async def _happy_eyeballs(
+    attempts: list[Callable[[], Awaitable[HTTP1Connection]]], delay: float | None
+) -> HTTP1Connection:
+    """Run connection attempts staggered by ``delay`` (one at a time if None): the first
+    to connect wins, the others are cancelled or closed. Raises the last error."""
+    if not attempts:
+        raise OSError("no addresses to connect to")
+    if delay is None or len(attempts) == 1:
+        last: BaseException | None = None
+        for make in attempts:
+            try:
+                return await make()
+            except OSError as exc:  # TimeoutError is an OSError too
+                last = exc
+        assert last is not None
+        raise last
+    pending: set[asyncio.Task[HTTP1Connection]] = set()
+    todo = list(attempts)
+    last_exc: BaseException | None = None
+    winner: HTTP1Connection | None = None
+    try:
+        while winner is None and (todo or pending):
+            if todo:
+                pending.add(asyncio.ensure_future(todo.pop(0)()))
+            done, pending = await asyncio.wait(
+                pending, timeout=delay if todo else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    last_exc = exc
+                elif winner is None:
+                    winner = task.result()
+                else:
+                    task.result().close()
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            for r in results:
+                if isinstance(r, HTTP1Connection):
+                    r.close()
+    if winner is not None:
+        return winner
+    assert last_exc is not None
+    raise last_exc

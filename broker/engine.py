@@ -12,7 +12,6 @@ import asyncio
 import logging
 from typing import Any
 
-from multidict import CIMultiDict
 from yarl import URL
 
 from shared.messages import Failure, Head, HistoryItem, Request
@@ -236,6 +235,7 @@ class Engine:
             streamed,
             req.skip_host,
         )
+        await pool.wait_turn(key)
         for attempt in (0, 1):
             conn = await pool.acquire(key, timeout)
             try:

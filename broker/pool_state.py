@@ -228,6 +228,15 @@ class PoolState(Generic[C]):
 
     # -- figures -------------------------------------------------------------
 
+    def queued_per_key(self) -> dict[K, tuple[int, float]]:
+        """key -> (requests queued, longest current wait)."""
+        now = self._clock()
+        out: dict[K, tuple[int, float]] = {}
+        for key, since in self.waiters.values():
+            n, longest = out.get(key, (0, 0.0))
+            out[key] = (n + 1, max(longest, now - since))
+        return out
+
     def longest_wait(self) -> float:
         if not self.waiters:
             return 0.0

@@ -17,6 +17,8 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psutil
+
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
@@ -44,13 +46,13 @@ log = logging.getLogger("broker.server")
 _BUFSIZE = 1 << 18
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
     if not hasattr(socket, "SO_PEERCRED"):
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
 
 
 class IPCStream(BrokerStream):
@@ -102,6 +104,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, IPCStream] = {}
         self.pid = 0
+        self.peer_pid = 0  # from the kernel (SO_PEERCRED), in the broker's pid namespace
         self.greeted = False
         self.closed = False
 
@@ -113,11 +116,13 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        uid = peer_uid(sock) if sock is not None else None
-        if uid is not None and uid != os.getuid() and uid != 0:
-            log.warning("refused a worker of uid %s (broker uid %s)", uid, os.getuid())
-            self.abort("permission", "the broker serves only its own user")
-            return
+        creds = peer_credentials(sock) if sock is not None else None
+        if creds is not None:
+            self.peer_pid, uid = creds
+            if uid != os.getuid() and uid != 0:
+                log.warning("refused a worker of uid %s (broker uid %s)", uid, os.getuid())
+                self.abort("permission", "the broker serves only its own user")
+                return
         self.server.workers.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -238,6 +243,7 @@ class BrokerServer:
         self._server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -254,6 +260,18 @@ class BrokerServer:
         self._server = await loop.create_unix_server(
             lambda: WorkerConnection(self), sock=sock
         )
+        self._reaper = loop.create_task(self._reap_dead_workers())
+
+    async def _reap_dead_workers(self, interval: float = 0.5) -> None:
+        """A worker's exit normally shows as EOF on its socket at once; but a socket
+        inherited by a forked child stays open when the worker dies. Check the pids."""
+        while True:
+            await asyncio.sleep(interval)
+            for w in list(self.workers):
+                if w.peer_pid and not _alive(w.peer_pid):
+                    log.info("worker %d is gone; closing its connection", w.peer_pid)
+                    if w.transport is not None:
+                        w.transport.abort()
 
     @property
     def streams(self) -> int:
@@ -278,6 +296,8 @@ class BrokerServer:
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight streams finish (up to a limit), close all."""
         self.draining = True
+        if self._reaper is not None:
+            self._reaper.cancel()
         if self._server is not None:
             self._server.close()
         if self.streams:
@@ -296,6 +316,13 @@ class BrokerServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ClientTimeout", "DEFAULT_TIMEOUT", "PoolSpec"]
+__all__ = ["ClientTimeout", "DEFAULT_TIMEOUT", "PoolSpec", "ResolverSpec"]
+
+ResolverOption = tuple[str, bool | int | float | str | None]
 
 
 def _check_non_negative(owner: str, name: str, value: float | None) -> None:
@@ -39,6 +41,22 @@ class ClientTimeout(msgspec.Struct, frozen=True, array_like=True):
 DEFAULT_TIMEOUT = ClientTimeout(total=5 * 60, sock_connect=30)
 
 
+class ResolverSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A resolver in the broker: ``threaded`` (getaddrinfo in a thread) or ``async``
+    (c-ares through aiodns, with ``nameservers`` and pycares channel ``options``)."""
+
+    kind: str = "threaded"
+    nameservers: tuple[str, ...] = ()
+    options: tuple[ResolverOption, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("threaded", "async"):
+            raise ValueError(f"ResolverSpec.kind must be 'threaded' or 'async', got {self.kind!r}")
+
+
+DEFAULT_RESOLVER = ResolverSpec()
+
+
 class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """A connection pool in the broker: what a ``TCPConnector``/``UnixConnector`` sends.
 
@@ -53,7 +71,12 @@ class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     keepalive_timeout: float = 15.0
     use_dns_cache: bool = True
     ttl_dns_cache: float | None = 10
+    dns_cache_max_size: int = 1000
+    resolver: ResolverSpec = DEFAULT_RESOLVER
     family: int = 0
+    local_addr: tuple[str, int] | None = None
+    happy_eyeballs_delay: float | None = 0.25
+    rate_limit_per_host: float = 0
     path: str | None = None
     name: str = ""
 
@@ -65,6 +88,11 @@ class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
         if self.limit < 0 or self.limit_per_host < 0:
             raise ValueError("limit and limit_per_host must be >= 0 (0 means no limit)")
         _check_non_negative("PoolSpec", "keepalive_timeout", self.keepalive_timeout)
+        _check_non_negative("PoolSpec", "ttl_dns_cache", self.ttl_dns_cache)
+        _check_non_negative("PoolSpec", "happy_eyeballs_delay", self.happy_eyeballs_delay)
+        _check_non_negative("PoolSpec", "rate_limit_per_host", self.rate_limit_per_host)
+        if self.dns_cache_max_size < 0:
+            raise ValueError("dns_cache_max_size must be >= 0 (0 means no cap)")
 
 
 DEFAULT_POOL = PoolSpec()

@@ -248,7 +248,7 @@ class EmbeddedTransport(Transport):
     async def stats(self) -> Stats:
         return Stats(
             pid=os.getpid(), workers=1, streams=len(self._tasks),
-            pools=self.engine.figures(),  # type: ignore[arg-type]
+            requests=self.engine.requests, pools=self.engine.figures(),  # type: ignore[arg-type]
         )
 
     async def aclose(self) -> None:

@@ -195,6 +195,67 @@ async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
     assert broker_process.process.poll() is None
 
 
+async def test_dead_worker_found_by_pid_when_a_child_holds_its_socket(
+    broker_process, serve_app
+):
+    """A forked child keeps the dead worker's socket open: psutil finds the death."""
+    arrived = asyncio.Event()
+    app = web.Application()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        for _ in range(300):
+            if request.transport is None or request.transport.is_closing():
+                break
+            await asyncio.sleep(0.05)
+        return web.Response(text="late")
+
+    async def fast(request: web.Request) -> web.Response:
+        return web.Response(text="fast")
+
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/fast", fast)
+    base = await serve_app(app)
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, sys, time
+        sys.path.insert(0, {ROOT!r})
+        from worker_client import ClientSession, TCPConnector
+        async def main():
+            conn = TCPConnector(limit=1, name="reap")
+            s = ClientSession(broker=sys.argv[1], connector=conn)
+            task = asyncio.ensure_future(s.get(sys.argv[2]))
+            await asyncio.sleep(0.3)
+            pid = os.fork()
+            if pid == 0:
+                os.close(1)  # keep only the broker socket, not our parent's stdout pipe
+                time.sleep(30)
+                os._exit(0)
+            print(pid, flush=True)
+            await task
+        asyncio.run(main())
+        """
+    )
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, broker_process.socket_path, base + "/slow",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert victim.stdout is not None
+    child = int(await asyncio.wait_for(victim.stdout.readline(), 15))
+    try:
+        await asyncio.wait_for(arrived.wait(), 15)
+        victim.kill()
+        await victim.wait()
+        conn = TCPConnector(limit=1, name="reap")
+        async with ClientSession(broker=broker_process.socket_path, connector=conn) as s:
+            t0 = time.monotonic()
+            async with s.get(base + "/fast") as resp:
+                assert await resp.text() == "fast"
+            assert time.monotonic() - t0 < 2.5
+    finally:
+        os.kill(child, signal.SIGKILL)  # not our child: init reaps it
+
+
 async def test_three_spawned_workers_share_one_broker(serve_app):
     peers: set[int] = set()
     app = web.Application()

@@ -118,3 +118,14 @@ def test_unlimited():
     for i in range(500):
         assert s.acquire(A, i)[0] is NEW
     assert s.total == 500
+
+
+def test_queued_per_key():
+    clock = Clock()
+    s: PoolState[str] = PoolState(limit=1, clock=clock)
+    s.acquire(A, "a1")
+    s.acquire(A, "a2")
+    clock.now = 1.0
+    s.acquire(B, "b1")
+    clock.now = 3.0
+    assert s.queued_per_key() == {A: (1, 3.0), B: (1, 2.0)}
