@@ -68,7 +68,11 @@ class _BrotliDecoder:
             raise DecodeError("Can not decode content-encoding: br") from exc
 
     def flush(self) -> bytes:
-        if not self._obj.is_finished():
+        try:
+            finished = self._obj.is_finished()
+        except brotli.error as exc:  # the decoder failed earlier
+            raise DecodeError("Can not decode content-encoding: br") from exc
+        if not finished:
             raise DecodeError("Can not decode content-encoding: br (truncated)")
         return b""
 

@@ -340,11 +340,18 @@ class Engine:
             if enc:
                 decoder = make_decoder(enc.decode("latin-1"))
 
+        decode_errors: list[DecodeError] = []
+
         def on_body(chunk: bytes) -> None:
             if decoder is not None:
+                if decode_errors:
+                    return
                 try:
                     chunk = decoder.decode(chunk)
                 except DecodeError as exc:
+                    # Body bytes that came with the head are replayed after the exchange
+                    # completed, when failing it no longer works: remember the error.
+                    decode_errors.append(exc)
                     conn.fail_exchange(ConnectionFailure("payload", str(exc)))
                     conn.close()
                     return
@@ -357,6 +364,8 @@ class Engine:
 
         conn.set_body_consumer(on_body)
         await self._read(conn, conn.done_future, req.timeout)
+        if decode_errors:
+            raise ConnectionFailure("payload", str(decode_errors[0]))
         if decoder is not None:
             try:
                 tail = decoder.flush()

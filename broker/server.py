@@ -24,6 +24,7 @@ from shared.messages import (
     PROTOCOL_VERSION,
     Ack,
     Cancel,
+    ClearDNS,
     Data,
     End,
     ErrorFrame,
@@ -188,6 +189,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 s.task.cancel()
         elif kind is StatsRequest:
             self.send(self.server.stats())
+        elif kind is ClearDNS:
+            self.engine.clear_dns(msg.pool, msg.host, msg.port)
         else:
             self.abort("protocol", f"a worker may not send {kind.__name__}")
 

@@ -4,8 +4,10 @@ Every message is a frozen, tagged ``msgspec.Struct`` encoded as a MessagePack ar
 tag first), so the union below decodes with one typed decoder and anything else is a
 decode error. A stream is one request: the worker picks its id, odd and increasing.
 
-worker -> broker: Hello, Request, Data/End (a streamed request body), Ack, Cancel
-broker -> worker: Welcome, Head, Data/End (the response body), Ack, Failure, ErrorFrame
+worker -> broker: Hello, Request, Data/End (a streamed request body), Ack, Cancel,
+                  ClearDNS, StatsRequest
+broker -> worker: Welcome, Head, Data/End (the response body), Ack, Failure, ErrorFrame,
+                  Stats
 
 Flow control is by credit: the sender of a body may have at most ``STREAM_WINDOW`` bytes
 of ``Data`` unacknowledged on a stream; the receiver sends ``Ack(stream, n)`` once its
@@ -126,6 +128,16 @@ class ErrorFrame(_Msg, tag="error", frozen=True):
     message: str
 
 
+class ClearDNS(_Msg, tag="cleardns", frozen=True):
+    """Forget cached addresses of the resolver that ``pool`` uses (all, one host, or one
+    host and port), as aiohttp's ``TCPConnector.clear_dns_cache``. Frames are ordered, so
+    a request sent after it resolves anew."""
+
+    pool: PoolSpec
+    host: str | None = None
+    port: int | None = None
+
+
 class StatsRequest(_Msg, tag="statsq", frozen=True):
     pass
 
@@ -151,6 +163,7 @@ Message = Union[
     Cancel,
     Failure,
     ErrorFrame,
+    ClearDNS,
     StatsRequest,
     Stats,
 ]

@@ -2,25 +2,45 @@
 
 A connector holds no sockets. Every connector in the process group with equal arguments
 names the same pool in the broker, so ``TCPConnector(limit=8)`` in sixteen processes
-means eight connections in all; ``name=`` keeps otherwise equal pools apart.
+means eight connections in all; ``name=`` keeps otherwise equal pools apart. Closing a
+connector closes it for this process's sessions only: the pool is the group's.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from shared.specs import PoolSpec
 
+from .resolver import resolver_spec
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
 __all__ = ["BaseConnector", "TCPConnector", "UnixConnector"]
+
+_UNSET: Any = object()
+
+
+def _keepalive(force_close: bool, keepalive_timeout: Any) -> float:
+    if force_close:
+        if keepalive_timeout is not _UNSET and keepalive_timeout is not None:
+            raise ValueError("keepalive_timeout cannot be set if force_close is True")
+        return 0.0
+    if keepalive_timeout is _UNSET or keepalive_timeout is None:
+        return 15.0
+    return float(keepalive_timeout)
 
 
 class BaseConnector:
-    """A pool description; closing it only marks it closed for its sessions."""
+    """A pool description; the pool itself lives in the broker."""
 
     def __init__(self, spec: PoolSpec) -> None:
         self._spec = spec
         self._closed = False
+        self._transports: weakref.WeakSet[Transport] = weakref.WeakSet()
 
     @property
     def spec(self) -> PoolSpec:
@@ -43,45 +63,61 @@ class BaseConnector:
         return self._closed
 
     async def close(self) -> None:
+        """Close for this process: sessions using it can send no more requests."""
         self._closed = True
 
+    def _bind(self, transport: Transport) -> None:
+        self._transports.add(transport)
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._spec!r}>"
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {state} {self._spec!r}>"
 
 
 class TCPConnector(BaseConnector):
-    """aiohttp's ``TCPConnector`` options, enforced by the broker across the group."""
+    """aiohttp's ``TCPConnector`` options, enforced by the broker across the group.
+
+    Beyond aiohttp: ``rate_limit_per_host`` (requests per second to each host, for the
+    whole group), ``dns_cache_max_size`` and ``name``.
+    """
 
     def __init__(
         self,
         *,
         limit: int = 100,
         limit_per_host: int = 0,
-        force_close: bool = False,
-        keepalive_timeout: float | None | Any = ...,
         use_dns_cache: bool = True,
         ttl_dns_cache: float | None = 10,
+        dns_cache_max_size: int = 1000,
         family: int = socket.AF_UNSPEC,
+        local_addr: tuple[str, int] | None = None,
+        resolver: Any = None,
+        force_close: bool = False,
+        keepalive_timeout: float | None = _UNSET,
+        happy_eyeballs_delay: float | None = 0.25,
         enable_cleanup_closed: bool = False,
+        rate_limit_per_host: float = 0,
         name: str = "",
     ) -> None:
-        if force_close and keepalive_timeout not in (..., None):
-            raise ValueError("keepalive_timeout cannot be set if force_close is True")
-        if keepalive_timeout is ... or keepalive_timeout is None:
-            keepalive_timeout = 0.0 if force_close else 15.0
         super().__init__(
             PoolSpec(
                 kind="tcp",
                 limit=limit,
                 limit_per_host=limit_per_host,
                 force_close=force_close,
-                keepalive_timeout=float(keepalive_timeout),
+                keepalive_timeout=_keepalive(force_close, keepalive_timeout),
                 use_dns_cache=use_dns_cache,
                 ttl_dns_cache=ttl_dns_cache,
+                dns_cache_max_size=dns_cache_max_size,
+                resolver=resolver_spec(resolver),
                 family=int(family),
+                local_addr=tuple(local_addr) if local_addr else None,  # type: ignore[arg-type]
+                happy_eyeballs_delay=happy_eyeballs_delay,
+                rate_limit_per_host=rate_limit_per_host,
                 name=name,
             )
         )
+        self._enable_cleanup_closed = enable_cleanup_closed
 
     @property
     def use_dns_cache(self) -> bool:
@@ -90,6 +126,15 @@ class TCPConnector(BaseConnector):
     @property
     def family(self) -> int:
         return self._spec.family
+
+    def clear_dns_cache(self, host: str | None = None, port: int | None = None) -> None:
+        """Forget cached addresses (all, or of ``host``[:``port``]) in the broker's cache
+        that this connector's resolver settings share with the group."""
+        if (host is None) != (port is None):
+            raise ValueError("either both host and port or none of them are allowed")
+        for transport in list(self._transports):
+            if not transport.closed:
+                transport.clear_dns(self._spec, host, port)
 
 
 class UnixConnector(BaseConnector):
@@ -102,13 +147,9 @@ class UnixConnector(BaseConnector):
         limit: int = 100,
         limit_per_host: int = 0,
         force_close: bool = False,
-        keepalive_timeout: float | None | Any = ...,
+        keepalive_timeout: float | None = _UNSET,
         name: str = "",
     ) -> None:
-        if force_close and keepalive_timeout not in (..., None):
-            raise ValueError("keepalive_timeout cannot be set if force_close is True")
-        if keepalive_timeout is ... or keepalive_timeout is None:
-            keepalive_timeout = 0.0 if force_close else 15.0
         super().__init__(
             PoolSpec(
                 kind="unix",
@@ -116,7 +157,7 @@ class UnixConnector(BaseConnector):
                 limit=limit,
                 limit_per_host=limit_per_host,
                 force_close=force_close,
-                keepalive_timeout=float(keepalive_timeout),
+                keepalive_timeout=_keepalive(force_close, keepalive_timeout),
                 name=name,
             )
         )

@@ -110,7 +110,8 @@ class ClientSession:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True once closed, or once its connector was closed (as aiohttp)."""
+        return self._closed or (self._connector is not None and self._connector.closed)
 
     @property
     def connector(self) -> BaseConnector | None:
@@ -202,6 +203,8 @@ class ClientSession:
                 self._transport = None
             if self._transport is None:
                 self._transport = await get_transport(self._broker)
+                if self._connector is not None:
+                    self._connector._bind(self._transport)
             return self._transport
 
     async def stats(self) -> Any:
@@ -269,7 +272,7 @@ class ClientSession:
     async def _request(
         self, method: str, url: str | URL, **kw: Unpack[_RequestOptions]
     ) -> ClientResponse:
-        if self._closed:
+        if self.closed:
             raise RuntimeError("Session is closed")
         prepared = self._prepare(method, url, kw)
         timeout = kw.get("timeout") or self._timeout

@@ -19,15 +19,19 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
+
 from broker.engine import Engine
 from broker.stream import BrokerStream
 from shared.errors import BrokerConnectionError, BrokerProtocolError, ClientConnectionError
 from shared.framing import FrameError, FrameReader, encode
+from shared.specs import PoolSpec
 from shared.messages import (
     PROTOCOL_VERSION,
     STREAM_WINDOW,
     Ack,
     Cancel,
+    ClearDNS,
     Data,
     End,
     ErrorFrame,
@@ -45,6 +49,7 @@ from .response import StreamReader
 __all__ = ["StreamHandle", "Transport", "get_transport", "broker_address"]
 
 _ACK_BATCH = STREAM_WINDOW // 4
+_INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
 _BUFSIZE = 1 << 18
 
 
@@ -179,6 +184,9 @@ class Transport:
     async def stats(self) -> Stats:
         raise NotImplementedError
 
+    def clear_dns(self, pool: PoolSpec, host: str | None, port: int | None) -> None:
+        raise NotImplementedError
+
     async def aclose(self) -> None:
         raise NotImplementedError
 
@@ -245,6 +253,9 @@ class EmbeddedTransport(Transport):
         if stream is not None:
             stream.on_ack(size)
 
+    def clear_dns(self, pool: PoolSpec, host: str | None, port: int | None) -> None:
+        self.engine.clear_dns(pool, host, port)
+
     async def stats(self) -> Stats:
         return Stats(
             pid=os.getpid(), workers=1, streams=len(self._tasks),
@@ -262,6 +273,11 @@ class EmbeddedTransport(Transport):
 
 
 # -- through a broker process ------------------------------------------------------------
+
+
+async def _slices(body: bytes, size: int = 1 << 18) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
 
 
 class _BrokerProtocol(asyncio.BufferedProtocol):
@@ -402,6 +418,13 @@ class IPCTransport(Transport):
     # -- streams -----------------------------------------------------------------
 
     def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
+        if req.body is not None and len(req.body) > _INLINE_BODY_MAX:
+            # Over the frame cap: send it as a streamed body with its Content-Length.
+            body = _slices(req.body)
+            headers = req.headers
+            if not any(k.lower() == "content-length" for k, _ in headers):
+                headers = [*headers, ("Content-Length", str(len(req.body)))]
+            req = msgspec.structs.replace(req, body=None, streamed=True, headers=headers)
         self._send(req)
         self.handles[req.stream] = handle
         if body is not None:
@@ -445,6 +468,10 @@ class IPCTransport(Transport):
     def ack(self, stream_id: int, size: int) -> None:
         if not self.closed:
             self._send(Ack(stream_id, size))
+
+    def clear_dns(self, pool: PoolSpec, host: str | None, port: int | None) -> None:
+        if not self.closed:
+            self._send(ClearDNS(pool, host, port))
 
     async def stats(self) -> Stats:
         self._stats = self.loop.create_future()

@@ -21,3 +21,58 @@ async def _fetch_many(url: str, n: int) -> list[int]:
 def fetch_many(url: str, n: int) -> tuple[int, list[int], str | None]:
     """Entry point for a spawned worker: n GETs; (pid, statuses, the broker it used)."""
     return os.getpid(), asyncio.run(_fetch_many(url, n)), os.environ.get("HTTP_BROKER")
+
+
+async def _burst(broker: str, urls: list[str], n: int, connector_kw: dict) -> list[int]:
+    from worker_client import TCPConnector
+
+    connector = TCPConnector(**connector_kw)
+    async with ClientSession(broker=broker, connector=connector) as session:
+
+        async def one(i: int) -> int:
+            async with session.get(urls[i % len(urls)]) as resp:
+                await resp.read()
+                return resp.status
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def burst(broker: str, urls: list[str], n: int, connector_kw: dict) -> list[int]:
+    """Entry point for a spawned worker: n concurrent GETs spread over ``urls``."""
+    return asyncio.run(_burst(broker, urls, n, connector_kw))
+
+
+def run_in_processes(target, args_list: list[tuple], timeout: float = 60) -> list:
+    """Run ``target(*args)`` once per args in its own spawned process; the results in
+    order. (A multiprocessing Pool may give two jobs to one process.)"""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_report, args=(queue, i, target, args))
+        for i, args in enumerate(args_list)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        results = dict(queue.get(timeout=timeout) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        queue.close()
+        queue.join_thread()
+    errors = [r for r in results.values() if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(len(procs))]
+
+
+def _report(queue, index: int, target, args: tuple) -> None:
+    try:
+        queue.put((index, target(*args)))
+    except BaseException as exc:
+        queue.put((index, RuntimeError(f"worker {index} failed: {exc!r}")))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -268,11 +267,9 @@ async def test_three_spawned_workers_share_one_broker(serve_app):
     base = await serve_app(app)
     loop = asyncio.get_running_loop()
     with broker.start() as proc:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(3) as pool:
-            results = await loop.run_in_executor(
-                None, lambda: pool.starmap(_workers.fetch_many, [(base + "/", 5)] * 3)
-            )
+        results = await loop.run_in_executor(
+            None, _workers.run_in_processes, _workers.fetch_many, [(base + "/", 5)] * 3
+        )
         assert {r[2] for r in results} == {proc.socket_path}
         assert len({r[0] for r in results}) == 3
         assert all(r[1] == [200] * 5 for r in results)

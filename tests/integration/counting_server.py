@@ -1,0 +1,83 @@
+"""A keep-alive HTTP/1.1 server that counts, per Host, open connections and requests
+in flight, and remembers the highest of each: what a pool limit test needs to see."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Counts:
+    open: Counter[str] = field(default_factory=Counter)
+    inflight: Counter[str] = field(default_factory=Counter)
+    max_open: Counter[str] = field(default_factory=Counter)
+    max_inflight: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    arrivals: list[tuple[float, str]] = field(default_factory=list)
+
+    def total(self, c: Counter[str]) -> int:
+        return sum(c.values())
+
+
+class CountingServer:
+    ALL = "*"
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.delay = delay
+        self.counts = Counts()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    def _bump(self, which: Counter[str], top: Counter[str], host: str, delta: int) -> None:
+        for key in (host, self.ALL):
+            which[key] += delta
+            top[key] = max(top[key], which[key])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        c = self.counts
+        host = None
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
+                if host is None:
+                    host = headers.get("host", "?").rsplit(":", 1)[0]
+                    self._bump(c.open, c.max_open, host, 1)
+                c.requests += 1
+                c.arrivals.append((asyncio.get_running_loop().time(), host))
+                self._bump(c.inflight, c.max_inflight, host, 1)
+                await asyncio.sleep(self.delay)
+                self._bump(c.inflight, c.max_inflight, host, -1)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        finally:
+            if host is not None:
+                self._bump(c.open, c.max_open, host, -1)
+            self._writers.discard(writer)
+            writer.close()
+
+    async def start(self, hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
+        first = await asyncio.start_server(self._handle, hosts[0], self.port)
+        self.port = first.sockets[0].getsockname()[1]
+        self._servers.append(first)
+        for h in hosts[1:]:
+            self._servers.append(await asyncio.start_server(self._handle, h, self.port))
+        return self.port
+
+    async def stop(self) -> None:
+        for w in list(self._writers):
+            w.close()
+        for s in self._servers:
+            s.close()
+            await s.wait_closed()
