@@ -73,6 +73,7 @@ async def _stats(socket_path: str) -> dict[str, Any]:
         "streams": stats.streams,
         "requests": stats.requests,
         "pools": stats.pools,
+        "dns": stats.dns,
     }
 
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 import ssl as ssl_mod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.specs import ClientTimeout, PoolSpec
 
-from .dns_cache import DNSCache
 from .http1 import ConnectionFailure, HTTP1Connection
 from .pool_state import NEW, Decision, PoolState
 from .rate_limit import RateLimiter
+from .resolver import CachedResolver
 
-__all__ = ["Pool", "Resolver", "ConnKey"]
+__all__ = ["Pool", "ConnKey"]
 
 ConnKey = tuple[str, str, int]  # (scheme, host, port)
 
@@ -30,62 +29,11 @@ def default_ssl_context() -> ssl_mod.SSLContext:
     return _default_ssl
 
 
-def _is_ip(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except OSError:
-            pass
-    return False
-
-
-class Resolver:
-    """getaddrinfo in the loop's executor, with a TTL cache and single-flight lookups."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, cache: DNSCache | None) -> None:
-        self._loop = loop
-        self.cache = cache
-        self._inflight: dict[tuple[str, int, int], asyncio.Future[list[dict[str, Any]]]] = {}
-
-    async def resolve(self, host: str, port: int, family: int) -> list[dict[str, Any]]:
-        if _is_ip(host):
-            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            return [{"host": host, "port": port, "family": fam}]
-        key = (host, port, family)
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = self._loop.create_future()
-        self._inflight[key] = fut
-        try:
-            infos = await self._loop.getaddrinfo(
-                host, port, family=family, type=socket.SOCK_STREAM
-            )
-            addrs = [
-                {"host": sa[0], "port": sa[1], "family": fam} for fam, _, _, _, sa in infos
-            ]
-            if self.cache is not None:
-                self.cache.put(key, addrs)
-            fut.set_result(addrs)
-            return addrs
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()
-            raise
-        finally:
-            del self._inflight[key]
-
-
 class Pool:
     """One pool of connections, shared by every request whose ``PoolSpec`` is equal."""
 
     def __init__(
-        self, spec: PoolSpec, loop: asyncio.AbstractEventLoop, resolver: Resolver
+        self, spec: PoolSpec, loop: asyncio.AbstractEventLoop, resolver: CachedResolver
     ) -> None:
         self.spec = spec
         self._loop = loop

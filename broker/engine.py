@@ -17,10 +17,10 @@ from yarl import URL
 from shared.messages import Failure, Head, HistoryItem, Request
 from shared.specs import ClientTimeout, PoolSpec
 
-from .connector import Pool, Resolver
+from .connector import Pool
 from .decoding import DecodeError, make_decoder
-from .dns_cache import DNSCache
 from .http1 import ConnectionFailure, HTTP1Connection, ResponseHead
+from .resolver import Resolvers
 from .stream import BrokerStream
 
 __all__ = ["Engine"]
@@ -89,8 +89,7 @@ class Engine:
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self.dns_cache = DNSCache(ttl=10)
-        self._resolver = Resolver(self._loop, self.dns_cache)
+        self.resolvers = Resolvers(self._loop)
         self.pools: dict[PoolSpec, Pool] = {}
         self.requests = 0
         self.closed = False
@@ -98,17 +97,32 @@ class Engine:
     def pool(self, spec: PoolSpec) -> Pool:
         pool = self.pools.get(spec)
         if pool is None:
-            pool = self.pools[spec] = Pool(spec, self._loop, self._resolver)
+            resolver = self.resolvers.get(
+                spec.resolver, spec.ttl_dns_cache, spec.dns_cache_max_size, spec.use_dns_cache
+            )
+            pool = self.pools[spec] = Pool(spec, self._loop, resolver)
         return pool
+
+    def clear_dns(self, spec: PoolSpec, host: str | None, port: int | None) -> None:
+        """``TCPConnector.clear_dns_cache`` for the resolver that ``spec`` uses."""
+        if (host is None) != (port is None):
+            return  # the worker checked this; a bad message must not raise here
+        self.resolvers.get(
+            spec.resolver, spec.ttl_dns_cache, spec.dns_cache_max_size, spec.use_dns_cache
+        ).clear(host, port)
 
     async def close(self) -> None:
         self.closed = True
         pools = list(self.pools.values())
         self.pools.clear()
         await asyncio.gather(*(p.close() for p in pools))
+        await self.resolvers.close()
 
     def figures(self) -> list[dict[str, Any]]:
         return [p.figures() for p in self.pools.values()]
+
+    def dns_figures(self) -> list[dict[str, Any]]:
+        return self.resolvers.figures()
 
     # -- one request ---------------------------------------------------------------
 

@@ -326,6 +326,11 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         return reusable
 
     def pause_reading(self) -> None:
+        # After the end of the response there is nothing left to hold back (body bytes
+        # that came before the consumer was set are replayed after ``_finish``), and a
+        # pause now would go back to the pool with the connection.
+        if self._complete:
+            return
         if not self._read_paused and self.transport is not None and not self.closed:
             self._read_paused = True
             self.transport.pause_reading()

@@ -259,7 +259,14 @@ class CachedResolver:
 
     async def _fetch(self, key: CacheKey) -> list[ResolveResult]:
         generation = self._generation
-        results = await self._lookup.lookup(*key)
+        try:
+            results = await self._lookup.lookup(*key)
+        except asyncio.CancelledError:
+            if not self.closed:
+                raise
+            # close() cancelled us: waiters were not cancelled themselves, so they get a
+            # lookup failure rather than a CancelledError they did not ask for.
+            raise socket.gaierror(socket.EAI_AGAIN, "the resolver was closed") from None
         if self.cache is not None and generation == self._generation:
             self.cache.put(key, results)
         return results
@@ -286,16 +293,16 @@ class CachedResolver:
                 self.cache.clear((host, port, family))
 
     def figures(self) -> dict[str, int]:
-        cache = self.cache
+        cache = self.cache  # not "if cache": an empty DNSCache is falsy
         return {
-            "hits": cache.hits if cache else 0,
-            "misses": cache.misses if cache else 0,
-            "size": len(cache) if cache else 0,
+            "hits": 0 if cache is None else cache.hits,
+            "misses": 0 if cache is None else cache.misses,
+            "size": 0 if cache is None else len(cache),
             "inflight": len(self._inflight),
         }
 
     async def close(self) -> None:
-        """Cancel lookups in flight and close the c-ares channel, if any."""
+        """Fail lookups in flight and close the c-ares channel, if any."""
         if self.closed:
             return
         self.closed = True

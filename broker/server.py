@@ -294,6 +294,7 @@ class BrokerServer:
             streams=self.streams,
             requests=self.engine.requests,
             pools=self.engine.figures(),  # type: ignore[arg-type]
+            dns=self.engine.dns_figures(),  # type: ignore[arg-type]
         )
 
     async def stop(self, drain_timeout: float = 30.0) -> None:

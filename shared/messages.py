@@ -150,6 +150,7 @@ class Stats(_Msg, tag="stats", frozen=True):
     streams: int
     requests: int = 0
     pools: list[dict[str, object]] = []
+    dns: list[dict[str, object]] = []
 
 
 Message = Union[

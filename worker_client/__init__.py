@@ -12,11 +12,16 @@ from .exceptions import *  # noqa: F403
 from .exceptions import __all__ as _exc_all
 from .helpers import BasicAuth, HttpVersion, HttpVersion10, HttpVersion11
 from .request_builder import PreparedRequest
+from .resolver import AbstractResolver, AsyncResolver, DefaultResolver, ThreadedResolver
 from .response import ClientResponse, StreamReader
 from .session import ClientSession, request
 
 __all__ = [
+    "AbstractResolver",
+    "AsyncResolver",
     "BaseConnector",
+    "DefaultResolver",
+    "ThreadedResolver",
     "BasicAuth",
     "ClientResponse",
     "ClientSession",

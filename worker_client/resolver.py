@@ -194,6 +194,11 @@ def _is_server_address(server: str) -> bool:
     return True
 
 
+def _is_a(value: object, types: tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is not an int here."""
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
 def _check_options(options: Mapping[str, Any]) -> tuple[ResolverOption, ...]:
     unknown = sorted(set(options) - set(_OPTION_TYPES))
     if unknown:
@@ -203,16 +208,19 @@ def _check_options(options: Mapping[str, Any]) -> tuple[ResolverOption, ...]:
         )
     result: list[ResolverOption] = []
     for name in sorted(options):
-        value: Any = options[name]
+        value = options[name]
         if value is None:  # as pycares: None leaves the c-ares default
             continue
         types = _OPTION_TYPES[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        if not _is_a(value, types):
             expected = " or ".join(t.__name__ for t in types)
             raise TypeError(f"AsyncResolver option {name} must be {expected}, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise ValueError(f"AsyncResolver option {name} must be >= 0, got {value!r}")
-        if name in _PORTS and not 0 < value < 65536:
-            raise ValueError(f"AsyncResolver option {name} must be a port, got {value!r}")
+        if bool not in types and str not in types:
+            low = 1 if name in _PORTS else 0
+            high = 65535 if name in _PORTS else float("inf")
+            if not low <= value <= high:
+                raise ValueError(
+                    f"AsyncResolver option {name} must be in [{low}, {high}], got {value!r}"
+                )
         result.append((name, value))
     return tuple(result)

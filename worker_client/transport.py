@@ -260,6 +260,7 @@ class EmbeddedTransport(Transport):
         return Stats(
             pid=os.getpid(), workers=1, streams=len(self._tasks),
             requests=self.engine.requests, pools=self.engine.figures(),  # type: ignore[arg-type]
+            dns=self.engine.dns_figures(),  # type: ignore[arg-type]
         )
 
     async def aclose(self) -> None:

@@ -76,3 +76,20 @@ def _report(queue, index: int, target, args: tuple) -> None:
         queue.put((index, target(*args)))
     except BaseException as exc:
         queue.put((index, RuntimeError(f"worker {index} failed: {exc!r}")))
+
+
+async def _get_with_resolver(broker: str, url: str, nameservers: list, options: dict) -> int:
+    from worker_client import AsyncResolver, TCPConnector
+
+    resolver = AsyncResolver(nameservers=nameservers, **options)
+    # force_close: no keep-alive reuse, so every request needs the address again
+    connector = TCPConnector(resolver=resolver, force_close=True, name="dns-e2e")
+    async with ClientSession(broker=broker, connector=connector) as session:
+        async with session.get(url) as resp:
+            await resp.read()
+            return resp.status
+
+
+def get_with_resolver(broker: str, url: str, nameservers: list, options: dict) -> int:
+    """Entry point for a spawned worker: one GET through an AsyncResolver."""
+    return asyncio.run(_get_with_resolver(broker, url, nameservers, options))
