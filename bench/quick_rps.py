@@ -12,11 +12,11 @@ engine inside this process), and http-broker's through a broker process started 
 ``broker.start()``. Every (client, pattern) pair runs for ``--seconds`` per round, the
 clients in a rotating order, for ``--rounds`` rounds; the medians and their ratios to
 aiohttp's are printed. The whole run takes about ``6 * rounds * seconds`` plus a few
-seconds of start-up (about 30 s by default). Loopback only.
+seconds of start-up (about 45 s by default). Loopback only.
 
 This is the quick measurement of issue 2, not the benchmark suite.
 
-    python bench/quick_rps.py [--rounds 5] [--seconds 0.8] [--concurrency 32]
+    python bench/quick_rps.py [--rounds 7] [--seconds 1.0] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -191,8 +191,8 @@ def report(results: dict[tuple[str, str], list[float]], args: argparse.Namespace
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=0.8)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

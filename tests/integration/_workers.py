@@ -93,3 +93,22 @@ async def _get_with_resolver(broker: str, url: str, nameservers: list, options: 
 def get_with_resolver(broker: str, url: str, nameservers: list, options: dict) -> int:
     """Entry point for a spawned worker: one GET through an AsyncResolver."""
     return asyncio.run(_get_with_resolver(broker, url, nameservers, options))
+
+
+async def _paced(broker: str, url: str, n: int, rate: float) -> int:
+    from worker_client import TCPConnector
+
+    connector = TCPConnector(rate_limit_per_host=rate, name="paced")
+    async with ClientSession(broker=broker, connector=connector) as session:
+
+        async def one() -> int:
+            async with session.get(url) as resp:
+                await resp.read()
+                return resp.status
+
+        return sum(s == 200 for s in await asyncio.gather(*(one() for _ in range(n))))
+
+
+def paced(broker: str, url: str, n: int, rate: float) -> int:
+    """Entry point for a spawned worker: n concurrent GETs under a per-host rate."""
+    return asyncio.run(_paced(broker, url, n, rate))

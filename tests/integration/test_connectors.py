@@ -1,0 +1,166 @@
+"""TCPConnector / UnixConnector behaviour: options, sharing, Unix sockets, retries, rate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+
+import pytest
+from aiohttp import web
+
+from worker_client import ClientSession, TCPConnector, UnixConnector
+
+from . import _workers
+from ..conftest import read_request_head
+from .counting_server import CountingServer
+
+
+def test_attributes_and_option_checks():
+    conn = TCPConnector(limit=30, limit_per_host=5, use_dns_cache=False)
+    assert (conn.limit, conn.limit_per_host, conn.use_dns_cache) == (30, 5, False)
+    assert conn.force_close is False and conn.closed is False
+    with pytest.raises(ValueError, match="keepalive_timeout cannot be set"):
+        TCPConnector(force_close=True, keepalive_timeout=30)
+    assert TCPConnector(force_close=True).force_close is True
+    assert TCPConnector(enable_cleanup_closed=True).spec == TCPConnector().spec
+    # Equal arguments, same pool; name= separates.
+    assert TCPConnector(limit=8).spec == TCPConnector(limit=8).spec
+    assert TCPConnector(limit=8).spec != TCPConnector(limit=8, name="other").spec
+
+
+async def test_equal_connectors_share_one_pool(make_session, serve_app):
+    ports: list[int] = []
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        ports.append(request.transport.get_extra_info("peername")[1])
+        return web.Response(text="hi")
+
+    app.router.add_get("/", hello)
+    base = await serve_app(app)
+    a = make_session(connector=TCPConnector(limit=1, name="shared-pool"))
+    b = make_session(connector=TCPConnector(limit=1, name="shared-pool"))
+    for s in (a, b, a, b):
+        async with s.get(base + "/") as resp:
+            assert await resp.text() == "hi"
+    assert len(set(ports)) == 1  # one keep-alive connection served both sessions
+    stats = await a.stats()
+    (pool,) = [p for p in stats.pools if p["pool"] == "shared-pool"]
+    assert pool["limit"] == 1 and pool["open"] == 1 and pool["idle"] == 1
+
+
+async def test_connector_owner_false_leaves_the_connector_open(make_session, serve_app):
+    app = web.Application()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", ok)
+    base = await serve_app(app)
+    connector = TCPConnector(name="not-owned")
+    s1 = make_session(connector=connector, connector_owner=False)
+    async with s1.get(base + "/") as resp:
+        assert resp.status == 200
+    await s1.close()
+    assert not connector.closed
+    s2 = make_session(connector=connector, connector_owner=False)
+    async with s2.get(base + "/") as resp:
+        assert resp.status == 200
+    owner = make_session(connector=connector)
+    await owner.close()
+    assert connector.closed and s2.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await s2.get(base + "/")
+
+
+async def test_unix_connector_reaches_a_server_on_a_unix_socket(make_session):
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"unix {request.host}")
+
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "app.sock")
+        site = web.UnixSite(runner, path)
+        await site.start()
+        try:
+            conn = UnixConnector(path=path)
+            assert conn.path == path
+            session: ClientSession = make_session(connector=conn)
+            async with session.get("http://localhost/") as resp:
+                assert await resp.text() == "unix localhost"
+        finally:
+            await runner.cleanup()
+
+
+async def test_stale_keepalive_connection_is_retried_once(make_session, raw_server):
+    """The server drops an idle keep-alive connection as the next request arrives."""
+    served = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn_no = len(served)
+        served.append(0)
+        while True:
+            await read_request_head(reader)
+            if conn_no == 0 and served[0] == 1:
+                return  # close without answering the reused connection's request
+            served[conn_no] += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    base = await raw_server(handler)
+    session: ClientSession = make_session()
+    for _ in range(2):
+        async with session.get(base + "/") as resp:
+            assert await resp.read() == b"ok"
+    assert served == [1, 1]  # the second request was retried on a fresh connection
+
+
+async def test_stale_connection_not_retried_for_post(make_session, raw_server):
+    from worker_client import ServerDisconnectedError
+
+    count = [0]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request_head(reader)
+            count[0] += 1
+            if count[0] == 2:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    base = await raw_server(handler)
+    session: ClientSession = make_session()
+    async with session.get(base + "/") as resp:
+        await resp.read()
+    with pytest.raises(ServerDisconnectedError):
+        await session.post(base + "/", data=b"x")
+    assert count[0] == 2
+
+
+async def test_rate_limit_per_host_holds_across_workers(broker_process):
+    server = CountingServer(delay=0)
+    port = await server.start()
+    rate = 20.0
+    loop = asyncio.get_running_loop()
+    try:
+        done = await loop.run_in_executor(
+            None,
+            _workers.run_in_processes,
+            _workers.paced,
+            [(broker_process.socket_path, f"http://127.0.0.1:{port}/", 4, rate)] * 3,
+        )
+    finally:
+        await server.stop()
+    assert done == [4, 4, 4]
+    times = sorted(t for t, _ in server.counts.arrivals)
+    assert len(times) == 12
+    # 12 starts at one per 50 ms take at least 11 intervals (jitter allowed per arrival).
+    assert times[-1] - times[0] >= 11 / rate * 0.9
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert sorted(gaps)[len(gaps) // 2] >= 0.9 / rate  # the median gap is one interval
