@@ -255,7 +255,7 @@ class Pool:
 
     def figures(self) -> dict[str, Any]:
         s = self.state
-        queued = s.queued_per_key()
+        queued: dict[Any, tuple[int, float]] = s.queued_per_key()
         return {
             "pool": self.spec.name or self.spec.kind,
             "limit": s.limit,
@@ -266,7 +266,7 @@ class Pool:
             "queued": len(s.waiters),
             "longest_wait": s.longest_wait(),
             "hosts": {
-                f"{k[0]}://{k[1]}:{k[2]}": {
+                _label(k): {
                     "open": s.per_key.get(k, 0),
                     "active": s.active_per_key.get(k, 0),
                     "idle": len(s.idle.get(k, ())),
@@ -293,6 +293,11 @@ class Pool:
         # connection_lost runs on a later loop pass; wait for it so that no transport
         # outlives the loop (a ResourceWarning otherwise).
         await asyncio.gather(*(conn.wait_closed() for conn in conns))
+
+
+def _label(key: Any) -> str:
+    scheme, host, port = key
+    return f"{scheme}://{host}:{port}"
 
 
 def _interleave(addrs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -335,9 +340,9 @@ async def _happy_eyeballs(
                 pending, timeout=delay if todo else None, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
-                exc = task.exception()
-                if exc is not None:
-                    last_exc = exc
+                error = task.exception()
+                if error is not None:
+                    last_exc = error
                 elif winner is None:
                     winner = task.result()
                 else:

@@ -301,13 +301,13 @@ class Engine:
         if not sock_read or fut.done():
             return await fut
         loop = self._loop
+        timer: list[asyncio.TimerHandle] = []
 
         def check() -> None:
-            nonlocal handle
             if fut.done():
                 return
-            if conn.reading_paused:
-                handle = loop.call_later(sock_read, check)
+            if conn.reading_paused:  # our own flow control is not the server's silence
+                timer[0] = loop.call_later(sock_read, check)
                 return
             due = conn.last_read + sock_read
             if loop.time() >= due:
@@ -316,13 +316,13 @@ class Engine:
                 )
                 conn.close()
             else:
-                handle = loop.call_at(due, check)
+                timer[0] = loop.call_at(due, check)
 
-        handle = loop.call_at(conn.last_read + sock_read, check)
+        timer.append(loop.call_at(conn.last_read + sock_read, check))
         try:
             return await fut
         finally:
-            handle.cancel()
+            timer[0].cancel()
 
     async def _deliver(
         self,

@@ -293,8 +293,8 @@ class BrokerServer:
             workers=len(self.workers),
             streams=self.streams,
             requests=self.engine.requests,
-            pools=self.engine.figures(),  # type: ignore[arg-type]
-            dns=self.engine.dns_figures(),  # type: ignore[arg-type]
+            pools=self.engine.figures(),
+            dns=self.engine.dns_figures(),
         )
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
@@ -324,7 +324,7 @@ class BrokerServer:
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

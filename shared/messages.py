@@ -16,8 +16,6 @@ reader has consumed n bytes.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 from .specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout, PoolSpec
@@ -153,18 +151,18 @@ class Stats(_Msg, tag="stats", frozen=True):
     dns: list[dict[str, object]] = []
 
 
-Message = Union[
-    Hello,
-    Welcome,
-    Request,
-    Head,
-    Data,
-    End,
-    Ack,
-    Cancel,
-    Failure,
-    ErrorFrame,
-    ClearDNS,
-    StatsRequest,
-    Stats,
-]
+Message = (
+    Hello
+    | Welcome
+    | Request
+    | Head
+    | Data
+    | End
+    | Ack
+    | Cancel
+    | Failure
+    | ErrorFrame
+    | ClearDNS
+    | StatsRequest
+    | Stats
+)

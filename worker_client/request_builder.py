@@ -127,7 +127,8 @@ def prepare_request(
     if json is not None:
         serialized = json_serialize(json)
         body: bytes | None = serialized if isinstance(serialized, bytes) else serialized.encode()
-        stream, content_type = None, "application/json"
+        stream = None
+        content_type: str | None = "application/json"
     else:
         body, stream, content_type = _encode_data(data)
     if content_type is not None and "Content-Type" not in out and "content-type" not in skip:

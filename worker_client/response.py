@@ -212,7 +212,7 @@ class StreamReader:
         """Read exactly n bytes; raise ``asyncio.IncompleteReadError`` at an early EOF."""
         if self._exception is not None:
             raise self._exception
-        blocks = []
+        blocks: list[bytes] = []
         while n > 0:
             block = await self.read(n)
             if not block:
@@ -375,7 +375,7 @@ class ClientResponse:
     _cookies: SimpleCookie | None = None
     _links: MultiDictProxy[MultiDictProxy[str | URL]] | None = None
     # aiohttp's ``fallback_charset_resolver``: a session may set its own on the response.
-    _resolve_charset: Callable[[ClientResponse, bytes], str] = staticmethod(  # type: ignore[assignment]
+    _resolve_charset: Callable[[ClientResponse, bytes], str] = staticmethod(
         lambda response, body: "utf-8"
     )
 

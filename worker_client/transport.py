@@ -13,8 +13,8 @@ closes it, so that nothing outlives the event loop. A transport made in another 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,9 +23,8 @@ import msgspec
 
 from broker.engine import Engine
 from broker.stream import BrokerStream
-from shared.errors import BrokerConnectionError, BrokerProtocolError, ClientConnectionError
+from shared.errors import BrokerConnectionError, BrokerProtocolError
 from shared.framing import FrameError, FrameReader, encode
-from shared.specs import PoolSpec
 from shared.messages import (
     PROTOCOL_VERSION,
     STREAM_WINDOW,
@@ -43,6 +42,7 @@ from shared.messages import (
     StatsRequest,
     Welcome,
 )
+from shared.specs import PoolSpec
 
 from .response import StreamReader
 
@@ -237,9 +237,9 @@ class EmbeddedTransport(Transport):
         self._streams[req.stream] = stream
         task = self.loop.create_task(self.engine.perform(req, stream))
         self._tasks[req.stream] = task
-        task.add_done_callback(lambda _t, sid=req.stream: self._task_done(sid))
+        task.add_done_callback(functools.partial(self._task_done, req.stream))
 
-    def _task_done(self, stream_id: int) -> None:
+    def _task_done(self, stream_id: int, _task: object = None) -> None:
         self._tasks.pop(stream_id, None)
         self._streams.pop(stream_id, None)
 
@@ -259,8 +259,8 @@ class EmbeddedTransport(Transport):
     async def stats(self) -> Stats:
         return Stats(
             pid=os.getpid(), workers=1, streams=len(self._tasks),
-            requests=self.engine.requests, pools=self.engine.figures(),  # type: ignore[arg-type]
-            dns=self.engine.dns_figures(),  # type: ignore[arg-type]
+            requests=self.engine.requests, pools=self.engine.figures(),
+            dns=self.engine.dns_figures(),
         )
 
     async def aclose(self) -> None:
@@ -332,7 +332,7 @@ class IPCTransport(Transport):
             raise BrokerConnectionError(
                 f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
             ) from None
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         transport.write(encode(Hello(PROTOCOL_VERSION, os.getpid())))
         try:
             welcome = await asyncio.wait_for(asyncio.shield(self._welcome), timeout)

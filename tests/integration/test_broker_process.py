@@ -28,8 +28,8 @@ from worker_client import (
     TCPConnector,
 )
 
-from . import _workers
 from ..conftest import ROOT
+from . import _workers
 
 
 def _raw_exchange(path: str, payload: bytes, timeout: float = 5.0) -> list[object]:

@@ -11,8 +11,8 @@ from aiohttp import web
 
 from worker_client import ClientSession, TCPConnector, UnixConnector
 
-from . import _workers
 from ..conftest import read_request_head
+from . import _workers
 from .counting_server import CountingServer
 
 
@@ -162,5 +162,5 @@ async def test_rate_limit_per_host_holds_across_workers(broker_process):
     assert len(times) == 12
     # 12 starts at one per 50 ms take at least 11 intervals (jitter allowed per arrival).
     assert times[-1] - times[0] >= 11 / rate * 0.9
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert sorted(gaps)[len(gaps) // 2] >= 0.9 / rate  # the median gap is one interval
