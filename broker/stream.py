@@ -14,29 +14,38 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from shared.messages import STREAM_WINDOW, Failure, Head
+from shared.stream_state import FINAL, Event, State, step
 
 __all__ = ["BrokerStream"]
 
 
 class BrokerStream:
-    __slots__ = ("id", "unacked", "_resume", "finished")
+    __slots__ = ("id", "unacked", "_resume", "state")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
         self.unacked = 0
         self._resume: Callable[[], None] | None = None
-        self.finished = False
+        self.state = State.OPEN
 
     def __repr__(self) -> str:
-        state = "finished" if self.finished else "open"
-        return f"<{type(self).__name__} {self.id} {state}, {self.unacked} bytes unacked>"
+        return (
+            f"<{type(self).__name__} {self.id} {self.state.value}, "
+            f"{self.unacked} bytes unacked>"
+        )
 
-    # -- called by the engine ------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL
+
+    # -- called by the engine (each step checked against shared.stream_state) -------
 
     def head(self, msg: Head) -> None:
+        self.state = step(self.state, Event.HEAD)
         self._send_head(msg)
 
     def data(self, chunk: bytes) -> None:
+        self.state = step(self.state, Event.DATA)
         self.unacked += len(chunk)
         self._send_data(chunk)
 
@@ -48,12 +57,12 @@ class BrokerStream:
         self._resume = resume
 
     def end(self) -> None:
-        self.finished = True
+        self.state = step(self.state, Event.END)
         self._resume = None
         self._send_end()
 
     def fail(self, failure: Failure) -> None:
-        self.finished = True
+        self.state = step(self.state, Event.FAIL)
         self._resume = None
         self._send_failure(failure)
 

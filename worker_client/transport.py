@@ -43,6 +43,7 @@ from shared.messages import (
     Welcome,
 )
 from shared.specs import PoolSpec
+from shared.stream_state import Event, State, StreamStateError, step
 
 from .response import StreamReader
 
@@ -65,8 +66,8 @@ class StreamHandle:
     """The worker's end of one stream: the head future and the body reader."""
 
     __slots__ = (
-        "id", "transport", "head", "content", "done", "_unacked", "make_error", "_timer",
-        "__weakref__",
+        "id", "transport", "head", "content", "done", "state", "_unacked", "make_error",
+        "_timer", "__weakref__",
     )
 
     def __init__(
@@ -81,6 +82,7 @@ class StreamHandle:
         self.head: asyncio.Future[Head] = loop.create_future()
         self.content = StreamReader(self._consumed)
         self.done = False
+        self.state = State.OPEN  # what the broker said, checked against the table
         self._unacked = 0
         self.make_error = make_error
         self._timer: asyncio.TimerHandle | None = None
@@ -90,19 +92,31 @@ class StreamHandle:
 
     # -- from the transport --------------------------------------------------------
 
+    def _step(self, event: Event) -> bool:
+        try:
+            self.state = step(self.state, event)
+        except StreamStateError as exc:
+            self.transport.cancel(self.id)
+            self.fail(BrokerProtocolError(f"stream {self.id}: the broker sent {exc}"))
+            return False
+        return True
+
     def on_head(self, msg: Head) -> None:
-        if not self.head.done():
+        if self._step(Event.HEAD) and not self.head.done():
             self.head.set_result(msg)
 
     def on_data(self, data: bytes) -> None:
-        self.content.feed_data(data)
+        if self._step(Event.DATA):
+            self.content.feed_data(data)
 
     def on_end(self) -> None:
-        self._close()
-        self.content.feed_eof()
+        if self._step(Event.END):
+            self._close()
+            self.content.feed_eof()
 
     def on_failure(self, failure: Failure) -> None:
-        self.fail(self.make_error(failure))
+        if self._step(Event.FAIL):
+            self.fail(self.make_error(failure))
 
     def fail(self, exc: BaseException) -> None:
         if self.done:

@@ -403,3 +403,32 @@ async def test_losing_the_broker_mid_request_then_a_new_one(serve_app, tmp_path)
         with broker.start(path, export=False):
             async with session.get(base + "/") as resp:
                 assert await resp.text() == "hello"
+
+
+async def test_a_broker_that_breaks_stream_order_is_a_protocol_error(tmp_path):
+    """The worker checks every stream against shared.stream_state's table."""
+    from shared.messages import Data, Request
+
+    path = str(tmp_path / "liar.sock")
+
+    async def liar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader()
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            for msg in frames.feed(data):
+                if isinstance(msg, Hello):
+                    writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
+                elif isinstance(msg, Request):
+                    writer.write(encode(Data(msg.stream, b"body before any head")))
+        writer.close()
+
+    server = await asyncio.start_unix_server(liar, path)
+    try:
+        async with ClientSession(broker=path) as session:
+            with pytest.raises(BrokerProtocolError, match="data is not allowed in state open"):
+                await session.get("http://127.0.0.1:1/")
+    finally:
+        server.close()
+        await server.wait_closed()
