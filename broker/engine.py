@@ -262,7 +262,7 @@ class Engine:
                 self._finish_exchange(pool, conn)
                 retry = (
                     attempt == 0
-                    and exc.code == "disconnected"
+                    and exc.code in ("disconnected", "os")
                     and conn.reused
                     and not conn.got_response_bytes
                     and method in IDEMPOTENT
@@ -377,6 +377,8 @@ class Engine:
                 stream.park(conn.resume_reading)
 
         conn.set_body_consumer(on_body)
+        if not conn.done_future.done():
+            stream.flush()  # the body is still coming: the worker gets the head now
         await self._read(conn, conn.done_future, req.timeout)
         if decode_errors:
             raise ConnectionFailure("payload", str(decode_errors[0]))

@@ -130,7 +130,11 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             return
         head = self._head
         if head is None:
-            self._fail(ConnectionFailure("disconnected", "Server disconnected"))
+            if isinstance(exc, OSError):  # e.g. a reset: aiohttp's ClientOSError
+                msg = exc.strerror or str(exc)
+                self._fail(ConnectionFailure("os", msg, errno=exc.errno or 0))
+            else:
+                self._fail(ConnectionFailure("disconnected", "Server disconnected"))
         elif head.eof_body and not self._head_only:
             self._finish()
         elif not self._complete:

@@ -57,25 +57,50 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
 
 
 class IPCStream(BrokerStream):
-    __slots__ = ("conn", "task", "_body_q")
+    """A stream carried over a worker's socket.
+
+    The head is held back until the engine flushes or the stream ends, so that a
+    response that arrived whole (the common case) goes out as one write of its Head,
+    Data and End frames instead of three.
+    """
+
+    __slots__ = ("conn", "task", "_body_q", "_held")
 
     def __init__(self, stream_id: int, conn: WorkerConnection) -> None:
         super().__init__(stream_id)
         self.conn = conn
         self.task: asyncio.Task[None] | None = None
         self._body_q: asyncio.Queue[bytes | None] | None = None
+        self._held: list[bytes] | None = None
 
     def _send_head(self, msg: Head) -> None:
-        self.conn.send(msg)
+        self._held = [encode(msg)]
 
     def _send_data(self, chunk: bytes) -> None:
-        self.conn.send(Data(self.id, chunk))
+        frame = encode(Data(self.id, chunk))
+        if self._held is not None:
+            self._held.append(frame)
+        else:
+            self.conn.write(frame)
 
     def _send_end(self) -> None:
-        self.conn.send(End(self.id))
+        self._send_last(encode(End(self.id)))
 
     def _send_failure(self, failure: Failure) -> None:
-        self.conn.send(failure)
+        self._send_last(encode(failure))
+
+    def _send_last(self, frame: bytes) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.append(frame)
+            self.conn.write(b"".join(held))
+        else:
+            self.conn.write(frame)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self.conn.write(b"".join(held))
 
     def feed_body(self, chunk: bytes | None) -> None:
         if self._body_q is None:
@@ -218,6 +243,10 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def send(self, msg: Any) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(encode(msg))
+
+    def write(self, frames: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(frames)
 
     def abort(self, code: str, message: str) -> None:
         """Say why, then close this worker's connection."""

@@ -30,7 +30,7 @@ class BrokerStream:
 
     def __repr__(self) -> str:
         return (
-            f"<{type(self).__name__} {self.id} {self.state.value}, "
+            f"<{type(self).__name__} {self.id} {self.state.name.lower()}, "
             f"{self.unacked} bytes unacked>"
         )
 
@@ -65,6 +65,9 @@ class BrokerStream:
         self.state = step(self.state, Event.FAIL)
         self._resume = None
         self._send_failure(failure)
+
+    def flush(self) -> None:
+        """Deliver what a carrier may have held back to send in one piece."""
 
     def request_body(self) -> AsyncIterator[bytes]:
         """The streamed request body, chunk by chunk."""

@@ -381,7 +381,9 @@ async def test_auto_decompress_false_per_request(serve_app, session):
 async def test_unknown_content_encoding_is_passed_through(raw_server, session):
     async def handler(reader, writer):
         await read_request_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: zstd-ish\r\nContent-Length: 4\r\n\r\nabcd")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: zstd-ish\r\nContent-Length: 4\r\n\r\nabcd"
+        )
         await reader.read()
 
     base = await raw_server(handler)
