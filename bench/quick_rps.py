@@ -141,16 +141,14 @@ async def measure(
         "sequential": lambda s: sequential(s, url, seconds),
         f"{tasks} concurrent": lambda s: concurrent(s, url, seconds, tasks),
     }
-    results: dict[tuple[str, str], list[float]] = {
-        (c, p): [] for c in sessions for p in patterns
-    }
+    results: dict[tuple[str, str], list[float]] = {(c, p): [] for c in sessions for p in patterns}
     try:
         for s in sessions.values():  # warm up: connections, imports, caches
             await sequential(s, url, 0.2)
             await concurrent(s, url, 0.2, tasks)
         names = list(sessions)
         for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for client in order:
                 for pattern, run in patterns.items():
                     results[(client, pattern)].append(await run(sessions[client]))

@@ -223,7 +223,10 @@ def main() -> int:
             f"        (aiohttp with TCPConnector(limit={POOL_LIMIT}) in each process could open "
             f"up to {POOL_LIMIT * WORKERS}: one pool per process)"
         )
-        print(f"broker (pid {stats.pid}) figures:")
+        print(
+            f"broker (pid {stats.pid}): {stats.requests} requests from the workers, "
+            f"{stats.streams} in flight now; its pools:"
+        )
         for pool in stats.pools:
             print(
                 f"    pool {pool['pool']!r}: limit {pool['limit']}, open {pool['open']}, "

@@ -51,10 +51,7 @@ def example(title: str) -> Callable[[Example], Example]:
 
 @example("custom request headers (a GIF posted with content-type image/gif)")
 async def custom_headers(make_session: MakeSession, base: str) -> Any:
-    payload = (
-        b"GIF89a\x01\x00\x01\x00\x00\xff\x00,\x00\x00"
-        b"\x00\x00\x01\x00\x01\x00\x00\x02\x00;"
-    )
+    payload = b"GIF89a\x01\x00\x01\x00\x00\xff\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x00;"
     headers = {"content-type": "image/gif"}
     async with make_session() as session:
         async with session.post(base + "/post", data=payload, headers=headers) as resp:
