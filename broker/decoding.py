@@ -20,30 +20,44 @@ class DecodeError(Exception):
 
 
 class Decoder(Protocol):
-    def decode(self, data: bytes) -> bytes: ...
+    """``decode`` returns at most ``limit`` bytes; input it could not get to yet stays
+    ``pending`` and is worked through by further ``decode(b"", limit)`` calls."""
+
+    @property
+    def pending(self) -> bool: ...
+    def decode(self, data: bytes, limit: int) -> bytes: ...
     def flush(self) -> bytes: ...
 
 
 class _ZlibDecoder:
-    __slots__ = ("_encoding", "_obj", "_started")
+    __slots__ = ("_encoding", "_obj", "_started", "_tail")
 
     def __init__(self, encoding: str) -> None:
         self._encoding = encoding
         self._started = False
+        self._tail = b""
         wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
         self._obj = zlib.decompressobj(wbits=wbits)
 
-    def decode(self, data: bytes) -> bytes:
+    @property
+    def pending(self) -> bool:
+        return bool(self._tail)
+
+    def decode(self, data: bytes, limit: int) -> bytes:
         if not self._started and data:
             self._started = True
             # Some servers send raw deflate without the zlib header (as aiohttp, sniff
             # the compression method nibble of the first byte).
             if self._encoding == "deflate" and data[0] & 0x0F != 8:
                 self._obj = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+        if self._tail:
+            data = self._tail + data
         try:
-            return self._obj.decompress(data)
+            out = self._obj.decompress(data, limit)
         except zlib.error as exc:
             raise DecodeError(f"Can not decode content-encoding: {self._encoding}") from exc
+        self._tail = self._obj.unconsumed_tail
+        return out
 
     def flush(self) -> bytes:
         try:
@@ -58,10 +72,12 @@ class _ZlibDecoder:
 class _BrotliDecoder:
     __slots__ = ("_obj",)
 
+    pending = False  # brotli's decoder has no output limit: all output comes at once
+
     def __init__(self) -> None:
         self._obj = brotli.Decompressor()
 
-    def decode(self, data: bytes) -> bytes:
+    def decode(self, data: bytes, limit: int) -> bytes:
         try:
             return bytes(self._obj.process(data))
         except brotli.error as exc:

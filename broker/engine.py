@@ -17,8 +17,9 @@ from yarl import URL
 from shared.messages import Failure, Head, HistoryItem, Request
 from shared.specs import ClientTimeout, PoolSpec
 
+from .body import BodyPipe
 from .connector import Pool
-from .decoding import DecodeError, make_decoder
+from .decoding import make_decoder
 from .http1 import ConnectionFailure, HTTP1Connection, ResponseHead
 from .resolver import Resolvers
 from .stream import BrokerStream
@@ -354,41 +355,12 @@ class Engine:
             if enc:
                 decoder = make_decoder(enc.decode("latin-1"))
 
-        decode_errors: list[DecodeError] = []
-
-        def on_body(chunk: bytes) -> None:
-            if decoder is not None:
-                if decode_errors:
-                    return
-                try:
-                    chunk = decoder.decode(chunk)
-                except DecodeError as exc:
-                    # Body bytes that came with the head are replayed after the exchange
-                    # completed, when failing it no longer works: remember the error.
-                    decode_errors.append(exc)
-                    conn.fail_exchange(ConnectionFailure("payload", str(exc)))
-                    conn.close()
-                    return
-                if not chunk:
-                    return
-            stream.data(chunk)
-            if stream.window_full:
-                conn.pause_reading()
-                stream.park(conn.resume_reading)
-
-        conn.set_body_consumer(on_body)
+        pipe = BodyPipe(stream, conn, decoder, self._loop)
+        conn.set_body_consumer(pipe.feed)
         if not conn.done_future.done():
             stream.flush()  # the body is still coming: the worker gets the head now
         await self._read(conn, conn.done_future, req.timeout)
-        if decode_errors:
-            raise ConnectionFailure("payload", str(decode_errors[0]))
-        if decoder is not None:
-            try:
-                tail = decoder.flush()
-            except DecodeError as exc:
-                raise ConnectionFailure("payload", str(exc)) from None
-            if tail:
-                stream.data(tail)
+        await pipe.finish()
         stream.end()
 
     @staticmethod

@@ -422,9 +422,10 @@ async def test_session_timeout_is_used(raw_server, make_session):
 async def test_total_timeout(raw_server, session):
     base = await raw_server(_silent)
     started = time.monotonic()
-    with pytest.raises(asyncio.TimeoutError):
+    with pytest.raises(asyncio.TimeoutError) as info:
         await session.get(base + "/", timeout=ClientTimeout(total=0.2))
     assert 0.15 < time.monotonic() - started < 1.5
+    assert not isinstance(info.value, ServerTimeoutError)  # aiohttp's is the plain one
 
 
 async def test_total_timeout_while_reading_the_body(raw_server, session):
@@ -522,6 +523,7 @@ async def test_closed_session_raises_runtime_error(make_session):
 
 async def test_close_with_an_unread_response(serve_app, make_session):
     app = web.Application()
+    upstream_gone = asyncio.Event()
 
     async def endless(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
@@ -532,7 +534,7 @@ async def test_close_with_an_unread_response(serve_app, make_session):
                 await resp.write(b"x" * 65536)
                 await asyncio.sleep(0.01)
         except ConnectionError:
-            pass
+            upstream_gone.set()
         return resp
 
     async def page(request: web.Request) -> web.Response:
@@ -549,7 +551,8 @@ async def test_close_with_an_unread_response(serve_app, make_session):
     await session.close()
     assert time.monotonic() - started < 0.5
     with pytest.raises(ClientConnectionError):
-        await resp.read()
+        await asyncio.wait_for(resp.read(), 2)  # fails at once, never hangs
+    await asyncio.wait_for(upstream_gone.wait(), 2)  # the upstream connection was dropped
     del resp
     gc.collect()  # a ResourceWarning would surface here as an error
 

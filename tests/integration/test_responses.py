@@ -264,7 +264,7 @@ async def test_connection_close_response_is_not_reused(serve_app, session):
     assert len(set(ports)) == 3
 
 
-async def test_http10_keep_alive_response(raw_server, session):
+async def test_http10_response_closes_the_connection(raw_server, session):
     """An HTTP/1.0 answer with Content-Length but no keep-alive closes the connection."""
     connections: list[int] = []
 
@@ -335,8 +335,10 @@ async def test_stream_read_n_and_readexactly(serve_app, session):
         assert first + rest == body[: len(first) + 20]
         remaining = len(body) - len(first) - 20
         assert await resp.content.readexactly(remaining) == body[len(first) + 20 :]
-        assert resp.content.at_eof()
+        # Through a broker the end of the stream is its own frame and may come a little
+        # after the last bytes (aiohttp's at_eof() is already True here).
         assert await resp.content.read(10) == b""
+        assert resp.content.at_eof()
         assert await resp.content.read() == b""
 
 
