@@ -190,7 +190,7 @@ class Engine:
                 body = None
                 streamed = False
                 headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            elif streamed:
+            elif streamed and not (req.replayable and stream.rewind()):
                 raise ConnectionFailure(
                     "payload",
                     "Cannot follow redirect with a consumed request body. Use bytes, a "

@@ -32,6 +32,7 @@ from shared.messages import (
     Head,
     Hello,
     Request,
+    Rewind,
     Stats,
     StatsRequest,
     Welcome,
@@ -118,6 +119,11 @@ class IPCStream(BrokerStream):
 
     def body_written(self, size: int) -> None:
         self.conn.send(Ack(self.id, size))
+
+    def rewind(self) -> bool:
+        self._body_q = asyncio.Queue()
+        self.conn.send(Rewind(self.id))
+        return True
 
 
 class WorkerConnection(asyncio.BufferedProtocol):

@@ -73,6 +73,10 @@ class BrokerStream:
         """The streamed request body, chunk by chunk."""
         raise NotImplementedError
 
+    def rewind(self) -> bool:
+        """Have the streamed request body sent again for another hop; False if it can't."""
+        return False
+
     def body_written(self, size: int) -> None:
         """``size`` bytes of the streamed request body are on the upstream socket."""
 

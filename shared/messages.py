@@ -6,7 +6,7 @@ decode error. A stream is one request: the worker picks its id, odd and increasi
 
 worker -> broker: Hello, Request, Data/End (a streamed request body), Ack, Cancel,
                   ClearDNS, StatsRequest
-broker -> worker: Welcome, Head, Data/End (the response body), Ack, Failure, ErrorFrame,
+broker -> worker: Welcome, Head, Data/End (the response body), Ack, Rewind, Failure, ErrorFrame,
                   Stats
 
 Flow control is by credit: the sender of a body may have at most ``STREAM_WINDOW`` bytes
@@ -43,7 +43,8 @@ class Welcome(_Msg, tag="welcome", frozen=True):
 class Request(_Msg, tag="req", frozen=True):
     """One request. ``url`` is absolute and already encoded; ``headers`` are final
     except for the per-hop ones the broker adds (Host, Content-Length or
-    Transfer-Encoding). With ``streamed`` the body follows as Data frames and an End."""
+    Transfer-Encoding). With ``streamed`` the body follows as Data frames and an End;
+    ``replayable`` says the worker can send it again when asked (``Rewind``)."""
 
     stream: int
     method: str
@@ -58,6 +59,7 @@ class Request(_Msg, tag="req", frozen=True):
     auto_decompress: bool = True
     read_until_eof: bool = True
     skip_host: bool = False
+    replayable: bool = False
 
 
 class HistoryItem(msgspec.Struct, frozen=True, array_like=True):
@@ -98,6 +100,13 @@ class End(_Msg, tag="end", frozen=True):
 class Ack(_Msg, tag="ack", frozen=True):
     stream: int
     size: int
+
+
+class Rewind(_Msg, tag="rewind", frozen=True):
+    """Broker to worker: send the streamed request body again, from its start, for the
+    next hop of a redirect (307/308). Only for a ``replayable`` request."""
+
+    stream: int
 
 
 class Cancel(_Msg, tag="cancel", frozen=True):
@@ -160,6 +169,7 @@ Message = (
     | End
     | Ack
     | Cancel
+    | Rewind
     | Failure
     | ErrorFrame
     | ClearDNS

@@ -55,6 +55,44 @@ class _RequestOptions(TypedDict, total=False):
     auto_decompress: bool | None
 
 
+_OPTION_NAMES = frozenset(_RequestOptions.__annotations__)
+
+# aiohttp's request keywords that http-broker does not carry out yet, with the value that
+# means "not used" in aiohttp: passing that value is fine, anything else is refused
+# rather than silently ignored (a proxy= that went direct would be worse than an error).
+_NOT_YET: dict[str, tuple[object, ...]] = {
+    "cookies": (None,),
+    "compress": (None, False),
+    "chunked": (None,),
+    "expect100": (False,),
+    "proxy": (None,),
+    "proxy_auth": (None,),
+    "proxy_headers": (None,),
+    "ssl": (True,),
+    "verify_ssl": (None,),
+    "fingerprint": (None,),
+    "ssl_context": (None,),
+    "server_hostname": (None,),
+    "trace_request_ctx": (None,),
+    "read_bufsize": (None,),
+    "max_line_size": (None,),
+    "max_field_size": (None,),
+    "middlewares": (None,),
+}
+
+
+def _check_options(kw: dict[str, Any]) -> None:
+    for name in kw.keys() - _OPTION_NAMES:
+        if name not in _NOT_YET:
+            raise TypeError(f"request() got an unexpected keyword argument {name!r}")
+        value = kw[name]
+        if not any(value is ok for ok in _NOT_YET[name]):
+            raise NotImplementedError(
+                f"{name}= is not supported by http-broker yet (got {value!r}); "
+                "see docs/migrating-from-aiohttp.md"
+            )
+
+
 class ClientSession:
     """A client session; its pool, DNS cache and cookies live in the broker."""
 
@@ -274,6 +312,8 @@ class ClientSession:
     ) -> ClientResponse:
         if self.closed:
             raise RuntimeError("Session is closed")
+        if kw.keys() - _OPTION_NAMES:
+            _check_options(dict(kw))
         prepared = self._prepare(method, url, kw)
         timeout = kw.get("timeout") or self._timeout
         if timeout is _SENTINEL:

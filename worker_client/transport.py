@@ -38,6 +38,7 @@ from shared.messages import (
     Head,
     Hello,
     Request,
+    Rewind,
     Stats,
     StatsRequest,
     Welcome,
@@ -334,6 +335,7 @@ class IPCTransport(Transport):
         self._credit: dict[int, int] = {}
         self._credit_waiters: dict[int, asyncio.Future[None]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
+        self._replay: dict[int, bytes] = {}  # bodies the broker may ask for again
         self._stats: asyncio.Future[Stats] | None = None
         self.broker_pid = 0
 
@@ -360,6 +362,10 @@ class IPCTransport(Transport):
             raise
         self.broker_pid = welcome.pid
 
+    def forget(self, stream_id: int) -> None:
+        super().forget(stream_id)
+        self._replay.pop(stream_id, None)
+
     def _send(self, msg: Any) -> None:
         if self._error is not None:
             raise self._error
@@ -380,13 +386,24 @@ class IPCTransport(Transport):
             h = self.handles.get(msg.stream)
             if h is not None:
                 h.on_end()
+        elif kind is Rewind:
+            body = self._replay.get(msg.stream)
+            if body is None or msg.stream in self._pumps:
+                self.lost(BrokerProtocolError(f"the broker asked to rewind stream {msg.stream}"))
+                return
+            self._credit[msg.stream] = STREAM_WINDOW
+            self._pumps[msg.stream] = self.loop.create_task(
+                self._pump(msg.stream, _slices(body))
+            )
         elif kind is Failure:
             self._end_pump(msg.stream)
             h = self.handles.get(msg.stream)
             if h is not None:
                 h.on_failure(msg)
         elif kind is Ack:
-            self._credit[msg.stream] = self._credit.get(msg.stream, 0) + msg.size
+            if msg.stream not in self._credit:
+                return  # the body was all sent: a late acknowledgement
+            self._credit[msg.stream] += msg.size
             w = self._credit_waiters.pop(msg.stream, None)
             if w is not None and not w.done():
                 w.set_result(None)
@@ -439,7 +456,10 @@ class IPCTransport(Transport):
             headers = req.headers
             if not any(k.lower() == "content-length" for k, _ in headers):
                 headers = [*headers, ("Content-Length", str(len(req.body)))]
-            req = msgspec.structs.replace(req, body=None, streamed=True, headers=headers)
+            self._replay[req.stream] = req.body
+            req = msgspec.structs.replace(
+                req, body=None, streamed=True, replayable=True, headers=headers
+            )
         self._send(req)
         self.handles[req.stream] = handle
         if body is not None:

@@ -579,3 +579,30 @@ async def test_session_as_context_manager(serve_app, broker_address):
     assert session.closed
     del unread
     gc.collect()
+
+
+async def test_unknown_and_unsupported_request_arguments_are_refused(session):
+    """Nothing is silently ignored: a typo is a TypeError, an aiohttp feature we do not
+    carry out yet is a NotImplementedError, and aiohttp's "unused" values are fine."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'parmas'"):
+        await session.get("http://127.0.0.1:1/", parmas={"a": 1})
+    with pytest.raises(NotImplementedError, match="proxy= is not supported"):
+        await session.get("http://127.0.0.1:1/", proxy="http://127.0.0.1:3128")
+    with pytest.raises(NotImplementedError, match="ssl= is not supported"):
+        await session.get("http://127.0.0.1:1/", ssl=False)
+
+
+async def test_aiohttp_defaults_passed_explicitly_are_accepted(serve_app, session):
+    from aiohttp import web
+
+    app = web.Application()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", ok)
+    base = await serve_app(app)
+    async with session.get(
+        base + "/", proxy=None, ssl=True, cookies=None, trace_request_ctx=None, compress=None
+    ) as resp:
+        assert await resp.text() == "ok"

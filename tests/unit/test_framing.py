@@ -11,6 +11,7 @@ from shared.messages import (
     Hello,
     HistoryItem,
     Request,
+    Rewind,
     Stats,
 )
 from shared.specs import ClientTimeout, PoolSpec
@@ -36,6 +37,7 @@ MESSAGES = [
     End(3),
     Ack(3, 1000),
     Failure(5, "connect", "Connection refused", host="h", port=1, errno=111),
+    Rewind(7),
     Stats(pid=1, workers=2, streams=3, requests=4, pools=[{"open": 1}]),
 ]
 
