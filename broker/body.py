@@ -74,6 +74,7 @@ class BodyPipe:
         if stream.window_full:
             self._conn.pause_reading()
             stream.park(self._drain)
+            stream.flush()  # we wait for acknowledgements: what is held must go out
             return
         self._conn.resume_reading()
         if self._drained is not None and not self._drained.done():
