@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 
 import pytest
 from aiohttp import web
 
-from worker_client import ClientSession, TCPConnector, UnixConnector
+from worker_client import ClientConnectorError, ClientSession, TCPConnector, UnixConnector
 
 from ..conftest import read_request_head
 from . import _workers
@@ -164,3 +165,59 @@ async def test_rate_limit_per_host_holds_across_workers(broker_process):
     assert times[-1] - times[0] >= 11 / rate * 0.9
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert sorted(gaps)[len(gaps) // 2] >= 0.9 / rate  # the median gap is one interval
+
+
+async def test_local_addr_and_family(make_session, serve_app):
+    peers: list[str] = []
+    app = web.Application()
+
+    async def who(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername")[0])
+        return web.Response(text="ok")
+
+    app.router.add_get("/", who)
+    base = await serve_app(app)
+    session: ClientSession = make_session(
+        connector=TCPConnector(local_addr=("127.0.0.2", 0), family=socket.AF_INET)
+    )
+    async with session.get(base + "/") as resp:
+        assert resp.status == 200
+    assert peers == ["127.0.0.2"]
+    v6_only: ClientSession = make_session(connector=TCPConnector(family=socket.AF_INET6))
+    with pytest.raises(ClientConnectorError):
+        # The server listens on 127.0.0.1 only; AF_INET6 finds no address to reach it.
+        await v6_only.get(base.replace("127.0.0.1", "localhost") + "/")
+
+
+async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
+    """A first address that hangs does not hold the connection for long."""
+    from broker.connector import _happy_eyeballs
+
+    started: list[str] = []
+    won = object()
+
+    def attempt(name: str, delay: float, fail: bool = False):
+        async def run():
+            started.append(name)
+            await asyncio.sleep(delay)
+            if fail:
+                raise OSError(111, f"{name} refused")
+            return (name, won)
+
+        return run
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    result = await _happy_eyeballs(
+        [attempt("slow", 5.0), attempt("fast", 0.0)], delay=0.05  # type: ignore[list-item]
+    )
+    assert result == ("fast", won)
+    assert started == ["slow", "fast"]
+    assert loop.time() - t0 < 1.0
+    # A failure starts the next attempt at once; the last error is raised.
+    with pytest.raises(OSError, match="b refused"):
+        await _happy_eyeballs(
+            [attempt("a", 0, fail=True), attempt("b", 0, fail=True)], delay=10  # type: ignore[list-item]
+        )
+    with pytest.raises(OSError, match="one refused"):
+        await _happy_eyeballs([attempt("one", 0, fail=True)], delay=None)  # type: ignore[list-item]
