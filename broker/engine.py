@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from yarl import URL
@@ -154,7 +155,7 @@ class Engine:
     async def _hops(
         self, req: Request, stream: BrokerStream, history: list[HistoryItem]
     ) -> None:
-        url = URL(req.url, encoded=True)
+        url = _checked(req)
         method = req.method
         headers = req.headers
         body = req.body
@@ -368,6 +369,30 @@ class Engine:
         if conn.in_use:  # once per exchange, whichever path gets here first
             conn.in_use = False
             pool.release(conn, conn.end_exchange())
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+
+
+def _checked(req: Request) -> URL:
+    """The request's URL, after checking what the worker should have checked already:
+    a worker is trusted with its own requests, not with the broker's other sockets, so
+    nothing it sends may smuggle a second request onto an upstream connection."""
+    try:
+        url = URL(req.url, encoded=True)
+    except (ValueError, TypeError):
+        raise ConnectionFailure("invalid_url", "invalid URL", url=req.url) from None
+    if url.scheme not in ("http", "https"):
+        raise ConnectionFailure("non_http_url", req.url, url=req.url)
+    if not url.raw_host:
+        raise ConnectionFailure("invalid_url", "URL has no host", url=req.url)
+    if not _TOKEN.fullmatch(req.method):
+        raise ConnectionFailure("protocol", f"invalid method {req.method!r}")
+    for name, value in req.headers:
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise ConnectionFailure("protocol", f"invalid header {name!r}")
+    return url
 
 
 def _find_str(headers: list[tuple[str, str]], name: str) -> str | None:

@@ -35,7 +35,13 @@ from shared.errors import (
 )
 from shared.messages import Head, HistoryItem
 
-from .helpers import HttpVersion, is_json_content_type, parse_content_type
+from .helpers import (
+    HttpVersion,
+    HttpVersion10,
+    HttpVersion11,
+    is_json_content_type,
+    parse_content_type,
+)
 
 __all__ = ["ClientResponse", "StreamReader"]
 
@@ -353,10 +359,15 @@ def _empty_content() -> StreamReader:
 def _decode_headers(raw: tuple[tuple[bytes, bytes], ...]) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(
         CIMultiDict(
-            (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for k, v in raw
+            [
+                (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for k, v in raw
+            ]
         )
     )
+
+
+_VERSIONS = {(1, 1): HttpVersion11, (1, 0): HttpVersion10}
 
 
 _LINK_PARAM_RE = re.compile(r"^([^\s=]+)\s*=\s*(?:(['\"])(.*?)\2|(\S*))$", re.M)
@@ -425,24 +436,32 @@ class ClientResponse:
         history: tuple[ClientResponse, ...],
         on_release: Callable[[bool], None] | None,
         loop: asyncio.AbstractEventLoop,
+        request_url: str | None = None,
     ) -> ClientResponse:
-        """Build a response from a broker ``Head`` (or a redirect's ``HistoryItem``)."""
+        """Build a response from a broker ``Head`` (or a redirect's ``HistoryItem``).
+
+        ``request_url`` is the URL string that was sent: when the head's URL is that
+        string, ``request_info.url`` is reused instead of parsed again."""
         if isinstance(head, HistoryItem):
             content, on_release = _empty_content(), None
         elif content is None:
             content = _empty_content()
-        url = URL(head.url, encoded=True)
+        if head.url == request_url and request_info.url is not None:
+            url = request_info.url  # the usual case, no redirect: no need to parse again
+        else:
+            url = URL(head.url, encoded=True)
         # The broker never sees the fragment; keep the caller's if it is the same URL.
         real_url = request_info.real_url
-        if real_url.with_fragment(None) != url:
+        if real_url is not url and real_url.with_fragment(None) != url:
             real_url = url
+        version = tuple(head.version)
         return cls(
             head.method,
             url,
             status=head.status,
             reason=head.reason,
-            version=HttpVersion(*head.version),
-            raw_headers=tuple((k, v) for k, v in head.headers),
+            version=_VERSIONS.get(version) or HttpVersion(*version),
+            raw_headers=tuple(head.headers),
             content=content,
             request_info=request_info,
             history=history,

@@ -359,7 +359,7 @@ class ClientSession:
             handle.abandon()
             self._handles.discard(handle)
             raise
-        resp = self._response(head, handle, request_info)
+        resp = self._response(head, handle, request_info, req.url)
         rfs = kw.get("raise_for_status")
         if rfs is None:
             rfs = self._raise_for_status
@@ -394,7 +394,7 @@ class ClientSession:
         return RequestInfo(url, item.method, headers, url)
 
     def _response(
-        self, head: Head, handle: StreamHandle, request_info: RequestInfo
+        self, head: Head, handle: StreamHandle, request_info: RequestInfo, request_url: str
     ) -> ClientResponse:
         history = tuple(self._history_response(h, request_info) for h in head.history)
 
@@ -412,6 +412,7 @@ class ClientSession:
             history=history,
             on_release=on_release,
             loop=asyncio.get_running_loop(),
+            request_url=request_url,
         )
 
 

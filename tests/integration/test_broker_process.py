@@ -20,11 +20,13 @@ from aiohttp import web
 
 import broker
 from shared.framing import FrameReader, encode
-from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Welcome
+from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Request, Welcome
 from worker_client import (
     BrokerConnectionError,
     BrokerProtocolError,
     ClientSession,
+    InvalidUrlClientError,
+    NonHttpUrlClientError,
     TCPConnector,
 )
 
@@ -432,3 +434,45 @@ async def test_a_broker_that_breaks_stream_order_is_a_protocol_error(tmp_path):
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "needle"),
+    [
+        ({"method": "GET / HTTP/1.1\r\nX: y"}, BrokerProtocolError, "invalid method"),
+        ({"headers": [("X-Evil", "a\r\nHost: other")]}, BrokerProtocolError, "invalid header"),
+        ({"headers": [("Bad Name", "v")]}, BrokerProtocolError, "invalid header"),
+        ({"url": "ftp://127.0.0.1/"}, NonHttpUrlClientError, "ftp://"),
+        ({"url": "http:///nohost"}, InvalidUrlClientError, "no host"),
+    ],
+)
+async def test_broker_refuses_requests_a_worker_should_not_send(
+    broker_process, raw_server, changes, error, needle
+):
+    """Nothing a worker sends can smuggle bytes onto an upstream connection."""
+    import msgspec
+
+    from worker_client import transport as transport_mod
+
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read(65536))
+
+    base = await raw_server(handler)
+    real_send = transport_mod.IPCTransport._send
+
+    def tampering_send(self, msg):  # what a buggy or hostile worker could put on the wire
+        if isinstance(msg, Request):
+            fields = {"url": base + "/", **changes}
+            msg = msgspec.structs.replace(msg, **fields)
+        return real_send(self, msg)
+
+    async with ClientSession(broker=broker_process.socket_path) as session:
+        transport_mod.IPCTransport._send = tampering_send  # type: ignore[method-assign]
+        try:
+            with pytest.raises(error, match=needle):
+                await session.get(base + "/")
+        finally:
+            transport_mod.IPCTransport._send = real_send  # type: ignore[method-assign]
+        assert seen == []
