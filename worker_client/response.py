@@ -367,7 +367,7 @@ def _decode_headers(raw: tuple[tuple[bytes, bytes], ...]) -> CIMultiDictProxy[st
     )
 
 
-_VERSIONS = {(1, 1): HttpVersion11, (1, 0): HttpVersion10}
+_VERSIONS: dict[tuple[int, int], HttpVersion] = {(1, 1): HttpVersion11, (1, 0): HttpVersion10}
 
 
 _LINK_PARAM_RE = re.compile(r"^([^\s=]+)\s*=\s*(?:(['\"])(.*?)\2|(\S*))$", re.M)
@@ -454,13 +454,13 @@ class ClientResponse:
         real_url = request_info.real_url
         if real_url is not url and real_url.with_fragment(None) != url:
             real_url = url
-        version = tuple(head.version)
+        major, minor = head.version
         return cls(
             head.method,
             url,
             status=head.status,
             reason=head.reason,
-            version=_VERSIONS.get(version) or HttpVersion(*version),
+            version=_VERSIONS.get((major, minor)) or HttpVersion(major, minor),
             raw_headers=tuple(head.headers),
             content=content,
             request_info=request_info,
