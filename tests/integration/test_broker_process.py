@@ -62,6 +62,39 @@ async def _hello_app(serve_app) -> str:
     return await serve_app(app)
 
 
+class SlowApp:
+    """/slow waits for its client to go away (aiohttp.web does not cancel a handler when
+    its client goes: watch the socket); /fast answers at once."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.upstream_closed = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_get("/slow", self.slow)
+        self.app.router.add_get("/fast", self.fast)
+
+    async def slow(self, request: web.Request) -> web.Response:
+        self.arrived.set()
+        for _ in range(300):
+            if request.transport is None or request.transport.is_closing():
+                self.upstream_closed.set()
+                break
+            await asyncio.sleep(0.05)
+        return web.Response(text="late")
+
+    async def fast(self, request: web.Request) -> web.Response:
+        return web.Response(text="fast")
+
+
+async def _fast_through_one_slot(path: str, base: str, name: str, within: float) -> None:
+    conn = TCPConnector(limit=1, name=name)
+    async with ClientSession(broker=path, connector=conn) as s:
+        t0 = time.monotonic()
+        async with s.get(base + "/fast") as resp:
+            assert await resp.text() == "fast"
+        assert time.monotonic() - t0 < within
+
+
 @pytest.mark.parametrize(
     ("payload", "needle"),
     [
@@ -145,26 +178,8 @@ def test_other_uid_is_refused():
 
 async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
     """A worker SIGKILLed mid-request frees its pool slot for the others at once."""
-    arrived = asyncio.Event()
-    upstream_closed = asyncio.Event()
-    app = web.Application()
-
-    async def slow(request: web.Request) -> web.Response:
-        arrived.set()
-        # aiohttp.web does not cancel a handler when its client goes; watch the socket.
-        for _ in range(300):
-            if request.transport is None or request.transport.is_closing():
-                upstream_closed.set()
-                break
-            await asyncio.sleep(0.05)
-        return web.Response(text="late")
-
-    async def fast(request: web.Request) -> web.Response:
-        return web.Response(text="fast")
-
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/fast", fast)
-    base = await serve_app(app)
+    slow = SlowApp()
+    base = await serve_app(slow.app)
     script = textwrap.dedent(
         f"""
         import asyncio, sys
@@ -181,18 +196,13 @@ async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
         sys.executable, "-c", script, broker_process.socket_path, base + "/slow"
     )
     try:
-        await asyncio.wait_for(arrived.wait(), 15)
+        await asyncio.wait_for(slow.arrived.wait(), 15)
     finally:
         victim.kill()
         await victim.wait()
-    conn = TCPConnector(limit=1, name="kill9")
-    async with ClientSession(broker=broker_process.socket_path, connector=conn) as s:
-        t0 = time.monotonic()
-        async with s.get(base + "/fast") as resp:
-            assert await resp.text() == "fast"
-        assert time.monotonic() - t0 < 2.0
+    await _fast_through_one_slot(broker_process.socket_path, base, "kill9", within=2.0)
     # The broker closed the dead worker's upstream connection too.
-    await asyncio.wait_for(upstream_closed.wait(), 2)
+    await asyncio.wait_for(slow.upstream_closed.wait(), 2)
     assert broker_process.process.poll() is None
 
 
@@ -200,23 +210,8 @@ async def test_dead_worker_found_by_pid_when_a_child_holds_its_socket(
     broker_process, serve_app
 ):
     """A forked child keeps the dead worker's socket open: psutil finds the death."""
-    arrived = asyncio.Event()
-    app = web.Application()
-
-    async def slow(request: web.Request) -> web.Response:
-        arrived.set()
-        for _ in range(300):
-            if request.transport is None or request.transport.is_closing():
-                break
-            await asyncio.sleep(0.05)
-        return web.Response(text="late")
-
-    async def fast(request: web.Request) -> web.Response:
-        return web.Response(text="fast")
-
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/fast", fast)
-    base = await serve_app(app)
+    slow = SlowApp()
+    base = await serve_app(slow.app)
     script = textwrap.dedent(
         f"""
         import asyncio, os, sys, time
@@ -244,15 +239,10 @@ async def test_dead_worker_found_by_pid_when_a_child_holds_its_socket(
     assert victim.stdout is not None
     child = int(await asyncio.wait_for(victim.stdout.readline(), 15))
     try:
-        await asyncio.wait_for(arrived.wait(), 15)
+        await asyncio.wait_for(slow.arrived.wait(), 15)
         victim.kill()
         await victim.wait()
-        conn = TCPConnector(limit=1, name="reap")
-        async with ClientSession(broker=broker_process.socket_path, connector=conn) as s:
-            t0 = time.monotonic()
-            async with s.get(base + "/fast") as resp:
-                assert await resp.text() == "fast"
-            assert time.monotonic() - t0 < 2.5
+        await _fast_through_one_slot(broker_process.socket_path, base, "reap", within=2.5)
     finally:
         os.kill(child, signal.SIGKILL)  # not our child: init reaps it
 
