@@ -16,6 +16,7 @@ class Counts:
     max_inflight: Counter[str] = field(default_factory=Counter)
     requests: int = 0
     arrivals: list[tuple[float, str]] = field(default_factory=list)
+    workers: Counter[str] = field(default_factory=Counter)  # by X-Worker header
 
     def total(self, c: Counter[str]) -> int:
         return sum(c.values())
@@ -55,6 +56,8 @@ class CountingServer:
                     host = headers.get("host", "?").rsplit(":", 1)[0]
                     self._bump(c.open, c.max_open, host, 1)
                 c.requests += 1
+                if "x-worker" in headers:
+                    c.workers[headers["x-worker"]] += 1
                 c.arrivals.append((asyncio.get_running_loop().time(), host))
                 self._bump(c.inflight, c.max_inflight, host, 1)
                 await asyncio.sleep(self.delay)
