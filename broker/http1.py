@@ -22,6 +22,11 @@ import httptools
 __all__ = ["HTTP1Connection", "ResponseHead", "ConnectionFailure"]
 
 _BUFSIZE = 1 << 16
+# aiohttp's defaults: max_field_size=8190, max_headers=128. The whole head is capped too,
+# counted as it arrives, since httptools buffers a header until it is complete.
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 128
+MAX_HEAD_BYTES = 256 * 1024
 
 
 class ConnectionFailure(Exception):
@@ -32,6 +37,10 @@ class ConnectionFailure(Exception):
         self.code = code
         self.message = message
         self.fields = fields
+
+
+class _HeadTooLarge(Exception):
+    pass
 
 
 class ResponseHead:
@@ -79,6 +88,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._reason = ""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head: ResponseHead | None = None
+        self._head_bytes = 0
         self._head_fut: asyncio.Future[ResponseHead] | None = None
         self._done_fut: asyncio.Future[None] | None = None
         self._complete = False
@@ -109,12 +119,25 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             return
         self.last_read = self._loop.time()
         self._got_bytes = True
+        if self._head is None:
+            self._head_bytes += nbytes
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(
+                    ConnectionFailure(
+                        "bad_response",
+                        f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes",
+                    )
+                )
+                self.close()
+                return
         try:
             self._parser.feed_data(self._view[:nbytes])
         except httptools.HttpParserUpgrade:
             self._finish()
         except httptools.HttpParserError as exc:
-            self._fail(ConnectionFailure("bad_response", f"invalid HTTP response: {exc}"))
+            cause = exc.__context__
+            detail = cause if isinstance(cause, _HeadTooLarge) else exc
+            self._fail(ConnectionFailure("bad_response", f"invalid HTTP response: {detail}"))
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -163,6 +186,10 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) > MAX_FIELD_SIZE or len(value) > MAX_FIELD_SIZE:
+            raise _HeadTooLarge(f"a header field is over {MAX_FIELD_SIZE} bytes")
+        if len(self._headers) >= MAX_HEADERS:
+            raise _HeadTooLarge(f"more than {MAX_HEADERS} headers")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -256,6 +283,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._reason = ""
         self._headers = []
         self._head = None
+        self._head_bytes = 0
         self._complete = False
         self._got_bytes = False
         self._on_body = None

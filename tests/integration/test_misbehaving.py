@@ -270,3 +270,30 @@ async def test_many_failures_do_not_leak_streams(raw_server, session, good_url):
             await session.get(base + "/")
     await assert_still_works(session, good_url)
     assert not session._handles
+
+
+@pytest.mark.parametrize(
+    ("head", "needle"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", "over 8190 bytes"),
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(200)) + b"\r\n",
+            "more than 128 headers",
+        ),
+        (b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * (400 * 1024), "the head is over"),
+    ],
+)
+async def test_oversized_heads_are_refused(make_session, raw_server, head, needle):
+    """aiohttp's header limits; a head that never ends cannot grow broker memory."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    base = await raw_server(handler)
+    session = make_session()
+    with pytest.raises(ClientResponseError, match=needle) as info:
+        await session.get(base + "/")
+    assert info.value.status == 400
