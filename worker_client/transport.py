@@ -24,7 +24,7 @@ import msgspec
 from broker.engine import Engine
 from broker.stream import BrokerStream
 from shared.errors import BrokerConnectionError, BrokerProtocolError
-from shared.framing import FrameError, FrameReader, encode
+from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
     STREAM_WINDOW,
@@ -370,7 +370,14 @@ class IPCTransport(Transport):
         if self._error is not None:
             raise self._error
         assert self._transport is not None
-        self._transport.write(encode(msg))
+        frame = encode(msg)
+        if len(frame) > MAX_FRAME + 4:
+            # The broker would drop this whole connection, and every stream on it.
+            raise ValueError(
+                f"{type(msg).__name__} of {len(frame)} bytes is over the broker's frame "
+                f"cap of {MAX_FRAME} (headers or URL too large)"
+            )
+        self._transport.write(frame)
 
     def dispatch(self, msg: Any) -> None:
         kind = type(msg)

@@ -466,3 +466,12 @@ async def test_broker_refuses_requests_a_worker_should_not_send(
         finally:
             transport_mod.IPCTransport._send = real_send  # type: ignore[method-assign]
         assert seen == []
+
+
+async def test_a_request_too_large_for_a_frame_fails_alone(broker_process, serve_app):
+    base = await _hello_app(serve_app)
+    async with ClientSession(broker=broker_process.socket_path) as session:
+        with pytest.raises(ValueError, match="over the broker's frame cap"):
+            await session.get(base + "/", headers={"X-Huge": "a" * (5 << 20)})
+        async with session.get(base + "/") as resp:  # the connection is still good
+            assert await resp.text() == "hello"
