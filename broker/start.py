@@ -28,6 +28,7 @@ class BrokerProcess:
 
     socket_path: str
     process: subprocess.Popen[bytes]
+    owner_pid: int
 
     @property
     def pid(self) -> int:
@@ -37,8 +38,13 @@ class BrokerProcess:
     def address(self) -> str:
         return self.socket_path
 
-    def stop(self, timeout: float = 35.0) -> int:
-        """SIGTERM, wait for the drain, SIGKILL if it does not come; the exit code."""
+    def stop(self, timeout: float = 35.0) -> int | None:
+        """SIGTERM, wait for the drain, SIGKILL if it does not come; the exit code.
+
+        Only the process that started the broker stops it: elsewhere (a forked child)
+        this does nothing and returns None."""
+        if os.getpid() != self.owner_pid:
+            return None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -59,6 +65,7 @@ def start(
     log_level: str = "WARNING",
 ) -> Iterator[BrokerProcess]:
     """Spawn a broker, wait until it accepts, export ``HTTP_BROKER``; stop it on exit."""
+    starter = os.getpid()
     tmpdir = None
     if socket_path is None:
         tmpdir = tempfile.mkdtemp(prefix="http-broker-")  # mode 0700
@@ -77,7 +84,7 @@ def start(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(cmd, pass_fds=(write_fd,), env=env)
     os.close(write_fd)
-    handle = BrokerProcess(socket_path, proc)
+    handle = BrokerProcess(socket_path, proc, starter)
     try:
         ready, _, _ = select.select([read_fd], [], [], startup_timeout)
         line = os.read(read_fd, 64) if ready else b""
@@ -99,11 +106,24 @@ def start(
     try:
         yield handle
     finally:
-        if export:
-            if previous is None:
-                os.environ.pop("HTTP_BROKER", None)
-            else:
-                os.environ["HTTP_BROKER"] = previous
-        handle.stop(timeout=drain_timeout + 5)
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        # A process forked inside the block (a gunicorn worker, a multiprocessing child)
+        # inherits this frame and may run it on exit; only the starter stops the broker.
+        if os.getpid() == starter:
+            _stop(handle, tmpdir, export, previous, drain_timeout)
+
+
+def _stop(
+    handle: BrokerProcess,
+    tmpdir: str | None,
+    export: bool,
+    previous: str | None,
+    drain_timeout: float,
+) -> None:
+    if export:
+        if previous is None:
+            os.environ.pop("HTTP_BROKER", None)
+        else:
+            os.environ["HTTP_BROKER"] = previous
+    handle.stop(timeout=drain_timeout + 5)
+    if tmpdir:
+        shutil.rmtree(tmpdir, ignore_errors=True)

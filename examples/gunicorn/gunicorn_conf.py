@@ -2,11 +2,13 @@
 
 The master starts the broker before it forks any worker; ``broker.start()`` exports
 ``HTTP_BROKER``, which the workers inherit. The broker stops when the master exits (and
-by itself if the master dies).
+by itself if the master dies). Workers that exit or are replaced (HUP, TTOU, max
+requests) leave it alone: only the process that started a broker stops it.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -16,12 +18,10 @@ if ROOT not in sys.path:
 
 import broker  # noqa: E402
 
-_broker = broker.start()
-
 
 def on_starting(server: object) -> None:
-    _broker.__enter__()
-
-
-def on_exit(server: object) -> None:
-    _broker.__exit__(None, None, None)
+    # Called once in the master. A reload (HUP) re-reads this file but does not call
+    # on_starting again, so the broker is kept in no module global that a reload loses.
+    block = broker.start()
+    block.__enter__()
+    atexit.register(block.__exit__, None, None, None)

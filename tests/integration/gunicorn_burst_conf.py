@@ -5,7 +5,7 @@ test knows for sure that several processes use the pool at once."""
 import asyncio
 import os
 
-from examples.gunicorn.gunicorn_conf import on_exit, on_starting  # noqa: F401
+from examples.gunicorn.gunicorn_conf import on_starting  # noqa: F401
 
 
 def post_worker_init(worker: object) -> None:

@@ -47,6 +47,15 @@ async def test_gunicorn_workers_share_one_pool():
         assert sorted(upstream.counts.workers.values()) == [10, 10, 10]
         assert upstream.counts.max_open["*"] == 2
         assert upstream.counts.max_inflight["*"] == 2
+        # A reload replaces every worker: the old ones exit normally, and the broker (the
+        # master's) must outlive them. The new workers burst through it again.
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(300):
+            if upstream.counts.requests >= 60:
+                break
+            await asyncio.sleep(0.05)
+        assert len(upstream.counts.workers) == 6
+        assert upstream.counts.max_open["*"] == 2
         # And the app itself fetches through the same broker.
         async with aiohttp.ClientSession() as client, client.get(
             f"http://127.0.0.1:{port}/fetch", params={"url": upstream_url}
