@@ -11,6 +11,8 @@ import signal
 import sys
 from typing import Any
 
+from shared.errors import BrokerConnectionError
+
 from .server import BrokerServer
 
 __all__ = ["main", "serve"]
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.socket:
         parser.error("stats needs --socket or HTTP_BROKER")
-    figures = _run(_stats(args.socket.removeprefix("unix:")))
+    try:
+        figures = _run(_stats(args.socket.removeprefix("unix:")))
+    except BrokerConnectionError as exc:
+        print(f"http-broker: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(figures, indent=2))
     return 0

@@ -114,7 +114,13 @@ class Pool:
 
     def release(self, conn: HTTP1Connection, reusable: bool) -> None:
         self._active.discard(conn)
-        reusable = reusable and not self.spec.force_close and not self.closed
+        # keepalive_timeout=0 is aiohttp's "idle for no time at all": no reuse.
+        reusable = (
+            reusable
+            and not self.spec.force_close
+            and self.spec.keepalive_timeout != 0
+            and not self.closed
+        )
         self._apply(self.state.release(conn.key, conn, reusable))
         if reusable:
             self._schedule_expiry()
@@ -258,6 +264,7 @@ class Pool:
         queued: dict[Any, tuple[int, float]] = s.queued_per_key()
         return {
             "pool": self.spec.name or self.spec.kind,
+            "options": _options(self.spec),
             "limit": s.limit,
             "limit_per_host": s.limit_per_host,
             "open": s.total,
@@ -293,6 +300,17 @@ class Pool:
         # connection_lost runs on a later loop pass; wait for it so that no transport
         # outlives the loop (a ResourceWarning otherwise).
         await asyncio.gather(*(conn.wait_closed() for conn in conns))
+
+
+def _options(spec: PoolSpec) -> dict[str, Any]:
+    """What sets this pool apart: its options that differ from the defaults."""
+    default = PoolSpec(kind=spec.kind, path=spec.path)
+    out: dict[str, Any] = {}
+    for field in spec.__struct_fields__:
+        value = getattr(spec, field)
+        if field not in ("kind", "name") and value != getattr(default, field):
+            out[field] = value if field != "resolver" else value.kind
+    return out
 
 
 def _label(key: Any) -> str:

@@ -194,8 +194,8 @@ class Engine:
             elif streamed and not (req.replayable and stream.rewind()):
                 raise ConnectionFailure(
                     "payload",
-                    "Cannot follow redirect with a consumed request body. Use bytes, a "
-                    "seekable file-like object, or set allow_redirects=False.",
+                    "Cannot follow redirect with a consumed request body (a stream or a "
+                    "file is sent once). Use bytes, or set allow_redirects=False.",
                 )
             url, headers = self._redirect_target(url, location, headers)
 

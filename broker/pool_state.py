@@ -48,7 +48,7 @@ class PoolState(Generic[C]):
         self,
         limit: int = 100,
         limit_per_host: int = 0,
-        keepalive_timeout: float = 15.0,
+        keepalive_timeout: float | None = 15.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
@@ -192,8 +192,10 @@ class PoolState(Generic[C]):
         return decision
 
     def expire(self) -> Decision[C]:
-        """Close idle connections older than ``keepalive_timeout``."""
+        """Close idle connections older than ``keepalive_timeout`` (None: never)."""
         decision: Decision[C] = Decision()
+        if self.keepalive_timeout is None:
+            return decision
         deadline = self._clock() - self.keepalive_timeout
         for key in list(self.idle):
             conns = self.idle[key]

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -365,6 +366,8 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_stale_socket(path: str) -> None:
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise OSError(f"{path} exists and is not a socket; not removing it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)

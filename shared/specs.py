@@ -68,7 +68,7 @@ class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     limit: int = 100
     limit_per_host: int = 0
     force_close: bool = False
-    keepalive_timeout: float = 15.0
+    keepalive_timeout: float | None = 15.0
     use_dns_cache: bool = True
     ttl_dns_cache: float | None = 10
     dns_cache_max_size: int = 1000

@@ -24,14 +24,15 @@ __all__ = ["BaseConnector", "TCPConnector", "UnixConnector"]
 _UNSET: Any = object()
 
 
-def _keepalive(force_close: bool, keepalive_timeout: Any) -> float:
+def _keepalive(force_close: bool, keepalive_timeout: Any) -> float | None:
+    """aiohttp's rules: 15 s by default, None for no expiry (force_close: no reuse)."""
     if force_close:
         if keepalive_timeout is not _UNSET and keepalive_timeout is not None:
             raise ValueError("keepalive_timeout cannot be set if force_close is True")
-        return 0.0
-    if keepalive_timeout is _UNSET or keepalive_timeout is None:
+        return None
+    if keepalive_timeout is _UNSET:
         return 15.0
-    return float(keepalive_timeout)
+    return None if keepalive_timeout is None else float(keepalive_timeout)
 
 
 class BaseConnector:
@@ -78,7 +79,7 @@ class TCPConnector(BaseConnector):
     """aiohttp's ``TCPConnector`` options, enforced by the broker across the group.
 
     Beyond aiohttp: ``rate_limit_per_host`` (requests per second to each host, for the
-    whole group), ``dns_cache_max_size`` and ``name``.
+    whole group) and ``name``.
     """
 
     def __init__(

@@ -475,3 +475,31 @@ async def test_a_request_too_large_for_a_frame_fails_alone(broker_process, serve
             await session.get(base + "/", headers={"X-Huge": "a" * (5 << 20)})
         async with session.get(base + "/") as resp:  # the connection is still good
             assert await resp.text() == "hello"
+
+
+def test_cli_stats_and_its_errors(broker_process, tmp_path):
+    run = [sys.executable, "-m", "broker", "stats", "--socket"]
+    out = subprocess.run(
+        [*run, broker_process.socket_path], capture_output=True, text=True, cwd=ROOT, timeout=30
+    )
+    figures = json.loads(out.stdout)
+    assert figures["pid"] == broker_process.pid
+    assert {"workers", "streams", "requests", "pools", "dns"} <= figures.keys()
+    out = subprocess.run(
+        [*run, str(tmp_path / "none.sock")], capture_output=True, text=True, cwd=ROOT, timeout=30
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("http-broker: cannot reach the broker")
+    assert "Traceback" not in out.stderr
+
+
+def test_serve_refuses_to_remove_what_is_not_a_socket(tmp_path):
+    path = tmp_path / "precious.txt"
+    path.write_text("keep me")
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--socket", str(path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )
+    assert out.returncode == 1
+    assert "is not a socket" in out.stderr
+    assert path.read_text() == "keep me"

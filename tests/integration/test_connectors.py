@@ -221,3 +221,45 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
         )
     with pytest.raises(OSError, match="one refused"):
         await _happy_eyeballs([attempt("one", 0, fail=True)], delay=None)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reused"),
+    [({}, True), ({"keepalive_timeout": None}, True), ({"keepalive_timeout": 0}, False),
+     ({"force_close": True}, False)],
+)
+async def test_keepalive_timeout_as_aiohttp(make_session, serve_app, kwargs, reused):
+    ports: list[int] = []
+    app = web.Application()
+
+    async def who(request: web.Request) -> web.Response:
+        ports.append(request.transport.get_extra_info("peername")[1])
+        return web.Response(text="ok")
+
+    app.router.add_get("/", who)
+    base = await serve_app(app)
+    session: ClientSession = make_session(connector=TCPConnector(**kwargs))
+    for _ in range(2):
+        async with session.get(base + "/") as resp:
+            await resp.read()
+    assert (ports[0] == ports[1]) is reused
+
+
+async def test_figures_tell_unnamed_pools_apart(make_session, serve_app):
+    app = web.Application()
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", ok)
+    base = await serve_app(app)
+    for connector in (TCPConnector(limit=7), TCPConnector(limit_per_host=3)):
+        session: ClientSession = make_session(connector=connector)
+        async with session.get(base + "/") as resp:
+            await resp.read()
+    stats = await session.stats()
+    options = [p["options"] for p in stats.pools]
+    assert {"limit": 7} in options and {"limit_per_host": 3} in options
+    (pool,) = [p for p in stats.pools if p["options"] == {"limit": 7}]
+    (host,) = pool["hosts"].values()
+    assert (host["open"], host["idle"], host["active"], host["queued"]) == (1, 1, 0, 0)

@@ -129,3 +129,13 @@ def test_queued_per_key():
     s.acquire(B, "b1")
     clock.now = 3.0
     assert s.queued_per_key() == {A: (1, 3.0), B: (1, 2.0)}
+
+
+def test_keepalive_none_never_expires():
+    clock = Clock()
+    s: PoolState[str] = PoolState(limit=5, keepalive_timeout=None, clock=clock)
+    s.acquire(A, "w")
+    s.release(A, "c", True)
+    clock.now = 1e9
+    assert s.expire().close == []
+    assert s.n_idle == 1
