@@ -12,7 +12,7 @@ window, whatever the server sends and however slowly the worker reads.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 
 from .decoding import DecodeError, Decoder
 from .http1 import ConnectionFailure, HTTP1Connection
@@ -24,21 +24,16 @@ MAX_DATA = 256 * 1024
 
 
 class BodyPipe:
-    __slots__ = ("_stream", "_conn", "_decoder", "_loop", "error", "_drained")
+    __slots__ = ("_stream", "_conn", "_decoder", "error", "_on_drained")
 
     def __init__(
-        self,
-        stream: BrokerStream,
-        conn: HTTP1Connection,
-        decoder: Decoder | None,
-        loop: asyncio.AbstractEventLoop,
+        self, stream: BrokerStream, conn: HTTP1Connection, decoder: Decoder | None
     ) -> None:
         self._stream = stream
         self._conn = conn
         self._decoder = decoder
-        self._loop = loop
         self.error: ConnectionFailure | None = None
-        self._drained: asyncio.Future[None] | None = None
+        self._on_drained: Callable[[ConnectionFailure | None], None] | None = None
 
     def feed(self, chunk: bytes) -> None:
         if self.error is not None:
@@ -77,28 +72,33 @@ class BodyPipe:
             stream.flush()  # we wait for acknowledgements: what is held must go out
             return
         self._conn.resume_reading()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._call_drained()
 
     def _fail(self, exc: DecodeError) -> None:
         # Body bytes that came with the head are replayed after the exchange completed,
-        # when failing the exchange no longer reaches anyone: ``finish`` raises it.
+        # when failing the exchange no longer reaches anyone: ``when_drained`` reports it.
         self.error = ConnectionFailure("payload", str(exc))
         self._conn.fail_exchange(self.error)
         self._conn.close()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._call_drained()
 
-    async def finish(self) -> None:
-        """After the last body byte arrived: decode what is left, then flush."""
+    def _call_drained(self) -> None:
+        callback, self._on_drained = self._on_drained, None
+        if callback is not None:
+            callback(self.error)
+
+    def when_drained(self, callback: Callable[[ConnectionFailure | None], None]) -> None:
+        """After the last body byte arrived: call back (with the pipe's error, if any)
+        once no undecoded input is left, which waits for the worker if it is behind."""
         decoder = self._decoder
-        while self.error is None and decoder is not None and decoder.pending:
-            self._drained = self._loop.create_future()
-            await self._drained
-        if self.error is not None:
-            raise self.error
-        if decoder is not None:
+        self._on_drained = callback
+        if self.error is not None or decoder is None or not decoder.pending:
+            self._call_drained()
+
+    def flush_tail(self) -> None:
+        """The decoder's last output; raises ConnectionFailure for a truncated body."""
+        if self._decoder is not None:
             try:
-                self._emit(decoder.flush())
+                self._emit(self._decoder.flush())
             except DecodeError as exc:
                 raise ConnectionFailure("payload", str(exc)) from None

@@ -1,9 +1,11 @@
 """The request engine: one request from a worker, carried out on the broker's pools.
 
 ``Engine.perform`` runs the hops of a request (redirects are followed here, so that the
-pool and, later, the cookie jar see every hop), streams the final response to the
-``BrokerStream`` and turns every failure into a ``Failure`` message once. It is the same
-code in the broker process and in a worker's embedded mode.
+pool and, later, the cookie jar see every hop) up to the final response's head; a
+``_BodyPhase`` then streams the body to the ``BrokerStream`` by callbacks, as aiohttp's
+protocol feeds its reader, so no task waits on a body. Every failure becomes a
+``Failure`` message in one place (``_failure``). It is the same code in the broker
+process and in a worker's embedded mode.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from yarl import URL
@@ -34,10 +37,6 @@ IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 _HOP_HEADERS = frozenset(("host", "content-length", "transfer-encoding"))
 _CROSS_ORIGIN_DROP = ("Authorization", "Cookie", "Proxy-Authorization")
-
-
-class _Redirect(Exception):
-    pass
 
 
 def build_head(
@@ -129,28 +128,19 @@ class Engine:
     # -- one request ---------------------------------------------------------------
 
     async def perform(self, req: Request, stream: BrokerStream) -> None:
-        """Carry out ``req``; report through ``stream``. Raises only CancelledError."""
+        """Carry out ``req`` up to its response head; report through ``stream``.
+
+        Returns once the head is delivered (the body then flows by callbacks, see
+        ``_BodyPhase``) or the failure reported. Raises only CancelledError."""
         self.requests += 1
         history: list[HistoryItem] = []
         try:
             await self._hops(req, stream, history)
-        except ConnectionFailure as exc:
-            if not stream.finished:
-                stream.fail(
-                    Failure(
-                        req.stream,
-                        exc.code,
-                        exc.message,
-                        history=history,
-                        **exc.fields,
-                    )
-                )
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug here must not take the broker down
-            log.exception("request %s failed inside the broker", req.stream)
+        except Exception as exc:
             if not stream.finished:
-                stream.fail(Failure(req.stream, "internal", f"{type(exc).__name__}: {exc}"))
+                stream.fail(_failure(req, exc, history))
 
     async def _hops(
         self, req: Request, stream: BrokerStream, history: list[HistoryItem]
@@ -165,25 +155,28 @@ class Engine:
         while True:
             head, conn = await self._exchange(pool, req, method, url, headers, body, streamed,
                                               stream)
-            try:
-                location = _find(head.headers, b"location") or _find(head.headers, b"uri")
-                if not (req.allow_redirects and head.status in REDIRECTS and location):
-                    await self._deliver(req, stream, conn, head, method, url, headers, history)
-                    return
-                item = HistoryItem(
+            location = _find(head.headers, b"location") or _find(head.headers, b"uri")
+            if not (req.allow_redirects and head.status in REDIRECTS and location):
+                try:
+                    self._deliver(req, stream, conn, pool, head, method, url, headers, history)
+                except BaseException:
+                    self._finish_exchange(pool, conn)
+                    raise
+                return
+            self._finish_exchange(pool, conn)
+            history.append(
+                HistoryItem(
                     head.status, head.reason, head.version, head.headers, str(url), method,
                     headers,
                 )
-                history.append(item)
-                redirects += 1
-                if req.max_redirects and redirects >= req.max_redirects:
-                    raise ConnectionFailure(
-                        "too_many_redirects",
-                        f"Exceeded {req.max_redirects} redirects",
-                        status=head.status,
-                    )
-            finally:
-                self._finish_exchange(pool, conn)
+            )
+            redirects += 1
+            if req.max_redirects and redirects >= req.max_redirects:
+                raise ConnectionFailure(
+                    "too_many_redirects",
+                    f"Exceeded {req.max_redirects} redirects",
+                    status=head.status,
+                )
             if (head.status == 303 and method != "HEAD") or (
                 head.status in (301, 302) and method == "POST"
             ):
@@ -299,44 +292,27 @@ class Engine:
         self, conn: HTTP1Connection, fut: asyncio.Future[Any], timeout: ClientTimeout
     ) -> Any:
         """Await a future of the exchange, failing it after ``sock_read`` of silence."""
-        sock_read = timeout.sock_read
-        if not sock_read or fut.done():
+        if not timeout.sock_read or fut.done():
             return await fut
-        loop = self._loop
-        timer: list[asyncio.TimerHandle] = []
-
-        def check() -> None:
-            if fut.done():
-                return
-            if conn.reading_paused:  # our own flow control is not the server's silence
-                timer[0] = loop.call_later(sock_read, check)
-                return
-            due = conn.last_read + sock_read
-            if loop.time() >= due:
-                conn.fail_exchange(
-                    ConnectionFailure("sock_read_timeout", "Timeout on reading data from socket")
-                )
-                conn.close()
-            else:
-                timer[0] = loop.call_at(due, check)
-
-        timer.append(loop.call_at(conn.last_read + sock_read, check))
+        unwatch = watch_silence(self._loop, conn, fut, timeout.sock_read)
         try:
             return await fut
         finally:
-            timer[0].cancel()
+            unwatch()
 
-    async def _deliver(
+    def _deliver(
         self,
         req: Request,
         stream: BrokerStream,
         conn: HTTP1Connection,
+        pool: Pool,
         head: ResponseHead,
         method: str,
         url: URL,
         headers: list[tuple[str, str]],
         history: list[HistoryItem],
     ) -> None:
+        """Send the head; the body phase takes over the connection."""
         stream.head(
             Head(
                 req.stream,
@@ -355,20 +331,144 @@ class Engine:
             enc = _find(head.headers, b"content-encoding")
             if enc:
                 decoder = make_decoder(enc.decode("latin-1"))
-
-        pipe = BodyPipe(stream, conn, decoder, self._loop)
+        pipe = BodyPipe(stream, conn, decoder)
         conn.set_body_consumer(pipe.feed)
-        if not conn.done_future.done():
-            stream.flush()  # the body is still coming: the worker gets the head now
-        await self._read(conn, conn.done_future, req.timeout)
-        await pipe.finish()
-        stream.end()
+        _BodyPhase(self._loop, req, stream, conn, pool, pipe, history).start()
 
     @staticmethod
     def _finish_exchange(pool: Pool, conn: HTTP1Connection) -> None:
         if conn.in_use:  # once per exchange, whichever path gets here first
             conn.in_use = False
             pool.release(conn, conn.end_exchange())
+
+
+def _failure(req: Request, exc: BaseException, history: list[HistoryItem]) -> Failure:
+    """The one place where a failure becomes a wire ``Failure``."""
+    if isinstance(exc, ConnectionFailure):
+        return Failure(req.stream, exc.code, exc.message, history=history, **exc.fields)
+    # A bug here must not take the broker down: report it, keep serving.
+    log.error("request %s failed inside the broker", req.stream, exc_info=exc)
+    return Failure(req.stream, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def watch_silence(
+    loop: asyncio.AbstractEventLoop,
+    conn: HTTP1Connection,
+    fut: asyncio.Future[Any],
+    sock_read: float,
+) -> Callable[[], None]:
+    """Fail the exchange after ``sock_read`` seconds without a byte from the server
+    (time paused by our own flow control does not count); returns the stop function."""
+    timer: list[asyncio.TimerHandle] = []
+
+    def check() -> None:
+        if fut.done():
+            return
+        if conn.reading_paused:
+            timer[0] = loop.call_later(sock_read, check)
+            return
+        due = conn.last_read + sock_read
+        if loop.time() >= due:
+            conn.fail_exchange(
+                ConnectionFailure("sock_read_timeout", "Timeout on reading data from socket")
+            )
+            conn.close()
+        else:
+            timer[0] = loop.call_at(due, check)
+
+    timer.append(loop.call_at(conn.last_read + sock_read, check))
+    return lambda: timer[0].cancel()
+
+
+class _BodyPhase:
+    """The response body after its head: driven by callbacks, with no task of its own.
+
+    It ends once: with the last body byte (``stream.end``), with a failure
+    (``stream.fail``), or when the worker gives up (``abort``, via the stream). Each way
+    gives the connection back to the pool, reusable only after a complete response.
+    """
+
+    __slots__ = ("_loop", "req", "stream", "conn", "pool", "pipe", "history", "_unwatch",
+                 "_over")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        req: Request,
+        stream: BrokerStream,
+        conn: HTTP1Connection,
+        pool: Pool,
+        pipe: BodyPipe,
+        history: list[HistoryItem],
+    ) -> None:
+        self._loop = loop
+        self.req = req
+        self.stream = stream
+        self.conn = conn
+        self.pool = pool
+        self.pipe = pipe
+        self.history = history
+        self._unwatch: Callable[[], None] | None = None
+        self._over = False
+
+    def start(self) -> None:
+        done = self.conn.done_future
+        if done.done():  # the whole response came with its head: the common case
+            self._on_done(done)
+            return
+        self.stream.flush()  # the body is still coming: the worker gets the head now
+        self.stream.on_abort = self.abort
+        if self.req.timeout.sock_read:
+            self._unwatch = watch_silence(self._loop, self.conn, done, self.req.timeout.sock_read)
+        done.add_done_callback(self._on_done)
+
+    def _on_done(self, fut: asyncio.Future[None]) -> None:
+        if self._over:
+            return
+        self._stop_watch()
+        exc = fut.exception()
+        if exc is not None:
+            self._end(exc)
+            return
+        self.pipe.when_drained(self._drained)
+
+    def _drained(self, error: ConnectionFailure | None) -> None:
+        if self._over:
+            return
+        if error is None:
+            try:
+                self.pipe.flush_tail()
+            except ConnectionFailure as exc:
+                error = exc
+        self._end(error)
+
+    def _end(self, error: BaseException | None) -> None:
+        self._over = True
+        self.stream.on_abort = None
+        Engine._finish_exchange(self.pool, self.conn)
+        if self.stream.finished:
+            return
+        try:
+            if error is None:
+                self.stream.end()
+            else:
+                self.stream.fail(_failure(self.req, error, self.history))
+        except Exception as exc:  # a carrier bug: log it, never raise into the loop
+            log.error("stream %s could not be ended", self.req.stream, exc_info=exc)
+
+    def abort(self) -> None:
+        """The worker gave up on the rest of the body: drop it and the connection."""
+        if self._over:
+            return
+        self._over = True
+        self._stop_watch()
+        self.conn.set_body_consumer(None)
+        Engine._finish_exchange(self.pool, self.conn)
+
+    def _stop_watch(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

@@ -38,6 +38,7 @@ from shared.messages import (
     StatsRequest,
     Welcome,
 )
+from shared.stream_state import State
 
 from .engine import Engine
 from .stream import BrokerStream
@@ -98,6 +99,16 @@ class IPCStream(BrokerStream):
             self.conn.write(b"".join(held))
         else:
             self.conn.write(frame)
+        self.conn.forget(self)
+
+    def stop(self) -> None:
+        """The worker cancelled or went away: in the head phase the task is cancelled,
+        in the body phase (no task) the engine's abort hook runs."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        else:
+            self.abort()
+        self.conn.forget(self)
 
     def flush(self) -> None:
         held, self._held = self._held, None
@@ -177,9 +188,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.workers.discard(self)
-        for stream in self.streams.values():
-            if stream.task is not None:
-                stream.task.cancel()
+        for stream in list(self.streams.values()):
+            stream.stop()
         self.streams.clear()
         self.server.connection_gone(self)
 
@@ -217,8 +227,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 s.feed_body(None)
         elif kind is Cancel:
             s = self.streams.get(msg.stream)
-            if s is not None and s.task is not None:
-                s.task.cancel()
+            if s is not None:
+                s.stop()
         elif kind is StatsRequest:
             self.send(self.server.stats())
         elif kind is ClearDNS:
@@ -241,8 +251,13 @@ class WorkerConnection(asyncio.BufferedProtocol):
         try:
             await self.engine.perform(req, stream)
         finally:
-            if self.streams.get(req.stream) is stream:
-                del self.streams[req.stream]
+            # In the body phase the stream lives on without this task, until its end.
+            if stream.state is not State.BODY:
+                self.forget(stream)
+
+    def forget(self, stream: IPCStream) -> None:
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
             self.server.stream_done()
 
     # -- output ---------------------------------------------------------------------

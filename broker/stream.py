@@ -20,13 +20,15 @@ __all__ = ["BrokerStream"]
 
 
 class BrokerStream:
-    __slots__ = ("id", "unacked", "_resume", "state")
+    __slots__ = ("id", "unacked", "_resume", "state", "on_abort")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
         self.unacked = 0
         self._resume: Callable[[], None] | None = None
         self.state = State.OPEN
+        # Set by the engine while the body flows without a task: what stops it.
+        self.on_abort: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -81,6 +83,14 @@ class BrokerStream:
         """``size`` bytes of the streamed request body are on the upstream socket."""
 
     # -- called by the carrier -------------------------------------------------------
+
+    def abort(self) -> None:
+        """The worker gave up on this stream (it cancelled it, or it is gone)."""
+        self.state = step(self.state, Event.CANCEL)
+        self._resume = None
+        hook, self.on_abort = self.on_abort, None
+        if hook is not None:
+            hook()
 
     def on_ack(self, size: int) -> None:
         self.unacked -= size

@@ -349,12 +349,21 @@ class ClientSession:
             read_until_eof=kw.get("read_until_eof", True),
             skip_host=prepared.skip_host,
         )
-        transport.open(req, prepared.stream, handle)
         self._handles.add(handle)
         if timeout.total:
             handle.set_deadline(timeout.total)
         try:
+            await transport.send(req, prepared.stream, handle)
             head = await handle.head
+        except asyncio.CancelledError:
+            handle.abandon()
+            self._handles.discard(handle)
+            if handle.interrupted and handle.head.done() and not handle.head.cancelled():
+                # The transport stopped the head phase running in this task (a total
+                # timeout, the session closing): that was not a cancel of the caller.
+                _uncancel()
+                raise handle.head.exception() from None  # type: ignore[misc]
+            raise
         except BaseException:
             handle.abandon()
             self._handles.discard(handle)
@@ -414,6 +423,12 @@ class ClientSession:
             loop=asyncio.get_running_loop(),
             request_url=request_url,
         )
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
+        task.uncancel()
 
 
 class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):

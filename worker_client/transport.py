@@ -13,7 +13,6 @@ closes it, so that nothing outlives the event loop. A transport made in another 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -68,7 +67,7 @@ class StreamHandle:
 
     __slots__ = (
         "id", "transport", "head", "content", "done", "state", "_unacked", "make_error",
-        "_timer", "__weakref__",
+        "_timer", "interrupted", "__weakref__",
     )
 
     def __init__(
@@ -87,6 +86,8 @@ class StreamHandle:
         self._unacked = 0
         self.make_error = make_error
         self._timer: asyncio.TimerHandle | None = None
+        # The transport cancelled the caller's task to stop this stream's head phase.
+        self.interrupted = False
 
     def __repr__(self) -> str:
         return f"<StreamHandle {self.id} {'done' if self.done else 'open'}>"
@@ -187,7 +188,10 @@ class Transport:
     def forget(self, stream_id: int) -> None:
         self.handles.pop(stream_id, None)
 
-    def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
+    async def send(
+        self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle
+    ) -> None:
+        """Start a stream; the head arrives on ``handle.head``."""
         raise NotImplementedError
 
     def cancel(self, stream_id: int) -> None:
@@ -210,12 +214,18 @@ class Transport:
 
 
 class _LocalStream(BrokerStream):
-    __slots__ = ("handle", "body")
+    __slots__ = ("handle", "body", "owner")
 
-    def __init__(self, handle: StreamHandle, body: AsyncIterator[bytes] | None) -> None:
+    def __init__(
+        self,
+        handle: StreamHandle,
+        body: AsyncIterator[bytes] | None,
+        owner: EmbeddedTransport,
+    ) -> None:
         super().__init__(handle.id)
         self.handle = handle
         self.body = body
+        self.owner = owner
 
     def _send_head(self, msg: Head) -> None:
         self.handle.on_head(msg)
@@ -224,9 +234,11 @@ class _LocalStream(BrokerStream):
         self.handle.on_data(chunk)
 
     def _send_end(self) -> None:
+        self.owner.streams.pop(self.id, None)
         self.handle.on_end()
 
     def _send_failure(self, failure: Failure) -> None:
+        self.owner.streams.pop(self.id, None)
         self.handle.on_failure(failure)
 
     async def request_body(self) -> AsyncIterator[bytes]:
@@ -236,35 +248,52 @@ class _LocalStream(BrokerStream):
 
 
 class EmbeddedTransport(Transport):
-    """The broker's engine in this process."""
+    """The broker's engine in this process.
+
+    The head phase of a request runs in the caller's own task (no task per request, as
+    in aiohttp); the body then flows by callbacks. Stopping a stream in its head phase
+    (a total timeout, a closing session) therefore cancels the caller's task, which
+    ``ClientSession`` turns back into the handle's error (``StreamHandle.interrupted``).
+    """
 
     kind = "embedded"
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.engine = Engine(loop)
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._streams: dict[int, _LocalStream] = {}
+        self.streams: dict[int, _LocalStream] = {}
+        self._running: dict[int, asyncio.Task[Any]] = {}  # streams in their head phase
 
-    def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
-        stream = _LocalStream(handle, body)
+    async def send(
+        self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle
+    ) -> None:
+        stream = _LocalStream(handle, body, self)
         self.handles[req.stream] = handle
-        self._streams[req.stream] = stream
-        task = self.loop.create_task(self.engine.perform(req, stream))
-        self._tasks[req.stream] = task
-        task.add_done_callback(functools.partial(self._task_done, req.stream))
-
-    def _task_done(self, stream_id: int, _task: object = None) -> None:
-        self._tasks.pop(stream_id, None)
-        self._streams.pop(stream_id, None)
+        self.streams[req.stream] = stream
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[req.stream] = task
+        try:
+            await self.engine.perform(req, stream)
+        finally:
+            self._running.pop(req.stream, None)
+            if stream.state is not State.BODY:
+                self.streams.pop(req.stream, None)
 
     def cancel(self, stream_id: int) -> None:
-        task = self._tasks.get(stream_id)
+        task = self._running.pop(stream_id, None)
         if task is not None:
+            handle = self.handles.get(stream_id)
+            if handle is not None:
+                handle.interrupted = True
             task.cancel()
+            return
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.abort()
 
     def ack(self, stream_id: int, size: int) -> None:
-        stream = self._streams.get(stream_id)
+        stream = self.streams.get(stream_id)
         if stream is not None:
             stream.on_ack(size)
 
@@ -273,18 +302,17 @@ class EmbeddedTransport(Transport):
 
     async def stats(self) -> Stats:
         return Stats(
-            pid=os.getpid(), workers=1, streams=len(self._tasks),
+            pid=os.getpid(), workers=1, streams=len(self.streams),
             requests=self.engine.requests, pools=self.engine.figures(),
             dns=self.engine.dns_figures(),
         )
 
     async def aclose(self) -> None:
         self.closed = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in list(self.streams.values()):
+            if stream.state is State.BODY:
+                stream.abort()
+        self.streams.clear()
         await self.engine.close()
 
 
@@ -455,6 +483,11 @@ class IPCTransport(Transport):
         _drop(self)
 
     # -- streams -----------------------------------------------------------------
+
+    async def send(
+        self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle
+    ) -> None:
+        self.open(req, body, handle)
 
     def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
         if req.body is not None and len(req.body) > _INLINE_BODY_MAX:

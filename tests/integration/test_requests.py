@@ -606,3 +606,64 @@ async def test_aiohttp_defaults_passed_explicitly_are_accepted(serve_app, sessio
         base + "/", proxy=None, ssl=True, cookies=None, trace_request_ctx=None, compress=None
     ) as resp:
         assert await resp.text() == "ok"
+
+
+async def test_closing_the_session_fails_a_request_waiting_for_its_head(
+    make_session, raw_server
+):
+    """In embedded mode the head phase runs in the caller's task; stopping it must still
+    reach the caller as the session's error, and leave its task usable."""
+    arrived = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await asyncio.sleep(10)
+
+    base = await raw_server(handler)
+    session = make_session()
+
+    async def caller() -> str:
+        try:
+            await session.get(base + "/")
+        except ClientConnectionError as exc:
+            await asyncio.sleep(0)  # not left cancelled
+            return f"{type(exc).__name__}: {exc}"
+        return "no error"
+
+    task = asyncio.ensure_future(caller())
+    await asyncio.wait_for(arrived.wait(), 5)
+    await session.close()
+    assert await asyncio.wait_for(task, 5) == "ClientConnectionError: Connection closed"
+
+
+async def test_total_timeout_while_waiting_for_the_head_leaves_the_task_usable(
+    make_session, raw_server
+):
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(10)
+
+    base = await raw_server(handler)
+    session = make_session()
+    with pytest.raises(asyncio.TimeoutError):
+        await session.get(base + "/", timeout=ClientTimeout(total=0.2))
+    await asyncio.sleep(0.01)  # the task was not left cancelled
+    current = asyncio.current_task()
+    assert current is not None and not current.cancelling()
+
+
+async def test_a_real_cancel_of_the_caller_stays_a_cancel(make_session, raw_server):
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(10)
+
+    base = await raw_server(handler)
+    session = make_session()
+    task = asyncio.ensure_future(session.get(base + "/"))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stats = await session.stats()
+    assert stats.streams == 0
