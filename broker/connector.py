@@ -82,10 +82,11 @@ class Pool:
     ) -> HTTP1Connection | None:
         if self.closed:
             raise ConnectionFailure("connection", "the connection pool is closed")
-        waiter: asyncio.Future[Any] = self._loop.create_future()
-        got, decision = self.state.acquire(key, waiter)
+        got, decision = self.state.try_acquire(key)
         self._apply(decision)
         if got is None:
+            waiter: asyncio.Future[Any] = self._loop.create_future()
+            self.state.enqueue(key, waiter)
             try:
                 got = await asyncio.wait_for(waiter, self._remaining(deadline))
             except BaseException as exc:

@@ -155,8 +155,10 @@ class Engine:
         while True:
             head, conn = await self._exchange(pool, req, method, url, headers, body, streamed,
                                               stream)
-            location = _find(head.headers, b"location") or _find(head.headers, b"uri")
-            if not (req.allow_redirects and head.status in REDIRECTS and location):
+            location = None
+            if req.allow_redirects and head.status in REDIRECTS:
+                location = _find(head.headers, b"location") or _find(head.headers, b"uri")
+            if not location:
                 try:
                     self._deliver(req, stream, conn, pool, head, method, url, headers, history)
                 except BaseException:
@@ -412,21 +414,24 @@ class _BodyPhase:
         self._over = False
 
     def start(self) -> None:
-        done = self.conn.done_future
-        if done.done():  # the whole response came with its head: the common case
-            self._on_done(done)
+        conn = self.conn
+        if conn.exchange_over:  # the whole response came with its head: the common case
+            self._done(conn.exchange_error)
             return
         self.stream.flush()  # the body is still coming: the worker gets the head now
         self.stream.on_abort = self.abort
+        done = conn.done_future
         if self.req.timeout.sock_read:
-            self._unwatch = watch_silence(self._loop, self.conn, done, self.req.timeout.sock_read)
+            self._unwatch = watch_silence(self._loop, conn, done, self.req.timeout.sock_read)
         done.add_done_callback(self._on_done)
 
     def _on_done(self, fut: asyncio.Future[None]) -> None:
+        self._done(fut.exception())
+
+    def _done(self, exc: BaseException | None) -> None:
         if self._over:
             return
         self._stop_watch()
-        exc = fut.exception()
         if exc is not None:
             self._end(exc)
             return

@@ -91,6 +91,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._head_bytes = 0
         self._head_fut: asyncio.Future[ResponseHead] | None = None
         self._done_fut: asyncio.Future[None] | None = None
+        self._failure: ConnectionFailure | None = None
         self._complete = False
         self._got_bytes = False
         self._on_body: Callable[[bytes], None] | None = None
@@ -262,10 +263,22 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    @property
+    def exchange_over(self) -> bool:
+        """The response is complete, or the exchange failed."""
+        return self._complete or self._failure is not None
+
+    @property
+    def exchange_error(self) -> ConnectionFailure | None:
+        """Why the exchange failed, if it did before completing."""
+        return None if self._complete else self._failure
+
     def fail_exchange(self, failure: ConnectionFailure) -> None:
         self._fail(failure)
 
     def _fail(self, failure: ConnectionFailure) -> None:
+        if self._failure is None:
+            self._failure = failure
         for fut in (self._head_fut, self._done_fut):
             if fut is not None and not fut.done():
                 fut.set_exception(failure)
@@ -289,8 +302,9 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._on_body = None
         self._early = []
         self.last_read = self._loop.time()
+        self._failure = None
         self._head_fut = self._loop.create_future()
-        self._done_fut = self._loop.create_future()
+        self._done_fut = None  # made when someone waits for the end (often nobody)
         if body:
             if len(body) < 16384:
                 self.transport.write(head + body)
@@ -328,8 +342,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         return await self._head_fut
 
     async def wait_done(self) -> None:
-        assert self._done_fut is not None
-        await self._done_fut
+        await self.done_future
 
     @property
     def head_future(self) -> asyncio.Future[ResponseHead]:
@@ -338,8 +351,15 @@ class HTTP1Connection(asyncio.BufferedProtocol):
 
     @property
     def done_future(self) -> asyncio.Future[None]:
-        assert self._done_fut is not None
-        return self._done_fut
+        fut = self._done_fut
+        if fut is None:
+            fut = self._done_fut = self._loop.create_future()
+            if self._complete:
+                fut.set_result(None)
+            elif self._failure is not None:
+                fut.set_exception(self._failure)
+                fut.exception()
+        return fut
 
     def end_exchange(self) -> bool:
         """The caller is done with this exchange; True if the connection can be reused."""

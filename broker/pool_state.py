@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 C = TypeVar("C")
@@ -35,12 +34,14 @@ NEW = _New()
 """Granted: open a new connection (its slot is already counted)."""
 
 
-@dataclass
 class Decision(Generic[C]):
     """What the I/O layer must do after a state change."""
 
-    grants: list[tuple[object, C | _New]] = field(default_factory=list)
-    close: list[C] = field(default_factory=list)
+    __slots__ = ("grants", "close")
+
+    def __init__(self) -> None:
+        self.grants: list[tuple[object, C | _New]] = []
+        self.close: list[C] = []
 
 
 class PoolState(Generic[C]):
@@ -138,18 +139,24 @@ class PoolState(Generic[C]):
     # -- transitions -------------------------------------------------------------
 
     def acquire(self, key: K, waiter: object) -> tuple[C | _New | None, Decision[C]]:
-        """A request wants a connection for ``key``.
-
-        Returns (an idle connection, NEW, or None when ``waiter`` was queued) and what
-        to close. A request never jumps a queue that is already waiting on its key.
-        """
-        decision: Decision[C] = Decision()
-        got: C | _New | None = None
-        if not self.waiters or not any(k == key for k, _ in self.waiters.values()):
-            got = self._try(key, decision)
+        """A request wants a connection for ``key``: ``try_acquire``, and queue
+        ``waiter`` if that gave nothing."""
+        got, decision = self.try_acquire(key)
         if got is None:
-            self.waiters[waiter] = (key, self._clock())
+            self.enqueue(key, waiter)
         return got, decision
+
+    def try_acquire(self, key: K) -> tuple[C | _New | None, Decision[C]]:
+        """An idle connection, NEW (a slot to open one), or None: then the caller must
+        ``enqueue`` before anything else changes the state. A request never jumps a
+        queue that is already waiting on its key."""
+        decision: Decision[C] = Decision()
+        if self.waiters and any(k == key for k, _ in self.waiters.values()):
+            return None, decision
+        return self._try(key, decision), decision
+
+    def enqueue(self, key: K, waiter: object) -> None:
+        self.waiters[waiter] = (key, self._clock())
 
     def cancel(self, waiter: object) -> bool:
         """A queued request gave up; True if it was still queued."""

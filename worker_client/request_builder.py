@@ -16,8 +16,7 @@ import mimetypes
 import re
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from multidict import CIMultiDict
@@ -59,9 +58,11 @@ _TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _FORBIDDEN_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
-    """A request ready to send: final URL, headers and body (bytes or a stream)."""
+class PreparedRequest(NamedTuple):
+    """A request ready to send: final URL, headers and body (bytes or a stream).
+
+    A NamedTuple: immutable, and made once per request, where a frozen dataclass's
+    ``__init__`` costs a ``object.__setattr__`` per field."""
 
     method: str
     url: URL
