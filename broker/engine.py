@@ -127,15 +127,19 @@ class Engine:
 
     # -- one request ---------------------------------------------------------------
 
-    async def perform(self, req: Request, stream: BrokerStream) -> None:
+    async def perform(
+        self, req: Request, stream: BrokerStream, checked_url: URL | None = None
+    ) -> None:
         """Carry out ``req`` up to its response head; report through ``stream``.
 
         Returns once the head is delivered (the body then flows by callbacks, see
-        ``_BodyPhase``) or the failure reported. Raises only CancelledError."""
+        ``_BodyPhase``) or the failure reported. Raises only CancelledError.
+        ``checked_url`` is ``req.url`` parsed, from a caller in this process that has
+        checked the request already (embedded mode); else the engine checks it."""
         self.requests += 1
         history: list[HistoryItem] = []
         try:
-            await self._hops(req, stream, history)
+            await self._hops(req, stream, history, checked_url)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -143,9 +147,13 @@ class Engine:
                 stream.fail(_failure(req, exc, history))
 
     async def _hops(
-        self, req: Request, stream: BrokerStream, history: list[HistoryItem]
+        self,
+        req: Request,
+        stream: BrokerStream,
+        history: list[HistoryItem],
+        checked_url: URL | None,
     ) -> None:
-        url = _checked(req)
+        url = checked_url if checked_url is not None else _checked(req)
         method = req.method
         headers = req.headers
         body = req.body
@@ -322,7 +330,7 @@ class Engine:
                 head.reason,
                 head.version,
                 head.headers,
-                str(url),
+                str(url) if history else req.url,
                 method,
                 headers if history else [],
                 history,

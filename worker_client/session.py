@@ -324,13 +324,11 @@ class ClientSession:
         request_info = RequestInfo(
             prepared.url, prepared.method, sent_headers, prepared.real_url or prepared.url
         )
-        history_box: list[tuple[ClientResponse, ...]] = [()]
 
         def make_error(failure: Failure) -> BaseException:
             history = tuple(
                 self._history_response(h, request_info) for h in failure.history
             )
-            history_box[0] = history
             return exception_from_failure(failure, request_info, history)
 
         handle = StreamHandle(transport, transport.next_stream_id(), make_error)
@@ -353,7 +351,7 @@ class ClientSession:
         if timeout.total:
             handle.set_deadline(timeout.total)
         try:
-            await transport.send(req, prepared.stream, handle)
+            await transport.send(req, prepared.stream, handle, prepared.url)
             head = await handle.head
         except asyncio.CancelledError:
             handle.abandon()

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
+from yarl import URL
 
 from broker.engine import Engine
 from broker.stream import BrokerStream
@@ -189,9 +190,14 @@ class Transport:
         self.handles.pop(stream_id, None)
 
     async def send(
-        self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle
+        self,
+        req: Request,
+        body: AsyncIterator[bytes] | None,
+        handle: StreamHandle,
+        url: URL | None = None,
     ) -> None:
-        """Start a stream; the head arrives on ``handle.head``."""
+        """Start a stream; the head arrives on ``handle.head``. ``url`` is ``req.url``
+        already parsed and checked, when the caller has it."""
         raise NotImplementedError
 
     def cancel(self, stream_id: int) -> None:
@@ -265,7 +271,11 @@ class EmbeddedTransport(Transport):
         self._running: dict[int, asyncio.Task[Any]] = {}  # streams in their head phase
 
     async def send(
-        self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle
+        self,
+        req: Request,
+        body: AsyncIterator[bytes] | None,
+        handle: StreamHandle,
+        url: URL | None = None,
     ) -> None:
         stream = _LocalStream(handle, body, self)
         self.handles[req.stream] = handle
@@ -274,7 +284,8 @@ class EmbeddedTransport(Transport):
         if task is not None:
             self._running[req.stream] = task
         try:
-            await self.engine.perform(req, stream)
+            # Same process, same checks already made: the engine may skip its own.
+            await self.engine.perform(req, stream, url)
         finally:
             self._running.pop(req.stream, None)
             if stream.state is not State.BODY:
@@ -485,7 +496,11 @@ class IPCTransport(Transport):
     # -- streams -----------------------------------------------------------------
 
     async def send(
-        self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle
+        self,
+        req: Request,
+        body: AsyncIterator[bytes] | None,
+        handle: StreamHandle,
+        url: URL | None = None,
     ) -> None:
         self.open(req, body, handle)
 
