@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import errno
 import gc
 import time
@@ -650,7 +651,9 @@ async def test_total_timeout_while_waiting_for_the_head_leaves_the_task_usable(
         await session.get(base + "/", timeout=ClientTimeout(total=0.2))
     await asyncio.sleep(0.01)  # the task was not left cancelled
     current = asyncio.current_task()
-    assert current is not None and not current.cancelling()
+    assert current is not None
+    if sys.version_info >= (3, 11):  # Task.cancelling() is new in 3.11
+        assert not current.cancelling()
 
 
 async def test_a_real_cancel_of_the_caller_stays_a_cancel(make_session, raw_server):
