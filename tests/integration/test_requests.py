@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import errno
 import gc
+import sys
 import time
 
 import pytest
