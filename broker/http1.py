@@ -89,6 +89,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head: ResponseHead | None = None
         self._head_bytes = 0
+        self._refused: str | None = None  # which of our head limits the server broke
         self._head_fut: asyncio.Future[ResponseHead] | None = None
         self._done_fut: asyncio.Future[None] | None = None
         self._failure: ConnectionFailure | None = None
@@ -136,8 +137,9 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         except httptools.HttpParserUpgrade:
             self._finish()
         except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            detail = cause if isinstance(cause, _HeadTooLarge) else exc
+            # A limit of ours raised inside a callback reaches us as a bare "callback
+            # error": say which limit it was.
+            detail = self._refused or exc
             self._fail(ConnectionFailure("bad_response", f"invalid HTTP response: {detail}"))
             self.close()
 
@@ -188,9 +190,11 @@ class HTTP1Connection(asyncio.BufferedProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) > MAX_FIELD_SIZE or len(value) > MAX_FIELD_SIZE:
-            raise _HeadTooLarge(f"a header field is over {MAX_FIELD_SIZE} bytes")
+            self._refused = f"a header field is over {MAX_FIELD_SIZE} bytes"
+            raise _HeadTooLarge(self._refused)
         if len(self._headers) >= MAX_HEADERS:
-            raise _HeadTooLarge(f"more than {MAX_HEADERS} headers")
+            self._refused = f"more than {MAX_HEADERS} headers"
+            raise _HeadTooLarge(self._refused)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
