@@ -4,13 +4,14 @@ Wall-clock figures on a shared 2-core machine move by tens of percent from run t
 an instruction count does not. This runs one client process under callgrind twice, with
 N1 and N2 sequential GETs against the same local aiohttp.web server (in its own process,
 not counted), and reports (I(N2) - I(N1)) / (N2 - N1): the cost of one more request with
-start-up taken out. It does so for aiohttp's ClientSession and for ours in embedded mode
-(the worker's side of broker mode is a different cost split and is not counted here).
+start-up taken out. It does so for aiohttp's ClientSession, for ours in embedded mode, and
+for broker mode on each side: the worker process (the broker running normally), then the
+broker process (under callgrind itself, the client running normally).
 
     apt-get install valgrind     # once
     python bench/instructions.py [--conc 1] [--n1 100] [--n2 600]
 
-Slow by nature (valgrind runs Python about 50x slower): about a minute per client.
+Slow by nature (valgrind runs Python about 50x slower): about four minutes in all.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +50,7 @@ async def main():
     if kind == "aiohttp":
         session = aiohttp.ClientSession()
     else:
-        session = worker_client.ClientSession(broker=None)
+        session = worker_client.ClientSession(broker=None if kind == "embedded" else kind)
     async with session:
         async def one(k):
             for _ in range(k):
@@ -59,20 +62,61 @@ asyncio.run(main())
 """
 
 
+ENV = {k: v for k, v in os.environ.items() if k != "HTTP_BROKER"}
+
+
+def _collected(stderr: str) -> int:
+    match = re.search(r"Collected : (\d+)", stderr)
+    if not match:
+        raise RuntimeError(f"no count from callgrind:\n{stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def _callgrind(tmp: str) -> list[str]:
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out"]
+
+
 def instructions(client: str, kind: str, url: str, n: int, conc: int) -> int:
+    """Instructions of the client process making n requests."""
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            [
-                "valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
-                sys.executable, client, kind, url, str(n), str(conc),
-            ],
-            capture_output=True, text=True, check=True,
-            env={k: v for k, v in os.environ.items() if k != "HTTP_BROKER"},
+            [*_callgrind(tmp), sys.executable, client, kind, url, str(n), str(conc)],
+            capture_output=True, text=True, check=True, env=ENV,
         )
-    match = re.search(r"Collected : (\d+)", out.stderr)
-    if not match:
-        raise RuntimeError(f"no count from callgrind:\n{out.stderr[-2000:]}")
-    return int(match.group(1))
+    return _collected(out.stderr)
+
+
+def broker_instructions(client: str, url: str, n: int, conc: int) -> int:
+    """Instructions of a broker process serving n requests of a client."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = os.path.join(tmp, "b.sock")
+        broker = subprocess.Popen(
+            [*_callgrind(tmp), sys.executable, "-m", "broker", "serve", "--socket", sock],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=ENV,
+        )
+        _wait_for(lambda: os.path.exists(sock), 60)
+        subprocess.run(
+            [sys.executable, client, sock, url, str(n), str(conc)], check=True, env=ENV
+        )
+        broker.send_signal(signal.SIGINT)
+        _, err = broker.communicate(timeout=120)
+    return _collected(err)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out waiting")
+        time.sleep(0.05)
 
 
 def main() -> int:
@@ -87,25 +131,41 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    ns = (args.n1, args.n2)
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(CLIENT.format(root=ROOT))
         client = f.name
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        _wait_for(lambda: _accepts(port), 30)
         url = f"http://127.0.0.1:{port}/"
-        per = {}
+        per: dict[str, float] = {}
+
+        def report(label: str, a: int, b: int) -> None:
+            per[label] = (b - a) / (args.n2 - args.n1)
+            print(f"{label:16} {per[label]:>10,.0f} instructions/request (conc={args.conc})")
+
         for kind in ("aiohttp", "embedded"):
-            a = instructions(client, kind, url, args.n1, args.conc)
-            b = instructions(client, kind, url, args.n2, args.conc)
-            per[kind] = (b - a) / (args.n2 - args.n1)
-            print(f"{kind:9} {per[kind]:>10,.0f} instructions/request (conc={args.conc})")
-        print(f"ratio embedded/aiohttp: {per['embedded'] / per['aiohttp']:.2f}")
+            report(kind, *(instructions(client, kind, url, n, args.conc) for n in ns))
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = os.path.join(tmp, "b.sock")
+            broker = subprocess.Popen(
+                [sys.executable, "-m", "broker", "serve", "--socket", sock], cwd=ROOT, env=ENV
+            )
+            try:
+                _wait_for(lambda: os.path.exists(sock), 30)
+                report("broker: worker", *(instructions(client, sock, url, n, args.conc)
+                                           for n in ns))
+            finally:
+                broker.send_signal(signal.SIGINT)
+                broker.wait()
+        report("broker: broker", *(broker_instructions(client, url, n, args.conc) for n in ns))
+        base = per["aiohttp"]
+        print(
+            f"ratios to aiohttp: embedded {per['embedded'] / base:.2f}, "
+            f"broker mode's worker {per['broker: worker'] / base:.2f}, "
+            f"broker {per['broker: broker'] / base:.2f}"
+        )
     finally:
         server.terminate()
         server.wait()
