@@ -301,6 +301,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._headers = []
         self._head = None
         self._head_bytes = 0
+        self._refused = None
         self._complete = False
         self._got_bytes = False
         self._on_body = None
