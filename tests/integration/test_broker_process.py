@@ -503,3 +503,47 @@ def test_serve_refuses_to_remove_what_is_not_a_socket(tmp_path):
     assert out.returncode == 1
     assert "is not a socket" in out.stderr
     assert path.read_text() == "keep me"
+
+
+async def test_a_dead_workers_queued_request_leaves_the_queue(broker_process, serve_app):
+    slow = SlowApp()
+    base = await serve_app(slow.app)
+    conn = TCPConnector(limit=1, name="queue-death")
+    async with ClientSession(broker=broker_process.socket_path, connector=conn) as holder:
+        holding = asyncio.ensure_future(holder.get(base + "/slow"))
+        await asyncio.wait_for(slow.arrived.wait(), 10)
+        script = textwrap.dedent(
+            f"""
+            import asyncio, sys
+            sys.path.insert(0, {ROOT!r})
+            from worker_client import ClientSession, TCPConnector
+            async def main():
+                conn = TCPConnector(limit=1, name="queue-death")
+                async with ClientSession(broker=sys.argv[1], connector=conn) as s:
+                    await s.get(sys.argv[2])
+            asyncio.run(main())
+            """
+        )
+        queued = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, broker_process.socket_path, base + "/fast"
+        )
+
+        async def queue_length() -> int:
+            stats = await holder.stats()
+            (pool,) = [p for p in stats.pools if p["pool"] == "queue-death"]
+            return int(pool["queued"])
+
+        for _ in range(200):
+            if await queue_length() == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await queue_length() == 1
+        queued.kill()
+        await queued.wait()
+        t0 = time.monotonic()
+        while await queue_length() != 0:
+            assert time.monotonic() - t0 < 1.0, "the dead worker's request is still queued"
+            await asyncio.sleep(0.02)
+        holding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holding
