@@ -19,7 +19,8 @@ __all__ = ["FrameError", "FrameReader", "encode", "MAX_FRAME"]
 
 MAX_FRAME = 4 << 20
 _LEN = struct.Struct("<I")
-_encoder = msgspec.msgpack.Encoder()
+# enc_hook: header names may be multidict.istr (a str subclass msgspec does not take).
+_encoder = msgspec.msgpack.Encoder(enc_hook=str)
 
 
 class FrameError(Exception):
@@ -46,16 +47,32 @@ class FrameReader:
         self._broken = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """The whole messages in what has arrived so far.
+
+        ``data`` may be a view of the caller's reused read buffer: it is decoded in
+        place when nothing is pending (the usual case, whole frames per read), and only
+        an unfinished frame's bytes are copied to be kept."""
         if self._broken:
             raise FrameError("the frame reader already failed")
-        buf = self._buf
-        buf += data
+        if self._buf:
+            self._buf += data
+            with memoryview(self._buf) as view:
+                out, pos = self._parse(view)
+            del self._buf[:pos]
+            return out
+        with memoryview(data) as view:
+            out, pos = self._parse(view)
+            if pos < len(view):
+                self._buf[:] = view[pos:]
+        return out
+
+    def _parse(self, view: memoryview) -> tuple[list[Message], int]:
         out: list[Message] = []
         pos = 0
-        end = len(buf)
+        end = len(view)
         decode = self._decoder.decode
         while end - pos >= 4:
-            (size,) = _LEN.unpack_from(buf, pos)
+            (size,) = _LEN.unpack_from(view, pos)
             if size > self._max:
                 self._broken = True
                 raise FrameError(f"frame of {size} bytes is over the cap of {self._max}")
@@ -63,14 +80,12 @@ class FrameReader:
                 break
             start = pos + 4
             try:
-                out.append(decode(memoryview(buf)[start : start + size]))
+                out.append(decode(view[start : start + size]))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._broken = True
                 raise FrameError(f"malformed frame: {exc}") from None
             pos = start + size
-        if pos:
-            del buf[:pos]
-        return out
+        return out, pos
 
     @property
     def buffered(self) -> int:

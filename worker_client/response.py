@@ -413,7 +413,7 @@ class ClientResponse:
         self.reason = reason
         self.version = version
         self._raw_headers = raw_headers
-        self._headers = _decode_headers(raw_headers)
+        self._decoded: CIMultiDictProxy[str] | None = None  # made on first use
         self.content = content
         self._request_info = request_info
         self._history = history
@@ -495,7 +495,12 @@ class ClientResponse:
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
-        return self._headers
+        headers = self._decoded
+        if headers is None:  # decoded on first use: a body-only caller never pays for it
+            headers = self._decoded = _decode_headers(self._raw_headers)
+        return headers
+
+    _headers = headers
 
     @property
     def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:

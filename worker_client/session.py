@@ -312,7 +312,7 @@ class ClientSession:
     ) -> ClientResponse:
         if self.closed:
             raise RuntimeError("Session is closed")
-        if kw.keys() - _OPTION_NAMES:
+        if not _OPTION_NAMES.issuperset(kw):
             _check_options(dict(kw))
         prepared = self._prepare(method, url, kw)
         timeout = kw.get("timeout") or self._timeout
@@ -336,7 +336,7 @@ class ClientSession:
             stream=handle.id,
             method=prepared.method,
             url=str(prepared.url),
-            headers=[(str(k), v) for k, v in prepared.headers.items()],
+            headers=list(prepared.headers.items()),
             body=prepared.body,
             streamed=prepared.stream is not None,
             pool=self._pool,
