@@ -126,7 +126,7 @@ class Pool:
         if reusable:
             self._schedule_expiry()
 
-    def _return_grant(self, key: ConnKey, got: Any) -> None:
+    def _return_grant(self, key: Any, got: Any) -> None:
         if got is NEW:
             self._apply(self.state.discard(key))
         else:
@@ -135,15 +135,12 @@ class Pool:
     def _apply(self, decision: Decision[HTTP1Connection]) -> None:
         for conn in decision.close:
             conn.close()
-        for waiter, got in decision.grants:
+        for waiter, key, got in decision.grants:
             assert isinstance(waiter, asyncio.Future)
-            if waiter.done():
-                self._return_grant(self._key_of(got), got)
+            if waiter.done():  # cancelled, its task not yet out of the queue
+                self._return_grant(key, got)
             else:
                 waiter.set_result(got)
-
-    def _key_of(self, got: Any) -> Any:
-        return got.key if isinstance(got, HTTP1Connection) else None
 
     # -- connect ----------------------------------------------------------------
 

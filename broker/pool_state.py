@@ -40,7 +40,9 @@ class Decision(Generic[C]):
     __slots__ = ("grants", "close")
 
     def __init__(self) -> None:
-        self.grants: list[tuple[object, C | _New]] = []
+        # (waiter, its key, what it gets): the key so that a grant to a waiter that
+        # gave up in the meantime can be handed back
+        self.grants: list[tuple[object, K, C | _New]] = []
         self.close: list[C] = []
 
 
@@ -231,7 +233,7 @@ class PoolState(Generic[C]):
             got = self._try(key, decision)
             if got is not None:
                 del self.waiters[waiter]
-                decision.grants.append((waiter, got))
+                decision.grants.append((waiter, key, got))
             elif self._total_full() and not self.n_idle:
                 break
 

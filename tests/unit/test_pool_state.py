@@ -23,9 +23,9 @@ def test_limit_counts_every_open_connection_and_queues_fifo():
         "<PoolState [Requests: 2 active, 2 queued | Connections: 2 open, 0 idle]>"
     )
     d = s.release(A, "c1", reusable=True)
-    assert d.grants == [("w3", "c1")] and d.close == []
+    assert d.grants == [("w3", A, "c1")] and d.close == []
     d = s.release(A, "c2", reusable=False)
-    assert d.grants == [("w4", NEW)] and d.close == ["c2"]
+    assert d.grants == [("w4", A, NEW)] and d.close == ["c2"]
     assert s.total == 2 and not s.waiters
 
 
@@ -47,7 +47,7 @@ def test_limit_per_host_does_not_block_other_hosts():
     d = s.release(B, "cb", True)
     assert d.grants == []  # the waiting A request is still held by A's limit
     d = s.release(A, "ca", True)
-    assert d.grants == [("a2", "ca")]
+    assert d.grants == [("a2", A, "ca")]
 
 
 def test_idle_connection_of_another_host_is_closed_to_make_room():
@@ -64,7 +64,7 @@ def test_new_request_does_not_jump_the_queue():
     s.acquire(A, "a1")
     s.acquire(A, "a2")  # queued
     d = s.release(A, "c", True)
-    assert d.grants == [("a2", "c")]
+    assert d.grants == [("a2", A, "c")]
     s.acquire(A, "a3")  # queued behind nobody, but the connection is taken
     assert list(s.waiters) == ["a3"]
 
@@ -76,7 +76,7 @@ def test_cancel_leaves_the_queue():
     s.acquire(A, "a3")
     assert s.cancel("a2") is True
     assert s.cancel("a2") is False
-    assert s.release(A, "c", True).grants == [("a3", "c")]
+    assert s.release(A, "c", True).grants == [("a3", A, "c")]
 
 
 def test_discard_frees_the_slot():
@@ -84,7 +84,7 @@ def test_discard_frees_the_slot():
     s.acquire(A, "a1")
     s.acquire(A, "a2")
     d = s.discard(A)
-    assert d.grants == [("a2", NEW)]
+    assert d.grants == [("a2", A, NEW)]
     assert s.total == 1
 
 
