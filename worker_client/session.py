@@ -349,7 +349,7 @@ class ClientSession:
         )
         self._handles.add(handle)
         if timeout.total:
-            handle.set_deadline(timeout.total)
+            handle.set_deadline(timeout.total, timeout.ceil_threshold)
         try:
             await transport.send(req, prepared.stream, handle, prepared.url)
             head = await handle.head

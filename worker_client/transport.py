@@ -13,6 +13,7 @@ closes it, so that nothing outlives the event loop. A transport made in another 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -86,7 +87,7 @@ class StreamHandle:
         self.state = State.OPEN  # what the broker said, checked against the table
         self._unacked = 0
         self.make_error = make_error
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | int | None = None  # see Deadlines
         # The transport cancelled the caller's task to stop this stream's head phase.
         self.interrupted = False
 
@@ -132,8 +133,8 @@ class StreamHandle:
 
     # -- from the session --------------------------------------------------------------
 
-    def set_deadline(self, seconds: float) -> None:
-        self._timer = self.transport.loop.call_later(seconds, self._timed_out)
+    def set_deadline(self, seconds: float, ceil_threshold: float = 5) -> None:
+        self._timer = self.transport.deadlines.add(self, seconds, ceil_threshold)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -164,9 +165,60 @@ class StreamHandle:
     def _close(self) -> None:
         self.done = True
         if self._timer is not None:
-            self._timer.cancel()
+            self.transport.deadlines.discard(self, self._timer)
             self._timer = None
         self.transport.forget(self.id)
+
+
+class Deadlines:
+    """The total timeouts of many streams, with few timers.
+
+    As aiohttp does (``ClientTimeout.ceil_threshold``), a timeout of ``ceil_threshold``
+    seconds or more ends on a whole second of the loop's clock; here the streams that
+    end on the same second share that second's one timer, instead of one ``TimerHandle``
+    each (about 5 us per request). A shorter timeout gets a timer of its own.
+    """
+
+    __slots__ = ("_loop", "_seconds", "_timers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._seconds: dict[int, set[StreamHandle]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def add(
+        self, handle: StreamHandle, seconds: float, ceil_threshold: float
+    ) -> asyncio.TimerHandle | int:
+        """Arm ``handle``'s deadline; what ``discard`` takes to disarm it."""
+        when = self._loop.time() + seconds
+        if seconds < ceil_threshold:
+            return self._loop.call_at(when, handle._timed_out)
+        second = math.ceil(when)
+        streams = self._seconds.get(second)
+        if streams is None:
+            streams = self._seconds[second] = set()
+            self._timers[second] = self._loop.call_at(second, self._fire, second)
+        streams.add(handle)
+        return second
+
+    def discard(self, handle: StreamHandle, token: asyncio.TimerHandle | int) -> None:
+        if isinstance(token, int):
+            streams = self._seconds.get(token)
+            if streams is not None:
+                streams.discard(handle)
+        else:
+            token.cancel()
+
+    def _fire(self, second: int) -> None:
+        self._timers.pop(second, None)
+        for handle in list(self._seconds.pop(second, ())):
+            handle._timed_out()
+
+    def cancel_all(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._seconds.clear()
 
 
 class Transport:
@@ -176,6 +228,7 @@ class Transport:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.deadlines = Deadlines(loop)
         self.handles: dict[int, StreamHandle] = {}
         self.users = 0
         self.closed = False
@@ -320,6 +373,7 @@ class EmbeddedTransport(Transport):
 
     async def aclose(self) -> None:
         self.closed = True
+        self.deadlines.cancel_all()
         for stream in list(self.streams.values()):
             if stream.state is State.BODY:
                 stream.abort()
@@ -569,6 +623,7 @@ class IPCTransport(Transport):
         return await self._stats
 
     async def aclose(self) -> None:
+        self.deadlines.cancel_all()
         pumps = list(self._pumps.values())
         for task in pumps:
             task.cancel()
