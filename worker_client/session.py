@@ -26,7 +26,7 @@ from shared.specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout
 
 from .connector import BaseConnector
 from .helpers import BasicAuth
-from .request_builder import PreparedRequest, prepare_request
+from .request_builder import prepare_request
 from .response import ClientResponse
 from .transport import StreamHandle, Transport, broker_address, get_transport, release_transport
 
@@ -55,7 +55,6 @@ class _RequestOptions(TypedDict, total=False):
     auto_decompress: bool | None
 
 
-_OPTION_NAMES = frozenset(_RequestOptions.__annotations__)
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
 # means "not used" in aiohttp: passing that value is fine, anything else is refused
@@ -82,7 +81,7 @@ _NOT_YET: dict[str, tuple[object, ...]] = {
 
 
 def _check_options(kw: dict[str, Any]) -> None:
-    for name in kw.keys() - _OPTION_NAMES:
+    for name in kw:
         if name not in _NOT_YET:
             raise TypeError(f"request() got an unexpected keyword argument {name!r}")
         value = kw[name]
@@ -283,42 +282,55 @@ class ClientSession:
     ) -> _RequestContextManager:
         return _RequestContextManager(self._request("DELETE", url, **kwargs))
 
-    def _prepare(self, method: str, url: str | URL, kw: _RequestOptions) -> PreparedRequest:
-        headers = kw.get("headers")
+    async def _request(
+        self,
+        method: str,
+        url: str | URL,
+        *,
+        params: Any = None,
+        data: Any = None,
+        json: Any = None,
+        headers: Any = None,
+        skip_auto_headers: Iterable[str] | None = None,
+        auth: BasicAuth | None = None,
+        allow_redirects: bool = True,
+        max_redirects: int | None = None,
+        timeout: ClientTimeout | None = _SENTINEL,
+        raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] | None = None,
+        read_until_eof: bool = True,
+        auto_decompress: bool | None = None,
+        **unsupported: Any,
+    ) -> ClientResponse:
+        # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
+        # verbs' shared signature for type checkers is _RequestOptions.
+        if self.closed:
+            raise RuntimeError("Session is closed")
+        if unsupported:
+            _check_options(unsupported)
         merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
         if headers:
             extra = CIMultiDict(headers)
             for name in extra.keys():
                 merged.popall(name, None)
             merged.extend(extra)
-        skip = set(self._skip_auto_headers)
-        skip.update(istr(h) for h in kw.get("skip_auto_headers") or ())
-        return prepare_request(
+        skip: Iterable[str] = self._skip_auto_headers
+        if skip_auto_headers:
+            skip = {*skip, *(istr(h) for h in skip_auto_headers)}
+        prepared = prepare_request(
             method,
             url,
             base_url=self._base_url,
-            params=kw.get("params"),
-            data=kw.get("data"),
-            json=kw.get("json"),
+            params=params,
+            data=data,
+            json=json,
             json_serialize=self._json_serialize,
             headers=merged,
             skip_auto_headers=skip,
-            auth=kw.get("auth"),
+            auth=auth,
             session_auth=self._default_auth,
         )
-
-    async def _request(
-        self, method: str, url: str | URL, **kw: Unpack[_RequestOptions]
-    ) -> ClientResponse:
-        if self.closed:
-            raise RuntimeError("Session is closed")
-        if not _OPTION_NAMES.issuperset(kw):
-            _check_options(dict(kw))
-        prepared = self._prepare(method, url, kw)
-        timeout = kw.get("timeout") or self._timeout
-        if timeout is _SENTINEL:
+        if timeout is _SENTINEL or timeout is None:
             timeout = self._timeout
-        auto_decompress = kw.get("auto_decompress")
         transport = await self._get_transport()
         sent_headers = CIMultiDictProxy(prepared.headers)
         request_info = RequestInfo(
@@ -341,10 +353,10 @@ class ClientSession:
             streamed=prepared.stream is not None,
             pool=self._pool,
             timeout=timeout,
-            allow_redirects=kw.get("allow_redirects", True),
-            max_redirects=kw.get("max_redirects", self._max_redirects),
+            allow_redirects=allow_redirects,
+            max_redirects=self._max_redirects if max_redirects is None else max_redirects,
             auto_decompress=self._auto_decompress if auto_decompress is None else auto_decompress,
-            read_until_eof=kw.get("read_until_eof", True),
+            read_until_eof=read_until_eof,
             skip_host=prepared.skip_host,
         )
         self._handles.add(handle)
@@ -367,7 +379,7 @@ class ClientSession:
             self._handles.discard(handle)
             raise
         resp = self._response(head, handle, request_info, req.url)
-        rfs = kw.get("raise_for_status")
+        rfs = raise_for_status
         if rfs is None:
             rfs = self._raise_for_status
         if rfs:
