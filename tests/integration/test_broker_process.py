@@ -86,6 +86,23 @@ class SlowApp:
         return web.Response(text="fast")
 
 
+async def _one_slot_worker(path: str, url: str, pool: str) -> asyncio.subprocess.Process:
+    """A worker process that GETs ``url`` through ``TCPConnector(limit=1, name=pool)``."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.path.insert(0, {ROOT!r})
+        from worker_client import ClientSession, TCPConnector
+        async def main():
+            conn = TCPConnector(limit=1, name=sys.argv[3])
+            async with ClientSession(broker=sys.argv[1], connector=conn) as s:
+                await s.get(sys.argv[2])
+        asyncio.run(main())
+        """
+    )
+    return await asyncio.create_subprocess_exec(sys.executable, "-c", script, path, url, pool)
+
+
 async def _fast_through_one_slot(path: str, base: str, name: str, within: float) -> None:
     conn = TCPConnector(limit=1, name=name)
     async with ClientSession(broker=path, connector=conn) as s:
@@ -180,21 +197,7 @@ async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
     """A worker SIGKILLed mid-request frees its pool slot for the others at once."""
     slow = SlowApp()
     base = await serve_app(slow.app)
-    script = textwrap.dedent(
-        f"""
-        import asyncio, sys
-        sys.path.insert(0, {ROOT!r})
-        from worker_client import ClientSession, TCPConnector
-        async def main():
-            conn = TCPConnector(limit=1, name="kill9")
-            async with ClientSession(broker=sys.argv[1], connector=conn) as s:
-                await s.get(sys.argv[2])
-        asyncio.run(main())
-        """
-    )
-    victim = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, broker_process.socket_path, base + "/slow"
-    )
+    victim = await _one_slot_worker(broker_process.socket_path, base + "/slow", "kill9")
     try:
         await asyncio.wait_for(slow.arrived.wait(), 15)
     finally:
@@ -512,20 +515,8 @@ async def test_a_dead_workers_queued_request_leaves_the_queue(broker_process, se
     async with ClientSession(broker=broker_process.socket_path, connector=conn) as holder:
         holding = asyncio.ensure_future(holder.get(base + "/slow"))
         await asyncio.wait_for(slow.arrived.wait(), 10)
-        script = textwrap.dedent(
-            f"""
-            import asyncio, sys
-            sys.path.insert(0, {ROOT!r})
-            from worker_client import ClientSession, TCPConnector
-            async def main():
-                conn = TCPConnector(limit=1, name="queue-death")
-                async with ClientSession(broker=sys.argv[1], connector=conn) as s:
-                    await s.get(sys.argv[2])
-            asyncio.run(main())
-            """
-        )
-        queued = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", script, broker_process.socket_path, base + "/fast"
+        queued = await _one_slot_worker(
+            broker_process.socket_path, base + "/fast", "queue-death"
         )
 
         async def queue_length() -> int:
