@@ -88,14 +88,22 @@ def _run(coro: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="http-broker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="http-broker",
+        description="Run a standalone http-broker, or ask a running one for its figures.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run a broker on a Unix socket")
     p_serve.add_argument("--socket", required=True, help="path of the Unix socket to create")
     p_serve.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p_serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
-    p_serve.add_argument("--drain-timeout", type=float, default=30.0)
-    p_serve.add_argument("--log-level", default="WARNING")
+    p_serve.add_argument(
+        "--drain-timeout", type=float, default=30.0,
+        help="on SIGTERM/SIGINT, seconds to let in-flight requests finish (default 30)",
+    )
+    p_serve.add_argument(
+        "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR"
+    )
     p_stats = sub.add_parser("stats", help="print a running broker's figures as JSON")
     p_stats.add_argument("--socket", default=os.environ.get("HTTP_BROKER"))
     args = parser.parse_args(argv)
