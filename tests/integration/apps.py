@@ -30,6 +30,17 @@ def counting_app() -> tuple[web.Application, list[int]]:
     return web.Application(middlewares=[count]), ports
 
 
+def text_app(text: str = "ok", app: web.Application | None = None) -> web.Application:
+    """``app`` (a new one by default) answering ``GET /`` with ``text``."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=text)
+
+    app = web.Application() if app is None else app
+    app.router.add_get("/", answer)
+    return app
+
+
 async def echo(request: web.Request) -> web.Response:
     """What the server received, as JSON."""
     body = await request.read()

@@ -32,6 +32,7 @@ from worker_client import (
 
 from ..conftest import ROOT
 from . import _workers
+from .apps import text_app
 
 
 def _raw_exchange(path: str, payload: bytes, timeout: float = 5.0) -> list[object]:
@@ -53,13 +54,7 @@ def _raw_exchange(path: str, payload: bytes, timeout: float = 5.0) -> list[objec
 
 
 async def _hello_app(serve_app) -> str:
-    app = web.Application()
-
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text="hello")
-
-    app.router.add_get("/", hello)
-    return await serve_app(app)
+    return str(await serve_app(text_app("hello")))
 
 
 class SlowApp:

@@ -14,6 +14,7 @@ from worker_client import ClientConnectorError, ClientSession, TCPConnector, Uni
 
 from ..conftest import read_request_head
 from . import _workers
+from .apps import counting_app, text_app
 from .counting_server import CountingServer
 
 
@@ -31,15 +32,8 @@ def test_attributes_and_option_checks():
 
 
 async def test_equal_connectors_share_one_pool(make_session, serve_app):
-    ports: list[int] = []
-    app = web.Application()
-
-    async def hello(request: web.Request) -> web.Response:
-        ports.append(request.transport.get_extra_info("peername")[1])
-        return web.Response(text="hi")
-
-    app.router.add_get("/", hello)
-    base = await serve_app(app)
+    app, ports = counting_app()
+    base = await serve_app(text_app("hi", app))
     a = make_session(connector=TCPConnector(limit=1, name="shared-pool"))
     b = make_session(connector=TCPConnector(limit=1, name="shared-pool"))
     for s in (a, b, a, b):
@@ -52,13 +46,7 @@ async def test_equal_connectors_share_one_pool(make_session, serve_app):
 
 
 async def test_connector_owner_false_leaves_the_connector_open(make_session, serve_app):
-    app = web.Application()
-
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app.router.add_get("/", ok)
-    base = await serve_app(app)
+    base = await serve_app(text_app())
     connector = TCPConnector(name="not-owned")
     s1 = make_session(connector=connector, connector_owner=False)
     async with s1.get(base + "/") as resp:
@@ -229,15 +217,8 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
      ({"force_close": True}, False)],
 )
 async def test_keepalive_timeout_as_aiohttp(make_session, serve_app, kwargs, reused):
-    ports: list[int] = []
-    app = web.Application()
-
-    async def who(request: web.Request) -> web.Response:
-        ports.append(request.transport.get_extra_info("peername")[1])
-        return web.Response(text="ok")
-
-    app.router.add_get("/", who)
-    base = await serve_app(app)
+    app, ports = counting_app()
+    base = await serve_app(text_app("ok", app))
     session: ClientSession = make_session(connector=TCPConnector(**kwargs))
     for _ in range(2):
         async with session.get(base + "/") as resp:
@@ -246,13 +227,7 @@ async def test_keepalive_timeout_as_aiohttp(make_session, serve_app, kwargs, reu
 
 
 async def test_figures_tell_unnamed_pools_apart(make_session, serve_app):
-    app = web.Application()
-
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app.router.add_get("/", ok)
-    base = await serve_app(app)
+    base = await serve_app(text_app())
     for connector in (TCPConnector(limit=7), TCPConnector(limit_per_host=3)):
         session: ClientSession = make_session(connector=connector)
         async with session.get(base + "/") as resp:
