@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
 from yarl import URL
 
 from shared.messages import Failure, Head, HistoryItem, Request
+from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE
 from shared.specs import ClientTimeout, PoolSpec
 
 from .body import BodyPipe
@@ -484,8 +484,6 @@ class _BodyPhase:
             self._unwatch = None
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
 
 
 def _checked(req: Request) -> URL:
@@ -500,10 +498,10 @@ def _checked(req: Request) -> URL:
         raise ConnectionFailure("non_http_url", req.url, url=req.url)
     if not url.raw_host:
         raise ConnectionFailure("invalid_url", "URL has no host", url=req.url)
-    if not _TOKEN.fullmatch(req.method):
+    if not TOKEN_RE.fullmatch(req.method):
         raise ConnectionFailure("protocol", f"invalid method {req.method!r}")
     for name, value in req.headers:
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+        if not TOKEN_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
     return url
 

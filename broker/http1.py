@@ -2,8 +2,10 @@
 
 The protocol is an ``asyncio.BufferedProtocol`` reading into one reused buffer (a fresh
 buffer per read costs the default loop three extra syscalls). One exchange at a time:
-``send_head``/``write`` put a request on the wire, ``read_head`` waits for the response
-head, then body chunks go to ``on_body`` (set by the caller) until ``wait_done``.
+``begin`` (and ``write`` for a streamed body) puts a request on the wire,
+``head_future`` resolves with the response head, body chunks go to the consumer given to
+``set_body_consumer`` (bytes that came early are kept for it), and ``done_future``, made
+only if someone asks, resolves at the end of the response.
 
 httptools cannot be told that a response has no body because it answers a HEAD request,
 so for HEAD the exchange is completed at the end of the head and the parser is replaced
@@ -341,13 +343,6 @@ class HTTP1Connection(asyncio.BufferedProtocol):
     @property
     def got_response_bytes(self) -> bool:
         return self._got_bytes
-
-    async def read_head(self) -> ResponseHead:
-        assert self._head_fut is not None
-        return await self._head_fut
-
-    async def wait_done(self) -> None:
-        await self.done_future
 
     @property
     def head_future(self) -> asyncio.Future[ResponseHead]:

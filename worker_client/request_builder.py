@@ -13,7 +13,6 @@ import importlib.metadata
 import io
 import json as _json
 import mimetypes
-import re
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -23,6 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from shared.errors import InvalidUrlClientError, NonHttpUrlClientError
+from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE
 
 from .helpers import BasicAuth
 
@@ -53,9 +53,6 @@ DEFAULT_HEADERS = {
 FILE_CHUNK_SIZE = 2**16
 
 _HTTP_SCHEMES = frozenset(("http", "https"))
-_TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-# aiohttp's set: every control character but HTAB.
-_FORBIDDEN_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class PreparedRequest(NamedTuple):
@@ -88,7 +85,7 @@ def prepare_request(
     session_auth: BasicAuth | None = None,
 ) -> PreparedRequest:
     """Build the request aiohttp would send for these arguments."""
-    if not _TOKEN_RE.fullmatch(method):
+    if not TOKEN_RE.fullmatch(method):
         raise ValueError(f"Method cannot contain non-token characters {method!r}")
     if data is not None and json is not None:
         raise ValueError("data and json parameters can not be used at the same time")
@@ -188,9 +185,9 @@ def _build_headers(headers: Any) -> CIMultiDict[str]:
             raise TypeError(f"header names must be str, got {name!r}")
         if not isinstance(value, str):
             raise TypeError(f"the value of header {name!r} must be str, got {type(value).__name__}")
-        if not _TOKEN_RE.fullmatch(name):
+        if not TOKEN_RE.fullmatch(name):
             raise ValueError(f"Invalid header name {name!r}: potential header injection")
-        if _FORBIDDEN_VALUE_RE.search(value):
+        if FORBIDDEN_VALUE_RE.search(value):
             raise ValueError(
                 f"Forbidden control character in the value of header {name!r}: "
                 "potential header injection"

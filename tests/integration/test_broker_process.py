@@ -430,6 +430,7 @@ async def test_a_broker_that_breaks_stream_order_is_a_protocol_error(tmp_path):
         ({"method": "GET / HTTP/1.1\r\nX: y"}, BrokerProtocolError, "invalid method"),
         ({"headers": [("X-Evil", "a\r\nHost: other")]}, BrokerProtocolError, "invalid header"),
         ({"headers": [("Bad Name", "v")]}, BrokerProtocolError, "invalid header"),
+        ({"headers": [("X-Ctl", "a\x01b")]}, BrokerProtocolError, "invalid header"),
         ({"url": "ftp://127.0.0.1/"}, NonHttpUrlClientError, "ftp://"),
         ({"url": "http:///nohost"}, InvalidUrlClientError, "no host"),
     ],
