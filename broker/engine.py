@@ -27,7 +27,7 @@ from .decoding import make_decoder
 from .hops import REDIRECTS, Hop, follow, redirect_location
 from .http1 import ConnectionFailure, HTTP1Connection, ResponseHead
 from .resolver import Resolvers
-from .stream import BrokerStream
+from .stream import BrokerStream, StreamStopped
 
 __all__ = ["Engine"]
 
@@ -207,15 +207,17 @@ class Engine:
         )
         await pool.wait_turn(key)
         for attempt in (0, 1):
-            conn = await pool.acquire(key, timeout)
+            conn = await pool.acquire(key, timeout, stream)
             try:
+                if stream.finished:  # given up while connecting
+                    raise StreamStopped()
                 conn.read_until_eof = req.read_until_eof
                 conn.begin(hop.method, head_bytes, body)
                 if streamed:
                     await self._send_stream(
                         conn, stream, _find_str(hop.headers, "content-length")
                     )
-                return await self._read(conn, conn.head_future, timeout), conn
+                return await self._read(conn, conn.head_future, timeout, stream), conn
             except ConnectionFailure as exc:
                 give_back(pool, conn)
                 retry = (
@@ -252,16 +254,25 @@ class Engine:
             conn.write(b"0\r\n\r\n")
 
     async def _read(
-        self, conn: HTTP1Connection, fut: asyncio.Future[Any], timeout: ClientTimeout
+        self,
+        conn: HTTP1Connection,
+        fut: asyncio.Future[Any],
+        timeout: ClientTimeout,
+        stream: BrokerStream,
     ) -> Any:
         """Await a future of the exchange, failing it after ``sock_read`` of silence."""
-        if not timeout.sock_read or fut.done():
-            return await fut
-        unwatch = watch_silence(self._loop, conn, fut, timeout.sock_read)
+        if fut.done():
+            return fut.result()
+        stream.waiting = fut
+        unwatch = (
+            watch_silence(self._loop, conn, fut, timeout.sock_read) if timeout.sock_read else None
+        )
         try:
             return await fut
         finally:
-            unwatch()
+            stream.waiting = None
+            if unwatch is not None:
+                unwatch()
 
     def _deliver(
         self,

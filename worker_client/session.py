@@ -365,15 +365,6 @@ class ClientSession:
         try:
             await transport.send(req, prepared.stream, handle, prepared.url)
             head = await handle.head
-        except asyncio.CancelledError:
-            handle.abandon()
-            self._handles.discard(handle)
-            if handle.interrupted and handle.head.done() and not handle.head.cancelled():
-                # The transport stopped the head phase running in this task (a total
-                # timeout, the session closing): that was not a cancel of the caller.
-                _uncancel()
-                raise handle.head.exception() from None  # type: ignore[misc]
-            raise
         except BaseException:
             handle.abandon()
             self._handles.discard(handle)
@@ -433,12 +424,6 @@ class ClientSession:
             loop=asyncio.get_running_loop(),
             request_url=request_url,
         )
-
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
-        task.uncancel()
 
 
 class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
