@@ -18,13 +18,15 @@ resume callback here, which ``on_ack`` calls once the worker has consumed half o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from shared.messages import STREAM_WINDOW, Failure, Head
 from shared.stream_state import FINAL, Event, State, step
 
 __all__ = ["BrokerStream", "StreamStopped"]
+
+T = TypeVar("T")
 
 
 class StreamStopped(Exception):
@@ -53,6 +55,42 @@ class BrokerStream:
     @property
     def finished(self) -> bool:
         return self.state in FINAL
+
+    async def stoppable(
+        self, aw: Awaitable[T], orphan: Callable[[T], None] | None = None
+    ) -> T:
+        """Await ``aw`` (a coroutine the engine cannot hand a future for: a connect, the
+        worker's own body iterator) in a task, so that giving the stream up ends the
+        wait at once: the task is cancelled, and a result it had already produced is
+        passed to ``orphan`` to be disposed of."""
+        if self.finished:
+            raise StreamStopped()
+        task = asyncio.ensure_future(aw)
+        waiter: asyncio.Future[T] = task.get_loop().create_future()
+
+        def done(t: asyncio.Future[T]) -> None:
+            if waiter.done():
+                if orphan is not None and not t.cancelled() and t.exception() is None:
+                    orphan(t.result())
+                elif not t.cancelled():
+                    t.exception()  # retrieved: nobody waits for it any more
+                return
+            if t.cancelled():
+                waiter.cancel()
+            elif (exc := t.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(t.result())
+
+        task.add_done_callback(done)
+        self.waiting = waiter
+        try:
+            return await waiter
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            self.waiting = None
 
     # -- called by the engine (each step checked against shared.stream_state) -------
 

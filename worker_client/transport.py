@@ -299,9 +299,17 @@ class _LocalStream(BrokerStream):
         self.handle.on_failure(failure)
 
     async def request_body(self) -> AsyncIterator[bytes]:
-        if self.body is not None:
-            async for chunk in self.body:
-                yield chunk
+        if self.body is None:
+            return
+        # Each step of the caller's iterator runs stoppable: a stream given up while the
+        # iterator waits on the caller's own business ends the upload at once.
+        it = aiter(self.body)
+        while True:
+            try:
+                chunk = await self.stoppable(anext(it))
+            except StopAsyncIteration:
+                return
+            yield chunk
 
 
 class EmbeddedTransport(Transport):

@@ -31,6 +31,10 @@ async def silent_server(raw_server):
     release.set()
 
 
+def _queued(stats, name: str) -> int:
+    return sum(p["queued"] for p in stats.pools if p["pool"] == name)
+
+
 def _cancelling() -> int:
     task = asyncio.current_task()
     assert task is not None
@@ -94,3 +98,53 @@ async def test_a_total_timeout_alone_is_a_timeout_with_the_task_not_cancelling(
     assert arrived.is_set() and _cancelling() == 0
     stats = await session.stats()
     assert stats.streams == 0
+
+
+async def test_a_close_while_the_callers_upload_iterator_waits_ends_at_once(
+    make_session, raw_server
+):
+    """The caller's body iterator waits on the caller's own event, which never comes:
+    closing the session still ends the request, with the session's error."""
+    got_head = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        got_head.set()
+        await reader.read()  # until the client goes away
+
+    base = await raw_server(handler)
+    session = make_session()
+    never = asyncio.Event()
+    first_sent = asyncio.Event()
+
+    async def body():
+        yield b"first"
+        first_sent.set()
+        await never.wait()
+        yield b"never"
+
+    task = asyncio.ensure_future(session.post(base + "/", data=body()))
+    await first_sent.wait()
+    await got_head.wait()
+    await session.close()
+    with pytest.raises(ClientConnectionError, match="Connection closed"):
+        await task
+    assert _cancelling() == 0
+
+
+async def test_a_close_while_queued_for_a_full_pool_ends_at_once(
+    make_session, silent_server
+):
+    from worker_client import TCPConnector
+
+    base, arrived = silent_server
+    session = make_session(connector=TCPConnector(limit=1, name="stop-queued"))
+    first = asyncio.ensure_future(session.get(base + "/"))
+    await arrived.wait()
+    second = asyncio.ensure_future(session.get(base + "/"))
+    while not _queued(await session.stats(), "stop-queued"):
+        await asyncio.sleep(0)  # one loop pass (not a wait for time) for the task to run
+    await session.close()
+    for task in (first, second):
+        with pytest.raises(ClientConnectionError, match="Connection closed"):
+            await task
