@@ -17,8 +17,9 @@ from typing import Any
 
 from yarl import URL
 
+from shared.errors import ErrorCode
 from shared.messages import Failure, Head, HistoryItem, Request
-from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE
+from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 from shared.specs import ClientTimeout, PoolSpec
 
 from .body import BodyPipe
@@ -358,7 +359,7 @@ def _failure(req: Request, exc: BaseException, history: list[HistoryItem]) -> Fa
         return Failure(req.stream, exc.code, exc.message, history=history, **exc.fields)
     # A bug here must not take the broker down: report it, keep serving.
     log.error("request %s failed inside the broker", req.stream, exc_info=exc)
-    return Failure(req.stream, "internal", f"{type(exc).__name__}: {exc}")
+    return Failure(req.stream, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 def watch_silence(
@@ -498,10 +499,15 @@ def _checked(req: Request) -> URL:
         raise ConnectionFailure("non_http_url", req.url, url=req.url)
     if not url.raw_host:
         raise ConnectionFailure("invalid_url", "URL has no host", url=req.url)
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConnectionFailure("invalid_url", problem, url=req.url)
     if not TOKEN_RE.fullmatch(req.method):
         raise ConnectionFailure("protocol", f"invalid method {req.method!r}")
     for name, value in req.headers:
         if not TOKEN_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
+            raise ConnectionFailure("protocol", f"invalid header {name!r}")
+        if name.lower() == "host" and host_header_problem(value) is not None:
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
     return url
 
