@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp.http_writer import _py_serialize_headers as aiohttp_serialize_head
 from multidict import CIMultiDict
@@ -139,3 +141,29 @@ def test_host_and_port_go_together(host: str | None, port: int | None, ok: bool)
     else:
         with pytest.raises(ValueError, match="either both host and port or none"):
             check_host_port(host, port)
+
+
+@pytest.mark.parametrize(("host", "port"), [("h", None), (None, 80)])
+async def test_every_clear_dns_cache_applies_the_pairing_rule_as_aiohttp(
+    host: str | None, port: int | None
+) -> None:
+    import aiohttp
+
+    from broker.resolver import CachedResolver
+    from shared.specs import ResolverSpec
+    from worker_client import TCPConnector
+
+    theirs = aiohttp.TCPConnector()
+    try:
+        with pytest.raises(ValueError) as expected:
+            theirs.clear_dns_cache(host, port)
+    finally:
+        await theirs.close()
+    resolver = CachedResolver(ResolverSpec(), asyncio.get_running_loop())
+    try:
+        for clear in (TCPConnector().clear_dns_cache, resolver.clear):
+            with pytest.raises(ValueError) as got:
+                clear(host, port)
+            assert str(got.value) == str(expected.value)
+    finally:
+        await resolver.close()
