@@ -12,11 +12,13 @@ import asyncio
 import socket
 
 import pytest
+from yarl import URL
 
 from broker.blocking import BlockingPeer, PeerError
 from broker.stats import fetch_stats
 from shared.errors import ErrorCode
 from shared.messages import Data, End, Failure, Head, Request, Stats, StatsRequest, Welcome
+from worker_client import InvalidUrlClientError
 
 # Request fields -> the code the broker must fail it with; "{base}" is the upstream.
 HOSTILE: list[tuple[dict[str, object], ErrorCode]] = [
@@ -88,6 +90,27 @@ async def test_the_upstream_never_sees_a_hostile_request_line(broker_process, ra
     assert isinstance(replies[1], Data) and replies[1].data == b"ok"
     assert len(upstream.heads) == 1
     assert upstream.heads[0].startswith(b"GET /ok HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "{base}/a\x00b",
+        "{base}/a?b= HTTP/1.0 HTTP/1.1",
+        "http://127.0.0.1 x:{port}/",
+    ],
+)
+async def test_a_session_refuses_such_urls_before_sending(make_session, raw_server, url):
+    upstream = Upstream()
+    base = await raw_server(upstream.handle)
+    port = int(base.rsplit(":", 1)[1])
+    session = make_session()
+    with pytest.raises(InvalidUrlClientError) as info:
+        await session.get(URL(url.format(base=base, port=port), encoded=True))
+    assert isinstance(info.value, ValueError)  # what aiohttp raises for a control byte
+    async with session.get(base + "/ok") as resp:
+        assert await resp.read() == b"ok"
+    assert len(upstream.heads) == 1
 
 
 # -- the blocking peer ---------------------------------------------------------------------
