@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from shared.errors import ErrorCode
 from shared.messages import Failure, HistoryItem, Request
 
 from .decoding import DecodeError, Decoder
@@ -59,7 +60,7 @@ def failure_message(req: Request, exc: BaseException, history: list[HistoryItem]
         return Failure(req.stream, exc.code, exc.message, history=history, **exc.fields)
     # A bug here must not take the broker down: report it, keep serving.
     log.error("request %s failed inside the broker", req.stream, exc_info=exc)
-    return Failure(req.stream, "internal", f"{type(exc).__name__}: {exc}")
+    return Failure(req.stream, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 def give_back(pool: Pool, conn: HTTP1Connection) -> None:

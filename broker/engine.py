@@ -18,7 +18,7 @@ from typing import Any
 from yarl import URL
 
 from shared.messages import Head, HistoryItem, Request
-from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE
+from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 from shared.specs import ClientTimeout, PoolSpec
 
 from .body import ResponseBody, failure_message, give_back, watch_silence
@@ -324,10 +324,15 @@ def _checked(req: Request) -> URL:
         raise ConnectionFailure("non_http_url", req.url, url=req.url)
     if not url.raw_host:
         raise ConnectionFailure("invalid_url", "URL has no host", url=req.url)
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConnectionFailure("invalid_url", problem, url=req.url)
     if not TOKEN_RE.fullmatch(req.method):
         raise ConnectionFailure("protocol", f"invalid method {req.method!r}")
     for name, value in req.headers:
         if not TOKEN_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
+            raise ConnectionFailure("protocol", f"invalid header {name!r}")
+        if name.lower() == "host" and host_header_problem(value) is not None:
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
     return url
 

@@ -20,12 +20,12 @@ from typing import Any, TypedDict
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from shared.errors import ClientConnectionError, RequestInfo, exception_from_failure
 from shared.messages import Failure, Head, Request
 from shared.specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout
 
 from .connector import BaseConnector
-from .helpers import BasicAuth
+from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
+from .helpers import BasicAuth, check_base_url
 from .request_builder import prepare_request
 from .response import ClientResponse
 from .transport import StreamHandle, Transport, broker_address, get_transport, release_transport
@@ -111,13 +111,7 @@ class ClientSession:
         max_redirects: int = 10,
         broker: str | None = None,
     ) -> None:
-        if base_url is not None:
-            base = URL(base_url)
-            if not (base.absolute and base.path.endswith("/")):
-                raise ValueError("base_url must be an absolute URL ending with a '/'")
-            self._base_url: URL | None = base
-        else:
-            self._base_url = None
+        self._base_url = check_base_url(base_url)
         if timeout is _SENTINEL or timeout is None:
             timeout = DEFAULT_TIMEOUT
         elif not isinstance(timeout, ClientTimeout):

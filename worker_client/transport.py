@@ -23,8 +23,8 @@ import msgspec
 from yarl import URL
 
 from broker.engine import Engine
+from broker.stats import build_stats
 from broker.stream import BrokerStream
-from shared.errors import BrokerConnectionError, BrokerProtocolError
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
@@ -47,6 +47,7 @@ from shared.messages import (
 from shared.specs import PoolSpec
 from shared.stream_state import Event, State, StreamStateError, step
 
+from .exceptions import BrokerConnectionError, BrokerProtocolError
 from .response import StreamReader
 
 __all__ = ["StreamHandle", "Transport", "get_transport", "broker_address"]
@@ -359,11 +360,7 @@ class EmbeddedTransport(Transport):
         self.engine.clear_dns(pool, host, port)
 
     async def stats(self) -> Stats:
-        return Stats(
-            pid=os.getpid(), workers=1, streams=len(self.streams),
-            requests=self.engine.requests, pools=self.engine.figures(),
-            dns=self.engine.dns_figures(),
-        )
+        return build_stats(self.engine, workers=1, streams=len(self.streams))
 
     async def aclose(self) -> None:
         self.closed = True
