@@ -216,6 +216,7 @@ class Pool:
 
     def _apply(self, decision: Decision[HTTP1Connection]) -> None:
         for conn in decision.close:
+            conn.on_idle_lost = None  # the pool is done with it
             conn.close()
         for waiter, key, got in decision.grants:
             assert isinstance(waiter, asyncio.Future)
@@ -458,6 +459,7 @@ class Pool:
             self._abandon(task)
         conns = self.state.close_all_idle() + list(self._active)
         for conn in conns:
+            conn.on_idle_lost = None  # a connection must not keep a closed pool alive
             conn.abort()
         for waiter in self.state.drain_waiters():
             assert isinstance(waiter, asyncio.Future)
