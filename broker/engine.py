@@ -26,7 +26,7 @@ from .connector import Pool
 from .decoding import make_decoder
 from .hops import REDIRECTS, Hop, follow, redirect_location
 from .http1 import ConnectionFailure, HTTP1Connection, ResponseHead
-from .resolver import Resolvers
+from .registry import Registry
 from .stream import BrokerStream, StreamStopped
 
 __all__ = ["Engine"]
@@ -85,44 +85,34 @@ def _find(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 class Engine:
-    """Pools by spec, a resolver, and the request loop."""
+    """The request loop, on the pools and resolvers of a ``Registry``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self.resolvers = Resolvers(self._loop)
-        self.pools: dict[PoolSpec, Pool] = {}
+        self.registry = registry or Registry(self._loop)
         self.requests = 0
         self.closed = False
 
     def pool(self, spec: PoolSpec) -> Pool:
-        pool = self.pools.get(spec)
-        if pool is None:
-            resolver = self.resolvers.get(
-                spec.resolver, spec.ttl_dns_cache, spec.dns_cache_max_size, spec.use_dns_cache
-            )
-            pool = self.pools[spec] = Pool(spec, self._loop, resolver)
-        return pool
+        return self.registry.pool(spec)
 
     def clear_dns(self, spec: PoolSpec, host: str | None, port: int | None) -> None:
         """``TCPConnector.clear_dns_cache`` for the resolver that ``spec`` uses."""
-        if (host is None) != (port is None):
-            return  # the worker checked this; a bad message must not raise here
-        self.resolvers.get(
-            spec.resolver, spec.ttl_dns_cache, spec.dns_cache_max_size, spec.use_dns_cache
-        ).clear(host, port)
+        self.registry.clear_dns(spec, host, port)
 
     async def close(self) -> None:
         self.closed = True
-        pools = list(self.pools.values())
-        self.pools.clear()
-        await asyncio.gather(*(p.close() for p in pools))
-        await self.resolvers.close()
+        await self.registry.close()
 
     def figures(self) -> list[dict[str, Any]]:
-        return [p.figures() for p in self.pools.values()]
+        return self.registry.figures()
 
     def dns_figures(self) -> list[dict[str, Any]]:
-        return self.resolvers.figures()
+        return self.registry.dns_figures()
 
     # -- one request ---------------------------------------------------------------
 
@@ -205,7 +195,13 @@ class Engine:
             streamed,
             req.skip_host,
         )
-        await pool.wait_turn(key)
+        turn = pool.wait_turn(key)
+        if turn is not None:
+            stream.waiting = turn
+            try:
+                await turn
+            finally:
+                stream.waiting = None
         for attempt in (0, 1):
             conn = await pool.acquire(key, timeout, stream)
             try:
