@@ -24,7 +24,8 @@ from shared.specs import ClientTimeout, PoolSpec
 from .body import BodyPipe
 from .connector import Pool
 from .decoding import make_decoder
-from .http1 import ConnectionFailure, HTTP1Connection, ResponseHead
+from .exchange import ConnectionFailure, ResponseHead, build_head, declared_length
+from .http1 import HTTP1Connection
 from .resolver import Resolvers
 from .stream import BrokerStream
 
@@ -34,48 +35,7 @@ log = logging.getLogger("broker.engine")
 
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
-BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
-_HOP_HEADERS = frozenset(("host", "content-length", "transfer-encoding"))
 _CROSS_ORIGIN_DROP = ("Authorization", "Cookie", "Proxy-Authorization")
-
-
-def build_head(
-    method: str,
-    url: URL,
-    headers: list[tuple[str, str]],
-    body_length: int | None,
-    chunked: bool,
-    skip_host: bool,
-) -> bytes:
-    """The request line and headers of one hop, per-hop headers added."""
-    target = url.raw_path_qs or "/"
-    parts = [f"{method} {target} HTTP/1.1\r\n"]
-    has_host = skip_host
-    user_length: str | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname in _HOP_HEADERS:
-            if lname == "host":
-                has_host = True
-            elif lname == "content-length":
-                user_length = value
-                continue
-            else:
-                continue
-        parts.append(f"{name}: {value}\r\n")
-    if not has_host:
-        parts.insert(1, f"Host: {url.host_port_subcomponent}\r\n")
-    if body_length is not None:
-        parts.append(f"Content-Length: {body_length}\r\n")
-    elif chunked:
-        if user_length is not None:
-            parts.append(f"Content-Length: {user_length}\r\n")
-        else:
-            parts.append("Transfer-Encoding: chunked\r\n")
-    elif method in BODY_METHODS:
-        parts.append("Content-Length: 0\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode("utf-8", "surrogateescape")
 
 
 def _find(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -246,6 +206,7 @@ class Engine:
             raise ConnectionFailure("invalid_url", "URL has no host", url=str(url))
         key = (url.scheme, url.raw_host, url.port or (443 if url.scheme == "https" else 80))
         timeout = req.timeout
+        length = declared_length(headers) if streamed else None
         head_bytes = build_head(
             method,
             url,
@@ -258,10 +219,10 @@ class Engine:
         for attempt in (0, 1):
             conn = await pool.acquire(key, timeout)
             try:
-                conn.read_until_eof = req.read_until_eof
-                conn.begin(method, head_bytes, body)
+                conn.exchange.read_until_eof = req.read_until_eof
+                conn.begin(method, head_bytes, body, streamed, length)
                 if streamed:
-                    await self._send_stream(conn, stream, _find_str(headers, "content-length"))
+                    await self._send_stream(conn, stream)
                 return await self._read(conn, conn.head_future, timeout), conn
             except ConnectionFailure as exc:
                 self._finish_exchange(pool, conn)
@@ -282,21 +243,12 @@ class Engine:
                 raise
         raise AssertionError("unreachable")
 
-    async def _send_stream(
-        self, conn: HTTP1Connection, stream: BrokerStream, content_length: str | None
-    ) -> None:
-        chunked = content_length is None
+    async def _send_stream(self, conn: HTTP1Connection, stream: BrokerStream) -> None:
         async for chunk in stream.request_body():
-            if not chunk:
-                continue
-            if chunked:
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                conn.write(chunk)
-            await conn.drain()
-            stream.body_written(len(chunk))
-        if chunked:
-            conn.write(b"0\r\n\r\n")
+            if chunk:
+                await conn.send_body(chunk)
+                stream.body_written(len(chunk))
+        conn.end_body()
 
     async def _read(
         self, conn: HTTP1Connection, fut: asyncio.Future[Any], timeout: ClientTimeout
