@@ -64,6 +64,15 @@ __all__ = [
     "MAX_HEAD_BYTES",
     "RecvState",
     "ResponseHead",
+    "R_AWAITING_HEAD",
+    "R_BODY",
+    "R_DONE",
+    "R_FAILED",
+    "R_IDLE",
+    "S_FAILED",
+    "S_IDLE",
+    "S_SENDING",
+    "S_SENT",
     "SendState",
     "build_head",
     "declared_length",
@@ -133,6 +142,11 @@ class RecvState(enum.Enum):
     BODY = "body"
     DONE = "done"
     FAILED = "failed"
+
+
+# Enum members are slow to look up (a descriptor each time); the hot path uses these.
+S_IDLE, S_SENDING, S_SENT, S_FAILED = SendState
+R_IDLE, R_AWAITING_HEAD, R_BODY, R_DONE, R_FAILED = RecvState
 
 
 class _HeadTooLarge(Exception):
@@ -207,8 +221,8 @@ class Exchange:
     )
 
     def __init__(self) -> None:
-        self.send = SendState.IDLE
-        self.recv = RecvState.IDLE
+        self.send = S_IDLE
+        self.recv = R_IDLE
         self.head: ResponseHead | None = None
         self.error: ConnectionFailure | None = None
         self.got_bytes = False
@@ -241,12 +255,12 @@ class Exchange:
         """Begin an exchange; returns what to write (one buffer, or two to write as
         lines). ``streamed``: the body follows by ``send_body``, held to ``length``
         bytes, chunked if ``length`` is None."""
-        if self.send is not SendState.IDLE or self.recv is not RecvState.IDLE:
+        if self.send is not S_IDLE or self.recv is not R_IDLE:
             raise RuntimeError(f"cannot start a request on {self!r}")
         if self._replace_parser:
             self._parser = httptools.HttpResponseParser(self)
             self._replace_parser = False
-        self.recv = RecvState.AWAITING_HEAD
+        self.recv = R_AWAITING_HEAD
         self.head = None
         self.error = None
         self.got_bytes = False
@@ -256,11 +270,11 @@ class Exchange:
         self._head_bytes = 0
         self._refused = None
         if streamed:
-            self.send = SendState.SENDING
+            self.send = S_SENDING
             self._remaining = length
             self._declared = length or 0
         else:
-            self.send = SendState.SENT
+            self.send = S_SENT
         if not body:
             return head
         if len(body) < 16384:
@@ -270,7 +284,7 @@ class Exchange:
     def send_body(self, data: bytes) -> Sequence[bytes]:
         """The bytes to write for a piece of a streamed body (not empty). Raises
         ConnectionFailure, having failed the exchange, past the declared length."""
-        if self.send is not SendState.SENDING:
+        if self.send is not S_SENDING:
             raise self.error or RuntimeError(f"no request body is being sent on {self!r}")
         remaining = self._remaining
         if remaining is None:
@@ -288,7 +302,7 @@ class Exchange:
     def end_body(self) -> bytes:
         """The bytes that end a streamed body. Raises ConnectionFailure, having failed
         the exchange, if the body is shorter than its declared length."""
-        if self.send is not SendState.SENDING:
+        if self.send is not S_SENDING:
             raise self.error or RuntimeError(f"no request body is being sent on {self!r}")
         remaining = self._remaining
         if remaining:
@@ -298,7 +312,7 @@ class Exchange:
                     f"{self._declared - remaining} of {self._declared} bytes"
                 )
             )
-        self.send = SendState.SENT
+        self.send = S_SENT
         return b"0\r\n\r\n" if remaining is None else b""
 
     # -- the response ---------------------------------------------------------------
@@ -306,15 +320,15 @@ class Exchange:
     def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed bytes read from the connection; returns the events they complete."""
         recv = self.recv
-        if recv is not RecvState.BODY and recv is not RecvState.AWAITING_HEAD:
-            if recv is RecvState.FAILED:
+        if recv is not R_BODY and recv is not R_AWAITING_HEAD:
+            if recv is R_FAILED:
                 return []
             self.spoiled = True
-            if recv is RecvState.IDLE:  # bytes on an idle connection: a confused server
+            if recv is R_IDLE:  # bytes on an idle connection: a confused server
                 return [ConnectionFailure("bad_response", "bytes on an idle connection")]
             return []
         self.got_bytes = True
-        if recv is RecvState.AWAITING_HEAD:
+        if recv is R_AWAITING_HEAD:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 return [
@@ -331,10 +345,13 @@ class Exchange:
         except httptools.HttpParserUpgrade:
             # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here.
             self.spoiled = True
-            if self.recv is RecvState.BODY:
-                self.recv = RecvState.DONE
+            if self.recv is R_BODY:
+                self.recv = R_DONE
                 events.append(END)
         except httptools.HttpParserError as exc:
+            if self.recv is R_DONE:  # garbage after a whole response
+                self.spoiled = True
+                return events
             # A limit of ours raised inside a callback reaches us as a bare "callback
             # error": say which limit it was.
             detail = self._refused or exc
@@ -346,21 +363,21 @@ class Exchange:
     def connection_lost(self, exc: BaseException | None) -> Event | None:
         """The connection closed; the event it makes, if any."""
         event = self._lost_event(exc)
-        if self.send is SendState.SENDING:  # the request body can never end now
+        if self.send is S_SENDING:  # the request body can never end now
             self.fail(ConnectionFailure("disconnected", "Server disconnected"))
         return event
 
     def _lost_event(self, exc: BaseException | None) -> Event | None:
         recv = self.recv
-        if recv is RecvState.AWAITING_HEAD:
+        if recv is R_AWAITING_HEAD:
             if isinstance(exc, OSError):  # e.g. a reset: aiohttp's ClientOSError
                 msg = exc.strerror or str(exc)
                 return self.fail(ConnectionFailure("os", msg, errno=exc.errno or 0))
             return self.fail(ConnectionFailure("disconnected", "Server disconnected"))
-        if recv is RecvState.BODY:
+        if recv is R_BODY:
             assert self.head is not None
             if self.head.eof_body:
-                self.recv = RecvState.DONE
+                self.recv = R_DONE
                 self.spoiled = True  # the connection is gone anyway
                 return END
             return self.fail(
@@ -377,10 +394,10 @@ class Exchange:
         stays DONE if it was: its reader learns of the failure elsewhere."""
         if self.error is None:
             self.error = failure
-        if self.send is SendState.SENDING:
-            self.send = SendState.FAILED
-        if self.recv is not RecvState.DONE:
-            self.recv = RecvState.FAILED
+        if self.send is S_SENDING:
+            self.send = S_FAILED
+        if self.recv is not R_DONE:
+            self.recv = R_FAILED
         self.spoiled = True
         return failure
 
@@ -389,14 +406,14 @@ class Exchange:
     @property
     def over(self) -> bool:
         """The response is complete, or the exchange failed."""
-        return self.recv is RecvState.DONE or self.recv is RecvState.FAILED
+        return self.recv is R_DONE or self.recv is R_FAILED
 
     @property
     def reusable(self) -> bool:
         """A complete request, a complete keep-alive response, nothing else seen."""
         return (
-            self.send is SendState.SENT
-            and self.recv is RecvState.DONE
+            self.send is S_SENT
+            and self.recv is R_DONE
             and not self.spoiled
             and self.head is not None
             and self.head.keep_alive
@@ -405,11 +422,18 @@ class Exchange:
     def end(self) -> bool:
         """The caller is done with this exchange: True (and IDLE again) if the
         connection may carry another request; False: close it."""
-        if not self.reusable:
+        head = self.head
+        if (
+            self.send is not S_SENT
+            or self.recv is not R_DONE
+            or self.spoiled
+            or head is None
+            or not head.keep_alive
+        ):  # ``reusable``, inline: this runs once per request
             self.spoiled = True
             return False
-        self.send = SendState.IDLE
-        self.recv = RecvState.IDLE
+        self.send = S_IDLE
+        self.recv = R_IDLE
         self.head = None
         self._headers = []
         return True
@@ -417,7 +441,7 @@ class Exchange:
     # -- httptools callbacks ---------------------------------------------------------
 
     def on_status(self, status: bytes) -> None:
-        self._reason = status.decode("latin-1")
+        self._reason += status.decode("latin-1")  # in pieces if the line came so
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) > MAX_FIELD_SIZE or len(value) > MAX_FIELD_SIZE:
@@ -429,13 +453,14 @@ class Exchange:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.recv is not RecvState.AWAITING_HEAD:
+        if self.recv is not R_AWAITING_HEAD:
             self.spoiled = True  # a second response to one request
             return
         p = self._parser
         status = p.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._headers = []  # informational; the real head follows
+            self._reason = ""
             return
         headers = self._headers
         eof_body = True
@@ -467,18 +492,18 @@ class Exchange:
         self._events.append(head)
         if self._head_only:
             self._replace_parser = True
-            self.recv = RecvState.DONE
+            self.recv = R_DONE
             self._events.append(END)
         else:
-            self.recv = RecvState.BODY
+            self.recv = R_BODY
 
     def on_body(self, body: bytes) -> None:
-        if self.recv is RecvState.BODY:
+        if self.recv is R_BODY:
             self._events.append(body)
         else:
             self.spoiled = True  # after a HEAD response, or an informational head
 
     def on_message_complete(self) -> None:
-        if self.recv is RecvState.BODY:
-            self.recv = RecvState.DONE
+        if self.recv is R_BODY:
+            self.recv = R_DONE
             self._events.append(END)

@@ -23,11 +23,13 @@ from typing import Any
 
 from .exchange import (
     END,
+    R_DONE,
+    R_FAILED,
+    R_IDLE,
+    S_IDLE,
     ConnectionFailure,
     Exchange,
-    RecvState,
     ResponseHead,
-    SendState,
 )
 
 __all__ = ["HTTP1Connection", "ResponseHead", "ConnectionFailure", "EARLY_LIMIT"]
@@ -72,7 +74,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         if self.closed:
             state = "closed"
         else:
-            state = "idle" if self.exchange.recv is RecvState.IDLE else "active"
+            state = "idle" if self.exchange.recv is R_IDLE else "active"
         return f"<HTTP1Connection {self.key} {state}>"
 
     # -- asyncio callbacks ---------------------------------------------------------
@@ -91,8 +93,11 @@ class HTTP1Connection(asyncio.BufferedProtocol):
                 on_body = self._on_body
                 if on_body is not None:
                     on_body(event)  # type: ignore[arg-type]
-                else:
-                    self._keep_early(event)  # type: ignore[arg-type]
+                else:  # kept for the consumer to come, up to EARLY_LIMIT
+                    self._early.append(event)  # type: ignore[arg-type]
+                    self._early_size += len(event)  # type: ignore[arg-type]
+                    if self._early_size > EARLY_LIMIT:
+                        self.pause_reading()
             elif kind is ResponseHead:
                 fut = self._head_fut
                 if fut is not None and not fut.done():
@@ -103,12 +108,6 @@ class HTTP1Connection(asyncio.BufferedProtocol):
                 self._fail(event)  # type: ignore[arg-type]
                 self.close()
 
-    def _keep_early(self, data: bytes) -> None:
-        self._early.append(data)
-        self._early_size += len(data)
-        if self._early_size > EARLY_LIMIT:
-            self.pause_reading()
-
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost decides what it means
 
@@ -117,7 +116,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         if not self._lost.done():
             self._lost.set_result(None)
         ex = self.exchange
-        if ex.recv is RecvState.IDLE and ex.send is SendState.IDLE:
+        if ex.recv is R_IDLE and ex.send is S_IDLE:
             if self.on_idle_lost is not None:
                 self.on_idle_lost(self)
             return
@@ -152,13 +151,14 @@ class HTTP1Connection(asyncio.BufferedProtocol):
     @property
     def exchange_over(self) -> bool:
         """The response is complete, or the exchange failed."""
-        return self.exchange.over
+        recv = self.exchange.recv
+        return recv is R_DONE or recv is R_FAILED
 
     @property
     def exchange_error(self) -> ConnectionFailure | None:
         """Why the exchange failed, if it did before completing."""
         ex = self.exchange
-        return None if ex.recv is RecvState.DONE else ex.error
+        return None if ex.recv is R_DONE else ex.error
 
     def fail_exchange(self, failure: ConnectionFailure) -> None:
         self._fail(self.exchange.fail(failure))
@@ -267,7 +267,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         if fut is None:
             fut = self._done_fut = self._loop.create_future()
             ex = self.exchange
-            if ex.recv is RecvState.DONE:
+            if ex.recv is R_DONE:
                 fut.set_result(None)
             elif ex.error is not None:
                 fut.set_exception(ex.error)
@@ -289,7 +289,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         # After the end of the response there is nothing left to hold back (body bytes
         # that came before the consumer was set are replayed after the end), and a
         # pause now would go back to the pool with the connection.
-        if self.exchange.recv is RecvState.DONE:
+        if self.exchange.recv is R_DONE:
             return
         if not self._read_paused and self.transport is not None and not self.closed:
             self._read_paused = True
