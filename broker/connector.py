@@ -11,7 +11,8 @@ from typing import Any
 
 from shared.specs import ClientTimeout, PoolSpec
 
-from .http1 import ConnectionFailure, HTTP1Connection
+from .exchange import ConnectionFailure
+from .http1 import HTTP1Connection
 from .pool_state import NEW, Decision, PoolState, _New
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver, ResolvedAddress

@@ -32,7 +32,7 @@ from typing import Any
 from shared.specs import PoolSpec, ResolverSpec
 
 from .connector import Pool
-from .http1 import ConnectionFailure
+from .exchange import ConnectionFailure
 from .resolver import CachedResolver
 
 __all__ = ["MAX_POOLS", "MAX_RESOLVERS", "POOL_IDLE_TTL", "Registry"]
@@ -91,6 +91,10 @@ class Registry:
             f"<Registry {len(self._pools)}/{self.max_pools} pools, "
             f"{len(self._resolvers)}/{self.max_resolvers} resolvers, {self.evicted} evicted>"
         )
+
+    @property
+    def pools(self) -> list[Pool]:
+        return list(self._pools.values())
 
     @property
     def resolvers(self) -> list[CachedResolver]:

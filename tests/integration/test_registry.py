@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from broker.connector import Pool
-from broker.http1 import ConnectionFailure
+from broker.exchange import ConnectionFailure
 from broker.registry import MAX_POOLS, MAX_RESOLVERS, POOL_IDLE_TTL, Registry
 from shared.specs import ClientTimeout, PoolSpec
 from worker_client import AsyncResolver, TCPConnector
