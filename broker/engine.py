@@ -195,7 +195,7 @@ class Engine:
     async def _send_stream(self, conn: HTTP1Connection, stream: BrokerStream) -> None:
         async for chunk in stream.request_body():
             if chunk:
-                await conn.send_body(chunk)
+                await conn.send_body(chunk, stream)
                 stream.body_written(len(chunk))
         conn.end_body()
 

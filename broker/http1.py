@@ -31,6 +31,7 @@ from .exchange import (
     Exchange,
     ResponseHead,
 )
+from .stream import BrokerStream
 
 __all__ = ["HTTP1Connection", "ResponseHead", "ConnectionFailure", "EARLY_LIMIT"]
 
@@ -193,10 +194,10 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         else:
             self.transport.writelines(out)
 
-    async def send_body(self, data: bytes) -> None:
-        """Write a piece of the streamed body, then wait while the socket is full.
-        Raises ConnectionFailure (the connection then closes) past the declared length,
-        or if the connection is gone."""
+    async def send_body(self, data: bytes, stream: BrokerStream | None = None) -> None:
+        """Write a piece of the streamed body, then wait while the socket is full (a
+        wait that ``stream`` being given up ends). Raises ConnectionFailure (the
+        connection then closes) past the declared length, or if the connection is gone."""
         if self.closed or self.transport is None:
             raise self.exchange.error or _disconnected()
         try:
@@ -207,7 +208,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             raise
         self.transport.writelines(out)
         if self._write_paused:
-            await self.drain()
+            await self.drain(stream)
 
     def end_body(self) -> None:
         """End the streamed body; raises ConnectionFailure (the connection then closes)
@@ -237,15 +238,19 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             for chunk in early:
                 consumer(chunk)
 
-    async def drain(self) -> None:
+    async def drain(self, stream: BrokerStream | None = None) -> None:
         if self.closed:
             raise _disconnected()
         if self._write_paused:
             fut = self._drain_fut = self._loop.create_future()
+            if stream is not None:
+                stream.waiting = fut
             try:
                 await fut
             finally:
                 self._drain_fut = None
+                if stream is not None:
+                    stream.waiting = None
 
     @property
     def got_response_bytes(self) -> bool:

@@ -2,9 +2,36 @@
 
 A worker connection reads frames, checks the handshake, and runs one engine task per
 stream. Anything wrong with what a worker sends (a bad frame, a wrong protocol version,
-a stream id reused) closes that worker's connection with an ``ErrorFrame`` and nothing
-else; when a worker goes away its streams are cancelled, which closes their upstream
-connections and frees their pool slots.
+a stream id reused, a frame whose handling raised) closes that worker's connection with
+an ``ErrorFrame`` and nothing else; a stream that breaks its own rules (Data beyond its
+credit, Data on a stream that sends no body) fails alone, with a ``Failure``. When a
+worker goes away its streams are cancelled, which closes their upstream connections and
+frees their pool slots.
+
+What one worker connection may hold (``Limits`` and the constants below):
+
+- Handshake: ``Hello`` within ``handshake_timeout`` (5 s) of connecting, in a frame of
+  at most ``HELLO_MAX_FRAME`` bytes; a worker sends nothing else before ``Welcome``.
+  The read buffer is the server's, one for all connections, so a connection that has
+  not spoken costs its socket and a few hundred bytes.
+- Frames: one unfinished frame, at most ``MAX_FRAME`` (4 MiB).
+- Streams: at most ``max_streams`` (1024) open at once; the next request gets a Failure.
+- Pool specs: at most ``max_pool_specs`` (256) distinct ``PoolSpec`` over the
+  connection's life (requests and ClearDNS); over it a request gets a Failure, a
+  ClearDNS an ErrorFrame.
+- Request bodies: the broker gives a streamed request ``STREAM_WINDOW`` (1 MiB) of
+  credit and an ``Ack`` per piece written upstream; Data beyond the credit fails the
+  stream. So at most ``STREAM_WINDOW`` per stream waits in the broker.
+- Response bodies: at most ``STREAM_WINDOW`` unacknowledged per stream, plus one piece
+  (one upstream read, 64 KiB, or one decoded piece, ``body.MAX_DATA`` = 256 KiB); an
+  Ack for more than is unacknowledged is a protocol error.
+- The worker's socket: the transport pauses writing over ``WRITE_HIGH`` (1 MiB)
+  buffered. While paused, every stream of the worker holds back (``window_full``) and
+  the connection handles none of the worker's frames and stops reading its socket. A
+  worker that reads nothing thus holds at most ``WRITE_HIGH`` + one piece per stream +
+  one reply; never more than ``max_streams`` x (``STREAM_WINDOW`` + 256 KiB).
+- Dead workers: EOF on the socket; else a pidfd per peer pid (Linux 5.3+); else its pid
+  is polled every ``REAP_INTERVAL`` in a thread.
 """
 
 from __future__ import annotations
@@ -16,6 +43,7 @@ import socket
 import stat
 import struct
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -24,6 +52,7 @@ from shared.errors import ErrorCode
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
+    STREAM_WINDOW,
     Ack,
     Cancel,
     ClearDNS,
@@ -39,17 +68,21 @@ from shared.messages import (
     StatsRequest,
     Welcome,
 )
+from shared.specs import PoolSpec
 from shared.stream_state import State
 
 from .engine import Engine
 from .stats import build_stats
 from .stream import BrokerStream
 
-__all__ = ["BrokerServer", "WorkerConnection", "IPCStream"]
+__all__ = ["BrokerServer", "WorkerConnection", "IPCStream", "Limits"]
 
 log = logging.getLogger("broker.server")
 
 _BUFSIZE = 1 << 18
+HELLO_MAX_FRAME = 1024
+WRITE_HIGH = 1 << 20
+REAP_INTERVAL = 0.5
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
@@ -67,16 +100,26 @@ class IPCStream(BrokerStream):
     The head is held back until the engine flushes or the stream ends, so that a
     response that arrived whole (the common case) goes out as one write of its Head,
     Data and End frames instead of three.
+
+    A streamed request body arrives as Data frames within the credit this stream gave
+    (``STREAM_WINDOW``, then an ``Ack`` per piece written upstream); what has arrived
+    and the engine has not taken yet is kept in one buffer, at most the credit.
     """
 
-    __slots__ = ("conn", "task", "_body_q", "_held")
+    __slots__ = ("conn", "task", "_held", "_credit", "_body", "_body_end", "_body_waiter")
 
-    def __init__(self, stream_id: int, conn: WorkerConnection) -> None:
+    def __init__(self, stream_id: int, conn: WorkerConnection, streamed: bool) -> None:
         super().__init__(stream_id)
         self.conn = conn
         self.task: asyncio.Task[None] | None = None
-        self._body_q: asyncio.Queue[bytes | None] | None = None
         self._held: list[bytes] | None = None
+        # None while no Data or End may come: not streamed, or after End until a Rewind.
+        self._credit: int | None = STREAM_WINDOW if streamed else None
+        self._body: bytearray | None = None
+        self._body_end = False
+        self._body_waiter: asyncio.Future[None] | None = None
+
+    # -- response ---------------------------------------------------------------------
 
     def _send_head(self, msg: Head) -> None:
         self._held = [encode(msg)]
@@ -103,6 +146,24 @@ class IPCStream(BrokerStream):
             self.conn.write(frame)
         self.conn.forget(self)
 
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self.conn.write(b"".join(held))
+
+    @property
+    def window_full(self) -> bool:
+        """Also while the worker's socket is write-paused: the worker is not reading."""
+        return self.unacked >= STREAM_WINDOW or self.conn.write_paused
+
+    def wake(self) -> None:
+        """The worker's socket drained: carry on if the engine parked here."""
+        if self._resume is not None and not self.window_full:
+            resume, self._resume = self._resume, None
+            resume()
+
+    # -- the worker's side --------------------------------------------------------------
+
     def stop(self) -> None:
         """The worker cancelled or went away: in the head phase the task is cancelled,
         in the body phase (no task) the engine's abort hook runs."""
@@ -112,30 +173,76 @@ class IPCStream(BrokerStream):
             self.abort()
         self.conn.forget(self)
 
-    def flush(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            self.conn.write(b"".join(held))
+    def refuse(self, message: str) -> None:
+        """The worker broke this stream's rules: the stream fails alone, its work stops."""
+        log.warning("worker pid=%s, stream %s: %s", self.conn.pid, self.id, message)
+        task, hook = self.task, self.on_abort
+        self.on_abort = None
+        if not self.finished:
+            self.fail(Failure(self.id, ErrorCode.PROTOCOL, message))
+        self.conn.forget(self)
+        if task is not None and not task.done():
+            task.cancel()
+        elif hook is not None:
+            hook()
 
-    def feed_body(self, chunk: bytes | None) -> None:
-        if self._body_q is None:
-            self._body_q = asyncio.Queue()
-        self._body_q.put_nowait(chunk)
+    def feed_body(self, chunk: bytes) -> None:
+        credit = self._credit
+        if credit is None:
+            self.refuse(f"Data on stream {self.id}, which is not sending a request body")
+            return
+        if len(chunk) > credit:
+            self.refuse(
+                f"stream {self.id} sent Data beyond its credit of {credit} bytes "
+                f"(a worker may send {STREAM_WINDOW} bytes, then as much as was acknowledged)"
+            )
+            return
+        self._credit = credit - len(chunk)
+        if chunk:
+            if self._body is None:
+                self._body = bytearray(chunk)
+            else:
+                self._body += chunk
+            self._wake_body()
+
+    def end_body(self) -> None:
+        if self._credit is None:
+            self.refuse(f"End on stream {self.id}, which is not sending a request body")
+            return
+        self._credit = None
+        self._body_end = True
+        self._wake_body()
+
+    def _wake_body(self) -> None:
+        waiter, self._body_waiter = self._body_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def request_body(self) -> AsyncIterator[bytes]:
-        if self._body_q is None:
-            self._body_q = asyncio.Queue()
         while True:
-            chunk = await self._body_q.get()
-            if chunk is None:
+            body = self._body
+            if body:
+                self._body = None
+                yield bytes(body)
+            elif self._body_end:
                 return
-            yield chunk
+            else:
+                waiter = self._body_waiter = asyncio.get_running_loop().create_future()
+                self.waiting = waiter
+                try:
+                    await waiter
+                finally:
+                    self.waiting = None
 
     def body_written(self, size: int) -> None:
+        if self._credit is not None:
+            self._credit += size
         self.conn.send(Ack(self.id, size))
 
     def rewind(self) -> bool:
-        self._body_q = asyncio.Queue()
+        self._body = None
+        self._body_end = False
+        self._credit = STREAM_WINDOW
         self.conn.send(Rewind(self.id))
         return True
 
@@ -144,15 +251,19 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def __init__(self, server: BrokerServer) -> None:
         self.server = server
         self.engine = server.engine
-        self._buf = bytearray(_BUFSIZE)
-        self._view = memoryview(self._buf)
-        self._reader = FrameReader(MAX_FRAME)
+        self.limits = server.limits
+        self._reader = FrameReader(HELLO_MAX_FRAME)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, IPCStream] = {}
+        self.pools: set[PoolSpec] = set()  # every spec this worker named, for its cap
         self.pid = 0
         self.peer_pid = 0  # from the kernel (SO_PEERCRED), in the broker's pid namespace
+        self.pidfd: int | None = None
         self.greeted = False
         self.closed = False
+        self.write_paused = False
+        self._backlog: list[Any] | None = None  # frames held while write_paused
+        self._hello_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<WorkerConnection pid={self.pid} streams={len(self.streams)}>"
@@ -160,7 +271,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
     # -- asyncio --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
         if creds is not None:
@@ -170,54 +282,103 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 self.abort("permission", "the broker serves only its own user")
                 return
         self.server.workers.add(self)
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            self.limits.handshake_timeout, self._handshake_late
+        )
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self.server.watch_peer(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
+        return self.server.read_view
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.closed:
             return  # refused or aborted: drain and drop until the peer hangs up
         try:
-            msgs = self._reader.feed(self._view[:nbytes])
+            msgs = self._reader.feed(self.server.read_view[:nbytes])
         except FrameError as exc:
             self.abort("protocol", str(exc))
             return
-        for msg in msgs:
+        self._handle(msgs)
+
+    def _handle(self, msgs: list[Any]) -> None:
+        for i, msg in enumerate(msgs):
             if self.closed:
                 return
-            self._dispatch(msg)
+            if self.write_paused:
+                # The worker is not reading what we write: take no more work from it.
+                self._backlog = msgs[i:]
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                return
+            try:
+                self._dispatch(msg)
+            except Exception as exc:
+                log.error("worker pid=%s: %s failed", self.pid, type(msg).__name__, exc_info=exc)
+                self.abort(
+                    "protocol",
+                    f"the broker could not handle {type(msg).__name__}: "
+                    f"{type(exc).__name__}: {exc}",
+                )
+                return
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        backlog, self._backlog = self._backlog, None
+        if backlog is not None:
+            self._handle(backlog)
+            if self._backlog is None and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+        for stream in list(self.streams.values()):
+            if self.write_paused or self.closed:
+                return
+            try:
+                stream.wake()
+            except Exception as exc:  # an engine bug: that stream fails, not the loop
+                log.error("stream %s could not resume", stream.id, exc_info=exc)
+                stream.refuse(f"the broker failed: {type(exc).__name__}: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._cancel_hello_timer()
+        self._backlog = None
+        self.server.unwatch_peer(self)
         self.server.workers.discard(self)
         for stream in list(self.streams.values()):
             stream.stop()
         self.streams.clear()
         self.server.connection_gone(self)
 
+    def peer_gone(self) -> None:
+        """The worker process exited, though its socket may live on in a child."""
+        self.server.unwatch_peer(self)
+        log.info("worker %d is gone; closing its connection", self.peer_pid)
+        if self.transport is not None:
+            self.transport.abort()
+
     # -- messages -------------------------------------------------------------------
 
     def _dispatch(self, msg: Any) -> None:
         if not self.greeted:
-            if type(msg) is not Hello:
-                self.abort("protocol", "the first message must be Hello")
-            elif msg.version != PROTOCOL_VERSION:
-                self.abort(
-                    "version",
-                    f"protocol version {msg.version} is not supported by this broker "
-                    f"(it speaks {PROTOCOL_VERSION}); upgrade http-broker on both sides",
-                )
-            else:
-                self.greeted = True
-                self.pid = msg.pid
-                self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
+            self._greet(msg)
             return
         kind = type(msg)
         if kind is Request:
             self._start(msg)
         elif kind is Ack:
             s = self.streams.get(msg.stream)
-            if s is not None:
+            if s is None:
+                return
+            if msg.size > s.unacked:
+                self.abort(
+                    "protocol",
+                    f"Ack of {msg.size} bytes on stream {msg.stream}, "
+                    f"which has {s.unacked} bytes unacknowledged",
+                )
+            else:
                 s.on_ack(msg.size)
         elif kind is Data:
             s = self.streams.get(msg.stream)
@@ -226,7 +387,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         elif kind is End:
             s = self.streams.get(msg.stream)
             if s is not None:
-                s.feed_body(None)
+                s.end_body()
         elif kind is Cancel:
             s = self.streams.get(msg.stream)
             if s is not None:
@@ -234,20 +395,81 @@ class WorkerConnection(asyncio.BufferedProtocol):
         elif kind is StatsRequest:
             self.send(self.server.stats())
         elif kind is ClearDNS:
-            self.engine.clear_dns(msg.pool, msg.host, msg.port)
+            if self._admit(msg.pool):
+                self.engine.clear_dns(msg.pool, msg.host, msg.port)
+            else:
+                self.abort("protocol", self._over_specs())
         else:
             self.abort("protocol", f"a worker may not send {kind.__name__}")
+
+    def _greet(self, msg: Any) -> None:
+        if type(msg) is not Hello:
+            self.abort("protocol", "the first message must be Hello")
+        elif msg.version != PROTOCOL_VERSION:
+            self.abort(
+                "version",
+                f"protocol version {msg.version} is not supported by this broker "
+                f"(it speaks {PROTOCOL_VERSION}); upgrade http-broker on both sides",
+            )
+        else:
+            self.greeted = True
+            self._cancel_hello_timer()
+            self._reader.max_frame = MAX_FRAME
+            self.pid = msg.pid
+            self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
+
+    def _handshake_late(self) -> None:
+        self._hello_timer = None
+        self.abort(
+            "protocol", f"no Hello within {self.limits.handshake_timeout:g} s of connecting"
+        )
+
+    def _cancel_hello_timer(self) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
 
     def _start(self, req: Request) -> None:
         if req.stream in self.streams:
             self.abort("protocol", f"stream {req.stream} is already open")
             return
-        if self.server.draining:
-            self.send(Failure(req.stream, ErrorCode.BROKER, "the broker is shutting down"))
+        refusal = self._refusal(req)
+        if refusal is not None:
+            self.send(Failure(req.stream, ErrorCode.BROKER, refusal))
             return
-        stream = IPCStream(req.stream, self)
+        stream = IPCStream(req.stream, self, req.streamed)
         self.streams[req.stream] = stream
         stream.task = asyncio.get_running_loop().create_task(self._run(req, stream))
+
+    def _refusal(self, req: Request) -> str | None:
+        if self.server.draining:
+            return "the broker is shutting down"
+        if len(self.streams) >= self.limits.max_streams:
+            return (
+                f"this worker has {len(self.streams)} requests open on the broker, its cap "
+                f"(BrokerServer limits.max_streams); wait for some to finish"
+            )
+        if not self._admit(req.pool):
+            return self._over_specs()
+        return None
+
+    def _admit(self, spec: PoolSpec) -> bool:
+        """Whether this worker may use ``spec``: one it used before, or one more under
+        its cap of distinct specs."""
+        pools = self.pools
+        if spec in pools:
+            return True
+        if len(pools) >= self.limits.max_pool_specs:
+            return False
+        pools.add(spec)
+        return True
+
+    def _over_specs(self) -> str:
+        return (
+            f"this worker already named {len(self.pools)} distinct connection pools "
+            f"(connector settings), the broker's cap (limits.max_pool_specs); reuse "
+            f"connectors instead of making new ones"
+        )
 
     async def _run(self, req: Request, stream: IPCStream) -> None:
         try:
@@ -275,6 +497,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def abort(self, code: str, message: str) -> None:
         """Say why, then close this worker's connection."""
         log.warning("closing worker connection pid=%s: %s", self.pid, message)
+        self._cancel_hello_timer()
         transport = self.transport
         if transport is not None and not self.closed:
             transport.write(encode(ErrorFrame(code, message)))
@@ -288,18 +511,35 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.closed = True
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one worker connection may hold in the broker (see the module's docstring)."""
+
+    handshake_timeout: float = 5.0
+    max_streams: int = 1024
+    max_pool_specs: int = 256
+
+
 class BrokerServer:
     """Serves workers on a Unix socket with one engine."""
 
-    def __init__(self, path: str, engine: Engine | None = None) -> None:
+    def __init__(
+        self, path: str, engine: Engine | None = None, limits: Limits = Limits()
+    ) -> None:
         self.path = path
         self.engine = engine or Engine()
+        self.limits = limits
         self.workers: set[WorkerConnection] = set()
         self.draining = False
+        # One read buffer for every connection: a read is handled to its end before
+        # the loop reads another socket, and what a frame reader keeps it copies.
+        self.read_view = memoryview(bytearray(_BUFSIZE))
+        self.use_pidfd = _PIDFD
         self._server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._reaper: asyncio.Task[None] | None = None
+        self._polled: set[WorkerConnection] = set()
+        self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -316,18 +556,51 @@ class BrokerServer:
         self._server = await loop.create_unix_server(
             lambda: WorkerConnection(self), sock=sock
         )
-        self._reaper = loop.create_task(self._reap_dead_workers())
 
-    async def _reap_dead_workers(self, interval: float = 0.5) -> None:
-        """A worker's exit normally shows as EOF on its socket at once; but a socket
-        inherited by a forked child stays open when the worker dies. Check the pids."""
+    # -- dead workers -------------------------------------------------------------------
+    # A worker's exit normally shows as EOF on its socket at once; but a socket inherited
+    # by a forked child stays open when the worker dies. So each peer pid is watched.
+
+    def watch_peer(self, conn: WorkerConnection) -> None:
+        pid = conn.peer_pid
+        if not pid:
+            return
+        if self.use_pidfd:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                conn.peer_gone()
+                return
+            except OSError as exc:
+                log.warning("no pidfd for worker %d (%s); polling its pid", pid, exc)
+            else:
+                conn.pidfd = fd
+                asyncio.get_running_loop().add_reader(fd, conn.peer_gone)
+                return
+        self._polled.add(conn)
+        if self._poller is None and not self.draining:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_peers())
+
+    def unwatch_peer(self, conn: WorkerConnection) -> None:
+        fd, conn.pidfd = conn.pidfd, None
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+        self._polled.discard(conn)
+
+    async def _poll_peers(self) -> None:
+        """Where there is no pidfd: check the pids every ``REAP_INTERVAL``, in a thread
+        (psutil's calls block)."""
         while True:
-            await asyncio.sleep(interval)
-            for w in list(self.workers):
-                if w.peer_pid and not _alive(w.peer_pid):
-                    log.info("worker %d is gone; closing its connection", w.peer_pid)
-                    if w.transport is not None:
-                        w.transport.abort()
+            await asyncio.sleep(REAP_INTERVAL)
+            if not self._polled:
+                continue
+            dead = await asyncio.to_thread(_dead, {w.peer_pid for w in self._polled})
+            for w in list(self._polled):
+                if w.peer_pid in dead:
+                    w.peer_gone()
+
+    # -- figures and lifecycle ------------------------------------------------------------
 
     @property
     def streams(self) -> int:
@@ -346,15 +619,18 @@ class BrokerServer:
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight streams finish (up to a limit), close all."""
         self.draining = True
-        if self._reaper is not None:
-            self._reaper.cancel()
+        if self._poller is not None:
+            self._poller.cancel()
         if self._server is not None:
             self._server.close()
         if self.streams:
             self._idle.clear()
+            idle = asyncio.ensure_future(self._idle.wait())
             try:
-                await asyncio.wait_for(self._idle.wait(), drain_timeout)
-            except asyncio.TimeoutError:
+                await asyncio.wait({idle}, timeout=drain_timeout)
+            finally:
+                idle.cancel()
+            if self.streams:
                 log.warning("drain timed out with %d streams in flight", self.streams)
         for w in list(self.workers):
             if w.transport is not None:
@@ -366,6 +642,21 @@ class BrokerServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _pidfd_works() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+_PIDFD = _pidfd_works()
+
+
+def _dead(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if not _alive(pid)}
 
 
 def _alive(pid: int) -> bool:

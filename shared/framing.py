@@ -3,8 +3,12 @@
 A frame is a 4-byte little-endian body length followed by the body, one ``Message``. The
 reader is fed whatever bytes arrived, in any split, and returns the whole messages; it
 raises ``FrameError`` for a frame over the size cap (before buffering it) or a body that
-does not decode into a known message. After an error the reader is unusable: the
-connection it reads is to be closed.
+does not decode into a known message, whatever the decoder raised (a value out of its
+range, nesting too deep for the interpreter's recursion limit...). After an error the
+reader is unusable: the connection it reads is to be closed.
+
+A reader keeps at most one unfinished frame: at most ``max_frame`` bytes, a cap the
+owner may lower (the broker does until a worker's Hello, which is tiny).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ MAX_FRAME = 4 << 20
 _LEN = struct.Struct("<I")
 # enc_hook: header names may be multidict.istr (a str subclass msgspec does not take).
 _encoder = msgspec.msgpack.Encoder(enc_hook=str)
+# Decoders are stateless: one for every reader (a broker has a reader per worker).
+_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
 
 class FrameError(Exception):
@@ -38,12 +44,11 @@ def encode(msg: Message) -> bytes:
 class FrameReader:
     """Turns a byte stream into messages."""
 
-    __slots__ = ("_buf", "_decoder", "_max", "_broken")
+    __slots__ = ("_buf", "max_frame", "_broken")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
-        self._decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
-        self._max = max_frame
+        self.max_frame = max_frame
         self._broken = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
@@ -70,12 +75,13 @@ class FrameReader:
         out: list[Message] = []
         pos = 0
         end = len(view)
-        decode = self._decoder.decode
+        decode = _decoder.decode
+        cap = self.max_frame
         while end - pos >= 4:
             (size,) = _LEN.unpack_from(view, pos)
-            if size > self._max:
+            if size > cap:
                 self._broken = True
-                raise FrameError(f"frame of {size} bytes is over the cap of {self._max}")
+                raise FrameError(f"frame of {size} bytes is over the cap of {cap}")
             if end - pos - 4 < size:
                 break
             start = pos + 4
@@ -84,6 +90,9 @@ class FrameReader:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._broken = True
                 raise FrameError(f"malformed frame: {exc}") from None
+            except Exception as exc:  # RecursionError, MemoryError... : still the peer's
+                self._broken = True
+                raise FrameError(f"malformed frame: {type(exc).__name__}: {exc}") from None
             pos = start + size
         return out, pos
 

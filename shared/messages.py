@@ -11,10 +11,16 @@ broker -> worker: Welcome, Head, Data/End (the response body), Ack, Rewind, Fail
 
 Flow control is by credit: the sender of a body may have at most ``STREAM_WINDOW`` bytes
 of ``Data`` unacknowledged on a stream; the receiver sends ``Ack(stream, n)`` once its
-reader has consumed n bytes.
+reader has consumed n bytes. An ``Ack`` for more than was sent unacknowledged is a
+protocol error, and so is ``Data`` beyond the credit (the broker enforces both).
+
+Numbers a peer sends are range-checked as they decode (``Annotated`` bounds below): a
+value out of range makes the frame malformed.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import msgspec
 
@@ -26,14 +32,21 @@ STREAM_WINDOW = 1 << 20
 
 RawHeaders = list[tuple[bytes, bytes]]
 
+StreamId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+# One acknowledgement is for bytes already sent: far below this, which only rules out
+# the absurd before the broker checks it against what it sent.
+AckSize = Annotated[int, msgspec.Meta(ge=0, le=1 << 32)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
 
 class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, omit_defaults=True):
     pass
 
 
 class Hello(_Msg, tag="hello", frozen=True):
-    version: int
-    pid: int
+    version: Count
+    pid: Count
 
 
 class Welcome(_Msg, tag="welcome", frozen=True):
@@ -47,7 +60,7 @@ class Request(_Msg, tag="req", frozen=True):
     Transfer-Encoding). With ``streamed`` the body follows as Data frames and an End;
     ``replayable`` says the worker can send it again when asked (``Rewind``)."""
 
-    stream: int
+    stream: StreamId
     method: str
     url: str
     headers: list[tuple[str, str]] = []
@@ -56,7 +69,7 @@ class Request(_Msg, tag="req", frozen=True):
     pool: PoolSpec = DEFAULT_POOL
     timeout: ClientTimeout = DEFAULT_TIMEOUT
     allow_redirects: bool = True
-    max_redirects: int = 10
+    max_redirects: Count = 10
     auto_decompress: bool = True
     read_until_eof: bool = True
     skip_host: bool = False
@@ -90,17 +103,17 @@ class Head(_Msg, tag="head", frozen=True):
 
 
 class Data(_Msg, tag="data", frozen=True):
-    stream: int
+    stream: StreamId
     data: bytes
 
 
 class End(_Msg, tag="end", frozen=True):
-    stream: int
+    stream: StreamId
 
 
 class Ack(_Msg, tag="ack", frozen=True):
-    stream: int
-    size: int
+    stream: StreamId
+    size: AckSize
 
 
 class Rewind(_Msg, tag="rewind", frozen=True):
@@ -111,7 +124,7 @@ class Rewind(_Msg, tag="rewind", frozen=True):
 
 
 class Cancel(_Msg, tag="cancel", frozen=True):
-    stream: int
+    stream: StreamId
 
 
 class Failure(_Msg, tag="fail", frozen=True):
@@ -144,7 +157,7 @@ class ClearDNS(_Msg, tag="cleardns", frozen=True):
 
     pool: PoolSpec
     host: str | None = None
-    port: int | None = None
+    port: Port | None = None
 
 
 class StatsRequest(_Msg, tag="statsq", frozen=True):

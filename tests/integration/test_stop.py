@@ -148,3 +148,44 @@ async def test_a_close_while_queued_for_a_full_pool_ends_at_once(
     for task in (first, second):
         with pytest.raises(ClientConnectionError, match="Connection closed"):
             await task
+
+
+async def test_a_close_while_the_upload_waits_for_a_full_socket_ends_at_once(
+    make_session, raw_server
+):
+    """The server stops reading: the upload waits for the socket to drain; closing the
+    session still ends the request at once (another session keeps the engine, so only
+    giving the stream up can end the wait)."""
+    got_head = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        got_head.set()
+        await release.wait()  # reads nothing more
+
+    base = await raw_server(handler)
+    keeper = make_session()  # holds the transport (and its engine) open past the close
+    await keeper.stats()
+    session = make_session()
+    sent = [0]
+    piece = bytes(1 << 16)
+
+    async def body():
+        while True:
+            sent[0] += len(piece)
+            yield piece
+
+    task = asyncio.ensure_future(session.post(base + "/", data=body()))
+    await got_head.wait()
+    # Wait until the upload is stuck: the body stops being pulled once the socket is full.
+    while True:
+        before = sent[0]
+        for _ in range(50):
+            await asyncio.sleep(0)  # loop passes (not time) for the upload to go on
+        if sent[0] == before:
+            break
+    await session.close()
+    with pytest.raises(ClientConnectionError, match="Connection closed"):
+        await task
+    release.set()

@@ -1,0 +1,539 @@
+"""A worker that misbehaves on the wire (raw frames over the broker's socket) costs the
+broker a bounded amount and hurts no other worker: see the bounds in broker/server.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import psutil
+import pytest
+
+from shared.framing import FrameReader, encode
+from shared.messages import (
+    PROTOCOL_VERSION,
+    STREAM_WINDOW,
+    Ack,
+    Cancel,
+    ClearDNS,
+    Data,
+    End,
+    ErrorFrame,
+    Failure,
+    Head,
+    Hello,
+    Message,
+    Request,
+    Stats,
+    StatsRequest,
+    Welcome,
+)
+from shared.specs import PoolSpec, ResolverSpec
+from worker_client import ClientSession
+
+from ..conftest import ROOT, read_request_head
+
+MiB = 1 << 20
+WRITE_HIGH = MiB  # broker.server.WRITE_HIGH, where the worker socket pauses writing
+
+
+class RawWorker:
+    """A worker process's side of the socket, spoken by hand."""
+
+    opened: list[RawWorker] = []
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened.append(self)
+        self.reader = reader
+        self.writer = writer
+        self._frames = FrameReader()
+        self._pending: list[Any] = []
+
+    @classmethod
+    async def connect(
+        cls, path: str, *, hello: bool = True, rcvbuf: int | None = None
+    ) -> RawWorker:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect(path)
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        worker = cls(reader, writer)
+        if hello:
+            worker.send(Hello(PROTOCOL_VERSION, os.getpid()))
+            assert isinstance(await worker.next(), Welcome)
+        return worker
+
+    def send(self, *msgs: Message) -> None:
+        self.writer.write(b"".join(encode(m) for m in msgs))
+
+    async def next(self) -> Any:
+        """The next message; None once the broker closed the connection."""
+        while not self._pending:
+            data = await asyncio.wait_for(self.reader.read(1 << 16), 10)
+            if not data:
+                return None
+            self._pending.extend(self._frames.feed(data))
+        return self._pending.pop(0)
+
+    async def until(self, done: Callable[[Any], bool]) -> list[Any]:
+        """Messages up to the first for which ``done`` is true (included), or to EOF."""
+        out = []
+        while True:
+            msg = await self.next()
+            if msg is None:
+                return out
+            out.append(msg)
+            if done(msg):
+                return out
+
+
+
+@pytest.fixture(autouse=True)
+async def _close_raw_workers() -> AsyncIterator[None]:
+    yield
+    while RawWorker.opened:
+        RawWorker.opened.pop().writer.close()
+
+
+def _error(msgs: list[Any]) -> ErrorFrame:
+    errors = [m for m in msgs if isinstance(m, ErrorFrame)]
+    assert len(errors) == 1, msgs
+    return errors[0]
+
+
+async def _eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until ``check()`` holds (a state of the broker in this process)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def local_broker() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await local_broker(**limits)``: a ``BrokerServer`` in this process and loop, so
+    a test can set its limits and look at its state."""
+    from broker import server as server_module
+
+    folder = tempfile.mkdtemp(prefix="hb-")  # short: a socket path has ~100 bytes
+    servers: list[Any] = []
+
+    async def start(**limits: Any) -> Any:
+        path = os.path.join(folder, f"{len(servers)}.sock")
+        if limits:
+            server = server_module.BrokerServer(path, limits=server_module.Limits(**limits))
+        else:
+            server = server_module.BrokerServer(path)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop(drain_timeout=0)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _good_worker_still_served(path: str, url: str) -> None:
+    async with ClientSession(broker=path) as good:
+        async with good.get(url) as resp:
+            assert await resp.text() == "hello"
+
+
+@pytest.fixture
+async def hello_url(serve_app) -> str:
+    from .apps import text_app
+
+    return str(await serve_app(text_app("hello"))) + "/"
+
+
+def _streaming_server(total: int, piece: int = 16 << 10):
+    """A raw handler that answers every request on its connection with ``total`` bytes,
+    written ``piece`` by piece as the socket takes them."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+            chunk = b"x" * piece
+            for _ in range(total // piece):
+                writer.write(chunk)
+                await writer.drain()
+
+    return handler
+
+
+async def _silent_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads the request head, then neither reads nor answers."""
+    await read_request_head(reader)
+    await asyncio.Event().wait()
+
+
+# -- 1. handshake ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [b"", encode(Hello(PROTOCOL_VERSION, 1))[:5], b"\x02\x00"],
+    ids=["silent", "half-a-hello", "half-a-length"],
+)
+async def test_no_hello_within_the_deadline_closes_the_connection(local_broker, first_bytes):
+    server = await local_broker(handshake_timeout=0.2)
+    worker = await RawWorker.connect(server.path, hello=False)
+    worker.writer.write(first_bytes)
+    msgs = await worker.until(lambda m: False)
+    assert "no Hello within 0.2 s" in _error(msgs).message
+    worker.writer.close()
+    await _eventually(lambda: not server.workers)
+
+
+async def test_two_thousand_silent_connections_are_all_closed(local_broker):
+    server = await local_broker(handshake_timeout=0.3)
+    conns = [await asyncio.open_unix_connection(server.path) for _ in range(2000)]
+    try:
+        closing = [reader.read() for reader, _ in conns]  # to EOF
+        answers = await asyncio.wait_for(asyncio.gather(*closing), 10)
+        assert set(answers) == {
+            encode(ErrorFrame("protocol", "no Hello within 0.3 s of connecting"))
+        }
+    finally:
+        for _, writer in conns:
+            writer.close()
+    await _eventually(lambda: not server.workers)
+
+
+async def test_a_frame_before_hello_is_capped_small(local_broker):
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path, hello=False)
+    worker.writer.write((64 << 10).to_bytes(4, "little") + b"\x00" * 100)
+    msgs = await worker.until(lambda m: False)
+    assert "over the cap of 1024" in _error(msgs).message
+
+
+async def test_two_thousand_idle_connections_cost_little(broker_process, hello_url):
+    """Connections that never speak hold no read buffer each (one was 256 KiB)."""
+    path = broker_process.socket_path
+    broker = psutil.Process(broker_process.pid)
+    async with ClientSession(broker=path) as good:
+        before = (await good.stats()).workers
+        rss = broker.memory_info().rss
+        idle = []
+        try:
+            for _ in range(2000):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                idle.append(s)
+                s.connect(path)
+                s.send(b"\x05\x00")  # and half a frame length, to be read into a buffer
+            while (await good.stats()).workers < before + 2000:
+                await asyncio.sleep(0.01)
+            grown = broker.memory_info().rss - rss
+            async with good.get(hello_url) as resp:
+                assert await resp.text() == "hello"
+        finally:
+            for s in idle:
+                s.close()
+    assert grown < 24 * MiB, f"2,000 idle connections grew the broker by {grown >> 20} MiB"
+
+
+# -- 2. anything while decoding or handling a frame --------------------------------------
+
+
+def _nested_stats(depth: int) -> bytes:
+    e = msgspec.msgpack.encode
+    body = b"\x96" + e("stats") + e(1) * 3 + e(0) + b"\x91\x81" + e("a") + b"\x91" * depth + b"\x90"
+    return len(body).to_bytes(4, "little") + body
+
+
+@pytest.mark.parametrize(
+    ("frames", "needle"),
+    [
+        (_nested_stats(1000), "RecursionError"),
+        (encode(Ack(1, 1 << 62)), "<= 4294967296"),
+        (encode(Ack(1, -1)), ">= 0"),
+        (encode(ClearDNS(PoolSpec(), "h", 70000)), "<= 65535"),
+    ],
+    ids=["nested", "ack-2**62", "ack-negative", "port"],
+)
+async def test_a_frame_the_broker_cannot_take_is_an_error_frame(
+    broker_process, hello_url, frames, needle
+):
+    path = broker_process.socket_path
+    worker = await RawWorker.connect(path)
+    worker.writer.write(frames)
+    msgs = await worker.until(lambda m: False)
+    assert needle in _error(msgs).message
+    assert broker_process.process.poll() is None
+    await _good_worker_still_served(path, hello_url)
+
+
+async def test_a_resolver_option_the_library_refuses_fails_that_request_only(
+    broker_process, hello_url
+):
+    """A resolver the library cannot make (pycares raises TypeError for an unknown
+    option): ClearDNS has nothing to clear, a request on it fails alone, and the same
+    worker is served on."""
+    bad = PoolSpec(resolver=ResolverSpec(kind="async", options=(("bogus", 1),)))
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(ClearDNS(bad), Request(1, "GET", hello_url, pool=bad), StatsRequest())
+    got = {type(m): m for m in (await worker.next(), await worker.next())}
+    assert "cannot make the resolver" in got[Failure].message
+    assert Stats in got
+    worker.send(Request(3, "GET", hello_url))
+    assert isinstance(await worker.next(), Head)
+    assert broker_process.process.poll() is None
+
+
+# -- 3. acknowledgements -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1 << 62, 3 * STREAM_WINDOW])
+async def test_an_ack_for_more_than_was_sent_is_a_protocol_error(
+    broker_process, raw_server, size
+):
+    """Credit that was never earned must not let the broker push a body it buffers."""
+    base = await raw_server(_streaming_server(64 * MiB))
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(Request(1, "GET", base + "/"))
+    assert isinstance(await worker.next(), Head)
+    worker.send(Ack(1, size))
+    received = 0
+    while (msg := await worker.next()) is not None and not isinstance(msg, ErrorFrame):
+        assert isinstance(msg, Data), msg
+        received += len(msg.data)
+        assert received < 2 * STREAM_WINDOW, "the broker sent past the window"
+    assert isinstance(msg, ErrorFrame)
+
+
+# -- 4. request-side credit ----------------------------------------------------------------
+
+
+async def test_data_beyond_the_credit_fails_that_stream_only(
+    broker_process, raw_server, hello_url
+):
+    """A worker flooding Data (64 MiB at a server that reads none of it) loses that
+    stream, not its connection, and the broker does not keep the flood."""
+    base = await raw_server(_silent_server)
+    broker = psutil.Process(broker_process.pid)
+    worker = await RawWorker.connect(broker_process.socket_path)
+    rss = broker.memory_info().rss
+    worker.send(Request(1, "POST", base + "/", streamed=True))
+    piece = encode(Data(1, b"x" * MiB))
+    for _ in range(64):
+        worker.writer.write(piece)
+        await worker.writer.drain()
+    worker.send(StatsRequest())
+    msgs = await worker.until(lambda m: isinstance(m, Stats))
+    assert [type(m) for m in msgs if not isinstance(m, Ack)] == [Failure, Stats]
+    failure = msgs[-2]
+    assert (failure.stream, failure.code) == (1, "protocol")
+    assert "beyond its credit" in failure.message
+    grown = broker.memory_info().rss - rss
+    assert grown < 24 * MiB, f"the flood grew the broker by {grown >> 20} MiB"
+    worker.send(Request(3, "GET", hello_url))  # the same connection carries on
+    msgs = await worker.until(lambda m: isinstance(m, End | Failure))
+    assert [type(m) for m in msgs] == [Head, Data, End]
+
+
+@pytest.mark.parametrize(
+    ("streamed", "frames"),
+    [(False, [Data(1, b"x")]), (False, [End(1)]), (True, [End(1), Data(1, b"x")])],
+    ids=["data-without-a-body", "end-without-a-body", "data-after-end"],
+)
+async def test_body_frames_on_a_stream_that_sends_no_body(
+    broker_process, raw_server, streamed, frames
+):
+    base = await raw_server(_silent_server)
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(Request(1, "POST", base + "/", streamed=streamed), *frames, StatsRequest())
+    msgs = await worker.until(lambda m: isinstance(m, Stats))
+    failures = [m for m in msgs if isinstance(m, Failure)]
+    assert len(failures) == 1, msgs
+    assert failures[0].code == "protocol"
+    assert "not sending a request body" in failures[0].message
+
+
+async def test_a_streamed_body_within_its_credit_goes_through(broker_process, serve_app):
+    """The credit the broker enforces is the one it grants: a raw worker that sends
+    exactly what the Acks allow uploads 4 MiB."""
+    from aiohttp import web
+
+    async def echo_size(request: web.Request) -> web.Response:
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+        return web.Response(text=str(size))
+
+    app = web.Application()
+    app.router.add_post("/", echo_size)
+    base = await serve_app(app)
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(Request(1, "POST", base + "/", streamed=True))
+    credit, left, piece = STREAM_WINDOW, 4 * MiB, 300_000
+    while left:
+        while credit and left:
+            n = min(piece, credit, left)
+            worker.send(Data(1, b"y" * n))
+            credit -= n
+            left -= n
+        if left:
+            msg = await worker.next()
+            assert isinstance(msg, Ack), msg
+            credit += msg.size
+    worker.send(End(1))
+    msgs = await worker.until(lambda m: isinstance(m, End | Failure | ErrorFrame))
+    body = b"".join(m.data for m in msgs if isinstance(m, Data))
+    assert body == str(4 * MiB).encode(), msgs
+
+
+# -- 5 and 8. caps on streams and on pool specs --------------------------------------------
+
+
+async def test_streams_over_the_cap_fail_alone(local_broker, raw_server, hello_url):
+    server = await local_broker(max_streams=3)
+    slow = await raw_server(_silent_server)
+    worker = await RawWorker.connect(server.path)
+    worker.send(*(Request(i, "GET", slow + "/") for i in (1, 3, 5)))
+    worker.send(Request(7, "GET", hello_url))
+    failure = await worker.next()
+    assert isinstance(failure, Failure) and failure.stream == 7, failure
+    assert failure.code == "broker"
+    assert "3 requests open on the broker, its cap" in failure.message
+    worker.send(Cancel(1), Request(9, "GET", hello_url))
+    msgs = await worker.until(lambda m: isinstance(m, End | Failure))
+    assert [(type(m), m.stream) for m in msgs] == [(Head, 9), (Data, 9), (End, 9)]
+
+
+async def test_pool_specs_over_the_cap_fail(local_broker, hello_url):
+    server = await local_broker(max_pool_specs=2)
+    worker = await RawWorker.connect(server.path)
+
+    async def get(stream: int, name: str) -> list[type]:
+        worker.send(Request(stream, "GET", hello_url, pool=PoolSpec(name=name)))
+        return [type(m) for m in await worker.until(lambda m: isinstance(m, End | Failure))]
+
+    assert await get(1, "a") == [Head, Data, End]
+    assert await get(3, "b") == [Head, Data, End]
+    worker.send(Request(5, "GET", hello_url, pool=PoolSpec(name="c")))
+    failure = await worker.next()
+    assert isinstance(failure, Failure) and failure.code == "broker"
+    assert "2 distinct connection pools" in failure.message
+    assert await get(7, "a") == [Head, Data, End]  # a spec it has is still fine
+    assert len(server.engine.registry) == 2
+    worker.send(ClearDNS(PoolSpec(name="d")))
+    assert "distinct connection pools" in _error(await worker.until(lambda m: False)).message
+
+
+# -- 6. write backpressure on the worker's socket ------------------------------------------
+
+
+async def test_a_worker_that_does_not_read_holds_back_its_streams(local_broker, raw_server):
+    """16 streams to a worker that reads nothing: the broker stops pulling the bodies
+    once the socket is write-paused, instead of buffering a window per stream; they all
+    come whole once the worker reads."""
+    server = await local_broker()
+    total, streams = 2 * MiB, range(1, 33, 2)
+    base = await raw_server(_streaming_server(total))
+    worker = await RawWorker.connect(server.path, rcvbuf=4096)
+    worker.send(*(Request(i, "GET", base + "/") for i in streams))
+    (conn,) = server.workers
+
+    def all_parked() -> bool:
+        return len(conn.streams) == len(streams) and all(
+            s._resume is not None for s in conn.streams.values()
+        )
+
+    await _eventually(all_parked)
+    buffered = conn.transport.get_write_buffer_size()
+    assert buffered < WRITE_HIGH + len(streams) * (64 << 10), buffered >> 10
+    got = dict.fromkeys(streams, 0)
+    ended: set[int] = set()
+    while ended != set(streams):
+        msg = await worker.next()
+        if isinstance(msg, Data):
+            got[msg.stream] += len(msg.data)
+            worker.send(Ack(msg.stream, len(msg.data)))
+        elif isinstance(msg, End):
+            ended.add(msg.stream)
+        else:
+            assert isinstance(msg, Head), msg
+    assert set(got.values()) == {total}
+
+
+async def test_a_worker_that_floods_requests_for_stats_without_reading(local_broker, hello_url):
+    """Replies wait in the socket's buffer only up to its high-water mark: then the
+    broker stops taking the worker's frames."""
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path, rcvbuf=4096)
+    worker.send(Request(1, "GET", hello_url))  # a pool and a resolver: longer Stats
+    assert [type(m) for m in await worker.until(lambda m: isinstance(m, End))] == [
+        Head, Data, End
+    ]
+    (conn,) = server.workers
+    count = 20_000  # replies of ~400 bytes: 8 MB if nothing held them back
+    worker.writer.write(encode(StatsRequest()) * count)
+    await _eventually(
+        lambda: not conn.transport.is_reading()
+        or conn.transport.get_write_buffer_size() > 4 * WRITE_HIGH
+    )
+    assert conn.transport.get_write_buffer_size() < WRITE_HIGH + (64 << 10)
+    for _ in range(count):  # reading, the worker gets every reply
+        assert isinstance(await worker.next(), Stats)
+
+
+async def test_concurrent_stats_requests_each_get_a_reply(broker_process):
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(StatsRequest(), StatsRequest(), StatsRequest())
+    msgs = [await worker.next() for _ in range(3)]
+    assert all(isinstance(m, Stats) for m in msgs), msgs
+
+
+# -- 7. dead workers ------------------------------------------------------------------------
+
+
+_FORKING_WORKER = textwrap.dedent(
+    """
+    import os, socket, sys, time
+    sys.path.insert(0, {root!r})
+    from shared.framing import encode
+    from shared.messages import PROTOCOL_VERSION, Hello
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(encode(Hello(PROTOCOL_VERSION, os.getpid())))
+    s.recv(100)
+    child = os.fork()
+    if child == 0:  # holds the socket open after its parent died
+        os.close(1)
+        time.sleep(30)
+        os._exit(0)
+    print(child, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("use_pidfd", [True, False], ids=["pidfd", "polling"])
+async def test_a_dead_worker_is_found_though_a_child_holds_its_socket(local_broker, use_pidfd):
+    server = await local_broker()
+    server.use_pidfd = use_pidfd
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _FORKING_WORKER.format(root=ROOT), server.path,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    child = int(await asyncio.wait_for(proc.stdout.readline(), 15))
+    try:
+        await proc.wait()
+        await _eventually(lambda: not server.workers, within=3)
+        assert (server._poller is None) == use_pidfd  # no polling where pidfd serves
+    finally:
+        os.kill(child, 9)
