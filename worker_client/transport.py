@@ -164,6 +164,7 @@ class StreamHandle:
 
     def _close(self) -> None:
         self.done = True
+        self.content._on_consumed = None
         if self._timer is not None:
             self.transport.deadlines.discard(self, self._timer)
             self._timer = None

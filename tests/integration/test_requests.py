@@ -19,6 +19,7 @@ from tests.integration.apps import (
     echo_app,
     header,
     headers_named,
+    text_app,
 )
 from worker_client import (
     BasicAuth,
@@ -286,6 +287,33 @@ async def test_concurrent_requests_each_get_an_answer(serve_app, session):
     assert await asyncio.gather(*(one(n) for n in range(10))) == [f"/{n}" for n in range(10)]
     assert 1 < len(set(ports)) <= 10
 
+
+
+async def test_a_finished_request_leaves_no_cyclic_garbage(serve_app, session):
+    """Reference counting alone frees a request that was read to its end: nothing is
+    left for the cyclic collector (a handle and its reader pointing at each other was)."""
+    base = await serve_app(text_app("hello"))
+
+    async def both_styles() -> None:
+        resp = await session.get(base + "/")
+        assert await resp.read() == b"hello"
+        async with session.get(base + "/") as resp:
+            assert await resp.text() == "hello"
+
+    await both_styles()  # the first connection and anything made once
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            await both_styles()
+        found = gc.collect()
+        kinds = sorted({type(o).__qualname__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert found == 0, kinds
 
 # -- calling styles ---------------------------------------------------------------------
 
