@@ -28,7 +28,14 @@ from .connector import BaseConnector
 from .helpers import BasicAuth
 from .request_builder import prepare_request
 from .response import ClientResponse
-from .transport import StreamHandle, Transport, broker_address, get_transport, release_transport
+from .transport import (
+    StreamHandle,
+    Transport,
+    broker_address,
+    get_transport,
+    release_transport,
+    trusted_broker_uids,
+)
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -110,6 +117,7 @@ class ClientSession:
         connector_owner: bool = True,
         max_redirects: int = 10,
         broker: str | None = None,
+        broker_uid: int | Iterable[int] | None = None,
     ) -> None:
         if base_url is not None:
             base = URL(base_url)
@@ -137,6 +145,12 @@ class ClientSession:
         self._auto_decompress = auto_decompress
         self._max_redirects = max_redirects
         self._broker = broker_address(broker)
+        # Read once, as the address: the broker uids this session talks to.
+        self._broker_uids = (
+            trusted_broker_uids(broker_uid)
+            if self._broker is not None or broker_uid is not None
+            else frozenset()
+        )
         self._transport: Transport | None = None
         self._transport_lock: asyncio.Lock | None = None
         self._handles: set[StreamHandle] = set()
@@ -239,7 +253,7 @@ class ClientSession:
                 await release_transport(self._transport)
                 self._transport = None
             if self._transport is None:
-                self._transport = await get_transport(self._broker)
+                self._transport = await get_transport(self._broker, self._broker_uids)
                 if self._connector is not None:
                     self._connector._bind(self._transport)
             return self._transport
@@ -484,7 +498,9 @@ def request(method: str, url: str | URL, **kwargs: Any) -> _SessionRequestContex
 
 class _SessionRequestContextManager:
     def __init__(self, method: str, url: str | URL, kwargs: dict[str, Any]) -> None:
-        session_keys = ("connector", "timeout", "broker", "auto_decompress", "headers")
+        session_keys = (
+            "connector", "timeout", "broker", "broker_uid", "auto_decompress", "headers",
+        )
         self._session_kw = {k: kwargs.pop(k) for k in session_keys if k in kwargs}
         self._method, self._url, self._kw = method, url, kwargs
         self._session: ClientSession | None = None

@@ -8,6 +8,14 @@ message objects without encoding them. Both deliver into a ``StreamHandle``.
 Transports are counted: each session that uses one holds it, and the last one to close
 closes it, so that nothing outlives the event loop. A transport made in another process
 (before a fork) is never reused: the cache is keyed by pid.
+
+Trust: whatever listens on the broker path receives every request of this process, its
+credentials included. So before the first byte (the ``Hello``), the worker asks the
+kernel who serves the socket (``SO_PEERCRED``: the uid that called ``listen``) and talks
+only to a broker of its own uid, or of a uid listed in ``broker_uid=`` /
+``HTTP_BROKER_UID``. Root gets no exception: a root broker admits only root workers (the
+broker serves its own uid and root), so a worker of another uid would be refused after
+sending its ``Hello`` anyway, and a process that is not ours is not trusted unasked.
 """
 
 from __future__ import annotations
@@ -15,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
+import socket
+import struct
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -49,7 +60,9 @@ from shared.stream_state import Event, State, StreamStateError, step
 
 from .response import StreamReader
 
-__all__ = ["StreamHandle", "Transport", "get_transport", "broker_address"]
+__all__ = [
+    "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
+]
 
 _ACK_BATCH = STREAM_WINDOW // 4
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
@@ -62,6 +75,59 @@ def broker_address(explicit: str | None) -> str | None:
     if addr and addr.startswith("unix:"):
         addr = addr[5:]
     return addr
+
+
+def trusted_broker_uids(explicit: int | Iterable[int] | None = None) -> frozenset[int]:
+    """The uids whose broker this process talks to: its own, plus ``broker_uid=`` (an
+    int or several) or else ``HTTP_BROKER_UID`` (uids separated by commas or spaces)."""
+    if explicit is None:
+        raw = os.environ.get("HTTP_BROKER_UID", "").strip()
+        words = re.split(r"[,\s]+", raw) if raw else []
+        if not all(w.isascii() and w.isdigit() for w in words):
+            raise ValueError(
+                f"HTTP_BROKER_UID must be numeric uids separated by commas, got {raw!r}"
+            )
+        listed = [int(w) for w in words]
+    else:
+        listed = list(explicit) if isinstance(explicit, Iterable) else [explicit]
+        for uid in listed:
+            if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
+                raise ValueError(f"broker_uid must be uids (ints >= 0), got {uid!r}")
+    return frozenset((os.getuid(), *listed))
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_uid(sock: Any, path: str) -> int | None:
+    """The uid of the process that listens on the other end of ``sock``."""
+    if hasattr(socket, "SO_PEERCRED"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        return int(_UCRED.unpack(creds)[1])
+    try:  # no SO_PEERCRED (macOS, BSD): the socket file's owner, who bound it
+        return os.stat(path).st_uid
+    except OSError:
+        return None
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_broker_uid(path: str, uid: int | None, trusted: frozenset[int]) -> None:
+    """Refuse a broker that runs under a uid this process does not trust."""
+    if uid is None or uid in trusted:
+        return
+    raise BrokerConnectionError(
+        f"the broker socket at {path} is served by {_user(uid)}, not by this process's "
+        f"{_user(os.getuid())}: refusing to send it anything. If that broker is yours, "
+        f"trust its uid with ClientSession(broker_uid={uid}) or HTTP_BROKER_UID={uid}"
+    )
 
 
 class StreamHandle:
@@ -432,8 +498,15 @@ class IPCTransport(Transport):
         self._replay: dict[int, bytes] = {}  # bodies the broker may ask for again
         self._stats: asyncio.Future[Stats] | None = None
         self.broker_pid = 0
+        self.broker_uid: int | None = None
 
-    async def connect(self, timeout: float = 10.0) -> None:
+    async def connect(
+        self, timeout: float = 10.0, trusted: frozenset[int] | None = None
+    ) -> None:
+        """Connect, check the broker's uid against ``trusted`` (default: this process's
+        uid and ``HTTP_BROKER_UID``), then shake hands within ``timeout`` seconds."""
+        if trusted is None:
+            trusted = trusted_broker_uids()
         try:
             transport, _ = await self.loop.create_unix_connection(
                 lambda: _BrokerProtocol(self), self.path
@@ -443,18 +516,22 @@ class IPCTransport(Transport):
                 f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
             ) from None
         self._transport = transport
-        transport.write(encode(Hello(PROTOCOL_VERSION, os.getpid())))
         try:
-            welcome = await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
-        except asyncio.TimeoutError:
-            transport.close()
-            raise BrokerConnectionError(
-                f"the broker at {self.path} did not answer the handshake"
-            ) from None
+            self.broker_uid = _peer_uid(transport.get_extra_info("socket"), self.path)
+            check_broker_uid(self.path, self.broker_uid, trusted)
+            transport.write(encode(Hello(PROTOCOL_VERSION, os.getpid())))
+            timer = self.loop.call_later(timeout, self._handshake_timed_out)
+            try:
+                welcome = await self._welcome
+            finally:
+                timer.cancel()
         except BaseException:
             transport.close()
             raise
         self.broker_pid = welcome.pid
+
+    def _handshake_timed_out(self) -> None:
+        self.lost(BrokerConnectionError(f"the broker at {self.path} did not answer the handshake"))
 
     def forget(self, stream_id: int) -> None:
         super().forget(stream_id)
@@ -653,8 +730,15 @@ def _drop(transport: Transport) -> None:
                 del per_loop[key]
 
 
-async def get_transport(address: str | None) -> Transport:
-    """This process's transport for ``address`` (None: embedded), counted as one user."""
+async def get_transport(
+    address: str | None, trusted: frozenset[int] | None = None
+) -> Transport:
+    """This process's transport for ``address`` (None: embedded), counted as one user.
+
+    ``trusted``: the broker uids this caller talks to (see ``trusted_broker_uids``); a
+    connection that another session opened to a broker of another uid is refused too."""
+    if address is not None and trusted is None:
+        trusted = trusted_broker_uids()
     loop = asyncio.get_running_loop()
     per_loop = _cache.setdefault(loop, {})
     key = (os.getpid(), address)
@@ -666,7 +750,7 @@ async def get_transport(address: str | None) -> Transport:
                 transport: Transport = EmbeddedTransport(loop)
             else:
                 ipc = IPCTransport(loop, address)
-                await ipc.connect()
+                await ipc.connect(trusted=trusted)
                 transport = ipc
         except BaseException as exc:
             del per_loop[key]
@@ -675,6 +759,9 @@ async def get_transport(address: str | None) -> Transport:
             raise
         fut.set_result(transport)
     transport = await asyncio.shield(fut)
+    if isinstance(transport, IPCTransport):
+        assert trusted is not None
+        check_broker_uid(transport.path, transport.broker_uid, trusted)
     transport.users += 1
     return transport
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 import broker
 from shared.framing import FrameReader, encode
-from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Request, Welcome
+from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Request, Stats, Welcome
 from worker_client import (
     BrokerConnectionError,
     BrokerProtocolError,
@@ -186,6 +186,148 @@ def test_other_uid_is_refused():
         assert [(type(m).__name__, getattr(m, "code", None)) for m in msgs] == [
             ("ErrorFrame", "permission")
         ], out.stderr
+
+
+
+# A broker stand-in that runs as nobody: it answers each whole frame it receives with the
+# next canned reply and, when a connection ends, prints how many bytes it received.
+# It drops to nobody right after its imports: it may not read our packages.
+_NOBODY_BROKER = textwrap.dedent(
+    """
+    import os, socket, sys
+    path, replies = sys.argv[1], [bytes.fromhex(h) for h in sys.argv[2:]]
+    os.setgid(65534); os.setuid(65534)
+    server = socket.socket(socket.AF_UNIX); server.bind(path); server.listen()
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        got, answered = b"", 0
+        while data := conn.recv(65536):
+            got += data
+            pos = frames = 0
+            while len(got) - pos >= 4:
+                end = pos + 4 + int.from_bytes(got[pos:pos + 4], "little")
+                if end > len(got):
+                    break
+                pos, frames = end, frames + 1
+            for reply in replies[answered:frames]:
+                conn.sendall(reply)
+            answered = max(answered, frames)
+        conn.close()
+        print("received", len(got), flush=True)
+    """
+)
+
+
+@pytest.fixture
+async def nobody_broker():
+    """The socket path of a broker stand-in run by uid 65534, and a way to read how many
+    bytes each of its connections received."""
+    folder = tempfile.mkdtemp()
+    os.chown(folder, 65534, 65534)
+    path = os.path.join(folder, "nobody.sock")
+    replies = [encode(Welcome(PROTOCOL_VERSION, 4242)), encode(Stats(4242, 1, 0))]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _NOBODY_BROKER, path, *(r.hex() for r in replies),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    async def received() -> int:
+        line = await asyncio.wait_for(stdout.readline(), 5)
+        assert line.startswith(b"received "), line
+        return int(line.split()[1])
+
+    try:
+        assert await asyncio.wait_for(stdout.readline(), 10) == b"ready\n"
+        yield path, received
+    finally:
+        proc.kill()
+        await proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a broker as another uid")
+async def test_a_broker_of_another_uid_gets_not_a_byte(nobody_broker):
+    path, received = nobody_broker
+    assert os.getuid() != 65534
+    async with ClientSession(broker=path) as session:
+        with pytest.raises(BrokerConnectionError) as info:
+            await session.stats()
+    assert await received() == 0  # not even the Hello, which carries our pid
+    message = str(info.value)
+    assert f"{path} is served by uid 65534" in message
+    assert "broker_uid=65534" in message and "HTTP_BROKER_UID=65534" in message
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a broker as another uid")
+@pytest.mark.parametrize("how", ["argument", "environment"])
+async def test_a_broker_of_a_listed_uid_is_trusted(nobody_broker, monkeypatch, how):
+    path, received = nobody_broker
+    if how == "environment":
+        monkeypatch.setenv("HTTP_BROKER_UID", "1234, 65534")
+        trusting = ClientSession(broker=path)
+    else:
+        trusting = ClientSession(broker=path, broker_uid=[1234, 65534])
+    async with trusting:
+        assert (await trusting.stats()).pid == 4242
+        # A session of the same process that does not trust that uid does not get to
+        # use the connection the other one opened.
+        monkeypatch.delenv("HTTP_BROKER_UID", raising=False)
+        async with ClientSession(broker=path) as wary:
+            with pytest.raises(BrokerConnectionError, match="served by uid 65534"):
+                await wary.stats()
+    assert await received() > 0
+
+
+
+async def _mute_broker(path: str, hello_read: asyncio.Event, closed: asyncio.Event):
+    """A Unix server of our own uid that reads the Hello and never answers."""
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(4)
+        hello_read.set()
+        await reader.read()
+        closed.set()
+        writer.close()
+
+    return await asyncio.start_unix_server(mute, path)
+
+
+async def test_a_broker_that_never_answers_the_handshake(tmp_path):
+    from worker_client.transport import IPCTransport
+
+    path = str(tmp_path / "mute.sock")
+    hello_read, closed = asyncio.Event(), asyncio.Event()
+    server = await _mute_broker(path, hello_read, closed)
+    try:
+        transport = IPCTransport(asyncio.get_running_loop(), path)
+        with pytest.raises(BrokerConnectionError, match="did not answer the handshake"):
+            await transport.connect(timeout=0.2)
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_cancel_during_the_handshake_is_a_cancel(tmp_path):
+    from worker_client.transport import IPCTransport
+
+    path = str(tmp_path / "mute.sock")
+    hello_read, closed = asyncio.Event(), asyncio.Event()
+    server = await _mute_broker(path, hello_read, closed)
+    try:
+        transport = IPCTransport(asyncio.get_running_loop(), path)
+        connecting = asyncio.ensure_future(transport.connect())
+        await asyncio.wait_for(hello_read.wait(), 5)
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+        await asyncio.wait_for(closed.wait(), 5)  # and the socket was closed
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
