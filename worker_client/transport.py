@@ -27,6 +27,7 @@ import re
 import socket
 import struct
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -496,7 +497,8 @@ class IPCTransport(Transport):
         self._credit_waiters: dict[int, asyncio.Future[None]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._replay: dict[int, bytes] = {}  # bodies the broker may ask for again
-        self._stats: asyncio.Future[Stats] | None = None
+        # One waiter per StatsRequest sent; the broker answers them in order.
+        self._stats: deque[asyncio.Future[Stats]] = deque()
         self.broker_pid = 0
         self.broker_uid: int | None = None
 
@@ -589,8 +591,12 @@ class IPCTransport(Transport):
             if not self._welcome.done():
                 self._welcome.set_result(msg)
         elif kind is Stats:
-            if self._stats is not None and not self._stats.done():
-                self._stats.set_result(msg)
+            if not self._stats:
+                self.lost(BrokerProtocolError("the broker sent Stats nobody asked for"))
+                return
+            waiter = self._stats.popleft()
+            if not waiter.done():  # else that caller was cancelled
+                waiter.set_result(msg)
         elif kind is ErrorFrame:
             self.lost(
                 BrokerProtocolError(f"the broker closed the connection: {msg.message}")
@@ -611,10 +617,11 @@ class IPCTransport(Transport):
         self.closed = True
         exc = self._error or BrokerConnectionError("lost the connection to the broker")
         self._error = exc
-        for fut in (self._welcome, self._stats):
-            if fut is not None and not fut.done():
+        for fut in (self._welcome, *self._stats):
+            if not fut.done():
                 fut.set_exception(exc)
                 fut.exception()
+        self._stats.clear()
         for h in list(self.handles.values()):
             h.fail(exc)
         for w in self._credit_waiters.values():
@@ -696,9 +703,10 @@ class IPCTransport(Transport):
             self._send(ClearDNS(pool, host, port))
 
     async def stats(self) -> Stats:
-        self._stats = self.loop.create_future()
         self._send(StatsRequest())
-        return await self._stats
+        waiter: asyncio.Future[Stats] = self.loop.create_future()
+        self._stats.append(waiter)
+        return await waiter
 
     async def aclose(self) -> None:
         self.deadlines.cancel_all()

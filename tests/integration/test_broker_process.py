@@ -20,7 +20,15 @@ from aiohttp import web
 
 import broker
 from shared.framing import FrameReader, encode
-from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Request, Stats, Welcome
+from shared.messages import (
+    PROTOCOL_VERSION,
+    Data,
+    ErrorFrame,
+    Hello,
+    Request,
+    Stats,
+    Welcome,
+)
 from worker_client import (
     BrokerConnectionError,
     BrokerProtocolError,
@@ -537,10 +545,17 @@ async def test_losing_the_broker_mid_request_then_a_new_one(serve_app, tmp_path)
                 assert await resp.text() == "hello"
 
 
-async def test_a_broker_that_breaks_stream_order_is_a_protocol_error(tmp_path):
-    """The worker checks every stream against shared.stream_state's table."""
-    from shared.messages import Data, Request
-
+@pytest.mark.parametrize(
+    ("answer", "needle"),
+    [
+        (lambda req: Data(req.stream, b"body first"), "data is not allowed in state open"),
+        (lambda req: Stats(1, 1, 0), "Stats nobody asked for"),
+    ],
+    ids=["data-before-head", "unasked-stats"],
+)
+async def test_a_broker_that_breaks_the_protocol_is_a_protocol_error(tmp_path, answer, needle):
+    """The worker checks every stream against shared.stream_state's table, and every
+    answer against a question it asked."""
     path = str(tmp_path / "liar.sock")
 
     async def liar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -553,13 +568,13 @@ async def test_a_broker_that_breaks_stream_order_is_a_protocol_error(tmp_path):
                 if isinstance(msg, Hello):
                     writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
                 elif isinstance(msg, Request):
-                    writer.write(encode(Data(msg.stream, b"body before any head")))
+                    writer.write(encode(answer(msg)))
         writer.close()
 
     server = await asyncio.start_unix_server(liar, path)
     try:
         async with ClientSession(broker=path) as session:
-            with pytest.raises(BrokerProtocolError, match="data is not allowed in state open"):
+            with pytest.raises(BrokerProtocolError, match=needle):
                 await session.get("http://127.0.0.1:1/")
     finally:
         server.close()

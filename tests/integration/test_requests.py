@@ -698,3 +698,20 @@ async def test_a_real_cancel_of_the_caller_stays_a_cancel(make_session, raw_serv
         await task
     stats = await session.stats()
     assert stats.streams == 0
+
+
+async def test_concurrent_stats_calls_each_get_an_answer(session):
+    pid = (await session.stats()).pid  # connected: what follows is only the two calls
+    first, second = await asyncio.wait_for(
+        asyncio.gather(session.stats(), session.stats()), 10
+    )
+    assert first.pid == second.pid == pid
+    # A caller that gives up leaves the answers of the others in order.
+    gone = asyncio.ensure_future(session.stats())
+    await asyncio.sleep(0)
+    gone.cancel()
+    answers = await asyncio.wait_for(asyncio.gather(*(session.stats() for _ in range(3))), 10)
+    assert [a.pid for a in answers] == [first.pid] * 3
+    (outcome,) = await asyncio.gather(gone, return_exceptions=True)
+    # Embedded figures come without a wait: that call may have finished first.
+    assert isinstance(outcome, asyncio.CancelledError) or outcome.pid == first.pid
