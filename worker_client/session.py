@@ -56,7 +56,7 @@ class _RequestOptions(TypedDict, total=False):
     auth: BasicAuth | None
     allow_redirects: bool
     max_redirects: int
-    timeout: ClientTimeout | None
+    timeout: ClientTimeout | float | None
     raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] | None
     read_until_eof: bool
     auto_decompress: bool | None
@@ -309,7 +309,7 @@ class ClientSession:
         auth: BasicAuth | None = None,
         allow_redirects: bool = True,
         max_redirects: int | None = None,
-        timeout: ClientTimeout | None = _SENTINEL,
+        timeout: ClientTimeout | float | None = _SENTINEL,
         raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] | None = None,
         read_until_eof: bool = True,
         auto_decompress: bool | None = None,
@@ -321,6 +321,7 @@ class ClientSession:
             raise RuntimeError("Session is closed")
         if unsupported:
             _check_options(unsupported)
+        timeout = self._timeout if timeout is _SENTINEL else _request_timeout(timeout)
         merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
         if headers:
             extra = CIMultiDict(headers)
@@ -343,8 +344,6 @@ class ClientSession:
             auth=auth,
             session_auth=self._default_auth,
         )
-        if timeout is _SENTINEL or timeout is None:
-            timeout = self._timeout
         transport = await self._get_transport()
         sent_headers = CIMultiDictProxy(prepared.headers)
         request_info = RequestInfo(
@@ -447,6 +446,20 @@ class ClientSession:
             loop=asyncio.get_running_loop(),
             request_url=request_url,
         )
+
+
+def _request_timeout(timeout: ClientTimeout | float | None) -> ClientTimeout:
+    """A request's ``timeout=`` as aiohttp 3.14 reads it: a ``ClientTimeout``, or else
+    the total in seconds (None: no timeout at all, not the session's)."""
+    if isinstance(timeout, ClientTimeout):
+        return timeout
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+    ):
+        raise TypeError(
+            f"timeout must be a ClientTimeout or a number of seconds, got {timeout!r}"
+        )
+    return ClientTimeout(total=timeout)
 
 
 def _uncancel() -> None:

@@ -617,7 +617,8 @@ class IPCTransport(Transport):
         self.closed = True
         exc = self._error or BrokerConnectionError("lost the connection to the broker")
         self._error = exc
-        for fut in (self._welcome, *self._stats):
+        waiters: list[asyncio.Future[Any]] = [self._welcome, *self._stats]
+        for fut in waiters:
             if not fut.done():
                 fut.set_exception(exc)
                 fut.exception()

@@ -472,6 +472,62 @@ async def test_total_timeout_while_reading_the_body(raw_server, session):
         await resp.read()
 
 
+
+async def test_a_number_is_the_total_timeout_as_in_aiohttp(raw_server, serve_app, session):
+    base = await raw_server(_silent)
+    started = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError) as info:
+        await session.get(base + "/", timeout=0.2)
+    assert 0.15 < time.monotonic() - started < 1.5
+    assert not isinstance(info.value, ServerTimeoutError)  # the total, not sock_read
+    fine = await serve_app(text_app("fine"))
+    async with session.get(fine + "/", timeout=5) as resp:
+        assert await resp.text() == "fine"
+
+
+async def test_a_request_timeout_of_none_means_no_timeout_not_the_sessions(
+    serve_app, make_session
+):
+    """aiohttp 3.14 reads a request's ``timeout=None`` as ``ClientTimeout(total=None)``."""
+    app = web.Application()
+
+    async def late(request: web.Request) -> web.Response:
+        answer = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.4, answer.set)
+        await answer.wait()
+        return web.Response(text="late")
+
+    app.router.add_get("/", late)
+    base = await serve_app(app)
+    session = make_session(timeout=ClientTimeout(total=0.1, sock_read=0.1))
+    async with session.get(base + "/", timeout=None) as resp:
+        assert await resp.text() == "late"
+
+
+async def test_a_bad_timeout_is_a_clear_error_that_leaves_nothing(make_session, caplog):
+    session = make_session()
+    for bad in ("5", True, [5]):
+        with pytest.raises(TypeError, match="a ClientTimeout or a number of seconds"):
+            await session.get("http://127.0.0.1:1/", timeout=bad)
+    with pytest.raises(ValueError, match="must be None or >= 0"):
+        await session.get("http://127.0.0.1:1/", timeout=-1)
+    assert (await session.stats()).streams == 0
+    await session.close()
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+async def test_the_session_timeout_must_be_a_client_timeout_as_in_aiohttp():
+    import aiohttp
+
+    from worker_client import ClientSession
+
+    with pytest.raises(ValueError, match="please use 'timeout=ClientTimeout") as ours:
+        ClientSession(timeout=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as theirs:
+        aiohttp.ClientSession(timeout=5)  # type: ignore[arg-type]
+    assert str(ours.value) == str(theirs.value)
+
 async def test_timeouts_leave_the_session_usable(raw_server, serve_app, session):
     slow = await raw_server(_silent)
     with pytest.raises(asyncio.TimeoutError):
