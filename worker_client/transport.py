@@ -322,6 +322,8 @@ class Transport:
         raise NotImplementedError
 
     def cancel(self, stream_id: int) -> None:
+        """The worker gives up the stream: whatever it holds in the engine is released,
+        and nothing more of it reaches its handle."""
         raise NotImplementedError
 
     def ack(self, stream_id: int, size: int) -> None:
@@ -468,21 +470,42 @@ class _BrokerProtocol(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
+        # Nothing may escape to the event loop (a "Fatal error" with no word to the
+        # waiting requests): every failure here ends the connection as the broker's fault.
         try:
             msgs = self.reader.feed(self._view[:nbytes])
         except FrameError as exc:
             self.owner.lost(BrokerProtocolError(f"the broker sent a bad frame: {exc}"))
             return
+        except Exception as exc:  # RecursionError for a frame nested too deep
+            self.owner.lost(BrokerProtocolError(f"the broker sent an undecodable frame: {exc!r}"))
+            return
         dispatch = self.owner.dispatch
-        for msg in msgs:
-            dispatch(msg)
+        try:
+            for msg in msgs:
+                dispatch(msg)
+        except Exception as exc:
+            self.owner.lost(BrokerProtocolError(f"the broker's {type(msg).__name__}: {exc!r}"))
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.connection_lost()
 
 
 class IPCTransport(Transport):
-    """This process's connection to a broker process."""
+    """This process's connection to a broker process.
+
+    What it buffers, and its bounds: a request body being sent, at most ``STREAM_WINDOW``
+    unacknowledged bytes per stream (the broker's credit); an inline body (at most
+    ``_INLINE_BODY_MAX``) kept until the stream ends, in case the broker asks for it
+    again (``Rewind``); and the socket's write buffer: while it is over its high-water
+    mark (``pause_writing``), new requests and body chunks wait for it to drain.
+    """
 
     kind = "broker"
 
@@ -499,6 +522,7 @@ class IPCTransport(Transport):
         self._replay: dict[int, bytes] = {}  # bodies the broker may ask for again
         # One waiter per StatsRequest sent; the broker answers them in order.
         self._stats: deque[asyncio.Future[Stats]] = deque()
+        self._writable: asyncio.Future[None] | None = None  # set while writing is paused
         self.broker_pid = 0
         self.broker_uid: int | None = None
 
@@ -581,6 +605,9 @@ class IPCTransport(Transport):
             if h is not None:
                 h.on_failure(msg)
         elif kind is Ack:
+            if not 0 < msg.size <= STREAM_WINDOW:
+                self.lost(BrokerProtocolError(f"the broker sent an Ack of {msg.size} bytes"))
+                return
             if msg.stream not in self._credit:
                 return  # the body was all sent: a late acknowledgement
             self._credit[msg.stream] += msg.size
@@ -629,11 +656,26 @@ class IPCTransport(Transport):
             if not w.done():
                 w.set_exception(exc)
                 w.exception()
+        self.resume_writing()  # whoever waits to write finds the error
         if not self._lost.done():
             self._lost.set_result(None)
         _drop(self)
 
     # -- streams -----------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    async def _until_writable(self) -> None:
+        while self._writable is not None:
+            # Shielded: one waiter's cancel must not cancel everyone's wait.
+            await asyncio.shield(self._writable)
 
     async def send(
         self,
@@ -642,6 +684,8 @@ class IPCTransport(Transport):
         handle: StreamHandle,
         url: URL | None = None,
     ) -> None:
+        if self._writable is not None:
+            await self._until_writable()
         self.open(req, body, handle)
 
     def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
@@ -668,6 +712,8 @@ class IPCTransport(Transport):
                     while self._credit.get(stream_id, 0) <= 0:
                         w = self._credit_waiters[stream_id] = self.loop.create_future()
                         await w
+                    if self._writable is not None:
+                        await self._until_writable()
                     part = chunk[: self._credit[stream_id]]
                     chunk = chunk[len(part):]
                     self._credit[stream_id] -= len(part)
@@ -676,14 +722,15 @@ class IPCTransport(Transport):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
+            self._pumps.pop(stream_id, None)  # this task: not to be cancelled by cancel()
             h = self.handles.get(stream_id)
             if h is not None:
                 h.fail(exc)
-            if not self.closed:
-                self._send(Cancel(stream_id))
+            self.cancel(stream_id)
         finally:
             self._pumps.pop(stream_id, None)
             self._credit.pop(stream_id, None)
+            self._credit_waiters.pop(stream_id, None)
 
     def _end_pump(self, stream_id: int) -> None:
         task = self._pumps.pop(stream_id, None)
@@ -691,7 +738,10 @@ class IPCTransport(Transport):
             task.cancel()
 
     def cancel(self, stream_id: int) -> None:
+        """The worker gives up this stream: its upload stops, the broker is told to stop
+        it, and nothing more of it reaches its handle."""
         self._end_pump(stream_id)
+        self.forget(stream_id)
         if not self.closed:
             self._send(Cancel(stream_id))
 

@@ -22,17 +22,20 @@ import broker
 from shared.framing import FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
+    Ack,
     Data,
     ErrorFrame,
     Hello,
     Request,
     Stats,
+    StatsRequest,
     Welcome,
 )
 from worker_client import (
     BrokerConnectionError,
     BrokerProtocolError,
     ClientSession,
+    ClientTimeout,
     InvalidUrlClientError,
     NonHttpUrlClientError,
     TCPConnector,
@@ -545,41 +548,98 @@ async def test_losing_the_broker_mid_request_then_a_new_one(serve_app, tmp_path)
                 assert await resp.text() == "hello"
 
 
+def _nested_stats(depth: int) -> bytes:
+    """A Stats frame whose pools hold lists nested ``depth`` deep."""
+    body = b"\x96\xa5stats\x01\x01\x00\x00\x91\x81\xa1a" + b"\x91" * depth + b"\xc0"
+    return len(body).to_bytes(4, "little") + body
+
+
 @pytest.mark.parametrize(
     ("answer", "needle"),
     [
-        (lambda req: Data(req.stream, b"body first"), "data is not allowed in state open"),
-        (lambda req: Stats(1, 1, 0), "Stats nobody asked for"),
+        (lambda req: encode(Data(req.stream, b"body")), "data is not allowed in state open"),
+        (lambda req: encode(Stats(1, 1, 0)), "Stats nobody asked for"),
+        (lambda req: _nested_stats(100_000), "undecodable frame: RecursionError"),
+        (lambda req: encode(Ack(req.stream, 2**62)), "an Ack of 4611686018427387904 bytes"),
+        (lambda req: encode(Ack(req.stream, 0)), "an Ack of 0 bytes"),
     ],
-    ids=["data-before-head", "unasked-stats"],
+    ids=["data-before-head", "unasked-stats", "nested", "huge-ack", "empty-ack"],
 )
-async def test_a_broker_that_breaks_the_protocol_is_a_protocol_error(tmp_path, answer, needle):
+async def test_a_broker_that_breaks_the_protocol_is_a_protocol_error(
+    tmp_path, caplog, answer, needle
+):
     """The worker checks every stream against shared.stream_state's table, and every
     answer against a question it asked."""
     path = str(tmp_path / "liar.sock")
+    finished = asyncio.Event()
 
     async def liar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frames = FrameReader()
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            for msg in frames.feed(data):
-                if isinstance(msg, Hello):
-                    writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
-                elif isinstance(msg, Request):
-                    writer.write(encode(answer(msg)))
-        writer.close()
+        try:
+            while data := await reader.read(65536):
+                for msg in frames.feed(data):
+                    if isinstance(msg, Hello):
+                        writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
+                    elif isinstance(msg, Request):
+                        writer.write(answer(msg))
+        finally:
+            writer.close()
+            finished.set()
 
     server = await asyncio.start_unix_server(liar, path)
     try:
         async with ClientSession(broker=path) as session:
             with pytest.raises(BrokerProtocolError, match=needle):
-                await session.get("http://127.0.0.1:1/")
+                await session.get("http://127.0.0.1:1/", timeout=ClientTimeout(total=5))
+        await asyncio.wait_for(finished.wait(), 5)  # the worker hung up
+        assert "Fatal error" not in caplog.text
     finally:
         server.close()
         await server.wait_closed()
 
+
+
+async def test_requests_wait_while_the_broker_does_not_read(tmp_path):
+    """Write backpressure: a broker that stops reading holds back new requests in their
+    callers; the worker's socket buffer does not grow by a request body each."""
+    path = str(tmp_path / "deaf.sock")
+    hang_up = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader()
+        try:
+            while data := await reader.read(65536):
+                for msg in frames.feed(data):
+                    if isinstance(msg, Hello):
+                        writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
+                    elif isinstance(msg, StatsRequest):
+                        writer.write(encode(Stats(os.getpid(), 1, 0)))
+                        await hang_up.wait()  # and read nothing more until then
+                        return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(deaf, path)
+    try:
+        async with ClientSession(broker=path) as session:
+            await session.stats()
+            body = b"x" * (1 << 20)
+            posts = [
+                asyncio.ensure_future(session.post("http://127.0.0.1:1/", data=body))
+                for _ in range(40)
+            ]
+            for _ in range(50):  # let every caller run as far as it can (no timing)
+                await asyncio.sleep(0)
+            ipc = session._transport
+            assert ipc is not None
+            buffered = ipc._transport.get_write_buffer_size()  # type: ignore[attr-defined]
+            hang_up.set()
+            assert buffered < 2 << 20, f"{buffered} bytes buffered for a deaf broker"
+            outcomes = await asyncio.wait_for(asyncio.gather(*posts, return_exceptions=True), 10)
+            assert all(isinstance(o, BrokerConnectionError) for o in outcomes), outcomes
+    finally:
+        server.close()
+        await server.wait_closed()
 
 @pytest.mark.parametrize(
     ("changes", "error", "needle"),
