@@ -14,6 +14,7 @@ from .http1 import ConnectionFailure, HTTP1Connection
 from .pool_state import NEW, Decision, PoolState
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver
+from .stream import BrokerStream
 
 __all__ = ["Pool", "ConnKey"]
 
@@ -70,15 +71,23 @@ class Pool:
                 self.rate.cancel(key[1], start)
                 raise
 
-    async def acquire(self, key: ConnKey, timeout: ClientTimeout) -> HTTP1Connection:
+    async def acquire(
+        self, key: ConnKey, timeout: ClientTimeout, stream: BrokerStream | None = None
+    ) -> HTTP1Connection:
+        """A connection for ``key``; waiting in the queue ends early if ``stream`` is
+        given up (``StreamStopped``)."""
         deadline = self._loop.time() + timeout.connect if timeout.connect else None
         while True:
-            conn = await self._acquire_once(key, timeout, deadline)
+            conn = await self._acquire_once(key, timeout, deadline, stream)
             if conn is not None:
                 return conn
 
     async def _acquire_once(
-        self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
+        self,
+        key: ConnKey,
+        timeout: ClientTimeout,
+        deadline: float | None,
+        stream: BrokerStream | None,
     ) -> HTTP1Connection | None:
         if self.closed:
             raise ConnectionFailure("connection", "the connection pool is closed")
@@ -87,6 +96,8 @@ class Pool:
         if got is None:
             waiter: asyncio.Future[Any] = self._loop.create_future()
             self.state.enqueue(key, waiter)
+            if stream is not None:
+                stream.waiting = waiter
             try:
                 got = await asyncio.wait_for(waiter, self._remaining(deadline))
             except BaseException as exc:
@@ -95,6 +106,9 @@ class Pool:
                 if isinstance(exc, asyncio.TimeoutError):
                     raise self._timeout(key) from None
                 raise
+            finally:
+                if stream is not None:
+                    stream.waiting = None
         if got is NEW:
             try:
                 conn = await self._connect(key, timeout, deadline)

@@ -21,6 +21,8 @@ from typing import Any
 
 import httptools
 
+from shared.errors import ErrorCode
+
 __all__ = ["HTTP1Connection", "ResponseHead", "ConnectionFailure"]
 
 _BUFSIZE = 1 << 16
@@ -34,9 +36,9 @@ MAX_HEAD_BYTES = 256 * 1024
 class ConnectionFailure(Exception):
     """The exchange failed; ``code`` is a wire error code (``shared.errors``)."""
 
-    def __init__(self, code: str, message: str, **fields: Any) -> None:
+    def __init__(self, code: ErrorCode | str, message: str, **fields: Any) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)
         self.message = message
         self.fields = fields
 

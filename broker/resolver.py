@@ -24,6 +24,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from shared.rules import check_host_port
 from shared.specs import ResolverSpec
 
 from .dns_cache import DNSCache
@@ -281,8 +282,7 @@ class CachedResolver:
 
     def clear(self, host: str | None = None, port: int | None = None) -> None:
         """Forget one (host, port) or everything, as aiohttp's ``clear_dns_cache``."""
-        if (host is None) != (port is None):
-            raise ValueError("either both host and port or none of them are allowed")
+        check_host_port(host, port)
         self._generation += 1
         if self.cache is None:
             return

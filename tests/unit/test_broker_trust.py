@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from shared.errors import BrokerConnectionError
+from worker_client import BrokerConnectionError
 from worker_client.transport import check_broker_uid, trusted_broker_uids
 
 OWN = os.getuid()
