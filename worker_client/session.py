@@ -218,7 +218,7 @@ class ClientSession:
             return
         self._closed = True
         for handle in list(self._handles):
-            handle.terminate(ClientConnectionError("Connection closed"))
+            handle.give_up(ClientConnectionError("Connection closed"))
         self._handles.clear()
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -373,7 +373,7 @@ class ClientSession:
             await transport.send(req, prepared.stream, handle, prepared.url)
             head = await handle.head
         except BaseException:
-            handle.abandon()
+            handle.give_up()
             self._handles.discard(handle)
             raise
         resp = self._response(head, handle, request_info, req.url)
@@ -418,7 +418,7 @@ class ClientSession:
         def on_release(complete: bool) -> None:
             self._handles.discard(handle)
             if not complete:
-                handle.abandon()
+                handle.give_up()
 
         if handle.done:
             self._handles.discard(handle)

@@ -133,7 +133,12 @@ def check_broker_uid(path: str, uid: int | None, trusted: frozenset[int]) -> Non
 
 
 class StreamHandle:
-    """The worker's end of one stream: the head future and the body reader."""
+    """The worker's end of one stream: the head future and the body reader.
+
+    A stream ends one of three ways, each once: completed (``on_end``), failed by the
+    broker or by the loss of the connection (``fail``), or given up by the worker
+    (``give_up``: a release before the end, a cancel, a total timeout, a closing session).
+    """
 
     __slots__ = (
         "id", "transport", "head", "content", "done", "state", "_unacked", "make_error",
@@ -166,8 +171,7 @@ class StreamHandle:
         try:
             self.state = step(self.state, event)
         except StreamStateError as exc:
-            self.transport.cancel(self.id)
-            self.fail(BrokerProtocolError(f"stream {self.id}: the broker sent {exc}"))
+            self.give_up(BrokerProtocolError(f"stream {self.id}: the broker sent {exc}"))
             return False
         return True
 
@@ -189,13 +193,10 @@ class StreamHandle:
             self.fail(self.make_error(failure))
 
     def fail(self, exc: BaseException) -> None:
-        if self.done:
-            return
-        self._close()
-        if not self.head.done():
-            self.head.set_exception(exc)
-        else:
-            self.content.set_exception(exc)
+        """The stream failed (the broker said so, or the connection to it broke)."""
+        if not self.done:
+            self._close()
+            self._deliver(exc)
 
     # -- from the session --------------------------------------------------------------
 
@@ -204,21 +205,24 @@ class StreamHandle:
 
     def _timed_out(self) -> None:
         self._timer = None
-        self.terminate(asyncio.TimeoutError("Timeout on request (total)"))
+        self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
 
-    def terminate(self, exc: BaseException) -> None:
-        """End the stream here and there: the broker stops it, readers get ``exc``."""
-        if not self.done:
-            self.transport.cancel(self.id)
-            self.fail(exc)
-
-    def abandon(self) -> None:
-        """The caller no longer wants the rest of this stream."""
+    def give_up(self, exc: BaseException | None = None) -> None:
+        """The worker gives up this stream: the engine stops it, and a reader still
+        waiting gets ``exc`` (without one, a waiter for the head is cancelled)."""
         if not self.done:
             self._close()
             self.transport.cancel(self.id)
-            if not self.head.done():
+            self._deliver(exc)
+
+    def _deliver(self, exc: BaseException | None) -> None:
+        if not self.head.done():
+            if exc is None:
                 self.head.cancel()
+            else:
+                self.head.set_exception(exc)
+        elif exc is not None:
+            self.content.set_exception(exc)
 
     def _consumed(self, size: int) -> None:
         if self.done:
@@ -716,8 +720,9 @@ class IPCTransport(Transport):
             self._pumps.pop(stream_id, None)  # this task: not to be cancelled by cancel()
             h = self.handles.get(stream_id)
             if h is not None:
-                h.fail(exc)
-            self.cancel(stream_id)
+                h.give_up(exc)  # the caller's body failed: its reader gets why
+            else:
+                self.cancel(stream_id)
         finally:
             self._pumps.pop(stream_id, None)
             self._credit.pop(stream_id, None)
