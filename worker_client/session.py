@@ -375,6 +375,7 @@ class ClientSession:
         except BaseException:
             handle.give_up()
             self._handles.discard(handle)
+            del handle  # its head holds the exception, whose traceback holds this frame
             raise
         resp = self._response(head, handle, request_info, req.url)
         rfs = raise_for_status

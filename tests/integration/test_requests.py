@@ -315,6 +315,34 @@ async def test_a_finished_request_leaves_no_cyclic_garbage(serve_app, session):
         gc.enable()
     assert found == 0, kinds
 
+
+async def test_a_failed_request_leaves_no_cyclic_garbage_in_the_worker(broker_process):
+    """The error path too (through a broker, so that only the worker's objects are
+    counted): the exception's traceback must not hold the stream that holds it."""
+    from worker_client import ClientSession
+
+    refused = f"http://127.0.0.1:{closed_port()}/"
+    async with ClientSession(broker=broker_process.socket_path) as session:
+
+        async def fail() -> None:
+            with pytest.raises(ClientConnectorError):
+                await session.get(refused)
+
+        await fail()
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                await fail()
+            found = gc.collect()
+            kinds = sorted({type(o).__qualname__ for o in gc.garbage})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert found == 0, kinds
+
 # -- calling styles ---------------------------------------------------------------------
 
 
