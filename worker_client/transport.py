@@ -503,6 +503,7 @@ class IPCTransport(Transport):
     """
 
     kind = "broker"
+    close_grace = 1.0  # seconds that aclose waits for the buffered frames to be sent
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: str) -> None:
         super().__init__(loop)
@@ -763,8 +764,14 @@ class IPCTransport(Transport):
         if pumps:
             await asyncio.gather(*pumps, return_exceptions=True)
         if self._transport is not None and not self._lost.done():
+            # close() first sends what is buffered; a broker that does not read it
+            # within the grace loses it (it cancels a gone worker's streams anyway).
             self._transport.close()
-            await self._lost
+            timer = self.loop.call_later(self.close_grace, self._transport.abort)
+            try:
+                await self._lost
+            finally:
+                timer.cancel()
         self.closed = True
 
 
