@@ -804,28 +804,48 @@ async def get_transport(
     loop = asyncio.get_running_loop()
     per_loop = _cache.setdefault(loop, {})
     key = (os.getpid(), address)
-    fut = per_loop.get(key)
-    if fut is None:
-        fut = per_loop[key] = loop.create_future()
-        try:
-            if address is None:
-                transport: Transport = EmbeddedTransport(loop)
-            else:
-                ipc = IPCTransport(loop, address)
-                await ipc.connect(trusted=trusted)
-                transport = ipc
-        except BaseException as exc:
-            del per_loop[key]
-            fut.set_exception(exc)
-            fut.exception()
-            raise
-        fut.set_result(transport)
-    transport = await asyncio.shield(fut)
+    while True:
+        fut = per_loop.get(key)
+        if fut is None:
+            fut = per_loop[key] = loop.create_future()
+            await _connect(fut, loop, address, trusted)
+        else:
+            # Not shield(fut): a connection whose caller was cancelled must not reach
+            # the others as a cancel of their own; they try again instead.
+            await asyncio.wait((fut,))
+        if not fut.cancelled():
+            break
+    transport = fut.result()
     if isinstance(transport, IPCTransport):
         assert trusted is not None
         check_broker_uid(transport.path, transport.broker_uid, trusted)
     transport.users += 1
     return transport
+
+
+async def _connect(
+    fut: asyncio.Future[Transport],
+    loop: asyncio.AbstractEventLoop,
+    address: str | None,
+    trusted: frozenset[int] | None,
+) -> None:
+    """Make the transport that ``fut`` (in the cache) stands for."""
+    try:
+        if address is None:
+            transport: Transport = EmbeddedTransport(loop)
+        else:
+            ipc = IPCTransport(loop, address)
+            await ipc.connect(trusted=trusted)
+            transport = ipc
+    except BaseException as exc:
+        _cache[loop].pop((os.getpid(), address), None)
+        if isinstance(exc, asyncio.CancelledError):
+            fut.cancel()
+        else:
+            fut.set_exception(exc)
+            fut.exception()
+        raise
+    fut.set_result(transport)
 
 
 async def release_transport(transport: Transport) -> None:

@@ -342,6 +342,50 @@ async def test_a_cancel_during_the_handshake_is_a_cancel(tmp_path):
         await server.wait_closed()
 
 
+
+async def test_a_cancelled_connect_is_not_a_cancel_of_the_other_sessions(tmp_path):
+    """Two sessions wait on one connection attempt; the one that made it is cancelled.
+    The other is not: it connects again and gets its answer."""
+    path = str(tmp_path / "second-time.sock")
+    first_hello = asyncio.Event()
+    connections = 0
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        mute = connections == 1  # the first connection never gets its Welcome
+        frames = FrameReader()
+        try:
+            while data := await reader.read(65536):
+                for msg in frames.feed(data):
+                    if isinstance(msg, Hello) and mute:
+                        first_hello.set()
+                    elif isinstance(msg, Hello):
+                        writer.write(encode(Welcome(PROTOCOL_VERSION, 4242)))
+                    elif isinstance(msg, StatsRequest):
+                        writer.write(encode(Stats(4242, 1, 0)))
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(broker, path)
+    try:
+        async with ClientSession(broker=path) as one, ClientSession(broker=path) as other:
+            connecting = asyncio.ensure_future(one.stats())
+            await asyncio.wait_for(first_hello.wait(), 5)
+            waiting = asyncio.ensure_future(other.stats())
+            for _ in range(5):  # until it waits on the same attempt (no timing)
+                await asyncio.sleep(0)
+            connecting.cancel()
+            stats = await asyncio.wait_for(waiting, 5)
+            assert stats.pid == 4242
+            assert connections == 2
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
     """A worker SIGKILLed mid-request frees its pool slot for the others at once."""
     slow = SlowApp()
