@@ -33,7 +33,8 @@ from shared.errors import ErrorCode
 from shared.messages import Failure, HistoryItem, Request
 
 from .decoding import DecodeError, Decoder
-from .http1 import ConnectionFailure, HTTP1Connection
+from .exchange import ConnectionFailure
+from .http1 import HTTP1Connection
 from .stream import BrokerStream
 
 if TYPE_CHECKING:

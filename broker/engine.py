@@ -24,9 +24,10 @@ from shared.specs import ClientTimeout, PoolSpec
 from .body import ResponseBody, failure_message, give_back, watch_silence
 from .connector import Pool
 from .decoding import make_decoder
+from .exchange import ConnectionFailure, ResponseHead, build_head, declared_length
 from .hops import REDIRECTS, Hop, follow, redirect_location
-from .http1 import ConnectionFailure, HTTP1Connection, ResponseHead
-from .resolver import Resolvers
+from .http1 import HTTP1Connection
+from .registry import Registry
 from .stream import BrokerStream, StreamStopped
 
 __all__ = ["Engine"]
@@ -34,47 +35,6 @@ __all__ = ["Engine"]
 log = logging.getLogger("broker.engine")
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
-BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
-_HOP_HEADERS = frozenset(("host", "content-length", "transfer-encoding"))
-
-
-def build_head(
-    method: str,
-    url: URL,
-    headers: list[tuple[str, str]],
-    body_length: int | None,
-    chunked: bool,
-    skip_host: bool,
-) -> bytes:
-    """The request line and headers of one hop, per-hop headers added."""
-    target = url.raw_path_qs or "/"
-    parts = [f"{method} {target} HTTP/1.1\r\n"]
-    has_host = skip_host
-    user_length: str | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname in _HOP_HEADERS:
-            if lname == "host":
-                has_host = True
-            elif lname == "content-length":
-                user_length = value
-                continue
-            else:
-                continue
-        parts.append(f"{name}: {value}\r\n")
-    if not has_host:
-        parts.insert(1, f"Host: {url.host_port_subcomponent}\r\n")
-    if body_length is not None:
-        parts.append(f"Content-Length: {body_length}\r\n")
-    elif chunked:
-        if user_length is not None:
-            parts.append(f"Content-Length: {user_length}\r\n")
-        else:
-            parts.append("Transfer-Encoding: chunked\r\n")
-    elif method in BODY_METHODS:
-        parts.append("Content-Length: 0\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode("utf-8", "surrogateescape")
 
 
 def _find(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -85,44 +45,34 @@ def _find(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 class Engine:
-    """Pools by spec, a resolver, and the request loop."""
+    """The request loop, on the pools and resolvers of a ``Registry``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self.resolvers = Resolvers(self._loop)
-        self.pools: dict[PoolSpec, Pool] = {}
+        self.registry = registry or Registry(self._loop)
         self.requests = 0
         self.closed = False
 
     def pool(self, spec: PoolSpec) -> Pool:
-        pool = self.pools.get(spec)
-        if pool is None:
-            resolver = self.resolvers.get(
-                spec.resolver, spec.ttl_dns_cache, spec.dns_cache_max_size, spec.use_dns_cache
-            )
-            pool = self.pools[spec] = Pool(spec, self._loop, resolver)
-        return pool
+        return self.registry.pool(spec)
 
     def clear_dns(self, spec: PoolSpec, host: str | None, port: int | None) -> None:
         """``TCPConnector.clear_dns_cache`` for the resolver that ``spec`` uses."""
-        if (host is None) != (port is None):
-            return  # the worker checked this; a bad message must not raise here
-        self.resolvers.get(
-            spec.resolver, spec.ttl_dns_cache, spec.dns_cache_max_size, spec.use_dns_cache
-        ).clear(host, port)
+        self.registry.clear_dns(spec, host, port)
 
     async def close(self) -> None:
         self.closed = True
-        pools = list(self.pools.values())
-        self.pools.clear()
-        await asyncio.gather(*(p.close() for p in pools))
-        await self.resolvers.close()
+        await self.registry.close()
 
     def figures(self) -> list[dict[str, Any]]:
-        return [p.figures() for p in self.pools.values()]
+        return self.registry.figures()
 
     def dns_figures(self) -> list[dict[str, Any]]:
-        return self.resolvers.figures()
+        return self.registry.dns_figures()
 
     # -- one request ---------------------------------------------------------------
 
@@ -197,6 +147,7 @@ class Engine:
         timeout = req.timeout
         body = hop.body
         streamed = hop.streamed
+        length = declared_length(hop.headers) if streamed else None
         head_bytes = build_head(
             hop.method,
             url,
@@ -205,18 +156,22 @@ class Engine:
             streamed,
             req.skip_host,
         )
-        await pool.wait_turn(key)
+        turn = pool.wait_turn(key)
+        if turn is not None:
+            stream.waiting = turn
+            try:
+                await turn
+            finally:
+                stream.waiting = None
         for attempt in (0, 1):
             conn = await pool.acquire(key, timeout, stream)
             try:
                 if stream.finished:  # given up while connecting
                     raise StreamStopped()
-                conn.read_until_eof = req.read_until_eof
-                conn.begin(hop.method, head_bytes, body)
+                conn.exchange.read_until_eof = req.read_until_eof
+                conn.begin(hop.method, head_bytes, body, streamed, length)
                 if streamed:
-                    await self._send_stream(
-                        conn, stream, _find_str(hop.headers, "content-length")
-                    )
+                    await self._send_stream(conn, stream)
                 return await self._read(conn, conn.head_future, timeout, stream), conn
             except ConnectionFailure as exc:
                 give_back(pool, conn)
@@ -237,21 +192,12 @@ class Engine:
                 raise
         raise AssertionError("unreachable")
 
-    async def _send_stream(
-        self, conn: HTTP1Connection, stream: BrokerStream, content_length: str | None
-    ) -> None:
-        chunked = content_length is None
+    async def _send_stream(self, conn: HTTP1Connection, stream: BrokerStream) -> None:
         async for chunk in stream.request_body():
-            if not chunk:
-                continue
-            if chunked:
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                conn.write(chunk)
-            await conn.drain()
-            stream.body_written(len(chunk))
-        if chunked:
-            conn.write(b"0\r\n\r\n")
+            if chunk:
+                await conn.send_body(chunk)
+                stream.body_written(len(chunk))
+        conn.end_body()
 
     async def _read(
         self,
@@ -335,10 +281,3 @@ def _checked(req: Request) -> URL:
         if name.lower() == "host" and host_header_problem(value) is not None:
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
     return url
-
-
-def _find_str(headers: list[tuple[str, str]], name: str) -> str | None:
-    for k, v in headers:
-        if k.lower() == name:
-            return v
-    return None

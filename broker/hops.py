@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from yarl import URL
 
-from .http1 import ConnectionFailure
+from .exchange import ConnectionFailure
 
 __all__ = ["Hop", "REDIRECTS", "follow", "redirect_location"]
 

@@ -63,9 +63,7 @@ class BrokerStream:
         worker's own body iterator) in a task, so that giving the stream up ends the
         wait at once: the task is cancelled, and a result it had already produced is
         passed to ``orphan`` to be disposed of."""
-        if self.finished:
-            raise StreamStopped()
-        task = asyncio.ensure_future(aw)
+        task = asyncio.ensure_future(aw)  # even when given up already: ``aw`` settles
         waiter: asyncio.Future[T] = task.get_loop().create_future()
 
         def done(t: asyncio.Future[T]) -> None:
@@ -83,7 +81,12 @@ class BrokerStream:
                 waiter.set_result(t.result())
 
         task.add_done_callback(done)
-        self.waiting = waiter
+        if self.finished:
+            task.cancel()
+            waiter.set_exception(StreamStopped())
+            waiter.exception()
+        else:
+            self.waiting = waiter
         try:
             return await waiter
         except BaseException:

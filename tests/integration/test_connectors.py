@@ -10,6 +10,7 @@ import tempfile
 import pytest
 from aiohttp import web
 
+from shared.specs import PoolSpec, ResolverSpec
 from worker_client import ClientConnectorError, ClientSession, TCPConnector, UnixConnector
 
 from ..conftest import read_request_head
@@ -179,7 +180,8 @@ async def test_local_addr_and_family(make_session, serve_app):
 
 async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     """A first address that hangs does not hold the connection for long."""
-    from broker.connector import _happy_eyeballs
+    from broker.connector import Pool
+    from broker.resolver import CachedResolver
 
     started: list[str] = []
     won = object()
@@ -195,20 +197,32 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
         return run
 
     loop = asyncio.get_running_loop()
+    resolver = CachedResolver(ResolverSpec(), loop)
+    pool = Pool(PoolSpec(), loop, resolver)
     t0 = loop.time()
-    result = await _happy_eyeballs(
-        [attempt("slow", 5.0), attempt("fast", 0.0)], delay=0.05  # type: ignore[list-item]
+    result = await pool._first_connected(
+        [attempt("slow", 5.0), attempt("fast", 0.0)], 0.05, None, None
     )
-    assert result == ("fast", won)
+    assert result is won
     assert started == ["slow", "fast"]
     assert loop.time() - t0 < 1.0
     # A failure starts the next attempt at once; the last error is raised.
     with pytest.raises(OSError, match="b refused"):
-        await _happy_eyeballs(
-            [attempt("a", 0, fail=True), attempt("b", 0, fail=True)], delay=10  # type: ignore[list-item]
+        await pool._first_connected(
+            [attempt("a", 0, fail=True), attempt("b", 0, fail=True)], 10, None, None
         )
     with pytest.raises(OSError, match="one refused"):
-        await _happy_eyeballs([attempt("one", 0, fail=True)], delay=None)  # type: ignore[list-item]
+        await pool._first_connected([attempt("one", 0, fail=True)], None, None, None)
+    # Each attempt has its own time (sock_connect), and all of them the deadline.
+    with pytest.raises(TimeoutError):
+        await pool._first_connected([attempt("hangs", 5.0)], None, 0.01, None)
+    with pytest.raises(TimeoutError):
+        await pool._first_connected(
+            [attempt("x", 5.0), attempt("y", 5.0)], 0.01, None, loop.time() + 0.05
+        )
+    await pool.close()  # waits for the attempts given up on
+    await resolver.close()
+    assert not pool._attempts and started[-2:] == ["x", "y"]
 
 
 @pytest.mark.parametrize(

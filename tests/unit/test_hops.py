@@ -3,8 +3,8 @@
 import pytest
 from yarl import URL
 
+from broker.exchange import ConnectionFailure
 from broker.hops import Hop, follow, redirect_location
-from broker.http1 import ConnectionFailure
 
 BASE = URL("http://a.example:8080/dir/page?q=1")
 HEADERS = [("Authorization", "Bearer s"), ("Cookie", "c=1"), ("Content-Length", "3"),
