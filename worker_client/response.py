@@ -4,6 +4,9 @@ How the body flows: the transport calls ``feed_data``/``feed_eof``/``set_excepti
 ``Data``/``End``/``Failure`` frames arrive; the reader keeps a deque of the chunks (no
 copying until a read asks for a slice) and calls ``on_consumed(n)`` once for every n
 bytes it hands out, which the transport turns into flow-control credit (``Ack``).
+So what a reader buffers is bounded by the sender, not here: the engine stops sending a
+stream once ``STREAM_WINDOW`` bytes are unacknowledged (plus the one chunk that crossed
+it), and only what the caller reads is acknowledged.
 
 A response is released once: when its body has been read to the end (complete), or by
 ``release()``/``close()``/leaving ``async with``; ``on_release(complete)`` then tells the

@@ -28,7 +28,14 @@ from .exceptions import ClientConnectionError, RequestInfo, exception_from_failu
 from .helpers import BasicAuth, check_base_url
 from .request_builder import prepare_request
 from .response import ClientResponse
-from .transport import StreamHandle, Transport, broker_address, get_transport, release_transport
+from .transport import (
+    StreamHandle,
+    Transport,
+    broker_address,
+    get_transport,
+    release_transport,
+    trusted_broker_uids,
+)
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -49,7 +56,7 @@ class _RequestOptions(TypedDict, total=False):
     auth: BasicAuth | None
     allow_redirects: bool
     max_redirects: int
-    timeout: ClientTimeout | None
+    timeout: ClientTimeout | float | None
     raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] | None
     read_until_eof: bool
     auto_decompress: bool | None
@@ -110,6 +117,7 @@ class ClientSession:
         connector_owner: bool = True,
         max_redirects: int = 10,
         broker: str | None = None,
+        broker_uid: int | Iterable[int] | None = None,
     ) -> None:
         self._base_url = check_base_url(base_url)
         if timeout is _SENTINEL or timeout is None:
@@ -131,6 +139,12 @@ class ClientSession:
         self._auto_decompress = auto_decompress
         self._max_redirects = max_redirects
         self._broker = broker_address(broker)
+        # Read once, as the address: the broker uids this session talks to.
+        self._broker_uids = (
+            trusted_broker_uids(broker_uid)
+            if self._broker is not None or broker_uid is not None
+            else frozenset()
+        )
         self._transport: Transport | None = None
         self._transport_lock: asyncio.Lock | None = None
         self._handles: set[StreamHandle] = set()
@@ -204,7 +218,7 @@ class ClientSession:
             return
         self._closed = True
         for handle in list(self._handles):
-            handle.terminate(ClientConnectionError("Connection closed"))
+            handle.give_up(ClientConnectionError("Connection closed"))
         self._handles.clear()
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -233,7 +247,7 @@ class ClientSession:
                 await release_transport(self._transport)
                 self._transport = None
             if self._transport is None:
-                self._transport = await get_transport(self._broker)
+                self._transport = await get_transport(self._broker, self._broker_uids)
                 if self._connector is not None:
                     self._connector._bind(self._transport)
             return self._transport
@@ -289,7 +303,7 @@ class ClientSession:
         auth: BasicAuth | None = None,
         allow_redirects: bool = True,
         max_redirects: int | None = None,
-        timeout: ClientTimeout | None = _SENTINEL,
+        timeout: ClientTimeout | float | None = _SENTINEL,
         raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] | None = None,
         read_until_eof: bool = True,
         auto_decompress: bool | None = None,
@@ -301,6 +315,7 @@ class ClientSession:
             raise RuntimeError("Session is closed")
         if unsupported:
             _check_options(unsupported)
+        timeout = self._timeout if timeout is _SENTINEL else _request_timeout(timeout)
         merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
         if headers:
             extra = CIMultiDict(headers)
@@ -323,8 +338,6 @@ class ClientSession:
             auth=auth,
             session_auth=self._default_auth,
         )
-        if timeout is _SENTINEL or timeout is None:
-            timeout = self._timeout
         transport = await self._get_transport()
         sent_headers = CIMultiDictProxy(prepared.headers)
         request_info = RequestInfo(
@@ -360,8 +373,9 @@ class ClientSession:
             await transport.send(req, prepared.stream, handle, prepared.url)
             head = await handle.head
         except BaseException:
-            handle.abandon()
+            handle.give_up()
             self._handles.discard(handle)
+            del handle  # its head holds the exception, whose traceback holds this frame
             raise
         resp = self._response(head, handle, request_info, req.url)
         rfs = raise_for_status
@@ -405,7 +419,7 @@ class ClientSession:
         def on_release(complete: bool) -> None:
             self._handles.discard(handle)
             if not complete:
-                handle.abandon()
+                handle.give_up()
 
         if handle.done:
             self._handles.discard(handle)
@@ -418,6 +432,20 @@ class ClientSession:
             loop=asyncio.get_running_loop(),
             request_url=request_url,
         )
+
+
+def _request_timeout(timeout: ClientTimeout | float | None) -> ClientTimeout:
+    """A request's ``timeout=`` as aiohttp 3.14 reads it: a ``ClientTimeout``, or else
+    the total in seconds (None: no timeout at all, not the session's)."""
+    if isinstance(timeout, ClientTimeout):
+        return timeout
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+    ):
+        raise TypeError(
+            f"timeout must be a ClientTimeout or a number of seconds, got {timeout!r}"
+        )
+    return ClientTimeout(total=timeout)
 
 
 class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
@@ -463,7 +491,9 @@ def request(method: str, url: str | URL, **kwargs: Any) -> _SessionRequestContex
 
 class _SessionRequestContextManager:
     def __init__(self, method: str, url: str | URL, kwargs: dict[str, Any]) -> None:
-        session_keys = ("connector", "timeout", "broker", "auto_decompress", "headers")
+        session_keys = (
+            "connector", "timeout", "broker", "broker_uid", "auto_decompress", "headers",
+        )
         self._session_kw = {k: kwargs.pop(k) for k in session_keys if k in kwargs}
         self._method, self._url, self._kw = method, url, kwargs
         self._session: ClientSession | None = None

@@ -8,6 +8,14 @@ message objects without encoding them. Both deliver into a ``StreamHandle``.
 Transports are counted: each session that uses one holds it, and the last one to close
 closes it, so that nothing outlives the event loop. A transport made in another process
 (before a fork) is never reused: the cache is keyed by pid.
+
+Trust: whatever listens on the broker path receives every request of this process, its
+credentials included. So before the first byte (the ``Hello``), the worker asks the
+kernel who serves the socket (``SO_PEERCRED``: the uid that called ``listen``) and talks
+only to a broker of its own uid, or of a uid listed in ``broker_uid=`` /
+``HTTP_BROKER_UID``. Root gets no exception: a root broker admits only root workers (the
+broker serves its own uid and root), so a worker of another uid would be refused after
+sending its ``Hello`` anyway, and a process that is not ours is not trusted unasked.
 """
 
 from __future__ import annotations
@@ -15,8 +23,12 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
+import socket
+import struct
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -50,7 +62,9 @@ from shared.stream_state import Event, State, StreamStateError, step
 from .exceptions import BrokerConnectionError, BrokerProtocolError
 from .response import StreamReader
 
-__all__ = ["StreamHandle", "Transport", "get_transport", "broker_address"]
+__all__ = [
+    "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
+]
 
 _ACK_BATCH = STREAM_WINDOW // 4
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
@@ -65,8 +79,66 @@ def broker_address(explicit: str | None) -> str | None:
     return addr
 
 
+def trusted_broker_uids(explicit: int | Iterable[int] | None = None) -> frozenset[int]:
+    """The uids whose broker this process talks to: its own, plus ``broker_uid=`` (an
+    int or several) or else ``HTTP_BROKER_UID`` (uids separated by commas or spaces)."""
+    if explicit is None:
+        raw = os.environ.get("HTTP_BROKER_UID", "").strip()
+        words = re.split(r"[,\s]+", raw) if raw else []
+        if not all(w.isascii() and w.isdigit() for w in words):
+            raise ValueError(
+                f"HTTP_BROKER_UID must be numeric uids separated by commas, got {raw!r}"
+            )
+        listed = [int(w) for w in words]
+    else:
+        listed = list(explicit) if isinstance(explicit, Iterable) else [explicit]
+        for uid in listed:
+            if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
+                raise ValueError(f"broker_uid must be uids (ints >= 0), got {uid!r}")
+    return frozenset((os.getuid(), *listed))
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_uid(sock: Any, path: str) -> int | None:
+    """The uid of the process that listens on the other end of ``sock``."""
+    if hasattr(socket, "SO_PEERCRED"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        return int(_UCRED.unpack(creds)[1])
+    try:  # no SO_PEERCRED (macOS, BSD): the socket file's owner, who bound it
+        return os.stat(path).st_uid
+    except OSError:
+        return None
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_broker_uid(path: str, uid: int | None, trusted: frozenset[int]) -> None:
+    """Refuse a broker that runs under a uid this process does not trust."""
+    if uid is None or uid in trusted:
+        return
+    raise BrokerConnectionError(
+        f"the broker socket at {path} is served by {_user(uid)}, not by this process's "
+        f"{_user(os.getuid())}: refusing to send it anything. If that broker is yours, "
+        f"trust its uid with ClientSession(broker_uid={uid}) or HTTP_BROKER_UID={uid}"
+    )
+
+
 class StreamHandle:
-    """The worker's end of one stream: the head future and the body reader."""
+    """The worker's end of one stream: the head future and the body reader.
+
+    A stream ends one of three ways, each once: completed (``on_end``), failed by the
+    broker or by the loss of the connection (``fail``), or given up by the worker
+    (``give_up``: a release before the end, a cancel, a total timeout, a closing session).
+    """
 
     __slots__ = (
         "id", "transport", "head", "content", "done", "state", "_unacked", "make_error",
@@ -99,8 +171,7 @@ class StreamHandle:
         try:
             self.state = step(self.state, event)
         except StreamStateError as exc:
-            self.transport.cancel(self.id)
-            self.fail(BrokerProtocolError(f"stream {self.id}: the broker sent {exc}"))
+            self.give_up(BrokerProtocolError(f"stream {self.id}: the broker sent {exc}"))
             return False
         return True
 
@@ -122,13 +193,10 @@ class StreamHandle:
             self.fail(self.make_error(failure))
 
     def fail(self, exc: BaseException) -> None:
-        if self.done:
-            return
-        self._close()
-        if not self.head.done():
-            self.head.set_exception(exc)
-        else:
-            self.content.set_exception(exc)
+        """The stream failed (the broker said so, or the connection to it broke)."""
+        if not self.done:
+            self._close()
+            self._deliver(exc)
 
     # -- from the session --------------------------------------------------------------
 
@@ -137,21 +205,24 @@ class StreamHandle:
 
     def _timed_out(self) -> None:
         self._timer = None
-        self.terminate(asyncio.TimeoutError("Timeout on request (total)"))
+        self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
 
-    def terminate(self, exc: BaseException) -> None:
-        """End the stream here and there: the broker stops it, readers get ``exc``."""
-        if not self.done:
-            self.transport.cancel(self.id)
-            self.fail(exc)
-
-    def abandon(self) -> None:
-        """The caller no longer wants the rest of this stream."""
+    def give_up(self, exc: BaseException | None = None) -> None:
+        """The worker gives up this stream: the engine stops it, and a reader still
+        waiting gets ``exc`` (without one, a waiter for the head is cancelled)."""
         if not self.done:
             self._close()
             self.transport.cancel(self.id)
-            if not self.head.done():
+            self._deliver(exc)
+
+    def _deliver(self, exc: BaseException | None) -> None:
+        if not self.head.done():
+            if exc is None:
                 self.head.cancel()
+            else:
+                self.head.set_exception(exc)
+        elif exc is not None:
+            self.content.set_exception(exc)
 
     def _consumed(self, size: int) -> None:
         if self.done:
@@ -163,6 +234,7 @@ class StreamHandle:
 
     def _close(self) -> None:
         self.done = True
+        self.content._on_consumed = None
         if self._timer is not None:
             self.transport.deadlines.discard(self, self._timer)
             self._timer = None
@@ -253,6 +325,8 @@ class Transport:
         raise NotImplementedError
 
     def cancel(self, stream_id: int) -> None:
+        """The worker gives up the stream: whatever it holds in the engine is released,
+        and nothing more of it reaches its handle."""
         raise NotImplementedError
 
     def ack(self, stream_id: int, size: int) -> None:
@@ -391,23 +465,45 @@ class _BrokerProtocol(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
+        # Nothing may escape to the event loop (a "Fatal error" with no word to the
+        # waiting requests): every failure here ends the connection as the broker's fault.
         try:
             msgs = self.reader.feed(self._view[:nbytes])
         except FrameError as exc:
             self.owner.lost(BrokerProtocolError(f"the broker sent a bad frame: {exc}"))
             return
+        except Exception as exc:  # RecursionError for a frame nested too deep
+            self.owner.lost(BrokerProtocolError(f"the broker sent an undecodable frame: {exc!r}"))
+            return
         dispatch = self.owner.dispatch
-        for msg in msgs:
-            dispatch(msg)
+        try:
+            for msg in msgs:
+                dispatch(msg)
+        except Exception as exc:
+            self.owner.lost(BrokerProtocolError(f"the broker's {type(msg).__name__}: {exc!r}"))
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.connection_lost()
 
 
 class IPCTransport(Transport):
-    """This process's connection to a broker process."""
+    """This process's connection to a broker process.
+
+    What it buffers, and its bounds: a request body being sent, at most ``STREAM_WINDOW``
+    unacknowledged bytes per stream (the broker's credit); an inline body (at most
+    ``_INLINE_BODY_MAX``) kept until the stream ends, in case the broker asks for it
+    again (``Rewind``); and the socket's write buffer: while it is over its high-water
+    mark (``pause_writing``), new requests and body chunks wait for it to drain.
+    """
 
     kind = "broker"
+    close_grace = 1.0  # seconds that aclose waits for the buffered frames to be sent
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: str) -> None:
         super().__init__(loop)
@@ -420,10 +516,19 @@ class IPCTransport(Transport):
         self._credit_waiters: dict[int, asyncio.Future[None]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._replay: dict[int, bytes] = {}  # bodies the broker may ask for again
-        self._stats: asyncio.Future[Stats] | None = None
+        # One waiter per StatsRequest sent; the broker answers them in order.
+        self._stats: deque[asyncio.Future[Stats]] = deque()
+        self._writable: asyncio.Future[None] | None = None  # set while writing is paused
         self.broker_pid = 0
+        self.broker_uid: int | None = None
 
-    async def connect(self, timeout: float = 10.0) -> None:
+    async def connect(
+        self, timeout: float = 10.0, trusted: frozenset[int] | None = None
+    ) -> None:
+        """Connect, check the broker's uid against ``trusted`` (default: this process's
+        uid and ``HTTP_BROKER_UID``), then shake hands within ``timeout`` seconds."""
+        if trusted is None:
+            trusted = trusted_broker_uids()
         try:
             transport, _ = await self.loop.create_unix_connection(
                 lambda: _BrokerProtocol(self), self.path
@@ -433,18 +538,22 @@ class IPCTransport(Transport):
                 f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
             ) from None
         self._transport = transport
-        transport.write(encode(Hello(PROTOCOL_VERSION, os.getpid())))
         try:
-            welcome = await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
-        except asyncio.TimeoutError:
-            transport.close()
-            raise BrokerConnectionError(
-                f"the broker at {self.path} did not answer the handshake"
-            ) from None
+            self.broker_uid = _peer_uid(transport.get_extra_info("socket"), self.path)
+            check_broker_uid(self.path, self.broker_uid, trusted)
+            transport.write(encode(Hello(PROTOCOL_VERSION, os.getpid())))
+            timer = self.loop.call_later(timeout, self._handshake_timed_out)
+            try:
+                welcome = await self._welcome
+            finally:
+                timer.cancel()
         except BaseException:
             transport.close()
             raise
         self.broker_pid = welcome.pid
+
+    def _handshake_timed_out(self) -> None:
+        self.lost(BrokerConnectionError(f"the broker at {self.path} did not answer the handshake"))
 
     def forget(self, stream_id: int) -> None:
         super().forget(stream_id)
@@ -492,6 +601,9 @@ class IPCTransport(Transport):
             if h is not None:
                 h.on_failure(msg)
         elif kind is Ack:
+            if not 0 < msg.size <= STREAM_WINDOW:
+                self.lost(BrokerProtocolError(f"the broker sent an Ack of {msg.size} bytes"))
+                return
             if msg.stream not in self._credit:
                 return  # the body was all sent: a late acknowledgement
             self._credit[msg.stream] += msg.size
@@ -502,8 +614,12 @@ class IPCTransport(Transport):
             if not self._welcome.done():
                 self._welcome.set_result(msg)
         elif kind is Stats:
-            if self._stats is not None and not self._stats.done():
-                self._stats.set_result(msg)
+            if not self._stats:
+                self.lost(BrokerProtocolError("the broker sent Stats nobody asked for"))
+                return
+            waiter = self._stats.popleft()
+            if not waiter.done():  # else that caller was cancelled
+                waiter.set_result(msg)
         elif kind is ErrorFrame:
             self.lost(
                 BrokerProtocolError(f"the broker closed the connection: {msg.message}")
@@ -524,21 +640,38 @@ class IPCTransport(Transport):
         self.closed = True
         exc = self._error or BrokerConnectionError("lost the connection to the broker")
         self._error = exc
-        for fut in (self._welcome, self._stats):
-            if fut is not None and not fut.done():
+        waiters: list[asyncio.Future[Any]] = [self._welcome, *self._stats]
+        for fut in waiters:
+            if not fut.done():
                 fut.set_exception(exc)
                 fut.exception()
+        self._stats.clear()
         for h in list(self.handles.values()):
             h.fail(exc)
         for w in self._credit_waiters.values():
             if not w.done():
                 w.set_exception(exc)
                 w.exception()
+        self.resume_writing()  # whoever waits to write finds the error
         if not self._lost.done():
             self._lost.set_result(None)
         _drop(self)
 
     # -- streams -----------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    async def _until_writable(self) -> None:
+        while self._writable is not None:
+            # Shielded: one waiter's cancel must not cancel everyone's wait.
+            await asyncio.shield(self._writable)
 
     async def send(
         self,
@@ -547,6 +680,8 @@ class IPCTransport(Transport):
         handle: StreamHandle,
         url: URL | None = None,
     ) -> None:
+        if self._writable is not None:
+            await self._until_writable()
         self.open(req, body, handle)
 
     def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
@@ -573,6 +708,8 @@ class IPCTransport(Transport):
                     while self._credit.get(stream_id, 0) <= 0:
                         w = self._credit_waiters[stream_id] = self.loop.create_future()
                         await w
+                    if self._writable is not None:
+                        await self._until_writable()
                     part = chunk[: self._credit[stream_id]]
                     chunk = chunk[len(part):]
                     self._credit[stream_id] -= len(part)
@@ -581,14 +718,16 @@ class IPCTransport(Transport):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
+            self._pumps.pop(stream_id, None)  # this task: not to be cancelled by cancel()
             h = self.handles.get(stream_id)
             if h is not None:
-                h.fail(exc)
-            if not self.closed:
-                self._send(Cancel(stream_id))
+                h.give_up(exc)  # the caller's body failed: its reader gets why
+            else:
+                self.cancel(stream_id)
         finally:
             self._pumps.pop(stream_id, None)
             self._credit.pop(stream_id, None)
+            self._credit_waiters.pop(stream_id, None)
 
     def _end_pump(self, stream_id: int) -> None:
         task = self._pumps.pop(stream_id, None)
@@ -596,7 +735,10 @@ class IPCTransport(Transport):
             task.cancel()
 
     def cancel(self, stream_id: int) -> None:
+        """The worker gives up this stream: its upload stops, the broker is told to stop
+        it, and nothing more of it reaches its handle."""
         self._end_pump(stream_id)
+        self.forget(stream_id)
         if not self.closed:
             self._send(Cancel(stream_id))
 
@@ -609,9 +751,10 @@ class IPCTransport(Transport):
             self._send(ClearDNS(pool, host, port))
 
     async def stats(self) -> Stats:
-        self._stats = self.loop.create_future()
         self._send(StatsRequest())
-        return await self._stats
+        waiter: asyncio.Future[Stats] = self.loop.create_future()
+        self._stats.append(waiter)
+        return await waiter
 
     async def aclose(self) -> None:
         self.deadlines.cancel_all()
@@ -621,8 +764,14 @@ class IPCTransport(Transport):
         if pumps:
             await asyncio.gather(*pumps, return_exceptions=True)
         if self._transport is not None and not self._lost.done():
+            # close() first sends what is buffered; a broker that does not read it
+            # within the grace loses it (it cancels a gone worker's streams anyway).
             self._transport.close()
-            await self._lost
+            timer = self.loop.call_later(self.close_grace, self._transport.abort)
+            try:
+                await self._lost
+            finally:
+                timer.cancel()
         self.closed = True
 
 
@@ -643,30 +792,60 @@ def _drop(transport: Transport) -> None:
                 del per_loop[key]
 
 
-async def get_transport(address: str | None) -> Transport:
-    """This process's transport for ``address`` (None: embedded), counted as one user."""
+async def get_transport(
+    address: str | None, trusted: frozenset[int] | None = None
+) -> Transport:
+    """This process's transport for ``address`` (None: embedded), counted as one user.
+
+    ``trusted``: the broker uids this caller talks to (see ``trusted_broker_uids``); a
+    connection that another session opened to a broker of another uid is refused too."""
+    if address is not None and trusted is None:
+        trusted = trusted_broker_uids()
     loop = asyncio.get_running_loop()
     per_loop = _cache.setdefault(loop, {})
     key = (os.getpid(), address)
-    fut = per_loop.get(key)
-    if fut is None:
-        fut = per_loop[key] = loop.create_future()
-        try:
-            if address is None:
-                transport: Transport = EmbeddedTransport(loop)
-            else:
-                ipc = IPCTransport(loop, address)
-                await ipc.connect()
-                transport = ipc
-        except BaseException as exc:
-            del per_loop[key]
-            fut.set_exception(exc)
-            fut.exception()
-            raise
-        fut.set_result(transport)
-    transport = await asyncio.shield(fut)
+    while True:
+        fut = per_loop.get(key)
+        if fut is None:
+            fut = per_loop[key] = loop.create_future()
+            await _connect(fut, loop, address, trusted)
+        else:
+            # Not shield(fut): a connection whose caller was cancelled must not reach
+            # the others as a cancel of their own; they try again instead.
+            await asyncio.wait((fut,))
+        if not fut.cancelled():
+            break
+    transport = fut.result()
+    if isinstance(transport, IPCTransport):
+        assert trusted is not None
+        check_broker_uid(transport.path, transport.broker_uid, trusted)
     transport.users += 1
     return transport
+
+
+async def _connect(
+    fut: asyncio.Future[Transport],
+    loop: asyncio.AbstractEventLoop,
+    address: str | None,
+    trusted: frozenset[int] | None,
+) -> None:
+    """Make the transport that ``fut`` (in the cache) stands for."""
+    try:
+        if address is None:
+            transport: Transport = EmbeddedTransport(loop)
+        else:
+            ipc = IPCTransport(loop, address)
+            await ipc.connect(trusted=trusted)
+            transport = ipc
+    except BaseException as exc:
+        _cache[loop].pop((os.getpid(), address), None)
+        if isinstance(exc, asyncio.CancelledError):
+            fut.cancel()
+        else:
+            fut.set_exception(exc)
+            fut.exception()
+        raise
+    fut.set_result(transport)
 
 
 async def release_transport(transport: Transport) -> None:

@@ -20,11 +20,23 @@ from aiohttp import web
 
 import broker
 from shared.framing import FrameReader, encode
-from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Request, Welcome
+from shared.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Data,
+    ErrorFrame,
+    Hello,
+    Request,
+    Stats,
+    StatsRequest,
+    Welcome,
+)
 from worker_client import (
     BrokerConnectionError,
     BrokerProtocolError,
+    ClientConnectionError,
     ClientSession,
+    ClientTimeout,
     InvalidUrlClientError,
     NonHttpUrlClientError,
     TCPConnector,
@@ -186,6 +198,192 @@ def test_other_uid_is_refused():
         assert [(type(m).__name__, getattr(m, "code", None)) for m in msgs] == [
             ("ErrorFrame", "permission")
         ], out.stderr
+
+
+
+# A broker stand-in that runs as nobody: it answers each whole frame it receives with the
+# next canned reply and, when a connection ends, prints how many bytes it received.
+# It drops to nobody right after its imports: it may not read our packages.
+_NOBODY_BROKER = textwrap.dedent(
+    """
+    import os, socket, sys
+    path, replies = sys.argv[1], [bytes.fromhex(h) for h in sys.argv[2:]]
+    os.setgid(65534); os.setuid(65534)
+    server = socket.socket(socket.AF_UNIX); server.bind(path); server.listen()
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        got, answered = b"", 0
+        while data := conn.recv(65536):
+            got += data
+            pos = frames = 0
+            while len(got) - pos >= 4:
+                end = pos + 4 + int.from_bytes(got[pos:pos + 4], "little")
+                if end > len(got):
+                    break
+                pos, frames = end, frames + 1
+            for reply in replies[answered:frames]:
+                conn.sendall(reply)
+            answered = max(answered, frames)
+        conn.close()
+        print("received", len(got), flush=True)
+    """
+)
+
+
+@pytest.fixture
+async def nobody_broker():
+    """The socket path of a broker stand-in run by uid 65534, and a way to read how many
+    bytes each of its connections received."""
+    folder = tempfile.mkdtemp()
+    os.chown(folder, 65534, 65534)
+    path = os.path.join(folder, "nobody.sock")
+    replies = [encode(Welcome(PROTOCOL_VERSION, 4242)), encode(Stats(4242, 1, 0))]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _NOBODY_BROKER, path, *(r.hex() for r in replies),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    async def received() -> int:
+        line = await asyncio.wait_for(stdout.readline(), 5)
+        assert line.startswith(b"received "), line
+        return int(line.split()[1])
+
+    try:
+        assert await asyncio.wait_for(stdout.readline(), 10) == b"ready\n"
+        yield path, received
+    finally:
+        proc.kill()
+        await proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a broker as another uid")
+async def test_a_broker_of_another_uid_gets_not_a_byte(nobody_broker):
+    path, received = nobody_broker
+    assert os.getuid() != 65534
+    async with ClientSession(broker=path) as session:
+        with pytest.raises(BrokerConnectionError) as info:
+            await session.stats()
+    assert await received() == 0  # not even the Hello, which carries our pid
+    message = str(info.value)
+    assert f"{path} is served by uid 65534" in message
+    assert "broker_uid=65534" in message and "HTTP_BROKER_UID=65534" in message
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a broker as another uid")
+@pytest.mark.parametrize("how", ["argument", "environment"])
+async def test_a_broker_of_a_listed_uid_is_trusted(nobody_broker, monkeypatch, how):
+    path, received = nobody_broker
+    if how == "environment":
+        monkeypatch.setenv("HTTP_BROKER_UID", "1234, 65534")
+        trusting = ClientSession(broker=path)
+    else:
+        trusting = ClientSession(broker=path, broker_uid=[1234, 65534])
+    async with trusting:
+        assert (await trusting.stats()).pid == 4242
+        # A session of the same process that does not trust that uid does not get to
+        # use the connection the other one opened.
+        monkeypatch.delenv("HTTP_BROKER_UID", raising=False)
+        async with ClientSession(broker=path) as wary:
+            with pytest.raises(BrokerConnectionError, match="served by uid 65534"):
+                await wary.stats()
+    assert await received() > 0
+
+
+
+async def _mute_broker(path: str, hello_read: asyncio.Event, closed: asyncio.Event):
+    """A Unix server of our own uid that reads the Hello and never answers."""
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(4)
+        hello_read.set()
+        await reader.read()
+        closed.set()
+        writer.close()
+
+    return await asyncio.start_unix_server(mute, path)
+
+
+async def test_a_broker_that_never_answers_the_handshake(tmp_path):
+    from worker_client.transport import IPCTransport
+
+    path = str(tmp_path / "mute.sock")
+    hello_read, closed = asyncio.Event(), asyncio.Event()
+    server = await _mute_broker(path, hello_read, closed)
+    try:
+        transport = IPCTransport(asyncio.get_running_loop(), path)
+        with pytest.raises(BrokerConnectionError, match="did not answer the handshake"):
+            await transport.connect(timeout=0.2)
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_cancel_during_the_handshake_is_a_cancel(tmp_path):
+    from worker_client.transport import IPCTransport
+
+    path = str(tmp_path / "mute.sock")
+    hello_read, closed = asyncio.Event(), asyncio.Event()
+    server = await _mute_broker(path, hello_read, closed)
+    try:
+        transport = IPCTransport(asyncio.get_running_loop(), path)
+        connecting = asyncio.ensure_future(transport.connect())
+        await asyncio.wait_for(hello_read.wait(), 5)
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+        await asyncio.wait_for(closed.wait(), 5)  # and the socket was closed
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+
+async def test_a_cancelled_connect_is_not_a_cancel_of_the_other_sessions(tmp_path):
+    """Two sessions wait on one connection attempt; the one that made it is cancelled.
+    The other is not: it connects again and gets its answer."""
+    path = str(tmp_path / "second-time.sock")
+    first_hello = asyncio.Event()
+    connections = 0
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        mute = connections == 1  # the first connection never gets its Welcome
+        frames = FrameReader()
+        try:
+            while data := await reader.read(65536):
+                for msg in frames.feed(data):
+                    if isinstance(msg, Hello) and mute:
+                        first_hello.set()
+                    elif isinstance(msg, Hello):
+                        writer.write(encode(Welcome(PROTOCOL_VERSION, 4242)))
+                    elif isinstance(msg, StatsRequest):
+                        writer.write(encode(Stats(4242, 1, 0)))
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(broker, path)
+    try:
+        async with ClientSession(broker=path) as one, ClientSession(broker=path) as other:
+            connecting = asyncio.ensure_future(one.stats())
+            await asyncio.wait_for(first_hello.wait(), 5)
+            waiting = asyncio.ensure_future(other.stats())
+            for _ in range(5):  # until it waits on the same attempt (no timing)
+                await asyncio.sleep(0)
+            connecting.cancel()
+            stats = await asyncio.wait_for(waiting, 5)
+            assert stats.pid == 4242
+            assert connections == 2
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
@@ -395,34 +593,102 @@ async def test_losing_the_broker_mid_request_then_a_new_one(serve_app, tmp_path)
                 assert await resp.text() == "hello"
 
 
-async def test_a_broker_that_breaks_stream_order_is_a_protocol_error(tmp_path):
-    """The worker checks every stream against shared.stream_state's table."""
-    from shared.messages import Data, Request
+def _nested_stats(depth: int) -> bytes:
+    """A Stats frame whose pools hold lists nested ``depth`` deep."""
+    body = b"\x96\xa5stats\x01\x01\x00\x00\x91\x81\xa1a" + b"\x91" * depth + b"\xc0"
+    return len(body).to_bytes(4, "little") + body
 
+
+@pytest.mark.parametrize(
+    ("answer", "needle"),
+    [
+        (lambda req: encode(Data(req.stream, b"body")), "data is not allowed in state open"),
+        (lambda req: encode(Stats(1, 1, 0)), "Stats nobody asked for"),
+        (lambda req: _nested_stats(100_000), "undecodable frame: RecursionError"),
+        (lambda req: encode(Ack(req.stream, 2**62)), "an Ack of 4611686018427387904 bytes"),
+        (lambda req: encode(Ack(req.stream, 0)), "an Ack of 0 bytes"),
+    ],
+    ids=["data-before-head", "unasked-stats", "nested", "huge-ack", "empty-ack"],
+)
+async def test_a_broker_that_breaks_the_protocol_is_a_protocol_error(
+    tmp_path, caplog, answer, needle
+):
+    """The worker checks every stream against shared.stream_state's table, and every
+    answer against a question it asked."""
     path = str(tmp_path / "liar.sock")
+    finished = asyncio.Event()
 
     async def liar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         frames = FrameReader()
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            for msg in frames.feed(data):
-                if isinstance(msg, Hello):
-                    writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
-                elif isinstance(msg, Request):
-                    writer.write(encode(Data(msg.stream, b"body before any head")))
-        writer.close()
+        try:
+            while data := await reader.read(65536):
+                for msg in frames.feed(data):
+                    if isinstance(msg, Hello):
+                        writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
+                    elif isinstance(msg, Request):
+                        writer.write(answer(msg))
+        finally:
+            writer.close()
+            finished.set()
 
     server = await asyncio.start_unix_server(liar, path)
     try:
         async with ClientSession(broker=path) as session:
-            with pytest.raises(BrokerProtocolError, match="data is not allowed in state open"):
-                await session.get("http://127.0.0.1:1/")
+            with pytest.raises(BrokerProtocolError, match=needle):
+                await session.get("http://127.0.0.1:1/", timeout=ClientTimeout(total=5))
+        await asyncio.wait_for(finished.wait(), 5)  # the worker hung up
+        assert "Fatal error" not in caplog.text
     finally:
         server.close()
         await server.wait_closed()
 
+
+
+async def test_requests_wait_while_the_broker_does_not_read(tmp_path):
+    """Write backpressure: a broker that stops reading holds back new requests in their
+    callers; the worker's socket buffer does not grow by a request body each."""
+    path = str(tmp_path / "deaf.sock")
+    hang_up = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader()
+        try:
+            while data := await reader.read(65536):
+                for msg in frames.feed(data):
+                    if isinstance(msg, Hello):
+                        writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
+                    elif isinstance(msg, StatsRequest):
+                        writer.write(encode(Stats(os.getpid(), 1, 0)))
+                        await hang_up.wait()  # and read nothing more until then
+                        return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(deaf, path)
+    try:
+        async with ClientSession(broker=path) as session:
+            await session.stats()
+            body = b"x" * (1 << 20)
+            posts = [
+                asyncio.ensure_future(session.post("http://127.0.0.1:1/", data=body))
+                for _ in range(40)
+            ]
+            for _ in range(50):  # let every caller run as far as it can (no timing)
+                await asyncio.sleep(0)
+            ipc = session._transport
+            assert ipc is not None
+            buffered = ipc._transport.get_write_buffer_size()  # type: ignore[attr-defined]
+            assert buffered < 2 << 20, f"{buffered} bytes buffered for a deaf broker"
+            # Closing does not wait for ever on a broker that reads nothing.
+            started = time.monotonic()
+            await asyncio.wait_for(session.close(), 10)
+            assert time.monotonic() - started < ipc.close_grace + 4  # type: ignore[attr-defined]
+            outcomes = await asyncio.wait_for(asyncio.gather(*posts, return_exceptions=True), 10)
+            assert all(isinstance(o, ClientConnectionError) for o in outcomes), outcomes
+    finally:
+        hang_up.set()
+        server.close()
+        await server.wait_closed()
 
 @pytest.mark.parametrize(
     ("changes", "error", "needle"),

@@ -19,6 +19,7 @@ from tests.integration.apps import (
     echo_app,
     header,
     headers_named,
+    text_app,
 )
 from worker_client import (
     BasicAuth,
@@ -287,6 +288,61 @@ async def test_concurrent_requests_each_get_an_answer(serve_app, session):
     assert 1 < len(set(ports)) <= 10
 
 
+
+async def test_a_finished_request_leaves_no_cyclic_garbage(serve_app, session):
+    """Reference counting alone frees a request that was read to its end: nothing is
+    left for the cyclic collector (a handle and its reader pointing at each other was)."""
+    base = await serve_app(text_app("hello"))
+
+    async def both_styles() -> None:
+        resp = await session.get(base + "/")
+        assert await resp.read() == b"hello"
+        async with session.get(base + "/") as resp:
+            assert await resp.text() == "hello"
+
+    await both_styles()  # the first connection and anything made once
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            await both_styles()
+        found = gc.collect()
+        kinds = sorted({type(o).__qualname__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert found == 0, kinds
+
+
+async def test_a_failed_request_leaves_no_cyclic_garbage_in_the_worker(broker_process):
+    """The error path too (through a broker, so that only the worker's objects are
+    counted): the exception's traceback must not hold the stream that holds it."""
+    from worker_client import ClientSession
+
+    refused = f"http://127.0.0.1:{closed_port()}/"
+    async with ClientSession(broker=broker_process.socket_path) as session:
+
+        async def fail() -> None:
+            with pytest.raises(ClientConnectorError):
+                await session.get(refused)
+
+        await fail()
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                await fail()
+            found = gc.collect()
+            kinds = sorted({type(o).__qualname__ for o in gc.garbage})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert found == 0, kinds
+
 # -- calling styles ---------------------------------------------------------------------
 
 
@@ -443,6 +499,62 @@ async def test_total_timeout_while_reading_the_body(raw_server, session):
     with pytest.raises(asyncio.TimeoutError):
         await resp.read()
 
+
+
+async def test_a_number_is_the_total_timeout_as_in_aiohttp(raw_server, serve_app, session):
+    base = await raw_server(_silent)
+    started = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError) as info:
+        await session.get(base + "/", timeout=0.2)
+    assert 0.15 < time.monotonic() - started < 1.5
+    assert not isinstance(info.value, ServerTimeoutError)  # the total, not sock_read
+    fine = await serve_app(text_app("fine"))
+    async with session.get(fine + "/", timeout=5) as resp:
+        assert await resp.text() == "fine"
+
+
+async def test_a_request_timeout_of_none_means_no_timeout_not_the_sessions(
+    serve_app, make_session
+):
+    """aiohttp 3.14 reads a request's ``timeout=None`` as ``ClientTimeout(total=None)``."""
+    app = web.Application()
+
+    async def late(request: web.Request) -> web.Response:
+        answer = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.4, answer.set)
+        await answer.wait()
+        return web.Response(text="late")
+
+    app.router.add_get("/", late)
+    base = await serve_app(app)
+    session = make_session(timeout=ClientTimeout(total=0.1, sock_read=0.1))
+    async with session.get(base + "/", timeout=None) as resp:
+        assert await resp.text() == "late"
+
+
+async def test_a_bad_timeout_is_a_clear_error_that_leaves_nothing(make_session, caplog):
+    session = make_session()
+    for bad in ("5", True, [5]):
+        with pytest.raises(TypeError, match="a ClientTimeout or a number of seconds"):
+            await session.get("http://127.0.0.1:1/", timeout=bad)
+    with pytest.raises(ValueError, match="must be None or >= 0"):
+        await session.get("http://127.0.0.1:1/", timeout=-1)
+    assert (await session.stats()).streams == 0
+    await session.close()
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+async def test_the_session_timeout_must_be_a_client_timeout_as_in_aiohttp():
+    import aiohttp
+
+    from worker_client import ClientSession
+
+    with pytest.raises(ValueError, match="please use 'timeout=ClientTimeout") as ours:
+        ClientSession(timeout=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as theirs:
+        aiohttp.ClientSession(timeout=5)  # type: ignore[arg-type]
+    assert str(ours.value) == str(theirs.value)
 
 async def test_timeouts_leave_the_session_usable(raw_server, serve_app, session):
     slow = await raw_server(_silent)
@@ -670,3 +782,20 @@ async def test_a_real_cancel_of_the_caller_stays_a_cancel(make_session, raw_serv
         await task
     stats = await session.stats()
     assert stats.streams == 0
+
+
+async def test_concurrent_stats_calls_each_get_an_answer(session):
+    pid = (await session.stats()).pid  # connected: what follows is only the two calls
+    first, second = await asyncio.wait_for(
+        asyncio.gather(session.stats(), session.stats()), 10
+    )
+    assert first.pid == second.pid == pid
+    # A caller that gives up leaves the answers of the others in order.
+    gone = asyncio.ensure_future(session.stats())
+    await asyncio.sleep(0)
+    gone.cancel()
+    answers = await asyncio.wait_for(asyncio.gather(*(session.stats() for _ in range(3))), 10)
+    assert [a.pid for a in answers] == [first.pid] * 3
+    (outcome,) = await asyncio.gather(gone, return_exceptions=True)
+    # Embedded figures come without a wait: that call may have finished first.
+    assert isinstance(outcome, asyncio.CancelledError) or outcome.pid == first.pid
