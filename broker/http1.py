@@ -59,8 +59,8 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self.last_read = 0.0
         self.on_idle_lost: Callable[[HTTP1Connection], None] | None = None
         self.key: Any = None
-        # the current exchange's futures and body
-        # resolves with the current exchange's head (a plain attribute: read per request)
+        # The current exchange's futures and body. head_future is a plain attribute, read
+        # once per request.
         self.head_future: asyncio.Future[ResponseHead] = loop.create_future()
         self._done_fut: asyncio.Future[None] | None = None
         self._on_body: Callable[[bytes], None] | None = None
