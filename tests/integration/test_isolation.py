@@ -282,3 +282,42 @@ async def test_a_brotli_bomb_keeps_the_broker_small(broker_process, serve_app):
         assert got == size
         async with session.get(base + "/small") as resp:  # the connection is fine after
             assert await resp.text() == "after"
+
+
+async def test_an_upload_to_a_server_that_does_not_read_waits_for_it(raw_server, make_session):
+    """The upload goes only as fast as the socket takes it (``pause_writing``): the
+    body is pulled no further than the buffers on its way."""
+    head_read = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        head_read.set()
+        await release.wait()
+
+    base = await raw_server(handler)
+    session = make_session()
+    total = 256 << 20
+    pulled = [0]
+    chunk = bytes(1 << 16)
+    finished = asyncio.Event()
+
+    async def body():
+        while pulled[0] < total:
+            pulled[0] += len(chunk)
+            yield chunk
+        finished.set()
+
+    upload = asyncio.ensure_future(
+        session.post(base + "/", data=body(), headers={"Content-Length": str(total)})
+    )
+    waiter = asyncio.ensure_future(finished.wait())
+    try:
+        await head_read.wait()
+        await asyncio.wait([waiter], timeout=1.0)
+        assert not finished.is_set() and pulled[0] < 64 << 20
+    finally:
+        waiter.cancel()
+        upload.cancel()
+        release.set()
+        await asyncio.gather(upload, waiter, return_exceptions=True)
