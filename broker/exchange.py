@@ -52,6 +52,7 @@ from collections.abc import Sequence
 from typing import Any, Final, TypeAlias
 
 import httptools
+import msgspec
 from yarl import URL
 
 from shared.errors import ErrorCode
@@ -100,24 +101,15 @@ class ConnectionFailure(Exception):
         self.fields = fields
 
 
-class ResponseHead:
-    __slots__ = ("status", "reason", "version", "headers", "keep_alive", "eof_body")
+class ResponseHead(msgspec.Struct, gc=False):
+    """A final response head (made in C: no Python call per response)."""
 
-    def __init__(
-        self,
-        status: int,
-        reason: str,
-        version: tuple[int, int],
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        eof_body: bool,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.eof_body = eof_body
+    status: int
+    reason: str
+    version: tuple[int, int]
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    eof_body: bool  # the body ends when the connection closes
 
 
 class _End:

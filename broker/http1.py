@@ -60,8 +60,9 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self.last_read = 0.0
         self.on_idle_lost: Callable[[HTTP1Connection], None] | None = None
         self.key: Any = None
-        # the current exchange's futures and body
-        self._head_fut: asyncio.Future[ResponseHead] | None = None
+        # The current exchange's futures and body. head_future is a plain attribute, read
+        # once per request.
+        self.head_future: asyncio.Future[ResponseHead] = loop.create_future()
         self._done_fut: asyncio.Future[None] | None = None
         self._on_body: Callable[[bytes], None] | None = None
         self._early: list[bytes] = []  # body bytes that came before a consumer was set
@@ -100,11 +101,12 @@ class HTTP1Connection(asyncio.BufferedProtocol):
                     if self._early_size > EARLY_LIMIT:
                         self.pause_reading()
             elif kind is ResponseHead:
-                fut = self._head_fut
-                if fut is not None and not fut.done():
+                fut = self.head_future
+                if not fut.done():
                     fut.set_result(event)  # type: ignore[arg-type]
             elif event is END:
-                self._finish()
+                if self._read_paused or self._done_fut is not None:
+                    self._finish()
             else:
                 self._fail(event)  # type: ignore[arg-type]
                 self.close()
@@ -165,7 +167,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._fail(self.exchange.fail(failure))
 
     def _fail(self, failure: ConnectionFailure) -> None:
-        for fut in (self._head_fut, self._done_fut):
+        for fut in (self.head_future, self._done_fut):
             if fut is not None and not fut.done():
                 fut.set_exception(failure)
                 fut.exception()  # retrieved here: one of the two may never be awaited
@@ -187,7 +189,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._early = []
         self._early_size = 0
         self.last_read = self._loop.time()
-        self._head_fut = self._loop.create_future()
+        self.head_future = self._loop.create_future()
         self._done_fut = None  # made when someone waits for the end (often nobody)
         if isinstance(out, bytes):
             self.transport.write(out)
@@ -234,7 +236,8 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             self._early_size = 0
             # Only the early bound pauses reading before there is a consumer; the
             # consumer may pause again (asyncio reads nothing before we return).
-            self.resume_reading()
+            if self._read_paused:
+                self.resume_reading()
             for chunk in early:
                 consumer(chunk)
 
@@ -262,11 +265,6 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         return self._early_size
 
     @property
-    def head_future(self) -> asyncio.Future[ResponseHead]:
-        assert self._head_fut is not None
-        return self._head_fut
-
-    @property
     def done_future(self) -> asyncio.Future[None]:
         fut = self._done_fut
         if fut is None:
@@ -282,7 +280,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
     def end_exchange(self) -> bool:
         """The caller is done with this exchange; True if the connection can be reused."""
         reusable = self.exchange.end() and not self.closed
-        self._head_fut = self._done_fut = None
+        self._done_fut = None
         self._on_body = None
         self._early = []
         self._early_size = 0

@@ -231,7 +231,7 @@ async def test_an_unfinished_upload_holds_what_the_server_streams_back(
     finished = asyncio.ensure_future(server.finished.wait())
     try:
         # Unbounded, the client reads everything at once: give it the time to.
-        await asyncio.wait([finished], timeout=1.5)
+        await asyncio.wait([finished], timeout=1.0)
         assert not server.finished.is_set(), "the whole answer was read with nobody to take it"
         if mode == "embedded":
             engine = session._transport.engine
@@ -262,7 +262,11 @@ async def test_a_brotli_bomb_keeps_the_broker_small(broker_process, serve_app):
     async def bomb(request: web.Request) -> web.Response:
         return web.Response(body=packed, headers={"Content-Encoding": "br"})
 
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(text="after")
+
     app.router.add_get("/bomb", bomb)
+    app.router.add_get("/small", small)
     base = await serve_app(app)
     before = broker_rss(broker_process)
     async with ClientSession(broker=broker_process.socket_path) as session:
@@ -276,5 +280,44 @@ async def test_a_brotli_bomb_keeps_the_broker_small(broker_process, serve_app):
                 assert not data.strip(b"\0")
                 got += len(data)
         assert got == size
-        async with session.get(base + "/bomb") as resp:  # the connection is fine after
-            assert len(await resp.read()) == size
+        async with session.get(base + "/small") as resp:  # the connection is fine after
+            assert await resp.text() == "after"
+
+
+async def test_an_upload_to_a_server_that_does_not_read_waits_for_it(raw_server, make_session):
+    """The upload goes only as fast as the socket takes it (``pause_writing``): the
+    body is pulled no further than the buffers on its way."""
+    head_read = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        head_read.set()
+        await release.wait()
+
+    base = await raw_server(handler)
+    session = make_session()
+    total = 256 << 20
+    pulled = [0]
+    chunk = bytes(1 << 16)
+    finished = asyncio.Event()
+
+    async def body():
+        while pulled[0] < total:
+            pulled[0] += len(chunk)
+            yield chunk
+        finished.set()
+
+    upload = asyncio.ensure_future(
+        session.post(base + "/", data=body(), headers={"Content-Length": str(total)})
+    )
+    waiter = asyncio.ensure_future(finished.wait())
+    try:
+        await head_read.wait()
+        await asyncio.wait([waiter], timeout=1.0)
+        assert not finished.is_set() and pulled[0] < 64 << 20
+    finally:
+        waiter.cancel()
+        upload.cancel()
+        release.set()
+        await asyncio.gather(upload, waiter, return_exceptions=True)
