@@ -71,6 +71,7 @@ class Pool:
         self._attempts: set[asyncio.Task[_Connected]] = set()  # connects in flight
         self._abandoned: set[asyncio.Task[_Connected]] = set()  # ... nobody waits for
         self._closing: set[HTTP1Connection] = set()  # abandoned, connected, being closed
+        self.picked = 0  # stamped by the registry on each use, for its LRU eviction
         self.closed = False
 
     def __repr__(self) -> str:
