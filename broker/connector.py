@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import socket
 import ssl as ssl_mod
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -320,6 +321,8 @@ class Pool:
         done, _ = await asyncio.wait((got,), timeout=self._remaining(deadline))
         if not done:
             raise TimeoutError(f"DNS lookup of {host} timed out")
+        if got.cancelled():  # the resolver closed before the lookup began
+            raise socket.gaierror(socket.EAI_AGAIN, "the resolver was closed")
         return got.result()
 
     async def _first_connected(
