@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import socket
 import ssl as ssl_mod
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -73,6 +74,7 @@ class Pool:
         self._attempts: set[asyncio.Task[_Connected]] = set()  # connects in flight
         self._abandoned: set[asyncio.Task[_Connected]] = set()  # ... nobody waits for
         self._closing: set[HTTP1Connection] = set()  # abandoned, connected, being closed
+        self.picked = 0  # stamped by the registry on each use, for its LRU eviction
         self.closed = False
 
     def __repr__(self) -> str:
@@ -354,6 +356,8 @@ class Pool:
         done, _ = await asyncio.wait((got,), timeout=self._remaining(deadline))
         if not done:
             raise TimeoutError(f"DNS lookup of {host} timed out")
+        if got.cancelled():  # the resolver closed before the lookup began
+            raise socket.gaierror(socket.EAI_AGAIN, "the resolver was closed")
         return got.result()
 
     async def _first_connected(

@@ -76,7 +76,7 @@ class PoolState(Generic[C]):
         self.per_key: dict[K, int] = {}
         self.active_per_key: dict[K, int] = {}
         # key -> idle connection -> idle since; the newest last (reused first)
-        self.idle: dict[K, OrderedDict[C, float]] = {}
+        self.idle: dict[K, dict[C, float]] = {}
         # every idle connection -> (its key, idle since), the oldest first
         self._idle_order: OrderedDict[C, tuple[K, float]] = OrderedDict()
         # waiter token -> its key, in arrival order
@@ -132,8 +132,9 @@ class PoolState(Generic[C]):
     def _add_idle(self, key: K, conn: C, now: float) -> None:
         conns = self.idle.get(key)
         if conns is None:
-            conns = self.idle[key] = OrderedDict()
-        conns[conn] = now
+            self.idle[key] = {conn: now}
+        else:
+            conns[conn] = now
         self._idle_order[conn] = (key, now)
         if key in self._blocked:
             self._unblock(key)

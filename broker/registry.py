@@ -17,15 +17,15 @@ so no request holds a pool that can go away.
 - A resolver whose last pool is evicted is closed: its lookups in flight fail, its
   c-ares channel (a thread and a few descriptors) is released.
 
-Pools are kept in least-recently-used order (``OrderedDict.move_to_end`` on each
-``pool()``: the only cost on the request path). Closing an evicted pool or resolver
-runs as a task, which ``close()`` waits for.
+The only cost on the request path is one counter: ``pool()`` numbers its calls and
+stamps the pool it returns, so the least recently used quiet pool is the quiet one with
+the smallest stamp, found by a scan that runs only when a new spec meets the cap.
+Closing an evicted pool or resolver runs as a task, which ``close()`` waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +45,10 @@ POOL_IDLE_TTL = 60.0
 """Seconds a pool with no connection and no request is kept before it is evicted."""
 
 ResolverKey = tuple[ResolverSpec, float | None, int, bool]  # spec, ttl, max_size, use_cache
+
+
+def _picked(pool: Pool) -> int:
+    return pool.picked
 
 
 def resolver_key(spec: PoolSpec) -> ResolverKey:
@@ -76,7 +80,8 @@ class Registry:
         self.max_pools = max_pools
         self.max_resolvers = max_resolvers
         self.idle_ttl = idle_ttl
-        self._pools: OrderedDict[PoolSpec, Pool] = OrderedDict()  # least recent first
+        self._pools: dict[PoolSpec, Pool] = {}
+        self._picks = 0  # pool() calls: a pool's ``picked`` is the last one's number
         self._resolvers: dict[ResolverKey, _Held] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -105,10 +110,11 @@ class Registry:
     def pool(self, spec: PoolSpec) -> Pool:
         """The pool for ``spec``, made (and room made for it) if needed."""
         pool = self._pools.get(spec)
-        if pool is not None:
-            self._pools.move_to_end(spec)
-            return pool
-        return self._new_pool(spec)
+        if pool is None:
+            pool = self._new_pool(spec)
+        self._picks += 1
+        pool.picked = self._picks
+        return pool
 
     def _new_pool(self, spec: PoolSpec) -> Pool:
         if self.closed:
@@ -178,25 +184,25 @@ class Registry:
             self._sweeper = self._loop.call_later(self.idle_ttl / 2, self._sweep_tick)
 
     def _evict_lru_pool(self) -> bool:
-        for spec, pool in self._pools.items():
-            if pool.quiet:
-                self._evict(spec)
-                return True
-        return False
+        quiet = [pool for pool in self._pools.values() if pool.quiet]
+        if not quiet:
+            return False
+        self._evict(min(quiet, key=_picked).spec)
+        return True
 
     def _free_a_resolver(self) -> bool:
         """Evict the least recently used quiet pools that are all the users of one
         resolver, closing it; False if every resolver serves a busy pool."""
         quiet: dict[ResolverKey, list[PoolSpec]] = {}
-        for spec, pool in self._pools.items():
+        for pool in sorted(self._pools.values(), key=_picked):
             if not pool.quiet:
                 continue
-            key = resolver_key(spec)
+            key = resolver_key(pool.spec)
             specs = quiet.setdefault(key, [])
-            specs.append(spec)
+            specs.append(pool.spec)
             if len(specs) == self._resolvers[key].users:
-                for s in specs:
-                    self._evict(s)
+                for spec in specs:
+                    self._evict(spec)
                 return True
         return False
 

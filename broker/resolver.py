@@ -159,6 +159,16 @@ def _gaierror(exc: aiodns.error.DNSError) -> socket.gaierror:
     return socket.gaierror(eai, message)
 
 
+@functools.cache
+def _channel_options() -> frozenset[str]:
+    import inspect
+
+    import pycares
+
+    names = inspect.signature(pycares.Channel).parameters
+    return frozenset(names) - {"sock_state_cb", "servers"}
+
+
 class AresLookup:
     """c-ares through aiodns, as aiohttp's ``AsyncResolver``; one channel per spec."""
 
@@ -166,11 +176,15 @@ class AresLookup:
         import aiodns
         import pycares
 
+        options = dict(spec.options)
+        unknown = sorted(set(options) - _channel_options())
+        if unknown:  # a half-made pycares.Channel would complain in its __del__
+            raise ValueError(f"unknown c-ares options {unknown} in {spec!r}")
         try:
             self._resolver: aiodns.DNSResolver | None = aiodns.DNSResolver(
-                nameservers=list(spec.nameservers) or None, loop=loop, **dict(spec.options)
+                nameservers=list(spec.nameservers) or None, loop=loop, **options
             )
-        except (pycares.AresError, TypeError, ValueError) as exc:
+        except (pycares.AresError, ArithmeticError, TypeError, ValueError) as exc:
             raise ValueError(f"cannot build a c-ares resolver from {spec!r}: {exc}") from None
 
     async def lookup(self, host: str, port: int, family: int) -> list[ResolvedAddress]:

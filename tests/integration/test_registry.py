@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import weakref
@@ -11,11 +12,12 @@ from collections.abc import Callable
 import psutil
 import pytest
 
+import broker
 from broker.connector import Pool
 from broker.exchange import ConnectionFailure
 from broker.registry import MAX_POOLS, MAX_RESOLVERS, POOL_IDLE_TTL, Registry
-from shared.specs import ClientTimeout, PoolSpec
-from worker_client import AsyncResolver, TCPConnector
+from shared.specs import ClientTimeout, PoolSpec, ResolverSpec
+from worker_client import AsyncResolver, ClientSession, TCPConnector
 
 from .apps import text_app
 from .test_dns import FakeDNS, dns_server  # noqa: F401  (the fixture)
@@ -52,6 +54,10 @@ async def _closed(registry: Registry) -> None:
         await asyncio.gather(*registry._closing)
 
 
+def _names(registry: Registry) -> list[str]:
+    return sorted(f["pool"] for f in registry.figures())
+
+
 def test_the_caps_are_written_down():
     assert (MAX_POOLS, MAX_RESOLVERS, POOL_IDLE_TTL) == (512, 64, 60.0)
 
@@ -70,7 +76,7 @@ async def test_a_pool_unused_for_idle_ttl_is_evicted(port):
         assert registry.pool(idle) is pool
         clock.now += 0.1
         assert registry.sweep() == 1  # only the pool with nothing open and nothing to do
-        assert pool.closed and [f["pool"] for f in registry.figures()] == ["kept", "busy"]
+        assert pool.closed and _names(registry) == ["busy", "kept"]
         assert registry.pool(idle) is not pool  # a fresh one, should the spec come back
         conn.in_use = False
         registry.pool(busy).release(conn, reusable=False)
@@ -90,10 +96,10 @@ async def test_over_the_cap_the_least_recently_used_quiet_pool_goes(port):
             await _use(registry.pool(spec), "127.0.0.1", port, keep=True)
         registry.pool(a)  # used again: b is now the least recently used
         registry.pool(d)
-        assert [f["pool"] for f in registry.figures()] == ["c", "a", "d"]
+        assert _names(registry) == ["a", "c", "d"]
         conn = await registry.pool(c).acquire(("http", "127.0.0.1", port), ClientTimeout())
         registry.pool(e)  # a is the least recently used: it goes, its idle connection closed
-        assert [f["pool"] for f in registry.figures()] == ["d", "c", "e"]
+        assert _names(registry) == ["c", "d", "e"]
         conn_e = await registry.pool(e).acquire(("http", "127.0.0.1", port), ClientTimeout())
         connecting = asyncio.ensure_future(_use(registry.pool(d), "127.0.0.1", port))
         await asyncio.sleep(0)  # d is connecting: busy too
@@ -104,7 +110,7 @@ async def test_over_the_cap_the_least_recently_used_quiet_pool_goes(port):
         assert len(registry) == 3 and len(registry.resolvers) == 1
         await connecting
         registry.pool(PoolSpec(name="f"))  # d is quiet again, with one idle connection
-        assert [f["pool"] for f in registry.figures()] == ["c", "e", "f"]
+        assert _names(registry) == ["c", "e", "f"]
         conn_e.in_use = False
         registry.pool(e).release(conn_e, reusable=False)
         conn.in_use = False
@@ -214,6 +220,19 @@ async def test_the_resolver_cap_refuses_when_every_resolver_is_busy(port):
         await registry.close()
 
 
+async def test_a_resolver_that_cannot_be_made_fails_the_request_only():
+    registry = Registry(asyncio.get_running_loop())
+    try:
+        for option in (("no_such_option", 1), ("udp_port", -5), ("tries", "x")):
+            bad = PoolSpec(resolver=ResolverSpec(kind="async", options=(option,)))
+            with pytest.raises(ConnectionFailure, match="cannot make the resolver"):
+                registry.pool(bad)
+        assert len(registry) == 0 and registry.resolvers == []
+        registry.pool(PoolSpec())
+    finally:
+        await registry.close()
+
+
 async def test_clear_dns_never_makes_a_resolver():
     registry = Registry(asyncio.get_running_loop())
     try:
@@ -225,39 +244,46 @@ async def test_clear_dns_never_makes_a_resolver():
         await registry.close()
 
 
+@pytest.mark.parametrize("mode", ["embedded", "broker"])
 async def test_distinct_resolver_specs_do_not_pile_up_channels(
-    mode, make_session, serve_app, dns_server: FakeDNS, request  # noqa: F811
+    mode, serve_app, dns_server: FakeDNS  # noqa: F811
 ):
     """250 sessions, each with its own ``AsyncResolver`` settings, one request each:
-    the process that resolves (this one, or the broker) keeps at most ``MAX_RESOLVERS``
-    c-ares channels, not one per setting (+251 threads, +877 fds before)."""
+    the process that resolves (this one, or a broker of the test's own) keeps at most
+    ``MAX_RESOLVERS`` c-ares channels, not one per setting (+251 threads, +877 fds
+    before)."""
     base = await serve_app(text_app())
     port = int(base.rsplit(":", 1)[1])
-    holder = make_session()  # keeps the embedded engine alive between the sessions
-    async with holder.get(base + "/") as resp:
-        await resp.read()
-    if mode == "broker":
-        resolving = psutil.Process(request.getfixturevalue("broker_process").pid)
-    else:
-        resolving = psutil.Process(os.getpid())
-    threads0, fds0 = resolving.num_threads(), resolving.num_fds()
-    dns_threads = threading.active_count()
-    for i in range(250):
-        resolver = AsyncResolver(
-            nameservers=["127.0.0.1"], **{**dns_server.resolver_options, "timeout": 2 + i / 1000}
-        )
-        session = make_session(connector=TCPConnector(resolver=resolver, force_close=True))
-        async with session.get(f"http://svc.test:{port}/") as resp:
-            assert await resp.text() == "ok"
-        await session.close()
+    with contextlib.ExitStack() as stack:
+        if mode == "broker":
+            proc = stack.enter_context(broker.start(export=False, drain_timeout=2))
+            address: str | None = proc.socket_path
+            resolving = psutil.Process(proc.pid)
+        else:
+            address, resolving = None, psutil.Process(os.getpid())
+        # the holder keeps the embedded engine alive between the sessions
+        async with ClientSession(broker=address) as holder:
+            async with holder.get(base + "/") as resp:
+                await resp.read()
+            threads0, fds0 = resolving.num_threads(), resolving.num_fds()
+            dns_threads = threading.active_count()
+            for i in range(250):
+                resolver = AsyncResolver(
+                    nameservers=["127.0.0.1"],
+                    **{**dns_server.resolver_options, "timeout": 2 + i / 1000},
+                )
+                connector = TCPConnector(resolver=resolver, force_close=True)
+                async with ClientSession(broker=address, connector=connector) as session:
+                    async with session.get(f"http://svc.test:{port}/") as resp:
+                        assert await resp.text() == "ok"
 
-    def bounded() -> bool:
-        slack = 4 + (threading.active_count() - dns_threads if mode == "embedded" else 0)
-        return (
-            resolving.num_threads() <= threads0 + MAX_RESOLVERS + slack
-            and resolving.num_fds() <= fds0 + 4 * MAX_RESOLVERS + slack
-        )
+            def bounded() -> bool:
+                slack = 4 + (threading.active_count() - dns_threads if mode == "embedded" else 0)
+                return (
+                    resolving.num_threads() <= threads0 + MAX_RESOLVERS + slack
+                    and resolving.num_fds() <= fds0 + 4 * MAX_RESOLVERS + slack
+                )
 
-    assert await _settled(bounded), (resolving.num_threads(), resolving.num_fds())
-    stats = await holder.stats()
-    assert len(stats.dns) <= MAX_RESOLVERS
+            assert await _settled(bounded), (resolving.num_threads(), resolving.num_fds())
+            stats = await holder.stats()
+            assert len(stats.dns) <= MAX_RESOLVERS

@@ -1,3 +1,8 @@
+import itertools
+import random
+
+import pytest
+
 from broker.pool_state import NEW, PoolState
 
 
@@ -238,7 +243,145 @@ def _queue_work(n: int) -> int:
 
 def test_queue_work_grows_linearly_not_quadratically():
     # A scan of the queue per acquire or per release costs n * n key operations
-    # (1e8 here); the per-key queues with a heap of heads cost a few per request.
-    n = 10_000
+    # (2.5e7 here); the per-key queues with a heap of heads cost a few per request.
+    n = 5_000
     assert _queue_work(n) < 30 * (2 * n)
     assert _queue_work(2 * n) < 2.2 * _queue_work(n)
+
+
+class Naive:
+    """The rules of the module docstring, written the obvious way: each change walks
+    the whole queue. Slow, and easy to check by reading."""
+
+    def __init__(self, limit: int, limit_per_host: int, keepalive: float | None, clock) -> None:
+        self.limit, self.per_host = limit, limit_per_host
+        self.keepalive, self.clock = keepalive, clock
+        self.open: dict = {}  # key -> connections open (active, opening or idle)
+        self.idle: list = []  # (since, key, conn), the oldest first
+        self.queue: list = []  # (waiter, key), in arrival order
+        self.grants: list = []
+        self.closed: list = []
+
+    def _try(self, key):
+        mine = [entry for entry in self.idle if entry[1] == key]
+        if mine:
+            self.idle.remove(mine[-1])
+            return mine[-1][2]
+        if self.per_host and self.open.get(key, 0) >= self.per_host:
+            return None
+        if self.limit and sum(self.open.values()) >= self.limit:
+            if not self.idle:
+                return None
+            _, other, conn = self.idle.pop(0)
+            self.open[other] -= 1
+            self.closed.append(conn)
+        self.open[key] = self.open.get(key, 0) + 1
+        return NEW
+
+    def _dispatch(self):
+        for waiter, key in list(self.queue):
+            got = self._try(key)
+            if got is not None:
+                self.queue.remove((waiter, key))
+                self.grants.append((waiter, key, got))
+
+    def acquire(self, key, waiter):
+        got = None if any(k == key for _, k in self.queue) else self._try(key)
+        if got is None:
+            self.queue.append((waiter, key))
+        return got
+
+    def cancel(self, waiter):
+        for entry in self.queue:
+            if entry[0] == waiter:
+                self.queue.remove(entry)
+                return True
+        return False
+
+    def release(self, key, conn, reusable):
+        if reusable:
+            self.idle.append((self.clock(), key, conn))
+        else:
+            self.open[key] -= 1
+            self.closed.append(conn)
+        self._dispatch()
+
+    def discard(self, key):
+        self.open[key] -= 1
+        self._dispatch()
+
+    def idle_lost(self, key, conn):
+        for entry in self.idle:
+            if entry[2] == conn:
+                self.idle.remove(entry)
+                self.open[key] -= 1
+        self._dispatch()
+
+    def expire(self):
+        if self.keepalive is not None:
+            while self.idle and self.idle[0][0] <= self.clock() - self.keepalive:
+                _, key, conn = self.idle.pop(0)
+                self.open[key] -= 1
+                self.closed.append(conn)
+        self._dispatch()
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_decides_as_the_naive_rules_do(seed):
+    """Random requests, releases, gives-up, losses and expiries on a few hosts: every
+    grant and every close is the one the naive walk of the queue makes."""
+    rnd = random.Random(seed)
+    clock = Clock()
+    limit, per_host = rnd.choice([0, 1, 2, 3, 5]), rnd.choice([0, 1, 2])
+    keepalive = rnd.choice([None, 5.0, 20.0])
+    s: PoolState[str] = PoolState(limit, per_host, keepalive, clock=clock)
+    naive = Naive(limit, per_host, keepalive, clock)
+    keys = [("http", f"h{i}", 80) for i in range(rnd.randint(1, 4))]
+    active: list = []  # (key, connection or None for a slot still opening)
+    queued: list = []
+    names = itertools.count()
+
+    def check(decision) -> None:
+        assert decision.grants == naive.grants
+        assert sorted(decision.close) == sorted(naive.closed)
+        naive.grants, naive.closed = [], []
+        for waiter, key, got in decision.grants:
+            queued.remove(waiter)
+            active.append((key, None if got is NEW else got))
+
+    for _ in range(150):
+        clock.now += 1
+        op = rnd.random()
+        if op < 0.35:
+            key, waiter = rnd.choice(keys), f"w{next(names)}"
+            got, decision = s.acquire(key, waiter)
+            assert got == naive.acquire(key, waiter)
+            check(decision)
+            if got is None:
+                queued.append(waiter)
+            else:
+                active.append((key, None if got is NEW else got))
+        elif op < 0.45 and queued:
+            waiter = queued.pop(rnd.randrange(len(queued)))
+            assert s.cancel(waiter) is naive.cancel(waiter) is True
+        elif op < 0.75 and active:
+            key, conn = active.pop(rnd.randrange(len(active)))
+            if conn is None and rnd.random() < 0.2:
+                naive.discard(key)
+                check(s.discard(key))
+                continue
+            conn = conn or f"c{next(names)}"
+            reusable = rnd.random() < 0.7
+            naive.release(key, conn, reusable)
+            check(s.release(key, conn, reusable))
+        elif op < 0.85 and naive.idle:
+            _, key, conn = rnd.choice(naive.idle)
+            naive.idle_lost(key, conn)
+            check(s.idle_lost(key, conn))
+        elif op < 0.9:
+            clock.now += 7
+            naive.expire()
+            check(s.expire())
+        assert list(s.waiters) == [waiter for waiter, _ in naive.queue]
+        assert s.per_key == {k: n for k, n in naive.open.items() if n}
+        assert s.n_idle == len(naive.idle) and s.total == sum(naive.open.values())
