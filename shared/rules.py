@@ -13,7 +13,6 @@ whitespace and NUL in the target. These rules refuse both, before anything is wr
 
 from __future__ import annotations
 
-import functools
 import re
 
 from yarl import URL
@@ -46,16 +45,29 @@ FORBIDDEN_TARGET_RE = re.compile(r"[\x00-\x20\x7f]")
 # alternation per character.
 _HOST_CHARS = r"-._~!$&'()*+,;=0-9A-Za-z%"
 HOST_RE = re.compile(rf"(?:\[[{_HOST_CHARS}:]+\]|[{_HOST_CHARS}]+)(?::[0-9]{{1,5}})?")
+# yarl's ``raw_host``: the same host, an IP-literal without its brackets (yarl adds them
+# back for the Host header when there is a ':'); its port is an int, so digits.
+_RAW_HOST_RE = re.compile(rf"[{_HOST_CHARS}:]+")
 _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 HOST_PROBLEM = "the host is not a valid RFC 3986 host[:port]"
 TARGET_PROBLEM = "a control character or a space in the path or query"
 
+# Verdicts on hosts already seen: few hosts, every request, on both sides. Bound: 1,024
+# hosts of at most 255 characters (a DNS name has 253), so about 300 KiB; a longer host
+# is checked every time, and the table starts afresh when full.
+_known_hosts: dict[str | None, bool] = {}
+_KNOWN_HOSTS_MAX = 1024
+_KNOWN_HOST_LENGTH = 255
+
 
 def url_problem(url: URL) -> str | None:
     """Why ``url`` (absolute) may not become a request target and a Host header, or None."""
-    host = url.host_port_subcomponent
-    if host is None or not _valid_host(host):
+    host = url.raw_host
+    valid = _known_hosts.get(host)
+    if valid is None:
+        valid = _judge_host(host)
+    if not valid:
         return HOST_PROBLEM
     target = url.raw_path_qs
     # str methods first: the regex costs several times more, and most targets are
@@ -65,19 +77,25 @@ def url_problem(url: URL) -> str | None:
     return None
 
 
+def _judge_host(host: str | None) -> bool:
+    valid = host is not None and _RAW_HOST_RE.fullmatch(host) is not None and _escapes_ok(host)
+    if host is None or len(host) <= _KNOWN_HOST_LENGTH:
+        if len(_known_hosts) >= _KNOWN_HOSTS_MAX:
+            _known_hosts.clear()
+        _known_hosts[host] = valid
+    return valid
+
+
 def host_header_problem(value: str) -> str | None:
     """Why ``value`` may not be sent as a ``Host`` header given by the caller, or None.
     Empty is allowed (RFC 9112 section 3.2: a target with no authority)."""
-    if value and not _valid_host(value):
+    if value and (HOST_RE.fullmatch(value) is None or not _escapes_ok(value)):
         return f"the Host header {value!r} is not a valid RFC 3986 host[:port]"
     return None
 
 
-@functools.lru_cache(maxsize=1024)  # few hosts, every request: a bounded memo
-def _valid_host(host_port: str) -> bool:
-    if HOST_RE.fullmatch(host_port) is None:
-        return False
-    return "%" not in host_port or _BAD_ESCAPE_RE.search(host_port) is None
+def _escapes_ok(host: str) -> bool:
+    return "%" not in host or _BAD_ESCAPE_RE.search(host) is None
 
 
 def check_host_port(host: str | None, port: int | None) -> None:

@@ -167,3 +167,16 @@ async def test_every_clear_dns_cache_applies_the_pairing_rule_as_aiohttp(
             assert str(got.value) == str(expected.value)
     finally:
         await resolver.close()
+
+
+def test_the_memo_of_host_verdicts_is_bounded() -> None:
+    from shared import rules
+
+    for i in range(3 * rules._KNOWN_HOSTS_MAX):
+        assert url_problem(URL(f"http://h{i}.example/")) is None
+        assert len(rules._known_hosts) <= rules._KNOWN_HOSTS_MAX
+    long_bad = "a" * 300 + " b"
+    for _ in range(2):  # not remembered, judged again
+        assert url_problem(URL(f"http://{long_bad}/", encoded=True)) == HOST_PROBLEM
+    assert long_bad not in rules._known_hosts
+    assert all(len(h or "") <= rules._KNOWN_HOST_LENGTH for h in rules._known_hosts)
