@@ -604,8 +604,8 @@ def _nested_stats(depth: int) -> bytes:
     [
         (lambda req: encode(Data(req.stream, b"body")), "data is not allowed in state open"),
         (lambda req: encode(Stats(1, 1, 0)), "Stats nobody asked for"),
-        (lambda req: _nested_stats(100_000), "undecodable frame: RecursionError"),
-        (lambda req: encode(Ack(req.stream, 2**62)), "an Ack of 4611686018427387904 bytes"),
+        (lambda req: _nested_stats(100_000), "frame: RecursionError"),
+        (lambda req: encode(Ack(req.stream, 2**62)), r"Expected `int` <= 4294967296"),
         (lambda req: encode(Ack(req.stream, 0)), "an Ack of 0 bytes"),
     ],
     ids=["data-before-head", "unasked-stats", "nested", "huge-ack", "empty-ack"],
