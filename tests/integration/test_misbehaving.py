@@ -40,13 +40,14 @@ async def assert_still_works(session, good_url: str) -> None:
 
 
 def answer_then_close(response: bytes, *, abort: bool = False):
-    """A raw handler: read the request head, write ``response``, close (or reset)."""
+    """A raw handler: read the request head, write ``response``, close (or reset).
+
+    TCP delivers the bytes before the end of the connection, so the client sees them first."""
 
     async def handler(reader, writer):
         await read_request_head(reader)
         writer.write(response)
         await writer.drain()
-        await asyncio.sleep(0.01)
         if abort:
             writer.transport.abort()
         else:
@@ -153,17 +154,20 @@ async def test_garbage_instead_of_http(raw_server, session, good_url, garbage):
 
 
 async def test_bad_chunk_after_the_head(raw_server, session, good_url):
+    head_seen = asyncio.Event()
+
     async def handler(reader, writer):
         await read_request_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await head_seen.wait()
         writer.write(b"zz\r\nhello\r\n")
         await reader.read()
 
     base = await raw_server(handler)
     async with session.get(base + "/") as resp:
         assert resp.status == 200
+        head_seen.set()
         with pytest.raises((ClientPayloadError, ClientResponseError)):
             await resp.read()
     await assert_still_works(session, good_url)
@@ -290,7 +294,7 @@ async def test_oversized_heads_are_refused(make_session, raw_server, head, needl
         await reader.readuntil(b"\r\n\r\n")
         writer.write(head)
         await writer.drain()
-        await asyncio.sleep(5)
+        await reader.read()  # the connection stays open until the client drops it
 
     base = await raw_server(handler)
     session = make_session()
