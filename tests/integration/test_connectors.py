@@ -133,7 +133,7 @@ async def test_stale_connection_not_retried_for_post(make_session, raw_server):
 
 
 async def test_rate_limit_per_host_holds_across_workers(broker_process):
-    server = CountingServer(delay=0)
+    server = CountingServer()
     port = await server.start()
     rate = 20.0
     loop = asyncio.get_running_loop()
