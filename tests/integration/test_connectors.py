@@ -184,10 +184,17 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     started: list[str] = []
     won = object()
 
-    def attempt(name: str, delay: float, fail: bool = False):
+    cancelled: list[str] = []
+
+    def attempt(name: str, *, hang: bool = False, fail: bool = False):
         async def run():
             started.append(name)
-            await asyncio.sleep(delay)
+            if hang:  # a first address that never answers
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    cancelled.append(name)
+                    raise
             if fail:
                 raise OSError(111, f"{name} refused")
             return (name, won)
@@ -197,18 +204,19 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     result = await _happy_eyeballs(
-        [attempt("slow", 5.0), attempt("fast", 0.0)], delay=0.05  # type: ignore[list-item]
+        [attempt("slow", hang=True), attempt("fast")], delay=0.05  # type: ignore[list-item]
     )
     assert result == ("fast", won)
     assert started == ["slow", "fast"]
+    assert cancelled == ["slow"]  # the loser does not linger
     assert loop.time() - t0 < 1.0
     # A failure starts the next attempt at once; the last error is raised.
     with pytest.raises(OSError, match="b refused"):
         await _happy_eyeballs(
-            [attempt("a", 0, fail=True), attempt("b", 0, fail=True)], delay=10  # type: ignore[list-item]
+            [attempt("a", fail=True), attempt("b", fail=True)], delay=10  # type: ignore[list-item]
         )
     with pytest.raises(OSError, match="one refused"):
-        await _happy_eyeballs([attempt("one", 0, fail=True)], delay=None)  # type: ignore[list-item]
+        await _happy_eyeballs([attempt("one", fail=True)], delay=None)  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize(
