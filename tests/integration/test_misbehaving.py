@@ -39,15 +39,21 @@ async def assert_still_works(session, good_url: str) -> None:
             assert await resp.text() == "good"
 
 
-def answer_then_close(response: bytes, *, abort: bool = False):
-    """A raw handler: read the request head, write ``response``, close (or reset).
+def answer_then_close(
+    response: bytes, *, abort: bool = False, after: asyncio.Event | None = None
+):
+    """A raw handler: read the request head, write ``response``, close (or reset), once
+    ``after`` is set if given (a test that reads part of the body first sets it then).
 
-    TCP delivers the bytes before the end of the connection, so the client sees them first."""
+    TCP delivers the bytes before the end of the connection, so the client gets them
+    first; but an error ends a body even with bytes still unread, as in aiohttp."""
 
     async def handler(reader, writer):
         await read_request_head(reader)
         writer.write(response)
         await writer.drain()
+        if after is not None:
+            await after.wait()
         if abort:
             writer.transport.abort()
         else:
@@ -69,13 +75,17 @@ async def test_body_shorter_than_content_length(raw_server, session, good_url):
 
 
 async def test_huge_content_length_then_close(raw_server, session, good_url):
+    read_first = asyncio.Event()
     base = await raw_server(
-        answer_then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\nabc")
+        answer_then_close(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\nabc", after=read_first
+        )
     )
     started = time.monotonic()
     async with session.get(base + "/") as resp:
         assert resp.content_length == 1_000_000_000_000
         assert await resp.content.readexactly(3) == b"abc"
+        read_first.set()
         with pytest.raises(ClientPayloadError):
             await resp.read()
     assert time.monotonic() - started < 1
