@@ -1,104 +1,251 @@
-"""A response body on its way from the upstream socket to a stream.
+"""A response body, from its head to its end: the one owner of the pool slot meanwhile.
 
-``BodyPipe.feed`` is the connection's body callback. It decodes the Content-Encoding in
-pieces of at most ``MAX_DATA`` bytes of output and cuts plain bodies the same way, so no
-``Data`` message is larger than that and a small compressed body that inflates to
-gigabytes is never inflated at once. When the worker has ``STREAM_WINDOW`` bytes
-unacknowledged, the pipe stops: it pauses reading the upstream socket, keeps the
-compressed input it has not decoded yet, and carries on when the worker's
-acknowledgements open the window again. Broker memory per stream stays bounded by the
-window, whatever the server sends and however slowly the worker reads.
+``ResponseBody`` takes over a connection once the engine has sent the final response's
+head. It is driven by callbacks (no task per body, as aiohttp's protocol feeds its
+reader) and has one state and one way out::
+
+    FLOWING --upstream complete--> DRAINING --decoded output all sent--> ENDED
+    FLOWING/DRAINING --upstream error, decode error, worker left--> ENDED
+
+Whatever ends it, ``_end`` runs once: it gives the connection back to the pool (reusable
+only after a complete response), and tells the worker ``End`` or ``Failure`` unless the
+worker is the one who left. The worker-left hook is installed before anything else, so
+no path can return without it (issue 6's leak: a gzip body that came whole with its head
+but decoded past the window had no hook, and its slot was never freed).
+
+Bounds: the body is decoded (or, plain, cut) in pieces of at most ``MAX_DATA`` bytes.
+When the worker has ``STREAM_WINDOW`` bytes unacknowledged the body stops: it pauses
+reading the upstream socket, keeps the compressed input it has not decoded yet, and goes
+on when the worker's acknowledgements open the window again. Broker memory per stream is
+therefore about one window plus one piece, whatever the server sends and however slowly
+the worker reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import ErrorCode
+from shared.messages import Failure, HistoryItem, Request
 
 from .decoding import DecodeError, Decoder
-from .http1 import ConnectionFailure, HTTP1Connection
+from .exchange import ConnectionFailure
+from .http1 import HTTP1Connection
 from .stream import BrokerStream
 
-__all__ = ["BodyPipe", "MAX_DATA"]
+if TYPE_CHECKING:
+    from .connector import Pool
+
+__all__ = [
+    "ResponseBody", "BodyState", "MAX_DATA", "failure_message", "give_back", "watch_silence"
+]
+
+log = logging.getLogger("broker.body")
 
 MAX_DATA = 256 * 1024
 
 
-class BodyPipe:
-    __slots__ = ("_stream", "_conn", "_decoder", "error", "_on_drained")
+class BodyState(enum.IntEnum):
+    FLOWING = 0  # the upstream is still sending
+    DRAINING = 1  # the upstream is done; decoded output is still owed to the worker
+    ENDED = 2
+
+
+def failure_message(req: Request, exc: BaseException, history: list[HistoryItem]) -> Failure:
+    """The one place where a failure becomes a wire ``Failure``."""
+    if isinstance(exc, ConnectionFailure):
+        return Failure(req.stream, exc.code, exc.message, history=history, **exc.fields)
+    # A bug here must not take the broker down: report it, keep serving.
+    log.error("request %s failed inside the broker", req.stream, exc_info=exc)
+    return Failure(req.stream, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def give_back(pool: Pool, conn: HTTP1Connection) -> None:
+    """End ``conn``'s lease: back to the pool, reusable only after a complete exchange.
+    Once per lease, whichever path gets here first."""
+    if conn.in_use:
+        conn.in_use = False
+        pool.release(conn, conn.end_exchange())
+
+
+def watch_silence(
+    loop: asyncio.AbstractEventLoop,
+    conn: HTTP1Connection,
+    fut: asyncio.Future[Any],
+    sock_read: float,
+) -> Callable[[], None]:
+    """Fail the exchange after ``sock_read`` seconds without a byte from the server
+    (time paused by our own flow control does not count); returns the stop function."""
+    timer: list[asyncio.TimerHandle] = []
+
+    def check() -> None:
+        if fut.done():
+            return
+        if conn.reading_paused:
+            timer[0] = loop.call_later(sock_read, check)
+            return
+        due = conn.last_read + sock_read
+        if loop.time() >= due:
+            conn.fail_exchange(
+                ConnectionFailure("sock_read_timeout", "Timeout on reading data from socket")
+            )
+            conn.close()
+        else:
+            timer[0] = loop.call_at(due, check)
+
+    timer.append(loop.call_at(conn.last_read + sock_read, check))
+    return lambda: timer[0].cancel()
+
+
+class ResponseBody:
+    """The body of one response, streamed from ``conn`` to ``stream``."""
+
+    __slots__ = ("_loop", "req", "stream", "conn", "pool", "decoder", "history", "state",
+                 "_unwatch")
 
     def __init__(
-        self, stream: BrokerStream, conn: HTTP1Connection, decoder: Decoder | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        req: Request,
+        stream: BrokerStream,
+        conn: HTTP1Connection,
+        pool: Pool,
+        decoder: Decoder | None,
+        history: list[HistoryItem],
     ) -> None:
-        self._stream = stream
-        self._conn = conn
-        self._decoder = decoder
-        self.error: ConnectionFailure | None = None
-        self._on_drained: Callable[[ConnectionFailure | None], None] | None = None
+        self._loop = loop
+        self.req = req
+        self.stream = stream
+        self.conn = conn
+        self.pool = pool
+        self.decoder = decoder
+        self.history = history
+        self.state = BodyState.FLOWING
+        self._unwatch: Callable[[], None] | None = None
+        stream.on_abort = self._worker_left  # first: every later path can end by it
 
-    def feed(self, chunk: bytes) -> None:
-        if self.error is not None:
+    def __repr__(self) -> str:
+        return f"<ResponseBody stream={self.stream.id} {self.state.name.lower()}>"
+
+    def start(self) -> None:
+        """Take the body: bytes that came with the head first, then the rest as it comes."""
+        conn = self.conn
+        conn.set_body_consumer(self._feed)
+        if self.state is BodyState.ENDED:
             return
-        if self._decoder is None:
+        if conn.exchange_over:  # the whole response came with its head: the common case
+            self._upstream_done(conn.exchange_error)
+            return
+        self.stream.flush()  # the body is still coming: the worker gets the head now
+        done = conn.done_future
+        if self.req.timeout.sock_read:
+            self._unwatch = watch_silence(self._loop, conn, done, self.req.timeout.sock_read)
+        done.add_done_callback(self._on_done)
+
+    # -- the flow ---------------------------------------------------------------------
+
+    def _feed(self, chunk: bytes) -> None:
+        if self.state is not BodyState.FLOWING:
+            return
+        if self.decoder is None:
             self._emit(chunk)
         else:
             try:
-                self._emit(self._decoder.decode(chunk, MAX_DATA))
+                self._emit(self.decoder.decode(chunk, MAX_DATA))
             except DecodeError as exc:
-                self._fail(exc)
+                self._decode_failed(exc)
                 return
-        self._drain()
+        self._pump()
 
     def _emit(self, data: bytes) -> None:
         if len(data) <= MAX_DATA:
             if data:
-                self._stream.data(data)
+                self.stream.data(data)
             return
         view = memoryview(data)
         for i in range(0, len(data), MAX_DATA):
-            self._stream.data(bytes(view[i : i + MAX_DATA]))
+            self.stream.data(bytes(view[i : i + MAX_DATA]))
 
-    def _drain(self) -> None:
-        decoder = self._decoder
-        stream = self._stream
+    def _pump(self) -> None:
+        """Send pending decoded output while the window allows; wait for acks if not."""
+        if self.state is BodyState.ENDED:
+            return
+        decoder = self.decoder
+        stream = self.stream
         try:
             while decoder is not None and decoder.pending and not stream.window_full:
                 self._emit(decoder.decode(b"", MAX_DATA))
         except DecodeError as exc:
-            self._fail(exc)
+            self._decode_failed(exc)
             return
         if stream.window_full:
-            self._conn.pause_reading()
-            stream.park(self._drain)
+            self.conn.pause_reading()
+            stream.park(self._pump)
             stream.flush()  # we wait for acknowledgements: what is held must go out
             return
-        self._conn.resume_reading()
-        self._call_drained()
+        self.conn.resume_reading()
+        if self.state is BodyState.DRAINING:
+            self._finish()
 
-    def _fail(self, exc: DecodeError) -> None:
-        # Body bytes that came with the head are replayed after the exchange completed,
-        # when failing the exchange no longer reaches anyone: ``when_drained`` reports it.
-        self.error = ConnectionFailure("payload", str(exc))
-        self._conn.fail_exchange(self.error)
-        self._conn.close()
-        self._call_drained()
+    def _on_done(self, fut: asyncio.Future[None]) -> None:
+        self._upstream_done(fut.exception())
 
-    def _call_drained(self) -> None:
-        callback, self._on_drained = self._on_drained, None
-        if callback is not None:
-            callback(self.error)
+    def _upstream_done(self, exc: BaseException | None) -> None:
+        if self.state is not BodyState.FLOWING:
+            return
+        self._stop_watch()
+        if exc is not None:
+            self._end(exc)
+            return
+        self.state = BodyState.DRAINING
+        decoder = self.decoder
+        if decoder is None or not decoder.pending:
+            self._finish()
+        # else: the parked ``_pump`` finishes once the worker has taken the rest
 
-    def when_drained(self, callback: Callable[[ConnectionFailure | None], None]) -> None:
-        """After the last body byte arrived: call back (with the pipe's error, if any)
-        once no undecoded input is left, which waits for the worker if it is behind."""
-        decoder = self._decoder
-        self._on_drained = callback
-        if self.error is not None or decoder is None or not decoder.pending:
-            self._call_drained()
-
-    def flush_tail(self) -> None:
-        """The decoder's last output; raises ConnectionFailure for a truncated body."""
-        if self._decoder is not None:
+    def _finish(self) -> None:
+        error: ConnectionFailure | None = None
+        if self.decoder is not None:
             try:
-                self._emit(self._decoder.flush())
+                self._emit(self.decoder.flush())
             except DecodeError as exc:
-                raise ConnectionFailure("payload", str(exc)) from None
+                error = ConnectionFailure("payload", str(exc))
+        self._end(error)
+
+    def _decode_failed(self, exc: DecodeError) -> None:
+        self.conn.close()  # the rest of this body is unreadable: never reuse
+        self._end(ConnectionFailure("payload", str(exc)))
+
+    def _worker_left(self) -> None:
+        self._end(None)  # the stream is cancelled already: no message goes out
+
+    # -- the one way out ----------------------------------------------------------------
+
+    def _end(self, error: BaseException | None) -> None:
+        if self.state is BodyState.ENDED:
+            return
+        self.state = BodyState.ENDED
+        stream = self.stream
+        stream.on_abort = None
+        self._stop_watch()
+        conn = self.conn
+        conn.set_body_consumer(None)
+        give_back(self.pool, conn)
+        if stream.finished:
+            return
+        try:
+            if error is None:
+                stream.end()
+            else:
+                stream.fail(failure_message(self.req, error, self.history))
+        except Exception as exc:  # a carrier bug: log it, never raise into the loop
+            log.error("stream %s could not be ended", self.req.stream, exc_info=exc)
+
+    def _stop_watch(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None

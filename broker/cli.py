@@ -11,9 +11,10 @@ import signal
 import sys
 from typing import Any
 
-from shared.errors import BrokerConnectionError
+import msgspec
 
 from .server import BrokerServer
+from .stats import fetch_stats
 
 __all__ = ["main", "serve"]
 
@@ -58,25 +59,6 @@ async def serve(
         watcher.cancel()
     await server.stop(drain_timeout)
     log.info("broker %d stopped", os.getpid())
-
-
-async def _stats(socket_path: str) -> dict[str, Any]:
-    from worker_client.transport import IPCTransport
-
-    transport = IPCTransport(asyncio.get_running_loop(), socket_path)
-    await transport.connect()
-    try:
-        stats = await transport.stats()
-    finally:
-        await transport.aclose()
-    return {
-        "pid": stats.pid,
-        "workers": stats.workers,
-        "streams": stats.streams,
-        "requests": stats.requests,
-        "pools": stats.pools,
-        "dns": stats.dns,
-    }
 
 
 def _run(coro: Any) -> Any:
@@ -128,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.socket:
         parser.error("stats needs --socket or HTTP_BROKER")
     try:
-        figures = _run(_stats(args.socket.removeprefix("unix:")))
-    except BrokerConnectionError as exc:
+        stats = fetch_stats(args.socket.removeprefix("unix:"))
+    except OSError as exc:
         print(f"http-broker: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(figures, indent=2))
+    print(json.dumps(msgspec.structs.asdict(stats), indent=2))
     return 0

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ssl as ssl_mod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from shared.specs import ClientTimeout, PoolSpec
 
-from .http1 import ConnectionFailure, HTTP1Connection
-from .pool_state import NEW, Decision, PoolState
+from .exchange import ConnectionFailure
+from .http1 import HTTP1Connection
+from .pool_state import NEW, Decision, PoolState, _New
 from .rate_limit import RateLimiter
-from .resolver import CachedResolver
+from .resolver import CachedResolver, ResolvedAddress
+from .stream import BrokerStream
 
 __all__ = ["Pool", "ConnKey"]
 
 ConnKey = tuple[str, str, int]  # (scheme, host, port)
+_Connected = tuple[asyncio.BaseTransport, HTTP1Connection]  # what create_connection returns
 
 _default_ssl: ssl_mod.SSLContext | None = None
 
@@ -30,10 +34,24 @@ def default_ssl_context() -> ssl_mod.SSLContext:
 
 
 class Pool:
-    """One pool of connections, shared by every request whose ``PoolSpec`` is equal."""
+    """One pool of connections, shared by every request whose ``PoolSpec`` is equal.
+
+    Every wait here survives a cancel that lands together with what it waits for: the
+    pool waiter is a future that a ``call_at`` timer fails (a grant that raced the
+    cancel goes back to the pool), and connects and lookups run as tasks that the
+    caller watches with ``asyncio.wait`` (never ``wait_for``, which on Python 3.11 and
+    older loses a cancel that meets a result): on a cancel or a timeout the attempts
+    are cancelled, and one that connected all the same is closed (``_abandon``).
+    """
+
+    connection_class = HTTP1Connection
 
     def __init__(
-        self, spec: PoolSpec, loop: asyncio.AbstractEventLoop, resolver: CachedResolver
+        self,
+        spec: PoolSpec,
+        loop: asyncio.AbstractEventLoop,
+        resolver: CachedResolver,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.spec = spec
         self._loop = loop
@@ -42,7 +60,7 @@ class Pool:
             spec.limit,
             spec.limit_per_host,
             spec.keepalive_timeout,
-            clock=loop.time,
+            clock=clock or loop.time,
         )
         self._active: set[HTTP1Connection] = set()
         self._expiry: asyncio.TimerHandle | None = None
@@ -51,67 +69,166 @@ class Pool:
             if spec.rate_limit_per_host
             else None
         )
+        self._turns = 0  # requests waiting in wait_turn
+        self._attempts: set[asyncio.Task[_Connected]] = set()  # connects in flight
+        self._abandoned: set[asyncio.Task[_Connected]] = set()  # ... nobody waits for
+        self._closing: set[HTTP1Connection] = set()  # abandoned, connected, being closed
         self.closed = False
 
     def __repr__(self) -> str:
         return f"<Pool {self.spec.name or self.spec.kind} {self.state!r}>"
 
+    @property
+    def quiet(self) -> bool:
+        """No connection active or being opened, no request waiting (idle ones allowed)."""
+        return self.state.quiet and not self._turns
+
     # -- acquire / release ----------------------------------------------------------
 
-    async def wait_turn(self, key: ConnKey) -> None:
-        """Wait for this host's next start under ``rate_limit_per_host``."""
-        if self.rate is None:
-            return
-        delay, start = self.rate.reserve(key[1])
-        if delay > 0:
-            try:
-                await asyncio.sleep(delay)
-            except BaseException:
-                self.rate.cancel(key[1], start)
-                raise
-
-    async def acquire(self, key: ConnKey, timeout: ClientTimeout) -> HTTP1Connection:
-        deadline = self._loop.time() + timeout.connect if timeout.connect else None
-        while True:
-            conn = await self._acquire_once(key, timeout, deadline)
-            if conn is not None:
-                return conn
-
-    async def _acquire_once(
-        self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
-    ) -> HTTP1Connection | None:
-        if self.closed:
-            raise ConnectionFailure("connection", "the connection pool is closed")
-        got, decision = self.state.try_acquire(key)
-        self._apply(decision)
-        if got is None:
-            waiter: asyncio.Future[Any] = self._loop.create_future()
-            self.state.enqueue(key, waiter)
-            try:
-                got = await asyncio.wait_for(waiter, self._remaining(deadline))
-            except BaseException as exc:
-                if not self.state.cancel(waiter) and waiter.done() and not waiter.cancelled():
-                    self._return_grant(key, waiter.result())
-                if isinstance(exc, asyncio.TimeoutError):
-                    raise self._timeout(key) from None
-                raise
-        if got is NEW:
-            try:
-                conn = await self._connect(key, timeout, deadline)
-            except BaseException:
-                self._apply(self.state.discard(key))
-                raise
-            conn.in_use = True
-            self._active.add(conn)
-            return conn
-        assert isinstance(got, HTTP1Connection)
-        if got.closed:  # closed while idle, not yet noticed
-            self._apply(self.state.discard(key))
+    def wait_turn(self, key: ConnKey) -> asyncio.Future[None] | None:
+        """Under ``rate_limit_per_host``: a future to await for this host's next start,
+        or None to go at once. A cancelled wait hands its turn back."""
+        rate = self.rate
+        if rate is None:
             return None
+        delay, start = rate.reserve(key[1])
+        if delay <= 0:
+            return None
+        turn: asyncio.Future[None] = self._loop.create_future()
+        timer = self._loop.call_at(start, _set_done, turn)
+        self._turns += 1
+        turn.add_done_callback(functools.partial(self._turn_over, key[1], start, timer))
+        return turn
+
+    def _turn_over(
+        self, host: str, start: float, timer: asyncio.TimerHandle, turn: asyncio.Future[None]
+    ) -> None:
+        self._turns -= 1
+        if turn.cancelled() or turn.exception() is not None:  # given up: hand it back
+            timer.cancel()
+            assert self.rate is not None
+            self.rate.cancel(host, start)
+
+    async def acquire(
+        self, key: ConnKey, timeout: ClientTimeout, stream: BrokerStream | None = None
+    ) -> HTTP1Connection:
+        """A connection for ``key``: an idle one, else a new one when the limits allow,
+        else the next one freed. ``timeout.connect`` bounds the wait and the connect.
+        Waiting and connecting end at once if ``stream`` is given up (``StreamStopped``)."""
+        got = self._take(key)
+        if isinstance(got, HTTP1Connection):
+            return got
+        deadline = self._loop.time() + timeout.connect if timeout.connect else None
+        while got is None:
+            got = self._granted(key, await self._wait_grant(key, deadline, stream))
+        if got is NEW:
+            return await self._open(key, timeout, deadline, stream)
+        assert isinstance(got, HTTP1Connection)
+        return got
+
+    def _take(self, key: ConnKey) -> HTTP1Connection | _New | None:
+        """``try_acquire`` without waiting: a live idle connection, NEW, or None."""
+        while True:
+            if self.closed:
+                raise ConnectionFailure("connection", "the connection pool is closed")
+            got, decision = self.state.try_acquire(key)
+            if decision.close or decision.grants:
+                self._apply(decision)
+            if got is None or got is NEW:
+                return got
+            assert isinstance(got, HTTP1Connection)
+            if not got.closed:
+                got.reused = True
+                got.in_use = True
+                self._active.add(got)
+                return got
+            self._apply(self.state.discard(key))  # closed while idle, not yet noticed
+
+    def _granted(self, key: ConnKey, got: HTTP1Connection | _New) -> HTTP1Connection | _New | None:
+        if got is NEW:
+            return got
+        assert isinstance(got, HTTP1Connection)
+        if got.closed:
+            self._apply(self.state.discard(key))
+            return self._take(key)
         got.reused = True
         got.in_use = True
         self._active.add(got)
         return got
+
+    async def _wait_grant(
+        self, key: ConnKey, deadline: float | None, stream: BrokerStream | None
+    ) -> HTTP1Connection | _New:
+        waiter: asyncio.Future[HTTP1Connection | _New] = self._loop.create_future()
+        self.state.enqueue(key, waiter)
+        timer = None
+        if deadline is not None:
+            timer = self._loop.call_at(deadline, self._wait_expired, key, waiter)
+        if stream is not None:
+            stream.waiting = waiter
+        try:
+            return await waiter
+        except BaseException:
+            # A grant that came as we were cancelled is ours to hand back.
+            if (
+                not self.state.cancel(waiter)
+                and waiter.done()
+                and not waiter.cancelled()
+                and waiter.exception() is None
+            ):
+                self._return_grant(key, waiter.result())
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if stream is not None:
+                stream.waiting = None
+
+    def _wait_expired(self, key: ConnKey, waiter: asyncio.Future[Any]) -> None:
+        if self.state.cancel(waiter):
+            waiter.set_exception(self._timeout(key))
+
+    async def _open(
+        self,
+        key: ConnKey,
+        timeout: ClientTimeout,
+        deadline: float | None,
+        stream: BrokerStream | None,
+    ) -> HTTP1Connection:
+        """Open a connection in the slot just granted.
+
+        The connect is a task whose end settles the slot (``_opened``) whatever stops
+        it, even a cancel before it ran at all; a connection nobody waits for any more
+        (its requester cancelled or given up as it completed) is closed."""
+        connect = self._loop.create_task(self._connect(key, timeout, deadline))
+        connect.add_done_callback(functools.partial(self._opened, key))
+        if stream is not None:
+            return await stream.stoppable(connect, self._orphan)
+        try:
+            return await connect
+        except BaseException:
+            if connect.done() and not connect.cancelled() and connect.exception() is None:
+                self._orphan(connect.result())
+            raise
+
+    def _opened(self, key: ConnKey, connect: asyncio.Future[HTTP1Connection]) -> None:
+        if connect.cancelled() or connect.exception() is not None:
+            self._apply(self.state.discard(key))
+            return
+        conn = connect.result()
+        if self.closed:
+            conn.abort()
+            self._apply(self.state.discard(key))
+            return
+        conn.in_use = True
+        self._active.add(conn)
+
+    def _orphan(self, conn: HTTP1Connection) -> None:
+        """A connection opened for a request that went away meanwhile: closed, its slot
+        given back at once (as a cancelled connect in aiohttp)."""
+        if conn.in_use:
+            conn.in_use = False
+            self.release(conn, False)
 
     def release(self, conn: HTTP1Connection, reusable: bool) -> None:
         self._active.discard(conn)
@@ -134,6 +251,7 @@ class Pool:
 
     def _apply(self, decision: Decision[HTTP1Connection]) -> None:
         for conn in decision.close:
+            conn.on_idle_lost = None  # the pool is done with it
             conn.close()
         for waiter, key, got in decision.grants:
             assert isinstance(waiter, asyncio.Future)
@@ -161,73 +279,64 @@ class Pool:
         scheme, host, port = key
         is_ssl = scheme in ("https", "wss")
         fields: dict[str, Any] = {"host": host, "port": port, "ssl": is_ssl}
-
-        def factory() -> HTTP1Connection:
-            return HTTP1Connection(self._loop)
-
-        def limit(step: float | None) -> float | None:
-            rem = self._remaining(deadline)
-            if step and rem is not None:
-                return min(step, rem)
-            return step or rem
-
+        loop = self._loop
+        factory = functools.partial(self.connection_class, loop)
         ssl_ctx = default_ssl_context() if is_ssl else None
         server_hostname = host if is_ssl else None
         if self.spec.kind == "unix":
-            assert self.spec.path is not None
+            path = self.spec.path
+            assert path is not None
             try:
-                _, conn = await asyncio.wait_for(
-                    self._loop.create_unix_connection(
-                        factory, self.spec.path, ssl=ssl_ctx, server_hostname=server_hostname
-                    ),
-                    limit(timeout.sock_connect),
+                conn = await self._first_connected(
+                    [
+                        functools.partial(
+                            loop.create_unix_connection,
+                            factory,
+                            path,
+                            ssl=ssl_ctx,
+                            server_hostname=server_hostname,
+                        )
+                    ],
+                    None,
+                    timeout.sock_connect,
+                    deadline,
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._timeout(key) from None
             except OSError as exc:
                 raise ConnectionFailure(
                     "unix_connect",
                     exc.strerror or str(exc),
-                    url=self.spec.path,
+                    url=path,
                     errno=exc.errno or 0,
                     **fields,
                 ) from None
             return self._adopt(conn, key)
 
         try:
-            addrs = await asyncio.wait_for(
-                self._resolver.resolve(host, port, self.spec.family), self._remaining(deadline)
-            )
-        except asyncio.TimeoutError:
+            addrs = await self._resolve(host, port, deadline)
+        except TimeoutError:
             raise self._timeout(key) from None
         except OSError as exc:
             raise ConnectionFailure(
                 "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
             ) from None
-        local_addr = self.spec.local_addr
-
-        async def attempt(addr: dict[str, Any]) -> HTTP1Connection:
-            try:
-                _, conn = await asyncio.wait_for(
-                    self._loop.create_connection(
-                        factory,
-                        addr["host"],
-                        addr["port"],
-                        family=addr["family"],
-                        ssl=ssl_ctx,
-                        server_hostname=server_hostname,
-                        local_addr=local_addr,
-                    ),
-                    limit(timeout.sock_connect),
-                )
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"Connection timeout to host {host}:{port}") from None
-            return conn
-
+        starts = [
+            functools.partial(
+                loop.create_connection,
+                factory,
+                addr.host,
+                addr.port,
+                family=addr.family,
+                ssl=ssl_ctx,
+                server_hostname=server_hostname,
+                local_addr=self.spec.local_addr,
+            )
+            for addr in _interleave(addrs)
+        ]
         try:
-            conn = await _happy_eyeballs(
-                [functools.partial(attempt, a) for a in _interleave(addrs)],
-                self.spec.happy_eyeballs_delay,
+            conn = await self._first_connected(
+                starts, self.spec.happy_eyeballs_delay, timeout.sock_connect, deadline
             )
         except TimeoutError:
             raise self._timeout(key) from None
@@ -236,6 +345,99 @@ class Pool:
                 "connect", exc.strerror or str(exc), errno=exc.errno or 0, **fields
             ) from None
         return self._adopt(conn, key)
+
+    async def _resolve(self, host: str, port: int, deadline: float | None) -> list[ResolvedAddress]:
+        got = self._resolver.lookup(host, port, self.spec.family)
+        if isinstance(got, list):
+            return got
+        # The lookup is shared: wait for it, never cancel it.
+        done, _ = await asyncio.wait((got,), timeout=self._remaining(deadline))
+        if not done:
+            raise TimeoutError(f"DNS lookup of {host} timed out")
+        return got.result()
+
+    async def _first_connected(
+        self,
+        starts: Sequence[Callable[[], Coroutine[Any, Any, _Connected]]],
+        delay: float | None,
+        step: float | None,
+        deadline: float | None,
+    ) -> HTTP1Connection:
+        """Happy eyeballs (RFC 8305): start the attempts ``delay`` seconds apart, or the
+        next one when one fails (one at a time if ``delay`` is None), each for at most
+        ``step`` seconds and all of them until ``deadline``. The first to connect wins;
+        the others are cancelled, or closed if they connected too. Raises the last
+        error, TimeoutError when time ran out."""
+        if not starts:
+            raise OSError("no addresses to connect to")
+        loop = self._loop
+        todo = collections.deque(starts)
+        running: dict[asyncio.Task[_Connected], float | None] = {}  # attempt -> deadline
+        last: BaseException | None = None
+        next_start = 0.0
+        try:
+            while todo or running:
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError("connect timeout")
+                while todo and (not running or (delay is not None and now >= next_start)):
+                    task = self._attempt(todo.popleft()())
+                    running[task] = _earliest(deadline, now + step if step else None)
+                    next_start = now + (delay or 0.0)
+                wake = _earliest(*running.values(), next_start if todo and delay else None)
+                await asyncio.wait(
+                    running,
+                    timeout=None if wake is None else max(wake - now, 0.0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                now = loop.time()
+                for task, until in list(running.items()):
+                    if task.done():
+                        del running[task]
+                        if task.cancelled():
+                            raise ConnectionFailure("connection", "the connection pool was closed")
+                        error = task.exception()
+                        if error is None:
+                            return task.result()[1]
+                        last = error
+                    elif until is not None and now >= until:
+                        del running[task]
+                        self._abandon(task)
+                        last = TimeoutError("connect timeout")
+        finally:
+            for task in running:
+                self._abandon(task)
+        assert last is not None
+        raise last
+
+    def _attempt(self, connect: Coroutine[Any, Any, _Connected]) -> asyncio.Task[_Connected]:
+        task = self._loop.create_task(connect)
+        self._attempts.add(task)
+        task.add_done_callback(self._attempt_over)
+        return task
+
+    def _attempt_over(self, task: asyncio.Task[_Connected]) -> None:
+        self._attempts.discard(task)
+        if task in self._abandoned:
+            self._abandoned.discard(task)
+            self._close_connected(task)
+
+    def _abandon(self, task: asyncio.Task[_Connected]) -> None:
+        """Nobody waits for this attempt any more: cancel it, or close what it made."""
+        if task.done():
+            self._close_connected(task)
+        else:
+            self._abandoned.add(task)
+            task.cancel()
+
+    def _close_connected(self, task: asyncio.Task[_Connected]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        conn = task.result()[1]
+        if conn not in self._closing:
+            self._closing.add(conn)
+            conn.on_idle_lost = self._closing.discard
+            conn.close()
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
         conn.key = key
@@ -287,16 +489,21 @@ class Pool:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        attempts = list(self._attempts)
+        for task in attempts:
+            self._abandon(task)
         conns = self.state.close_all_idle() + list(self._active)
         for conn in conns:
+            conn.on_idle_lost = None  # a connection must not keep a closed pool alive
             conn.abort()
-        for waiter in list(self.state.waiters):
+        for waiter in self.state.drain_waiters():
             assert isinstance(waiter, asyncio.Future)
             if not waiter.done():
                 waiter.set_exception(ConnectionFailure("connection", "the pool was closed"))
-        self.state.waiters.clear()
+        await asyncio.gather(*attempts, return_exceptions=True)
         # connection_lost runs on a later loop pass; wait for it so that no transport
         # outlives the loop (a ResourceWarning otherwise).
+        conns += self._closing
         await asyncio.gather(*(conn.wait_closed() for conn in conns))
 
 
@@ -316,62 +523,22 @@ def _label(key: Any) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _interleave(addrs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _interleave(addrs: list[ResolvedAddress]) -> list[ResolvedAddress]:
     """Alternate address families, the first one first (RFC 8305's interleaving)."""
-    by_family: dict[int, list[dict[str, Any]]] = {}
+    by_family: dict[int, list[ResolvedAddress]] = {}
     for a in addrs:
-        by_family.setdefault(a["family"], []).append(a)
+        by_family.setdefault(a.family, []).append(a)
     groups = list(by_family.values())
-    out: list[dict[str, Any]] = []
+    out: list[ResolvedAddress] = []
     for i in range(max(map(len, groups), default=0)):
         out.extend(g[i] for g in groups if i < len(g))
     return out
 
 
-async def _happy_eyeballs(
-    attempts: list[Callable[[], Awaitable[HTTP1Connection]]], delay: float | None
-) -> HTTP1Connection:
-    """Run connection attempts staggered by ``delay`` (one at a time if None): the first
-    to connect wins, the others are cancelled or closed. Raises the last error."""
-    if not attempts:
-        raise OSError("no addresses to connect to")
-    if delay is None or len(attempts) == 1:
-        last: BaseException | None = None
-        for make in attempts:
-            try:
-                return await make()
-            except OSError as exc:  # TimeoutError is an OSError too
-                last = exc
-        assert last is not None
-        raise last
-    pending: set[asyncio.Task[HTTP1Connection]] = set()
-    todo = list(attempts)
-    last_exc: BaseException | None = None
-    winner: HTTP1Connection | None = None
-    try:
-        while winner is None and (todo or pending):
-            if todo:
-                pending.add(asyncio.ensure_future(todo.pop(0)()))
-            done, pending = await asyncio.wait(
-                pending, timeout=delay if todo else None, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                error = task.exception()
-                if error is not None:
-                    last_exc = error
-                elif winner is None:
-                    winner = task.result()
-                else:
-                    task.result().close()
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            results = await asyncio.gather(*pending, return_exceptions=True)
-            for r in results:
-                if isinstance(r, HTTP1Connection):
-                    r.close()
-    if winner is not None:
-        return winner
-    assert last_exc is not None
-    raise last_exc
+def _earliest(*times: float | None) -> float | None:
+    return min((t for t in times if t is not None), default=None)
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,4 +1,11 @@
-"""Content-Encoding decoders for response bodies (gzip, deflate, br)."""
+"""Content-Encoding decoders for response bodies (gzip, deflate, br).
+
+Every decoder bounds its output per call: ``decode(data, limit)`` returns at most
+``limit`` bytes, and what it could not get to yet stays ``pending`` for further
+``decode(b"", limit)`` calls, so a small compressed body that inflates to gigabytes is
+never inflated at once. br needs brotli >= 1.2 (``output_buffer_limit``); with an older
+brotli, br is not decoded at all.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,12 @@ try:
     import brotli
 except ImportError:  # pragma: no cover - brotli is an optional extra
     brotli = None
+
+if brotli is not None and not hasattr(brotli.Decompressor(), "can_accept_more_data"):
+    # brotli < 1.2 decodes a whole input at once, however large the output: a few
+    # hundred bytes can become gigabytes. Such a brotli is not used; the br body is
+    # passed through undecoded, as with no brotli at all.
+    brotli = None  # pragma: no cover
 
 __all__ = ["Decoder", "DecodeError", "make_decoder", "SUPPORTED"]
 
@@ -70,20 +83,50 @@ class _ZlibDecoder:
 
 
 class _BrotliDecoder:
-    __slots__ = ("_obj",)
+    """brotli >= 1.2 bounds each ``process`` call with ``output_buffer_limit``; its
+    output buffer grows by doubling blocks, so one call may return up to about twice
+    the limit: the excess is kept in ``_spill`` (at most ``limit`` + 32 KiB) and served
+    first by the next call. ``can_accept_more_data()`` is False while the decoder holds
+    input it has not consumed; output it holds after consuming all input shows only as
+    a call that filled its limit (``_more``)."""
 
-    pending = False  # brotli's decoder has no output limit: all output comes at once
+    __slots__ = ("_obj", "_input", "_spill", "_more")
 
     def __init__(self) -> None:
         self._obj = brotli.Decompressor()
+        self._input = b""  # input that came while the decoder could not take it
+        self._spill = b""
+        self._more = False
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._spill or self._input or self._more)
 
     def decode(self, data: bytes, limit: int) -> bytes:
-        try:
-            return bytes(self._obj.process(data))
-        except brotli.error as exc:
-            raise DecodeError("Can not decode content-encoding: br") from exc
+        if data:
+            self._input = self._input + data if self._input else data
+        out = self._spill
+        want = limit - len(out)
+        if want > 0 and (self._input or self._more):
+            obj = self._obj
+            feed = b""
+            if obj.can_accept_more_data():
+                feed, self._input = self._input, b""
+            try:
+                got = obj.process(feed, output_buffer_limit=want)
+                self._more = len(got) >= want or not obj.can_accept_more_data()
+            except brotli.error as exc:
+                raise DecodeError("Can not decode content-encoding: br") from exc
+            out = out + got if out else got
+        if len(out) <= limit:
+            self._spill = b""
+            return out
+        self._spill = out[limit:]
+        return out[:limit]
 
     def flush(self) -> bytes:
+        if self.pending:  # the caller drains ``pending`` first; never unbounded here
+            raise DecodeError("Can not decode content-encoding: br (output left over)")
         try:
             finished = self._obj.is_finished()
         except brotli.error as exc:  # the decoder failed earlier

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Generic, TypeVar
 
 __all__ = ["DNSCache"]
 
-Addr = dict[str, Any]
+Addr = TypeVar("Addr")
 
 
-class DNSCache:
+class DNSCache(Generic[Addr]):
     """Entries expire ``ttl`` seconds after they were stored (None: never); when
     ``max_size`` entries are held the least recently used one makes room."""
 

@@ -1,16 +1,18 @@
-"""One HTTP/1.1 client connection: serializes requests, parses responses with httptools.
+"""One HTTP/1.1 client connection: the asyncio side of an ``exchange.Exchange``.
 
 The protocol is an ``asyncio.BufferedProtocol`` reading into one reused buffer (a fresh
-buffer per read costs the default loop three extra syscalls). One exchange at a time:
-``begin`` (and ``write`` for a streamed body) puts a request on the wire,
-``head_future`` resolves with the response head, body chunks go to the consumer given to
-``set_body_consumer`` (bytes that came early are kept for it), and ``done_future``, made
-only if someone asks, resolves at the end of the response.
+buffer per read costs the default loop three extra syscalls). It feeds what it reads to
+its ``Exchange``, which decides everything about HTTP/1.1, and carries out the events:
+``begin`` puts a request on the wire (``send_body``/``end_body`` for a streamed body,
+which wait while the socket's write buffer is over its high-water mark),
+``head_future`` resolves with the response head, body chunks go to the consumer given
+to ``set_body_consumer``, and ``done_future``, made only if someone asks, resolves at
+the end of the response.
 
-httptools cannot be told that a response has no body because it answers a HEAD request,
-so for HEAD the exchange is completed at the end of the head and the parser is replaced
-before the next request. A body delimited by the connection's close is finished by
-``connection_lost``, since httptools has no "end of input" call.
+Body bytes that arrive before there is a consumer (the engine is still sending the
+request body, or has not yet taken the head) are kept for it, up to ``EARLY_LIMIT``:
+past that, reading pauses until a consumer is set. So at most ``EARLY_LIMIT`` plus one
+read (``_BUFSIZE``) is held per connection.
 """
 
 from __future__ import annotations
@@ -19,54 +21,29 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import httptools
+from .exchange import (
+    END,
+    R_DONE,
+    R_FAILED,
+    R_IDLE,
+    S_IDLE,
+    ConnectionFailure,
+    Exchange,
+    ResponseHead,
+)
 
-__all__ = ["HTTP1Connection", "ResponseHead", "ConnectionFailure"]
+__all__ = ["HTTP1Connection", "ResponseHead", "ConnectionFailure", "EARLY_LIMIT"]
 
 _BUFSIZE = 1 << 16
-# aiohttp's defaults: max_field_size=8190, max_headers=128. The whole head is capped too,
-# counted as it arrives, since httptools buffers a header until it is complete.
-MAX_FIELD_SIZE = 8190
-MAX_HEADERS = 128
-MAX_HEAD_BYTES = 256 * 1024
-
-
-class ConnectionFailure(Exception):
-    """The exchange failed; ``code`` is a wire error code (``shared.errors``)."""
-
-    def __init__(self, code: str, message: str, **fields: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.fields = fields
-
-
-class _HeadTooLarge(Exception):
-    pass
-
-
-class ResponseHead:
-    __slots__ = ("status", "reason", "version", "headers", "keep_alive", "eof_body")
-
-    def __init__(
-        self,
-        status: int,
-        reason: str,
-        version: tuple[int, int],
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        eof_body: bool,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.eof_body = eof_body
+EARLY_LIMIT = 256 * 1024
 
 
 def _drop_body(data: bytes) -> None:
     pass
+
+
+def _disconnected() -> ConnectionFailure:
+    return ConnectionFailure("disconnected", "Server disconnected")
 
 
 class HTTP1Connection(asyncio.BufferedProtocol):
@@ -75,37 +52,29 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._buf = bytearray(_BUFSIZE)
         self._view = memoryview(self._buf)
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self._replace_parser = False
+        self.exchange = Exchange()
         self.closed = False
         self.reused = False
-        self.in_use = False
-        self.read_until_eof = True
+        self.in_use = False  # leased from the pool (set by the connector)
         self.last_read = 0.0
         self.on_idle_lost: Callable[[HTTP1Connection], None] | None = None
         self.key: Any = None
-        # the current exchange
-        self._busy = False
-        self._head_only = False
-        self._reason = ""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head: ResponseHead | None = None
-        self._head_bytes = 0
-        self._refused: str | None = None  # which of our head limits the server broke
+        # the current exchange's futures and body
         self._head_fut: asyncio.Future[ResponseHead] | None = None
         self._done_fut: asyncio.Future[None] | None = None
-        self._failure: ConnectionFailure | None = None
-        self._complete = False
-        self._got_bytes = False
         self._on_body: Callable[[bytes], None] | None = None
         self._early: list[bytes] = []  # body bytes that came before a consumer was set
+        self._early_size = 0
         self._write_paused = False
         self._drain_fut: asyncio.Future[None] | None = None
         self._read_paused = False
         self._lost: asyncio.Future[None] = loop.create_future()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else ("active" if self._busy else "idle")
+        if self.closed:
+            state = "closed"
+        else:
+            state = "idle" if self.exchange.recv is R_IDLE else "active"
         return f"<HTTP1Connection {self.key} {state}>"
 
     # -- asyncio callbacks ---------------------------------------------------------
@@ -117,33 +86,27 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if not self._busy:
-            # Bytes on an idle connection: the server is confused; never reuse it.
-            self.close()
-            return
         self.last_read = self._loop.time()
-        self._got_bytes = True
-        if self._head is None:
-            self._head_bytes += nbytes
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._fail(
-                    ConnectionFailure(
-                        "bad_response",
-                        f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes",
-                    )
-                )
+        for event in self.exchange.receive_data(self._view[:nbytes]):
+            kind = type(event)
+            if kind is bytes:
+                on_body = self._on_body
+                if on_body is not None:
+                    on_body(event)  # type: ignore[arg-type]
+                else:  # kept for the consumer to come, up to EARLY_LIMIT
+                    self._early.append(event)  # type: ignore[arg-type]
+                    self._early_size += len(event)  # type: ignore[arg-type]
+                    if self._early_size > EARLY_LIMIT:
+                        self.pause_reading()
+            elif kind is ResponseHead:
+                fut = self._head_fut
+                if fut is not None and not fut.done():
+                    fut.set_result(event)  # type: ignore[arg-type]
+            elif event is END:
+                self._finish()
+            else:
+                self._fail(event)  # type: ignore[arg-type]
                 self.close()
-                return
-        try:
-            self._parser.feed_data(self._view[:nbytes])
-        except httptools.HttpParserUpgrade:
-            self._finish()
-        except httptools.HttpParserError as exc:
-            # A limit of ours raised inside a callback reaches us as a bare "callback
-            # error": say which limit it was.
-            detail = self._refused or exc
-            self._fail(ConnectionFailure("bad_response", f"invalid HTTP response: {detail}"))
-            self.close()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost decides what it means
@@ -152,29 +115,19 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self.closed = True
         if not self._lost.done():
             self._lost.set_result(None)
-        if not self._busy:
+        ex = self.exchange
+        if ex.recv is R_IDLE and ex.send is S_IDLE:
             if self.on_idle_lost is not None:
                 self.on_idle_lost(self)
             return
-        head = self._head
-        if head is None:
-            if isinstance(exc, OSError):  # e.g. a reset: aiohttp's ClientOSError
-                msg = exc.strerror or str(exc)
-                self._fail(ConnectionFailure("os", msg, errno=exc.errno or 0))
-            else:
-                self._fail(ConnectionFailure("disconnected", "Server disconnected"))
-        elif head.eof_body and not self._head_only:
+        event = ex.connection_lost(exc)
+        if event is END:
             self._finish()
-        elif not self._complete:
-            self._fail(
-                ConnectionFailure(
-                    "payload",
-                    "Response payload is not completed: the connection was closed "
-                    "before the end of the body (Content-Length or chunked framing)",
-                )
-            )
+        elif event is not None:
+            self._fail(event)  # type: ignore[arg-type]
         if self._drain_fut is not None and not self._drain_fut.done():
-            self._drain_fut.set_exception(ConnectionFailure("disconnected", "Server disconnected"))
+            self._drain_fut.set_exception(_disconnected())
+            self._drain_fut.exception()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -185,83 +138,9 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    # -- httptools callbacks ---------------------------------------------------------
-
-    def on_status(self, status: bytes) -> None:
-        self._reason = status.decode("latin-1")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) > MAX_FIELD_SIZE or len(value) > MAX_FIELD_SIZE:
-            self._refused = f"a header field is over {MAX_FIELD_SIZE} bytes"
-            raise _HeadTooLarge(self._refused)
-        if len(self._headers) >= MAX_HEADERS:
-            self._refused = f"more than {MAX_HEADERS} headers"
-            raise _HeadTooLarge(self._refused)
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        p = self._parser
-        status = p.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self._headers = []  # informational; the real head follows
-            return
-        headers = self._headers
-        eof_body = True
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"content-length" or (
-                lname == b"transfer-encoding" and b"chunked" in value.lower()
-            ):
-                eof_body = False
-                break
-        reuse = p.should_keep_alive()
-        if status in (204, 304) or self._head_only:
-            eof_body = False
-        elif eof_body:
-            reuse = False
-            if not self.read_until_eof:
-                # aiohttp's read_until_eof=False: such a response has no body
-                self._head_only = True
-                eof_body = False
-        version = p.get_http_version()
-        head = ResponseHead(
-            status,
-            self._reason,
-            (1, 0) if version == "1.0" else (1, 1),
-            headers,
-            reuse,
-            eof_body,
-        )
-        self._head = head
-        fut = self._head_fut
-        if fut is not None and not fut.done():
-            fut.set_result(head)
-        if self._head_only:
-            self._replace_parser = True
-            self._finish()
-
-    def on_body(self, body: bytes) -> None:
-        if self._head is None or self._complete:
-            # Bytes after a HEAD response or an informational head: never reuse.
-            if self._head_only and self._head is not None:
-                self._head.keep_alive = False
-            return
-        if self._on_body is None:
-            self._early.append(body)
-        else:
-            self._on_body(body)
-
-    def on_message_complete(self) -> None:
-        if self._head is None:
-            return  # an informational response ended
-        self._finish()
-
     # -- exchange ----------------------------------------------------------------
 
     def _finish(self) -> None:
-        if self._complete:
-            return
-        self._complete = True
         if self._read_paused and self.transport is not None and not self.closed:
             self._read_paused = False
             self.transport.resume_reading()
@@ -272,77 +151,110 @@ class HTTP1Connection(asyncio.BufferedProtocol):
     @property
     def exchange_over(self) -> bool:
         """The response is complete, or the exchange failed."""
-        return self._complete or self._failure is not None
+        recv = self.exchange.recv
+        return recv is R_DONE or recv is R_FAILED
 
     @property
     def exchange_error(self) -> ConnectionFailure | None:
         """Why the exchange failed, if it did before completing."""
-        return None if self._complete else self._failure
+        ex = self.exchange
+        return None if ex.recv is R_DONE else ex.error
 
     def fail_exchange(self, failure: ConnectionFailure) -> None:
-        self._fail(failure)
+        self._fail(self.exchange.fail(failure))
 
     def _fail(self, failure: ConnectionFailure) -> None:
-        if self._failure is None:
-            self._failure = failure
         for fut in (self._head_fut, self._done_fut):
             if fut is not None and not fut.done():
                 fut.set_exception(failure)
                 fut.exception()  # retrieved here: one of the two may never be awaited
 
-    def begin(self, method: str, head: bytes, body: bytes | None = None) -> None:
-        """Start an exchange: write the request head and (optional) whole body."""
+    def begin(
+        self,
+        method: str,
+        head: bytes,
+        body: bytes | None = None,
+        streamed: bool = False,
+        length: int | None = None,
+    ) -> None:
+        """Start an exchange: write the request head and the whole body, if any; a
+        ``streamed`` body follows by ``send_body`` (``length`` bytes; None: chunked)."""
         if self.closed or self.transport is None:
-            raise ConnectionFailure("disconnected", "Server disconnected")
-        if self._replace_parser:
-            self._parser = httptools.HttpResponseParser(self)
-            self._replace_parser = False
-        self._busy = True
-        self._head_only = method == "HEAD"
-        self._reason = ""
-        self._headers = []
-        self._head = None
-        self._head_bytes = 0
-        self._refused = None
-        self._complete = False
-        self._got_bytes = False
+            raise _disconnected()
+        out = self.exchange.start(method, head, body, streamed, length)
         self._on_body = None
         self._early = []
+        self._early_size = 0
         self.last_read = self._loop.time()
-        self._failure = None
         self._head_fut = self._loop.create_future()
         self._done_fut = None  # made when someone waits for the end (often nobody)
-        if body:
-            if len(body) < 16384:
-                self.transport.write(head + body)
-            else:
-                self.transport.writelines((head, body))
+        if isinstance(out, bytes):
+            self.transport.write(out)
         else:
-            self.transport.write(head)
+            self.transport.writelines(out)
+
+    async def send_body(self, data: bytes) -> None:
+        """Write a piece of the streamed body, then wait while the socket is full.
+        Raises ConnectionFailure (the connection then closes) past the declared length,
+        or if the connection is gone."""
+        if self.closed or self.transport is None:
+            raise self.exchange.error or _disconnected()
+        try:
+            out = self.exchange.send_body(data)
+        except ConnectionFailure as exc:
+            self._fail(exc)
+            self.close()
+            raise
+        self.transport.writelines(out)
+        if self._write_paused:
+            await self.drain()
+
+    def end_body(self) -> None:
+        """End the streamed body; raises ConnectionFailure (the connection then closes)
+        if it is shorter than declared."""
+        if self.closed or self.transport is None:
+            raise self.exchange.error or _disconnected()
+        try:
+            out = self.exchange.end_body()
+        except ConnectionFailure as exc:
+            self._fail(exc)
+            self.close()
+            raise
+        if out:
+            self.transport.write(out)
 
     def set_body_consumer(self, consumer: Callable[[bytes], None] | None) -> None:
         """Where the response body goes (None: dropped); bytes that came early first."""
         consumer = consumer or _drop_body
         self._on_body = consumer
-        early, self._early = self._early, []
-        for chunk in early:
-            consumer(chunk)
-
-    def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            raise ConnectionFailure("disconnected", "Server disconnected")
-        self.transport.write(data)
+        early = self._early
+        if early:
+            self._early = []
+            self._early_size = 0
+            # Only the early bound pauses reading before there is a consumer; the
+            # consumer may pause again (asyncio reads nothing before we return).
+            self.resume_reading()
+            for chunk in early:
+                consumer(chunk)
 
     async def drain(self) -> None:
         if self.closed:
-            raise ConnectionFailure("disconnected", "Server disconnected")
+            raise _disconnected()
         if self._write_paused:
-            self._drain_fut = self._loop.create_future()
-            await self._drain_fut
+            fut = self._drain_fut = self._loop.create_future()
+            try:
+                await fut
+            finally:
+                self._drain_fut = None
 
     @property
     def got_response_bytes(self) -> bool:
-        return self._got_bytes
+        return self.exchange.got_bytes
+
+    @property
+    def early_bytes(self) -> int:
+        """Body bytes held until a consumer is set (at most ``EARLY_LIMIT`` + a read)."""
+        return self._early_size
 
     @property
     def head_future(self) -> asyncio.Future[ResponseHead]:
@@ -354,34 +266,30 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         fut = self._done_fut
         if fut is None:
             fut = self._done_fut = self._loop.create_future()
-            if self._complete:
+            ex = self.exchange
+            if ex.recv is R_DONE:
                 fut.set_result(None)
-            elif self._failure is not None:
-                fut.set_exception(self._failure)
+            elif ex.error is not None:
+                fut.set_exception(ex.error)
                 fut.exception()
         return fut
 
     def end_exchange(self) -> bool:
         """The caller is done with this exchange; True if the connection can be reused."""
-        reusable = (
-            self._complete
-            and not self.closed
-            and self._head is not None
-            and self._head.keep_alive
-        )
-        self._busy = False
+        reusable = self.exchange.end() and not self.closed
         self._head_fut = self._done_fut = None
         self._on_body = None
         self._early = []
+        self._early_size = 0
         if not reusable:
             self.close()
         return reusable
 
     def pause_reading(self) -> None:
         # After the end of the response there is nothing left to hold back (body bytes
-        # that came before the consumer was set are replayed after ``_finish``), and a
+        # that came before the consumer was set are replayed after the end), and a
         # pause now would go back to the pool with the connection.
-        if self._complete:
+        if self.exchange.recv is R_DONE:
             return
         if not self._read_paused and self.transport is not None and not self.closed:
             self._read_paused = True

@@ -3,10 +3,22 @@
 Every connection the pool has open counts against ``limit`` (0 = none) and against the
 ``limit_per_host`` of its key (0 = none), whether it is active, being opened, or idle.
 Requests that cannot get a connection wait in one FIFO queue per pool. When capacity
-frees up, ``_dispatch`` walks the queue in order and grants every waiter that can go now:
-an idle connection of its own key first, else a slot to open a new one (closing an idle
+frees up, waiters are granted in queue order, each one that can go now: an idle
+connection of its own key first, else a slot to open a new one (closing the oldest idle
 connection of another key when that is all that stands in the way). A waiter held back
 only by its own host's limit does not hold back the waiters behind it.
+
+How this stays O(log n) per operation with a long queue. The queue is kept per key (an
+``OrderedDict`` per key, in arrival order, each waiter with a sequence number); only the
+head of a key can ever be granted, since the others wait on the same key. A heap holds
+the heads that may go, ordered by sequence number: that is the pool's FIFO order. Whether
+a head may go depends on two things only. Its own host: when that is full (and it has no
+idle connection of its own), the key leaves the heap for ``_blocked`` until a connection
+of that key is released or closed. And the pool as a whole: when every slot is taken and
+no idle connection could be closed to make room, no head at all can go, so dispatching
+stops at once. Idle connections sit in one ``OrderedDict`` per key (reused newest first)
+and in one for the whole pool in the order they became idle (closed oldest first when
+another key needs the slot, and by the keep-alive expiry).
 
 Methods return what the caller must do (waiters to wake with what, connections to
 close); the asyncio layer in ``broker.connector`` carries it out.
@@ -14,12 +26,14 @@ close); the asyncio layer in ``broker.connector`` carries it out.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-C = TypeVar("C")
+C = TypeVar("C", bound=Hashable)
 K = Hashable
 
 __all__ = ["NEW", "Decision", "PoolState"]
@@ -61,18 +75,34 @@ class PoolState(Generic[C]):
         self.total = 0
         self.per_key: dict[K, int] = {}
         self.active_per_key: dict[K, int] = {}
-        # key -> list of (connection, idle since); the newest last (reused first)
-        self.idle: dict[K, list[tuple[C, float]]] = {}
-        self.n_idle = 0
-        # waiter token -> (key, queued at)
-        self.waiters: OrderedDict[object, tuple[K, float]] = OrderedDict()
+        # key -> idle connection -> idle since; the newest last (reused first)
+        self.idle: dict[K, OrderedDict[C, float]] = {}
+        # every idle connection -> (its key, idle since), the oldest first
+        self._idle_order: OrderedDict[C, tuple[K, float]] = OrderedDict()
+        # waiter token -> its key, in arrival order
+        self.waiters: OrderedDict[object, K] = OrderedDict()
+        # key -> waiter -> (sequence number, queued at), in arrival order
+        self._queues: dict[K, OrderedDict[object, tuple[int, float]]] = {}
+        self._heads: list[tuple[int, K]] = []  # (sequence number, key); stale ones skipped
+        self._blocked: set[K] = set()  # keys whose head waits on its own host's limit
+        self._seq = itertools.count()
+        self.last_used = clock()  # when a connection was last released or discarded
 
     def __repr__(self) -> str:
-        active = self.total - self.n_idle
         return (
-            f"<PoolState [Requests: {active} active, {len(self.waiters)} queued | "
-            f"Connections: {self.total} open, {self.n_idle} idle]>"
+            f"<PoolState [Requests: {self.total - self.n_idle} active, "
+            f"{len(self.waiters)} queued | Connections: {self.total} open, "
+            f"{self.n_idle} idle]>"
         )
+
+    @property
+    def n_idle(self) -> int:
+        return len(self._idle_order)
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing active, being opened or queued (idle connections allowed)."""
+        return self.total == len(self._idle_order) and not self.waiters
 
     # -- capacity --------------------------------------------------------------
 
@@ -89,6 +119,8 @@ class PoolState(Generic[C]):
             self.per_key[key] = n
         else:
             self.per_key.pop(key, None)
+        if delta < 0 and key in self._blocked:
+            self._unblock(key)
 
     def _active(self, key: K, delta: int) -> None:
         n = self.active_per_key.get(key, 0) + delta
@@ -97,32 +129,44 @@ class PoolState(Generic[C]):
         else:
             self.active_per_key.pop(key, None)
 
+    def _add_idle(self, key: K, conn: C, now: float) -> None:
+        conns = self.idle.get(key)
+        if conns is None:
+            conns = self.idle[key] = OrderedDict()
+        conns[conn] = now
+        self._idle_order[conn] = (key, now)
+        if key in self._blocked:
+            self._unblock(key)
+
+    def _remove_idle(self, key: K, conn: C) -> None:
+        conns = self.idle[key]
+        del conns[conn]
+        if not conns:
+            del self.idle[key]
+        del self._idle_order[conn]
+
     def _pop_idle(self, key: K) -> C | None:
         conns = self.idle.get(key)
         if not conns:
             return None
-        conn, _ = conns.pop()
+        conn, _ = conns.popitem()
         if not conns:
             del self.idle[key]
-        self.n_idle -= 1
+        del self._idle_order[conn]
         return conn
 
-    def _evict_other_idle(self, key: K, decision: Decision[C]) -> bool:
-        """Close the oldest idle connection of another key to free a total slot."""
-        oldest: tuple[float, K] | None = None
-        for k, conns in self.idle.items():
-            if k != key and (oldest is None or conns[0][1] < oldest[0]):
-                oldest = (conns[0][1], k)
-        if oldest is None:
-            return False
-        k = oldest[1]
-        conns = self.idle[k]
-        conn, _ = conns.pop(0)
-        if not conns:
-            del self.idle[k]
-        self.n_idle -= 1
-        self._count(k, -1)
+    def _close_idle(self, key: K, conn: C, decision: Decision[C]) -> None:
+        self._remove_idle(key, conn)
+        self._count(key, -1)
         decision.close.append(conn)
+
+    def _evict_other_idle(self, decision: Decision[C]) -> bool:
+        """Close the oldest idle connection to free a total slot. It is never of the
+        key that asks: that key would have taken its own idle connection instead."""
+        if not self._idle_order:
+            return False
+        conn, (key, _) = next(iter(self._idle_order.items()))
+        self._close_idle(key, conn, decision)
         return True
 
     def _try(self, key: K, decision: Decision[C]) -> C | _New | None:
@@ -132,11 +176,44 @@ class PoolState(Generic[C]):
             return conn
         if self._host_full(key):
             return None
-        if self._total_full() and not self._evict_other_idle(key, decision):
+        if self._total_full() and not self._evict_other_idle(decision):
             return None
         self._count(key, 1)
         self._active(key, 1)
         return NEW
+
+    # -- the queue ---------------------------------------------------------------
+
+    def _push_head(self, key: K, queue: OrderedDict[object, tuple[int, float]]) -> None:
+        seq, _ = next(iter(queue.values()))
+        heapq.heappush(self._heads, (seq, key))
+
+    def _unblock(self, key: K) -> None:
+        self._blocked.discard(key)
+        self._push_head(key, self._queues[key])
+
+    def _dispatch(self, decision: Decision[C]) -> None:
+        heads = self._heads
+        while heads and (self._idle_order or not self._total_full()):
+            seq, key = heads[0]
+            queue = self._queues.get(key)
+            if queue is None or next(iter(queue.values()))[0] != seq:
+                heapq.heappop(heads)  # that head left (granted or gave up)
+                continue
+            if self._host_full(key) and key not in self.idle:
+                heapq.heappop(heads)
+                self._blocked.add(key)
+                continue
+            got = self._try(key, decision)
+            assert got is not None  # the pool has room, and this host too
+            heapq.heappop(heads)
+            waiter, _ = queue.popitem(last=False)
+            del self.waiters[waiter]
+            if queue:
+                self._push_head(key, queue)
+            else:
+                del self._queues[key]
+            decision.grants.append((waiter, key, got))
 
     # -- transitions -------------------------------------------------------------
 
@@ -153,32 +230,60 @@ class PoolState(Generic[C]):
         ``enqueue`` before anything else changes the state. A request never jumps a
         queue that is already waiting on its key."""
         decision: Decision[C] = Decision()
-        if self.waiters and any(k == key for k, _ in self.waiters.values()):
+        if key in self._queues:
             return None, decision
         return self._try(key, decision), decision
 
     def enqueue(self, key: K, waiter: object) -> None:
-        self.waiters[waiter] = (key, self._clock())
+        seq = next(self._seq)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = OrderedDict()
+            heapq.heappush(self._heads, (seq, key))
+        queue[waiter] = (seq, self._clock())
+        self.waiters[waiter] = key
 
     def cancel(self, waiter: object) -> bool:
         """A queued request gave up; True if it was still queued."""
-        return self.waiters.pop(waiter, None) is not None
+        key = self.waiters.pop(waiter, _MISSING)
+        if key is _MISSING:
+            return False
+        queue = self._queues[key]
+        was_head = next(iter(queue)) is waiter
+        del queue[waiter]
+        if not queue:
+            del self._queues[key]
+            self._blocked.discard(key)
+        elif was_head and key not in self._blocked:
+            self._push_head(key, queue)
+        return True
+
+    def drain_waiters(self) -> list[object]:
+        """Empty the queue (the pool is closing); the waiters, in order."""
+        out = list(self.waiters)
+        self.waiters.clear()
+        self._queues.clear()
+        self._heads.clear()
+        self._blocked.clear()
+        return out
 
     def release(self, key: K, conn: C, reusable: bool) -> Decision[C]:
         """An active connection is done with; keep it idle if ``reusable``."""
         decision: Decision[C] = Decision()
+        now = self.last_used = self._clock()
         self._active(key, -1)
         if reusable:
-            self.idle.setdefault(key, []).append((conn, self._clock()))
-            self.n_idle += 1
+            self._add_idle(key, conn, now)
         else:
             self._count(key, -1)
             decision.close.append(conn)
-        self._dispatch(decision)
+        if self._heads:
+            self._dispatch(decision)
         return decision
 
     def discard(self, key: K) -> Decision[C]:
         """A granted slot produced no connection, or an active one died."""
+        self.last_used = self._clock()
         self._active(key, -1)
         self._count(key, -1)
         decision: Decision[C] = Decision()
@@ -187,16 +292,11 @@ class PoolState(Generic[C]):
 
     def idle_lost(self, key: K, conn: C) -> Decision[C]:
         """An idle connection was closed by its peer."""
-        conns = self.idle.get(key, [])
-        for i, (c, _) in enumerate(conns):
-            if c is conn:
-                del conns[i]
-                if not conns:
-                    del self.idle[key]
-                self.n_idle -= 1
-                self._count(key, -1)
-                break
         decision: Decision[C] = Decision()
+        entry = self._idle_order.get(conn)
+        if entry is not None:
+            self._remove_idle(entry[0], conn)
+            self._count(entry[0], -1)
         self._dispatch(decision)
         return decision
 
@@ -206,50 +306,38 @@ class PoolState(Generic[C]):
         if self.keepalive_timeout is None:
             return decision
         deadline = self._clock() - self.keepalive_timeout
-        for key in list(self.idle):
-            conns = self.idle[key]
-            while conns and conns[0][1] <= deadline:
-                conn, _ = conns.pop(0)
-                self.n_idle -= 1
-                self._count(key, -1)
-                decision.close.append(conn)
-            if not conns:
-                del self.idle[key]
+        order = self._idle_order
+        while order:
+            conn, (key, since) = next(iter(order.items()))
+            if since > deadline:
+                break
+            self._close_idle(key, conn, decision)
         self._dispatch(decision)
         return decision
 
     def close_all_idle(self) -> list[C]:
-        out: list[C] = []
-        for key, conns in self.idle.items():
-            for conn, _ in conns:
-                self._count(key, -1)
-                out.append(conn)
+        out = list(self._idle_order)
+        for key, _ in self._idle_order.values():
+            self._count(key, -1)
         self.idle.clear()
-        self.n_idle = 0
+        self._idle_order.clear()
         return out
-
-    def _dispatch(self, decision: Decision[C]) -> None:
-        for waiter, (key, _) in list(self.waiters.items()):
-            got = self._try(key, decision)
-            if got is not None:
-                del self.waiters[waiter]
-                decision.grants.append((waiter, key, got))
-            elif self._total_full() and not self.n_idle:
-                break
 
     # -- figures -------------------------------------------------------------
 
     def queued_per_key(self) -> dict[K, tuple[int, float]]:
         """key -> (requests queued, longest current wait)."""
         now = self._clock()
-        out: dict[K, tuple[int, float]] = {}
-        for key, since in self.waiters.values():
-            n, longest = out.get(key, (0, 0.0))
-            out[key] = (n + 1, max(longest, now - since))
-        return out
+        return {
+            key: (len(queue), now - next(iter(queue.values()))[1])
+            for key, queue in self._queues.items()
+        }
 
     def longest_wait(self) -> float:
         if not self.waiters:
             return 0.0
-        _, since = next(iter(self.waiters.values()))
-        return self._clock() - since
+        waiter, key = next(iter(self.waiters.items()))
+        return self._clock() - self._queues[key][waiter][1]
+
+
+_MISSING = object()

@@ -4,6 +4,9 @@ A token bucket with a burst of one: request n to a host may start no earlier tha
 1/rate seconds after request n-1 was allowed to. ``reserve`` books the next free start
 time and returns how long the caller has to wait for it; a caller that gives up before
 its turn hands it back with ``cancel`` so that the requests behind it are not delayed.
+Hosts whose next start is past are forgotten in a sweep that runs each time the table
+has doubled since the last one, so the table stays bounded by twice the hosts that are
+still waiting (at least ``_SWEEP_AT``) at an amortized O(1) per booking.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Callable, Hashable
 
 __all__ = ["RateLimiter"]
 
+_SWEEP_AT = 1024
+
 
 class RateLimiter:
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -21,6 +26,7 @@ class RateLimiter:
         self.interval = 1.0 / rate
         self._clock = clock
         self._next: dict[Hashable, float] = {}
+        self._sweep_at = _SWEEP_AT
 
     def __repr__(self) -> str:
         return f"<RateLimiter {1 / self.interval:g}/s, {len(self._next)} hosts>"
@@ -39,6 +45,6 @@ class RateLimiter:
             self._next[key] = start
 
     def _forget_old(self, now: float) -> None:
-        if len(self._next) > 1024:
-            for k in [k for k, t in self._next.items() if t <= now]:
-                del self._next[k]
+        if len(self._next) > self._sweep_at:
+            self._next = {k: t for k, t in self._next.items() if t > now}
+            self._sweep_at = max(_SWEEP_AT, 2 * len(self._next))

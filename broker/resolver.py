@@ -1,14 +1,15 @@
 """Name resolution in the broker: getaddrinfo in a thread or c-ares, behind a shared cache.
 
 How this works. A ``CachedResolver`` is one resolver spec plus one cache policy (ttl, size
-cap, on/off); ``Resolvers`` hands out one per distinct policy, so every pool, in every
-worker, whose settings are equal shares one cache. A lookup that misses the cache runs
-as a task of its own, not inside the caller: concurrent callers of one (host, port,
-family) all await that task through ``asyncio.shield``. So a caller that is cancelled
-(a connect timeout, a worker that went away) leaves the lookup running for the others,
-and a failure reaches every waiter and is never cached. ``clear()`` bumps a generation
-number, so a lookup that was already in flight when the cache was cleared does not put
-its (possibly stale) answer back.
+cap, on/off); ``broker.registry`` hands out one per distinct policy, so every pool, in
+every worker, whose settings are equal shares one cache. A lookup that misses the cache
+runs as a task of its own, not inside the caller: ``lookup`` returns the addresses from
+the cache, or that task, which concurrent callers of one (host, port, family) all wait
+on without ever cancelling it. So a caller that is cancelled (a connect timeout, a
+worker that went away) leaves the lookup running for the others, and a failure reaches
+every waiter and is never cached. ``clear()`` bumps a generation number, so a lookup
+that was already in flight when the cache was cleared does not put its (possibly stale)
+answer back.
 
 Failures are ``socket.gaierror`` for both kinds: getaddrinfo raises it already, and
 c-ares errors are mapped onto the matching ``EAI_*`` code with c-ares' own message (as
@@ -24,6 +25,9 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
+from shared.rules import check_host_port
 from shared.specs import ResolverSpec
 
 from .dns_cache import DNSCache
@@ -31,10 +35,7 @@ from .dns_cache import DNSCache
 if TYPE_CHECKING:
     import aiodns
 
-__all__ = ["CachedResolver", "Resolvers", "ResolveResult", "make_lookup"]
-
-ResolveResult = dict[str, Any]
-"""aiohttp's shape: hostname, host (an IP string), port, family, proto, flags."""
+__all__ = ["CachedResolver", "ResolvedAddress", "make_lookup"]
 
 CacheKey = tuple[str, int, int]  # (host, port, family)
 
@@ -44,15 +45,20 @@ _AI_ADDRCONFIG = socket.AI_ADDRCONFIG & getattr(socket, "AI_MASK", -1)
 _FAMILIES = (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6)
 
 
-def _result(hostname: str, host: str, port: int, family: int, proto: int = 0) -> ResolveResult:
-    return {
-        "hostname": hostname,
-        "host": host,
-        "port": port,
-        "family": family,
-        "proto": proto,
-        "flags": _NUMERIC_FLAGS,
-    }
+class ResolvedAddress(msgspec.Struct, frozen=True, gc=False):
+    """One address of a name: aiohttp's ``ResolvedAddress`` fields, ``host`` an IP string."""
+
+    hostname: str
+    host: str
+    port: int
+    family: int
+    proto: int = 0
+    flags: int = _NUMERIC_FLAGS
+
+    def as_dict(self) -> dict[str, Any]:
+        """aiohttp's ``ResolvedAddress`` dict."""
+        return msgspec.structs.asdict(self)
+
 
 
 def literal_family(host: str) -> int | None:
@@ -74,7 +80,7 @@ def _is_localhost(host: str) -> bool:
 class Lookup(Protocol):
     """One way of asking the system for addresses, without caching."""
 
-    async def lookup(self, host: str, port: int, family: int) -> list[ResolveResult]: ...
+    async def lookup(self, host: str, port: int, family: int) -> list[ResolvedAddress]: ...
 
     async def close(self) -> None: ...
 
@@ -85,7 +91,7 @@ class ThreadedLookup:
     def __init__(self, spec: ResolverSpec, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    async def lookup(self, host: str, port: int, family: int) -> list[ResolveResult]:
+    async def lookup(self, host: str, port: int, family: int) -> list[ResolvedAddress]:
         try:
             infos = await self._getaddrinfo(host, port, family, _AI_ADDRCONFIG)
         except socket.gaierror:
@@ -94,18 +100,18 @@ class ThreadedLookup:
             if not _is_localhost(host):
                 raise
             infos = await self._getaddrinfo(host, port, family, 0)
-        results: list[ResolveResult] = []
+        results: list[ResolvedAddress] = []
         for fam, _, proto, _, address in infos:
             if fam == socket.AF_INET6:
                 if len(address) < 3:  # a Python built without IPv6
                     continue
                 if address[3]:  # link-local: the scope must travel in the host string
                     ip, service = await self._loop.getnameinfo(address, _NAME_FLAGS)
-                    results.append(_result(host, ip, int(service), fam, proto))
+                    results.append(ResolvedAddress(host, ip, int(service), fam, proto))
                     continue
             elif fam != socket.AF_INET:
                 continue
-            results.append(_result(host, str(address[0]), int(address[1]), fam, proto))
+            results.append(ResolvedAddress(host, str(address[0]), int(address[1]), fam, proto))
         if not results:
             raise socket.gaierror(socket.EAI_NONAME, f"no usable address for {host!r}")
         return results
@@ -164,10 +170,10 @@ class AresLookup:
             self._resolver: aiodns.DNSResolver | None = aiodns.DNSResolver(
                 nameservers=list(spec.nameservers) or None, loop=loop, **dict(spec.options)
             )
-        except pycares.AresError as exc:
+        except (pycares.AresError, TypeError, ValueError) as exc:
             raise ValueError(f"cannot build a c-ares resolver from {spec!r}: {exc}") from None
 
-    async def lookup(self, host: str, port: int, family: int) -> list[ResolveResult]:
+    async def lookup(self, host: str, port: int, family: int) -> list[ResolvedAddress]:
         import aiodns
 
         resolver = self._resolver
@@ -178,14 +184,14 @@ class AresLookup:
             answer = await resolver.getaddrinfo(
                 host, family=socket.AddressFamily(family), port=port, type=socket.SOCK_STREAM
             )
-            results: list[ResolveResult] = []
+            results: list[ResolvedAddress] = []
             for node in answer.nodes:
                 address = node.addr
                 ip = address[0].decode("ascii")
                 if node.family == socket.AF_INET6 and len(address) > 3 and address[3]:
                     named = await resolver.getnameinfo((ip, *address[1:]), _NAME_FLAGS)
                     ip = named.node
-                results.append(_result(host, ip, int(address[1]), node.family))
+                results.append(ResolvedAddress(host, ip, int(address[1]), node.family))
         except aiodns.error.DNSError as exc:
             raise _gaierror(exc) from exc
         if not results:
@@ -225,8 +231,10 @@ class CachedResolver:
         self.spec = spec
         self.loop = loop
         self._lookup = make_lookup(spec, loop)
-        self.cache = DNSCache(ttl, max_size, clock or loop.time) if use_cache else None
-        self._inflight: dict[CacheKey, asyncio.Task[list[ResolveResult]]] = {}
+        self.cache: DNSCache[ResolvedAddress] | None = (
+            DNSCache(ttl, max_size, clock or loop.time) if use_cache else None
+        )
+        self._inflight: dict[CacheKey, asyncio.Task[list[ResolvedAddress]]] = {}
         self._generation = 0
         self.closed = False
 
@@ -238,11 +246,21 @@ class CachedResolver:
             f"{f['hits']} hits, {f['misses']} misses, {f['inflight']} in flight>"
         )
 
-    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[ResolveResult]:
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[ResolvedAddress]:
         """Addresses of ``host``; an IP literal is returned as is, without DNS."""
+        got = self.lookup(host, port, family)
+        if isinstance(got, list):
+            return got
+        return await asyncio.shield(got)
+
+    def lookup(
+        self, host: str, port: int = 0, family: int = 0
+    ) -> list[ResolvedAddress] | asyncio.Task[list[ResolvedAddress]]:
+        """The addresses at once (an IP literal, a cache hit), or the lookup in flight:
+        a task shared by every caller, which a caller waits on but must not cancel."""
         literal = literal_family(host)
         if literal is not None:
-            return [_result(host, host, port, literal)]
+            return [ResolvedAddress(host, host, port, literal)]
         if self.closed:
             raise socket.gaierror(socket.EAI_FAIL, "the resolver is closed")
         key = (host, port, family)
@@ -255,9 +273,9 @@ class CachedResolver:
             task = self.loop.create_task(self._fetch(key))
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._done, key))
-        return await asyncio.shield(task)
+        return task
 
-    async def _fetch(self, key: CacheKey) -> list[ResolveResult]:
+    async def _fetch(self, key: CacheKey) -> list[ResolvedAddress]:
         generation = self._generation
         try:
             results = await self._lookup.lookup(*key)
@@ -271,7 +289,7 @@ class CachedResolver:
             self.cache.put(key, results)
         return results
 
-    def _done(self, key: CacheKey, task: asyncio.Task[list[ResolveResult]]) -> None:
+    def _done(self, key: CacheKey, task: asyncio.Task[list[ResolvedAddress]]) -> None:
         # Runs before any waiter resumes (it was the first callback added), so a caller
         # that retries after a failure starts a fresh lookup.
         if self._inflight.get(key) is task:
@@ -281,8 +299,7 @@ class CachedResolver:
 
     def clear(self, host: str | None = None, port: int | None = None) -> None:
         """Forget one (host, port) or everything, as aiohttp's ``clear_dns_cache``."""
-        if (host is None) != (port is None):
-            raise ValueError("either both host and port or none of them are allowed")
+        check_host_port(host, port)
         self._generation += 1
         if self.cache is None:
             return
@@ -311,68 +328,3 @@ class CachedResolver:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._lookup.close()
-
-
-ResolversKey = tuple[ResolverSpec, float | None, int, bool]
-
-
-class Resolvers:
-    """The broker's registry: one ``CachedResolver`` per (spec, ttl, max_size, use_cache)."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float] | None = None
-    ) -> None:
-        self._loop = loop
-        self._clock = clock
-        self._resolvers: dict[ResolversKey, CachedResolver] = {}
-
-    def __len__(self) -> int:
-        return len(self._resolvers)
-
-    def __repr__(self) -> str:
-        return f"<Resolvers {len(self)} resolvers>"
-
-    def get(
-        self,
-        spec: ResolverSpec,
-        ttl: float | None = 10,
-        max_size: int = 1000,
-        use_cache: bool = True,
-    ) -> CachedResolver:
-        key: ResolversKey = (spec, ttl, max_size, use_cache)
-        resolver = self._resolvers.get(key)
-        if resolver is None:
-            resolver = CachedResolver(
-                spec,
-                self._loop,
-                ttl=ttl,
-                max_size=max_size,
-                use_cache=use_cache,
-                clock=self._clock,
-            )
-            self._resolvers[key] = resolver
-        return resolver
-
-    def clear(self) -> None:
-        """Empty every cache."""
-        for resolver in self._resolvers.values():
-            resolver.clear()
-
-    def figures(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "kind": spec.kind,
-                "nameservers": list(spec.nameservers),
-                "ttl": ttl,
-                "max_size": max_size,
-                "use_cache": use_cache,
-                **resolver.figures(),
-            }
-            for (spec, ttl, max_size, use_cache), resolver in self._resolvers.items()
-        ]
-
-    async def close(self) -> None:
-        resolvers = list(self._resolvers.values())
-        self._resolvers.clear()
-        for resolver in resolvers:
-            await resolver.close()

@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from shared.errors import ErrorCode
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
@@ -41,6 +42,7 @@ from shared.messages import (
 from shared.stream_state import State
 
 from .engine import Engine
+from .stats import build_stats
 from .stream import BrokerStream
 
 __all__ = ["BrokerServer", "WorkerConnection", "IPCStream"]
@@ -241,7 +243,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self.abort("protocol", f"stream {req.stream} is already open")
             return
         if self.server.draining:
-            self.send(Failure(req.stream, "broker", "the broker is shutting down"))
+            self.send(Failure(req.stream, ErrorCode.BROKER, "the broker is shutting down"))
             return
         stream = IPCStream(req.stream, self)
         self.streams[req.stream] = stream
@@ -339,14 +341,7 @@ class BrokerServer:
         self.stream_done()
 
     def stats(self) -> Stats:
-        return Stats(
-            pid=os.getpid(),
-            workers=len(self.workers),
-            streams=self.streams,
-            requests=self.engine.requests,
-            pools=self.engine.figures(),
-            dns=self.engine.dns_figures(),
-        )
+        return build_stats(self.engine, len(self.workers), self.streams)
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight streams finish (up to a limit), close all."""

@@ -4,6 +4,12 @@ The engine drives a ``BrokerStream``: ``head``, ``data``..., then ``end`` or ``f
 Subclasses deliver the messages: over a worker's socket (``server.IPCStream``) or
 straight into the worker's objects in the same process (``worker_client.transport``).
 
+Stopping: when the worker gives a stream up (``abort``), the engine must let go of it at
+once, in both modes and without cancelling anybody's task (in embedded mode the head
+phase runs in the caller's own task). So the engine registers in ``waiting`` each future
+it awaits on a stream's behalf (a pool slot, the response head...), and ``abort`` fails
+that future with ``StreamStopped``; in the body phase, ``on_abort`` ends the body.
+
 Response flow control: ``data`` counts bytes the worker has not yet acknowledged. When
 that reaches ``STREAM_WINDOW`` the engine pauses reading the upstream socket and parks a
 resume callback here, which ``on_ack`` calls once the worker has consumed half of it.
@@ -11,16 +17,24 @@ resume callback here, which ``on_ack`` calls once the worker has consumed half o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from shared.messages import STREAM_WINDOW, Failure, Head
 from shared.stream_state import FINAL, Event, State, step
 
-__all__ = ["BrokerStream"]
+__all__ = ["BrokerStream", "StreamStopped"]
+
+T = TypeVar("T")
+
+
+class StreamStopped(Exception):
+    """The worker gave the stream up while the engine waited on its behalf."""
 
 
 class BrokerStream:
-    __slots__ = ("id", "unacked", "_resume", "state", "on_abort")
+    __slots__ = ("id", "unacked", "_resume", "state", "on_abort", "waiting")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -29,6 +43,8 @@ class BrokerStream:
         self.state = State.OPEN
         # Set by the engine while the body flows without a task: what stops it.
         self.on_abort: Callable[[], None] | None = None
+        # The future the engine awaits for this stream in its head phase, if any.
+        self.waiting: asyncio.Future[Any] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -39,6 +55,45 @@ class BrokerStream:
     @property
     def finished(self) -> bool:
         return self.state in FINAL
+
+    async def stoppable(
+        self, aw: Awaitable[T], orphan: Callable[[T], None] | None = None
+    ) -> T:
+        """Await ``aw`` (a coroutine the engine cannot hand a future for: a connect, the
+        worker's own body iterator) in a task, so that giving the stream up ends the
+        wait at once: the task is cancelled, and a result it had already produced is
+        passed to ``orphan`` to be disposed of."""
+        task = asyncio.ensure_future(aw)  # even when given up already: ``aw`` settles
+        waiter: asyncio.Future[T] = task.get_loop().create_future()
+
+        def done(t: asyncio.Future[T]) -> None:
+            if waiter.done():
+                if orphan is not None and not t.cancelled() and t.exception() is None:
+                    orphan(t.result())
+                elif not t.cancelled():
+                    t.exception()  # retrieved: nobody waits for it any more
+                return
+            if t.cancelled():
+                waiter.cancel()
+            elif (exc := t.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(t.result())
+
+        task.add_done_callback(done)
+        if self.finished:
+            task.cancel()
+            waiter.set_exception(StreamStopped())
+            waiter.exception()
+        else:
+            self.waiting = waiter
+        try:
+            return await waiter
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            self.waiting = None
 
     # -- called by the engine (each step checked against shared.stream_state) -------
 
@@ -91,6 +146,10 @@ class BrokerStream:
         hook, self.on_abort = self.on_abort, None
         if hook is not None:
             hook()
+        fut, self.waiting = self.waiting, None
+        if fut is not None and not fut.done():
+            fut.set_exception(StreamStopped())
+            fut.exception()  # retrieved: the engine may be past awaiting it
 
     def on_ack(self, size: int) -> None:
         self.unacked -= size

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import msgspec
 
+from .errors import ErrorCode
 from .specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout, PoolSpec
 
 PROTOCOL_VERSION = 1
@@ -114,10 +115,11 @@ class Cancel(_Msg, tag="cancel", frozen=True):
 
 
 class Failure(_Msg, tag="fail", frozen=True):
-    """A stream ended in error. ``code`` is a key of ``shared.errors.ERRORS``."""
+    """A stream ended in error; ``shared.errors.WIRE_ERRORS`` says what each code means
+    and which of the fields below it fills."""
 
     stream: int
-    code: str
+    code: ErrorCode
     message: str
     url: str = ""
     host: str = ""

@@ -1,14 +1,86 @@
 """What may appear in a request line and header fields: one set of rules for both the
 worker (which refuses bad input with a clear error) and the broker (which checks again,
-since nothing a worker sends may smuggle bytes onto an upstream connection)."""
+since nothing a worker sends may smuggle bytes onto an upstream connection).
+
+The request line is ``method SP request-target SP HTTP-version`` (RFC 9112 section 3),
+so a space or a control byte in the target ends it early or starts another line: a
+second request on a connection that other workers share. yarl percent-encodes such bytes,
+but not in a URL built with ``encoded=True``, nor in the host, nor in a URL the broker
+received as a string from a worker. aiohttp refuses control bytes in the request line
+with a ``ValueError`` when it writes it (``http_writer._safe_header``); h11 refuses
+whitespace and NUL in the target. These rules refuse both, before anything is written.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
 
-__all__ = ["TOKEN_RE", "FORBIDDEN_VALUE_RE"]
+from yarl import URL
+
+__all__ = [
+    "FORBIDDEN_TARGET_RE",
+    "FORBIDDEN_VALUE_RE",
+    "HOST_RE",
+    "TOKEN_RE",
+    "HOST_PROBLEM",
+    "TARGET_PROBLEM",
+    "check_host_port",
+    "host_header_problem",
+    "url_problem",
+]
 
 # RFC 9110 tchar: methods and header names.
 TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 # aiohttp's set: every control character but HTAB (so CR, LF and NUL among them).
 FORBIDDEN_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# In the path and query of a request target: every control character (HTAB too), DEL and
+# SP. What else RFC 3986 would percent-encode (non-ASCII, '"', '{' ...) is sent as given,
+# as aiohttp does for an ``encoded=True`` URL: it cannot end the request line.
+FORBIDDEN_TARGET_RE = re.compile(r"[\x00-\x20\x7f]")
+
+# RFC 3986 section 3.2.2 host, then an optional port of digits (section 3.2.3): an
+# IP-literal in brackets (IPv6 or IPvFuture, with an RFC 6874 zone "%25..."), or a
+# reg-name / IPv4address of unreserved characters, percent-escapes and sub-delims. The
+# escapes are checked apart (``_BAD_ESCAPE_RE``): a class is several times faster than an
+# alternation per character.
+_HOST_CHARS = r"-._~!$&'()*+,;=0-9A-Za-z%"
+HOST_RE = re.compile(rf"(?:\[[{_HOST_CHARS}:]+\]|[{_HOST_CHARS}]+)(?::[0-9]{{1,5}})?")
+_BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+HOST_PROBLEM = "the host is not a valid RFC 3986 host[:port]"
+TARGET_PROBLEM = "a control character or a space in the path or query"
+
+
+def url_problem(url: URL) -> str | None:
+    """Why ``url`` (absolute) may not become a request target and a Host header, or None."""
+    host = url.host_port_subcomponent
+    if host is None or not _valid_host(host):
+        return HOST_PROBLEM
+    target = url.raw_path_qs
+    # str methods first: the regex costs several times more, and most targets are
+    # printable ASCII with no space.
+    if (" " in target or not target.isprintable()) and FORBIDDEN_TARGET_RE.search(target):
+        return TARGET_PROBLEM
+    return None
+
+
+def host_header_problem(value: str) -> str | None:
+    """Why ``value`` may not be sent as a ``Host`` header given by the caller, or None.
+    Empty is allowed (RFC 9112 section 3.2: a target with no authority)."""
+    if value and not _valid_host(value):
+        return f"the Host header {value!r} is not a valid RFC 3986 host[:port]"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)  # few hosts, every request: a bounded memo
+def _valid_host(host_port: str) -> bool:
+    if HOST_RE.fullmatch(host_port) is None:
+        return False
+    return "%" not in host_port or _BAD_ESCAPE_RE.search(host_port) is None
+
+
+def check_host_port(host: str | None, port: int | None) -> None:
+    """Both or neither, as aiohttp's ``clear_dns_cache(host, port)`` demands."""
+    if (host is None) != (port is None):
+        raise ValueError("either both host and port or none of them are allowed")

@@ -12,6 +12,7 @@ import socket
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from shared.rules import check_host_port
 from shared.specs import PoolSpec
 
 from .resolver import resolver_spec
@@ -131,8 +132,7 @@ class TCPConnector(BaseConnector):
     def clear_dns_cache(self, host: str | None = None, port: int | None = None) -> None:
         """Forget cached addresses (all, or of ``host``[:``port``]) in the broker's cache
         that this connector's resolver settings share with the group."""
-        if (host is None) != (port is None):
-            raise ValueError("either both host and port or none of them are allowed")
+        check_host_port(host, port)
         for transport in list(self._transports):
             if not transport.closed:
                 transport.clear_dns(self._spec, host, port)

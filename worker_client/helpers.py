@@ -1,4 +1,4 @@
-"""Small aiohttp-compatible helpers: BasicAuth, HttpVersion, Content-Type parsing."""
+"""Small aiohttp-compatible helpers: BasicAuth, HttpVersion, Content-Type parsing, base_url."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ __all__ = [
     "HttpVersion",
     "HttpVersion10",
     "HttpVersion11",
+    "check_base_url",
     "encode_basic_auth",
     "is_json_content_type",
     "parse_content_type",
@@ -30,6 +31,18 @@ class HttpVersion(NamedTuple):
 
 HttpVersion10 = HttpVersion(1, 0)
 HttpVersion11 = HttpVersion(1, 1)
+
+
+def check_base_url(base_url: str | URL | None) -> URL | None:
+    """A session's ``base_url`` as a URL, after aiohttp's checks: absolute, ending in '/'."""
+    if base_url is None:
+        return None
+    base = URL(base_url)
+    if not base.absolute:
+        raise ValueError(f"base_url must be an absolute URL, got {str(base)!r}")
+    if not base.path.endswith("/"):
+        raise ValueError("base_url must have a trailing '/'")
+    return base
 
 
 def encode_basic_auth(login: str, password: str = "", encoding: str = "utf-8") -> str:

@@ -21,10 +21,10 @@ from urllib.parse import urlencode
 from multidict import CIMultiDict
 from yarl import URL
 
-from shared.errors import InvalidUrlClientError, NonHttpUrlClientError
-from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE
+from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 
-from .helpers import BasicAuth
+from .exceptions import InvalidUrlClientError, NonHttpUrlClientError
+from .helpers import BasicAuth, check_base_url
 
 __all__ = ["DEFAULT_HEADERS", "USER_AGENT", "PreparedRequest", "prepare_request"]
 
@@ -90,13 +90,16 @@ def prepare_request(
     if data is not None and json is not None:
         raise ValueError("data and json parameters can not be used at the same time")
 
-    base = _check_base_url(base_url)
+    base = check_base_url(base_url)
     url, url_auth = _build_url(str_or_url, base)
     if params:
         url = url.extend_query(params)
     real_url = url
     if url.raw_fragment:
         url = url.with_fragment(None)
+    problem = url_problem(url)
+    if problem is not None:
+        raise InvalidUrlClientError(url, problem)
 
     out = _build_headers(headers)
     skip = {name.lower() for name in skip_auto_headers or ()}
@@ -143,17 +146,6 @@ def prepare_request(
     )
 
 
-def _check_base_url(base_url: str | URL | None) -> URL | None:
-    if base_url is None:
-        return None
-    base = URL(base_url)
-    if not base.absolute:
-        raise ValueError(f"base_url must be an absolute URL, got {str(base)!r}")
-    if not base.path.endswith("/"):
-        raise ValueError("base_url must have a trailing '/'")
-    return base
-
-
 def _build_url(str_or_url: str | URL, base: URL | None) -> tuple[URL, BasicAuth | None]:
     """The absolute http(s) URL without credentials, and the credentials."""
     try:
@@ -193,6 +185,9 @@ def _build_headers(headers: Any) -> CIMultiDict[str]:
                 "potential header injection"
             )
         if name.lower() == "host":
+            problem = host_header_problem(value)
+            if problem is not None:
+                raise ValueError(f"{problem}: potential header injection")
             out[name] = value
         else:
             out.add(name, value)

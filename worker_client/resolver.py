@@ -96,7 +96,7 @@ class _SpecResolver(AbstractResolver):
             from broker.resolver import CachedResolver
 
             local = self._local = CachedResolver(self._spec, loop, use_cache=False)
-        return await local.resolve(host, port, family)
+        return [addr.as_dict() for addr in await local.resolve(host, port, family)]
 
     async def close(self) -> None:
         local, self._local = self._local, None

@@ -26,15 +26,15 @@ from typing import Any, Generic, TypeVar
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
-from shared.errors import (
+from shared.messages import Head, HistoryItem
+
+from .exceptions import (
     ClientConnectionError,
     ClientPayloadError,
     ClientResponseError,
     ContentTypeError,
     RequestInfo,
 )
-from shared.messages import Head, HistoryItem
-
 from .helpers import (
     HttpVersion,
     HttpVersion10,

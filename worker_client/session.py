@@ -20,12 +20,12 @@ from typing import Any, TypedDict
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from shared.errors import ClientConnectionError, RequestInfo, exception_from_failure
 from shared.messages import Failure, Head, Request
 from shared.specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout
 
 from .connector import BaseConnector
-from .helpers import BasicAuth
+from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
+from .helpers import BasicAuth, check_base_url
 from .request_builder import prepare_request
 from .response import ClientResponse
 from .transport import StreamHandle, Transport, broker_address, get_transport, release_transport
@@ -111,13 +111,7 @@ class ClientSession:
         max_redirects: int = 10,
         broker: str | None = None,
     ) -> None:
-        if base_url is not None:
-            base = URL(base_url)
-            if not (base.absolute and base.path.endswith("/")):
-                raise ValueError("base_url must be an absolute URL ending with a '/'")
-            self._base_url: URL | None = base
-        else:
-            self._base_url = None
+        self._base_url = check_base_url(base_url)
         if timeout is _SENTINEL or timeout is None:
             timeout = DEFAULT_TIMEOUT
         elif not isinstance(timeout, ClientTimeout):
@@ -365,15 +359,6 @@ class ClientSession:
         try:
             await transport.send(req, prepared.stream, handle, prepared.url)
             head = await handle.head
-        except asyncio.CancelledError:
-            handle.abandon()
-            self._handles.discard(handle)
-            if handle.interrupted and handle.head.done() and not handle.head.cancelled():
-                # The transport stopped the head phase running in this task (a total
-                # timeout, the session closing): that was not a cancel of the caller.
-                _uncancel()
-                raise handle.head.exception() from None  # type: ignore[misc]
-            raise
         except BaseException:
             handle.abandon()
             self._handles.discard(handle)
@@ -433,12 +418,6 @@ class ClientSession:
             loop=asyncio.get_running_loop(),
             request_url=request_url,
         )
-
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
-        task.uncancel()
 
 
 class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):

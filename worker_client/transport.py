@@ -23,8 +23,8 @@ import msgspec
 from yarl import URL
 
 from broker.engine import Engine
+from broker.stats import build_stats
 from broker.stream import BrokerStream
-from shared.errors import BrokerConnectionError, BrokerProtocolError
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
@@ -47,6 +47,7 @@ from shared.messages import (
 from shared.specs import PoolSpec
 from shared.stream_state import Event, State, StreamStateError, step
 
+from .exceptions import BrokerConnectionError, BrokerProtocolError
 from .response import StreamReader
 
 __all__ = ["StreamHandle", "Transport", "get_transport", "broker_address"]
@@ -69,7 +70,7 @@ class StreamHandle:
 
     __slots__ = (
         "id", "transport", "head", "content", "done", "state", "_unacked", "make_error",
-        "_timer", "interrupted", "__weakref__",
+        "_timer", "__weakref__",
     )
 
     def __init__(
@@ -88,8 +89,6 @@ class StreamHandle:
         self._unacked = 0
         self.make_error = make_error
         self._timer: asyncio.TimerHandle | int | None = None  # see Deadlines
-        # The transport cancelled the caller's task to stop this stream's head phase.
-        self.interrupted = False
 
     def __repr__(self) -> str:
         return f"<StreamHandle {self.id} {'done' if self.done else 'open'}>"
@@ -301,18 +300,26 @@ class _LocalStream(BrokerStream):
         self.handle.on_failure(failure)
 
     async def request_body(self) -> AsyncIterator[bytes]:
-        if self.body is not None:
-            async for chunk in self.body:
-                yield chunk
+        if self.body is None:
+            return
+        # Each step of the caller's iterator runs stoppable: a stream given up while the
+        # iterator waits on the caller's own business ends the upload at once.
+        it = aiter(self.body)
+        while True:
+            try:
+                chunk = await self.stoppable(anext(it))
+            except StopAsyncIteration:
+                return
+            yield chunk
 
 
 class EmbeddedTransport(Transport):
     """The broker's engine in this process.
 
     The head phase of a request runs in the caller's own task (no task per request, as
-    in aiohttp); the body then flows by callbacks. Stopping a stream in its head phase
-    (a total timeout, a closing session) therefore cancels the caller's task, which
-    ``ClientSession`` turns back into the handle's error (``StreamHandle.interrupted``).
+    in aiohttp); the body then flows by callbacks. Cancelling a stream gives it up as in
+    a broker (``BrokerStream.abort``): the engine's wait on its behalf ends at once, and
+    the caller's task is never cancelled for it.
     """
 
     kind = "embedded"
@@ -321,7 +328,6 @@ class EmbeddedTransport(Transport):
         super().__init__(loop)
         self.engine = Engine(loop)
         self.streams: dict[int, _LocalStream] = {}
-        self._running: dict[int, asyncio.Task[Any]] = {}  # streams in their head phase
 
     async def send(
         self,
@@ -333,25 +339,14 @@ class EmbeddedTransport(Transport):
         stream = _LocalStream(handle, body, self)
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
-        task = asyncio.current_task()
-        if task is not None:
-            self._running[req.stream] = task
         try:
             # Same process, same checks already made: the engine may skip its own.
             await self.engine.perform(req, stream, url)
         finally:
-            self._running.pop(req.stream, None)
             if stream.state is not State.BODY:
                 self.streams.pop(req.stream, None)
 
     def cancel(self, stream_id: int) -> None:
-        task = self._running.pop(stream_id, None)
-        if task is not None:
-            handle = self.handles.get(stream_id)
-            if handle is not None:
-                handle.interrupted = True
-            task.cancel()
-            return
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.abort()
@@ -365,11 +360,7 @@ class EmbeddedTransport(Transport):
         self.engine.clear_dns(pool, host, port)
 
     async def stats(self) -> Stats:
-        return Stats(
-            pid=os.getpid(), workers=1, streams=len(self.streams),
-            requests=self.engine.requests, pools=self.engine.figures(),
-            dns=self.engine.dns_figures(),
-        )
+        return build_stats(self.engine, workers=1, streams=len(self.streams))
 
     async def aclose(self) -> None:
         self.closed = True

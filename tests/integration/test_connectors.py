@@ -10,6 +10,7 @@ import tempfile
 import pytest
 from aiohttp import web
 
+from shared.specs import PoolSpec, ResolverSpec
 from worker_client import ClientConnectorError, ClientSession, TCPConnector, UnixConnector
 
 from ..conftest import read_request_head
@@ -179,7 +180,8 @@ async def test_local_addr_and_family(make_session, serve_app):
 
 async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     """A first address that hangs does not hold the connection for long."""
-    from broker.connector import _happy_eyeballs
+    from broker.connector import Pool
+    from broker.resolver import CachedResolver
 
     started: list[str] = []
     won = object()
@@ -189,7 +191,7 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     def attempt(name: str, *, hang: bool = False, fail: bool = False):
         async def run():
             started.append(name)
-            if hang:  # a first address that never answers
+            if hang:  # an address that never answers
                 try:
                     await asyncio.Event().wait()
                 except asyncio.CancelledError:
@@ -202,21 +204,33 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
         return run
 
     loop = asyncio.get_running_loop()
+    resolver = CachedResolver(ResolverSpec(), loop)
+    pool = Pool(PoolSpec(), loop, resolver)
     t0 = loop.time()
-    result = await _happy_eyeballs(
-        [attempt("slow", hang=True), attempt("fast")], delay=0.05  # type: ignore[list-item]
+    result = await pool._first_connected(
+        [attempt("slow", hang=True), attempt("fast")], 0.05, None, None
     )
-    assert result == ("fast", won)
+    assert result is won
     assert started == ["slow", "fast"]
-    assert cancelled == ["slow"]  # the loser does not linger
     assert loop.time() - t0 < 1.0
     # A failure starts the next attempt at once; the last error is raised.
     with pytest.raises(OSError, match="b refused"):
-        await _happy_eyeballs(
-            [attempt("a", fail=True), attempt("b", fail=True)], delay=10  # type: ignore[list-item]
+        await pool._first_connected(
+            [attempt("a", fail=True), attempt("b", fail=True)], 10, None, None
         )
     with pytest.raises(OSError, match="one refused"):
-        await _happy_eyeballs([attempt("one", fail=True)], delay=None)  # type: ignore[list-item]
+        await pool._first_connected([attempt("one", fail=True)], None, None, None)
+    # Each attempt has its own time (sock_connect), and all of them the deadline.
+    with pytest.raises(TimeoutError):
+        await pool._first_connected([attempt("hangs", hang=True)], None, 0.01, None)
+    with pytest.raises(TimeoutError):
+        await pool._first_connected(
+            [attempt("x", hang=True), attempt("y", hang=True)], 0.01, None, loop.time() + 0.05
+        )
+    await pool.close()  # waits for the attempts given up on
+    await resolver.close()
+    assert not pool._attempts and started[-2:] == ["x", "y"]
+    assert sorted(cancelled) == ["hangs", "slow", "x", "y"]  # none lingers
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ import pytest
 from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-from broker.resolver import CachedResolver, Resolvers
-from shared.specs import ResolverSpec
+from broker.registry import Registry
+from broker.resolver import CachedResolver, ResolvedAddress
+from shared.specs import PoolSpec, ResolverSpec
 from worker_client.resolver import AsyncResolver, ThreadedResolver
 
 
@@ -176,15 +177,14 @@ async def make_resolver(dns_server: FakeDNS):
 async def test_resolves_through_the_fake_server(dns_server, make_resolver):
     resolver = make_resolver()
     [addr] = await resolver.resolve("svc.test", 80, socket.AF_INET)
-    assert addr["host"] == "127.0.0.1" and addr["port"] == 80
-    assert addr["family"] == socket.AF_INET and addr["hostname"] == "svc.test"
-    assert set(addr) == {"hostname", "host", "port", "family", "proto", "flags"}
+    assert addr == ResolvedAddress("svc.test", "127.0.0.1", 80, socket.AF_INET)
+    assert set(addr.as_dict()) == {"hostname", "host", "port", "family", "proto", "flags"}
     assert dns_server.queries["svc.test"] == 1
 
 
 async def test_aaaa_record(dns_server, make_resolver):
     [addr] = await make_resolver().resolve("v6.test", 443, socket.AF_INET6)
-    assert (addr["host"], addr["port"], addr["family"]) == ("::1", 443, socket.AF_INET6)
+    assert (addr.host, addr.port, addr.family) == ("::1", 443, socket.AF_INET6)
 
 
 async def test_second_resolve_is_a_cache_hit(dns_server, make_resolver):
@@ -274,7 +274,7 @@ async def test_a_cancelled_waiter_leaves_the_lookup_to_the_others(dns_server, ma
     dns_server.release()
     done = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(done[0], asyncio.CancelledError)
-    assert done[1] == done[2] and done[1][0]["host"] == "127.0.0.1"
+    assert done[1] == done[2] and done[1][0].host == "127.0.0.1"
     assert dns_server.queries["svc.test"] == 1
 
 
@@ -311,7 +311,7 @@ async def test_clear_during_a_lookup_keeps_its_answer_out(dns_server, make_resol
     await dns_server.asked("svc.test")
     resolver.clear()
     dns_server.release()
-    assert (await task)[0]["host"] == "127.0.0.1"
+    assert (await task)[0].host == "127.0.0.1"
     assert resolver.figures()["size"] == 0
 
 
@@ -319,8 +319,8 @@ async def test_ip_literal_makes_no_query(dns_server, make_resolver):
     resolver = make_resolver()
     [v4] = await resolver.resolve("127.0.0.1", 80, socket.AF_INET)
     [v6] = await resolver.resolve("::1", 80, 0)
-    assert (v4["host"], v4["family"]) == ("127.0.0.1", socket.AF_INET)
-    assert (v6["host"], v6["family"]) == ("::1", socket.AF_INET6)
+    assert (v4.host, v4.family) == ("127.0.0.1", socket.AF_INET)
+    assert (v6.host, v6.family) == ("::1", socket.AF_INET6)
     assert sum(dns_server.queries.values()) == 0
     assert resolver.figures() == {"hits": 0, "misses": 0, "size": 0, "inflight": 0}
 
@@ -328,15 +328,15 @@ async def test_ip_literal_makes_no_query(dns_server, make_resolver):
 async def test_threaded_kind_resolves_localhost(make_resolver):
     resolver = make_resolver(ResolverSpec(kind="threaded"))
     addrs = await resolver.resolve("localhost", 8080, socket.AF_INET)
-    assert {"host": "127.0.0.1", "port": 8080, "family": socket.AF_INET}.items() <= (
-        addrs[0].items()
+    assert (addrs[0].host, addrs[0].port, addrs[0].family) == (
+        "127.0.0.1", 8080, socket.AF_INET
     )
 
 
 async def test_nameserver_with_its_own_port(dns_server, make_resolver):
     spec = ResolverSpec(kind="async", nameservers=(f"127.0.0.1:{dns_server.port}",))
     [addr] = await make_resolver(spec).resolve("api.test", 80, socket.AF_INET)
-    assert addr["host"] == "127.0.0.1"
+    assert addr.host == "127.0.0.1"
 
 
 async def test_every_accepted_nameserver_form_builds_a_channel(make_resolver):
@@ -344,19 +344,23 @@ async def test_every_accepted_nameserver_form_builds_a_channel(make_resolver):
     make_resolver(AsyncResolver(nameservers=good, timeout=1).spec)
 
 
-async def test_resolvers_share_one_cache_per_setting(dns_server):
-    resolvers = Resolvers(asyncio.get_running_loop())
+async def test_pools_share_one_resolver_per_setting(dns_server):
+    registry = Registry(asyncio.get_running_loop())
     spec = dns_server.resolver_spec()
+
+    def resolver(**kwargs: Any) -> CachedResolver:
+        return registry.pool(PoolSpec(**kwargs))._resolver
+
     try:
-        first = resolvers.get(spec, 10, 1000, True)
-        assert resolvers.get(dns_server.resolver_spec(), 10.0, 1000, True) is first
-        assert resolvers.get(spec, None, 1000, True) is not first
-        assert resolvers.get(ResolverSpec(), 10, 1000, True) is not first
+        first = resolver(resolver=spec, name="a")
+        assert resolver(resolver=dns_server.resolver_spec(), ttl_dns_cache=10.0) is first
+        assert resolver(resolver=spec, ttl_dns_cache=None) is not first
+        assert resolver(name="threaded") is not first
         await first.resolve("svc.test", 80, socket.AF_INET)
-        await resolvers.get(spec, 10, 1000, True).resolve("svc.test", 80, socket.AF_INET)
+        await resolver(resolver=spec, name="b").resolve("svc.test", 80, socket.AF_INET)
         assert dns_server.queries["svc.test"] == 1
-        figures = resolvers.figures()
-        assert len(figures) == len(resolvers) == 3
+        figures = registry.dns_figures()
+        assert len(figures) == len(registry.resolvers) == 3
         assert figures[0] == {
             "kind": "async",
             "nameservers": ["127.0.0.1"],
@@ -369,8 +373,8 @@ async def test_resolvers_share_one_cache_per_setting(dns_server):
             "inflight": 0,
         }
     finally:
-        await resolvers.close()
-    assert first.closed and len(resolvers) == 0
+        await registry.close()
+    assert first.closed and not registry.resolvers
 
 
 async def test_close_fails_lookups_in_flight(dns_server, make_resolver):
@@ -388,7 +392,7 @@ async def test_close_fails_lookups_in_flight(dns_server, make_resolver):
 async def test_async_resolver_in_process(dns_server):
     resolver = dns_server.async_resolver()
     try:
-        [addr] = await resolver.resolve("svc.test", 80)
+        [addr] = await resolver.resolve("svc.test", 80)  # aiohttp's dicts, not ours
         assert (addr["host"], addr["port"], addr["family"]) == ("127.0.0.1", 80, socket.AF_INET)
         await resolver.resolve("svc.test", 80)
         assert dns_server.queries["svc.test"] == 2  # no cache in-process

@@ -1,6 +1,6 @@
 from yarl import URL
 
-from broker.engine import build_head
+from broker.exchange import build_head
 
 
 def test_get_adds_host_and_no_length():

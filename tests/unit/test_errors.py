@@ -1,10 +1,12 @@
-"""shared.errors: aiohttp's exception tree, pickling, and the wire error-code table."""
+"""worker_client.exceptions: aiohttp's exception tree, pickling, and the table from the wire
+error codes of shared.errors to the exceptions."""
 
 from __future__ import annotations
 
 import asyncio
 import pickle
 import ssl
+import subprocess
 import sys
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -17,9 +19,12 @@ from aiohttp.client_reqrep import RequestInfo as AioRequestInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-import shared.errors as errors
-import worker_client.exceptions as exported
-from shared.errors import (
+import worker_client.exceptions as errors
+from broker.exchange import ConnectionFailure
+from shared.errors import WIRE_ERRORS, ErrorCode
+from shared.framing import FrameError, FrameReader, encode
+from shared.messages import Failure, HistoryItem
+from worker_client.exceptions import (
     ERRORS,
     BrokerConnectionError,
     BrokerProtocolError,
@@ -50,12 +55,13 @@ from shared.errors import (
     WSMessageTypeError,
     exception_from_failure,
 )
-from shared.messages import Failure, HistoryItem
 
 URL_ = URL("http://example.com/a?b=1")
 HEADERS = CIMultiDictProxy(CIMultiDict([("Content-Type", "text/plain"), ("Set-Cookie", "a=1")]))
 
-OURS = SimpleNamespace(**{name: getattr(errors, name) for name in errors.__all__})
+OURS = SimpleNamespace(
+    **{name: getattr(errors, name) for name in errors.__all__}, ConnectionKey=ConnectionKey
+)
 AIOHTTP = SimpleNamespace(
     **{name: getattr(aio_exc, name) for name in aio_exc.__all__},
     RequestInfo=AioRequestInfo,
@@ -133,10 +139,15 @@ def test_every_aiohttp_client_exception_is_exported() -> None:
     assert set(aio_exc.__all__) <= set(errors.__all__)
 
 
-def test_worker_client_reexports_every_exception_and_request_info() -> None:
-    assert sorted(exported.__all__) == sorted([*EXCEPTION_NAMES, "RequestInfo"])
-    for name in exported.__all__:
-        assert getattr(exported, name) is getattr(errors, name)
+def test_the_module_exports_every_exception_and_request_info_only() -> None:
+    assert sorted(errors.__all__) == sorted([*EXCEPTION_NAMES, "RequestInfo"])
+
+
+def test_worker_client_reexports_them() -> None:
+    import worker_client
+
+    for name in errors.__all__:
+        assert getattr(worker_client, name) is getattr(errors, name)
 
 
 def test_all_names_exist() -> None:
@@ -358,3 +369,57 @@ def test_unknown_code_is_a_client_error_naming_it() -> None:
     assert type(exc) is ClientError
     assert "'teapot'" in str(exc)
     assert "boom" in str(exc)
+
+
+# --- the wire codes (shared.errors) ---------------------------------------------------
+
+
+def test_every_wire_code_has_one_row_and_one_exception() -> None:
+    assert set(WIRE_ERRORS) == set(ErrorCode) == set(ERRORS)
+
+
+def test_wire_rows_name_only_failure_fields() -> None:
+    fillable = set(Failure.__struct_fields__) - {"stream", "code", "message", "history"}
+    for code, row in WIRE_ERRORS.items():
+        assert row.fields <= fillable, code
+        assert row.meaning, code
+
+
+def test_a_code_is_its_string() -> None:
+    assert ErrorCode.DNS == "dns"
+    assert (str(ErrorCode.DNS), f"{ErrorCode.DNS}") == ("dns", "dns")
+    assert ErrorCode("dns") is ErrorCode.DNS
+    assert ERRORS["dns"] is ERRORS[ErrorCode.DNS]  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(ErrorCode.DNS)) is ErrorCode.DNS
+
+
+def test_failure_crosses_the_wire_with_a_typed_code() -> None:
+    frame = encode(Failure(stream=1, code=ErrorCode.DNS, message="boom"))
+    assert frame == encode(Failure(stream=1, code="dns", message="boom"))  # type: ignore[arg-type]
+    (msg,) = FrameReader().feed(frame)
+    assert isinstance(msg, Failure)
+    assert msg.code is ErrorCode.DNS
+
+
+def test_an_unknown_code_on_the_wire_is_a_bad_frame() -> None:
+    frame = encode(Failure(stream=1, code="teapot", message="boom"))  # type: ignore[arg-type]
+    with pytest.raises(FrameError, match="teapot|ErrorCode"):
+        FrameReader().feed(frame)
+
+
+def test_the_broker_raises_with_codes_only() -> None:
+    assert ConnectionFailure("dns", "boom").code is ErrorCode.DNS
+    assert ConnectionFailure(ErrorCode.OS, "boom").code is ErrorCode.OS
+    with pytest.raises(ValueError, match="teapot"):
+        ConnectionFailure("teapot", "boom")
+
+
+def test_the_broker_never_imports_the_worker() -> None:
+    code = (
+        "import sys, broker.cli, broker.server, broker.stats, broker.blocking;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'worker_client'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert out.stdout.strip() == "[]"

@@ -139,3 +139,106 @@ def test_keepalive_none_never_expires():
     clock.now = 1e9
     assert s.expire().close == []
     assert s.n_idle == 1
+
+
+def test_a_host_blocked_waiter_keeps_its_place_in_the_queue():
+    s: PoolState[str] = PoolState(limit=2, limit_per_host=1)
+    s.acquire(A, "a1")
+    s.acquire(B, "b1")
+    s.acquire(A, "a2")  # waits on A's limit (and the pool's)
+    s.acquire(B, "b2")
+    C_ = ("http", "c", 80)
+    s.acquire(C_, "c1")  # waits on the pool's limit only
+    d = s.release(B, "cb", reusable=False)  # frees a pool slot and B's: b2 and c1 want it
+    assert d.grants == [("b2", B, NEW)]  # b2 came first; a2 is still held by A's limit
+    d = s.release(A, "ca", reusable=False)
+    assert d.grants == [("a2", A, NEW)]  # a2 came before c1
+    assert list(s.waiters) == ["c1"]
+
+
+def test_cancelling_the_head_lets_the_next_one_go():
+    s: PoolState[str] = PoolState(limit=1, clock=Clock())
+    s.acquire(A, "a1")
+    s.acquire(A, "a2")
+    s.acquire(B, "b1")
+    s.acquire(A, "a3")
+    s.cancel("a2")
+    assert s.release(A, "c", reusable=False).grants == [("b1", B, NEW)]
+    assert s.queued_per_key() == {A: (1, 0.0)}
+
+
+def test_the_oldest_idle_connection_of_another_host_makes_room():
+    clock = Clock()
+    s: PoolState[str] = PoolState(limit=3, clock=clock)
+    for key, conn in ((A, "a-old"), (B, "b"), (A, "a-new")):
+        s.acquire(key, conn)
+    for key, conn in ((A, "a-old"), (B, "b"), (A, "a-new")):
+        clock.now += 1
+        s.release(key, conn, reusable=True)
+    C_ = ("http", "c", 80)
+    got, d = s.acquire(C_, "c1")
+    assert got is NEW and d.close == ["a-old"]
+    got, d = s.acquire(C_, "c2")
+    assert got is NEW and d.close == ["b"]
+    assert s.acquire(A, "a")[0] == "a-new"
+
+
+def test_expiry_closes_the_oldest_of_every_host():
+    clock = Clock()
+    s: PoolState[str] = PoolState(limit=5, keepalive_timeout=10, clock=clock)
+    for key, conn in ((A, "a1"), (B, "b1"), (A, "a2")):
+        s.acquire(key, conn)
+    for key, conn in ((A, "a1"), (B, "b1"), (A, "a2")):
+        clock.now += 1
+        s.release(key, conn, reusable=True)
+    clock.now = 12
+    assert s.expire().close == ["a1", "b1"]
+    assert s.total == s.n_idle == 1 and s.acquire(A, "a")[0] == "a2"
+
+
+class CountingKey:
+    """A key that counts how often the state hashes or compares it: its work."""
+
+    ops = 0
+
+    def __init__(self, name: int) -> None:
+        self.name = name
+
+    def __hash__(self) -> int:
+        CountingKey.ops += 1
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        CountingKey.ops += 1
+        return isinstance(other, CountingKey) and other.name == self.name
+
+
+def _queue_work(n: int) -> int:
+    """Key operations to queue ``n`` requests on distinct hosts and a hot one, then
+    serve them all, one release at a time."""
+    CountingKey.ops = 0
+    s: PoolState[str] = PoolState(limit=2, limit_per_host=1)
+    hot = CountingKey(-1)
+    s.acquire(hot, "hot-first")
+    s.acquire(CountingKey(-2), "other-first")
+    for i in range(n):  # the hot host's waiters sit in front of every other host's
+        s.acquire(hot, ("hot", i))
+    for i in range(n):
+        s.acquire(CountingKey(i), ("w", i))
+    active = [(hot, "c"), (CountingKey(-2), "c")]
+    served = 0
+    while active:
+        key, conn = active.pop()
+        for _, k, _ in s.release(key, conn, reusable=False).grants:
+            served += 1
+            active.append((k, "c"))
+    assert served == 2 * n and not s.waiters and s.total == 0
+    return CountingKey.ops
+
+
+def test_queue_work_grows_linearly_not_quadratically():
+    # A scan of the queue per acquire or per release costs n * n key operations
+    # (1e8 here); the per-key queues with a heap of heads cost a few per request.
+    n = 10_000
+    assert _queue_work(n) < 30 * (2 * n)
+    assert _queue_work(2 * n) < 2.2 * _queue_work(n)

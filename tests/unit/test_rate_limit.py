@@ -46,3 +46,19 @@ def test_cancel_gives_back_the_latest_booking():
 def test_rate_must_be_positive():
     with pytest.raises(ValueError):
         RateLimiter(0)
+
+
+def test_past_hosts_are_forgotten_at_an_amortized_constant_cost():
+    clock = Clock()
+    rl = RateLimiter(1, clock)
+    sizes = []
+    for i in range(10_000):  # every host still waiting: nothing can be forgotten
+        rl.reserve(i)
+        sizes.append(len(rl._next))
+    assert sizes[-1] == 10_000
+    assert rl._sweep_at >= 10_000  # swept at 1024, 2048, 4096, 8192: not at every booking
+    clock.now += 2
+    rl.reserve("late")
+    for i in range(rl._sweep_at):
+        rl.reserve(("new", i))
+    assert len(rl._next) <= rl._sweep_at  # the 10,000 past hosts were dropped

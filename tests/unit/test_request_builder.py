@@ -15,7 +15,7 @@ import pytest
 from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
-from shared.errors import InvalidURL, InvalidUrlClientError, NonHttpUrlClientError
+from worker_client.exceptions import InvalidURL, InvalidUrlClientError, NonHttpUrlClientError
 from worker_client.helpers import BasicAuth
 from worker_client.request_builder import (
     DEFAULT_HEADERS,
@@ -135,6 +135,14 @@ def test_base_url_must_be_absolute_with_trailing_slash(base: str, message: str) 
         prep("x", base_url=base)
 
 
+@pytest.mark.parametrize("base, message", [("https://h/v1", "trailing '/'"), ("/v1/", "absolute")])
+def test_session_checks_base_url_as_prepare_request(base: str, message: str) -> None:
+    from worker_client import ClientSession
+
+    with pytest.raises(ValueError, match=message):
+        ClientSession(base)
+
+
 @pytest.mark.parametrize("url", ["http://[::1", "http://exa mple.com:99999999/"])
 def test_invalid_url_string(url: str) -> None:
     with pytest.raises(InvalidUrlClientError) as info:
@@ -156,6 +164,41 @@ def test_non_http_scheme(url: str) -> None:
     with pytest.raises(NonHttpUrlClientError) as info:
         prep(url)
     assert info.value.args[0] == URL(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        URL("http://h/a\x00b", encoded=True),
+        URL("http://h/a?b= HTTP/1.0 HTTP/1.1", encoded=True),
+        URL("http://h/a\x7f", encoded=True),
+        URL.build(scheme="http", host="h", path="/a\r\nGET /b", encoded=True),
+        URL.build(scheme="http", host="h\r\nX-Injected", path="/", encoded=True),
+        "http://a b/",  # yarl leaves a host as it is
+        "http://a\x00b/",
+    ],
+    ids=repr,
+)
+def test_url_unfit_for_a_request_line_is_refused(url: str | URL) -> None:
+    # aiohttp raises a ValueError for a control byte in the request line; ours is also
+    # an InvalidURL saying why.
+    with pytest.raises(InvalidUrlClientError, match="control character|valid RFC 3986 host"):
+        prep(url)
+
+
+def test_params_with_control_bytes_are_encoded_not_refused() -> None:
+    assert prep("http://h/a", params={"q": "a b\x00"}).url.raw_query_string == "q=a+b%00"
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"), [("example.com:8080", True), ("[::1]", True), ("a b", False), ("a/b", False)]
+)
+def test_host_header_must_be_a_host(host: str, ok: bool) -> None:
+    if ok:
+        assert prep(headers={"Host": host}).headers["Host"] == host
+    else:
+        with pytest.raises(ValueError, match="Host header"):
+            prep(headers={"Host": host})
 
 
 def test_https_and_yarl_urls_accepted() -> None:

@@ -13,14 +13,14 @@ from aiohttp.helpers import parse_content_type as aiohttp_parse_content_type
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from shared.errors import (
+from shared.messages import Head, HistoryItem
+from worker_client.exceptions import (
     ClientConnectionError,
     ClientPayloadError,
     ClientResponseError,
     ContentTypeError,
     RequestInfo,
 )
-from shared.messages import Head, HistoryItem
 from worker_client.helpers import (
     HttpVersion,
     HttpVersion10,

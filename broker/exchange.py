@@ -1,0 +1,511 @@
+"""HTTP/1.1 on a client connection, without I/O (sans-IO, in the spirit of h11).
+
+An ``Exchange`` is the state of one request and its response on a connection: it turns
+the request into bytes to write and the bytes read back into events, and owns every
+rule of HTTP/1.1 framing that the client applies. ``http1.HTTP1Connection`` carries out
+what it decides on a socket. The object lives as long as its connection and runs one
+exchange at a time (h11's ``start_next_cycle``): ``start`` begins one from IDLE, and
+``end`` makes it IDLE again only if the connection may carry the next request.
+
+Each half has its own state; every transition is in this table (``*``: any state not
+listed, ``fail``: ``fail()``, a parse error, a broken limit, or the rule named):
+
+    request half (SendState)                  response half (RecvState)
+    IDLE    --start, whole body-->   SENT     IDLE          --start-->          AWAITING_HEAD
+    IDLE    --start, streamed-->     SENDING  AWAITING_HEAD --1xx head-->       AWAITING_HEAD
+    SENDING --send_body-->           SENDING  AWAITING_HEAD --head-->           BODY
+    SENDING --end_body-->            SENT     AWAITING_HEAD --head, no body-->  DONE
+    SENDING --over/short of length-> FAILED   BODY          --end of message--> DONE
+    SENDING --connection lost-->     FAILED   BODY          --lost, no framing->DONE
+    SENT/SENDING/FAILED --end-->     IDLE *   *             --fail-->           FAILED
+                                              DONE/FAILED   --end-->            IDLE *
+    (* only when ``reusable``: SENT, DONE, keep-alive, no stray byte; else the
+    connection is closed and the Exchange is dropped with it)
+
+Rules kept here, all from aiohttp's client where it has one:
+
+- A streamed body with a declared Content-Length is held to it: a byte past it is never
+  produced (the request fails, the connection closes), and ``end_body`` short of it
+  fails too. Without a length it is chunked. A connection whose request body did not
+  end (a cancel, a disconnect) is never reused, even if the server already answered.
+- Head limits: aiohttp's ``max_field_size`` (8190) and ``max_headers`` (128), plus the
+  whole head capped at ``MAX_HEAD_BYTES`` counted as it arrives (httptools buffers a
+  header until it is complete). 1xx heads are skipped (101 ends the exchange).
+- No body after a HEAD request, nor for 204/304. httptools cannot be told that a
+  response has no body because it answers HEAD, so the exchange ends at the head and the
+  parser is replaced before the next request. A response with neither Content-Length
+  nor chunked framing is read until the connection closes (``connection_lost`` ends it;
+  httptools has no "end of input" call), or has no body with aiohttp's
+  ``read_until_eof=False``; such a connection is never reused.
+- Any byte the server sends that no request asked for (after the response, or on an
+  idle connection) spoils the connection.
+
+Events from ``receive_data`` and ``connection_lost``: a ``ResponseHead``, ``bytes`` of
+body, ``END``, or a ``ConnectionFailure`` (the exchange failed; close the connection).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from typing import Any, Final, TypeAlias
+
+import httptools
+from yarl import URL
+
+from shared.errors import ErrorCode
+
+__all__ = [
+    "END",
+    "ConnectionFailure",
+    "Event",
+    "Exchange",
+    "MAX_FIELD_SIZE",
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "RecvState",
+    "ResponseHead",
+    "R_AWAITING_HEAD",
+    "R_BODY",
+    "R_DONE",
+    "R_FAILED",
+    "R_IDLE",
+    "S_FAILED",
+    "S_IDLE",
+    "S_SENDING",
+    "S_SENT",
+    "SendState",
+    "build_head",
+    "declared_length",
+]
+
+# aiohttp's defaults: max_field_size=8190, max_headers=128.
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 128
+MAX_HEAD_BYTES = 256 * 1024
+
+BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+_HOP_HEADERS = frozenset(("host", "content-length", "transfer-encoding"))
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+class ConnectionFailure(Exception):
+    """The exchange failed; ``code`` is a wire error code (``shared.errors``)."""
+
+    def __init__(self, code: ErrorCode | str, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.fields = fields
+
+
+class ResponseHead:
+    __slots__ = ("status", "reason", "version", "headers", "keep_alive", "eof_body")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        version: tuple[int, int],
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        eof_body: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.eof_body = eof_body
+
+
+class _End:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END: Final = _End()
+Event: TypeAlias = "ResponseHead | bytes | _End | ConnectionFailure"
+
+
+class SendState(enum.Enum):
+    IDLE = "idle"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class RecvState(enum.Enum):
+    IDLE = "idle"
+    AWAITING_HEAD = "awaiting_head"
+    BODY = "body"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# Enum members are slow to look up (a descriptor each time); the hot path uses these.
+S_IDLE, S_SENDING, S_SENT, S_FAILED = SendState
+R_IDLE, R_AWAITING_HEAD, R_BODY, R_DONE, R_FAILED = RecvState
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+def build_head(
+    method: str,
+    url: URL,
+    headers: list[tuple[str, str]],
+    body_length: int | None,
+    chunked: bool,
+    skip_host: bool,
+) -> bytes:
+    """The request line and headers of one hop, per-hop headers added."""
+    target = url.raw_path_qs or "/"
+    parts = [f"{method} {target} HTTP/1.1\r\n"]
+    has_host = skip_host
+    user_length: str | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _HOP_HEADERS:
+            if lname == "host":
+                has_host = True
+            elif lname == "content-length":
+                user_length = value
+                continue
+            else:
+                continue
+        parts.append(f"{name}: {value}\r\n")
+    if not has_host:
+        parts.insert(1, f"Host: {url.host_port_subcomponent}\r\n")
+    if body_length is not None:
+        parts.append(f"Content-Length: {body_length}\r\n")
+    elif chunked:
+        if user_length is not None:
+            parts.append(f"Content-Length: {user_length}\r\n")
+        else:
+            parts.append("Transfer-Encoding: chunked\r\n")
+    elif method in BODY_METHODS:
+        parts.append("Content-Length: 0\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def declared_length(headers: list[tuple[str, str]]) -> int | None:
+    """The Content-Length a streamed body is held to (the one ``build_head`` sends, the
+    last given), or None for a chunked body."""
+    value = None
+    for name, v in headers:
+        if name.lower() == "content-length":
+            value = v
+    if value is None:
+        return None
+    if not _DIGITS.fullmatch(value.strip()):
+        raise ConnectionFailure("connection", f"invalid Content-Length header: {value!r}")
+    return int(value)
+
+
+def _request_failure(message: str) -> ConnectionFailure:
+    return ConnectionFailure("connection", message)
+
+
+class Exchange:
+    """See the module docstring. Public state: ``send``, ``recv``, ``head``, ``error``,
+    ``got_bytes`` (a byte of this response arrived), ``spoiled``."""
+
+    __slots__ = (
+        "send", "recv", "head", "error", "got_bytes", "spoiled", "read_until_eof",
+        "_parser", "_replace_parser", "_head_only", "_remaining", "_declared", "_reason",
+        "_headers", "_head_bytes", "_refused", "_events",
+    )
+
+    def __init__(self) -> None:
+        self.send = S_IDLE
+        self.recv = R_IDLE
+        self.head: ResponseHead | None = None
+        self.error: ConnectionFailure | None = None
+        self.got_bytes = False
+        self.spoiled = False
+        self.read_until_eof = True
+        self._parser = httptools.HttpResponseParser(self)
+        self._replace_parser = False
+        self._head_only = False
+        self._remaining: int | None = None  # bytes of a streamed body still owed
+        self._declared = 0
+        self._reason = ""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._refused: str | None = None  # which of our head limits the server broke
+        self._events: list[Event] = []
+
+    def __repr__(self) -> str:
+        return f"<Exchange send={self.send.value} recv={self.recv.value}>"
+
+    # -- the request --------------------------------------------------------------
+
+    def start(
+        self,
+        method: str,
+        head: bytes,
+        body: bytes | None = None,
+        streamed: bool = False,
+        length: int | None = None,
+    ) -> bytes | tuple[bytes, bytes]:
+        """Begin an exchange; returns what to write (one buffer, or two to write as
+        lines). ``streamed``: the body follows by ``send_body``, held to ``length``
+        bytes, chunked if ``length`` is None."""
+        if self.send is not S_IDLE or self.recv is not R_IDLE:
+            raise RuntimeError(f"cannot start a request on {self!r}")
+        if self._replace_parser:
+            self._parser = httptools.HttpResponseParser(self)
+            self._replace_parser = False
+        self.recv = R_AWAITING_HEAD
+        self.head = None
+        self.error = None
+        self.got_bytes = False
+        self._head_only = method == "HEAD"
+        self._reason = ""
+        self._headers = []
+        self._head_bytes = 0
+        self._refused = None
+        if streamed:
+            self.send = S_SENDING
+            self._remaining = length
+            self._declared = length or 0
+        else:
+            self.send = S_SENT
+        if not body:
+            return head
+        if len(body) < 16384:
+            return head + body
+        return head, body
+
+    def send_body(self, data: bytes) -> Sequence[bytes]:
+        """The bytes to write for a piece of a streamed body (not empty). Raises
+        ConnectionFailure, having failed the exchange, past the declared length."""
+        if self.send is not S_SENDING:
+            raise self.error or RuntimeError(f"no request body is being sent on {self!r}")
+        remaining = self._remaining
+        if remaining is None:
+            return (b"%x\r\n" % len(data), data, b"\r\n")
+        if len(data) > remaining:
+            raise self.fail(
+                _request_failure(
+                    f"the request body is longer than its Content-Length ({self._declared} "
+                    "bytes); nothing past it was sent"
+                )
+            )
+        self._remaining = remaining - len(data)
+        return (data,)
+
+    def end_body(self) -> bytes:
+        """The bytes that end a streamed body. Raises ConnectionFailure, having failed
+        the exchange, if the body is shorter than its declared length."""
+        if self.send is not S_SENDING:
+            raise self.error or RuntimeError(f"no request body is being sent on {self!r}")
+        remaining = self._remaining
+        if remaining:
+            raise self.fail(
+                _request_failure(
+                    f"the request body is shorter than its Content-Length: "
+                    f"{self._declared - remaining} of {self._declared} bytes"
+                )
+            )
+        self.send = S_SENT
+        return b"0\r\n\r\n" if remaining is None else b""
+
+    # -- the response ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes | memoryview) -> list[Event]:
+        """Feed bytes read from the connection; returns the events they complete."""
+        recv = self.recv
+        if recv is not R_BODY and recv is not R_AWAITING_HEAD:
+            if recv is R_FAILED:
+                return []
+            self.spoiled = True
+            if recv is R_IDLE:  # bytes on an idle connection: a confused server
+                return [ConnectionFailure("bad_response", "bytes on an idle connection")]
+            return []
+        self.got_bytes = True
+        if recv is R_AWAITING_HEAD:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                return [
+                    self.fail(
+                        ConnectionFailure(
+                            "bad_response",
+                            f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes",
+                        )
+                    )
+                ]
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here.
+            self.spoiled = True
+            if self.recv is R_BODY:
+                self.recv = R_DONE
+                events.append(END)
+        except httptools.HttpParserError as exc:
+            if self.recv is R_DONE:  # garbage after a whole response
+                self.spoiled = True
+                return events
+            # A limit of ours raised inside a callback reaches us as a bare "callback
+            # error": say which limit it was.
+            detail = self._refused or exc
+            events.append(
+                self.fail(ConnectionFailure("bad_response", f"invalid HTTP response: {detail}"))
+            )
+        return events
+
+    def connection_lost(self, exc: BaseException | None) -> Event | None:
+        """The connection closed; the event it makes, if any."""
+        event = self._lost_event(exc)
+        if self.send is S_SENDING:  # the request body can never end now
+            self.fail(ConnectionFailure("disconnected", "Server disconnected"))
+        return event
+
+    def _lost_event(self, exc: BaseException | None) -> Event | None:
+        recv = self.recv
+        if recv is R_AWAITING_HEAD:
+            if isinstance(exc, OSError):  # e.g. a reset: aiohttp's ClientOSError
+                msg = exc.strerror or str(exc)
+                return self.fail(ConnectionFailure("os", msg, errno=exc.errno or 0))
+            return self.fail(ConnectionFailure("disconnected", "Server disconnected"))
+        if recv is R_BODY:
+            assert self.head is not None
+            if self.head.eof_body:
+                self.recv = R_DONE
+                self.spoiled = True  # the connection is gone anyway
+                return END
+            return self.fail(
+                ConnectionFailure(
+                    "payload",
+                    "Response payload is not completed: the connection was closed "
+                    "before the end of the body (Content-Length or chunked framing)",
+                )
+            )
+        return None
+
+    def fail(self, failure: ConnectionFailure) -> ConnectionFailure:
+        """Fail the exchange (the first failure is kept); returns it. The response half
+        stays DONE if it was: its reader learns of the failure elsewhere."""
+        if self.error is None:
+            self.error = failure
+        if self.send is S_SENDING:
+            self.send = S_FAILED
+        if self.recv is not R_DONE:
+            self.recv = R_FAILED
+        self.spoiled = True
+        return failure
+
+    # -- the end ------------------------------------------------------------------
+
+    @property
+    def over(self) -> bool:
+        """The response is complete, or the exchange failed."""
+        return self.recv is R_DONE or self.recv is R_FAILED
+
+    @property
+    def reusable(self) -> bool:
+        """A complete request, a complete keep-alive response, nothing else seen."""
+        return (
+            self.send is S_SENT
+            and self.recv is R_DONE
+            and not self.spoiled
+            and self.head is not None
+            and self.head.keep_alive
+        )
+
+    def end(self) -> bool:
+        """The caller is done with this exchange: True (and IDLE again) if the
+        connection may carry another request; False: close it."""
+        head = self.head
+        if (
+            self.send is not S_SENT
+            or self.recv is not R_DONE
+            or self.spoiled
+            or head is None
+            or not head.keep_alive
+        ):  # ``reusable``, inline: this runs once per request
+            self.spoiled = True
+            return False
+        self.send = S_IDLE
+        self.recv = R_IDLE
+        self.head = None
+        self._headers = []
+        return True
+
+    # -- httptools callbacks ---------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status.decode("latin-1")  # in pieces if the line came so
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) > MAX_FIELD_SIZE or len(value) > MAX_FIELD_SIZE:
+            self._refused = f"a header field is over {MAX_FIELD_SIZE} bytes"
+            raise _HeadTooLarge(self._refused)
+        if len(self._headers) >= MAX_HEADERS:
+            self._refused = f"more than {MAX_HEADERS} headers"
+            raise _HeadTooLarge(self._refused)
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.recv is not R_AWAITING_HEAD:
+            self.spoiled = True  # a second response to one request
+            return
+        p = self._parser
+        status = p.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers = []  # informational; the real head follows
+            self._reason = ""
+            return
+        headers = self._headers
+        eof_body = True
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length" or (
+                lname == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                eof_body = False
+                break
+        reuse = p.should_keep_alive()
+        if status in (204, 304) or self._head_only:
+            eof_body = False
+        elif eof_body:
+            reuse = False
+            if not self.read_until_eof:
+                # aiohttp's read_until_eof=False: such a response has no body
+                self._head_only = True
+                eof_body = False
+        head = ResponseHead(
+            status,
+            self._reason,
+            (1, 0) if p.get_http_version() == "1.0" else (1, 1),
+            headers,
+            reuse,
+            eof_body,
+        )
+        self.head = head
+        self._events.append(head)
+        if self._head_only:
+            self._replace_parser = True
+            self.recv = R_DONE
+            self._events.append(END)
+        else:
+            self.recv = R_BODY
+
+    def on_body(self, body: bytes) -> None:
+        if self.recv is R_BODY:
+            self._events.append(body)
+        else:
+            self.spoiled = True  # after a HEAD response, or an informational head
+
+    def on_message_complete(self) -> None:
+        if self.recv is R_BODY:
+            self.recv = R_DONE
+            self._events.append(END)

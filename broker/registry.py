@@ -1,0 +1,255 @@
+"""The pools and resolvers that the engine holds: one per distinct spec, evicted when idle.
+
+How this works. A pool is keyed by its ``PoolSpec``, a resolver by its settings (the
+``ResolverSpec`` and the pool's DNS cache policy); each resolver counts the pools that
+use it. A pool is *quiet* when no connection of it is active or being opened and no
+request waits on it (see ``Pool.quiet``): only a quiet pool is ever evicted, and the
+engine takes a pool from ``pool()`` and acquires from it with no ``await`` in between,
+so no request holds a pool that can go away.
+
+- Idle eviction: a sweep every ``idle_ttl / 2`` seconds (and on demand, ``sweep()``)
+  evicts each quiet pool without idle connections whose last connection was released
+  ``idle_ttl`` seconds ago or more (time from the injected ``clock``).
+- Caps: at most ``max_pools`` pools and ``max_resolvers`` resolvers live at once. A new
+  one over the cap evicts the least recently used quiet pool (closing its idle
+  connections), or for a resolver the least recently used quiet pools that free one;
+  when every one is busy the request fails with a ``ConnectionFailure`` that says so.
+- A resolver whose last pool is evicted is closed: its lookups in flight fail, its
+  c-ares channel (a thread and a few descriptors) is released.
+
+Pools are kept in least-recently-used order (``OrderedDict.move_to_end`` on each
+``pool()``: the only cost on the request path). Closing an evicted pool or resolver
+runs as a task, which ``close()`` waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from shared.specs import PoolSpec, ResolverSpec
+
+from .connector import Pool
+from .exchange import ConnectionFailure
+from .resolver import CachedResolver
+
+__all__ = ["MAX_POOLS", "MAX_RESOLVERS", "POOL_IDLE_TTL", "Registry"]
+
+MAX_POOLS = 512
+"""Pools alive at once (each distinct ``TCPConnector``/``UnixConnector`` spec is one)."""
+MAX_RESOLVERS = 64
+"""Resolvers alive at once (an ``async`` one holds a c-ares thread and a few fds)."""
+POOL_IDLE_TTL = 60.0
+"""Seconds a pool with no connection and no request is kept before it is evicted."""
+
+ResolverKey = tuple[ResolverSpec, float | None, int, bool]  # spec, ttl, max_size, use_cache
+
+
+def resolver_key(spec: PoolSpec) -> ResolverKey:
+    return (spec.resolver, spec.ttl_dns_cache, spec.dns_cache_max_size, spec.use_dns_cache)
+
+
+class _Held:
+    __slots__ = ("resolver", "users")
+
+    def __init__(self, resolver: CachedResolver) -> None:
+        self.resolver = resolver
+        self.users = 0
+
+
+class Registry:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        clock: Callable[[], float] | None = None,
+        max_pools: int = MAX_POOLS,
+        max_resolvers: int = MAX_RESOLVERS,
+        idle_ttl: float = POOL_IDLE_TTL,
+    ) -> None:
+        if max_pools < 1 or max_resolvers < 1 or idle_ttl <= 0:
+            raise ValueError("max_pools, max_resolvers and idle_ttl must be > 0")
+        self._loop = loop
+        self._clock = clock or loop.time
+        self.max_pools = max_pools
+        self.max_resolvers = max_resolvers
+        self.idle_ttl = idle_ttl
+        self._pools: OrderedDict[PoolSpec, Pool] = OrderedDict()  # least recent first
+        self._resolvers: dict[ResolverKey, _Held] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.evicted = 0
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._pools)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Registry {len(self._pools)}/{self.max_pools} pools, "
+            f"{len(self._resolvers)}/{self.max_resolvers} resolvers, {self.evicted} evicted>"
+        )
+
+    @property
+    def pools(self) -> list[Pool]:
+        return list(self._pools.values())
+
+    @property
+    def resolvers(self) -> list[CachedResolver]:
+        return [held.resolver for held in self._resolvers.values()]
+
+    # -- lookups -------------------------------------------------------------------
+
+    def pool(self, spec: PoolSpec) -> Pool:
+        """The pool for ``spec``, made (and room made for it) if needed."""
+        pool = self._pools.get(spec)
+        if pool is not None:
+            self._pools.move_to_end(spec)
+            return pool
+        return self._new_pool(spec)
+
+    def _new_pool(self, spec: PoolSpec) -> Pool:
+        if self.closed:
+            raise ConnectionFailure("connection", "the broker's engine is closed")
+        held = self._resolver_for(resolver_key(spec))
+        if len(self._pools) >= self.max_pools and not self._evict_lru_pool():
+            self._drop_unused_resolver(resolver_key(spec))
+            raise ConnectionFailure(
+                "connection",
+                f"too many connection pools in use at once (at most {self.max_pools}): "
+                "every one has requests in flight",
+            )
+        pool = self._pools[spec] = Pool(spec, self._loop, held.resolver, clock=self._clock)
+        held.users += 1
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(self.idle_ttl / 2, self._sweep_tick)
+        return pool
+
+    def _resolver_for(self, key: ResolverKey) -> _Held:
+        held = self._resolvers.get(key)
+        if held is not None:
+            return held
+        if len(self._resolvers) >= self.max_resolvers and not self._free_a_resolver():
+            raise ConnectionFailure(
+                "connection",
+                f"too many resolvers in use at once (at most {self.max_resolvers}): "
+                "every one serves pools with requests in flight",
+            )
+        spec, ttl, max_size, use_cache = key
+        try:
+            resolver = CachedResolver(
+                spec, self._loop, ttl=ttl, max_size=max_size, use_cache=use_cache,
+                clock=self._clock,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConnectionFailure("connection", f"cannot make the resolver: {exc}") from None
+        held = self._resolvers[key] = _Held(resolver)
+        return held
+
+    def clear_dns(self, spec: PoolSpec, host: str | None, port: int | None) -> None:
+        """``TCPConnector.clear_dns_cache`` for the resolver that ``spec`` uses, if any
+        (a resolver not made yet, or evicted, has nothing cached)."""
+        if (host is None) != (port is None):
+            return  # the worker checked this; a bad message must not raise here
+        held = self._resolvers.get(resolver_key(spec))
+        if held is not None:
+            held.resolver.clear(host, port)
+
+    # -- eviction --------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Evict the pools idle for ``idle_ttl`` or more; how many were."""
+        now = self._clock()
+        stale = [
+            spec
+            for spec, pool in self._pools.items()
+            if pool.quiet and not pool.state.n_idle and now - pool.state.last_used >= self.idle_ttl
+        ]
+        for spec in stale:
+            self._evict(spec)
+        return len(stale)
+
+    def _sweep_tick(self) -> None:
+        self._sweeper = None
+        self.sweep()
+        if self._pools and not self.closed:
+            self._sweeper = self._loop.call_later(self.idle_ttl / 2, self._sweep_tick)
+
+    def _evict_lru_pool(self) -> bool:
+        for spec, pool in self._pools.items():
+            if pool.quiet:
+                self._evict(spec)
+                return True
+        return False
+
+    def _free_a_resolver(self) -> bool:
+        """Evict the least recently used quiet pools that are all the users of one
+        resolver, closing it; False if every resolver serves a busy pool."""
+        quiet: dict[ResolverKey, list[PoolSpec]] = {}
+        for spec, pool in self._pools.items():
+            if not pool.quiet:
+                continue
+            key = resolver_key(spec)
+            specs = quiet.setdefault(key, [])
+            specs.append(spec)
+            if len(specs) == self._resolvers[key].users:
+                for s in specs:
+                    self._evict(s)
+                return True
+        return False
+
+    def _evict(self, spec: PoolSpec) -> None:
+        pool = self._pools.pop(spec)
+        pool.closed = True  # at once: its close() runs as a task
+        self.evicted += 1
+        self._later(pool.close())
+        key = resolver_key(spec)
+        self._resolvers[key].users -= 1
+        self._drop_unused_resolver(key)
+
+    def _drop_unused_resolver(self, key: ResolverKey) -> None:
+        held = self._resolvers.get(key)
+        if held is not None and not held.users:
+            del self._resolvers[key]
+            self._later(held.resolver.close())
+
+    def _later(self, closing: Any) -> None:
+        task: asyncio.Task[None] = self._loop.create_task(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # -- figures and shutdown -----------------------------------------------------------
+
+    def figures(self) -> list[dict[str, Any]]:
+        return [pool.figures() for pool in self._pools.values()]
+
+    def dns_figures(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "kind": spec.kind,
+                "nameservers": list(spec.nameservers),
+                "ttl": ttl,
+                "max_size": max_size,
+                "use_cache": use_cache,
+                **held.resolver.figures(),
+            }
+            for (spec, ttl, max_size, use_cache), held in self._resolvers.items()
+        ]
+
+    async def close(self) -> None:
+        """Close every pool, then every resolver; wait for evictions in progress."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        pools = list(self._pools.values())
+        self._pools.clear()
+        await asyncio.gather(*(p.close() for p in pools))
+        resolvers = [held.resolver for held in self._resolvers.values()]
+        self._resolvers.clear()
+        for resolver in resolvers:
+            await resolver.close()
+        while self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,314 @@
+"""The HTTP/1.1 exchange without sockets: requests to bytes, bytes to events. Every
+response is also fed one byte at a time (h11's test_io style)."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.exchange import (
+    END,
+    MAX_FIELD_SIZE,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    ConnectionFailure,
+    Exchange,
+    RecvState,
+    ResponseHead,
+    SendState,
+    declared_length,
+)
+
+HEAD = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+def feed(ex: Exchange, data: bytes, *, one_byte: bool) -> list:
+    """Feed ``data`` whole or byte by byte; consecutive body bytes merged."""
+    events: list = []
+    pieces = [data[i : i + 1] for i in range(len(data))] if one_byte else [data]
+    for piece in pieces:
+        for ev in ex.receive_data(piece):
+            if type(ev) is bytes and events and type(events[-1]) is bytes:
+                events[-1] += ev
+            else:
+                events.append(ev)
+    return events
+
+
+def shape(events: list) -> list:
+    return [
+        ("head", ev.status) if isinstance(ev, ResponseHead)
+        else ev if isinstance(ev, bytes) or ev is END
+        else ("failure", ev.code)
+        for ev in events
+    ]
+
+
+def started(method: str = "GET", **kwargs) -> Exchange:
+    ex = Exchange()
+    ex.start(method, HEAD, **kwargs)
+    return ex
+
+
+byte_by_byte = pytest.mark.parametrize("one_byte", [False, True], ids=["whole", "bytewise"])
+
+
+@byte_by_byte
+def test_content_length_response_then_next_cycle(one_byte):
+    ex = Exchange()
+    assert ex.start("GET", HEAD) == HEAD
+    assert (ex.send, ex.recv) == (SendState.SENT, RecvState.AWAITING_HEAD)
+    events = feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\nhello",
+                  one_byte=one_byte)
+    assert shape(events) == [("head", 200), b"hello", END]
+    head = events[0]
+    assert (head.reason, head.version, head.keep_alive, head.eof_body) == (
+        "OK", (1, 1), True, False
+    )
+    assert head.headers == [(b"Content-Length", b"5"), (b"X", b"y")]
+    assert ex.reusable and ex.end()
+    assert (ex.send, ex.recv) == (SendState.IDLE, RecvState.IDLE)
+    ex.start("GET", HEAD)
+    assert shape(feed(ex, b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n",
+                      one_byte=one_byte)) == [("head", 404), END]
+    assert ex.end()
+
+
+@byte_by_byte
+def test_chunked_response(one_byte):
+    ex = started()
+    events = feed(
+        ex,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: t\r\n\r\n",
+        one_byte=one_byte,
+    )
+    assert shape(events) == [("head", 200), b"hello world", END]
+    assert ex.reusable
+
+
+@byte_by_byte
+def test_informational_heads_are_skipped(one_byte):
+    ex = started()
+    events = feed(
+        ex,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        one_byte=one_byte,
+    )
+    assert shape(events) == [("head", 200), b"ok", END]
+    assert events[0].headers == [(b"Content-Length", b"2")] and events[0].reason == "OK"
+
+
+@byte_by_byte
+def test_head_request_has_no_body_and_the_parser_is_replaced(one_byte):
+    ex = started("HEAD")
+    events = feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", one_byte=one_byte)
+    assert shape(events) == [("head", 200), END]
+    assert ex.end()
+    ex.start("GET", HEAD)  # a parser still waiting for 1000 body bytes would eat this
+    assert shape(feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                      one_byte=one_byte)) == [("head", 200), b"ok", END]
+
+
+@pytest.mark.parametrize("status", [204, 304])
+@byte_by_byte
+def test_no_body_statuses(status, one_byte):
+    ex = started()
+    events = feed(ex, b"HTTP/1.1 %d X\r\nContent-Length: 10\r\n\r\n" % status,
+                  one_byte=one_byte)
+    assert shape(events) == [("head", status), END]
+    assert not events[0].eof_body
+
+
+@byte_by_byte
+def test_body_until_close(one_byte):
+    ex = started()
+    events = feed(ex, b"HTTP/1.1 200 OK\r\n\r\nall of it", one_byte=one_byte)
+    assert shape(events) == [("head", 200), b"all of it"]
+    assert events[0].eof_body and not events[0].keep_alive
+    assert ex.connection_lost(None) is END
+    assert ex.recv is RecvState.DONE and not ex.reusable
+
+
+def test_read_until_eof_false_means_no_body():
+    ex = Exchange()
+    ex.read_until_eof = False
+    ex.start("GET", HEAD)
+    events = feed(ex, b"HTTP/1.1 200 OK\r\n\r\n", one_byte=False)
+    assert shape(events) == [("head", 200), END]
+    assert not ex.end()
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+def test_no_keep_alive_no_reuse(response):
+    ex = started()
+    assert shape(feed(ex, response, one_byte=False)) == [("head", 200), END]
+    assert not ex.reusable and not ex.end()
+
+
+@pytest.mark.parametrize(
+    "head, detail",
+    [
+        (b"HTTP/1.1 200 OK\r\nX: " + b"a" * (MAX_FIELD_SIZE + 1) + b"\r\n\r\n",
+         "a header field is over"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n",
+         "more than 128 headers"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 8000 + b"\r\n" * 0 + b"\r\n" * 1
+         + (b"Y: " + b"z" * 8000 + b"\r\n") * 40, f"the head is over {MAX_HEAD_BYTES}"),
+        (b"HTTP/1.1 abc\r\n\r\n", "invalid HTTP response"),
+    ],
+)
+@byte_by_byte
+def test_head_limits_and_garbage_fail(head, detail, one_byte):
+    ex = started()
+    events = feed(ex, head, one_byte=one_byte)
+    assert shape(events)[-1] == ("failure", "bad_response")
+    assert detail in events[-1].message
+    assert ex.recv is RecvState.FAILED and not ex.end()
+    assert ex.receive_data(b"more") == []  # a failed exchange takes nothing further
+
+
+def test_connection_lost_before_and_inside_the_body():
+    ex = started()
+    assert ex.connection_lost(None).code == "disconnected"
+    ex = started()
+    failure = ex.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    assert (failure.code, failure.message, failure.fields) == (
+        "os", "Connection reset by peer", {"errno": 104}
+    )
+    ex = started()
+    feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", one_byte=False)
+    assert ex.connection_lost(None).code == "payload"
+
+
+def test_a_second_response_spoils_the_connection():
+    ex = started()
+    events = feed(
+        ex,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nyours",
+        one_byte=False,
+    )
+    assert shape(events) == [("head", 200), b"a", END]
+    assert not ex.reusable and not ex.end()
+
+
+def test_garbage_after_a_whole_response_spoils_the_connection_only():
+    ex = started()
+    events = feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naGARBAGE\r\n\r\n",
+                  one_byte=False)
+    assert shape(events) == [("head", 200), b"a", END]
+    assert ex.error is None and not ex.end()
+
+
+def test_bytes_after_a_head_response_spoil_the_connection():
+    ex = started("HEAD")
+    feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", one_byte=False)
+    assert not ex.end()
+
+
+def test_bytes_on_an_idle_exchange_fail():
+    ex = started()
+    feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", one_byte=False)
+    assert ex.end()
+    (failure,) = ex.receive_data(b"HTTP/1.1 200 OK\r\n")
+    assert failure.code == "bad_response" and ex.spoiled
+
+
+# -- the request half -----------------------------------------------------------------
+
+
+def test_whole_body_goes_with_the_head():
+    ex = Exchange()
+    assert ex.start("POST", HEAD, b"small") == HEAD + b"small"
+    big = b"x" * 20000
+    ex = Exchange()
+    assert ex.start("POST", HEAD, big) == (HEAD, big)
+    assert ex.send is SendState.SENT
+
+
+def test_streamed_body_with_a_length_is_sent_as_is():
+    ex = started("POST", streamed=True, length=8)
+    assert ex.send is SendState.SENDING
+    assert b"".join(ex.send_body(b"abc")) == b"abc"
+    assert b"".join(ex.send_body(b"defgh")) == b"defgh"
+    assert ex.end_body() == b""
+    assert ex.send is SendState.SENT
+
+
+def test_streamed_body_without_a_length_is_chunked():
+    ex = started("POST", streamed=True)
+    assert b"".join(ex.send_body(b"hello")) == b"5\r\nhello\r\n"
+    assert b"".join(ex.send_body(b"x" * 26)) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+    assert ex.end_body() == b"0\r\n\r\n"
+
+
+def test_a_body_longer_than_declared_puts_no_byte_past_it_on_the_wire():
+    ex = started("POST", streamed=True, length=5)
+    wire = b"".join(ex.send_body(b"hel"))
+    smuggled = b"lo" + b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+    with pytest.raises(ConnectionFailure) as err:
+        wire += b"".join(ex.send_body(smuggled))
+    assert wire == b"hel"
+    assert err.value.code == "connection" and "longer than its Content-Length" in str(err.value)
+    assert ex.send is SendState.FAILED and ex.recv is RecvState.FAILED
+    with pytest.raises(ConnectionFailure):
+        ex.send_body(b"x")
+    assert not ex.end()
+
+
+def test_a_body_shorter_than_declared_fails_at_its_end():
+    ex = started("POST", streamed=True, length=10)
+    ex.send_body(b"abc")
+    with pytest.raises(ConnectionFailure, match="3 of 10 bytes"):
+        ex.end_body()
+    assert not ex.end()
+
+
+def test_an_unfinished_upload_is_never_reused_even_if_the_server_answered():
+    ex = started("POST", streamed=True, length=10)
+    ex.send_body(b"abc")
+    events = feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", one_byte=False)
+    assert shape(events) == [("head", 200), b"ok", END]
+    assert ex.over and not ex.reusable
+    assert not ex.end()  # the worker cancelled: the next request must not follow the body
+
+
+def test_connection_lost_while_uploading_after_the_answer():
+    ex = started("POST", streamed=True)
+    feed(ex, b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n", one_byte=False)
+    assert ex.connection_lost(None) is None
+    assert ex.send is SendState.FAILED and ex.recv is RecvState.DONE
+    with pytest.raises(ConnectionFailure, match="Server disconnected"):
+        ex.send_body(b"more")
+
+
+def test_start_needs_an_idle_exchange():
+    ex = started()
+    with pytest.raises(RuntimeError):
+        ex.start("GET", HEAD)
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ([], None),
+        ([("Content-Length", "10")], 10),
+        ([("content-length", " 7 ")], 7),
+        ([("Content-Length", "1"), ("Content-Length", "2")], 2),
+    ],
+)
+def test_declared_length(headers, expected):
+    assert declared_length(headers) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "+5", "0x10", "1,1", "", "9" * 19])
+def test_declared_length_refuses_what_is_not_a_length(value):
+    with pytest.raises(ConnectionFailure, match="invalid Content-Length"):
+        declared_length([("Content-Length", value)])
