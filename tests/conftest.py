@@ -132,9 +132,12 @@ async def read_request_head(reader: asyncio.StreamReader) -> bytes:
 
 
 async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = ""
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 5.0,
+    what: str | Callable[[], object] = "",
 ) -> None:
-    """Check ``condition`` (a function, sync or async) until it holds; fail after ``timeout``.
+    """Check ``condition`` (a function, sync or async) until it holds; fail after ``timeout``
+    with ``what`` (or what it returns then) in the message.
 
     Only for state that no event announces, such as another process's figures: wait on an
     event, a future or a message wherever there is one."""
@@ -148,6 +151,7 @@ async def wait_until(
         if held:
             return
         if loop.time() > deadline:
-            raise AssertionError(f"still not true after {timeout} s: {what or condition}")
+            detail = what() if callable(what) else what
+            raise AssertionError(f"still not true after {timeout} s: {detail or condition}")
         await asyncio.sleep(pause)  # the polling interval, doubling up to 50 ms
         pause = min(pause * 2, 0.05)
