@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -72,12 +73,15 @@ async def session(make_session: Callable[..., ClientSession]) -> ClientSession:
 
 
 @pytest.fixture
-async def serve_app() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
-    """``await serve_app(app)`` runs an aiohttp.web app on 127.0.0.1; returns its base URL."""
+async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """``await serve_app(app)`` runs an aiohttp.web app on 127.0.0.1; returns its base URL.
+
+    ``handler_cancellation=True`` cancels a handler when its client goes away (aiohttp's
+    option), so a handler that holds a request can notice the client leave."""
     runners: list[web.AppRunner] = []
 
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None)
+    async def start(app: web.Application, *, handler_cancellation: bool = False) -> str:
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=handler_cancellation)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -125,3 +129,29 @@ async def raw_server() -> AsyncIterator[Callable[[RawHandler], Awaitable[str]]]:
 async def read_request_head(reader: asyncio.StreamReader) -> bytes:
     """Read one request head (up to the blank line) from a raw connection."""
     return await reader.readuntil(b"\r\n\r\n")
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 5.0,
+    what: str | Callable[[], object] = "",
+) -> None:
+    """Check ``condition`` (a function, sync or async) until it holds; fail after ``timeout``
+    with ``what`` (or what it returns then) in the message.
+
+    Only for state that no event announces, such as another process's figures: wait on an
+    event, a future or a message wherever there is one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pause = 0.001
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if loop.time() > deadline:
+            detail = what() if callable(what) else what
+            raise AssertionError(f"still not true after {timeout} s: {detail or condition}")
+        await asyncio.sleep(pause)  # the polling interval, doubling up to 50 ms
+        pause = min(pause * 2, 0.05)

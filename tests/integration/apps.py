@@ -96,3 +96,21 @@ async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
             out += await reader.readexactly(size)
             await reader.readexactly(2)
     return b""
+
+
+class Answering:
+    """A raw handler that answers every request with an empty 200 on a kept-alive
+    connection, and records what came: ``connections`` accepted, ``heads`` read.
+
+    A test that must show that nothing was sent makes a good request afterwards: what
+    was sent before it arrives before it."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.heads: list[bytes] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        while True:
+            self.heads.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")

@@ -1,5 +1,11 @@
 """A keep-alive HTTP/1.1 server that counts, per Host, open connections and requests
-in flight, and remembers the highest of each: what a pool limit test needs to see."""
+in flight, and remembers the highest of each: what a pool limit test needs to see.
+
+Every request waits at a gate before it is answered. The gate opens for good once
+``open_at`` requests are in flight at once (1 by default: no wait), or when ``release()``
+is called (with ``open_at=None``, only then). A limit test sets ``open_at`` to the limit,
+so the limit is reached for sure, however fast the machine is; a test that needs a
+request held sets ``open_at=None`` and waits for it with ``arrived()``."""
 
 from __future__ import annotations
 
@@ -25,9 +31,11 @@ class Counts:
 class CountingServer:
     ALL = "*"
 
-    def __init__(self, delay: float = 0.02) -> None:
-        self.delay = delay
+    def __init__(self, open_at: int | None = 1) -> None:
+        self.open_at = open_at
         self.counts = Counts()
+        self._gate = asyncio.Event()
+        self._arrival_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -60,7 +68,8 @@ class CountingServer:
                     c.workers[headers["x-worker"]] += 1
                 c.arrivals.append((asyncio.get_running_loop().time(), host))
                 self._bump(c.inflight, c.max_inflight, host, 1)
-                await asyncio.sleep(self.delay)
+                self._announce()
+                await self._gate.wait()
                 self._bump(c.inflight, c.max_inflight, host, -1)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
@@ -69,6 +78,29 @@ class CountingServer:
                 self._bump(c.open, c.max_open, host, -1)
             self._writers.discard(writer)
             writer.close()
+
+    def _announce(self) -> None:
+        c = self.counts
+        if self.open_at is not None and c.inflight[self.ALL] >= self.open_at:
+            self._gate.set()
+        for n, arrived in self._arrival_waiters:
+            if c.requests >= n and not arrived.done():
+                arrived.set_result(None)
+
+    def release(self) -> None:
+        """Open the gate: every held request is answered, and every later one at once."""
+        self._gate.set()
+
+    async def arrived(self, n: int) -> None:
+        """Wait until ``n`` requests in all have arrived."""
+        if self.counts.requests >= n:
+            return
+        waiter = (n, asyncio.get_running_loop().create_future())
+        self._arrival_waiters.append(waiter)
+        try:
+            await waiter[1]
+        finally:
+            self._arrival_waiters.remove(waiter)
 
     async def start(self, hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
         first = await asyncio.start_server(self._handle, hosts[0], self.port)

@@ -42,7 +42,7 @@ from worker_client import (
     TCPConnector,
 )
 
-from ..conftest import ROOT
+from ..conftest import ROOT, wait_until
 from . import _workers
 from .apps import text_app
 
@@ -70,8 +70,8 @@ async def _hello_app(serve_app) -> str:
 
 
 class SlowApp:
-    """/slow waits for its client to go away (aiohttp.web does not cancel a handler when
-    its client goes: watch the socket); /fast answers at once."""
+    """/slow holds its request until the client goes away (serve it with
+    ``handler_cancellation=True``, so the handler is cancelled then); /fast answers at once."""
 
     def __init__(self) -> None:
         self.arrived = asyncio.Event()
@@ -82,12 +82,12 @@ class SlowApp:
 
     async def slow(self, request: web.Request) -> web.Response:
         self.arrived.set()
-        for _ in range(300):
-            if request.transport is None or request.transport.is_closing():
-                self.upstream_closed.set()
-                break
-            await asyncio.sleep(0.05)
-        return web.Response(text="late")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.upstream_closed.set()
+            raise
+        raise AssertionError("unreachable")
 
     async def fast(self, request: web.Request) -> web.Response:
         return web.Response(text="fast")
@@ -389,7 +389,7 @@ async def test_a_cancelled_connect_is_not_a_cancel_of_the_other_sessions(tmp_pat
 async def test_kill9_worker_holding_every_slot(broker_process, serve_app):
     """A worker SIGKILLed mid-request frees its pool slot for the others at once."""
     slow = SlowApp()
-    base = await serve_app(slow.app)
+    base = await serve_app(slow.app, handler_cancellation=True)
     victim = await _one_slot_worker(broker_process.socket_path, base + "/slow", "kill9")
     try:
         await asyncio.wait_for(slow.arrived.wait(), 15)
@@ -407,21 +407,25 @@ async def test_dead_worker_found_by_pid_when_a_child_holds_its_socket(
 ):
     """A forked child keeps the dead worker's socket open: psutil finds the death."""
     slow = SlowApp()
-    base = await serve_app(slow.app)
+    base = await serve_app(slow.app, handler_cancellation=True)
     script = textwrap.dedent(
         f"""
-        import asyncio, os, sys, time
+        import asyncio, os, sys
         sys.path.insert(0, {ROOT!r})
         from worker_client import ClientSession, TCPConnector
         async def main():
+            loop = asyncio.get_running_loop()
             conn = TCPConnector(limit=1, name="reap")
             s = ClientSession(broker=sys.argv[1], connector=conn)
             task = asyncio.ensure_future(s.get(sys.argv[2]))
-            await asyncio.sleep(0.3)
+            go = loop.create_future()  # the test writes a line once the request is upstream
+            loop.add_reader(0, go.set_result, None)
+            await go
+            loop.remove_reader(0)
             pid = os.fork()
             if pid == 0:
                 os.close(1)  # keep only the broker socket, not our parent's stdout pipe
-                time.sleep(30)
+                sys.stdin.buffer.read()  # until the test closes our stdin
                 os._exit(0)
             print(pid, flush=True)
             await task
@@ -430,17 +434,21 @@ async def test_dead_worker_found_by_pid_when_a_child_holds_its_socket(
     )
     victim = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, broker_process.socket_path, base + "/slow",
-        stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
-    assert victim.stdout is not None
-    child = int(await asyncio.wait_for(victim.stdout.readline(), 15))
+    assert victim.stdin is not None and victim.stdout is not None
     try:
         await asyncio.wait_for(slow.arrived.wait(), 15)
+        victim.stdin.write(b"fork\n")
+        assert int(await asyncio.wait_for(victim.stdout.readline(), 15)) > 0  # forked
         victim.kill()
         await victim.wait()
         await _fast_through_one_slot(broker_process.socket_path, base, "reap", within=2.5)
     finally:
-        os.kill(child, signal.SIGKILL)  # not our child: init reaps it
+        victim.stdin.close()  # the forked child leaves when it reads the end of its stdin
+        if victim.returncode is None:
+            victim.kill()
+            await victim.wait()
 
 
 async def test_three_spawned_workers_share_one_broker(serve_app):
@@ -512,28 +520,46 @@ async def test_forked_child_reconnects(broker_process, serve_app):
     assert result["child"][1] != result["parent"][1]
 
 
+def _refuses_connections(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+    return False
+
+
 async def test_standalone_broker_drains_on_sigterm(serve_app, tmp_path):
+    arrived, release = asyncio.Event(), asyncio.Event()
     app = web.Application()
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.5)
+        arrived.set()
+        await release.wait()
         return web.Response(text="drained")
 
     app.router.add_get("/slow", slow)
     base = await serve_app(app)
     path = str(tmp_path / "standalone.sock")
+    ready_r, ready_w = os.pipe()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker", "serve", "--socket", path, cwd=ROOT
+        sys.executable, "-m", "broker", "serve", "--socket", path, "--ready-fd", str(ready_w),
+        cwd=ROOT, pass_fds=(ready_w,),
     )
+    os.close(ready_w)
     try:
-        for _ in range(200):
-            if os.path.exists(path):
-                break
-            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        try:
+            assert await loop.run_in_executor(None, os.read, ready_r, 64) == b"ready\n"
+        finally:
+            os.close(ready_r)
         async with ClientSession(broker=path) as session:
             pending = asyncio.ensure_future(session.get(base + "/slow"))
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(arrived.wait(), 10)
             proc.send_signal(signal.SIGTERM)
+            # draining: no new connections, while the request in flight goes on
+            await wait_until(lambda: _refuses_connections(path), 10, "the broker drains")
+            release.set()
             resp = await pending
             assert await resp.text() == "drained"
         assert await asyncio.wait_for(proc.wait(), 10) == 0
@@ -552,10 +578,12 @@ def test_broker_exits_when_its_starter_dies(tmp_path):
         import broker
         with broker.start() as b:
             print(b.pid, flush=True)
-            time.sleep(60)
+            sys.stdin.read()  # until killed (or the test's end closes our stdin)
         """
     )
-    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE) as starter:
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as starter:
         assert starter.stdout is not None
         broker_pid = int(starter.stdout.readline())
         starter.kill()
@@ -571,15 +599,15 @@ async def test_losing_the_broker_mid_request_then_a_new_one(serve_app, tmp_path)
 
     async def slow(request: web.Request) -> web.Response:
         arrived.set()
-        await asyncio.sleep(0.5)
-        return web.Response(text="slow")
+        await asyncio.Event().wait()  # cancelled when the broker's connection goes
+        raise AssertionError("unreachable")
 
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
 
     app.router.add_get("/slow", slow)
     app.router.add_get("/", hello)
-    base = await serve_app(app)
+    base = await serve_app(app, handler_cancellation=True)
     path = str(tmp_path / "b.sock")
     async with ClientSession(broker=path) as session:
         with broker.start(path, export=False) as first:
@@ -772,7 +800,7 @@ def test_serve_refuses_to_remove_what_is_not_a_socket(tmp_path):
 
 async def test_a_dead_workers_queued_request_leaves_the_queue(broker_process, serve_app):
     slow = SlowApp()
-    base = await serve_app(slow.app)
+    base = await serve_app(slow.app, handler_cancellation=True)
     conn = TCPConnector(limit=1, name="queue-death")
     async with ClientSession(broker=broker_process.socket_path, connector=conn) as holder:
         holding = asyncio.ensure_future(holder.get(base + "/slow"))
@@ -786,17 +814,13 @@ async def test_a_dead_workers_queued_request_leaves_the_queue(broker_process, se
             (pool,) = [p for p in stats.pools if p["pool"] == "queue-death"]
             return int(pool["queued"])
 
-        for _ in range(200):
-            if await queue_length() == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert await queue_length() == 1
+        async def queued_are(n: int) -> bool:
+            return await queue_length() == n
+
+        await wait_until(lambda: queued_are(1), 10, "the worker's request is queued")
         queued.kill()
         await queued.wait()
-        t0 = time.monotonic()
-        while await queue_length() != 0:
-            assert time.monotonic() - t0 < 1.0, "the dead worker's request is still queued"
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: queued_are(0), 1.0, "the dead worker's request left")
         holding.cancel()
         with pytest.raises(asyncio.CancelledError):
             await holding

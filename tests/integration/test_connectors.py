@@ -134,7 +134,7 @@ async def test_stale_connection_not_retried_for_post(make_session, raw_server):
 
 
 async def test_rate_limit_per_host_holds_across_workers(broker_process):
-    server = CountingServer(delay=0)
+    server = CountingServer()
     port = await server.start()
     rate = 20.0
     loop = asyncio.get_running_loop()
@@ -186,10 +186,17 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     started: list[str] = []
     won = object()
 
-    def attempt(name: str, delay: float, fail: bool = False):
+    cancelled: list[str] = []
+
+    def attempt(name: str, *, hang: bool = False, fail: bool = False):
         async def run():
             started.append(name)
-            await asyncio.sleep(delay)
+            if hang:  # an address that never answers
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    cancelled.append(name)
+                    raise
             if fail:
                 raise OSError(111, f"{name} refused")
             return (name, won)
@@ -201,7 +208,7 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     pool = Pool(PoolSpec(), loop, resolver)
     t0 = loop.time()
     result = await pool._first_connected(
-        [attempt("slow", 5.0), attempt("fast", 0.0)], 0.05, None, None
+        [attempt("slow", hang=True), attempt("fast")], 0.05, None, None
     )
     assert result is won
     assert started == ["slow", "fast"]
@@ -209,20 +216,21 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     # A failure starts the next attempt at once; the last error is raised.
     with pytest.raises(OSError, match="b refused"):
         await pool._first_connected(
-            [attempt("a", 0, fail=True), attempt("b", 0, fail=True)], 10, None, None
+            [attempt("a", fail=True), attempt("b", fail=True)], 10, None, None
         )
     with pytest.raises(OSError, match="one refused"):
-        await pool._first_connected([attempt("one", 0, fail=True)], None, None, None)
+        await pool._first_connected([attempt("one", fail=True)], None, None, None)
     # Each attempt has its own time (sock_connect), and all of them the deadline.
     with pytest.raises(TimeoutError):
-        await pool._first_connected([attempt("hangs", 5.0)], None, 0.01, None)
+        await pool._first_connected([attempt("hangs", hang=True)], None, 0.01, None)
     with pytest.raises(TimeoutError):
         await pool._first_connected(
-            [attempt("x", 5.0), attempt("y", 5.0)], 0.01, None, loop.time() + 0.05
+            [attempt("x", hang=True), attempt("y", hang=True)], 0.01, None, loop.time() + 0.05
         )
     await pool.close()  # waits for the attempts given up on
     await resolver.close()
     assert not pool._attempts and started[-2:] == ["x", "y"]
+    assert sorted(cancelled) == ["hangs", "slow", "x", "y"]  # none lingers
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,8 @@ class FakeDNS(BaseResolver):
       every type counted, so resolve with ``family=AF_INET`` to see one query per lookup.
     - ``add_record(name, ip)``: answer ``name`` with an A or AAAA record; other names get
       NXDOMAIN. ``svc.test`` and ``api.test`` -> 127.0.0.1, ``v6.test`` -> ::1 to start.
-    - ``delay``: seconds to wait before each answer (for single-flight and cancel tests).
+    - ``hold()`` / ``release()``: while held, answers wait (for single-flight, cancel and
+      close tests); ``await asked(name)`` returns once a question for ``name`` has come.
     - ``ttl``: the TTL of answers, 0 by default: c-ares 1.34 keeps a query cache of its
       own that honours record TTLs, which would hide lookups from ``queries``.
     """
@@ -42,11 +43,12 @@ class FakeDNS(BaseResolver):
     def __init__(self) -> None:
         self.records: dict[str, list[str]] = {}
         self.queries: Counter[str] = Counter()
-        self.delay = 0.0
         self.ttl = 0
         self.port = 0
         self._lock = threading.Lock()
-        self._closing = threading.Event()
+        self._answering = threading.Event()
+        self._answering.set()
+        self._watchers: list[tuple[str, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         for name in ("svc.test", "api.test"):
             self.add_record(name, "127.0.0.1")
         self.add_record("v6.test", "::1")
@@ -55,15 +57,33 @@ class FakeDNS(BaseResolver):
         with self._lock:
             self.records.setdefault(name.lower().rstrip("."), []).append(ip)
 
+    def hold(self) -> None:
+        self._answering.clear()
+
+    def release(self) -> None:
+        self._answering.set()
+
+    async def asked(self, name: str, timeout: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        came: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self.queries[name]:
+                return
+            self._watchers.append((name, loop, came))
+        await asyncio.wait_for(came, timeout)
+
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
         name = str(request.q.qname).lower().rstrip(".")
         qtype = request.q.qtype
         with self._lock:
             self.queries[name] += 1
             ips = list(self.records.get(name, ()))
-            delay, ttl = self.delay, self.ttl
-        if delay:
-            self._closing.wait(delay)
+            ttl = self.ttl
+            told = [w for w in self._watchers if w[0] == name]
+            self._watchers = [w for w in self._watchers if w[0] != name]
+        for _, loop, came in told:
+            loop.call_soon_threadsafe(_settle, came)
+        self._answering.wait()
         reply = request.reply()
         if not ips:
             reply.header.rcode = RCODE.NXDOMAIN
@@ -84,6 +104,11 @@ class FakeDNS(BaseResolver):
 
     def async_resolver(self) -> AsyncResolver:
         return AsyncResolver(nameservers=["127.0.0.1"], **self.resolver_options)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _start_servers(fake: FakeDNS) -> list[DNSServer]:
@@ -116,7 +141,7 @@ def dns_server() -> Iterator[FakeDNS]:
     for thread in threads:
         thread.start()
     yield fake
-    fake._closing.set()  # delayed answers go out now
+    fake.release()  # held answers go out now
     for server, thread in zip(servers, threads, strict=True):
         server.shutdown()
         # An answer to a lookup that the test gave up on may meet the closed socket.
@@ -192,11 +217,12 @@ async def test_without_cache_every_resolve_asks(dns_server, make_resolver):
 
 
 async def test_single_flight(dns_server, make_resolver):
-    dns_server.delay = 0.05
+    dns_server.hold()
     resolver = make_resolver()
-    results = await asyncio.gather(
-        *(resolver.resolve("svc.test", 80, socket.AF_INET) for _ in range(10))
-    )
+    lookups = asyncio.gather(*(resolver.resolve("svc.test", 80, socket.AF_INET) for _ in range(10)))
+    await dns_server.asked("svc.test")
+    dns_server.release()
+    results = await lookups
     assert all(r == results[0] for r in results)
     assert dns_server.queries["svc.test"] == 1
     assert resolver.figures()["inflight"] == 0
@@ -224,24 +250,28 @@ async def test_nxdomain_is_an_oserror_and_not_cached(dns_server, make_resolver):
 
 
 async def test_a_failure_fails_every_waiter_once(dns_server, make_resolver):
-    dns_server.delay = 0.05
+    dns_server.hold()
     resolver = make_resolver()
-    results = await asyncio.gather(
+    lookups = asyncio.gather(
         *(resolver.resolve("missing.test", 80, socket.AF_INET) for _ in range(5)),
         return_exceptions=True,
     )
+    await dns_server.asked("missing.test")
+    dns_server.release()
+    results = await lookups
     assert all(isinstance(r, socket.gaierror) for r in results)
     assert dns_server.queries["missing.test"] == 1
 
 
 async def test_a_cancelled_waiter_leaves_the_lookup_to_the_others(dns_server, make_resolver):
-    dns_server.delay = 0.1
+    dns_server.hold()
     resolver = make_resolver()
     tasks = [
         asyncio.create_task(resolver.resolve("svc.test", 80, socket.AF_INET)) for _ in range(3)
     ]
-    await asyncio.sleep(0.02)
+    await dns_server.asked("svc.test")
     tasks[0].cancel()  # the one that started the lookup
+    dns_server.release()
     done = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(done[0], asyncio.CancelledError)
     assert done[1] == done[2] and done[1][0].host == "127.0.0.1"
@@ -249,13 +279,14 @@ async def test_a_cancelled_waiter_leaves_the_lookup_to_the_others(dns_server, ma
 
 
 async def test_a_timed_out_caller_still_fills_the_cache(dns_server, make_resolver):
-    dns_server.delay = 0.1
+    dns_server.hold()
     resolver = make_resolver()
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(resolver.resolve("svc.test", 80, socket.AF_INET), 0.01)
-    await asyncio.sleep(0.15)
-    await resolver.resolve("svc.test", 80, socket.AF_INET)
+    dns_server.release()
+    await resolver.resolve("svc.test", 80, socket.AF_INET)  # joins the lookup that went on
     assert dns_server.queries["svc.test"] == 1
+    assert resolver.figures()["size"] == 1
 
 
 async def test_clear(dns_server, make_resolver):
@@ -274,11 +305,12 @@ async def test_clear(dns_server, make_resolver):
 
 
 async def test_clear_during_a_lookup_keeps_its_answer_out(dns_server, make_resolver):
-    dns_server.delay = 0.05
+    dns_server.hold()
     resolver = make_resolver()
     task = asyncio.create_task(resolver.resolve("svc.test", 80, socket.AF_INET))
-    await asyncio.sleep(0.01)
+    await dns_server.asked("svc.test")
     resolver.clear()
+    dns_server.release()
     assert (await task)[0].host == "127.0.0.1"
     assert resolver.figures()["size"] == 0
 
@@ -346,10 +378,10 @@ async def test_pools_share_one_resolver_per_setting(dns_server):
 
 
 async def test_close_fails_lookups_in_flight(dns_server, make_resolver):
-    dns_server.delay = 0.1
+    dns_server.hold()
     resolver = make_resolver()
     task = asyncio.create_task(resolver.resolve("svc.test", 80, socket.AF_INET))
-    await asyncio.sleep(0.01)
+    await dns_server.asked("svc.test")
     await resolver.close()
     with pytest.raises(socket.gaierror, match="closed"):
         await task

@@ -22,7 +22,7 @@ from .test_dns import FakeDNS, dns_server  # noqa: F401  (the fixture)
 async def test_a_name_resolved_by_one_worker_is_a_hit_for_another(
     broker_process, dns_server: FakeDNS  # noqa: F811
 ):
-    server = CountingServer(delay=0)
+    server = CountingServer()
     port = await server.start()
     loop = asyncio.get_running_loop()
     args = (
@@ -51,7 +51,7 @@ async def test_a_name_resolved_by_one_worker_is_a_hit_for_another(
 
 
 async def test_clear_dns_cache_reaches_the_broker(make_session, dns_server):  # noqa: F811
-    server = CountingServer(delay=0)
+    server = CountingServer()
     port = await server.start()
     try:
         connector = TCPConnector(

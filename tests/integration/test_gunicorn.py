@@ -21,7 +21,7 @@ def _free_port() -> int:
 
 
 async def test_gunicorn_workers_share_one_pool():
-    upstream = CountingServer(delay=0.05)
+    upstream = CountingServer(open_at=2)  # the limit: reached for sure
     up_port = await upstream.start()
     upstream_url = f"http://127.0.0.1:{up_port}/"
     port = _free_port()
@@ -38,10 +38,8 @@ async def test_gunicorn_workers_share_one_pool():
     )
     broker_path = None
     try:
-        for _ in range(300):  # every worker sends 10 requests as it starts
-            if upstream.counts.requests >= 30:
-                break
-            await asyncio.sleep(0.05)
+        # every worker sends 10 requests as it starts
+        await asyncio.wait_for(upstream.arrived(30), 15)
         # Three processes with TCPConnector(limit=2) each: two upstream connections.
         assert len(upstream.counts.workers) == 3
         assert sorted(upstream.counts.workers.values()) == [10, 10, 10]
@@ -50,10 +48,7 @@ async def test_gunicorn_workers_share_one_pool():
         # A reload replaces every worker: the old ones exit normally, and the broker (the
         # master's) must outlive them. The new workers burst through it again.
         proc.send_signal(signal.SIGHUP)
-        for _ in range(300):
-            if upstream.counts.requests >= 60:
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(upstream.arrived(60), 15)
         assert len(upstream.counts.workers) == 6
         assert upstream.counts.max_open["*"] == 2
         # And the app itself fetches through the same broker.

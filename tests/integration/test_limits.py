@@ -9,6 +9,7 @@ import pytest
 
 from worker_client import ClientSession, ConnectionTimeoutError, TCPConnector
 
+from ..conftest import wait_until
 from . import _workers
 from .counting_server import CountingServer
 
@@ -30,7 +31,7 @@ async def _run_workers(broker_path: str, urls: list[str], kw: dict, workers=4, n
 
 
 async def test_limit_holds_across_four_workers(broker_process):
-    server = CountingServer(delay=0.02)
+    server = CountingServer(open_at=8)
     port = await server.start()
     try:
         results = await _run_workers(
@@ -48,7 +49,7 @@ async def test_limit_holds_across_four_workers(broker_process):
 
 
 async def test_limit_per_host_over_two_hosts(broker_process):
-    server = CountingServer(delay=0.02)
+    server = CountingServer(open_at=6)  # three per host
     hosts = ("127.0.0.1", "::1") if _ipv6_loopback() else ("127.0.0.1",)
     port = await server.start(hosts)
     try:
@@ -69,17 +70,18 @@ async def test_limit_per_host_over_two_hosts(broker_process):
 async def test_connect_timeout_includes_the_wait_for_a_slot(make_session):
     from worker_client import ClientTimeout
 
-    server = CountingServer(delay=1.0)
+    server = CountingServer(open_at=None)
     port = await server.start()
     try:
         connector = TCPConnector(limit=1, name="slot-wait")
         session: ClientSession = make_session(connector=connector)
         first = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/"))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(server.arrived(1), 10)  # the one slot is taken
         with pytest.raises(ConnectionTimeoutError):
             await session.get(
                 f"http://127.0.0.1:{port}/", timeout=ClientTimeout(connect=0.2)
             )
+        server.release()
         resp = await first
         assert await resp.read() == b"ok"
     finally:
@@ -87,25 +89,26 @@ async def test_connect_timeout_includes_the_wait_for_a_slot(make_session):
 
 
 async def test_cancelled_waiter_leaves_the_queue(make_session):
-    server = CountingServer(delay=0.3)
+    server = CountingServer(open_at=None)
     port = await server.start()
     url = f"http://127.0.0.1:{port}/"
     try:
         session: ClientSession = make_session(connector=TCPConnector(limit=1, name="cancel-q"))
+
+        async def queued_are(n: int) -> bool:
+            stats = await session.stats()
+            pool = next(p for p in stats.pools if p["pool"] == "cancel-q")
+            return bool(pool["queued"] == n)
+
         first = asyncio.ensure_future(session.get(url))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(server.arrived(1), 10)  # the one slot is taken
         waiting = asyncio.ensure_future(session.get(url))
-        await asyncio.sleep(0.05)
-        stats = await session.stats()
-        pool = next(p for p in stats.pools if p["pool"] == "cancel-q")
-        assert pool["queued"] == 1
+        await wait_until(lambda: queued_are(1), 5, "the second request is queued")
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        await asyncio.sleep(0.05)
-        stats = await session.stats()
-        pool = next(p for p in stats.pools if p["pool"] == "cancel-q")
-        assert pool["queued"] == 0
+        await wait_until(lambda: queued_are(0), 1.0, "the cancelled request left the queue")
+        server.release()
         assert await (await first).read() == b"ok"
         assert server.counts.requests == 1
     finally:

@@ -39,14 +39,21 @@ async def assert_still_works(session, good_url: str) -> None:
             assert await resp.text() == "good"
 
 
-def answer_then_close(response: bytes, *, abort: bool = False):
-    """A raw handler: read the request head, write ``response``, close (or reset)."""
+def answer_then_close(
+    response: bytes, *, abort: bool = False, after: asyncio.Event | None = None
+):
+    """A raw handler: read the request head, write ``response``, close (or reset), once
+    ``after`` is set if given (a test that reads part of the body first sets it then).
+
+    TCP delivers the bytes before the end of the connection, so the client gets them
+    first; but an error ends a body even with bytes still unread, as in aiohttp."""
 
     async def handler(reader, writer):
         await read_request_head(reader)
         writer.write(response)
         await writer.drain()
-        await asyncio.sleep(0.01)
+        if after is not None:
+            await after.wait()
         if abort:
             writer.transport.abort()
         else:
@@ -68,13 +75,17 @@ async def test_body_shorter_than_content_length(raw_server, session, good_url):
 
 
 async def test_huge_content_length_then_close(raw_server, session, good_url):
+    read_first = asyncio.Event()
     base = await raw_server(
-        answer_then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\nabc")
+        answer_then_close(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\nabc", after=read_first
+        )
     )
     started = time.monotonic()
     async with session.get(base + "/") as resp:
         assert resp.content_length == 1_000_000_000_000
         assert await resp.content.readexactly(3) == b"abc"
+        read_first.set()
         with pytest.raises(ClientPayloadError):
             await resp.read()
     assert time.monotonic() - started < 1
@@ -153,17 +164,20 @@ async def test_garbage_instead_of_http(raw_server, session, good_url, garbage):
 
 
 async def test_bad_chunk_after_the_head(raw_server, session, good_url):
+    head_seen = asyncio.Event()
+
     async def handler(reader, writer):
         await read_request_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await head_seen.wait()
         writer.write(b"zz\r\nhello\r\n")
         await reader.read()
 
     base = await raw_server(handler)
     async with session.get(base + "/") as resp:
         assert resp.status == 200
+        head_seen.set()
         with pytest.raises((ClientPayloadError, ClientResponseError)):
             await resp.read()
     await assert_still_works(session, good_url)
@@ -290,7 +304,7 @@ async def test_oversized_heads_are_refused(make_session, raw_server, head, needl
         await reader.readuntil(b"\r\n\r\n")
         writer.write(head)
         await writer.drain()
-        await asyncio.sleep(5)
+        await reader.read()  # the connection stays open until the client drops it
 
     base = await raw_server(handler)
     session = make_session()

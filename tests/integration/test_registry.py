@@ -7,7 +7,6 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Callable
 
 import psutil
 import pytest
@@ -19,6 +18,7 @@ from broker.registry import MAX_POOLS, MAX_RESOLVERS, POOL_IDLE_TTL, Registry
 from shared.specs import ClientTimeout, PoolSpec, ResolverSpec
 from worker_client import AsyncResolver, ClientSession, TCPConnector
 
+from ..conftest import wait_until
 from .apps import text_app
 from .test_dns import FakeDNS, dns_server  # noqa: F401  (the fixture)
 
@@ -148,19 +148,6 @@ def _resources() -> tuple[int, int]:
     return me.num_threads(), me.num_fds()
 
 
-async def _settled(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Wait for ``check`` to hold. pycares destroys a closed channel (joining its
-    thread, closing its fds) in a thread of its own and tells no one: this polls, as
-    there is no event to wait on."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
 async def test_a_resolver_no_pool_uses_is_closed(dns_server: FakeDNS, port):  # noqa: F811
     """250 distinct c-ares resolver settings, each used for a lookup and a connect: at
     most ``max_resolvers`` channels live at once, and each evicted one gives back its
@@ -185,7 +172,9 @@ async def test_a_resolver_no_pool_uses_is_closed(dns_server: FakeDNS, port):  # 
             slack = threading.active_count() - dns_threads + 2  # + pycares' destroyer
             return threads <= threads0 + 8 + slack and fds <= fds0 + 8 * 4 + slack
 
-        assert await _settled(bounded), _resources()
+        # pycares destroys a closed channel (joining its thread, closing its fds) in a
+        # thread of its own and tells no one: no event to wait on
+        await wait_until(bounded, 10, _resources)
     finally:
         await registry.close()
 
@@ -194,7 +183,7 @@ async def test_a_resolver_no_pool_uses_is_closed(dns_server: FakeDNS, port):  # 
         slack = threading.active_count() - dns_threads + 2
         return threads <= threads0 + slack and fds <= fds0 + slack
 
-    assert await _settled(released), _resources()
+    await wait_until(released, 10, _resources)
 
 
 async def test_the_resolver_cap_refuses_when_every_resolver_is_busy(port):
@@ -284,6 +273,6 @@ async def test_distinct_resolver_specs_do_not_pile_up_channels(
                     and resolving.num_fds() <= fds0 + 4 * MAX_RESOLVERS + slack
                 )
 
-            assert await _settled(bounded), (resolving.num_threads(), resolving.num_fds())
+            await wait_until(bounded, 10, lambda: (resolving.num_threads(), resolving.num_fds()))
             stats = await holder.stats()
             assert len(stats.dns) <= MAX_RESOLVERS

@@ -14,6 +14,7 @@ from aiohttp import web
 from tests.conftest import read_request_head
 from tests.integration.apps import (
     UNRESOLVABLE_HOST,
+    Answering,
     closed_port,
     counting_app,
     echo_app,
@@ -163,16 +164,13 @@ async def test_repeated_request_headers_are_all_sent(serve_app, session):
     ids=["crlf-value", "lf-value", "crlf-name"],
 )
 async def test_header_injection_is_rejected_before_sending(raw_server, session, headers):
-    received: list[bytes] = []
-
-    async def handler(reader, writer):
-        received.append(await reader.read())
-
-    base = await raw_server(handler)
+    server = Answering()
+    base = await raw_server(server)
     with pytest.raises(ValueError):
         await session.get(base + "/", headers=headers)
-    await asyncio.sleep(0.05)
-    assert not any(received)
+    async with session.get(base + "/after") as resp:  # what was sent before comes first
+        assert resp.status == 200
+    assert len(server.heads) == 1 and server.heads[0].startswith(b"GET /after ")
 
 
 # -- methods and bodiless responses -------------------------------------------------------
@@ -272,9 +270,12 @@ async def test_sequential_requests_reuse_one_connection(serve_app, session):
 
 async def test_concurrent_requests_each_get_an_answer(serve_app, session):
     app, ports = counting_app()
+    all_in = asyncio.Event()
 
     async def page(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.02)
+        if len(ports) == 10:
+            all_in.set()
+        await all_in.wait()  # no answer until all ten are in flight at once
         return web.Response(text=request.path)
 
     app.router.add_get("/{n}", page)
@@ -284,8 +285,9 @@ async def test_concurrent_requests_each_get_an_answer(serve_app, session):
         async with session.get(f"{base}/{n}") as resp:
             return await resp.text()
 
-    assert await asyncio.gather(*(one(n) for n in range(10))) == [f"/{n}" for n in range(10)]
-    assert 1 < len(set(ports)) <= 10
+    answers = await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(10))), 10)
+    assert answers == [f"/{n}" for n in range(10)]
+    assert len(set(ports)) == 10  # one connection each
 
 
 
@@ -489,7 +491,7 @@ async def test_total_timeout_while_reading_the_body(raw_server, session):
     async def trickles(reader, writer):
         await read_request_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-        for _ in range(100):
+        for _ in range(100):  # bytes keep coming (the behaviour under test), too slowly
             writer.write(b"x")
             await writer.drain()
             await asyncio.sleep(0.02)
@@ -603,17 +605,14 @@ async def test_invalid_url(session, url):
 
 
 async def test_invalid_url_sends_nothing(raw_server, session):
-    connections: list[int] = []
-
-    async def handler(reader, writer):
-        connections.append(1)
-
-    base = await raw_server(handler)
+    server = Answering()
+    base = await raw_server(server)
     port = base.rsplit(":", 1)[1]
     with pytest.raises(InvalidUrlClientError):
         await session.get(f"http://127.0.0.1:{port}:bad/")
-    await asyncio.sleep(0.05)
-    assert connections == []
+    async with session.get(base + "/after") as resp:  # what was sent before comes first
+        assert resp.status == 200
+    assert server.connections == 1 and len(server.heads) == 1
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/file", "file:///etc/passwd", "ws://x/"])
@@ -640,12 +639,11 @@ async def test_close_with_an_unread_response(serve_app, make_session):
 
     async def endless(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
-        resp.content_length = 100 * 65536
+        resp.content_length = 1 << 40
         await resp.prepare(request)
         try:
-            for _ in range(100):  # stops when the client goes away
+            while True:  # held by flow control; stops when the client goes away
                 await resp.write(b"x" * 65536)
-                await asyncio.sleep(0.01)
         except ConnectionError:
             upstream_gone.set()
         return resp
@@ -731,7 +729,7 @@ async def test_closing_the_session_fails_a_request_waiting_for_its_head(
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         arrived.set()
-        await asyncio.sleep(10)
+        await reader.read()  # no answer, until the client goes
 
     base = await raw_server(handler)
     session = make_session()
@@ -740,7 +738,7 @@ async def test_closing_the_session_fails_a_request_waiting_for_its_head(
         try:
             await session.get(base + "/")
         except ClientConnectionError as exc:
-            await asyncio.sleep(0)  # not left cancelled
+            await asyncio.sleep(0)  # a probe: raises if the task was left cancelled
             return f"{type(exc).__name__}: {exc}"
         return "no error"
 
@@ -753,15 +751,11 @@ async def test_closing_the_session_fails_a_request_waiting_for_its_head(
 async def test_total_timeout_while_waiting_for_the_head_leaves_the_task_usable(
     make_session, raw_server
 ):
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await asyncio.sleep(10)
-
-    base = await raw_server(handler)
+    base = await raw_server(_silent)
     session = make_session()
     with pytest.raises(asyncio.TimeoutError):
         await session.get(base + "/", timeout=ClientTimeout(total=0.2))
-    await asyncio.sleep(0.01)  # the task was not left cancelled
+    await asyncio.sleep(0)  # a probe: raises if the task was left cancelled
     current = asyncio.current_task()
     assert current is not None
     if sys.version_info >= (3, 11):  # Task.cancelling() is new in 3.11
@@ -769,14 +763,17 @@ async def test_total_timeout_while_waiting_for_the_head_leaves_the_task_usable(
 
 
 async def test_a_real_cancel_of_the_caller_stays_a_cancel(make_session, raw_server):
+    arrived = asyncio.Event()
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        await asyncio.sleep(10)
+        arrived.set()
+        await reader.read()  # no answer, until the client goes
 
     base = await raw_server(handler)
     session = make_session()
     task = asyncio.ensure_future(session.get(base + "/"))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(arrived.wait(), 5)  # the request waits for its head
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

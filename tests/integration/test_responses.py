@@ -182,14 +182,16 @@ async def test_json_custom_loads(serve_app, session):
 async def test_chunked_response(serve_app, session):
     app = web.Application()
     parts = [b"first,", b"second,", b"x" * 100_000, b"last"]
+    taken: asyncio.Queue[None] = asyncio.Queue()  # one item per part the client has read
 
     async def chunked(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        for part in parts:
+        for part in parts[:-1]:
             await resp.write(part)
-            await asyncio.sleep(0.005)
+            await taken.get()  # each part comes in a read of its own
+        await resp.write(parts[-1])
         await resp.write_eof()
         return resp
 
@@ -198,7 +200,12 @@ async def test_chunked_response(serve_app, session):
     async with session.get(base + "/") as resp:
         assert resp.headers["Transfer-Encoding"] == "chunked"
         assert resp.content_length is None
-        assert await resp.read() == b"".join(parts)
+        got = []
+        for part in parts[:-1]:
+            got.append(await resp.content.readexactly(len(part)))
+            taken.put_nowait(None)
+        got.append(await resp.read())  # the rest, to the end
+        assert got == parts
 
 
 async def test_chunked_response_with_extensions_and_trailers(raw_server, session):
@@ -216,23 +223,35 @@ async def test_chunked_response_with_extensions_and_trailers(raw_server, session
 
 
 async def test_read_until_close_body(raw_server, session):
+    taken: asyncio.Queue[None] = asyncio.Queue()  # one item per part the client has read
+    connections: list[int] = []
+
     async def handler(reader, writer):
+        connections.append(1)
+        stepwise = len(connections) == 1  # the first answer in steps, the second at once
         await read_request_head(reader)
         writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
         for i in range(5):
             writer.write(b"part%d " % i)
             await writer.drain()
-            await asyncio.sleep(0.005)
+            if stepwise and i < 4:
+                await taken.get()
         writer.close()
 
     base = await raw_server(handler)
     async with session.get(base + "/") as resp:
         assert resp.version == HttpVersion(1, 0)
         assert resp.content_length is None
-        assert await resp.read() == b"part0 part1 part2 part3 part4 "
+        got = []
+        for _ in range(4):
+            got.append(await resp.content.readexactly(6))
+            taken.put_nowait(None)
+        got.append(await resp.read())  # the last part, then the close
+        assert got == [b"part%d " % i for i in range(5)]
     # and again: the closed connection is not reused
     async with session.get(base + "/") as resp:
         assert await resp.text() == "part0 part1 part2 part3 part4 "
+    assert len(connections) == 2
 
 
 async def test_read_until_eof_false_gives_an_empty_body(raw_server, session):

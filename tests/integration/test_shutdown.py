@@ -42,7 +42,7 @@ PROGRAM = textwrap.dedent(
 
 SERVER = textwrap.dedent(
     """
-    import sys
+    import socket
     from aiohttp import web
 
     async def big(request):
@@ -54,7 +54,11 @@ SERVER = textwrap.dedent(
     app = web.Application()
     app.router.add_get("/big", big)
     app.router.add_get("/small", small)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=lambda *a: None)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections wait in the backlog until the app runs
+    print(sock.getsockname()[1], flush=True)
+    web.run_app(app, sock=sock, print=lambda *a: None)
     """
 )
 
@@ -63,24 +67,13 @@ SERVER = textwrap.dedent(
 def outliving_server():
     """A server in its own process: it keeps its connections open after the client
     exits, so a client that left a transport unclosed would be caught."""
-    import socket
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait()
+    with subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None
+            port = int(proc.stdout.readline())  # it listens from then on
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
 
 
 @pytest.mark.parametrize("with_broker", [False, True], ids=["embedded", "broker"])
