@@ -39,7 +39,7 @@ from shared.messages import (
 from shared.specs import PoolSpec, ResolverSpec
 from worker_client import ClientSession
 
-from ..conftest import ROOT, read_request_head
+from ..conftest import ROOT, read_request_head, wait_until
 
 MiB = 1 << 20
 WRITE_HIGH = MiB  # broker.server.WRITE_HIGH, where the worker socket pauses writing
@@ -111,13 +111,8 @@ def _error(msgs: list[Any]) -> ErrorFrame:
     return errors[0]
 
 
-async def _eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait until ``check()`` holds (a state of the broker in this process)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        assert loop.time() < deadline, "the condition never held"
-        await asyncio.sleep(0.005)
+async def _workers_at_least(session: ClientSession, n: int) -> bool:
+    return bool((await session.stats()).workers >= n)
 
 
 @pytest.fixture
@@ -195,7 +190,7 @@ async def test_no_hello_within_the_deadline_closes_the_connection(local_broker, 
     msgs = await worker.until(lambda m: False)
     assert "no Hello within 0.2 s" in _error(msgs).message
     worker.writer.close()
-    await _eventually(lambda: not server.workers)
+    await wait_until(lambda: not server.workers)
 
 
 async def test_two_thousand_silent_connections_are_all_closed(local_broker):
@@ -210,7 +205,7 @@ async def test_two_thousand_silent_connections_are_all_closed(local_broker):
     finally:
         for _, writer in conns:
             writer.close()
-    await _eventually(lambda: not server.workers)
+    await wait_until(lambda: not server.workers)
 
 
 async def test_a_frame_before_hello_is_capped_small(local_broker):
@@ -235,8 +230,9 @@ async def test_two_thousand_idle_connections_cost_little(broker_process, hello_u
                 idle.append(s)
                 s.connect(path)
                 s.send(b"\x05\x00")  # and half a frame length, to be read into a buffer
-            while (await good.stats()).workers < before + 2000:
-                await asyncio.sleep(0.01)
+            await wait_until(
+                lambda: _workers_at_least(good, before + 2000), 10, "2,000 connections seen"
+            )
             grown = broker.memory_info().rss - rss
             async with good.get(hello_url) as resp:
                 assert await resp.text() == "hello"
@@ -453,7 +449,7 @@ async def test_a_worker_that_does_not_read_holds_back_its_streams(local_broker, 
             s._resume is not None for s in conn.streams.values()
         )
 
-    await _eventually(all_parked)
+    await wait_until(all_parked)
     buffered = conn.transport.get_write_buffer_size()
     assert buffered < WRITE_HIGH + len(streams) * (64 << 10), buffered >> 10
     got = dict.fromkeys(streams, 0)
@@ -482,7 +478,7 @@ async def test_a_worker_that_floods_requests_for_stats_without_reading(local_bro
     (conn,) = server.workers
     count = 20_000  # replies of ~400 bytes: 8 MB if nothing held them back
     worker.writer.write(encode(StatsRequest()) * count)
-    await _eventually(
+    await wait_until(
         lambda: not conn.transport.is_reading()
         or conn.transport.get_write_buffer_size() > 4 * WRITE_HIGH
     )
@@ -503,7 +499,7 @@ async def test_concurrent_stats_requests_each_get_a_reply(broker_process):
 
 _FORKING_WORKER = textwrap.dedent(
     """
-    import os, socket, sys, time
+    import os, signal, socket, sys
     sys.path.insert(0, {root!r})
     from shared.framing import encode
     from shared.messages import PROTOCOL_VERSION, Hello
@@ -514,7 +510,8 @@ _FORKING_WORKER = textwrap.dedent(
     child = os.fork()
     if child == 0:  # holds the socket open after its parent died
         os.close(1)
-        time.sleep(30)
+        signal.alarm(30)  # sits with the socket open until killed (or 30 s at most)
+        signal.pause()
         os._exit(0)
     print(child, flush=True)
     """
@@ -533,7 +530,7 @@ async def test_a_dead_worker_is_found_though_a_child_holds_its_socket(local_brok
     child = int(await asyncio.wait_for(proc.stdout.readline(), 15))
     try:
         await proc.wait()
-        await _eventually(lambda: not server.workers, within=3)
+        await wait_until(lambda: not server.workers, 3)
         assert (server._poller is None) == use_pidfd  # no polling where pidfd serves
     finally:
         os.kill(child, 9)
