@@ -126,7 +126,7 @@ class ResponseBody:
         self.history = history
         self.state = BodyState.FLOWING
         self._unwatch: Callable[[], None] | None = None
-        stream.on_abort = self._worker_left  # first: every later path can end by it
+        stream.on_halt = self._worker_left  # first: every later path can end by it
 
     def __repr__(self) -> str:
         return f"<ResponseBody stream={self.stream.id} {self.state.name.lower()}>"
@@ -230,7 +230,7 @@ class ResponseBody:
             return
         self.state = BodyState.ENDED
         stream = self.stream
-        stream.on_abort = None
+        stream.on_halt = None
         self._stop_watch()
         conn = self.conn
         conn.set_body_consumer(None)

@@ -252,7 +252,7 @@ class Engine:
                 )
             )
         except BaseException:
-            stream.on_abort = None
+            stream.on_halt = None
             give_back(pool, conn)
             raise
         body.start()

@@ -10,7 +10,7 @@ so no request holds a pool that can go away.
 - Idle eviction: a sweep every ``idle_ttl / 2`` seconds (and on demand, ``sweep()``)
   evicts each quiet pool without idle connections whose last connection was released
   ``idle_ttl`` seconds ago or more (time from the injected ``clock``).
-- Caps: at most ``max_pools`` pools and ``max_resolvers`` resolvers live at once. A new
+- Caps: at most ``max_pools`` pools and ``max_resolvers`` c-ares resolvers live at once. A new
   one over the cap evicts the least recently used quiet pool (closing its idle
   connections), or for a resolver the least recently used quiet pools that free one;
   when every one is busy the request fails with a ``ConnectionFailure`` that says so.
@@ -40,7 +40,11 @@ __all__ = ["MAX_POOLS", "MAX_RESOLVERS", "POOL_IDLE_TTL", "Registry"]
 MAX_POOLS = 512
 """Pools alive at once (each distinct ``TCPConnector``/``UnixConnector`` spec is one)."""
 MAX_RESOLVERS = 64
-"""Resolvers alive at once (an ``async`` one holds a c-ares thread and a few fds)."""
+"""``async`` resolvers alive at once (each holds a c-ares thread and a few fds). A
+``threaded`` one is a cache table in front of the loop's shared executor: it is bounded
+by the pools that use it, and never refused, so no worker can take the resolver that
+every default ``ClientSession`` uses away from the others."""
+CAPPED_KINDS = frozenset(("async",))
 POOL_IDLE_TTL = 60.0
 """Seconds a pool with no connection and no request is kept before it is evicted."""
 
@@ -137,7 +141,11 @@ class Registry:
         held = self._resolvers.get(key)
         if held is not None:
             return held
-        if len(self._resolvers) >= self.max_resolvers and not self._free_a_resolver():
+        if (
+            key[0].kind in CAPPED_KINDS
+            and self._capped_resolvers() >= self.max_resolvers
+            and not self._free_a_resolver()
+        ):
             raise ConnectionFailure(
                 "connection",
                 f"too many resolvers in use at once (at most {self.max_resolvers}): "
@@ -190,14 +198,19 @@ class Registry:
         self._evict(min(quiet, key=_picked).spec)
         return True
 
+    def _capped_resolvers(self) -> int:
+        return sum(1 for key in self._resolvers if key[0].kind in CAPPED_KINDS)
+
     def _free_a_resolver(self) -> bool:
         """Evict the least recently used quiet pools that are all the users of one
-        resolver, closing it; False if every resolver serves a busy pool."""
+        capped resolver, closing it; False if every one serves a busy pool."""
         quiet: dict[ResolverKey, list[PoolSpec]] = {}
         for pool in sorted(self._pools.values(), key=_picked):
             if not pool.quiet:
                 continue
             key = resolver_key(pool.spec)
+            if key[0].kind not in CAPPED_KINDS:
+                continue
             specs = quiet.setdefault(key, [])
             specs.append(pool.spec)
             if len(specs) == self._resolvers[key].users:

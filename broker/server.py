@@ -164,27 +164,18 @@ class IPCStream(BrokerStream):
 
     # -- the worker's side --------------------------------------------------------------
 
-    def stop(self) -> None:
-        """The worker cancelled or went away: in the head phase the task is cancelled,
-        in the body phase (no task) the engine's abort hook runs."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        else:
-            self.abort()
+    def give_up(self) -> None:
+        """The worker cancelled or went away: the engine lets go, in either phase."""
+        super().give_up()
         self.conn.forget(self)
 
     def refuse(self, message: str) -> None:
         """The worker broke this stream's rules: the stream fails alone, its work stops."""
         log.warning("worker pid=%s, stream %s: %s", self.conn.pid, self.id, message)
-        task, hook = self.task, self.on_abort
-        self.on_abort = None
         if not self.finished:
             self.fail(Failure(self.id, ErrorCode.PROTOCOL, message))
         self.conn.forget(self)
-        if task is not None and not task.done():
-            task.cancel()
-        elif hook is not None:
-            hook()
+        self.halt()
 
     def feed_body(self, chunk: bytes) -> None:
         credit = self._credit
@@ -348,7 +339,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.server.unwatch_peer(self)
         self.server.workers.discard(self)
         for stream in list(self.streams.values()):
-            stream.stop()
+            stream.give_up()
         self.streams.clear()
         self.server.connection_gone(self)
 
@@ -391,7 +382,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         elif kind is Cancel:
             s = self.streams.get(msg.stream)
             if s is not None:
-                s.stop()
+                s.give_up()
         elif kind is StatsRequest:
             self.send(self.server.stats())
         elif kind is ClearDNS:

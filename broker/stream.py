@@ -4,11 +4,14 @@ The engine drives a ``BrokerStream``: ``head``, ``data``..., then ``end`` or ``f
 Subclasses deliver the messages: over a worker's socket (``server.IPCStream``) or
 straight into the worker's objects in the same process (``worker_client.transport``).
 
-Stopping: when the worker gives a stream up (``abort``), the engine must let go of it at
-once, in both modes and without cancelling anybody's task (in embedded mode the head
-phase runs in the caller's own task). So the engine registers in ``waiting`` each future
-it awaits on a stream's behalf (a pool slot, the response head...), and ``abort`` fails
-that future with ``StreamStopped``; in the body phase, ``on_abort`` ends the body.
+A stream ends in one of three ways: completed (``end``), failed by the broker (``fail``)
+or given up by the worker (``give_up``: it cancelled, or it is gone).
+
+Giving up: the engine must let go of the stream at once, in both modes and without
+cancelling anybody's task (in embedded mode the head phase runs in the caller's own
+task). So the engine registers in ``waiting`` each future it awaits on a stream's behalf
+(a pool slot, a connect, the request body, a drain, the response head), and ``halt``
+fails that future with ``StreamStopped``; in the body phase, ``on_halt`` ends the body.
 
 Response flow control: ``data`` counts bytes the worker has not yet acknowledged. When
 that reaches ``STREAM_WINDOW`` the engine pauses reading the upstream socket and parks a
@@ -34,7 +37,7 @@ class StreamStopped(Exception):
 
 
 class BrokerStream:
-    __slots__ = ("id", "unacked", "_resume", "state", "on_abort", "waiting")
+    __slots__ = ("id", "unacked", "_resume", "state", "on_halt", "waiting")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -42,7 +45,7 @@ class BrokerStream:
         self._resume: Callable[[], None] | None = None
         self.state = State.OPEN
         # Set by the engine while the body flows without a task: what stops it.
-        self.on_abort: Callable[[], None] | None = None
+        self.on_halt: Callable[[], None] | None = None
         # The future the engine awaits for this stream in its head phase, if any.
         self.waiting: asyncio.Future[Any] | None = None
 
@@ -139,11 +142,16 @@ class BrokerStream:
 
     # -- called by the carrier -------------------------------------------------------
 
-    def abort(self) -> None:
-        """The worker gave up on this stream (it cancelled it, or it is gone)."""
+    def give_up(self) -> None:
+        """The worker gave this stream up (it cancelled it, or it is gone)."""
         self.state = step(self.state, Event.CANCEL)
+        self.halt()
+
+    def halt(self) -> None:
+        """Stop the engine's work on this stream, in whichever phase, without a message:
+        the body's hook in the body phase, the registered wait in the head phase."""
         self._resume = None
-        hook, self.on_abort = self.on_abort, None
+        hook, self.on_halt = self.on_halt, None
         if hook is not None:
             hook()
         fut, self.waiting = self.waiting, None

@@ -392,7 +392,7 @@ class EmbeddedTransport(Transport):
 
     The head phase of a request runs in the caller's own task (no task per request, as
     in aiohttp); the body then flows by callbacks. Cancelling a stream gives it up as in
-    a broker (``BrokerStream.abort``): the engine's wait on its behalf ends at once, and
+    a broker (``BrokerStream.give_up``): the engine's wait on its behalf ends at once, and
     the caller's task is never cancelled for it.
     """
 
@@ -423,7 +423,7 @@ class EmbeddedTransport(Transport):
     def cancel(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
-            stream.abort()
+            stream.give_up()
 
     def ack(self, stream_id: int, size: int) -> None:
         stream = self.streams.get(stream_id)
@@ -441,7 +441,7 @@ class EmbeddedTransport(Transport):
         self.deadlines.cancel_all()
         for stream in list(self.streams.values()):
             if stream.state is State.BODY:
-                stream.abort()
+                stream.give_up()
         self.streams.clear()
         await self.engine.close()
 

@@ -188,7 +188,8 @@ async def test_a_resolver_no_pool_uses_is_closed(dns_server: FakeDNS, port):  # 
 
 async def test_the_resolver_cap_refuses_when_every_resolver_is_busy(port):
     registry = Registry(asyncio.get_running_loop(), max_resolvers=2)
-    specs = [PoolSpec(ttl_dns_cache=t) for t in (1, 2, 3)]
+    c_ares = ResolverSpec(kind="async", nameservers=("127.0.0.1",))
+    specs = [PoolSpec(ttl_dns_cache=t, resolver=c_ares) for t in (1, 2, 3)]
     try:
         busy = [
             await registry.pool(s).acquire(("http", "127.0.0.1", port), ClientTimeout())
@@ -197,12 +198,15 @@ async def test_the_resolver_cap_refuses_when_every_resolver_is_busy(port):
         with pytest.raises(ConnectionFailure, match=r"too many resolvers .*at most 2"):
             registry.pool(specs[2])
         assert len(registry) == 2 and len(registry.resolvers) == 2
+        # threaded resolvers are not capped: the default one can always be had
+        registry.pool(PoolSpec())
+        assert len(registry.resolvers) == 3
         busy[0].in_use = False
         registry.pool(specs[0]).release(busy[0], reusable=False)
         first_resolver = registry.pool(specs[0])._resolver
         registry.pool(specs[1])  # specs[0] is now the least recently used, and quiet
         registry.pool(specs[2])
-        assert len(registry.resolvers) == 2 and first_resolver not in registry.resolvers
+        assert len(registry.resolvers) == 3 and first_resolver not in registry.resolvers
         await _closed(registry)
         assert first_resolver.closed
     finally:
@@ -275,4 +279,4 @@ async def test_distinct_resolver_specs_do_not_pile_up_channels(
 
             await wait_until(bounded, 10, lambda: (resolving.num_threads(), resolving.num_fds()))
             stats = await holder.stats()
-            assert len(stats.dns) <= MAX_RESOLVERS
+            assert sum(d["kind"] == "async" for d in stats.dns) <= MAX_RESOLVERS

@@ -161,10 +161,10 @@ async def test_the_worker_leaving_a_decoding_body_frees_the_slot(read_acks):
     assert stream.unacked >= STREAM_WINDOW and pool.released == []
     for _ in range(read_acks):
         stream.on_ack(stream.unacked)
-    stream.abort()  # the worker leaves
+    stream.give_up()  # the worker leaves
     assert body.state is BodyState.ENDED
     assert pool.released == [(conn, True)], "the slot must be freed, exactly once"
-    stream.abort()
+    stream.give_up()
     assert len(pool.released) == 1 and "end" not in stream.sent
 
 
@@ -219,7 +219,7 @@ async def test_a_truncated_compressed_body_fails_at_its_end():
 async def test_the_worker_leaving_before_the_end_drops_the_rest():
     body, conn, pool, stream = make([b"ab"], complete=False)
     body.start()
-    stream.abort()
+    stream.give_up()
     assert pool.released == [(conn, False)]  # incomplete: never reused
     conn.finish()
     await settled(conn)

@@ -13,11 +13,11 @@ def make_stream() -> BrokerStream:
     return BrokerStream(1)
 
 
-async def test_abort_fails_the_registered_future():
+async def test_giving_up_fails_the_registered_future():
     stream = make_stream()
     fut = asyncio.get_running_loop().create_future()
     stream.waiting = fut
-    stream.abort()
+    stream.give_up()
     with pytest.raises(StreamStopped):
         await fut
     assert stream.waiting is None and stream.finished
@@ -45,7 +45,7 @@ async def test_stoppable_ends_at_once_and_cancels_the_work():
 
     waiting = asyncio.ensure_future(stream.stoppable(forever()))
     await started.wait()
-    stream.abort()
+    stream.give_up()
     with pytest.raises(StreamStopped):
         await waiting
     await cancelled.wait()
@@ -58,7 +58,7 @@ async def test_a_result_that_lands_with_the_stop_goes_to_orphan():
     orphans: list[str] = []
 
     async def quick() -> str:
-        asyncio.get_running_loop().call_soon(stream.abort)  # lands before our done callback
+        asyncio.get_running_loop().call_soon(stream.give_up)  # lands before our done callback
         return "conn"
 
     with pytest.raises(StreamStopped):
@@ -87,7 +87,7 @@ async def test_an_outside_cancel_stays_a_cancel_and_stops_the_work():
 
 async def test_stoppable_on_a_stream_already_given_up_does_not_start():
     stream = make_stream()
-    stream.abort()
+    stream.give_up()
     ran: list[int] = []
 
     async def work() -> None:
