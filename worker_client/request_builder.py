@@ -37,11 +37,10 @@ def _package_version() -> str:
 
 
 def _accept_encoding() -> str:
-    try:
-        import brotli  # noqa: F401
-    except ImportError:
-        return "gzip, deflate"
-    return "gzip, deflate, br"
+    """What the engine decodes (br only with a brotli that decodes in bounded pieces)."""
+    from broker.decoding import SUPPORTED
+
+    return ", ".join(SUPPORTED)
 
 
 USER_AGENT = f"Python/{sys.version_info[0]}.{sys.version_info[1]} http-broker/{_package_version()}"
