@@ -7,7 +7,8 @@ one from a redirect response, with aiohttp's rules:
 - 303 (except for HEAD), and 301/302 after a POST, become a GET without a body;
 - 307/308 keep the method and the body (a streamed body must then be sent again:
   ``Hop.streamed`` on the next hop tells the engine to ask the worker for it);
-- a relative Location is joined to the current URL; a non-http(s) one is refused;
+- a relative Location is joined to the current URL; a non-http(s) one is refused, and
+  so is one unfit for a request line (control bytes, spaces, a bad host);
 - across origins, Authorization, Cookie and Proxy-Authorization are dropped.
 
 Cookies (chosen afresh from the jar per hop), TLS and proxy choices plug in here as more
@@ -17,6 +18,8 @@ fields of the hop; the engine only carries hops out.
 from __future__ import annotations
 
 from yarl import URL
+
+from shared.rules import url_problem
 
 from .exchange import ConnectionFailure
 
@@ -100,6 +103,9 @@ def follow(hop: Hop, status: int, location: bytes) -> Hop:
         raise ConnectionFailure(
             "invalid_redirect", "Invalid redirect URL origin", url=str(target)
         ) from None
+    problem = url_problem(target)  # a server is trusted no more than a worker
+    if problem is not None:
+        raise ConnectionFailure("invalid_redirect", problem, url=str(target))
     if url.origin() != origin:
         headers = [(k, v) for k, v in headers if k.lower() not in _CROSS_ORIGIN_DROP]
     return Hop(method, target, headers, body, streamed)

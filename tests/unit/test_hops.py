@@ -72,6 +72,7 @@ def test_same_origin_keeps_credentials_other_origin_drops_them():
         (b"ftp://x.example/", "non_http_redirect"),
         (b"javascript:alert(1)", "non_http_redirect"),
         (b"http://[::1/", "invalid_redirect"),
+        (b"http://h\x01st/", "invalid_redirect"),
     ],
 )
 def test_unusable_locations_fail(location, code):
@@ -91,3 +92,9 @@ def test_redirect_location_prefers_location_then_uri():
     assert redirect_location([(b"URI", b"/u"), (b"Location", b"/l")]) == b"/l"
     assert redirect_location([(b"Location", b""), (b"uri", b"/u")]) == b"/u"
     assert redirect_location([(b"Content-Type", b"text/plain")]) is None
+
+
+def test_control_bytes_and_spaces_in_a_location_are_percent_encoded():
+    """yarl encodes a Location, so what could end the request line cannot reach it."""
+    assert follow(hop("GET", None), 302, b"/a\x00b").url.raw_path == "/a%00b"
+    assert follow(hop("GET", None), 302, b"/a?b= HTTP/1.0").url.raw_path_qs == "/a?b=+HTTP/1.0"
