@@ -19,6 +19,8 @@ from typing import TypeVar
 from shared.framing import FrameError, FrameReader, encode
 from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Message, Welcome
 
+from .peercred import peer_uid, trusted_broker_uids, untrusted_broker
+
 __all__ = ["BlockingPeer", "PeerError"]
 
 _READ_SIZE = 1 << 16
@@ -46,6 +48,10 @@ class BlockingPeer:
             raise PeerError(
                 f"cannot reach the broker at {path}: {exc.strerror or exc}"
             ) from None
+        problem = untrusted_broker(path, peer_uid(self._sock, path), trusted_broker_uids())
+        if problem is not None:  # checked before a byte is sent, as a worker checks
+            self._sock.close()
+            raise PeerError(problem)
 
     def __enter__(self) -> BlockingPeer:
         return self

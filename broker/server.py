@@ -41,7 +41,6 @@ import logging
 import os
 import socket
 import stat
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +71,7 @@ from shared.specs import PoolSpec
 from shared.stream_state import State
 
 from .engine import Engine
+from .peercred import peer_credentials
 from .stats import build_stats
 from .stream import BrokerStream
 
@@ -83,15 +83,6 @@ _BUFSIZE = 1 << 18
 HELLO_MAX_FRAME = 1024
 WRITE_HIGH = 1 << 20
 REAP_INTERVAL = 0.5
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
-    """(pid, uid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return None
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return int(pid), int(uid)
 
 
 class IPCStream(BrokerStream):

@@ -23,18 +23,16 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import re
-import socket
-import struct
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 from yarl import URL
 
 from broker.engine import Engine
+from broker.peercred import peer_uid, trusted_broker_uids, untrusted_broker
 from broker.stats import build_stats
 from broker.stream import BrokerStream
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
@@ -79,57 +77,11 @@ def broker_address(explicit: str | None) -> str | None:
     return addr
 
 
-def trusted_broker_uids(explicit: int | Iterable[int] | None = None) -> frozenset[int]:
-    """The uids whose broker this process talks to: its own, plus ``broker_uid=`` (an
-    int or several) or else ``HTTP_BROKER_UID`` (uids separated by commas or spaces)."""
-    if explicit is None:
-        raw = os.environ.get("HTTP_BROKER_UID", "").strip()
-        words = re.split(r"[,\s]+", raw) if raw else []
-        if not all(w.isascii() and w.isdigit() for w in words):
-            raise ValueError(
-                f"HTTP_BROKER_UID must be numeric uids separated by commas, got {raw!r}"
-            )
-        listed = [int(w) for w in words]
-    else:
-        listed = list(explicit) if isinstance(explicit, Iterable) else [explicit]
-        for uid in listed:
-            if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
-                raise ValueError(f"broker_uid must be uids (ints >= 0), got {uid!r}")
-    return frozenset((os.getuid(), *listed))
-
-
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-def _peer_uid(sock: Any, path: str) -> int | None:
-    """The uid of the process that listens on the other end of ``sock``."""
-    if hasattr(socket, "SO_PEERCRED"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        return int(_UCRED.unpack(creds)[1])
-    try:  # no SO_PEERCRED (macOS, BSD): the socket file's owner, who bound it
-        return os.stat(path).st_uid
-    except OSError:
-        return None
-
-
-def _user(uid: int) -> str:
-    try:
-        import pwd
-
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
-
-
 def check_broker_uid(path: str, uid: int | None, trusted: frozenset[int]) -> None:
     """Refuse a broker that runs under a uid this process does not trust."""
-    if uid is None or uid in trusted:
-        return
-    raise BrokerConnectionError(
-        f"the broker socket at {path} is served by {_user(uid)}, not by this process's "
-        f"{_user(os.getuid())}: refusing to send it anything. If that broker is yours, "
-        f"trust its uid with ClientSession(broker_uid={uid}) or HTTP_BROKER_UID={uid}"
-    )
+    problem = untrusted_broker(path, uid, trusted)
+    if problem is not None:
+        raise BrokerConnectionError(problem)
 
 
 class StreamHandle:
@@ -539,7 +491,7 @@ class IPCTransport(Transport):
             ) from None
         self._transport = transport
         try:
-            self.broker_uid = _peer_uid(transport.get_extra_info("socket"), self.path)
+            self.broker_uid = peer_uid(transport.get_extra_info("socket"), self.path)
             check_broker_uid(self.path, self.broker_uid, trusted)
             transport.write(encode(Hello(PROTOCOL_VERSION, os.getpid())))
             timer = self.loop.call_later(timeout, self._handshake_timed_out)

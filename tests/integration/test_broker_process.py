@@ -274,6 +274,22 @@ async def test_a_broker_of_another_uid_gets_not_a_byte(nobody_broker):
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a broker as another uid")
+async def test_http_broker_stats_sends_nothing_to_a_broker_of_another_uid(
+    nobody_broker, monkeypatch
+):
+    from broker.blocking import PeerError
+    from broker.stats import fetch_stats
+
+    path, received = nobody_broker
+    with pytest.raises(PeerError, match="served by uid 65534"):
+        fetch_stats(path)
+    assert await received() == 0
+    monkeypatch.setenv("HTTP_BROKER_UID", "65534")
+    assert fetch_stats(path).pid == 4242
+    assert await received() > 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a broker as another uid")
 @pytest.mark.parametrize("how", ["argument", "environment"])
 async def test_a_broker_of_a_listed_uid_is_trusted(nobody_broker, monkeypatch, how):
     path, received = nobody_broker
