@@ -106,7 +106,7 @@ class Engine:
         (and the cookie jar) see every hop."""
         url = checked_url if checked_url is not None else _checked(req)
         hop = Hop(req.method, url, req.headers, req.body, req.streamed)
-        pool = self.pool(req.pool)
+        pool = self.registry.pool_for(req.pool)
         while True:
             head, conn = await self._exchange(pool, req, hop, stream)
             location = None

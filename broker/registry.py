@@ -29,7 +29,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from shared.specs import PoolSpec, ResolverSpec
+import msgspec
+
+from shared.specs import PoolSpec, ResolverSpec, decode_pool
 
 from .connector import Pool
 from .exchange import ConnectionFailure
@@ -85,6 +87,8 @@ class Registry:
         self.max_resolvers = max_resolvers
         self.idle_ttl = idle_ttl
         self._pools: dict[PoolSpec, Pool] = {}
+        # encoded spec -> its pool, as requests name it; at most 2 x max_pools entries
+        self._encoded: dict[bytes, Pool] = {}
         self._picks = 0  # pool() calls: a pool's ``picked`` is the last one's number
         self._resolvers: dict[ResolverKey, _Held] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -110,6 +114,26 @@ class Registry:
         return [held.resolver for held in self._resolvers.values()]
 
     # -- lookups -------------------------------------------------------------------
+
+    def pool_for(self, data: bytes) -> Pool:
+        """The pool for the spec encoded in ``data`` (``shared.specs.encode_pool``):
+        a request's own key, so a spec is decoded and checked once, not per request."""
+        pool = self._encoded.get(data)
+        if pool is None or pool.closed:
+            try:
+                spec = decode_pool(data)
+            except (msgspec.MsgspecError, ValueError) as exc:
+                raise ConnectionFailure(
+                    "protocol", f"invalid connector settings: {exc}"
+                ) from None
+            pool = self.pool(spec)
+            if len(self._encoded) >= 2 * self.max_pools:
+                self._encoded.clear()  # evicted pools' entries go with the rest
+            self._encoded[data] = pool
+            return pool
+        self._picks += 1
+        pool.picked = self._picks
+        return pool
 
     def pool(self, spec: PoolSpec) -> Pool:
         """The pool for ``spec``, made (and room made for it) if needed."""

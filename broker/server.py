@@ -67,7 +67,7 @@ from shared.messages import (
     StatsRequest,
     Welcome,
 )
-from shared.specs import PoolSpec
+from shared.specs import encode_pool
 from shared.stream_state import State
 
 from .engine import Engine
@@ -237,7 +237,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self._reader = FrameReader(HELLO_MAX_FRAME)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, IPCStream] = {}
-        self.pools: set[PoolSpec] = set()  # every spec this worker named, for its cap
+        self.pools: set[bytes] = set()  # every (encoded) spec this worker named, for its cap
         self.pid = 0
         self.peer_pid = 0  # from the kernel (SO_PEERCRED), in the broker's pid namespace
         self.pidfd: int | None = None
@@ -377,7 +377,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         elif kind is StatsRequest:
             self.send(self.server.stats())
         elif kind is ClearDNS:
-            if self._admit(msg.pool):
+            if self._admit(encode_pool(msg.pool)):
                 self.engine.clear_dns(msg.pool, msg.host, msg.port)
             else:
                 self.abort("protocol", self._over_specs())
@@ -435,7 +435,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
             return self._over_specs()
         return None
 
-    def _admit(self, spec: PoolSpec) -> bool:
+    def _admit(self, spec: bytes) -> bool:
         """Whether this worker may use ``spec``: one it used before, or one more under
         its cap of distinct specs."""
         pools = self.pools

@@ -25,7 +25,7 @@ from typing import Annotated
 import msgspec
 
 from .errors import ErrorCode
-from .specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout, PoolSpec
+from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, PoolSpec
 
 PROTOCOL_VERSION = 1
 STREAM_WINDOW = 1 << 20
@@ -66,7 +66,7 @@ class Request(_Msg, tag="req", frozen=True):
     headers: list[tuple[str, str]] = []
     body: bytes | None = None
     streamed: bool = False
-    pool: PoolSpec = DEFAULT_POOL
+    pool: bytes = DEFAULT_POOL_BYTES  # a PoolSpec, encoded: shared.specs.encode_pool
     timeout: ClientTimeout = DEFAULT_TIMEOUT
     allow_redirects: bool = True
     max_redirects: Count = 10

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ClientTimeout", "DEFAULT_TIMEOUT", "PoolSpec", "ResolverSpec"]
+__all__ = [
+    "ClientTimeout", "DEFAULT_TIMEOUT", "PoolSpec", "ResolverSpec", "encode_pool", "decode_pool",
+    "DEFAULT_POOL", "DEFAULT_POOL_BYTES",
+]
 
 ResolverOption = tuple[str, bool | int | float | str | None]
 
@@ -96,3 +99,23 @@ class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
 
 DEFAULT_POOL = PoolSpec()
+
+
+_pool_encoder = msgspec.msgpack.Encoder()
+_pool_decoder = msgspec.msgpack.Decoder(PoolSpec)
+
+
+def encode_pool(spec: PoolSpec) -> bytes:
+    """``spec`` as a request carries it: its MessagePack encoding, which is canonical
+    (equal specs, equal bytes), so the broker keys its pools by these bytes and decodes
+    a spec once, not per request."""
+    return _pool_encoder.encode(spec)
+
+
+def decode_pool(data: bytes) -> PoolSpec:
+    """The spec in ``data``, checked; ``msgspec.ValidationError``/``DecodeError`` (or a
+    ``ValueError`` from its checks) if it is not one."""
+    return _pool_decoder.decode(data)
+
+
+DEFAULT_POOL_BYTES = encode_pool(DEFAULT_POOL)

@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from shared.messages import Failure, Head, Request
-from shared.specs import DEFAULT_POOL, DEFAULT_TIMEOUT, ClientTimeout
+from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, encode_pool
 
 from .connector import BaseConnector
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
@@ -129,7 +129,7 @@ class ClientSession:
             )
         self._connector = connector
         self._connector_owner = connector_owner
-        self._pool = connector.spec if connector is not None else DEFAULT_POOL
+        self._pool = encode_pool(connector.spec) if connector is not None else DEFAULT_POOL_BYTES
         self._default_headers: CIMultiDict[str] = CIMultiDict(headers or {})
         self._skip_auto_headers = frozenset(istr(h) for h in skip_auto_headers or ())
         self._default_auth = auth

@@ -18,7 +18,7 @@ from aiohttp import web
 import broker
 from shared.framing import encode
 from shared.messages import PROTOCOL_VERSION, Data, Hello, Request
-from shared.specs import PoolSpec
+from shared.specs import PoolSpec, encode_pool
 from worker_client import ClientSession
 
 BIG = 64 << 20  # each large body
@@ -80,7 +80,7 @@ async def _hoarder(path: str, url: str) -> asyncio.StreamWriter:
     writer.write(encode(Hello(PROTOCOL_VERSION, 1)))
     spec = PoolSpec(name="hoard", limit=STREAMS)
     for i in range(STREAMS):
-        writer.write(encode(Request(2 * i + 1, "GET", url, pool=spec)))
+        writer.write(encode(Request(2 * i + 1, "GET", url, pool=encode_pool(spec))))
     await writer.drain()
     return writer
 

@@ -26,6 +26,7 @@ from shared.messages import (
     Request,
     Welcome,
 )
+from shared.specs import encode_pool
 from worker_client import ClientSession, ClientTimeout, TCPConnector
 
 from .test_isolation import SMUGGLED, RecordingServer
@@ -80,7 +81,7 @@ class Attacker:
 
 def _post(stream: int, url: str, length: int | None) -> Request:
     headers = [(CL, str(length))] if length is not None else []
-    return Request(stream, "POST", url, headers=headers, streamed=True, pool=SPEC)
+    return Request(stream, "POST", url, headers=headers, streamed=True, pool=encode_pool(SPEC))
 
 
 async def longer_than_declared(a: Attacker, base: str, server: RecordingServer) -> None:
@@ -125,7 +126,7 @@ async def hostile_targets(a: Attacker, base: str, server: RecordingServer) -> No
         base + "/sp ace",
     ]
     for i, url in enumerate(urls):
-        a.send(Request(2 * i + 1, "GET", url, pool=SPEC))
+        a.send(Request(2 * i + 1, "GET", url, pool=encode_pool(SPEC)))
     for i in range(len(urls)):
         (msg,) = await a.until_end_of(2 * i + 1)
         assert isinstance(msg, Failure) and msg.code == "invalid_url", msg
@@ -139,7 +140,7 @@ async def hostile_heads(a: Attacker, base: str, server: RecordingServer) -> None
         ("GET /smuggled HTTP/1.1\r\n", []),
     ]
     for i, (method, headers) in enumerate(bad):
-        a.send(Request(2 * i + 1, method, base + "/ok", headers=headers, pool=SPEC))
+        a.send(Request(2 * i + 1, method, base + "/ok", headers=headers, pool=encode_pool(SPEC)))
     for i in range(len(bad)):
         (msg,) = await a.until_end_of(2 * i + 1)
         assert isinstance(msg, Failure), msg

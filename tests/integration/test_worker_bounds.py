@@ -36,7 +36,7 @@ from shared.messages import (
     StatsRequest,
     Welcome,
 )
-from shared.specs import PoolSpec, ResolverSpec
+from shared.specs import PoolSpec, ResolverSpec, encode_pool
 from worker_client import ClientSession
 
 from ..conftest import ROOT, read_request_head, wait_until
@@ -281,7 +281,7 @@ async def test_a_resolver_option_the_library_refuses_fails_that_request_only(
     worker is served on."""
     bad = PoolSpec(resolver=ResolverSpec(kind="async", options=(("bogus", 1),)))
     worker = await RawWorker.connect(broker_process.socket_path)
-    worker.send(ClearDNS(bad), Request(1, "GET", hello_url, pool=bad), StatsRequest())
+    worker.send(ClearDNS(bad), Request(1, "GET", hello_url, pool=encode_pool(bad)), StatsRequest())
     got = {type(m): m for m in (await worker.next(), await worker.next())}
     assert "cannot make the resolver" in got[Failure].message
     assert Stats in got
@@ -415,12 +415,12 @@ async def test_pool_specs_over_the_cap_fail(local_broker, hello_url):
     worker = await RawWorker.connect(server.path)
 
     async def get(stream: int, name: str) -> list[type]:
-        worker.send(Request(stream, "GET", hello_url, pool=PoolSpec(name=name)))
+        worker.send(Request(stream, "GET", hello_url, pool=encode_pool(PoolSpec(name=name))))
         return [type(m) for m in await worker.until(lambda m: isinstance(m, End | Failure))]
 
     assert await get(1, "a") == [Head, Data, End]
     assert await get(3, "b") == [Head, Data, End]
-    worker.send(Request(5, "GET", hello_url, pool=PoolSpec(name="c")))
+    worker.send(Request(5, "GET", hello_url, pool=encode_pool(PoolSpec(name="c"))))
     failure = await worker.next()
     assert isinstance(failure, Failure) and failure.code == "broker"
     assert "2 distinct connection pools" in failure.message
@@ -534,3 +534,20 @@ async def test_a_dead_worker_is_found_though_a_child_holds_its_socket(local_brok
         assert (server._poller is None) == use_pidfd  # no polling where pidfd serves
     finally:
         os.kill(child, 9)
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [b"\xc1", b"", encode_pool(PoolSpec())[:-1], msgspec.msgpack.encode([1, 2, 3])],
+    ids=["garbage", "empty", "truncated", "not-a-spec"],
+)
+async def test_connector_settings_that_are_not_a_spec_fail_that_request(
+    broker_process, hello_url, pool
+):
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(Request(1, "GET", hello_url, pool=pool))
+    failure = await worker.next()
+    assert isinstance(failure, Failure) and failure.code == "protocol"
+    assert "invalid connector settings" in failure.message
+    worker.send(Request(3, "GET", hello_url))
+    assert isinstance(await worker.next(), Head)

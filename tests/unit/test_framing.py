@@ -14,7 +14,7 @@ from shared.messages import (
     Rewind,
     Stats,
 )
-from shared.specs import ClientTimeout, PoolSpec
+from shared.specs import ClientTimeout, PoolSpec, decode_pool, encode_pool
 
 MESSAGES = [
     Hello(1, 1234),
@@ -24,7 +24,7 @@ MESSAGES = [
         url="http://127.0.0.1:8080/a?b=c",
         headers=[("X-A", "1"), ("X-A", "2")],
         body=b"\x00\xffpayload",
-        pool=PoolSpec(limit=8, limit_per_host=2, name="p"),
+        pool=encode_pool(PoolSpec(limit=8, limit_per_host=2, name="p")),
         timeout=ClientTimeout(total=3, sock_read=1.5),
         allow_redirects=False,
     ),
@@ -107,3 +107,14 @@ def test_spec_validation():
         PoolSpec(limit=-1)
     with pytest.raises(ValueError):
         PoolSpec(kind="unix")
+
+
+def test_a_pool_spec_crosses_as_its_canonical_encoding():
+    """Equal specs, equal bytes (the broker keys its pools by them); a spec decodes back
+    with its checks."""
+    a = encode_pool(PoolSpec(limit=8, name="x"))
+    assert a == encode_pool(PoolSpec(name="x", limit=8))
+    assert a != encode_pool(PoolSpec(limit=8, name="y"))
+    assert decode_pool(a) == PoolSpec(limit=8, name="x")
+    with pytest.raises(ValueError):
+        decode_pool(encode_pool(PoolSpec())[:-1] + b"\xff")
