@@ -151,11 +151,17 @@ class ResponseBody:
     def _feed(self, chunk: bytes) -> None:
         if self.state is not BodyState.FLOWING:
             return
-        if self.decoder is None:
+        decoder = self.decoder
+        if decoder is None:
             self._emit(chunk)
+        elif decoder.pending or self.stream.window_full:
+            # Output is owed already: keep the input for ``_pump``, which decodes as the
+            # window opens. (Decoding here would add a piece per chunk past the window:
+            # one upstream read can hold thousands of tiny chunks.)
+            decoder.push(chunk)
         else:
             try:
-                self._emit(self.decoder.decode(chunk, MAX_DATA))
+                self._emit(decoder.decode(chunk, MAX_DATA))
             except DecodeError as exc:
                 self._decode_failed(exc)
                 return

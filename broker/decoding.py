@@ -34,10 +34,12 @@ class DecodeError(Exception):
 
 class Decoder(Protocol):
     """``decode`` returns at most ``limit`` bytes; input it could not get to yet stays
-    ``pending`` and is worked through by further ``decode(b"", limit)`` calls."""
+    ``pending`` and is worked through by further ``decode(b"", limit)`` calls. ``push``
+    only keeps input for later, for a caller that may not take more output now."""
 
     @property
     def pending(self) -> bool: ...
+    def push(self, data: bytes) -> None: ...
     def decode(self, data: bytes, limit: int) -> bytes: ...
     def flush(self) -> bytes: ...
 
@@ -56,13 +58,22 @@ class _ZlibDecoder:
     def pending(self) -> bool:
         return bool(self._tail)
 
-    def decode(self, data: bytes, limit: int) -> bytes:
-        if not self._started and data:
+    def push(self, data: bytes) -> None:
+        if data:
+            self._sniff(data)
+            self._tail = self._tail + data if self._tail else data
+
+    def _sniff(self, data: bytes) -> None:
+        if not self._started:
             self._started = True
             # Some servers send raw deflate without the zlib header (as aiohttp, sniff
             # the compression method nibble of the first byte).
             if self._encoding == "deflate" and data[0] & 0x0F != 8:
                 self._obj = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+
+    def decode(self, data: bytes, limit: int) -> bytes:
+        if not self._started and data:
+            self._sniff(data)
         if self._tail:
             data = self._tail + data
         try:
@@ -101,6 +112,10 @@ class _BrotliDecoder:
     @property
     def pending(self) -> bool:
         return bool(self._spill or self._input or self._more)
+
+    def push(self, data: bytes) -> None:
+        if data:
+            self._input = self._input + data if self._input else data
 
     def decode(self, data: bytes, limit: int) -> bytes:
         if data:

@@ -224,3 +224,27 @@ async def test_the_worker_leaving_before_the_end_drops_the_rest():
     conn.finish()
     await settled(conn)
     assert len(pool.released) == 1 and stream.sent == ["head", 2]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+async def test_a_compressed_body_in_tiny_chunks_stays_within_one_window(encoding):
+    """Thousands of chunks in one upstream read, none acknowledged: at most one window
+    and one piece go out (each chunk used to add a decoded piece past the window)."""
+    plain = bytes(16 * STREAM_WINDOW)
+    if encoding == "gzip":
+        packed = gzip.compress(plain)
+    else:
+        brotli = pytest.importorskip("brotli")
+        packed = brotli.compress(plain, quality=5)
+    body, conn, pool, stream = make([], complete=False, encoding=encoding)
+    body.start()
+    step = max(1, len(packed) // 4000)
+    for i in range(0, len(packed), step):
+        conn.arrive(packed[i : i + step])
+    assert stream.unacked <= STREAM_WINDOW + MAX_DATA
+    conn.finish()
+    await settled(conn)
+    while body.state is not BodyState.ENDED:
+        stream.on_ack(stream.unacked)
+        assert stream.unacked <= STREAM_WINDOW + MAX_DATA
+    assert stream.body_bytes == len(plain) and stream.sent[-1] == "end"
