@@ -27,7 +27,7 @@ import msgspec
 from .errors import ErrorCode
 from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, PoolSpec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 STREAM_WINDOW = 1 << 20
 
 RawHeaders = list[tuple[bytes, bytes]]
