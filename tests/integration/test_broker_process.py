@@ -13,6 +13,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psutil
 import pytest
@@ -643,6 +645,28 @@ def _nested_stats(depth: int) -> bytes:
     return len(body).to_bytes(4, "little") + body
 
 
+def _speaking(
+    reply: Callable[[Any, asyncio.StreamWriter], Awaitable[None]], finished: asyncio.Event
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A stand-in broker's connection handler: Welcome for Hello, ``reply`` for the rest;
+    ``finished`` is set when the worker hangs up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader()
+        try:
+            while data := await reader.read(65536):
+                for msg in frames.feed(data):
+                    if isinstance(msg, Hello):
+                        writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
+                    else:
+                        await reply(msg, writer)
+        finally:
+            writer.close()
+            finished.set()
+
+    return handle
+
+
 @pytest.mark.parametrize(
     ("answer", "needle"),
     [
@@ -662,20 +686,11 @@ async def test_a_broker_that_breaks_the_protocol_is_a_protocol_error(
     path = str(tmp_path / "liar.sock")
     finished = asyncio.Event()
 
-    async def liar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        frames = FrameReader()
-        try:
-            while data := await reader.read(65536):
-                for msg in frames.feed(data):
-                    if isinstance(msg, Hello):
-                        writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
-                    elif isinstance(msg, Request):
-                        writer.write(answer(msg))
-        finally:
-            writer.close()
-            finished.set()
+    async def lie(msg: Any, writer: asyncio.StreamWriter) -> None:
+        if isinstance(msg, Request):
+            writer.write(answer(msg))
 
-    server = await asyncio.start_unix_server(liar, path)
+    server = await asyncio.start_unix_server(_speaking(lie, finished), path)
     try:
         async with ClientSession(broker=path) as session:
             with pytest.raises(BrokerProtocolError, match=needle):
@@ -694,21 +709,12 @@ async def test_requests_wait_while_the_broker_does_not_read(tmp_path):
     path = str(tmp_path / "deaf.sock")
     hang_up = asyncio.Event()
 
-    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        frames = FrameReader()
-        try:
-            while data := await reader.read(65536):
-                for msg in frames.feed(data):
-                    if isinstance(msg, Hello):
-                        writer.write(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
-                    elif isinstance(msg, StatsRequest):
-                        writer.write(encode(Stats(os.getpid(), 1, 0)))
-                        await hang_up.wait()  # and read nothing more until then
-                        return
-        finally:
-            writer.close()
+    async def deaf(msg: Any, writer: asyncio.StreamWriter) -> None:
+        if isinstance(msg, StatsRequest):
+            writer.write(encode(Stats(os.getpid(), 1, 0)))
+            await hang_up.wait()  # and read nothing more until then
 
-    server = await asyncio.start_unix_server(deaf, path)
+    server = await asyncio.start_unix_server(_speaking(deaf, asyncio.Event()), path)
     try:
         async with ClientSession(broker=path) as session:
             await session.stats()

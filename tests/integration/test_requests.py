@@ -7,6 +7,7 @@ import errno
 import gc
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -291,6 +292,23 @@ async def test_concurrent_requests_each_get_an_answer(serve_app, session):
 
 
 
+async def cyclic_garbage(run: Callable[[], Awaitable[None]], times: int) -> list[str]:
+    """The kinds of object that ``times`` runs of ``run`` leave to the cyclic collector
+    (none: reference counting alone freed everything)."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(times):
+            await run()
+        gc.collect()
+        return sorted({type(o).__qualname__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
 async def test_a_finished_request_leaves_no_cyclic_garbage(serve_app, session):
     """Reference counting alone frees a request that was read to its end: nothing is
     left for the cyclic collector (a handle and its reader pointing at each other was)."""
@@ -303,19 +321,7 @@ async def test_a_finished_request_leaves_no_cyclic_garbage(serve_app, session):
             assert await resp.text() == "hello"
 
     await both_styles()  # the first connection and anything made once
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        for _ in range(5):
-            await both_styles()
-        found = gc.collect()
-        kinds = sorted({type(o).__qualname__ for o in gc.garbage})
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert found == 0, kinds
+    assert await cyclic_garbage(both_styles, 5) == []
 
 
 async def test_a_failed_request_leaves_no_cyclic_garbage_in_the_worker(broker_process):
@@ -331,19 +337,7 @@ async def test_a_failed_request_leaves_no_cyclic_garbage_in_the_worker(broker_pr
                 await session.get(refused)
 
         await fail()
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            for _ in range(3):
-                await fail()
-            found = gc.collect()
-            kinds = sorted({type(o).__qualname__ for o in gc.garbage})
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-    assert found == 0, kinds
+        assert await cyclic_garbage(fail, 3) == []
 
 # -- calling styles ---------------------------------------------------------------------
 
