@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .connector import Pool
 
 __all__ = [
-    "ResponseBody", "BodyState", "MAX_DATA", "failure_message", "give_back", "watch_silence"
+    "ResponseBody", "BodyState", "MAX_DATA", "failure_message", "watch_silence"
 ]
 
 log = logging.getLogger("broker.body")
@@ -62,14 +62,6 @@ def failure_message(req: Request, exc: BaseException, history: list[HistoryItem]
     # A bug here must not take the broker down: report it, keep serving.
     log.error("request %s failed inside the broker", req.stream, exc_info=exc)
     return Failure(req.stream, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-
-
-def give_back(pool: Pool, conn: HTTP1Connection) -> None:
-    """End ``conn``'s lease: back to the pool, reusable only after a complete exchange.
-    Once per lease, whichever path gets here first."""
-    if conn.in_use:
-        conn.in_use = False
-        pool.release(conn, conn.end_exchange())
 
 
 def watch_silence(
@@ -240,7 +232,7 @@ class ResponseBody:
         self._stop_watch()
         conn = self.conn
         conn.set_body_consumer(None)
-        give_back(self.pool, conn)
+        self.pool.give_back(conn)
         if stream.finished:
             return
         try:

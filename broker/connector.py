@@ -232,6 +232,13 @@ class Pool:
             conn.in_use = False
             self.release(conn, False)
 
+    def give_back(self, conn: HTTP1Connection) -> None:
+        """End ``conn``'s lease (its ``in_use``): back to the pool, reusable only after a
+        complete exchange. Once per lease, whichever path gets here first."""
+        if conn.in_use:
+            conn.in_use = False
+            self.release(conn, conn.end_exchange())
+
     def release(self, conn: HTTP1Connection, reusable: bool) -> None:
         self._active.discard(conn)
         # keepalive_timeout=0 is aiohttp's "idle for no time at all": no reuse.

@@ -21,7 +21,7 @@ from shared.messages import Head, HistoryItem, Request
 from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 from shared.specs import ClientTimeout, PoolSpec
 
-from .body import ResponseBody, failure_message, give_back, watch_silence
+from .body import ResponseBody, failure_message, watch_silence
 from .connector import Pool
 from .decoding import make_decoder
 from .exchange import ConnectionFailure, ResponseHead, build_head, declared_length
@@ -115,7 +115,7 @@ class Engine:
             if location is None:
                 self._deliver(req, stream, conn, pool, head, hop, history)
                 return
-            give_back(pool, conn)
+            pool.give_back(conn)
             history.append(
                 HistoryItem(
                     head.status, head.reason, head.version, head.headers, str(hop.url),
@@ -174,7 +174,7 @@ class Engine:
                     await self._send_stream(conn, stream)
                 return await self._read(conn, conn.head_future, timeout, stream), conn
             except ConnectionFailure as exc:
-                give_back(pool, conn)
+                pool.give_back(conn)
                 retry = (
                     attempt == 0
                     and exc.code in ("disconnected", "os")
@@ -188,7 +188,7 @@ class Engine:
                         exc.fields.setdefault("url", str(url))
                     raise
             except BaseException:
-                give_back(pool, conn)
+                pool.give_back(conn)
                 raise
         raise AssertionError("unreachable")
 
@@ -253,7 +253,7 @@ class Engine:
             )
         except BaseException:
             stream.on_halt = None
-            give_back(pool, conn)
+            pool.give_back(conn)
             raise
         body.start()
 

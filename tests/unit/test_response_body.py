@@ -88,8 +88,11 @@ class FakePool:
     def __init__(self):
         self.released: list[tuple[FakeConn, bool]] = []
 
-    def release(self, conn, reusable: bool) -> None:
-        self.released.append((conn, reusable))
+    def give_back(self, conn) -> None:
+        """As ``Pool.give_back``: once per lease, reusable after a complete exchange."""
+        if conn.in_use:
+            conn.in_use = False
+            self.released.append((conn, conn.end_exchange()))
 
 
 class RecordingStream(BrokerStream):
