@@ -324,6 +324,11 @@ async def test_a_finished_request_leaves_no_cyclic_garbage(serve_app, session):
     assert await cyclic_garbage(both_styles, 5) == []
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="on 3.10 asyncio's Future.result() re-raises with a traceback that holds the "
+    "future (a cycle asyncio itself makes; 3.11 keeps the traceback apart)",
+)
 async def test_a_failed_request_leaves_no_cyclic_garbage_in_the_worker(broker_process):
     """The error path too (through a broker, so that only the worker's objects are
     counted): the exception's traceback must not hold the stream that holds it."""
