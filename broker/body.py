@@ -176,7 +176,10 @@ class ResponseBody:
         stream = self.stream
         try:
             while decoder is not None and decoder.pending and not stream.window_full:
-                self._emit(decoder.decode(b"", MAX_DATA))
+                out = decoder.decode(b"", MAX_DATA)
+                if not out and decoder.pending:  # no progress: never spin the loop
+                    raise DecodeError("the decoder makes no progress on its input")
+                self._emit(out)
         except DecodeError as exc:
             self._decode_failed(exc)
             return

@@ -166,10 +166,8 @@ class Pool:
         timer = None
         if deadline is not None:
             timer = self._loop.call_at(deadline, self._wait_expired, key, waiter)
-        if stream is not None:
-            stream.waiting = waiter
         try:
-            return await waiter
+            return await (waiter if stream is None else stream.wait(waiter))
         except BaseException:
             # A grant that came as we were cancelled is ours to hand back.
             if (
@@ -183,8 +181,6 @@ class Pool:
         finally:
             if timer is not None:
                 timer.cancel()
-            if stream is not None:
-                stream.waiting = None
 
     def _wait_expired(self, key: ConnKey, waiter: asyncio.Future[Any]) -> None:
         if self.state.cancel(waiter):

@@ -56,10 +56,11 @@ class _ZlibDecoder:
 
     @property
     def pending(self) -> bool:
-        return bool(self._tail)
+        # After the end of the stream, what is left is trailing bytes, not output owed.
+        return bool(self._tail) and not self._obj.eof
 
     def push(self, data: bytes) -> None:
-        if data:
+        if data and not self._obj.eof:
             self._sniff(data)
             self._tail = self._tail + data if self._tail else data
 
@@ -72,6 +73,11 @@ class _ZlibDecoder:
                 self._obj = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
 
     def decode(self, data: bytes, limit: int) -> bytes:
+        if self._obj.eof:
+            # Bytes after the end of the compressed stream (a second gzip member, junk):
+            # dropped, as aiohttp does, never kept to grow.
+            self._tail = b""
+            return b""
         if not self._started and data:
             self._sniff(data)
         if self._tail:

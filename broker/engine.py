@@ -104,6 +104,8 @@ class Engine:
     ) -> None:
         """Carry out the hops of ``req``: redirects are followed here, where the pool
         (and the cookie jar) see every hop."""
+        if stream.finished:  # given up before its task first ran (Request + Cancel)
+            return
         url = checked_url if checked_url is not None else _checked(req)
         hop = Hop(req.method, url, req.headers, req.body, req.streamed)
         pool = self.registry.pool_for(req.pool)
@@ -158,11 +160,7 @@ class Engine:
         )
         turn = pool.wait_turn(key)
         if turn is not None:
-            stream.waiting = turn
-            try:
-                await turn
-            finally:
-                stream.waiting = None
+            await stream.wait(turn)
         for attempt in (0, 1):
             conn = await pool.acquire(key, timeout, stream)
             try:
@@ -207,16 +205,14 @@ class Engine:
         stream: BrokerStream,
     ) -> Any:
         """Await a future of the exchange, failing it after ``sock_read`` of silence."""
-        if fut.done():
+        if fut.done() and not stream.finished:
             return fut.result()
-        stream.waiting = fut
         unwatch = (
             watch_silence(self._loop, conn, fut, timeout.sock_read) if timeout.sock_read else None
         )
         try:
-            return await fut
+            return await stream.wait(fut)
         finally:
-            stream.waiting = None
             if unwatch is not None:
                 unwatch()
 

@@ -416,6 +416,8 @@ class Exchange:
     def end(self) -> bool:
         """The caller is done with this exchange: True (and IDLE again) if the
         connection may carry another request; False: close it."""
+        if self.send is S_IDLE and self.recv is R_IDLE and not self.spoiled:
+            return True  # never started (given up between the lease and the request)
         head = self.head
         if (
             self.send is not S_SENT

@@ -246,14 +246,10 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             raise _disconnected()
         if self._write_paused:
             fut = self._drain_fut = self._loop.create_future()
-            if stream is not None:
-                stream.waiting = fut
             try:
-                await fut
+                await (fut if stream is None else stream.wait(fut))
             finally:
                 self._drain_fut = None
-                if stream is not None:
-                    stream.waiting = None
 
     @property
     def got_response_bytes(self) -> bool:

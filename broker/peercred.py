@@ -69,8 +69,14 @@ def _user(uid: int) -> str:
 
 
 def untrusted_broker(path: str, uid: int | None, trusted: frozenset[int]) -> str | None:
-    """Why the broker at ``path``, served by ``uid``, is not to be talked to; or None."""
-    if uid is None or uid in trusted:
+    """Why the broker at ``path``, served by ``uid``, is not to be talked to; or None.
+    A listener whose uid cannot be told (None) is not trusted either."""
+    if uid is None:
+        return (
+            f"cannot tell which user serves the broker socket at {path} (no SO_PEERCRED "
+            "and the socket file cannot be read): refusing to send it anything"
+        )
+    if uid in trusted:
         return None
     return (
         f"the broker socket at {path} is served by {_user(uid)}, not by this process's "

@@ -147,14 +147,14 @@ class Registry:
     def _new_pool(self, spec: PoolSpec) -> Pool:
         if self.closed:
             raise ConnectionFailure("connection", "the broker's engine is closed")
-        held = self._resolver_for(resolver_key(spec))
+        # Room first: evicting a pool may close the very resolver the new one would use.
         if len(self._pools) >= self.max_pools and not self._evict_lru_pool():
-            self._drop_unused_resolver(resolver_key(spec))
             raise ConnectionFailure(
                 "connection",
                 f"too many connection pools in use at once (at most {self.max_pools}): "
                 "every one has requests in flight",
             )
+        held = self._resolver_for(resolver_key(spec))
         pool = self._pools[spec] = Pool(spec, self._loop, held.resolver, clock=self._clock)
         held.users += 1
         if self._sweeper is None:

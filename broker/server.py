@@ -208,11 +208,7 @@ class IPCStream(BrokerStream):
                 return
             else:
                 waiter = self._body_waiter = asyncio.get_running_loop().create_future()
-                self.waiting = waiter
-                try:
-                    await waiter
-                finally:
-                    self.waiting = None
+                await self.wait(waiter)
 
     def body_written(self, size: int) -> None:
         if self._credit is not None:
@@ -259,7 +255,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self.peer_pid, uid = creds
             if uid != os.getuid() and uid != 0:
                 log.warning("refused a worker of uid %s (broker uid %s)", uid, os.getuid())
-                self.abort("permission", "the broker serves only its own user")
+                self.hang_up("permission", "the broker serves only its own user")
                 return
         self.server.workers.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(
@@ -277,7 +273,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         try:
             msgs = self._reader.feed(self.server.read_view[:nbytes])
         except FrameError as exc:
-            self.abort("protocol", str(exc))
+            self.hang_up("protocol", str(exc))
             return
         self._handle(msgs)
 
@@ -295,7 +291,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 self._dispatch(msg)
             except Exception as exc:
                 log.error("worker pid=%s: %s failed", self.pid, type(msg).__name__, exc_info=exc)
-                self.abort(
+                self.hang_up(
                     "protocol",
                     f"the broker could not handle {type(msg).__name__}: "
                     f"{type(exc).__name__}: {exc}",
@@ -353,7 +349,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
             if s is None:
                 return
             if msg.size > s.unacked:
-                self.abort(
+                self.hang_up(
                     "protocol",
                     f"Ack of {msg.size} bytes on stream {msg.stream}, "
                     f"which has {s.unacked} bytes unacknowledged",
@@ -378,15 +374,15 @@ class WorkerConnection(asyncio.BufferedProtocol):
             if self._admit(encode_pool(msg.pool)):
                 self.engine.clear_dns(msg.pool, msg.host, msg.port)
             else:
-                self.abort("protocol", self._over_specs())
+                self.hang_up("protocol", self._over_specs())
         else:
-            self.abort("protocol", f"a worker may not send {kind.__name__}")
+            self.hang_up("protocol", f"a worker may not send {kind.__name__}")
 
     def _greet(self, msg: Any) -> None:
         if type(msg) is not Hello:
-            self.abort("protocol", "the first message must be Hello")
+            self.hang_up("protocol", "the first message must be Hello")
         elif msg.version != PROTOCOL_VERSION:
-            self.abort(
+            self.hang_up(
                 "version",
                 f"protocol version {msg.version} is not supported by this broker "
                 f"(it speaks {PROTOCOL_VERSION}); upgrade http-broker on both sides",
@@ -400,7 +396,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
 
     def _handshake_late(self) -> None:
         self._hello_timer = None
-        self.abort(
+        self.hang_up(
             "protocol", f"no Hello within {self.limits.handshake_timeout:g} s of connecting"
         )
 
@@ -411,7 +407,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
 
     def _start(self, req: Request) -> None:
         if req.stream in self.streams:
-            self.abort("protocol", f"stream {req.stream} is already open")
+            self.hang_up("protocol", f"stream {req.stream} is already open")
             return
         refusal = self._refusal(req)
         if refusal is not None:
@@ -474,7 +470,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         if not self.closed and self.transport is not None:
             self.transport.write(frames)
 
-    def abort(self, code: str, message: str) -> None:
+    def hang_up(self, code: str, message: str) -> None:
         """Say why, then close this worker's connection."""
         log.warning("closing worker connection pid=%s: %s", self.pid, message)
         self._cancel_hello_timer()
@@ -639,8 +635,10 @@ def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat_line = f.read()
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
+    except OSError:
+        return False  # cannot tell (no /proc?): never cut off a live worker on a guess
     # "pid (comm) state ...": comm may hold anything, so the state follows the last ")"
     end = stat_line.rfind(b")")
     return stat_line[end + 2 : end + 3] in (b"Z", b"X")

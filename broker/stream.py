@@ -9,9 +9,12 @@ or given up by the worker (``give_up``: it cancelled, or it is gone).
 
 Giving up: the engine must let go of the stream at once, in both modes and without
 cancelling anybody's task (in embedded mode the head phase runs in the caller's own
-task). So the engine registers in ``waiting`` each future it awaits on a stream's behalf
-(a pool slot, a connect, the request body, a drain, the response head), and ``halt``
-fails that future with ``StreamStopped``; in the body phase, ``on_halt`` ends the body.
+task). So the engine awaits on a stream's behalf only through ``wait`` (a pool slot, a
+rate-limit turn, the request body, a drain, the response head) or ``stoppable`` (a
+connect, the caller's body iterator): ``halt`` fails the pending future with
+``StreamStopped``, and a future that had resolved before the give-up but whose waiter
+had not resumed yet is caught when it does. In the body phase, ``on_halt`` ends the
+body.
 
 Response flow control: ``data`` counts bytes the worker has not yet acknowledged. When
 that reaches ``STREAM_WINDOW`` the engine pauses reading the upstream socket and parks a
@@ -46,7 +49,7 @@ class BrokerStream:
         self.state = State.OPEN
         # Set by the engine while the body flows without a task: what stops it.
         self.on_halt: Callable[[], None] | None = None
-        # The future the engine awaits for this stream in its head phase, if any.
+        # The future the engine awaits for this stream (see ``wait``), if any.
         self.waiting: asyncio.Future[Any] | None = None
 
     def __repr__(self) -> str:
@@ -58,6 +61,24 @@ class BrokerStream:
     @property
     def finished(self) -> bool:
         return self.state in FINAL
+
+    async def wait(self, fut: asyncio.Future[T]) -> T:
+        """Await ``fut`` on this stream's behalf: the one way the engine waits for it.
+
+        Giving the stream up ends the wait with ``StreamStopped``: at once if ``fut`` is
+        pending (``halt`` fails it), and also when ``fut`` had resolved but the waiting
+        code had not resumed yet. The caller's cleanup for an exception runs then too
+        (a pool slot granted in that gap is handed back by the pool's own handler)."""
+        if self.finished:
+            raise StreamStopped()
+        self.waiting = fut
+        try:
+            result = await fut
+        finally:
+            self.waiting = None
+        if self.finished:
+            raise StreamStopped()
+        return result
 
     async def stoppable(
         self, aw: Awaitable[T], orphan: Callable[[T], None] | None = None
@@ -91,12 +112,17 @@ class BrokerStream:
         else:
             self.waiting = waiter
         try:
-            return await waiter
+            result = await waiter
         except BaseException:
             task.cancel()
             raise
         finally:
             self.waiting = None
+        if self.finished:  # given up after the result came, before we resumed
+            if orphan is not None:
+                orphan(result)
+            raise StreamStopped()
+        return result
 
     # -- called by the engine (each step checked against shared.stream_state) -------
 

@@ -392,7 +392,7 @@ class EmbeddedTransport(Transport):
         self.closed = True
         self.deadlines.cancel_all()
         for stream in list(self.streams.values()):
-            if stream.state is State.BODY:
+            if not stream.finished:
                 stream.give_up()
         self.streams.clear()
         await self.engine.close()

@@ -280,3 +280,16 @@ async def test_distinct_resolver_specs_do_not_pile_up_channels(
             await wait_until(bounded, 10, lambda: (resolving.num_threads(), resolving.num_fds()))
             stats = await holder.stats()
             assert sum(d["kind"] == "async" for d in stats.dns) <= MAX_RESOLVERS
+
+
+async def test_a_pool_evicted_to_make_room_leaves_its_successor_an_open_resolver():
+    """At the pool cap, the new pool shares its resolver with the one evicted for it:
+    the resolver must be the new pool's, open, not closed with the old one's last use."""
+    registry = Registry(asyncio.get_running_loop(), max_pools=1)
+    try:
+        registry.pool(PoolSpec(name="a"))
+        b = registry.pool(PoolSpec(name="b"))
+        assert len(registry) == 1
+        assert not b._resolver.closed and registry.resolvers == [b._resolver]
+    finally:
+        await registry.close()

@@ -170,9 +170,10 @@ def _streaming_server(total: int, piece: int = 16 << 10):
 
 
 async def _silent_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Reads the request head, then neither reads nor answers."""
+    """Reads the request head, then neither reads nor answers, until the test's
+    teardown closes it (the fixture closes every writer)."""
     await read_request_head(reader)
-    await asyncio.Event().wait()
+    await writer.wait_closed()
 
 
 # -- 1. handshake ----------------------------------------------------------------------
@@ -551,3 +552,54 @@ async def test_connector_settings_that_are_not_a_spec_fail_that_request(
     assert "invalid connector settings" in failure.message
     worker.send(Request(3, "GET", hello_url))
     assert isinstance(await worker.next(), Head)
+
+
+
+async def _pool(worker: RawWorker, name: str) -> dict[str, Any]:
+    worker.send(StatsRequest())
+    msgs = await worker.until(lambda m: isinstance(m, Stats))
+    return next(p for p in msgs[-1].pools if p["pool"] == name)
+
+
+async def test_a_cancel_in_the_same_read_as_the_data_it_waited_for_frees_the_slot(
+    broker_process, raw_server, hello_url
+):
+    """The Data wakes the engine's wait for the body and the Cancel lands before the
+    engine runs: the give-up must still end the request (it was lost: the pool's one
+    slot and its upstream connection stayed taken for ever)."""
+    got_head = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request_head(reader)
+        got_head.set()
+        while await reader.read(1 << 16):
+            pass
+
+    base = await raw_server(handler)
+    spec = PoolSpec(limit=1, name="data-then-cancel")
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(Request(1, "POST", base + "/", streamed=True, pool=encode_pool(spec)))
+    await got_head.wait()  # the engine now waits for the body
+    worker.send(Data(1, b"some"), Cancel(1))
+
+    async def freed() -> bool:
+        return (await _pool(worker, "data-then-cancel"))["active"] == 0
+
+    await wait_until(freed, 5, "the slot given back")
+    worker.send(Request(3, "GET", hello_url, pool=encode_pool(spec)))
+    msgs = await worker.until(lambda m: isinstance(m, End | Failure) and m.stream == 3)
+    assert [type(m) for m in msgs if getattr(m, "stream", 0) == 3] == [Head, Data, End]
+
+
+async def test_requests_cancelled_in_the_same_read_never_queue(broker_process, raw_server):
+    """Request and Cancel in one read: the request must not start at all (it went on to
+    queue in the shared pool, past the worker's stream cap)."""
+    base = await raw_server(_silent_server)
+    spec = encode_pool(PoolSpec(limit=1, name="request-then-cancel"))
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(Request(1, "GET", base + "/", pool=spec))  # holds the only slot
+    frames = [Request(2 * i + 3, "GET", base + "/", pool=spec) for i in range(200)]
+    worker.send(*(m for r in frames for m in (r, Cancel(r.stream))))
+    await _pool(worker, "request-then-cancel")  # answered in the same pass as the pairs
+    figures = await _pool(worker, "request-then-cancel")  # after their tasks ran
+    assert figures["queued"] == 0 and figures["active"] == 1, figures

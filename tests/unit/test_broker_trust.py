@@ -58,3 +58,8 @@ def test_root_is_not_special():
     with pytest.raises(BrokerConnectionError, match="served by uid 0"):
         check_broker_uid("/x.sock", 0, frozenset({1000}))
     check_broker_uid("/x.sock", 0, frozenset({1000, 0}))
+
+
+def test_a_broker_whose_uid_cannot_be_told_is_not_trusted():
+    with pytest.raises(BrokerConnectionError, match="cannot tell which user"):
+        check_broker_uid("/run/b.sock", None, frozenset({os.getuid()}))

@@ -92,3 +92,21 @@ def test_truncated_and_corrupt_bodies_fail(encoding):
 def test_unknown_encodings_pass_through():
     assert make_decoder("zstd-ish") is None
     assert make_decoder("identity") is None
+
+
+@pytest.mark.parametrize("tail", [b"junk", gzip.compress(b"second member")])
+def test_bytes_after_the_end_of_a_gzip_stream_are_dropped_not_owed(tail):
+    """Trailing bytes once the stream has ended: nothing is pending, nothing grows (the
+    body's pump used to loop for ever on them)."""
+    plain = bytes(8 << 20)
+    decoder = make_decoder("gzip")
+    assert decoder is not None
+    out = [decoder.decode(gzip.compress(plain) + tail, 1 << 18)]
+    for _ in range(100):
+        if not decoder.pending:
+            break
+        out.append(decoder.decode(b"", 1 << 18))
+    assert not decoder.pending
+    assert b"".join(out) == plain
+    assert decoder.decode(b"more", 1 << 18) == b"" and not decoder.pending
+    assert decoder.flush() == b""
