@@ -9,7 +9,10 @@ from collections.abc import Callable
 from broker.connector import Pool
 from broker.http1 import HTTP1Connection
 from broker.resolver import CachedResolver
+from broker.stream import BrokerStream, StreamStopped
 from shared.specs import ClientTimeout, PoolSpec, ResolverSpec
+
+from ..conftest import wait_until
 
 
 async def test_a_grant_to_a_waiter_that_just_gave_up_goes_back_to_its_host(raw_server):
@@ -184,5 +187,58 @@ async def test_rate_limited_wait_hands_its_turn_back_when_cancelled():
         await again
         assert pool.quiet
     finally:
+        await pool.close()
+        await resolver.close()
+
+
+def _give_up_after(
+    loop: asyncio.AbstractEventLoop, stream: BrokerStream, task: asyncio.Future, passes: int,
+    accepted: asyncio.Future[bool],
+) -> None:
+    """Give ``stream`` up after ``passes`` more loop passes; whether the task was still
+    running then goes to ``accepted``."""
+    if passes:
+        loop.call_soon(_give_up_after, loop, stream, task, passes - 1, accepted)
+    else:
+        accepted.set_result(not task.done())
+        stream.give_up()
+
+
+async def test_a_give_up_that_lands_as_the_connect_completes_is_never_lost(raw_server):
+    """As the cancel race above, for the way the engine acquires: with the stream, whose
+    give-up must end the acquire (StreamStopped) and free the slot at every loop pass
+    around the connect's completion, with no garbage collection."""
+    port = await _idle_server(raw_server)
+    loop = asyncio.get_running_loop()
+    resolver = CachedResolver(ResolverSpec(), loop)
+    pool = _HookedPool(PoolSpec(limit=1), loop, resolver)
+    key = ("http", "127.0.0.1", port)
+    outcomes = set()
+    try:
+        for passes in range(12):
+            stream = BrokerStream(1)
+            task = asyncio.ensure_future(pool.acquire(key, ClientTimeout(connect=30), stream))
+            accepted: asyncio.Future[bool] = loop.create_future()
+            _Hooked.on_made = functools.partial(
+                _give_up_after, loop, stream, task, passes, accepted
+            )
+            try:
+                conn = await task
+            except StreamStopped:
+                conn = None
+            _Hooked.on_made = None
+            if await accepted:
+                assert conn is None, f"a give-up after {passes} passes was lost"
+                outcomes.add("given up")
+            else:
+                assert conn is not None
+                conn.in_use = False
+                pool.release(conn, reusable=False)
+                outcomes.add("connected")
+            await wait_until(lambda: pool.state.total == 0, 5, lambda: repr(pool.state))
+            assert not pool._active
+        assert outcomes == {"given up", "connected"}
+    finally:
+        _Hooked.on_made = None
         await pool.close()
         await resolver.close()
