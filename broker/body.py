@@ -27,22 +27,19 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from shared.errors import ErrorCode
-from shared.messages import Failure, HistoryItem, Request
+from shared.messages import HistoryItem, Request
 
 from .decoding import DecodeError, Decoder
-from .exchange import ConnectionFailure
-from .http1 import HTTP1Connection
+from .failures import ConnectionFailure, failure_message
+from .http1 import HTTP1Connection, watch_silence
 from .stream import BrokerStream
 
 if TYPE_CHECKING:
     from .connector import Pool
 
-__all__ = [
-    "ResponseBody", "BodyState", "MAX_DATA", "failure_message", "watch_silence"
-]
+__all__ = ["ResponseBody", "BodyState", "MAX_DATA"]
 
 log = logging.getLogger("broker.body")
 
@@ -53,44 +50,6 @@ class BodyState(enum.IntEnum):
     FLOWING = 0  # the upstream is still sending
     DRAINING = 1  # the upstream is done; decoded output is still owed to the worker
     ENDED = 2
-
-
-def failure_message(req: Request, exc: BaseException, history: list[HistoryItem]) -> Failure:
-    """The one place where a failure becomes a wire ``Failure``."""
-    if isinstance(exc, ConnectionFailure):
-        return Failure(req.stream, exc.code, exc.message, history=history, **exc.fields)
-    # A bug here must not take the broker down: report it, keep serving.
-    log.error("request %s failed inside the broker", req.stream, exc_info=exc)
-    return Failure(req.stream, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-
-
-def watch_silence(
-    loop: asyncio.AbstractEventLoop,
-    conn: HTTP1Connection,
-    fut: asyncio.Future[Any],
-    sock_read: float,
-) -> Callable[[], None]:
-    """Fail the exchange after ``sock_read`` seconds without a byte from the server
-    (time paused by our own flow control does not count); returns the stop function."""
-    timer: list[asyncio.TimerHandle] = []
-
-    def check() -> None:
-        if fut.done():
-            return
-        if conn.reading_paused:
-            timer[0] = loop.call_later(sock_read, check)
-            return
-        due = conn.last_read + sock_read
-        if loop.time() >= due:
-            conn.fail_exchange(
-                ConnectionFailure("sock_read_timeout", "Timeout on reading data from socket")
-            )
-            conn.close()
-        else:
-            timer[0] = loop.call_at(due, check)
-
-    timer.append(loop.call_at(conn.last_read + sock_read, check))
-    return lambda: timer[0].cancel()
 
 
 class ResponseBody:

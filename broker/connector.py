@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.specs import ClientTimeout, PoolSpec
 
-from .exchange import ConnectionFailure
+from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 from .pool_state import NEW, Decision, PoolState, _New
 from .rate_limit import RateLimiter

@@ -21,12 +21,13 @@ from shared.messages import Head, HistoryItem, Request
 from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 from shared.specs import ClientTimeout, PoolSpec
 
-from .body import ResponseBody, failure_message, watch_silence
+from .body import ResponseBody
 from .connector import Pool
 from .decoding import make_decoder
-from .exchange import ConnectionFailure, ResponseHead, build_head, declared_length
+from .exchange import ResponseHead, build_head, declared_length
+from .failures import ConnectionFailure, failure_message
 from .hops import REDIRECTS, Hop, follow, redirect_location
-from .http1 import HTTP1Connection
+from .http1 import HTTP1Connection, watch_silence
 from .registry import Registry
 from .stream import BrokerStream, StreamStopped
 

@@ -49,13 +49,13 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from typing import Any, Final, TypeAlias
+from typing import Final, TypeAlias
 
 import httptools
 import msgspec
 from yarl import URL
 
-from shared.errors import ErrorCode
+from .failures import ConnectionFailure
 
 __all__ = [
     "END",
@@ -89,16 +89,6 @@ MAX_HEAD_BYTES = 256 * 1024
 BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 _HOP_HEADERS = frozenset(("host", "content-length", "transfer-encoding"))
 _DIGITS = re.compile(r"[0-9]{1,18}")
-
-
-class ConnectionFailure(Exception):
-    """The exchange failed; ``code`` is a wire error code (``shared.errors``)."""
-
-    def __init__(self, code: ErrorCode | str, message: str, **fields: Any) -> None:
-        super().__init__(message)
-        self.code = ErrorCode(code)
-        self.message = message
-        self.fields = fields
 
 
 class ResponseHead(msgspec.Struct, gc=False):

@@ -21,7 +21,7 @@ from yarl import URL
 
 from shared.rules import url_problem
 
-from .exchange import ConnectionFailure
+from .failures import ConnectionFailure
 
 __all__ = ["Hop", "REDIRECTS", "follow", "redirect_location"]
 

@@ -33,7 +33,7 @@ from .exchange import (
 )
 from .stream import BrokerStream
 
-__all__ = ["HTTP1Connection", "ResponseHead", "ConnectionFailure", "EARLY_LIMIT"]
+__all__ = ["HTTP1Connection", "EARLY_LIMIT", "watch_silence"]
 
 _BUFSIZE = 1 << 16
 EARLY_LIMIT = 256 * 1024
@@ -317,3 +317,32 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
         self.closed = True
+
+
+def watch_silence(
+    loop: asyncio.AbstractEventLoop,
+    conn: HTTP1Connection,
+    fut: asyncio.Future[Any],
+    sock_read: float,
+) -> Callable[[], None]:
+    """Fail the exchange after ``sock_read`` seconds without a byte from the server
+    (time paused by our own flow control does not count); returns the stop function."""
+    timer: list[asyncio.TimerHandle] = []
+
+    def check() -> None:
+        if fut.done():
+            return
+        if conn.reading_paused:
+            timer[0] = loop.call_later(sock_read, check)
+            return
+        due = conn.last_read + sock_read
+        if loop.time() >= due:
+            conn.fail_exchange(
+                ConnectionFailure("sock_read_timeout", "Timeout on reading data from socket")
+            )
+            conn.close()
+        else:
+            timer[0] = loop.call_at(due, check)
+
+    timer.append(loop.call_at(conn.last_read + sock_read, check))
+    return lambda: timer[0].cancel()

@@ -34,7 +34,7 @@ import msgspec
 from shared.specs import PoolSpec, ResolverSpec, decode_pool
 
 from .connector import Pool
-from .exchange import ConnectionFailure
+from .failures import ConnectionFailure
 from .resolver import CachedResolver
 
 __all__ = ["MAX_POOLS", "MAX_RESOLVERS", "POOL_IDLE_TTL", "Registry"]

@@ -13,7 +13,7 @@ import pytest
 
 import broker
 from broker.connector import Pool
-from broker.exchange import ConnectionFailure
+from broker.failures import ConnectionFailure
 from broker.registry import MAX_POOLS, MAX_RESOLVERS, POOL_IDLE_TTL, Registry
 from shared.specs import ClientTimeout, PoolSpec, ResolverSpec
 from worker_client import AsyncResolver, ClientSession, TCPConnector

@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 import worker_client.exceptions as errors
-from broker.exchange import ConnectionFailure
+from broker.failures import ConnectionFailure
 from shared.errors import WIRE_ERRORS, ErrorCode
 from shared.framing import FrameError, FrameReader, encode
 from shared.messages import Failure, HistoryItem

@@ -3,7 +3,7 @@
 import pytest
 from yarl import URL
 
-from broker.exchange import ConnectionFailure
+from broker.failures import ConnectionFailure
 from broker.hops import Hop, follow, redirect_location
 
 BASE = URL("http://a.example:8080/dir/page?q=1")

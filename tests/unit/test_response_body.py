@@ -14,7 +14,7 @@ import pytest
 
 from broker.body import MAX_DATA, BodyState, ResponseBody
 from broker.decoding import make_decoder
-from broker.exchange import ConnectionFailure
+from broker.failures import ConnectionFailure
 from broker.stream import BrokerStream
 from shared.messages import STREAM_WINDOW, Failure, Head, Request
 
