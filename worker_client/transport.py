@@ -3,7 +3,8 @@
 ``IPCTransport`` is one Unix-socket connection from this process to the broker, shared by
 every session of this process on this event loop and multiplexing their streams.
 ``EmbeddedTransport`` runs the broker's engine inside this process and hands it the same
-message objects without encoding them. Both deliver into a ``StreamHandle``.
+message objects without encoding them. Both deliver into a ``StreamHandle``
+(``worker_client.handle``).
 
 Transports are counted: each session that uses one holds it, and the last one to close
 closes it, so that nothing outlives the event loop. A transport made in another process
@@ -21,11 +22,10 @@ sending its ``Hello`` anyway, and a process that is not ours is not trusted unas
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -55,16 +55,15 @@ from shared.messages import (
     Welcome,
 )
 from shared.specs import PoolSpec
-from shared.stream_state import Event, State, StreamStateError, step
+from shared.stream_state import State
 
 from .exceptions import BrokerConnectionError, BrokerProtocolError
-from .response import StreamReader
+from .handle import Deadlines, StreamHandle
 
 __all__ = [
     "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
 ]
 
-_ACK_BATCH = STREAM_WINDOW // 4
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
 _BUFSIZE = 1 << 18
 
@@ -82,166 +81,6 @@ def check_broker_uid(path: str, uid: int | None, trusted: frozenset[int]) -> Non
     problem = untrusted_broker(path, uid, trusted)
     if problem is not None:
         raise BrokerConnectionError(problem)
-
-
-class StreamHandle:
-    """The worker's end of one stream: the head future and the body reader.
-
-    A stream ends one of three ways, each once: completed (``on_end``), failed by the
-    broker or by the loss of the connection (``fail``), or given up by the worker
-    (``give_up``: a release before the end, a cancel, a total timeout, a closing session).
-    """
-
-    __slots__ = (
-        "id", "transport", "head", "content", "done", "state", "_unacked", "make_error",
-        "_timer", "__weakref__",
-    )
-
-    def __init__(
-        self,
-        transport: Transport,
-        stream_id: int,
-        make_error: Callable[[Failure], BaseException],
-    ) -> None:
-        self.id = stream_id
-        self.transport = transport
-        loop = transport.loop
-        self.head: asyncio.Future[Head] = loop.create_future()
-        self.content = StreamReader(self._consumed)
-        self.done = False
-        self.state = State.OPEN  # what the broker said, checked against the table
-        self._unacked = 0
-        self.make_error = make_error
-        self._timer: asyncio.TimerHandle | int | None = None  # see Deadlines
-
-    def __repr__(self) -> str:
-        return f"<StreamHandle {self.id} {'done' if self.done else 'open'}>"
-
-    # -- from the transport --------------------------------------------------------
-
-    def _step(self, event: Event) -> bool:
-        try:
-            self.state = step(self.state, event)
-        except StreamStateError as exc:
-            self.give_up(BrokerProtocolError(f"stream {self.id}: the broker sent {exc}"))
-            return False
-        return True
-
-    def on_head(self, msg: Head) -> None:
-        if self._step(Event.HEAD) and not self.head.done():
-            self.head.set_result(msg)
-
-    def on_data(self, data: bytes) -> None:
-        if self._step(Event.DATA):
-            self.content.feed_data(data)
-
-    def on_end(self) -> None:
-        if self._step(Event.END):
-            self._close()
-            self.content.feed_eof()
-
-    def on_failure(self, failure: Failure) -> None:
-        if self._step(Event.FAIL):
-            self.fail(self.make_error(failure))
-
-    def fail(self, exc: BaseException) -> None:
-        """The stream failed (the broker said so, or the connection to it broke)."""
-        if not self.done:
-            self._close()
-            self._deliver(exc)
-
-    # -- from the session --------------------------------------------------------------
-
-    def set_deadline(self, seconds: float, ceil_threshold: float = 5) -> None:
-        self._timer = self.transport.deadlines.add(self, seconds, ceil_threshold)
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
-
-    def give_up(self, exc: BaseException | None = None) -> None:
-        """The worker gives up this stream: the engine stops it, and a reader still
-        waiting gets ``exc`` (without one, a waiter for the head is cancelled)."""
-        if not self.done:
-            self._close()
-            self.transport.cancel(self.id)
-            self._deliver(exc)
-
-    def _deliver(self, exc: BaseException | None) -> None:
-        if not self.head.done():
-            if exc is None:
-                self.head.cancel()
-            else:
-                self.head.set_exception(exc)
-        elif exc is not None:
-            self.content.set_exception(exc)
-
-    def _consumed(self, size: int) -> None:
-        if self.done:
-            return
-        self._unacked += size
-        if self._unacked >= _ACK_BATCH:
-            self.transport.ack(self.id, self._unacked)
-            self._unacked = 0
-
-    def _close(self) -> None:
-        self.done = True
-        self.content._on_consumed = None
-        if self._timer is not None:
-            self.transport.deadlines.discard(self, self._timer)
-            self._timer = None
-        self.transport.forget(self.id)
-
-
-class Deadlines:
-    """The total timeouts of many streams, with few timers.
-
-    As aiohttp does (``ClientTimeout.ceil_threshold``), a timeout of ``ceil_threshold``
-    seconds or more ends on a whole second of the loop's clock; here the streams that
-    end on the same second share that second's one timer, instead of one ``TimerHandle``
-    each (about 5 us per request). A shorter timeout gets a timer of its own.
-    """
-
-    __slots__ = ("_loop", "_seconds", "_timers")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._seconds: dict[int, set[StreamHandle]] = {}
-        self._timers: dict[int, asyncio.TimerHandle] = {}
-
-    def add(
-        self, handle: StreamHandle, seconds: float, ceil_threshold: float
-    ) -> asyncio.TimerHandle | int:
-        """Arm ``handle``'s deadline; what ``discard`` takes to disarm it."""
-        when = self._loop.time() + seconds
-        if seconds < ceil_threshold:
-            return self._loop.call_at(when, handle._timed_out)
-        second = math.ceil(when)
-        streams = self._seconds.get(second)
-        if streams is None:
-            streams = self._seconds[second] = set()
-            self._timers[second] = self._loop.call_at(second, self._fire, second)
-        streams.add(handle)
-        return second
-
-    def discard(self, handle: StreamHandle, token: asyncio.TimerHandle | int) -> None:
-        if isinstance(token, int):
-            streams = self._seconds.get(token)
-            if streams is not None:
-                streams.discard(handle)
-        else:
-            token.cancel()
-
-    def _fire(self, second: int) -> None:
-        self._timers.pop(second, None)
-        for handle in list(self._seconds.pop(second, ())):
-            handle._timed_out()
-
-    def cancel_all(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        self._seconds.clear()
 
 
 class Transport:

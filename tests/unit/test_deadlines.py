@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from worker_client.transport import Deadlines
+from worker_client.handle import Deadlines
 
 
 class Handle:
