@@ -5,7 +5,7 @@ here, so that the pool and, later, the cookie jar see every hop) up to the final
 response's head; a ``ResponseBody`` (``broker.body``) then owns the connection and
 streams the body to the ``BrokerStream`` by callbacks, as aiohttp's protocol feeds its
 reader, so no task waits on a body. Every failure becomes a ``Failure`` message in one
-place (``body.failure_message``). It is the same code in the broker process and in a
+place (``failures.failure_message``). It is the same code in the broker process and in a
 worker's embedded mode.
 """
 
