@@ -20,6 +20,7 @@ from yarl import URL
 from shared.messages import Head, HistoryItem, Request
 from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 from shared.specs import ClientTimeout, PoolSpec
+from shared.stream_state import FINAL
 
 from .body import ResponseBody
 from .connector import Pool
@@ -105,8 +106,6 @@ class Engine:
     ) -> None:
         """Carry out the hops of ``req``: redirects are followed here, where the pool
         (and the cookie jar) see every hop."""
-        if stream.finished:  # given up before its task first ran (Request + Cancel)
-            return
         url = checked_url if checked_url is not None else _checked(req)
         hop = Hop(req.method, url, req.headers, req.body, req.streamed)
         pool = self.registry.pool_for(req.pool)
@@ -206,16 +205,22 @@ class Engine:
         stream: BrokerStream,
     ) -> Any:
         """Await a future of the exchange, failing it after ``sock_read`` of silence."""
-        if fut.done() and not stream.finished:
-            return fut.result()
+        # ``stream.wait(fut)``, inline: this runs once per request.
+        if stream.state in FINAL:
+            raise StreamStopped()
         unwatch = (
             watch_silence(self._loop, conn, fut, timeout.sock_read) if timeout.sock_read else None
         )
+        stream.waiting = fut
         try:
-            return await stream.wait(fut)
+            head = await fut
         finally:
+            stream.waiting = None
             if unwatch is not None:
                 unwatch()
+        if stream.state in FINAL:
+            raise StreamStopped()
+        return head
 
     def _deliver(
         self,

@@ -69,14 +69,14 @@ class BrokerStream:
         pending (``halt`` fails it), and also when ``fut`` had resolved but the waiting
         code had not resumed yet. The caller's cleanup for an exception runs then too
         (a pool slot granted in that gap is handed back by the pool's own handler)."""
-        if self.finished:
+        if self.state in FINAL:
             raise StreamStopped()
         self.waiting = fut
         try:
             result = await fut
         finally:
             self.waiting = None
-        if self.finished:
+        if self.state in FINAL:
             raise StreamStopped()
         return result
 
