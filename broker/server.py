@@ -100,7 +100,7 @@ class IPCStream(BrokerStream):
     def __init__(self, stream_id: int, conn: WorkerConnection, streamed: bool) -> None:
         super().__init__(stream_id)
         self.conn = conn
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak ref
         self._held: list[bytes] | None = None
         # None while no Data or End may come: not streamed, or after End until a Rewind.
         self._credit: int | None = STREAM_WINDOW if streamed else None
