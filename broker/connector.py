@@ -37,12 +37,15 @@ def default_ssl_context() -> ssl_mod.SSLContext:
 class Pool:
     """One pool of connections, shared by every request whose ``PoolSpec`` is equal.
 
-    Every wait here survives a cancel that lands together with what it waits for: the
-    pool waiter is a future that a ``call_at`` timer fails (a grant that raced the
-    cancel goes back to the pool), and connects and lookups run as tasks that the
-    caller watches with ``asyncio.wait`` (never ``wait_for``, which on Python 3.11 and
-    older loses a cancel that meets a result): on a cancel or a timeout the attempts
-    are cancelled, and one that connected all the same is closed (``_abandon``).
+    Every wait here survives a cancel, or a give-up of the requesting stream, that lands
+    together with what it waits for: the pool waiter is a future that a ``call_at``
+    timer fails, awaited through ``BrokerStream.wait`` (a grant that raced the give-up
+    goes back to the pool); a connect is a task whose end settles its slot
+    (``_opened``), awaited through ``BrokerStream.stoppable`` (a connection made for
+    nobody is closed: ``_orphan``); within it, the attempts and the lookup are tasks
+    watched with ``asyncio.wait`` (never ``wait_for``, which on Python 3.11 and older
+    loses a cancel that meets a result), and one that connected all the same after a
+    cancel or a timeout is closed (``_abandon``).
     """
 
     connection_class = HTTP1Connection
