@@ -10,12 +10,12 @@ Deadlines (``Max-Age`` wins over ``Expires``; zero, negative or past deletes) ar
 a heap and applied, by the injected wall clock, before every read.
 
 Rules taken from aiohttp 3.14 where it differs from the RFC (each one is marked where it
-is applied): a ``Domain`` with a trailing dot is ignored (the cookie becomes host-only);
-the default path is the URL path up to its last "/"; a cookie stored with no host (no
-response URL) is shared by every host; an unparseable ``Max-Age``/``Expires`` is blanked
-and the cookie kept as a session cookie; cookies from IP hosts are refused unless
-``unsafe``; a path match also accepts "/one" for a cookie of path "/one/" when the request
-is deeper ("/one/two").
+is applied): a ``Domain`` with a trailing dot makes the cookie host-only (the RFC ignores
+the cookie); a cookie stored with no host (``update_cookies`` without a response URL) is
+sent to every host; an unparseable ``Max-Age``/``Expires`` is blanked and the cookie kept
+as a session cookie; an ``Expires`` of exactly the epoch counts as unparseable; cookies
+from IP hosts are refused unless ``unsafe``; ``Partitioned`` is kept only where this
+Python's ``Morsel`` knows it (3.14+).
 
 The caps, so that a hostile server cannot grow a jar (nor the broker) without bound,
 are the figures browsers use (RFC 6265 6.1 asks for at least 4096 bytes per cookie, 50
@@ -35,8 +35,9 @@ per domain and 3000 in total; Firefox's CookieStorage keeps 180 per domain, 3000
   over that, the most specific cookies are sent first (aiohttp 3.14's figures).
 
 "Used" means stored or sent: RFC 6265 5.3 suggests evicting by last access time. The
-recency is kept in two ``OrderedDict`` (per domain and for the whole jar), so that every
-eviction, even under 100,000 cookies from one server, costs O(1) per cookie evicted.
+recency is kept in two ``OrderedDict`` (per domain and for the whole jar), least recent
+first, so the victims are read off the front without a sort, even under 100,000 cookies
+from one server.
 
 ``dump()`` gives aiohttp's JSON cookie file layout (``{"domain|path": {name: {key, value,
 coded_value, attributes..., host_only, expires_timestamp}}}``), so a file written by
@@ -89,6 +90,7 @@ _CookieKey = tuple[str, str, str]  # (domain, path, name)
 _DUMP_SKIPPED = frozenset(("max-age", "expires"))  # the absolute deadline is saved
 _SIMPLE_COOKIE = SimpleCookie()
 _NO_URL = URL()
+_NO_COOKIES: dict[str, Morsel[str]] = {}
 # SimpleCookie rejects these names as keys; they still work as cookie names
 _RESERVED = frozenset(Morsel._reserved)  # type: ignore[attr-defined]
 _FLAGS = frozenset(Morsel._flags) | {"partitioned"}  # type: ignore[attr-defined]
@@ -377,7 +379,7 @@ class CookieStore:
         """Store the cookies of a response's raw ``Set-Cookie`` field values."""
         url = URL(response_url)
         if not self.unsafe and is_ip_address(url.raw_host):
-            return
+            return  # before parsing: nothing to do
         self._store_all(parse_set_cookie_headers(values), url, None)
 
     def _as_morsel(self, name: str, value: str | BaseCookie[str] | Morsel[Any]) -> Morsel[str]:
@@ -616,7 +618,7 @@ class CookieStore:
         path_len = len(url.path)
         selected: dict[str, _CookieKey] = {}
         for jar_key in self._candidates(url):
-            for name, cookie in self._cookies.get(jar_key, {}).items():
+            for name, cookie in self._cookies.get(jar_key, _NO_COOKIES).items():
                 key = (*jar_key, name)
                 if key in self._host_only and cookie["domain"] != hostname:
                     continue
