@@ -610,7 +610,7 @@ class CookieStore:
 
     def filter_cookies(self, request_url: URL | str = _NO_URL) -> BaseCookie[str]:
         """The cookies to send to ``request_url``, as name=value Morsels (quoted as
-        ``quote_cookie`` says)."""
+        ``quote_cookie`` says), cached between calls as aiohttp does: read, don't change."""
         self._expire()
         url = URL(request_url)
         hostname = url.raw_host or ""

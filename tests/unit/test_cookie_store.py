@@ -1065,3 +1065,33 @@ def test_filter_cookies_result_is_a_base_cookie():
     store = CookieStore()
     store.update_cookies({"a": "1"}, URL("http://h.com/"))
     assert isinstance(store.filter_cookies(URL("http://h.com/")), BaseCookie)
+
+
+def test_bad_cookie_name_raises_and_stores_nothing():
+    from http.cookies import CookieError
+
+    store = CookieStore()
+    store.update_cookies({"kept": "1"}, URL("http://h.com/"))
+    with pytest.raises(CookieError):
+        store.update_cookies({"ok": "2", "bad name": "3"}, URL("http://h.com/"))
+    assert sent(store, "http://h.com/") == {"kept"}
+
+
+def test_changing_a_sent_morsel_does_not_change_the_stored_one():
+    store = CookieStore()
+    store.update_cookies({"a": "1"}, URL("http://h.com/"))
+    store.filter_cookies(URL("http://h.com/"))["a"].set("a", "changed", "changed")
+    (morsel,) = store
+    assert morsel.value == "1"  # (the sent Morsels are cached, as in aiohttp: read only)
+
+
+def test_total_cap_takes_expired_cookies_first():
+    clock = Clock()
+    store = CookieStore(clock=clock, max_cookies=11)
+    for i in range(1, 11):
+        store.update_from_headers(["c=1"], URL(f"http://h{i}.com/"))
+    store.update_from_headers(["short=1; Max-Age=5"], URL("http://h0.com/"))  # most recent
+    clock.now += 5
+    store.update_from_headers(["c=1"], URL("http://new.com/"))
+    assert len(store) == 11
+    assert {m["domain"] for m in store} == {f"h{i}.com" for i in range(1, 11)} | {"new.com"}
