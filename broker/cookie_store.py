@@ -67,6 +67,8 @@ __all__ = [
     "MAX_COOKIES_PER_DOMAIN",
     "MAX_COOKIE_SIZE",
     "CookieStore",
+    "is_domain_match",
+    "parse_cookie_date",
     "parse_set_cookie_headers",
 ]
 
