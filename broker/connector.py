@@ -1,38 +1,24 @@
-"""Connection pools: the asyncio side of ``pool_state`` plus name resolution and connect."""
+"""Connection pools: the asyncio side of ``pool_state``. Opening a connection is the
+pool's ``Dialer``'s (``broker/dialer.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
-import socket
-import ssl as ssl_mod
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from shared.specs import ClientTimeout, PoolSpec
 
+from .dialer import ConnKey, Dialer, connect_timeout
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 from .pool_state import NEW, Decision, PoolState, _New
 from .rate_limit import RateLimiter
-from .resolver import CachedResolver, ResolvedAddress
+from .resolver import CachedResolver
 from .stream import BrokerStream
 
 __all__ = ["Pool", "ConnKey"]
-
-ConnKey = tuple[str, str, int]  # (scheme, host, port)
-_Connected = tuple[asyncio.BaseTransport, HTTP1Connection]  # what create_connection returns
-
-_default_ssl: ssl_mod.SSLContext | None = None
-
-
-def default_ssl_context() -> ssl_mod.SSLContext:
-    global _default_ssl
-    if _default_ssl is None:  # ~20 ms: made on first use, never at import
-        _default_ssl = ssl_mod.create_default_context()
-    return _default_ssl
-
 
 class Pool:
     """One pool of connections, shared by every request whose ``PoolSpec`` is equal.
@@ -74,9 +60,7 @@ class Pool:
             else None
         )
         self._turns = 0  # requests waiting in wait_turn
-        self._attempts: set[asyncio.Task[_Connected]] = set()  # connects in flight
-        self._abandoned: set[asyncio.Task[_Connected]] = set()  # ... nobody waits for
-        self._closing: set[HTTP1Connection] = set()  # abandoned, connected, being closed
+        self.dialer = Dialer(spec, loop, resolver, self.connection_class)
         self.picked = 0  # stamped by the registry on each use, for its LRU eviction
         self.closed = False
 
@@ -187,7 +171,7 @@ class Pool:
 
     def _wait_expired(self, key: ConnKey, waiter: asyncio.Future[Any]) -> None:
         if self.state.cancel(waiter):
-            waiter.set_exception(self._timeout(key))
+            waiter.set_exception(connect_timeout(key))
 
     async def _open(
         self,
@@ -270,184 +254,10 @@ class Pool:
 
     # -- connect ----------------------------------------------------------------
 
-    def _remaining(self, deadline: float | None) -> float | None:
-        if deadline is None:
-            return None
-        return max(deadline - self._loop.time(), 0.0)
-
-    def _timeout(self, key: ConnKey) -> ConnectionFailure:
-        scheme, host, port = key
-        return ConnectionFailure(
-            "connect_timeout", f"Connection timeout to host {scheme}://{host}:{port}"
-        )
-
     async def _connect(
         self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
     ) -> HTTP1Connection:
-        scheme, host, port = key
-        is_ssl = scheme in ("https", "wss")
-        fields: dict[str, Any] = {"host": host, "port": port, "ssl": is_ssl}
-        loop = self._loop
-        factory = functools.partial(self.connection_class, loop)
-        ssl_ctx = default_ssl_context() if is_ssl else None
-        server_hostname = host if is_ssl else None
-        if self.spec.kind == "unix":
-            path = self.spec.path
-            assert path is not None
-            try:
-                conn = await self._first_connected(
-                    [
-                        functools.partial(
-                            loop.create_unix_connection,
-                            factory,
-                            path,
-                            ssl=ssl_ctx,
-                            server_hostname=server_hostname,
-                        )
-                    ],
-                    None,
-                    timeout.sock_connect,
-                    deadline,
-                )
-            except TimeoutError:
-                raise self._timeout(key) from None
-            except OSError as exc:
-                raise ConnectionFailure(
-                    "unix_connect",
-                    exc.strerror or str(exc),
-                    url=path,
-                    errno=exc.errno or 0,
-                    **fields,
-                ) from None
-            return self._adopt(conn, key)
-
-        try:
-            addrs = await self._resolve(host, port, deadline)
-        except TimeoutError:
-            raise self._timeout(key) from None
-        except OSError as exc:
-            raise ConnectionFailure(
-                "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
-            ) from None
-        starts = [
-            functools.partial(
-                loop.create_connection,
-                factory,
-                addr.host,
-                addr.port,
-                family=addr.family,
-                ssl=ssl_ctx,
-                server_hostname=server_hostname,
-                local_addr=self.spec.local_addr,
-            )
-            for addr in _interleave(addrs)
-        ]
-        try:
-            conn = await self._first_connected(
-                starts, self.spec.happy_eyeballs_delay, timeout.sock_connect, deadline
-            )
-        except TimeoutError:
-            raise self._timeout(key) from None
-        except OSError as exc:
-            raise ConnectionFailure(
-                "connect", exc.strerror or str(exc), errno=exc.errno or 0, **fields
-            ) from None
-        return self._adopt(conn, key)
-
-    async def _resolve(self, host: str, port: int, deadline: float | None) -> list[ResolvedAddress]:
-        got = self._resolver.lookup(host, port, self.spec.family)
-        if isinstance(got, list):
-            return got
-        # The lookup is shared: wait for it, never cancel it.
-        done, _ = await asyncio.wait((got,), timeout=self._remaining(deadline))
-        if not done:
-            raise TimeoutError(f"DNS lookup of {host} timed out")
-        if got.cancelled():  # the resolver closed before the lookup began
-            raise socket.gaierror(socket.EAI_AGAIN, "the resolver was closed")
-        return got.result()
-
-    async def _first_connected(
-        self,
-        starts: Sequence[Callable[[], Coroutine[Any, Any, _Connected]]],
-        delay: float | None,
-        step: float | None,
-        deadline: float | None,
-    ) -> HTTP1Connection:
-        """Happy eyeballs (RFC 8305): start the attempts ``delay`` seconds apart, or the
-        next one when one fails (one at a time if ``delay`` is None), each for at most
-        ``step`` seconds and all of them until ``deadline``. The first to connect wins;
-        the others are cancelled, or closed if they connected too. Raises the last
-        error, TimeoutError when time ran out."""
-        if not starts:
-            raise OSError("no addresses to connect to")
-        loop = self._loop
-        todo = collections.deque(starts)
-        running: dict[asyncio.Task[_Connected], float | None] = {}  # attempt -> deadline
-        last: BaseException | None = None
-        next_start = 0.0
-        try:
-            while todo or running:
-                now = loop.time()
-                if deadline is not None and now >= deadline:
-                    raise TimeoutError("connect timeout")
-                while todo and (not running or (delay is not None and now >= next_start)):
-                    task = self._attempt(todo.popleft()())
-                    running[task] = _earliest(deadline, now + step if step else None)
-                    next_start = now + (delay or 0.0)
-                wake = _earliest(*running.values(), next_start if todo and delay else None)
-                await asyncio.wait(
-                    running,
-                    timeout=None if wake is None else max(wake - now, 0.0),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                now = loop.time()
-                for task, until in list(running.items()):
-                    if task.done():
-                        del running[task]
-                        if task.cancelled():
-                            raise ConnectionFailure("connection", "the connection pool was closed")
-                        error = task.exception()
-                        if error is None:
-                            return task.result()[1]
-                        last = error
-                    elif until is not None and now >= until:
-                        del running[task]
-                        self._abandon(task)
-                        last = TimeoutError("connect timeout")
-        finally:
-            for task in running:
-                self._abandon(task)
-        assert last is not None
-        raise last
-
-    def _attempt(self, connect: Coroutine[Any, Any, _Connected]) -> asyncio.Task[_Connected]:
-        task = self._loop.create_task(connect)
-        self._attempts.add(task)
-        task.add_done_callback(self._attempt_over)
-        return task
-
-    def _attempt_over(self, task: asyncio.Task[_Connected]) -> None:
-        self._attempts.discard(task)
-        if task in self._abandoned:
-            self._abandoned.discard(task)
-            self._close_connected(task)
-
-    def _abandon(self, task: asyncio.Task[_Connected]) -> None:
-        """Nobody waits for this attempt any more: cancel it, or close what it made."""
-        if task.done():
-            self._close_connected(task)
-        else:
-            self._abandoned.add(task)
-            task.cancel()
-
-    def _close_connected(self, task: asyncio.Task[_Connected]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            return
-        conn = task.result()[1]
-        if conn not in self._closing:
-            self._closing.add(conn)
-            conn.on_idle_lost = self._closing.discard
-            conn.close()
+        return self._adopt(await self.dialer.dial(key, timeout, deadline), key)
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
         conn.key = key
@@ -499,9 +309,7 @@ class Pool:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        attempts = list(self._attempts)
-        for task in attempts:
-            self._abandon(task)
+        attempts = self.dialer.abandon_all()
         conns = self.state.close_all_idle() + list(self._active)
         for conn in conns:
             conn.on_idle_lost = None  # a connection must not keep a closed pool alive
@@ -513,7 +321,7 @@ class Pool:
         await asyncio.gather(*attempts, return_exceptions=True)
         # connection_lost runs on a later loop pass; wait for it so that no transport
         # outlives the loop (a ResourceWarning otherwise).
-        conns += self._closing
+        conns += self.dialer.closing
         await asyncio.gather(*(conn.wait_closed() for conn in conns))
 
 
@@ -531,22 +339,6 @@ def _options(spec: PoolSpec) -> dict[str, Any]:
 def _label(key: Any) -> str:
     scheme, host, port = key
     return f"{scheme}://{host}:{port}"
-
-
-def _interleave(addrs: list[ResolvedAddress]) -> list[ResolvedAddress]:
-    """Alternate address families, the first one first (RFC 8305's interleaving)."""
-    by_family: dict[int, list[ResolvedAddress]] = {}
-    for a in addrs:
-        by_family.setdefault(a.family, []).append(a)
-    groups = list(by_family.values())
-    out: list[ResolvedAddress] = []
-    for i in range(max(map(len, groups), default=0)):
-        out.extend(g[i] for g in groups if i < len(g))
-    return out
-
-
-def _earliest(*times: float | None) -> float | None:
-    return min((t for t in times if t is not None), default=None)
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

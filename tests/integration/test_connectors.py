@@ -207,7 +207,7 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     resolver = CachedResolver(ResolverSpec(), loop)
     pool = Pool(PoolSpec(), loop, resolver)
     t0 = loop.time()
-    result = await pool._first_connected(
+    result = await pool.dialer.first_connected(
         [attempt("slow", hang=True), attempt("fast")], 0.05, None, None
     )
     assert result is won
@@ -215,21 +215,21 @@ async def test_happy_eyeballs_starts_the_next_address_after_the_delay():
     assert loop.time() - t0 < 1.0
     # A failure starts the next attempt at once; the last error is raised.
     with pytest.raises(OSError, match="b refused"):
-        await pool._first_connected(
+        await pool.dialer.first_connected(
             [attempt("a", fail=True), attempt("b", fail=True)], 10, None, None
         )
     with pytest.raises(OSError, match="one refused"):
-        await pool._first_connected([attempt("one", fail=True)], None, None, None)
+        await pool.dialer.first_connected([attempt("one", fail=True)], None, None, None)
     # Each attempt has its own time (sock_connect), and all of them the deadline.
     with pytest.raises(TimeoutError):
-        await pool._first_connected([attempt("hangs", hang=True)], None, 0.01, None)
+        await pool.dialer.first_connected([attempt("hangs", hang=True)], None, 0.01, None)
     with pytest.raises(TimeoutError):
-        await pool._first_connected(
+        await pool.dialer.first_connected(
             [attempt("x", hang=True), attempt("y", hang=True)], 0.01, None, loop.time() + 0.05
         )
     await pool.close()  # waits for the attempts given up on
     await resolver.close()
-    assert not pool._attempts and started[-2:] == ["x", "y"]
+    assert not pool.dialer.attempts and started[-2:] == ["x", "y"]
     assert sorted(cancelled) == ["hangs", "slow", "x", "y"]  # none lingers
 
 

@@ -128,7 +128,7 @@ async def test_a_cancel_that_lands_as_the_connect_completes_is_never_lost(raw_se
         _Hooked.on_made = None
         await pool.close()
         await resolver.close()
-    assert not pool._closing and not pool._attempts
+    assert not pool.dialer.closing and not pool.dialer.attempts
 
 
 async def test_a_cancel_that_lands_as_a_slot_is_granted_gives_the_slot_back(raw_server):
