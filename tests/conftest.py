@@ -121,6 +121,8 @@ async def raw_server() -> AsyncIterator[Callable[[RawHandler], Awaitable[str]]]:
     yield start
     for w in writers:
         w.close()
+    # Let the transports finish closing before the loop does (3.10 warns otherwise).
+    await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
     for server in servers:
         server.close()
         await server.wait_closed()
