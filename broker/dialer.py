@@ -88,68 +88,51 @@ class Dialer:
         factory = functools.partial(self._connection_class, loop)
         ssl_ctx = default_ssl_context() if is_ssl else None
         server_hostname = host if is_ssl else None
+        starts: list[Callable[[], Coroutine[Any, Any, _Connected]]]
         if self.spec.kind == "unix":
             path = self.spec.path
             assert path is not None
-            try:
-                conn = await self.first_connected(
-                    [
-                        functools.partial(
-                            loop.create_unix_connection,
-                            factory,
-                            path,
-                            ssl=ssl_ctx,
-                            server_hostname=server_hostname,
-                        )
-                    ],
-                    None,
-                    timeout.sock_connect,
-                    deadline,
+            starts = [
+                functools.partial(
+                    loop.create_unix_connection,
+                    factory,
+                    path,
+                    ssl=ssl_ctx,
+                    server_hostname=server_hostname,
                 )
+            ]
+            delay, code, fields["url"] = None, "unix_connect", path
+        else:
+            try:
+                addrs = await self._resolve(host, port, deadline)
             except TimeoutError:
                 raise connect_timeout(key) from None
             except OSError as exc:
                 raise ConnectionFailure(
-                    "unix_connect",
-                    exc.strerror or str(exc),
-                    url=path,
-                    errno=exc.errno or 0,
-                    **fields,
+                    "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
                 ) from None
-            return conn
-
+            starts = [
+                functools.partial(
+                    loop.create_connection,
+                    factory,
+                    addr.host,
+                    addr.port,
+                    family=addr.family,
+                    ssl=ssl_ctx,
+                    server_hostname=server_hostname,
+                    local_addr=self.spec.local_addr,
+                )
+                for addr in _interleave(addrs)
+            ]
+            delay, code = self.spec.happy_eyeballs_delay, "connect"
         try:
-            addrs = await self._resolve(host, port, deadline)
+            return await self.first_connected(starts, delay, timeout.sock_connect, deadline)
         except TimeoutError:
             raise connect_timeout(key) from None
         except OSError as exc:
             raise ConnectionFailure(
-                "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
+                code, exc.strerror or str(exc), errno=exc.errno or 0, **fields
             ) from None
-        starts = [
-            functools.partial(
-                loop.create_connection,
-                factory,
-                addr.host,
-                addr.port,
-                family=addr.family,
-                ssl=ssl_ctx,
-                server_hostname=server_hostname,
-                local_addr=self.spec.local_addr,
-            )
-            for addr in _interleave(addrs)
-        ]
-        try:
-            conn = await self.first_connected(
-                starts, self.spec.happy_eyeballs_delay, timeout.sock_connect, deadline
-            )
-        except TimeoutError:
-            raise connect_timeout(key) from None
-        except OSError as exc:
-            raise ConnectionFailure(
-                "connect", exc.strerror or str(exc), errno=exc.errno or 0, **fields
-            ) from None
-        return conn
 
     async def _resolve(self, host: str, port: int, deadline: float | None) -> list[ResolvedAddress]:
         got = self._resolver.lookup(host, port, self.spec.family)

@@ -24,7 +24,6 @@ from typing import Any
 from .exchange import (
     END,
     R_DONE,
-    R_FAILED,
     R_IDLE,
     S_IDLE,
     ConnectionFailure,
@@ -154,8 +153,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
     @property
     def exchange_over(self) -> bool:
         """The response is complete, or the exchange failed."""
-        recv = self.exchange.recv
-        return recv is R_DONE or recv is R_FAILED
+        return self.exchange.over
 
     @property
     def exchange_error(self) -> ConnectionFailure | None:

@@ -66,16 +66,16 @@ class _HookedPool(Pool):
     connection_class = _Hooked
 
 
-def _cancel_after(
-    loop: asyncio.AbstractEventLoop, task: asyncio.Future, passes: int,
+def _after(
+    loop: asyncio.AbstractEventLoop, passes: int, stop: Callable[[], bool],
     accepted: asyncio.Future[bool],
 ) -> None:
-    """Cancel ``task`` after ``passes`` more passes of the loop's ready queue; whether
-    the cancel was accepted (the task not done yet) goes to ``accepted``."""
+    """Run ``stop`` after ``passes`` more passes of the loop's ready queue; whether it
+    landed before the acquire ended (what ``stop`` returns) goes to ``accepted``."""
     if passes:
-        loop.call_soon(_cancel_after, loop, task, passes - 1, accepted)
+        loop.call_soon(_after, loop, passes - 1, stop, accepted)
     else:
-        accepted.set_result(task.cancel())
+        accepted.set_result(stop())
 
 
 async def _idle_server(raw_server) -> int:
@@ -101,7 +101,7 @@ async def test_a_cancel_that_lands_as_the_connect_completes_is_never_lost(raw_se
         for passes in range(12):
             task = asyncio.ensure_future(pool.acquire(key, ClientTimeout(connect=30)))
             accepted: asyncio.Future[bool] = loop.create_future()
-            _Hooked.on_made = functools.partial(_cancel_after, loop, task, passes, accepted)
+            _Hooked.on_made = functools.partial(_after, loop, passes, task.cancel, accepted)
             try:
                 conn = await task
             except asyncio.CancelledError:
@@ -150,7 +150,7 @@ async def test_a_cancel_that_lands_as_a_slot_is_granted_gives_the_slot_back(raw_
             first.in_use = False
             pool.release(first, reusable=True)  # grants the idle connection to `waiting`
             accepted: asyncio.Future[bool] = loop.create_future()
-            _cancel_after(loop, waiting, passes, accepted)
+            _after(loop, passes, waiting.cancel, accepted)
             try:
                 first = await waiting
             except asyncio.CancelledError:
@@ -191,19 +191,6 @@ async def test_rate_limited_wait_hands_its_turn_back_when_cancelled():
         await resolver.close()
 
 
-def _give_up_after(
-    loop: asyncio.AbstractEventLoop, stream: BrokerStream, task: asyncio.Future, passes: int,
-    accepted: asyncio.Future[bool],
-) -> None:
-    """Give ``stream`` up after ``passes`` more loop passes; whether the task was still
-    running then goes to ``accepted``."""
-    if passes:
-        loop.call_soon(_give_up_after, loop, stream, task, passes - 1, accepted)
-    else:
-        accepted.set_result(not task.done())
-        stream.give_up()
-
-
 async def test_a_give_up_that_lands_as_the_connect_completes_is_never_lost(raw_server):
     """As the cancel race above, for the way the engine acquires: with the stream, whose
     give-up must end the acquire (StreamStopped) and free the slot at every loop pass
@@ -219,9 +206,13 @@ async def test_a_give_up_that_lands_as_the_connect_completes_is_never_lost(raw_s
             stream = BrokerStream(1)
             task = asyncio.ensure_future(pool.acquire(key, ClientTimeout(connect=30), stream))
             accepted: asyncio.Future[bool] = loop.create_future()
-            _Hooked.on_made = functools.partial(
-                _give_up_after, loop, stream, task, passes, accepted
-            )
+
+            def give_up(stream: BrokerStream = stream, task: asyncio.Future = task) -> bool:
+                landed = not task.done()
+                stream.give_up()
+                return landed
+
+            _Hooked.on_made = functools.partial(_after, loop, passes, give_up, accepted)
             try:
                 conn = await task
             except StreamStopped:

@@ -10,26 +10,17 @@ nobody asked for.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 import broker
-from shared.framing import FrameReader, encode
-from shared.messages import (
-    PROTOCOL_VERSION,
-    Cancel,
-    Data,
-    End,
-    Failure,
-    Hello,
-    Request,
-    Welcome,
-)
+from shared.messages import Cancel, Data, End, Failure, Request
 from shared.specs import encode_pool
 from worker_client import ClientSession, ClientTimeout, TCPConnector
 
+from .raw_worker import RawWorker, raw_workers  # noqa: F401  (the fixture)
 from .test_isolation import SMUGGLED, RecordingServer
+
+pytestmark = pytest.mark.usefixtures("raw_workers")
 
 SPEC = TCPConnector(limit=1, name="shared-by-two").spec
 CL = "Content-Length"
@@ -41,84 +32,46 @@ def shared_broker():
         yield proc
 
 
-class Attacker:
-    """A worker connection spoken by hand."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.frames = FrameReader()
-        self.pending: list[object] = []
-
-    @classmethod
-    async def connect(cls, path: str) -> Attacker:
-        attacker = cls(*await asyncio.open_unix_connection(path))
-        attacker.send(Hello(PROTOCOL_VERSION, 1))
-        assert isinstance(await attacker.next(), Welcome)
-        return attacker
-
-    def send(self, *msgs: object) -> None:
-        self.writer.write(b"".join(encode(m) for m in msgs))  # type: ignore[arg-type]
-
-    async def next(self) -> object | None:
-        while not self.pending:
-            data = await asyncio.wait_for(self.reader.read(1 << 16), 10)
-            if not data:
-                return None
-            self.pending.extend(self.frames.feed(data))
-        return self.pending.pop(0)
-
-    async def until_end_of(self, stream: int) -> list[object]:
-        out = []
-        while (msg := await self.next()) is not None:
-            out.append(msg)
-            if getattr(msg, "stream", None) == stream and isinstance(msg, End | Failure):
-                break
-        return out
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def _post(stream: int, url: str, length: int | None) -> Request:
     headers = [(CL, str(length))] if length is not None else []
     return Request(stream, "POST", url, headers=headers, streamed=True, pool=encode_pool(SPEC))
 
 
-async def longer_than_declared(a: Attacker, base: str, server: RecordingServer) -> None:
+async def longer_than_declared(a: RawWorker, base: str, server: RecordingServer) -> None:
     a.send(_post(1, base + "/a1", 5), Data(1, b"hello" + SMUGGLED), End(1))
     await a.until_end_of(1)
 
 
-async def longer_after_the_length(a: Attacker, base: str, server: RecordingServer) -> None:
+async def longer_after_the_length(a: RawWorker, base: str, server: RecordingServer) -> None:
     a.send(_post(1, base + "/a2", 5), Data(1, b"hello"), Data(1, SMUGGLED), End(1))
     await a.until_end_of(1)
 
 
-async def shorter_than_declared(a: Attacker, base: str, server: RecordingServer) -> None:
+async def shorter_than_declared(a: RawWorker, base: str, server: RecordingServer) -> None:
     a.send(_post(1, base + "/a3", 100), Data(1, b"abc"), End(1))
     await a.until_end_of(1)
 
 
-async def chunked_body_carrying_a_request(a: Attacker, base: str, server: RecordingServer) -> None:
+async def chunked_body_carrying_a_request(a: RawWorker, base: str, server: RecordingServer) -> None:
     """Without a length the broker frames the body itself: the bytes stay body."""
     a.send(_post(1, base + "/a4", None), Data(1, b"0\r\n\r\n" + SMUGGLED), End(1))
     await a.until_end_of(1)
 
 
-async def cancelled_after_the_answer(a: Attacker, base: str, server: RecordingServer) -> None:
+async def cancelled_after_the_answer(a: RawWorker, base: str, server: RecordingServer) -> None:
     """The server answers before the body; the attacker cancels with the body unsent."""
     a.send(_post(1, base + "/a5", 1000), Data(1, b"x" * 10))
     await server.got_body.wait()  # answered, and part of the body is in
     a.send(Cancel(1))
 
 
-async def gone_mid_upload(a: Attacker, base: str, server: RecordingServer) -> None:
+async def gone_mid_upload(a: RawWorker, base: str, server: RecordingServer) -> None:
     a.send(_post(1, base + "/a6", 1000), Data(1, b"y" * 10))
     await server.got_body.wait()
     a.close()
 
 
-async def hostile_targets(a: Attacker, base: str, server: RecordingServer) -> None:
+async def hostile_targets(a: RawWorker, base: str, server: RecordingServer) -> None:
     urls = [
         base + "/a\x00b",
         base + "/a?b= HTTP/1.0 HTTP/1.1",
@@ -132,7 +85,7 @@ async def hostile_targets(a: Attacker, base: str, server: RecordingServer) -> No
         assert isinstance(msg, Failure) and msg.code == "invalid_url", msg
 
 
-async def hostile_heads(a: Attacker, base: str, server: RecordingServer) -> None:
+async def hostile_heads(a: RawWorker, base: str, server: RecordingServer) -> None:
     bad = [
         ("GET", [("Host", "h\r\nX-Smuggled: 1")]),
         ("GET", [("Host", "h /smuggled")]),
@@ -162,7 +115,7 @@ SHAPES = [
 async def test_no_other_worker_meets_what_one_worker_sends(shared_broker, raw_server, shape):
     server = RecordingServer(answer_first=shape in (cancelled_after_the_answer, gone_mid_upload))
     base = await raw_server(server.handler)
-    attacker = await Attacker.connect(shared_broker.socket_path)
+    attacker = await RawWorker.connect(shared_broker.socket_path)
     async with ClientSession(
         broker=shared_broker.socket_path, connector=TCPConnector(limit=1, name="shared-by-two")
     ) as victim:

@@ -17,7 +17,7 @@ import msgspec
 import psutil
 import pytest
 
-from shared.framing import FrameReader, encode
+from shared.framing import encode
 from shared.messages import (
     PROTOCOL_VERSION,
     STREAM_WINDOW,
@@ -30,79 +30,19 @@ from shared.messages import (
     Failure,
     Head,
     Hello,
-    Message,
     Request,
     Stats,
     StatsRequest,
-    Welcome,
 )
 from shared.specs import PoolSpec, ResolverSpec, encode_pool
 from worker_client import ClientSession
 
 from ..conftest import ROOT, read_request_head, wait_until
+from .raw_worker import RawWorker, raw_workers  # noqa: F401  (the fixture)
 
 MiB = 1 << 20
+pytestmark = pytest.mark.usefixtures("raw_workers")
 WRITE_HIGH = MiB  # broker.server.WRITE_HIGH, where the worker socket pauses writing
-
-
-class RawWorker:
-    """A worker process's side of the socket, spoken by hand."""
-
-    opened: list[RawWorker] = []
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.opened.append(self)
-        self.reader = reader
-        self.writer = writer
-        self._frames = FrameReader()
-        self._pending: list[Any] = []
-
-    @classmethod
-    async def connect(
-        cls, path: str, *, hello: bool = True, rcvbuf: int | None = None
-    ) -> RawWorker:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.connect(path)
-        sock.setblocking(False)
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
-        worker = cls(reader, writer)
-        if hello:
-            worker.send(Hello(PROTOCOL_VERSION, os.getpid()))
-            assert isinstance(await worker.next(), Welcome)
-        return worker
-
-    def send(self, *msgs: Message) -> None:
-        self.writer.write(b"".join(encode(m) for m in msgs))
-
-    async def next(self) -> Any:
-        """The next message; None once the broker closed the connection."""
-        while not self._pending:
-            data = await asyncio.wait_for(self.reader.read(1 << 16), 10)
-            if not data:
-                return None
-            self._pending.extend(self._frames.feed(data))
-        return self._pending.pop(0)
-
-    async def until(self, done: Callable[[Any], bool]) -> list[Any]:
-        """Messages up to the first for which ``done`` is true (included), or to EOF."""
-        out = []
-        while True:
-            msg = await self.next()
-            if msg is None:
-                return out
-            out.append(msg)
-            if done(msg):
-                return out
-
-
-
-@pytest.fixture(autouse=True)
-async def _close_raw_workers() -> AsyncIterator[None]:
-    yield
-    while RawWorker.opened:
-        RawWorker.opened.pop().writer.close()
 
 
 def _error(msgs: list[Any]) -> ErrorFrame:

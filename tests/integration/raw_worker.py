@@ -1,0 +1,84 @@
+"""A worker's side of the broker socket, spoken by hand: for tests that send what a real
+worker never would (bad frames, floods, wrong orders) and read every frame back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from shared.framing import FrameReader, encode
+from shared.messages import PROTOCOL_VERSION, End, Failure, Hello, Message, Welcome
+
+
+class RawWorker:
+    """A worker process's side of the socket, spoken by hand."""
+
+    opened: list[RawWorker] = []
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened.append(self)
+        self.reader = reader
+        self.writer = writer
+        self._frames = FrameReader()
+        self._pending: list[Any] = []
+
+    @classmethod
+    async def connect(
+        cls, path: str, *, hello: bool = True, rcvbuf: int | None = None
+    ) -> RawWorker:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect(path)
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        worker = cls(reader, writer)
+        if hello:
+            worker.send(Hello(PROTOCOL_VERSION, os.getpid()))
+            assert isinstance(await worker.next(), Welcome)
+        return worker
+
+    def send(self, *msgs: Message) -> None:
+        self.writer.write(b"".join(encode(m) for m in msgs))
+
+    async def next(self) -> Any:
+        """The next message; None once the broker closed the connection."""
+        while not self._pending:
+            data = await asyncio.wait_for(self.reader.read(1 << 16), 10)
+            if not data:
+                return None
+            self._pending.extend(self._frames.feed(data))
+        return self._pending.pop(0)
+
+    async def until(self, done: Callable[[Any], bool]) -> list[Any]:
+        """Messages up to the first for which ``done`` is true (included), or to EOF."""
+        out = []
+        while True:
+            msg = await self.next()
+            if msg is None:
+                return out
+            out.append(msg)
+            if done(msg):
+                return out
+
+    async def until_end_of(self, stream: int) -> list[Any]:
+        """Messages up to the End or Failure of ``stream`` (included), or to EOF."""
+        return await self.until(
+            lambda m: getattr(m, "stream", None) == stream and isinstance(m, End | Failure)
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture
+async def raw_workers() -> AsyncIterator[None]:
+    """Closes every ``RawWorker`` a test opened."""
+    yield
+    while RawWorker.opened:
+        RawWorker.opened.pop().writer.close()
