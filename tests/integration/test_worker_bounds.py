@@ -498,7 +498,7 @@ async def test_connector_settings_that_are_not_a_spec_fail_that_request(
 async def _pool(worker: RawWorker, name: str) -> dict[str, Any]:
     worker.send(StatsRequest())
     msgs = await worker.until(lambda m: isinstance(m, Stats))
-    return next(p for p in msgs[-1].pools if p["pool"] == name)
+    return next((p for p in msgs[-1].pools if p["pool"] == name), {})
 
 
 async def test_a_cancel_in_the_same_read_as_the_data_it_waited_for_frees_the_slot(
@@ -538,6 +538,11 @@ async def test_requests_cancelled_in_the_same_read_never_queue(broker_process, r
     spec = encode_pool(PoolSpec(limit=1, name="request-then-cancel"))
     worker = await RawWorker.connect(broker_process.socket_path)
     worker.send(Request(1, "GET", base + "/", pool=spec))  # holds the only slot
+
+    async def slot_taken() -> bool:
+        return bool((await _pool(worker, "request-then-cancel")).get("active") == 1)
+
+    await wait_until(slot_taken, 5, "the first request holding the slot")
     frames = [Request(2 * i + 3, "GET", base + "/", pool=spec) for i in range(200)]
     worker.send(*(m for r in frames for m in (r, Cancel(r.stream))))
     await _pool(worker, "request-then-cancel")  # answered in the same pass as the pairs
