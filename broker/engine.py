@@ -24,6 +24,7 @@ from shared.stream_state import FINAL
 
 from .body import ResponseBody
 from .connector import Pool
+from .cookie_store import CookieStore
 from .decoding import make_decoder
 from .exchange import ResponseHead, build_head, declared_length
 from .failures import ConnectionFailure, failure_message
@@ -79,14 +80,20 @@ class Engine:
     # -- one request ---------------------------------------------------------------
 
     async def perform(
-        self, req: Request, stream: BrokerStream, checked_url: URL | None = None
+        self,
+        req: Request,
+        stream: BrokerStream,
+        checked_url: URL | None = None,
+        jar: CookieStore | None = None,
     ) -> None:
         """Carry out ``req`` up to its response head; report through ``stream``.
 
         Returns once the head is delivered (the body then flows by callbacks, see
         ``broker.body``) or the failure reported. Raises only CancelledError.
         ``checked_url`` is ``req.url`` parsed, from a caller in this process that has
-        checked the request already (embedded mode); else the engine checks it."""
+        checked the request already (embedded mode); else the engine checks it.
+        ``jar``: the cookie store that ``req.jar`` names (None: no jar), found by the
+        caller, which knows whose jars the worker may name."""
         self.requests += 1
         history: list[HistoryItem] = []
         try:

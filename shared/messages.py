@@ -5,9 +5,16 @@ tag first), so the union below decodes with one typed decoder and anything else 
 decode error. A stream is one request: the worker picks its id, odd and increasing.
 
 worker -> broker: Hello, Request, Data/End (a streamed request body), Ack, Cancel,
-                  ClearDNS, StatsRequest
+                  ClearDNS, StatsRequest, the jar calls (JarOpen, JarClose, JarUpdate,
+                  JarFilter, JarCount, JarDump, JarLoad, JarDelete)
 broker -> worker: Welcome, Head, Data/End (the response body), Ack, Rewind, Failure, ErrorFrame,
-                  Stats
+                  Stats, the jar replies (JarDone, JarCookies, JarData, JarFailed)
+
+Jar calls are answered in order, one reply each (a ``JarDump`` may answer with several
+``JarData``, the last with ``more=False``; ``JarClose`` is not answered). A jar is named
+by a 16-byte token that the worker draws at random and opens with ``JarOpen``: it belongs
+to the connection that opened it, and requests of the same worker process (any of its
+connections) name it in ``Request.jar``.
 
 Flow control is by credit: the sender of a body may have at most ``STREAM_WINDOW`` bytes
 of ``Data`` unacknowledged on a stream; the receiver sends ``Ack(stream, n)`` once its
@@ -25,9 +32,9 @@ from typing import Annotated
 import msgspec
 
 from .errors import ErrorCode
-from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, PoolSpec
+from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, JarSpec, PoolSpec
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 STREAM_WINDOW = 1 << 20
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -38,6 +45,14 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 # the absurd before the broker checks it against what it sent.
 AckSize = Annotated[int, msgspec.Meta(ge=0, le=1 << 32)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+JarToken = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+NoJar = Annotated[bytes, msgspec.Meta(max_length=16)]  # a JarToken, or b"": no jar
+CookieRecord = dict[str, str | bool | float]
+"""One cookie as aiohttp's JSON cookie file keeps it: ``key``, ``value``,
+``coded_value``, its attributes (``path``, ``domain``, ``secure``...), and for a stored
+cookie ``host_only`` and ``expires_timestamp``."""
+CookieData = dict[str, dict[str, CookieRecord]]
+"""A jar's contents in the cookie file's layout: ``{"domain|path": {name: record}}``."""
 
 
 class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, omit_defaults=True):
@@ -74,6 +89,8 @@ class Request(_Msg, tag="req", frozen=True):
     read_until_eof: bool = True
     skip_host: bool = False
     replayable: bool = False
+    jar: NoJar = b""
+    cookies: list[tuple[str, str]] = []  # this request's own cookies= (name, coded value)
 
 
 class HistoryItem(msgspec.Struct, frozen=True, array_like=True):
@@ -173,6 +190,99 @@ class Stats(_Msg, tag="stats", frozen=True):
     requests: int = 0
     pools: list[dict[str, object]] = []
     dns: list[dict[str, object]] = []
+    jars: list[dict[str, object]] = []
+
+
+# -- cookie jars -------------------------------------------------------------------------
+
+
+class JarOpen(_Msg, tag="jaropen", frozen=True):
+    """Open the jar ``spec`` describes under ``jar`` (a named spec: the group's jar)."""
+
+    call: Count
+    jar: JarToken
+    spec: JarSpec
+
+
+class JarClose(_Msg, tag="jarclose", frozen=True):
+    """The worker's jar object is gone: forget the token (not answered)."""
+
+    jar: JarToken
+
+
+class JarUpdate(_Msg, tag="jarupdate", frozen=True):
+    """``update_cookies``: each (name, record) as if a response from ``url`` set it."""
+
+    call: Count
+    jar: JarToken
+    url: str
+    cookies: list[tuple[str, CookieRecord]]
+
+
+class JarFilter(_Msg, tag="jarfilter", frozen=True):
+    """``filter_cookies(url)``: answered with ``JarCookies``."""
+
+    call: Count
+    jar: JarToken
+    url: str
+
+
+class JarCount(_Msg, tag="jarcount", frozen=True):
+    call: Count
+    jar: JarToken
+
+
+class JarDump(_Msg, tag="jardump", frozen=True):
+    """The jar's contents: answered with ``JarData`` pieces."""
+
+    call: Count
+    jar: JarToken
+
+
+class JarLoad(_Msg, tag="jarload", frozen=True):
+    """Replace the jar's contents with ``data``, sent in pieces: the contents change
+    at the piece with ``last`` (until then the pieces are kept aside)."""
+
+    call: Count
+    jar: JarToken
+    data: CookieData
+    last: bool = True
+
+
+class JarDelete(_Msg, tag="jardelete", frozen=True):
+    """``clear``: the cookies named by (domain, path, name), or all with ``keys`` None;
+    expired cookies go as well."""
+
+    call: Count
+    jar: JarToken
+    keys: list[tuple[str, str, str]] | None = None
+
+
+class JarDone(_Msg, tag="jardone", frozen=True):
+    """A jar call succeeded; ``count``: the cookies in the jar now."""
+
+    call: int
+    count: int
+
+
+class JarCookies(_Msg, tag="jarcookies", frozen=True):
+    """What ``filter_cookies`` chose, in order: (name, value, coded value)."""
+
+    call: int
+    cookies: list[tuple[str, str, str]]
+
+
+class JarData(_Msg, tag="jardata", frozen=True):
+    call: int
+    data: CookieData
+    more: bool = False
+
+
+class JarFailed(_Msg, tag="jarfailed", frozen=True):
+    """A jar call was refused (unknown jar, a cap, bad data); the connection lives on."""
+
+    call: int
+    message: str
 
 
 Message = (
@@ -190,4 +300,16 @@ Message = (
     | ClearDNS
     | StatsRequest
     | Stats
+    | JarOpen
+    | JarClose
+    | JarUpdate
+    | JarFilter
+    | JarCount
+    | JarDump
+    | JarLoad
+    | JarDelete
+    | JarDone
+    | JarCookies
+    | JarData
+    | JarFailed
 )

@@ -11,7 +11,7 @@ import msgspec
 
 __all__ = [
     "ClientTimeout", "DEFAULT_TIMEOUT", "PoolSpec", "ResolverSpec", "encode_pool", "decode_pool",
-    "DEFAULT_POOL", "DEFAULT_POOL_BYTES",
+    "DEFAULT_POOL", "DEFAULT_POOL_BYTES", "JarSpec",
 ]
 
 ResolverOption = tuple[str, bool | int | float | str | None]
@@ -119,3 +119,22 @@ def decode_pool(data: bytes) -> PoolSpec:
 
 
 DEFAULT_POOL_BYTES = encode_pool(DEFAULT_POOL)
+
+
+class JarSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A cookie jar in the broker, as a worker's ``CookieJar(...)`` describes it.
+
+    With a ``name`` it is the group's jar: every worker that sends an equal spec uses the
+    same jar (and the broker's cookie file keeps it). Without one it is a jar of its own,
+    owned by the worker connection that opened it. ``treat_as_secure_origin`` holds
+    origins (``scheme://host[:port]``), as ``yarl.URL.origin()`` prints them.
+    """
+
+    name: str | None = None
+    unsafe: bool = False
+    quote_cookie: bool = True
+    treat_as_secure_origin: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name is not None and not 0 < len(self.name) <= 200:
+            raise ValueError("a cookie jar's name must be 1 to 200 characters long")

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 from yarl import URL
 
+from broker.cookie_store import CookieStore
 from broker.engine import Engine
 from broker.peercred import peer_uid, trusted_broker_uids, untrusted_broker
 from broker.stats import build_stats
@@ -110,9 +111,11 @@ class Transport:
         body: AsyncIterator[bytes] | None,
         handle: StreamHandle,
         url: URL | None = None,
+        jar: CookieStore | None = None,
     ) -> None:
         """Start a stream; the head arrives on ``handle.head``. ``url`` is ``req.url``
-        already parsed and checked, when the caller has it."""
+        already parsed and checked, when the caller has it. ``jar``: embedded, the
+        request's cookie store (through a broker, ``req.jar`` names it instead)."""
         raise NotImplementedError
 
     def cancel(self, stream_id: int) -> None:
@@ -200,13 +203,14 @@ class EmbeddedTransport(Transport):
         body: AsyncIterator[bytes] | None,
         handle: StreamHandle,
         url: URL | None = None,
+        jar: CookieStore | None = None,
     ) -> None:
         stream = _LocalStream(handle, body, self)
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
         try:
             # Same process, same checks already made: the engine may skip its own.
-            await self.engine.perform(req, stream, url)
+            await self.engine.perform(req, stream, url, jar)
         finally:
             if stream.state is not State.BODY:
                 self.streams.pop(req.stream, None)
@@ -470,6 +474,7 @@ class IPCTransport(Transport):
         body: AsyncIterator[bytes] | None,
         handle: StreamHandle,
         url: URL | None = None,
+        jar: CookieStore | None = None,
     ) -> None:
         if self._writable is not None:
             await self._until_writable()
