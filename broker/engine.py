@@ -1,7 +1,7 @@
 """The request engine: one request from a worker, carried out on the broker's pools.
 
 ``Engine.perform`` runs the hops of a request (``broker.hops``: redirects are followed
-here, so that the pool and, later, the cookie jar see every hop) up to the final
+here, so that the pool and the cookie jar see every hop) up to the final
 response's head; a ``ResponseBody`` (``broker.body``) then owns the connection and
 streams the body to the ``BrokerStream`` by callbacks, as aiohttp's protocol feeds its
 reader, so no task waits on a body. Every failure becomes a ``Failure`` message in one
@@ -24,6 +24,7 @@ from shared.stream_state import FINAL
 
 from .body import ResponseBody
 from .connector import Pool
+from .cookie_header import with_cookies
 from .cookie_store import CookieStore
 from .decoding import make_decoder
 from .exchange import ResponseHead, build_head, declared_length
@@ -97,7 +98,7 @@ class Engine:
         self.requests += 1
         history: list[HistoryItem] = []
         try:
-            await self._hops(req, stream, history, checked_url)
+            await self._hops(req, stream, history, checked_url, jar)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -110,25 +111,33 @@ class Engine:
         stream: BrokerStream,
         history: list[HistoryItem],
         checked_url: URL | None,
+        jar: CookieStore | None,
     ) -> None:
         """Carry out the hops of ``req``: redirects are followed here, where the pool
-        (and the cookie jar) see every hop."""
+        and the cookie jar see every hop. Each hop is sent the jar's cookies for its
+        URL at that moment, and its ``Set-Cookie`` is stored before the next one."""
         url = checked_url if checked_url is not None else _checked(req)
-        hop = Hop(req.method, url, req.headers, req.body, req.streamed)
+        hop = Hop(req.method, url, req.headers, req.body, req.streamed, req.cookies)
         pool = self.registry.pool_for(req.pool)
         while True:
-            head, conn = await self._exchange(pool, req, hop, stream)
+            headers = hop.headers
+            if hop.cookies or (jar is not None and len(jar)):
+                chosen = jar.filter_cookies(hop.url) if jar is not None else None
+                headers = with_cookies(headers, chosen, hop.cookies)
+            head, conn = await self._exchange(pool, req, hop, headers, stream)
+            if jar is not None:
+                _store_cookies(jar, head.headers, hop.url)
             location = None
             if req.allow_redirects and head.status in REDIRECTS:
                 location = redirect_location(head.headers)
             if location is None:
-                self._deliver(req, stream, conn, pool, head, hop, history)
+                self._deliver(req, stream, conn, pool, head, hop, headers, history)
                 return
             pool.give_back(conn)
             history.append(
                 HistoryItem(
                     head.status, head.reason, head.version, head.headers, str(hop.url),
-                    hop.method, hop.headers,
+                    hop.method, headers,
                 )
             )
             if req.max_redirects and len(history) >= req.max_redirects:
@@ -146,9 +155,15 @@ class Engine:
                 )
 
     async def _exchange(
-        self, pool: Pool, req: Request, hop: Hop, stream: BrokerStream
+        self,
+        pool: Pool,
+        req: Request,
+        hop: Hop,
+        headers: list[tuple[str, str]],
+        stream: BrokerStream,
     ) -> tuple[ResponseHead, HTTP1Connection]:
-        """Send one hop and read its head; retry once on a stale keep-alive connection."""
+        """Send one hop (with ``headers``, its own plus its cookies) and read its head;
+        retry once on a stale keep-alive connection."""
         url = hop.url
         if not url.raw_host:
             raise ConnectionFailure("invalid_url", "URL has no host", url=str(url))
@@ -156,11 +171,11 @@ class Engine:
         timeout = req.timeout
         body = hop.body
         streamed = hop.streamed
-        length = declared_length(hop.headers) if streamed else None
+        length = declared_length(headers) if streamed else None
         head_bytes = build_head(
             hop.method,
             url,
-            hop.headers,
+            headers,
             len(body) if body is not None else None,
             streamed,
             req.skip_host,
@@ -237,9 +252,11 @@ class Engine:
         pool: Pool,
         head: ResponseHead,
         hop: Hop,
+        headers: list[tuple[str, str]],
         history: list[HistoryItem],
     ) -> None:
-        """Hand the connection to the response body, then send the head."""
+        """Hand the connection to the response body, then send the head. The request
+        headers go with it when they are not the worker's own (a redirect, cookies)."""
         decoder = None
         if req.auto_decompress:
             enc = _find(head.headers, b"content-encoding")
@@ -256,7 +273,7 @@ class Engine:
                     head.headers,
                     str(hop.url) if history else req.url,
                     hop.method,
-                    hop.headers if history else [],
+                    headers if history or headers is not req.headers else [],
                     history,
                 )
             )
@@ -265,6 +282,14 @@ class Engine:
             pool.give_back(conn)
             raise
         body.start()
+
+
+def _store_cookies(jar: CookieStore, headers: list[tuple[bytes, bytes]], url: URL) -> None:
+    values = [
+        v.decode("utf-8", "surrogateescape") for k, v in headers if k.lower() == b"set-cookie"
+    ]
+    if values:
+        jar.update_from_headers(values, url)
 
 
 def _checked(req: Request) -> URL:

@@ -9,10 +9,13 @@ one from a redirect response, with aiohttp's rules:
   ``Hop.streamed`` on the next hop tells the engine to ask the worker for it);
 - a relative Location is joined to the current URL; a non-http(s) one is refused, and
   so is one unfit for a request line (control bytes, spaces, a bad host);
-- across origins, Authorization, Cookie and Proxy-Authorization are dropped.
+- across origins, Authorization, Cookie and Proxy-Authorization are dropped, and so are
+  the request's own ``cookies=`` (``Hop.cookies``), for good: aiohttp does not send them
+  again even if a later hop comes back.
 
-Cookies (chosen afresh from the jar per hop), TLS and proxy choices plug in here as more
-fields of the hop; the engine only carries hops out.
+The jar's cookies are not part of a hop: the engine asks the jar afresh for each hop's
+URL (``broker.cookie_header``). TLS and proxy choices plug in here as more fields of the
+hop; the engine only carries hops out.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class Hop:
     """One exchange's request. ``body`` is sent whole; ``streamed`` means the body comes
     from the worker as a stream instead."""
 
-    __slots__ = ("method", "url", "headers", "body", "streamed")
+    __slots__ = ("method", "url", "headers", "body", "streamed", "cookies")
 
     def __init__(
         self,
@@ -42,12 +45,14 @@ class Hop:
         headers: list[tuple[str, str]],
         body: bytes | None = None,
         streamed: bool = False,
+        cookies: list[tuple[str, str]] | None = None,
     ) -> None:
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
         self.streamed = streamed
+        self.cookies = cookies or []  # the request's own cookies=: (name, coded value)
 
     def __repr__(self) -> str:
         body = "streamed" if self.streamed else f"{len(self.body or b'')} bytes"
@@ -78,6 +83,7 @@ def follow(hop: Hop, status: int, location: bytes) -> Hop:
 
     Raises ``ConnectionFailure`` when the location is not a usable http(s) URL."""
     method, body, streamed, headers = hop.method, hop.body, hop.streamed, hop.headers
+    cookies = hop.cookies
     if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
         method = "GET"
         body = None
@@ -108,4 +114,5 @@ def follow(hop: Hop, status: int, location: bytes) -> Hop:
         raise ConnectionFailure("invalid_redirect", problem, url=str(target))
     if url.origin() != origin:
         headers = [(k, v) for k, v in headers if k.lower() not in _CROSS_ORIGIN_DROP]
-    return Hop(method, target, headers, body, streamed)
+        cookies = []
+    return Hop(method, target, headers, body, streamed, cookies)

@@ -66,6 +66,18 @@ def test_same_origin_keeps_credentials_other_origin_drops_them():
     assert "Authorization" not in [k for k, _ in port.headers]
 
 
+def test_request_cookies_follow_same_origin_hops_and_are_dropped_for_good_across():
+    # aiohttp's _request: ``cookies = None`` once a redirect leaves the origin, and a
+    # later hop back to the origin does not bring them back.
+    first = Hop("GET", BASE, [], None, False, [("a", "1")])
+    same = follow(first, 302, b"/again")
+    assert same.cookies == [("a", "1")]
+    away = follow(same, 302, b"http://b.example/")
+    assert away.cookies == []
+    back = follow(away, 302, b"http://a.example:8080/dir/")
+    assert back.cookies == []
+
+
 @pytest.mark.parametrize(
     "location, code",
     [
