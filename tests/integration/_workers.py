@@ -112,3 +112,21 @@ async def _paced(broker: str, url: str, n: int, rate: float) -> int:
 def paced(broker: str, url: str, n: int, rate: float) -> int:
     """Entry point for a spawned worker: n concurrent GETs under a per-host rate."""
     return asyncio.run(_paced(broker, url, n, rate))
+
+
+async def _cookie_visit(url: str, jar_name: str | None, broker: str | None) -> str | None:
+    """One GET of ``url``; the body (what the server saw of the "login" cookie)."""
+    from worker_client import CookieJar
+
+    jar = CookieJar(name=jar_name, unsafe=True) if jar_name else None
+    kwargs = {} if jar is None else {"cookie_jar": jar}
+    async with ClientSession(broker=broker, **kwargs) as session:
+        async with session.get(url) as resp:
+            text = await resp.text()
+    return text or None
+
+
+def cookie_visit(url: str, jar_name: str | None, broker: str | None) -> str | None:
+    """Entry point for a spawned worker: GET ``url`` with the named jar (or a session's
+    own jar when ``jar_name`` is None)."""
+    return asyncio.run(_cookie_visit(url, jar_name, broker))
