@@ -91,7 +91,7 @@ LooseCookies = Union[
     Iterable[tuple[str, Union[str, "BaseCookie[str]", "Morsel[Any]"]]],
     "BaseCookie[str]",
 ]
-CookieRecord = dict[str, Union[str, bool, float]]
+CookieRecord = dict[str, str | bool | float]
 CookieData = dict[str, dict[str, CookieRecord]]
 _JarKey = tuple[str, str]  # (domain, path without trailing "/")
 _CookieKey = tuple[str, str, str]  # (domain, path, name)

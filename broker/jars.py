@@ -91,6 +91,8 @@ def split_cookie_data(data: CookieData, budget: int = PIECE_SIZE) -> list[Cookie
     piece: CookieData = {}
     size = 0
     for compound, records in data.items():
+        if not records:
+            piece.setdefault(compound, {})  # checked all the same
         for name, record in records.items():
             length = len(_encode((compound, name, record)))
             if piece and size + length > budget:
