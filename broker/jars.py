@@ -218,12 +218,17 @@ class JarTable:
             )
 
     def _new_store(self, spec: JarSpec) -> CookieStore:
-        return CookieStore(
-            unsafe=spec.unsafe,
-            quote_cookie=spec.quote_cookie,
-            treat_as_secure_origin=spec.treat_as_secure_origin,
-            clock=self._clock,
-        )
+        try:
+            return CookieStore(
+                unsafe=spec.unsafe,
+                quote_cookie=spec.quote_cookie,
+                treat_as_secure_origin=spec.treat_as_secure_origin,
+                clock=self._clock,
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"treat_as_secure_origin {list(spec.treat_as_secure_origin)!r}: {exc}"
+            ) from None
 
     def _named(self, spec: JarSpec) -> CookieStore:
         store = self.named.get(spec)
