@@ -132,7 +132,11 @@ class CookieFile:
         self._closed = False
 
     def load(self) -> None:
-        """Make the named jars from the file; a corrupt file is moved aside."""
+        """Make the named jars from the file; a corrupt file is moved aside. ``OSError``
+        if the file cannot be read or its directory does not exist (nothing to save to)."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise OSError(f"the cookie file's directory {directory} does not exist")
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()

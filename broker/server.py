@@ -17,7 +17,8 @@ What one worker connection may hold (``Limits`` and the constants below):
 - Frames: one unfinished frame, at most ``MAX_FRAME`` (4 MiB).
 - Streams: at most ``max_streams`` (1024) open at once; the next request gets a Failure.
 - Cookie jars: at most ``max_jars`` (256) tokens open per connection, and the bounds
-  of ``broker.jars`` (named jars, stores, staged loads).
+  of ``broker.jars`` (named jars, stores, staged loads). A jar call is answered at
+  once; the largest answer, a ``JarDump``, is one jar's contents (its store's caps).
 - Pool specs: at most ``max_pool_specs`` (256) distinct ``PoolSpec`` over the
   connection's life (requests and ClearDNS); over it a request gets a Failure, a
   ClearDNS an ErrorFrame.

@@ -208,3 +208,8 @@ def test_parse_document_checks_the_structure():
         parse_document({"version": 1, "jars": [
             {"name": "a", "unsafe": False, "quote_cookie": True,
              "treat_as_secure_origin": "x", "cookies": {}}]})
+
+
+def test_a_cookie_file_in_a_missing_directory_is_refused_at_start(tmp_path):
+    with pytest.raises(OSError, match="does not exist"):
+        CookieFile(str(tmp_path / "none" / "cookies.json"), JarTable()).load()
