@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -405,3 +406,43 @@ def test_http_broker_stats_shows_the_jars(broker_process):
     ).stdout
     (figure,) = [f for f in json.loads(out)["jars"] if f["name"] == name]
     assert figure["cookies"] == 2 and figure["open"] == 1
+
+
+def test_a_silent_broker_is_a_timeout_and_the_next_call_reconnects(tmp_path, monkeypatch):
+    """A listener that greets and then answers nothing: each call waits its own
+    deadline, and a call after a timeout starts on a new connection."""
+    from shared.framing import FrameReader, encode
+    from shared.messages import PROTOCOL_VERSION, Welcome
+    from worker_client import jar_channel
+
+    monkeypatch.setattr(jar_channel, "CALL_TIMEOUT", 0.3)
+    path = str(tmp_path / "silent.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    listener.settimeout(10)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while len(accepted) < 2:
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            FrameReader().feed(conn.recv(1 << 16))  # the Hello
+            conn.sendall(encode(Welcome(PROTOCOL_VERSION, os.getpid())))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerConnectionError, match="in time"):
+            BrokerJar(path, TRUSTED, JarSpec())
+        assert 0.25 < time.monotonic() - started < 3
+        with pytest.raises(BrokerConnectionError, match="in time"):
+            BrokerJar(path, TRUSTED, JarSpec())
+        server.join(5)
+        assert len(accepted) == 2
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+        channel(path, TRUSTED).close()
