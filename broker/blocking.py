@@ -2,9 +2,11 @@
 
 It speaks what a worker speaks (``Hello`` first, then messages, frames from
 ``shared.framing``), one question and one answer at a time; ``receive`` is the one
-frame-reading loop for such a peer. Every wait is bounded: the whole conversation must
-fit in ``timeout`` seconds, so a broker that trickles bytes cannot hold the caller.
-Used by ``http-broker stats``; the broker package never imports the worker's.
+frame-reading loop for such a peer. Every wait is bounded: the conversation must fit in
+its deadline, ``timeout`` seconds from the start unless ``deadline_in`` sets another (a
+long-lived peer sets one per call), so a broker that trickles bytes cannot hold the
+caller. Used by ``http-broker stats`` and the worker's jar channel; the broker package
+never imports the worker's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Message, Welcom
 
 from .peercred import peer_uid, trusted_broker_uids, untrusted_broker
 
-__all__ = ["BlockingPeer", "PeerError"]
+__all__ = ["BlockingPeer", "PeerError", "PeerTimeout"]
 
 _READ_SIZE = 1 << 16
 _Reply = TypeVar("_Reply")
@@ -31,10 +33,17 @@ class PeerError(ConnectionError):
     """The broker is unreachable, closed the connection, or answered out of turn."""
 
 
+class PeerTimeout(PeerError):
+    """The broker did not answer before the deadline."""
+
+
 class BlockingPeer:
     """One blocking Unix-socket connection to the broker at ``path``."""
 
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str, timeout: float = 10.0, trusted: frozenset[int] | None = None
+    ) -> None:
+        """``trusted``: the broker uids to talk to (default ``trusted_broker_uids()``)."""
         self.path = path
         self._deadline = time.monotonic() + timeout
         self._reader = FrameReader()
@@ -48,7 +57,9 @@ class BlockingPeer:
             raise PeerError(
                 f"cannot reach the broker at {path}: {exc.strerror or exc}"
             ) from None
-        problem = untrusted_broker(path, peer_uid(self._sock, path), trusted_broker_uids())
+        if trusted is None:
+            trusted = trusted_broker_uids()
+        problem = untrusted_broker(path, peer_uid(self._sock, path), trusted)
         if problem is not None:  # checked before a byte is sent, as a worker checks
             self._sock.close()
             raise PeerError(problem)
@@ -66,6 +77,10 @@ class BlockingPeer:
 
     def close(self) -> None:
         self._sock.close()
+
+    def deadline_in(self, timeout: float) -> None:
+        """What follows must be done within ``timeout`` seconds from now."""
+        self._deadline = time.monotonic() + timeout
 
     def handshake(self) -> Welcome:
         """Say Hello; the broker's Welcome."""
@@ -89,9 +104,15 @@ class BlockingPeer:
         return got
 
     def send(self, msg: Message) -> None:
+        self.send_frames(encode(msg))
+
+    def send_frames(self, frames: bytes) -> None:
+        """Send encoded frames (several messages in one write)."""
         self._settimeout()
         try:
-            self._sock.sendall(encode(msg))
+            self._sock.sendall(frames)
+        except TimeoutError:
+            raise PeerTimeout(f"the broker at {self.path} did not take frames in time") from None
         except OSError as exc:
             raise PeerError(f"lost the broker at {self.path}: {exc.strerror or exc}") from None
 
@@ -102,6 +123,8 @@ class BlockingPeer:
             self._settimeout()
             try:
                 data = self._sock.recv(_READ_SIZE)
+            except TimeoutError:
+                raise PeerTimeout(f"the broker at {self.path} did not answer in time") from None
             except OSError as exc:
                 raise PeerError(
                     f"lost the broker at {self.path}: {exc.strerror or exc}"
@@ -120,5 +143,5 @@ class BlockingPeer:
     def _settimeout(self) -> None:
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise PeerError(f"the broker at {self.path} did not answer in time")
+            raise PeerTimeout(f"the broker at {self.path} did not answer in time")
         self._sock.settimeout(left)

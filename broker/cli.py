@@ -31,10 +31,12 @@ async def serve(
     parent_pid: int | None = None,
     drain_timeout: float = 30.0,
     ready_fd: int | None = None,
+    cookie_file: str | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or until ``parent_pid`` exits), then drain and stop."""
+    """Serve until SIGTERM/SIGINT (or until ``parent_pid`` exits), then drain and stop.
+    ``cookie_file``: where the named cookie jars are kept (``broker.jar_file``)."""
     loop = asyncio.get_running_loop()
-    server = BrokerServer(socket_path)
+    server = BrokerServer(socket_path, cookie_file=cookie_file)
     await server.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -84,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         help="on SIGTERM/SIGINT, seconds to let in-flight requests finish (default 30)",
     )
     p_serve.add_argument(
+        "--cookie-file", default=None,
+        help="keep the named cookie jars in this JSON file: loaded at start, saved on change",
+    )
+    p_serve.add_argument(
         "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR"
     )
     p_stats = sub.add_parser("stats", help="print a running broker's figures as JSON")
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                     parent_pid=args.parent_pid,
                     drain_timeout=args.drain_timeout,
                     ready_fd=args.ready_fd,
+                    cookie_file=args.cookie_file,
                 )
             )
         except OSError as exc:

@@ -67,7 +67,11 @@ __all__ = [
     "MAX_COOKIES_PER_DOMAIN",
     "MAX_COOKIE_SIZE",
     "CookieStore",
+    "CookieData",
+    "CookieRecord",
     "is_domain_match",
+    "morsel_from_record",
+    "new_morsel",
     "parse_cookie_date",
     "parse_set_cookie_headers",
 ]
@@ -87,6 +91,8 @@ LooseCookies = Union[
     Iterable[tuple[str, Union[str, "BaseCookie[str]", "Morsel[Any]"]]],
     "BaseCookie[str]",
 ]
+CookieRecord = dict[str, str | bool | float]
+CookieData = dict[str, dict[str, CookieRecord]]
 _JarKey = tuple[str, str]  # (domain, path without trailing "/")
 _CookieKey = tuple[str, str, str]  # (domain, path, name)
 _DUMP_SKIPPED = frozenset(("max-age", "expires"))  # the absolute deadline is saved
@@ -141,7 +147,7 @@ def _encoded_length(text: str) -> int | None:
         return None
 
 
-def _new_morsel(key: str, value: str, coded_value: str) -> Morsel[str] | None:
+def new_morsel(key: str, value: str, coded_value: str) -> Morsel[str] | None:
     """A morsel without ``Morsel.set``'s name checks (names such as "{a}" are real)."""
     morsel: Morsel[str] = Morsel()
     try:
@@ -221,7 +227,7 @@ def _parse_one(header: str) -> tuple[str, Morsel[str]] | None:
     value = _unquote(coded_value)
     if size is None or size > MAX_COOKIE_SIZE or _CTL_RE.search(value) is not None:
         return None
-    morsel = _new_morsel(key, value, coded_value)
+    morsel = new_morsel(key, value, coded_value)
     if morsel is None:
         return None
     _apply_attributes(morsel, header[attributes_start:])
@@ -346,6 +352,7 @@ class CookieStore:
         self.max_cookie_size = max_cookie_size
         self.max_cookies = max_cookies
         self._clock = clock
+        self.on_change: Callable[[], None] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -363,6 +370,14 @@ class CookieStore:
 
     def __len__(self) -> int:
         return len(self._recency)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def expire(self) -> None:
+        """Drop the cookies whose deadline has passed (every read does this first)."""
+        self._expire()
 
     def __iter__(self) -> Iterator[Morsel[str]]:
         self._expire()
@@ -397,17 +412,19 @@ class CookieStore:
     ) -> None:
         if not self.unsafe and is_ip_address(url.raw_host):
             return  # aiohttp: no cookies from IP hosts
+        stored = False
         for name, cookie in pairs:
-            self._store(name, cookie, url, deadline)
-        self._expire()
+            stored = self._store(name, cookie, url, deadline) or stored
+        if not self._expire() and stored:
+            self._changed()
 
-    def _store(self, name: str, cookie: Morsel[str], url: URL, saved: float | None) -> None:
+    def _store(self, name: str, cookie: Morsel[str], url: URL, saved: float | None) -> bool:
         if not self._fits(cookie):
-            return
+            return False
         hostname = url.raw_host
         scope = self._scope(cookie, hostname)
         if scope is None:
-            return
+            return False
         domain, host_only = scope
         path = self._path(cookie, url)
         deadline = saved if saved is not None else self._deadline(cookie)
@@ -415,7 +432,7 @@ class CookieStore:
         jar_key = (domain, path)
         is_new = name not in self._cookies.get(jar_key, ())
         if is_new and not self._room_for(domain, bool(cookie["secure"]), deadline):
-            return
+            return False
         if host_only:
             self._host_only.add(key)
             cookie["domain"] = domain
@@ -426,6 +443,7 @@ class CookieStore:
         self._sendable.pop(key, None)
         self._set_deadline(key, deadline)
         self._touch(key)
+        return True
 
     def _fits(self, cookie: Morsel[str]) -> bool:
         if not isinstance(cookie.key, str) or not isinstance(cookie.value, str):
@@ -544,22 +562,28 @@ class CookieStore:
     def _get(self, key: _CookieKey) -> Morsel[str]:
         return self._cookies[key[:2]][key[2]]
 
-    def _expire(self) -> None:
+    def _expire(self) -> bool:
+        """Whether a cookie expired (and the change was announced)."""
         now = self._clock()
         heap = self._expire_heap
+        if not heap or heap[0][0] > now:
+            return False
         expired = []
         while heap and heap[0][0] <= now:
             when, key = heapq.heappop(heap)
             if self._expirations.get(key) == when:
                 expired.append(key)
-        self._delete(expired)
+        return self._delete(expired) > 0
 
-    def _delete(self, keys: Iterable[_CookieKey]) -> None:
+    def _delete(self, keys: Iterable[_CookieKey]) -> int:
+        """Remove ``keys`` (those present); how many there were, announced as a change."""
+        deleted = 0
         for key in keys:
             domain, path, name = key
             cookies = self._cookies.get((domain, path))
             if cookies is None or cookies.pop(name, None) is None:
                 continue
+            deleted += 1
             if not cookies:
                 del self._cookies[(domain, path)]
             self._host_only.discard(key)
@@ -570,14 +594,26 @@ class CookieStore:
             del order[key]
             if not order:
                 del self._domain_recency[domain]
+        if deleted:
+            self._changed()
+        return deleted
 
     def clear(self, predicate: Callable[[Morsel[str]], bool] | None = None) -> None:
         """Remove every cookie, or the expired ones and those ``predicate`` selects."""
         if predicate is None:
+            had = bool(self._recency)
             self._reset()
+            if had:
+                self._changed()
             return
         self._expire()
         self._delete([k for k in list(self._recency) if predicate(self._get(k))])
+
+    def delete(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Remove the cookies named by (domain, path, name), and the expired ones; a
+        path is taken with or without its trailing "/"."""
+        self._expire()
+        self._delete([(domain, path.rstrip("/"), name) for domain, path, name in keys])
 
     def clear_domain(self, domain: str) -> None:
         """Remove the cookies of ``domain`` and of its subdomains."""
@@ -666,7 +702,7 @@ class CookieStore:
             value, coded = _SIMPLE_COOKIE.value_encode(cookie.value)
         else:
             value = coded = cookie.value
-        return _new_morsel(cookie.key, value, coded) or cookie
+        return new_morsel(cookie.key, value, coded) or cookie
 
     # --- persistence ---
 
@@ -698,7 +734,13 @@ class CookieStore:
     def load(self, data: object) -> None:
         """Replace the contents with ``dump()``'s data; ``ValueError`` leaves them as
         they were."""
-        loaded = CookieStore(
+        staged = self.empty_copy()
+        staged.add_records(data)
+        self.replace_with(staged)
+
+    def empty_copy(self) -> CookieStore:
+        """An empty store with this one's settings and caps: where a load is staged."""
+        return CookieStore(
             unsafe=self.unsafe,
             quote_cookie=self.quote_cookie,
             treat_as_secure_origin=self.treat_as_secure_origin,
@@ -707,6 +749,12 @@ class CookieStore:
             max_cookie_size=self.max_cookie_size,
             max_cookies=self.max_cookies,
         )
+
+    def add_records(self, data: object) -> None:
+        """Add ``dump()``'s data (or a piece of it) to the contents, through the rules
+        of ``update_cookies``: a load in pieces is one call per piece on a store from
+        ``empty_copy``, then ``replace_with``. ``ValueError`` at the first bad entry
+        (the entries before it stay added)."""
         if not isinstance(data, dict):
             raise ValueError(f"cookie data must be an object, not {type(data).__name__}")
         for compound, records in data.items():
@@ -715,32 +763,81 @@ class CookieStore:
             domain = compound.split("|", 1)[0]
             url = URL.build(scheme="https", host=domain) if domain else URL()
             for name, record in records.items():
-                morsel, deadline = _from_record(compound, name, record)
-                loaded._store_all([(name, morsel)], url, deadline)
-        self.__dict__.update(loaded.__dict__)
+                morsel, deadline = morsel_from_record(name, record, stored=True, where=compound)
+                self._store_all([(name, morsel)], url, deadline)
+
+    def replace_with(self, staged: CookieStore) -> None:
+        """Take ``staged``'s contents (not to be used afterwards); a change."""
+        hook = self.on_change
+        self.__dict__.update(staged.__dict__)
+        self.on_change = hook
+        self._changed()
+
+    def update_records(
+        self, cookies: Iterable[tuple[object, object]], response_url: URL | str = _NO_URL
+    ) -> None:
+        """``update_cookies`` with each cookie as a (name, record) pair, the wire's form.
+        Every record is checked before any is stored: ``ValueError`` changes nothing."""
+        pairs = [
+            (name, morsel_from_record(name, record, stored=False)[0])
+            for name, record in cookies
+        ]
+        self._store_all(pairs, URL(response_url), None)  # type: ignore[arg-type]
 
 
-def _from_record(compound: str, name: object, record: object) -> tuple[Morsel[str], float | None]:
-    where = f"cookie {name!r} in {compound!r}"
+# A coded value is the value, quoted: at most 4 characters per byte ("\\ooo"), and quotes.
+_MAX_CODED_SIZE = 4 * MAX_COOKIE_SIZE + 2
+
+
+def morsel_from_record(
+    name: object, record: object, *, stored: bool, where: str = ""
+) -> tuple[Morsel[str], float | None]:
+    """The Morsel of one cookie record (``dump()``'s layout, also the wire's), checked;
+    and its deadline. ``stored``: a record of a saved jar, whose ``host_only`` and
+    ``expires_timestamp`` count (else they are ignored: a new cookie gets its deadline
+    from its attributes). ``ValueError`` says what is wrong."""
+    where = f"cookie {name!r}" + (f" in {where!r}" if where else "")
     if not isinstance(record, dict) or not isinstance(name, str):
         raise ValueError(f"{where}: a cookie record must be an object")
     texts = [record.get(field) for field in ("key", "value", "coded_value")]
     if not all(isinstance(text, str) for text in texts):
         raise ValueError(f"{where}: key, value and coded_value must be strings")
-    morsel = _new_morsel(*texts)  # type: ignore[arg-type]
+    if len(texts[2]) > _MAX_CODED_SIZE:  # type: ignore[arg-type]
+        raise ValueError(f"{where}: coded_value is over {_MAX_CODED_SIZE} characters")
+    morsel = new_morsel(*texts)  # type: ignore[arg-type]
     if morsel is None or not _NAME_RE.match(morsel.key):
         raise ValueError(f"{where}: not a valid cookie")
     for attr in _RESERVED & record.keys():
-        value = record[attr]
-        if not isinstance(value, (str, bool)):
-            raise ValueError(f"{where}: attribute {attr!r} must be a string or a flag")
-        dict.__setitem__(morsel, attr, value)
-    if record.get("host_only"):
-        morsel["domain"] = ""  # stored again as host-only under its domain
-    deadline = record.get("expires_timestamp")
-    if deadline is not None:
-        is_number = isinstance(deadline, (int, float)) and not isinstance(deadline, bool)
-        if not is_number or not math.isfinite(deadline):
-            raise ValueError(f"{where}: expires_timestamp must be a finite number")
-        deadline = float(deadline)
+        dict.__setitem__(morsel, attr, _attribute(where, attr, record[attr]))
+    deadline = None
+    if stored:
+        host_only = record.get("host_only", False)
+        if not isinstance(host_only, bool):
+            raise ValueError(f"{where}: host_only must be true or false")
+        if host_only:
+            morsel["domain"] = ""  # stored again as host-only under its domain
+        deadline = _deadline_of(where, record.get("expires_timestamp"))
     return morsel, deadline
+
+
+def _attribute(where: str, attr: str, value: object) -> str | bool:
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: attribute {attr!r} must be a string or a flag")
+    length = _encoded_length(value)
+    if length is None or length > MAX_ATTRIBUTE_SIZE or _CTL_RE.search(value) is not None:
+        raise ValueError(
+            f"{where}: attribute {attr!r} must be at most {MAX_ATTRIBUTE_SIZE} bytes "
+            "of text without control characters"
+        )
+    return value
+
+
+def _deadline_of(where: str, deadline: object) -> float | None:
+    if deadline is None:
+        return None
+    is_number = isinstance(deadline, (int, float)) and not isinstance(deadline, bool)
+    if not is_number or not math.isfinite(deadline):  # type: ignore[arg-type]
+        raise ValueError(f"{where}: expires_timestamp must be a finite number")
+    return float(deadline)  # type: ignore[arg-type]

@@ -16,6 +16,9 @@ What one worker connection may hold (``Limits`` and the constants below):
   not spoken costs its socket and a few hundred bytes.
 - Frames: one unfinished frame, at most ``MAX_FRAME`` (4 MiB).
 - Streams: at most ``max_streams`` (1024) open at once; the next request gets a Failure.
+- Cookie jars: at most ``max_jars`` (256) tokens open per connection, and the bounds
+  of ``broker.jars`` (named jars, stores, staged loads). A jar call is answered at
+  once; the largest answer, a ``JarDump``, is one jar's contents (its store's caps).
 - Pool specs: at most ``max_pool_specs`` (256) distinct ``PoolSpec`` over the
   connection's life (requests and ClearDNS); over it a request gets a Failure, a
   ClearDNS an ErrorFrame.
@@ -68,7 +71,10 @@ from shared.messages import (
 from shared.specs import encode_pool
 from shared.stream_state import State
 
+from .cookie_store import CookieStore
 from .engine import Engine
+from .jar_file import CookieFile
+from .jars import JAR_CALLS, UNKNOWN_JAR, JarTable
 from .peercred import peer_credentials
 from .stats import build_stats
 from .stream import BrokerStream
@@ -326,6 +332,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         for stream in list(self.streams.values()):
             stream.give_up()
         self.streams.clear()
+        self.server.jars.drop_owner(self)
         self.server.connection_gone(self)
 
     def peer_gone(self) -> None:
@@ -368,6 +375,9 @@ class WorkerConnection(asyncio.BufferedProtocol):
             s = self.streams.get(msg.stream)
             if s is not None:
                 s.give_up()
+        elif kind in JAR_CALLS:
+            for reply in self.server.jars.apply(self, self.process, msg):
+                self.send(reply)
         elif kind is StatsRequest:
             self.send(self.server.stats())
         elif kind is ClearDNS:
@@ -413,9 +423,20 @@ class WorkerConnection(asyncio.BufferedProtocol):
         if refusal is not None:
             self.send(Failure(req.stream, ErrorCode.BROKER, refusal))
             return
+        jar = None
+        if req.jar:
+            jar = self.server.jars.find(req.jar, self.process)
+            if jar is None:
+                self.send(Failure(req.stream, ErrorCode.PROTOCOL, UNKNOWN_JAR))
+                return
         stream = IPCStream(req.stream, self, req.streamed)
         self.streams[req.stream] = stream
-        stream.task = asyncio.get_running_loop().create_task(self._run(req, stream))
+        stream.task = asyncio.get_running_loop().create_task(self._run(req, stream, jar))
+
+    @property
+    def process(self) -> int:
+        """The worker's pid, whose jars it may name: the kernel's word where there is one."""
+        return self.peer_pid or self.pid
 
     def _refusal(self, req: Request) -> str | None:
         if self.server.draining:
@@ -447,9 +468,9 @@ class WorkerConnection(asyncio.BufferedProtocol):
             f"connectors instead of making new ones"
         )
 
-    async def _run(self, req: Request, stream: IPCStream) -> None:
+    async def _run(self, req: Request, stream: IPCStream, jar: CookieStore | None) -> None:
         try:
-            await self.engine.perform(req, stream)
+            await self.engine.perform(req, stream, None, jar)
         finally:
             # In the body phase the stream lives on without this task, until its end.
             if stream.state is not State.BODY:
@@ -494,17 +515,24 @@ class Limits:
     handshake_timeout: float = 5.0
     max_streams: int = 1024
     max_pool_specs: int = 256
+    max_jars: int = 256
 
 
 class BrokerServer:
     """Serves workers on a Unix socket with one engine."""
 
     def __init__(
-        self, path: str, engine: Engine | None = None, limits: Limits = Limits()
+        self,
+        path: str,
+        engine: Engine | None = None,
+        limits: Limits = Limits(),
+        cookie_file: str | None = None,
     ) -> None:
         self.path = path
         self.engine = engine or Engine()
         self.limits = limits
+        self.jars = JarTable(max_jars=limits.max_jars)
+        self.cookie_file = CookieFile(cookie_file, self.jars) if cookie_file else None
         self.workers: set[WorkerConnection] = set()
         self.draining = False
         # One read buffer for every connection: a read is handled to its end before
@@ -521,6 +549,9 @@ class BrokerServer:
         loop = asyncio.get_running_loop()
         if os.path.exists(self.path):
             _remove_stale_socket(self.path)
+        if self.cookie_file is not None:
+            self.cookie_file.load()
+            self.cookie_file.start()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
         try:
@@ -588,7 +619,7 @@ class BrokerServer:
         self.stream_done()
 
     def stats(self) -> Stats:
-        return build_stats(self.engine, len(self.workers), self.streams)
+        return build_stats(self.engine, len(self.workers), self.streams, self.jars.figures())
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight streams finish (up to a limit), close all."""
@@ -612,6 +643,8 @@ class BrokerServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.engine.close()
+        if self.cookie_file is not None:
+            await self.cookie_file.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:

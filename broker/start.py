@@ -63,8 +63,12 @@ def start(
     startup_timeout: float = 15.0,
     drain_timeout: float = 30.0,
     log_level: str = "WARNING",
+    cookie_file: str | os.PathLike[str] | None = None,
 ) -> Iterator[BrokerProcess]:
-    """Spawn a broker, wait until it accepts, export ``HTTP_BROKER``; stop it on exit."""
+    """Spawn a broker, wait until it accepts, export ``HTTP_BROKER``; stop it on exit.
+
+    ``cookie_file``: a JSON file where the broker keeps the named cookie jars (loaded at
+    start, saved within a second of a change)."""
     starter = os.getpid()
     tmpdir = None
     if socket_path is None:
@@ -79,6 +83,8 @@ def start(
         "--drain-timeout", str(drain_timeout),
         "--log-level", log_level,
     ]
+    if cookie_file is not None:
+        cmd += ["--cookie-file", os.path.abspath(cookie_file)]
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from shared.messages import Stats, StatsRequest
 
@@ -12,8 +13,14 @@ from .engine import Engine
 __all__ = ["build_stats", "fetch_stats"]
 
 
-def build_stats(engine: Engine, workers: int, streams: int) -> Stats:
-    """The figures of ``engine`` in this process, serving ``workers`` with ``streams`` open."""
+def build_stats(
+    engine: Engine,
+    workers: int,
+    streams: int,
+    jars: Sequence[dict[str, object]] = (),
+) -> Stats:
+    """The figures of ``engine`` in this process, serving ``workers`` with ``streams``
+    open; ``jars``: the figures of the cookie jars (``JarTable.figures``)."""
     return Stats(
         pid=os.getpid(),
         workers=workers,
@@ -21,6 +28,7 @@ def build_stats(engine: Engine, workers: int, streams: int) -> Stats:
         requests=engine.requests,
         pools=engine.figures(),
         dns=engine.dns_figures(),
+        jars=list(jars),
     )
 
 

@@ -279,10 +279,12 @@ class JarData(_Msg, tag="jardata", frozen=True):
 
 
 class JarFailed(_Msg, tag="jarfailed", frozen=True):
-    """A jar call was refused (unknown jar, a cap, bad data); the connection lives on."""
+    """A jar call was refused (unknown jar, a cap, bad data); the connection lives on.
+    ``invalid``: the call's data was bad (the worker raises ``ValueError``)."""
 
     call: int
     message: str
+    invalid: bool = False
 
 
 Message = (

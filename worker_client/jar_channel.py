@@ -1,0 +1,331 @@
+"""The jar channel: this process's blocking connection for cookie-jar calls.
+
+How this works. A jar's synchronous methods (``filter_cookies``, ``len``...) are short
+blocking round trips to the broker, on one connection per process and broker address
+(``channel``), apart from the asyncio connection of the requests: so they work from
+inside a running event loop, and a thread waiting on one blocks nobody else. A lock makes
+one call at a time; every call has its own deadline (``CALL_TIMEOUT``).
+
+The broker ties a jar to the connection that opened it, and a request's ``Request.jar``
+to the process: so the channel keeps the spec of every token it opened, and on a new
+connection opens them all again before the call. A new connection is made in a forked
+child (whose jars in the broker are then its own, empty for an unnamed jar, the group's
+for a named one), and when a call finds the connection gone (the broker restarted): that
+call then tries once more. A deadline passed or a broker that answered out of turn
+drops the connection (a later reply could not be told from the next call's) and raises.
+
+A jar object that is garbage-collected only queues its token (``BrokerJar.close``, safe
+from a finalizer or any thread: it takes no lock); the next call sends the ``JarClose``
+frames first. The connections are closed at exit.
+
+Bounds: the calls are split so that every frame stays below ``MAX_FRAME`` (records in
+pieces of about ``broker.jars.PIECE_SIZE``); the replies of one call are what the broker
+sends (its own bounds); the close queue holds one token per collected jar until the
+next call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import secrets
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from http.cookies import BaseCookie, Morsel
+from typing import Any
+
+import msgspec
+from yarl import URL
+
+from broker.blocking import BlockingPeer, PeerError, PeerTimeout
+from broker.cookie_store import new_morsel
+from broker.jars import PIECE_SIZE, split_cookie_data
+from shared.framing import encode
+from shared.messages import (
+    CookieData,
+    CookieRecord,
+    JarClose,
+    JarCookies,
+    JarCount,
+    JarData,
+    JarDelete,
+    JarDone,
+    JarDump,
+    JarFailed,
+    JarFilter,
+    JarLoad,
+    JarOpen,
+    JarUpdate,
+    Message,
+)
+from shared.specs import JarSpec
+
+from .exceptions import BrokerConnectionError, BrokerProtocolError
+
+__all__ = ["BrokerJar", "JarChannel", "channel", "CALL_TIMEOUT"]
+
+log = logging.getLogger("worker_client.jar_channel")
+
+CALL_TIMEOUT = 10.0
+_encode_record = msgspec.msgpack.Encoder().encode
+
+
+class JarChannel:
+    """The jar calls of this process to the broker at ``path`` (of a ``trusted`` uid)."""
+
+    def __init__(self, path: str, trusted: frozenset[int]) -> None:
+        self.path = path
+        self.trusted = trusted
+        self.specs: dict[bytes, JarSpec] = {}  # what this process has open, to reopen
+        self._closing: deque[bytes] = deque()
+        self._lock = threading.Lock()
+        self._peer: BlockingPeer | None = None
+        self._pid = os.getpid()
+        self._calls = itertools.count(1)
+
+    def __repr__(self) -> str:
+        state = "connected" if self._peer is not None else "not connected"
+        return f"<JarChannel {self.path} {state}, {len(self.specs)} jars>"
+
+    def open(self, token: bytes, spec: JarSpec) -> None:
+        with self._lock:
+            self.specs[token] = spec
+            try:
+                self._run([JarOpen(0, token, spec)])
+            except BaseException:
+                self.specs.pop(token, None)
+                raise
+
+    def close_later(self, token: bytes) -> None:
+        """Forget ``token`` at the next call (takes no lock: safe from a finalizer)."""
+        self._closing.append(token)
+
+    def call(self, msgs: list[Any]) -> list[list[Message]]:
+        """Send the calls ``msgs`` (numbered here) at once; each one's replies. A
+        ``JarFailed`` raises (after every reply was read): ``ValueError`` for bad data,
+        else ``RuntimeError``; a lost broker ``BrokerConnectionError``."""
+        with self._lock:
+            return self._run(msgs)
+
+    def close(self) -> None:
+        peer, self._peer = self._peer, None
+        if peer is not None:
+            peer.close()
+
+    # -- under the lock -----------------------------------------------------------------
+
+    def _run(self, msgs: list[Any]) -> list[list[Message]]:
+        if self._pid != os.getpid():
+            self._forked()
+        closes = []
+        while self._closing:
+            token = self._closing.popleft()
+            self.specs.pop(token, None)
+            closes.append(JarClose(token))
+        numbered = [msgspec.structs.replace(m, call=next(self._calls)) for m in msgs]
+        try:
+            frames = b"".join(encode(m) for m in [*closes, *numbered])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"cookie data that cannot be sent: {exc}") from None
+        fresh = self._peer is None
+        for attempt in (1, 2):
+            try:
+                peer = self._connected()
+                replies = self._exchange(peer, frames, numbered)
+                break
+            except PeerError as exc:
+                self.close()
+                if isinstance(exc, PeerTimeout) or fresh or attempt == 2:
+                    raise BrokerConnectionError(str(exc)) from None
+                fresh = True  # the connection was gone: once more, on a new one
+        for reply in replies:
+            if isinstance(reply[-1], JarFailed):
+                failed = reply[-1]
+                raise (ValueError if failed.invalid else RuntimeError)(failed.message)
+        return replies
+
+    def _forked(self) -> None:
+        """This is a forked child: the parent's connection is not ours to use."""
+        peer, self._peer = self._peer, None
+        if peer is not None:
+            peer.close()  # our copy of the descriptor only; the parent's lives on
+        self._pid = os.getpid()
+
+    def _connected(self) -> BlockingPeer:
+        if self._peer is not None:
+            return self._peer
+        peer = BlockingPeer(self.path, CALL_TIMEOUT, self.trusted)
+        try:
+            peer.handshake()
+            opens = [JarOpen(next(self._calls), t, s) for t, s in self.specs.items()]
+            if opens:
+                replies = self._exchange(peer, b"".join(map(encode, opens)), opens)
+                for reply in replies:
+                    if isinstance(reply[-1], JarFailed):
+                        log.warning("could not reopen a cookie jar: %s", reply[-1].message)
+        except BaseException:
+            peer.close()
+            raise
+        self._peer = peer
+        return peer
+
+    def _exchange(self, peer: BlockingPeer, frames: bytes, calls: list[Any]) -> list[list[Message]]:
+        peer.deadline_in(CALL_TIMEOUT)
+        peer.send_frames(frames)
+        return [list(self._replies(peer, msg)) for msg in calls]
+
+    def _replies(self, peer: BlockingPeer, msg: Any) -> Iterator[Message]:
+        while True:
+            reply = peer.receive()
+            if getattr(reply, "call", None) != msg.call:
+                self.close()
+                raise BrokerProtocolError(
+                    f"the broker at {self.path} answered {type(reply).__name__} "
+                    f"to {type(msg).__name__}"
+                )
+            yield reply
+            if not (isinstance(reply, JarData) and reply.more):
+                return
+
+
+_channels: dict[tuple[str, frozenset[int]], JarChannel] = {}
+_channels_lock = threading.Lock()
+
+
+def channel(path: str, trusted: frozenset[int]) -> JarChannel:
+    """This process's channel to the broker at ``path``."""
+    key = (path, trusted)
+    with _channels_lock:
+        found = _channels.get(key)
+        if found is None:
+            found = _channels[key] = JarChannel(path, trusted)
+        return found
+
+
+def _after_fork() -> None:
+    global _channels_lock
+    _channels_lock = threading.Lock()  # another thread may have held it at the fork
+    for ch in _channels.values():
+        ch._lock = threading.Lock()
+        ch._forked()
+
+
+def _close_all() -> None:
+    for ch in list(_channels.values()):
+        ch.close()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_close_all)
+
+
+# -- the backend of a CookieJar in a process with a broker ------------------------------------
+
+
+def _record(morsel: Morsel[str]) -> CookieRecord:
+    record: CookieRecord = {
+        "key": morsel.key, "value": morsel.value, "coded_value": morsel.coded_value
+    }
+    for attr, value in morsel.items():
+        if value:
+            record[attr] = value if isinstance(value, (str, bool)) else str(value)
+    return record
+
+
+def _pieces(items: Iterable[Any], size_of: Any) -> Iterator[list[Any]]:
+    piece: list[Any] = []
+    size = 0
+    for item in items:
+        length = size_of(item)
+        if length > PIECE_SIZE:
+            raise ValueError(f"a cookie of {length} bytes is too big to store")
+        if piece and size + length > PIECE_SIZE:
+            yield piece
+            piece, size = [], 0
+        piece.append(item)
+        size += length
+    if piece:
+        yield piece
+
+
+class BrokerJar:
+    """The broker's side of a ``CookieJar``: one jar in the broker, named by ``token``."""
+
+    __slots__ = ("token", "spec", "_channel", "__weakref__")
+
+    def __init__(self, path: str, trusted: frozenset[int], spec: JarSpec) -> None:
+        self.token = secrets.token_bytes(16)
+        self.spec = spec
+        self._channel = channel(path, trusted)
+        self._channel.open(self.token, spec)
+
+    def __repr__(self) -> str:
+        return f"<BrokerJar {self.token.hex()} {self.spec}>"
+
+    def update(self, cookies: list[tuple[str, Morsel[str]]], url: URL) -> None:
+        """Store ``cookies`` as if a response from ``url`` set them."""
+        records = []
+        for name, morsel in cookies:
+            if not isinstance(name, str):
+                raise ValueError(f"a cookie name must be text, not {type(name).__name__}")
+            if isinstance(morsel.key, str) and isinstance(morsel.value, str):
+                records.append((name, _record(morsel)))  # else an empty Morsel: nothing
+        target = str(url)
+        calls = [
+            JarUpdate(0, self.token, target, piece)
+            for piece in _pieces(records, lambda r: len(_encode_record(r)))
+        ]
+        if calls:
+            self._channel.call(calls)
+
+    def filter(self, url: URL) -> BaseCookie[str]:
+        """The cookies to send to ``url``."""
+        (reply,) = self._channel.call([JarFilter(0, self.token, str(url))])[0]
+        assert isinstance(reply, JarCookies)
+        out: BaseCookie[str] = BaseCookie()
+        for name, value, coded in reply.cookies:
+            morsel = new_morsel(name, value, coded)
+            if morsel is not None:
+                dict.__setitem__(out, name, morsel)
+        return out
+
+    def count(self) -> int:
+        (reply,) = self._channel.call([JarCount(0, self.token)])[0]
+        assert isinstance(reply, JarDone)
+        return reply.count
+
+    def dump(self) -> dict[str, dict[str, dict[str, str | bool | float]]]:
+        """The jar's contents in aiohttp's cookie file layout."""
+        data: CookieData = {}
+        for reply in self._channel.call([JarDump(0, self.token)])[0]:
+            assert isinstance(reply, JarData)
+            for compound, records in reply.data.items():
+                data.setdefault(compound, {}).update(records)
+        return data
+
+    def load(self, data: dict[str, Any]) -> None:
+        """Replace the contents with ``dump()``'s data; ``ValueError`` changes nothing."""
+        checked = msgspec.convert(data, CookieData)  # a ValidationError is a ValueError
+        pieces = split_cookie_data(checked)
+        last = len(pieces) - 1
+        self._channel.call(
+            [JarLoad(0, self.token, piece, last=i == last) for i, piece in enumerate(pieces)]
+        )
+
+    def delete(self, keys: list[tuple[str, str, str]] | None) -> None:
+        """Remove the cookies named by (domain, path, name), or all of them (None)."""
+        if keys is None:
+            self._channel.call([JarDelete(0, self.token)])
+            return
+        pieces = _pieces(keys, lambda key: len(_encode_record(key)))
+        calls = [JarDelete(0, self.token, piece) for piece in pieces]
+        if calls:
+            self._channel.call(calls)
+
+    def close(self) -> None:
+        """Let the broker forget this jar, at the channel's next call (any thread)."""
+        self._channel.close_later(self.token)
+
