@@ -45,7 +45,14 @@ from typing import Any, Protocol, Union
 
 from yarl import URL
 
-from broker.cookie_store import MAX_TIME, CookieStore, is_domain_match, parse_set_cookie_headers
+from broker.cookie_store import (
+    MAX_COOKIE_HEADER_SIZE,
+    MAX_COOKIES,
+    MAX_TIME,
+    CookieStore,
+    is_domain_match,
+    parse_set_cookie_headers,
+)
 from shared.messages import CookieData
 from shared.specs import JarSpec
 
@@ -62,6 +69,7 @@ LooseCookies = Union[
 _Key = tuple[str, str, str]  # (domain, path without trailing "/", name)
 
 _NO_URL = URL()
+_MAX_REQUEST_COOKIE = MAX_COOKIE_HEADER_SIZE
 _ATTRIBUTES = frozenset(Morsel._reserved)  # type: ignore[attr-defined]
 
 
@@ -84,14 +92,19 @@ class AbstractCookieJar(Sized, Iterable["Morsel[str]"]):
         """True if cookie values are quoted when sent."""
 
     @property
+    def treat_as_secure_origin(self) -> frozenset[URL]:
+        """Origins whose cleartext requests are sent ``Secure`` cookies."""
+        return frozenset()
+
+    @property
     @abstractmethod
     def cookies(self) -> MappingProxyType[tuple[str, str], SimpleCookie]:
         """The stored cookies by (domain, path)."""
 
     @property
     @abstractmethod
-    def host_only_cookies(self) -> frozenset[tuple[str, str]]:
-        """(domain, name) of the host-only cookies."""
+    def host_only_cookies(self) -> frozenset[tuple[str, str, str]]:
+        """(domain, path, name) of the host-only cookies."""
 
     @abstractmethod
     def clear(self, predicate: ClearCookiePredicate | None = None) -> None:
@@ -284,6 +297,10 @@ class CookieJar(AbstractCookieJar):
         return self._spec.quote_cookie
 
     @property
+    def treat_as_secure_origin(self) -> frozenset[URL]:
+        return frozenset(URL(origin) for origin in self._spec.treat_as_secure_origin)
+
+    @property
     def name(self) -> str | None:
         """The group jar's name; None for a jar of its own."""
         return self._spec.name
@@ -348,12 +365,9 @@ class CookieJar(AbstractCookieJar):
         return MappingProxyType(out)
 
     @property
-    def host_only_cookies(self) -> frozenset[tuple[str, str]]:
-        return frozenset(
-            (domain, name)
-            for (domain, _, name), record in _records(self._live().dump())
-            if record.get("host_only")
-        )
+    def host_only_cookies(self) -> frozenset[tuple[str, str, str]]:
+        data = self._live().dump()
+        return frozenset(key for key, record in _records(data) if record.get("host_only"))
 
     def update_cookies(self, cookies: LooseCookies, response_url: URL = _NO_URL) -> None:
         self._live().update(_as_pairs(cookies), URL(response_url))
@@ -436,7 +450,7 @@ class DummyCookieJar(AbstractCookieJar):
         return MappingProxyType({})
 
     @property
-    def host_only_cookies(self) -> frozenset[tuple[str, str]]:
+    def host_only_cookies(self) -> frozenset[tuple[str, str, str]]:
         return frozenset()
 
     def clear(self, predicate: ClearCookiePredicate | None = None) -> None:
@@ -446,6 +460,9 @@ class DummyCookieJar(AbstractCookieJar):
         pass
 
     def update_cookies(self, cookies: LooseCookies, response_url: URL = _NO_URL) -> None:
+        pass
+
+    def update_cookies_from_headers(self, headers: Sequence[str], response_url: URL) -> None:
         pass
 
     def filter_cookies(self, request_url: URL) -> BaseCookie[str]:
@@ -490,7 +507,14 @@ def request_cookies(
     cookies: LooseCookies, jar: AbstractCookieJar, url: URL
 ) -> list[tuple[str, str]]:
     """A request's own ``cookies=`` as aiohttp sends them: through a temporary jar with
-    the session jar's ``unsafe``/``quote_cookie``, filtered for ``url``."""
-    store = CookieStore(unsafe=jar.unsafe, quote_cookie=jar.quote_cookie)
+    the session jar's settings, filtered for ``url``. aiohttp lifts its jar caps there;
+    the store's per-request caps (150 cookies, an 8190-byte header) still hold."""
+    store = CookieStore(
+        unsafe=jar.unsafe,
+        quote_cookie=jar.quote_cookie,
+        treat_as_secure_origin=jar.treat_as_secure_origin,
+        max_cookie_size=_MAX_REQUEST_COOKIE,
+        max_cookies_per_domain=MAX_COOKIES,
+    )
     store.update_cookies(cookies)
     return [(m.key, m.coded_value) for m in store.filter_cookies(url).values()]
