@@ -199,7 +199,8 @@ def _open_backend(address: str | None, trusted: frozenset[int], spec: JarSpec) -
     if address is not None:
         from .jar_channel import BrokerJar
 
-        return BrokerJar(address, trusted, spec)
+        broker_jar: _Backend = BrokerJar(address, trusted, spec)
+        return broker_jar
     if spec.name is None:
         return _LocalJar(_new_store(spec))
     with _group_lock:
@@ -276,7 +277,7 @@ class CookieJar(AbstractCookieJar):
         self._backend: _Backend | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[..., CookieJar] | None = None
 
     def __repr__(self) -> str:
         spec = self._spec

@@ -902,3 +902,89 @@ async def test_a_jar_pinned_to_a_broker_cannot_be_used_embedded():
 def test_request_cookies_as_aiohttps_temporary_jar(jar, cookies, url, expected):
     assert request_cookies(cookies, jar, URL(url)) == expected
     assert len(jar) == 0  # never stored
+
+
+# -- binding: the backend opens once, at the first use, and is closed with the jar ----------
+
+
+class RecordingBackend:
+    """A backend that records what is asked of it (the broker's stands in the same place)."""
+
+    def __init__(self, log: list, address, spec) -> None:
+        self.log, self.address, self.spec = log, address, spec
+        self.token = b"t" * 16
+        log.append(("open", address, spec.name))
+
+    def update(self, cookies, url): self.log.append(("update", [n for n, _ in cookies], url))
+    def filter(self, url): return SimpleCookie()
+    def count(self): return 0
+    def dump(self): return {}
+    def load(self, data): ...
+    def delete(self, keys): self.log.append(("delete", keys))
+    def close(self): self.log.append(("close", self.address))
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list:
+    log: list = []
+    monkeypatch.setattr(
+        "worker_client.cookies._open_backend",
+        lambda address, trusted, spec: RecordingBackend(log, address, spec),
+    )
+    return log
+
+
+async def test_the_backend_opens_once_at_first_use_where_the_session_says(opened):
+    jar = CookieJar(name="bound")
+    ClientSession(broker="/a/broker", cookie_jar=jar)
+    assert opened == []  # pinned, not opened: nothing happens until a call needs it
+    for _ in range(3):
+        len(jar)
+        assert request_jar(jar) == (b"t" * 16, None)
+    jar.update_cookies({"a": "1"})
+    assert opened == [("open", "/a/broker", "bound"), ("update", ["a"], URL())]
+
+
+def test_a_jar_used_before_any_session_binds_by_discovery(opened, monkeypatch):
+    monkeypatch.setenv("HTTP_BROKER", "unix:/found/by/env")
+    jar = CookieJar()
+    jar.clear()
+    assert opened == [("open", "/found/by/env", None), ("delete", None)]
+    with pytest.raises(RuntimeError, match="broker at /found/by/env"):
+        ClientSession(broker="/another", cookie_jar=jar)
+
+
+def test_the_backend_is_closed_when_the_jar_is_collected(opened):
+    import gc
+
+    jar = CookieJar()
+    len(jar)
+    del jar
+    gc.collect()
+    assert opened[-1] == ("close", None)
+
+
+def test_a_forked_child_opens_its_own_and_leaves_the_parents_open(opened):
+    jar = CookieJar()
+    len(jar)
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            len(jar)
+            del jar
+            import gc
+
+            gc.collect()
+            os.write(write, json.dumps(opened).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child_log = json.loads(f.read())
+    os.waitpid(pid, 0)
+    # one close in the child: its own backend's, not the parent's
+    assert child_log == [["open", None, None], ["open", None, None], ["close", None]]
+    assert opened == [("open", None, None)]
