@@ -144,6 +144,7 @@ async def test_cookies_given_to_the_jar_are_sent(session, base):
 
 async def test_a_cleared_jar_sends_nothing(session, base):
     await get(session, base + "/set", params={"sid": "abc"})
+    assert await received(session, base + "/echo") == {"sid": "abc"}
     session.cookie_jar.clear()
     assert await received(session, base + "/echo") == {}
 
@@ -194,6 +195,7 @@ async def test_path_scoped_cookie_goes_to_its_path_only(session, base):
 
 async def test_a_cookie_deleted_by_the_server_is_no_longer_sent(session, base):
     await get(session, base + "/set", params={"sid": "abc"})
+    assert len(session.cookie_jar) == 1
     await get(session, base + "/set", params={"raw": "sid=; Max-Age=0"})
     assert await received(session, base + "/echo") == {}
     assert len(session.cookie_jar) == 0
@@ -258,6 +260,7 @@ async def test_unnamed_jars_of_one_process_see_nothing_of_each_other(make_sessio
     two = make_session(cookie_jar=CookieJar())
     await get(one, base + "/set", params={"sid": "one"})
     assert await received(two, base + "/echo") == {}
+    assert await received(one, base + "/echo") == {"sid": "one"}
 
 
 async def test_sessions_given_one_jar_object_share_it(make_session, base):
