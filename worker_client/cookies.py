@@ -69,7 +69,6 @@ LooseCookies = Union[
 _Key = tuple[str, str, str]  # (domain, path without trailing "/", name)
 
 _NO_URL = URL()
-_MAX_REQUEST_COOKIE = MAX_COOKIE_HEADER_SIZE
 _ATTRIBUTES = frozenset(Morsel._reserved)  # type: ignore[attr-defined]
 
 
@@ -248,9 +247,6 @@ def _records(data: CookieData) -> Iterator[tuple[_Key, Mapping[str, Any]]]:
             yield (domain, path, name), record
 
 
-_UNPINNED: Any = object()
-
-
 class CookieJar(AbstractCookieJar):
     """aiohttp's ``CookieJar`` (RFC 6265), kept in the broker; ``name=`` makes it the
     group's jar of that name (equal arguments, same cookies, in every process)."""
@@ -273,7 +269,7 @@ class CookieJar(AbstractCookieJar):
             quote_cookie=quote_cookie,
             treat_as_secure_origin=_origins(treat_as_secure_origin),
         )
-        self._where: Any = _UNPINNED  # (address, trusted uids) once pinned
+        self._where: tuple[str | None, frozenset[int]] | None = None  # (address, uids)
         self._backend: _Backend | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -282,7 +278,7 @@ class CookieJar(AbstractCookieJar):
     def __repr__(self) -> str:
         spec = self._spec
         where = (
-            "unbound" if self._where is _UNPINNED
+            "unbound" if self._where is None
             else "embedded" if self._where[0] is None
             else f"broker {self._where[0]}"
         )
@@ -310,9 +306,9 @@ class CookieJar(AbstractCookieJar):
 
     def _pin(self, address: str | None, trusted: frozenset[int]) -> None:
         """Bind to ``address`` (None: embedded) unless bound; elsewhere is an error."""
-        if self._where is _UNPINNED:
+        if self._where is None:
             with self._lock:
-                if self._where is _UNPINNED:
+                if self._where is None:
                     self._where = (address, trusted)
                     return
         bound = self._where[0]
@@ -341,11 +337,12 @@ class CookieJar(AbstractCookieJar):
                 self._finalizer.detach()
                 self._finalizer = None
             self._pid = pid
-        if self._where is _UNPINNED:
+        if self._where is None:
             address = broker_address(None)
             self._pin(address, trusted_broker_uids() if address is not None else frozenset())
         with self._lock:
             if self._backend is None:
+                assert self._where is not None
                 address, trusted = self._where
                 backend = _open_backend(address, trusted, self._spec)
                 self._finalizer = weakref.finalize(self, backend.close)
@@ -514,7 +511,7 @@ def request_cookies(
         unsafe=jar.unsafe,
         quote_cookie=jar.quote_cookie,
         treat_as_secure_origin=jar.treat_as_secure_origin,
-        max_cookie_size=_MAX_REQUEST_COOKIE,
+        max_cookie_size=MAX_COOKIE_HEADER_SIZE,
         max_cookies_per_domain=MAX_COOKIES,
     )
     store.update_cookies(cookies)
