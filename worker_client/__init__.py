@@ -8,6 +8,7 @@ broker; otherwise the same engine runs inside this process.
 from shared.specs import ClientTimeout
 
 from .connector import BaseConnector, TCPConnector, UnixConnector
+from .cookies import AbstractCookieJar, CookieJar, DummyCookieJar
 from .exceptions import *  # noqa: F403
 from .exceptions import __all__ as _exc_all
 from .helpers import BasicAuth, HttpVersion, HttpVersion10, HttpVersion11
@@ -17,6 +18,7 @@ from .response import ClientResponse, StreamReader
 from .session import ClientSession, request
 
 __all__ = [
+    "AbstractCookieJar",
     "AbstractResolver",
     "AsyncResolver",
     "BaseConnector",
@@ -26,6 +28,8 @@ __all__ = [
     "ClientResponse",
     "ClientSession",
     "ClientTimeout",
+    "CookieJar",
+    "DummyCookieJar",
     "HttpVersion",
     "HttpVersion10",
     "HttpVersion11",

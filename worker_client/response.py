@@ -22,13 +22,14 @@ import json as _json
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
-from http.cookies import CookieError, SimpleCookie
+from http.cookies import SimpleCookie
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
+from broker.cookie_store import parse_set_cookie_headers
 from shared.messages import Head, HistoryItem
 
 from .exceptions import (
@@ -546,14 +547,17 @@ class ClientResponse:
 
     @property
     def cookies(self) -> SimpleCookie:
-        """The cookies of the Set-Cookie headers (a malformed one is skipped)."""
+        """The cookies of this response's Set-Cookie headers, parsed as aiohttp 3.14
+        does (a malformed one is skipped; at most 50)."""
         if self._cookies is None:
             cookies = SimpleCookie()
-            for header in self._headers.getall("Set-Cookie", ()):
-                with contextlib.suppress(CookieError):
-                    cookies.load(header)
+            cookies.update(parse_set_cookie_headers(self._headers.getall("Set-Cookie", ())))
             self._cookies = cookies
         return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: SimpleCookie) -> None:
+        self._cookies = cookies
 
     @property
     def links(self) -> MultiDictProxy[MultiDictProxy[str | URL]]:

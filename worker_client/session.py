@@ -24,6 +24,14 @@ from shared.messages import Failure, Head, Request
 from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, encode_pool
 
 from .connector import BaseConnector
+from .cookies import (
+    AbstractCookieJar,
+    CookieJar,
+    LooseCookies,
+    check_session_jar,
+    request_cookies,
+    request_jar,
+)
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
 from .helpers import BasicAuth, check_base_url
 from .request_builder import prepare_request
@@ -60,14 +68,13 @@ class _RequestOptions(TypedDict, total=False):
     raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] | None
     read_until_eof: bool
     auto_decompress: bool | None
-
+    cookies: LooseCookies | None
 
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
 # means "not used" in aiohttp: passing that value is fine, anything else is refused
 # rather than silently ignored (a proxy= that went direct would be worse than an error).
 _NOT_YET: dict[str, tuple[object, ...]] = {
-    "cookies": (None,),
     "compress": (None, False),
     "chunked": (None,),
     "expect100": (False,),
@@ -118,6 +125,8 @@ class ClientSession:
         max_redirects: int = 10,
         broker: str | None = None,
         broker_uid: int | Iterable[int] | None = None,
+        cookies: LooseCookies | None = None,
+        cookie_jar: AbstractCookieJar | None = None,
     ) -> None:
         self._base_url = check_base_url(base_url)
         if timeout is _SENTINEL or timeout is None:
@@ -145,6 +154,14 @@ class ClientSession:
             if self._broker is not None or broker_uid is not None
             else frozenset()
         )
+        if cookie_jar is None:
+            cookie_jar = CookieJar()
+        check_session_jar(cookie_jar, self._broker, self._broker_uids)
+        self._cookie_jar = cookie_jar
+        if cookies:
+            cookie_jar.update_cookies(cookies)
+        # What requests name: (token, store) of the jar, asked once (again after fork).
+        self._jar_ref: tuple[bytes, Any] | None = None
         self._transport: Transport | None = None
         self._transport_lock: asyncio.Lock | None = None
         self._handles: set[StreamHandle] = set()
@@ -195,6 +212,11 @@ class ClientSession:
         return self._auto_decompress
 
     @property
+    def cookie_jar(self) -> AbstractCookieJar:
+        """The session's cookies (kept in the broker, or embedded in this process)."""
+        return self._cookie_jar
+
+    @property
     def broker(self) -> str | None:
         """The broker socket this session talks to; None means embedded."""
         return self._broker
@@ -238,6 +260,7 @@ class ClientSession:
             self._transport = None
             self._transport_lock = None
             self._handles = set()
+            self._jar_ref = None
         if self._transport is not None and not self._transport.closed:
             return self._transport
         if self._transport_lock is None:
@@ -307,6 +330,7 @@ class ClientSession:
         raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] | None = None,
         read_until_eof: bool = True,
         auto_decompress: bool | None = None,
+        cookies: LooseCookies | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -339,6 +363,12 @@ class ClientSession:
             session_auth=self._default_auth,
         )
         transport = await self._get_transport()
+        jar_ref = self._jar_ref
+        if jar_ref is None:
+            jar_ref = self._jar_ref = request_jar(self._cookie_jar)
+        own_cookies = (
+            request_cookies(cookies, self._cookie_jar, prepared.url) if cookies is not None else []
+        )
         sent_headers = CIMultiDictProxy(prepared.headers)
         request_info = RequestInfo(
             prepared.url, prepared.method, sent_headers, prepared.real_url or prepared.url
@@ -365,12 +395,14 @@ class ClientSession:
             auto_decompress=self._auto_decompress if auto_decompress is None else auto_decompress,
             read_until_eof=read_until_eof,
             skip_host=prepared.skip_host,
+            jar=jar_ref[0],
+            cookies=own_cookies,
         )
         self._handles.add(handle)
         if timeout.total:
             handle.set_deadline(timeout.total, timeout.ceil_threshold)
         try:
-            await transport.send(req, prepared.stream, handle, prepared.url)
+            await transport.send(req, prepared.stream, handle, prepared.url, jar_ref[1])
             head = await handle.head
         except BaseException:
             handle.give_up()
@@ -493,6 +525,7 @@ class _SessionRequestContextManager:
     def __init__(self, method: str, url: str | URL, kwargs: dict[str, Any]) -> None:
         session_keys = (
             "connector", "timeout", "broker", "broker_uid", "auto_decompress", "headers",
+            "cookies",
         )
         self._session_kw = {k: kwargs.pop(k) for k in session_keys if k in kwargs}
         self._method, self._url, self._kw = method, url, kwargs
