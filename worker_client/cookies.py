@@ -490,14 +490,7 @@ def request_jar(jar: AbstractCookieJar) -> tuple[bytes, CookieStore | None]:
     Opens the backend if needed; a session asks once, not per request."""
     if not isinstance(jar, CookieJar):
         return b"", None
-    try:
-        backend = jar._live()
-    except ModuleNotFoundError as exc:
-        # TRANSITIONAL, to delete when worker_client.jar_channel is merged: until then
-        # requests through a broker carry no jar (the broker side does not exist yet).
-        if exc.name != "worker_client.jar_channel":
-            raise
-        return b"", None
+    backend = jar._live()
     return backend.token, getattr(backend, "store", None)
 
 

@@ -1,0 +1,144 @@
+"""Cookie jars across sessions and processes: a named jar is the group's, anything else
+is private (issue 7's "which jar a session uses")."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiohttp import web
+
+from tests.integration._workers import cookie_visit, run_in_processes
+from worker_client import CookieJar
+
+
+def login_app() -> web.Application:
+    """``/login`` sets a cookie (a fresh token per login); ``/whoami`` says which token
+    came back, or nothing."""
+
+    async def login(request: web.Request) -> web.Response:
+        resp = web.Response(text="")
+        resp.set_cookie("login", uuid.uuid4().hex, httponly=True)
+        return resp
+
+    async def whoami(request: web.Request) -> web.Response:
+        return web.Response(text=request.cookies.get("login", ""))
+
+    app = web.Application()
+    app.router.add_get("/login", login)
+    app.router.add_get("/whoami", whoami)
+    return app
+
+
+def named(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"  # the broker outlives a test: no reuse
+
+
+async def test_a_named_jar_carries_a_login_from_one_worker_process_to_another(
+    serve_app, broker_process
+):
+    base = await serve_app(login_app())
+    name = named("site")
+    path = broker_process.socket_path
+    loop = asyncio.get_running_loop()
+
+    async def in_workers(*jobs: tuple[str, str | None]) -> list[str | None]:
+        args = [(base + page, jar, path) for page, jar in jobs]
+        return await loop.run_in_executor(None, run_in_processes, cookie_visit, args)
+
+    assert await in_workers(("/login", name)) == [None]  # the login page says nothing
+    (seen,) = await in_workers(("/whoami", name))
+    assert seen is not None and len(seen) == 32
+    # Another name is another jar; a session without cookie_jar= has its own.
+    assert await in_workers(("/whoami", named("other")), ("/whoami", None)) == [None, None]
+
+
+async def test_sessions_without_a_jar_share_nothing(serve_app, make_session, mode):
+    base = await serve_app(login_app())
+    a, b = make_session(), make_session()
+    async with a.get(base + "/login"):
+        pass
+    # 127.0.0.1 is an IP host: the default jar refuses its cookies (aiohttp's rule).
+    assert len(a.cookie_jar) == 0
+    a2 = make_session(cookie_jar=CookieJar(unsafe=True))
+    async with a2.get(base + "/login"):
+        pass
+    async with a2.get(base + "/whoami") as resp:
+        mine = await resp.text()
+    async with b.get(base + "/whoami") as resp:
+        assert await resp.text() == ""
+    assert len(mine) == 32 and len(a2.cookie_jar) == 1
+
+
+async def test_two_unnamed_jars_in_one_process_see_nothing_of_each_other(
+    serve_app, make_session
+):
+    base = await serve_app(login_app())
+    one, two = CookieJar(unsafe=True), CookieJar(unsafe=True)
+    s1, s2 = make_session(cookie_jar=one), make_session(cookie_jar=two)
+    async with s1.get(base + "/login"):
+        pass
+    async with s2.get(base + "/whoami") as resp:
+        assert await resp.text() == ""
+    assert len(one) == 1 and len(two) == 0
+    # One object given to two sessions is one jar.
+    s3 = make_session(cookie_jar=one)
+    async with s3.get(base + "/whoami") as resp:
+        assert len(await resp.text()) == 32
+
+
+async def test_equal_named_jars_are_one_jar_and_stay_readable_after_the_session(
+    serve_app, make_session, broker_address
+):
+    base = await serve_app(login_app())
+    name = named("shared")
+    jar = CookieJar(name=name, unsafe=True)
+    s1 = make_session(cookie_jar=jar)
+    async with s1.get(base + "/login"):
+        pass
+    await s1.close()
+    assert len(jar) == 1  # readable after its session closed, as in aiohttp
+    # Read before any session uses it: broker= says where (else HTTP_BROKER decides).
+    twin = CookieJar(name=name, unsafe=True, broker=broker_address)
+    assert [m.key for m in twin] == ["login"]
+    s2 = make_session(cookie_jar=twin)
+    async with s2.get(base + "/whoami") as resp:
+        assert len(await resp.text()) == 32
+    # Other arguments, other jar: unsafe=False is a different description.
+    assert len(CookieJar(name=name, broker=broker_address)) == 0
+
+
+def many_cookies_app(per_response: int) -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        start = int(request.query["start"])
+        resp = web.Response(text="")
+        for i in range(start, start + per_response):
+            resp.set_cookie(f"c{i}", "v" * 20)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    return app
+
+
+async def test_a_server_setting_100000_cookies_leaves_the_jar_capped(
+    serve_app, make_session, mode
+):
+    per_response = 100
+    base = await serve_app(many_cookies_app(per_response))
+    name = named("flood")
+    session = make_session(cookie_jar=CookieJar(name=name, unsafe=True))
+    for start in range(0, 100_000, per_response):
+        async with session.get(base + "/", params={"start": start}) as resp:
+            assert resp.status == 200
+            # resp.cookies is the response's own, all of them; the jar keeps 50 of each
+            assert len(resp.cookies) == per_response
+    jar = session.cookie_jar
+    assert 0 < len(jar) <= 180  # one domain: the per-domain cap
+    stats = await session.stats()
+    (figures,) = [j for j in stats.jars if j.get("name") == name]
+    assert figures["cookies"] == len(jar)
+    # Still serving, and the newest cookies are the ones kept.
+    async with session.get(base + "/", params={"start": 0}) as resp:
+        assert resp.status == 200
+    assert "c0" in {m.key for m in jar}
