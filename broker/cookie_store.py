@@ -234,12 +234,15 @@ def _parse_one(header: str) -> tuple[str, Morsel[str]] | None:
     return key, morsel
 
 
-def parse_set_cookie_headers(headers: Iterable[str]) -> list[tuple[str, Morsel[str]]]:
-    """At most one cookie per ``Set-Cookie`` field, at most 50 per response; fields
-    with control characters, no "=", a bad name or an oversized pair are skipped."""
+def parse_set_cookie_headers(
+    headers: Iterable[str], limit: int | None = MAX_COOKIES_PER_RESPONSE
+) -> list[tuple[str, Morsel[str]]]:
+    """At most one cookie per ``Set-Cookie`` field, at most ``limit`` in all (a jar
+    stores 50 per response; a response's own ``cookies`` are all of them); fields with
+    control characters, no "=", a bad name or an oversized pair are skipped."""
     cookies: list[tuple[str, Morsel[str]]] = []
     for header in headers:
-        if len(cookies) >= MAX_COOKIES_PER_RESPONSE:
+        if limit is not None and len(cookies) >= limit:
             break
         if (parsed := _parse_one(header)) is not None:
             cookies.append(parsed)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,7 @@ from .cookie_store import CookieStore
 
 __all__ = [
     "JAR_CALLS", "MAX_NAMED_JARS", "PIECE_SIZE", "JarTable", "UNKNOWN_JAR",
-    "split_cookie_data",
+    "jar_figures", "split_cookie_data",
 ]
 
 log = logging.getLogger("broker.jars")
@@ -329,27 +329,36 @@ class JarTable:
     def figures(self) -> list[dict[str, object]]:
         """One entry per named jar, and one for all the unnamed jars together."""
         tokens: dict[JarSpec, int] = {}
-        unnamed: set[int] = set()
-        cookies = 0
+        unnamed: dict[int, CookieStore] = {}
         for jar in self._jars.values():
             if jar.spec.name is not None:
                 tokens[jar.spec] = tokens.get(jar.spec, 0) + 1
-            elif id(jar.store) not in unnamed:
-                unnamed.add(id(jar.store))
-                cookies += len(jar.store)
-        out: list[dict[str, object]] = [
-            {
-                "name": spec.name,
-                "unsafe": spec.unsafe,
-                "quote_cookie": spec.quote_cookie,
-                "treat_as_secure_origin": list(spec.treat_as_secure_origin),
-                "cookies": len(store),
-                "open": tokens.get(spec, 0),
-            }
-            for spec, store in self.named.items()
-        ]
-        out.append({"name": None, "jars": len(unnamed), "cookies": cookies})
-        return out
+            else:
+                unnamed[id(jar.store)] = jar.store
+        named = ((spec, store, tokens.get(spec, 0)) for spec, store in self.named.items())
+        return jar_figures(named, unnamed.values())
+
+
+def jar_figures(
+    named: Iterable[tuple[JarSpec, CookieStore, int]], unnamed: Collection[CookieStore]
+) -> list[dict[str, object]]:
+    """``Stats.jars``: each named jar (its spec, cookies, and the jar objects open on
+    it), then the unnamed jars together (how many, and their cookies). Both modes."""
+    out: list[dict[str, object]] = [
+        {
+            "name": spec.name,
+            "unsafe": spec.unsafe,
+            "quote_cookie": spec.quote_cookie,
+            "treat_as_secure_origin": list(spec.treat_as_secure_origin),
+            "cookies": len(store),
+            "open": opened,
+        }
+        for spec, store, opened in named
+    ]
+    out.append(
+        {"name": None, "jars": len(unnamed), "cookies": sum(len(s) for s in unnamed)}
+    )
+    return out
 
 
 _Handler = Callable[[JarTable, Hashable, int, Any], list[Message]]

@@ -6,13 +6,17 @@ jar channel) or, embedded, a ``broker.cookie_store.CookieStore`` in this process
 method goes through the backend, so the broker applies the same jar at every redirect
 hop that the worker reads and changes.
 
-Binding. A jar binds to one location, the embedded engine or one broker socket, at its
-first use: the first ``ClientSession`` given it pins the session's broker address (and
-trusted broker uids); a method called before any session pins what discovery finds
-(``broker=`` unset: ``HTTP_BROKER``, else embedded). The backend itself opens at the
-first call that needs it, once; requests then only name it (``Request.jar``, or the
-store handed to the embedded transport). A jar pinned to one location and given to a
-session of another is a ``RuntimeError``: cookies do not move between brokers.
+Binding. A jar binds to one location, the embedded engine or one broker socket:
+``CookieJar(broker=...)`` names it (as ``ClientSession(broker=...)`` does); else the
+first ``ClientSession`` given it pins the session's broker address (and trusted broker
+uids); else a method called before any session binds it, provisionally, to what
+discovery finds (``HTTP_BROKER``, else embedded). A provisional unnamed jar that a
+session of another location is then given moves there, its cookies with it (so
+``jar = CookieJar(); jar.update_cookies(...); ClientSession(broker=..., cookie_jar=jar)``
+works as in aiohttp). Otherwise a jar bound to one location and given to a session of
+another is a ``RuntimeError``: a named jar is the group's jar of one broker. The backend
+opens at the first call that needs it, once; requests then only name it
+(``Request.jar``, or the store handed to the embedded transport).
 
 Which jar: ``CookieJar(name=...)`` is the group's jar, keyed by all of its arguments
 (``JarSpec``): every jar object with equal arguments, in every process talking to the
@@ -53,6 +57,7 @@ from broker.cookie_store import (
     is_domain_match,
     parse_set_cookie_headers,
 )
+from broker.jars import jar_figures
 from shared.messages import CookieData
 from shared.specs import JarSpec
 
@@ -167,22 +172,25 @@ class _LocalJar:
     def delete(self, keys: list[_Key] | None) -> None:
         if keys is None:
             self.store.clear()
-            return
-        self.store.clear(_none)  # the expired ones go, as JarDelete does
-        self.store._delete(keys)  # by exact key: what a dump named
+        else:
+            self.store.delete(keys)  # by exact key (what a dump named), and the expired
 
     def close(self) -> None:
         pass
 
 
-def _none(morsel: Morsel[str]) -> bool:
-    return False
-
-
 # Embedded named jars: one store per spec for the life of the process, as the broker
-# keeps one per spec for its life.
+# keeps one per spec for its life. The unnamed ones are known only for the figures.
 _group_stores: dict[JarSpec, CookieStore] = {}
 _group_lock = threading.Lock()
+_own_stores: weakref.WeakSet[CookieStore] = weakref.WeakSet()
+
+
+def embedded_jar_figures() -> list[dict[str, object]]:
+    """``Stats.jars`` of this process's embedded jars (the broker's ``JarTable.figures``)."""
+    with _group_lock:
+        named = [(spec, store, 0) for spec, store in _group_stores.items()]
+    return jar_figures(named, list(_own_stores))
 
 
 def _new_store(spec: JarSpec) -> CookieStore:
@@ -201,7 +209,9 @@ def _open_backend(address: str | None, trusted: frozenset[int], spec: JarSpec) -
         broker_jar: _Backend = BrokerJar(address, trusted, spec)
         return broker_jar
     if spec.name is None:
-        return _LocalJar(_new_store(spec))
+        store = _new_store(spec)
+        _own_stores.add(store)
+        return _LocalJar(store)
     with _group_lock:
         store = _group_stores.get(spec)
         if store is None:
@@ -262,6 +272,8 @@ class CookieJar(AbstractCookieJar):
         treat_as_secure_origin: str | URL | Iterable[str | URL] | None = None,
         loop: Any = None,
         name: str | None = None,
+        broker: str | None = None,
+        broker_uid: int | Iterable[int] | None = None,
     ) -> None:
         self._spec = JarSpec(
             name=name,
@@ -270,10 +282,14 @@ class CookieJar(AbstractCookieJar):
             treat_as_secure_origin=_origins(treat_as_secure_origin),
         )
         self._where: tuple[str | None, frozenset[int]] | None = None  # (address, uids)
+        self._provisional = False  # bound by a method call, through discovery
         self._backend: _Backend | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[..., CookieJar] | None = None
+        if broker is not None:
+            address = broker_address(broker)
+            self._where = (address, trusted_broker_uids(broker_uid))
 
     def __repr__(self) -> str:
         spec = self._spec
@@ -312,13 +328,29 @@ class CookieJar(AbstractCookieJar):
                     self._where = (address, trusted)
                     return
         bound = self._where[0]
-        if bound != address:
+        if bound != address and self._provisional and self._spec.name is None:
+            self._move(address, trusted)
+        elif bound != address:
             here = "the embedded engine" if bound is None else f"the broker at {bound}"
             there = "the embedded engine" if address is None else f"the broker at {address}"
             raise RuntimeError(
                 f"{self!r} keeps its cookies in {here} and cannot be used with a session "
                 f"of {there}: give that session a CookieJar of its own"
             )
+
+    def _move(self, address: str | None, trusted: frozenset[int]) -> None:
+        """Take the cookies of a provisional binding to ``address``."""
+        with self._lock:
+            old, finalizer = self._backend, self._finalizer
+            data = old.dump() if old is not None and self._pid == os.getpid() else None
+            backend = _open_backend(address, trusted, self._spec)
+            if data:
+                backend.load(data)
+            self._where, self._provisional = (address, trusted), False
+            self._backend = backend
+            self._finalizer = weakref.finalize(self, backend.close)
+        if finalizer is not None:
+            finalizer()  # frees the old jar
 
     def _live(self) -> _Backend:
         """The backend, opened at the first call (again in a forked child)."""
@@ -340,6 +372,7 @@ class CookieJar(AbstractCookieJar):
         if self._where is None:
             address = broker_address(None)
             self._pin(address, trusted_broker_uids() if address is not None else frozenset())
+            self._provisional = True
         with self._lock:
             if self._backend is None:
                 assert self._where is not None

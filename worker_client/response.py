@@ -548,10 +548,10 @@ class ClientResponse:
     @property
     def cookies(self) -> SimpleCookie:
         """The cookies of this response's Set-Cookie headers, parsed as aiohttp 3.14
-        does (a malformed one is skipped; at most 50)."""
+        does (a malformed one is skipped)."""
         if self._cookies is None:
             cookies = SimpleCookie()
-            cookies.update(parse_set_cookie_headers(self._headers.getall("Set-Cookie", ())))
+            cookies.update(parse_set_cookie_headers(self._headers.getall("Set-Cookie", ()), None))
             self._cookies = cookies
         return self._cookies
 

@@ -229,7 +229,11 @@ class EmbeddedTransport(Transport):
         self.engine.clear_dns(pool, host, port)
 
     async def stats(self) -> Stats:
-        return build_stats(self.engine, workers=1, streams=len(self.streams))
+        from .cookies import embedded_jar_figures  # cookies.py imports this module
+
+        return build_stats(
+            self.engine, workers=1, streams=len(self.streams), jars=embedded_jar_figures()
+        )
 
     async def aclose(self) -> None:
         self.closed = True

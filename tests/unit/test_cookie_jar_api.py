@@ -863,9 +863,9 @@ async def test_a_jar_the_broker_cannot_consult_is_a_type_error(make):
         ClientSession(cookie_jar=make())
 
 
-async def test_a_jar_used_embedded_cannot_move_to_a_broker():
-    jar = CookieJar()
-    len(jar)  # first use, no HTTP_BROKER: embedded
+async def test_a_named_jar_used_embedded_cannot_move_to_a_broker():
+    jar = CookieJar(name="stays-embedded")
+    len(jar)  # first use, no HTTP_BROKER: embedded, and a named jar is the group's there
     with pytest.raises(RuntimeError, match="embedded engine.*the broker at /nowhere"):
         ClientSession(broker="/nowhere", cookie_jar=jar)
     async with ClientSession(cookie_jar=jar):  # embedded, like the jar
@@ -947,11 +947,31 @@ async def test_the_backend_opens_once_at_first_use_where_the_session_says(opened
 
 def test_a_jar_used_before_any_session_binds_by_discovery(opened, monkeypatch):
     monkeypatch.setenv("HTTP_BROKER", "unix:/found/by/env")
-    jar = CookieJar()
+    jar = CookieJar(name="group")
     jar.clear()
-    assert opened == [("open", "/found/by/env", None), ("delete", None)]
+    assert opened == [("open", "/found/by/env", "group"), ("delete", None)]
     with pytest.raises(RuntimeError, match="broker at /found/by/env"):
         ClientSession(broker="/another", cookie_jar=jar)
+
+
+def test_an_unnamed_jar_bound_by_discovery_moves_to_its_first_session(opened, monkeypatch):
+    # jar = CookieJar(); jar.update_cookies(...); ClientSession(broker=..., cookie_jar=jar)
+    monkeypatch.setenv("HTTP_BROKER", "unix:/found/by/env")
+    jar = CookieJar()
+    jar.clear()
+    ClientSession(broker="/another", cookie_jar=jar)
+    assert opened[2:] == [("open", "/another", None), ("close", "/found/by/env")]
+    assert "broker /another" in repr(jar)
+    with pytest.raises(RuntimeError, match="broker at /another"):
+        ClientSession(cookie_jar=jar)  # moved once, by a session: bound for good
+
+
+def test_broker_given_to_the_jar_binds_it_there(opened):
+    jar = CookieJar(broker="unix:/named/here")
+    len(jar)
+    assert opened == [("open", "/named/here", None)]
+    with pytest.raises(RuntimeError, match="broker at /named/here.*embedded engine"):
+        ClientSession(cookie_jar=jar)
 
 
 def test_the_backend_is_closed_when_the_jar_is_collected(opened):
