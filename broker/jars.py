@@ -1,16 +1,17 @@
 """The broker's cookie jars: which stores exist, who may use them, and the jar calls.
 
-How this works. A worker names a jar by a 16-byte token it drew, opened with ``JarOpen``
-on its jar channel (one connection per worker process). The table keys a token by the
-pid of the process that opened it, (peer pid, token): a call or a request finds a jar
-only under its own process's pid, so one worker can never name another's jar, and a
-forked child that opens the tokens it inherited gets jars of its own. The connection
-that opened a token owns it; when that connection goes, its tokens go, and with them the
-unnamed jars. A named spec (``JarSpec.name``) is the group's jar: every token opened
-with an equal spec names the same store, which lives as long as the broker (and is what
-the cookie file keeps). A process that opens a token it already has, with the same spec
-(its channel reconnected before the old connection's end was seen), moves it to the new
-connection.
+How this works. A worker names a jar by a 16-byte token it drew, and opens it with
+``JarOpen`` on any of its connections to the broker: pipelined before the first request
+that names it (its asyncio connection), or before a jar call (its jar channel). The
+table keys a token by the pid of the process that opened it, (peer pid, token): a call
+or a request finds a jar only under its own process's pid, so one worker can never name
+another's jar, and a forked child that opens the tokens it inherited gets jars of its
+own. The process owns its tokens (``owner`` is its pid): opening a token again with the
+same spec is a no-op, ``JarClose`` forgets one, and when the process's last connection
+goes and the process is gone too (the server watches its pid; ``drop_owner``) its tokens
+go, and with them its unnamed jars. A named spec
+(``JarSpec.name``) is the group's jar: every token opened with an equal spec names the
+same store, which lives as long as the broker (and is what the cookie file keeps).
 
 ``apply`` is the one place that answers a jar call: a table from message type to
 handler, each returning the replies. Anything wrong (an unknown token, a cap, bad data,
@@ -25,11 +26,11 @@ Bounds (all written here):
 
 - Named jars: at most ``MAX_NAMED_JARS`` (64) distinct specs for the broker's life;
   over it ``JarOpen`` fails and says so.
-- Tokens: at most ``max_jars`` (``Limits.max_jars``, 256) per connection, named ones
-  included.
+- Tokens: at most ``max_jars`` (``Limits.max_jars``, 1024) per worker process, named
+  ones included.
 - A store: ``CookieStore``'s caps (3300 cookies; a cookie at most 4 KiB of name and
   value, 16 KiB coded, 1 KiB per attribute).
-- Staged loads: one per connection (a piece for another jar drops the one staged), a
+- Staged loads: one per process (a piece for another jar drops the one staged), a
   fresh store under the same caps.
 - ``JarData`` pieces: records of about ``PIECE_SIZE`` (1 MiB) encoded, far below
   ``MAX_FRAME`` (4 MiB) since one record is at most about 30 KiB.
@@ -128,12 +129,12 @@ def _count(store: CookieStore) -> int:
 
 
 class JarTable:
-    """The jars of one broker; ``owner`` is a worker connection (any hashable)."""
+    """The jars of one broker; ``owner`` is a worker process (its pid; any hashable)."""
 
     def __init__(
         self,
         *,
-        max_jars: int = 256,
+        max_jars: int = 1024,
         max_named: int = MAX_NAMED_JARS,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -160,8 +161,13 @@ class JarTable:
         jar = self._jars.get((pid, token))
         return jar.store if jar is not None else None
 
+    def owns(self, owner: Hashable) -> bool:
+        """Whether ``owner`` has a token open."""
+        return bool(self._owned.get(owner))
+
     def drop_owner(self, owner: Hashable) -> None:
-        """``owner`` (a connection) is gone: so are its tokens and its unnamed jars."""
+        """``owner`` (a process) has no connection left: its tokens go, and its unnamed
+        jars with them."""
         for key in self._owned.pop(owner, ()):
             del self._jars[key]
         self._staged.pop(owner, None)

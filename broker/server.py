@@ -16,7 +16,9 @@ What one worker connection may hold (``Limits`` and the constants below):
   not spoken costs its socket and a few hundred bytes.
 - Frames: one unfinished frame, at most ``MAX_FRAME`` (4 MiB).
 - Streams: at most ``max_streams`` (1024) open at once; the next request gets a Failure.
-- Cookie jars: at most ``max_jars`` (256) tokens open per connection, and the bounds
+- Cookie jars: at most ``max_jars`` (1024) tokens open per worker process (all its
+  connections together; kept until the process closes them or exits, which costs a
+  pidfd per process whose last connection closed while it held jars), and the bounds
   of ``broker.jars`` (named jars, stores, staged loads). A jar call is answered at
   once; the largest answer, a ``JarDump``, is one jar's contents (its store's caps).
 - Pool specs: at most ``max_pool_specs`` (256) distinct ``PoolSpec`` over the
@@ -332,7 +334,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
         for stream in list(self.streams.values()):
             stream.give_up()
         self.streams.clear()
-        self.server.jars.drop_owner(self)
+        if self.greeted:
+            self.server.process_left(self.process)
         self.server.connection_gone(self)
 
     def peer_gone(self) -> None:
@@ -376,7 +379,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
             if s is not None:
                 s.give_up()
         elif kind in JAR_CALLS:
-            for reply in self.server.jars.apply(self, self.process, msg):
+            for reply in self.server.jars.apply(self.process, self.process, msg):
                 self.send(reply)
         elif kind is StatsRequest:
             self.send(self.server.stats())
@@ -402,6 +405,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self._cancel_hello_timer()
             self._reader.max_frame = MAX_FRAME
             self.pid = msg.pid
+            self.server.process_joined(self.process)
             self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
 
     def _handshake_late(self) -> None:
@@ -515,7 +519,7 @@ class Limits:
     handshake_timeout: float = 5.0
     max_streams: int = 1024
     max_pool_specs: int = 256
-    max_jars: int = 256
+    max_jars: int = 1024  # per worker process, all its connections together
 
 
 class BrokerServer:
@@ -534,6 +538,7 @@ class BrokerServer:
         self.jars = JarTable(max_jars=limits.max_jars)
         self.cookie_file = CookieFile(cookie_file, self.jars) if cookie_file else None
         self.workers: set[WorkerConnection] = set()
+        self._processes: dict[int, int] = {}  # greeted connections per worker process
         self.draining = False
         # One read buffer for every connection: a read is handled to its end before
         # the loop reads another socket, and what a frame reader keeps it copies.
@@ -544,6 +549,9 @@ class BrokerServer:
         self._idle.set()
         self._polled: set[WorkerConnection] = set()
         self._poller: asyncio.Task[None] | None = None
+        # Processes with no connection left whose cookie jars are kept until they exit:
+        # pid -> its pidfd, or None where the pid is polled.
+        self._held: dict[int, int | None] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -585,6 +593,9 @@ class BrokerServer:
                 asyncio.get_running_loop().add_reader(fd, conn.peer_gone)
                 return
         self._polled.add(conn)
+        self._ensure_poller()
+
+    def _ensure_poller(self) -> None:
         if self._poller is None and not self.draining:
             self._poller = asyncio.get_running_loop().create_task(self._poll_peers())
 
@@ -604,6 +615,9 @@ class BrokerServer:
             for w in list(self._polled):
                 if _gone(w.peer_pid):
                     w.peer_gone()
+            for pid in [p for p, fd in self._held.items() if fd is None]:
+                if _gone(pid):
+                    self._process_exited(pid)
 
     # -- figures and lifecycle ------------------------------------------------------------
 
@@ -614,6 +628,57 @@ class BrokerServer:
     def stream_done(self) -> None:
         if self.draining and not self.streams:
             self._idle.set()
+
+    # -- the cookie jars of a process ---------------------------------------------------
+    # A worker process owns its jars on all of its connections. When its last connection
+    # closes (its last session closed) while it has jars, they are kept until the process
+    # exits: a jar stays readable after its session (the jar channel connects again), as
+    # in aiohttp. A process that is gone when its last connection closes (killed, or
+    # exited) loses them at once.
+
+    def process_joined(self, pid: int) -> None:
+        self._processes[pid] = self._processes.get(pid, 0) + 1
+        self._unhold(pid)
+
+    def process_left(self, pid: int) -> None:
+        """A connection of ``pid`` closed; after its last one, see above."""
+        left = self._processes.pop(pid, 1) - 1
+        if left > 0:
+            self._processes[pid] = left
+        elif self.jars.owns(pid):
+            self._hold(pid)
+
+    def _hold(self, pid: int) -> None:
+        fd = None
+        if self.use_pidfd:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self.jars.drop_owner(pid)
+                return
+            except OSError as exc:
+                log.warning("no pidfd for worker %d (%s); polling its pid", pid, exc)
+            else:
+                asyncio.get_running_loop().add_reader(fd, self._process_exited, pid)
+        elif _gone(pid):
+            self.jars.drop_owner(pid)
+            return
+        self._held[pid] = fd
+        if fd is None:
+            self._ensure_poller()
+
+    def _unhold(self, pid: int) -> None:
+        if pid not in self._held:
+            return
+        fd = self._held.pop(pid)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def _process_exited(self, pid: int) -> None:
+        self._unhold(pid)
+        if pid not in self._processes:
+            self.jars.drop_owner(pid)
 
     def connection_gone(self, conn: WorkerConnection) -> None:
         self.stream_done()
@@ -642,6 +707,8 @@ class BrokerServer:
                 w.transport.close()
         if self._server is not None:
             await self._server.wait_closed()
+        for pid in list(self._held):
+            self._unhold(pid)
         await self.engine.close()
         if self.cookie_file is not None:
             await self.cookie_file.close()

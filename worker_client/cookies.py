@@ -74,6 +74,7 @@ LooseCookies = Union[
 _Key = tuple[str, str, str]  # (domain, path without trailing "/", name)
 
 _NO_URL = URL()
+_NO_JAR = JarSpec()
 _ATTRIBUTES = frozenset(Morsel._reserved)  # type: ignore[attr-defined]
 
 
@@ -518,13 +519,14 @@ def check_session_jar(
         )
 
 
-def request_jar(jar: AbstractCookieJar) -> tuple[bytes, CookieStore | None]:
-    """What a request names: (token, store) of the jar's backend; (b"", None): no jar.
-    Opens the backend if needed; a session asks once, not per request."""
+def request_jar(jar: AbstractCookieJar) -> tuple[bytes, CookieStore | None, JarSpec]:
+    """What a request names: (token, store, spec) of the jar's backend; the token is b""
+    and the store None for no jar. Makes the backend if needed (a broker's is opened
+    by the first connection that needs it); a session asks once, not per request."""
     if not isinstance(jar, CookieJar):
-        return b"", None
+        return b"", None, _NO_JAR
     backend = jar._live()
-    return backend.token, getattr(backend, "store", None)
+    return backend.token, getattr(backend, "store", None), jar._spec
 
 
 def request_cookies(

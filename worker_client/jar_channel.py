@@ -6,17 +6,24 @@ blocking round trips to the broker, on one connection per process and broker add
 inside a running event loop, and a thread waiting on one blocks nobody else. A lock makes
 one call at a time; every call has its own deadline (``CALL_TIMEOUT``).
 
-The broker ties a jar to the connection that opened it, and a request's ``Request.jar``
-to the process: so the channel keeps the spec of every token it opened, and on a new
-connection opens them all again before the call. A new connection is made in a forked
-child (whose jars in the broker are then its own, empty for an unnamed jar, the group's
-for a named one), and when a call finds the connection gone (the broker restarted): that
-call then tries once more. A deadline passed or a broker that answered out of turn
-drops the connection (a later reply could not be told from the next call's) and raises.
+The broker ties a jar to the process that opened it (its pid), on any of its
+connections. A ``BrokerJar`` costs nothing
+to make: its token is drawn here, and the jar is opened in the broker by whichever
+connection needs it first, the session's (``IPCTransport.open_jar``, pipelined before
+the first request that names it) or this channel (the opens go out in front of the
+call). The channel keeps the spec of every live token, so that on a new connection it
+opens them all again before the call. A new connection is made in a forked child (whose
+jars in the broker are then its own, empty for an unnamed jar, the group's for a named
+one), and when a call finds the connection gone (the broker restarted): that call then
+tries once more. A deadline passed or a broker that answered out of turn drops the
+connection (a later reply could not be told from the next call's) and raises.
 
 A jar object that is garbage-collected only queues its token (``BrokerJar.close``, safe
-from a finalizer or any thread: it takes no lock); the next call sends the ``JarClose``
-frames first. The connections are closed at exit.
+from a finalizer or any thread: it takes no lock); the next call, or the next request
+on this process's connection to that broker (``take_closes``), sends the ``JarClose``.
+The broker keeps a process's jars after its last connection closed, until the process
+exits: a jar stays readable after its session (this channel connects then), as in
+aiohttp. The connections are closed at exit.
 
 Bounds: the calls are split so that every frame stays below ``MAX_FRAME`` (records in
 pieces of about ``broker.jars.PIECE_SIZE``); the replies of one call are what the broker
@@ -65,7 +72,7 @@ from shared.specs import JarSpec
 
 from .exceptions import BrokerConnectionError, BrokerProtocolError
 
-__all__ = ["BrokerJar", "JarChannel", "channel", "CALL_TIMEOUT"]
+__all__ = ["BrokerJar", "JarChannel", "channel", "CALL_TIMEOUT", "take_closes"]
 
 log = logging.getLogger("worker_client.jar_channel")
 
@@ -79,7 +86,8 @@ class JarChannel:
     def __init__(self, path: str, trusted: frozenset[int]) -> None:
         self.path = path
         self.trusted = trusted
-        self.specs: dict[bytes, JarSpec] = {}  # what this process has open, to reopen
+        self.specs: dict[bytes, JarSpec] = {}  # this process's live jars, to (re)open
+        self._unopened: set[bytes] = set()  # not opened by this channel's connection yet
         self._closing: deque[bytes] = deque()
         self._lock = threading.Lock()
         self._peer: BlockingPeer | None = None
@@ -90,18 +98,31 @@ class JarChannel:
         state = "connected" if self._peer is not None else "not connected"
         return f"<JarChannel {self.path} {state}, {len(self.specs)} jars>"
 
-    def open(self, token: bytes, spec: JarSpec) -> None:
+    def add(self, token: bytes, spec: JarSpec) -> None:
+        """A new jar: opened in front of the first call that needs it (no I/O here)."""
         with self._lock:
             self.specs[token] = spec
-            try:
-                self._run([JarOpen(0, token, spec)])
-            except BaseException:
-                self.specs.pop(token, None)
-                raise
+            self._unopened.add(token)
 
     def close_later(self, token: bytes) -> None:
         """Forget ``token`` at the next call (takes no lock: safe from a finalizer)."""
+        global closing
         self._closing.append(token)
+        closing = True
+
+    def take_closes(self) -> list[bytes]:
+        """The tokens queued for closing, for a request connection to send (no lock:
+        each token is taken once, by whoever pops it)."""
+        taken = []
+        while self._closing:
+            try:
+                taken.append(self._closing.popleft())
+            except IndexError:
+                break
+        for token in taken:
+            self.specs.pop(token, None)
+            self._unopened.discard(token)
+        return taken
 
     def call(self, msgs: list[Any]) -> list[list[Message]]:
         """Send the calls ``msgs`` (numbered here) at once; each one's replies. A
@@ -120,12 +141,9 @@ class JarChannel:
     def _run(self, msgs: list[Any]) -> list[list[Message]]:
         if self._pid != os.getpid():
             self._forked()
-        closes = []
-        while self._closing:
-            token = self._closing.popleft()
-            self.specs.pop(token, None)
-            closes.append(JarClose(token))
-        numbered = [msgspec.structs.replace(m, call=next(self._calls)) for m in msgs]
+        closes = [JarClose(token) for token in self.take_closes()]
+        opens = [JarOpen(0, t, self.specs[t]) for t in self._unopened if t in self.specs]
+        numbered = [msgspec.structs.replace(m, call=next(self._calls)) for m in [*opens, *msgs]]
         try:
             frames = b"".join(encode(m) for m in [*closes, *numbered])
         except (TypeError, ValueError, OverflowError) as exc:
@@ -141,11 +159,15 @@ class JarChannel:
                 if isinstance(exc, PeerTimeout) or fresh or attempt == 2:
                     raise BrokerConnectionError(str(exc)) from None
                 fresh = True  # the connection was gone: once more, on a new one
+        self._unopened.clear()
+        for open_, reply in zip(opens, replies[: len(opens)], strict=True):
+            if isinstance(reply[-1], JarFailed):
+                self.specs.pop(open_.jar, None)  # never opened: not to be reopened
         for reply in replies:
             if isinstance(reply[-1], JarFailed):
                 failed = reply[-1]
                 raise (ValueError if failed.invalid else RuntimeError)(failed.message)
-        return replies
+        return replies[len(opens):]
 
     def _forked(self) -> None:
         """This is a forked child: the parent's connection is not ours to use."""
@@ -160,7 +182,11 @@ class JarChannel:
         peer = BlockingPeer(self.path, CALL_TIMEOUT, self.trusted)
         try:
             peer.handshake()
-            opens = [JarOpen(next(self._calls), t, s) for t, s in self.specs.items()]
+            opens = [
+                JarOpen(next(self._calls), t, s)
+                for t, s in self.specs.items()
+                if t not in self._unopened  # those go in front of the call
+            ]
             if opens:
                 replies = self._exchange(peer, b"".join(map(encode, opens)), opens)
                 for reply in replies:
@@ -203,6 +229,22 @@ def channel(path: str, trusted: frozenset[int]) -> JarChannel:
         if found is None:
             found = _channels[key] = JarChannel(path, trusted)
         return found
+
+
+closing = False
+"""Whether any jar of this process waits to be closed: what a request checks, cheaply."""
+
+
+def take_closes(path: str) -> list[bytes]:
+    """The queued closes of jars in the broker at ``path`` (see ``JarChannel.take_closes``)."""
+    global closing
+    taken: list[bytes] = []
+    channels = list(_channels.items())
+    for (where, _), ch in channels:
+        if where == path and ch._closing:
+            taken.extend(ch.take_closes())
+    closing = any(ch._closing for _, ch in channels)
+    return taken
 
 
 def _after_fork() -> None:
@@ -260,7 +302,7 @@ class BrokerJar:
         self.token = secrets.token_bytes(16)
         self.spec = spec
         self._channel = channel(path, trusted)
-        self._channel.open(self.token, spec)
+        self._channel.add(self.token, spec)  # opened by the first call or request
 
     def __repr__(self) -> str:
         return f"<BrokerJar {self.token.hex()} {self.spec}>"

@@ -160,8 +160,8 @@ class ClientSession:
         self._cookie_jar = cookie_jar
         if cookies:
             cookie_jar.update_cookies(cookies)
-        # What requests name: (token, store) of the jar, asked once (again after fork).
-        self._jar_ref: tuple[bytes, Any] | None = None
+        # What requests name: (token, store, spec) of the jar, asked once (again after fork).
+        self._jar_ref: tuple[bytes, Any, Any] | None = None
         self._transport: Transport | None = None
         self._transport_lock: asyncio.Lock | None = None
         self._handles: set[StreamHandle] = set()
@@ -366,6 +366,8 @@ class ClientSession:
         jar_ref = self._jar_ref
         if jar_ref is None:
             jar_ref = self._jar_ref = request_jar(self._cookie_jar)
+        if jar_ref[0] and jar_ref[0] not in transport.jars_open:
+            transport.open_jar(jar_ref[0], jar_ref[2])
         own_cookies = (
             request_cookies(cookies, self._cookie_jar, prepared.url) if cookies is not None else []
         )

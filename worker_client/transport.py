@@ -22,6 +22,7 @@ sending its ``Hello`` anyway, and a process that is not ours is not trusted unas
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import weakref
 from collections import deque
@@ -49,21 +50,28 @@ from shared.messages import (
     Failure,
     Head,
     Hello,
+    JarClose,
+    JarDone,
+    JarFailed,
+    JarOpen,
     Request,
     Rewind,
     Stats,
     StatsRequest,
     Welcome,
 )
-from shared.specs import PoolSpec
+from shared.specs import JarSpec, PoolSpec
 from shared.stream_state import State
 
+from . import jar_channel
 from .exceptions import BrokerConnectionError, BrokerProtocolError
 from .handle import Deadlines, StreamHandle
 
 __all__ = [
     "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
 ]
+
+log = logging.getLogger("worker_client.transport")
 
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
 _BUFSIZE = 1 << 18
@@ -96,6 +104,7 @@ class Transport:
         self.users = 0
         self.closed = False
         self._next = 1
+        self.jars_open: set[bytes] = set()  # jar tokens opened on this connection
 
     def next_stream_id(self) -> int:
         sid = self._next
@@ -121,6 +130,10 @@ class Transport:
     def cancel(self, stream_id: int) -> None:
         """The worker gives up the stream: whatever it holds in the engine is released,
         and nothing more of it reaches its handle."""
+        raise NotImplementedError
+
+    def open_jar(self, token: bytes, spec: JarSpec) -> None:
+        """Open a cookie jar on this connection before the first request that names it."""
         raise NotImplementedError
 
     def ack(self, stream_id: int, size: int) -> None:
@@ -409,6 +422,11 @@ class IPCTransport(Transport):
             w = self._credit_waiters.pop(msg.stream, None)
             if w is not None and not w.done():
                 w.set_result(None)
+        elif kind is JarDone:
+            pass  # a JarOpen of open_jar went through
+        elif kind is JarFailed:
+            # The requests that name that jar fail with the broker's word for it.
+            log.warning("the broker refused a cookie jar: %s", msg.message)
         elif kind is Welcome:
             if not self._welcome.done():
                 self._welcome.set_result(msg)
@@ -484,7 +502,15 @@ class IPCTransport(Transport):
             await self._until_writable()
         self.open(req, body, handle)
 
+    def open_jar(self, token: bytes, spec: JarSpec) -> None:
+        self._send(JarOpen(0, token, spec))  # pipelined: its JarDone is not waited for
+        self.jars_open.add(token)
+
     def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
+        if jar_channel.closing:
+            for token in jar_channel.take_closes(self.path):
+                self._send(JarClose(token))
+                self.jars_open.discard(token)
         if req.body is not None and len(req.body) > _INLINE_BODY_MAX:
             # Over the frame cap: send it as a streamed body with its Content-Length.
             body = _slices(req.body)

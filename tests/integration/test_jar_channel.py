@@ -29,6 +29,7 @@ from shared.errors import ErrorCode
 from shared.messages import (
     Failure,
     Head,
+    JarClose,
     JarCount,
     JarDone,
     JarFailed,
@@ -150,8 +151,10 @@ def test_bad_data_is_a_value_error_and_a_refusal_a_runtime_error(broker_process)
     with pytest.raises(ValueError):
         jar.filter(URL("http://[::1"))  # not a URL the broker takes
     assert jar.count() == 1  # nothing changed, and the channel lives on
+    refused = BrokerJar(path, TRUSTED, JarSpec(treat_as_secure_origin=("",)))
     with pytest.raises(ValueError, match="treat_as_secure_origin"):
-        BrokerJar(path, TRUSTED, JarSpec(treat_as_secure_origin=("",)))
+        refused.count()  # opened in front of its first call
+    assert refused.token not in channel(path, TRUSTED).specs
     jar.close()
     channel(path, TRUSTED).call([])  # sends the close
     with pytest.raises(RuntimeError, match="no cookie jar"):
@@ -316,7 +319,7 @@ def test_a_lost_broker_is_a_broker_connection_error(tmp_path):
     with pytest.raises(BrokerConnectionError):
         jar.count()
     with pytest.raises(BrokerConnectionError):
-        BrokerJar(sock, TRUSTED, JarSpec())
+        BrokerJar(sock, TRUSTED, JarSpec()).count()
 
 
 def test_a_truncated_cookie_file_is_moved_aside_and_the_broker_starts(tmp_path, capfd):
@@ -378,22 +381,26 @@ async def test_the_jar_caps(tmp_path, raw_workers):  # noqa: F811
     sock = str(tmp_path / "b.sock")
     with broker.start(sock, export=False):
         w = await RawWorker.connect(sock)
-        w.send(*[JarOpen(i, os.urandom(16), JarSpec()) for i in range(256)])
-        replies = [await w.next() for _ in range(256)]
+        tokens = [os.urandom(16) for _ in range(1024)]
+        w.send(*[JarOpen(i, t, JarSpec()) for i, t in enumerate(tokens)])
+        replies = [await w.next() for _ in tokens]
         assert all(isinstance(r, JarDone) for r in replies)
-        w.send(JarOpen(300, os.urandom(16), JarSpec()))
-        over = await w.next()
-        assert isinstance(over, JarFailed) and "max_jars" in over.message
-        # named jars: 64 for the broker's life, whoever asks
-        named = [JarOpen(400 + i, os.urandom(16), JarSpec(name=f"n{i}")) for i in range(64)]
+        # the cap is the process's: another connection of this process shares it
         other = await RawWorker.connect(sock)
+        other.send(JarOpen(2000, os.urandom(16), JarSpec()))
+        over = await other.next()
+        assert isinstance(over, JarFailed) and "max_jars" in over.message
+        # closed from either connection, a token makes room
+        other.send(*[JarClose(t) for t in tokens[:65]])
+        # named jars: 64 for the broker's life, whoever asks
+        named = [JarOpen(3000 + i, os.urandom(16), JarSpec(name=f"n{i}")) for i in range(64)]
         other.send(*named)
         assert all(isinstance(r, JarDone) for r in [await other.next() for _ in named])
-        other.send(JarOpen(500, os.urandom(16), JarSpec(name="one too many")))
+        other.send(JarOpen(4000, os.urandom(16), JarSpec(name="one too many")))
         over = await other.next()
         assert isinstance(over, JarFailed) and "named cookie jars" in over.message
         figures = fetch_stats(sock).jars
-        assert len(figures) == 65 and figures[-1] == {"name": None, "jars": 256, "cookies": 0}
+        assert len(figures) == 65 and figures[-1] == {"name": None, "jars": 959, "cookies": 0}
 
 
 def test_http_broker_stats_shows_the_jars(broker_process):
@@ -434,11 +441,12 @@ def test_a_silent_broker_is_a_timeout_and_the_next_call_reconnects(tmp_path, mon
     server.start()
     try:
         started = time.monotonic()
+        jar = BrokerJar(path, TRUSTED, JarSpec())
         with pytest.raises(BrokerConnectionError, match="in time"):
-            BrokerJar(path, TRUSTED, JarSpec())
+            jar.count()
         assert 0.25 < time.monotonic() - started < 3
         with pytest.raises(BrokerConnectionError, match="in time"):
-            BrokerJar(path, TRUSTED, JarSpec())
+            jar.count()
         server.join(5)
         assert len(accepted) == 2
     finally:

@@ -838,8 +838,8 @@ async def test_session_uses_the_jar_it_is_given_and_seeds_it():
 
 
 async def test_dummy_jar_requests_carry_no_jar():
-    assert request_jar(DummyCookieJar()) == (b"", None)
-    token, store = request_jar(CookieJar())
+    assert request_jar(DummyCookieJar())[:2] == (b"", None)
+    token, store, _ = request_jar(CookieJar())
     assert token == b"" and store is not None  # embedded: the store itself
 
 
@@ -940,7 +940,7 @@ async def test_the_backend_opens_once_at_first_use_where_the_session_says(opened
     assert opened == []  # pinned, not opened: nothing happens until a call needs it
     for _ in range(3):
         len(jar)
-        assert request_jar(jar) == (b"t" * 16, None)
+        assert request_jar(jar) == (b"t" * 16, None, jar._spec)
     jar.update_cookies({"a": "1"})
     assert opened == [("open", "/a/broker", "bound"), ("update", ["a"], URL())]
 
