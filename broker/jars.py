@@ -32,6 +32,7 @@ Bounds (all written here):
   value, 16 KiB coded, 1 KiB per attribute).
 - Staged loads: one per process (a piece for another jar drops the one staged), a
   fresh store under the same caps.
+- Refused opens remembered: the latest ``MAX_REFUSALS`` (64), a message each.
 - ``JarData`` pieces: records of about ``PIECE_SIZE`` (1 MiB) encoded, far below
   ``MAX_FRAME`` (4 MiB) since one record is at most about 30 KiB.
 """
@@ -76,6 +77,8 @@ log = logging.getLogger("broker.jars")
 
 MAX_NAMED_JARS = 64
 PIECE_SIZE = 1 << 20
+MAX_REFUSALS = 64
+"""Refused ``JarOpen``s remembered (the latest), so that a request naming one says why."""
 UNKNOWN_JAR = (
     "no cookie jar is open under this token in this worker process (it was closed, "
     "or it belongs to another process)"
@@ -145,6 +148,7 @@ class JarTable:
         self._jars: dict[_JarKey, _Jar] = {}
         self._owned: dict[Hashable, set[_JarKey]] = {}
         self._staged: dict[Hashable, _Staged] = {}
+        self._refusals: dict[_JarKey, str] = {}  # the latest refused opens, for requests
         self.on_change: Callable[[], None] | None = None
         """Called when a named jar changes (the cookie file saves then)."""
 
@@ -160,6 +164,16 @@ class JarTable:
         """The store ``token`` names for a request of process ``pid``; None: refuse it."""
         jar = self._jars.get((pid, token))
         return jar.store if jar is not None else None
+
+    def refusal(self, token: bytes, pid: int) -> str | None:
+        """Why opening ``token`` was refused, if it was lately: the requests that name it
+        (its JarOpen was pipelined before them, unanswered) fail with this."""
+        return self._refusals.get((pid, token))
+
+    def _note_refusal(self, key: _JarKey, message: str) -> None:
+        self._refusals[key] = message
+        while len(self._refusals) > MAX_REFUSALS:
+            del self._refusals[next(iter(self._refusals))]
 
     def owns(self, owner: Hashable) -> bool:
         """Whether ``owner`` has a token open."""
@@ -180,6 +194,8 @@ class JarTable:
         try:
             return handler(self, owner, pid, msg)
         except _Refused as exc:
+            if type(msg) is JarOpen:
+                self._note_refusal((pid, msg.jar), str(exc))
             return [JarFailed(msg.call, str(exc))]
         except ValueError as exc:
             return [JarFailed(msg.call, str(exc), invalid=True)]

@@ -431,7 +431,11 @@ class WorkerConnection(asyncio.BufferedProtocol):
         if req.jar:
             jar = self.server.jars.find(req.jar, self.process)
             if jar is None:
-                self.send(Failure(req.stream, ErrorCode.PROTOCOL, UNKNOWN_JAR))
+                refusal = self.server.jars.refusal(req.jar, self.process)
+                if refusal is not None:  # its JarOpen was refused: a cap, say which
+                    self.send(Failure(req.stream, ErrorCode.BROKER, refusal))
+                else:
+                    self.send(Failure(req.stream, ErrorCode.PROTOCOL, UNKNOWN_JAR))
                 return
         stream = IPCStream(req.stream, self, req.streamed)
         self.streams[req.stream] = stream

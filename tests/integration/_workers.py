@@ -130,3 +130,20 @@ def cookie_visit(url: str, jar_name: str | None, broker: str | None) -> str | No
     """Entry point for a spawned worker: GET ``url`` with the named jar (or a session's
     own jar when ``jar_name`` is None)."""
     return asyncio.run(_cookie_visit(url, jar_name, broker))
+
+
+async def _login_then_read_after_close(url: str, broker: str) -> tuple[int, int]:
+    """Log in with an unnamed jar, close the session (this process's last connection),
+    then read the jar: (cookies in the jar then, the jars the broker counts for us)."""
+    from worker_client import CookieJar
+
+    jar = CookieJar(unsafe=True)
+    async with ClientSession(broker=broker, cookie_jar=jar) as session:
+        async with session.get(url):
+            pass
+    return len(jar), len(list(jar))
+
+
+def login_then_read_after_close(url: str, broker: str) -> tuple[int, int]:
+    """Entry point for a spawned worker (see ``_login_then_read_after_close``)."""
+    return asyncio.run(_login_then_read_after_close(url, broker))

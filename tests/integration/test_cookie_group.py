@@ -142,3 +142,50 @@ async def test_a_server_setting_100000_cookies_leaves_the_jar_capped(
     async with session.get(base + "/", params={"start": 0}) as resp:
         assert resp.status == 200
     assert "c0" in {m.key for m in jar}
+
+
+def unnamed_jars(stats) -> int:
+    (entry,) = [j for j in stats.jars if j["name"] is None]
+    return int(entry["jars"])
+
+
+async def test_a_processs_jars_outlive_its_sessions_and_go_when_it_exits(
+    serve_app, tmp_path
+):
+    import broker
+    from broker.stats import fetch_stats
+    from tests.conftest import wait_until
+    from tests.integration._workers import login_then_read_after_close
+
+    base = await serve_app(login_app())
+    sock = str(tmp_path / "b.sock")
+    loop = asyncio.get_running_loop()
+    with broker.start(sock, export=False):
+        ((count, listed),) = await loop.run_in_executor(
+            None, run_in_processes, login_then_read_after_close, [(base + "/login", sock)]
+        )
+        # Read after the session closed: the broker kept the jar for the live process.
+        assert (count, listed) == (1, 1)
+        # The process has exited: its unnamed jar is gone.
+        await wait_until(lambda: unnamed_jars(fetch_stats(sock)) == 0, what="jars left")
+
+
+async def test_the_jars_of_collected_sessions_are_closed(serve_app, broker_process):
+    # More sessions than a process may have jars open (Limits.max_jars, 1024): each
+    # session's own jar is closed once the session is collected, by the next request.
+    from broker.stats import fetch_stats
+    from worker_client import ClientSession
+
+    base = await serve_app(login_app())
+    path = broker_process.socket_path
+    keeper = ClientSession(broker=path)  # holds this process's connection
+    try:
+        before = unnamed_jars(await keeper.stats())
+        for _ in range(1100):
+            async with ClientSession(broker=path) as session:
+                async with session.get(base + "/whoami") as resp:
+                    assert resp.status == 200
+        after = unnamed_jars(fetch_stats(path))
+        assert after - before < 50
+    finally:
+        await keeper.close()

@@ -125,7 +125,7 @@ def test_reopen_by_the_same_process_moves_the_jar_to_the_new_connection(table):
     assert isinstance(reply, JarFailed) and "other settings" in reply.message
 
 
-def test_cap_on_jars_per_connection(table):
+def test_cap_on_jars_per_owner(table):
     for i in range(4):
         opened(table, bytes([i]) * 16)
     reply = call(table, JarOpen(9, b"x" * 16, JarSpec()))
@@ -134,6 +134,22 @@ def test_cap_on_jars_per_connection(table):
     opened(table, b"x" * 16, owner=B, pid=PID_B)  # another connection has its own
     table.apply(A, PID_A, JarClose(bytes([0]) * 16))
     opened(table, b"x" * 16)
+
+
+def test_a_refused_open_is_remembered_for_the_requests_that_name_it(table):
+    # The worker pipelines JarOpen before a request and does not wait for its answer:
+    # the request that finds no jar says why the open was refused.
+    for i in range(4):
+        opened(table, bytes([i]) * 16)
+    call(table, JarOpen(9, b"x" * 16, JarSpec()))
+    assert table.find(b"x" * 16, PID_A) is None
+    assert "max_jars" in (table.refusal(b"x" * 16, PID_A) or "")
+    assert table.refusal(b"x" * 16, PID_B) is None  # another process's token is not it
+    assert table.refusal(T2, PID_A) is None
+    for i in range(100):  # only the latest are kept
+        call(table, JarOpen(10 + i, i.to_bytes(16, "big"), JarSpec()))
+    assert table.refusal(b"x" * 16, PID_A) is None
+    assert table.refusal((99).to_bytes(16, "big"), PID_A) is not None
 
 
 def test_cap_on_named_jars(table):
