@@ -11,57 +11,12 @@ goes last among the headers.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from http.cookies import BaseCookie
 
-__all__ = ["parse_cookie_header", "with_cookies"]
+from .cookie_store import parse_cookie_header
 
-_NAME_RE = re.compile(r"^[!#$%&\'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+$")
-_PAIR_RE = re.compile(
-    r"""
-    \s*
-    (?P<key>[\w\d!#%&'~_`><@,:/\$\*\+\-\.\^\|\)\(\?\}\{\[\]]+)
-    (
-    \s*=\s*
-    (?P<val>
-    "(?:[^\\"]|\\.)*"                                    # a quoted string
-    | "[^";]*                                            # an unclosed quote
-    | (\w{3,6}day|\w{3}),\s[\w\d\s-]{9,11}\s[\d:]{8}\s(GMT|[+-]\d{4})  # an RFC 1123 date
-    | \w{3}\s+\w{3}\s+[\s\d]\d\s+\d{2}:\d{2}:\d{2}\s+\d{4}              # an asctime date
-    | [\w\d!#%&'~_`><@,:/\$\*\+\-\.\^\|\)\(\?\}\{\=\[\]]*
-    )
-    )?
-    \s*
-    (\s+|;|$)
-    """,
-    re.VERBOSE | re.ASCII,
-)
-
-
-def parse_cookie_header(header: str) -> list[tuple[str, str]]:
-    """The (name, value as sent) pairs of a ``Cookie`` header, RFC 6265 5.4 as aiohttp
-    reads it: pairs only (``path`` or ``secure`` are names like any other), quoted values
-    kept whole, a pair with a bad name skipped, a malformed pair read up to its ``;``
-    so that the pairs after it survive."""
-    pairs: list[tuple[str, str]] = []
-    i, n = 0, len(header)
-    while i < n:
-        match = _PAIR_RE.match(header, i)
-        if match is None:
-            semi = header.find(";", i)
-            end = semi if semi != -1 else n
-            key, sep, value = header[i:end].partition("=")
-            key = key.strip()
-            if sep and _NAME_RE.match(key):
-                pairs.append((key, value.strip()))
-            i = end + 1
-            continue
-        i = match.end(0)
-        key = match.group("key")
-        if _NAME_RE.match(key):
-            pairs.append((key, match.group("val") or ""))
-    return pairs
+__all__ = ["with_cookies"]
 
 
 def with_cookies(

@@ -73,6 +73,7 @@ __all__ = [
     "morsel_from_record",
     "new_morsel",
     "parse_cookie_date",
+    "parse_cookie_header",
     "parse_set_cookie_headers",
 ]
 
@@ -104,7 +105,7 @@ _RESERVED = frozenset(Morsel._reserved)  # type: ignore[attr-defined]
 _FLAGS = frozenset(Morsel._flags) | {"partitioned"}  # type: ignore[attr-defined]
 
 
-# --- Set-Cookie parsing (aiohttp 3.14's _cookie_helpers, behaviour for behaviour) ---
+# --- Set-Cookie and Cookie parsing (aiohttp 3.14's _cookie_helpers, behaviour for behaviour) ---
 
 _NAME_RE = re.compile(r"^[!#$%&\'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+$")
 _FORBIDDEN_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -232,6 +233,31 @@ def _parse_one(header: str) -> tuple[str, Morsel[str]] | None:
         return None
     _apply_attributes(morsel, header[attributes_start:])
     return key, morsel
+
+
+def parse_cookie_header(header: str) -> list[tuple[str, str]]:
+    """The (name, value as sent) pairs of a ``Cookie`` request header, RFC 6265 5.4 as
+    aiohttp reads it: pairs only (``path`` or ``secure`` are names like any other),
+    quoted values kept whole, a pair with a bad name skipped, a malformed pair read up
+    to its ";" so that the pairs after it survive."""
+    pairs: list[tuple[str, str]] = []
+    i, n = 0, len(header)
+    while i < n:
+        match = _PAIR_RE.match(header, i)
+        if match is None:
+            semi = header.find(";", i)
+            end = semi if semi != -1 else n
+            key, sep, value = header[i:end].partition("=")
+            key = key.strip()
+            if sep and _NAME_RE.match(key):
+                pairs.append((key, value.strip()))
+            i = end + 1
+            continue
+        i = match.end(0)
+        key = match.group("key")
+        if _NAME_RE.match(key):
+            pairs.append((key, match.group("val") or ""))
+    return pairs
 
 
 def parse_set_cookie_headers(

@@ -6,7 +6,8 @@ from http.cookies import SimpleCookie
 import pytest
 from aiohttp._cookie_helpers import parse_cookie_header as aiohttp_parse
 
-from broker.cookie_header import parse_cookie_header, with_cookies
+from broker.cookie_header import with_cookies
+from broker.cookie_store import parse_cookie_header
 
 
 @pytest.mark.parametrize(
