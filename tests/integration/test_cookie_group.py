@@ -53,40 +53,6 @@ async def test_a_named_jar_carries_a_login_from_one_worker_process_to_another(
     assert await in_workers(("/whoami", named("other")), ("/whoami", None)) == [None, None]
 
 
-async def test_sessions_without_a_jar_share_nothing(serve_app, make_session, mode):
-    base = await serve_app(login_app())
-    a, b = make_session(), make_session()
-    async with a.get(base + "/login"):
-        pass
-    # 127.0.0.1 is an IP host: the default jar refuses its cookies (aiohttp's rule).
-    assert len(a.cookie_jar) == 0
-    a2 = make_session(cookie_jar=CookieJar(unsafe=True))
-    async with a2.get(base + "/login"):
-        pass
-    async with a2.get(base + "/whoami") as resp:
-        mine = await resp.text()
-    async with b.get(base + "/whoami") as resp:
-        assert await resp.text() == ""
-    assert len(mine) == 32 and len(a2.cookie_jar) == 1
-
-
-async def test_two_unnamed_jars_in_one_process_see_nothing_of_each_other(
-    serve_app, make_session
-):
-    base = await serve_app(login_app())
-    one, two = CookieJar(unsafe=True), CookieJar(unsafe=True)
-    s1, s2 = make_session(cookie_jar=one), make_session(cookie_jar=two)
-    async with s1.get(base + "/login"):
-        pass
-    async with s2.get(base + "/whoami") as resp:
-        assert await resp.text() == ""
-    assert len(one) == 1 and len(two) == 0
-    # One object given to two sessions is one jar.
-    s3 = make_session(cookie_jar=one)
-    async with s3.get(base + "/whoami") as resp:
-        assert len(await resp.text()) == 32
-
-
 async def test_equal_named_jars_are_one_jar_and_stay_readable_after_the_session(
     serve_app, make_session, broker_address
 ):

@@ -1,13 +1,12 @@
 """Cookies through a session, in both modes, against real aiohttp.web servers on loopback:
 the session's jar, ``cookies=`` on the session and on a request, ``resp.cookies``,
-named jars shared, and the jar at every redirect hop.
+named jars shared. Redirect chains: test_cookie_hops.py; processes: test_cookie_group.py.
 
 The servers listen on 127.0.0.1; a jar refuses cookies from IP hosts unless ``unsafe``,
 so most tests speak to them as ``localhost``."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 from http.cookies import SimpleCookie
@@ -16,7 +15,6 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from tests.integration._workers import run_in_processes
 from worker_client import ClientSession, CookieJar, DummyCookieJar
 
 _names = itertools.count()
@@ -283,14 +281,6 @@ async def test_named_jars_with_equal_arguments_share_cookies(make_session, base)
 # -- redirect hops ---------------------------------------------------------------------------
 
 
-async def test_a_cookie_set_on_a_redirect_is_stored_and_sent_on_the_next_hop(session, base):
-    url = URL(base + "/redirect").with_query(to="/echo", set="hop=1")
-    async with session.get(url) as resp:
-        assert (await resp.json())["cookies"] == {"hop": "1"}
-        assert resp.history[0].request_info.headers.get("Cookie") is None
-    assert [m.key for m in session.cookie_jar] == ["hop"]
-
-
 async def test_each_hop_gets_the_cookies_that_match_it(make_session, base, serve_app):
     # localhost -> 127.0.0.1 (another origin) -> back: the unsafe jar picks afresh
     other = await serve_app(cookie_app())
@@ -303,53 +293,6 @@ async def test_each_hop_gets_the_cookies_that_match_it(make_session, base, serve
         sent = [h.request_info.headers.get("Cookie") for h in resp.history]
     assert sent[1] is None  # 127.0.0.1 had none yet
     assert set(session.cookie_jar.filter_cookies(URL(other + "/"))) == {"there"}
-
-
-async def test_request_cookies_and_cookie_header_are_dropped_across_origins(
-    session, base, serve_app
-):
-    other = await serve_app(cookie_app())
-    url = URL(base + "/redirect").with_query(to=other + "/echo")
-    async with session.get(url, cookies={"once": "1"}, headers={"Cookie": "mine=1"}) as resp:
-        assert (await resp.json())["headers"] == []
-
-
-async def test_request_cookies_follow_a_same_origin_redirect(session, base):
-    url = URL(base + "/redirect").with_query(to="/echo")
-    async with session.get(url, cookies={"once": "1"}) as resp:
-        assert (await resp.json())["cookies"] == {"once": "1"}
-
-
-# -- processes (through a broker) -------------------------------------------------------------
-
-
-def _login_or_look(broker: str, url: str, jar_name: str | None, login: bool) -> dict[str, str]:
-    """Entry point of a spawned worker: set a cookie, or report what it is sent."""
-
-    async def run() -> dict[str, str]:
-        jar = CookieJar(name=jar_name) if jar_name else None
-        async with ClientSession(broker=broker, cookie_jar=jar) as session:
-            if login:
-                await get(session, url + "/set", params={"login": str(os.getpid())})
-            return await received(session, url + "/echo")
-
-    return asyncio.run(run())
-
-
-async def test_a_named_jar_carries_a_login_to_another_process(broker_process, base):
-    name = unique("group")
-    args = (broker_process.socket_path, base, name)
-    [first] = await asyncio.to_thread(run_in_processes, _login_or_look, [(*args, True)])
-    [second] = await asyncio.to_thread(run_in_processes, _login_or_look, [(*args, False)])
-    assert second == first and "login" in second
-
-
-async def test_sessions_without_a_jar_in_two_processes_share_nothing(broker_process, base):
-    args = (broker_process.socket_path, base, None)
-    [first] = await asyncio.to_thread(run_in_processes, _login_or_look, [(*args, True)])
-    [second] = await asyncio.to_thread(run_in_processes, _login_or_look, [(*args, False)])
-    assert "login" in first
-    assert second == {}
 
 
 # -- worker_client.request() -------------------------------------------------------------------
