@@ -9,66 +9,27 @@ import json
 import os
 import stat
 import warnings
-from collections.abc import Iterable
-from http.cookies import BaseCookie, Morsel, SimpleCookie
+from http.cookies import Morsel, SimpleCookie
 from types import MappingProxyType
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from tests.unit.cookie_cases import (
+    HEADER_CASES,
+    LOOSE_COOKIES,
+    QUOTE_CASES,
+    RECEIVE_CASES,
+    SECURE_ORIGIN_FORMS,
+    SEND_CASES,
+    by_name,
+    sent,
+    to_receive,
+    to_send,
+)
 from worker_client import AbstractCookieJar, ClientSession, CookieJar, DummyCookieJar
 from worker_client.cookies import request_cookies, request_jar
-
-COOKIES_TO_SEND = (
-    "shared-cookie=first; "
-    "domain-cookie=second; Domain=example.com; "
-    "subdomain1-cookie=third; Domain=test1.example.com; "
-    "subdomain2-cookie=fourth; Domain=test2.example.com; "
-    "dotted-domain-cookie=fifth; Domain=.example.com; "
-    "different-domain-cookie=sixth; Domain=different.org; "
-    "secure-cookie=seventh; Domain=secure.com; Secure; "
-    "no-path-cookie=eighth; Domain=pathtest.com; "
-    "path1-cookie=ninth; Domain=pathtest.com; Path=/; "
-    "path2-cookie=tenth; Domain=pathtest.com; Path=/one; "
-    "path3-cookie=eleventh; Domain=pathtest.com; Path=/one/two; "
-    "path4-cookie=twelfth; Domain=pathtest.com; Path=/one/two/; "
-    "expires-cookie=thirteenth; Domain=expirestest.com; Path=/;"
-    " Expires=Tue, 1 Jan {year} 12:00:00 GMT; "
-    "max-age-cookie=fourteenth; Domain=maxagetest.com; Path=/;"
-    " Max-Age=60; "
-    "invalid-max-age-cookie=fifteenth; Domain=invalid-values.com; "
-    " Max-Age=string; "
-    "invalid-expires-cookie=sixteenth; Domain=invalid-values.com; "
-    " Expires=string;"
-)
-COOKIES_TO_RECEIVE = (
-    "unconstrained-cookie=first; Path=/; "
-    "domain-cookie=second; Domain=example.com; Path=/; "
-    "subdomain1-cookie=third; Domain=test1.example.com; Path=/; "
-    "subdomain2-cookie=fourth; Domain=test2.example.com; Path=/; "
-    "dotted-domain-cookie=fifth; Domain=.example.com; Path=/; "
-    "different-domain-cookie=sixth; Domain=different.org; Path=/; "
-    "no-path-cookie=seventh; Domain=pathtest.com; "
-    "path-cookie=eighth; Domain=pathtest.com; Path=/somepath; "
-    "wrong-path-cookie=ninth; Domain=pathtest.com; Path=somepath;"
-)
-
-
-def to_send(year: int = 2999) -> SimpleCookie:
-    return SimpleCookie(COOKIES_TO_SEND.format(year=year))
-
-
-def to_receive() -> SimpleCookie:
-    return SimpleCookie(COOKIES_TO_RECEIVE)
-
-
-def by_name(morsels: Iterable[Morsel[str]]) -> dict[str, Morsel[str]]:
-    return {m.key: m for m in morsels}
-
-
-def sent(jar: AbstractCookieJar, url: str) -> set[str]:
-    return set(jar.filter_cookies(URL(url)))
 
 
 def received(url: str) -> dict[str, Morsel[str]]:
@@ -131,76 +92,16 @@ def test_expired_cookies_given_are_not_stored():
     assert len(jar) == 15
 
 
-@pytest.mark.parametrize(
-    ("url", "expected_sent", "expected_received"),
-    [
-        (
-            "http://example.com/",
-            {"shared-cookie", "domain-cookie", "dotted-domain-cookie"},
-            {"unconstrained-cookie", "domain-cookie", "dotted-domain-cookie"},
-        ),
-        (
-            "http://test1.example.com/",
-            {"shared-cookie", "domain-cookie", "subdomain1-cookie", "dotted-domain-cookie"},
-            {"unconstrained-cookie", "domain-cookie", "subdomain1-cookie",
-             "dotted-domain-cookie"},
-        ),
-        (
-            "http://different.example.com/",
-            {"shared-cookie", "domain-cookie", "dotted-domain-cookie"},
-            {"unconstrained-cookie", "domain-cookie", "dotted-domain-cookie"},
-        ),
-        (
-            "http://different.org/",
-            {"shared-cookie", "different-domain-cookie"},
-            {"unconstrained-cookie", "different-domain-cookie"},
-        ),
-    ],
-)
-def test_domain_filter(url, expected_sent, expected_received):
-    jar = CookieJar()
-    jar.update_cookies(to_send())
-    assert sent(jar, url) == expected_sent
-    assert set(received(url)) == expected_received
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("http://secure.com/", {"shared-cookie"}),
-        ("https://secure.com/", {"shared-cookie", "secure-cookie"}),
-        ("http://pathtest.com/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
-        (
-            "http://pathtest.com/one/",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie", "path3-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two/",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie",
-             "path3-cookie", "path4-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two/three/",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie",
-             "path3-cookie", "path4-cookie"},
-        ),
-        ("http://pathtest.com/hundred/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
-        ("http://expirestest.com/", {"shared-cookie", "expires-cookie"}),
-        ("http://maxagetest.com/", {"shared-cookie", "max-age-cookie"}),
-        (
-            "http://invalid-values.com/",
-            {"shared-cookie", "invalid-max-age-cookie", "invalid-expires-cookie"},
-        ),
-    ],
-)
-def test_secure_path_and_expiry_filter(url, expected):
+@pytest.mark.parametrize(("url", "expected"), SEND_CASES)
+def test_filter_by_domain_path_secure_and_expiry(url, expected):
     jar = CookieJar()
     jar.update_cookies(to_send())
     assert sent(jar, url) == expected
+
+
+@pytest.mark.parametrize(("url", "expected"), RECEIVE_CASES)
+def test_a_host_stores_only_cookies_for_its_domains(url, expected):
+    assert set(received(url)) == expected
 
 
 def test_host_only_cookie_is_not_sent_to_subdomains():
@@ -259,22 +160,7 @@ def test_unsafe_jar_takes_cookies_from_ip_hosts():
     assert sent(jar, "http://127.0.0.1/") == {"a"}
 
 
-@pytest.mark.parametrize(
-    ("cookies", "expected", "quote"),
-    [
-        (
-            "shared-cookie=first; ip-cookie=second; Domain=127.0.0.1;",
-            "Cookie: ip-cookie=second\r\nCookie: shared-cookie=first",
-            True,
-        ),
-        ('ip-cookie="second"; Domain=127.0.0.1;', 'Cookie: ip-cookie="second"', True),
-        ("custom-cookie=value/one;", 'Cookie: custom-cookie="value/one"', True),
-        ("custom-cookie=value1;", "Cookie: custom-cookie=value1", True),
-        ("custom-cookie=value/one;", "Cookie: custom-cookie=value/one", False),
-        ('foo="quoted_value"', 'Cookie: foo="quoted_value"', True),
-        ('foo="quoted_value"; domain=127.0.0.1', 'Cookie: foo="quoted_value"', True),
-    ],
-)
+@pytest.mark.parametrize(("cookies", "expected", "quote"), QUOTE_CASES)
 def test_quotes_as_quote_cookie_says(cookies, expected, quote):
     jar = CookieJar(unsafe=True, quote_cookie=quote)
     jar.update_cookies(SimpleCookie(cookies))
@@ -314,18 +200,7 @@ def test_same_name_most_specific_path_wins_whatever_the_order():
         assert filtered["path-cookie"].value == value
 
 
-@pytest.mark.parametrize(
-    "cookies",
-    [
-        [("str", BaseCookie())],
-        [("str", Morsel())],
-        [("str", "str")],
-        {"str": BaseCookie()},
-        {"str": Morsel()},
-        {"str": "str"},
-        SimpleCookie(),
-    ],
-)
+@pytest.mark.parametrize("cookies", LOOSE_COOKIES)
 def test_loose_cookie_types_are_accepted(cookies):
     CookieJar().update_cookies(cookies=cookies)
 
@@ -338,13 +213,13 @@ def test_morsel_given_is_not_changed():
     assert by_name(jar)["a"]["domain"] == "example.com"
 
 
-def test_treat_as_secure_origin():
+@pytest.mark.parametrize("origins", SECURE_ORIGIN_FORMS)
+def test_treat_as_secure_origin(origins):
     endpoint = URL("http://127.0.0.1/")
-    for origins in ("http://127.0.0.1/index.html", endpoint, [endpoint], ["http://127.0.0.1"]):
-        jar = CookieJar(unsafe=True, treat_as_secure_origin=origins)
-        jar.update_cookies(SimpleCookie("k=v; HttpOnly; Path=/; Secure"), endpoint)
-        assert len(jar) == 1
-        assert len(jar.filter_cookies(request_url=endpoint)) == 1
+    jar = CookieJar(unsafe=True, treat_as_secure_origin=origins)
+    jar.update_cookies(SimpleCookie("k=v; HttpOnly; Path=/; Secure"), endpoint)
+    assert len(jar) == 1
+    assert len(jar.filter_cookies(request_url=endpoint)) == 1
     assert len(CookieJar(unsafe=True).filter_cookies(endpoint)) == 0
 
 
@@ -387,27 +262,7 @@ def test_update_cookies_from_headers_duplicate_names():
     }
 
 
-@pytest.mark.parametrize(
-    ("headers", "names"),
-    [
-        (
-            ["valid-cookie=value123", "invalid,cookie=value; HttpOnly; Path=/",
-             "another-valid=value456"],
-            {"valid-cookie", "another-valid"},
-        ),
-        (
-            ["ISAWPLB{A7F52349}={925EC0B8}; HttpOnly; Path=/", "regular-cookie=value123"],
-            {"ISAWPLB{A7F52349}", "regular-cookie"},
-        ),
-        (
-            ["cookie_with_parens=(value)=test123", "cookie-with-brackets[index]=value456",
-             "cookie@with@at=value789", "cookie:with:colons=value000"],
-            {"cookie_with_parens", "cookie-with-brackets[index]", "cookie@with@at",
-             "cookie:with:colons"},
-        ),
-        ([], set()),
-    ],
-)
+@pytest.mark.parametrize(("headers", "names"), HEADER_CASES)
 def test_update_cookies_from_headers_parses_as_aiohttp(headers, names):
     jar = CookieJar()
     url = URL("http://example.com/")

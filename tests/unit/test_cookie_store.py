@@ -17,6 +17,18 @@ from broker.cookie_store import (
     is_domain_match,
     parse_cookie_date,
 )
+from tests.unit.cookie_cases import (
+    HEADER_CASES,
+    LOOSE_COOKIES,
+    QUOTE_CASES,
+    RECEIVE_CASES,
+    SECURE_ORIGIN_FORMS,
+    SEND_CASES,
+    by_name,
+    sent,
+    to_receive,
+    to_send,
+)
 
 
 class Clock:
@@ -29,56 +41,6 @@ class Clock:
 
 def ts(*args: int) -> float:
     return datetime.datetime(*args, tzinfo=datetime.timezone.utc).timestamp()
-
-
-COOKIES_TO_SEND = (
-    "shared-cookie=first; "
-    "domain-cookie=second; Domain=example.com; "
-    "subdomain1-cookie=third; Domain=test1.example.com; "
-    "subdomain2-cookie=fourth; Domain=test2.example.com; "
-    "dotted-domain-cookie=fifth; Domain=.example.com; "
-    "different-domain-cookie=sixth; Domain=different.org; "
-    "secure-cookie=seventh; Domain=secure.com; Secure; "
-    "no-path-cookie=eighth; Domain=pathtest.com; "
-    "path1-cookie=ninth; Domain=pathtest.com; Path=/; "
-    "path2-cookie=tenth; Domain=pathtest.com; Path=/one; "
-    "path3-cookie=eleventh; Domain=pathtest.com; Path=/one/two; "
-    "path4-cookie=twelfth; Domain=pathtest.com; Path=/one/two/; "
-    "expires-cookie=thirteenth; Domain=expirestest.com; Path=/;"
-    " Expires=Tue, 1 Jan {year} 12:00:00 GMT; "
-    "max-age-cookie=fourteenth; Domain=maxagetest.com; Path=/;"
-    " Max-Age=60; "
-    "invalid-max-age-cookie=fifteenth; Domain=invalid-values.com; "
-    " Max-Age=string; "
-    "invalid-expires-cookie=sixteenth; Domain=invalid-values.com; "
-    " Expires=string;"
-)
-COOKIES_TO_RECEIVE = (
-    "unconstrained-cookie=first; Path=/; "
-    "domain-cookie=second; Domain=example.com; Path=/; "
-    "subdomain1-cookie=third; Domain=test1.example.com; Path=/; "
-    "subdomain2-cookie=fourth; Domain=test2.example.com; Path=/; "
-    "dotted-domain-cookie=fifth; Domain=.example.com; Path=/; "
-    "different-domain-cookie=sixth; Domain=different.org; Path=/; "
-    "no-path-cookie=seventh; Domain=pathtest.com; "
-    "path-cookie=eighth; Domain=pathtest.com; Path=/somepath; "
-    "wrong-path-cookie=ninth; Domain=pathtest.com; Path=somepath;"
-)
-
-
-def to_send(year: int = 2999) -> SimpleCookie:
-    return SimpleCookie(COOKIES_TO_SEND.format(year=year))
-
-
-def sent(store: CookieStore, url: str) -> set[str]:
-    return set(store.filter_cookies(URL(url)))
-
-
-def stored(store: CookieStore) -> SimpleCookie:
-    out = SimpleCookie()
-    for morsel in store:
-        dict.__setitem__(out, morsel.key, morsel)
-    return out
 
 
 # --- the rules as functions ---
@@ -147,7 +109,7 @@ def test_stores_every_cookie_given():
 def test_expired_cookie_is_not_stored():
     store = CookieStore()
     store.update_cookies(to_send(year=1980))
-    assert "expires-cookie" not in stored(store)
+    assert "expires-cookie" not in by_name(store)
     assert len(store) == len(to_send()) - 1
 
 
@@ -159,22 +121,12 @@ def test_unicode_domain_matches_its_idna_form():
     store.update_cookies(
         SimpleCookie("second=2; Domain=xn--9caa.com; Path=/;"), URL("http://xn--9caa.com/")
     )
-    assert set(stored(store)) == {"first", "second"}
+    assert set(by_name(store)) == {"first", "second"}
     assert sent(store, "http://éé.com") == {"first", "second"}
     assert sent(store, "http://xn--9caa.com") == {"first", "second"}
 
 
-@pytest.mark.parametrize(
-    "cookies",
-    [
-        [("str", Morsel())],
-        [("str", "str")],
-        {"str": Morsel()},
-        {"str": "str"},
-        SimpleCookie(),
-        SimpleCookie("a=b"),
-    ],
-)
+@pytest.mark.parametrize("cookies", LOOSE_COOKIES)
 def test_loose_cookie_types_are_accepted(cookies):
     CookieStore().update_cookies(cookies)
 
@@ -187,36 +139,17 @@ def test_morsels_given_are_copied():
     assert next(iter(store))["path"] == "/"
 
 
-@pytest.mark.parametrize(
-    ("url", "received"),
-    [
-        ("http://example.com/", {"unconstrained-cookie", "domain-cookie", "dotted-domain-cookie"}),
-        (
-            "http://test1.example.com/",
-            {"unconstrained-cookie", "domain-cookie", "subdomain1-cookie", "dotted-domain-cookie"},
-        ),
-        (
-            "http://different.example.com/",
-            {"unconstrained-cookie", "domain-cookie", "dotted-domain-cookie"},
-        ),
-        ("http://different.org/", {"unconstrained-cookie", "different-domain-cookie"}),
-        (
-            "http://pathtest.com/",
-            {"unconstrained-cookie", "no-path-cookie", "path-cookie", "wrong-path-cookie"},
-        ),
-        ("http://1.2.3.4/", set()),  # no cookies from IP hosts
-    ],
-)
+@pytest.mark.parametrize(("url", "received"), RECEIVE_CASES)
 def test_a_host_stores_only_cookies_for_its_domains(url, received):
     store = CookieStore()
-    store.update_cookies(SimpleCookie(COOKIES_TO_RECEIVE), URL(url))
-    assert set(stored(store)) == received
+    store.update_cookies(to_receive(), URL(url))
+    assert set(by_name(store)) == received
 
 
 def test_default_path_and_bad_path():
     store = CookieStore()
-    store.update_cookies(SimpleCookie(COOKIES_TO_RECEIVE), URL("http://pathtest.com/"))
-    got = stored(store)
+    store.update_cookies(to_receive(), URL("http://pathtest.com/"))
+    got = by_name(store)
     assert got["no-path-cookie"]["path"] == "/"
     assert got["path-cookie"]["path"] == "/somepath"
     assert got["wrong-path-cookie"]["path"] == "/"
@@ -259,7 +192,7 @@ def test_domain_ending_with_dot_is_ignored():
 
 def test_host_only_cookie_is_not_sent_to_subdomains():
     store = CookieStore()
-    store.update_cookies(SimpleCookie(COOKIES_TO_RECEIVE), URL("http://example.com/"))
+    store.update_cookies(to_receive(), URL("http://example.com/"))
     store.update_cookies(SimpleCookie("subdomain=spam; Path=/;"), URL("http://foo.example.com/"))
     got = sent(store, "http://foo.example.com/")
     assert "subdomain" in got
@@ -269,60 +202,7 @@ def test_host_only_cookie_is_not_sent_to_subdomains():
 # --- filtering ---
 
 
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("http://example.com/", {"shared-cookie", "domain-cookie", "dotted-domain-cookie"}),
-        (
-            "http://test1.example.com/",
-            {"shared-cookie", "domain-cookie", "subdomain1-cookie", "dotted-domain-cookie"},
-        ),
-        (
-            "http://different.example.com/",
-            {"shared-cookie", "domain-cookie", "dotted-domain-cookie"},
-        ),
-        ("http://different.org/", {"shared-cookie", "different-domain-cookie"}),
-        ("http://secure.com/", {"shared-cookie"}),
-        ("https://secure.com/", {"shared-cookie", "secure-cookie"}),
-        ("http://pathtest.com/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
-        (
-            "http://pathtest.com/one/",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie", "path3-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two/",
-            {
-                "shared-cookie",
-                "no-path-cookie",
-                "path1-cookie",
-                "path2-cookie",
-                "path3-cookie",
-                "path4-cookie",
-            },
-        ),
-        (
-            "http://pathtest.com/one/two/three/",
-            {
-                "shared-cookie",
-                "no-path-cookie",
-                "path1-cookie",
-                "path2-cookie",
-                "path3-cookie",
-                "path4-cookie",
-            },
-        ),
-        ("http://pathtest.com/hundred/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
-        (
-            "http://invalid-values.com/",
-            {"shared-cookie", "invalid-max-age-cookie", "invalid-expires-cookie"},
-        ),
-        ("http://1.2.3.4/", {"shared-cookie"}),
-    ],
-)
+@pytest.mark.parametrize(("url", "expected"), SEND_CASES)
 def test_filter_by_domain_path_and_secure(url, expected):
     store = CookieStore()
     store.update_cookies(to_send())
@@ -341,36 +221,12 @@ def test_unparseable_max_age_and_expires_are_blanked_and_kept():
     store.update_cookies(to_send())
     got = store.filter_cookies(URL("http://invalid-values.com/"))
     assert set(got) >= {"invalid-max-age-cookie", "invalid-expires-cookie"}
-    kept = stored(store)
+    kept = by_name(store)
     assert kept["invalid-max-age-cookie"]["max-age"] == ""
     assert kept["invalid-expires-cookie"]["expires"] == ""
 
 
-@pytest.mark.parametrize(
-    ("cookies", "expected", "quote"),
-    [
-        (
-            "shared-cookie=first; ip-cookie=second; Domain=127.0.0.1;",
-            "Cookie: ip-cookie=second\r\nCookie: shared-cookie=first",
-            True,
-        ),
-        ('ip-cookie="second"; Domain=127.0.0.1;', 'Cookie: ip-cookie="second"', True),
-        ("custom-cookie=value/one;", 'Cookie: custom-cookie="value/one"', True),
-        ("custom-cookie=value1;", "Cookie: custom-cookie=value1", True),
-        ("custom-cookie=value/one;", "Cookie: custom-cookie=value/one", False),
-        ('foo="quoted_value"', 'Cookie: foo="quoted_value"', True),
-        ('foo="quoted_value"; domain=127.0.0.1', 'Cookie: foo="quoted_value"', True),
-    ],
-    ids=[
-        "IP domain preserved",
-        "no shared cookie",
-        "quoted cookie with special char",
-        "quoted cookie w/o special char",
-        "unquoted cookie with special char",
-        "pre-quoted cookie",
-        "pre-quoted cookie with domain",
-    ],
-)
+@pytest.mark.parametrize(("cookies", "expected", "quote"), QUOTE_CASES)
 def test_quoting_follows_quote_cookie(cookies, expected, quote):
     store = CookieStore(unsafe=True, quote_cookie=quote)
     store.update_cookies(SimpleCookie(cookies))
@@ -432,15 +288,7 @@ def test_cookie_stored_without_host_goes_to_every_host(host):
 # --- secure, IP hosts ---
 
 
-@pytest.mark.parametrize(
-    "origins",
-    [
-        "http://127.0.0.1/index.html",
-        URL("http://127.0.0.1/index.html"),
-        ["http://127.0.0.1/index.html"],
-        [URL("http://127.0.0.1/index.html")],
-    ],
-)
+@pytest.mark.parametrize("origins", SECURE_ORIGIN_FORMS)
 def test_treat_as_secure_origin_forms(origins):
     store = CookieStore(unsafe=True, treat_as_secure_origin=origins)
     assert store.treat_as_secure_origin == frozenset({URL("http://127.0.0.1")})
@@ -529,45 +377,7 @@ def test_update_from_headers_with_attributes():
     }
 
 
-@pytest.mark.parametrize(
-    ("headers", "names"),
-    [
-        ([], set()),
-        (
-            ["session-id=123456; Path=/", "user-pref=dark-mode; Domain=.example.com"],
-            {"session-id", "user-pref"},
-        ),
-        (
-            ["valid-cookie=value123", "invalid,cookie=value; HttpOnly; Path=/", "another=v"],
-            {"valid-cookie", "another"},
-        ),
-        (
-            [
-                "ISAWPLB{A7F52349-3531-4DA9-8776-F74BC6F4F1BB}="
-                "{925EC0B8-CB17-4BEB-8A35-1033813B0523}; HttpOnly; Path=/",
-                "regular-cookie=value123",
-            ],
-            {"ISAWPLB{A7F52349-3531-4DA9-8776-F74BC6F4F1BB}", "regular-cookie"},
-        ),
-        (
-            [
-                "cookie_with_parens=(value)=test123",
-                "cookie-with-brackets[index]=value456",
-                "cookie@with@at=value789",
-                "cookie:with:colons=value000",
-            ],
-            {
-                "cookie_with_parens",
-                "cookie-with-brackets[index]",
-                "cookie@with@at",
-                "cookie:with:colons",
-            },
-        ),
-        (["noequals", "=novalue", "a=b\x00c", "ok=1", "", "x=\x01"], {"ok"}),
-        (['q="a;b"; Path=/'], {"q"}),
-    ],
-    ids=["empty", "plain", "bad name skipped", "curly braces", "special chars", "junk", "quoted ;"],
-)
+@pytest.mark.parametrize(("headers", "names"), HEADER_CASES)
 def test_update_from_headers_parses_like_aiohttp(headers, names):
     store = CookieStore()
     store.update_from_headers(headers, URL("http://example.com/"))
@@ -595,7 +405,7 @@ def test_expires_with_the_clock():
     assert sent(store, "http://expirestest.com/") == {"shared-cookie", "expires-cookie"}
     clock.now = ts(2030, 1, 1)
     assert sent(store, "http://expirestest.com/") == {"shared-cookie"}
-    assert "expires-cookie" not in stored(store)
+    assert "expires-cookie" not in by_name(store)
 
 
 def test_max_age_with_the_clock():
@@ -736,9 +546,9 @@ def roundtrip(store: CookieStore, **kwargs) -> CookieStore:
 
 def test_dump_load_roundtrip():
     store = CookieStore()
-    store.update_cookies(SimpleCookie(COOKIES_TO_RECEIVE))
+    store.update_cookies(to_receive())
     assert len(store) == 9
-    assert stored(roundtrip(store)) == stored(store)
+    assert by_name(roundtrip(store)) == by_name(store)
 
 
 def test_load_keeps_host_only_scope():
