@@ -5,7 +5,7 @@ checked in both."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from http.cookies import BaseCookie, Morsel, SimpleCookie
 from typing import Protocol
 
@@ -55,17 +55,30 @@ def to_receive() -> SimpleCookie:
     return SimpleCookie(COOKIES_TO_RECEIVE)
 
 
-class Filters(Protocol):
+class Jar(Protocol):
+    """What the CookieStore and the CookieJar have in common, with the same names."""
+
+    def update_cookies(self, cookies: SimpleCookie, response_url: URL = ...) -> None: ...
     def filter_cookies(self, request_url: URL) -> BaseCookie[str]: ...
+    def __len__(self) -> int: ...
 
 
-def sent(jar: Filters, url: str) -> set[str]:
+def sent(jar: Jar, url: str) -> set[str]:
     return set(jar.filter_cookies(URL(url)))
 
 
 def by_name(morsels: Iterable[Morsel[str]]) -> dict[str, Morsel[str]]:
     return {m.key: m for m in morsels}
 
+
+EVERY_PATHTEST_COOKIE = {
+    "shared-cookie",
+    "no-path-cookie",
+    "path1-cookie",
+    "path2-cookie",
+    "path3-cookie",
+    "path4-cookie",
+}
 
 # url -> the names sent there by a jar that took to_send() with no response URL
 SEND_CASES = [
@@ -87,28 +100,8 @@ SEND_CASES = [
         "http://pathtest.com/one/two",
         {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie", "path3-cookie"},
     ),
-    (
-        "http://pathtest.com/one/two/",
-        {
-            "shared-cookie",
-            "no-path-cookie",
-            "path1-cookie",
-            "path2-cookie",
-            "path3-cookie",
-            "path4-cookie",
-        },
-    ),
-    (
-        "http://pathtest.com/one/two/three/",
-        {
-            "shared-cookie",
-            "no-path-cookie",
-            "path1-cookie",
-            "path2-cookie",
-            "path3-cookie",
-            "path4-cookie",
-        },
-    ),
+    ("http://pathtest.com/one/two/", EVERY_PATHTEST_COOKIE),
+    ("http://pathtest.com/one/two/three/", EVERY_PATHTEST_COOKIE),
     ("http://pathtest.com/hundred/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
     ("http://expirestest.com/", {"shared-cookie", "expires-cookie"}),
     ("http://maxagetest.com/", {"shared-cookie", "max-age-cookie"}),
@@ -246,3 +239,143 @@ SECURE_ORIGIN_FORMS = [
     [URL("http://127.0.0.1/")],
     ["http://127.0.0.1"],
 ]
+
+# given with no response URL, clear_domain("example.com") leaves foo and other
+CLEAR_DOMAIN_COOKIES = (
+    "foo=bar; "
+    "domain_cookie=value; Domain=example.com; "
+    "subdomain_cookie=value; Domain=test.example.com; "
+    "other=value; Domain=notexample.com"
+)
+
+# Stories both layers play: (jar options, what the jar is given in order as (cookies,
+# response URL), how many cookies it then keeps, {request URL: {name: value} sent there}).
+# A str is given to update_cookies as a SimpleCookie, a list as Set-Cookie headers; an
+# empty response URL is none.
+SCENARIOS = [
+    pytest.param(
+        {},
+        [
+            (COOKIES_TO_RECEIVE, "http://example.com/"),
+            ("subdomain=spam; Path=/;", "http://foo.example.com/"),
+        ],
+        4,
+        {
+            "http://foo.example.com/": {
+                "domain-cookie": "second",
+                "dotted-domain-cookie": "fifth",
+                "subdomain": "spam",
+            },
+            "http://example.com/": {
+                "unconstrained-cookie": "first",
+                "domain-cookie": "second",
+                "dotted-domain-cookie": "fifth",
+            },
+        },
+        id="host-only cookie not sent to subdomains",
+    ),
+    pytest.param(
+        {"unsafe": True},
+        [("cookie=val; Domain=example.com.;", "http://www.example.com")],
+        1,
+        {"http://www.example.com/": {"cookie": "val"}, "http://example.com/": {}},
+        id="domain ending with a dot is host-only",
+    ),
+    pytest.param(
+        {},
+        [
+            (
+                [
+                    "secure-cookie=value1; Secure; HttpOnly; SameSite=Strict",
+                    "expiring-cookie=value2; Max-Age=3600; Path=/app",
+                    "domain-cookie=value3; Domain=.example.com; Path=/",
+                    "dated-cookie=value4; Expires=Wed, 09 Jun 2999 10:18:14 GMT",
+                ],
+                "https://secure.example.com/app/page",
+            )
+        ],
+        4,
+        {
+            "https://secure.example.com/": {"domain-cookie": "value3"},
+            "https://secure.example.com/app/": {
+                "secure-cookie": "value1",
+                "expiring-cookie": "value2",
+                "domain-cookie": "value3",
+                "dated-cookie": "value4",
+            },
+            "http://secure.example.com/app/": {
+                "expiring-cookie": "value2",
+                "domain-cookie": "value3",
+                "dated-cookie": "value4",
+            },
+        },
+        id="headers with attributes",
+    ),
+    pytest.param(
+        {},
+        [
+            ("existing=value1; session=old-value", "http://example.com/"),
+            (["new-cookie=value3", "session=new-value"], "http://example.com/"),
+        ],
+        3,
+        {
+            "http://example.com/": {
+                "existing": "value1",
+                "new-cookie": "value3",
+                "session": "new-value",
+            }
+        },
+        id="headers keep other cookies and replace the same one",
+    ),
+    pytest.param(
+        {},
+        [
+            ("idna-domain-first=first; Domain=xn--9caa.com; Path=/;", "http://éé.com/"),
+            ("idna-domain-second=second; Domain=xn--9caa.com; Path=/;", "http://xn--9caa.com/"),
+        ],
+        2,
+        {
+            url: {"idna-domain-first": "first", "idna-domain-second": "second"}
+            for url in ("http://éé.com", "http://xn--9caa.com")
+        },
+        id="unicode domain matches its IDNA form",
+    ),
+    pytest.param(
+        {"unsafe": True},
+        [('foo=""; Max-Age=0', ""), ('foo="bar"', "")],
+        1,
+        {"http://h.com/": {"foo": "bar"}},
+        id="cookie set again after removal is kept",
+    ),
+    pytest.param(
+        {"unsafe": True},
+        [
+            ("path-cookie=one; Domain=pathtest.com; Path=/one; ", ""),
+            ("path-cookie=zero; Domain=pathtest.com; Path=/; ", ""),
+            ("path-cookie=two; Domain=pathtest.com; Path=/second; ", ""),
+        ],
+        3,
+        {
+            "http://pathtest.com/": {"path-cookie": "zero"},
+            "http://pathtest.com/second": {"path-cookie": "two"},
+            "http://pathtest.com/one": {"path-cookie": "one"},
+        },
+        id="same name: the most specific path wins whatever the order",
+    ),
+]
+
+
+def play(
+    jar: Jar,
+    given: Sequence[tuple[str | list[str], str]],
+    from_headers: Callable[[list[str], URL], None],
+) -> None:
+    for cookies, url in given:
+        if isinstance(cookies, str):
+            jar.update_cookies(SimpleCookie(cookies), URL(url))
+        else:
+            from_headers(cookies, URL(url))
+
+
+def sent_by_url(jar: Jar, urls: Iterable[str]) -> dict[str, dict[str, str]]:
+    return {url: {n: m.value for n, m in jar.filter_cookies(URL(url)).items()} for url in urls}

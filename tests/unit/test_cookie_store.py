@@ -17,18 +17,8 @@ from broker.cookie_store import (
     is_domain_match,
     parse_cookie_date,
 )
-from tests.unit.cookie_cases import (
-    HEADER_CASES,
-    LOOSE_COOKIES,
-    QUOTE_CASES,
-    RECEIVE_CASES,
-    SECURE_ORIGIN_FORMS,
-    SEND_CASES,
-    by_name,
-    sent,
-    to_receive,
-    to_send,
-)
+from tests.unit import cookie_cases as cases
+from tests.unit.cookie_cases import by_name, play, sent, sent_by_url, to_receive, to_send
 
 
 class Clock:
@@ -113,20 +103,7 @@ def test_expired_cookie_is_not_stored():
     assert len(store) == len(to_send()) - 1
 
 
-def test_unicode_domain_matches_its_idna_form():
-    store = CookieStore()
-    store.update_cookies(
-        SimpleCookie("first=1; Domain=xn--9caa.com; Path=/;"), URL("http://éé.com/")
-    )
-    store.update_cookies(
-        SimpleCookie("second=2; Domain=xn--9caa.com; Path=/;"), URL("http://xn--9caa.com/")
-    )
-    assert set(by_name(store)) == {"first", "second"}
-    assert sent(store, "http://éé.com") == {"first", "second"}
-    assert sent(store, "http://xn--9caa.com") == {"first", "second"}
-
-
-@pytest.mark.parametrize("cookies", LOOSE_COOKIES)
+@pytest.mark.parametrize("cookies", cases.LOOSE_COOKIES)
 def test_loose_cookie_types_are_accepted(cookies):
     CookieStore().update_cookies(cookies)
 
@@ -139,7 +116,7 @@ def test_morsels_given_are_copied():
     assert next(iter(store))["path"] == "/"
 
 
-@pytest.mark.parametrize(("url", "received"), RECEIVE_CASES)
+@pytest.mark.parametrize(("url", "received"), cases.RECEIVE_CASES)
 def test_a_host_stores_only_cookies_for_its_domains(url, received):
     store = CookieStore()
     store.update_cookies(to_receive(), URL(url))
@@ -179,30 +156,17 @@ def test_domain_cookie_replaces_host_only_cookie_of_same_identity():
     assert store.filter_cookies(URL("http://sub.example.com/"))["sid"].value == "domain"
 
 
-def test_domain_ending_with_dot_is_ignored():
-    store = CookieStore(unsafe=True)
-    store.update_cookies(
-        SimpleCookie("cookie=val; Domain=example.com.;"), URL("http://www.example.com")
-    )
-    assert store.filter_cookies(URL("http://www.example.com/")).output(header="Cookie:") == (
-        "Cookie: cookie=val"
-    )
-    assert sent(store, "http://example.com/") == set()
-
-
-def test_host_only_cookie_is_not_sent_to_subdomains():
-    store = CookieStore()
-    store.update_cookies(to_receive(), URL("http://example.com/"))
-    store.update_cookies(SimpleCookie("subdomain=spam; Path=/;"), URL("http://foo.example.com/"))
-    got = sent(store, "http://foo.example.com/")
-    assert "subdomain" in got
-    assert "unconstrained-cookie" not in got
+@pytest.mark.parametrize(("options", "given", "count", "sends"), cases.SCENARIOS)
+def test_aiohttp_scenario(options, given, count, sends):
+    store = CookieStore(**options)
+    play(store, given, store.update_from_headers)
+    assert (len(store), sent_by_url(store, sends)) == (count, sends)
 
 
 # --- filtering ---
 
 
-@pytest.mark.parametrize(("url", "expected"), SEND_CASES)
+@pytest.mark.parametrize(("url", "expected"), cases.SEND_CASES)
 def test_filter_by_domain_path_and_secure(url, expected):
     store = CookieStore()
     store.update_cookies(to_send())
@@ -226,21 +190,11 @@ def test_unparseable_max_age_and_expires_are_blanked_and_kept():
     assert kept["invalid-expires-cookie"]["expires"] == ""
 
 
-@pytest.mark.parametrize(("cookies", "expected", "quote"), QUOTE_CASES)
+@pytest.mark.parametrize(("cookies", "expected", "quote"), cases.QUOTE_CASES)
 def test_quoting_follows_quote_cookie(cookies, expected, quote):
     store = CookieStore(unsafe=True, quote_cookie=quote)
     store.update_cookies(SimpleCookie(cookies))
     assert store.filter_cookies(URL("http://127.0.0.1/")).output(header="Cookie:") == expected
-
-
-def test_same_name_most_specific_path_wins_whatever_the_order():
-    store = CookieStore()
-    for path, value in (("/one", "one"), ("/", "zero"), ("/second", "two")):
-        store.update_cookies(SimpleCookie(f"path-cookie={value}; Domain=pathtest.com; Path={path}"))
-    assert len(store) == 3
-    for url, value in (("/", "zero"), ("/second", "two"), ("/one", "one")):
-        got = store.filter_cookies(URL("http://pathtest.com" + url))
-        assert len(got) == 1 and got["path-cookie"].value == value
 
 
 def test_same_name_on_two_domains_are_two_cookies():
@@ -288,7 +242,7 @@ def test_cookie_stored_without_host_goes_to_every_host(host):
 # --- secure, IP hosts ---
 
 
-@pytest.mark.parametrize("origins", SECURE_ORIGIN_FORMS)
+@pytest.mark.parametrize("origins", cases.SECURE_ORIGIN_FORMS)
 def test_treat_as_secure_origin_forms(origins):
     store = CookieStore(unsafe=True, treat_as_secure_origin=origins)
     assert store.treat_as_secure_origin == frozenset({URL("http://127.0.0.1")})
@@ -356,43 +310,11 @@ def test_partitioned_kept_where_morsel_knows_it():
         assert "partitioned" not in morsel
 
 
-def test_update_from_headers_with_attributes():
-    store = CookieStore()
-    store.update_from_headers(
-        [
-            "secure-cookie=value1; Secure; HttpOnly; SameSite=Strict",
-            "expiring-cookie=value2; Max-Age=3600; Path=/app",
-            "domain-cookie=value3; Domain=.example.com; Path=/",
-            "dated-cookie=value4; Expires=Wed, 09 Jun 2999 10:18:14 GMT",
-        ],
-        URL("https://secure.example.com/app/page"),
-    )
-    assert len(store) == 4
-    assert sent(store, "https://secure.example.com/") == {"domain-cookie"}
-    assert len(sent(store, "https://secure.example.com/app/")) == 4
-    assert sent(store, "http://secure.example.com/app/") == {
-        "expiring-cookie",
-        "domain-cookie",
-        "dated-cookie",
-    }
-
-
-@pytest.mark.parametrize(("headers", "names"), HEADER_CASES)
+@pytest.mark.parametrize(("headers", "names"), cases.HEADER_CASES)
 def test_update_from_headers_parses_like_aiohttp(headers, names):
     store = CookieStore()
     store.update_from_headers(headers, URL("http://example.com/"))
     assert sent(store, "http://example.com/") == names
-
-
-def test_update_from_headers_overwrites_and_preserves():
-    store = CookieStore()
-    url = URL("http://example.com/")
-    store.update_cookies({"existing": "1", "session": "old-value"}, url)
-    store.update_from_headers(["new-cookie=3", "session=new-value"], url)
-    assert len(store) == 3
-    got = store.filter_cookies(url)
-    assert set(got) == {"existing", "new-cookie", "session"}
-    assert got["session"].value == "new-value"
 
 
 # --- time: Expires and Max-Age ---
@@ -448,13 +370,6 @@ def test_a_past_deadline_deletes_a_stored_cookie(delete):
     store.update_from_headers(["c=1; Max-Age=600"], URL("http://h.com/"))
     store.update_from_headers([delete], URL("http://h.com/"))
     assert len(store) == 0 and sent(store, "http://h.com/") == set()
-
-
-def test_cookie_set_again_after_removal_is_kept():
-    store = CookieStore(unsafe=True)
-    store.update_cookies(SimpleCookie('foo=""; Max-Age=0'))
-    store.update_cookies(SimpleCookie('foo="bar"'))
-    assert len(store) == 1
 
 
 def test_replacement_takes_the_new_deadline():
@@ -522,15 +437,7 @@ def test_clear_with_predicate_also_drops_expired():
 
 def test_clear_domain_takes_subdomains_too():
     store = CookieStore()
-    cookie = SimpleCookie()
-    cookie["foo"] = "bar"
-    cookie["domain_cookie"] = "value"
-    cookie["domain_cookie"]["domain"] = "example.com"
-    cookie["subdomain_cookie"] = "value"
-    cookie["subdomain_cookie"]["domain"] = "test.example.com"
-    cookie["other"] = "value"
-    cookie["other"]["domain"] = "notexample.com"
-    store.update_cookies(cookie)
+    store.update_cookies(SimpleCookie(cases.CLEAR_DOMAIN_COOKIES))
     store.clear_domain("example.com")
     assert {(m.key, m.value) for m in store} == {("foo", "bar"), ("other", "value")}
 
