@@ -9,66 +9,19 @@ import json
 import os
 import stat
 import warnings
-from collections.abc import Iterable
-from http.cookies import BaseCookie, Morsel, SimpleCookie
+from collections.abc import Callable
+from http.cookies import Morsel, SimpleCookie
+from pathlib import Path
 from types import MappingProxyType
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from tests.unit import cookie_cases as cases
+from tests.unit.cookie_cases import by_name, play, sent, sent_by_url, to_receive, to_send
 from worker_client import AbstractCookieJar, ClientSession, CookieJar, DummyCookieJar
 from worker_client.cookies import request_cookies, request_jar
-
-COOKIES_TO_SEND = (
-    "shared-cookie=first; "
-    "domain-cookie=second; Domain=example.com; "
-    "subdomain1-cookie=third; Domain=test1.example.com; "
-    "subdomain2-cookie=fourth; Domain=test2.example.com; "
-    "dotted-domain-cookie=fifth; Domain=.example.com; "
-    "different-domain-cookie=sixth; Domain=different.org; "
-    "secure-cookie=seventh; Domain=secure.com; Secure; "
-    "no-path-cookie=eighth; Domain=pathtest.com; "
-    "path1-cookie=ninth; Domain=pathtest.com; Path=/; "
-    "path2-cookie=tenth; Domain=pathtest.com; Path=/one; "
-    "path3-cookie=eleventh; Domain=pathtest.com; Path=/one/two; "
-    "path4-cookie=twelfth; Domain=pathtest.com; Path=/one/two/; "
-    "expires-cookie=thirteenth; Domain=expirestest.com; Path=/;"
-    " Expires=Tue, 1 Jan {year} 12:00:00 GMT; "
-    "max-age-cookie=fourteenth; Domain=maxagetest.com; Path=/;"
-    " Max-Age=60; "
-    "invalid-max-age-cookie=fifteenth; Domain=invalid-values.com; "
-    " Max-Age=string; "
-    "invalid-expires-cookie=sixteenth; Domain=invalid-values.com; "
-    " Expires=string;"
-)
-COOKIES_TO_RECEIVE = (
-    "unconstrained-cookie=first; Path=/; "
-    "domain-cookie=second; Domain=example.com; Path=/; "
-    "subdomain1-cookie=third; Domain=test1.example.com; Path=/; "
-    "subdomain2-cookie=fourth; Domain=test2.example.com; Path=/; "
-    "dotted-domain-cookie=fifth; Domain=.example.com; Path=/; "
-    "different-domain-cookie=sixth; Domain=different.org; Path=/; "
-    "no-path-cookie=seventh; Domain=pathtest.com; "
-    "path-cookie=eighth; Domain=pathtest.com; Path=/somepath; "
-    "wrong-path-cookie=ninth; Domain=pathtest.com; Path=somepath;"
-)
-
-
-def to_send(year: int = 2999) -> SimpleCookie:
-    return SimpleCookie(COOKIES_TO_SEND.format(year=year))
-
-
-def to_receive() -> SimpleCookie:
-    return SimpleCookie(COOKIES_TO_RECEIVE)
-
-
-def by_name(morsels: Iterable[Morsel[str]]) -> dict[str, Morsel[str]]:
-    return {m.key: m for m in morsels}
-
-
-def sent(jar: AbstractCookieJar, url: str) -> set[str]:
-    return set(jar.filter_cookies(URL(url)))
 
 
 def received(url: str) -> dict[str, Morsel[str]]:
@@ -131,85 +84,16 @@ def test_expired_cookies_given_are_not_stored():
     assert len(jar) == 15
 
 
-@pytest.mark.parametrize(
-    ("url", "expected_sent", "expected_received"),
-    [
-        (
-            "http://example.com/",
-            {"shared-cookie", "domain-cookie", "dotted-domain-cookie"},
-            {"unconstrained-cookie", "domain-cookie", "dotted-domain-cookie"},
-        ),
-        (
-            "http://test1.example.com/",
-            {"shared-cookie", "domain-cookie", "subdomain1-cookie", "dotted-domain-cookie"},
-            {"unconstrained-cookie", "domain-cookie", "subdomain1-cookie",
-             "dotted-domain-cookie"},
-        ),
-        (
-            "http://different.example.com/",
-            {"shared-cookie", "domain-cookie", "dotted-domain-cookie"},
-            {"unconstrained-cookie", "domain-cookie", "dotted-domain-cookie"},
-        ),
-        (
-            "http://different.org/",
-            {"shared-cookie", "different-domain-cookie"},
-            {"unconstrained-cookie", "different-domain-cookie"},
-        ),
-    ],
-)
-def test_domain_filter(url, expected_sent, expected_received):
-    jar = CookieJar()
-    jar.update_cookies(to_send())
-    assert sent(jar, url) == expected_sent
-    assert set(received(url)) == expected_received
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("http://secure.com/", {"shared-cookie"}),
-        ("https://secure.com/", {"shared-cookie", "secure-cookie"}),
-        ("http://pathtest.com/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
-        (
-            "http://pathtest.com/one/",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie", "path3-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two/",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie",
-             "path3-cookie", "path4-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two/three/",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie",
-             "path3-cookie", "path4-cookie"},
-        ),
-        ("http://pathtest.com/hundred/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
-        ("http://expirestest.com/", {"shared-cookie", "expires-cookie"}),
-        ("http://maxagetest.com/", {"shared-cookie", "max-age-cookie"}),
-        (
-            "http://invalid-values.com/",
-            {"shared-cookie", "invalid-max-age-cookie", "invalid-expires-cookie"},
-        ),
-    ],
-)
-def test_secure_path_and_expiry_filter(url, expected):
+@pytest.mark.parametrize(("url", "expected"), cases.SEND_CASES)
+def test_filter_by_domain_path_secure_and_expiry(url, expected):
     jar = CookieJar()
     jar.update_cookies(to_send())
     assert sent(jar, url) == expected
 
 
-def test_host_only_cookie_is_not_sent_to_subdomains():
-    jar = CookieJar()
-    jar.update_cookies(to_receive(), URL("http://example.com/"))
-    jar.update_cookies(SimpleCookie("subdomain=spam; Path=/;"), URL("http://foo.example.com/"))
-    got = sent(jar, "http://foo.example.com/")
-    assert "subdomain" in got
-    assert "unconstrained-cookie" not in got
+@pytest.mark.parametrize(("url", "expected"), cases.RECEIVE_CASES)
+def test_a_host_stores_only_cookies_for_its_domains(url, expected):
+    assert set(received(url)) == expected
 
 
 def test_path_value():
@@ -219,21 +103,6 @@ def test_path_value():
     assert got["no-path-cookie"]["path"] == "/"
     assert got["path-cookie"]["path"] == "/somepath"
     assert got["wrong-path-cookie"]["path"] == "/"
-
-
-def test_unicode_domain():
-    jar = CookieJar()
-    jar.update_cookies(
-        SimpleCookie("idna-domain-first=first; Domain=xn--9caa.com; Path=/;"),
-        URL("http://éé.com/"),
-    )
-    jar.update_cookies(
-        SimpleCookie("idna-domain-second=second; Domain=xn--9caa.com; Path=/;"),
-        URL("http://xn--9caa.com/"),
-    )
-    assert set(by_name(jar)) == {"idna-domain-first", "idna-domain-second"}
-    assert len(jar.filter_cookies(URL("http://éé.com"))) == 2
-    assert len(jar.filter_cookies(URL("http://xn--9caa.com"))) == 2
 
 
 def test_filter_cookies_with_a_str_is_deprecated_as_in_aiohttp():
@@ -259,73 +128,14 @@ def test_unsafe_jar_takes_cookies_from_ip_hosts():
     assert sent(jar, "http://127.0.0.1/") == {"a"}
 
 
-@pytest.mark.parametrize(
-    ("cookies", "expected", "quote"),
-    [
-        (
-            "shared-cookie=first; ip-cookie=second; Domain=127.0.0.1;",
-            "Cookie: ip-cookie=second\r\nCookie: shared-cookie=first",
-            True,
-        ),
-        ('ip-cookie="second"; Domain=127.0.0.1;', 'Cookie: ip-cookie="second"', True),
-        ("custom-cookie=value/one;", 'Cookie: custom-cookie="value/one"', True),
-        ("custom-cookie=value1;", "Cookie: custom-cookie=value1", True),
-        ("custom-cookie=value/one;", "Cookie: custom-cookie=value/one", False),
-        ('foo="quoted_value"', 'Cookie: foo="quoted_value"', True),
-        ('foo="quoted_value"; domain=127.0.0.1', 'Cookie: foo="quoted_value"', True),
-    ],
-)
+@pytest.mark.parametrize(("cookies", "expected", "quote"), cases.QUOTE_CASES)
 def test_quotes_as_quote_cookie_says(cookies, expected, quote):
     jar = CookieJar(unsafe=True, quote_cookie=quote)
     jar.update_cookies(SimpleCookie(cookies))
     assert jar.filter_cookies(URL("http://127.0.0.1/")).output(header="Cookie:") == expected
 
 
-def test_domain_ending_with_dot_is_host_only():
-    jar = CookieJar(unsafe=True)
-    jar.update_cookies(
-        SimpleCookie("cookie=val; Domain=example.com.;"), URL("http://www.example.com")
-    )
-    assert jar.filter_cookies(URL("http://www.example.com/")).output(header="Cookie:") == (
-        "Cookie: cookie=val"
-    )
-    assert sent(jar, "http://example.com/") == set()
-
-
-def test_cookie_set_again_after_removal_is_kept():
-    jar = CookieJar(unsafe=True)
-    jar.update_cookies(SimpleCookie('foo=""; Max-Age=0'))
-    jar.update_cookies(SimpleCookie('foo="bar"'))
-    assert len(jar) == 1
-
-
-def test_same_name_most_specific_path_wins_whatever_the_order():
-    jar = CookieJar(unsafe=True)
-    for text in (
-        "path-cookie=one; Domain=pathtest.com; Path=/one; ",
-        "path-cookie=zero; Domain=pathtest.com; Path=/; ",
-        "path-cookie=two; Domain=pathtest.com; Path=/second; ",
-    ):
-        jar.update_cookies(SimpleCookie(text))
-    assert len(jar) == 3
-    for path, value in (("/", "zero"), ("/second", "two"), ("/one", "one")):
-        filtered = jar.filter_cookies(URL("http://pathtest.com" + path))
-        assert len(filtered) == 1
-        assert filtered["path-cookie"].value == value
-
-
-@pytest.mark.parametrize(
-    "cookies",
-    [
-        [("str", BaseCookie())],
-        [("str", Morsel())],
-        [("str", "str")],
-        {"str": BaseCookie()},
-        {"str": Morsel()},
-        {"str": "str"},
-        SimpleCookie(),
-    ],
-)
+@pytest.mark.parametrize("cookies", cases.LOOSE_COOKIES)
 def test_loose_cookie_types_are_accepted(cookies):
     CookieJar().update_cookies(cookies=cookies)
 
@@ -338,13 +148,13 @@ def test_morsel_given_is_not_changed():
     assert by_name(jar)["a"]["domain"] == "example.com"
 
 
-def test_treat_as_secure_origin():
+@pytest.mark.parametrize("origins", cases.SECURE_ORIGIN_FORMS)
+def test_treat_as_secure_origin(origins):
     endpoint = URL("http://127.0.0.1/")
-    for origins in ("http://127.0.0.1/index.html", endpoint, [endpoint], ["http://127.0.0.1"]):
-        jar = CookieJar(unsafe=True, treat_as_secure_origin=origins)
-        jar.update_cookies(SimpleCookie("k=v; HttpOnly; Path=/; Secure"), endpoint)
-        assert len(jar) == 1
-        assert len(jar.filter_cookies(request_url=endpoint)) == 1
+    jar = CookieJar(unsafe=True, treat_as_secure_origin=origins)
+    jar.update_cookies(SimpleCookie("k=v; HttpOnly; Path=/; Secure"), endpoint)
+    assert len(jar) == 1
+    assert len(jar.filter_cookies(request_url=endpoint)) == 1
     assert len(CookieJar(unsafe=True).filter_cookies(endpoint)) == 0
 
 
@@ -387,27 +197,7 @@ def test_update_cookies_from_headers_duplicate_names():
     }
 
 
-@pytest.mark.parametrize(
-    ("headers", "names"),
-    [
-        (
-            ["valid-cookie=value123", "invalid,cookie=value; HttpOnly; Path=/",
-             "another-valid=value456"],
-            {"valid-cookie", "another-valid"},
-        ),
-        (
-            ["ISAWPLB{A7F52349}={925EC0B8}; HttpOnly; Path=/", "regular-cookie=value123"],
-            {"ISAWPLB{A7F52349}", "regular-cookie"},
-        ),
-        (
-            ["cookie_with_parens=(value)=test123", "cookie-with-brackets[index]=value456",
-             "cookie@with@at=value789", "cookie:with:colons=value000"],
-            {"cookie_with_parens", "cookie-with-brackets[index]", "cookie@with@at",
-             "cookie:with:colons"},
-        ),
-        ([], set()),
-    ],
-)
+@pytest.mark.parametrize(("headers", "names"), cases.HEADER_CASES)
 def test_update_cookies_from_headers_parses_as_aiohttp(headers, names):
     jar = CookieJar()
     url = URL("http://example.com/")
@@ -416,38 +206,18 @@ def test_update_cookies_from_headers_parses_as_aiohttp(headers, names):
     assert len(jar) == len(names)
 
 
-def test_update_cookies_from_headers_with_attributes():
-    jar = CookieJar()
-    jar.update_cookies_from_headers(
-        [
-            "secure-cookie=value1; Secure; HttpOnly; SameSite=Strict",
-            "expiring-cookie=value2; Max-Age=3600; Path=/app",
-            "domain-cookie=value3; Domain=.example.com; Path=/",
-            "dated-cookie=value4; Expires=Wed, 09 Jun 2999 10:18:14 GMT",
-        ],
-        URL("https://secure.example.com/app/page"),
-    )
-    assert len(jar) == 4
-    assert sent(jar, "https://secure.example.com/") == {"domain-cookie"}
-    assert sent(jar, "https://secure.example.com/app/") == {
-        "secure-cookie", "expiring-cookie", "domain-cookie", "dated-cookie"
-    }
-    assert sent(jar, "http://secure.example.com/app/") == {
-        "expiring-cookie", "domain-cookie", "dated-cookie"
-    }
-    stored = by_name(jar)["secure-cookie"]
-    assert (stored["httponly"], stored["samesite"]) == (True, "Strict")
+@pytest.mark.parametrize(("options", "given", "count", "sends"), cases.SCENARIOS)
+def test_aiohttp_scenario(options, given, count, sends):
+    jar = CookieJar(**options)
+    play(jar, given, jar.update_cookies_from_headers)
+    assert (len(jar), sent_by_url(jar, sends)) == (count, sends)
 
 
-def test_update_cookies_from_headers_keeps_others_and_overwrites_same():
+def test_update_cookies_from_headers_keeps_the_attributes():
     jar = CookieJar()
-    url = URL("http://example.com/")
-    jar.update_cookies({"existing1": "value1", "session": "old-value"}, url)
-    jar.update_cookies_from_headers(["new-cookie1=value3", "session=new-value"], url)
-    assert len(jar) == 3
-    filtered = jar.filter_cookies(url)
-    assert set(filtered) == {"existing1", "session", "new-cookie1"}
-    assert filtered["session"].value == "new-value"
+    jar.update_cookies_from_headers(["s=1; Secure; HttpOnly; SameSite=Strict"], URL("https://h/"))
+    (morsel,) = jar
+    assert (morsel["secure"], morsel["httponly"], morsel["samesite"]) == (True, True, "Strict")
 
 
 # -- cookies, host_only_cookies, len, iter -------------------------------------------------
@@ -542,18 +312,20 @@ def test_clear_with_predicate_also_drops_expired():
 
 def test_clear_domain_takes_subdomains_too():
     jar = CookieJar()
-    cookie = SimpleCookie()
-    cookie["foo"] = "bar"
-    cookie["domain_cookie"] = "value"
-    cookie["domain_cookie"]["domain"] = "example.com"
-    cookie["subdomain_cookie"] = "value"
-    cookie["subdomain_cookie"]["domain"] = "test.example.com"
-    jar.update_cookies(cookie)
+    jar.update_cookies(SimpleCookie(cases.CLEAR_DOMAIN_COOKIES))
     jar.clear_domain("example.com")
-    assert [(m.key, m.value) for m in jar] == [("foo", "bar")]
+    assert {(m.key, m.value) for m in jar} == {("foo", "bar"), ("other", "value")}
 
 
 # -- save and load -----------------------------------------------------------------------
+
+
+def reloaded(jar: CookieJar, path: Path) -> CookieJar:
+    """A new jar that loaded what jar saved to path."""
+    jar.save(path)
+    loaded = CookieJar()
+    loaded.load(path)
+    return loaded
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -606,9 +378,7 @@ def test_save_load_keeps_host_only_scope(tmp_path):
     jar = CookieJar()
     jar.update_cookies({"sid": "hostonly"}, response_url=issuer)
     assert "sid" not in jar.filter_cookies(subdomain)
-    jar.save(tmp_path / "f.json")
-    loaded = CookieJar()
-    loaded.load(tmp_path / "f.json")
+    loaded = reloaded(jar, tmp_path / "f.json")
     assert loaded.host_only_cookies == frozenset({("auth.example.com", "", "sid")})
     assert "sid" not in loaded.filter_cookies(subdomain)
     assert "sid" in loaded.filter_cookies(issuer)
@@ -619,9 +389,7 @@ def test_save_load_keeps_domain_cookie_for_subdomains(tmp_path):
     jar.update_cookies_from_headers(
         ["sid=domaincookie; Domain=example.com"], URL("https://example.com/")
     )
-    jar.save(tmp_path / "f.json")
-    loaded = CookieJar()
-    loaded.load(tmp_path / "f.json")
+    loaded = reloaded(jar, tmp_path / "f.json")
     assert loaded.host_only_cookies == frozenset()
     assert "sid" in loaded.filter_cookies(URL("https://sub.example.com/"))
 
@@ -631,9 +399,7 @@ def test_save_load_keeps_the_absolute_deadline(tmp_path):
     jar.update_cookies_from_headers(
         ["sid=x; Max-Age=3600; Domain=example.com"], URL("https://example.com/")
     )
-    jar.save(tmp_path / "a.json")
-    loaded = CookieJar()
-    loaded.load(tmp_path / "a.json")
+    loaded = reloaded(jar, tmp_path / "a.json")
     loaded.save(tmp_path / "b.json")
     first = json.loads((tmp_path / "a.json").read_text())
     assert first == json.loads((tmp_path / "b.json").read_text())
@@ -685,9 +451,7 @@ def test_save_load_keeps_flags(tmp_path):
         ["token=abc123; Secure; HttpOnly; Path=/; Domain=example.com"],
         URL("https://example.com/"),
     )
-    jar.save(tmp_path / "f.json")
-    loaded = CookieJar()
-    loaded.load(tmp_path / "f.json")
+    loaded = reloaded(jar, tmp_path / "f.json")
     (cookie,) = list(loaded)
     assert (cookie.key, cookie.value, cookie["domain"]) == ("token", "abc123", "example.com")
     assert cookie["secure"] is True and cookie["httponly"] is True
@@ -789,25 +553,34 @@ def test_unnamed_jars_do_not_share():
     assert len(first) == 1
 
 
-def test_an_unnamed_jar_starts_empty_in_a_forked_child_a_named_one_does_not():
-    own, group = CookieJar(), CookieJar(name="test-fork")
-    own.update_cookies({"a": "1"})
-    group.update_cookies({"g": "1"})
+def in_a_forked_child(work: Callable[[], object]) -> object:
+    """What work() returns when run in a forked child (through JSON), once the child exits."""
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            group.update_cookies({"child": "1"})
-            os.write(write, json.dumps([len(own), sorted(m.key for m in group)]).encode())
+            os.write(write, json.dumps(work()).encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         got = json.loads(f.read())
     os.waitpid(pid, 0)
-    assert got == [0, ["child", "g"]]
+    return got
+
+
+def test_an_unnamed_jar_starts_empty_in_a_forked_child_a_named_one_does_not():
+    own, group = CookieJar(), CookieJar(name="test-fork")
+    own.update_cookies({"a": "1"})
+    group.update_cookies({"g": "1"})
+
+    def child() -> list:
+        group.update_cookies({"child": "1"})
+        return [len(own), sorted(m.key for m in group)]
+
+    assert in_a_forked_child(child) == [0, ["child", "g"]]
     assert len(own) == 1  # the parent's are untouched
 
 
@@ -987,24 +760,17 @@ def test_the_backend_is_closed_when_the_jar_is_collected(opened):
 def test_a_forked_child_opens_its_own_and_leaves_the_parents_open(opened):
     jar = CookieJar()
     len(jar)
-    read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            len(jar)
-            del jar
-            import gc
 
-            gc.collect()
-            os.write(write, json.dumps(opened).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        child_log = json.loads(f.read())
-    os.waitpid(pid, 0)
+    def child() -> list:
+        nonlocal jar
+        len(jar)
+        del jar
+        import gc
+
+        gc.collect()
+        return opened
+
+    child_log = in_a_forked_child(child)
     # one close in the child: its own backend's, not the parent's
     assert child_log == [["open", None, None], ["open", None, None], ["close", None]]
     assert opened == [("open", None, None)]

@@ -17,6 +17,8 @@ from broker.cookie_store import (
     is_domain_match,
     parse_cookie_date,
 )
+from tests.unit import cookie_cases as cases
+from tests.unit.cookie_cases import by_name, play, sent, sent_by_url, to_receive, to_send
 
 
 class Clock:
@@ -29,56 +31,6 @@ class Clock:
 
 def ts(*args: int) -> float:
     return datetime.datetime(*args, tzinfo=datetime.timezone.utc).timestamp()
-
-
-COOKIES_TO_SEND = (
-    "shared-cookie=first; "
-    "domain-cookie=second; Domain=example.com; "
-    "subdomain1-cookie=third; Domain=test1.example.com; "
-    "subdomain2-cookie=fourth; Domain=test2.example.com; "
-    "dotted-domain-cookie=fifth; Domain=.example.com; "
-    "different-domain-cookie=sixth; Domain=different.org; "
-    "secure-cookie=seventh; Domain=secure.com; Secure; "
-    "no-path-cookie=eighth; Domain=pathtest.com; "
-    "path1-cookie=ninth; Domain=pathtest.com; Path=/; "
-    "path2-cookie=tenth; Domain=pathtest.com; Path=/one; "
-    "path3-cookie=eleventh; Domain=pathtest.com; Path=/one/two; "
-    "path4-cookie=twelfth; Domain=pathtest.com; Path=/one/two/; "
-    "expires-cookie=thirteenth; Domain=expirestest.com; Path=/;"
-    " Expires=Tue, 1 Jan {year} 12:00:00 GMT; "
-    "max-age-cookie=fourteenth; Domain=maxagetest.com; Path=/;"
-    " Max-Age=60; "
-    "invalid-max-age-cookie=fifteenth; Domain=invalid-values.com; "
-    " Max-Age=string; "
-    "invalid-expires-cookie=sixteenth; Domain=invalid-values.com; "
-    " Expires=string;"
-)
-COOKIES_TO_RECEIVE = (
-    "unconstrained-cookie=first; Path=/; "
-    "domain-cookie=second; Domain=example.com; Path=/; "
-    "subdomain1-cookie=third; Domain=test1.example.com; Path=/; "
-    "subdomain2-cookie=fourth; Domain=test2.example.com; Path=/; "
-    "dotted-domain-cookie=fifth; Domain=.example.com; Path=/; "
-    "different-domain-cookie=sixth; Domain=different.org; Path=/; "
-    "no-path-cookie=seventh; Domain=pathtest.com; "
-    "path-cookie=eighth; Domain=pathtest.com; Path=/somepath; "
-    "wrong-path-cookie=ninth; Domain=pathtest.com; Path=somepath;"
-)
-
-
-def to_send(year: int = 2999) -> SimpleCookie:
-    return SimpleCookie(COOKIES_TO_SEND.format(year=year))
-
-
-def sent(store: CookieStore, url: str) -> set[str]:
-    return set(store.filter_cookies(URL(url)))
-
-
-def stored(store: CookieStore) -> SimpleCookie:
-    out = SimpleCookie()
-    for morsel in store:
-        dict.__setitem__(out, morsel.key, morsel)
-    return out
 
 
 # --- the rules as functions ---
@@ -147,34 +99,11 @@ def test_stores_every_cookie_given():
 def test_expired_cookie_is_not_stored():
     store = CookieStore()
     store.update_cookies(to_send(year=1980))
-    assert "expires-cookie" not in stored(store)
+    assert "expires-cookie" not in by_name(store)
     assert len(store) == len(to_send()) - 1
 
 
-def test_unicode_domain_matches_its_idna_form():
-    store = CookieStore()
-    store.update_cookies(
-        SimpleCookie("first=1; Domain=xn--9caa.com; Path=/;"), URL("http://éé.com/")
-    )
-    store.update_cookies(
-        SimpleCookie("second=2; Domain=xn--9caa.com; Path=/;"), URL("http://xn--9caa.com/")
-    )
-    assert set(stored(store)) == {"first", "second"}
-    assert sent(store, "http://éé.com") == {"first", "second"}
-    assert sent(store, "http://xn--9caa.com") == {"first", "second"}
-
-
-@pytest.mark.parametrize(
-    "cookies",
-    [
-        [("str", Morsel())],
-        [("str", "str")],
-        {"str": Morsel()},
-        {"str": "str"},
-        SimpleCookie(),
-        SimpleCookie("a=b"),
-    ],
-)
+@pytest.mark.parametrize("cookies", cases.LOOSE_COOKIES)
 def test_loose_cookie_types_are_accepted(cookies):
     CookieStore().update_cookies(cookies)
 
@@ -187,36 +116,17 @@ def test_morsels_given_are_copied():
     assert next(iter(store))["path"] == "/"
 
 
-@pytest.mark.parametrize(
-    ("url", "received"),
-    [
-        ("http://example.com/", {"unconstrained-cookie", "domain-cookie", "dotted-domain-cookie"}),
-        (
-            "http://test1.example.com/",
-            {"unconstrained-cookie", "domain-cookie", "subdomain1-cookie", "dotted-domain-cookie"},
-        ),
-        (
-            "http://different.example.com/",
-            {"unconstrained-cookie", "domain-cookie", "dotted-domain-cookie"},
-        ),
-        ("http://different.org/", {"unconstrained-cookie", "different-domain-cookie"}),
-        (
-            "http://pathtest.com/",
-            {"unconstrained-cookie", "no-path-cookie", "path-cookie", "wrong-path-cookie"},
-        ),
-        ("http://1.2.3.4/", set()),  # no cookies from IP hosts
-    ],
-)
+@pytest.mark.parametrize(("url", "received"), cases.RECEIVE_CASES)
 def test_a_host_stores_only_cookies_for_its_domains(url, received):
     store = CookieStore()
-    store.update_cookies(SimpleCookie(COOKIES_TO_RECEIVE), URL(url))
-    assert set(stored(store)) == received
+    store.update_cookies(to_receive(), URL(url))
+    assert set(by_name(store)) == received
 
 
 def test_default_path_and_bad_path():
     store = CookieStore()
-    store.update_cookies(SimpleCookie(COOKIES_TO_RECEIVE), URL("http://pathtest.com/"))
-    got = stored(store)
+    store.update_cookies(to_receive(), URL("http://pathtest.com/"))
+    got = by_name(store)
     assert got["no-path-cookie"]["path"] == "/"
     assert got["path-cookie"]["path"] == "/somepath"
     assert got["wrong-path-cookie"]["path"] == "/"
@@ -246,83 +156,17 @@ def test_domain_cookie_replaces_host_only_cookie_of_same_identity():
     assert store.filter_cookies(URL("http://sub.example.com/"))["sid"].value == "domain"
 
 
-def test_domain_ending_with_dot_is_ignored():
-    store = CookieStore(unsafe=True)
-    store.update_cookies(
-        SimpleCookie("cookie=val; Domain=example.com.;"), URL("http://www.example.com")
-    )
-    assert store.filter_cookies(URL("http://www.example.com/")).output(header="Cookie:") == (
-        "Cookie: cookie=val"
-    )
-    assert sent(store, "http://example.com/") == set()
-
-
-def test_host_only_cookie_is_not_sent_to_subdomains():
-    store = CookieStore()
-    store.update_cookies(SimpleCookie(COOKIES_TO_RECEIVE), URL("http://example.com/"))
-    store.update_cookies(SimpleCookie("subdomain=spam; Path=/;"), URL("http://foo.example.com/"))
-    got = sent(store, "http://foo.example.com/")
-    assert "subdomain" in got
-    assert "unconstrained-cookie" not in got
+@pytest.mark.parametrize(("options", "given", "count", "sends"), cases.SCENARIOS)
+def test_aiohttp_scenario(options, given, count, sends):
+    store = CookieStore(**options)
+    play(store, given, store.update_from_headers)
+    assert (len(store), sent_by_url(store, sends)) == (count, sends)
 
 
 # --- filtering ---
 
 
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("http://example.com/", {"shared-cookie", "domain-cookie", "dotted-domain-cookie"}),
-        (
-            "http://test1.example.com/",
-            {"shared-cookie", "domain-cookie", "subdomain1-cookie", "dotted-domain-cookie"},
-        ),
-        (
-            "http://different.example.com/",
-            {"shared-cookie", "domain-cookie", "dotted-domain-cookie"},
-        ),
-        ("http://different.org/", {"shared-cookie", "different-domain-cookie"}),
-        ("http://secure.com/", {"shared-cookie"}),
-        ("https://secure.com/", {"shared-cookie", "secure-cookie"}),
-        ("http://pathtest.com/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
-        (
-            "http://pathtest.com/one/",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two",
-            {"shared-cookie", "no-path-cookie", "path1-cookie", "path2-cookie", "path3-cookie"},
-        ),
-        (
-            "http://pathtest.com/one/two/",
-            {
-                "shared-cookie",
-                "no-path-cookie",
-                "path1-cookie",
-                "path2-cookie",
-                "path3-cookie",
-                "path4-cookie",
-            },
-        ),
-        (
-            "http://pathtest.com/one/two/three/",
-            {
-                "shared-cookie",
-                "no-path-cookie",
-                "path1-cookie",
-                "path2-cookie",
-                "path3-cookie",
-                "path4-cookie",
-            },
-        ),
-        ("http://pathtest.com/hundred/", {"shared-cookie", "no-path-cookie", "path1-cookie"}),
-        (
-            "http://invalid-values.com/",
-            {"shared-cookie", "invalid-max-age-cookie", "invalid-expires-cookie"},
-        ),
-        ("http://1.2.3.4/", {"shared-cookie"}),
-    ],
-)
+@pytest.mark.parametrize(("url", "expected"), cases.SEND_CASES)
 def test_filter_by_domain_path_and_secure(url, expected):
     store = CookieStore()
     store.update_cookies(to_send())
@@ -341,50 +185,16 @@ def test_unparseable_max_age_and_expires_are_blanked_and_kept():
     store.update_cookies(to_send())
     got = store.filter_cookies(URL("http://invalid-values.com/"))
     assert set(got) >= {"invalid-max-age-cookie", "invalid-expires-cookie"}
-    kept = stored(store)
+    kept = by_name(store)
     assert kept["invalid-max-age-cookie"]["max-age"] == ""
     assert kept["invalid-expires-cookie"]["expires"] == ""
 
 
-@pytest.mark.parametrize(
-    ("cookies", "expected", "quote"),
-    [
-        (
-            "shared-cookie=first; ip-cookie=second; Domain=127.0.0.1;",
-            "Cookie: ip-cookie=second\r\nCookie: shared-cookie=first",
-            True,
-        ),
-        ('ip-cookie="second"; Domain=127.0.0.1;', 'Cookie: ip-cookie="second"', True),
-        ("custom-cookie=value/one;", 'Cookie: custom-cookie="value/one"', True),
-        ("custom-cookie=value1;", "Cookie: custom-cookie=value1", True),
-        ("custom-cookie=value/one;", "Cookie: custom-cookie=value/one", False),
-        ('foo="quoted_value"', 'Cookie: foo="quoted_value"', True),
-        ('foo="quoted_value"; domain=127.0.0.1', 'Cookie: foo="quoted_value"', True),
-    ],
-    ids=[
-        "IP domain preserved",
-        "no shared cookie",
-        "quoted cookie with special char",
-        "quoted cookie w/o special char",
-        "unquoted cookie with special char",
-        "pre-quoted cookie",
-        "pre-quoted cookie with domain",
-    ],
-)
+@pytest.mark.parametrize(("cookies", "expected", "quote"), cases.QUOTE_CASES)
 def test_quoting_follows_quote_cookie(cookies, expected, quote):
     store = CookieStore(unsafe=True, quote_cookie=quote)
     store.update_cookies(SimpleCookie(cookies))
     assert store.filter_cookies(URL("http://127.0.0.1/")).output(header="Cookie:") == expected
-
-
-def test_same_name_most_specific_path_wins_whatever_the_order():
-    store = CookieStore()
-    for path, value in (("/one", "one"), ("/", "zero"), ("/second", "two")):
-        store.update_cookies(SimpleCookie(f"path-cookie={value}; Domain=pathtest.com; Path={path}"))
-    assert len(store) == 3
-    for url, value in (("/", "zero"), ("/second", "two"), ("/one", "one")):
-        got = store.filter_cookies(URL("http://pathtest.com" + url))
-        assert len(got) == 1 and got["path-cookie"].value == value
 
 
 def test_same_name_on_two_domains_are_two_cookies():
@@ -432,15 +242,7 @@ def test_cookie_stored_without_host_goes_to_every_host(host):
 # --- secure, IP hosts ---
 
 
-@pytest.mark.parametrize(
-    "origins",
-    [
-        "http://127.0.0.1/index.html",
-        URL("http://127.0.0.1/index.html"),
-        ["http://127.0.0.1/index.html"],
-        [URL("http://127.0.0.1/index.html")],
-    ],
-)
+@pytest.mark.parametrize("origins", cases.SECURE_ORIGIN_FORMS)
 def test_treat_as_secure_origin_forms(origins):
     store = CookieStore(unsafe=True, treat_as_secure_origin=origins)
     assert store.treat_as_secure_origin == frozenset({URL("http://127.0.0.1")})
@@ -508,81 +310,11 @@ def test_partitioned_kept_where_morsel_knows_it():
         assert "partitioned" not in morsel
 
 
-def test_update_from_headers_with_attributes():
-    store = CookieStore()
-    store.update_from_headers(
-        [
-            "secure-cookie=value1; Secure; HttpOnly; SameSite=Strict",
-            "expiring-cookie=value2; Max-Age=3600; Path=/app",
-            "domain-cookie=value3; Domain=.example.com; Path=/",
-            "dated-cookie=value4; Expires=Wed, 09 Jun 2999 10:18:14 GMT",
-        ],
-        URL("https://secure.example.com/app/page"),
-    )
-    assert len(store) == 4
-    assert sent(store, "https://secure.example.com/") == {"domain-cookie"}
-    assert len(sent(store, "https://secure.example.com/app/")) == 4
-    assert sent(store, "http://secure.example.com/app/") == {
-        "expiring-cookie",
-        "domain-cookie",
-        "dated-cookie",
-    }
-
-
-@pytest.mark.parametrize(
-    ("headers", "names"),
-    [
-        ([], set()),
-        (
-            ["session-id=123456; Path=/", "user-pref=dark-mode; Domain=.example.com"],
-            {"session-id", "user-pref"},
-        ),
-        (
-            ["valid-cookie=value123", "invalid,cookie=value; HttpOnly; Path=/", "another=v"],
-            {"valid-cookie", "another"},
-        ),
-        (
-            [
-                "ISAWPLB{A7F52349-3531-4DA9-8776-F74BC6F4F1BB}="
-                "{925EC0B8-CB17-4BEB-8A35-1033813B0523}; HttpOnly; Path=/",
-                "regular-cookie=value123",
-            ],
-            {"ISAWPLB{A7F52349-3531-4DA9-8776-F74BC6F4F1BB}", "regular-cookie"},
-        ),
-        (
-            [
-                "cookie_with_parens=(value)=test123",
-                "cookie-with-brackets[index]=value456",
-                "cookie@with@at=value789",
-                "cookie:with:colons=value000",
-            ],
-            {
-                "cookie_with_parens",
-                "cookie-with-brackets[index]",
-                "cookie@with@at",
-                "cookie:with:colons",
-            },
-        ),
-        (["noequals", "=novalue", "a=b\x00c", "ok=1", "", "x=\x01"], {"ok"}),
-        (['q="a;b"; Path=/'], {"q"}),
-    ],
-    ids=["empty", "plain", "bad name skipped", "curly braces", "special chars", "junk", "quoted ;"],
-)
+@pytest.mark.parametrize(("headers", "names"), cases.HEADER_CASES)
 def test_update_from_headers_parses_like_aiohttp(headers, names):
     store = CookieStore()
     store.update_from_headers(headers, URL("http://example.com/"))
     assert sent(store, "http://example.com/") == names
-
-
-def test_update_from_headers_overwrites_and_preserves():
-    store = CookieStore()
-    url = URL("http://example.com/")
-    store.update_cookies({"existing": "1", "session": "old-value"}, url)
-    store.update_from_headers(["new-cookie=3", "session=new-value"], url)
-    assert len(store) == 3
-    got = store.filter_cookies(url)
-    assert set(got) == {"existing", "new-cookie", "session"}
-    assert got["session"].value == "new-value"
 
 
 # --- time: Expires and Max-Age ---
@@ -595,7 +327,7 @@ def test_expires_with_the_clock():
     assert sent(store, "http://expirestest.com/") == {"shared-cookie", "expires-cookie"}
     clock.now = ts(2030, 1, 1)
     assert sent(store, "http://expirestest.com/") == {"shared-cookie"}
-    assert "expires-cookie" not in stored(store)
+    assert "expires-cookie" not in by_name(store)
 
 
 def test_max_age_with_the_clock():
@@ -638,13 +370,6 @@ def test_a_past_deadline_deletes_a_stored_cookie(delete):
     store.update_from_headers(["c=1; Max-Age=600"], URL("http://h.com/"))
     store.update_from_headers([delete], URL("http://h.com/"))
     assert len(store) == 0 and sent(store, "http://h.com/") == set()
-
-
-def test_cookie_set_again_after_removal_is_kept():
-    store = CookieStore(unsafe=True)
-    store.update_cookies(SimpleCookie('foo=""; Max-Age=0'))
-    store.update_cookies(SimpleCookie('foo="bar"'))
-    assert len(store) == 1
 
 
 def test_replacement_takes_the_new_deadline():
@@ -712,15 +437,7 @@ def test_clear_with_predicate_also_drops_expired():
 
 def test_clear_domain_takes_subdomains_too():
     store = CookieStore()
-    cookie = SimpleCookie()
-    cookie["foo"] = "bar"
-    cookie["domain_cookie"] = "value"
-    cookie["domain_cookie"]["domain"] = "example.com"
-    cookie["subdomain_cookie"] = "value"
-    cookie["subdomain_cookie"]["domain"] = "test.example.com"
-    cookie["other"] = "value"
-    cookie["other"]["domain"] = "notexample.com"
-    store.update_cookies(cookie)
+    store.update_cookies(SimpleCookie(cases.CLEAR_DOMAIN_COOKIES))
     store.clear_domain("example.com")
     assert {(m.key, m.value) for m in store} == {("foo", "bar"), ("other", "value")}
 
@@ -736,9 +453,9 @@ def roundtrip(store: CookieStore, **kwargs) -> CookieStore:
 
 def test_dump_load_roundtrip():
     store = CookieStore()
-    store.update_cookies(SimpleCookie(COOKIES_TO_RECEIVE))
+    store.update_cookies(to_receive())
     assert len(store) == 9
-    assert stored(roundtrip(store)) == stored(store)
+    assert by_name(roundtrip(store)) == by_name(store)
 
 
 def test_load_keeps_host_only_scope():
