@@ -41,11 +41,18 @@ log = logging.getLogger("broker.engine")
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 
-def _find(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+def _read_head(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, list[bytes]]:
+    """What the engine needs of a head, in one pass: the first Content-Encoding, and the
+    Set-Cookie values."""
+    encoding = None
+    set_cookie: list[bytes] = []
     for k, v in headers:
-        if k.lower() == name:
-            return v
-    return None
+        name = k.lower()
+        if name == b"set-cookie":
+            set_cookie.append(v)
+        elif name == b"content-encoding" and encoding is None:
+            encoding = v
+    return encoding, set_cookie
 
 
 class Engine:
@@ -125,13 +132,15 @@ class Engine:
                 chosen = jar.filter_cookies(hop.url) if jar is not None else None
                 headers = with_cookies(headers, chosen, hop.cookies)
             head, conn = await self._exchange(pool, req, hop, headers, stream)
-            if jar is not None:
-                _store_cookies(jar, head.headers, hop.url)
+            encoding, set_cookie = _read_head(head.headers)
+            if set_cookie and jar is not None:
+                values = [v.decode("utf-8", "surrogateescape") for v in set_cookie]
+                jar.update_from_headers(values, hop.url)
             location = None
             if req.allow_redirects and head.status in REDIRECTS:
                 location = redirect_location(head.headers)
             if location is None:
-                self._deliver(req, stream, conn, pool, head, hop, headers, history)
+                self._deliver(req, stream, conn, pool, head, encoding, hop, headers, history)
                 return
             pool.give_back(conn)
             history.append(
@@ -251,6 +260,7 @@ class Engine:
         conn: HTTP1Connection,
         pool: Pool,
         head: ResponseHead,
+        encoding: bytes | None,
         hop: Hop,
         headers: list[tuple[str, str]],
         history: list[HistoryItem],
@@ -258,10 +268,8 @@ class Engine:
         """Hand the connection to the response body, then send the head. The request
         headers go with it when they are not the worker's own (a redirect, cookies)."""
         decoder = None
-        if req.auto_decompress:
-            enc = _find(head.headers, b"content-encoding")
-            if enc:
-                decoder = make_decoder(enc.decode("latin-1"))
+        if req.auto_decompress and encoding:
+            decoder = make_decoder(encoding.decode("latin-1"))
         body = ResponseBody(self._loop, req, stream, conn, pool, decoder, history)
         try:
             stream.head(
@@ -282,14 +290,6 @@ class Engine:
             pool.give_back(conn)
             raise
         body.start()
-
-
-def _store_cookies(jar: CookieStore, headers: list[tuple[bytes, bytes]], url: URL) -> None:
-    values = [
-        v.decode("utf-8", "surrogateescape") for k, v in headers if k.lower() == b"set-cookie"
-    ]
-    if values:
-        jar.update_from_headers(values, url)
 
 
 def _checked(req: Request) -> URL:

@@ -241,6 +241,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.streams: dict[int, IPCStream] = {}
         self.pools: set[bytes] = set()  # every (encoded) spec this worker named, for its cap
         self.pid = 0
+        self.process = 0  # see _greet
         self.peer_pid = 0  # from the kernel (SO_PEERCRED), in the broker's pid namespace
         self.pidfd: int | None = None
         self.greeted = False
@@ -405,6 +406,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self._cancel_hello_timer()
             self._reader.max_frame = MAX_FRAME
             self.pid = msg.pid
+            # The worker's pid, whose jars it may name: the kernel's word where there is one.
+            self.process = self.peer_pid or self.pid
             self.server.process_joined(self.process)
             self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
 
@@ -441,10 +444,6 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.streams[req.stream] = stream
         stream.task = asyncio.get_running_loop().create_task(self._run(req, stream, jar))
 
-    @property
-    def process(self) -> int:
-        """The worker's pid, whose jars it may name: the kernel's word where there is one."""
-        return self.peer_pid or self.pid
 
     def _refusal(self, req: Request) -> str | None:
         if self.server.draining:
