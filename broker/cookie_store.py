@@ -66,6 +66,7 @@ __all__ = [
     "MAX_COOKIES",
     "MAX_COOKIES_PER_DOMAIN",
     "MAX_COOKIE_SIZE",
+    "COOKIE_NAME_RE",
     "CookieStore",
     "CookieData",
     "CookieRecord",
@@ -107,7 +108,7 @@ _FLAGS = frozenset(Morsel._flags) | {"partitioned"}  # type: ignore[attr-defined
 
 # --- Set-Cookie and Cookie parsing (aiohttp 3.14's _cookie_helpers, behaviour for behaviour) ---
 
-_NAME_RE = re.compile(r"^[!#$%&\'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+$")
+COOKIE_NAME_RE = _NAME_RE = re.compile(r"^[!#$%&\'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+$")
 _FORBIDDEN_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CTL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _ATTRIBUTE_START_RE = re.compile(r"[^;\s]", re.ASCII)

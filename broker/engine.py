@@ -25,7 +25,7 @@ from shared.stream_state import FINAL
 from .body import ResponseBody
 from .connector import Pool
 from .cookie_header import with_cookies
-from .cookie_store import CookieStore
+from .cookie_store import COOKIE_NAME_RE, CookieStore
 from .decoding import make_decoder
 from .exchange import ResponseHead, build_head, declared_length
 from .failures import ConnectionFailure, failure_message
@@ -314,4 +314,7 @@ def _checked(req: Request) -> URL:
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
         if name.lower() == "host" and host_header_problem(value) is not None:
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
+    for name, value in req.cookies:  # they go into the Cookie header as they are
+        if not COOKIE_NAME_RE.match(name) or FORBIDDEN_VALUE_RE.search(value):
+            raise ConnectionFailure("protocol", f"invalid cookie {name!r}")
     return url

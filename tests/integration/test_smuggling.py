@@ -99,6 +99,20 @@ async def hostile_heads(a: RawWorker, base: str, server: RecordingServer) -> Non
         assert isinstance(msg, Failure), msg
 
 
+async def hostile_cookies(a: RawWorker, base: str, server: RecordingServer) -> None:
+    # A request's own cookies= go into its Cookie header as they are: checked like headers.
+    bad = [
+        [("c", "1\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: victim")],
+        [("c\r\nX-Smuggled", "1")],
+        [("ok", "1"), ("bad name", "2")],
+    ]
+    for i, cookies in enumerate(bad):
+        a.send(Request(2 * i + 1, "GET", base + "/ok", cookies=cookies, pool=encode_pool(SPEC)))
+    for i in range(len(bad)):
+        (msg,) = await a.until_end_of(2 * i + 1)
+        assert isinstance(msg, Failure) and msg.code == "protocol", msg
+
+
 SHAPES = [
     longer_than_declared,
     longer_after_the_length,
@@ -108,6 +122,7 @@ SHAPES = [
     gone_mid_upload,
     hostile_targets,
     hostile_heads,
+    hostile_cookies,
 ]
 
 
