@@ -736,24 +736,29 @@ class CookieStore:
 
     # --- persistence ---
 
-    def dump(self) -> dict[str, dict[str, dict[str, str | bool | float]]]:
-        """The cookies as JSON-able data, in aiohttp's cookie file layout."""
+    def dump(self, expiry: bool = False) -> dict[str, dict[str, dict[str, str | bool | float]]]:
+        """The cookies as JSON-able data, in aiohttp's cookie file layout; ``expiry``
+        keeps each cookie's ``expires``/``max-age`` as set (for reading them as Morsels,
+        as aiohttp's jar iterates them), which a cookie file does without."""
         self._expire()
+        skipped = frozenset() if expiry else _DUMP_SKIPPED
         data: dict[str, dict[str, dict[str, str | bool | float]]] = {}
         for (domain, path), cookies in self._cookies.items():
             records = data[f"{domain}|{path}"] = {}
             for name, morsel in cookies.items():
-                records[name] = self._record(morsel, (domain, path, name))
+                records[name] = self._record(morsel, (domain, path, name), skipped)
         return data
 
-    def _record(self, morsel: Morsel[str], key: _CookieKey) -> dict[str, str | bool | float]:
+    def _record(
+        self, morsel: Morsel[str], key: _CookieKey, skipped: frozenset[str]
+    ) -> dict[str, str | bool | float]:
         record: dict[str, str | bool | float] = {
             "key": morsel.key,
             "value": morsel.value,
             "coded_value": morsel.coded_value,
         }
         for attr, value in morsel.items():
-            if value and attr not in _DUMP_SKIPPED:
+            if value and attr not in skipped:
                 record[attr] = value
         if key in self._host_only:
             record["host_only"] = True  # else it reloads as a Domain cookie

@@ -15,12 +15,15 @@ too: the broker, not a browser, is the session.
 
 A save replaces the file atomically: a temporary file in the same directory, created
 0600, written and fsync'ed, renamed over the file with ``os.replace``, then the directory
-fsync'ed. A failed save (disk full...) leaves the previous file as it was, and is logged.
+fsync'ed. A failed save (disk full, the directory gone...) leaves the previous file as it
+was, is logged, and is tried again after 1 s, then twice as long each time up to
+``RETRY_MAX`` (30 s), until one succeeds.
 
 File format (JSON): ``{"version": 1, "jars": [{"name", "unsafe", "quote_cookie",
 "treat_as_secure_origin": [...], "cookies": <CookieStore.dump()>}]}``.
-Bounds: the file holds at most the named jars' contents (``broker.jars``' caps); reading
-it at start reads it whole.
+Bounds: the file holds at most the named jars' contents (``broker.jars``' caps: 64 jars
+of about 17 MiB at worst, so a file of up to about 1.5 GB in the worst case, whose dump
+holds the loop for about 0.5 s); reading it at start reads it whole.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ log = logging.getLogger("broker.jar_file")
 
 FORMAT_VERSION = 1
 SAVE_DELAY = 0.5
+RETRY_MAX = 30.0
 
 
 def document(jars: list[tuple[JarSpec, CookieData]]) -> dict[str, Any]:
@@ -130,6 +134,7 @@ class CookieFile:
         self._saving: asyncio.Task[None] | None = None
         self._dirty = False
         self._closed = False
+        self._retry = 0.0  # the wait before the next try after a failed save; 0: none failed
 
     def load(self) -> None:
         """Make the named jars from the file; a corrupt file is moved aside. ``OSError``
@@ -175,14 +180,26 @@ class CookieFile:
                 try:
                     await loop.run_in_executor(None, self._write, contents)
                 except OSError as exc:
-                    log.error("could not save the cookie file %s: %s", self.path, exc)
-                    self._dirty = True  # the next change, or the close, tries again
+                    self._dirty = True
+                    self._failed(exc)
                     return
+                if self._retry:
+                    log.warning("saved the cookie file %s again", self.path)
+                    self._retry = 0.0
                 self.saves += 1
                 if self._dirty and not self._closed:
                     await asyncio.sleep(self.delay)  # coalesce what came during the write
         finally:
             self._saving = None
+
+    def _failed(self, exc: OSError) -> None:
+        """Try again later, waiting twice as long each time up to ``RETRY_MAX``; log the
+        first failure of a run, not each one."""
+        if not self._retry:
+            log.error("could not save the cookie file %s: %s; trying again", self.path, exc)
+        self._retry = min(max(self._retry * 2, self.delay * 2), RETRY_MAX)
+        if not self._closed and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._retry, self._save_now)
 
     def _write(self, contents: list[tuple[JarSpec, CookieData]]) -> None:
         write_atomically(self.path, _encode(contents))

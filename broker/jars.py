@@ -30,8 +30,11 @@ Bounds (all written here):
   ones included.
 - A store: ``CookieStore``'s caps (3300 cookies; a cookie at most 4 KiB of name and
   value, 16 KiB coded, 1 KiB per attribute).
-- Staged loads: one per process (a piece for another jar drops the one staged), a
-  fresh store under the same caps.
+- Staged loads: one per process (a new load, or a piece for another jar, drops the one
+  staged), a fresh store under the same caps.
+- One call's frame: at most ``MAX_JAR_RECORDS`` (4096) cookies or keys (``JarUpdate``,
+  ``JarDelete`` by their types; a ``JarLoad`` piece checked here), so one frame holds the
+  loop for tens of milliseconds at most.
 - Refused opens remembered: the latest ``MAX_REFUSALS`` (64), a message each.
 - ``JarData`` pieces: records of about ``PIECE_SIZE`` (1 MiB) encoded, far below
   ``MAX_FRAME`` (4 MiB) since one record is at most about 30 KiB.
@@ -49,6 +52,7 @@ import msgspec
 from yarl import URL
 
 from shared.messages import (
+    MAX_JAR_RECORDS,
     CookieData,
     JarClose,
     JarCookies,
@@ -89,21 +93,23 @@ _JarKey = tuple[int, bytes]  # (peer pid, token)
 
 
 def split_cookie_data(data: CookieData, budget: int = PIECE_SIZE) -> list[CookieData]:
-    """``data`` in pieces of about ``budget`` bytes of encoded records each (a
-    "domain|path" entry may be spread over several); at least one piece."""
+    """``data`` in pieces of about ``budget`` bytes of encoded records each, and at most
+    ``MAX_JAR_RECORDS`` records (a "domain|path" entry may be spread over several); at
+    least one piece."""
     pieces: list[CookieData] = []
     piece: CookieData = {}
-    size = 0
+    size = count = 0
     for compound, records in data.items():
         if not records:
             piece.setdefault(compound, {})  # checked all the same
         for name, record in records.items():
             length = len(_encode((compound, name, record)))
-            if piece and size + length > budget:
+            if piece and (size + length > budget or count >= MAX_JAR_RECORDS):
                 pieces.append(piece)
-                piece, size = {}, 0
+                piece, size, count = {}, 0, 0
             piece.setdefault(compound, {})[name] = record
             size += length
+            count += 1
     pieces.append(piece)
     return pieces
 
@@ -291,15 +297,17 @@ class JarTable:
         return [JarDone(msg.call, _count(self._store(pid, msg.jar)))]
 
     def _dump(self, owner: Hashable, pid: int, msg: JarDump) -> list[Message]:
-        pieces = split_cookie_data(self._store(pid, msg.jar).dump())
+        pieces = split_cookie_data(self._store(pid, msg.jar).dump(msg.expiry))
         last = len(pieces) - 1
         return [JarData(msg.call, piece, more=i < last) for i, piece in enumerate(pieces)]
 
     def _load(self, owner: Hashable, pid: int, msg: JarLoad) -> list[Message]:
         key = (pid, msg.jar)
         store = self._store(pid, msg.jar)
+        if sum(len(records) for records in msg.data.values()) > MAX_JAR_RECORDS:
+            raise ValueError(f"a JarLoad piece holds at most {MAX_JAR_RECORDS} cookies")
         staged = self._staged.get(owner)
-        if staged is None or staged.key != key:
+        if msg.first or staged is None or staged.key != key:
             staged = self._staged[owner] = _Staged(key, store.empty_copy())
         if msg.last:
             del self._staged[owner]

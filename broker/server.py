@@ -336,7 +336,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
             stream.give_up()
         self.streams.clear()
         if self.greeted:
-            self.server.process_left(self.process)
+            # A pid the kernel did not give cannot be watched: its jars go at once.
+            self.server.process_left(self.process, watchable=bool(self.peer_pid))
         self.server.connection_gone(self)
 
     def peer_gone(self) -> None:
@@ -643,11 +644,13 @@ class BrokerServer:
         self._processes[pid] = self._processes.get(pid, 0) + 1
         self._unhold(pid)
 
-    def process_left(self, pid: int) -> None:
+    def process_left(self, pid: int, watchable: bool = True) -> None:
         """A connection of ``pid`` closed; after its last one, see above."""
         left = self._processes.pop(pid, 1) - 1
         if left > 0:
             self._processes[pid] = left
+        elif not watchable:
+            self.jars.drop_owner(pid)
         elif self.jars.owns(pid):
             self._hold(pid)
 

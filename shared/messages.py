@@ -53,6 +53,9 @@ CookieRecord = dict[str, str | bool | float]
 cookie ``host_only`` and ``expires_timestamp``."""
 CookieData = dict[str, dict[str, CookieRecord]]
 """A jar's contents in the cookie file's layout: ``{"domain|path": {name: record}}``."""
+MAX_JAR_RECORDS = 4096
+"""Cookies (or keys) in one jar call's frame, a little over what a jar keeps (3300): the
+broker's loop handles one frame's worth at a time (about 50 ms at most)."""
 
 
 class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, omit_defaults=True):
@@ -216,7 +219,7 @@ class JarUpdate(_Msg, tag="jarupdate", frozen=True):
     call: Count
     jar: JarToken
     url: str
-    cookies: list[tuple[str, CookieRecord]]
+    cookies: Annotated[list[tuple[str, CookieRecord]], msgspec.Meta(max_length=MAX_JAR_RECORDS)]
 
 
 class JarFilter(_Msg, tag="jarfilter", frozen=True):
@@ -233,10 +236,13 @@ class JarCount(_Msg, tag="jarcount", frozen=True):
 
 
 class JarDump(_Msg, tag="jardump", frozen=True):
-    """The jar's contents: answered with ``JarData`` pieces."""
+    """The jar's contents: answered with ``JarData`` pieces. ``expiry``: with each
+    cookie's ``expires``/``max-age`` as it was set (iteration), else without them, as a
+    cookie file keeps a cookie (its absolute deadline instead)."""
 
     call: Count
     jar: JarToken
+    expiry: bool = False
 
 
 class JarLoad(_Msg, tag="jarload", frozen=True):
@@ -245,8 +251,9 @@ class JarLoad(_Msg, tag="jarload", frozen=True):
 
     call: Count
     jar: JarToken
-    data: CookieData
+    data: CookieData  # at most MAX_JAR_RECORDS records in all (checked by the broker)
     last: bool = True
+    first: bool = True  # a new load: what an unfinished one staged is dropped
 
 
 class JarDelete(_Msg, tag="jardelete", frozen=True):
@@ -255,7 +262,9 @@ class JarDelete(_Msg, tag="jardelete", frozen=True):
 
     call: Count
     jar: JarToken
-    keys: list[tuple[str, str, str]] | None = None
+    keys: Annotated[
+        list[tuple[str, str, str]], msgspec.Meta(max_length=MAX_JAR_RECORDS)
+    ] | None = None
 
 
 class JarDone(_Msg, tag="jardone", frozen=True):

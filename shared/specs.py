@@ -7,11 +7,13 @@ dict key there.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 __all__ = [
     "ClientTimeout", "DEFAULT_TIMEOUT", "PoolSpec", "ResolverSpec", "encode_pool", "decode_pool",
-    "DEFAULT_POOL", "DEFAULT_POOL_BYTES", "JarSpec",
+    "DEFAULT_POOL", "DEFAULT_POOL_BYTES", "JarSpec", "MAX_SECURE_ORIGINS",
 ]
 
 ResolverOption = tuple[str, bool | int | float | str | None]
@@ -121,6 +123,11 @@ def decode_pool(data: bytes) -> PoolSpec:
 DEFAULT_POOL_BYTES = encode_pool(DEFAULT_POOL)
 
 
+MAX_SECURE_ORIGINS = 32
+Origin = Annotated[str, msgspec.Meta(max_length=2048)]
+JarName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
 class JarSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """A cookie jar in the broker, as a worker's ``CookieJar(...)`` describes it.
 
@@ -130,11 +137,20 @@ class JarSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     origins (``scheme://host[:port]``), as ``yarl.URL.origin()`` prints them.
     """
 
-    name: str | None = None
+    name: JarName | None = None
     unsafe: bool = False
     quote_cookie: bool = True
-    treat_as_secure_origin: tuple[str, ...] = ()
+    treat_as_secure_origin: Annotated[
+        tuple[Origin, ...], msgspec.Meta(max_length=MAX_SECURE_ORIGINS)
+    ] = ()
 
     def __post_init__(self) -> None:
+        # Checked as a frame decodes (the Annotated bounds); checked here when made.
         if self.name is not None and not 0 < len(self.name) <= 200:
             raise ValueError("a cookie jar's name must be 1 to 200 characters long")
+        origins = self.treat_as_secure_origin
+        if len(origins) > MAX_SECURE_ORIGINS or any(len(o) > 2048 for o in origins):
+            raise ValueError(
+                f"treat_as_secure_origin takes at most {MAX_SECURE_ORIGINS} origins "
+                "of at most 2048 characters"
+            )

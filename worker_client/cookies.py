@@ -29,9 +29,9 @@ again, an unnamed one starts EMPTY in the child (its cookies stay the parent's, 
 broker lets only the process that opened a jar use it).
 
 What a read returns is a copy: ``cookies``, iteration and ``clear(predicate)`` work on
-a dump of the jar, whose Morsels carry no ``max-age``/``expires`` (the jar keeps an
-absolute deadline instead; ``save()`` writes it as ``expires_timestamp``); changing them
-does not change the jar.
+a dump of the jar (its Morsels with their attributes as set, ``max-age`` and ``expires``
+included); changing them does not change the jar. ``save()`` writes the absolute
+deadline instead (``expires_timestamp``), as aiohttp does.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class _Backend(Protocol):
     def update(self, cookies: list[tuple[str, Morsel[str]]], url: URL) -> None: ...
     def filter(self, url: URL) -> BaseCookie[str]: ...
     def count(self) -> int: ...
-    def dump(self) -> CookieData: ...
+    def dump(self, expiry: bool = False) -> CookieData: ...
     def load(self, data: dict[str, Any]) -> None: ...
     def delete(self, keys: list[_Key] | None) -> None: ...
     def close(self) -> None: ...
@@ -164,8 +164,8 @@ class _LocalJar:
     def count(self) -> int:
         return len(self.store)
 
-    def dump(self) -> CookieData:
-        return self.store.dump()
+    def dump(self, expiry: bool = False) -> CookieData:
+        return self.store.dump(expiry)
 
     def load(self, data: dict[str, Any]) -> None:
         self.store.load(data)
@@ -323,11 +323,13 @@ class CookieJar(AbstractCookieJar):
 
     def _pin(self, address: str | None, trusted: frozenset[int]) -> None:
         """Bind to ``address`` (None: embedded) unless bound; elsewhere is an error."""
-        if self._where is None:
-            with self._lock:
-                if self._where is None:
-                    self._where = (address, trusted)
-                    return
+        with self._lock:
+            if self._where is None:
+                self._where = (address, trusted)
+                return
+            if self._where[0] == address:
+                self._provisional = False  # a session uses it here: it stays here
+                return
         bound = self._where[0]
         if bound != address and self._provisional and self._spec.name is None:
             self._move(address, trusted)
@@ -372,8 +374,10 @@ class CookieJar(AbstractCookieJar):
             self._pid = pid
         if self._where is None:
             address = broker_address(None)
-            self._pin(address, trusted_broker_uids() if address is not None else frozenset())
-            self._provisional = True
+            trusted = trusted_broker_uids() if address is not None else frozenset()
+            with self._lock:
+                if self._where is None:  # no session has it: where discovery says, for now
+                    self._where, self._provisional = (address, trusted), True
         with self._lock:
             if self._backend is None:
                 assert self._where is not None
@@ -389,7 +393,7 @@ class CookieJar(AbstractCookieJar):
     def cookies(self) -> MappingProxyType[tuple[str, str], SimpleCookie]:
         """A copy of the stored cookies by (domain, path)."""
         out: dict[tuple[str, str], SimpleCookie] = {}
-        for (domain, path, name), record in _records(self._live().dump()):
+        for (domain, path, name), record in _records(self._live().dump(expiry=True)):
             cookie = out.get((domain, path))
             if cookie is None:
                 cookie = out[(domain, path)] = SimpleCookie()
@@ -420,14 +424,16 @@ class CookieJar(AbstractCookieJar):
         if predicate is None:
             backend.delete(None)
             return
-        chosen = [key for key, record in _records(backend.dump()) if predicate(_morsel(record))]
+        chosen = [
+            key for key, record in _records(backend.dump(expiry=True)) if predicate(_morsel(record))
+        ]
         backend.delete(chosen)
 
     def clear_domain(self, domain: str) -> None:
         self.clear(lambda morsel: is_domain_match(domain, morsel["domain"]))
 
     def __iter__(self) -> Iterator[Morsel[str]]:
-        for _, record in _records(self._live().dump()):
+        for _, record in _records(self._live().dump(expiry=True)):
             yield _morsel(record)
 
     def __len__(self) -> int:

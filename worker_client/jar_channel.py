@@ -52,6 +52,7 @@ from broker.cookie_store import new_morsel
 from broker.jars import PIECE_SIZE, split_cookie_data
 from shared.framing import encode
 from shared.messages import (
+    MAX_JAR_RECORDS,
     CookieData,
     CookieRecord,
     JarClose,
@@ -88,7 +89,8 @@ class JarChannel:
         self.trusted = trusted
         self.specs: dict[bytes, JarSpec] = {}  # this process's live jars, to (re)open
         self._unopened: set[bytes] = set()  # not opened by this channel's connection yet
-        self._closing: deque[bytes] = deque()
+        self._closing: deque[bytes] = deque()  # collected jars, to close
+        self._closed: deque[bytes] = deque()  # closed by a request connection: to forget
         self._lock = threading.Lock()
         self._peer: BlockingPeer | None = None
         self._pid = os.getpid()
@@ -111,17 +113,16 @@ class JarChannel:
         closing = True
 
     def take_closes(self) -> list[bytes]:
-        """The tokens queued for closing, for a request connection to send (no lock:
-        each token is taken once, by whoever pops it)."""
+        """The tokens queued for closing, for a request connection to send. No lock (the
+        event loop must not wait on a call in another thread): each token is popped
+        once, by whoever pops it, and forgotten by the next call, under the lock."""
         taken = []
         while self._closing:
             try:
                 taken.append(self._closing.popleft())
             except IndexError:
                 break
-        for token in taken:
-            self.specs.pop(token, None)
-            self._unopened.discard(token)
+        self._closed.extend(taken)
         return taken
 
     def call(self, msgs: list[Any]) -> list[list[Message]]:
@@ -142,6 +143,10 @@ class JarChannel:
         if self._pid != os.getpid():
             self._forked()
         closes = [JarClose(token) for token in self.take_closes()]
+        while self._closed:
+            token = self._closed.popleft()
+            self.specs.pop(token, None)
+            self._unopened.discard(token)
         opens = [JarOpen(0, t, self.specs[t]) for t in self._unopened if t in self.specs]
         numbered = [msgspec.structs.replace(m, call=next(self._calls)) for m in [*opens, *msgs]]
         try:
@@ -159,14 +164,34 @@ class JarChannel:
                 if isinstance(exc, PeerTimeout) or fresh or attempt == 2:
                     raise BrokerConnectionError(str(exc)) from None
                 fresh = True  # the connection was gone: once more, on a new one
-        self._unopened.clear()
+        return self._answers(opens, msgs, replies)
+
+    def _answers(
+        self, opens: list[JarOpen], msgs: list[Any], replies: list[list[Message]]
+    ) -> list[list[Message]]:
+        """The replies of ``msgs``, after the opens sent in front of them. An open
+        refused for a cap is tried again in front of the next call; one refused as
+        invalid never will be. The caller hears of the refused opens of its own jars
+        only: another jar's refusal is not its call's failure."""
+        mine = {getattr(m, "jar", None) for m in msgs}
+        failure: JarFailed | None = None
         for open_, reply in zip(opens, replies[: len(opens)], strict=True):
-            if isinstance(reply[-1], JarFailed):
-                self.specs.pop(open_.jar, None)  # never opened: not to be reopened
-        for reply in replies:
-            if isinstance(reply[-1], JarFailed):
-                failed = reply[-1]
-                raise (ValueError if failed.invalid else RuntimeError)(failed.message)
+            answer = reply[-1]
+            if not isinstance(answer, JarFailed):
+                self._unopened.discard(open_.jar)
+                continue
+            if answer.invalid:
+                self._unopened.discard(open_.jar)
+                self.specs.pop(open_.jar, None)
+            if open_.jar in mine:
+                failure = failure or answer
+            else:
+                log.warning("could not open a cookie jar: %s", answer.message)
+        for reply in replies[len(opens):]:
+            if failure is None and isinstance(reply[-1], JarFailed):
+                failure = reply[-1]
+        if failure is not None:
+            raise (ValueError if failure.invalid else RuntimeError)(failure.message)
         return replies[len(opens):]
 
     def _forked(self) -> None:
@@ -248,11 +273,17 @@ def take_closes(path: str) -> list[bytes]:
 
 
 def _after_fork() -> None:
-    global _channels_lock
+    global _channels_lock, closing
     _channels_lock = threading.Lock()  # another thread may have held it at the fork
     for ch in _channels.values():
         ch._lock = threading.Lock()
         ch._forked()
+        # The parent's jars are the parent's: the child's jar objects open new tokens.
+        ch.specs.clear()
+        ch._unopened.clear()
+        ch._closing.clear()
+        ch._closed.clear()
+    closing = False
 
 
 def _close_all() -> None:
@@ -278,13 +309,14 @@ def _record(morsel: Morsel[str]) -> CookieRecord:
 
 
 def _pieces(items: Iterable[Any], size_of: Any) -> Iterator[list[Any]]:
+    """``items`` in pieces of at most ``PIECE_SIZE`` bytes and ``MAX_JAR_RECORDS`` items."""
     piece: list[Any] = []
     size = 0
     for item in items:
         length = size_of(item)
         if length > PIECE_SIZE:
             raise ValueError(f"a cookie of {length} bytes is too big to store")
-        if piece and size + length > PIECE_SIZE:
+        if piece and (size + length > PIECE_SIZE or len(piece) >= MAX_JAR_RECORDS):
             yield piece
             piece, size = [], 0
         piece.append(item)
@@ -339,10 +371,10 @@ class BrokerJar:
         assert isinstance(reply, JarDone)
         return reply.count
 
-    def dump(self) -> dict[str, dict[str, dict[str, str | bool | float]]]:
-        """The jar's contents in aiohttp's cookie file layout."""
+    def dump(self, expiry: bool = False) -> dict[str, dict[str, dict[str, str | bool | float]]]:
+        """The jar's contents in aiohttp's cookie file layout (see ``JarDump.expiry``)."""
         data: CookieData = {}
-        for reply in self._channel.call([JarDump(0, self.token)])[0]:
+        for reply in self._channel.call([JarDump(0, self.token, expiry)])[0]:
             assert isinstance(reply, JarData)
             for compound, records in reply.data.items():
                 data.setdefault(compound, {}).update(records)
@@ -354,7 +386,10 @@ class BrokerJar:
         pieces = split_cookie_data(checked)
         last = len(pieces) - 1
         self._channel.call(
-            [JarLoad(0, self.token, piece, last=i == last) for i, piece in enumerate(pieces)]
+            [
+                JarLoad(0, self.token, piece, last=i == last, first=i == 0)
+                for i, piece in enumerate(pieces)
+            ]
         )
 
     def delete(self, keys: list[tuple[str, str, str]] | None) -> None:

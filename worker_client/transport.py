@@ -22,7 +22,6 @@ sending its ``Hello`` anyway, and a process that is not ours is not trusted unas
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import weakref
 from collections import deque
@@ -70,8 +69,6 @@ from .handle import Deadlines, StreamHandle
 __all__ = [
     "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
 ]
-
-log = logging.getLogger("worker_client.transport")
 
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
 _BUFSIZE = 1 << 18
@@ -328,6 +325,8 @@ class IPCTransport(Transport):
         self._credit_waiters: dict[int, asyncio.Future[None]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._replay: dict[int, bytes] = {}  # bodies the broker may ask for again
+        self._jar_opens: dict[int, bytes] = {}  # open_jar calls not answered yet: tokens
+        self._next_jar_call = 1
         # One waiter per StatsRequest sent; the broker answers them in order.
         self._stats: deque[asyncio.Future[Stats]] = deque()
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
@@ -422,11 +421,14 @@ class IPCTransport(Transport):
             w = self._credit_waiters.pop(msg.stream, None)
             if w is not None and not w.done():
                 w.set_result(None)
-        elif kind is JarDone:
-            pass  # a JarOpen of open_jar went through
-        elif kind is JarFailed:
-            # The requests that name that jar fail with the broker's word for it.
-            log.warning("the broker refused a cookie jar: %s", msg.message)
+        elif kind is JarDone or kind is JarFailed:
+            token = self._jar_opens.pop(msg.call, None)
+            if token is None:
+                self.lost(BrokerProtocolError(f"the broker sent {kind.__name__} unasked"))
+            elif kind is JarFailed:
+                # The requests already sent with it fail with the broker's word for it
+                # (a cap); the next request opens it again.
+                self.jars_open.discard(token)
         elif kind is Welcome:
             if not self._welcome.done():
                 self._welcome.set_result(msg)
@@ -503,14 +505,22 @@ class IPCTransport(Transport):
         self.open(req, body, handle)
 
     def open_jar(self, token: bytes, spec: JarSpec) -> None:
-        self._send(JarOpen(0, token, spec))  # pipelined: its JarDone is not waited for
+        if jar_channel.closing:
+            self._send_closes()  # first: they make room under the broker's cap
+        call = self._next_jar_call
+        self._next_jar_call += 1
+        self._send(JarOpen(call, token, spec))  # pipelined: its answer is not waited for
+        self._jar_opens[call] = token
         self.jars_open.add(token)
+
+    def _send_closes(self) -> None:
+        for token in jar_channel.take_closes(self.path):
+            self._send(JarClose(token))
+            self.jars_open.discard(token)
 
     def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
         if jar_channel.closing:
-            for token in jar_channel.take_closes(self.path):
-                self._send(JarClose(token))
-                self.jars_open.discard(token)
+            self._send_closes()
         if req.body is not None and len(req.body) > _INLINE_BODY_MAX:
             # Over the frame cap: send it as a streamed body with its Content-Length.
             body = _slices(req.body)

@@ -4,9 +4,12 @@ is private (issue 7's "which jar a session uses")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
+import pytest
 from aiohttp import web
+from yarl import URL
 
 from tests.integration._workers import cookie_visit, run_in_processes
 from worker_client import CookieJar
@@ -155,3 +158,66 @@ async def test_the_jars_of_collected_sessions_are_closed(serve_app, broker_proce
         assert after - before < 50
     finally:
         await keeper.close()
+
+
+@contextlib.contextmanager
+def small_broker(path: str, max_jars: int):
+    """A broker whose workers may each open ``max_jars`` jars, on a loop of its own."""
+    import threading
+
+    from broker.server import BrokerServer, Limits
+
+    loop = asyncio.new_event_loop()
+    made: list[BrokerServer] = []
+    ready = threading.Event()
+
+    def run() -> None:
+        async def start() -> None:
+            made.append(BrokerServer(path, limits=Limits(max_jars=max_jars)))
+            await made[0].start()
+
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    server = made[0]
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(1), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+async def test_jars_refused_at_the_cap_open_once_there_is_room(serve_app, tmp_path):
+    import gc
+
+    from worker_client import BrokerConnectionError, ClientSession
+
+    base = await serve_app(login_app())
+    path = str(tmp_path / "small.sock")
+    with small_broker(path, max_jars=2):
+        first, second = CookieJar(broker=path), CookieJar(broker=path)
+        assert len(first) == len(second) == 0  # both open: the cap
+        third = CookieJar(broker=path)
+        with pytest.raises(RuntimeError, match="max_jars"):
+            len(third)
+        assert len(first) == 0  # another jar's refusal is not this call's failure
+        session = ClientSession(broker=path)  # its own jar: refused too
+        try:
+            with pytest.raises(BrokerConnectionError, match="max_jars"):
+                await session.get(base + "/whoami")
+            del second
+            gc.collect()  # its close is queued: the next request sends it first
+            async with session.get(base + "/whoami") as resp:
+                assert resp.status == 200
+            del first
+            gc.collect()
+            third.update_cookies({"a": "1"}, URL("http://example.com/"))  # it opens now
+            assert len(third) == 1
+        finally:
+            await session.close()

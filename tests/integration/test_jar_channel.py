@@ -240,31 +240,34 @@ async def test_an_unnamed_jar_is_refused_to_another_process(
 
 
 def test_a_forked_child_gets_jars_of_its_own(broker_process):
+    # The child's jar objects open new tokens (the parent's are the parent's): a named
+    # jar is the group's there too, an unnamed one starts empty; and the parent's jars
+    # are not opened again by the child (a parent with many jars would fill the child's
+    # share of the broker's cap).
     name = unique_name()
     script = textwrap.dedent(
         f"""
         import os, sys
         sys.path.insert(0, {ROOT!r})
-        from http.cookies import SimpleCookie
         from yarl import URL
+        from worker_client import CookieJar
+        from worker_client.jar_channel import channel
         from broker.peercred import trusted_broker_uids
-        from shared.specs import JarSpec
-        from worker_client.jar_channel import BrokerJar
-        path, t = sys.argv[1], trusted_broker_uids()
-        named = BrokerJar(path, t, JarSpec(name={name!r}))
-        mine = BrokerJar(path, t, JarSpec())
-        c = SimpleCookie(); c["p"] = "parent"
-        named.update(list(c.items()), URL("http://example.com/"))
-        mine.update(list(c.items()), URL("http://example.com/"))
+        path = sys.argv[1]
+        named = CookieJar(name={name!r}, broker=path)
+        mine = CookieJar(broker=path)
+        extra = [CookieJar(broker=path) for _ in range(300)]
+        for jar in (named, mine, *extra):
+            jar.update_cookies({{"p": "parent"}}, URL("http://example.com/"))
         pid = os.fork()
         if pid == 0:
-            ok = named.count() == 1 and mine.count() == 0
-            c = SimpleCookie(); c["c"] = "child"
-            mine.update(list(c.items()), URL("http://example.com/"))
-            os._exit(0 if ok and mine.count() == 1 else 3)
+            ok = len(named) == 1 and len(mine) == 0
+            mine.update_cookies({{"c": "child"}}, URL("http://example.com/"))
+            ok = ok and len(mine) == 1 and len(channel(path, trusted_broker_uids()).specs) == 2
+            os._exit(0 if ok else 3)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, status
-        assert mine.count() == 1 and named.count() == 1
+        assert [m.key for m in mine] == ["p"] and len(named) == 1
         print("ok")
         """
     )

@@ -739,6 +739,18 @@ def test_an_unnamed_jar_bound_by_discovery_moves_to_its_first_session(opened, mo
         ClientSession(cookie_jar=jar)  # moved once, by a session: bound for good
 
 
+def test_a_jar_a_session_uses_where_discovery_bound_it_stays_there(opened, monkeypatch):
+    # Once a session uses the jar, another session elsewhere cannot take it away from
+    # under the first one (whose requests name the jar where it is).
+    monkeypatch.setenv("HTTP_BROKER", "unix:/found/by/env")
+    jar = CookieJar()
+    len(jar)
+    ClientSession(cookie_jar=jar)  # discovery: the same broker
+    with pytest.raises(RuntimeError, match="broker at /found/by/env"):
+        ClientSession(broker="/another", cookie_jar=jar)
+    assert [entry[0] for entry in opened] == ["open"]
+
+
 def test_broker_given_to_the_jar_binds_it_there(opened):
     jar = CookieJar(broker="unix:/named/here")
     len(jar)

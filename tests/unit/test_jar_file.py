@@ -162,6 +162,25 @@ async def test_a_failed_save_is_logged_and_tried_again_on_close(tmp_path, caplog
     assert "big" in read_doc(path)["jars"][0]["cookies"]["example.com|"]
 
 
+async def test_a_failed_save_is_tried_again_without_another_change(tmp_path, caplog):
+    # The directory goes away, a cookie is set, the directory comes back: the cookie
+    # reaches the file by itself (a SIGKILL then must not lose it).
+    directory = tmp_path / "d"
+    directory.mkdir()
+    path = str(directory / "cookies.json")
+    table = filled_table()
+    cookie_file = CookieFile(path, table, delay=0.01)
+    cookie_file.start()
+    directory.rename(tmp_path / "away")
+    set_cookies(table, SITE, "http://example.com/", ("login", ("yes", {})))
+    await wait_until(lambda: "could not save" in caplog.text, what="the logged failure")
+    (tmp_path / "away").rename(directory)
+    await wait_until(lambda: os.path.exists(path), timeout=10, what="the retried save")
+    assert "login" in read_doc(path)["jars"][0]["cookies"]["example.com|"]
+    assert caplog.text.count("could not save") == 1  # once per run of failures
+    await cookie_file.close()
+
+
 def corrupt_documents() -> dict[str, bytes]:
     good = {"version": 1, "jars": [{"name": "site", "unsafe": False, "quote_cookie": True,
                                     "treat_as_secure_origin": [], "cookies": {}}]}

@@ -240,10 +240,10 @@ def test_a_load_in_pieces_changes_the_jar_at_the_last_piece():
             whole.setdefault(compound, {}).update(records)
     pieces = split_cookie_data(whole, budget=200_000)
     assert len(pieces) > 2
-    for piece in pieces[:-1]:
-        assert isinstance(call(table, JarLoad(4, T2, piece, last=False)), JarDone)
+    for i, piece in enumerate(pieces[:-1]):
+        assert isinstance(call(table, JarLoad(4, T2, piece, last=False, first=i == 0)), JarDone)
         assert call(table, JarCount(5, T2)) == JarDone(5, 1)  # not yet
-    assert call(table, JarLoad(6, T2, pieces[-1])) == JarDone(6, 600)
+    assert call(table, JarLoad(6, T2, pieces[-1], first=False)) == JarDone(6, 600)
     assert call(table, JarCount(7, T2)) == JarDone(7, 600)
 
 
@@ -252,13 +252,38 @@ def test_a_bad_piece_fails_the_rest_of_its_load_and_nothing_changes(table):
     set_cookie(table, T1, "old", "x")
     good = {"example.com|": {"a": cookie("a", "1", domain="example.com")}}
     assert isinstance(call(table, JarLoad(2, T1, good, last=False)), JarDone)
-    bad = call(table, JarLoad(3, T1, {"nobar": {}}, last=False))
+    bad = call(table, JarLoad(3, T1, {"nobar": {}}, last=False, first=False))
     assert isinstance(bad, JarFailed) and bad.invalid
-    last = call(table, JarLoad(4, T1, good))
+    last = call(table, JarLoad(4, T1, good, first=False))
     assert isinstance(last, JarFailed) and "earlier piece" in last.message
     assert call(table, JarFilter(5, T1, "http://example.com/")).cookies == [("old", "x", "x")]
     # the next load starts afresh
     assert call(table, JarLoad(6, T1, good)) == JarDone(6, 1)
+
+
+def test_a_new_load_drops_what_an_unfinished_one_staged(table):
+    # A load cut short (the worker's call timed out after some pieces) leaves nothing
+    # that a later load could pick up, good or bad.
+    opened(table)
+    stale = {"example.com|": {"stale": cookie("stale", "1", domain="example.com")}}
+    fresh = {"example.com|": {"fresh": cookie("fresh", "2", domain="example.com")}}
+    assert isinstance(call(table, JarLoad(2, T1, stale, last=False)), JarDone)
+    assert call(table, JarLoad(3, T1, fresh)) == JarDone(3, 1)
+    assert [n for n, _, _ in call(table, JarFilter(4, T1, "http://example.com/")).cookies] == [
+        "fresh"
+    ]
+    assert isinstance(call(table, JarLoad(5, T1, {"nobar": {}}, last=False)), JarFailed)
+    assert call(table, JarLoad(6, T1, stale)) == JarDone(6, 1)
+
+
+def test_a_load_piece_over_the_record_cap_is_refused(table):
+    from shared.messages import MAX_JAR_RECORDS
+
+    opened(table)
+    many = {"example.com|": {f"c{i}": cookie(f"c{i}", "1") for i in range(MAX_JAR_RECORDS + 1)}}
+    reply = call(table, JarLoad(2, T1, many))
+    assert isinstance(reply, JarFailed) and reply.invalid and "at most" in reply.message
+    assert all(sum(map(len, p.values())) <= MAX_JAR_RECORDS for p in split_cookie_data(many))
 
 
 def test_delete_some_or_all(table):
