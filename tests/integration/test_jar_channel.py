@@ -183,6 +183,10 @@ def test_big_updates_and_loads_go_in_frames_below_the_cap(broker_process):
     assert 0 < big.count() <= 180
     copy.delete([(f"d{d}.org", "/", f"c{i}") for d in range(20) for i in range(150)])
     assert copy.count() == 0
+    # many small cookies: split by count too (a frame holds MAX_JAR_RECORDS at most)
+    small = morsels(*[(f"s{i}", "1") for i in range(5000)])
+    copy.update(small, URL("http://many.org/"))
+    assert copy.count() == 180
 
 
 def test_calls_from_many_threads(broker_process):

@@ -310,3 +310,32 @@ async def test_one_off_request_takes_cookies_as_aiohttp(broker_address, base):
             "GET", base + "/echo", cookie_jar=CookieJar(), broker=broker_address
         ):
             pass
+
+
+async def test_clear_with_a_predicate_sees_each_cookies_expiry_as_aiohttp(
+    make_session, base, broker_address
+):
+    # aiohttp's jar iterates Morsels with their Max-Age/Expires as set: a predicate
+    # "session cookies only" keeps the lasting ones.
+    import aiohttp
+
+    raw = [
+        ("raw", "session=1"),
+        ("raw", "lasting=2; Max-Age=3600"),
+        ("raw", "dated=3; Expires=Wed, 09 Jun 2999 10:18:14 GMT"),
+    ]
+    session = make_session(cookie_jar=CookieJar(broker=broker_address))
+    await get(session, base + "/set", params=raw)
+    theirs = aiohttp.CookieJar()
+    theirs.update_cookies_from_headers([v for _, v in raw], URL(base + "/set"))
+
+    def session_only(morsel) -> bool:
+        return not morsel["max-age"] and not morsel["expires"]
+
+    assert {m.key: m["max-age"] for m in session.cookie_jar} == {
+        m.key: m["max-age"] for m in theirs
+    }
+    session.cookie_jar.clear(session_only)
+    theirs.clear(session_only)
+    assert sorted(m.key for m in session.cookie_jar) == sorted(m.key for m in theirs)
+    assert sorted(m.key for m in theirs) == ["dated", "lasting"]

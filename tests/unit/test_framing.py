@@ -118,3 +118,31 @@ def test_a_pool_spec_crosses_as_its_canonical_encoding():
     assert decode_pool(a) == PoolSpec(limit=8, name="x")
     with pytest.raises(ValueError):
         decode_pool(encode_pool(PoolSpec())[:-1] + b"\xff")
+
+
+def test_jar_calls_are_bounded_as_they_decode():
+    from shared.messages import MAX_JAR_RECORDS, JarOpen, JarUpdate
+    from shared.specs import MAX_SECURE_ORIGINS
+
+    def raw(*fields) -> bytes:
+        body = msgspec.msgpack.encode(list(fields))
+        return len(body).to_bytes(4, "little") + body
+
+    token = b"t" * 16
+    many_origins = [None, False, True, ["http://a"] * (MAX_SECURE_ORIGINS + 1)]
+    long_origin = [None, False, True, ["http://" + "a" * 2100]]
+    long_name = ["n" * 201, False, True, []]
+    for spec in (many_origins, long_origin, long_name):
+        with pytest.raises(FrameError):
+            FrameReader().feed(raw("jaropen", 1, token, spec))
+    ok = [None, False, True, ["http://a"] * MAX_SECURE_ORIGINS]
+    assert isinstance(FrameReader().feed(raw("jaropen", 1, token, ok))[0], JarOpen)
+    record = {"key": "a", "value": "1", "coded_value": "1"}
+    over = [["a", record]] * (MAX_JAR_RECORDS + 1)
+    with pytest.raises(FrameError):
+        FrameReader().feed(raw("jarupdate", 1, token, "http://x/", over))
+    assert isinstance(
+        FrameReader().feed(raw("jarupdate", 1, token, "http://x/", over[1:]))[0], JarUpdate
+    )
+    with pytest.raises(FrameError):
+        FrameReader().feed(raw("jardelete", 1, token, [["d", "/", "n"]] * (MAX_JAR_RECORDS + 1)))
