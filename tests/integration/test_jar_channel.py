@@ -186,7 +186,9 @@ def test_big_updates_and_loads_go_in_frames_below_the_cap(broker_process):
     # many small cookies: split by count too (a frame holds MAX_JAR_RECORDS at most)
     small = morsels(*[(f"s{i}", "1") for i in range(5000)])
     copy.update(small, URL("http://many.org/"))
-    assert copy.count() == 180
+    alone = CookieStore()
+    alone.update_cookies(small, URL("http://many.org/"))
+    assert copy.count() == len(alone) > 0
 
 
 def test_calls_from_many_threads(broker_process):
