@@ -1,18 +1,22 @@
-"""http-broker in one screen: several worker processes, one shared connection pool.
+"""http-broker in one screen: several worker processes, one shared connection pool and
+one shared cookie jar.
 
 What happens:
 
 1. a small aiohttp.web server starts on 127.0.0.1 (a free port) in a background thread;
    it notes which TCP connection served each request and for which worker;
 2. ``broker.start()`` spawns a broker process and exports ``HTTP_BROKER``;
-3. four worker processes (multiprocessing, "spawn") each open
-   ``ClientSession(connector=TCPConnector(limit=4))`` and make GETs, a POST with
-   ``json=`` and a GET that is redirected; they find the broker through ``HTTP_BROKER``.
-   Equal connector arguments name the same pool in the broker, so ``limit=4`` holds for
-   the four processes together;
-4. the demo prints what each worker did, what the server saw (how many TCP connections
-   for how many requests, and how many connections carried requests of several workers),
-   and the broker's own figures.
+3. the parent logs in once (``/login`` sets a session cookie) with
+   ``CookieJar(name="demo")``: the group's jar of that name, kept in the broker;
+4. four worker processes (multiprocessing, "spawn") each open
+   ``ClientSession(connector=TCPConnector(limit=4), cookie_jar=CookieJar(name="demo"))``
+   and make GETs, a POST with ``json=`` and a GET that is redirected; they find the
+   broker through ``HTTP_BROKER``. Equal connector arguments name the same pool in the
+   broker, so ``limit=4`` holds for the four processes together, and equal jar
+   arguments name the same jar, so every request carries the parent's login;
+5. the demo prints what each worker did, what the server saw (how many TCP connections
+   for how many requests, how many connections carried requests of several workers, how
+   many requests came logged in), and the broker's own figures.
 
 Run from the repository root: ``python examples/demo.py``. Only loopback traffic.
 """
@@ -32,11 +36,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, ROOT)
 
-from worker_client import ClientSession, TCPConnector  # noqa: E402
+from worker_client import ClientSession, CookieJar, TCPConnector  # noqa: E402
 
 WORKERS = 4
 CONCURRENT_GETS = 12  # per worker, all in flight at once
 POOL_LIMIT = 4  # TCPConnector(limit=4) in every worker: 4 connections for the group
+LOGIN = "demo-login-token"
+
+
+def group_jar() -> CookieJar:
+    """The group's jar: the same arguments in every process name the same jar in the
+    broker (unsafe=True: the demo server is an IP address, 127.0.0.1)."""
+    return CookieJar(name="demo", unsafe=True)
 
 
 # -- the server (a thread of the parent process) ---------------------------------------
@@ -47,6 +58,7 @@ class DemoServer:
 
     def __init__(self) -> None:
         self.requests = 0
+        self.logged_in = 0
         self.connections: dict[Any, set[str]] = collections.defaultdict(set)
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -78,6 +90,8 @@ class DemoServer:
 
     def _note(self, request: Any) -> None:
         self.requests += 1
+        if request.cookies.get("session") == LOGIN:
+            self.logged_in += 1
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.connections[peer].add(request.headers.get("X-Worker", "?"))
 
@@ -99,10 +113,16 @@ class DemoServer:
         async def old(request: web.Request) -> web.Response:
             raise web.HTTPFound("/hello?n=redirected")
 
+        async def login(request: web.Request) -> web.Response:
+            resp = web.Response(text="welcome")
+            resp.set_cookie("session", LOGIN, httponly=True)
+            return resp
+
         app = web.Application(middlewares=[count])
         app.router.add_get("/hello", hello)
         app.router.add_post("/echo", echo)
         app.router.add_get("/old", old)
+        app.router.add_post("/login", login)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -123,7 +143,7 @@ async def work(index: int, base: str) -> dict[str, Any]:
     hdrs = {"X-Worker": str(index)}
     notes: list[str] = []
     async with ClientSession(
-        base, connector=TCPConnector(limit=POOL_LIMIT), headers=hdrs
+        base, connector=TCPConnector(limit=POOL_LIMIT), headers=hdrs, cookie_jar=group_jar()
     ) as session:
 
         async def get(n: int) -> None:
@@ -166,6 +186,13 @@ def worker_main(index: int, base: str, results: Any) -> None:
 # -- the parent ------------------------------------------------------------------------
 
 
+async def log_in(base: str) -> None:
+    connector = TCPConnector(limit=POOL_LIMIT)  # the workers' pool: equal arguments
+    async with ClientSession(base, connector=connector, cookie_jar=group_jar()) as session:
+        async with session.post("login", data={"user": "demo"}) as resp:
+            await resp.read()
+
+
 async def broker_figures() -> Any:
     async with ClientSession() as session:  # finds the broker through HTTP_BROKER
         return await session.stats()
@@ -182,8 +209,11 @@ def main() -> int:
         print(f"broker  pid {proc.pid}, HTTP_BROKER={os.environ['HTTP_BROKER']}")
         print(
             f"workers {WORKERS} processes (spawn), each: {CONCURRENT_GETS} concurrent GETs, "
-            f"1 POST json=, 1 redirected GET; TCPConnector(limit={POOL_LIMIT})\n"
+            f"1 POST json=, 1 redirected GET; TCPConnector(limit={POOL_LIMIT}), "
+            f'CookieJar(name="demo")'
         )
+        asyncio.run(log_in(base))
+        print('parent  logged in once: POST /login set a session cookie in the jar "demo"\n')
         results_q = ctx.Queue()
         workers = [
             ctx.Process(target=worker_main, args=(i, base, results_q), name=f"worker-{i}")
@@ -215,16 +245,21 @@ def main() -> int:
         conns = server.connections
         shared = sum(1 for seen in conns.values() if len(seen) > 1)
         print(
-            f"\nserver: {server.requests} requests served ({client_requests} client requests "
-            f"+ the redirects' first hops) over {len(conns)} TCP connections; "
+            f"\nserver: {server.requests} requests served (the login, {client_requests} worker "
+            f"requests + the redirects' first hops) over {len(conns)} TCP connections; "
             f"{shared} of them carried requests of more than one worker process"
         )
         print(
             f"        (aiohttp with TCPConnector(limit={POOL_LIMIT}) in each process could open "
             f"up to {POOL_LIMIT * WORKERS}: one pool per process)"
         )
+        worker_requests = server.requests - 1  # all but the parent's login
         print(
-            f"broker (pid {stats.pid}): {stats.requests} requests from the workers, "
+            f"        {server.logged_in} of the workers' {worker_requests} requests came with "
+            f"the session cookie of the parent's login (one jar for the group)"
+        )
+        print(
+            f"broker (pid {stats.pid}): {stats.requests} requests (the login and the workers'), "
             f"{stats.streams} in flight now; its pools:"
         )
         for pool in stats.pools:
@@ -234,7 +269,14 @@ def main() -> int:
             )
             for host, counts in pool["hosts"].items():
                 print(f"        {host}: {counts}")
-    ok = not failed and len(conns) <= POOL_LIMIT
+        for jar in stats.jars:
+            if jar["name"] is not None:
+                print(f"    cookie jar {jar['name']!r}: {jar['cookies']} cookie(s)")
+    ok = (
+        not failed
+        and len(conns) <= POOL_LIMIT
+        and server.logged_in == worker_requests
+    )
     print(f"\n{'ok' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s")
     return 0 if ok else 1
 
