@@ -159,6 +159,75 @@ async def json_content_type(make_session: MakeSession, base: str) -> Any:
     return out
 
 
+def cookies_api(make_session: MakeSession) -> Any:
+    """The module whose CookieJar/DummyCookieJar go with ``make_session``'s sessions."""
+    return aiohttp if make_session is aiohttp.ClientSession else worker_client
+
+
+@example("custom cookies (ClientSession(cookies=...))")
+async def custom_cookies(make_session: MakeSession, base: str) -> Any:
+    cookies = {"cookies_are": "working"}
+    async with make_session(cookies=cookies) as session:
+        async with session.get(base + "/cookies") as resp:
+            return await resp.json()
+
+
+@example("response cookies (resp.cookies), and the jar sending them back")
+async def response_cookies(make_session: MakeSession, base: str) -> Any:
+    jar = cookies_api(make_session).CookieJar(unsafe=True)  # 127.0.0.1 is an IP address
+    async with make_session(cookie_jar=jar) as session:
+        url = base + "/cookies/set?example_cookie_name=value1"
+        async with session.get(url) as resp:
+            set_here = resp.cookies["example_cookie_name"].value
+        async with session.get(base + "/cookies") as resp:
+            sent_back = await resp.json()
+        return {"resp.cookies": set_here, "sent back": sent_back, "in the jar": len(jar)}
+
+
+@example("cookie safety: the default jar refuses cookies from an IP address")
+async def cookie_safety(make_session: MakeSession, base: str) -> Any:
+    async with make_session() as session:
+        async with session.get(base + "/cookies/set?refused=1") as resp:
+            await resp.read()
+        async with session.get(base + "/cookies") as resp:
+            return {"sent back": await resp.json(), "in the jar": len(session.cookie_jar)}
+
+
+@example("cookie quoting routine (CookieJar(quote_cookie=False))")
+async def cookie_quoting(make_session: MakeSession, base: str) -> Any:
+    out = {}
+    for quote in (True, False):
+        jar = cookies_api(make_session).CookieJar(unsafe=True, quote_cookie=quote)
+        jar.update_cookies({"name": "val=foobar"})
+        async with make_session(cookie_jar=jar) as session:
+            async with session.get(base + "/cookie-header") as resp:
+                out[f"quote_cookie={quote}"] = await resp.text()
+    return out
+
+
+@example("dummy cookie jar (DummyCookieJar)")
+async def dummy_cookie_jar(make_session: MakeSession, base: str) -> Any:
+    jar = cookies_api(make_session).DummyCookieJar()
+    async with make_session(cookie_jar=jar) as session:
+        async with session.get(base + "/cookies/set?ignored=1") as resp:
+            await resp.read()
+        async with session.get(base + "/cookies") as resp:
+            return {"sent back": await resp.json(), "in the jar": len(jar)}
+
+
+@example("the session's jar: update_cookies and filter_cookies")
+async def session_jar(make_session: MakeSession, base: str) -> Any:
+    from yarl import URL
+
+    jar = cookies_api(make_session).CookieJar(unsafe=True)
+    async with make_session(cookie_jar=jar) as session:
+        session.cookie_jar.update_cookies({"token": "abc"}, URL(base + "/"))
+        chosen = session.cookie_jar.filter_cookies(URL(base + "/cookies"))
+        async with session.get(base + "/cookies") as resp:
+            sent = await resp.json()
+        return {"filter_cookies": {k: m.value for k, m in chosen.items()}, "sent": sent}
+
+
 # -- the local server standing in for httpbin.org --------------------------------------
 
 
@@ -202,7 +271,22 @@ def make_app() -> web.Application:
     async def vnd_json(request: web.Request) -> web.Response:
         return web.Response(text='{"b": 2}', content_type="application/vnd.api+json")
 
+    async def cookies(request: web.Request) -> web.Response:
+        return web.json_response({"cookies": dict(request.cookies)})
+
+    async def set_cookies(request: web.Request) -> web.Response:
+        resp = web.json_response({"set": list(request.query)})
+        for name, value in request.query.items():
+            resp.set_cookie(name, value)
+        return resp
+
+    async def cookie_header(request: web.Request) -> web.Response:
+        return web.Response(text=request.headers.get("Cookie", ""))
+
     app = web.Application()
+    app.router.add_get("/cookies", cookies)
+    app.router.add_get("/cookies/set", set_cookies)
+    app.router.add_get("/cookie-header", cookie_header)
     app.router.add_post("/post", post)
     app.router.add_get("/headers", headers)
     app.router.add_get("/response-headers", response_headers)
