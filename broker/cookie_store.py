@@ -108,7 +108,8 @@ _FLAGS = frozenset(Morsel._flags) | {"partitioned"}  # type: ignore[attr-defined
 
 # --- Set-Cookie and Cookie parsing (aiohttp 3.14's _cookie_helpers, behaviour for behaviour) ---
 
-COOKIE_NAME_RE = _NAME_RE = re.compile(r"^[!#$%&\'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+$")
+# \Z, not $: "a\n" is not a name (aiohttp's pattern ends in $, which allows it)
+COOKIE_NAME_RE = _NAME_RE = re.compile(r"^[!#$%&\'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+\Z")
 _FORBIDDEN_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CTL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _ATTRIBUTE_START_RE = re.compile(r"[^;\s]", re.ASCII)

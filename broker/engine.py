@@ -315,6 +315,6 @@ def _checked(req: Request) -> URL:
         if name.lower() == "host" and host_header_problem(value) is not None:
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
     for name, value in req.cookies:  # they go into the Cookie header as they are
-        if not COOKIE_NAME_RE.match(name) or FORBIDDEN_VALUE_RE.search(value):
+        if not COOKIE_NAME_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
             raise ConnectionFailure("protocol", f"invalid cookie {name!r}")
     return url

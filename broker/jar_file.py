@@ -195,6 +195,12 @@ class CookieFile:
     def _failed(self, exc: OSError) -> None:
         """Try again later, waiting twice as long each time up to ``RETRY_MAX``; log the
         first failure of a run, not each one."""
+        if self._closed:
+            log.error(
+                "could not save the cookie file %s at stop: %s; the changes since the last "
+                "save are lost", self.path, exc,
+            )
+            return
         if not self._retry:
             log.error("could not save the cookie file %s: %s; trying again", self.path, exc)
         self._retry = min(max(self._retry * 2, self.delay * 2), RETRY_MAX)

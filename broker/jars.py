@@ -30,11 +30,11 @@ Bounds (all written here):
   ones included.
 - A store: ``CookieStore``'s caps (3300 cookies; a cookie at most 4 KiB of name and
   value, 16 KiB coded, 1 KiB per attribute).
-- Staged loads: one per process (a new load, or a piece for another jar, drops the one
-  staged), a fresh store under the same caps.
+- Staged loads: one per connection (a new load drops the one staged; a piece that finds
+  none of its load is refused), a fresh store under the same caps.
 - One call's frame: at most ``MAX_JAR_RECORDS`` (4096) cookies or keys (``JarUpdate``,
-  ``JarDelete`` by their types; a ``JarLoad`` piece checked here), so one frame holds the
-  loop for tens of milliseconds at most.
+  ``JarDelete`` by their types; a ``JarLoad`` piece's cookies and entries checked
+  here), so one frame holds the loop for tens of milliseconds at most.
 - Refused opens remembered: the latest ``MAX_REFUSALS`` (64), a message each.
 - ``JarData`` pieces: records of about ``PIECE_SIZE`` (1 MiB) encoded, far below
   ``MAX_FRAME`` (4 MiB) since one record is at most about 30 KiB.
@@ -94,20 +94,23 @@ _JarKey = tuple[int, bytes]  # (peer pid, token)
 
 def split_cookie_data(data: CookieData, budget: int = PIECE_SIZE) -> list[CookieData]:
     """``data`` in pieces of about ``budget`` bytes of encoded records each, and at most
-    ``MAX_JAR_RECORDS`` records (a "domain|path" entry may be spread over several); at
-    least one piece."""
+    ``MAX_JAR_RECORDS`` records and entries (a "domain|path" entry may be spread over
+    several); at least one piece."""
     pieces: list[CookieData] = []
     piece: CookieData = {}
     size = count = 0
     for compound, records in data.items():
-        if not records:
-            piece.setdefault(compound, {})  # checked all the same
+        if piece and count + 1 >= MAX_JAR_RECORDS:
+            pieces.append(piece)
+            piece, size, count = {}, 0, 0
+        piece.setdefault(compound, {})  # an empty entry is checked all the same
+        count += 1
         for name, record in records.items():
             length = len(_encode((compound, name, record)))
             if piece and (size + length > budget or count >= MAX_JAR_RECORDS):
                 pieces.append(piece)
-                piece, size, count = {}, 0, 0
-            piece.setdefault(compound, {})[name] = record
+                piece, size, count = {compound: {}}, 0, 1
+            piece[compound][name] = record
             size += length
             count += 1
     pieces.append(piece)
@@ -192,12 +195,22 @@ class JarTable:
             del self._jars[key]
         self._staged.pop(owner, None)
 
+    def drop_connection(self, via: Hashable) -> None:
+        """The connection ``via`` closed: a load it was sending is dropped."""
+        self._staged.pop(via, None)
+
     # -- the calls ----------------------------------------------------------------------
 
-    def apply(self, owner: Hashable, pid: int, msg: Any) -> list[Message]:
-        """The replies to the jar call ``msg`` from ``owner``, of process ``pid``."""
+    def apply(
+        self, owner: Hashable, pid: int, msg: Any, via: Hashable | None = None
+    ) -> list[Message]:
+        """The replies to the jar call ``msg`` from ``owner``, of process ``pid``, that
+        came on the connection ``via`` (a load is staged per connection, whose frames
+        come in order; by default per owner)."""
         handler = _CALLS[type(msg)]
         try:
+            if handler is JarTable._load and via is not None:
+                return handler(self, via, pid, msg)
             return handler(self, owner, pid, msg)
         except _Refused as exc:
             if type(msg) is JarOpen:
@@ -279,9 +292,9 @@ class JarTable:
         jar = self._jars.pop((pid, msg.jar), None)
         if jar is not None:
             self._owned[jar.owner].discard((pid, msg.jar))
-            staged = self._staged.get(jar.owner)
-            if staged is not None and staged.key == (pid, msg.jar):
-                del self._staged[jar.owner]
+            for stager, staged in list(self._staged.items()):  # one per connection
+                if staged.key == (pid, msg.jar):
+                    del self._staged[stager]
         return []
 
     def _update(self, owner: Hashable, pid: int, msg: JarUpdate) -> list[Message]:
@@ -301,16 +314,24 @@ class JarTable:
         last = len(pieces) - 1
         return [JarData(msg.call, piece, more=i < last) for i, piece in enumerate(pieces)]
 
-    def _load(self, owner: Hashable, pid: int, msg: JarLoad) -> list[Message]:
+    def _load(self, stager: Hashable, pid: int, msg: JarLoad) -> list[Message]:
         key = (pid, msg.jar)
         store = self._store(pid, msg.jar)
-        if sum(len(records) for records in msg.data.values()) > MAX_JAR_RECORDS:
-            raise ValueError(f"a JarLoad piece holds at most {MAX_JAR_RECORDS} cookies")
-        staged = self._staged.get(owner)
-        if msg.first or staged is None or staged.key != key:
-            staged = self._staged[owner] = _Staged(key, store.empty_copy())
+        size = len(msg.data) + sum(len(records) for records in msg.data.values())
+        if size > MAX_JAR_RECORDS:
+            raise ValueError(
+                f"a JarLoad piece holds at most {MAX_JAR_RECORDS} cookies and entries"
+            )
+        staged = self._staged.get(stager)
+        if msg.first:
+            staged = self._staged[stager] = _Staged(key, store.empty_copy())
+        elif staged is None or staged.key != key:
+            raise ValueError(
+                "the earlier pieces of this load are gone (another load on this connection, "
+                "or the jar's close, dropped them)"
+            )
         if msg.last:
-            del self._staged[owner]
+            del self._staged[stager]
         if staged.store is None:
             raise ValueError(f"an earlier piece of this load was refused: {staged.problem}")
         try:

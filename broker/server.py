@@ -335,6 +335,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         for stream in list(self.streams.values()):
             stream.give_up()
         self.streams.clear()
+        self.server.jars.drop_connection(self)
         if self.greeted:
             # A pid the kernel did not give cannot be watched: its jars go at once.
             self.server.process_left(self.process, watchable=bool(self.peer_pid))
@@ -381,7 +382,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
             if s is not None:
                 s.give_up()
         elif kind in JAR_CALLS:
-            for reply in self.server.jars.apply(self.process, self.process, msg):
+            for reply in self.server.jars.apply(self.process, self.process, msg, self):
                 self.send(reply)
         elif kind is StatsRequest:
             self.send(self.server.stats())
@@ -407,8 +408,9 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self._cancel_hello_timer()
             self._reader.max_frame = MAX_FRAME
             self.pid = msg.pid
-            # The worker's pid, whose jars it may name: the kernel's word where there is one.
-            self.process = self.peer_pid or self.pid
+            # The worker's pid, whose jars it may name: the kernel's word where there is
+            # one; a pid only claimed is kept apart from the kernel's (negative).
+            self.process = self.peer_pid or -self.pid
             self.server.process_joined(self.process)
             self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
 
@@ -649,7 +651,7 @@ class BrokerServer:
         left = self._processes.pop(pid, 1) - 1
         if left > 0:
             self._processes[pid] = left
-        elif not watchable:
+        elif not watchable or self.draining:
             self.jars.drop_owner(pid)
         elif self.jars.owns(pid):
             self._hold(pid)

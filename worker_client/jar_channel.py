@@ -103,8 +103,15 @@ class JarChannel:
     def add(self, token: bytes, spec: JarSpec) -> None:
         """A new jar: opened in front of the first call that needs it (no I/O here)."""
         with self._lock:
+            self._forget_closed()  # a process that makes jars and never calls forgets here
             self.specs[token] = spec
             self._unopened.add(token)
+
+    def _forget_closed(self) -> None:
+        while self._closed:
+            token = self._closed.popleft()
+            self.specs.pop(token, None)
+            self._unopened.discard(token)
 
     def close_later(self, token: bytes) -> None:
         """Forget ``token`` at the next call (takes no lock: safe from a finalizer)."""
@@ -143,10 +150,7 @@ class JarChannel:
         if self._pid != os.getpid():
             self._forked()
         closes = [JarClose(token) for token in self.take_closes()]
-        while self._closed:
-            token = self._closed.popleft()
-            self.specs.pop(token, None)
-            self._unopened.discard(token)
+        self._forget_closed()
         opens = [JarOpen(0, t, self.specs[t]) for t in self._unopened if t in self.specs]
         numbered = [msgspec.structs.replace(m, call=next(self._calls)) for m in [*opens, *msgs]]
         try:
@@ -214,9 +218,14 @@ class JarChannel:
             ]
             if opens:
                 replies = self._exchange(peer, b"".join(map(encode, opens)), opens)
-                for reply in replies:
-                    if isinstance(reply[-1], JarFailed):
-                        log.warning("could not reopen a cookie jar: %s", reply[-1].message)
+                for open_, reply in zip(opens, replies, strict=True):
+                    answer = reply[-1]
+                    if isinstance(answer, JarFailed):
+                        log.warning("could not reopen a cookie jar: %s", answer.message)
+                        if answer.invalid:
+                            self.specs.pop(open_.jar, None)
+                        else:
+                            self._unopened.add(open_.jar)  # tried again before a call
         except BaseException:
             peer.close()
             raise

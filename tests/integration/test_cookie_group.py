@@ -156,6 +156,11 @@ async def test_the_jars_of_collected_sessions_are_closed(serve_app, broker_proce
                     assert resp.status == 200
         after = unnamed_jars(fetch_stats(path))
         assert after - before < 50
+        # nor does this process keep an entry per session it ever had
+        from broker.peercred import trusted_broker_uids
+        from worker_client.jar_channel import channel
+
+        assert len(channel(path, trusted_broker_uids()).specs) < 50
     finally:
         await keeper.close()
 

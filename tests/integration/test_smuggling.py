@@ -105,6 +105,7 @@ async def hostile_cookies(a: RawWorker, base: str, server: RecordingServer) -> N
         [("c", "1\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: victim")],
         [("c\r\nX-Smuggled", "1")],
         [("ok", "1"), ("bad name", "2")],
+        [("a\n", "b: c")],  # a bare LF at the end of a name
     ]
     for i, cookies in enumerate(bad):
         a.send(Request(2 * i + 1, "GET", base + "/ok", cookies=cookies, pool=encode_pool(SPEC)))

@@ -348,3 +348,39 @@ def test_restore_is_all_or_nothing(table):
     opened(table, T1, JarSpec(name="a"))
     assert call(table, JarCount(2, T1)) == JarDone(2, 1)
     assert table.named_contents()[0][1]["example.com|"]["a"]["value"] == "1"
+
+
+def test_loads_are_staged_per_connection_and_a_lost_piece_is_refused(table):
+    # Two connections of one process (two jar channels) loading at once, piece by piece,
+    # each get their own load; a piece whose load was dropped is refused, not merged.
+    one = {"example.com|": {"one": cookie("one", "1", domain="example.com")}}
+    two = {"example.com|": {"two": cookie("two", "2", domain="example.com")}}
+    opened(table, T1)
+    opened(table, T2)
+    conn_a, conn_b = object(), object()
+
+    def load(via, msg):
+        (reply,) = table.apply(A, PID_A, msg, via)
+        return reply
+
+    assert isinstance(load(conn_a, JarLoad(1, T1, one, last=False)), JarDone)
+    assert isinstance(load(conn_b, JarLoad(2, T2, two, last=False)), JarDone)
+    assert load(conn_a, JarLoad(3, T1, two, first=False)) == JarDone(3, 2)
+    assert load(conn_b, JarLoad(4, T2, one, first=False)) == JarDone(4, 2)
+    # a later piece on a connection whose load was dropped (closed) finds nothing
+    assert isinstance(load(conn_a, JarLoad(5, T1, one, last=False)), JarDone)
+    table.drop_connection(conn_a)
+    lost = load(conn_a, JarLoad(6, T1, two, first=False))
+    assert isinstance(lost, JarFailed) and "earlier pieces" in lost.message
+    assert call(table, JarCount(7, T1)) == JarDone(7, 2)  # unchanged
+
+
+def test_empty_entries_count_toward_a_load_pieces_cap(table):
+    from shared.messages import MAX_JAR_RECORDS
+
+    opened(table)
+    empty = {f"d{i}.example|": {} for i in range(MAX_JAR_RECORDS + 1)}
+    reply = call(table, JarLoad(2, T1, empty))
+    assert isinstance(reply, JarFailed) and reply.invalid
+    pieces = split_cookie_data(empty)
+    assert len(pieces) == 2 and all(len(p) <= MAX_JAR_RECORDS for p in pieces)
