@@ -226,3 +226,26 @@ async def test_jars_refused_at_the_cap_open_once_there_is_room(serve_app, tmp_pa
             assert len(third) == 1
         finally:
             await session.close()
+
+
+async def test_a_stopped_broker_keeps_no_process_watched(tmp_path):
+    # A process's jars are kept, its pid watched, after its last connection closes; a
+    # broker that stops lets go of every such watch, and of the processes whose
+    # connections it closes itself.
+    import os
+
+    from broker.peercred import trusted_broker_uids
+    from tests.conftest import wait_until
+    from worker_client.jar_channel import channel
+
+    path = str(tmp_path / "held.sock")
+    with small_broker(path, max_jars=4) as server:
+        jar = CookieJar(broker=path)
+        assert len(jar) == 0  # the jar channel connects and opens the jar
+        channel(path, trusted_broker_uids()).close()
+        await wait_until(lambda: os.getpid() in server._held, what="the held process")
+        assert len(jar) == 0  # a new connection of the process: no longer watched
+        await wait_until(lambda: os.getpid() not in server._held, what="the hold released")
+    # stopped while the channel was connected: nothing held, no pidfd left open
+    assert server._held == {}
+    channel(path, trusted_broker_uids()).close()
