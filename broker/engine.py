@@ -27,7 +27,7 @@ from .connector import Pool
 from .cookie_header import with_cookies
 from .cookie_store import COOKIE_NAME_RE, CookieStore
 from .decoding import make_decoder
-from .exchange import ResponseHead, build_head, declared_length
+from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, build_head, declared_length
 from .failures import ConnectionFailure, failure_message
 from .hops import REDIRECTS, Hop, follow, redirect_location
 from .http1 import HTTP1Connection, watch_silence
@@ -188,7 +188,10 @@ class Engine:
             len(body) if body is not None else None,
             streamed,
             req.skip_host,
+            (1, 0) if req.http10 else (1, 1),
         )
+        limits = _limits(req)
+        expect = req.expect100
         turn = pool.wait_turn(key)
         if turn is not None:
             await stream.wait(turn)
@@ -198,9 +201,9 @@ class Engine:
                 if stream.finished:  # given up while connecting
                     raise StreamStopped()
                 conn.exchange.read_until_eof = req.read_until_eof
-                conn.begin(hop.method, head_bytes, body, streamed, length)
+                conn.begin(hop.method, head_bytes, body, streamed, length, expect, limits)
                 if streamed:
-                    await self._send_stream(conn, stream)
+                    await self._send_stream(conn, stream, timeout)
                 return await self._read(conn, conn.head_future, timeout, stream), conn
             except ConnectionFailure as exc:
                 pool.give_back(conn)
@@ -221,7 +224,14 @@ class Engine:
                 raise
         raise AssertionError("unreachable")
 
-    async def _send_stream(self, conn: HTTP1Connection, stream: BrokerStream) -> None:
+    async def _send_stream(
+        self, conn: HTTP1Connection, stream: BrokerStream, timeout: ClientTimeout
+    ) -> None:
+        """Send the streamed body; with ``Expect: 100-continue``, only once the server
+        said ``100 Continue`` (a final answer first: the body is never sent)."""
+        cont = conn.continue_future
+        if cont is not None and not await self._read(conn, cont, timeout, stream):
+            return
         async for chunk in stream.request_body():
             if chunk:
                 await conn.send_body(chunk, stream)
@@ -290,6 +300,12 @@ class Engine:
             pool.give_back(conn)
             raise
         body.start()
+
+
+def _limits(req: Request) -> HeadLimits:
+    """The request's head limits (bounded by ``Request``'s decoding)."""
+    limits = HeadLimits(req.max_line_size, req.max_field_size, req.max_headers)
+    return DEFAULT_LIMITS if limits == DEFAULT_LIMITS else limits
 
 
 def _checked(req: Request) -> URL:

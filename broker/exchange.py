@@ -13,6 +13,8 @@ listed, ``fail``: ``fail()``, a parse error, a broken limit, or the rule named):
     request half (SendState)                  response half (RecvState)
     IDLE    --start, whole body-->   SENT     IDLE          --start-->          AWAITING_HEAD
     IDLE    --start, streamed-->     SENDING  AWAITING_HEAD --1xx head-->       AWAITING_HEAD
+    IDLE    --start, expect 100-->   EXPECTING
+    EXPECTING --100 Continue-->      SENT (whole body) / SENDING (streamed)
     SENDING --send_body-->           SENDING  AWAITING_HEAD --head-->           BODY
     SENDING --end_body-->            SENT     AWAITING_HEAD --head, no body-->  DONE
     SENDING --over/short of length-> FAILED   BODY          --end of message--> DONE
@@ -28,9 +30,17 @@ Rules kept here, all from aiohttp's client where it has one:
   produced (the request fails, the connection closes), and ``end_body`` short of it
   fails too. Without a length it is chunked. A connection whose request body did not
   end (a cancel, a disconnect) is never reused, even if the server already answered.
-- Head limits: aiohttp's ``max_field_size`` (8190) and ``max_headers`` (128), plus the
-  whole head capped at ``MAX_HEAD_BYTES`` counted as it arrives (httptools buffers a
-  header until it is complete). 1xx heads are skipped (101 ends the exchange).
+- ``Expect: 100-continue`` (aiohttp's ``expect100=True``): the head goes alone and the
+  body waits for a ``100 Continue`` (the ``CONTINUE`` event; ``proceed`` then gives
+  the held body). A final answer first (a 417, a 401) is the response, the body is
+  never sent, and the connection is not reused (send never reached SENT).
+- Head limits, per request (``HeadLimits``, aiohttp's ``max_line_size``,
+  ``max_field_size``, ``max_headers``: 8190, 8190, 128 by default), with aiohttp's
+  messages; the status line's reason is checked as it arrives, a field (name plus
+  value) once httptools hands it over, so the whole head is also capped at
+  ``MAX_HEAD_BYTES`` counted as it arrives, whatever the limits. A limit is at most
+  ``MAX_LIMIT`` (a field or line) or ``MAX_HEADERS_LIMIT`` (the count): the broker
+  refuses more. 1xx heads are skipped (101 ends the exchange).
 - No body after a HEAD request, nor for 204/304. httptools cannot be told that a
   response has no body because it answers HEAD, so the exchange ends at the head and the
   parser is replaced before the next request. A response with neither Content-Length
@@ -41,7 +51,8 @@ Rules kept here, all from aiohttp's client where it has one:
   idle connection) spoils the connection.
 
 Events from ``receive_data`` and ``connection_lost``: a ``ResponseHead``, ``bytes`` of
-body, ``END``, or a ``ConnectionFailure`` (the exchange failed; close the connection).
+body, ``END``, ``CONTINUE`` (send the body now), or a ``ConnectionFailure`` (the
+exchange failed; close the connection).
 """
 
 from __future__ import annotations
@@ -49,22 +60,29 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from typing import Final, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
 import httptools
 import msgspec
 from yarl import URL
 
+from shared.messages import HEAD_LIMIT_MAX, HEADERS_LIMIT_MAX
+
 from .failures import ConnectionFailure
 
 __all__ = [
+    "CONTINUE",
+    "DEFAULT_LIMITS",
     "END",
     "ConnectionFailure",
+    "HeadLimits",
     "Event",
     "Exchange",
     "MAX_FIELD_SIZE",
     "MAX_HEADERS",
     "MAX_HEAD_BYTES",
+    "MAX_HEADERS_LIMIT",
+    "MAX_LIMIT",
     "RecvState",
     "ResponseHead",
     "R_AWAITING_HEAD",
@@ -72,6 +90,7 @@ __all__ = [
     "R_DONE",
     "R_FAILED",
     "R_IDLE",
+    "S_EXPECTING",
     "S_FAILED",
     "S_IDLE",
     "S_SENDING",
@@ -81,10 +100,26 @@ __all__ = [
     "declared_length",
 ]
 
-# aiohttp's defaults: max_field_size=8190, max_headers=128.
+# aiohttp's defaults: max_line_size=8190, max_field_size=8190, max_headers=128.
+MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
 MAX_HEADERS = 128
-MAX_HEAD_BYTES = 256 * 1024
+MAX_HEAD_BYTES = HEAD_LIMIT_MAX
+# What a request may ask for (``Request``'s bounds): the head is capped at
+# MAX_HEAD_BYTES whatever it asks.
+MAX_LIMIT = HEAD_LIMIT_MAX
+MAX_HEADERS_LIMIT = HEADERS_LIMIT_MAX
+
+
+class HeadLimits(NamedTuple):
+    """aiohttp's ``max_line_size``, ``max_field_size``, ``max_headers``."""
+
+    line: int = MAX_LINE_SIZE
+    field: int = MAX_FIELD_SIZE
+    headers: int = MAX_HEADERS
+
+
+DEFAULT_LIMITS: Final = HeadLimits()
 
 BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 _HOP_HEADERS = frozenset(("host", "content-length", "transfer-encoding"))
@@ -109,8 +144,16 @@ class _End:
         return "END"
 
 
+class _Continue:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CONTINUE"
+
+
 END: Final = _End()
-Event: TypeAlias = "ResponseHead | bytes | _End | ConnectionFailure"
+CONTINUE: Final = _Continue()
+Event: TypeAlias = "ResponseHead | bytes | _End | _Continue | ConnectionFailure"
 
 
 class SendState(enum.Enum):
@@ -118,6 +161,7 @@ class SendState(enum.Enum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    EXPECTING = "expecting"  # the head is sent; the body waits for 100 Continue
 
 
 class RecvState(enum.Enum):
@@ -129,7 +173,7 @@ class RecvState(enum.Enum):
 
 
 # Enum members are slow to look up (a descriptor each time); the hot path uses these.
-S_IDLE, S_SENDING, S_SENT, S_FAILED = SendState
+S_IDLE, S_SENDING, S_SENT, S_FAILED, S_EXPECTING = SendState
 R_IDLE, R_AWAITING_HEAD, R_BODY, R_DONE, R_FAILED = RecvState
 
 
@@ -144,10 +188,12 @@ def build_head(
     body_length: int | None,
     chunked: bool,
     skip_host: bool,
+    version: tuple[int, int] = (1, 1),
 ) -> bytes:
-    """The request line and headers of one hop, per-hop headers added."""
+    """The request line and headers of one hop, per-hop headers added; an HTTP/1.0
+    request asks for keep-alive unless it says otherwise (as aiohttp)."""
     target = url.raw_path_qs or "/"
-    parts = [f"{method} {target} HTTP/1.1\r\n"]
+    parts = [f"{method} {target} HTTP/{version[0]}.{version[1]}\r\n"]
     has_host = skip_host
     user_length: str | None = None
     for name, value in headers:
@@ -163,6 +209,8 @@ def build_head(
         parts.append(f"{name}: {value}\r\n")
     if not has_host:
         parts.insert(1, f"Host: {url.host_port_subcomponent}\r\n")
+    if version == (1, 0) and not any(n.lower() == "connection" for n, _ in headers):
+        parts.append("Connection: keep-alive\r\n")
     if body_length is not None:
         parts.append(f"Content-Length: {body_length}\r\n")
     elif chunked:
@@ -194,6 +242,11 @@ def _request_failure(message: str) -> ConnectionFailure:
     return ConnectionFailure("connection", message)
 
 
+def _too_long(data: bytes, limit: int) -> str:
+    """aiohttp's ``LineTooLong`` message (the first 100 bytes of what was too long)."""
+    return f"Got more than {limit} bytes when reading: {data[:100] + b'...'!r}."
+
+
 class Exchange:
     """See the module docstring. Public state: ``send``, ``recv``, ``head``, ``error``,
     ``got_bytes`` (a byte of this response arrived), ``spoiled``."""
@@ -201,7 +254,8 @@ class Exchange:
     __slots__ = (
         "send", "recv", "head", "error", "got_bytes", "spoiled", "read_until_eof",
         "_parser", "_replace_parser", "_head_only", "_remaining", "_declared", "_reason",
-        "_headers", "_head_bytes", "_refused", "_events",
+        "_headers", "_head_bytes", "_refused", "_events", "_limits", "_held",
+        "_streamed",
     )
 
     def __init__(self) -> None:
@@ -222,6 +276,9 @@ class Exchange:
         self._head_bytes = 0
         self._refused: str | None = None  # which of our head limits the server broke
         self._events: list[Event] = []
+        self._limits = DEFAULT_LIMITS
+        self._held: bytes | None = None  # a whole body waiting for 100 Continue
+        self._streamed = False
 
     def __repr__(self) -> str:
         return f"<Exchange send={self.send.value} recv={self.recv.value}>"
@@ -235,10 +292,13 @@ class Exchange:
         body: bytes | None = None,
         streamed: bool = False,
         length: int | None = None,
+        expect_continue: bool = False,
+        limits: HeadLimits = DEFAULT_LIMITS,
     ) -> bytes | tuple[bytes, bytes]:
         """Begin an exchange; returns what to write (one buffer, or two to write as
         lines). ``streamed``: the body follows by ``send_body``, held to ``length``
-        bytes, chunked if ``length`` is None."""
+        bytes, chunked if ``length`` is None. ``expect_continue``: only the head now,
+        the body after ``CONTINUE`` and ``proceed``."""
         if self.send is not S_IDLE or self.recv is not R_IDLE:
             raise RuntimeError(f"cannot start a request on {self!r}")
         if self._replace_parser:
@@ -253,17 +313,32 @@ class Exchange:
         self._headers = []
         self._head_bytes = 0
         self._refused = None
+        self._limits = limits
+        self._streamed = streamed
         if streamed:
             self.send = S_SENDING
             self._remaining = length
             self._declared = length or 0
         else:
             self.send = S_SENT
+        if expect_continue and (streamed or body):
+            self.send = S_EXPECTING
+            self._held = body
+            return head
         if not body:
             return head
         if len(body) < 16384:
             return head + body
         return head, body
+
+    def proceed(self) -> bytes:
+        """After ``CONTINUE``: the held whole body to write now (b"" for a streamed
+        body, which follows by ``send_body``)."""
+        if self.send is not S_EXPECTING:
+            raise RuntimeError(f"no request body waits for 100 Continue on {self!r}")
+        self.send = S_SENDING if self._streamed else S_SENT
+        body, self._held = self._held, None
+        return body or b""
 
     def send_body(self, data: bytes) -> Sequence[bytes]:
         """The bytes to write for a piece of a streamed body (not empty). Raises
@@ -337,17 +412,15 @@ class Exchange:
                 self.spoiled = True
                 return events
             # A limit of ours raised inside a callback reaches us as a bare "callback
-            # error": say which limit it was.
-            detail = self._refused or exc
-            events.append(
-                self.fail(ConnectionFailure("bad_response", f"invalid HTTP response: {detail}"))
-            )
+            # error": say which limit it was, in aiohttp's words.
+            detail = self._refused or f"invalid HTTP response: {exc}"
+            events.append(self.fail(ConnectionFailure("bad_response", detail)))
         return events
 
     def connection_lost(self, exc: BaseException | None) -> Event | None:
         """The connection closed; the event it makes, if any."""
         event = self._lost_event(exc)
-        if self.send is S_SENDING:  # the request body can never end now
+        if self.send is S_SENDING or self.send is S_EXPECTING:  # the body can never end now
             self.fail(ConnectionFailure("disconnected", "Server disconnected"))
         return event
 
@@ -378,8 +451,9 @@ class Exchange:
         stays DONE if it was: its reader learns of the failure elsewhere."""
         if self.error is None:
             self.error = failure
-        if self.send is S_SENDING:
+        if self.send is S_SENDING or self.send is S_EXPECTING:
             self.send = S_FAILED
+            self._held = None
         if self.recv is not R_DONE:
             self.recv = R_FAILED
         self.spoiled = True
@@ -417,6 +491,7 @@ class Exchange:
             or not head.keep_alive
         ):  # ``reusable``, inline: this runs once per request
             self.spoiled = True
+            self._held = None
             return False
         self.send = S_IDLE
         self.recv = R_IDLE
@@ -428,13 +503,18 @@ class Exchange:
 
     def on_status(self, status: bytes) -> None:
         self._reason += status.decode("latin-1")  # in pieces if the line came so
+        limit = self._limits.line
+        if len(self._reason) > limit:
+            self._refused = _too_long(self._reason.encode("latin-1"), limit)
+            raise _HeadTooLarge(self._refused)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) > MAX_FIELD_SIZE or len(value) > MAX_FIELD_SIZE:
-            self._refused = f"a header field is over {MAX_FIELD_SIZE} bytes"
+        limits = self._limits
+        if len(name) + len(value) > limits.field:
+            self._refused = _too_long(value if len(name) <= limits.field else name, limits.field)
             raise _HeadTooLarge(self._refused)
-        if len(self._headers) >= MAX_HEADERS:
-            self._refused = f"more than {MAX_HEADERS} headers"
+        if len(self._headers) >= limits.headers:
+            self._refused = "Too many headers received"
             raise _HeadTooLarge(self._refused)
         self._headers.append((name, value))
 
@@ -447,6 +527,8 @@ class Exchange:
         if 100 <= status < 200 and status != 101:
             self._headers = []  # informational; the real head follows
             self._reason = ""
+            if status == 100 and self.send is S_EXPECTING:
+                self._events.append(CONTINUE)
             return
         headers = self._headers
         eof_body = True

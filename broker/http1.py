@@ -5,6 +5,8 @@ buffer per read costs the default loop three extra syscalls). It feeds what it r
 its ``Exchange``, which decides everything about HTTP/1.1, and carries out the events:
 ``begin`` puts a request on the wire (``send_body``/``end_body`` for a streamed body,
 which wait while the socket's write buffer is over its high-water mark),
+``continue_future`` (with ``expect_continue``) resolves True at ``100 Continue``, when
+a whole body held back is written, or False if the final head came first;
 ``head_future`` resolves with the response head, body chunks go to the consumer given
 to ``set_body_consumer``, and ``done_future``, made only if someone asks, resolves at
 the end of the response.
@@ -22,12 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 from .exchange import (
+    CONTINUE,
+    DEFAULT_LIMITS,
     END,
     R_DONE,
     R_IDLE,
     S_IDLE,
     ConnectionFailure,
     Exchange,
+    HeadLimits,
     ResponseHead,
 )
 from .stream import BrokerStream
@@ -63,6 +68,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         # once per request.
         self.head_future: asyncio.Future[ResponseHead] = loop.create_future()
         self._done_fut: asyncio.Future[None] | None = None
+        self.continue_future: asyncio.Future[bool] | None = None
         self._on_body: Callable[[bytes], None] | None = None
         self._early: list[bytes] = []  # body bytes that came before a consumer was set
         self._early_size = 0
@@ -103,9 +109,14 @@ class HTTP1Connection(asyncio.BufferedProtocol):
                 fut = self.head_future
                 if not fut.done():
                     fut.set_result(event)  # type: ignore[arg-type]
+                cont = self.continue_future
+                if cont is not None and not cont.done():
+                    cont.set_result(False)  # a final answer first: no body
             elif event is END:
                 if self._read_paused or self._done_fut is not None:
                     self._finish()
+            elif event is CONTINUE:
+                self._proceed()
             else:
                 self._fail(event)  # type: ignore[arg-type]
                 self.close()
@@ -164,8 +175,16 @@ class HTTP1Connection(asyncio.BufferedProtocol):
     def fail_exchange(self, failure: ConnectionFailure) -> None:
         self._fail(self.exchange.fail(failure))
 
+    def _proceed(self) -> None:
+        out = self.exchange.proceed()
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out)
+        cont = self.continue_future
+        if cont is not None and not cont.done():
+            cont.set_result(True)
+
     def _fail(self, failure: ConnectionFailure) -> None:
-        for fut in (self.head_future, self._done_fut):
+        for fut in (self.head_future, self._done_fut, self.continue_future):
             if fut is not None and not fut.done():
                 fut.set_exception(failure)
                 fut.exception()  # retrieved here: one of the two may never be awaited
@@ -177,12 +196,18 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         body: bytes | None = None,
         streamed: bool = False,
         length: int | None = None,
+        expect_continue: bool = False,
+        limits: HeadLimits = DEFAULT_LIMITS,
     ) -> None:
         """Start an exchange: write the request head and the whole body, if any; a
-        ``streamed`` body follows by ``send_body`` (``length`` bytes; None: chunked)."""
+        ``streamed`` body follows by ``send_body`` (``length`` bytes; None: chunked).
+        ``expect_continue``: the body waits for ``100 Continue`` (``continue_future``)."""
         if self.closed or self.transport is None:
             raise _disconnected()
-        out = self.exchange.start(method, head, body, streamed, length)
+        out = self.exchange.start(
+            method, head, body, streamed, length, expect_continue, limits
+        )
+        self.continue_future = self._loop.create_future() if expect_continue else None
         self._on_body = None
         self._early = []
         self._early_size = 0
@@ -275,6 +300,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         """The caller is done with this exchange; True if the connection can be reused."""
         reusable = self.exchange.end() and not self.closed
         self._done_fut = None
+        self.continue_future = None
         self._on_body = None
         self._early = []
         self._early_size = 0

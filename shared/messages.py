@@ -45,6 +45,12 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 # the absurd before the broker checks it against what it sent.
 AckSize = Annotated[int, msgspec.Meta(ge=0, le=1 << 32)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+# The head limits a request may ask for (aiohttp's max_line_size, max_field_size,
+# max_headers): the broker caps a whole head at HEAD_LIMIT_MAX bytes whatever they are.
+HEAD_LIMIT_MAX = 256 * 1024
+HEADERS_LIMIT_MAX = 16384
+HeadLimit = Annotated[int, msgspec.Meta(ge=1, le=HEAD_LIMIT_MAX)]
+HeaderCount = Annotated[int, msgspec.Meta(ge=1, le=HEADERS_LIMIT_MAX)]
 JarToken = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
 NoJar = Annotated[bytes, msgspec.Meta(max_length=16)]  # a JarToken, or b"": no jar
 CookieRecord = dict[str, str | bool | float]
@@ -94,6 +100,11 @@ class Request(_Msg, tag="req", frozen=True):
     replayable: bool = False
     jar: NoJar = b""
     cookies: list[tuple[str, str]] = []  # this request's own cookies= (name, coded value)
+    expect100: bool = False  # send Expect: 100-continue; the body waits for 100 Continue
+    max_line_size: HeadLimit = 8190
+    max_field_size: HeadLimit = 8190
+    max_headers: HeaderCount = 128
+    http10: bool = False  # an HTTP/1.0 request line (aiohttp's version=HttpVersion10)
 
 
 class HistoryItem(msgspec.Struct, frozen=True, array_like=True):

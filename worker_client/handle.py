@@ -41,12 +41,13 @@ class StreamHandle:
         transport: Transport,
         stream_id: int,
         make_error: Callable[[Failure], BaseException],
+        read_bufsize: int = 2**16,
     ) -> None:
         self.id = stream_id
         self.transport = transport
         loop = transport.loop
         self.head: asyncio.Future[Head] = loop.create_future()
-        self.content = StreamReader(self._consumed)
+        self.content = StreamReader(self._consumed, limit=read_bufsize)
         self.done = False
         self.state = State.OPEN  # what the broker said, checked against the table
         self._unacked = 0

@@ -20,7 +20,14 @@ from typing import Any, TypedDict
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from shared.messages import Failure, Head, Request
+from shared.messages import (
+    HEAD_LIMIT_MAX,
+    HEADERS_LIMIT_MAX,
+    STREAM_WINDOW,
+    Failure,
+    Head,
+    Request,
+)
 from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, encode_pool
 
 from .connector import BaseConnector
@@ -33,7 +40,7 @@ from .cookies import (
     request_jar,
 )
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
-from .helpers import BasicAuth, check_base_url
+from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
 from .request_builder import prepare_request
 from .response import ClientResponse
 from .transport import (
@@ -53,6 +60,8 @@ else:  # pragma: no cover
 __all__ = ["ClientSession", "request"]
 
 _SENTINEL: Any = object()
+READ_BUFSIZE_MAX = STREAM_WINDOW
+"""read_bufsize= at most: the reader's line limit is twice it, within the stream's credit."""
 
 
 class _RequestOptions(TypedDict, total=False):
@@ -69,6 +78,11 @@ class _RequestOptions(TypedDict, total=False):
     read_until_eof: bool
     auto_decompress: bool | None
     cookies: LooseCookies | None
+    expect100: bool
+    max_line_size: int | None
+    max_field_size: int | None
+    max_headers: int | None
+    read_bufsize: int | None
 
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
@@ -77,7 +91,6 @@ class _RequestOptions(TypedDict, total=False):
 _NOT_YET: dict[str, tuple[object, ...]] = {
     "compress": (None, False),
     "chunked": (None,),
-    "expect100": (False,),
     "proxy": (None,),
     "proxy_auth": (None,),
     "proxy_headers": (None,),
@@ -87,11 +100,31 @@ _NOT_YET: dict[str, tuple[object, ...]] = {
     "ssl_context": (None,),
     "server_hostname": (None,),
     "trace_request_ctx": (None,),
-    "read_bufsize": (None,),
-    "max_line_size": (None,),
-    "max_field_size": (None,),
     "middlewares": (None,),
 }
+
+
+def _limit(name: str, value: Any, top: int) -> int:
+    """A head limit or buffer size as the broker takes it: at most ``top`` (more means
+    up to the broker's bound: the whole head is capped there anyway)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return min(value, top)
+
+
+def _version(version: Any) -> bool:
+    """``version=`` (an ``HttpVersion`` or "1.0"): True for HTTP/1.0."""
+    if isinstance(version, str):
+        try:
+            major, minor = (int(p.strip()) for p in version.split(".", 1))
+        except ValueError:
+            raise ValueError(f"Can not parse http version number: {version}") from None
+        version = (major, minor)
+    if tuple(version) not in ((1, 0), (1, 1)):
+        raise ValueError(f"http-broker speaks HTTP/1.0 and HTTP/1.1, not {version!r}")
+    return tuple(version) == (1, 0)
 
 
 def _check_options(kw: dict[str, Any]) -> None:
@@ -127,8 +160,19 @@ class ClientSession:
         broker_uid: int | Iterable[int] | None = None,
         cookies: LooseCookies | None = None,
         cookie_jar: AbstractCookieJar | None = None,
+        version: HttpVersion = HttpVersion11,
+        read_bufsize: int = 2**16,
+        max_line_size: int = 8190,
+        max_field_size: int = 8190,
+        max_headers: int = 128,
     ) -> None:
         self._base_url = check_base_url(base_url)
+        self._version = version
+        self._http10 = _version(version)
+        self._read_bufsize = _limit("read_bufsize", read_bufsize, READ_BUFSIZE_MAX)
+        self._max_line_size = _limit("max_line_size", max_line_size, HEAD_LIMIT_MAX)
+        self._max_field_size = _limit("max_field_size", max_field_size, HEAD_LIMIT_MAX)
+        self._max_headers = _limit("max_headers", max_headers, HEADERS_LIMIT_MAX)
         if timeout is _SENTINEL or timeout is None:
             timeout = DEFAULT_TIMEOUT
         elif not isinstance(timeout, ClientTimeout):
@@ -210,6 +254,10 @@ class ClientSession:
     @property
     def auto_decompress(self) -> bool:
         return self._auto_decompress
+
+    @property
+    def version(self) -> HttpVersion:
+        return self._version
 
     @property
     def cookie_jar(self) -> AbstractCookieJar:
@@ -331,6 +379,11 @@ class ClientSession:
         read_until_eof: bool = True,
         auto_decompress: bool | None = None,
         cookies: LooseCookies | None = None,
+        expect100: bool = False,
+        max_line_size: int | None = None,
+        max_field_size: int | None = None,
+        max_headers: int | None = None,
+        read_bufsize: int | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -362,6 +415,23 @@ class ClientSession:
             auth=auth,
             session_auth=self._default_auth,
         )
+        if not expect100:
+            expect = prepared.headers.get("Expect")
+            expect100 = expect is not None and expect.lower() == "100-continue"
+        else:
+            prepared.headers["Expect"] = "100-continue"
+        limits = (
+            self._max_line_size if max_line_size is None
+            else _limit("max_line_size", max_line_size, HEAD_LIMIT_MAX),
+            self._max_field_size if max_field_size is None
+            else _limit("max_field_size", max_field_size, HEAD_LIMIT_MAX),
+            self._max_headers if max_headers is None
+            else _limit("max_headers", max_headers, HEADERS_LIMIT_MAX),
+        )
+        bufsize = (
+            self._read_bufsize if read_bufsize is None
+            else _limit("read_bufsize", read_bufsize, READ_BUFSIZE_MAX)
+        )
         transport = await self._get_transport()
         jar_ref = self._jar_ref
         if jar_ref is None:
@@ -382,7 +452,7 @@ class ClientSession:
             )
             return exception_from_failure(failure, request_info, history)
 
-        handle = StreamHandle(transport, transport.next_stream_id(), make_error)
+        handle = StreamHandle(transport, transport.next_stream_id(), make_error, bufsize)
         req = Request(
             stream=handle.id,
             method=prepared.method,
@@ -399,6 +469,11 @@ class ClientSession:
             skip_host=prepared.skip_host,
             jar=jar_ref[0],
             cookies=own_cookies,
+            expect100=expect100,
+            max_line_size=limits[0],
+            max_field_size=limits[1],
+            max_headers=limits[2],
+            http10=self._http10,
         )
         self._handles.add(handle)
         if timeout.total:

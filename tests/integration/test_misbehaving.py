@@ -289,10 +289,13 @@ async def test_many_failures_do_not_leak_streams(raw_server, session, good_url):
 @pytest.mark.parametrize(
     ("head", "needle"),
     [
-        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", "over 8190 bytes"),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+            "Got more than 8190 bytes when reading",
+        ),
         (
             b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(200)) + b"\r\n",
-            "more than 128 headers",
+            "Too many headers received",
         ),
         (b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * (400 * 1024), "the head is over"),
     ],

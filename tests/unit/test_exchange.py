@@ -6,12 +6,16 @@ from __future__ import annotations
 import pytest
 
 from broker.exchange import (
+    CONTINUE,
     END,
     MAX_FIELD_SIZE,
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    MAX_HEADERS_LIMIT,
+    MAX_LIMIT,
     ConnectionFailure,
     Exchange,
+    HeadLimits,
     RecvState,
     ResponseHead,
     SendState,
@@ -156,9 +160,9 @@ def test_no_keep_alive_no_reuse(response):
     "head, detail",
     [
         (b"HTTP/1.1 200 OK\r\nX: " + b"a" * (MAX_FIELD_SIZE + 1) + b"\r\n\r\n",
-         "a header field is over"),
+         f"Got more than {MAX_FIELD_SIZE} bytes when reading: b'aaa"),
         (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n",
-         "more than 128 headers"),
+         "Too many headers received"),
         (b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 8000 + b"\r\n" * 0 + b"\r\n" * 1
          + (b"Y: " + b"z" * 8000 + b"\r\n") * 40, f"the head is over {MAX_HEAD_BYTES}"),
         (b"HTTP/1.1 abc\r\n\r\n", "invalid HTTP response"),
@@ -312,3 +316,121 @@ def test_declared_length(headers, expected):
 def test_declared_length_refuses_what_is_not_a_length(value):
     with pytest.raises(ConnectionFailure, match="invalid Content-Length"):
         declared_length([("Content-Length", value)])
+
+
+# -- Expect: 100-continue -----------------------------------------------------------------
+
+
+@byte_by_byte
+def test_expect_continue_holds_the_body_until_100(one_byte):
+    ex = Exchange()
+    assert ex.start("POST", HEAD, b"body", expect_continue=True) == HEAD
+    assert ex.send is SendState.EXPECTING
+    events = feed(ex, b"HTTP/1.1 100 Continue\r\n\r\n", one_byte=one_byte)
+    assert events == [CONTINUE]
+    assert ex.proceed() == b"body"
+    assert ex.send is SendState.SENT
+    events = feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", one_byte=one_byte)
+    assert shape(events) == [("head", 200), b"ok", END]
+    assert ex.end()
+
+
+@byte_by_byte
+def test_expect_continue_streamed_body_follows_after_100(one_byte):
+    ex = Exchange()
+    ex.start("PUT", HEAD, streamed=True, length=None, expect_continue=True)
+    with pytest.raises(RuntimeError):
+        ex.send_body(b"early")  # nothing may go before 100 Continue
+    assert feed(ex, b"HTTP/1.1 100 Continue\r\n\r\n", one_byte=one_byte) == [CONTINUE]
+    assert ex.proceed() == b""
+    assert ex.send_body(b"ab") == (b"2\r\n", b"ab", b"\r\n")
+    assert ex.end_body() == b"0\r\n\r\n"
+    feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", one_byte=one_byte)
+    assert ex.end()
+
+
+@byte_by_byte
+def test_expect_continue_early_final_answer_is_the_response_and_spoils(one_byte):
+    ex = Exchange()
+    ex.start("POST", HEAD, b"body", expect_continue=True)
+    events = feed(
+        ex, b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n", one_byte=one_byte
+    )
+    assert shape(events) == [("head", 417), END]
+    assert ex.send is SendState.EXPECTING  # the body was never given out
+    assert not ex.reusable and not ex.end()
+
+
+def test_expect_continue_without_a_body_sends_at_once():
+    ex = Exchange()
+    assert ex.start("POST", HEAD, None, expect_continue=True) == HEAD
+    assert ex.send is SendState.SENT
+    # A 100 is then just an informational head.
+    assert feed(ex, b"HTTP/1.1 100 Continue\r\n\r\n", one_byte=False) == []
+
+
+def test_a_100_not_asked_for_is_skipped_and_lost_connection_fails_the_wait():
+    ex = started("POST", body=b"x")
+    assert feed(ex, b"HTTP/1.1 100 Continue\r\n\r\n", one_byte=False) == []
+    ex = Exchange()
+    ex.start("POST", HEAD, b"x", expect_continue=True)
+    assert ex.connection_lost(None).code == "disconnected"
+    assert ex.send is SendState.FAILED
+    with pytest.raises(RuntimeError):
+        ex.proceed()
+
+
+# -- per-request head limits ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head, limits, detail",
+    [
+        (b"HTTP/1.1 200 " + b"O" * 11 + b"\r\n\r\n", HeadLimits(line=10),
+         "Got more than 10 bytes when reading: b'OOOOOOOOOOO...'."),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"v" * 10 + b"\r\n\r\n", HeadLimits(field=10),
+         "Got more than 10 bytes when reading: b'vvvvvvvvvv...'."),
+        (b"HTTP/1.1 200 OK\r\n" + b"X" * 11 + b": v\r\n\r\n", HeadLimits(field=10),
+         "Got more than 10 bytes when reading: b'XXXXXXXXXXX...'."),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 3 + b"\r\n", HeadLimits(headers=2),
+         "Too many headers received"),
+    ],
+    ids=["line", "value", "name", "count"],
+)
+@byte_by_byte
+def test_per_request_limits_give_aiohttps_messages(head, limits, detail, one_byte):
+    ex = Exchange()
+    ex.start("GET", HEAD, limits=limits)
+    events = feed(ex, head, one_byte=one_byte)
+    assert shape(events)[-1] == ("failure", "bad_response")
+    assert events[-1].message == detail
+    # The next exchange on a new connection is back to the defaults.
+    ex = Exchange()
+    ex.start("GET", HEAD)
+    assert shape(feed(ex, head + b"", one_byte=False))[0] == ("head", 200)
+
+
+def test_limits_are_bounded_by_the_request_message():
+    import msgspec
+
+    from shared.messages import Request
+
+    ok = msgspec.msgpack.encode(Request(1, "GET", "http://h/", max_field_size=MAX_LIMIT))
+    assert msgspec.msgpack.decode(ok, type=Request).max_field_size == MAX_LIMIT
+    for field, value in (("max_field_size", MAX_LIMIT + 1), ("max_line_size", 0),
+                         ("max_headers", MAX_HEADERS_LIMIT + 1)):
+        bad = msgspec.structs.replace(Request(1, "GET", "http://h/"), **{field: value})
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.msgpack.decode(msgspec.msgpack.encode(bad), type=Request)
+
+
+def test_http10_head_asks_for_keep_alive_unless_told():
+    from yarl import URL
+
+    from broker.exchange import build_head
+
+    url = URL("http://h/p")
+    head = build_head("GET", url, [], None, False, False, (1, 0))
+    assert head == b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
+    head = build_head("GET", url, [("Connection", "close")], None, False, False, (1, 0))
+    assert head == b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: close\r\n\r\n"

@@ -1,0 +1,256 @@
+"""aiohttp's request options, in both modes: 100-continue, head limits, HTTP/1.0,
+read_bufsize (each against a real server on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from shared.messages import HEAD_LIMIT_MAX, HEADERS_LIMIT_MAX, STREAM_WINDOW
+from tests.conftest import read_request_head
+from worker_client import ClientPayloadError, ClientResponseError, HttpVersion10
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+async def _chunks(*parts: bytes):
+    for part in parts:
+        yield part
+
+
+class Expecting:
+    """A raw server for ``Expect: 100-continue``: answers ``early`` at once (the body
+    must not come), or ``100 Continue`` then echoes the body it reads."""
+
+    def __init__(self, early: bytes | None = None) -> None:
+        self.early = early
+        self.heads: list[bytes] = []
+        self.after_early: list[bytes] = []
+        self.closed = asyncio.Event()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            while True:
+                try:
+                    head = await read_request_head(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                self.heads.append(head)
+                assert b"expect: 100-continue" in head.lower()
+                if self.early is not None:
+                    writer.write(self.early)
+                    await writer.drain()
+                    # What the client sends after the early answer: nothing, and then
+                    # it closes the connection (it is not reused).
+                    self.after_early.append(await reader.read())
+                    return
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if b"transfer-encoding: chunked" in head.lower():
+                    body = b""
+                    while True:
+                        size = int((await reader.readline()).strip(), 16)
+                        data = await reader.readexactly(size + 2)
+                        if size == 0:
+                            break
+                        body += data[:-2]
+                else:
+                    body = await reader.readexactly(_content_length(head))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+        finally:
+            self.closed.set()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["bytes", "stream"])
+async def test_expect100_early_417_does_not_send_the_body(make_session, raw_server, streamed):
+    server = Expecting(early=b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 4\r\n\r\nnope")
+    base = await raw_server(server)
+    session = make_session()
+    data = _chunks(b"secret-", b"body") if streamed else b"secret-body"
+    async with session.post(base + "/", data=data, expect100=True) as resp:
+        assert resp.status == 417
+        assert await resp.read() == b"nope"
+        assert resp.request_info.headers["Expect"] == "100-continue"
+    await asyncio.wait_for(server.closed.wait(), 10)
+    assert server.after_early == [b""]  # the body never came; the connection was closed
+    assert len(server.heads) == 1
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["bytes", "stream"])
+async def test_expect100_continue_then_200_sends_the_body_once(make_session, raw_server, streamed):
+    server = Expecting()
+    base = await raw_server(server)
+    session = make_session()
+    for i in range(2):  # the same connection carries the second request
+        data = _chunks(b"hello ", b"world %d" % i) if streamed else b"hello world %d" % i
+        async with session.put(base + "/", data=data, expect100=True) as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"hello world %d" % i
+    assert len(server.heads) == 2
+    assert server.closed.is_set() is False
+
+
+async def test_expect100_header_given_by_hand_waits_too(make_session, raw_server):
+    server = Expecting(early=b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+    base = await raw_server(server)
+    session = make_session()
+    headers = {"Expect": "100-Continue"}
+    async with session.post(base + "/", data=b"x" * 100_000, headers=headers) as resp:
+        assert resp.status == 401
+    await asyncio.wait_for(server.closed.wait(), 10)
+    assert server.after_early == [b""]
+
+
+async def test_expect100_against_aiohttp_web(make_session, serve_app):
+    app = web.Application()
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    app.router.add_post("/", echo)
+    base = await serve_app(app)
+    session = make_session()
+    async with session.post(base + "/", data=b"payload", expect100=True) as resp:
+        assert await resp.read() == b"payload"
+
+
+# -- head limits ---------------------------------------------------------------------
+
+
+def _answer(response: bytes):
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request_head(reader)
+            writer.write(response)
+            await writer.drain()
+
+    return handler
+
+
+LONG_REASON = b"HTTP/1.1 200 " + b"O" * 9000 + b"\r\nContent-Length: 0\r\n\r\n"
+LONG_FIELD = b"HTTP/1.1 200 OK\r\nX-A: " + b"v" * 9000 + b"\r\nContent-Length: 0\r\n\r\n"
+MANY = (
+    b"HTTP/1.1 200 OK\r\n"
+    + b"".join(b"X-%d: v\r\n" % i for i in range(200))
+    + b"Content-Length: 0\r\n\r\n"
+)
+SMALL = (
+    b"HTTP/1.1 200 " + b"O" * 150 + b"\r\nX-A: " + b"v" * 200 + b"\r\n"
+    + b"".join(b"X-%d: v\r\n" % i for i in range(10)) + b"Content-Length: 0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        (LONG_REASON, "Got more than 8190 bytes when reading: b'OOOO"),
+        (LONG_FIELD, "Got more than 8190 bytes when reading: b'vvvv"),
+        (MANY, "Too many headers received"),
+    ],
+    ids=["line", "field", "count"],
+)
+async def test_default_head_limits_are_aiohttps(make_session, raw_server, response, message):
+    base = await raw_server(_answer(response))
+    session = make_session()
+    with pytest.raises(ClientResponseError) as info:
+        await session.get(base + "/")
+    assert info.value.status == 400
+    assert message in info.value.message
+    assert info.value.message.endswith("...'.")  or message == "Too many headers received"
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"max_line_size": 100}, "Got more than 100 bytes when reading: b'OOO"),
+        ({"max_field_size": 100}, "Got more than 100 bytes when reading: b'vvv"),
+        ({"max_headers": 5}, "Too many headers received"),
+    ],
+    ids=["line", "field", "count"],
+)
+async def test_head_limits_per_request_and_per_session(
+    make_session, raw_server, limits, message
+):
+    base = await raw_server(_answer(SMALL))
+    async with make_session().get(base + "/") as resp:  # within the defaults
+        assert resp.status == 200
+    with pytest.raises(ClientResponseError, match=message) as info:
+        await make_session().get(base + "/", **limits)
+    assert info.value.status == 400
+    with pytest.raises(ClientResponseError, match=message):
+        await make_session(**limits).get(base + "/")
+    # A request may raise the session's limit again.
+    big = {name: 100_000 for name in limits}
+    async with make_session(**limits).get(base + "/", **big) as resp:
+        assert resp.status == 200
+
+
+async def test_larger_limits_let_big_heads_through(make_session, raw_server):
+    base = await raw_server(_answer(LONG_FIELD))
+    async with make_session(max_field_size=10_000).get(base + "/") as resp:
+        assert len(resp.headers["X-A"]) == 9000
+
+
+async def test_limits_are_bounded_and_checked(make_session):
+    session = make_session(max_field_size=10**9, max_headers=10**9, read_bufsize=10**12)
+    assert session._max_field_size == HEAD_LIMIT_MAX  # the broker's bound
+    assert session._max_headers == HEADERS_LIMIT_MAX
+    assert session._read_bufsize == STREAM_WINDOW
+    with pytest.raises(ValueError, match="max_field_size"):
+        make_session(max_field_size=0)
+    with pytest.raises(ValueError, match="max_headers"):
+        await session.get("http://127.0.0.1:1/", max_headers=0)
+    with pytest.raises(TypeError, match="max_line_size"):
+        await session.get("http://127.0.0.1:1/", max_line_size="8190")
+
+
+# -- version, read_bufsize ---------------------------------------------------------------
+
+
+async def test_http10_request_line(make_session, raw_server):
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            heads.append(await read_request_head(reader))
+            writer.write(
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
+            )
+            await writer.drain()
+
+    base = await raw_server(handler)
+    session = make_session(version=HttpVersion10)
+    assert session.version == HttpVersion10
+    for _ in range(2):
+        async with session.get(base + "/x") as resp:
+            assert resp.version == HttpVersion10
+            assert await resp.read() == b"ok"
+    assert heads[0].startswith(b"GET /x HTTP/1.0\r\n")
+    assert b"\r\nConnection: keep-alive\r\n" in heads[0]
+    assert len(heads) == 2
+
+
+async def test_read_bufsize_sets_the_readers_limit(make_session, serve_app):
+    app = web.Application()
+
+    async def line(request: web.Request) -> web.Response:
+        return web.Response(body=b"a" * 300 + b"\n")
+
+    app.router.add_get("/", line)
+    base = await serve_app(app)
+    session = make_session(read_bufsize=100)
+    async with session.get(base + "/") as resp:
+        with pytest.raises(ClientPayloadError, match="Got more than 200 bytes"):
+            await resp.content.readline()
+    async with session.get(base + "/", read_bufsize=1000) as resp:
+        assert await resp.content.readline() == b"a" * 300 + b"\n"
