@@ -394,6 +394,8 @@ class IPCTransport(Transport):
             if h is not None:
                 h.on_head(msg)
         elif kind is End:
+            if self._pumps:  # a body the response did not wait for (Expect: 100-continue)
+                self._end_pump(msg.stream)
             h = self.handles.get(msg.stream)
             if h is not None:
                 h.on_end()

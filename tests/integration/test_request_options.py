@@ -100,6 +100,31 @@ async def test_expect100_continue_then_200_sends_the_body_once(make_session, raw
     assert server.closed.is_set() is False
 
 
+async def test_expect100_early_answer_to_a_large_stream_stops_the_upload(
+    make_session, raw_server
+):
+    """The worker stops pushing a body the server refused (it would wait for credit
+    forever otherwise); the broker held at most the stream's credit of it."""
+    server = Expecting(early=b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+    base = await raw_server(server)
+    session = make_session()
+    produced = 0
+
+    async def big():
+        nonlocal produced
+        for _ in range(64):
+            produced += 1 << 16
+            yield b"z" * (1 << 16)
+
+    async with session.post(base + "/", data=big(), expect100=True) as resp:
+        assert resp.status == 413
+    await asyncio.wait_for(server.closed.wait(), 10)
+    assert server.after_early == [b""]
+    transport = session._transport
+    assert not getattr(transport, "_pumps", {})
+    assert produced < 4 << 20
+
+
 async def test_expect100_header_given_by_hand_waits_too(make_session, raw_server):
     server = Expecting(early=b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
     base = await raw_server(server)
