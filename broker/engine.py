@@ -38,6 +38,7 @@ __all__ = ["Engine"]
 
 log = logging.getLogger("broker.engine")
 
+_NO_BODY_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))  # aiohttp's GET_METHODS
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 
@@ -155,7 +156,7 @@ class Engine:
                     f"Exceeded {req.max_redirects} redirects",
                     status=head.status,
                 )
-            hop = follow(hop, head.status, location)
+            hop = follow(hop, head.status, location, req.requote_redirect_url)
             if hop.streamed and not (req.replayable and stream.rewind()):
                 raise ConnectionFailure(
                     "payload",
@@ -181,12 +182,17 @@ class Engine:
         body = hop.body
         streamed = hop.streamed
         length = declared_length(headers) if streamed else None
+        chunked = streamed or (
+            req.chunked and (body is not None or hop.method not in _NO_BODY_METHODS)
+        )
+        if chunked and not streamed:
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
         head_bytes = build_head(
             hop.method,
             url,
             headers,
-            len(body) if body is not None else None,
-            streamed,
+            len(body) if body is not None and not chunked else None,
+            chunked,
             req.skip_host,
             (1, 0) if req.http10 else (1, 1),
         )

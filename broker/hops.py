@@ -78,8 +78,9 @@ def redirect_location(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return location or uri or None
 
 
-def follow(hop: Hop, status: int, location: bytes) -> Hop:
-    """The hop after ``hop`` got a redirect ``status`` to ``location``.
+def follow(hop: Hop, status: int, location: bytes, requote: bool = True) -> Hop:
+    """The hop after ``hop`` got a redirect ``status`` to ``location`` (requoted, or
+    taken as already encoded: aiohttp's ``requote_redirect_url``).
 
     Raises ``ConnectionFailure`` when the location is not a usable http(s) URL."""
     method, body, streamed, headers = hop.method, hop.body, hop.streamed, hop.headers
@@ -92,7 +93,7 @@ def follow(hop: Hop, status: int, location: bytes) -> Hop:
     url = hop.url
     r_url = location.decode("utf-8", "surrogateescape")
     try:
-        target = URL(r_url)
+        target = URL(r_url, encoded=not requote)
     except ValueError:
         raise ConnectionFailure(
             "invalid_redirect",

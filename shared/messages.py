@@ -105,6 +105,8 @@ class Request(_Msg, tag="req", frozen=True):
     max_field_size: HeadLimit = 8190
     max_headers: HeaderCount = 128
     http10: bool = False  # an HTTP/1.0 request line (aiohttp's version=HttpVersion10)
+    chunked: bool = False  # the body (in memory too) goes with chunked framing
+    requote_redirect_url: bool = True  # a Location is requoted (aiohttp's session option)
 
 
 class HistoryItem(msgspec.Struct, frozen=True, array_like=True):

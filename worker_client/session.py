@@ -42,6 +42,7 @@ from .cookies import (
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
 from .request_builder import prepare_request
+from .request_options import bounded, compress_and_chunk, is_http10
 from .response import ClientResponse
 from .transport import (
     StreamHandle,
@@ -83,14 +84,14 @@ class _RequestOptions(TypedDict, total=False):
     max_field_size: int | None
     max_headers: int | None
     read_bufsize: int | None
+    compress: str | bool | None
+    chunked: bool | None
 
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
 # means "not used" in aiohttp: passing that value is fine, anything else is refused
 # rather than silently ignored (a proxy= that went direct would be worse than an error).
 _NOT_YET: dict[str, tuple[object, ...]] = {
-    "compress": (None, False),
-    "chunked": (None,),
     "proxy": (None,),
     "proxy_auth": (None,),
     "proxy_headers": (None,),
@@ -102,29 +103,6 @@ _NOT_YET: dict[str, tuple[object, ...]] = {
     "trace_request_ctx": (None,),
     "middlewares": (None,),
 }
-
-
-def _limit(name: str, value: Any, top: int) -> int:
-    """A head limit or buffer size as the broker takes it: at most ``top`` (more means
-    up to the broker's bound: the whole head is capped there anyway)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return min(value, top)
-
-
-def _version(version: Any) -> bool:
-    """``version=`` (an ``HttpVersion`` or "1.0"): True for HTTP/1.0."""
-    if isinstance(version, str):
-        try:
-            major, minor = (int(p.strip()) for p in version.split(".", 1))
-        except ValueError:
-            raise ValueError(f"Can not parse http version number: {version}") from None
-        version = (major, minor)
-    if tuple(version) not in ((1, 0), (1, 1)):
-        raise ValueError(f"http-broker speaks HTTP/1.0 and HTTP/1.1, not {version!r}")
-    return tuple(version) == (1, 0)
 
 
 def _check_options(kw: dict[str, Any]) -> None:
@@ -151,6 +129,7 @@ class ClientSession:
         skip_auto_headers: Iterable[str] | None = None,
         auth: BasicAuth | None = None,
         json_serialize: Callable[[Any], str] = _json.dumps,
+        json_serialize_bytes: Callable[[Any], bytes] | None = None,
         timeout: ClientTimeout = _SENTINEL,
         raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] = False,
         auto_decompress: bool = True,
@@ -165,14 +144,16 @@ class ClientSession:
         max_line_size: int = 8190,
         max_field_size: int = 8190,
         max_headers: int = 128,
+        fallback_charset_resolver: Callable[[ClientResponse, bytes], str] | None = None,
+        requote_redirect_url: bool = True,
     ) -> None:
         self._base_url = check_base_url(base_url)
         self._version = version
-        self._http10 = _version(version)
-        self._read_bufsize = _limit("read_bufsize", read_bufsize, READ_BUFSIZE_MAX)
-        self._max_line_size = _limit("max_line_size", max_line_size, HEAD_LIMIT_MAX)
-        self._max_field_size = _limit("max_field_size", max_field_size, HEAD_LIMIT_MAX)
-        self._max_headers = _limit("max_headers", max_headers, HEADERS_LIMIT_MAX)
+        self._http10 = is_http10(version)
+        self._read_bufsize = bounded("read_bufsize", read_bufsize, READ_BUFSIZE_MAX)
+        self._max_line_size = bounded("max_line_size", max_line_size, HEAD_LIMIT_MAX)
+        self._max_field_size = bounded("max_field_size", max_field_size, HEAD_LIMIT_MAX)
+        self._max_headers = bounded("max_headers", max_headers, HEADERS_LIMIT_MAX)
         if timeout is _SENTINEL or timeout is None:
             timeout = DEFAULT_TIMEOUT
         elif not isinstance(timeout, ClientTimeout):
@@ -187,6 +168,9 @@ class ClientSession:
         self._skip_auto_headers = frozenset(istr(h) for h in skip_auto_headers or ())
         self._default_auth = auth
         self._json_serialize = json_serialize
+        self._json_serialize_bytes = json_serialize_bytes
+        self._resolve_charset = fallback_charset_resolver
+        self._requote_redirect_url = requote_redirect_url
         self._timeout = timeout
         self._raise_for_status = raise_for_status
         self._auto_decompress = auto_decompress
@@ -258,6 +242,20 @@ class ClientSession:
     @property
     def version(self) -> HttpVersion:
         return self._version
+
+    @property
+    def requote_redirect_url(self) -> bool:
+        """Requote a redirect's Location (aiohttp's ``URL(location, encoded=False)``)."""
+        return self._requote_redirect_url
+
+    @requote_redirect_url.setter
+    def requote_redirect_url(self, val: bool) -> None:
+        warnings.warn(
+            "session.requote_redirect_url modification is deprecated #2778",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self._requote_redirect_url = val
 
     @property
     def cookie_jar(self) -> AbstractCookieJar:
@@ -384,6 +382,8 @@ class ClientSession:
         max_field_size: int | None = None,
         max_headers: int | None = None,
         read_bufsize: int | None = None,
+        compress: str | bool | None = None,
+        chunked: bool | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -409,12 +409,15 @@ class ClientSession:
             params=params,
             data=data,
             json=json,
-            json_serialize=self._json_serialize,
+            json_serialize=self._json_serialize_bytes or self._json_serialize,
             headers=merged,
             skip_auto_headers=skip,
             auth=auth,
             session_auth=self._default_auth,
         )
+        chunk = False
+        if compress or chunked is not None:
+            prepared, chunk = compress_and_chunk(prepared, data, json, compress, chunked)
         if not expect100:
             expect = prepared.headers.get("Expect")
             expect100 = expect is not None and expect.lower() == "100-continue"
@@ -422,15 +425,15 @@ class ClientSession:
             prepared.headers["Expect"] = "100-continue"
         limits = (
             self._max_line_size if max_line_size is None
-            else _limit("max_line_size", max_line_size, HEAD_LIMIT_MAX),
+            else bounded("max_line_size", max_line_size, HEAD_LIMIT_MAX),
             self._max_field_size if max_field_size is None
-            else _limit("max_field_size", max_field_size, HEAD_LIMIT_MAX),
+            else bounded("max_field_size", max_field_size, HEAD_LIMIT_MAX),
             self._max_headers if max_headers is None
-            else _limit("max_headers", max_headers, HEADERS_LIMIT_MAX),
+            else bounded("max_headers", max_headers, HEADERS_LIMIT_MAX),
         )
         bufsize = (
             self._read_bufsize if read_bufsize is None
-            else _limit("read_bufsize", read_bufsize, READ_BUFSIZE_MAX)
+            else bounded("read_bufsize", read_bufsize, READ_BUFSIZE_MAX)
         )
         transport = await self._get_transport()
         jar_ref = self._jar_ref
@@ -474,6 +477,8 @@ class ClientSession:
             max_field_size=limits[1],
             max_headers=limits[2],
             http10=self._http10,
+            chunked=chunk,
+            requote_redirect_url=self._requote_redirect_url,
         )
         self._handles.add(handle)
         if timeout.total:
@@ -532,7 +537,7 @@ class ClientSession:
 
         if handle.done:
             self._handles.discard(handle)
-        return ClientResponse.from_head(
+        resp = ClientResponse.from_head(
             head,
             request_info=self._info_for(head, request_info),
             content=handle.content,
@@ -541,6 +546,9 @@ class ClientSession:
             loop=asyncio.get_running_loop(),
             request_url=request_url,
         )
+        if self._resolve_charset is not None:
+            resp._resolve_charset = self._resolve_charset  # type: ignore[method-assign]
+        return resp
 
 
 def _request_timeout(timeout: ClientTimeout | float | None) -> ClientTimeout:

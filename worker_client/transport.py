@@ -527,7 +527,7 @@ class IPCTransport(Transport):
             # Over the frame cap: send it as a streamed body with its Content-Length.
             body = _slices(req.body)
             headers = req.headers
-            if not any(k.lower() == "content-length" for k, _ in headers):
+            if not req.chunked and not any(k.lower() == "content-length" for k, _ in headers):
                 headers = [*headers, ("Content-Length", str(len(req.body)))]
             self._replay[req.stream] = req.body
             req = msgspec.structs.replace(

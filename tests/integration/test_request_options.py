@@ -4,6 +4,7 @@ read_bufsize (each against a real server on loopback)."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from aiohttp import web
@@ -279,3 +280,185 @@ async def test_read_bufsize_sets_the_readers_limit(make_session, serve_app):
             await resp.content.readline()
     async with session.get(base + "/", read_bufsize=1000) as resp:
         assert await resp.content.readline() == b"a" * 300 + b"\n"
+
+
+# -- compress=, chunked= --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def echo_url(serve_app) -> str:
+    """An aiohttp.web handler that answers what it received: the body (decoded by
+    aiohttp's server, which undoes Content-Encoding) and the framing headers."""
+    app = web.Application(client_max_size=8 << 20)
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "body": body.decode("latin-1"),
+                "encoding": request.headers.get("Content-Encoding"),
+                "te": request.headers.get("Transfer-Encoding"),
+                "length": request.headers.get("Content-Length"),
+            }
+        )
+
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return await serve_app(app)
+
+
+BIG = os.urandom(2 << 20)  # compressed still over the inline frame cap (through a broker)
+
+
+@pytest.mark.parametrize("compress", [True, "deflate", "gzip"])
+@pytest.mark.parametrize("body", ["bytes", "big", "stream"])
+async def test_compressed_uploads_are_decoded_by_the_server(
+    make_session, echo_url, compress, body
+):
+    payload = {"bytes": b"hello " * 1000, "big": BIG, "stream": b"a" * 100_000 + b"b"}[body]
+    data: object = payload
+    if body == "stream":
+        data = _chunks(payload[:50_000], payload[50_000:])
+    async with make_session().post(echo_url + "/", data=data, compress=compress) as resp:
+        got = await resp.json()
+    assert got["body"].encode("latin-1") == payload
+    assert got["encoding"] == ("deflate" if compress is True else compress)
+    assert got["te"] == "chunked" and got["length"] is None
+
+
+async def test_compress_rules_are_aiohttps(make_session, echo_url):
+    session = make_session()
+    async with session.post(echo_url + "/", data=b"", compress=True) as resp:
+        assert (await resp.json())["encoding"] is None  # an empty body is not compressed
+    with pytest.raises(ValueError, match="Content-Encoding header is set"):
+        await session.post(echo_url + "/", data=b"x", compress=True,
+                           headers={"Content-Encoding": "br"})
+    with pytest.raises(ValueError, match="Content-Length header is set"):
+        await session.post(echo_url + "/", data=b"x", chunked=True,
+                           headers={"Content-Length": "1"})
+    with pytest.raises(ValueError, match="'deflate' or 'gzip'"):
+        await session.post(echo_url + "/", data=b"x", compress="br")
+
+
+async def test_compressed_body_is_sent_again_on_307(make_session, serve_app):
+    app = web.Application()
+    seen: list[tuple[str, bytes]] = []
+
+    async def first(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/second")
+
+    async def second(request: web.Request) -> web.Response:
+        seen.append((request.headers["Content-Encoding"], await request.read()))
+        return web.Response(text="ok")
+
+    app.router.add_post("/first", first)
+    app.router.add_post("/second", second)
+    base = await serve_app(app)
+    async with make_session().post(base + "/first", data=b"abc" * 100, compress="gzip") as r:
+        assert r.status == 200
+    assert seen == [("gzip", b"abc" * 100)]
+
+
+@pytest.mark.parametrize("body", ["bytes", "none"])
+async def test_chunked_true_frames_a_body_in_memory_chunked(make_session, echo_url, body):
+    data = b"x" * 1000 if body == "bytes" else None
+    async with make_session().post(echo_url + "/", data=data, chunked=True) as resp:
+        got = await resp.json()
+    assert got["te"] == "chunked" and got["length"] is None
+    assert got["body"] == ("x" * 1000 if data else "")
+
+
+async def test_chunked_size_warns_as_aiohttp(make_session, echo_url):
+    with pytest.warns(DeprecationWarning, match="Chunk size is deprecated #1615"):
+        async with make_session().post(echo_url + "/", data=b"xyz", chunked=1024) as resp:
+            got = await resp.json()
+    assert got["te"] == "chunked" and got["body"] == "xyz"
+
+
+# -- per-request and session options read in the worker ---------------------------------
+
+
+async def test_auto_decompress_per_request(make_session, serve_app):
+    import gzip
+
+    app = web.Application()
+
+    async def gz(request: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(b"plain"), headers={"Content-Encoding": "gzip"})
+
+    app.router.add_get("/", gz)
+    base = await serve_app(app)
+    session = make_session()
+    async with session.get(base + "/") as resp:
+        assert await resp.read() == b"plain"
+    async with session.get(base + "/", auto_decompress=False) as resp:
+        assert gzip.decompress(await resp.read()) == b"plain"
+    async with make_session(auto_decompress=False).get(base + "/", auto_decompress=True) as r:
+        assert await r.read() == b"plain"
+
+
+async def test_json_serialize_bytes(make_session, echo_url):
+    calls: list[object] = []
+
+    def dumps(obj: object) -> bytes:
+        calls.append(obj)
+        return b'{"via": "bytes"}'
+
+    session = make_session(json_serialize_bytes=dumps)
+    async with session.post(echo_url + "/", json={"a": 1}) as resp:
+        got = await resp.json()
+        assert resp.request_info.headers["Content-Type"] == "application/json"
+    assert got["body"] == '{"via": "bytes"}' and calls == [{"a": 1}]
+
+
+async def test_fallback_charset_resolver(make_session, serve_app):
+    app = web.Application()
+
+    async def latin(request: web.Request) -> web.Response:
+        return web.Response(body="café".encode("cp1252"), content_type="text/plain")
+
+    app.router.add_get("/", latin)
+    base = await serve_app(app)
+    seen: list[bytes] = []
+
+    def resolver(resp, body: bytes) -> str:
+        seen.append(body)
+        return "cp1252"
+
+    async with make_session(fallback_charset_resolver=resolver).get(base + "/") as resp:
+        assert await resp.text() == "café"
+    assert seen == ["café".encode("cp1252")]
+    async with make_session().get(base + "/") as resp:
+        with pytest.raises(UnicodeDecodeError):
+            await resp.text()  # aiohttp's default: utf-8
+
+
+async def test_requote_redirect_url(make_session, raw_server):
+    targets: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_request_head(reader)
+            target = head.split(b" ")[1]
+            targets.append(target)
+            if target == b"/start":
+                writer.write(
+                    b"HTTP/1.1 302 Found\r\nLocation: /a%2Fb?q=%7e\r\nContent-Length: 0\r\n\r\n"
+                )
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    base = await raw_server(handler)
+    session = make_session()
+    assert session.requote_redirect_url is True
+    async with session.get(base + "/start") as resp:
+        assert resp.status == 200
+    with pytest.warns(DeprecationWarning, match="requote_redirect_url modification"):
+        session.requote_redirect_url = False
+    async with session.get(base + "/start") as resp:
+        assert resp.status == 200
+    async with make_session(requote_redirect_url=False).get(base + "/start") as resp:
+        assert resp.status == 200
+    assert targets == [b"/start", b"/a%2Fb?q=~", b"/start", b"/a%2Fb?q=%7e"] + [
+        b"/start", b"/a%2Fb?q=%7e"
+    ]
