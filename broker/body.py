@@ -56,7 +56,7 @@ class ResponseBody:
     """The body of one response, streamed from ``conn`` to ``stream``."""
 
     __slots__ = ("_loop", "req", "stream", "conn", "pool", "decoder", "history", "state",
-                 "_unwatch")
+                 "_unwatch", "_raw")
 
     def __init__(
         self,
@@ -77,6 +77,7 @@ class ResponseBody:
         self.history = history
         self.state = BodyState.FLOWING
         self._unwatch: Callable[[], None] | None = None
+        self._raw = 0  # bytes fed to the decoder (aiohttp's total_raw_bytes)
         stream.on_halt = self._worker_left  # first: every later path can end by it
 
     def __repr__(self) -> str:
@@ -105,7 +106,10 @@ class ResponseBody:
         decoder = self.decoder
         if decoder is None:
             self._emit(chunk)
-        elif decoder.pending or self.stream.window_full:
+            self._pump()
+            return
+        self._raw += len(chunk)
+        if decoder.pending or self.stream.window_full:
             # Output is owed already: keep the input for ``_pump``, which decodes as the
             # window opens. (Decoding here would add a piece per chunk past the window:
             # one upstream read can hold thousands of tiny chunks.)
@@ -199,6 +203,8 @@ class ResponseBody:
             return
         try:
             if error is None:
+                if self.decoder is not None:
+                    stream.raw_bytes = self._raw
                 stream.end()
             else:
                 stream.fail(failure_message(self.req, error, self.history))

@@ -129,7 +129,7 @@ class IPCStream(BrokerStream):
             self.conn.write(frame)
 
     def _send_end(self) -> None:
-        self._send_last(encode(End(self.id)))
+        self._send_last(encode(End(self.id, self.raw_bytes)))
 
     def _send_failure(self, failure: Failure) -> None:
         self._send_last(encode(failure))

@@ -40,7 +40,7 @@ class StreamStopped(Exception):
 
 
 class BrokerStream:
-    __slots__ = ("id", "unacked", "_resume", "state", "on_halt", "waiting")
+    __slots__ = ("id", "unacked", "_resume", "state", "on_halt", "waiting", "raw_bytes")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -51,6 +51,8 @@ class BrokerStream:
         self.on_halt: Callable[[], None] | None = None
         # The future the engine awaits for this stream (see ``wait``), if any.
         self.waiting: asyncio.Future[Any] | None = None
+        # The body's size as received when it was decoded (sent with End; 0: not).
+        self.raw_bytes = 0
 
     def __repr__(self) -> str:
         return (

@@ -142,6 +142,7 @@ class Data(_Msg, tag="data", frozen=True):
 
 class End(_Msg, tag="end", frozen=True):
     stream: StreamId
+    raw: Count = 0  # broker -> worker: the body's bytes before decoding, if it was decoded
 
 
 class Ack(_Msg, tag="ack", frozen=True):

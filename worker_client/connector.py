@@ -9,7 +9,9 @@ connector closes it for this process's sessions only: the pool is the group's.
 from __future__ import annotations
 
 import socket
+import warnings
 import weakref
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from shared.rules import check_host_port
@@ -70,6 +72,28 @@ class BaseConnector:
 
     def _bind(self, transport: Transport) -> None:
         self._transports.add(transport)
+
+    async def __aenter__(self) -> BaseConnector:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        exc_traceback: TracebackType | None = None,
+    ) -> None:
+        await self.close()
+
+    def __enter__(self) -> BaseConnector:
+        warnings.warn(
+            '"with Connector():" is deprecated, use "async with Connector():" instead',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

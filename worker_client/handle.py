@@ -75,8 +75,11 @@ class StreamHandle:
         if self._step(Event.DATA):
             self.content.feed_data(data)
 
-    def on_end(self) -> None:
+    def on_end(self, raw_bytes: int = 0) -> None:
+        """The body ended; ``raw_bytes``: its size before decoding, if it was decoded."""
         if self._step(Event.END):
+            if raw_bytes:
+                self.content.total_compressed_bytes = raw_bytes
             self._close()
             self.content.feed_eof()
 

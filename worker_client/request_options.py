@@ -16,10 +16,15 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
+
+from shared.specs import DEFAULT_TIMEOUT, ClientTimeout
+
 from .request_builder import PreparedRequest
 
-__all__ = ["bounded", "is_http10", "compress_and_chunk"]
+__all__ = ["UNSET", "bounded", "is_http10", "compress_and_chunk", "session_timeout"]
 
+UNSET: Any = object()
 _WBITS = {"deflate": zlib.MAX_WBITS, "gzip": 16 + zlib.MAX_WBITS}
 
 
@@ -44,6 +49,43 @@ def is_http10(version: Any) -> bool:
     if tuple(version) not in ((1, 0), (1, 1)):
         raise ValueError(f"http-broker speaks HTTP/1.0 and HTTP/1.1, not {version!r}")
     return tuple(version) == (1, 0)
+
+
+def session_timeout(timeout: Any, read_timeout: Any, conn_timeout: Any) -> ClientTimeout:
+    """A session's ``timeout=`` (a ``ClientTimeout`` only: a number is aiohttp's
+    ValueError), or the deprecated ``read_timeout=``/``conn_timeout=`` as aiohttp 3.14
+    takes them. ``read_timeout`` is unset when it is this module's ``UNSET``."""
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT
+        if read_timeout is not UNSET:
+            warnings.warn(
+                "read_timeout is deprecated, use timeout argument instead",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            timeout = msgspec.structs.replace(timeout, total=read_timeout)
+        if conn_timeout is not None:
+            warnings.warn(
+                "conn_timeout is deprecated, use timeout argument instead",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            timeout = msgspec.structs.replace(timeout, connect=conn_timeout)
+        return timeout
+    if not isinstance(timeout, ClientTimeout):
+        raise ValueError(
+            f"timeout parameter cannot be of {type(timeout)} type, "
+            "please use 'timeout=ClientTimeout(...)'"
+        )
+    if read_timeout is not UNSET:
+        raise ValueError(
+            "read_timeout and timeout parameters conflict, please setup timeout.read"
+        )
+    if conn_timeout is not None:
+        raise ValueError(
+            "conn_timeout and timeout parameters conflict, please setup timeout.connect"
+        )
+    return timeout
 
 
 def _empty(data: Any, json: Any) -> bool:

@@ -82,6 +82,7 @@ class StreamReader:
         "_on_consumed",
         "_on_drained",
         "total_bytes",
+        "total_compressed_bytes",
     )
 
     def __init__(
@@ -98,6 +99,7 @@ class StreamReader:
         # Called once when the body has been fed to EOF and entirely handed out.
         self._on_drained: Callable[[], None] | None = None
         self.total_bytes = 0
+        self.total_compressed_bytes: int | None = None  # set at the end of a decoded body
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -112,6 +114,13 @@ class StreamReader:
         return "<{}>".format(" ".join(info))
 
     # -- feeding side (the transport) --
+
+    @property
+    def total_raw_bytes(self) -> int:
+        """The body's bytes as received (before decompression, once it has ended)."""
+        if self.total_compressed_bytes is None:
+            return self.total_bytes
+        return self.total_compressed_bytes
 
     def feed_data(self, data: bytes) -> None:
         """Append received bytes and wake a waiting reader."""

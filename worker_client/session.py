@@ -28,7 +28,7 @@ from shared.messages import (
     Head,
     Request,
 )
-from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, encode_pool
+from shared.specs import DEFAULT_POOL_BYTES, ClientTimeout, encode_pool
 
 from .connector import BaseConnector
 from .cookies import (
@@ -42,7 +42,7 @@ from .cookies import (
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
 from .request_builder import prepare_request
-from .request_options import bounded, compress_and_chunk, is_http10
+from .request_options import UNSET, bounded, compress_and_chunk, is_http10, session_timeout
 from .response import ClientResponse
 from .transport import (
     StreamHandle,
@@ -131,6 +131,8 @@ class ClientSession:
         json_serialize: Callable[[Any], str] = _json.dumps,
         json_serialize_bytes: Callable[[Any], bytes] | None = None,
         timeout: ClientTimeout = _SENTINEL,
+        read_timeout: float | None = _SENTINEL,
+        conn_timeout: float | None = None,
         raise_for_status: bool | Callable[[ClientResponse], Awaitable[None]] = False,
         auto_decompress: bool = True,
         connector_owner: bool = True,
@@ -154,13 +156,11 @@ class ClientSession:
         self._max_line_size = bounded("max_line_size", max_line_size, HEAD_LIMIT_MAX)
         self._max_field_size = bounded("max_field_size", max_field_size, HEAD_LIMIT_MAX)
         self._max_headers = bounded("max_headers", max_headers, HEADERS_LIMIT_MAX)
-        if timeout is _SENTINEL or timeout is None:
-            timeout = DEFAULT_TIMEOUT
-        elif not isinstance(timeout, ClientTimeout):
-            raise ValueError(
-                f"timeout parameter cannot be of {type(timeout)} type, "
-                "please use 'timeout=ClientTimeout(...)'"
-            )
+        timeout = session_timeout(
+            None if timeout is _SENTINEL else timeout,
+            UNSET if read_timeout is _SENTINEL else read_timeout,
+            conn_timeout,
+        )
         self._connector = connector
         self._connector_owner = connector_owner
         self._pool = encode_pool(connector.spec) if connector is not None else DEFAULT_POOL_BYTES

@@ -171,7 +171,7 @@ class _LocalStream(BrokerStream):
 
     def _send_end(self) -> None:
         self.owner.streams.pop(self.id, None)
-        self.handle.on_end()
+        self.handle.on_end(self.raw_bytes)
 
     def _send_failure(self, failure: Failure) -> None:
         self.owner.streams.pop(self.id, None)
@@ -398,7 +398,7 @@ class IPCTransport(Transport):
                 self._end_pump(msg.stream)
             h = self.handles.get(msg.stream)
             if h is not None:
-                h.on_end()
+                h.on_end(msg.raw)
         elif kind is Rewind:
             body = self._replay.get(msg.stream)
             if body is None or msg.stream in self._pumps:

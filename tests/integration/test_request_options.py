@@ -462,3 +462,74 @@ async def test_requote_redirect_url(make_session, raw_server):
     assert targets == [b"/start", b"/a%2Fb?q=~", b"/start", b"/a%2Fb?q=%7e"] + [
         b"/start", b"/a%2Fb?q=%7e"
     ]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "identity"])
+async def test_total_raw_bytes_counts_the_body_as_received(make_session, serve_app, encoding):
+    import gzip
+    import zlib
+
+    plain = b"0123456789" * 10_000
+    encoded = {
+        "gzip": gzip.compress(plain),
+        "deflate": zlib.compress(plain),
+        "identity": plain,
+    }[encoding]
+    app = web.Application()
+
+    async def page(request: web.Request) -> web.Response:
+        headers = {} if encoding == "identity" else {"Content-Encoding": encoding}
+        return web.Response(body=encoded, headers=headers)
+
+    app.router.add_get("/", page)
+    base = await serve_app(app)
+    session = make_session()
+    async with session.get(base + "/") as resp:
+        assert await resp.read() == plain
+        assert resp.content.total_bytes == len(plain)
+        assert resp.content.total_raw_bytes == len(encoded)
+    async with session.get(base + "/", auto_decompress=False) as resp:
+        assert await resp.read() == encoded
+        assert resp.content.total_raw_bytes == len(encoded)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+async def test_connectors_are_async_context_managers(broker_address, serve_app, kind, tmp_path):
+    from worker_client import ClientSession, TCPConnector, UnixConnector
+
+    app = web.Application()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", page)
+    base = await serve_app(app)
+    connector = TCPConnector(limit=3) if kind == "tcp" else UnixConnector(str(tmp_path / "s"))
+    async with connector as conn:
+        assert conn is connector and not conn.closed
+        if kind == "tcp":
+            kw = {"connector": conn, "connector_owner": False, "broker": broker_address}
+            async with ClientSession(**kw) as s, s.get(base + "/") as resp:
+                assert await resp.text() == "ok"
+    assert connector.closed
+    with pytest.warns(DeprecationWarning, match="async with Connector"):
+        with TCPConnector() as sync_conn:
+            assert not sync_conn.closed
+    assert sync_conn.closed
+
+
+async def test_session_timeout_as_aiohttp_3_14_takes_it(make_session):
+    from worker_client import ClientTimeout
+
+    with pytest.raises(ValueError, match="timeout parameter cannot be of <class 'int'> type"):
+        make_session(timeout=5)
+    with pytest.warns(DeprecationWarning, match="read_timeout is deprecated"):
+        session = make_session(read_timeout=7)
+    assert session.timeout.total == 7
+    with pytest.warns(DeprecationWarning, match="conn_timeout is deprecated"):
+        session = make_session(conn_timeout=3)
+    assert session.timeout.connect == 3 and session.timeout.total == 300
+    with pytest.raises(ValueError, match="read_timeout and timeout parameters conflict"):
+        make_session(timeout=ClientTimeout(total=1), read_timeout=2)
+    with pytest.raises(ValueError, match="conn_timeout and timeout parameters conflict"):
+        make_session(timeout=ClientTimeout(total=1), conn_timeout=2)
