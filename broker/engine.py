@@ -143,6 +143,7 @@ class Engine:
             if location is None:
                 self._deliver(req, stream, conn, pool, head, encoding, hop, headers, history)
                 return
+            untouched = conn.body_held  # answered before 100 Continue: the body is unread
             pool.give_back(conn)
             history.append(
                 HistoryItem(
@@ -157,7 +158,7 @@ class Engine:
                     status=head.status,
                 )
             hop = follow(hop, head.status, location, req.requote_redirect_url)
-            if hop.streamed and not (req.replayable and stream.rewind()):
+            if hop.streamed and not (untouched or (req.replayable and stream.rewind())):
                 raise ConnectionFailure(
                     "payload",
                     "Cannot follow redirect with a consumed request body (a stream or a "

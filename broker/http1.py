@@ -29,6 +29,7 @@ from .exchange import (
     END,
     R_DONE,
     R_IDLE,
+    S_EXPECTING,
     S_IDLE,
     ConnectionFailure,
     Exchange,
@@ -273,6 +274,11 @@ class HTTP1Connection(asyncio.BufferedProtocol):
                 await (fut if stream is None else stream.wait(fut))
             finally:
                 self._drain_fut = None
+
+    @property
+    def body_held(self) -> bool:
+        """The request body still waits for ``100 Continue`` (none of it was sent)."""
+        return self.exchange.send is S_EXPECTING
 
     @property
     def got_response_bytes(self) -> bool:

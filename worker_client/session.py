@@ -610,7 +610,7 @@ class _SessionRequestContextManager:
     def __init__(self, method: str, url: str | URL, kwargs: dict[str, Any]) -> None:
         session_keys = (
             "connector", "timeout", "broker", "broker_uid", "auto_decompress", "headers",
-            "cookies",
+            "cookies", "version",
         )
         self._session_kw = {k: kwargs.pop(k) for k in session_keys if k in kwargs}
         self._method, self._url, self._kw = method, url, kwargs

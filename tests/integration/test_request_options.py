@@ -533,3 +533,46 @@ async def test_session_timeout_as_aiohttp_3_14_takes_it(make_session):
         make_session(timeout=ClientTimeout(total=1), read_timeout=2)
     with pytest.raises(ValueError, match="conn_timeout and timeout parameters conflict"):
         make_session(timeout=ClientTimeout(total=1), conn_timeout=2)
+
+
+async def test_one_off_request_takes_version(broker_address, raw_server):
+    from worker_client import request
+
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await read_request_head(reader))
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    base = await raw_server(handler)
+    async with request("GET", base + "/", version=HttpVersion10, broker=broker_address) as r:
+        assert r.status == 200
+    assert heads[0].startswith(b"GET / HTTP/1.0\r\n")
+
+
+@pytest.mark.parametrize("body", ["stream", "big"])
+async def test_expect100_redirect_before_100_sends_the_body_to_the_next_hop(
+    make_session, raw_server, body
+):
+    """A 307 before 100 Continue: nothing of the body was read, so the next hop gets all
+    of it (a stream too; a big body through a broker is not asked for again)."""
+    target = Expecting()
+    target_url = await raw_server(target)
+    first = Expecting(
+        early=b"HTTP/1.1 307 Temporary Redirect\r\nLocation: %s/next\r\nContent-Length: 0\r\n\r\n"
+        % target_url.encode()
+    )
+    base = await raw_server(first)
+    payload = os.urandom(3 << 20) if body == "big" else b"a" * 300_000 + b"b"
+    data: object = payload
+    if body == "stream":
+        data = _chunks(payload[:100_000], payload[100_000:])
+    session = make_session()
+    async with session.post(base + "/", data=data, expect100=True) as resp:
+        assert resp.status == 200
+        assert await resp.read() == payload
+        assert [h.status for h in resp.history] == [307]
+    assert len(target.heads) == 1
+    await asyncio.wait_for(first.closed.wait(), 10)
+    assert first.after_early == [b""]
