@@ -1,6 +1,8 @@
-"""aiohttp's request options that shape what is sent, as pure functions: head limits
-and buffer sizes (bounded as the broker takes them), ``version=``, and ``compress=``/
-``chunked=`` on a prepared request.
+"""aiohttp's session and request options, read as aiohttp 3.14 reads them (pure
+functions): head limits and buffer sizes (bounded as the broker takes them),
+``version=``, ``expect100=``, the session's ``timeout=`` with the deprecated
+``read_timeout=``/``conn_timeout=``, and ``compress=``/``chunked=`` on a prepared
+request.
 
 ``compress=`` compresses the body here, in the worker, as aiohttp's writer does
 (``deflate`` is the zlib format, ``gzip`` the gzip one), with ``Content-Encoding`` and
@@ -17,12 +19,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from multidict import CIMultiDict
 
 from shared.specs import DEFAULT_TIMEOUT, ClientTimeout
 
 from .request_builder import PreparedRequest
 
-__all__ = ["UNSET", "bounded", "is_http10", "compress_and_chunk", "session_timeout"]
+__all__ = [
+    "UNSET",
+    "bounded",
+    "compress_and_chunk",
+    "expects_continue",
+    "is_http10",
+    "session_timeout",
+]
 
 UNSET: Any = object()
 _WBITS = {"deflate": zlib.MAX_WBITS, "gzip": 16 + zlib.MAX_WBITS}
@@ -56,22 +66,22 @@ def session_timeout(timeout: Any, read_timeout: Any, conn_timeout: Any) -> Clien
     ValueError), or the deprecated ``read_timeout=``/``conn_timeout=`` as aiohttp 3.14
     takes them. ``read_timeout`` is unset when it is this module's ``UNSET``."""
     if timeout is None:
-        timeout = DEFAULT_TIMEOUT
+        out: ClientTimeout = DEFAULT_TIMEOUT
         if read_timeout is not UNSET:
             warnings.warn(
                 "read_timeout is deprecated, use timeout argument instead",
                 DeprecationWarning,
                 stacklevel=3,
             )
-            timeout = msgspec.structs.replace(timeout, total=read_timeout)
+            out = msgspec.structs.replace(out, total=read_timeout)
         if conn_timeout is not None:
             warnings.warn(
                 "conn_timeout is deprecated, use timeout argument instead",
                 DeprecationWarning,
                 stacklevel=3,
             )
-            timeout = msgspec.structs.replace(timeout, connect=conn_timeout)
-        return timeout
+            out = msgspec.structs.replace(out, connect=conn_timeout)
+        return out
     if not isinstance(timeout, ClientTimeout):
         raise ValueError(
             f"timeout parameter cannot be of {type(timeout)} type, "
@@ -86,6 +96,16 @@ def session_timeout(timeout: Any, read_timeout: Any, conn_timeout: Any) -> Clien
             "conn_timeout and timeout parameters conflict, please setup timeout.connect"
         )
     return timeout
+
+
+def expects_continue(headers: CIMultiDict[str], expect100: bool) -> bool:
+    """aiohttp's ``expect100=``: sets the ``Expect`` header; the header given by hand
+    (any case) means the same."""
+    if expect100:
+        headers["Expect"] = "100-continue"
+        return True
+    expect = headers.get("Expect")
+    return expect is not None and expect.lower() == "100-continue"
 
 
 def _empty(data: Any, json: Any) -> bool:

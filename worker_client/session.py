@@ -42,7 +42,14 @@ from .cookies import (
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
 from .request_builder import prepare_request
-from .request_options import UNSET, bounded, compress_and_chunk, is_http10, session_timeout
+from .request_options import (
+    UNSET,
+    bounded,
+    compress_and_chunk,
+    expects_continue,
+    is_http10,
+    session_timeout,
+)
 from .response import ClientResponse
 from .transport import (
     StreamHandle,
@@ -169,6 +176,8 @@ class ClientSession:
         self._default_auth = auth
         self._json_serialize = json_serialize
         self._json_serialize_bytes = json_serialize_bytes
+        # What json= goes through: the builder takes str or bytes from it.
+        self._json_dumps: Callable[[Any], Any] = json_serialize_bytes or json_serialize
         self._resolve_charset = fallback_charset_resolver
         self._requote_redirect_url = requote_redirect_url
         self._timeout = timeout
@@ -409,7 +418,7 @@ class ClientSession:
             params=params,
             data=data,
             json=json,
-            json_serialize=self._json_serialize_bytes or self._json_serialize,
+            json_serialize=self._json_dumps,
             headers=merged,
             skip_auto_headers=skip,
             auth=auth,
@@ -418,23 +427,8 @@ class ClientSession:
         chunk = False
         if compress or chunked is not None:
             prepared, chunk = compress_and_chunk(prepared, data, json, compress, chunked)
-        if not expect100:
-            expect = prepared.headers.get("Expect")
-            expect100 = expect is not None and expect.lower() == "100-continue"
-        else:
-            prepared.headers["Expect"] = "100-continue"
-        limits = (
-            self._max_line_size if max_line_size is None
-            else bounded("max_line_size", max_line_size, HEAD_LIMIT_MAX),
-            self._max_field_size if max_field_size is None
-            else bounded("max_field_size", max_field_size, HEAD_LIMIT_MAX),
-            self._max_headers if max_headers is None
-            else bounded("max_headers", max_headers, HEADERS_LIMIT_MAX),
-        )
-        bufsize = (
-            self._read_bufsize if read_bufsize is None
-            else bounded("read_bufsize", read_bufsize, READ_BUFSIZE_MAX)
-        )
+        expect100 = expects_continue(prepared.headers, expect100)
+        limits = self._limits(max_line_size, max_field_size, max_headers, read_bufsize)
         transport = await self._get_transport()
         jar_ref = self._jar_ref
         if jar_ref is None:
@@ -455,7 +449,7 @@ class ClientSession:
             )
             return exception_from_failure(failure, request_info, history)
 
-        handle = StreamHandle(transport, transport.next_stream_id(), make_error, bufsize)
+        handle = StreamHandle(transport, transport.next_stream_id(), make_error, limits[3])
         req = Request(
             stream=handle.id,
             method=prepared.method,
@@ -506,6 +500,22 @@ class ClientSession:
                 raise
         return resp
 
+    def _limits(
+        self, line: int | None, field: int | None, count: int | None, bufsize: int | None
+    ) -> tuple[int, int, int, int]:
+        """A request's max_line_size, max_field_size, max_headers and read_bufsize:
+        its own, bounded, or the session's."""
+        return (
+            self._max_line_size if line is None
+            else bounded("max_line_size", line, HEAD_LIMIT_MAX),
+            self._max_field_size if field is None
+            else bounded("max_field_size", field, HEAD_LIMIT_MAX),
+            self._max_headers if count is None
+            else bounded("max_headers", count, HEADERS_LIMIT_MAX),
+            self._read_bufsize if bufsize is None
+            else bounded("read_bufsize", bufsize, READ_BUFSIZE_MAX),
+        )
+
     def _history_response(self, item: Any, request_info: RequestInfo) -> ClientResponse:
         info = self._info_for(item, request_info)
         return ClientResponse.from_head(
@@ -547,7 +557,7 @@ class ClientSession:
             request_url=request_url,
         )
         if self._resolve_charset is not None:
-            resp._resolve_charset = self._resolve_charset  # type: ignore[method-assign]
+            resp._resolve_charset = self._resolve_charset
         return resp
 
 
