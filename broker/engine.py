@@ -196,6 +196,7 @@ class Engine:
             chunked,
             req.skip_host,
             (1, 0) if req.http10 else (1, 1),
+            pool.spec.force_close,
         )
         limits = _limits(req)
         expect = req.expect100

@@ -189,9 +189,11 @@ def build_head(
     chunked: bool,
     skip_host: bool,
     version: tuple[int, int] = (1, 1),
+    force_close: bool = False,
 ) -> bytes:
     """The request line and headers of one hop, per-hop headers added; an HTTP/1.0
-    request asks for keep-alive unless it says otherwise (as aiohttp)."""
+    request asks for keep-alive unless it says otherwise or the pool never reuses a
+    connection (as aiohttp)."""
     target = url.raw_path_qs or "/"
     parts = [f"{method} {target} HTTP/{version[0]}.{version[1]}\r\n"]
     has_host = skip_host
@@ -209,7 +211,11 @@ def build_head(
         parts.append(f"{name}: {value}\r\n")
     if not has_host:
         parts.insert(1, f"Host: {url.host_port_subcomponent}\r\n")
-    if version == (1, 0) and not any(n.lower() == "connection" for n, _ in headers):
+    if (
+        version == (1, 0)
+        and not force_close
+        and not any(n.lower() == "connection" for n, _ in headers)
+    ):
         parts.append("Connection: keep-alive\r\n")
     if body_length is not None:
         parts.append(f"Content-Length: {body_length}\r\n")

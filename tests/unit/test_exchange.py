@@ -434,3 +434,5 @@ def test_http10_head_asks_for_keep_alive_unless_told():
     assert head == b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
     head = build_head("GET", url, [("Connection", "close")], None, False, False, (1, 0))
     assert head == b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: close\r\n\r\n"
+    head = build_head("GET", url, [], None, False, False, (1, 0), force_close=True)
+    assert head == b"GET /p HTTP/1.0\r\nHost: h\r\n\r\n"
