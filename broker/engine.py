@@ -27,7 +27,7 @@ from .connector import Pool
 from .cookie_header import with_cookies
 from .cookie_store import COOKIE_NAME_RE, CookieStore
 from .decoding import make_decoder
-from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, build_head, declared_length
+from .exchange import HeadLimits, ResponseHead, build_head, declared_length
 from .failures import ConnectionFailure, failure_message
 from .hops import REDIRECTS, Hop, follow, redirect_location
 from .http1 import HTTP1Connection, watch_silence
@@ -312,8 +312,7 @@ class Engine:
 
 def _limits(req: Request) -> HeadLimits:
     """The request's head limits (bounded by ``Request``'s decoding)."""
-    limits = HeadLimits(req.max_line_size, req.max_field_size, req.max_headers)
-    return DEFAULT_LIMITS if limits == DEFAULT_LIMITS else limits
+    return HeadLimits(req.max_line_size, req.max_field_size, req.max_headers)
 
 
 def _checked(req: Request) -> URL:

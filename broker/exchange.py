@@ -15,6 +15,8 @@ listed, ``fail``: ``fail()``, a parse error, a broken limit, or the rule named):
     IDLE    --start, streamed-->     SENDING  AWAITING_HEAD --1xx head-->       AWAITING_HEAD
     IDLE    --start, expect 100-->   EXPECTING
     EXPECTING --100 Continue-->      SENT (whole body) / SENDING (streamed)
+    EXPECTING --final head-->        EXPECTING (the body is never sent)
+    EXPECTING --connection lost-->   FAILED
     SENDING --send_body-->           SENDING  AWAITING_HEAD --head-->           BODY
     SENDING --end_body-->            SENT     AWAITING_HEAD --head, no body-->  DONE
     SENDING --over/short of length-> FAILED   BODY          --end of message--> DONE
@@ -39,8 +41,8 @@ Rules kept here, all from aiohttp's client where it has one:
   messages; the status line's reason is checked as it arrives, a field (name plus
   value) once httptools hands it over, so the whole head is also capped at
   ``MAX_HEAD_BYTES`` counted as it arrives, whatever the limits. A limit is at most
-  ``MAX_LIMIT`` (a field or line) or ``MAX_HEADERS_LIMIT`` (the count): the broker
-  refuses more. 1xx heads are skipped (101 ends the exchange).
+  ``MAX_LIMIT`` (a field or line) or ``MAX_HEADERS_LIMIT`` (the count): a ``Request``
+  asking more does not decode. 1xx heads are skipped (101 ends the exchange).
 - No body after a HEAD request, nor for 204/304. httptools cannot be told that a
   response has no body because it answers HEAD, so the exchange ends at the head and the
   parser is replaced before the next request. A response with neither Content-Length
