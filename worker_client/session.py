@@ -397,6 +397,7 @@ class ClientSession:
             auto_decompress=self._auto_decompress if auto_decompress is None else auto_decompress,
             read_until_eof=read_until_eof,
             skip_host=prepared.skip_host,
+            replayable=prepared.rewind is not None,
             jar=jar_ref[0],
             cookies=own_cookies,
         )
@@ -404,13 +405,18 @@ class ClientSession:
         if timeout.total:
             handle.set_deadline(timeout.total, timeout.ceil_threshold)
         try:
-            await transport.send(req, prepared.stream, handle, prepared.url, jar_ref[1])
+            await transport.send(
+                req, prepared.stream, handle, prepared.url, jar_ref[1], prepared.rewind
+            )
             head = await handle.head
         except BaseException:
             handle.give_up()
             self._handles.discard(handle)
             del handle  # its head holds the exception, whose traceback holds this frame
             raise
+        finally:
+            if prepared.payload is not None:  # as aiohttp: closed when the chain ends
+                await prepared.payload.close()
         resp = self._response(head, handle, request_info, req.url)
         rfs = raise_for_status
         if rfs is None:

@@ -25,7 +25,7 @@ import asyncio
 import os
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
+Rewinder = Callable[[], AsyncIterator[bytes]]
 _BUFSIZE = 1 << 18
 
 
@@ -118,10 +119,13 @@ class Transport:
         handle: StreamHandle,
         url: URL | None = None,
         jar: CookieStore | None = None,
+        rewind: Rewinder | None = None,
     ) -> None:
         """Start a stream; the head arrives on ``handle.head``. ``url`` is ``req.url``
         already parsed and checked, when the caller has it. ``jar``: embedded, the
-        request's cookie store (through a broker, ``req.jar`` names it instead)."""
+        request's cookie store (through a broker, ``req.jar`` names it instead).
+        ``rewind``: for a ``replayable`` streamed body, makes it again from its start
+        (a 307/308); it raises if the body can no longer be made."""
         raise NotImplementedError
 
     def cancel(self, stream_id: int) -> None:
@@ -150,18 +154,29 @@ class Transport:
 
 
 class _LocalStream(BrokerStream):
-    __slots__ = ("handle", "body", "owner")
+    __slots__ = ("handle", "body", "owner", "_rewind")
 
     def __init__(
         self,
         handle: StreamHandle,
         body: AsyncIterator[bytes] | None,
         owner: EmbeddedTransport,
+        rewind: Rewinder | None = None,
     ) -> None:
         super().__init__(handle.id)
         self.handle = handle
         self.body = body
         self.owner = owner
+        self._rewind = rewind
+
+    def rewind(self) -> bool:
+        if self._rewind is None:
+            return False
+        try:
+            self.body = self._rewind()
+        except Exception:  # consumed: the engine fails the request with aiohttp's error
+            return False
+        return True
 
     def _send_head(self, msg: Head) -> None:
         self.handle.on_head(msg)
@@ -214,8 +229,9 @@ class EmbeddedTransport(Transport):
         handle: StreamHandle,
         url: URL | None = None,
         jar: CookieStore | None = None,
+        rewind: Rewinder | None = None,
     ) -> None:
-        stream = _LocalStream(handle, body, self)
+        stream = _LocalStream(handle, body, self, rewind)
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
         try:
@@ -324,7 +340,7 @@ class IPCTransport(Transport):
         self._credit: dict[int, int] = {}
         self._credit_waiters: dict[int, asyncio.Future[None]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
-        self._replay: dict[int, bytes] = {}  # bodies the broker may ask for again
+        self._replay: dict[int, Rewinder] = {}  # bodies the broker may ask for again
         self._jar_opens: dict[int, bytes] = {}  # open_jar calls not answered yet: tokens
         self._next_jar_call = 1
         # One waiter per StatsRequest sent; the broker answers them in order.
@@ -398,14 +414,19 @@ class IPCTransport(Transport):
             if h is not None:
                 h.on_end()
         elif kind is Rewind:
-            body = self._replay.get(msg.stream)
-            if body is None or msg.stream in self._pumps:
+            rewind = self._replay.get(msg.stream)
+            if rewind is None or msg.stream in self._pumps:
                 self.lost(BrokerProtocolError(f"the broker asked to rewind stream {msg.stream}"))
                 return
+            try:
+                body = rewind()
+            except Exception as exc:  # the body can no longer be made: the request fails
+                h = self.handles.get(msg.stream)
+                if h is not None:
+                    h.give_up(exc)
+                return
             self._credit[msg.stream] = STREAM_WINDOW
-            self._pumps[msg.stream] = self.loop.create_task(
-                self._pump(msg.stream, _slices(body))
-            )
+            self._pumps[msg.stream] = self.loop.create_task(self._pump(msg.stream, body))
         elif kind is Failure:
             self._end_pump(msg.stream)
             h = self.handles.get(msg.stream)
@@ -499,10 +520,11 @@ class IPCTransport(Transport):
         handle: StreamHandle,
         url: URL | None = None,
         jar: CookieStore | None = None,
+        rewind: Rewinder | None = None,
     ) -> None:
         if self._writable is not None:
             await self._until_writable()
-        self.open(req, body, handle)
+        self.open(req, body, handle, rewind)
 
     def open_jar(self, token: bytes, spec: JarSpec) -> None:
         if jar_channel.closing:
@@ -518,16 +540,25 @@ class IPCTransport(Transport):
             self._send(JarClose(token))
             self.jars_open.discard(token)
 
-    def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
+    def open(
+        self,
+        req: Request,
+        body: AsyncIterator[bytes] | None,
+        handle: StreamHandle,
+        rewind: Rewinder | None = None,
+    ) -> None:
         if jar_channel.closing:
             self._send_closes()
+        if rewind is not None and req.replayable:
+            self._replay[req.stream] = rewind
         if req.body is not None and len(req.body) > _INLINE_BODY_MAX:
             # Over the frame cap: send it as a streamed body with its Content-Length.
             body = _slices(req.body)
             headers = req.headers
             if not any(k.lower() == "content-length" for k, _ in headers):
                 headers = [*headers, ("Content-Length", str(len(req.body)))]
-            self._replay[req.stream] = req.body
+            inline = req.body
+            self._replay[req.stream] = lambda: _slices(inline)
             req = msgspec.structs.replace(
                 req, body=None, streamed=True, replayable=True, headers=headers
             )
