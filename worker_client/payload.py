@@ -20,6 +20,7 @@ hand-off of a ``write``-based payload.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import enum
 import io
 import json
@@ -560,6 +561,8 @@ class TextIOPayload(IOBasePayload):
     """A text file object, re-encoded with ``encoding`` (default: the content type's
     charset, else utf-8)."""
 
+    _encoder: codecs.IncrementalEncoder
+
     def __init__(
         self,
         value: IO[str],
@@ -581,8 +584,6 @@ class TextIOPayload(IOBasePayload):
     @property
     def size(self) -> int | None:
         # The file's bytes are the body's only when they are in the body's encoding.
-        import codecs
-
         try:
             same = codecs.lookup(self._value.encoding).name == codecs.lookup(
                 self._encoding or "utf-8"
@@ -591,8 +592,17 @@ class TextIOPayload(IOBasePayload):
             same = False
         return super().size if same else None
 
+    def _first(self) -> tuple[int | None, bytes]:
+        # One encoder per sending: a BOM (utf-16) only at the start of the body.
+        self._encoder = codecs.getincrementalencoder(self._encoding or "utf-8")()
+        return super()._first()
+
     def _encode(self, chunk: Any) -> bytes:
-        return chunk.encode(self._encoding or "utf-8")
+        return self._encoder.encode(chunk) if chunk else b""
+
+    def _read_all(self) -> bytes:
+        self._set_or_restore_start_position()
+        return self._value.read().encode(self._encoding or "utf-8")  # type: ignore[no-any-return]
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         self._set_or_restore_start_position()
