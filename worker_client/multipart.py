@@ -350,7 +350,7 @@ class MultipartWriter(Payload):
     async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
         return b"".join([chunk async for chunk in self._chunks()])
 
-    async def _chunks(self, close_boundary: bool = True) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def _chunks(self, close_boundary: bool = True) -> AsyncIterator[bytes]:
         for part, encoding, te_encoding in self._parts:
             yield b"--" + self._boundary + b"\r\n" + part._binary_headers
             if encoding or te_encoding:
@@ -743,7 +743,7 @@ class BodyPartReaderPayload(Payload):
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("Unable to decode.")
 
-    async def _chunks(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def _chunks(self) -> AsyncIterator[bytes]:
         self._consumed = True
         while chunk := await self._value.read_chunk(2**16):
             yield chunk

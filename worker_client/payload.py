@@ -208,7 +208,7 @@ class Payload(ABC):
         self._headers: CIMultiDict[str] = CIMultiDict()
         self._value = value
         if content_type is not sentinel and content_type is not None:
-            self._headers["Content-Type"] = content_type  # type: ignore[assignment]
+            self._headers["Content-Type"] = content_type
         elif self._filename is not None:
             guess = (
                 mimetypes.guess_file_type  # type: ignore[attr-defined]
@@ -415,7 +415,7 @@ class BytesPayload(Payload):
     def _replayable(self) -> bool:
         return True
 
-    async def _chunks(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def _chunks(self) -> AsyncIterator[bytes]:
         view = memoryview(self._value).cast("B")
         for start in range(0, len(view), FILE_CHUNK_SIZE):
             yield bytes(view[start : start + FILE_CHUNK_SIZE])
@@ -521,7 +521,7 @@ class IOBasePayload(Payload):
     def _read(self, n: int) -> bytes:
         return self._encode(self._value.read(n))
 
-    async def _chunks(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def _chunks(self) -> AsyncIterator[bytes]:
         size, chunk = await asyncio.to_thread(self._first)
         sent = 0
         while chunk:
@@ -622,7 +622,7 @@ class BytesIOPayload(IOBasePayload):
     def size(self) -> int:
         return self._size  # type: ignore[return-value]
 
-    async def _chunks(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def _chunks(self) -> AsyncIterator[bytes]:
         self._set_or_restore_start_position()
         first = True
         while chunk := self._value.read(FILE_CHUNK_SIZE):
@@ -687,7 +687,7 @@ class AsyncIterablePayload(Payload):
     def _replayable(self) -> bool:
         return self._cached_chunks is not None
 
-    async def _chunks(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def _chunks(self) -> AsyncIterator[bytes]:
         if self._cached_chunks is not None:
             for chunk in self._cached_chunks:
                 yield chunk

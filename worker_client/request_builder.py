@@ -9,6 +9,7 @@ Per-hop headers (Host, Content-Length, Transfer-Encoding) are the broker's.
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json as _json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -138,11 +139,12 @@ def prepare_request(
     payload = None
     if json is not None:
         serialized = json_serialize(json)
-        body: bytes | None = serialized if isinstance(serialized, bytes) else serialized.encode()
+        encoded = serialized if isinstance(serialized, bytes) else serialized.encode()
         if "Content-Type" not in out and "content-type" not in skip:
             out["Content-Type"] = "application/json"
         if "Content-Length" not in out:
-            out["Content-Length"] = str(len(body))
+            out["Content-Length"] = str(len(encoded))
+        body: bytes | None = encoded
     else:
         body, payload = _encode_data(data, out, skip)
 
@@ -229,7 +231,7 @@ def _inline(payload: Payload) -> bytes | None:
         value = payload._value
         return value if type(value) is bytes else bytes(value)
     if type(payload) is BytesIOPayload and payload.size <= _INLINE_MAX:
-        buf = payload._value
+        buf: io.BytesIO = payload._value
         return buf.getvalue()[buf.tell() :]
     return None
 

@@ -96,6 +96,6 @@ async def test_a_large_upload_keeps_rss_bounded(own_broker, serve_app, big_file,
             async with session.post(base + "/upload", data=data) as resp:
                 got = await resp.json()
     assert got == {"size": SIZE, "sha256": sha}
-    worker_growth, broker_growth = (peak - base for peak, base in zip(peaks, baseline))
+    worker_growth, broker_growth = (peak - base for peak, base in zip(peaks, baseline, strict=True))
     assert worker_growth < BOUND, f"worker RSS grew by {worker_growth >> 20} MiB"
     assert broker_growth < BOUND, f"broker RSS grew by {broker_growth >> 20} MiB"
