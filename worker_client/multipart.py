@@ -619,6 +619,17 @@ class BodyPartReader:
 
     async def read_chunk(self, size: int = chunk_size) -> bytes:
         """Up to ``size`` bytes of the body; b"" once it ended."""
+        return await self._read(size, None)
+
+    async def readline(self) -> bytes:
+        """One line of the body (its last without the CRLF of the delimiter)."""
+        out = bytearray()
+        while not self._at_eof and not out.endswith(b"\n"):
+            out += await self._read(self.chunk_size, b"\n")
+        return bytes(out)
+
+    async def _read(self, size: int, stop: bytes | None) -> bytes:
+        """Up to ``size`` bytes of the body, up to and with ``stop`` if it comes first."""
         if self._at_eof:
             return b""
         src = self._source
@@ -633,29 +644,19 @@ class BodyPartReader:
         while len(src.buf) < size + skip + len(self._delimiter) and await src.fill():
             pass
         idx = src.buf.find(self._delimiter)
-        if 0 <= idx <= size + skip:
-            chunk = bytes(src.buf[skip:idx])
-            del src.buf[: idx + 2]  # the delimiter's CRLF; "--boundary" is the reader's
-            self._at_eof = True
-            return chunk
         if idx < 0 and src.eof:
             raise ValueError("the multipart body ended inside a part")
-        take = min(size + skip, idx if idx >= 0 else len(src.buf) - len(self._delimiter) + 1)
+        end = idx if idx >= 0 else len(src.buf) - len(self._delimiter) + 1
+        take = min(size + skip, end)
+        if stop is not None and (at := src.buf.find(stop, skip, take)) >= 0:
+            take = at + len(stop)
         chunk = bytes(src.buf[skip:take])
-        del src.buf[:take]
+        if take == idx:
+            del src.buf[: idx + 2]  # the delimiter's CRLF; "--boundary" is the reader's
+            self._at_eof = True
+        else:
+            del src.buf[:take]
         return chunk
-
-    async def readline(self) -> bytes:
-        """One line of the body (its last without the CRLF of the delimiter)."""
-        if self._at_eof:
-            return b""
-        out = bytearray()
-        while not self._at_eof:
-            chunk = await self.read_chunk(1)
-            out += chunk
-            if chunk == b"\n":
-                break
-        return bytes(out)
 
     async def release(self) -> None:
         """Read the rest of the body to the void."""

@@ -25,6 +25,7 @@ from worker_client import (
     BytesIOPayload,
     BytesPayload,
     ClientConnectorError,
+    FormData,
     ClientPayloadError,
     JsonPayload,
     Payload,
@@ -342,7 +343,15 @@ NOT_REPLAYABLE: dict[str, Callable[[Path], Any]] = {
     "async generator": lambda t: _agen(b"only", b"once"),
     "AsyncIterablePayload": lambda t: AsyncIterablePayload(_agen(b"once")),
     "a pipe (cannot seek)": lambda t: _pipe(b"piped"),
+    "FormData with a stream": lambda t: _form_with_stream(t),
 }
+
+
+def _form_with_stream(tmp: Path) -> FormData:
+    form = FormData()
+    form.add_field("file", _file(tmp, "f.bin", b"file part"))
+    form.add_field("stream", _agen(b"s"), filename="s.bin")
+    return form
 
 
 def _pipe(data: bytes) -> Any:
@@ -361,6 +370,9 @@ async def test_a_body_read_once_cannot_follow_a_307(serve_app, session, tmp_path
     with pytest.raises(ClientPayloadError, match="Cannot follow redirect with a consumed"):
         await session.post(f"{base}/redirect/{status}", params={"to": "/echo"}, data=data)
     assert received == []
+    if isinstance(data, FormData):  # its file part was closed all the same
+        file_part = next(iter(data._writer))[0]
+        assert file_part._value.closed
     async with session.post(
         f"{base}/redirect/{status}", params={"to": "/echo"}, data=NOT_REPLAYABLE[name](tmp_path),
         allow_redirects=False,

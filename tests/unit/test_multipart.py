@@ -294,6 +294,15 @@ async def test_reader_readline_and_chunks() -> None:
     assert await part.readline() == b"line 1\n"
     assert await part.readline() == b"line 2"
     assert await part.readline() == b""
+    long = b"y" * 300_000 + b"\n"
+    body = b"--b\r\n\r\n" + long + b"tail\r\n--b--\r\n"
+    part = await MultipartReader(
+        {"Content-Type": "multipart/mixed; boundary=b"}, _reader(body, 1 << 16)
+    ).next()
+    assert await part.readline() == long
+    assert await part.read_chunk(2) == b"ta"
+    assert await part.readline() == b"il"
+    assert part.at_eof()
 
 
 async def test_reader_refuses_bad_input() -> None:
