@@ -8,6 +8,7 @@ is aiohttp's ``ClientPayloadError``. Every payload is closed when the request en
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -395,3 +396,24 @@ async def test_a_file_closed_before_the_replay_gives_aiohttps_error(serve_app, s
             f"{base}/redirect/307", params={"to": "/echo"}, data=Closing(b"x" * (2 << 20))
         )
     assert received == []
+
+
+async def test_a_file_is_closed_when_the_request_is_cancelled(raw_server, session, tmp_path):
+    """Cancelled mid-upload (the server reads the head, then nothing): the file is closed."""
+    got_head = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        got_head.set()
+        await release.wait()
+
+    base = await raw_server(handler)
+    f = _file(tmp_path, "big.bin", bytes(8 << 20))
+    task = asyncio.ensure_future(session.post(base + "/", data=f))
+    await got_head.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    assert f.closed
