@@ -43,6 +43,7 @@ from .request_builder import PreparedRequest
 from .resolver import AbstractResolver, AsyncResolver, DefaultResolver, ThreadedResolver
 from .response import ClientResponse, StreamReader
 from .session import ClientSession, request
+from .upload import UploadTracker
 
 __all__ = [
     "AbstractCookieJar",
@@ -90,5 +91,6 @@ __all__ = [
     "get_payload",
     "payload_type",
     "streamer",
+    "UploadTracker",
     *_exc_all,
 ]

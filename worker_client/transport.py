@@ -120,12 +120,14 @@ class Transport:
         url: URL | None = None,
         jar: CookieStore | None = None,
         rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         """Start a stream; the head arrives on ``handle.head``. ``url`` is ``req.url``
         already parsed and checked, when the caller has it. ``jar``: embedded, the
         request's cookie store (through a broker, ``req.jar`` names it instead).
         ``rewind``: for a ``replayable`` streamed body, makes it again from its start
-        (a 307/308); it raises if the body can no longer be made."""
+        (a 307/308); it raises if the body can no longer be made. ``written(n)``: n more
+        bytes of the streamed body are on the server's socket (``UploadTracker``)."""
         raise NotImplementedError
 
     def cancel(self, stream_id: int) -> None:
@@ -154,7 +156,7 @@ class Transport:
 
 
 class _LocalStream(BrokerStream):
-    __slots__ = ("handle", "body", "owner", "_rewind")
+    __slots__ = ("handle", "body", "owner", "_rewind", "_written")
 
     def __init__(
         self,
@@ -162,12 +164,18 @@ class _LocalStream(BrokerStream):
         body: AsyncIterator[bytes] | None,
         owner: EmbeddedTransport,
         rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(handle.id)
         self.handle = handle
         self.body = body
         self.owner = owner
         self._rewind = rewind
+        self._written = written
+
+    def body_written(self, size: int) -> None:
+        if self._written is not None:
+            self._written(size)
 
     def rewind(self) -> bool:
         if self._rewind is None:
@@ -230,8 +238,9 @@ class EmbeddedTransport(Transport):
         url: URL | None = None,
         jar: CookieStore | None = None,
         rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
-        stream = _LocalStream(handle, body, self, rewind)
+        stream = _LocalStream(handle, body, self, rewind, written)
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
         try:
@@ -341,6 +350,7 @@ class IPCTransport(Transport):
         self._credit_waiters: dict[int, asyncio.Future[None]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._replay: dict[int, Rewinder] = {}  # bodies the broker may ask for again
+        self._progress: dict[int, Callable[[int], None]] = {}  # upload trackers' counters
         self._jar_opens: dict[int, bytes] = {}  # open_jar calls not answered yet: tokens
         self._next_jar_call = 1
         # One waiter per StatsRequest sent; the broker answers them in order.
@@ -385,6 +395,7 @@ class IPCTransport(Transport):
     def forget(self, stream_id: int) -> None:
         super().forget(stream_id)
         self._replay.pop(stream_id, None)
+        self._progress.pop(stream_id, None)
 
     def _send(self, msg: Any) -> None:
         if self._error is not None:
@@ -436,6 +447,9 @@ class IPCTransport(Transport):
             if not 0 < msg.size <= STREAM_WINDOW:
                 self.lost(BrokerProtocolError(f"the broker sent an Ack of {msg.size} bytes"))
                 return
+            progress = self._progress.get(msg.stream)
+            if progress is not None:
+                progress(msg.size)
             if msg.stream not in self._credit:
                 return  # the body was all sent: a late acknowledgement
             self._credit[msg.stream] += msg.size
@@ -521,10 +535,11 @@ class IPCTransport(Transport):
         url: URL | None = None,
         jar: CookieStore | None = None,
         rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         if self._writable is not None:
             await self._until_writable()
-        self.open(req, body, handle, rewind)
+        self.open(req, body, handle, rewind, written)
 
     def open_jar(self, token: bytes, spec: JarSpec) -> None:
         if jar_channel.closing:
@@ -546,11 +561,14 @@ class IPCTransport(Transport):
         body: AsyncIterator[bytes] | None,
         handle: StreamHandle,
         rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         if jar_channel.closing:
             self._send_closes()
         if rewind is not None and req.replayable:
             self._replay[req.stream] = rewind
+        if written is not None:
+            self._progress[req.stream] = written
         if req.body is not None and len(req.body) > _INLINE_BODY_MAX:
             # Over the frame cap: send it as a streamed body with its Content-Length.
             body = _slices(req.body)

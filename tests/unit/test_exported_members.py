@@ -25,7 +25,6 @@ NOT_YET = {
         "TraceRequestStartParams", "TraceResponseChunkReceivedParams",
     },
     "TLS": {"Fingerprint"},
-    "upload progress (upload_tracker=, a request option)": {"UploadTracker"},
     "websockets": {
         "ClientWSTimeout", "ClientWebSocketResponse", "WSCloseCode", "WSMessage", "WSMsgType",
         "WebSocketError",
