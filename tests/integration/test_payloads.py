@@ -417,3 +417,13 @@ async def test_a_file_is_closed_when_the_request_is_cancelled(raw_server, sessio
         await task
     release.set()
     assert f.closed
+
+
+async def test_a_file_is_closed_when_the_broker_cannot_be_reached(tmp_path):
+    from worker_client import BrokerConnectionError, ClientSession
+
+    f = _file(tmp_path, "c.bin", b"close me")
+    async with ClientSession(broker=str(tmp_path / "no-broker.sock")) as s:
+        with pytest.raises(BrokerConnectionError):
+            await s.post("http://127.0.0.1:1/", data=f)
+    assert f.closed
