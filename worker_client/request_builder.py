@@ -2,8 +2,11 @@
 
 Pure code, as aiohttp's ``ClientSession._request`` + ``ClientRequest`` decide it: the URL
 (base_url, params, credentials, fragment), the headers (auto headers, Authorization,
-Content-Type) and the body (bytes now, or a stream of bytes read later in the loop).
-Per-hop headers (Host, Content-Length, Transfer-Encoding) are the broker's.
+Content-Type) and the body. ``data`` becomes a payload (``worker_client.payload``, by
+aiohttp's registry, else a ``FormData``) whose headers and known size (Content-Length)
+join the request's; in-memory bytes go inline, anything else as a stream of chunks read
+later in the loop, with a ``rewind`` to make it again when it can be re-read (a
+307/308). Host and Transfer-Encoding are the broker's, per hop.
 """
 
 from __future__ import annotations
