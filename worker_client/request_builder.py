@@ -17,6 +17,7 @@ import json as _json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
+from urllib.parse import urlencode
 
 from multidict import CIMultiDict
 from yarl import URL
@@ -228,6 +229,26 @@ def _payload_for(data: Any) -> Payload:
         return FormData(data)()
 
 
+_PLAIN = (str, int, float)
+
+
+def _plain_form(data: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bytes | None:
+    """The urlencoded body ``FormData(data)()`` makes, when every field is a plain
+    (name, value) pair: the common case, without building a FormData. Else None."""
+    fields = data.items() if isinstance(data, dict) else data
+    for field in fields:
+        if not (type(field) is tuple and len(field) == 2):
+            return None
+        name, value = field
+        if type(name) is not str or FORBIDDEN_VALUE_RE.search(name):
+            return None
+        if not isinstance(value, _PLAIN) and not (
+            isinstance(value, (list, tuple)) and all(isinstance(v, _PLAIN) for v in value)
+        ):
+            return None
+    return urlencode(list(fields), doseq=True).encode()
+
+
 def _inline(payload: Payload) -> bytes | None:
     """The payload's bytes, when they are in memory and small: sent in the Request."""
     if isinstance(payload, BytesPayload) and type(payload)._chunks is BytesPayload._chunks:
@@ -261,6 +282,12 @@ def _encode_data(
         if "Content-Length" not in out:
             out["Content-Length"] = str(len(data))
         return data, None
+    if isinstance(data, (dict, list, tuple)) and (form := _plain_form(data)) is not None:
+        if "Content-Type" not in out and "content-type" not in skip:
+            out["Content-Type"] = "application/x-www-form-urlencoded"
+        if "Content-Length" not in out:
+            out["Content-Length"] = str(len(form))
+        return form, None
     payload = _payload_for(data)
     if "Content-Length" not in out and (size := payload.size) is not None:
         out["Content-Length"] = str(size)
