@@ -333,8 +333,9 @@ class IPCTransport(Transport):
     unacknowledged bytes per stream (the broker's credit); an inline body (at most
     ``_INLINE_BODY_MAX``) kept until the stream ends, in case the broker asks for it
     again (``Rewind``), where a streamed payload that can be re-read (a seekable file)
-    is not kept but made again from its start; and the socket's write buffer: while it is over its high-water
-    mark (``pause_writing``), new requests and body chunks wait for it to drain.
+    is not kept but made again from its start; and the socket's write buffer: while it
+    is over its high-water mark (``pause_writing``), new requests and body chunks wait
+    for it to drain.
     """
 
     kind = "broker"
