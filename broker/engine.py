@@ -161,8 +161,8 @@ class Engine:
             if hop.streamed and not (untouched or (req.replayable and stream.rewind())):
                 raise ConnectionFailure(
                     "payload",
-                    "Cannot follow redirect with a consumed request body (a stream or a "
-                    "file is sent once). Use bytes, or set allow_redirects=False.",
+                    "Cannot follow redirect with a consumed request body. Use bytes, a "
+                    "seekable file-like object, or set allow_redirects=False.",
                 )
 
     async def _exchange(

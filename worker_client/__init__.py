@@ -12,10 +12,38 @@ from .cookies import AbstractCookieJar, CookieJar, DummyCookieJar
 from .exceptions import *  # noqa: F403
 from .exceptions import __all__ as _exc_all
 from .helpers import BasicAuth, HttpVersion, HttpVersion10, HttpVersion11
+from .multipart import (
+    BadContentDispositionHeader,
+    BadContentDispositionParam,
+    BodyPartReader,
+    FormData,
+    MultipartReader,
+    MultipartWriter,
+    content_disposition_filename,
+    parse_content_disposition,
+)
+from .payload import (
+    EMPTY_PAYLOAD,
+    PAYLOAD_REGISTRY,
+    AsyncIterablePayload,
+    BufferedReaderPayload,
+    BytesIOPayload,
+    BytesPayload,
+    IOBasePayload,
+    JsonPayload,
+    Payload,
+    StringIOPayload,
+    StringPayload,
+    TextIOPayload,
+    get_payload,
+    payload_type,
+    streamer,
+)
 from .request_builder import PreparedRequest
 from .resolver import AbstractResolver, AsyncResolver, DefaultResolver, ThreadedResolver
 from .response import ClientResponse, StreamReader
 from .session import ClientSession, request
+from .upload import UploadTracker
 
 __all__ = [
     "AbstractCookieJar",
@@ -38,5 +66,31 @@ __all__ = [
     "TCPConnector",
     "UnixConnector",
     "request",
+    # multipart
+    "BadContentDispositionHeader",
+    "BadContentDispositionParam",
+    "BodyPartReader",
+    "FormData",
+    "MultipartReader",
+    "MultipartWriter",
+    "content_disposition_filename",
+    "parse_content_disposition",
+    # payload
+    "EMPTY_PAYLOAD",
+    "PAYLOAD_REGISTRY",
+    "AsyncIterablePayload",
+    "BufferedReaderPayload",
+    "BytesIOPayload",
+    "BytesPayload",
+    "IOBasePayload",
+    "JsonPayload",
+    "Payload",
+    "StringIOPayload",
+    "StringPayload",
+    "TextIOPayload",
+    "get_payload",
+    "payload_type",
+    "streamer",
+    "UploadTracker",
     *_exc_all,
 ]

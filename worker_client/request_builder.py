@@ -2,19 +2,20 @@
 
 Pure code, as aiohttp's ``ClientSession._request`` + ``ClientRequest`` decide it: the URL
 (base_url, params, credentials, fragment), the headers (auto headers, Authorization,
-Content-Type) and the body (bytes now, or a stream of bytes read later in the loop).
-Per-hop headers (Host, Content-Length, Transfer-Encoding) are the broker's.
+Content-Type) and the body. ``data`` becomes a payload (``worker_client.payload``, by
+aiohttp's registry, else a ``FormData``) whose headers and known size (Content-Length)
+join the request's; in-memory bytes go inline, anything else as a stream of chunks read
+later in the loop, with a ``rewind`` to make it again when it can be re-read (a
+307/308). Host and Transfer-Encoding are the broker's, per hop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import io
 import json as _json
-import mimetypes
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
@@ -23,10 +24,24 @@ from yarl import URL
 
 from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 
-from .exceptions import InvalidUrlClientError, NonHttpUrlClientError
+from .exceptions import ClientPayloadError, InvalidUrlClientError, NonHttpUrlClientError
 from .helpers import BasicAuth, check_base_url
+from .multipart import FormData
+from .payload import (
+    PAYLOAD_REGISTRY,
+    BytesIOPayload,
+    BytesPayload,
+    LookupError,
+    Payload,
+    StreamReaderPayload,
+)
 
-__all__ = ["DEFAULT_HEADERS", "USER_AGENT", "PreparedRequest", "prepare_request"]
+__all__ = ["CONSUMED_BODY", "DEFAULT_HEADERS", "USER_AGENT", "PreparedRequest", "prepare_request"]
+
+CONSUMED_BODY = (  # aiohttp's words
+    "Cannot follow redirect with a consumed request body. Use bytes, a seekable "
+    "file-like object, or set allow_redirects=False."
+)
 
 
 def _package_version() -> str:
@@ -49,7 +64,6 @@ DEFAULT_HEADERS = {
     "Accept-Encoding": _accept_encoding(),
     "User-Agent": USER_AGENT,
 }
-FILE_CHUNK_SIZE = 2**16
 
 _HTTP_SCHEMES = frozenset(("http", "https"))
 
@@ -67,6 +81,8 @@ class PreparedRequest(NamedTuple):
     stream: AsyncIterator[bytes] | None = None
     skip_host: bool = False
     real_url: URL | None = None  # ``url`` with its fragment, for ``RequestInfo.real_url``
+    payload: Payload | None = None  # the streamed body's payload, closed when the request ends
+    rewind: Callable[[], AsyncIterator[bytes]] | None = None  # the stream again, from its start
 
 
 def prepare_request(
@@ -124,24 +140,28 @@ def prepare_request(
             raise TypeError("BasicAuth() tuple is required instead")
         out["Authorization"] = auth.encode()
 
+    payload = None
     if json is not None:
         serialized = json_serialize(json)
-        body: bytes | None = serialized if isinstance(serialized, bytes) else serialized.encode()
-        stream = None
-        content_type: str | None = "application/json"
+        encoded = serialized if isinstance(serialized, bytes) else serialized.encode()
+        if "Content-Type" not in out and "content-type" not in skip:
+            out["Content-Type"] = "application/json"
+        if "Content-Length" not in out:
+            out["Content-Length"] = str(len(encoded))
+        body: bytes | None = encoded
     else:
-        body, stream, content_type = _encode_data(data)
-    if content_type is not None and "Content-Type" not in out and "content-type" not in skip:
-        out["Content-Type"] = content_type
+        body, payload = _encode_data(data, out, skip)
 
     return PreparedRequest(
         method=method.upper(),
         url=url,
         headers=out,
         body=body,
-        stream=stream,
+        stream=payload._chunks() if payload is not None else None,
         skip_host="host" in skip,
         real_url=real_url,
+        payload=payload,
+        rewind=_rewinder(payload) if payload is not None and payload._replayable else None,
     )
 
 
@@ -193,66 +213,86 @@ def _build_headers(headers: Any) -> CIMultiDict[str]:
     return out
 
 
-def _encode_data(data: Any) -> tuple[bytes | None, AsyncIterator[bytes] | None, str | None]:
-    """(body, stream, default Content-Type) for the ``data`` argument."""
-    if data is None:
-        return None, None, None
-    if isinstance(data, bytes):
-        return data, None, "application/octet-stream"
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data), None, "application/octet-stream"
-    if isinstance(data, str):
-        return data.encode(), None, "text/plain; charset=utf-8"
-    if isinstance(data, io.StringIO):
-        return data.read().encode(), None, "text/plain; charset=utf-8"
-    if isinstance(data, io.BytesIO):
-        return data.read(), None, "application/octet-stream"
-    if isinstance(data, Mapping) or isinstance(data, (list, tuple)):
-        return _urlencode(data), None, "application/x-www-form-urlencoded"
-    if hasattr(data, "iter_any"):  # a StreamReader (ours or aiohttp's): proxy it as it comes
-        return None, _checked_chunks(data.iter_any()), "application/octet-stream"
-    if isinstance(data, io.IOBase) or (hasattr(data, "read") and not hasattr(data, "__aiter__")):
-        if isinstance(data, io.TextIOBase):
-            content_type = "text/plain; charset=utf-8"
-        else:
-            content_type = _guess_type(data) or "application/octet-stream"
-        return None, _file_chunks(data), content_type
-    if isinstance(data, AsyncIterable):
-        return None, _checked_chunks(data), "application/octet-stream"
-    raise TypeError(
-        f"data must be bytes, str, a dict or list of pairs, a file object or an async "
-        f"iterable of bytes, got {type(data).__name__}"
-    )
+_INLINE_MAX = 1 << 20  # an in-memory body up to this size goes inline, whole
 
 
-def _urlencode(data: Any) -> bytes:
-    fields = list(data.items()) if isinstance(data, Mapping) else list(data)
+def _payload_for(data: Any) -> Payload:
+    """aiohttp's ``update_body_from_data``: the registry, else a form of the pairs."""
+    if isinstance(data, FormData):
+        data = data()
+    if hasattr(data, "iter_any") and not isinstance(data, Payload):
+        # A StreamReader (ours or aiohttp's): proxied as it comes, not line by line.
+        return StreamReaderPayload(data, disposition=None)
+    try:
+        return PAYLOAD_REGISTRY.get(data, disposition=None)
+    except LookupError:
+        return FormData(data)()
+
+
+_PLAIN = (str, int, float)
+
+
+def _plain_form(data: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bytes | None:
+    """The urlencoded body ``FormData(data)()`` makes, when every field is a plain
+    (name, value) pair: the common case, without building a FormData. Else None."""
+    fields = data.items() if isinstance(data, dict) else data
     for field in fields:
-        if not (isinstance(field, (list, tuple)) and len(field) == 2):
-            raise TypeError(f"form data must be a dict or (name, value) pairs, got {field!r}")
-        if isinstance(field[1], (bytes, bytearray, memoryview, io.IOBase)):
-            raise TypeError(f"form field {field[0]!r}: multipart form data is not supported")
-    return urlencode(fields, doseq=True).encode()
+        if not (type(field) is tuple and len(field) == 2):
+            return None
+        name, value = field
+        if type(name) is not str or FORBIDDEN_VALUE_RE.search(name):
+            return None
+        if not isinstance(value, _PLAIN) and not (
+            isinstance(value, (list, tuple)) and all(isinstance(v, _PLAIN) for v in value)
+        ):
+            return None
+    return urlencode(list(fields), doseq=True).encode()
 
 
-def _guess_type(file: Any) -> str | None:
-    name = getattr(file, "name", None)
-    if isinstance(name, str) and name and name[0] != "<" and name[-1] != ">":
-        return mimetypes.guess_type(name)[0]
+def _inline(payload: Payload) -> bytes | None:
+    """The payload's bytes, when they are in memory and small: sent in the Request."""
+    if isinstance(payload, BytesPayload) and type(payload)._chunks is BytesPayload._chunks:
+        value = payload._value
+        return value if type(value) is bytes else bytes(value)
+    if type(payload) is BytesIOPayload and payload.size <= _INLINE_MAX:
+        buf: io.BytesIO = payload._value
+        return buf.getvalue()[buf.tell() :]
     return None
 
 
-async def _file_chunks(file: Any) -> AsyncIterator[bytes]:
-    # A blocking read would stall the loop; a thread keeps it responsive.
-    while chunk := await asyncio.to_thread(file.read, FILE_CHUNK_SIZE):
-        yield chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+def _rewinder(payload: Payload) -> Callable[[], AsyncIterator[bytes]]:
+    def rewind() -> AsyncIterator[bytes]:
+        if payload.consumed:
+            raise ClientPayloadError(CONSUMED_BODY)
+        return payload._chunks()
+
+    return rewind
 
 
-async def _checked_chunks(chunks: AsyncIterable[Any]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        if isinstance(chunk, bytes):
-            yield chunk
-        elif isinstance(chunk, (bytearray, memoryview)):
-            yield bytes(chunk)
-        else:
-            raise TypeError(f"a streamed body must yield bytes, got {type(chunk).__name__}")
+def _encode_data(
+    data: Any, out: CIMultiDict[str], skip: set[str]
+) -> tuple[bytes | None, Payload | None]:
+    """Set the headers of ``data``'s payload (Content-Type, Content-Length, a
+    payload's own) that are not given or skipped; (inline body, or the payload)."""
+    if data is None:
+        return None, None
+    if type(data) is bytes:  # the common case, without a payload object
+        if "Content-Type" not in out and "content-type" not in skip:
+            out["Content-Type"] = "application/octet-stream"
+        if "Content-Length" not in out:
+            out["Content-Length"] = str(len(data))
+        return data, None
+    if isinstance(data, (dict, list, tuple)) and (form := _plain_form(data)) is not None:
+        if "Content-Type" not in out and "content-type" not in skip:
+            out["Content-Type"] = "application/x-www-form-urlencoded"
+        if "Content-Length" not in out:
+            out["Content-Length"] = str(len(form))
+        return form, None
+    payload = _payload_for(data)
+    if "Content-Length" not in out and (size := payload.size) is not None:
+        out["Content-Length"] = str(size)
+    for name, value in payload.headers.items():
+        if name not in out and name.lower() not in skip:
+            out[name] = value
+    body = _inline(payload)
+    return (body, None) if body is not None else (None, payload)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
@@ -119,10 +119,17 @@ def _empty(data: Any, json: Any) -> bool:
 
 
 def compress_and_chunk(
-    prepared: PreparedRequest, data: Any, json: Any, compress: Any, chunked: Any
+    prepared: PreparedRequest,
+    data: Any,
+    json: Any,
+    compress: Any,
+    chunked: Any,
+    given: Mapping[str, str],
 ) -> tuple[PreparedRequest, bool]:
     """Apply ``compress=`` and ``chunked=`` with aiohttp's rules; returns the request
-    and whether its body (if in memory) goes chunked."""
+    and whether its body (if in memory) goes chunked. ``given``: the caller's own
+    headers (a Content-Length there conflicts with chunking; one the body's size gave
+    is dropped, as aiohttp sets it only for a body not sent chunked)."""
     if chunked is not None and not isinstance(chunked, bool):
         warnings.warn("Chunk size is deprecated #1615", DeprecationWarning, stacklevel=4)
     headers = prepared.headers
@@ -142,15 +149,21 @@ def compress_and_chunk(
             c = zlib.compressobj(wbits=wbits)
             prepared = prepared._replace(body=c.compress(prepared.body) + c.flush())
         elif prepared.stream is not None:
-            prepared = prepared._replace(stream=_compressing(prepared.stream, wbits))
+            rewind = prepared.rewind
+            prepared = prepared._replace(
+                stream=_compressing(prepared.stream, wbits),
+                rewind=None if rewind is None else lambda: _compressing(rewind(), wbits),
+            )
     if chunk:
         if "chunked" in headers.get("Transfer-Encoding", "").lower():
             if chunked:
                 raise ValueError(
                     'chunked can not be set if "Transfer-Encoding: chunked" header is set'
                 )
-        elif "Content-Length" in headers:
+        elif "Content-Length" in given:
             raise ValueError("chunked can not be set if Content-Length header is set")
+        else:
+            headers.popall("Content-Length", None)
     return prepared, chunk
 
 

@@ -41,7 +41,7 @@ from .cookies import (
 )
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
-from .request_builder import prepare_request
+from .request_builder import PreparedRequest, prepare_request
 from .request_options import (
     UNSET,
     bounded,
@@ -59,6 +59,7 @@ from .transport import (
     release_transport,
     trusted_broker_uids,
 )
+from .upload import UploadTracker
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -93,6 +94,7 @@ class _RequestOptions(TypedDict, total=False):
     read_bufsize: int | None
     compress: str | bool | None
     chunked: bool | None
+    upload_tracker: UploadTracker | None
 
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
@@ -122,6 +124,22 @@ def _check_options(kw: dict[str, Any]) -> None:
                 f"{name}= is not supported by http-broker yet (got {value!r}); "
                 "see docs/migrating-from-aiohttp.md"
             )
+
+
+async def _body_over(
+    prepared: PreparedRequest,
+    tracker: UploadTracker | None,
+    exc: BaseException | None,
+    history: list[Any] | None = None,
+) -> None:
+    """The request is over (its response came, or it failed): as aiohttp, its payload
+    is closed and its upload tracker settled."""
+    if tracker is not None:
+        if exc is None and prepared.stream is None:
+            tracker._inline(len(prepared.body or b""), history or [])
+        tracker._finish(exc)
+    if prepared.payload is not None:
+        await prepared.payload.close()
 
 
 class ClientSession:
@@ -393,6 +411,7 @@ class ClientSession:
         read_bufsize: int | None = None,
         compress: str | bool | None = None,
         chunked: bool | None = None,
+        upload_tracker: UploadTracker | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -424,20 +443,33 @@ class ClientSession:
             auth=auth,
             session_auth=self._default_auth,
         )
-        chunk = False
-        if compress or chunked is not None:
-            prepared, chunk = compress_and_chunk(prepared, data, json, compress, chunked)
-        expect100 = expects_continue(prepared.headers, expect100)
-        limits = self._limits(max_line_size, max_field_size, max_headers, read_bufsize)
-        transport = await self._get_transport()
-        jar_ref = self._jar_ref
-        if jar_ref is None:
-            jar_ref = self._jar_ref = request_jar(self._cookie_jar)
-        if jar_ref[0] and jar_ref[0] not in transport.jars_open:
-            transport.open_jar(jar_ref[0], jar_ref[2])
-        own_cookies = (
-            request_cookies(cookies, self._cookie_jar, prepared.url) if cookies is not None else []
-        )
+        body, rewind = prepared.stream, prepared.rewind
+        try:
+            chunk = False
+            if compress or chunked is not None:
+                prepared, chunk = compress_and_chunk(
+                    prepared, data, json, compress, chunked, merged
+                )
+                body, rewind = prepared.stream, prepared.rewind
+            expect100 = expects_continue(prepared.headers, expect100)
+            limits = self._limits(max_line_size, max_field_size, max_headers, read_bufsize)
+            if upload_tracker is not None:
+                body, rewind = upload_tracker._start(body, rewind)
+            transport = await self._get_transport()
+            jar_ref = self._jar_ref
+            if jar_ref is None:
+                jar_ref = self._jar_ref = request_jar(self._cookie_jar)
+            if jar_ref[0] and jar_ref[0] not in transport.jars_open:
+                transport.open_jar(jar_ref[0], jar_ref[2])
+            own_cookies = (
+                request_cookies(cookies, self._cookie_jar, prepared.url)
+                if cookies is not None
+                else []
+            )
+        except BaseException as exc:
+            if prepared.payload is not None or upload_tracker is not None:
+                await _body_over(prepared, upload_tracker, exc)
+            raise
         sent_headers = CIMultiDictProxy(prepared.headers)
         request_info = RequestInfo(
             prepared.url, prepared.method, sent_headers, prepared.real_url or prepared.url
@@ -464,6 +496,7 @@ class ClientSession:
             auto_decompress=self._auto_decompress if auto_decompress is None else auto_decompress,
             read_until_eof=read_until_eof,
             skip_host=prepared.skip_host,
+            replayable=rewind is not None,
             jar=jar_ref[0],
             cookies=own_cookies,
             expect100=expect100,
@@ -478,13 +511,20 @@ class ClientSession:
         if timeout.total:
             handle.set_deadline(timeout.total, timeout.ceil_threshold)
         try:
-            await transport.send(req, prepared.stream, handle, prepared.url, jar_ref[1])
+            await transport.send(
+                req, body, handle, prepared.url, jar_ref[1], rewind,
+                upload_tracker._wrote if upload_tracker is not None else None,
+            )
             head = await handle.head
-        except BaseException:
+        except BaseException as exc:
             handle.give_up()
             self._handles.discard(handle)
             del handle  # its head holds the exception, whose traceback holds this frame
+            if prepared.payload is not None or upload_tracker is not None:
+                await _body_over(prepared, upload_tracker, exc)
             raise
+        if prepared.payload is not None or upload_tracker is not None:
+            await _body_over(prepared, upload_tracker, None, head.history)
         resp = self._response(head, handle, request_info, req.url)
         rfs = raise_for_status
         if rfs is None:

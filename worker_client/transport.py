@@ -25,7 +25,7 @@ import asyncio
 import os
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
+Rewinder = Callable[[], AsyncIterator[bytes]]
 _BUFSIZE = 1 << 18
 
 
@@ -118,10 +119,15 @@ class Transport:
         handle: StreamHandle,
         url: URL | None = None,
         jar: CookieStore | None = None,
+        rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         """Start a stream; the head arrives on ``handle.head``. ``url`` is ``req.url``
         already parsed and checked, when the caller has it. ``jar``: embedded, the
-        request's cookie store (through a broker, ``req.jar`` names it instead)."""
+        request's cookie store (through a broker, ``req.jar`` names it instead).
+        ``rewind``: for a ``replayable`` streamed body, makes it again from its start
+        (a 307/308); it raises if the body can no longer be made. ``written(n)``: n more
+        bytes of the streamed body are on the server's socket (``UploadTracker``)."""
         raise NotImplementedError
 
     def cancel(self, stream_id: int) -> None:
@@ -150,18 +156,35 @@ class Transport:
 
 
 class _LocalStream(BrokerStream):
-    __slots__ = ("handle", "body", "owner")
+    __slots__ = ("handle", "body", "owner", "_rewind", "_written")
 
     def __init__(
         self,
         handle: StreamHandle,
         body: AsyncIterator[bytes] | None,
         owner: EmbeddedTransport,
+        rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(handle.id)
         self.handle = handle
         self.body = body
         self.owner = owner
+        self._rewind = rewind
+        self._written = written
+
+    def body_written(self, size: int) -> None:
+        if self._written is not None:
+            self._written(size)
+
+    def rewind(self) -> bool:
+        if self._rewind is None:
+            return False
+        try:
+            self.body = self._rewind()
+        except Exception:  # consumed: the engine fails the request with aiohttp's error
+            return False
+        return True
 
     def _send_head(self, msg: Head) -> None:
         self.handle.on_head(msg)
@@ -214,8 +237,10 @@ class EmbeddedTransport(Transport):
         handle: StreamHandle,
         url: URL | None = None,
         jar: CookieStore | None = None,
+        rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
-        stream = _LocalStream(handle, body, self)
+        stream = _LocalStream(handle, body, self, rewind, written)
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
         try:
@@ -307,8 +332,10 @@ class IPCTransport(Transport):
     What it buffers, and its bounds: a request body being sent, at most ``STREAM_WINDOW``
     unacknowledged bytes per stream (the broker's credit); an inline body (at most
     ``_INLINE_BODY_MAX``) kept until the stream ends, in case the broker asks for it
-    again (``Rewind``); and the socket's write buffer: while it is over its high-water
-    mark (``pause_writing``), new requests and body chunks wait for it to drain.
+    again (``Rewind``), where a streamed payload that can be re-read (a seekable file)
+    is not kept but made again from its start; and the socket's write buffer: while it
+    is over its high-water mark (``pause_writing``), new requests and body chunks wait
+    for it to drain.
     """
 
     kind = "broker"
@@ -324,7 +351,8 @@ class IPCTransport(Transport):
         self._credit: dict[int, int] = {}
         self._credit_waiters: dict[int, asyncio.Future[None]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
-        self._replay: dict[int, bytes] = {}  # bodies the broker may ask for again
+        self._replay: dict[int, Rewinder] = {}  # bodies the broker may ask for again
+        self._progress: dict[int, Callable[[int], None]] = {}  # upload trackers' counters
         self._jar_opens: dict[int, bytes] = {}  # open_jar calls not answered yet: tokens
         self._next_jar_call = 1
         # One waiter per StatsRequest sent; the broker answers them in order.
@@ -369,6 +397,7 @@ class IPCTransport(Transport):
     def forget(self, stream_id: int) -> None:
         super().forget(stream_id)
         self._replay.pop(stream_id, None)
+        self._progress.pop(stream_id, None)
 
     def _send(self, msg: Any) -> None:
         if self._error is not None:
@@ -400,14 +429,19 @@ class IPCTransport(Transport):
             if h is not None:
                 h.on_end(msg.raw)
         elif kind is Rewind:
-            body = self._replay.get(msg.stream)
-            if body is None or msg.stream in self._pumps:
+            rewind = self._replay.get(msg.stream)
+            if rewind is None or msg.stream in self._pumps:
                 self.lost(BrokerProtocolError(f"the broker asked to rewind stream {msg.stream}"))
                 return
+            try:
+                body = rewind()
+            except Exception as exc:  # the body can no longer be made: the request fails
+                h = self.handles.get(msg.stream)
+                if h is not None:
+                    h.give_up(exc)
+                return
             self._credit[msg.stream] = STREAM_WINDOW
-            self._pumps[msg.stream] = self.loop.create_task(
-                self._pump(msg.stream, _slices(body))
-            )
+            self._pumps[msg.stream] = self.loop.create_task(self._pump(msg.stream, body))
         elif kind is Failure:
             self._end_pump(msg.stream)
             h = self.handles.get(msg.stream)
@@ -417,6 +451,9 @@ class IPCTransport(Transport):
             if not 0 < msg.size <= STREAM_WINDOW:
                 self.lost(BrokerProtocolError(f"the broker sent an Ack of {msg.size} bytes"))
                 return
+            progress = self._progress.get(msg.stream)
+            if progress is not None:
+                progress(msg.size)
             if msg.stream not in self._credit:
                 return  # the body was all sent: a late acknowledgement
             self._credit[msg.stream] += msg.size
@@ -501,10 +538,12 @@ class IPCTransport(Transport):
         handle: StreamHandle,
         url: URL | None = None,
         jar: CookieStore | None = None,
+        rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         if self._writable is not None:
             await self._until_writable()
-        self.open(req, body, handle)
+        self.open(req, body, handle, rewind, written)
 
     def open_jar(self, token: bytes, spec: JarSpec) -> None:
         if jar_channel.closing:
@@ -520,16 +559,28 @@ class IPCTransport(Transport):
             self._send(JarClose(token))
             self.jars_open.discard(token)
 
-    def open(self, req: Request, body: AsyncIterator[bytes] | None, handle: StreamHandle) -> None:
+    def open(
+        self,
+        req: Request,
+        body: AsyncIterator[bytes] | None,
+        handle: StreamHandle,
+        rewind: Rewinder | None = None,
+        written: Callable[[int], None] | None = None,
+    ) -> None:
         if jar_channel.closing:
             self._send_closes()
+        if rewind is not None and req.replayable:
+            self._replay[req.stream] = rewind
+        if written is not None:
+            self._progress[req.stream] = written
         if req.body is not None and len(req.body) > _INLINE_BODY_MAX:
             # Over the frame cap: send it as a streamed body with its Content-Length.
             body = _slices(req.body)
             headers = req.headers
             if not req.chunked and not any(k.lower() == "content-length" for k, _ in headers):
                 headers = [*headers, ("Content-Length", str(len(req.body)))]
-            self._replay[req.stream] = req.body
+            inline = req.body
+            self._replay[req.stream] = lambda: _slices(inline)
             req = msgspec.structs.replace(
                 req, body=None, streamed=True, replayable=True, headers=headers
             )

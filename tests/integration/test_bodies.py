@@ -131,7 +131,8 @@ async def test_bad_data_type_is_a_type_error(session):
 # -- streamed uploads -------------------------------------------------------------------------
 
 
-async def test_file_object_upload_is_chunked(serve_app, session, tmp_path):
+async def test_file_object_upload_is_streamed_with_its_length(serve_app, session, tmp_path):
+    """As aiohttp 3.14: a file whose size is known is sent with a Content-Length."""
     app, received = _upload_app()
     base = await serve_app(app)
     data = os.urandom(300_000)
@@ -141,8 +142,8 @@ async def test_file_object_upload_is_chunked(serve_app, session, tmp_path):
         async with session.post(base + "/upload", data=f) as resp:
             assert (await resp.json())["size"] == len(data)
     got = received[0]
-    assert got["headers"].get("Transfer-Encoding") == "chunked"
-    assert "Content-Length" not in got["headers"]
+    assert got["headers"]["Content-Length"] == str(len(data))
+    assert "Transfer-Encoding" not in got["headers"]
     assert got["body"] == data
 
 

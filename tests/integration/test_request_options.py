@@ -312,14 +312,19 @@ BIG = os.urandom(2 << 20)  # compressed still over the inline frame cap (through
 
 
 @pytest.mark.parametrize("compress", [True, "deflate", "gzip"])
-@pytest.mark.parametrize("body", ["bytes", "big", "stream"])
+@pytest.mark.parametrize("body", ["bytes", "big", "stream", "file"])
 async def test_compressed_uploads_are_decoded_by_the_server(
-    make_session, echo_url, compress, body
+    make_session, echo_url, compress, body, tmp_path
 ):
-    payload = {"bytes": b"hello " * 1000, "big": BIG, "stream": b"a" * 100_000 + b"b"}[body]
+    payload = {
+        "bytes": b"hello " * 1000, "big": BIG, "stream": b"a" * 100_000 + b"b", "file": BIG
+    }[body]
     data: object = payload
     if body == "stream":
         data = _chunks(payload[:50_000], payload[50_000:])
+    elif body == "file":  # a payload of known size: no Content-Length once chunked
+        (tmp_path / "up.bin").write_bytes(payload)
+        data = open(tmp_path / "up.bin", "rb")  # noqa: SIM115 (the request closes it)
     async with make_session().post(echo_url + "/", data=data, compress=compress) as resp:
         got = await resp.json()
     assert got["body"].encode("latin-1") == payload

@@ -25,14 +25,6 @@ NOT_YET = {
         "TraceRequestStartParams", "TraceResponseChunkReceivedParams",
     },
     "TLS": {"Fingerprint"},
-    "multipart and payloads": {
-        "AsyncIterablePayload", "BadContentDispositionHeader", "BadContentDispositionParam",
-        "BodyPartReader", "BufferedReaderPayload", "BytesIOPayload", "BytesPayload",
-        "EMPTY_PAYLOAD", "FormData", "IOBasePayload", "JsonPayload", "MultipartReader",
-        "MultipartWriter", "PAYLOAD_REGISTRY", "Payload", "StringIOPayload", "StringPayload",
-        "TextIOPayload", "content_disposition_filename", "get_payload",
-        "parse_content_disposition", "payload_type", "streamer", "UploadTracker",
-    },
     "websockets": {
         "ClientWSTimeout", "ClientWebSocketResponse", "WSCloseCode", "WSMessage", "WSMsgType",
         "WebSocketError",

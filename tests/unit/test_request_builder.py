@@ -424,14 +424,14 @@ def test_form_data_like_aiohttp(data) -> None:  # type: ignore[no-untyped-def]
     assert req.body == aiohttp_form(data)
 
 
-@pytest.mark.parametrize("data", [[b"a", b"b"], [("a", "1", "extra")], {"f": io.BytesIO(b"x")}])
+@pytest.mark.parametrize("data", [[b"a", b"b"], [("a", "1", "extra")]])
 def test_unsupported_form_data(data) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TypeError):
         prep(data=data)
 
 
 def test_unsupported_data_type() -> None:
-    with pytest.raises(TypeError, match="data must be"):
+    with pytest.raises(TypeError, match="Only io.IOBase, multidict and"):  # aiohttp's words
         prep(data=42)
 
 

@@ -61,7 +61,7 @@ def test_expects_continue():
     [(True, zlib.decompress), ("deflate", zlib.decompress), ("gzip", gzip.decompress)],
 )
 def test_compress_a_body_in_memory(compress, decode):
-    req, chunked = compress_and_chunk(prepared(b"x" * 1000), b"x" * 1000, None, compress, None)
+    req, chunked = compress_and_chunk(prepared(b"x" * 1000), b"x" * 1000, None, compress, None, {})
     assert chunked and decode(req.body) == b"x" * 1000
     assert req.headers["Content-Encoding"] == ("deflate" if compress is True else compress)
 
@@ -76,31 +76,48 @@ async def test_compress_a_stream_piece_by_piece():
         finally:
             closed.append(True)
 
-    req, chunked = compress_and_chunk(prepared(stream=source()), object(), None, "gzip", None)
+    req, chunked = compress_and_chunk(
+        prepared(stream=source()), object(), None, "gzip", None, {}
+    )
     assert chunked and req.body is None
     out = b"".join([piece async for piece in req.stream])
     assert gzip.decompress(out) == b"y" * 100_000 and closed == [True]
 
 
 def test_nothing_to_compress():
-    req, chunked = compress_and_chunk(prepared(None), None, None, True, None)
+    req, chunked = compress_and_chunk(prepared(None), None, None, True, None, {})
     assert not chunked and "Content-Encoding" not in req.headers
-    req, chunked = compress_and_chunk(prepared(b""), b"", None, True, None)
+    req, chunked = compress_and_chunk(prepared(b""), b"", None, True, None, {})
     assert not chunked and req.body == b""
 
 
 def test_chunked_rules_and_warning():
     with pytest.raises(ValueError, match="Content-Length header is set"):
-        compress_and_chunk(prepared(b"x", **{"Content-Length": "1"}), b"x", None, None, True)
+        given = {"Content-Length": "1"}
+        compress_and_chunk(prepared(b"x", **given), b"x", None, None, True, given)
     with pytest.raises(ValueError, match="Transfer-Encoding: chunked"):
         compress_and_chunk(
-            prepared(b"x", **{"Transfer-Encoding": "chunked"}), b"x", None, None, True
+            prepared(b"x", **{"Transfer-Encoding": "chunked"}), b"x", None, None, True, {}
         )
     with pytest.warns(DeprecationWarning, match="Chunk size is deprecated #1615"):
-        assert compress_and_chunk(prepared(b"x"), b"x", None, None, 100)[1]
+        assert compress_and_chunk(prepared(b"x"), b"x", None, None, 100, {})[1]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not compress_and_chunk(prepared(b"x"), b"x", None, None, False)[1]
+        assert not compress_and_chunk(prepared(b"x"), b"x", None, None, False, {})[1]
+
+
+async def test_a_stream_of_known_size_compressed_goes_chunked_and_replays_compressed():
+    # The body's own size set Content-Length (aiohttp sets it only when not chunked);
+    # a Rewind must send the compressed stream again, not the raw one.
+    async def source():
+        yield b"z" * 5000
+
+    req = prepared(stream=source(), **{"Content-Length": "5000"})
+    req = req._replace(rewind=source)
+    req, chunked = compress_and_chunk(req, object(), None, "gzip", None, {})
+    assert chunked and "Content-Length" not in req.headers
+    again = b"".join([piece async for piece in req.rewind()])
+    assert gzip.decompress(again) == b"z" * 5000
 
 
 def test_session_timeout():
