@@ -27,7 +27,7 @@ from .connector import Pool
 from .cookie_header import with_cookies
 from .cookie_store import COOKIE_NAME_RE, CookieStore
 from .decoding import make_decoder
-from .exchange import HeadLimits, ResponseHead, build_head, declared_length
+from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, build_head, declared_length
 from .failures import ConnectionFailure, failure_message
 from .hops import REDIRECTS, Hop, follow, redirect_location
 from .http1 import HTTP1Connection, watch_silence
@@ -312,7 +312,10 @@ class Engine:
 
 def _limits(req: Request) -> HeadLimits:
     """The request's head limits (bounded by ``Request``'s decoding)."""
-    return HeadLimits(req.max_line_size, req.max_field_size, req.max_headers)
+    limits = (req.max_line_size, req.max_field_size, req.max_headers)
+    if limits == DEFAULT_LIMITS:  # the usual case: no NamedTuple made per request
+        return DEFAULT_LIMITS
+    return HeadLimits(*limits)
 
 
 def _checked(req: Request) -> URL:

@@ -181,6 +181,9 @@ class ClientSession:
         self._max_line_size = bounded("max_line_size", max_line_size, HEAD_LIMIT_MAX)
         self._max_field_size = bounded("max_field_size", max_field_size, HEAD_LIMIT_MAX)
         self._max_headers = bounded("max_headers", max_headers, HEADERS_LIMIT_MAX)
+        self._default_limits = (
+            self._max_line_size, self._max_field_size, self._max_headers, self._read_bufsize
+        )
         timeout = session_timeout(
             None if timeout is _SENTINEL else timeout,
             UNSET if read_timeout is _SENTINEL else read_timeout,
@@ -545,6 +548,8 @@ class ClientSession:
     ) -> tuple[int, int, int, int]:
         """A request's max_line_size, max_field_size, max_headers and read_bufsize:
         its own, bounded, or the session's."""
+        if line is None and field is None and count is None and bufsize is None:
+            return self._default_limits
         return (
             self._max_line_size if line is None
             else bounded("max_line_size", line, HEAD_LIMIT_MAX),
