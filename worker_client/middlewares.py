@@ -122,6 +122,7 @@ class ClientRequest:
         self._session = session
         self._loop = loop
         self._body = _Body(None)
+        self._made: list[_Body] = []  # bodies made by update_body: their payloads closed
         if data is not None:
             self._set_body(data)
 
@@ -210,8 +211,11 @@ class ClientRequest:
 
     async def update_body(self, body: Any) -> None:
         """Replace the body (aiohttp's ``update_body``); a payload set here earlier is
-        closed (the request's own is closed when the request ends)."""
+        closed (the request's own, and the last one set, when the request ends)."""
+        old = self._body.payload if self._body in self._made else None
         self._set_body(body)
+        if old is not None:
+            await old.close()
 
     def _set_body(self, data: Any) -> None:
         headers = self.headers
@@ -230,6 +234,7 @@ class ClientRequest:
         else:
             rewind = _rewinder(payload) if payload._replayable else None
             self._body = _Body(None, payload._chunks(), rewind, payload)
+            self._made.append(self._body)
 
 
 ClientHandlerType = Callable[[ClientRequest], Awaitable[ClientResponse]]
@@ -350,12 +355,14 @@ class _Hops:
         history: list[ClientResponse] = []
         max_redirects = spec["max_redirects"]
         resp = None
+        made: list[_Body] = []
         try:
             while True:
                 creq = ClientRequest._for_hop(
                     hop, body, original, prepared, spec["auth"], self.session, spec["skip"]
                 )
                 creq._cookies = hop.cookies
+                creq._made = made
                 resp = None
                 resp = await handler(creq)
                 location = None
@@ -382,6 +389,9 @@ class _Hops:
                 original = hop.url
         finally:
             self._release_dropped(resp)
+            for made_body in made:
+                if made_body.payload is not None:
+                    await made_body.payload.close()
 
     def _error(
         self, code: str, message: str, history: list[ClientResponse], **fields: Any

@@ -368,3 +368,24 @@ async def test_digest_auth_wrong_password_returns_the_401(serve_app, make_sessio
         assert resp.status == 401
         assert resp.headers["WWW-Authenticate"].startswith("Digest ")
     assert len(seen) == 2 and seen[1].startswith("Digest ")
+
+
+async def test_a_body_set_by_a_middleware_is_sent_and_closed(serve_app, make_session, tmp_path):
+    app, seen = _recording_app()
+    base = await serve_app(app)
+    (tmp_path / "a").write_bytes(b"a" * 10)
+    (tmp_path / "b").write_bytes(b"b" * (2 << 20))
+    first, second = open(tmp_path / "a", "rb"), open(tmp_path / "b", "rb")
+
+    async def replace(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        await req.update_body(first)
+        await req.update_body(second)
+        assert first.closed and not second.closed
+        assert req.headers["Content-Length"] == str(2 << 20)
+        return await handler(req)
+
+    session = make_session(middlewares=(replace,))
+    async with session.post(base + "/api", data="text") as resp:
+        data = await resp.json()
+    assert data["body"] == "b" * (2 << 20)
+    assert second.closed
