@@ -4,6 +4,7 @@ that checks it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import re
@@ -18,8 +19,11 @@ from worker_client import (
     ClientPayloadError,
     ClientRequest,
     ClientResponse,
+    ClientTimeout,
     CookieJar,
     DigestAuthMiddleware,
+    InvalidUrlRedirectClientError,
+    NonHttpUrlRedirectClientError,
     TooManyRedirects,
 )
 
@@ -30,7 +34,8 @@ class Blocked(ClientError):
 
 def _recording_app() -> tuple[web.Application, list[web.Request]]:
     """Echo at every path, keeping each request; ``/status/{n}`` answers ``n`` (then
-    200 from the next call on), ``/to/{n}?to=URL`` redirects with status ``n``."""
+    200 from the next call on), ``/to/{n}?to=URL`` redirects with status ``n``,
+    ``/hang`` never answers."""
     seen: list[web.Request] = []
     app = web.Application(client_max_size=8 << 20)
 
@@ -53,8 +58,13 @@ def _recording_app() -> tuple[web.Application, list[web.Request]]:
         seen.append(request)
         return await echo(request)
 
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
     app.router.add_route("*", "/status/{n}", status)
     app.router.add_route("*", "/to/{n}", redirect)
+    app.router.add_get("/hang", hang)
     app.router.add_route("*", "/{tail:.*}", record)
     return app, seen
 
@@ -204,6 +214,7 @@ async def test_middlewares_run_on_each_redirect_hop(serve_app, make_session):
         ("GET", last),
     ]
     assert [r.headers["X-Hop"] for r in seen] == ["1", "2", "3"]
+    assert [r.method for r in seen] == ["POST", "POST", "GET"]
     assert [r.status for r in resp.history] == [307, 302]
     assert [str(r.url) for r in resp.history] == [hops[0][1], hops[1][1]]
     assert resp.history[0].request_info.method == "POST"
@@ -389,3 +400,28 @@ async def test_a_body_set_by_a_middleware_is_sent_and_closed(serve_app, make_ses
         data = await resp.json()
     assert data["body"] == "b" * (2 << 20)
     assert second.closed
+
+
+async def test_redirect_errors_and_replay_through_middlewares(serve_app, make_session, tmp_path):
+    app, seen = _recording_app()
+    base = await serve_app(app)
+    session = make_session(middlewares=(_passthrough,))
+    with pytest.raises(NonHttpUrlRedirectClientError):
+        await session.get(f"{base}/to/302?to=ftp://example.com/x")
+    with pytest.raises(InvalidUrlRedirectClientError):
+        await session.get(f"{base}/to/302?to=http://exa%20mple.com:99999/")
+    (tmp_path / "f").write_bytes(b"f" * 300_000)
+    with open(tmp_path / "f", "rb") as f:
+        async with session.put(f"{base}/to/308?to=/end", data=f) as resp:
+            data = await resp.json()
+    assert data["method"] == "PUT" and data["body"] == "f" * 300_000
+    assert [r.status for r in resp.history] == [308]
+
+
+async def test_total_timeout_covers_every_hop(serve_app, make_session):
+    app, seen = _recording_app()
+    base = await serve_app(app, handler_cancellation=True)
+    session = make_session(middlewares=(_passthrough,), timeout=ClientTimeout(total=0.3))
+    with pytest.raises(asyncio.TimeoutError):
+        await session.get(f"{base}/to/302?to=/hang")
+    assert [r.path for r in seen] == ["/to/302"]
