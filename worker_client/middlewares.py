@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from broker.failures import ConnectionFailure
 from broker.hops import REDIRECTS, Hop, follow, redirect_location
+from shared.errors import ErrorCode
 from shared.messages import Failure, Request
+from shared.specs import ClientTimeout
 
 from .exceptions import ClientPayloadError, RequestInfo, exception_from_failure
 from .handle import StreamHandle
@@ -265,24 +267,45 @@ def _wire_headers(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
     return out
 
 
+class HopOptions(NamedTuple):
+    """What ``ClientSession._request`` worked out for a request, the same for each hop."""
+
+    stream: AsyncIterator[bytes] | None  # the prepared streamed body, for its first send
+    rewind: Callable[[], AsyncIterator[bytes]] | None  # ... and to make it again
+    written: Callable[[int], None] | None  # the upload tracker's count
+    chunked: bool
+    expect100: bool
+    limits: tuple[int, int, int, int]  # max_line_size, max_field_size, max_headers, bufsize
+    transport: Any
+    jar_ref: tuple[bytes, Any, Any]
+    cookies: list[tuple[str, str]]  # the request's own cookies=
+    timeout: ClientTimeout
+    auth: BasicAuth | None
+    skip: Iterable[str]
+    allow_redirects: bool
+    max_redirects: int
+    auto_decompress: bool
+    read_until_eof: bool
+
+
 class _Hops:
     """One request with middlewares: its hops, followed here (see the module docstring)."""
 
-    def __init__(self, session: ClientSession, spec: dict[str, Any]) -> None:
+    def __init__(self, session: ClientSession, spec: HopOptions) -> None:
         self.session = session
-        self.spec = spec  # what _request worked out: the Request's fields and helpers
+        self.spec = spec
         self.responses: list[ClientResponse] = []
         loop = asyncio.get_running_loop()
-        total = spec["timeout"].total
+        total = spec.timeout.total
         self.deadline = loop.time() + total if total else None
 
     async def send(self, creq: ClientRequest) -> ClientResponse:
         """The innermost handler: one exchange, no redirect followed."""
         spec, session = self.spec, self.session
-        transport = spec["transport"]
+        transport = spec.transport
         body = creq._body
         stream = body.take() if body.streamed else None
-        limits = spec["limits"]
+        limits = spec.limits
         request_info = creq.request_info
 
         def make_error(failure: Failure) -> BaseException:
@@ -297,25 +320,25 @@ class _Hops:
             body=body.inline,
             streamed=stream is not None,
             pool=session._pool,
-            timeout=spec["timeout"],
+            timeout=spec.timeout,
             allow_redirects=False,
             max_redirects=0,
-            auto_decompress=spec["auto_decompress"],
-            read_until_eof=spec["read_until_eof"],
+            auto_decompress=spec.auto_decompress,
+            read_until_eof=spec.read_until_eof,
             skip_host=creq._skip_host,
-            jar=spec["jar_ref"][0],
+            jar=spec.jar_ref[0],
             cookies=creq._cookies,
-            expect100=spec["expect100"],
+            expect100=spec.expect100,
             max_line_size=limits[0],
             max_field_size=limits[1],
             max_headers=limits[2],
             http10=session._http10,
-            chunked=spec["chunked"],
+            chunked=spec.chunked,
             requote_redirect_url=session._requote_redirect_url,
         )
         session._handles.add(handle)
         if self.deadline is not None:
-            timeout = spec["timeout"]
+            timeout = spec.timeout
             remaining = self.deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 session._handles.discard(handle)
@@ -324,7 +347,7 @@ class _Hops:
         try:
             # No checked URL: the engine checks what the middlewares may have changed.
             await transport.send(
-                req, stream, handle, None, spec["jar_ref"][1], None, spec["written"]
+                req, stream, handle, None, spec.jar_ref[1], None, spec.written
             )
             head = await handle.head
         except BaseException:
@@ -341,32 +364,32 @@ class _Hops:
     ) -> ClientResponse:
         """Every hop through the middlewares; redirects followed as the engine does."""
         spec = self.spec
-        body = _Body(prepared.body, spec["stream"], spec["rewind"], prepared.payload)
+        body = _Body(prepared.body, spec.stream, spec.rewind, prepared.payload)
         hop = Hop(
             prepared.method,
             prepared.url,
             list(prepared.headers.items()),
             prepared.body,
             prepared.stream is not None,
-            spec["cookies"],
+            spec.cookies,
         )
         original = prepared.real_url or prepared.url
         handler = build_client_middlewares(self.send, middlewares)
         history: list[ClientResponse] = []
-        max_redirects = spec["max_redirects"]
+        max_redirects = spec.max_redirects
         resp = None
         made: list[_Body] = []
         try:
             while True:
                 creq = ClientRequest._for_hop(
-                    hop, body, original, prepared, spec["auth"], self.session, spec["skip"]
+                    hop, body, original, prepared, spec.auth, self.session, spec.skip
                 )
                 creq._cookies = hop.cookies
                 creq._made = made
                 resp = None
                 resp = await handler(creq)
                 location = None
-                if spec["allow_redirects"] and resp.status in REDIRECTS:
+                if spec.allow_redirects and resp.status in REDIRECTS:
                     location = redirect_location(list(resp.raw_headers))
                 if location is None:
                     resp._history = tuple(history)
@@ -375,7 +398,7 @@ class _Hops:
                 resp.release()
                 if max_redirects and len(history) >= max_redirects:
                     raise self._error(
-                        "too_many_redirects",
+                        ErrorCode.TOO_MANY_REDIRECTS,
                         f"Exceeded {max_redirects} redirects",
                         history,
                         status=resp.status,
@@ -394,9 +417,9 @@ class _Hops:
                     await made_body.payload.close()
 
     def _error(
-        self, code: str, message: str, history: list[ClientResponse], **fields: Any
+        self, code: ErrorCode, message: str, history: list[ClientResponse], **fields: Any
     ) -> BaseException:
-        failure = Failure(0, code, message, **fields)  # type: ignore[arg-type]
+        failure = Failure(0, code, message, **fields)
         first = history[0].request_info if history else None
         return exception_from_failure(failure, first, tuple(history))
 

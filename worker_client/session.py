@@ -41,7 +41,7 @@ from .cookies import (
 )
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
-from .middlewares import ClientMiddlewareType, _Hops
+from .middlewares import ClientMiddlewareType, HopOptions, _Hops
 from .request_builder import PreparedRequest, prepare_request
 from .request_options import (
     UNSET,
@@ -476,20 +476,17 @@ class ClientSession:
             raise
         if middlewares := self._middlewares if middlewares is None else middlewares:
             return await self._request_hops(
-                middlewares, prepared, {
-                    "stream": body, "rewind": rewind, "chunked": chunk, "expect100": expect100,
-                    "limits": limits, "transport": transport, "jar_ref": jar_ref,
-                    "cookies": own_cookies, "timeout": timeout, "auth": auth,
-                    "allow_redirects": allow_redirects, "skip": skip,
-                    "max_redirects": (
-                        self._max_redirects if max_redirects is None else max_redirects
-                    ),
-                    "auto_decompress": (
-                        self._auto_decompress if auto_decompress is None else auto_decompress
-                    ),
-                    "read_until_eof": read_until_eof,
-                    "written": upload_tracker._wrote if upload_tracker is not None else None,
-                },
+                middlewares,
+                prepared,
+                HopOptions(
+                    body, rewind,
+                    upload_tracker._wrote if upload_tracker is not None else None,
+                    chunk, expect100, limits, transport, jar_ref, own_cookies, timeout, auth,
+                    skip, allow_redirects,
+                    self._max_redirects if max_redirects is None else max_redirects,
+                    self._auto_decompress if auto_decompress is None else auto_decompress,
+                    read_until_eof,
+                ),
                 upload_tracker, raise_for_status,
             )
         sent_headers = CIMultiDictProxy(prepared.headers)
@@ -566,7 +563,7 @@ class ClientSession:
         self,
         middlewares: Sequence[ClientMiddlewareType],
         prepared: PreparedRequest,
-        spec: dict[str, Any],
+        spec: HopOptions,
         tracker: UploadTracker | None,
         raise_for_status: Any,
     ) -> ClientResponse:
