@@ -321,11 +321,13 @@ _PARAM_RE = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
 def _digest_app(
-    password: str, algorithm: str, seen: list[str]
+    password: str, algorithm: str, seen: list[str], nonces: list[str] | None = None
 ) -> web.Application:
-    """Demands Digest auth (qop=auth) for user ``alice`` and checks every answer."""
+    """Demands Digest auth (qop=auth) for user ``alice`` and checks every answer. The
+    last of ``nonces`` is the current one: an answer to an older one gets ``stale``."""
     fn = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[algorithm]
-    nonce, opaque, realm = "dcd98b7102dd2f0e8b11d0f600bfb0c093", "5ccc069c403ebaf9f0", "t@x"
+    nonces = nonces if nonces is not None else ["dcd98b7102dd2f0e8b11d0f600bfb0c093"]
+    opaque, realm = "5ccc069c403ebaf9f0", "t@x"
 
     def h(text: str) -> str:
         return fn(text.encode()).hexdigest()
@@ -333,8 +335,11 @@ def _digest_app(
     async def handler(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
         seen.append(auth)
+        nonce, stale = nonces[-1], ""
         if auth.startswith("Digest "):
             p = {m[0]: m[1] or m[2] for m in _PARAM_RE.findall(auth)}
+            if p.get("nonce") != nonce and p.get("nonce") in nonces:
+                nonce, stale = p["nonce"], ", stale=true"
             ha1 = h(f"alice:{realm}:{password}")
             ha2 = h(f"{request.method}:{request.path_qs}")
             expect = h(f"{ha1}:{nonce}:{p.get('nc')}:{p.get('cnonce')}:auth:{ha2}")
@@ -342,11 +347,11 @@ def _digest_app(
                 p.get("username") == "alice" and p.get("uri") == request.path_qs
                 and p.get("qop") == "auth" and p.get("opaque") == opaque
                 and p.get("algorithm") == algorithm and p.get("response") == expect
-            ):
+            ) and not stale:
                 return web.Response(text=f"welcome {p['nc']}")
         challenge = (
             f'Digest realm="{realm}", qop="auth", algorithm={algorithm}, '
-            f'nonce="{nonce}", opaque="{opaque}"'
+            f'nonce="{nonces[-1]}", opaque="{opaque}"{stale}'
         )
         return web.Response(status=401, headers={"WWW-Authenticate": challenge})
 
@@ -425,3 +430,43 @@ async def test_total_timeout_covers_every_hop(serve_app, make_session):
     with pytest.raises(asyncio.TimeoutError):
         await session.get(f"{base}/to/302?to=/hang")
     assert [r.path for r in seen] == ["/to/302"]
+
+
+async def test_digest_auth_stale_nonce_not_preemptive_and_other_origins(
+    serve_app, make_session
+):
+    seen: list[str] = []
+    nonces = ["first-nonce"]
+    base = await serve_app(_digest_app("secret", "SHA-256", seen, nonces))
+    mw = DigestAuthMiddleware("alice", "secret")
+    session = make_session(middlewares=(mw,))
+    assert await (await session.get(base + "/a")).text() == "welcome 00000001"
+    nonces.append("second-nonce")  # the server moves on: the kept nonce is stale
+    assert await (await session.get(base + "/b")).text() == "welcome 00000001"
+    assert 'nonce="first-nonce"' in seen[2] and 'nonce="second-nonce"' in seen[3]
+    # Another origin never gets an answer computed from these credentials.
+    other = base.replace("127.0.0.1", "localhost")
+    assert (await session.get(other + "/c")).status == 401
+    assert seen[4:] == [""]
+
+    seen.clear()
+    lazy = make_session(middlewares=(DigestAuthMiddleware("alice", "secret", preemptive=False),))
+    for _ in range(2):
+        assert (await lazy.get(base + "/d")).status == 200
+    assert [bool(a) for a in seen] == [False, True, False, True]
+
+
+async def test_a_middleware_that_raises_closes_the_body(serve_app, make_session, tmp_path):
+    app, seen = _recording_app()
+    base = await serve_app(app)
+    (tmp_path / "f").write_bytes(b"f" * 100)
+
+    async def fail(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        raise ValueError("Middleware error")
+
+    session = make_session(middlewares=(fail,))
+    with open(tmp_path / "f", "rb") as f:
+        with pytest.raises(ValueError, match="Middleware error"):
+            await session.post(base + "/x", data=f)
+        assert f.closed
+    assert seen == []
