@@ -13,6 +13,10 @@ the handler the middleware makes with it (a retry sends it again). A streamed bo
 can be re-read is made again for each send; one that cannot is sent once, and a second
 send raises aiohttp's ``ClientPayloadError``. Requests without middlewares never come
 here: their redirects are followed in the engine.
+
+Bounds: a request holds its history (heads only, released; at most ``max_redirects``,
+which 0 lifts, as in the engine) and the responses of its handler calls; those a
+middleware did not return are released when the request ends.
 """
 
 from __future__ import annotations
