@@ -200,7 +200,7 @@ class ClientSession:
         self._json_dumps: Callable[[Any], Any] = json_serialize_bytes or json_serialize
         self._resolve_charset = fallback_charset_resolver
         self._requote_redirect_url = requote_redirect_url
-        self._middlewares = tuple(middlewares)
+        self._middlewares = tuple(middlewares or ())
         self._timeout = timeout
         self._raise_for_status = raise_for_status
         self._auto_decompress = auto_decompress
