@@ -11,6 +11,7 @@ import re
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from tests.integration.apps import echo
 from worker_client import (
@@ -470,3 +471,31 @@ async def test_a_middleware_that_raises_closes_the_body(serve_app, make_session,
             await session.post(base + "/x", data=f)
         assert f.closed
     assert seen == []
+
+
+async def test_a_middleware_changes_url_and_method(serve_app, make_session):
+    app, seen = _recording_app()
+    base = await serve_app(app)
+    other = base.replace("127.0.0.1", "localhost")
+
+    async def reroute(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        req.url = URL(other + "/moved").with_query(was=req.url.path)
+        req.method = "PUT"
+        return await handler(req)
+
+    session = make_session(middlewares=(reroute,))
+    async with session.get(base + "/orig", data=b"b") as resp:
+        data = await resp.json()
+    assert data["method"] == "PUT" and data["path"] == "/moved"
+    assert data["query"] == [["was", "/orig"]] and data["body"] == "b"
+    assert str(resp.url) == other + "/moved?was=/orig"
+    headers = {k.lower(): v for k, v in data["headers"]}
+    assert headers["host"] == other.removeprefix("http://")
+
+    async def inject(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        req.headers["X-Bad"] = "a\r\nX-Smuggled: 1"
+        return await handler(req)
+
+    with pytest.raises(ClientError):
+        await session.get(base + "/x", middlewares=(inject,))
+    assert [r.path for r in seen] == ["/moved"]
