@@ -9,9 +9,11 @@ from shared.specs import ClientTimeout
 
 from .connector import BaseConnector, TCPConnector, UnixConnector
 from .cookies import AbstractCookieJar, CookieJar, DummyCookieJar
+from .digest_auth import DigestAuthMiddleware
 from .exceptions import *  # noqa: F403
 from .exceptions import __all__ as _exc_all
 from .helpers import BasicAuth, HttpVersion, HttpVersion10, HttpVersion11
+from .middlewares import ClientHandlerType, ClientMiddlewareType, ClientRequest
 from .multipart import (
     BadContentDispositionHeader,
     BadContentDispositionParam,
@@ -92,5 +94,10 @@ __all__ = [
     "payload_type",
     "streamer",
     "UploadTracker",
+    # client middlewares
+    "ClientHandlerType",
+    "ClientMiddlewareType",
+    "ClientRequest",
+    "DigestAuthMiddleware",
     *_exc_all,
 ]

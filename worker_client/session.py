@@ -13,7 +13,7 @@ import json as _json
 import os
 import sys
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypedDict
 
@@ -41,6 +41,7 @@ from .cookies import (
 )
 from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
+from .middlewares import ClientMiddlewareType, HopOptions, _Hops
 from .request_builder import PreparedRequest, prepare_request
 from .request_options import (
     UNSET,
@@ -95,6 +96,7 @@ class _RequestOptions(TypedDict, total=False):
     compress: str | bool | None
     chunked: bool | None
     upload_tracker: UploadTracker | None
+    middlewares: Sequence[ClientMiddlewareType] | None
 
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
@@ -110,7 +112,6 @@ _NOT_YET: dict[str, tuple[object, ...]] = {
     "ssl_context": (None,),
     "server_hostname": (None,),
     "trace_request_ctx": (None,),
-    "middlewares": (None,),
 }
 
 
@@ -173,6 +174,7 @@ class ClientSession:
         max_headers: int = 128,
         fallback_charset_resolver: Callable[[ClientResponse, bytes], str] | None = None,
         requote_redirect_url: bool = True,
+        middlewares: Sequence[ClientMiddlewareType] = (),
     ) -> None:
         self._base_url = check_base_url(base_url)
         self._version = version
@@ -201,6 +203,7 @@ class ClientSession:
         self._json_dumps: Callable[[Any], Any] = json_serialize_bytes or json_serialize
         self._resolve_charset = fallback_charset_resolver
         self._requote_redirect_url = requote_redirect_url
+        self._middlewares = tuple(middlewares or ())
         self._timeout = timeout
         self._raise_for_status = raise_for_status
         self._auto_decompress = auto_decompress
@@ -415,6 +418,7 @@ class ClientSession:
         compress: str | bool | None = None,
         chunked: bool | None = None,
         upload_tracker: UploadTracker | None = None,
+        middlewares: Sequence[ClientMiddlewareType] | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -473,6 +477,21 @@ class ClientSession:
             if prepared.payload is not None or upload_tracker is not None:
                 await _body_over(prepared, upload_tracker, exc)
             raise
+        if middlewares := self._middlewares if middlewares is None else middlewares:
+            return await self._request_hops(
+                middlewares,
+                prepared,
+                HopOptions(
+                    body, rewind,
+                    upload_tracker._wrote if upload_tracker is not None else None,
+                    chunk, expect100, limits, transport, jar_ref, own_cookies, timeout, auth,
+                    skip, allow_redirects,
+                    self._max_redirects if max_redirects is None else max_redirects,
+                    self._auto_decompress if auto_decompress is None else auto_decompress,
+                    read_until_eof,
+                ),
+                upload_tracker, raise_for_status,
+            )
         sent_headers = CIMultiDictProxy(prepared.headers)
         request_info = RequestInfo(
             prepared.url, prepared.method, sent_headers, prepared.real_url or prepared.url
@@ -530,6 +549,39 @@ class ClientSession:
             await _body_over(prepared, upload_tracker, None, head.history)
         resp = self._response(head, handle, request_info, req.url)
         rfs = raise_for_status
+        if rfs is None:
+            rfs = self._raise_for_status
+        if rfs:
+            try:
+                if callable(rfs):
+                    await rfs(resp)
+                else:
+                    resp.raise_for_status()
+            except BaseException:
+                resp.release()
+                raise
+        return resp
+
+    async def _request_hops(
+        self,
+        middlewares: Sequence[ClientMiddlewareType],
+        prepared: PreparedRequest,
+        spec: HopOptions,
+        tracker: UploadTracker | None,
+        raise_for_status: Any,
+    ) -> ClientResponse:
+        """A request with middlewares: each hop through them (``worker_client.middlewares``)."""
+        try:
+            resp = await _Hops(self, spec).run(middlewares, prepared)
+        except BaseException as exc:
+            if prepared.payload is not None or tracker is not None:
+                await _body_over(prepared, tracker, exc)
+            raise
+        if prepared.payload is not None or tracker is not None:
+            await _body_over(prepared, tracker, None, list(resp.history))
+        return await self._check_status(resp, raise_for_status)
+
+    async def _check_status(self, resp: ClientResponse, rfs: Any) -> ClientResponse:
         if rfs is None:
             rfs = self._raise_for_status
         if rfs:

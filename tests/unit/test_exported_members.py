@@ -29,9 +29,6 @@ NOT_YET = {
         "ClientWSTimeout", "ClientWebSocketResponse", "WSCloseCode", "WSMessage", "WSMsgType",
         "WebSocketError",
     },
-    "middlewares and request classes": {
-        "ClientHandlerType", "ClientMiddlewareType", "ClientRequest", "DigestAuthMiddleware",
-    },
     "server side and internals (not a client's API here)": {
         "AddrInfoType", "ChainMapProxy", "DataQueue", "ETag", "EofStream",
         "FlowControlDataQueue", "GunicornUVLoopWebWorker", "GunicornWebWorker",
