@@ -548,19 +548,7 @@ class ClientSession:
         if prepared.payload is not None or upload_tracker is not None:
             await _body_over(prepared, upload_tracker, None, head.history)
         resp = self._response(head, handle, request_info, req.url)
-        rfs = raise_for_status
-        if rfs is None:
-            rfs = self._raise_for_status
-        if rfs:
-            try:
-                if callable(rfs):
-                    await rfs(resp)
-                else:
-                    resp.raise_for_status()
-            except BaseException:
-                resp.release()
-                raise
-        return resp
+        return await self._check_status(resp, raise_for_status)
 
     async def _request_hops(
         self,
@@ -582,6 +570,8 @@ class ClientSession:
         return await self._check_status(resp, raise_for_status)
 
     async def _check_status(self, resp: ClientResponse, rfs: Any) -> ClientResponse:
+        """``raise_for_status``: the request's (a bool or an async callable), else the
+        session's; a response that fails it is released."""
         if rfs is None:
             rfs = self._raise_for_status
         if rfs:
