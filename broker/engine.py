@@ -187,6 +187,12 @@ class Engine:
             req.chunked and (body is not None or hop.method not in _NO_BODY_METHODS)
         )
         if chunked and not streamed:
+            # framed here: a Content-Length beside it would let the framing carry a
+            # second request (aiohttp refuses the pair too)
+            if any(name.lower() == "content-length" for name, _ in headers):
+                raise ConnectionFailure(
+                    "protocol", "chunked can not be set if Content-Length header is set"
+                )
             body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
         head_bytes = build_head(
             hop.method,

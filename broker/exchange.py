@@ -536,7 +536,9 @@ class Exchange:
             self._headers = []  # informational; the real head follows
             self._reason = ""
             if status == 100 and self.send is S_EXPECTING:
-                self._events.append(CONTINUE)
+                # once: a server may send several 100s (in one read, before we proceed)
+                if not any(event is CONTINUE for event in self._events):
+                    self._events.append(CONTINUE)
             return
         headers = self._headers
         eof_body = True

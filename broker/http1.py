@@ -177,6 +177,8 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._fail(self.exchange.fail(failure))
 
     def _proceed(self) -> None:
+        if self.exchange.send is not S_EXPECTING:
+            return  # a second 100 Continue: the body is on its way already
         out = self.exchange.proceed()
         if out and self.transport is not None and not self.closed:
             self.transport.write(out)

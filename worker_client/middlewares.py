@@ -161,6 +161,7 @@ class ClientRequest:
         return req
 
     _skip_host = False
+    _compressed = False  # the request's body was compressed (compress=)
     _cookies: list[tuple[str, str]] = []  # the request's own cookies= for this hop
 
     def __repr__(self) -> str:
@@ -218,6 +219,11 @@ class ClientRequest:
     async def update_body(self, body: Any) -> None:
         """Replace the body (aiohttp's ``update_body``); a payload set here earlier is
         closed (the request's own, and the last one set, when the request ends)."""
+        if self._compressed:
+            raise ValueError(
+                "update_body on a request made with compress= is not supported: the new "
+                "body would go uncompressed under its Content-Encoding; compress it yourself"
+            )
         old = self._body.payload if self._body in self._made else None
         self._set_body(body)
         if old is not None:
@@ -235,6 +241,8 @@ class ClientRequest:
             return
         skip = {h.lower() for h in self._skip}
         inline, payload = _encode_data(data, headers, skip)
+        if self.chunked:  # framed chunked by the engine: no length beside it
+            headers.popall("Content-Length", None)
         if payload is None:
             self._body = _Body(inline)
         else:
@@ -290,6 +298,7 @@ class HopOptions(NamedTuple):
     max_redirects: int
     auto_decompress: bool
     read_until_eof: bool
+    compressed: bool = False  # compress= was given: a body set by a middleware is refused
 
 
 class _Hops:
@@ -390,6 +399,8 @@ class _Hops:
                 )
                 creq._cookies = hop.cookies
                 creq._made = made
+                creq.chunked = spec.chunked  # compress= or chunked=: framed by the engine
+                creq._compressed = spec.compressed
                 resp = None
                 resp = await handler(creq)
                 location = None

@@ -156,11 +156,11 @@ def compress_and_chunk(
             )
     if chunk:
         if "chunked" in headers.get("Transfer-Encoding", "").lower():
-            if chunked:
-                raise ValueError(
-                    'chunked can not be set if "Transfer-Encoding: chunked" header is set'
-                )
-        elif "Content-Length" in given:
+            # compress= makes the body chunked as chunked=True does (aiohttp)
+            raise ValueError(
+                'chunked can not be set if "Transfer-Encoding: chunked" header is set'
+            )
+        if "Content-Length" in given:
             raise ValueError("chunked can not be set if Content-Length header is set")
         else:
             headers.popall("Content-Length", None)

@@ -489,6 +489,7 @@ class ClientSession:
                     self._max_redirects if max_redirects is None else max_redirects,
                     self._auto_decompress if auto_decompress is None else auto_decompress,
                     read_until_eof,
+                    bool(compress),
                 ),
                 upload_tracker, raise_for_status,
             )

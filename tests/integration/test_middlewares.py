@@ -316,6 +316,41 @@ async def test_middleware_replaces_the_body_and_uses_the_session(serve_app, make
     assert [r.path for r in seen] == ["/log", "/api"]
 
 
+async def test_a_body_set_by_a_middleware_on_a_chunked_request_goes_chunked(
+    serve_app, make_session
+):
+    # chunked= (or compress=): the engine frames the body chunked, so a body a
+    # middleware sets carries no Content-Length beside the framing.
+    app, seen = _recording_app()
+    base = await serve_app(app)
+
+    async def replace(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        await req.update_body(b"hello")
+        assert "Content-Length" not in req.headers
+        return await handler(req)
+
+    session = make_session(middlewares=(replace,))
+    async with session.post(base + "/api", data=b"original", chunked=True) as resp:
+        data = await resp.json()
+    assert data["body"] == "hello"
+    assert seen[-1].headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in seen[-1].headers
+
+
+async def test_update_body_on_a_compressed_request_is_refused(serve_app, make_session):
+    app, seen = _recording_app()
+    base = await serve_app(app)
+
+    async def replace(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        await req.update_body(b"hello")
+        return await handler(req)
+
+    session = make_session(middlewares=(replace,))
+    with pytest.raises(ValueError, match="compress"):
+        await session.post(base + "/api", data=b"original", compress=True)
+    assert seen == []  # nothing sent
+
+
 # -- digest auth against a server that checks it -----------------------------------------
 
 _PARAM_RE = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')

@@ -114,6 +114,18 @@ async def hostile_cookies(a: RawWorker, base: str, server: RecordingServer) -> N
         assert isinstance(msg, Failure) and msg.code == "protocol", msg
 
 
+async def chunked_inline_with_a_length(a: RawWorker, base: str, server: RecordingServer) -> None:
+    # A body the broker frames chunked must not go out under the worker's own length.
+    req = Request(
+        1, "POST", base + "/a1", headers=[(CL, "4")],
+        body=b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", chunked=True,
+        pool=encode_pool(SPEC),
+    )
+    a.send(req)
+    (msg,) = await a.until_end_of(1)
+    assert isinstance(msg, Failure) and msg.code == "protocol", msg
+
+
 SHAPES = [
     longer_than_declared,
     longer_after_the_length,
@@ -124,6 +136,7 @@ SHAPES = [
     hostile_targets,
     hostile_heads,
     hostile_cookies,
+    chunked_inline_with_a_length,
 ]
 
 

@@ -335,6 +335,16 @@ def test_expect_continue_holds_the_body_until_100(one_byte):
     assert ex.end()
 
 
+def test_two_100_continue_in_one_read_are_one_continue():
+    # Several 1xx heads are legal; the body goes once.
+    ex = Exchange()
+    ex.start("POST", HEAD, b"body", expect_continue=True)
+    events = ex.receive_data(b"HTTP/1.1 100 Continue\r\n\r\n" * 2)
+    assert events == [CONTINUE]
+    assert ex.proceed() == b"body"
+    assert ex.receive_data(b"HTTP/1.1 100 Continue\r\n\r\n") == []
+
+
 @byte_by_byte
 def test_expect_continue_streamed_body_follows_after_100(one_byte):
     ex = Exchange()

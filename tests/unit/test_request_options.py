@@ -120,6 +120,13 @@ async def test_a_stream_of_known_size_compressed_goes_chunked_and_replays_compre
     assert gzip.decompress(again) == b"z" * 5000
 
 
+def test_compress_with_a_chunked_header_is_refused_as_aiohttp():
+    with pytest.raises(ValueError, match="Transfer-Encoding: chunked"):
+        compress_and_chunk(
+            prepared(b"x", **{"Transfer-Encoding": "chunked"}), b"x", None, True, None, {}
+        )
+
+
 def test_session_timeout():
     assert session_timeout(None, UNSET, None).total == 300
     with pytest.raises(ValueError, match="cannot be of <class 'float'> type"):
