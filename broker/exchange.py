@@ -195,7 +195,10 @@ def build_head(
 ) -> bytes:
     """The request line and headers of one hop, per-hop headers added; an HTTP/1.0
     request asks for keep-alive unless it says otherwise or the pool never reuses a
-    connection (as aiohttp)."""
+    connection (as aiohttp), or its body goes chunked: HTTP/1.0 has no chunked framing
+    (RFC 9112 6.1: the server must close after it), and a server that read the chunks
+    as the next request must not be handed another worker's request on that
+    connection."""
     target = url.raw_path_qs or "/"
     parts = [f"{method} {target} HTTP/{version[0]}.{version[1]}\r\n"]
     has_host = skip_host
@@ -216,6 +219,7 @@ def build_head(
     if (
         version == (1, 0)
         and not force_close
+        and not (chunked and body_length is None)  # 1.0 has no chunked framing: see below
         and not any(n.lower() == "connection" for n, _ in headers)
     ):
         parts.append("Connection: keep-alive\r\n")

@@ -45,3 +45,14 @@ def test_post_without_body_sends_zero_length_and_user_host_wins():
 
 def test_skip_host():
     assert b"Host" not in build_head("GET", URL("http://h/"), [], None, False, True)
+
+
+def test_http10_asks_for_keep_alive_except_for_a_chunked_body():
+    url = URL("http://h/p")
+    plain = build_head("POST", url, [], 3, False, False, (1, 0))
+    assert b"Connection: keep-alive\r\n" in plain
+    # HTTP/1.0 has no chunked framing: the connection must end with this exchange
+    chunked = build_head("POST", url, [], None, True, False, (1, 0))
+    assert b"Transfer-Encoding: chunked\r\n" in chunked
+    assert b"keep-alive" not in chunked
+    assert b"keep-alive" not in build_head("GET", url, [], None, False, False, (1, 0), True)
