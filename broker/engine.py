@@ -205,7 +205,12 @@ class Engine:
             pool.spec.force_close,
         )
         limits = _limits(req)
-        expect = req.expect100
+        # Wait for 100 Continue only when the head asks for it: a flag without the header
+        # (a middleware took it out) would hold the body for an answer never coming.
+        expect = req.expect100 and any(
+            name.lower() == "expect" and value.strip().lower() == "100-continue"
+            for name, value in headers
+        )
         turn = pool.wait_turn(key)
         if turn is not None:
             await stream.wait(turn)

@@ -337,6 +337,26 @@ async def test_a_body_set_by_a_middleware_on_a_chunked_request_goes_chunked(
     assert "Content-Length" not in seen[-1].headers
 
 
+async def test_a_middleware_that_drops_expect_does_not_leave_the_body_waiting(
+    serve_app, make_session
+):
+    # expect100=True, then a middleware removes the header: the head no longer asks for
+    # 100 Continue, so the body goes with it (no wait for an answer never coming).
+    app, seen = _recording_app()
+    base = await serve_app(app)
+
+    async def drop(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        req.headers.popall("Expect", None)
+        return await handler(req)
+
+    session = make_session(middlewares=(drop,))
+    async with session.post(
+        base + "/api", data=b"body", expect100=True, timeout=ClientTimeout(total=10)
+    ) as resp:
+        assert (await resp.json())["body"] == "body"
+    assert "Expect" not in seen[-1].headers
+
+
 async def test_update_body_on_a_compressed_request_is_refused(serve_app, make_session):
     app, seen = _recording_app()
     base = await serve_app(app)
