@@ -23,6 +23,7 @@ from collections.abc import Callable
 from yarl import URL
 
 from .exceptions import ClientError
+from .helpers import check_credentials
 from .middlewares import ClientHandlerType, ClientRequest
 from .payload import Payload
 from .response import ClientResponse
@@ -117,12 +118,7 @@ class DigestAuthMiddleware:
     """HTTP Digest authentication (RFC 7616) for a session or a request."""
 
     def __init__(self, login: str, password: str, preemptive: bool = True) -> None:
-        if login is None:
-            raise ValueError("None is not allowed as login value")
-        if password is None:
-            raise ValueError("None is not allowed as password value")
-        if ":" in login:
-            raise ValueError('A ":" is not allowed in username (RFC 1945#section-11.1)')
+        check_credentials(login, password, "username")
         self._login = login
         self._password = password
         self._preemptive = preemptive

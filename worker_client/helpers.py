@@ -53,18 +53,24 @@ def encode_basic_auth(login: str, password: str = "", encoding: str = "utf-8") -
     return "Basic " + base64.b64encode(creds).decode(encoding)
 
 
+def check_credentials(login: str, password: str, login_word: str) -> None:
+    """aiohttp's checks of a login and password (Basic and Digest auth), with its
+    messages (it calls the login "login" for one, "username" for the other)."""
+    if login is None:
+        raise ValueError("None is not allowed as login value")
+    if password is None:
+        raise ValueError("None is not allowed as password value")
+    if ":" in login:
+        raise ValueError(f'A ":" is not allowed in {login_word} (RFC 1945#section-11.1)')
+
+
 class BasicAuth(namedtuple("BasicAuth", ["login", "password", "encoding"])):
     """HTTP basic authentication credentials, as aiohttp's ``BasicAuth``."""
 
     __slots__ = ()
 
     def __new__(cls, login: str, password: str = "", encoding: str = "latin1") -> BasicAuth:
-        if login is None:
-            raise ValueError("None is not allowed as login value")
-        if password is None:
-            raise ValueError("None is not allowed as password value")
-        if ":" in login:
-            raise ValueError('A ":" is not allowed in login (RFC 1945#section-11.1)')
+        check_credentials(login, password, "login")
         return super().__new__(cls, login, password, encoding)
 
     @classmethod
