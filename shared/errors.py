@@ -25,6 +25,11 @@ class ErrorCode(str, enum.Enum):
     CONNECT = "connect"
     DNS = "dns"
     UNIX_CONNECT = "unix_connect"
+    CERTIFICATE = "certificate"
+    SSL = "ssl"
+    FINGERPRINT = "fingerprint"
+    PROXY_CONNECT = "proxy_connect"
+    PROXY_STATUS = "proxy_status"
     CONNECT_TIMEOUT = "connect_timeout"
     SOCK_READ_TIMEOUT = "sock_read_timeout"
     TOTAL_TIMEOUT = "total_timeout"
@@ -62,6 +67,23 @@ WIRE_ERRORS: dict[ErrorCode, WireError] = {
     ErrorCode.DNS: WireError("the server's name did not resolve", _CONNECT),
     ErrorCode.UNIX_CONNECT: WireError(
         "the connection to a Unix socket failed; url is the socket's path", _CONNECT | {"url"}
+    ),
+    ErrorCode.CERTIFICATE: WireError(
+        "the server's certificate failed verification (expired, wrong host, unknown CA);"
+        " message is OpenSSL's verify message",
+        _CONNECT | {"verify_code"},
+    ),
+    ErrorCode.SSL: WireError("the TLS handshake failed otherwise", _CONNECT),
+    ErrorCode.FINGERPRINT: WireError(
+        "the server's certificate does not have the pinned SHA-256 digest",
+        frozenset(("host", "port", "expected", "got")),
+    ),
+    ErrorCode.PROXY_CONNECT: WireError(
+        "the connection to the proxy failed; host and port are the proxy's", _CONNECT
+    ),
+    ErrorCode.PROXY_STATUS: WireError(
+        "the proxy answered CONNECT with a status other than 200; url is the origin's",
+        frozenset(("status", "headers", "url")),
     ),
     ErrorCode.CONNECT_TIMEOUT: WireError("no connection within the connect timeouts"),
     ErrorCode.SOCK_READ_TIMEOUT: WireError("the server was silent for sock_read seconds"),

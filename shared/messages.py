@@ -4,8 +4,8 @@ Every message is a frozen, tagged ``msgspec.Struct`` encoded as a MessagePack ar
 tag first), so the union below decodes with one typed decoder and anything else is a
 decode error. A stream is one request: the worker picks its id, odd and increasing.
 
-worker -> broker: Hello, Request, Data/End (a streamed request body), Ack, Cancel,
-                  ClearDNS, StatsRequest, the jar calls (JarOpen, JarClose, JarUpdate,
+worker -> broker: Hello, TlsOpen, Request, Data/End (a streamed request body), Ack,
+                  Cancel, ClearDNS, StatsRequest, the jar calls (JarOpen, JarClose, JarUpdate,
                   JarFilter, JarCount, JarDump, JarLoad, JarDelete)
 broker -> worker: Welcome, Head, Data/End (the response body), Ack, Rewind, Failure, ErrorFrame,
                   Stats, the jar replies (JarDone, JarCookies, JarData, JarFailed)
@@ -32,9 +32,9 @@ from typing import Annotated
 import msgspec
 
 from .errors import ErrorCode
-from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, JarSpec, PoolSpec
+from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, JarSpec, PoolSpec, TlsSpec
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 STREAM_WINDOW = 1 << 20
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -52,6 +52,10 @@ HEADERS_LIMIT_MAX = 16384
 HeadLimit = Annotated[int, msgspec.Meta(ge=1, le=HEAD_LIMIT_MAX)]
 HeaderCount = Annotated[int, msgspec.Meta(ge=1, le=HEADERS_LIMIT_MAX)]
 JarToken = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+TlsId = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+NoTls = Annotated[bytes, msgspec.Meta(max_length=32)]  # a TlsId, or b"": the default
+Fingerprint = Annotated[bytes, msgspec.Meta(max_length=32)]  # a SHA-256 digest, or b""
+MAX_PROXY_ROUTE = 64 * 1024
 NoJar = Annotated[bytes, msgspec.Meta(max_length=16)]  # a JarToken, or b"": no jar
 CookieRecord = dict[str, str | bool | float]
 """One cookie as aiohttp's JSON cookie file keeps it: ``key``, ``value``,
@@ -107,6 +111,24 @@ class Request(_Msg, tag="req", frozen=True):
     http10: bool = False  # an HTTP/1.0 request line (aiohttp's version=HttpVersion10)
     chunked: bool = False  # the body (in memory too) goes with chunked framing
     requote_redirect_url: bool = True  # a Location is requoted (aiohttp's session option)
+    # TLS (https hops): the TlsSpec named by its id (sent before in a TlsOpen; b"": the
+    # default, verified); the SHA-256 the server's certificate must have (b"": any);
+    # the name for SNI and the hostname check instead of the URL's host ("": the host).
+    tls: NoTls = b""
+    fingerprint: Fingerprint = b""
+    server_hostname: Annotated[str, msgspec.Meta(max_length=255)] = ""
+    # A shared.specs.ProxyRoute, encoded (b"": every hop direct).
+    proxy: Annotated[bytes, msgspec.Meta(max_length=MAX_PROXY_ROUTE)] = b""
+
+
+class TlsOpen(_Msg, tag="tlsopen", frozen=True):
+    """Worker to broker, before the first request naming ``id`` on this connection: the
+    ``TlsSpec`` it stands for. The broker checks that ``id`` is the SHA-256 of the
+    spec's encoding (``shared.specs.tls_id``); not answered. A spec the broker cannot
+    use fails the requests that name it, with the reason."""
+
+    id: TlsId
+    spec: TlsSpec
 
 
 class HistoryItem(msgspec.Struct, frozen=True, array_like=True):
@@ -175,6 +197,10 @@ class Failure(_Msg, tag="fail", frozen=True):
     errno: int = 0
     status: int = 0
     history: list[HistoryItem] = []
+    verify_code: int = 0  # certificate: OpenSSL's verify result (X509_V_ERR_*)
+    expected: bytes = b""  # fingerprint: the pinned digest
+    got: bytes = b""  # fingerprint: the server certificate's digest
+    headers: RawHeaders = []  # proxy_status: the proxy's answer's headers
 
 
 class ErrorFrame(_Msg, tag="error", frozen=True):

@@ -480,6 +480,24 @@ def _os_error(f: Failure) -> OSError:
     return OSError(f.errno, f.message)
 
 
+def _certificate_error(f: Failure) -> ssl.SSLCertVerificationError:
+    # As the ssl module raises it: verify_code and verify_message set, errno 1.
+    err = ssl.SSLCertVerificationError(
+        1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {f.message}"
+    )
+    err.verify_code = f.verify_code
+    err.verify_message = f.message
+    err.library = "SSL"
+    err.reason = "CERTIFICATE_VERIFY_FAILED"
+    return err
+
+
+def _raw_headers(f: Failure) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(
+        CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in f.headers)
+    )
+
+
 def _request_info(f: Failure, request_info: RequestInfo | None) -> RequestInfo:
     return request_info if request_info is not None else RequestInfo(URL(f.url), "", _NO_HEADERS)
 
@@ -493,6 +511,21 @@ ERRORS: dict[ErrorCode, ErrorBuilder] = {
     ErrorCode.DNS: lambda f, ri, h: ClientConnectorDNSError(_key(f), _os_error(f)),
     ErrorCode.UNIX_CONNECT: lambda f, ri, h: UnixClientConnectorError(
         f.url, _key(f), _os_error(f)
+    ),
+    ErrorCode.CERTIFICATE: lambda f, ri, h: ClientConnectorCertificateError(
+        _key(f), _certificate_error(f)
+    ),
+    ErrorCode.SSL: lambda f, ri, h: ClientConnectorSSLError(
+        _key(f), ssl.SSLError(f.errno, f.message)
+    ),
+    ErrorCode.FINGERPRINT: lambda f, ri, h: ServerFingerprintMismatch(
+        f.expected, f.got, f.host, f.port
+    ),
+    ErrorCode.PROXY_CONNECT: lambda f, ri, h: ClientProxyConnectionError(
+        _key(f), _os_error(f)
+    ),
+    ErrorCode.PROXY_STATUS: lambda f, ri, h: ClientHttpProxyError(
+        _request_info(f, ri), h, status=f.status, message=f.message, headers=_raw_headers(f)
     ),
     ErrorCode.CONNECT_TIMEOUT: _message(ConnectionTimeoutError),
     ErrorCode.SOCK_READ_TIMEOUT: _message(SocketTimeoutError),
