@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -17,6 +18,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import broker  # noqa: E402
+from tests.tls_certs import Certs, make_certs  # noqa: E402
 from worker_client import ClientSession  # noqa: E402
 
 MODES = ("embedded", "broker")
@@ -33,6 +35,12 @@ def broker_process() -> Iterator[broker.BrokerProcess]:
     """One broker process for the whole run (tests that kill brokers start their own)."""
     with broker.start(export=False, drain_timeout=2) as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A test CA and certificates signed by it (``tests/tls_certs.py``), made once."""
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(params=MODES)
@@ -80,14 +88,21 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     option), so a handler that holds a request can notice the client leave."""
     runners: list[web.AppRunner] = []
 
-    async def start(app: web.Application, *, handler_cancellation: bool = False) -> str:
+    async def start(
+        app: web.Application,
+        *,
+        handler_cancellation: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
+    ) -> str:
+        """With ``ssl_context`` the app serves https; the URL names ``host``."""
         runner = web.AppRunner(app, access_log=None, handler_cancellation=handler_cancellation)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         runners.append(runner)
         port = runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if ssl_context else 'http'}://{host}:{port}"
 
     yield start
     for runner in runners:
