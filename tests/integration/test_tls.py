@@ -386,9 +386,7 @@ async def test_ssl_false_on_the_connector_skips_verification(client, https):
 # -- pooling: never across TLS settings --------------------------------------------------
 
 
-async def test_verified_and_unverified_requests_never_share_a_connection(
-    client, https, tls_certs
-):
+async def test_verified_and_unverified_requests_never_share_a_connection(client, https, tls_certs):
     url, seen = await https()
     ctx = client.create_default_context(cafile=tls_certs.ca)
     session = client.session()
@@ -406,9 +404,8 @@ async def test_an_unverified_connection_never_serves_a_verified_request(
     # idle connection to the same host:port at hand.
     url, seen = await https("expired")
     ctx = client.create_default_context(cafile=tls_certs.ca)
-    loose = (
-        False if unverified == "ssl=False" else client.lib.Fingerprint(fingerprint_of(tls_certs.expired))
-    )
+    pin = client.lib.Fingerprint(fingerprint_of(tls_certs.expired))
+    loose = False if unverified == "ssl=False" else pin
     session = client.session()
     await get_ok(session, url, ssl=loose)
     exc = await certificate_error(client, session, url, ssl=ctx)

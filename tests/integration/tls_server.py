@@ -40,7 +40,9 @@ def _client_cn(ssl_object: ssl.SSLObject) -> str | None:
     cert = ssl_object.getpeercert()
     if not cert:
         return None
-    return dict(pair[0] for pair in cert["subject"]).get("commonName")
+    subject: Any = cert["subject"]  # ((("commonName", "..."),), ...)
+    names = {key: value for rdn in subject for key, value in rdn}
+    return names.get("commonName")
 
 
 def recording_context(
