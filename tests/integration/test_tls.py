@@ -494,3 +494,78 @@ async def test_a_server_outside_the_contexts_protocol_bounds_fails(client, https
         await client.session().get(url, ssl=ctx)
     assert not isinstance(info.value, client.lib.ClientConnectorCertificateError)
     assert seen.requests == []
+
+
+# -- aiohttp's deprecated spellings ------------------------------------------------------
+
+
+async def test_verify_ssl_false_is_deprecated_and_skips_verification(client, https):
+    url, _ = await https("expired")
+    session = client.session()
+    with pytest.warns(DeprecationWarning, match="verify_ssl is deprecated, use ssl=False"):
+        await get_ok(session, url, verify_ssl=False)
+
+
+async def test_ssl_context_is_deprecated_and_verifies(client, https, tls_certs):
+    good, _ = await https()
+    expired, _ = await https("expired")
+    ctx = client.create_default_context(cafile=tls_certs.ca)
+    session = client.session()
+    with pytest.warns(DeprecationWarning, match="ssl_context is deprecated, use ssl=context"):
+        await get_ok(session, good, ssl_context=ctx)
+    with pytest.warns(DeprecationWarning, match="ssl_context is deprecated"):
+        exc = await certificate_error(client, session, expired, ssl_context=ctx)
+    assert exc.certificate_error.verify_code == EXPIRED
+
+
+async def test_fingerprint_is_deprecated_and_pins(client, https, tls_certs):
+    url, _ = await https("expired")
+    session = client.session()
+    with pytest.warns(DeprecationWarning, match="use ssl=Fingerprint"):
+        await get_ok(session, url, fingerprint=fingerprint_of(tls_certs.expired))
+    with pytest.warns(DeprecationWarning, match="use ssl=Fingerprint"):
+        with pytest.raises(client.lib.ServerFingerprintMismatch):
+            await session.get(url, fingerprint=b"\x00" * 32)
+
+
+async def test_the_connectors_deprecated_verify_ssl(client, https):
+    url, _ = await https("expired")
+    with pytest.warns(DeprecationWarning, match="verify_ssl is deprecated"):
+        connector = client.lib.TCPConnector(verify_ssl=False)
+    await get_ok(client.session(connector=connector), url)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"verify_ssl": False},
+        {"ssl_context": "ctx"},
+        {"fingerprint": b"\x00" * 32},
+    ],
+)
+async def test_a_deprecated_spelling_beside_ssl_is_a_value_error(client, https, tls_certs, kw):
+    url, seen = await https()
+    ctx = client.create_default_context(cafile=tls_certs.ca)
+    kw = {k: ctx if v == "ctx" else v for k, v in kw.items()}
+    session = client.session()
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="mutually exclusive"):
+        await session.get(url, ssl=ctx, **kw)
+    assert seen.handshakes == 0
+
+
+@pytest.mark.parametrize("ssl_arg", ["yes", 1.5, b"\x00" * 32])
+async def test_ssl_of_another_type_is_a_type_error(client, https, ssl_arg):
+    url, seen = await https()
+    with pytest.raises(TypeError, match="ssl should be SSLContext, bool, Fingerprint or None"):
+        await client.session().get(url, ssl=ssl_arg)
+    assert seen.handshakes == 0
+
+
+async def test_ssl_shutdown_timeout_is_deprecated_and_accepted(client, https, tls_certs):
+    url, _ = await https()
+    with pytest.warns(DeprecationWarning, match="ssl_shutdown_timeout parameter is deprecated"):
+        connector = client.lib.TCPConnector(ssl_shutdown_timeout=0.1)
+    session = client.session(connector=connector)
+    await get_ok(session, url, ssl=client.create_default_context(cafile=tls_certs.ca))
+    await session.close()
+    assert connector.closed
