@@ -426,28 +426,50 @@ async def test_different_trust_stores_never_share_a_connection(client, https, tl
     assert seen.handshakes == 2
 
 
-@pytest.mark.skipif(not OURS, reason="ours only: runs once OURS is true (issue 9's merge)")
+OURS_ONLY = pytest.mark.skipif(not OURS, reason="ours only: runs once OURS is true")
+
+
+async def in_worker(broker_process: Any, url: str, *args: Any) -> tuple[int, str]:
+    """``_tls_workers.get(socket, url, *args)`` in a process of its own."""
+    loop = asyncio.get_running_loop()
+    (result,) = await loop.run_in_executor(
+        None,
+        _workers.run_in_processes,
+        _tls_workers.get,
+        [(broker_process.socket_path, url, *args)],
+    )
+    return result
+
+
+@OURS_ONLY
 async def test_a_verified_connection_is_reused_by_another_worker_through_the_broker(
     broker_process, https, tls_certs
 ):
     url, seen = await https()
-    loop = asyncio.get_running_loop()
-    socket_path = broker_process.socket_path
-
-    async def in_worker(cafile: str | None) -> tuple[int, int, str]:
-        (result,) = await loop.run_in_executor(
-            None, _workers.run_in_processes, _tls_workers.get, [(socket_path, url, cafile)]
-        )
-        return result
-
-    first = await in_worker(str(tls_certs.ca))
-    second = await in_worker(str(tls_certs.ca))
+    ca = str(tls_certs.ca)
+    first = await in_worker(broker_process, url, ca)
+    second = await in_worker(broker_process, url, ca)
     assert first[0] != second[0]  # two processes, one after the other
-    assert first[1:] == second[1:] == (200, "ok")
+    assert first[1] == second[1] == "200 ok"
     assert seen.handshakes == 1 and seen.requests == [0, 0]
-    unverified = await in_worker(None)  # another TLS spec: its own connection
-    assert unverified[1:] == (200, "ok")
+    unverified = await in_worker(broker_process, url, None)  # another spec: its own
+    assert unverified[1] == "200 ok"
     assert seen.handshakes == 2 and seen.requests == [0, 0, 1]
+
+
+@OURS_ONLY
+async def test_a_client_certificate_connection_is_never_lent_to_another_worker(
+    broker_process, https, tls_certs
+):
+    url, seen = await https(client_cert=True)
+    ca = str(tls_certs.ca)
+    cert = (str(tls_certs.client), str(tls_certs.client_key))
+    (_, with_cert) = await in_worker(broker_process, url, ca, cert)
+    assert with_cert == "200 ok"
+    (_, without) = await in_worker(broker_process, url, ca)  # same CA, no certificate
+    assert without.startswith("refused: ")
+    assert seen.requests == [0] and seen.client_cns == ["http-broker test client"]
+    assert seen.handshakes == 2
 
 
 # -- what every TLS connection offers ----------------------------------------------------
