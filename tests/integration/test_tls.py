@@ -5,6 +5,11 @@ reference: what it does is what ours must do) and with ours in both modes.
 The server side records what it saw (``tls_server.Seen``): handshakes, SNI, the
 connection each request came on, ALPN, TLS version and cipher, the client certificate.
 
+Where ours differs by design, the test says so: ours offers ALPN ``http/1.1`` from a
+caller's context too (aiohttp leaves a caller's context as it is), and keys its pool by
+what a context says (its ``TlsSpec``), so two equal contexts share connections, as
+workers do through a broker (aiohttp keys by the context object).
+
 Ours runs when ``OURS`` is true (issue 9's TLS support merged: ``ssl=``,
 ``worker_client.Fingerprint`` and ``worker_client.create_default_context``);
 ``TLS_TESTS_OURS=1`` in the environment runs them before that.
@@ -394,6 +399,14 @@ async def test_verified_and_unverified_requests_never_share_a_connection(client,
         await get_ok(session, url, ssl=ssl_arg)
     assert seen.requests == [0, 1, 0, 1, 0]
     assert seen.handshakes == 2
+
+
+async def test_equal_contexts_share_connections_in_ours(client, https, tls_certs):
+    url, seen = await https()
+    session = client.session()
+    for _ in range(3):
+        await get_ok(session, url, ssl=client.create_default_context(cafile=tls_certs.ca))
+    assert seen.requests == ([0, 1, 2] if client.name == "aiohttp" else [0, 0, 0])
 
 
 @pytest.mark.parametrize("unverified", ["ssl=False", "fingerprint"])
