@@ -21,7 +21,7 @@ start to the last one's end. The clients:
 
 The clients alternate in a rotating order for ``--rounds`` rounds; the report gives the
 median time per run, its ratio to aiohttp's, and the handshakes and requests the server
-counted per run. About a minute with the defaults. Loopback only.
+counted per run. About 30 s with the defaults. Loopback only.
 
     python bench/tls_handshakes.py [--rounds 5] [--requests 100] [--workers 4]
                                    [--clients aiohttp,broker-new,broker-warm,embedded]

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.tls_certs import CLIENT_KEY_PASSWORD, Certs, fingerprint_of
 
@@ -162,7 +163,7 @@ async def test_the_default_verification_does_not_know_the_test_ca(client, https,
     kw = {} if ssl_arg == "omitted" else {"ssl": ssl_arg}
     exc = await certificate_error(client, client.session(), url, **kw)
     assert exc.certificate_error.verify_code == UNKNOWN_CA
-    assert (exc.host, exc.port) == ("127.0.0.1", int(url.split(":")[2].rstrip("/")))
+    assert (exc.host, exc.port) == ("127.0.0.1", URL(url).port)
     assert seen.requests == []
 
 
@@ -257,7 +258,7 @@ async def test_a_wrong_fingerprint_raises_the_mismatch(client, https, tls_certs,
     assert isinstance(exc, client.lib.ServerConnectionError)
     assert exc.expected == wrong
     assert exc.got == fingerprint_of(tls_certs.server)
-    assert (exc.host, exc.port) == ("127.0.0.1", int(url.split(":")[2].rstrip("/")))
+    assert (exc.host, exc.port) == ("127.0.0.1", URL(url).port)
     assert seen.requests == []
 
 
