@@ -31,6 +31,7 @@ from yarl import URL
 from tests.tls_certs import CLIENT_KEY_PASSWORD, Certs, fingerprint_of
 
 from . import _tls_workers, _workers
+from .apps import text_app
 from .tls_server import Seen, recording_app, recording_context
 
 OURS = os.environ.get("TLS_TESTS_OURS") == "1"  # issue 9's merge: OURS = True
@@ -226,6 +227,18 @@ async def test_a_cert_none_context_passes_without_verifying(client, https):
     ctx.verify_mode = ssl.CERT_NONE
     url, _ = await https("expired")
     await get_ok(client.session(), url, ssl=ctx)
+
+
+@pytest.mark.parametrize("kind", ["context", "fingerprint", "ssl=False"])
+async def test_ssl_settings_leave_plain_http_alone(client, serve_app, tls_certs, kind):
+    # a wrong fingerprint too: aiohttp checks it on TLS connections only
+    base = await serve_app(text_app())
+    ssl_arg = {
+        "context": client.create_default_context(cafile=tls_certs.other_ca),
+        "fingerprint": client.lib.Fingerprint(b"\x00" * 32),
+        "ssl=False": False,
+    }[kind]
+    await get_ok(client.session(), base + "/", ssl=ssl_arg)
 
 
 # -- fingerprints ------------------------------------------------------------------------
