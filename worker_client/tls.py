@@ -43,10 +43,10 @@ import ssl
 import sys
 import warnings
 import weakref
+from _ssl import _SSLContext
 from typing import Any, NamedTuple
 
 import msgspec
-from _ssl import _SSLContext
 
 from shared.framing import MAX_FRAME
 from shared.specs import DEFAULT_TLS, UNVERIFIED_TLS, TlsSpec, encode_tls, tls_id
@@ -383,7 +383,7 @@ def _ciphers(ctx: ssl.SSLContext, default: tuple[str, ...]) -> str | None:
 def tls_spec(ctx: ssl.SSLContext) -> TlsSpec:
     """The ``TlsSpec`` an ``SSLContext`` stands for (see the module docstring)."""
     if ctx.protocol == ssl.PROTOCOL_TLS_SERVER:
-        raise ValueError("ssl= takes a client context; this one is a server's (PROTOCOL_TLS_SERVER)")
+        raise ValueError("ssl= takes a client's context, not a server's (PROTOCOL_TLS_SERVER)")
     d = _template(ssl.Purpose.SERVER_AUTH)
     verify = ctx.verify_mode != ssl.CERT_NONE
     chain, key, password = b"", b"", b""

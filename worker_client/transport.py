@@ -57,9 +57,10 @@ from shared.messages import (
     Rewind,
     Stats,
     StatsRequest,
+    TlsOpen,
     Welcome,
 )
-from shared.specs import JarSpec, PoolSpec
+from shared.specs import JarSpec, PoolSpec, TlsSpec
 from shared.stream_state import State
 
 from . import jar_channel
@@ -103,6 +104,7 @@ class Transport:
         self.closed = False
         self._next = 1
         self.jars_open: set[bytes] = set()  # jar tokens opened on this connection
+        self.tls_open: set[bytes] = set()  # TlsSpec ids sent on this connection
 
     def next_stream_id(self) -> int:
         sid = self._next
@@ -138,6 +140,13 @@ class Transport:
     def open_jar(self, token: bytes, spec: JarSpec) -> None:
         """Open a cookie jar on this connection before the first request that names it."""
         raise NotImplementedError
+
+    def open_tls(self, ident: bytes, spec: TlsSpec) -> None:
+        """Name ``spec`` by ``ident`` on this connection before a request uses it.
+        (Minimal stand-in until the broker side's version is merged.)"""
+        self.tls_open.add(ident)
+        if isinstance(self, IPCTransport):
+            self._send(TlsOpen(ident, spec))
 
     def ack(self, stream_id: int, size: int) -> None:
         raise NotImplementedError
