@@ -45,7 +45,7 @@ from .helpers import BasicAuth, HttpVersion, HttpVersion11
 from .payload import BytesPayload, Payload
 from .request_builder import CONSUMED_BODY, PreparedRequest, _encode_data, _rewinder
 from .response import ClientResponse
-from .tls import check_server_hostname, merge_ssl, request_tls
+from .tls import check_server_hostname, merge_ssl, request_tls, with_tls
 
 if TYPE_CHECKING:
     from .session import ClientSession
@@ -374,10 +374,9 @@ class _Hops:
             http10=session._http10,
             chunked=spec.chunked,
             requote_redirect_url=session._requote_redirect_url,
-            tls=b"" if tls is None else tls[0],
-            fingerprint=b"" if tls is None else tls[2],
-            server_hostname=sni,
         )
+        if tls is not None or sni:
+            req = with_tls(req, tls, sni)
         session._handles.add(handle)
         if self.deadline is not None:
             timeout = spec.timeout

@@ -58,7 +58,7 @@ from .request_options import (
     session_timeout,
 )
 from .response import ClientResponse
-from .tls import Fingerprint, check_server_hostname, merge_ssl, request_tls
+from .tls import Fingerprint, check_server_hostname, merge_ssl, request_tls, with_tls
 from .transport import (
     StreamHandle,
     Transport,
@@ -568,10 +568,9 @@ class ClientSession:
             http10=self._http10,
             chunked=chunk,
             requote_redirect_url=self._requote_redirect_url,
-            tls=b"" if tls is None else tls[0],
-            fingerprint=b"" if tls is None else tls[2],
-            server_hostname=sni,
         )
+        if tls is not None or sni:
+            req = with_tls(req, tls, sni)
         self._handles.add(handle)
         if timeout.total:
             handle.set_deadline(timeout.total, timeout.ceil_threshold)

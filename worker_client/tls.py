@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from shared.framing import MAX_FRAME
+from shared.messages import Request
 from shared.specs import DEFAULT_TLS, UNVERIFIED_TLS, TlsSpec, encode_tls, tls_id
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "request_tls",
     "merge_ssl",
     "check_server_hostname",
+    "with_tls",
     "UNVERIFIED_ID",
 ]
 
@@ -158,6 +160,14 @@ def request_tls(ssl_: Any, connector_ssl: Any) -> tuple[bytes, TlsSpec, bytes]:
         ident, spec = UNVERIFIED_ID, UNVERIFIED_TLS
     pin = ssl_ if isinstance(ssl_, Fingerprint) else connector_ssl
     return ident, spec, pin.fingerprint if isinstance(pin, Fingerprint) else b""
+
+
+def with_tls(req: Request, tls: tuple[bytes, TlsSpec, bytes] | None, sni: str) -> Request:
+    """``req`` with its TLS fields: a request with the default ones is built without them
+    (msgspec matches keyword arguments by name, and these are the last of many)."""
+    if tls is None:
+        return msgspec.structs.replace(req, server_hostname=sni)
+    return msgspec.structs.replace(req, tls=tls[0], fingerprint=tls[2], server_hostname=sni)
 
 
 # -- the recording context ---------------------------------------------------------------

@@ -540,3 +540,66 @@ async def test_request_tls_arguments_are_checked_before_anything_is_sent():
                 ssl=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
             )
 
+
+
+# -- what a request carries -------------------------------------------------------------
+
+
+async def _sent(session: ClientSession, url: str, **kwargs: Any) -> Any:
+    """The Request message the session hands its (embedded) transport for one request
+    to a closed port; the engine still carries it out."""
+    transport = await session._get_transport()
+    sent: list[Any] = []
+    send = transport.send
+
+    async def recording_send(req: Any, *args: Any, **kw: Any) -> None:
+        sent.append(req)
+        await send(req, *args, **kw)
+
+    transport.send = recording_send  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ClientConnectorError):
+            await session.get(url, **kwargs)
+    finally:
+        del transport.send
+    (req,) = sent
+    return req
+
+
+async def _mw(req: Any, handler: Any) -> Any:
+    return await handler(req)
+
+
+@pytest.mark.parametrize("middlewares", [(), (_mw,)], ids=["direct", "middlewares"])
+async def test_requests_carry_their_tls_fields(middlewares):
+    url = "https://127.0.0.1:1/"
+    async with ClientSession(middlewares=middlewares) as session:
+        transport = await session._get_transport()
+        req = await _sent(session, url)
+        assert (req.tls, req.fingerprint, req.server_hostname) == (b"", b"", "")
+        assert not transport.tls_open
+        req = await _sent(session, url, ssl=False)
+        assert (req.tls, req.fingerprint) == (UNVERIFIED_ID, b"")
+        assert transport.tls_open == {UNVERIFIED_ID}
+        req = await _sent(session, url, ssl=Fingerprint(SHA256), server_hostname="localhost")
+        assert (req.tls, req.fingerprint, req.server_hostname) == (
+            UNVERIFIED_ID, SHA256, "localhost"
+        )
+        ctx = ssl.create_default_context()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        req = await _sent(session, url, ssl=ctx)
+        assert req.tls == context_tls(ctx)[0] and req.tls in transport.tls_open
+        req = await _sent(session, url, ssl=ssl.create_default_context())
+        assert req.tls == b""  # a default-built context: the default's connections
+
+
+async def test_requests_take_their_connectors_ssl():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    url = "https://127.0.0.1:1/"
+    async with ClientSession(connector=TCPConnector(ssl=ctx)) as session:
+        assert (await _sent(session, url)).tls == context_tls(ctx)[0] != b""
+        assert (await _sent(session, url, ssl=False)).tls == UNVERIFIED_ID
+    async with ClientSession(connector=TCPConnector(ssl=Fingerprint(SHA256))) as session:
+        req = await _sent(session, url, ssl=ctx)
+        assert (req.tls, req.fingerprint) == (context_tls(ctx)[0], SHA256)
