@@ -26,8 +26,8 @@ How a context is translated (``tls_spec``):
 
 A context's translation is cached per context object (weakly), beside a snapshot of its
 state (verify mode, hostname check, options, verify flags, protocol bounds, and a
-recording context's count of loads): a reused context costs a dict lookup and six getters
-per request (about 1 us), and a context changed after its first use is translated again.
+recording context's count of changes): a reused context costs a dict lookup and six
+getters per request (about 1.5 us), and a context changed after its first use is translated again.
 Two changes are not seen on a context that does not record, because OpenSSL offers no
 cheap way to see them: certificates loaded, and ``set_ciphers``, after its first request
 (newly loaded certificates are then not trusted: it fails closed). Set a context up before
@@ -180,9 +180,20 @@ _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")  # OpenSSL's by-hash lookup na
 _NOWHERE = "/nonexistent/http-broker"  # a capath that loads nothing (see _template)
 
 
-def _read(path: Any) -> bytes:
+_MAX_CHAIN = 1 << 20  # TlsSpec.cert_chain's bound
+_MAX_KEY = 256 * 1024  # TlsSpec.key's
+_MAX_CAFILE = MAX_FRAME  # more could not travel in a TlsOpen anyway
+
+
+def _read(path: Any, limit: int) -> bytes:
+    """A file the context loads, read whole: at most ``limit`` bytes, or a ValueError
+    (before the context has loaded it)."""
     with open(os.fspath(path), "rb") as f:
-        return f.read()
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        name = os.fsdecode(path)
+        raise ValueError(f"{name} is over {limit} bytes: too big to carry to the broker")
+    return data
 
 
 def _der_element(data: bytes, at: int) -> int:
@@ -229,7 +240,7 @@ def _capath_certs(capath: Any) -> list[bytes]:
     for name in names:
         if _HASHED_NAME.fullmatch(name):
             try:
-                out.extend(_pem_certs(_read(os.path.join(path, name))))
+                out.extend(_pem_certs(_read(os.path.join(path, name), _MAX_CAFILE)))
             except (OSError, ValueError):
                 continue
     return out
@@ -258,18 +269,20 @@ class RecordingSSLContext(ssl.SSLContext):
     def load_cert_chain(
         self, certfile: Any, keyfile: Any = None, password: Any = None
     ) -> None:
+        chain = _read(certfile, _MAX_CHAIN)
+        key = _read(keyfile, _MAX_KEY) if keyfile is not None else b""
         if callable(password):
             password = password()  # once: the ssl module and the spec get the same
         super().load_cert_chain(certfile, keyfile, password)
-        key = _read(keyfile) if keyfile is not None else b""
-        self._tls_client = (_read(certfile), key, _password_bytes(password))
+        self._tls_client = (chain, key, _password_bytes(password))
         self._tls_changed()
 
     def load_verify_locations(
         self, cafile: Any = None, capath: Any = None, cadata: Any = None
     ) -> None:
+        pem = _read(cafile, _MAX_CAFILE) if cafile is not None else b""
         super().load_verify_locations(cafile, capath, cadata)
-        certs = _pem_certs(_read(cafile)) if cafile is not None else []
+        certs = _pem_certs(pem)
         if capath is not None:
             certs += _capath_certs(capath)
         if isinstance(cadata, str):

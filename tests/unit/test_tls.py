@@ -603,3 +603,23 @@ async def test_requests_take_their_connectors_ssl():
     async with ClientSession(connector=TCPConnector(ssl=Fingerprint(SHA256))) as session:
         req = await _sent(session, url, ssl=ctx)
         assert (req.tls, req.fingerprint) == (context_tls(ctx)[0], SHA256)
+
+
+def test_a_file_too_big_to_carry_is_refused_before_it_is_loaded(tls_certs: Certs, tmp_path):
+    big = tmp_path / "big.pem"
+    big.write_bytes(tls_certs.client.read_bytes() + b"\n" * (1 << 20))
+    ctx = create_default_context()
+    with pytest.raises(ValueError, match="too big to carry"):
+        ctx.load_cert_chain(big, tls_certs.client_key)
+    assert tls_spec(ctx) == DEFAULT_TLS
+    with pytest.raises(FileNotFoundError):
+        ctx.load_cert_chain(tmp_path / "missing.pem")
+
+
+def test_a_bad_cafile_fails_as_the_ssl_module(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ssl.SSLError):
+        ssl.create_default_context(cafile=bad)
+    with pytest.raises(ssl.SSLError):
+        create_default_context(cafile=bad)
