@@ -623,3 +623,23 @@ def test_a_bad_cafile_fails_as_the_ssl_module(tmp_path):
         ssl.create_default_context(cafile=bad)
     with pytest.raises(ssl.SSLError):
         create_default_context(cafile=bad)
+
+
+async def test_a_middleware_sees_the_requests_ssl_and_may_change_its_server_hostname():
+    seen: list[Any] = []
+
+    async def rename(req: Any, handler: Any) -> Any:
+        seen.append(req.ssl)
+        req.server_hostname = "renamed.example"
+        return await handler(req)
+
+    async with ClientSession(middlewares=(rename,)) as session:
+        req = await _sent(session, "https://127.0.0.1:1/", ssl=False, server_hostname="a.example")
+    assert seen == [False]
+    assert (req.tls, req.server_hostname) == (UNVERIFIED_ID, "renamed.example")
+
+
+def test_fingerprint_mismatch_is_the_seeds_name():
+    from worker_client import FingerprintMismatch, ServerFingerprintMismatch
+
+    assert FingerprintMismatch is ServerFingerprintMismatch
