@@ -11,6 +11,7 @@ from .connector import BaseConnector, TCPConnector, UnixConnector
 from .cookies import AbstractCookieJar, CookieJar, DummyCookieJar
 from .digest_auth import DigestAuthMiddleware
 from .exceptions import *  # noqa: F403
+from .exceptions import FingerprintMismatch  # noqa: F401  (aiohttp's documentation's name)
 from .exceptions import __all__ as _exc_all
 from .helpers import BasicAuth, HttpVersion, HttpVersion10, HttpVersion11
 from .middlewares import ClientHandlerType, ClientMiddlewareType, ClientRequest
@@ -45,6 +46,7 @@ from .request_builder import PreparedRequest
 from .resolver import AbstractResolver, AsyncResolver, DefaultResolver, ThreadedResolver
 from .response import ClientResponse, StreamReader
 from .session import ClientSession, request
+from .tls import Fingerprint, create_default_context
 from .upload import UploadTracker
 
 __all__ = [
@@ -68,6 +70,9 @@ __all__ = [
     "TCPConnector",
     "UnixConnector",
     "request",
+    # TLS
+    "Fingerprint",
+    "create_default_context",
     # multipart
     "BadContentDispositionHeader",
     "BadContentDispositionParam",

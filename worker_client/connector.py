@@ -9,8 +9,10 @@ connector closes it for this process's sessions only: the pool is the group's.
 from __future__ import annotations
 
 import socket
+import sys
 import warnings
 import weakref
+from ssl import SSLContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ from shared.rules import check_host_port
 from shared.specs import PoolSpec
 
 from .resolver import resolver_spec
+from .tls import Fingerprint, merge_ssl
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -25,6 +28,26 @@ if TYPE_CHECKING:
 __all__ = ["BaseConnector", "TCPConnector", "UnixConnector"]
 
 _UNSET: Any = object()
+
+
+def ssl_shutdown(timeout: Any) -> float | None:
+    """aiohttp 3.14's (deprecated) ``ssl_shutdown_timeout``: 0 unless given, with its
+    warnings."""
+    if timeout is _UNSET:
+        return 0
+    warnings.warn(
+        "The ssl_shutdown_timeout parameter is deprecated and will be removed in aiohttp 4.0",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if sys.version_info < (3, 11) and timeout is not None and timeout != 0:
+        warnings.warn(
+            f"ssl_shutdown_timeout={timeout} is ignored on Python < 3.11; "
+            "only ssl_shutdown_timeout=0 is supported. The timeout will be ignored.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return timeout  # type: ignore[no-any-return]
 
 
 def _keepalive(force_close: bool, keepalive_timeout: Any) -> float | None:
@@ -40,6 +63,8 @@ def _keepalive(force_close: bool, keepalive_timeout: Any) -> float | None:
 
 class BaseConnector:
     """A pool description; the pool itself lives in the broker."""
+
+    _ssl: Any = True  # the connector's ssl= (aiohttp's; a request's own wins over it)
 
     def __init__(self, spec: PoolSpec) -> None:
         self._spec = spec
@@ -103,6 +128,10 @@ class BaseConnector:
 class TCPConnector(BaseConnector):
     """aiohttp's ``TCPConnector`` options, enforced by the broker across the group.
 
+    ``ssl`` (and the deprecated ``verify_ssl``, ``ssl_context``, ``fingerprint``) is the
+    default of the requests made through it, as in aiohttp; it is not part of the pool's
+    description: the broker keeps connections made under each TLS setting apart.
+
     Beyond aiohttp: ``rate_limit_per_host`` (requests per second to each host, for the
     whole group) and ``name``.
     """
@@ -110,6 +139,10 @@ class TCPConnector(BaseConnector):
     def __init__(
         self,
         *,
+        verify_ssl: bool = True,
+        fingerprint: bytes | None = None,
+        ssl_context: SSLContext | None = None,
+        ssl: bool | Fingerprint | SSLContext | None = True,
         limit: int = 100,
         limit_per_host: int = 0,
         use_dns_cache: bool = True,
@@ -122,9 +155,11 @@ class TCPConnector(BaseConnector):
         keepalive_timeout: float | None = _UNSET,
         happy_eyeballs_delay: float | None = 0.25,
         enable_cleanup_closed: bool = False,
+        ssl_shutdown_timeout: float | None = _UNSET,
         rate_limit_per_host: float = 0,
         name: str = "",
     ) -> None:
+        merged = merge_ssl(ssl, verify_ssl, ssl_context, fingerprint)
         super().__init__(
             PoolSpec(
                 kind="tcp",
@@ -141,8 +176,10 @@ class TCPConnector(BaseConnector):
                 happy_eyeballs_delay=happy_eyeballs_delay,
                 rate_limit_per_host=rate_limit_per_host,
                 name=name,
+                ssl_shutdown_timeout=ssl_shutdown(ssl_shutdown_timeout),
             )
         )
+        self._ssl = merged
         self._enable_cleanup_closed = enable_cleanup_closed
 
     @property

@@ -59,6 +59,8 @@ from yarl import URL
 from shared.errors import ErrorCode
 from shared.messages import Failure
 
+from .tls import Fingerprint
+
 # The public names (``worker_client`` exports them); ``ConnectionKey``, ``ERRORS`` and
 # ``exception_from_failure`` are the transport's.
 __all__ = [
@@ -151,6 +153,13 @@ class ConnectionKey(NamedTuple):
     proxy_auth: Any
     proxy_headers_hash: int | None
     server_hostname: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An SSLContext does not pickle: the key crosses processes with its repr.
+        ssl = self.ssl
+        if not isinstance(ssl, (bool, Fingerprint, type(None))):
+            ssl = repr(ssl)
+        return ConnectionKey, (*self[:3], ssl, *self[4:])
 
 
 class ClientError(Exception):
@@ -359,6 +368,10 @@ class ServerFingerprintMismatch(ServerConnectionError):
         )
 
 
+FingerprintMismatch = ServerFingerprintMismatch
+"""The name aiohttp's documentation uses ("Verify certificate fingerprint")."""
+
+
 class ClientPayloadError(ClientError):
     """Response payload error."""
 
@@ -550,6 +563,16 @@ ERRORS: dict[ErrorCode, ErrorBuilder] = {
     ErrorCode.PROTOCOL: _message(BrokerProtocolError),
     ErrorCode.INTERNAL: _message(ClientError),
 }
+
+
+def with_request_ssl(exc: BaseException, ssl: Any, server_hostname: str | None) -> BaseException:
+    """A connector error's key with the request's ``ssl`` and ``server_hostname``, as
+    aiohttp's (the engine knows the request's TLS only by its spec)."""
+    if isinstance(exc, ClientConnectorError):
+        key = exc._conn_key._replace(ssl=ssl, server_hostname=server_hostname)
+        exc._conn_key = key
+        exc.args = (key, *exc.args[1:])
+    return exc
 
 
 def exception_from_failure(

@@ -34,12 +34,18 @@ from shared.errors import ErrorCode
 from shared.messages import Failure, Request
 from shared.specs import ClientTimeout
 
-from .exceptions import ClientPayloadError, RequestInfo, exception_from_failure
+from .exceptions import (
+    ClientPayloadError,
+    RequestInfo,
+    exception_from_failure,
+    with_request_ssl,
+)
 from .handle import StreamHandle
 from .helpers import BasicAuth, HttpVersion, HttpVersion11
 from .payload import BytesPayload, Payload
 from .request_builder import CONSUMED_BODY, PreparedRequest, _encode_data, _rewinder
 from .response import ClientResponse
+from .tls import check_server_hostname, merge_ssl, request_tls, with_tls
 
 if TYPE_CHECKING:
     from .session import ClientSession
@@ -110,6 +116,8 @@ class ClientRequest:
         chunked: bool | None = None,
         session: ClientSession | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        ssl: Any = True,
+        server_hostname: str | None = None,
     ) -> None:
         self.method = method.upper()
         self.original_url = url if original_url is None else original_url
@@ -119,8 +127,8 @@ class ClientRequest:
         self.version = version
         self.compress = compress
         self.chunked = chunked
-        self.ssl: Any = True
-        self.server_hostname: str | None = None
+        self._ssl: Any = merge_ssl(ssl, None, None, None)
+        self.server_hostname = server_hostname
         self.proxy: URL | None = None
         self.proxy_auth: BasicAuth | None = None
         self.proxy_headers: CIMultiDict[str] | None = None
@@ -196,6 +204,11 @@ class ClientRequest:
 
     def is_ssl(self) -> bool:
         return self.url.scheme in _SSL_SCHEMES
+
+    @property
+    def ssl(self) -> Any:
+        """The request's ``ssl=`` (True: the connector's, else default verification)."""
+        return self._ssl
 
     @property
     def request_info(self) -> RequestInfo:
@@ -299,6 +312,8 @@ class HopOptions(NamedTuple):
     auto_decompress: bool
     read_until_eof: bool
     compressed: bool = False  # compress= was given: a body set by a middleware is refused
+    ssl: Any = True  # the request's merged ssl= (worker_client.tls.merge_ssl)
+    server_hostname: str | None = None
 
 
 class _Hops:
@@ -320,9 +335,20 @@ class _Hops:
         stream = body.take() if body.streamed else None
         limits = spec.limits
         request_info = creq.request_info
+        ssl, server_hostname = creq._ssl, creq.server_hostname
+        sni = "" if server_hostname is None else check_server_hostname(server_hostname)
+        tls = (
+            None if ssl is True and session._conn_ssl is True
+            else request_tls(ssl, session._conn_ssl)
+        )
+        if tls is not None and tls[0] and tls[0] not in transport.tls_open:
+            transport.open_tls(tls[0], tls[1])
 
         def make_error(failure: Failure) -> BaseException:
-            return exception_from_failure(failure, request_info, ())
+            exc = exception_from_failure(failure, request_info, ())
+            if ssl is not True or server_hostname is not None:
+                exc = with_request_ssl(exc, ssl, server_hostname)
+            return exc
 
         handle = StreamHandle(transport, transport.next_stream_id(), make_error, limits[3])
         req = Request(
@@ -349,6 +375,8 @@ class _Hops:
             chunked=spec.chunked,
             requote_redirect_url=session._requote_redirect_url,
         )
+        if tls is not None or sni:
+            req = with_tls(req, tls, sni)
         session._handles.add(handle)
         if self.deadline is not None:
             timeout = spec.timeout
@@ -401,6 +429,7 @@ class _Hops:
                 creq._made = made
                 creq.chunked = spec.chunked  # compress= or chunked=: framed by the engine
                 creq._compressed = spec.compressed
+                creq._ssl, creq.server_hostname = spec.ssl, spec.server_hostname
                 resp = None
                 resp = await handler(creq)
                 location = None

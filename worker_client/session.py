@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, TypedDict
 
@@ -30,7 +31,7 @@ from shared.messages import (
 )
 from shared.specs import DEFAULT_POOL_BYTES, ClientTimeout, encode_pool
 
-from .connector import BaseConnector
+from .connector import BaseConnector, TCPConnector
 from .cookies import (
     AbstractCookieJar,
     CookieJar,
@@ -39,7 +40,12 @@ from .cookies import (
     request_cookies,
     request_jar,
 )
-from .exceptions import ClientConnectionError, RequestInfo, exception_from_failure
+from .exceptions import (
+    ClientConnectionError,
+    RequestInfo,
+    exception_from_failure,
+    with_request_ssl,
+)
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
 from .middlewares import ClientMiddlewareType, HopOptions, _Hops
 from .request_builder import PreparedRequest, prepare_request
@@ -52,6 +58,7 @@ from .request_options import (
     session_timeout,
 )
 from .response import ClientResponse
+from .tls import Fingerprint, check_server_hostname, merge_ssl, request_tls, with_tls
 from .transport import (
     StreamHandle,
     Transport,
@@ -97,6 +104,11 @@ class _RequestOptions(TypedDict, total=False):
     chunked: bool | None
     upload_tracker: UploadTracker | None
     middlewares: Sequence[ClientMiddlewareType] | None
+    ssl: SSLContext | bool | Fingerprint | None
+    verify_ssl: bool | None
+    fingerprint: bytes | None
+    ssl_context: SSLContext | None
+    server_hostname: str | None
 
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
@@ -106,11 +118,6 @@ _NOT_YET: dict[str, tuple[object, ...]] = {
     "proxy": (None,),
     "proxy_auth": (None,),
     "proxy_headers": (None,),
-    "ssl": (True,),
-    "verify_ssl": (None,),
-    "fingerprint": (None,),
-    "ssl_context": (None,),
-    "server_hostname": (None,),
     "trace_request_ctx": (None,),
 }
 
@@ -175,6 +182,7 @@ class ClientSession:
         fallback_charset_resolver: Callable[[ClientResponse, bytes], str] | None = None,
         requote_redirect_url: bool = True,
         middlewares: Sequence[ClientMiddlewareType] = (),
+        ssl_shutdown_timeout: float | None = _SENTINEL,
     ) -> None:
         self._base_url = check_base_url(base_url)
         self._version = version
@@ -191,8 +199,19 @@ class ClientSession:
             UNSET if read_timeout is _SENTINEL else read_timeout,
             conn_timeout,
         )
+        if ssl_shutdown_timeout is not _SENTINEL:
+            warnings.warn(
+                "The ssl_shutdown_timeout parameter is deprecated and will be removed in "
+                "aiohttp 4.0",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if connector is None:  # as aiohttp: the session's own connector takes it
+                connector = TCPConnector(ssl_shutdown_timeout=ssl_shutdown_timeout)
         self._connector = connector
         self._connector_owner = connector_owner
+        # The connector's ssl=: requests with the default ssl=True use it.
+        self._conn_ssl: Any = connector._ssl if connector is not None else True
         self._pool = encode_pool(connector.spec) if connector is not None else DEFAULT_POOL_BYTES
         self._default_headers: CIMultiDict[str] = CIMultiDict(headers or {})
         self._skip_auto_headers = frozenset(istr(h) for h in skip_auto_headers or ())
@@ -419,6 +438,11 @@ class ClientSession:
         chunked: bool | None = None,
         upload_tracker: UploadTracker | None = None,
         middlewares: Sequence[ClientMiddlewareType] | None = None,
+        ssl: SSLContext | bool | Fingerprint | None = True,
+        verify_ssl: bool | None = None,
+        fingerprint: bytes | None = None,
+        ssl_context: SSLContext | None = None,
+        server_hostname: str | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -427,6 +451,14 @@ class ClientSession:
             raise RuntimeError("Session is closed")
         if unsupported:
             _check_options(unsupported)
+        if (
+            ssl is not True or verify_ssl is not None or ssl_context is not None
+            or fingerprint is not None
+        ):
+            ssl = merge_ssl(ssl, verify_ssl, ssl_context, fingerprint)
+        # (tls id, spec, pin): None for the default, which costs nothing more.
+        tls = None if ssl is True and self._conn_ssl is True else request_tls(ssl, self._conn_ssl)
+        sni = "" if server_hostname is None else check_server_hostname(server_hostname)
         timeout = self._timeout if timeout is _SENTINEL else _request_timeout(timeout)
         merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
         if headers:
@@ -468,6 +500,8 @@ class ClientSession:
                 jar_ref = self._jar_ref = request_jar(self._cookie_jar)
             if jar_ref[0] and jar_ref[0] not in transport.jars_open:
                 transport.open_jar(jar_ref[0], jar_ref[2])
+            if tls is not None and tls[0] and tls[0] not in transport.tls_open:
+                transport.open_tls(tls[0], tls[1])
             own_cookies = (
                 request_cookies(cookies, self._cookie_jar, prepared.url)
                 if cookies is not None
@@ -490,6 +524,8 @@ class ClientSession:
                     self._auto_decompress if auto_decompress is None else auto_decompress,
                     read_until_eof,
                     bool(compress),
+                    ssl,
+                    server_hostname,
                 ),
                 upload_tracker, raise_for_status,
             )
@@ -502,7 +538,10 @@ class ClientSession:
             history = tuple(
                 self._history_response(h, request_info) for h in failure.history
             )
-            return exception_from_failure(failure, request_info, history)
+            exc = exception_from_failure(failure, request_info, history)
+            if ssl is not True or server_hostname is not None:
+                exc = with_request_ssl(exc, ssl, server_hostname)
+            return exc
 
         handle = StreamHandle(transport, transport.next_stream_id(), make_error, limits[3])
         req = Request(
@@ -530,6 +569,8 @@ class ClientSession:
             chunked=chunk,
             requote_redirect_url=self._requote_redirect_url,
         )
+        if tls is not None or sni:
+            req = with_tls(req, tls, sni)
         self._handles.add(handle)
         if timeout.total:
             handle.set_deadline(timeout.total, timeout.ceil_threshold)

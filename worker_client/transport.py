@@ -57,9 +57,10 @@ from shared.messages import (
     Rewind,
     Stats,
     StatsRequest,
+    TlsOpen,
     Welcome,
 )
-from shared.specs import JarSpec, PoolSpec
+from shared.specs import JarSpec, PoolSpec, TlsSpec
 from shared.stream_state import State
 
 from . import jar_channel
@@ -103,6 +104,7 @@ class Transport:
         self.closed = False
         self._next = 1
         self.jars_open: set[bytes] = set()  # jar tokens opened on this connection
+        self.tls_open: set[bytes] = set()  # tls ids opened on this connection
 
     def next_stream_id(self) -> int:
         sid = self._next
@@ -137,6 +139,11 @@ class Transport:
 
     def open_jar(self, token: bytes, spec: JarSpec) -> None:
         """Open a cookie jar on this connection before the first request that names it."""
+        raise NotImplementedError
+
+    def open_tls(self, tls: bytes, spec: TlsSpec) -> None:
+        """Make ``spec`` known under its id ``tls`` (``shared.specs.tls_id``) before the
+        first request that names it (``Request.tls``); once per connection."""
         raise NotImplementedError
 
     def ack(self, stream_id: int, size: int) -> None:
@@ -249,6 +256,9 @@ class EmbeddedTransport(Transport):
         finally:
             if stream.state is not State.BODY:
                 self.streams.pop(req.stream, None)
+
+    def open_tls(self, tls: bytes, spec: TlsSpec) -> None:
+        self.tls_open.add(tls)  # a stand-in: the broker side's branch keeps the spec
 
     def cancel(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -553,6 +563,10 @@ class IPCTransport(Transport):
         self._send(JarOpen(call, token, spec))  # pipelined: its answer is not waited for
         self._jar_opens[call] = token
         self.jars_open.add(token)
+
+    def open_tls(self, tls: bytes, spec: TlsSpec) -> None:
+        self._send(TlsOpen(tls, spec))  # not answered: a spec it cannot use fails its requests
+        self.tls_open.add(tls)
 
     def _send_closes(self) -> None:
         for token in jar_channel.take_closes(self.path):

@@ -698,8 +698,8 @@ async def test_unknown_and_unsupported_request_arguments_are_refused(session):
         await session.get("http://127.0.0.1:1/", parmas={"a": 1})
     with pytest.raises(NotImplementedError, match="proxy= is not supported"):
         await session.get("http://127.0.0.1:1/", proxy="http://127.0.0.1:3128")
-    with pytest.raises(NotImplementedError, match="ssl= is not supported"):
-        await session.get("http://127.0.0.1:1/", ssl=False)
+    with pytest.raises(NotImplementedError, match="trace_request_ctx= is not supported"):
+        await session.get("http://127.0.0.1:1/", trace_request_ctx={"a": 1})
 
 
 async def test_aiohttp_defaults_passed_explicitly_are_accepted(serve_app, session):

@@ -24,7 +24,6 @@ NOT_YET = {
         "TraceRequestHeadersSentParams", "TraceRequestRedirectParams",
         "TraceRequestStartParams", "TraceResponseChunkReceivedParams",
     },
-    "TLS": {"Fingerprint"},
     "websockets": {
         "ClientWSTimeout", "ClientWebSocketResponse", "WSCloseCode", "WSMessage", "WSMsgType",
         "WebSocketError",
@@ -43,6 +42,7 @@ OURS_ONLY = {
     "BrokerConnectionError",
     "BrokerProtocolError",
     "PreparedRequest",
+    "create_default_context",  # records what is loaded into it (worker_client.tls)
     "UnixClientConnectorError",  # in aiohttp.client_exceptions, not in aiohttp.__all__
 }
 
