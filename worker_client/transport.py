@@ -33,9 +33,11 @@ from yarl import URL
 
 from broker.cookie_store import CookieStore
 from broker.engine import Engine
+from broker.failures import ConnectionFailure, failure_message
 from broker.peercred import peer_uid, trusted_broker_uids, untrusted_broker
 from broker.stats import build_stats
 from broker.stream import BrokerStream
+from broker.tls import TlsTable
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
@@ -57,9 +59,10 @@ from shared.messages import (
     Rewind,
     Stats,
     StatsRequest,
+    TlsOpen,
     Welcome,
 )
-from shared.specs import JarSpec, PoolSpec
+from shared.specs import JarSpec, PoolSpec, TlsSpec
 from shared.stream_state import State
 
 from . import jar_channel
@@ -103,6 +106,7 @@ class Transport:
         self.closed = False
         self._next = 1
         self.jars_open: set[bytes] = set()  # jar tokens opened on this connection
+        self.tls_open: set[bytes] = set()  # tls ids opened on this connection
 
     def next_stream_id(self) -> int:
         sid = self._next
@@ -137,6 +141,11 @@ class Transport:
 
     def open_jar(self, token: bytes, spec: JarSpec) -> None:
         """Open a cookie jar on this connection before the first request that names it."""
+        raise NotImplementedError
+
+    def open_tls(self, tls: bytes, spec: TlsSpec) -> None:
+        """Make ``spec`` known under its id ``tls`` (``shared.specs.tls_id``) before the
+        first request that names it (``Request.tls``); once per connection."""
         raise NotImplementedError
 
     def ack(self, stream_id: int, size: int) -> None:
@@ -229,6 +238,7 @@ class EmbeddedTransport(Transport):
         super().__init__(loop)
         self.engine = Engine(loop)
         self.streams: dict[int, _LocalStream] = {}
+        self.tls = TlsTable()  # as a worker connection's in the broker, with its cap
 
     async def send(
         self,
@@ -243,12 +253,23 @@ class EmbeddedTransport(Transport):
         stream = _LocalStream(handle, body, self, rewind, written)
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
+        tls = None
+        if req.tls:
+            try:
+                tls = self.tls.find(req.tls)
+            except ConnectionFailure as exc:
+                stream.fail(failure_message(req, exc, []))
+                return
         try:
             # Same process, same checks already made: the engine may skip its own.
-            await self.engine.perform(req, stream, url, jar)
+            await self.engine.perform(req, stream, url, jar, tls)
         finally:
             if stream.state is not State.BODY:
                 self.streams.pop(req.stream, None)
+
+    def open_tls(self, tls: bytes, spec: TlsSpec) -> None:
+        self.tls.open(tls, spec)
+        self.tls_open.add(tls)
 
     def cancel(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -553,6 +574,10 @@ class IPCTransport(Transport):
         self._send(JarOpen(call, token, spec))  # pipelined: its answer is not waited for
         self._jar_opens[call] = token
         self.jars_open.add(token)
+
+    def open_tls(self, tls: bytes, spec: TlsSpec) -> None:
+        self._send(TlsOpen(tls, spec))  # not answered: a spec it cannot use fails its requests
+        self.tls_open.add(tls)
 
     def _send_closes(self) -> None:
         for token in jar_channel.take_closes(self.path):
