@@ -8,7 +8,8 @@ is the engine's cache of built contexts by id, shared by every worker (equal spe
 equal ids, one context, one pool slot key): built on a request's first dial, at most
 ``MAX_CONTEXTS`` kept (least recently used dropped; a spec that could not be built is
 cached as its error, so a bad spec costs one attempt). The default (id b"") is one
-context for the process, never evicted.
+context for the process, never evicted. A context is built on the loop: loading the
+system's store costs about 20 ms, once per spec that asks for it.
 
 A client certificate's key never touches a file others could open by name: its PEM goes
 into an anonymous ``memfd`` that ``load_cert_chain`` reads through ``/proc/self/fd/N``;
@@ -53,7 +54,7 @@ def build_context(spec: TlsSpec, *, use_memfd: bool = _HAS_MEMFD) -> ssl.SSLCont
     """The client ``SSLContext`` that ``spec`` describes; raises ``TlsError``."""
     try:
         return _build(spec, use_memfd)
-    except (ssl.SSLError, ValueError, OSError, TypeError) as exc:
+    except Exception as exc:  # SSLError, ValueError, OverflowError...: the spec's fault
         raise TlsError(f"cannot use these TLS settings: {exc}") from None
 
 

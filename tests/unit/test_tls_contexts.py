@@ -169,9 +169,10 @@ def test_without_a_client_certificate_a_server_requiring_one_refuses(tls_certs: 
         {"cert_chain": b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"},
         {"ciphers": "NO-SUCH-CIPHER"},
         {"minimum_version": 12345},
+        {"options": -(2**70)},
         {"ca_certs": (b"not DER",)},
     ],
-    ids=["bad-pem", "bad-ciphers", "bad-version", "bad-ca"],
+    ids=["bad-pem", "bad-ciphers", "bad-version", "bad-options", "bad-ca"],
 )
 def test_a_spec_that_cannot_be_built_is_a_tls_error(spec_kw: dict[str, object]) -> None:
     with pytest.raises(TlsError, match="cannot use these TLS settings"):
