@@ -173,6 +173,47 @@ async def test_a_connection_is_reused_only_under_the_same_tls_choice(
     assert server.sni.count("localhost") == 1  # only server_hostname= named it (an IP URL)
 
 
+async def test_every_https_hop_of_a_request_uses_its_tls_choice(
+    transport: Transport,
+    tls_server: Callable[..., Awaitable[Server]],
+    serve_app: Callable[..., Awaitable[str]],
+    tls_certs: Certs,
+) -> None:
+    server = await tls_server()
+
+    async def bounce(request: web.Request) -> web.Response:
+        raise web.HTTPFound(server.url + "/")
+
+    app = web.Application()
+    app.router.add_get("/", bounce)
+    plain = await serve_app(app)
+    a = trusting(tls_certs)  # the default would refuse the test CA
+    assert (await fetch(transport, plain, a))["conn"] == 0
+    assert (await fetch(transport, server.url, a))["conn"] == 0  # the redirect's, reused
+    f = await failure(fetch(transport, plain))  # the default spec on the https hop
+    assert f.code == "certificate" and len(f.history) == 1
+
+
+async def test_the_figures_tell_tls_choices_apart(
+    transport: Transport, tls_server: Callable[..., Awaitable[Server]], tls_certs: Certs
+) -> None:
+    server = await tls_server()
+    a = trusting(tls_certs)
+    await fetch(transport, server.url, a)
+    await fetch(transport, server.url, a, server_hostname="localhost")
+    await fetch(transport, server.url, UNVERIFIED_TLS, fingerprint=fingerprint_of(tls_certs.server))
+    port = server.url.rsplit(":", 1)[1]
+    labels = [
+        label
+        for pool in (await transport.stats()).pools
+        for label in pool["hosts"]  # type: ignore[attr-defined]
+        if f":{port}" in label
+    ]
+    assert len(labels) == 3 and all(" tls=" in label for label in labels)
+    assert sum("server_hostname=localhost" in label for label in labels) == 1
+    assert sum("fingerprint=" in label for label in labels) == 1
+
+
 async def test_every_connection_offers_alpn_http11(
     transport: Transport, tls_server: Callable[..., Awaitable[Server]], tls_certs: Certs
 ) -> None:
