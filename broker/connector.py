@@ -8,15 +8,16 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from shared.specs import ClientTimeout, PoolSpec
+from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 
-from .dialer import ConnKey, Dialer, connect_timeout
+from .dialer import NO_TLS, ConnKey, Dialer, connect_timeout
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 from .pool_state import NEW, Decision, PoolState, _New
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver
 from .stream import BrokerStream
+from .tls import TlsContexts
 
 __all__ = ["Pool", "ConnKey"]
 
@@ -42,6 +43,7 @@ class Pool:
         loop: asyncio.AbstractEventLoop,
         resolver: CachedResolver,
         clock: Callable[[], float] | None = None,
+        tls: TlsContexts | None = None,
     ) -> None:
         self.spec = spec
         self._loop = loop
@@ -60,7 +62,7 @@ class Pool:
             else None
         )
         self._turns = 0  # requests waiting in wait_turn
-        self.dialer = Dialer(spec, loop, resolver, self.connection_class)
+        self.dialer = Dialer(spec, loop, resolver, self.connection_class, tls)
         self.picked = 0  # stamped by the registry on each use, for its LRU eviction
         self.closed = False
 
@@ -99,11 +101,16 @@ class Pool:
             self.rate.cancel(host, start)
 
     async def acquire(
-        self, key: ConnKey, timeout: ClientTimeout, stream: BrokerStream | None = None
+        self,
+        key: ConnKey,
+        timeout: ClientTimeout,
+        stream: BrokerStream | None = None,
+        tls: TlsSpec | None = None,
     ) -> HTTP1Connection:
         """A connection for ``key``: an idle one, else a new one when the limits allow,
         else the next one freed. ``timeout.connect`` bounds the wait and the connect.
-        Waiting and connecting end at once if ``stream`` is given up (``StreamStopped``)."""
+        Waiting and connecting end at once if ``stream`` is given up (``StreamStopped``).
+        ``tls``: the spec that the key's tls id names, for a new connection."""
         got = self._take(key)
         if isinstance(got, HTTP1Connection):
             return got
@@ -111,7 +118,7 @@ class Pool:
         while got is None:
             got = self._granted(key, await self._wait_grant(key, deadline, stream))
         if got is NEW:
-            return await self._open(key, timeout, deadline, stream)
+            return await self._open(key, timeout, deadline, stream, tls)
         assert isinstance(got, HTTP1Connection)
         return got
 
@@ -179,13 +186,14 @@ class Pool:
         timeout: ClientTimeout,
         deadline: float | None,
         stream: BrokerStream | None,
+        tls: TlsSpec | None = None,
     ) -> HTTP1Connection:
         """Open a connection in the slot just granted.
 
         The connect is a task whose end settles the slot (``_opened``) whatever stops
         it, even a cancel before it ran at all; a connection nobody waits for any more
         (its requester cancelled or given up as it completed) is closed."""
-        connect = self._loop.create_task(self._connect(key, timeout, deadline))
+        connect = self._loop.create_task(self._connect(key, timeout, deadline, tls))
         connect.add_done_callback(functools.partial(self._opened, key))
         if stream is not None:
             return await stream.stoppable(connect, self._orphan)
@@ -255,9 +263,13 @@ class Pool:
     # -- connect ----------------------------------------------------------------
 
     async def _connect(
-        self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
+        self,
+        key: ConnKey,
+        timeout: ClientTimeout,
+        deadline: float | None,
+        tls: TlsSpec | None = None,
     ) -> HTTP1Connection:
-        return self._adopt(await self.dialer.dial(key, timeout, deadline), key)
+        return self._adopt(await self.dialer.dial(key, timeout, deadline, tls), key)
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
         conn.key = key
@@ -311,9 +323,13 @@ class Pool:
             self._expiry = None
         attempts = self.dialer.abandon_all()
         conns = self.state.close_all_idle() + list(self._active)
+        graceful = self.spec.ssl_shutdown_timeout != 0
         for conn in conns:
             conn.on_idle_lost = None  # a connection must not keep a closed pool alive
-            conn.abort()
+            if graceful and _is_tls(conn):  # aiohttp 3.14: close_notify, within the grace
+                conn.close()
+            else:
+                conn.abort()
         for waiter in self.state.drain_waiters():
             assert isinstance(waiter, asyncio.Future)
             if not waiter.done():
@@ -337,8 +353,23 @@ def _options(spec: PoolSpec) -> dict[str, Any]:
 
 
 def _label(key: Any) -> str:
-    scheme, host, port = key
-    return f"{scheme}://{host}:{port}"
+    label = f"{key[0]}://{key[1]}:{key[2]}"
+    tls = key[3]
+    if tls is not NO_TLS and tls != NO_TLS:  # a TLS choice of its own: a key apart
+        tls_id, fingerprint, server_hostname = tls
+        label += f" tls={(tls_id.hex()[:12] or 'default')}"
+        if fingerprint:
+            label += f" fingerprint={fingerprint.hex()[:12]}"
+        if server_hostname:
+            label += f" server_hostname={server_hostname}"
+    if key[4]:
+        label += " proxy"
+    return label
+
+
+def _is_tls(conn: HTTP1Connection) -> bool:
+    transport = conn.transport
+    return transport is not None and transport.get_extra_info("sslcontext") is not None
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

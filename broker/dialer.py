@@ -1,5 +1,12 @@
 """Opening a pool's connections: resolve, happy eyeballs, TLS, Unix sockets.
 
+A connection's key (``ConnKey``) is what a request must match to reuse it: scheme, host,
+port, and for an https hop the TLS choice (``TlsKey``: the request's tls id, pinned
+fingerprint and server_hostname; ``NO_TLS`` for plain http and for the default, so those
+keys cost no object per request), then the proxy (b"": direct). The TLS context comes
+from the engine's ``broker.tls.TlsContexts`` by tls id, made on the first dial that
+needs it; a pinned fingerprint is checked after the handshake.
+
 A ``Dialer`` belongs to one pool (its spec and resolver). ``dial`` resolves the host
 through the pool's cached resolver (a lookup is shared: a caller that gives up waits no
 more but never cancels it), then runs the connection attempts as tasks, staggered by
@@ -15,36 +22,32 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import hashlib
 import socket
 import ssl as ssl_mod
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from shared.specs import ClientTimeout, PoolSpec
+from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 from .resolver import CachedResolver, ResolvedAddress
+from .tls import TlsContexts, TlsError
 
-__all__ = ["ConnKey", "Dialer", "connect_timeout", "default_ssl_context"]
+__all__ = ["ConnKey", "Dialer", "NO_TLS", "TlsKey", "connect_timeout"]
 
-ConnKey = tuple[str, str, int]  # (scheme, host, port)
+TlsKey = tuple[bytes, bytes, str]  # an https hop's tls id, fingerprint, server_hostname
+NO_TLS: TlsKey = (b"", b"", "")
+ConnKey = tuple[str, str, int, TlsKey, bytes]  # scheme, host, port, tls, proxy (b"": direct)
 _Connected = tuple[asyncio.BaseTransport, HTTP1Connection]  # what create_connection returns
-
-_default_ssl: ssl_mod.SSLContext | None = None
-
-
-def default_ssl_context() -> ssl_mod.SSLContext:
-    global _default_ssl
-    if _default_ssl is None:  # ~20 ms: made on first use, never at import
-        _default_ssl = ssl_mod.create_default_context()
-    return _default_ssl
+_HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
 
 
 def connect_timeout(key: ConnKey) -> ConnectionFailure:
-    scheme, host, port = key
     return ConnectionFailure(
-        "connect_timeout", f"Connection timeout to host {scheme}://{host}:{port}"
+        "connect_timeout", f"Connection timeout to host {key[0]}://{key[1]}:{key[2]}"
     )
 
 
@@ -57,11 +60,13 @@ class Dialer:
         loop: asyncio.AbstractEventLoop,
         resolver: CachedResolver,
         connection_class: Callable[[asyncio.AbstractEventLoop], HTTP1Connection],
+        tls: TlsContexts | None = None,
     ) -> None:
         self.spec = spec
         self._loop = loop
         self._resolver = resolver
         self._connection_class = connection_class
+        self._tls = tls if tls is not None else TlsContexts()
         self.attempts: set[asyncio.Task[_Connected]] = set()  # connects in flight
         self._abandoned: set[asyncio.Task[_Connected]] = set()  # ... nobody waits for
         self.closing: set[HTTP1Connection] = set()  # abandoned, connected, being closed
@@ -79,15 +84,20 @@ class Dialer:
         return max(deadline - self._loop.time(), 0.0)
 
     async def dial(
-        self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
+        self,
+        key: ConnKey,
+        timeout: ClientTimeout,
+        deadline: float | None,
+        tls: TlsSpec | None = None,
     ) -> HTTP1Connection:
-        scheme, host, port = key
+        """A new connection for ``key``; ``tls``: the spec its tls id names, if any."""
+        scheme, host, port = key[0], key[1], key[2]
         is_ssl = scheme in ("https", "wss")
         fields: dict[str, Any] = {"host": host, "port": port, "ssl": is_ssl}
         loop = self._loop
         factory = functools.partial(self._connection_class, loop)
-        ssl_ctx = default_ssl_context() if is_ssl else None
-        server_hostname = host if is_ssl else None
+        ssl_ctx, server_hostname = self._tls_for(key, tls, fields) if is_ssl else (None, None)
+        extra = self._tls_kwargs() if is_ssl else {}
         starts: list[Callable[[], Coroutine[Any, Any, _Connected]]]
         if self.spec.kind == "unix":
             path = self.spec.path
@@ -99,6 +109,7 @@ class Dialer:
                     path,
                     ssl=ssl_ctx,
                     server_hostname=server_hostname,
+                    **extra,
                 )
             ]
             delay, code, fields["url"] = None, "unix_connect", path
@@ -121,18 +132,63 @@ class Dialer:
                     ssl=ssl_ctx,
                     server_hostname=server_hostname,
                     local_addr=self.spec.local_addr,
+                    **extra,
                 )
                 for addr in _interleave(addrs)
             ]
             delay, code = self.spec.happy_eyeballs_delay, "connect"
         try:
-            return await self.first_connected(starts, delay, timeout.sock_connect, deadline)
+            conn = await self.first_connected(starts, delay, timeout.sock_connect, deadline)
         except TimeoutError:
             raise connect_timeout(key) from None
+        except ssl_mod.SSLError as exc:
+            raise _tls_failure(exc, fields) from None
         except OSError as exc:
             raise ConnectionFailure(
                 code, exc.strerror or str(exc), errno=exc.errno or 0, **fields
             ) from None
+        if is_ssl and key[3][1]:
+            self._check_fingerprint(conn, key[3][1])
+        return conn
+
+    # -- TLS (kept apart: the proxy's tunnel adds its own steps beside these) ----------
+
+    def _tls_for(
+        self, key: ConnKey, tls: TlsSpec | None, fields: dict[str, Any]
+    ) -> tuple[ssl_mod.SSLContext, str]:
+        """The context and the SNI name of an https hop (aiohttp strips trailing dots:
+        certificates name hosts without them)."""
+        tls_id, _, server_hostname = key[3]
+        try:
+            ctx = self._tls.context(tls_id, tls)
+        except TlsError as exc:
+            raise ConnectionFailure("ssl", str(exc), **fields) from None
+        return ctx, (server_hostname or key[1]).rstrip(".")
+
+    def _tls_kwargs(self) -> dict[str, Any]:
+        """aiohttp 3.14: a grace for the TLS close_notify, on Python 3.11+, when set."""
+        timeout = self.spec.ssl_shutdown_timeout
+        if timeout and _HAS_SSL_SHUTDOWN_TIMEOUT:
+            return {"ssl_shutdown_timeout": timeout}
+        return {}
+
+    def _check_fingerprint(self, conn: HTTP1Connection, expected: bytes) -> None:
+        """aiohttp's ``Fingerprint.check``: the SHA-256 of the peer's DER certificate;
+        a mismatch closes the connection. ``host``/``port`` are the peer's address."""
+        transport = conn.transport
+        assert transport is not None
+        sslobj = transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        got = hashlib.sha256(der or b"").digest()
+        if got == expected:
+            return
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self._close_conn(conn)
+        raise ConnectionFailure(
+            "fingerprint",
+            "the server's certificate does not have the pinned SHA-256 fingerprint",
+            expected=expected, got=got, host=str(peer[0]), port=int(peer[1]),
+        )
 
     async def _resolve(self, host: str, port: int, deadline: float | None) -> list[ResolvedAddress]:
         got = self._resolver.lookup(host, port, self.spec.family)
@@ -223,11 +279,27 @@ class Dialer:
     def _close_connected(self, task: asyncio.Task[_Connected]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
-        conn = task.result()[1]
+        self._close_conn(task.result()[1])
+
+    def _close_conn(self, conn: HTTP1Connection) -> None:
+        """Close a connection nobody will use; ``closing`` holds it until it is."""
         if conn not in self.closing:
             self.closing.add(conn)
             conn.on_idle_lost = self.closing.discard
             conn.close()
+
+
+def _tls_failure(exc: ssl_mod.SSLError, fields: dict[str, Any]) -> ConnectionFailure:
+    """aiohttp's ``_wrap_create_connection``: a failed verification is ``certificate``
+    (OpenSSL's verify message and code), any other TLS error ``ssl``."""
+    if isinstance(exc, ssl_mod.SSLCertVerificationError):
+        return ConnectionFailure(
+            "certificate",
+            exc.verify_message or str(exc),
+            verify_code=exc.verify_code or 0,
+            **fields,
+        )
+    return ConnectionFailure("ssl", str(exc), errno=exc.errno or 0, **fields)
 
 
 def _interleave(addrs: list[ResolvedAddress]) -> list[ResolvedAddress]:

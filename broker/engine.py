@@ -19,7 +19,7 @@ from yarl import URL
 
 from shared.messages import Head, HistoryItem, Request
 from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
-from shared.specs import ClientTimeout, PoolSpec
+from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 from shared.stream_state import FINAL
 
 from .body import ResponseBody
@@ -27,6 +27,7 @@ from .connector import Pool
 from .cookie_header import with_cookies
 from .cookie_store import COOKIE_NAME_RE, CookieStore
 from .decoding import make_decoder
+from .dialer import NO_TLS, TlsKey
 from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, build_head, declared_length
 from .failures import ConnectionFailure, failure_message
 from .hops import REDIRECTS, Hop, follow, redirect_location
@@ -94,6 +95,7 @@ class Engine:
         stream: BrokerStream,
         checked_url: URL | None = None,
         jar: CookieStore | None = None,
+        tls: TlsSpec | None = None,
     ) -> None:
         """Carry out ``req`` up to its response head; report through ``stream``.
 
@@ -102,11 +104,12 @@ class Engine:
         ``checked_url`` is ``req.url`` parsed, from a caller in this process that has
         checked the request already (embedded mode); else the engine checks it.
         ``jar``: the cookie store that ``req.jar`` names (None: no jar), found by the
-        caller, which knows whose jars the worker may name."""
+        caller, which knows whose jars the worker may name. ``tls``: the ``TlsSpec``
+        that ``req.tls`` names (None for the default), found by the caller likewise."""
         self.requests += 1
         history: list[HistoryItem] = []
         try:
-            await self._hops(req, stream, history, checked_url, jar)
+            await self._hops(req, stream, history, checked_url, jar, tls)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -120,6 +123,7 @@ class Engine:
         history: list[HistoryItem],
         checked_url: URL | None,
         jar: CookieStore | None,
+        tls: TlsSpec | None = None,
     ) -> None:
         """Carry out the hops of ``req``: redirects are followed here, where the pool
         and the cookie jar see every hop. Each hop is sent the jar's cookies for its
@@ -127,12 +131,13 @@ class Engine:
         url = checked_url if checked_url is not None else _checked(req)
         hop = Hop(req.method, url, req.headers, req.body, req.streamed, req.cookies)
         pool = self.registry.pool_for(req.pool)
+        tls_key = _tls_key(req)
         while True:
             headers = hop.headers
             if hop.cookies or (jar is not None and len(jar)):
                 chosen = jar.filter_cookies(hop.url) if jar is not None else None
                 headers = with_cookies(headers, chosen, hop.cookies)
-            head, conn = await self._exchange(pool, req, hop, headers, stream)
+            head, conn = await self._exchange(pool, req, hop, headers, stream, tls_key, tls)
             encoding, set_cookie = _read_head(head.headers)
             if set_cookie and jar is not None:
                 values = [v.decode("utf-8", "surrogateescape") for v in set_cookie]
@@ -172,13 +177,19 @@ class Engine:
         hop: Hop,
         headers: list[tuple[str, str]],
         stream: BrokerStream,
+        tls_key: TlsKey = NO_TLS,
+        tls: TlsSpec | None = None,
     ) -> tuple[ResponseHead, HTTP1Connection]:
         """Send one hop (with ``headers``, its own plus its cookies) and read its head;
-        retry once on a stale keep-alive connection."""
+        retry once on a stale keep-alive connection. ``tls_key``/``tls``: the request's
+        TLS choice, for an https hop (every https hop of a request uses it)."""
         url = hop.url
         if not url.raw_host:
             raise ConnectionFailure("invalid_url", "URL has no host", url=str(url))
-        key = (url.scheme, url.raw_host, url.port or (443 if url.scheme == "https" else 80))
+        if url.scheme == "https":
+            key = (url.scheme, url.raw_host, url.port or 443, tls_key, b"")
+        else:
+            key = (url.scheme, url.raw_host, url.port or 80, NO_TLS, b"")
         timeout = req.timeout
         body = hop.body
         streamed = hop.streamed
@@ -215,7 +226,7 @@ class Engine:
         if turn is not None:
             await stream.wait(turn)
         for attempt in (0, 1):
-            conn = await pool.acquire(key, timeout, stream)
+            conn = await pool.acquire(key, timeout, stream, tls)
             try:
                 if stream.finished:  # given up while connecting
                     raise StreamStopped()
@@ -319,6 +330,14 @@ class Engine:
             pool.give_back(conn)
             raise
         body.start()
+
+
+def _tls_key(req: Request) -> TlsKey:
+    """The TLS part of the request's https keys: ``NO_TLS`` (no object made) unless it
+    names TLS settings, a fingerprint or a server_hostname of its own."""
+    if req.tls or req.fingerprint or req.server_hostname:
+        return (req.tls, req.fingerprint, req.server_hostname)
+    return NO_TLS
 
 
 def _limits(req: Request) -> HeadLimits:

@@ -21,6 +21,7 @@ The only cost on the request path is one counter: ``pool()`` numbers its calls a
 stamps the pool it returns, so the least recently used quiet pool is the quiet one with
 the smallest stamp, found by a scan that runs only when a new spec meets the cap.
 Closing an evicted pool or resolver runs as a task, which ``close()`` waits for.
+The TLS contexts (``broker.tls.TlsContexts``, bounded there) are one cache for all pools.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from shared.specs import PoolSpec, ResolverSpec, decode_pool
 from .connector import Pool
 from .failures import ConnectionFailure
 from .resolver import CachedResolver
+from .tls import TlsContexts
 
 __all__ = ["MAX_POOLS", "MAX_RESOLVERS", "POOL_IDLE_TTL", "Registry"]
 
@@ -91,6 +93,7 @@ class Registry:
         self._encoded: dict[bytes, Pool] = {}
         self._picks = 0  # pool() calls: a pool's ``picked`` is the last one's number
         self._resolvers: dict[ResolverKey, _Held] = {}
+        self.tls = TlsContexts()  # every pool's TLS contexts, by tls id
         self._closing: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.evicted = 0
@@ -155,7 +158,9 @@ class Registry:
                 "every one has requests in flight",
             )
         held = self._resolver_for(resolver_key(spec))
-        pool = self._pools[spec] = Pool(spec, self._loop, held.resolver, clock=self._clock)
+        pool = self._pools[spec] = Pool(
+            spec, self._loop, held.resolver, clock=self._clock, tls=self.tls
+        )
         held.users += 1
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self.idle_ttl / 2, self._sweep_tick)

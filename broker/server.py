@@ -24,6 +24,10 @@ What one worker connection may hold (``Limits`` and the constants below):
 - Pool specs: at most ``max_pool_specs`` (256) distinct ``PoolSpec`` over the
   connection's life (requests and ClearDNS); over it a request gets a Failure, a
   ClearDNS an ErrorFrame.
+- TLS settings: at most ``max_tls_specs`` (64) distinct ``TlsSpec`` opened
+  (``TlsOpen``) over the connection's life; a request naming one refused for the cap
+  gets a Failure (``broker``), one naming an id never opened a Failure (``protocol``),
+  and a ``TlsOpen`` whose id is not its spec's SHA-256 an ErrorFrame (``broker/tls.py``).
 - Request bodies: the broker gives a streamed request ``STREAM_WINDOW`` (1 MiB) of
   credit and an ``Ack`` per piece written upstream; Data beyond the credit fails the
   stream. So at most ``STREAM_WINDOW`` per stream waits in the broker.
@@ -68,18 +72,21 @@ from shared.messages import (
     Rewind,
     Stats,
     StatsRequest,
+    TlsOpen,
     Welcome,
 )
-from shared.specs import encode_pool
+from shared.specs import TlsSpec, encode_pool
 from shared.stream_state import State
 
 from .cookie_store import CookieStore
 from .engine import Engine
+from .failures import ConnectionFailure
 from .jar_file import CookieFile
 from .jars import JAR_CALLS, UNKNOWN_JAR, JarTable
 from .peercred import peer_credentials
 from .stats import build_stats
 from .stream import BrokerStream
+from .tls import TlsTable
 
 __all__ = ["BrokerServer", "WorkerConnection", "IPCStream", "Limits"]
 
@@ -240,6 +247,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, IPCStream] = {}
         self.pools: set[bytes] = set()  # every (encoded) spec this worker named, for its cap
+        self.tls = TlsTable(self.limits.max_tls_specs)  # the TlsSpecs it opened, by id
         self.pid = 0
         self.process = 0  # see _greet
         self.peer_pid = 0  # from the kernel (SO_PEERCRED), in the broker's pid namespace
@@ -357,6 +365,11 @@ class WorkerConnection(asyncio.BufferedProtocol):
         kind = type(msg)
         if kind is Request:
             self._start(msg)
+        elif kind is TlsOpen:
+            try:
+                self.tls.open(msg.id, msg.spec)
+            except ValueError as exc:  # no worker may name another's spec
+                self.hang_up("protocol", str(exc))
         elif kind is Ack:
             s = self.streams.get(msg.stream)
             if s is None:
@@ -443,9 +456,16 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 else:
                     self.send(Failure(req.stream, ErrorCode.PROTOCOL, UNKNOWN_JAR))
                 return
+        tls = None
+        if req.tls:
+            try:
+                tls = self.tls.find(req.tls)
+            except ConnectionFailure as exc:
+                self.send(Failure(req.stream, exc.code, exc.message))
+                return
         stream = IPCStream(req.stream, self, req.streamed)
         self.streams[req.stream] = stream
-        stream.task = asyncio.get_running_loop().create_task(self._run(req, stream, jar))
+        stream.task = asyncio.get_running_loop().create_task(self._run(req, stream, jar, tls))
 
 
     def _refusal(self, req: Request) -> str | None:
@@ -478,9 +498,11 @@ class WorkerConnection(asyncio.BufferedProtocol):
             f"connectors instead of making new ones"
         )
 
-    async def _run(self, req: Request, stream: IPCStream, jar: CookieStore | None) -> None:
+    async def _run(
+        self, req: Request, stream: IPCStream, jar: CookieStore | None, tls: TlsSpec | None
+    ) -> None:
         try:
-            await self.engine.perform(req, stream, None, jar)
+            await self.engine.perform(req, stream, None, jar, tls)
         finally:
             # In the body phase the stream lives on without this task, until its end.
             if stream.state is not State.BODY:
@@ -525,6 +547,7 @@ class Limits:
     handshake_timeout: float = 5.0
     max_streams: int = 1024
     max_pool_specs: int = 256
+    max_tls_specs: int = 64
     max_jars: int = 1024  # per worker process, all its connections together
 
 

@@ -339,6 +339,7 @@ class JarFailed(_Msg, tag="jarfailed", frozen=True):
 Message = (
     Hello
     | Welcome
+    | TlsOpen
     | Request
     | Head
     | Data

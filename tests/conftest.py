@@ -87,6 +87,7 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     ``handler_cancellation=True`` cancels a handler when its client goes away (aiohttp's
     option), so a handler that holds a request can notice the client leave."""
     runners: list[web.AppRunner] = []
+    tls_runners: list[web.AppRunner] = []
 
     async def start(
         app: web.Application,
@@ -101,10 +102,19 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         runners.append(runner)
+        if ssl_context is not None:
+            tls_runners.append(runner)
         port = runner.addresses[0][1]
         return f"{'https' if ssl_context else 'http'}://{host}:{port}"
 
     yield start
+    for runner in tls_runners:
+        # A TLS connection a client keeps idle (a broker outlives the test) would wait
+        # for its close_notify past this test's loop: abort them instead.
+        assert runner.server is not None
+        for handler in list(runner.server.connections):
+            if handler.transport is not None:
+                handler.transport.abort()
     for runner in runners:
         await runner.cleanup()
 

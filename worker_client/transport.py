@@ -33,9 +33,11 @@ from yarl import URL
 
 from broker.cookie_store import CookieStore
 from broker.engine import Engine
+from broker.failures import ConnectionFailure, failure_message
 from broker.peercred import peer_uid, trusted_broker_uids, untrusted_broker
 from broker.stats import build_stats
 from broker.stream import BrokerStream
+from broker.tls import TlsTable
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     PROTOCOL_VERSION,
@@ -236,6 +238,7 @@ class EmbeddedTransport(Transport):
         super().__init__(loop)
         self.engine = Engine(loop)
         self.streams: dict[int, _LocalStream] = {}
+        self.tls = TlsTable()  # as a worker connection's in the broker, with its cap
 
     async def send(
         self,
@@ -250,15 +253,23 @@ class EmbeddedTransport(Transport):
         stream = _LocalStream(handle, body, self, rewind, written)
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
+        tls = None
+        if req.tls:
+            try:
+                tls = self.tls.find(req.tls)
+            except ConnectionFailure as exc:
+                stream.fail(failure_message(req, exc, []))
+                return
         try:
             # Same process, same checks already made: the engine may skip its own.
-            await self.engine.perform(req, stream, url, jar)
+            await self.engine.perform(req, stream, url, jar, tls)
         finally:
             if stream.state is not State.BODY:
                 self.streams.pop(req.stream, None)
 
     def open_tls(self, tls: bytes, spec: TlsSpec) -> None:
-        self.tls_open.add(tls)  # a stand-in: the broker side's branch keeps the spec
+        self.tls.open(tls, spec)
+        self.tls_open.add(tls)
 
     def cancel(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)

@@ -9,16 +9,11 @@ Where ours differs by design, the test says so: ours offers ALPN ``http/1.1`` fr
 caller's context too (aiohttp leaves a caller's context as it is), and keys its pool by
 what a context says (its ``TlsSpec``), so two equal contexts share connections, as
 workers do through a broker (aiohttp keys by the context object).
-
-Ours runs when ``OURS`` is true (issue 9's TLS support merged: ``ssl=``,
-``worker_client.Fingerprint`` and ``worker_client.create_default_context``);
-``TLS_TESTS_OURS=1`` in the environment runs them before that.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -34,9 +29,7 @@ from . import _tls_workers, _workers
 from .apps import text_app
 from .tls_server import Seen, recording_app, recording_context
 
-OURS = os.environ.get("TLS_TESTS_OURS") == "1"  # issue 9's merge: OURS = True
-
-CLIENTS = ("aiohttp", "embedded", "broker") if OURS else ("aiohttp",)
+CLIENTS = ("aiohttp", "embedded", "broker")
 
 # OpenSSL's verify results (X509_V_ERR_*), as aiohttp's certificate_error carries them
 UNKNOWN_CA = 20  # unable to get local issuer certificate
@@ -454,9 +447,6 @@ async def test_different_trust_stores_never_share_a_connection(client, https, tl
     assert seen.handshakes == 2
 
 
-OURS_ONLY = pytest.mark.skipif(not OURS, reason="ours only: runs once OURS is true")
-
-
 async def in_worker(broker_process: Any, url: str, *args: Any) -> tuple[int, str]:
     """``_tls_workers.get(socket, url, *args)`` in a process of its own."""
     loop = asyncio.get_running_loop()
@@ -469,7 +459,6 @@ async def in_worker(broker_process: Any, url: str, *args: Any) -> tuple[int, str
     return result
 
 
-@OURS_ONLY
 async def test_a_verified_connection_is_reused_by_another_worker_through_the_broker(
     broker_process, https, tls_certs
 ):
@@ -485,7 +474,6 @@ async def test_a_verified_connection_is_reused_by_another_worker_through_the_bro
     assert seen.handshakes == 2 and seen.requests == [0, 0, 1]
 
 
-@OURS_ONLY
 async def test_a_client_certificate_connection_is_never_lent_to_another_worker(
     broker_process, https, tls_certs
 ):
