@@ -14,6 +14,7 @@ from .dialer import ConnKey, Dialer, connect_timeout
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 from .pool_state import NEW, Decision, PoolState, _New
+from .proxy import dial_proxy, proxy_for_key
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver
 from .stream import BrokerStream
@@ -257,6 +258,8 @@ class Pool:
     async def _connect(
         self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
     ) -> HTTP1Connection:
+        if key[-1]:  # through a proxy (broker.proxy)
+            return self._adopt(await dial_proxy(self.dialer, key, timeout, deadline), key)
         return self._adopt(await self.dialer.dial(key, timeout, deadline), key)
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
@@ -337,7 +340,9 @@ def _options(spec: PoolSpec) -> dict[str, Any]:
 
 
 def _label(key: Any) -> str:
-    scheme, host, port = key
+    scheme, host, port = key[:3]
+    if key[-1]:
+        return f"{scheme}://{host}:{port} via {proxy_for_key(key[-1]).url}"
     return f"{scheme}://{host}:{port}"
 
 

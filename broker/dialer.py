@@ -28,7 +28,7 @@ from .resolver import CachedResolver, ResolvedAddress
 
 __all__ = ["ConnKey", "Dialer", "connect_timeout", "default_ssl_context"]
 
-ConnKey = tuple[str, str, int]  # (scheme, host, port)
+ConnKey = tuple[str, str, int, bytes]  # (scheme, host, port, proxy: broker.proxy; b"" direct)
 _Connected = tuple[asyncio.BaseTransport, HTTP1Connection]  # what create_connection returns
 
 _default_ssl: ssl_mod.SSLContext | None = None
@@ -42,7 +42,7 @@ def default_ssl_context() -> ssl_mod.SSLContext:
 
 
 def connect_timeout(key: ConnKey) -> ConnectionFailure:
-    scheme, host, port = key
+    scheme, host, port = key[:3]
     return ConnectionFailure(
         "connect_timeout", f"Connection timeout to host {scheme}://{host}:{port}"
     )
@@ -81,7 +81,7 @@ class Dialer:
     async def dial(
         self, key: ConnKey, timeout: ClientTimeout, deadline: float | None
     ) -> HTTP1Connection:
-        scheme, host, port = key
+        scheme, host, port = key[:3]
         is_ssl = scheme in ("https", "wss")
         fields: dict[str, Any] = {"host": host, "port": port, "ssl": is_ssl}
         loop = self._loop

@@ -299,6 +299,7 @@ class HopOptions(NamedTuple):
     auto_decompress: bool
     read_until_eof: bool
     compressed: bool = False  # compress= was given: a body set by a middleware is refused
+    proxy: bytes = b""  # the encoded ProxyRoute (worker_client.proxies)
 
 
 class _Hops:
@@ -348,6 +349,7 @@ class _Hops:
             http10=session._http10,
             chunked=spec.chunked,
             requote_redirect_url=session._requote_redirect_url,
+            proxy=spec.proxy,
         )
         session._handles.add(handle)
         if self.deadline is not None:

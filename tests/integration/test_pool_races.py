@@ -27,7 +27,7 @@ async def test_a_grant_to_a_waiter_that_just_gave_up_goes_back_to_its_host(raw_s
     loop = asyncio.get_running_loop()
     resolver = CachedResolver(ResolverSpec(), loop)
     pool = Pool(PoolSpec(limit_per_host=1), loop, resolver)
-    key = ("http", "127.0.0.1", port)
+    key = ("http", "127.0.0.1", port, b"")
     timeout = ClientTimeout()
     try:
         first = await pool.acquire(key, timeout)
@@ -95,7 +95,7 @@ async def test_a_cancel_that_lands_as_the_connect_completes_is_never_lost(raw_se
     loop = asyncio.get_running_loop()
     resolver = CachedResolver(ResolverSpec(), loop)
     pool = _HookedPool(PoolSpec(limit=1), loop, resolver)
-    key = ("http", "127.0.0.1", port)
+    key = ("http", "127.0.0.1", port, b"")
     outcomes = set()
     try:
         for passes in range(12):
@@ -139,7 +139,7 @@ async def test_a_cancel_that_lands_as_a_slot_is_granted_gives_the_slot_back(raw_
     loop = asyncio.get_running_loop()
     resolver = CachedResolver(ResolverSpec(), loop)
     pool = Pool(PoolSpec(limit=1), loop, resolver)
-    key = ("http", "127.0.0.1", port)
+    key = ("http", "127.0.0.1", port, b"")
     timeout = ClientTimeout(connect=30)
     try:
         first = await pool.acquire(key, timeout)
@@ -172,7 +172,7 @@ async def test_rate_limited_wait_hands_its_turn_back_when_cancelled():
     loop = asyncio.get_running_loop()
     resolver = CachedResolver(ResolverSpec(), loop)
     pool = Pool(PoolSpec(rate_limit_per_host=20), loop, resolver)
-    key = ("http", "h", 80)
+    key = ("http", "h", 80, b"")
     try:
         assert pool.wait_turn(key) is None  # the first start is free: no future at all
         turn = pool.wait_turn(key)
@@ -199,7 +199,7 @@ async def test_a_give_up_that_lands_as_the_connect_completes_is_never_lost(raw_s
     loop = asyncio.get_running_loop()
     resolver = CachedResolver(ResolverSpec(), loop)
     pool = _HookedPool(PoolSpec(limit=1), loop, resolver)
-    key = ("http", "127.0.0.1", port)
+    key = ("http", "127.0.0.1", port, b"")
     outcomes = set()
     try:
         for passes in range(12):

@@ -43,7 +43,7 @@ async def port(raw_server) -> int:
 
 async def _use(pool: Pool, host: str, port: int, keep: bool = False) -> None:
     """One connection taken from ``pool`` and given back (closed unless ``keep``)."""
-    conn = await pool.acquire(("http", host, port), ClientTimeout(connect=5))
+    conn = await pool.acquire(("http", host, port, b""), ClientTimeout(connect=5))
     conn.in_use = False
     pool.release(conn, reusable=keep)
 
@@ -70,7 +70,7 @@ async def test_a_pool_unused_for_idle_ttl_is_evicted(port):
         pool = registry.pool(idle)
         await _use(pool, "127.0.0.1", port)
         await _use(registry.pool(kept), "127.0.0.1", port, keep=True)  # one idle connection
-        conn = await registry.pool(busy).acquire(("http", "127.0.0.1", port), ClientTimeout())
+        conn = await registry.pool(busy).acquire(("http", "127.0.0.1", port, b""), ClientTimeout())
         clock.now += 59.9
         assert registry.sweep() == 0
         assert registry.pool(idle) is pool
@@ -97,10 +97,10 @@ async def test_over_the_cap_the_least_recently_used_quiet_pool_goes(port):
         registry.pool(a)  # used again: b is now the least recently used
         registry.pool(d)
         assert _names(registry) == ["a", "c", "d"]
-        conn = await registry.pool(c).acquire(("http", "127.0.0.1", port), ClientTimeout())
+        conn = await registry.pool(c).acquire(("http", "127.0.0.1", port, b""), ClientTimeout())
         registry.pool(e)  # a is the least recently used: it goes, its idle connection closed
         assert _names(registry) == ["c", "d", "e"]
-        conn_e = await registry.pool(e).acquire(("http", "127.0.0.1", port), ClientTimeout())
+        conn_e = await registry.pool(e).acquire(("http", "127.0.0.1", port, b""), ClientTimeout())
         connecting = asyncio.ensure_future(_use(registry.pool(d), "127.0.0.1", port))
         await asyncio.sleep(0)  # d is connecting: busy too
         with pytest.raises(ConnectionFailure) as info:
@@ -192,7 +192,7 @@ async def test_the_resolver_cap_refuses_when_every_resolver_is_busy(port):
     specs = [PoolSpec(ttl_dns_cache=t, resolver=c_ares) for t in (1, 2, 3)]
     try:
         busy = [
-            await registry.pool(s).acquire(("http", "127.0.0.1", port), ClientTimeout())
+            await registry.pool(s).acquire(("http", "127.0.0.1", port, b""), ClientTimeout())
             for s in specs[:2]
         ]
         with pytest.raises(ConnectionFailure, match=r"too many resolvers .*at most 2"):

@@ -1,0 +1,398 @@
+"""Requests through a real forward proxy (proxy.py, ``tests/integration/proxy_server.py``),
+in both modes: plain http forwarded in absolute form, https through a CONNECT tunnel,
+basic auth (argument, URL, netrc), the proxy's errors, trust_env and NO_PROXY, and the
+pool keeping proxied and direct connections apart.
+
+The https origins use the test CA. Until per-request TLS (issue 9's TLS part) is merged,
+the engine's default context is what verifies them: the embedded engine's is replaced
+by one that trusts the test CA, and broker mode uses a broker started with
+``SSL_CERT_FILE`` naming it (``ca_trusting_session``).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+import broker
+import broker.dialer
+from tests.integration.proxy_server import ProxyServer
+from tests.tls_certs import Certs, server_context
+from worker_client import (
+    BasicAuth,
+    ClientHttpProxyError,
+    ClientProxyConnectionError,
+    ClientSession,
+    InvalidURL,
+)
+
+USER, PASSWORD = "user", "pass"
+
+
+@pytest.fixture(scope="module")
+def open_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
+    proxy = ProxyServer.start(tmp_path_factory.mktemp("open_proxy"))
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
+    proxy = ProxyServer.start(tmp_path_factory.mktemp("auth_proxy"), f"{USER}:{PASSWORD}")
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound, never listened, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No proxy or netrc of the machine's leaks into a test."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "ws_proxy", "wss_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    empty = tmp_path / "empty_netrc"
+    empty.write_text("")
+    monkeypatch.setenv("NETRC", str(empty))
+
+
+def _echo_app(proxies: list[ProxyServer], close: bool = False) -> web.Application:
+    """Answers what the origin saw: the Via header, a few others, its peer's port, and
+    which of ``proxies`` that peer is a connection of ("through", "" for none).
+    ``close``: each connection ends with its response (the https origin: a TLS
+    connection still open when the test's loop closes would leak its socket)."""
+
+    async def echo(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        through = [p.url for p in proxies if peer and peer[1] in p.sockets()]
+        resp = web.json_response(
+            {
+                "via": request.headers.get("Via", ""),
+                "proxy_authorization": request.headers.get("Proxy-Authorization", ""),
+                "authorization": request.headers.get("Authorization", ""),
+                "note": request.headers.get("X-Proxy-Note", ""),
+                "path": request.path_qs,
+                "peer": peer[1] if peer else 0,
+                "through": through[0] if through else "",
+            }
+        )
+        if close:  # the whole answer out, then the socket closed now, not after a TLS goodbye
+            resp.force_close()
+            await resp.prepare(request)
+            await resp.write_eof()
+            assert request.transport is not None
+            request.transport.abort()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def origin(
+    serve_app: Callable[..., Any], open_proxy: ProxyServer, auth_proxy: ProxyServer
+) -> str:
+    return str(await serve_app(_echo_app([open_proxy, auth_proxy])))
+
+
+@pytest.fixture
+async def https_origin(
+    serve_app: Callable[..., Any],
+    tls_certs: Certs,
+    open_proxy: ProxyServer,
+    auth_proxy: ProxyServer,
+) -> str:
+    ctx = server_context(tls_certs.server, tls_certs.server_key)
+    app = _echo_app([open_proxy, auth_proxy], close=True)
+    return str(await serve_app(app, ssl_context=ctx, host="localhost"))
+
+
+@pytest.fixture
+async def ca_trusting_session(
+    mode: str,
+    tls_certs: Certs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Callable[..., ClientSession]]:
+    """Sessions whose engine verifies https origins against the test CA (see the module
+    docstring: a stand-in until requests carry their own TLS settings)."""
+    sessions: list[ClientSession] = []
+    if mode == "embedded":
+        ctx = ssl.create_default_context(cafile=str(tls_certs.ca))
+        monkeypatch.setattr(broker.dialer, "_default_ssl", ctx)
+        address = None
+        proc = None
+    else:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls_certs.ca))
+        proc = broker.start(export=False, drain_timeout=2)
+        address = proc.__enter__().socket_path
+        monkeypatch.delenv("SSL_CERT_FILE")
+
+    def factory(**kwargs: Any) -> ClientSession:
+        s = ClientSession(broker=address, **kwargs)
+        sessions.append(s)
+        return s
+
+    try:
+        yield factory
+    finally:
+        for s in sessions:
+            await s.close()
+        if proc is not None:
+            proc.__exit__(None, None, None)
+
+
+# -- plain http through the proxy ---------------------------------------------------------
+
+
+async def test_http_origin_goes_through_the_proxy_in_absolute_form(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+    open_proxy: ProxyServer,
+) -> None:
+    session = make_session()
+    async with session.get(
+        origin + "/path?q=1", proxy=open_proxy.url, proxy_headers={"X-Proxy-Note": "hi"}
+    ) as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+    assert "proxy.py" in seen["via"]
+    assert seen["path"] == "/path?q=1"
+    assert seen["note"] == "hi"  # proxy_headers went to the proxy, which passed them on
+    # Without proxy=, the same session goes direct.
+    async with session.get(origin + "/") as resp:
+        assert (await resp.json())["via"] == ""
+
+
+async def test_session_proxy_is_the_default_and_a_request_may_name_another(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+    open_proxy: ProxyServer,
+    auth_proxy: ProxyServer,
+) -> None:
+    session = make_session(proxy=open_proxy.url)
+    for _ in range(2):  # the second on the same connection to the proxy
+        async with session.get(origin + "/") as resp:
+            assert (await resp.json())["through"] == open_proxy.url
+    async with session.get(origin + "/", proxy=auth_proxy.url) as resp:
+        assert resp.status == 407  # plain http: the proxy's answer is the response
+
+
+async def test_basic_auth_from_proxy_auth_or_the_proxy_url(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+    auth_proxy: ProxyServer,
+) -> None:
+    session = make_session()
+    async with session.get(
+        origin + "/", proxy=auth_proxy.url, proxy_auth=BasicAuth(USER, PASSWORD)
+    ) as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+    assert "proxy.py" in seen["via"] and seen["authorization"] == ""
+    with_creds = auth_proxy.url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    async with session.get(origin + "/", proxy=with_creds) as resp:
+        assert resp.status == 200
+    # proxy_auth wins over the URL's credentials, as in aiohttp
+    bad = auth_proxy.url.replace("http://", f"http://{USER}:wrong@")
+    async with session.get(
+        origin + "/", proxy=bad, proxy_auth=BasicAuth(USER, PASSWORD)
+    ) as resp:
+        assert resp.status == 200
+    async with session.get(origin + "/", proxy=bad) as resp:
+        assert resp.status == 407
+        assert resp.headers["Proxy-Authenticate"].startswith("Basic")
+
+
+# -- https through a CONNECT tunnel ---------------------------------------------------------
+
+
+async def test_https_origin_goes_through_a_connect_tunnel(
+    https_origin: str,
+    ca_trusting_session: Callable[..., ClientSession],
+    open_proxy: ProxyServer,
+) -> None:
+    session = ca_trusting_session(proxy=open_proxy.url)
+    for _ in range(2):
+        async with session.get(https_origin + "/secret", proxy_headers={"X-Proxy-Note": "x"}) as r:
+            assert r.status == 200
+            seen = await r.json()
+            assert seen["through"] == open_proxy.url  # the origin's peer is the proxy
+    assert seen["via"] == "" and seen["note"] == ""  # the tunnel carries our bytes only
+    assert seen["path"] == "/secret"
+
+
+async def test_https_through_an_authenticating_proxy(
+    https_origin: str,
+    ca_trusting_session: Callable[..., ClientSession],
+    auth_proxy: ProxyServer,
+) -> None:
+    session = ca_trusting_session()
+    async with session.get(
+        https_origin + "/", proxy=auth_proxy.url, proxy_auth=BasicAuth(USER, PASSWORD)
+    ) as resp:
+        seen = await resp.json()
+    assert seen["through"] == auth_proxy.url
+    assert seen["proxy_authorization"] == ""  # nothing of it inside the tunnel
+    with pytest.raises(ClientHttpProxyError) as info:
+        await session.get(
+            https_origin + "/", proxy=auth_proxy.url, proxy_auth=BasicAuth(USER, "wrong")
+        )
+    err = info.value
+    assert err.status == 407
+    assert err.message == "Proxy Authentication Required"
+    assert err.headers is not None and err.headers["Proxy-Authenticate"].startswith("Basic")
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+async def test_unreachable_proxy_is_a_proxy_connection_error(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+    unused_port: int,
+) -> None:
+    session = make_session()
+    for url in (origin + "/", "https://localhost:1/"):
+        with pytest.raises(ClientProxyConnectionError) as info:
+            await session.get(url, proxy=f"http://127.0.0.1:{unused_port}")
+        assert info.value.host == "127.0.0.1" and info.value.port == unused_port
+
+
+async def test_bad_proxy_settings_are_aiohttps_errors(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+) -> None:
+    session = make_session()
+    with pytest.raises(InvalidURL):
+        await session.get(origin, proxy="http://[bad")
+    with pytest.raises(InvalidURL):
+        await session.get(origin, proxy="socks5://127.0.0.1:1080")
+    with pytest.raises(ValueError, match=r"proxy_auth must be None or BasicAuth\(\) tuple"):
+        await session.get(origin, proxy="http://127.0.0.1:1", proxy_auth=("u", "p"))
+
+
+# -- the pool -------------------------------------------------------------------------
+
+
+async def test_proxied_and_direct_requests_never_share_a_connection(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+    open_proxy: ProxyServer,
+) -> None:
+    session = make_session()
+
+    async def peer(**kw: Any) -> int:
+        async with session.get(origin + "/", **kw) as resp:
+            return int((await resp.json())["peer"])
+
+    direct = await peer()
+    a = await peer(proxy=open_proxy.url, proxy_auth=BasicAuth("a", "1"))
+    assert await peer() == direct  # the direct connection, reused
+    assert await peer(proxy=open_proxy.url, proxy_auth=BasicAuth("a", "1")) == a
+    b = await peer(proxy=open_proxy.url, proxy_auth=BasicAuth("b", "2"))
+    assert len({direct, a, b}) == 3  # other credentials: another connection
+    assert a in open_proxy.sockets() and b in open_proxy.sockets()
+
+
+# -- trust_env ----------------------------------------------------------------------------
+
+
+async def test_trust_env_takes_the_proxy_from_the_environment_and_no_proxy_bypasses_it(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+    open_proxy: ProxyServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", open_proxy.url)
+    plain = make_session()
+    async with plain.get(origin + "/") as resp:
+        assert (await resp.json())["via"] == ""  # trust_env=False: the environment unread
+    session = make_session(trust_env=True)
+    assert session.trust_env
+    async with session.get(origin + "/") as resp:
+        assert "proxy.py" in (await resp.json())["via"]
+    monkeypatch.setenv("no_proxy", "localhost, 127.0.0.1")
+    async with session.get(origin + "/") as resp:
+        seen = await resp.json()
+    assert seen["via"] == "" and seen["through"] == ""
+    monkeypatch.setenv("no_proxy", "localhost")  # per host: 127.0.0.1 goes through again
+    async with session.get(origin + "/") as resp:
+        assert (await resp.json())["through"] == open_proxy.url
+
+
+async def test_trust_env_proxy_credentials_from_netrc(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+    auth_proxy: ProxyServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("http_proxy", auth_proxy.url)
+    session = make_session(trust_env=True)
+    async with session.get(origin + "/") as resp:
+        assert resp.status == 407
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    async with session.get(origin + "/") as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+    assert "proxy.py" in seen["via"]
+    # trust_env also gives the request itself its host's netrc entry (aiohttp 3.14)
+    assert seen["authorization"] == BasicAuth(USER, PASSWORD).encode()
+
+
+async def test_trust_env_netrc_auth_for_the_origin(
+    origin: str,
+    make_session: Callable[...,
+    ClientSession],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password wonder\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    async with make_session(trust_env=True).get(origin + "/") as resp:
+        assert (await resp.json())["authorization"] == BasicAuth("alice", "wonder").encode()
+    async with make_session(trust_env=True).get(
+        origin + "/", auth=BasicAuth("bob", "x")
+    ) as resp:
+        assert (await resp.json())["authorization"] == BasicAuth("bob", "x").encode()
+    async with make_session().get(origin + "/") as resp:
+        assert (await resp.json())["authorization"] == ""
+
+
+async def test_trust_env_https_proxy_tunnel(
+    https_origin: str,
+    ca_trusting_session: Callable[..., ClientSession],
+    open_proxy: ProxyServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", open_proxy.url)
+    session = ca_trusting_session(trust_env=True)
+    async with session.get(https_origin + "/") as resp:
+        assert (await resp.json())["through"] == open_proxy.url
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    async with session.get(https_origin + "/") as resp:
+        assert (await resp.json())["through"] == ""
