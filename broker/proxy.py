@@ -89,9 +89,11 @@ def _checked(spec: ProxySpec, key: bytes) -> Proxy:
     may add a line to a head written on a connection."""
     try:
         url = URL(spec.url, encoded=True)
+        port = url.port
+        problem = url.scheme not in ("http", "https") or not url.raw_host or url_problem(url)
     except (ValueError, TypeError):
-        raise _bad("the proxy URL is not a URL") from None
-    if url.scheme not in ("http", "https") or not url.raw_host or url_problem(url):
+        problem = True
+    if problem or port is None:
         raise _bad(f"the proxy URL {spec.url!r} is not http(s)://host[:port]")
     if FORBIDDEN_VALUE_RE.search(spec.authorization):
         raise _bad("the Proxy-Authorization value has a control character")
@@ -101,9 +103,9 @@ def _checked(spec: ProxySpec, key: bytes) -> Proxy:
     extra = list(spec.headers)
     if spec.authorization:
         extra.append(("Proxy-Authorization", spec.authorization))
-    assert url.port is not None  # http(s) has a default port
+    assert url.raw_host is not None
     return Proxy(
-        key, spec.url, url.raw_host, url.port, url.scheme == "https", spec.authorization,
+        key, spec.url, url.raw_host, port, url.scheme == "https", spec.authorization,
         spec.headers, extra,
     )
 

@@ -24,14 +24,22 @@ _START_TIMEOUT = 30.0
 
 
 class ProxyServer:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], port: int, log: Path, scheme: str = "http"
+    ) -> None:
         self.proc = proc
         self.port = port
         self.log = log
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
 
     @classmethod
-    def start(cls, directory: Path, basic_auth: str | None = None) -> ProxyServer:
+    def start(
+        cls,
+        directory: Path,
+        basic_auth: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> ProxyServer:
+        """``tls``: (certificate, key): an https:// proxy."""
         directory.mkdir(parents=True, exist_ok=True)
         fifo = directory / "port"
         os.mkfifo(fifo)
@@ -43,6 +51,8 @@ class ProxyServer:
         ]
         if basic_auth:
             cmd += ["--basic-auth", basic_auth]
+        if tls:
+            cmd += ["--cert-file", str(tls[0]), "--key-file", str(tls[1])]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             port = _read_port(fifo, proc)
@@ -50,7 +60,7 @@ class ProxyServer:
             proc.kill()
             proc.wait()
             raise
-        return cls(proc, port, log)
+        return cls(proc, port, log, "https" if tls else "http")
 
     def sockets(self) -> set[int]:
         """Local ports of the proxy's TCP connections (its process and children)."""

@@ -49,6 +49,16 @@ def auth_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer
     proxy.stop()
 
 
+@pytest.fixture(scope="module")
+def tls_proxy(tmp_path_factory: pytest.TempPathFactory, tls_certs: Certs) -> Iterator[ProxyServer]:
+    """An https:// proxy (TLS to the proxy itself), with the test CA's certificate."""
+    proxy = ProxyServer.start(
+        tmp_path_factory.mktemp("tls_proxy"), tls=(tls_certs.server, tls_certs.server_key)
+    )
+    yield proxy
+    proxy.stop()
+
+
 @pytest.fixture
 def unused_port() -> int:
     """A loopback port nothing listens on (bound, never listened, then closed)."""
@@ -103,9 +113,12 @@ def _echo_app(proxies: list[ProxyServer], close: bool = False) -> web.Applicatio
 
 @pytest.fixture
 async def origin(
-    serve_app: Callable[..., Any], open_proxy: ProxyServer, auth_proxy: ProxyServer
+    serve_app: Callable[..., Any],
+    open_proxy: ProxyServer,
+    auth_proxy: ProxyServer,
+    tls_proxy: ProxyServer,
 ) -> str:
-    return str(await serve_app(_echo_app([open_proxy, auth_proxy])))
+    return str(await serve_app(_echo_app([open_proxy, auth_proxy, tls_proxy])))
 
 
 @pytest.fixture
@@ -114,9 +127,10 @@ async def https_origin(
     tls_certs: Certs,
     open_proxy: ProxyServer,
     auth_proxy: ProxyServer,
+    tls_proxy: ProxyServer,
 ) -> str:
     ctx = server_context(tls_certs.server, tls_certs.server_key)
-    app = _echo_app([open_proxy, auth_proxy], close=True)
+    app = _echo_app([open_proxy, auth_proxy, tls_proxy], close=True)
     return str(await serve_app(app, ssl_context=ctx, host="localhost"))
 
 
@@ -257,6 +271,23 @@ async def test_https_through_an_authenticating_proxy(
     assert err.status == 407
     assert err.message == "Proxy Authentication Required"
     assert err.headers is not None and err.headers["Proxy-Authenticate"].startswith("Basic")
+
+
+async def test_https_proxy_and_tls_in_tls(
+    https_origin: str,
+    origin: str,
+    ca_trusting_session: Callable[..., ClientSession],
+    tls_proxy: ProxyServer,
+) -> None:
+    """An https:// proxy: TLS to the proxy, then for an https origin TLS inside it."""
+    session = ca_trusting_session(proxy=tls_proxy.url)
+    async with session.get(https_origin + "/tls-in-tls") as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+    assert seen["path"] == "/tls-in-tls" and seen["through"] == tls_proxy.url
+    async with session.get(origin + "/plain") as resp:
+        seen = await resp.json()
+    assert "proxy.py" in seen["via"] and seen["path"] == "/plain"
 
 
 # -- failures -----------------------------------------------------------------------------
