@@ -11,6 +11,7 @@ by one that trusts the test CA, and broker mode uses a broker started with
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,6 +30,8 @@ from worker_client import (
     ClientHttpProxyError,
     ClientProxyConnectionError,
     ClientSession,
+    ClientTimeout,
+    ConnectionTimeoutError,
     InvalidURL,
 )
 
@@ -106,7 +109,11 @@ def _echo_app(proxies: list[ProxyServer], close: bool = False) -> web.Applicatio
             request.transport.abort()
         return resp
 
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
+
     app = web.Application()
+    app.router.add_get("/redirect", redirect)
     app.router.add_get("/{tail:.*}", echo)
     return app
 
@@ -320,6 +327,29 @@ async def test_bad_proxy_settings_are_aiohttps_errors(
         await session.get(origin, proxy="http://127.0.0.1:1", proxy_auth=("u", "p"))
 
 
+async def test_a_proxy_silent_after_connect_times_out_and_is_closed(
+    make_session: Callable[..., ClientSession], raw_server: Callable[..., Any]
+) -> None:
+    """The wait for the answer to CONNECT ends at the connect timeout; the connection
+    to the proxy is closed then."""
+    heads: list[bytes] = []
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.read()  # until the client closes
+        closed.set()
+
+    proxy = await raw_server(silent)
+    session = make_session()
+    with pytest.raises(ConnectionTimeoutError):
+        await session.get(
+            "https://origin.test/", proxy=proxy, timeout=ClientTimeout(total=30, connect=0.5)
+        )
+    await asyncio.wait_for(closed.wait(), 10)
+    assert heads[0].startswith(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n")
+
+
 # -- the pool -------------------------------------------------------------------------
 
 
@@ -412,6 +442,31 @@ async def test_trust_env_netrc_auth_for_the_origin(
         assert (await resp.json())["authorization"] == BasicAuth("bob", "x").encode()
     async with make_session().get(origin + "/") as resp:
         assert (await resp.json())["authorization"] == ""
+
+
+async def test_trust_env_proxy_is_chosen_per_hop_with_its_own_credentials(
+    https_origin: str,
+    origin: str,
+    ca_trusting_session: Callable[..., ClientSession],
+    auth_proxy: ProxyServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp's test_proxy_from_env_auth_scoped_to_redirect_selected_proxy: a redirect
+    from http to https goes through https_proxy, without http_proxy's credentials."""
+    with_creds = auth_proxy.url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    monkeypatch.setenv("http_proxy", with_creds)
+    monkeypatch.setenv("https_proxy", auth_proxy.url)
+    session = ca_trusting_session(trust_env=True)
+    async with session.get(origin + "/direct") as resp:
+        assert (await resp.json())["through"] == auth_proxy.url
+    with pytest.raises(ClientHttpProxyError) as info:
+        await session.get(origin + "/redirect", params={"to": https_origin + "/"})
+    assert info.value.status == 407
+    monkeypatch.setenv("https_proxy", with_creds)
+    async with session.get(origin + "/redirect", params={"to": https_origin + "/x"}) as resp:
+        seen = await resp.json()
+    assert seen["path"] == "/x" and seen["through"] == auth_proxy.url
+    assert len(resp.history) == 1
 
 
 async def test_trust_env_https_proxy_tunnel(
