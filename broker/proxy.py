@@ -16,7 +16,8 @@ with two sets of proxy credentials, never share a slot.
   ``proxy_status`` failure (aiohttp's ``ClientHttpProxyError``) with its status, reason
   and headers.
 - An ``https://`` proxy: TLS to the proxy first (verified with the default context
-  against the proxy's host name), then as above; an https origin is then TLS in TLS.
+  against the proxy's host name), then as above; an https origin is then TLS in TLS,
+  which asyncio has from Python 3.11 (or uvloop): on 3.10 such a request is refused.
 
 Failing to reach the proxy is ``proxy_connect`` (host and port of the proxy); its name
 failing to resolve is ``dns``, as in aiohttp. Every wait (the connect, the answer to
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl as ssl_mod
+import sys
 from typing import Any, NamedTuple
 
 import httptools
@@ -176,6 +178,12 @@ async def dial_proxy(
     (``ssl_context``, else the default verified one)."""
     scheme, host, port = key[0], key[1], key[2]
     proxy = proxy_for_key(key[-1])
+    if proxy.tls and scheme == "https" and not _tls_in_tls(dialer._loop):
+        raise ConnectionFailure(
+            "connection",
+            "an https origin through an https:// proxy needs TLS in TLS, which asyncio "
+            "has from Python 3.11 (or uvloop)",
+        )
     conn = await _connect_to_proxy(dialer, proxy, key, timeout, deadline)
     if scheme != "https":
         return conn
@@ -369,6 +377,10 @@ async def _tunnel(
     assert tls_transport is not None
     conn.transport = tls_transport
     return conn
+
+
+def _tls_in_tls(loop: asyncio.AbstractEventLoop) -> bool:
+    return sys.version_info >= (3, 11) or type(loop).__module__.startswith("uvloop")
 
 
 def _close_late(task: asyncio.Task[Any]) -> None:

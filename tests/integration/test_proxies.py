@@ -27,6 +27,7 @@ from tests.integration.proxy_server import ProxyServer
 from tests.tls_certs import Certs, server_context
 from worker_client import (
     BasicAuth,
+    ClientConnectorCertificateError,
     ClientHttpProxyError,
     ClientProxyConnectionError,
     ClientSession,
@@ -325,6 +326,16 @@ async def test_bad_proxy_settings_are_aiohttps_errors(
         await session.get(origin, proxy="socks5://127.0.0.1:1080")
     with pytest.raises(ValueError, match=r"proxy_auth must be None or BasicAuth\(\) tuple"):
         await session.get(origin, proxy="http://127.0.0.1:1", proxy_auth=("u", "p"))
+
+
+async def test_an_untrusted_origin_through_the_tunnel_is_a_certificate_error(
+    https_origin: str, make_session: Callable[..., ClientSession], open_proxy: ProxyServer
+) -> None:
+    """TLS to the origin inside the tunnel is verified: the test CA is not trusted here."""
+    with pytest.raises(ClientConnectorCertificateError) as info:
+        await make_session().get(https_origin + "/", proxy=open_proxy.url)
+    assert info.value.host == "localhost"
+    assert isinstance(info.value.certificate_error, ssl.SSLCertVerificationError)
 
 
 async def test_a_proxy_silent_after_connect_times_out_and_is_closed(
