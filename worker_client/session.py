@@ -517,6 +517,11 @@ class ClientSession:
                     read_until_eof,
                     bool(compress),
                     route,
+                    (
+                        self._default_proxy if proxy is None else proxy,
+                        self._default_proxy_auth if proxy_auth is None else proxy_auth,
+                        proxy_headers,
+                    ),
                 ),
                 upload_tracker, raise_for_status,
             )

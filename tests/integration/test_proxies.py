@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 import broker
 import broker.dialer
@@ -28,8 +29,11 @@ from tests.tls_certs import Certs, server_context
 from worker_client import (
     BasicAuth,
     ClientConnectorCertificateError,
+    ClientHandlerType,
     ClientHttpProxyError,
     ClientProxyConnectionError,
+    ClientRequest,
+    ClientResponse,
     ClientSession,
     ClientTimeout,
     ConnectionTimeoutError,
@@ -296,6 +300,30 @@ async def test_https_proxy_and_tls_in_tls(
     async with session.get(origin + "/plain") as resp:
         seen = await resp.json()
     assert "proxy.py" in seen["via"] and seen["path"] == "/plain"
+
+
+async def test_middlewares_see_the_proxy_and_may_change_it(
+    origin: str, make_session: Callable[..., ClientSession], open_proxy: ProxyServer
+) -> None:
+    seen_proxies: list[Any] = []
+
+    async def direct(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        seen_proxies.append((req.proxy, req.proxy_auth, req.proxy_headers))
+        req.proxy = None
+        return await handler(req)
+
+    async def proxied(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        req.proxy = URL(open_proxy.url)
+        return await handler(req)
+
+    session = make_session(proxy=open_proxy.url, proxy_auth=BasicAuth("a", "b"))
+    async with session.get(origin + "/", middlewares=(direct,)) as resp:
+        assert (await resp.json())["through"] == ""
+    assert seen_proxies == [(URL(open_proxy.url), BasicAuth("a", "b"), None)]
+    async with make_session().get(origin + "/", middlewares=(proxied,)) as resp:
+        assert (await resp.json())["through"] == open_proxy.url
+    async with session.get(origin + "/", middlewares=(proxied,)) as resp:  # unchanged
+        assert (await resp.json())["through"] == open_proxy.url
 
 
 # -- failures -----------------------------------------------------------------------------
