@@ -47,7 +47,7 @@ class ProxyServer:
         cmd = [
             sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", "0",
             "--port-file", str(fifo), "--num-workers", "1", "--num-acceptors", "1",
-            "--log-level", "INFO", "--log-file", str(log),
+            "--log-level", "INFO", "--log-file", str(log), "--data-dir", str(directory / "data"),
         ]
         if basic_auth:
             cmd += ["--basic-auth", basic_auth]
