@@ -185,8 +185,7 @@ async def ca_trusting_session(
 
 async def test_http_origin_goes_through_the_proxy_in_absolute_form(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
     open_proxy: ProxyServer,
 ) -> None:
     session = make_session()
@@ -205,8 +204,7 @@ async def test_http_origin_goes_through_the_proxy_in_absolute_form(
 
 async def test_session_proxy_is_the_default_and_a_request_may_name_another(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
     open_proxy: ProxyServer,
     auth_proxy: ProxyServer,
 ) -> None:
@@ -220,8 +218,7 @@ async def test_session_proxy_is_the_default_and_a_request_may_name_another(
 
 async def test_basic_auth_from_proxy_auth_or_the_proxy_url(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
     auth_proxy: ProxyServer,
 ) -> None:
     session = make_session()
@@ -331,8 +328,7 @@ async def test_middlewares_see_the_proxy_and_may_change_it(
 
 async def test_unreachable_proxy_is_a_proxy_connection_error(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
     unused_port: int,
 ) -> None:
     session = make_session()
@@ -344,8 +340,7 @@ async def test_unreachable_proxy_is_a_proxy_connection_error(
 
 async def test_bad_proxy_settings_are_aiohttps_errors(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
 ) -> None:
     session = make_session()
     with pytest.raises(InvalidURL):
@@ -394,23 +389,25 @@ async def test_a_proxy_silent_after_connect_times_out_and_is_closed(
 
 async def test_proxied_and_direct_requests_never_share_a_connection(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
     open_proxy: ProxyServer,
 ) -> None:
     session = make_session()
 
-    async def peer(**kw: Any) -> int:
+    async def peer(**kw: Any) -> tuple[int, str]:
         async with session.get(origin + "/", **kw) as resp:
-            return int((await resp.json())["peer"])
+            seen = await resp.json()
+            return int(seen["peer"]), seen["through"]
 
     direct = await peer()
+    assert direct[1] == ""
     a = await peer(proxy=open_proxy.url, proxy_auth=BasicAuth("a", "1"))
+    assert a[1] == open_proxy.url
     assert await peer() == direct  # the direct connection, reused
     assert await peer(proxy=open_proxy.url, proxy_auth=BasicAuth("a", "1")) == a
     b = await peer(proxy=open_proxy.url, proxy_auth=BasicAuth("b", "2"))
-    assert len({direct, a, b}) == 3  # other credentials: another connection
-    assert a in open_proxy.sockets() and b in open_proxy.sockets()
+    assert b[1] == open_proxy.url
+    assert len({direct[0], a[0], b[0]}) == 3  # other credentials: another connection
 
 
 # -- trust_env ----------------------------------------------------------------------------
@@ -418,8 +415,7 @@ async def test_proxied_and_direct_requests_never_share_a_connection(
 
 async def test_trust_env_takes_the_proxy_from_the_environment_and_no_proxy_bypasses_it(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
     open_proxy: ProxyServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -442,8 +438,7 @@ async def test_trust_env_takes_the_proxy_from_the_environment_and_no_proxy_bypas
 
 async def test_trust_env_proxy_credentials_from_netrc(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
     auth_proxy: ProxyServer,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -465,8 +460,7 @@ async def test_trust_env_proxy_credentials_from_netrc(
 
 async def test_trust_env_netrc_auth_for_the_origin(
     origin: str,
-    make_session: Callable[...,
-    ClientSession],
+    make_session: Callable[..., ClientSession],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
