@@ -214,6 +214,11 @@ async def test_session_proxy_is_the_default_and_a_request_may_name_another(
             assert (await resp.json())["through"] == open_proxy.url
     async with session.get(origin + "/", proxy=auth_proxy.url) as resp:
         assert resp.status == 407  # plain http: the proxy's answer is the response
+    authed = make_session(proxy=auth_proxy.url, proxy_auth=BasicAuth(USER, PASSWORD))
+    async with authed.get(origin + "/") as resp:
+        assert (await resp.json())["through"] == auth_proxy.url
+    async with authed.get(origin + "/", proxy_auth=BasicAuth(USER, "wrong")) as resp:
+        assert resp.status == 407  # the request's proxy_auth wins over the session's
 
 
 async def test_basic_auth_from_proxy_auth_or_the_proxy_url(
