@@ -232,6 +232,8 @@ async def _connect_to_proxy(
         )
     except TimeoutError:
         raise connect_timeout(key) from None
+    except ssl_mod.SSLError as exc:  # an https:// proxy's certificate or handshake
+        raise _tls_failure(exc, proxy.host, proxy.port) from None
     except OSError as exc:
         raise ConnectionFailure(
             "proxy_connect", exc.strerror or str(exc), errno=exc.errno or 0, **fields

@@ -366,6 +366,15 @@ async def test_an_untrusted_origin_through_the_tunnel_is_a_certificate_error(
     assert isinstance(info.value.certificate_error, ssl.SSLCertVerificationError)
 
 
+async def test_an_untrusted_https_proxy_is_a_certificate_error(
+    origin: str, make_session: Callable[..., ClientSession], tls_proxy: ProxyServer
+) -> None:
+    """TLS to an https:// proxy is verified too (the test CA is not trusted here)."""
+    with pytest.raises(ClientConnectorCertificateError) as info:
+        await make_session().get(origin + "/", proxy=tls_proxy.url)
+    assert (info.value.host, info.value.port) == ("127.0.0.1", tls_proxy.port)
+
+
 async def test_a_proxy_silent_after_connect_times_out_and_is_closed(
     make_session: Callable[..., ClientSession], raw_server: Callable[..., Any]
 ) -> None:
