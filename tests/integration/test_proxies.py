@@ -398,6 +398,28 @@ async def test_a_proxy_silent_after_connect_times_out_and_is_closed(
     assert heads[0].startswith(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n")
 
 
+async def test_a_request_cancelled_while_waiting_for_connect_closes_the_connection(
+    make_session: Callable[..., ClientSession], raw_server: Callable[..., Any]
+) -> None:
+    got_connect = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        got_connect.set()
+        await reader.read()
+        closed.set()
+
+    proxy = await raw_server(silent)
+    session = make_session()
+    task = asyncio.ensure_future(session.get("https://origin.test/", proxy=proxy))
+    await asyncio.wait_for(got_connect.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(closed.wait(), 10)
+
+
 # -- the pool -------------------------------------------------------------------------
 
 
