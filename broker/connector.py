@@ -14,6 +14,7 @@ from .dialer import NO_TLS, ConnKey, Dialer, connect_timeout
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 from .pool_state import NEW, Decision, PoolState, _New
+from .proxy import dial_proxy, proxy_for_key
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver
 from .stream import BrokerStream
@@ -269,6 +270,8 @@ class Pool:
         deadline: float | None,
         tls: TlsSpec | None = None,
     ) -> HTTP1Connection:
+        if key[4]:  # through a proxy (broker.proxy)
+            return self._adopt(await dial_proxy(self.dialer, key, timeout, deadline, tls), key)
         return self._adopt(await self.dialer.dial(key, timeout, deadline, tls), key)
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
@@ -363,7 +366,7 @@ def _label(key: Any) -> str:
         if server_hostname:
             label += f" server_hostname={server_hostname}"
     if key[4]:
-        label += " proxy"
+        label += f" via {proxy_for_key(key[4]).url}"
     return label
 
 

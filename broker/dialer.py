@@ -96,7 +96,7 @@ class Dialer:
         fields: dict[str, Any] = {"host": host, "port": port, "ssl": is_ssl}
         loop = self._loop
         factory = functools.partial(self._connection_class, loop)
-        ssl_ctx, server_hostname = self._tls_for(key, tls, fields) if is_ssl else (None, None)
+        ssl_ctx, server_hostname = self.tls_for(key, tls, fields) if is_ssl else (None, None)
         extra = self._tls_kwargs() if is_ssl else {}
         starts: list[Callable[[], Coroutine[Any, Any, _Connected]]]
         if self.spec.kind == "unix":
@@ -142,19 +142,19 @@ class Dialer:
         except TimeoutError:
             raise connect_timeout(key) from None
         except ssl_mod.SSLError as exc:
-            raise _tls_failure(exc, fields) from None
+            raise tls_failure(exc, fields) from None
         except OSError as exc:
             raise ConnectionFailure(
                 code, exc.strerror or str(exc), errno=exc.errno or 0, **fields
             ) from None
         if is_ssl and key[3][1]:
-            self._check_fingerprint(conn, key[3][1])
+            self.check_fingerprint(conn, key[3][1])
         return conn
 
     # -- TLS (kept apart: the proxy's tunnel adds its own steps beside these) ----------
 
-    def _tls_for(
-        self, key: ConnKey, tls: TlsSpec | None, fields: dict[str, Any]
+    def tls_for(
+        self, key: Any, tls: TlsSpec | None, fields: dict[str, Any]
     ) -> tuple[ssl_mod.SSLContext, str]:
         """The context and the SNI name of an https hop (aiohttp strips trailing dots:
         certificates name hosts without them)."""
@@ -172,7 +172,7 @@ class Dialer:
             return {"ssl_shutdown_timeout": timeout}
         return {}
 
-    def _check_fingerprint(self, conn: HTTP1Connection, expected: bytes) -> None:
+    def check_fingerprint(self, conn: HTTP1Connection, expected: bytes) -> None:
         """aiohttp's ``Fingerprint.check``: the SHA-256 of the peer's DER certificate;
         a mismatch closes the connection. ``host``/``port`` are the peer's address."""
         transport = conn.transport
@@ -289,7 +289,7 @@ class Dialer:
             conn.close()
 
 
-def _tls_failure(exc: ssl_mod.SSLError, fields: dict[str, Any]) -> ConnectionFailure:
+def tls_failure(exc: ssl_mod.SSLError, fields: dict[str, Any]) -> ConnectionFailure:
     """aiohttp's ``_wrap_create_connection``: a failed verification is ``certificate``
     (OpenSSL's verify message and code), any other TLS error ``ssl``."""
     if isinstance(exc, ssl_mod.SSLCertVerificationError):

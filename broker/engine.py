@@ -32,6 +32,7 @@ from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, build_head, decl
 from .failures import ConnectionFailure, failure_message
 from .hops import REDIRECTS, Hop, follow, redirect_location
 from .http1 import HTTP1Connection, watch_silence
+from .proxy import absolute_target, hop_proxy
 from .registry import Registry
 from .stream import BrokerStream, StreamStopped
 
@@ -186,10 +187,15 @@ class Engine:
         url = hop.url
         if not url.raw_host:
             raise ConnectionFailure("invalid_url", "URL has no host", url=str(url))
-        if url.scheme == "https":
-            key = (url.scheme, url.raw_host, url.port or 443, tls_key, b"")
-        else:
-            key = (url.scheme, url.raw_host, url.port or 80, NO_TLS, b"")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        proxy = hop_proxy(req.proxy, url, port) if req.proxy and pool.spec.kind == "tcp" else None
+        key = (
+            url.scheme,
+            url.raw_host,
+            port,
+            tls_key if url.scheme == "https" or (proxy is not None and proxy.tls) else NO_TLS,
+            b"" if proxy is None else proxy.key,
+        )
         timeout = req.timeout
         body = hop.body
         streamed = hop.streamed
@@ -205,15 +211,17 @@ class Engine:
                     "protocol", "chunked can not be set if Content-Length header is set"
                 )
             body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+        forward = proxy is not None and url.scheme == "http"  # absolute form to the proxy
         head_bytes = build_head(
             hop.method,
             url,
-            headers,
+            headers + proxy.head_headers if forward else headers,  # type: ignore[union-attr]
             len(body) if body is not None and not chunked else None,
             chunked,
             req.skip_host,
             (1, 0) if req.http10 else (1, 1),
             pool.spec.force_close,
+            absolute_target(url) if forward else None,
         )
         limits = _limits(req)
         # Wait for 100 Continue only when the head asks for it: a flag without the header

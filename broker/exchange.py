@@ -192,14 +192,16 @@ def build_head(
     skip_host: bool,
     version: tuple[int, int] = (1, 1),
     force_close: bool = False,
+    target: str | None = None,
 ) -> bytes:
     """The request line and headers of one hop, per-hop headers added; an HTTP/1.0
     request asks for keep-alive unless it says otherwise or the pool never reuses a
     connection (as aiohttp), or its body goes chunked: HTTP/1.0 has no chunked framing
     (RFC 9112 6.1: the server must close after it), and a server that read the chunks
     as the next request must not be handed another worker's request on that
-    connection."""
-    target = url.raw_path_qs or "/"
+    connection. ``target``: another request target (a proxy's absolute form)."""
+    if target is None:
+        target = url.raw_path_qs or "/"
     parts = [f"{method} {target} HTTP/{version[0]}.{version[1]}\r\n"]
     has_host = skip_host
     user_length: str | None = None

@@ -26,6 +26,7 @@ __all__ = [
     "TARGET_PROBLEM",
     "check_host_port",
     "host_header_problem",
+    "proxy_bypass",
     "url_problem",
 ]
 
@@ -102,3 +103,28 @@ def check_host_port(host: str | None, port: int | None) -> None:
     """Both or neither, as aiohttp's ``clear_dns_cache(host, port)`` demands."""
     if (host is None) != (port is None):
         raise ValueError("either both host and port or none of them are allowed")
+
+
+def proxy_bypass(host: str, port: int, no_proxy: tuple[str, ...] | list[str]) -> bool:
+    """Whether a request to ``host:port`` goes direct past its proxy: the entries of a
+    ``NO_PROXY`` variable (its value split on commas), read as
+    ``urllib.request.proxy_bypass_environment`` reads them. ``*`` alone: every host; an
+    entry (leading dots ignored, any case) names the host or a domain above it, with or
+    without its port. ``host`` is a URL's raw host (an IPv6 address without brackets)."""
+    if not no_proxy:
+        return False
+    if len(no_proxy) == 1 and no_proxy[0] == "*":
+        return True
+    hostonly = host.lower()
+    with_port = f"[{hostonly}]:{port}" if ":" in hostonly else f"{hostonly}:{port}"
+    for entry in no_proxy:
+        name = entry.strip()
+        if not name:
+            continue
+        name = name.lstrip(".").lower()
+        if name == hostonly or name == with_port:
+            return True
+        name = "." + name
+        if hostonly.endswith(name) or with_port.endswith(name):
+            return True
+    return False

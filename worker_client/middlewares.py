@@ -43,6 +43,7 @@ from .exceptions import (
 from .handle import StreamHandle
 from .helpers import BasicAuth, HttpVersion, HttpVersion11
 from .payload import BytesPayload, Payload
+from .proxies import fixed_route
 from .request_builder import CONSUMED_BODY, PreparedRequest, _encode_data, _rewinder
 from .response import ClientResponse
 from .tls import check_server_hostname, merge_ssl, request_tls, with_tls
@@ -167,6 +168,27 @@ class ClientRequest:
             req._body = _Body(hop.body)
         req._skip_host = prepared.skip_host
         return req
+
+    _proxy_seen: tuple[Any, ...] = (None, None, None)
+
+    def _set_proxy(self, proxy: Any, proxy_auth: Any, proxy_headers: Any) -> None:
+        """The request's proxy as aiohttp's ``update_proxy`` sets it, for middlewares
+        to see and change (``_Hops.send`` then makes its route afresh)."""
+        if proxy is None:
+            return
+        self.proxy = proxy if isinstance(proxy, URL) else URL(proxy)
+        self.proxy_auth = proxy_auth
+        self.proxy_headers = CIMultiDict(proxy_headers) if proxy_headers else None
+        self._proxy_seen = self._proxy_now()
+
+    def _proxy_now(self) -> tuple[Any, ...]:
+        headers = self.proxy_headers
+        return (self.proxy, self.proxy_auth, tuple(headers.items()) if headers else None)
+
+    def _own_route(self) -> bytes:
+        if self.proxy is None:
+            return b""
+        return fixed_route(self.proxy, self.proxy_auth, self.proxy_headers)
 
     _skip_host = False
     _compressed = False  # the request's body was compressed (compress=)
@@ -314,6 +336,8 @@ class HopOptions(NamedTuple):
     compressed: bool = False  # compress= was given: a body set by a middleware is refused
     ssl: Any = True  # the request's merged ssl= (worker_client.tls.merge_ssl)
     server_hostname: str | None = None
+    proxy: bytes = b""  # the encoded ProxyRoute (worker_client.proxies)
+    proxy_args: tuple[Any, Any, Any] = (None, None, None)  # proxy, proxy_auth, proxy_headers
 
 
 class _Hops:
@@ -330,6 +354,7 @@ class _Hops:
     async def send(self, creq: ClientRequest) -> ClientResponse:
         """The innermost handler: one exchange, no redirect followed."""
         spec, session = self.spec, self.session
+        route = spec.proxy if creq._proxy_seen == creq._proxy_now() else creq._own_route()
         transport = spec.transport
         body = creq._body
         stream = body.take() if body.streamed else None
@@ -374,6 +399,7 @@ class _Hops:
             http10=session._http10,
             chunked=spec.chunked,
             requote_redirect_url=session._requote_redirect_url,
+            proxy=route,
         )
         if tls is not None or sni:
             req = with_tls(req, tls, sni)
@@ -425,6 +451,7 @@ class _Hops:
                 creq = ClientRequest._for_hop(
                     hop, body, original, prepared, spec.auth, self.session, spec.skip
                 )
+                creq._set_proxy(*spec.proxy_args)
                 creq._cookies = hop.cookies
                 creq._made = made
                 creq.chunked = spec.chunked  # compress= or chunked=: framed by the engine

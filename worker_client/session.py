@@ -48,6 +48,7 @@ from .exceptions import (
 )
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
 from .middlewares import ClientMiddlewareType, HopOptions, _Hops
+from .proxies import EnvProxies, fixed_route, netrc_auth
 from .request_builder import PreparedRequest, prepare_request
 from .request_options import (
     UNSET,
@@ -109,15 +110,15 @@ class _RequestOptions(TypedDict, total=False):
     fingerprint: bytes | None
     ssl_context: SSLContext | None
     server_hostname: str | None
+    proxy: str | URL | None
+    proxy_auth: BasicAuth | None
+    proxy_headers: Any
 
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
 # means "not used" in aiohttp: passing that value is fine, anything else is refused
 # rather than silently ignored (a proxy= that went direct would be worse than an error).
 _NOT_YET: dict[str, tuple[object, ...]] = {
-    "proxy": (None,),
-    "proxy_auth": (None,),
-    "proxy_headers": (None,),
     "trace_request_ctx": (None,),
 }
 
@@ -183,6 +184,9 @@ class ClientSession:
         requote_redirect_url: bool = True,
         middlewares: Sequence[ClientMiddlewareType] = (),
         ssl_shutdown_timeout: float | None = _SENTINEL,
+        proxy: str | URL | None = None,
+        proxy_auth: BasicAuth | None = None,
+        trust_env: bool = False,
     ) -> None:
         self._base_url = check_base_url(base_url)
         self._version = version
@@ -227,6 +231,13 @@ class ClientSession:
         self._raise_for_status = raise_for_status
         self._auto_decompress = auto_decompress
         self._max_redirects = max_redirects
+        self._default_proxy = proxy
+        self._default_proxy_auth = proxy_auth
+        self._trust_env = trust_env
+        self._env = EnvProxies() if trust_env else None
+        # The encoded proxy route of a request that names no proxy of its own: b"" goes
+        # direct; None is worked out per request (trust_env) or on first use (proxy=).
+        self._route: bytes | None = b"" if proxy is None and not trust_env else None
         self._broker = broker_address(broker)
         # Read once, as the address: the broker uids this session talks to.
         self._broker_uids = (
@@ -294,6 +305,11 @@ class ClientSession:
     @property
     def version(self) -> HttpVersion:
         return self._version
+
+    @property
+    def trust_env(self) -> bool:
+        """Proxies and netrc credentials are read from the environment (as aiohttp)."""
+        return self._trust_env
 
     @property
     def requote_redirect_url(self) -> bool:
@@ -443,6 +459,9 @@ class ClientSession:
         fingerprint: bytes | None = None,
         ssl_context: SSLContext | None = None,
         server_hostname: str | None = None,
+        proxy: str | URL | None = None,
+        proxy_auth: BasicAuth | None = None,
+        proxy_headers: Any = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -484,6 +503,13 @@ class ClientSession:
         )
         body, rewind = prepared.stream, prepared.rewind
         try:
+            route = self._route
+            if route is None or proxy is not None or proxy_auth is not None or proxy_headers:
+                route = await self._proxy_route(proxy, proxy_auth, proxy_headers)
+            if self._env is not None and "Authorization" not in prepared.headers:
+                netrc = await netrc_auth(self._env, prepared.url.host)
+                if netrc is not None:
+                    prepared.headers["Authorization"] = netrc.encode()
             chunk = False
             if compress or chunked is not None:
                 prepared, chunk = compress_and_chunk(
@@ -526,6 +552,12 @@ class ClientSession:
                     bool(compress),
                     ssl,
                     server_hostname,
+                    route,
+                    (
+                        self._default_proxy if proxy is None else proxy,
+                        self._default_proxy_auth if proxy_auth is None else proxy_auth,
+                        proxy_headers,
+                    ),
                 ),
                 upload_tracker, raise_for_status,
             )
@@ -568,6 +600,7 @@ class ClientSession:
             http10=self._http10,
             chunked=chunk,
             requote_redirect_url=self._requote_redirect_url,
+            proxy=route,
         )
         if tls is not None or sni:
             req = with_tls(req, tls, sni)
@@ -591,6 +624,23 @@ class ClientSession:
             await _body_over(prepared, upload_tracker, None, head.history)
         resp = self._response(head, handle, request_info, req.url)
         return await self._check_status(resp, raise_for_status)
+
+    async def _proxy_route(self, proxy: Any, proxy_auth: Any, proxy_headers: Any) -> bytes:
+        """The encoded ``ProxyRoute`` (``worker_client.proxies``): the request's proxy,
+        else the session's, else the environment's with ``trust_env``."""
+        if proxy_auth is None:
+            proxy_auth = self._default_proxy_auth
+        if proxy is not None:
+            return fixed_route(proxy, proxy_auth, proxy_headers)
+        proxy = self._default_proxy
+        if proxy is not None:
+            route = fixed_route(proxy, proxy_auth, proxy_headers)
+            if proxy_auth is self._default_proxy_auth and proxy_headers is None:
+                self._route = route  # the session's own: kept for the next request
+            return route
+        if self._env is not None:
+            return await self._env.route()
+        return b""
 
     async def _request_hops(
         self,

@@ -696,8 +696,6 @@ async def test_unknown_and_unsupported_request_arguments_are_refused(session):
     carry out yet is a NotImplementedError, and aiohttp's "unused" values are fine."""
     with pytest.raises(TypeError, match="unexpected keyword argument 'parmas'"):
         await session.get("http://127.0.0.1:1/", parmas={"a": 1})
-    with pytest.raises(NotImplementedError, match="proxy= is not supported"):
-        await session.get("http://127.0.0.1:1/", proxy="http://127.0.0.1:3128")
     with pytest.raises(NotImplementedError, match="trace_request_ctx= is not supported"):
         await session.get("http://127.0.0.1:1/", trace_request_ctx={"a": 1})
 
