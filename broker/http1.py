@@ -20,6 +20,7 @@ read (``_BUFSIZE``) is held per connection.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,8 @@ def _drop_body(data: bytes) -> None:
 
 def _disconnected() -> ConnectionFailure:
     return ConnectionFailure("disconnected", "Server disconnected")
+
+_MARK_TLS_CLOSED = sys.version_info < (3, 11)
 
 
 class HTTP1Connection(asyncio.BufferedProtocol):
@@ -127,6 +130,10 @@ class HTTP1Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if _MARK_TLS_CLOSED and self.transport is not None:
+            # Python 3.10's TLS transport is not marked closed when its peer leaves (a
+            # ResourceWarning when collected); closing it now does nothing else.
+            self.transport.close()
         if not self._lost.done():
             self._lost.set_result(None)
         ex = self.exchange

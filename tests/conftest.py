@@ -87,7 +87,11 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     ``handler_cancellation=True`` cancels a handler when its client goes away (aiohttp's
     option), so a handler that holds a request can notice the client leave."""
     runners: list[web.AppRunner] = []
-    tls_runners: list[web.AppRunner] = []
+    tls_transports: list[asyncio.BaseTransport] = []
+
+    async def note_transport(request: web.Request, response: web.StreamResponse) -> None:
+        if request.transport is not None:
+            tls_transports.append(request.transport)
 
     async def start(
         app: web.Application,
@@ -97,24 +101,22 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
         host: str = "127.0.0.1",
     ) -> str:
         """With ``ssl_context`` the app serves https; the URL names ``host``."""
+        if ssl_context is not None:
+            app.on_response_prepare.append(note_transport)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=handler_cancellation)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         runners.append(runner)
-        if ssl_context is not None:
-            tls_runners.append(runner)
         port = runner.addresses[0][1]
         return f"{'https' if ssl_context else 'http'}://{host}:{port}"
 
     yield start
-    for runner in tls_runners:
-        # A TLS connection a client keeps idle (a broker outlives the test) would wait
-        # for its close_notify past this test's loop: abort them instead.
-        assert runner.server is not None
-        for handler in list(runner.server.connections):
-            if handler.transport is not None:
-                handler.transport.abort()
+    # A TLS connection a client keeps idle (a broker outlives the test) would wait for
+    # its close_notify past this test's loop: abort them instead. Python 3.10's TLS
+    # transport also needs it after its peer left (aiohttp's server never closes it).
+    for transport in tls_transports:
+        transport.abort()
     for runner in runners:
         await runner.cleanup()
 
