@@ -16,8 +16,9 @@ with two sets of proxy credentials, never share a slot.
   ``proxy_status`` failure (aiohttp's ``ClientHttpProxyError``) with its status, reason
   and headers.
 - An ``https://`` proxy: TLS to the proxy first, under the request's TLS settings (as
-  aiohttp's proxy request takes the request's ``ssl``) against the proxy's host name,
-  then as above; an https origin is then TLS in TLS, which asyncio has from Python 3.11 (or
+  aiohttp's proxy request takes the request's ``ssl``) against the proxy's host name
+  (for a plain-http origin, a pinned fingerprint is checked on it: it is the only TLS
+  peer, and ``Fingerprint`` means an unverified context), then as above; an https origin is then TLS in TLS, which asyncio has from Python 3.11 (or
   uvloop): on 3.10 such a request is refused.
 
 Failing to reach the proxy is ``proxy_connect`` (host and port of the proxy); its name
@@ -193,6 +194,8 @@ async def dial_proxy(
         dialer, proxy, key, timeout, deadline, ctx if proxy.tls else None
     )
     if scheme != "https":
+        if proxy.tls and key[3][1]:  # the proxy is the only TLS peer: the pin is its
+            dialer.check_fingerprint(conn, key[3][1])
         return conn
     assert ctx is not None and server_hostname is not None
     try:

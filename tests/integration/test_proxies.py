@@ -21,7 +21,7 @@ from aiohttp import web
 from yarl import URL
 
 from tests.integration.proxy_server import ProxyServer
-from tests.tls_certs import Certs, server_context
+from tests.tls_certs import Certs, fingerprint_of, server_context
 from worker_client import (
     BasicAuth,
     ClientConnectorCertificateError,
@@ -33,7 +33,9 @@ from worker_client import (
     ClientSession,
     ClientTimeout,
     ConnectionTimeoutError,
+    Fingerprint,
     InvalidURL,
+    ServerFingerprintMismatch,
     TCPConnector,
     create_default_context,
 )
@@ -351,6 +353,29 @@ async def test_an_untrusted_https_proxy_is_a_certificate_error(
     with pytest.raises(ClientConnectorCertificateError) as info:
         await make_session().get(origin + "/", proxy=tls_proxy.url)
     assert (info.value.host, info.value.port) == ("127.0.0.1", tls_proxy.port)
+
+
+async def test_a_pin_is_checked_on_an_https_proxy_when_it_is_the_only_tls(
+    origin: str,
+    make_session: Callable[..., ClientSession],
+    tls_proxy: ProxyServer,
+    tls_certs: Certs,
+) -> None:
+    """ssl=Fingerprint(...) means an unverified context: for a plain-http origin the
+    https:// proxy is the only TLS peer, so the pin is checked on it (as aiohttp checks
+    the request's ssl= on its proxy request), before any credential goes to it."""
+    session = make_session()
+    wrong = Fingerprint(b"\x01" * 32)
+    with pytest.raises(ServerFingerprintMismatch) as info:
+        await session.get(
+            origin + "/", proxy=tls_proxy.url, proxy_auth=BasicAuth(USER, PASSWORD), ssl=wrong
+        )
+    assert info.value.got == fingerprint_of(tls_certs.server)
+    assert info.value.port == tls_proxy.port
+    right = Fingerprint(fingerprint_of(tls_certs.server))
+    async with session.get(origin + "/pinned", proxy=tls_proxy.url, ssl=right) as resp:
+        seen = await resp.json()
+    assert seen["path"] == "/pinned" and "proxy.py" in seen["via"]
 
 
 async def test_a_proxy_silent_after_connect_times_out_and_is_closed(
