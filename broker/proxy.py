@@ -23,8 +23,10 @@ with two sets of proxy credentials, never share a slot.
 
 Failing to reach the proxy is ``proxy_connect`` (host and port of the proxy); its name
 failing to resolve is ``dns``, as in aiohttp. Every wait (the connect, the answer to
-CONNECT, the TLS handshake) ends at the request's connect deadline, and a cancel at any
-point closes what was opened. Nothing here uses ``asyncio.wait_for``.
+CONNECT, the TLS handshake) ends at the request's connect deadline, each TCP connect and
+the TLS handshake in the tunnel also at ``sock_connect`` (as aiohttp's), and a cancel at
+any point closes what was opened. TLS connections here take the pool's
+``ssl_shutdown_timeout`` as direct ones do. Nothing here uses ``asyncio.wait_for``.
 
 Bounds: the answer to CONNECT is read up to ``MAX_CONNECT_HEAD`` bytes (its head; a
 longer one is a ``bad_response``), at most ``_LIMITS`` headers of ``_LIMITS`` bytes; the
@@ -199,7 +201,7 @@ async def dial_proxy(
         return conn
     assert ctx is not None and server_hostname is not None
     try:
-        conn = await _tunnel(dialer, conn, proxy, key, deadline, ctx, server_hostname)
+        conn = await _tunnel(dialer, conn, proxy, key, timeout, deadline, ctx, server_hostname)
     except BaseException:
         conn.abort()
         raise
@@ -219,6 +221,7 @@ async def _connect_to_proxy(
     """A connection to the proxy itself; ``tls``: the context for an ``https://`` one."""
     loop = dialer._loop
     fields: dict[str, Any] = {"host": proxy.host, "port": proxy.port, "ssl": proxy.tls}
+    extra = dialer.tls_kwargs() if tls else {}
     try:
         addrs = await dialer._resolve(proxy.host, proxy.port, deadline)
     except TimeoutError:
@@ -238,6 +241,7 @@ async def _connect_to_proxy(
             ssl=tls,
             server_hostname=proxy.host if tls else None,
             local_addr=dialer.spec.local_addr,
+            **extra,
         )
         for addr in addrs
     ]
@@ -345,6 +349,7 @@ async def _tunnel(
     conn: HTTP1Connection,
     proxy: Proxy,
     key: tuple[Any, ...],
+    timeout: ClientTimeout,
     deadline: float | None,
     ctx: ssl_mod.SSLContext,
     server_hostname: str,
@@ -377,8 +382,13 @@ async def _tunnel(
     finally:
         transport.set_protocol(conn)  # closing it now tells conn, as usual
     handshake = loop.create_task(
-        loop.start_tls(transport, conn, ctx, server_hostname=server_hostname)
+        loop.start_tls(
+            transport, conn, ctx, server_hostname=server_hostname, **dialer.tls_kwargs()
+        )
     )
+    if timeout.sock_connect:  # as aiohttp's _start_tls_connection
+        ends = loop.time() + timeout.sock_connect
+        deadline = ends if deadline is None else min(deadline, ends)
     try:
         await _until(handshake, deadline, loop)
     except BaseException as exc:
