@@ -18,8 +18,9 @@ with two sets of proxy credentials, never share a slot.
 - An ``https://`` proxy: TLS to the proxy first, under the request's TLS settings (as
   aiohttp's proxy request takes the request's ``ssl``) against the proxy's host name
   (for a plain-http origin, a pinned fingerprint is checked on it: it is the only TLS
-  peer, and ``Fingerprint`` means an unverified context), then as above; an https origin is then TLS in TLS, which asyncio has from Python 3.11 (or
-  uvloop): on 3.10 such a request is refused.
+  peer, and ``Fingerprint`` means an unverified context), then as above; an https
+  origin is then TLS in TLS, which asyncio has from Python 3.11 (or uvloop): on 3.10
+  such a request is refused.
 
 Failing to reach the proxy is ``proxy_connect`` (host and port of the proxy); its name
 failing to resolve is ``dns``, as in aiohttp. Every wait (the connect, the answer to

@@ -444,7 +444,8 @@ async def test_a_tunnel_takes_the_pools_ssl_shutdown_timeout(
     close_notify's grace, aiohttp 3.14), as a direct TLS connection does."""
     registry = Registry(asyncio.get_running_loop())
     pool = registry.pool_for(encode_pool(PoolSpec(ssl_shutdown_timeout=2.5)))
-    tls = TlsSpec(system_store=False, ca_certs=(ssl.PEM_cert_to_DER_cert(tls_certs.ca.read_text()),))
+    ca = ssl.PEM_cert_to_DER_cert(tls_certs.ca.read_text())
+    tls = TlsSpec(system_store=False, ca_certs=(ca,))
     proxy = hop_proxy(
         encode_proxy(ProxyRoute(https=ProxySpec(url=open_proxy.url))),
         URL(https_origin), URL(https_origin).port or 443,
