@@ -261,18 +261,25 @@ async def _connect_to_proxy(
 
 
 class _ConnectAnswer(asyncio.Protocol):
-    """Reads the proxy's answer to CONNECT, up to the end of its head (bounded)."""
+    """Reads the proxy's answer to CONNECT, up to the end of its head (bounded), then
+    stops reading: whatever the proxy sends next stays in the socket for TLS to read
+    (and fail on), never dropped here nor seen by the idle connection before
+    ``start_tls`` takes the transport."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
         self.buf = bytearray()
         self.done: asyncio.Future[bytes] = loop.create_future()
+        self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.done.done():
+        if self.done.done():  # read before the pause took effect: spoils the tunnel
+            self.buf += data
             return
+        start = max(len(self.buf) - 3, 0)  # a trickled head is scanned once, not again
         self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
+        end = self.buf.find(b"\r\n\r\n", start)
         if end >= 0:
+            self._transport.pause_reading()
             self.done.set_result(bytes(self.buf))
         elif len(self.buf) > MAX_CONNECT_HEAD:
             self._fail(
@@ -359,7 +366,7 @@ async def _tunnel(
     loop = dialer._loop
     transport = conn.transport
     assert transport is not None
-    reader = _ConnectAnswer(loop)
+    reader = _ConnectAnswer(loop, transport)
     transport.set_protocol(reader)
     try:
         transport.write(_connect_head(proxy, host, port))
@@ -369,7 +376,7 @@ async def _tunnel(
             raise connect_timeout(key) from None
         got = reader.done.result()
         status, answer = _parse_answer(got)
-        if status == 200 and not got.endswith(b"\r\n\r\n"):
+        if status == 200 and not reader.buf.endswith(b"\r\n\r\n"):
             # TLS is ours to begin: a proxy that sent more has spoiled the tunnel
             raise ConnectionFailure("bad_response", "bytes after the proxy's answer to CONNECT")
         if status != 200:

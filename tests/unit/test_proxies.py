@@ -220,14 +220,38 @@ def test_connect_answer_parsing() -> None:
         _parse_answer(b"HTTP/1.1 200 OK\r\n" + many + b"\r\n")
 
 
+class _Transport:
+    """What ``_ConnectAnswer`` asks of its transport."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+
 async def test_connect_answer_is_bounded() -> None:
-    reader = _ConnectAnswer(asyncio.get_running_loop())
+    reader = _ConnectAnswer(asyncio.get_running_loop(), _Transport())  # type: ignore[arg-type]
     reader.data_received(b"HTTP/1.1 200 OK\r\n")
     reader.data_received(b"X: " + b"a" * MAX_CONNECT_HEAD)
     assert reader.done.done()
     with pytest.raises(ConnectionFailure, match="over"):
         reader.done.result()
-    reader = _ConnectAnswer(asyncio.get_running_loop())
+    reader = _ConnectAnswer(asyncio.get_running_loop(), _Transport())  # type: ignore[arg-type]
     reader.data_received(b"HTTP/1.1 200 OK\r\n\r")
     reader.data_received(b"\n")
     assert reader.done.result() == b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+async def test_connect_answer_stops_reading_at_the_end_of_its_head() -> None:
+    """Bytes after the answer stay in the socket for TLS (which fails on them): none is
+    dropped, and none reaches the connection before start_tls takes the transport."""
+    transport = _Transport()
+    reader = _ConnectAnswer(asyncio.get_running_loop(), transport)  # type: ignore[arg-type]
+    for byte in b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\n":  # one byte at a time
+        assert transport.reading
+        reader.data_received(bytes([byte]))
+    assert not transport.reading
+    assert reader.done.result() == b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\n"
+    reader.data_received(b"\x16\x03")  # came in before the pause took effect
+    assert not reader.buf.endswith(b"\r\n\r\n")  # _tunnel refuses such a tunnel
