@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import hmac
+import os
 import ssl as ssl_mod
 import sys
 from typing import Any, NamedTuple
@@ -55,7 +58,9 @@ from .exchange import DEFAULT_LIMITS
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 
-__all__ = ["MAX_CONNECT_HEAD", "Proxy", "absolute_target", "dial_proxy", "hop_proxy"]
+__all__ = [
+    "MAX_CONNECT_HEAD", "Proxy", "absolute_target", "dial_proxy", "hop_proxy", "proxy_label",
+]
 
 MAX_CONNECT_HEAD = 64 * 1024
 _LIMITS = DEFAULT_LIMITS
@@ -83,6 +88,7 @@ class _Route(NamedTuple):
     no_proxy: tuple[str, ...]
 
 
+_LABEL_SECRET = os.urandom(16)
 _routes: dict[bytes, _Route] = {}
 _proxies: dict[bytes, Proxy] = {}
 
@@ -97,11 +103,20 @@ def _checked(spec: ProxySpec, key: bytes) -> Proxy:
     try:
         url = URL(spec.url, encoded=True)
         port = url.port
-        problem = url.scheme not in ("http", "https") or not url.raw_host or url_problem(url)
+        problem = (
+            url.scheme not in ("http", "https")
+            or not url.raw_host
+            or url_problem(url)
+            # credentials go in ``authorization`` only: never in a URL that labels and
+            # figures show; and one proxy, one URL (hence one key)
+            or "@" in url.raw_authority
+            or url.raw_path != "/"
+            or bool(url.raw_query_string or url.raw_fragment)
+        )
     except (ValueError, TypeError):
         problem = True
     if problem or port is None:
-        raise _bad(f"the proxy URL {spec.url!r} is not http(s)://host[:port]")
+        raise _bad(f"the proxy URL {_redacted(spec.url)!r} is not http(s)://host[:port]")
     if FORBIDDEN_VALUE_RE.search(spec.authorization):
         raise _bad("the Proxy-Authorization value has a control character")
     for name, value in spec.headers:
@@ -115,6 +130,22 @@ def _checked(spec: ProxySpec, key: bytes) -> Proxy:
         key, spec.url, url.raw_host, port, url.scheme == "https", spec.authorization,
         spec.headers, extra,
     )
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+
+
+def proxy_label(key: bytes) -> str:
+    """How figures name the proxy of a pool key: its URL, and for one with credentials
+    or headers a digest keyed by a secret of this process (two sets of credentials, two
+    entries; the digest tells nothing of them, even to a guess)."""
+    proxy = proxy_for_key(key)
+    if not (proxy.authorization or proxy.headers):
+        return proxy.url
+    digest = hmac.new(_LABEL_SECRET, key, hashlib.sha256).hexdigest()[:12]
+    return f"{proxy.url} ({digest})"
 
 
 def _proxy(spec: ProxySpec) -> Proxy:

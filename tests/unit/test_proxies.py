@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
+from broker.connector import _label
+from broker.dialer import NO_TLS
 from broker.exchange import build_head
 from broker.failures import ConnectionFailure
 from broker.proxy import (
@@ -167,12 +169,38 @@ def test_hop_proxy_by_scheme_and_no_proxy() -> None:
         ProxySpec(url="http://a.test", authorization="Basic x\r\nEvil: 1"),
         ProxySpec(url="http://a.test", headers=(("Bad Name", "v"),)),
         ProxySpec(url="http://a.test", headers=(("X", "v\nw"),)),
+        ProxySpec(url="http://user:secret@a.test:1"),  # credentials in a URL figures show
+        ProxySpec(url="http://a.test:1/path"),
+        ProxySpec(url="http://a.test:1?q=1"),
     ],
 )
 def test_engine_refuses_proxy_settings_that_could_add_a_line(spec: ProxySpec) -> None:
     with pytest.raises(ConnectionFailure) as info:
         hop_proxy(_route(http=spec), URL("http://site.test/"), 80)
     assert info.value.code == "protocol"
+    assert "secret" not in str(info.value)
+
+
+def test_figures_label_each_set_of_proxy_credentials_apart_without_showing_them() -> None:
+    """Two workers' connections through one proxy with their own credentials are two
+    entries of a pool's figures (not one overwriting the other), and no label shows a
+    credential."""
+    auth = [BasicAuth("alice", "s3cret").encode(), BasicAuth("bob", "hunter2").encode()]
+    keys = [
+        hop_proxy(_route(http=ProxySpec(url="http://p.test:3128", authorization=a)),
+                  URL("http://site.test/"), 80)
+        for a in (*auth, "")
+    ]
+    labels = [
+        _label(("http", "site.test", 80, NO_TLS, proxy.key)) for proxy in keys if proxy
+    ]
+    assert len(set(labels)) == 3
+    assert labels[2] == "http://site.test:80 via http://p.test:3128"
+    for label in labels:
+        assert label.startswith("http://site.test:80 via http://p.test:3128")
+        for a in auth:
+            assert a not in label and a.split()[1] not in label
+        assert "s3cret" not in label and "hunter2" not in label
 
 
 def test_engine_refuses_an_undecodable_route() -> None:
