@@ -277,6 +277,10 @@ async def test_https_through_an_authenticating_proxy(
     err = info.value
     assert err.status == 407
     assert err.message == "Proxy Authentication Required"
+    # aiohttp's request_info is the CONNECT request's, without its credentials
+    assert err.request_info.method == "CONNECT"
+    assert err.request_info.url == URL(https_origin + "/")
+    assert "Proxy-Authorization" not in err.request_info.headers
     assert err.headers is not None and err.headers["Proxy-Authenticate"].startswith("Basic")
 
 
@@ -595,8 +599,9 @@ async def test_trust_env_proxy_is_chosen_per_hop_with_its_own_credentials(
     async with session.get(origin + "/direct") as resp:
         assert (await resp.json())["through"] == auth_proxy.url
     with pytest.raises(ClientHttpProxyError) as info:
-        await session.get(origin + "/redirect", params={"to": https_origin + "/"})
+        await session.get(origin + "/redirect", params={"to": https_origin + "/to"})
     assert info.value.status == 407
+    assert info.value.request_info.url == URL(https_origin + "/to")  # the hop's, not the first
     monkeypatch.setenv("https_proxy", with_creds)
     async with session.get(origin + "/redirect", params={"to": https_origin + "/x"}) as resp:
         seen = await resp.json()
