@@ -50,7 +50,7 @@ import httptools
 import msgspec
 from yarl import URL
 
-from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, proxy_bypass, url_problem
+from shared.rules import FORBIDDEN_VALUE_RE, proxy_bypass, proxy_header_problem, url_problem
 from shared.specs import ClientTimeout, ProxyRoute, ProxySpec, TlsSpec, decode_proxy
 
 from .dialer import Dialer, connect_timeout, tls_failure
@@ -99,7 +99,7 @@ def _bad(message: str) -> ConnectionFailure:
 
 def _checked(spec: ProxySpec, key: bytes) -> Proxy:
     """The broker checks again what the worker checked: nothing in a proxy's settings
-    may add a line to a head written on a connection."""
+    may add a line to a head written on a connection, nor frame it."""
     try:
         url = URL(spec.url, encoded=True)
         port = url.port
@@ -120,8 +120,9 @@ def _checked(spec: ProxySpec, key: bytes) -> Proxy:
     if FORBIDDEN_VALUE_RE.search(spec.authorization):
         raise _bad("the Proxy-Authorization value has a control character")
     for name, value in spec.headers:
-        if not TOKEN_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
-            raise _bad(f"the proxy header {name!r} is invalid")
+        header_problem = proxy_header_problem(name, value)
+        if header_problem is not None:
+            raise _bad(header_problem)
     extra = list(spec.headers)
     if spec.authorization:
         extra.append(("Proxy-Authorization", spec.authorization))

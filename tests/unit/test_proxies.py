@@ -93,6 +93,18 @@ def test_bad_proxy_header_is_refused() -> None:
         fixed_route("http://proxy.test", None, {"X-A": "1\r\nEvil: yes"})
 
 
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Host"])
+def test_framing_headers_are_not_proxy_headers(name: str) -> None:
+    """A Content-Length among proxy_headers would frame a forwarded request's streamed
+    body (or the CONNECT's) apart from what is sent: the proxy would read the rest of
+    it as the next request on a connection other requests share."""
+    with pytest.raises(ValueError, match="frames its own"):
+        fixed_route("http://proxy.test", None, {name: "5"})
+    data = _route(http=ProxySpec(url="http://a.test:1", headers=((name, "5"),)))
+    with pytest.raises(ConnectionFailure, match="frames its own"):
+        hop_proxy(data, URL("http://site.test/"), 80)
+
+
 def test_fixed_route_serves_both_schemes_and_is_kept() -> None:
     data = fixed_route("http://proxy.test:3128", None, None)
     assert fixed_route(URL("http://proxy.test:3128"), None, None) is data
