@@ -205,8 +205,11 @@ def _env_route(
         if url.scheme == "https":
             log.warning("HTTPS proxies %s are not supported, ignoring", url.with_user(None))
             continue
-        auth = BasicAuth.from_url(url) or _from_netrc(obj, url.host)
-        specs[scheme] = proxy_spec(url.with_user(None), auth, None)
+        auth = BasicAuth.from_url(url)  # aiohttp's strip_auth_from_url
+        if auth is not None:
+            url = url.with_user(None)
+        # a value such as "host:port" (no scheme, no host) is InvalidURL, as in aiohttp
+        specs[scheme] = proxy_spec(url, auth or _from_netrc(obj, url.host), None)
     return ProxyRoute(
         http=specs.get("http"),
         https=specs.get("https"),

@@ -142,6 +142,14 @@ async def test_env_route_as_urllib_reads_the_environment(
     assert await env.route() is await env.route()  # unchanged: the same encoding
 
 
+async def test_env_proxy_without_a_scheme_is_invalid_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp fails such a request with InvalidURL too (the proxy URL has no host)."""
+    _clear_env(monkeypatch)
+    monkeypatch.setenv("http_proxy", "proxy.test:3128")
+    with pytest.raises(InvalidURL):
+        await EnvProxies().route()
+
+
 async def test_env_https_proxy_is_ignored_as_in_aiohttp(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
