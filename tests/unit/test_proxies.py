@@ -14,6 +14,7 @@ from broker.connector import _label
 from broker.dialer import NO_TLS
 from broker.exchange import build_head
 from broker.failures import ConnectionFailure
+from broker.http1 import HTTP1Connection
 from broker.proxy import (
     MAX_CONNECT_HEAD,
     _connect_head,
@@ -303,3 +304,19 @@ async def test_connect_answer_stops_reading_at_the_end_of_its_head() -> None:
     assert reader.done.result() == b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\n"
     reader.data_received(b"\x16\x03")  # came in before the pause took effect
     assert not reader.buf.endswith(b"\r\n\r\n")  # _tunnel refuses such a tunnel
+
+
+async def test_a_proxied_connections_repr_shows_no_credential() -> None:
+    auth = BasicAuth("alice", "s3cret").encode()
+    proxy = hop_proxy(
+        _route(http=ProxySpec(url="http://p.test:3128", authorization=auth)),
+        URL("http://site.test/"), 80,
+    )
+    assert proxy is not None
+    conn = HTTP1Connection(asyncio.get_running_loop())
+    conn.key = ("http", "site.test", 80, NO_TLS, proxy.key)
+    text = repr(conn)
+    assert "site.test:80 via http://p.test:3128" in text
+    assert auth.split()[1] not in text
+    conn.key = ("http", "site.test", 80, NO_TLS, b"")
+    assert "site.test" in repr(conn)
