@@ -42,6 +42,7 @@ import functools
 import hashlib
 import hmac
 import os
+import re
 import ssl as ssl_mod
 import sys
 from typing import Any, NamedTuple
@@ -292,16 +293,20 @@ async def _connect_to_proxy(
         ) from None
 
 
+_INFORMATIONAL = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9][0-9]")  # 1xx but 101
+
+
 class _ConnectAnswer(asyncio.Protocol):
-    """Reads the proxy's answer to CONNECT, up to the end of its head (bounded), then
-    stops reading: whatever the proxy sends next stays in the socket for TLS to read
-    (and fail on), never dropped here nor seen by the idle connection before
-    ``start_tls`` takes the transport."""
+    """Reads the proxy's answer to CONNECT, up to the end of its head (after any 1xx
+    answers; ``MAX_CONNECT_HEAD`` bytes in all), then stops reading: whatever the proxy
+    sends next stays in the socket for TLS to read (and fail on), never dropped here nor
+    seen by the idle connection before ``start_tls`` takes the transport."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
         self.buf = bytearray()
         self.done: asyncio.Future[bytes] = loop.create_future()
         self._transport = transport
+        self._read = 0  # with the 1xx answers skipped before the final one
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():  # read before the pause took effect: spoils the tunnel
@@ -309,11 +314,18 @@ class _ConnectAnswer(asyncio.Protocol):
             return
         start = max(len(self.buf) - 3, 0)  # a trickled head is scanned once, not again
         self.buf += data
+        self._read += len(data)
         end = self.buf.find(b"\r\n\r\n", start)
+        skip = 0
+        while end >= 0 and _INFORMATIONAL.match(self.buf, skip):  # as aiohttp skips them
+            skip = end + 4
+            end = self.buf.find(b"\r\n\r\n", skip)
+        if skip:
+            del self.buf[:skip]
         if end >= 0:
             self._transport.pause_reading()
             self.done.set_result(bytes(self.buf))
-        elif len(self.buf) > MAX_CONNECT_HEAD:
+        elif self._read > MAX_CONNECT_HEAD:
             self._fail(
                 ConnectionFailure(
                     "bad_response",

@@ -320,3 +320,21 @@ async def test_a_proxied_connections_repr_shows_no_credential() -> None:
     assert auth.split()[1] not in text
     conn.key = ("http", "site.test", 80, NO_TLS, b"")
     assert "site.test" in repr(conn)
+
+
+async def test_connect_answer_skips_informational_answers_as_aiohttp() -> None:
+    """aiohttp's ClientResponse.start reads past 1xx answers (but 101) to the final one;
+    the 1xx count against the bound."""
+    transport = _Transport()
+    reader = _ConnectAnswer(asyncio.get_running_loop(), transport)  # type: ignore[arg-type]
+    reader.data_received(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n")
+    reader.data_received(b"\r\nHTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+    assert reader.done.result() == b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"
+    reader = _ConnectAnswer(asyncio.get_running_loop(), _Transport())  # type: ignore[arg-type]
+    reader.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert reader.done.result().startswith(b"HTTP/1.1 101")  # final (and refused)
+    reader = _ConnectAnswer(asyncio.get_running_loop(), _Transport())  # type: ignore[arg-type]
+    for _ in range(MAX_CONNECT_HEAD // 16):
+        reader.data_received(b"HTTP/1.1 100 \r\n\r\n")
+    with pytest.raises(ConnectionFailure, match="over"):
+        reader.done.result()
