@@ -14,7 +14,7 @@ from .dialer import NO_TLS, ConnKey, Dialer, connect_timeout
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 from .pool_state import NEW, Decision, PoolState, _New
-from .proxy import dial_proxy, proxy_for_key
+from .proxy import dial_proxy, proxy_label
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver
 from .stream import BrokerStream
@@ -366,7 +366,7 @@ def _label(key: Any) -> str:
         if server_hostname:
             label += f" server_hostname={server_hostname}"
     if key[4]:
-        label += f" via {proxy_for_key(key[4]).url}"
+        label += f" via {proxy_label(key[4])}"
     return label
 
 

@@ -234,7 +234,12 @@ class Engine:
         if turn is not None:
             await stream.wait(turn)
         for attempt in (0, 1):
-            conn = await pool.acquire(key, timeout, stream, tls)
+            try:
+                conn = await pool.acquire(key, timeout, stream, tls)
+            except ConnectionFailure as exc:
+                if exc.code == "proxy_status":  # aiohttp's CONNECT request_info: the hop's
+                    exc.fields["url"] = str(url)
+                raise
             try:
                 if stream.finished:  # given up while connecting
                     raise StreamStopped()

@@ -86,7 +86,13 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             state = "closed"
         else:
             state = "idle" if self.exchange.recv is R_IDLE else "active"
-        return f"<HTTP1Connection {self.key} {state}>"
+        key = self.key
+        if key is not None and len(key) > 4 and key[4]:
+            # the key's last element encodes the proxy's credentials: its label instead
+            from .connector import _label  # (connector imports this module)
+
+            key = _label(key)
+        return f"<HTTP1Connection {key} {state}>"
 
     # -- asyncio callbacks ---------------------------------------------------------
 

@@ -16,14 +16,18 @@ with two sets of proxy credentials, never share a slot.
   ``proxy_status`` failure (aiohttp's ``ClientHttpProxyError``) with its status, reason
   and headers.
 - An ``https://`` proxy: TLS to the proxy first, under the request's TLS settings (as
-  aiohttp's proxy request takes the request's ``ssl``) against the proxy's host name,
-  then as above; an https origin is then TLS in TLS, which asyncio has from Python 3.11 (or
-  uvloop): on 3.10 such a request is refused.
+  aiohttp's proxy request takes the request's ``ssl``) against the proxy's host name
+  (for a plain-http origin, a pinned fingerprint is checked on it: it is the only TLS
+  peer, and ``Fingerprint`` means an unverified context), then as above; an https
+  origin is then TLS in TLS, which asyncio has from Python 3.11 (or uvloop): on 3.10
+  such a request is refused.
 
 Failing to reach the proxy is ``proxy_connect`` (host and port of the proxy); its name
 failing to resolve is ``dns``, as in aiohttp. Every wait (the connect, the answer to
-CONNECT, the TLS handshake) ends at the request's connect deadline, and a cancel at any
-point closes what was opened. Nothing here uses ``asyncio.wait_for``.
+CONNECT, the TLS handshake) ends at the request's connect deadline, each TCP connect and
+the TLS handshake in the tunnel also at ``sock_connect`` (as aiohttp's), and a cancel at
+any point closes what was opened. TLS connections here take the pool's
+``ssl_shutdown_timeout`` as direct ones do. Nothing here uses ``asyncio.wait_for``.
 
 Bounds: the answer to CONNECT is read up to ``MAX_CONNECT_HEAD`` bytes (its head; a
 longer one is a ``bad_response``), at most ``_LIMITS`` headers of ``_LIMITS`` bytes; the
@@ -35,6 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import hmac
+import os
+import re
 import ssl as ssl_mod
 import sys
 from typing import Any, NamedTuple
@@ -43,7 +51,7 @@ import httptools
 import msgspec
 from yarl import URL
 
-from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, proxy_bypass, url_problem
+from shared.rules import FORBIDDEN_VALUE_RE, proxy_bypass, proxy_header_problem, url_problem
 from shared.specs import ClientTimeout, ProxyRoute, ProxySpec, TlsSpec, decode_proxy
 
 from .dialer import Dialer, connect_timeout, tls_failure
@@ -51,7 +59,9 @@ from .exchange import DEFAULT_LIMITS
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 
-__all__ = ["MAX_CONNECT_HEAD", "Proxy", "absolute_target", "dial_proxy", "hop_proxy"]
+__all__ = [
+    "MAX_CONNECT_HEAD", "Proxy", "absolute_target", "dial_proxy", "hop_proxy", "proxy_label",
+]
 
 MAX_CONNECT_HEAD = 64 * 1024
 _LIMITS = DEFAULT_LIMITS
@@ -79,6 +89,7 @@ class _Route(NamedTuple):
     no_proxy: tuple[str, ...]
 
 
+_LABEL_SECRET = os.urandom(16)
 _routes: dict[bytes, _Route] = {}
 _proxies: dict[bytes, Proxy] = {}
 
@@ -89,20 +100,30 @@ def _bad(message: str) -> ConnectionFailure:
 
 def _checked(spec: ProxySpec, key: bytes) -> Proxy:
     """The broker checks again what the worker checked: nothing in a proxy's settings
-    may add a line to a head written on a connection."""
+    may add a line to a head written on a connection, nor frame it."""
     try:
         url = URL(spec.url, encoded=True)
         port = url.port
-        problem = url.scheme not in ("http", "https") or not url.raw_host or url_problem(url)
+        problem = (
+            url.scheme not in ("http", "https")
+            or not url.raw_host
+            or url_problem(url)
+            # credentials go in ``authorization`` only: never in a URL that labels and
+            # figures show; and one proxy, one URL (hence one key)
+            or "@" in url.raw_authority
+            or url.raw_path != "/"
+            or bool(url.raw_query_string or url.raw_fragment)
+        )
     except (ValueError, TypeError):
         problem = True
     if problem or port is None:
-        raise _bad(f"the proxy URL {spec.url!r} is not http(s)://host[:port]")
+        raise _bad(f"the proxy URL {_redacted(spec.url)!r} is not http(s)://host[:port]")
     if FORBIDDEN_VALUE_RE.search(spec.authorization):
         raise _bad("the Proxy-Authorization value has a control character")
     for name, value in spec.headers:
-        if not TOKEN_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
-            raise _bad(f"the proxy header {name!r} is invalid")
+        header_problem = proxy_header_problem(name, value)
+        if header_problem is not None:
+            raise _bad(header_problem)
     extra = list(spec.headers)
     if spec.authorization:
         extra.append(("Proxy-Authorization", spec.authorization))
@@ -111,6 +132,22 @@ def _checked(spec: ProxySpec, key: bytes) -> Proxy:
         key, spec.url, url.raw_host, port, url.scheme == "https", spec.authorization,
         spec.headers, extra,
     )
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
+
+
+def proxy_label(key: bytes) -> str:
+    """How figures name the proxy of a pool key: its URL, and for one with credentials
+    or headers a digest keyed by a secret of this process (two sets of credentials, two
+    entries; the digest tells nothing of them, even to a guess)."""
+    proxy = proxy_for_key(key)
+    if not (proxy.authorization or proxy.headers):
+        return proxy.url
+    digest = hmac.new(_LABEL_SECRET, key, hashlib.sha256).hexdigest()[:12]
+    return f"{proxy.url} ({digest})"
 
 
 def _proxy(spec: ProxySpec) -> Proxy:
@@ -193,10 +230,12 @@ async def dial_proxy(
         dialer, proxy, key, timeout, deadline, ctx if proxy.tls else None
     )
     if scheme != "https":
+        if proxy.tls and key[3][1]:  # the proxy is the only TLS peer: the pin is its
+            dialer.check_fingerprint(conn, key[3][1])
         return conn
     assert ctx is not None and server_hostname is not None
     try:
-        conn = await _tunnel(dialer, conn, proxy, key, deadline, ctx, server_hostname)
+        conn = await _tunnel(dialer, conn, proxy, key, timeout, deadline, ctx, server_hostname)
     except BaseException:
         conn.abort()
         raise
@@ -216,6 +255,7 @@ async def _connect_to_proxy(
     """A connection to the proxy itself; ``tls``: the context for an ``https://`` one."""
     loop = dialer._loop
     fields: dict[str, Any] = {"host": proxy.host, "port": proxy.port, "ssl": proxy.tls}
+    extra = dialer.tls_kwargs() if tls else {}
     try:
         addrs = await dialer._resolve(proxy.host, proxy.port, deadline)
     except TimeoutError:
@@ -235,6 +275,7 @@ async def _connect_to_proxy(
             ssl=tls,
             server_hostname=proxy.host if tls else None,
             local_addr=dialer.spec.local_addr,
+            **extra,
         )
         for addr in addrs
     ]
@@ -252,21 +293,39 @@ async def _connect_to_proxy(
         ) from None
 
 
-class _ConnectAnswer(asyncio.Protocol):
-    """Reads the proxy's answer to CONNECT, up to the end of its head (bounded)."""
+_INFORMATIONAL = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9][0-9]")  # 1xx but 101
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+
+class _ConnectAnswer(asyncio.Protocol):
+    """Reads the proxy's answer to CONNECT, up to the end of its head (after any 1xx
+    answers; ``MAX_CONNECT_HEAD`` bytes in all), then stops reading: whatever the proxy
+    sends next stays in the socket for TLS to read (and fail on), never dropped here nor
+    seen by the idle connection before ``start_tls`` takes the transport."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
         self.buf = bytearray()
         self.done: asyncio.Future[bytes] = loop.create_future()
+        self._transport = transport
+        self._read = 0  # with the 1xx answers skipped before the final one
 
     def data_received(self, data: bytes) -> None:
-        if self.done.done():
+        if self.done.done():  # read before the pause took effect: spoils the tunnel
+            self.buf += data
             return
+        start = max(len(self.buf) - 3, 0)  # a trickled head is scanned once, not again
         self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
+        self._read += len(data)
+        end = self.buf.find(b"\r\n\r\n", start)
+        skip = 0
+        while end >= 0 and _INFORMATIONAL.match(self.buf, skip):  # as aiohttp skips them
+            skip = end + 4
+            end = self.buf.find(b"\r\n\r\n", skip)
+        if skip:
+            del self.buf[:skip]
         if end >= 0:
+            self._transport.pause_reading()
             self.done.set_result(bytes(self.buf))
-        elif len(self.buf) > MAX_CONNECT_HEAD:
+        elif self._read > MAX_CONNECT_HEAD:
             self._fail(
                 ConnectionFailure(
                     "bad_response",
@@ -342,6 +401,7 @@ async def _tunnel(
     conn: HTTP1Connection,
     proxy: Proxy,
     key: tuple[Any, ...],
+    timeout: ClientTimeout,
     deadline: float | None,
     ctx: ssl_mod.SSLContext,
     server_hostname: str,
@@ -350,7 +410,7 @@ async def _tunnel(
     loop = dialer._loop
     transport = conn.transport
     assert transport is not None
-    reader = _ConnectAnswer(loop)
+    reader = _ConnectAnswer(loop, transport)
     transport.set_protocol(reader)
     try:
         transport.write(_connect_head(proxy, host, port))
@@ -360,7 +420,7 @@ async def _tunnel(
             raise connect_timeout(key) from None
         got = reader.done.result()
         status, answer = _parse_answer(got)
-        if status == 200 and not got.endswith(b"\r\n\r\n"):
+        if status == 200 and not reader.buf.endswith(b"\r\n\r\n"):
             # TLS is ours to begin: a proxy that sent more has spoiled the tunnel
             raise ConnectionFailure("bad_response", "bytes after the proxy's answer to CONNECT")
         if status != 200:
@@ -374,8 +434,13 @@ async def _tunnel(
     finally:
         transport.set_protocol(conn)  # closing it now tells conn, as usual
     handshake = loop.create_task(
-        loop.start_tls(transport, conn, ctx, server_hostname=server_hostname)
+        loop.start_tls(
+            transport, conn, ctx, server_hostname=server_hostname, **dialer.tls_kwargs()
+        )
     )
+    if timeout.sock_connect:  # as aiohttp's _start_tls_connection
+        ends = loop.time() + timeout.sock_connect
+        deadline = ends if deadline is None else min(deadline, ends)
     try:
         await _until(handshake, deadline, loop)
     except BaseException as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "check_host_port",
     "host_header_problem",
     "proxy_bypass",
+    "proxy_header_problem",
     "url_problem",
 ]
 
@@ -128,3 +129,17 @@ def proxy_bypass(host: str, port: int, no_proxy: tuple[str, ...] | list[str]) ->
         if hostonly.endswith(name) or with_port.endswith(name):
             return True
     return False
+
+
+# The framing of a message is the client's alone: one of these among proxy_headers would
+# be a second Host, or a length the proxy reads the body (or the TLS handshake) by.
+_PROXY_FRAMING = frozenset(("host", "content-length", "transfer-encoding"))
+
+
+def proxy_header_problem(name: str, value: str) -> str | None:
+    """Why ``name: value`` may not go to a proxy among ``proxy_headers``, or None."""
+    if not TOKEN_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
+        return f"invalid proxy header {name!r}"
+    if name.lower() in _PROXY_FRAMING:
+        return f"invalid proxy header {name!r}: the client frames its own messages"
+    return None

@@ -515,6 +515,14 @@ def _request_info(f: Failure, request_info: RequestInfo | None) -> RequestInfo:
     return request_info if request_info is not None else RequestInfo(URL(f.url), "", _NO_HEADERS)
 
 
+def _connect_info(f: Failure, request_info: RequestInfo | None) -> RequestInfo:
+    """aiohttp's: the CONNECT request's (its method, the URL of the hop it was for), not
+    its headers, which hold the proxy's credentials."""
+    if not f.url:
+        return _request_info(f, request_info)
+    return RequestInfo(URL(f.url), "CONNECT", _NO_HEADERS)
+
+
 def _message(cls: Callable[[str], BaseException]) -> ErrorBuilder:
     return lambda f, ri, h: cls(f.message)
 
@@ -538,7 +546,7 @@ ERRORS: dict[ErrorCode, ErrorBuilder] = {
         _key(f), _os_error(f)
     ),
     ErrorCode.PROXY_STATUS: lambda f, ri, h: ClientHttpProxyError(
-        _request_info(f, ri), h, status=f.status, message=f.message, headers=_raw_headers(f)
+        _connect_info(f, ri), h, status=f.status, message=f.message, headers=_raw_headers(f)
     ),
     ErrorCode.CONNECT_TIMEOUT: _message(ConnectionTimeoutError),
     ErrorCode.SOCK_READ_TIMEOUT: _message(SocketTimeoutError),

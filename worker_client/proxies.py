@@ -35,7 +35,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from shared.messages import MAX_PROXY_ROUTE
-from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE
+from shared.rules import proxy_header_problem
 from shared.specs import ProxyRoute, ProxySpec, decode_proxy, encode_proxy
 
 from .exceptions import InvalidURL
@@ -76,8 +76,9 @@ def _headers(proxy_headers: Any) -> tuple[tuple[str, str], ...]:
     items = proxy_headers.items() if isinstance(proxy_headers, Mapping) else proxy_headers
     out = tuple((str(k), str(v)) for k, v in CIMultiDict(items).items())
     for name, value in out:
-        if not TOKEN_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
-            raise ValueError(f"invalid proxy header {name!r}")
+        problem = proxy_header_problem(name, value)
+        if problem is not None:
+            raise ValueError(problem)
     return out
 
 
@@ -204,8 +205,11 @@ def _env_route(
         if url.scheme == "https":
             log.warning("HTTPS proxies %s are not supported, ignoring", url.with_user(None))
             continue
-        auth = BasicAuth.from_url(url) or _from_netrc(obj, url.host)
-        specs[scheme] = proxy_spec(url.with_user(None), auth, None)
+        auth = BasicAuth.from_url(url)  # aiohttp's strip_auth_from_url
+        if auth is not None:
+            url = url.with_user(None)
+        # a value such as "host:port" (no scheme, no host) is InvalidURL, as in aiohttp
+        specs[scheme] = proxy_spec(url, auth or _from_netrc(obj, url.host), None)
     return ProxyRoute(
         http=specs.get("http"),
         https=specs.get("https"),

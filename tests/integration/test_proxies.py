@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,20 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from broker.proxy import hop_proxy
+from broker.registry import Registry
+from shared.specs import (
+    PoolSpec,
+    ProxyRoute,
+    ProxySpec,
+    TlsSpec,
+    encode_pool,
+    encode_proxy,
+    encode_tls,
+    tls_id,
+)
 from tests.integration.proxy_server import ProxyServer
-from tests.tls_certs import Certs, server_context
+from tests.tls_certs import Certs, fingerprint_of, server_context
 from worker_client import (
     BasicAuth,
     ClientConnectorCertificateError,
@@ -33,7 +46,9 @@ from worker_client import (
     ClientSession,
     ClientTimeout,
     ConnectionTimeoutError,
+    Fingerprint,
     InvalidURL,
+    ServerFingerprintMismatch,
     TCPConnector,
     create_default_context,
 )
@@ -262,6 +277,10 @@ async def test_https_through_an_authenticating_proxy(
     err = info.value
     assert err.status == 407
     assert err.message == "Proxy Authentication Required"
+    # aiohttp's request_info is the CONNECT request's, without its credentials
+    assert err.request_info.method == "CONNECT"
+    assert err.request_info.url == URL(https_origin + "/")
+    assert "Proxy-Authorization" not in err.request_info.headers
     assert err.headers is not None and err.headers["Proxy-Authenticate"].startswith("Basic")
 
 
@@ -353,6 +372,29 @@ async def test_an_untrusted_https_proxy_is_a_certificate_error(
     assert (info.value.host, info.value.port) == ("127.0.0.1", tls_proxy.port)
 
 
+async def test_a_pin_is_checked_on_an_https_proxy_when_it_is_the_only_tls(
+    origin: str,
+    make_session: Callable[..., ClientSession],
+    tls_proxy: ProxyServer,
+    tls_certs: Certs,
+) -> None:
+    """ssl=Fingerprint(...) means an unverified context: for a plain-http origin the
+    https:// proxy is the only TLS peer, so the pin is checked on it (as aiohttp checks
+    the request's ssl= on its proxy request), before any credential goes to it."""
+    session = make_session()
+    wrong = Fingerprint(b"\x01" * 32)
+    with pytest.raises(ServerFingerprintMismatch) as info:
+        await session.get(
+            origin + "/", proxy=tls_proxy.url, proxy_auth=BasicAuth(USER, PASSWORD), ssl=wrong
+        )
+    assert info.value.got == fingerprint_of(tls_certs.server)
+    assert info.value.port == tls_proxy.port
+    right = Fingerprint(fingerprint_of(tls_certs.server))
+    async with session.get(origin + "/pinned", proxy=tls_proxy.url, ssl=right) as resp:
+        seen = await resp.json()
+    assert seen["path"] == "/pinned" and "proxy.py" in seen["via"]
+
+
 async def test_a_proxy_silent_after_connect_times_out_and_is_closed(
     make_session: Callable[..., ClientSession], raw_server: Callable[..., Any]
 ) -> None:
@@ -374,6 +416,56 @@ async def test_a_proxy_silent_after_connect_times_out_and_is_closed(
         )
     await asyncio.wait_for(closed.wait(), 10)
     assert heads[0].startswith(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n")
+
+
+async def test_the_tls_handshake_in_the_tunnel_is_bounded_by_sock_connect(
+    make_session: Callable[..., ClientSession], raw_server: Callable[..., Any]
+) -> None:
+    """aiohttp's _start_tls_connection: the handshake to the origin inside the tunnel
+    ends at sock_connect (a proxy that says 200 and then nothing)."""
+    closed = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        while await reader.read(65536):  # the ClientHello, unanswered
+            pass
+        closed.set()
+
+    proxy = await raw_server(mute)
+    session = make_session()
+    with pytest.raises(ConnectionTimeoutError):
+        await session.get(
+            "https://origin.test/", proxy=proxy, timeout=ClientTimeout(total=20, sock_connect=0.3)
+        )
+    await asyncio.wait_for(closed.wait(), 10)
+
+
+async def test_a_tunnel_takes_the_pools_ssl_shutdown_timeout(
+    https_origin: str, open_proxy: ProxyServer, tls_certs: Certs
+) -> None:
+    """Below the session: TLS inside the tunnel gets the pool's ssl_shutdown_timeout (the
+    close_notify's grace, aiohttp 3.14), as a direct TLS connection does."""
+    registry = Registry(asyncio.get_running_loop())
+    pool = registry.pool_for(encode_pool(PoolSpec(ssl_shutdown_timeout=2.5)))
+    ca = ssl.PEM_cert_to_DER_cert(tls_certs.ca.read_text())
+    tls = TlsSpec(system_store=False, ca_certs=(ca,))
+    proxy = hop_proxy(
+        encode_proxy(ProxyRoute(https=ProxySpec(url=open_proxy.url))),
+        URL(https_origin), URL(https_origin).port or 443,
+    )
+    assert proxy is not None
+    url = URL(https_origin)
+    key = ("https", url.raw_host, url.port, (tls_id(encode_tls(tls)), b"", ""), proxy.key)
+    conn = await pool.acquire(key, ClientTimeout(connect=10), None, tls)  # type: ignore[arg-type]
+    try:
+        assert conn.transport is not None and conn.transport.get_extra_info("ssl_object")
+        if sys.version_info >= (3, 11):
+            assert conn.transport._ssl_protocol._ssl_shutdown_timeout == 2.5  # type: ignore[attr-defined]
+    finally:
+        conn.abort()
+        pool.give_back(conn)
+        await registry.close()
 
 
 async def test_a_request_cancelled_while_waiting_for_connect_closes_the_connection(
@@ -507,8 +599,9 @@ async def test_trust_env_proxy_is_chosen_per_hop_with_its_own_credentials(
     async with session.get(origin + "/direct") as resp:
         assert (await resp.json())["through"] == auth_proxy.url
     with pytest.raises(ClientHttpProxyError) as info:
-        await session.get(origin + "/redirect", params={"to": https_origin + "/"})
+        await session.get(origin + "/redirect", params={"to": https_origin + "/to"})
     assert info.value.status == 407
+    assert info.value.request_info.url == URL(https_origin + "/to")  # the hop's, not the first
     monkeypatch.setenv("https_proxy", with_creds)
     async with session.get(origin + "/redirect", params={"to": https_origin + "/x"}) as resp:
         seen = await resp.json()

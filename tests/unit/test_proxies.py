@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
+from broker.connector import _label
+from broker.dialer import NO_TLS
 from broker.exchange import build_head
 from broker.failures import ConnectionFailure
+from broker.http1 import HTTP1Connection
 from broker.proxy import (
     MAX_CONNECT_HEAD,
     _connect_head,
@@ -91,6 +94,18 @@ def test_bad_proxy_header_is_refused() -> None:
         fixed_route("http://proxy.test", None, {"X-A": "1\r\nEvil: yes"})
 
 
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Host"])
+def test_framing_headers_are_not_proxy_headers(name: str) -> None:
+    """A Content-Length among proxy_headers would frame a forwarded request's streamed
+    body (or the CONNECT's) apart from what is sent: the proxy would read the rest of
+    it as the next request on a connection other requests share."""
+    with pytest.raises(ValueError, match="frames its own"):
+        fixed_route("http://proxy.test", None, {name: "5"})
+    data = _route(http=ProxySpec(url="http://a.test:1", headers=((name, "5"),)))
+    with pytest.raises(ConnectionFailure, match="frames its own"):
+        hop_proxy(data, URL("http://site.test/"), 80)
+
+
 def test_fixed_route_serves_both_schemes_and_is_kept() -> None:
     data = fixed_route("http://proxy.test:3128", None, None)
     assert fixed_route(URL("http://proxy.test:3128"), None, None) is data
@@ -126,6 +141,14 @@ async def test_env_route_as_urllib_reads_the_environment(
     )
     assert route.no_proxy == ("localhost", ".internal")
     assert await env.route() is await env.route()  # unchanged: the same encoding
+
+
+async def test_env_proxy_without_a_scheme_is_invalid_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp fails such a request with InvalidURL too (the proxy URL has no host)."""
+    _clear_env(monkeypatch)
+    monkeypatch.setenv("http_proxy", "proxy.test:3128")
+    with pytest.raises(InvalidURL):
+        await EnvProxies().route()
 
 
 async def test_env_https_proxy_is_ignored_as_in_aiohttp(
@@ -167,12 +190,38 @@ def test_hop_proxy_by_scheme_and_no_proxy() -> None:
         ProxySpec(url="http://a.test", authorization="Basic x\r\nEvil: 1"),
         ProxySpec(url="http://a.test", headers=(("Bad Name", "v"),)),
         ProxySpec(url="http://a.test", headers=(("X", "v\nw"),)),
+        ProxySpec(url="http://user:secret@a.test:1"),  # credentials in a URL figures show
+        ProxySpec(url="http://a.test:1/path"),
+        ProxySpec(url="http://a.test:1?q=1"),
     ],
 )
 def test_engine_refuses_proxy_settings_that_could_add_a_line(spec: ProxySpec) -> None:
     with pytest.raises(ConnectionFailure) as info:
         hop_proxy(_route(http=spec), URL("http://site.test/"), 80)
     assert info.value.code == "protocol"
+    assert "secret" not in str(info.value)
+
+
+def test_figures_label_each_set_of_proxy_credentials_apart_without_showing_them() -> None:
+    """Two workers' connections through one proxy with their own credentials are two
+    entries of a pool's figures (not one overwriting the other), and no label shows a
+    credential."""
+    auth = [BasicAuth("alice", "s3cret").encode(), BasicAuth("bob", "hunter2").encode()]
+    keys = [
+        hop_proxy(_route(http=ProxySpec(url="http://p.test:3128", authorization=a)),
+                  URL("http://site.test/"), 80)
+        for a in (*auth, "")
+    ]
+    labels = [
+        _label(("http", "site.test", 80, NO_TLS, proxy.key)) for proxy in keys if proxy
+    ]
+    assert len(set(labels)) == 3
+    assert labels[2] == "http://site.test:80 via http://p.test:3128"
+    for label in labels:
+        assert label.startswith("http://site.test:80 via http://p.test:3128")
+        for a in auth:
+            assert a not in label and a.split()[1] not in label
+        assert "s3cret" not in label and "hunter2" not in label
 
 
 def test_engine_refuses_an_undecodable_route() -> None:
@@ -220,14 +269,72 @@ def test_connect_answer_parsing() -> None:
         _parse_answer(b"HTTP/1.1 200 OK\r\n" + many + b"\r\n")
 
 
+class _Transport:
+    """What ``_ConnectAnswer`` asks of its transport."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+
 async def test_connect_answer_is_bounded() -> None:
-    reader = _ConnectAnswer(asyncio.get_running_loop())
+    reader = _ConnectAnswer(asyncio.get_running_loop(), _Transport())  # type: ignore[arg-type]
     reader.data_received(b"HTTP/1.1 200 OK\r\n")
     reader.data_received(b"X: " + b"a" * MAX_CONNECT_HEAD)
     assert reader.done.done()
     with pytest.raises(ConnectionFailure, match="over"):
         reader.done.result()
-    reader = _ConnectAnswer(asyncio.get_running_loop())
+    reader = _ConnectAnswer(asyncio.get_running_loop(), _Transport())  # type: ignore[arg-type]
     reader.data_received(b"HTTP/1.1 200 OK\r\n\r")
     reader.data_received(b"\n")
     assert reader.done.result() == b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+async def test_connect_answer_stops_reading_at_the_end_of_its_head() -> None:
+    """Bytes after the answer stay in the socket for TLS (which fails on them): none is
+    dropped, and none reaches the connection before start_tls takes the transport."""
+    transport = _Transport()
+    reader = _ConnectAnswer(asyncio.get_running_loop(), transport)  # type: ignore[arg-type]
+    for byte in b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\n":  # one byte at a time
+        assert transport.reading
+        reader.data_received(bytes([byte]))
+    assert not transport.reading
+    assert reader.done.result() == b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\n"
+    reader.data_received(b"\x16\x03")  # came in before the pause took effect
+    assert not reader.buf.endswith(b"\r\n\r\n")  # _tunnel refuses such a tunnel
+
+
+async def test_a_proxied_connections_repr_shows_no_credential() -> None:
+    auth = BasicAuth("alice", "s3cret").encode()
+    proxy = hop_proxy(
+        _route(http=ProxySpec(url="http://p.test:3128", authorization=auth)),
+        URL("http://site.test/"), 80,
+    )
+    assert proxy is not None
+    conn = HTTP1Connection(asyncio.get_running_loop())
+    conn.key = ("http", "site.test", 80, NO_TLS, proxy.key)
+    text = repr(conn)
+    assert "site.test:80 via http://p.test:3128" in text
+    assert auth.split()[1] not in text
+    conn.key = ("http", "site.test", 80, NO_TLS, b"")
+    assert "site.test" in repr(conn)
+
+
+async def test_connect_answer_skips_informational_answers_as_aiohttp() -> None:
+    """aiohttp's ClientResponse.start reads past 1xx answers (but 101) to the final one;
+    the 1xx count against the bound."""
+    transport = _Transport()
+    reader = _ConnectAnswer(asyncio.get_running_loop(), transport)  # type: ignore[arg-type]
+    reader.data_received(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n")
+    reader.data_received(b"\r\nHTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+    assert reader.done.result() == b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"
+    reader = _ConnectAnswer(asyncio.get_running_loop(), _Transport())  # type: ignore[arg-type]
+    reader.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert reader.done.result().startswith(b"HTTP/1.1 101")  # final (and refused)
+    reader = _ConnectAnswer(asyncio.get_running_loop(), _Transport())  # type: ignore[arg-type]
+    for _ in range(MAX_CONNECT_HEAD // 16):
+        reader.data_received(b"HTTP/1.1 100 \r\n\r\n")
+    with pytest.raises(ConnectionFailure, match="over"):
+        reader.done.result()
