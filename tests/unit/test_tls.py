@@ -447,7 +447,9 @@ async def test_tcp_connector_ssl_arguments_as_aiohttp():
     assert TCPConnector(ssl=False).spec == TCPConnector().spec
 
 
-def test_ssl_shutdown_timeout_as_aiohttp_3_14():
+def test_ssl_shutdown_timeout_as_aiohttp_3_14(monkeypatch):
+    # (on Python 3.11+: test_ssl_shutdown_timeout_before_python_3_11 has the rest)
+    monkeypatch.setattr(connector_module, "sys", SimpleNamespace(version_info=(3, 11, 0)))
     assert TCPConnector().spec.ssl_shutdown_timeout == 0
     with pytest.warns(DeprecationWarning, match="ssl_shutdown_timeout parameter is deprecated"):
         assert TCPConnector(ssl_shutdown_timeout=1.0).spec.ssl_shutdown_timeout == 1.0
@@ -473,7 +475,8 @@ def test_ssl_shutdown_timeout_before_python_3_11(monkeypatch, timeout, runtime_w
     assert conn.spec.ssl_shutdown_timeout == timeout
 
 
-async def test_session_ssl_shutdown_timeout_goes_to_its_own_connector():
+async def test_session_ssl_shutdown_timeout_goes_to_its_own_connector(monkeypatch):
+    monkeypatch.setattr(connector_module, "sys", SimpleNamespace(version_info=(3, 11, 0)))
     with pytest.warns(DeprecationWarning) as record:
         session = ClientSession(ssl_shutdown_timeout=2.0)
     # as aiohttp: the session's warning, then its connector's
