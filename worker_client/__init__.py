@@ -13,7 +13,7 @@ from .digest_auth import DigestAuthMiddleware
 from .exceptions import *  # noqa: F403
 from .exceptions import FingerprintMismatch  # noqa: F401  (aiohttp's documentation's name)
 from .exceptions import __all__ as _exc_all
-from .helpers import BasicAuth, HttpVersion, HttpVersion10, HttpVersion11
+from .helpers import BasicAuth, HttpVersion, HttpVersion10, HttpVersion11, encode_basic_auth
 from .middlewares import ClientHandlerType, ClientMiddlewareType, ClientRequest
 from .multipart import (
     BadContentDispositionHeader,
@@ -57,6 +57,7 @@ __all__ = [
     "DefaultResolver",
     "ThreadedResolver",
     "BasicAuth",
+    "encode_basic_auth",
     "ClientResponse",
     "ClientSession",
     "ClientTimeout",

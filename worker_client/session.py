@@ -135,6 +135,22 @@ def _check_options(kw: dict[str, Any]) -> None:
             )
 
 
+def _warn_auth(auth: Any, proxy_auth: Any, stacklevel: int) -> None:
+    """aiohttp 3.14's deprecation of ``auth=`` and ``proxy_auth=`` (both still work)."""
+    for name, value, header, where in (
+        ("auth", auth, "Authorization", "headers"),
+        ("proxy_auth", proxy_auth, "Proxy-Authorization", "proxy_headers"),
+    ):
+        if value is not None:
+            warnings.warn(
+                f"The '{name}' parameter is deprecated and will be removed in v4;"
+                f" pass {where}={{'{header}': "
+                "aiohttp.encode_basic_auth(login, password)} instead",
+                DeprecationWarning,
+                stacklevel=stacklevel,
+            )
+
+
 async def _body_over(
     prepared: PreparedRequest,
     tracker: UploadTracker | None,
@@ -203,6 +219,7 @@ class ClientSession:
             UNSET if read_timeout is _SENTINEL else read_timeout,
             conn_timeout,
         )
+        _warn_auth(auth, proxy_auth, 3)
         if ssl_shutdown_timeout is not _SENTINEL:
             warnings.warn(
                 "The ssl_shutdown_timeout parameter is deprecated and will be removed in "
@@ -478,6 +495,8 @@ class ClientSession:
         # (tls id, spec, pin): None for the default, which costs nothing more.
         tls = None if ssl is True and self._conn_ssl is True else request_tls(ssl, self._conn_ssl)
         sni = "" if server_hostname is None else check_server_hostname(server_hostname)
+        if auth is not None or proxy_auth is not None:
+            _warn_auth(auth, proxy_auth, 4)
         timeout = self._timeout if timeout is _SENTINEL else _request_timeout(timeout)
         merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
         if headers:

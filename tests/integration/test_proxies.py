@@ -52,9 +52,16 @@ from worker_client import (
     ServerFingerprintMismatch,
     TCPConnector,
     create_default_context,
+    encode_basic_auth,
 )
 
 USER, PASSWORD = "user", "pass"
+
+# aiohttp 3.14 deprecates proxy_auth= and auth= (test_proxy_auth_is_deprecated_as_in_aiohttp
+# checks the warning); these tests are about where the credentials go.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The '(proxy_)?auth' parameter is deprecated:DeprecationWarning"
+)
 
 
 @pytest.fixture(scope="module")
@@ -628,3 +635,22 @@ async def test_trust_env_https_proxy_tunnel(
     monkeypatch.setenv("NO_PROXY", "localhost")
     async with session.get(https_origin + "/") as resp:
         assert (await resp.json())["through"] == ""
+
+
+@pytest.mark.filterwarnings("error")
+async def test_proxy_auth_is_deprecated_as_in_aiohttp(
+    origin: str, make_session: Callable[..., ClientSession], auth_proxy: ProxyServer
+) -> None:
+    with pytest.warns(DeprecationWarning, match="'proxy_auth' parameter is deprecated"):
+        session = make_session(proxy=auth_proxy.url, proxy_auth=BasicAuth(USER, PASSWORD))
+    with pytest.warns(DeprecationWarning, match="'proxy_auth' parameter is deprecated"):
+        resp = await session.get(origin + "/", proxy_auth=BasicAuth(USER, PASSWORD))
+    async with resp:
+        assert resp.status == 200
+    # what aiohttp suggests instead works as well
+    value = encode_basic_auth(USER, PASSWORD)
+    plain = make_session()
+    async with plain.get(
+        origin + "/", proxy=auth_proxy.url, proxy_headers={"Proxy-Authorization": value}
+    ) as resp:
+        assert resp.status == 200

@@ -34,6 +34,7 @@ from worker_client import (
     NonHttpUrlClientError,
     ServerTimeoutError,
     SocketTimeoutError,
+    encode_basic_auth,
 )
 
 # -- URL ------------------------------------------------------------------------------
@@ -77,11 +78,24 @@ async def test_fragment_is_not_sent(serve_app, session):
 # -- auth -----------------------------------------------------------------------------
 
 
+AUTH_DEPRECATED = "The 'auth' parameter is deprecated and will be removed in v4"
+
+
 async def test_basic_auth_argument(serve_app, session):
     base = await serve_app(echo_app())
-    async with session.get(base + "/", auth=BasicAuth("user", "pass")) as resp:
+    with pytest.warns(DeprecationWarning, match=AUTH_DEPRECATED):  # aiohttp 3.14's word
+        resp = await session.get(base + "/", auth=BasicAuth("user", "pass"))
+    async with resp:
         got = await resp.json()
     assert header(got, "Authorization") == "Basic dXNlcjpwYXNz"
+
+
+async def test_what_aiohttp_suggests_instead_of_auth(serve_app, session):
+    base = await serve_app(echo_app())
+    value = encode_basic_auth("user", "pass")
+    async with session.get(base + "/", headers={"Authorization": value}) as resp:
+        got = await resp.json()
+    assert header(got, "Authorization") == "Basic dXNlcjpwYXNz" == value
 
 
 async def test_credentials_in_the_url(serve_app, session):
@@ -96,16 +110,19 @@ async def test_credentials_in_the_url(serve_app, session):
 
 async def test_session_auth_applies_and_request_auth_wins(serve_app, make_session):
     base = await serve_app(echo_app())
-    session = make_session(auth=BasicAuth("s", "1"))
+    with pytest.warns(DeprecationWarning, match=AUTH_DEPRECATED):
+        session = make_session(auth=BasicAuth("s", "1"))
     async with session.get(base + "/") as resp:
         assert header(await resp.json(), "Authorization") == BasicAuth("s", "1").encode()
-    async with session.get(base + "/", auth=BasicAuth("r", "2")) as resp:
+    with pytest.warns(DeprecationWarning, match=AUTH_DEPRECATED):
+        resp = await session.get(base + "/", auth=BasicAuth("r", "2"))
+    async with resp:
         assert header(await resp.json(), "Authorization") == BasicAuth("r", "2").encode()
 
 
 async def test_auth_argument_and_url_credentials_conflict(serve_app, session):
     base = await serve_app(echo_app())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError), pytest.warns(DeprecationWarning, match=AUTH_DEPRECATED):
         await session.get(base.replace("http://", "http://u:p@"), auth=BasicAuth("a", "b"))
 
 

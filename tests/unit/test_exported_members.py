@@ -31,7 +31,7 @@ NOT_YET = {
     "server side and internals (not a client's API here)": {
         "AddrInfoType", "ChainMapProxy", "DataQueue", "ETag", "EofStream",
         "FlowControlDataQueue", "GunicornUVLoopWebWorker", "GunicornWebWorker",
-        "NamedPipeConnector", "SocketFactoryType", "encode_basic_auth", "hdrs",
+        "NamedPipeConnector", "SocketFactoryType", "hdrs",
         "set_zlib_backend",
     },
 }
