@@ -199,6 +199,7 @@ async def test_non_http_location(serve_app, session):
         assert await resp.text() == "end of chain"
 
 
+@pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("how", ["auth", "header"])
 async def test_authorization_dropped_on_cross_origin_redirect(serve_app, session, how):
     target = await serve_app(_redirect_app())
