@@ -406,3 +406,27 @@ async def test_ssl_shutdown_timeout_as_aiohttp_3_14(
     pool.give_back(conn)
     await registry.close()
     assert _Recording.ends[-1] == end
+
+
+async def test_a_fingerprint_mismatch_over_a_unix_socket_is_the_mismatch(
+    transport: Transport, tls_certs: Certs, tmp_path: Path
+) -> None:
+    """A Unix socket's peer name is its path, not (host, port): the mismatch names the
+    URL's host and port instead of failing as an internal error."""
+    ctx = server_context(tls_certs.server, tls_certs.server_key)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    path = str(tmp_path / "tls.sock")
+    server = await asyncio.start_unix_server(answer, path, ssl=ctx)
+    try:
+        pool = encode_pool(PoolSpec(kind="unix", path=path))
+        wrong = bytes(32)
+        url = "https://localhost:8443/"
+        f = await failure(fetch(transport, url, UNVERIFIED_TLS, fingerprint=wrong, pool=pool))
+        assert f.code == "fingerprint"
+        assert (f.expected, f.got) == (wrong, fingerprint_of(tls_certs.server))
+        assert (f.host, f.port) == ("localhost", 8443)
+    finally:
+        server.close()
