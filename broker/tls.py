@@ -7,7 +7,8 @@ that an id is its spec's, so no worker can put a spec under another's id. ``TlsC
 is the engine's cache of built contexts by id, shared by every worker (equal specs,
 equal ids, one context, one pool slot key): built on a request's first dial, at most
 ``MAX_CONTEXTS`` kept (least recently used dropped; a spec that could not be built is
-cached as its error, so a bad spec costs one attempt). The default (id b"") is one
+cached as its error, so a bad spec costs one attempt; a failure of the moment, such as
+running out of file descriptors, is not cached). The default (id b"") is one
 context for the process, never evicted. A context is built on the loop: loading the
 system's store costs about 20 ms, once per spec that asks for it.
 
@@ -47,7 +48,12 @@ _HAS_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 
 class TlsError(ValueError):
-    """A ``TlsSpec`` that cannot be made into a context (bad PEM, wrong password...)."""
+    """A ``TlsSpec`` that cannot be made into a context (bad PEM, wrong password...).
+    ``lasting``: the spec's own fault, not the moment's (out of file descriptors)."""
+
+    def __init__(self, message: str, lasting: bool = True) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 def build_context(spec: TlsSpec, *, use_memfd: bool = _HAS_MEMFD) -> ssl.SSLContext:
@@ -55,7 +61,8 @@ def build_context(spec: TlsSpec, *, use_memfd: bool = _HAS_MEMFD) -> ssl.SSLCont
     try:
         return _build(spec, use_memfd)
     except Exception as exc:  # SSLError, ValueError, OverflowError...: the spec's fault
-        raise TlsError(f"cannot use these TLS settings: {exc}") from None
+        lasting = isinstance(exc, ssl.SSLError) or not isinstance(exc, OSError)
+        raise TlsError(f"cannot use these TLS settings: {exc}", lasting) from None
 
 
 def _build(spec: TlsSpec, use_memfd: bool) -> ssl.SSLContext:
@@ -161,6 +168,8 @@ class TlsContexts:
             try:
                 got = build_context(spec)
             except TlsError as exc:
+                if not exc.lasting:
+                    raise
                 got = exc
             self._cache[tls] = got
             if len(self._cache) > self.max_size:

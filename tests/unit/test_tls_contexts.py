@@ -245,3 +245,23 @@ def test_the_table_checks_ids_and_caps_specs() -> None:
 def test_a_spec_never_shows_its_key() -> None:
     spec = TlsSpec(cert_chain=b"CHAIN", key=b"SECRET-KEY", password=b"SECRET-PW")
     assert "SECRET" not in repr(spec) and "client certificate" in repr(spec)
+
+
+def test_a_failure_of_the_moment_is_not_remembered(
+    tls_certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors while a client certificate is loaded: that attempt fails,
+    the next one builds the context (only a spec's own fault is cached)."""
+    spec = _client_spec(tls_certs)
+
+    def exhausted(*args: object, **kw: object) -> object:
+        raise OSError(24, "Too many open files")
+
+    contexts = TlsContexts()
+    with monkeypatch.context() as m:
+        m.setattr(os, "memfd_create", exhausted, raising=False)
+        m.setattr(tempfile, "mkdtemp", exhausted)
+        with pytest.raises(TlsError, match="Too many open files"):
+            contexts.context(tls_id(encode_tls(spec)), spec)
+    ctx = contexts.context(tls_id(encode_tls(spec)), spec)
+    _handshake(ctx, _server(tls_certs, client_ca=tls_certs.ca))
