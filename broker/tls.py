@@ -18,7 +18,9 @@ where memfd is missing, into a file in a fresh 0700 directory, removed as soon a
 read.
 
 Bounds: ``MAX_CONTEXTS`` contexts per engine (each holds its CA store); ``max_specs``
-specs per ``TlsTable`` (``Limits.max_tls_specs``, 64, per worker connection).
+specs per ``TlsTable`` (``Limits.max_tls_specs``, 64, per worker connection), of at most
+``MAX_TLS_BYTES`` (16 MiB) encoded together (a spec may be 4 MiB: 64 of them would be
+256 MiB held for one connection).
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ from shared.specs import DEFAULT_TLS, TlsSpec, encode_tls, tls_id
 from .failures import ConnectionFailure
 
 __all__ = [
-    "MAX_CONTEXTS", "MAX_TLS_SPECS", "TlsContexts", "TlsError", "TlsTable", "build_context",
-    "default_context",
+    "MAX_CONTEXTS", "MAX_TLS_BYTES", "MAX_TLS_SPECS", "TlsContexts", "TlsError", "TlsTable",
+    "build_context", "default_context",
 ]
 
 MAX_CONTEXTS = 64
 MAX_TLS_SPECS = 64
+MAX_TLS_BYTES = 16 << 20
 ALPN = ("http/1.1",)
 _HAS_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
@@ -182,35 +185,45 @@ class TlsContexts:
 
 
 class TlsTable:
-    """The ``TlsSpec``s one worker connection opened, by id, at most ``max_specs``."""
+    """The ``TlsSpec``s one worker connection opened, by id: at most ``max_specs``, of
+    at most ``max_bytes`` encoded together."""
 
-    def __init__(self, max_specs: int = MAX_TLS_SPECS) -> None:
+    def __init__(self, max_specs: int = MAX_TLS_SPECS, max_bytes: int = MAX_TLS_BYTES) -> None:
         self.max_specs = max_specs
+        self.max_bytes = max_bytes
         self.specs: dict[bytes, TlsSpec] = {}
+        self.bytes = 0  # the specs' encodings, together
+        self.refused = False  # a spec was refused for the caps
 
     def __len__(self) -> int:
         return len(self.specs)
 
     def open(self, tls: bytes, spec: TlsSpec) -> None:
         """Record ``spec`` under ``tls``; raises ValueError if ``tls`` is not its id.
-        Over the cap it is not kept: the requests naming it fail (``find``)."""
-        if tls != tls_id(encode_tls(spec)):
+        Over a cap it is not kept: the requests naming it fail (``find``)."""
+        encoded = encode_tls(spec)
+        if tls != tls_id(encoded):
             raise ValueError("TlsOpen: the id is not the SHA-256 of the spec's encoding")
-        if tls in self.specs or len(self.specs) >= self.max_specs:
+        if tls in self.specs:
+            return
+        if len(self.specs) >= self.max_specs or self.bytes + len(encoded) > self.max_bytes:
+            self.refused = True
             return
         self.specs[tls] = spec
+        self.bytes += len(encoded)
 
     def find(self, tls: bytes) -> TlsSpec:
-        """The spec a request names; raises ``ConnectionFailure`` (``broker`` for one
-        refused under the cap, ``protocol`` for one never opened)."""
+        """The spec a request names; raises ``ConnectionFailure`` (``broker`` once one
+        was refused for the caps, ``protocol`` for one never opened)."""
         spec = self.specs.get(tls)
         if spec is not None:
             return spec
-        if len(self.specs) >= self.max_specs:
+        if self.refused:
             raise ConnectionFailure(
                 "broker",
-                f"this worker already opened {len(self.specs)} distinct TLS settings, the "
-                f"broker's cap (limits.max_tls_specs = {self.max_specs}); reuse SSL "
-                "contexts instead of making new ones",
+                f"this worker already opened {len(self.specs)} distinct TLS settings of "
+                f"{self.bytes} bytes, against the broker's caps (limits.max_tls_specs = "
+                f"{self.max_specs}, {self.max_bytes} bytes); reuse SSL contexts instead of "
+                "making new ones",
             )
         raise ConnectionFailure("protocol", "the request names TLS settings never opened")

@@ -265,3 +265,17 @@ def test_a_failure_of_the_moment_is_not_remembered(
             contexts.context(tls_id(encode_tls(spec)), spec)
     ctx = contexts.context(tls_id(encode_tls(spec)), spec)
     _handshake(ctx, _server(tls_certs, client_ca=tls_certs.ca))
+
+
+def test_the_table_caps_the_bytes_of_its_specs() -> None:
+    """Specs of many CA certificates: the one that would pass the byte cap is refused,
+    and the requests naming it fail with the broker's cap, not as never opened."""
+    big = [TlsSpec(system_store=False, ca_certs=(bytes([n]) * 40_000,)) for n in range(3)]
+    ids = [tls_id(encode_tls(s)) for s in big]
+    table = TlsTable(max_specs=64, max_bytes=100_000)
+    for tls, spec in zip(ids, big, strict=True):
+        table.open(tls, spec)
+    assert len(table) == 2 and table.find(ids[1]) is big[1]
+    with pytest.raises(ConnectionFailure, match="100000 bytes") as capped:
+        table.find(ids[2])
+    assert capped.value.code == "broker"
