@@ -17,7 +17,8 @@ into an anonymous ``memfd`` that ``load_cert_chain`` reads through ``/proc/self/
 where memfd is missing, into a file in a fresh 0700 directory, removed as soon as it is
 read.
 
-Bounds: ``MAX_CONTEXTS`` contexts per engine (each holds its CA store); ``max_specs``
+Bounds: ``MAX_CONTEXTS`` contexts per engine (each holds its CA store), built from at
+most ``MAX_CONTEXT_BYTES`` (64 MiB) of specs together; ``max_specs``
 specs per ``TlsTable`` (``Limits.max_tls_specs``, 64, per worker connection), of at most
 ``MAX_TLS_BYTES`` (16 MiB) encoded together (a spec may be 4 MiB: 64 of them would be
 256 MiB held for one connection).
@@ -39,11 +40,12 @@ from shared.specs import DEFAULT_TLS, TlsSpec, encode_tls, tls_id
 from .failures import ConnectionFailure
 
 __all__ = [
-    "MAX_CONTEXTS", "MAX_TLS_BYTES", "MAX_TLS_SPECS", "TlsContexts", "TlsError", "TlsTable",
-    "build_context", "default_context",
+    "MAX_CONTEXTS", "MAX_CONTEXT_BYTES", "MAX_TLS_BYTES", "MAX_TLS_SPECS", "TlsContexts",
+    "TlsError", "TlsTable", "build_context", "default_context",
 ]
 
 MAX_CONTEXTS = 64
+MAX_CONTEXT_BYTES = 64 << 20
 MAX_TLS_SPECS = 64
 MAX_TLS_BYTES = 16 << 20
 ALPN = ("http/1.1",)
@@ -149,9 +151,12 @@ def default_context() -> ssl.SSLContext:
 class TlsContexts:
     """The engine's contexts by tls id (see the module docstring)."""
 
-    def __init__(self, max_size: int = MAX_CONTEXTS) -> None:
+    def __init__(self, max_size: int = MAX_CONTEXTS, max_bytes: int = MAX_CONTEXT_BYTES) -> None:
         self.max_size = max_size
+        self.max_bytes = max_bytes
         self._cache: OrderedDict[bytes, ssl.SSLContext | TlsError] = OrderedDict()
+        self._sizes: dict[bytes, int] = {}  # a context's spec, encoded (an error's: 0)
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -174,14 +179,22 @@ class TlsContexts:
                 if not exc.lasting:
                     raise
                 got = exc
-            self._cache[tls] = got
-            if len(self._cache) > self.max_size:
-                self._cache.popitem(last=False)
+            self._keep(tls, got, 0 if isinstance(got, TlsError) else len(encode_tls(spec)))
         else:
             self._cache.move_to_end(tls)
         if isinstance(got, TlsError):
             raise got
         return got
+
+    def _keep(self, tls: bytes, got: ssl.SSLContext | TlsError, size: int) -> None:
+        self._cache[tls] = got
+        self._sizes[tls] = size
+        self.bytes += size
+        while len(self._cache) > 1 and (
+            len(self._cache) > self.max_size or self.bytes > self.max_bytes
+        ):
+            old, _ = self._cache.popitem(last=False)
+            self.bytes -= self._sizes.pop(old)
 
 
 class TlsTable:

@@ -279,3 +279,19 @@ def test_the_table_caps_the_bytes_of_its_specs() -> None:
     with pytest.raises(ConnectionFailure, match="100000 bytes") as capped:
         table.find(ids[2])
     assert capped.value.code == "broker"
+
+
+def test_the_contexts_cap_the_bytes_of_their_specs(tls_certs: Certs) -> None:
+    """Two specs of many CA certificates past the byte cap: building the second drops
+    the first (each context holds its CA store), under the count cap."""
+    cas = sorted(ssl.create_default_context().get_ca_certs(binary_form=True))
+    if len(cas) < 40:
+        cas = [_der(tls_certs.ca), _der(tls_certs.other_ca)] * 20
+    half = len(cas) // 2
+    a, b = (TlsSpec(system_store=False, ca_certs=tuple(part)) for part in (cas[:half], cas[half:]))
+    size = max(len(encode_tls(a)), len(encode_tls(b)))
+    contexts = TlsContexts(max_size=64, max_bytes=size + size // 2)
+    ctx_a = contexts.context(tls_id(encode_tls(a)), a)
+    contexts.context(tls_id(encode_tls(b)), b)
+    assert len(contexts) == 1 and contexts.bytes == len(encode_tls(b))
+    assert contexts.context(tls_id(encode_tls(a)), a) is not ctx_a  # built again
