@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
+from broker.dialer import NO_TLS
 from broker.exchange import build_head
 from broker.failures import ConnectionFailure
+from broker.http1 import HTTP1Connection
 from broker.proxy import (
     MAX_CONNECT_HEAD,
     _connect_head,
@@ -231,3 +233,20 @@ async def test_connect_answer_is_bounded() -> None:
     reader.data_received(b"HTTP/1.1 200 OK\r\n\r")
     reader.data_received(b"\n")
     assert reader.done.result() == b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+async def test_a_proxied_connection_never_shows_its_proxy_credentials() -> None:
+    """asyncio's exception handler logs a protocol's repr (a fatal TLS error, say): a
+    connection's key holds its proxy's encoded spec, credentials and headers included."""
+    spec = ProxySpec(
+        url="http://127.0.0.1:3128",
+        authorization="Basic dXNlcjpzZWNyZXQ=",
+        headers=(("X-Token", "hunter2"),),
+    )
+    conn = HTTP1Connection(asyncio.get_running_loop())
+    proxy = hop_proxy(encode_proxy(ProxyRoute(https=spec)), URL("https://example.com/"), 443)
+    assert proxy is not None
+    conn.key = ("https", "example.com", 443, NO_TLS, proxy.key)
+    shown = repr(conn)
+    assert "dXNlcjpzZWNyZXQ" not in shown and "hunter2" not in shown
+    assert "https://example.com:443" in shown and "proxy" in shown
