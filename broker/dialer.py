@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from shared.rules import sni_name_ok
 from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 
 from .failures import ConnectionFailure
@@ -159,11 +160,16 @@ class Dialer:
         """The context and the SNI name of an https hop (aiohttp strips trailing dots:
         certificates name hosts without them)."""
         tls_id, _, server_hostname = key[3]
+        name = (server_hostname or key[1]).rstrip(".")
+        if not sni_name_ok(name):  # a raw worker's: the ssl module would raise it
+            raise ConnectionFailure(
+                "ssl", f"server_hostname {name!r} is not a host name (SNI)", **fields
+            )
         try:
             ctx = self._tls.context(tls_id, tls)
         except TlsError as exc:
             raise ConnectionFailure("ssl", str(exc), **fields) from None
-        return ctx, (server_hostname or key[1]).rstrip(".")
+        return ctx, name
 
     def _tls_kwargs(self) -> dict[str, Any]:
         """aiohttp 3.14: a grace for the TLS close_notify, on Python 3.11+, when set."""

@@ -27,6 +27,7 @@ __all__ = [
     "check_host_port",
     "host_header_problem",
     "proxy_bypass",
+    "sni_name_ok",
     "url_problem",
 ]
 
@@ -128,3 +129,15 @@ def proxy_bypass(host: str, port: int, no_proxy: tuple[str, ...] | list[str]) ->
         if hostonly.endswith(name) or with_port.endswith(name):
             return True
     return False
+
+
+def sni_name_ok(name: str) -> bool:
+    """Whether the ssl module takes ``name`` as a ``server_hostname`` (it encodes it
+    with the ``idna`` codec, which refuses an empty or over-long label, and refuses NUL)."""
+    if "\x00" in name:
+        return False
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True

@@ -50,6 +50,7 @@ import msgspec
 
 from shared.framing import MAX_FRAME
 from shared.messages import Request
+from shared.rules import sni_name_ok
 from shared.specs import DEFAULT_TLS, UNVERIFIED_TLS, TlsSpec, encode_tls, tls_id
 
 __all__ = [
@@ -143,6 +144,8 @@ def check_server_hostname(server_hostname: Any) -> str:
         raise TypeError(f"server_hostname must be a str or None, got {server_hostname!r}")
     if len(server_hostname) > _MAX_SERVER_HOSTNAME:
         raise ValueError(f"server_hostname is longer than {_MAX_SERVER_HOSTNAME} characters")
+    if not sni_name_ok(server_hostname):
+        raise ValueError(f"server_hostname {server_hostname!r} is not a host name (SNI)")
     return server_hostname
 
 

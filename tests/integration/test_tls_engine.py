@@ -430,3 +430,14 @@ async def test_a_fingerprint_mismatch_over_a_unix_socket_is_the_mismatch(
         assert (f.host, f.port) == ("localhost", 8443)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".example", "nul\x00.example"])
+async def test_a_server_hostname_ssl_refuses_fails_as_ssl(
+    transport: Transport, tls_server: Callable[..., Awaitable[Server]], name: str
+) -> None:
+    """A raw worker's server_hostname that the ssl module refuses for SNI: the request's
+    clear failure, not an error inside the broker."""
+    server = await tls_server()
+    f = await failure(fetch(transport, server.url, UNVERIFIED_TLS, server_hostname=name))
+    assert f.code == "ssl" and "server_hostname" in f.message

@@ -421,6 +421,10 @@ def test_the_cache_does_not_keep_contexts_alive():
 def test_server_hostname_is_checked_before_it_reaches_the_wire():
     assert check_server_hostname(None) == ""
     assert check_server_hostname("example.com") == "example.com"
+    assert check_server_hostname("bücher.example") == "bücher.example"
+    for name in ("a..b", "x" * 64 + ".example", "nul\x00.example"):  # the ssl module's refusals
+        with pytest.raises(ValueError, match="not a host name"):
+            check_server_hostname(name)
     with pytest.raises(TypeError):
         check_server_hostname(b"example.com")
     with pytest.raises(ValueError, match="255"):
