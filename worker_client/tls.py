@@ -19,10 +19,12 @@ How a context is translated (``tls_spec``):
   client certificate (``load_cert_chain``: its PEM files read at the call, a callable
   password called then). Its spec is exact.
 - Any other context shows only its CA certificates (``get_ca_certs(binary_form=True)``),
-  never a client certificate. The rule: none visible means the system store (as
-  ``ssl.create_default_context()`` gives when OpenSSL reads the store lazily from a
-  directory); all of the system store's (as this process loads it) and more means the
-  system store plus the others; otherwise exactly the visible ones.
+  never a client certificate. The rule: none visible means the system store where this
+  process's own store is unseen too (``ssl.create_default_context()`` shows none when
+  OpenSSL reads the store lazily from a directory), else nothing trusted (a bare context,
+  or one given only a capath: trusting the system store would accept what it refuses);
+  all of the system store's (as this process loads it) and more means the system store
+  plus the others; otherwise exactly the visible ones.
 
 A context's translation is cached per context object (weakly), beside a snapshot of its
 state (verify mode, hostname check, options, verify flags, protocol bounds, and a
@@ -383,9 +385,9 @@ def _system_store() -> frozenset[bytes]:
 
 def _visible_store(ctx: ssl.SSLContext) -> tuple[bool, frozenset[bytes]]:
     certs = frozenset(ctx.get_ca_certs(binary_form=True))
-    if not certs:
-        return True, certs
     system = _system_store()
+    if not certs:  # the system store only where it is unseen here too (else: nothing)
+        return not system, certs
     if system and system <= certs:
         return True, certs - system
     return False, certs

@@ -9,6 +9,7 @@ import pickle
 import ssl
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from aiohttp import client_reqrep as aio_reqrep
 from aiohttp import connector as aio_connector
 
 import worker_client.connector as connector_module
+import worker_client.tls as tls_mod
 from shared.specs import DEFAULT_TLS, UNVERIFIED_TLS, TlsSpec, encode_tls, tls_id
 from tests.tls_certs import CLIENT_KEY_PASSWORD, Certs, server_context
 from worker_client import ClientSession, Fingerprint, TCPConnector, create_default_context
@@ -192,12 +194,26 @@ def test_a_ca_loaded_beside_the_system_store_keeps_both(tls_certs: Certs):
     assert tls_spec(recording) == expected
 
 
-def test_a_bare_context_with_nothing_visible_means_the_system_store():
-    # The documented rule for contexts that do not record (OpenSSL may read the system
-    # store lazily from a directory, unseen); one that records knows it loaded nothing.
-    assert tls_spec(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)).system_store
-    bare = RecordingSSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def test_a_bare_context_with_nothing_visible_trusts_nothing_here():
+    # A context that does not record and shows no CA certificate: the system store only
+    # where this process's own loads unseen (lazily, from a directory). Here it is seen,
+    # so the context has nothing loaded (or a capath, unseen): trusting the system store
+    # instead would accept what the caller's context refuses. One that records knows.
+    if not tls_mod._system_store():
+        pytest.skip("this system's store is read lazily: nothing visible is the store")
+    bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     assert tls_spec(bare) == TlsSpec(system_store=False)
+    with tempfile.TemporaryDirectory() as capath:  # only a private CA directory, unseen
+        bare.load_verify_locations(capath=capath)
+        assert not tls_spec(bare).system_store
+    assert tls_spec(RecordingSSLContext(ssl.PROTOCOL_TLS_CLIENT)) == TlsSpec(system_store=False)
+
+
+def test_nothing_visible_means_the_system_store_where_it_loads_unseen(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(tls_mod, "_system_cas", frozenset())
+    assert tls_spec(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)).system_store
 
 
 def test_cadata_as_pem_text_and_as_concatenated_der(tls_certs: Certs):
