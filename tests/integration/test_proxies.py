@@ -21,7 +21,7 @@ from aiohttp import web
 from yarl import URL
 
 from tests.integration.proxy_server import ProxyServer
-from tests.tls_certs import Certs, server_context
+from tests.tls_certs import Certs, fingerprint_of, server_context
 from worker_client import (
     BasicAuth,
     ClientConnectorCertificateError,
@@ -33,7 +33,9 @@ from worker_client import (
     ClientSession,
     ClientTimeout,
     ConnectionTimeoutError,
+    Fingerprint,
     InvalidURL,
+    ServerFingerprintMismatch,
     TCPConnector,
     create_default_context,
 )
@@ -529,3 +531,25 @@ async def test_trust_env_https_proxy_tunnel(
     monkeypatch.setenv("NO_PROXY", "localhost")
     async with session.get(https_origin + "/") as resp:
         assert (await resp.json())["through"] == ""
+
+
+async def test_a_pinned_fingerprint_is_checked_on_an_https_proxy_too(
+    origin: str,
+    https_origin: str,
+    make_session: Callable[..., ClientSession],
+    tls_proxy: ProxyServer,
+    tls_certs: Certs,
+) -> None:
+    """As aiohttp's proxy request takes the request's ssl: ssl=Fingerprint(...) means no
+    verification, so the pin is what guards the leg to the proxy (and its credentials).
+    The test proxy and the https origin share a certificate: the right pin passes both."""
+    session = make_session(proxy=tls_proxy.url)
+    wrong = Fingerprint(bytes(32))
+    for url in (origin + "/", https_origin + "/"):
+        with pytest.raises(ServerFingerprintMismatch) as info:
+            await session.get(url, ssl=wrong)
+        assert (info.value.host, info.value.port) == ("127.0.0.1", tls_proxy.port)
+    right = Fingerprint(fingerprint_of(tls_certs.server))
+    for url in (origin + "/plain", https_origin + "/tls"):
+        async with session.get(url, ssl=right) as resp:
+            assert resp.status == 200 and (await resp.json())["through"] == tls_proxy.url
