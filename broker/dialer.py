@@ -98,7 +98,7 @@ class Dialer:
         loop = self._loop
         factory = functools.partial(self._connection_class, loop)
         ssl_ctx, server_hostname = self.tls_for(key, tls, fields) if is_ssl else (None, None)
-        extra = self._tls_kwargs() if is_ssl else {}
+        extra = self.tls_kwargs() if is_ssl else {}
         starts: list[Callable[[], Coroutine[Any, Any, _Connected]]]
         if self.spec.kind == "unix":
             path = self.spec.path
@@ -171,7 +171,7 @@ class Dialer:
             raise ConnectionFailure("ssl", str(exc), **fields) from None
         return ctx, name
 
-    def _tls_kwargs(self) -> dict[str, Any]:
+    def tls_kwargs(self) -> dict[str, Any]:
         """aiohttp 3.14: a grace for the TLS close_notify, on Python 3.11+, when set."""
         timeout = self.spec.ssl_shutdown_timeout
         if timeout and _HAS_SSL_SHUTDOWN_TIMEOUT:

@@ -238,6 +238,7 @@ async def _connect_to_proxy(
             ssl=tls,
             server_hostname=proxy.host if tls else None,
             local_addr=dialer.spec.local_addr,
+            **(dialer.tls_kwargs() if tls else {}),
         )
         for addr in addrs
     ]
@@ -377,7 +378,9 @@ async def _tunnel(
     finally:
         transport.set_protocol(conn)  # closing it now tells conn, as usual
     handshake = loop.create_task(
-        loop.start_tls(transport, conn, ctx, server_hostname=server_hostname)
+        loop.start_tls(
+            transport, conn, ctx, server_hostname=server_hostname, **dialer.tls_kwargs()
+        )
     )
     try:
         await _until(handshake, deadline, loop)
