@@ -95,6 +95,8 @@ def _build(spec: TlsSpec, use_memfd: bool) -> ssl.SSLContext:
         ctx.verify_flags = ssl.VerifyFlags(spec.verify_flags)
     if spec.ciphers is not None:
         ctx.set_ciphers(spec.ciphers)
+    if spec.hostname_checks_common_name is not None:
+        ctx.hostname_checks_common_name = spec.hostname_checks_common_name
     if spec.cert_chain:
         _load_client_cert(ctx, spec, use_memfd)
     ctx.set_alpn_protocols(ALPN)

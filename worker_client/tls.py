@@ -7,8 +7,9 @@ the spec's id, the spec itself sent once per connection (``Transport.open_tls``)
 
 How a context is translated (``tls_spec``):
 
-- verify mode, hostname check, protocol bounds, options, verify flags and ciphers are
-  read from it; each one equal to ``ssl.create_default_context()``'s is None (the
+- verify mode, hostname check (and ``hostname_checks_common_name``), protocol bounds,
+  options, verify flags and ciphers (with the security level, ``@SECLEVEL``) are read
+  from it; each one equal to ``ssl.create_default_context()``'s is None (the
   engine's default), so equal settings give equal specs, and a context set up as the
   default one gives the default spec (b"": the same connections as ``ssl=True``).
   Without verification the trusted certificates do not matter and are left out.
@@ -321,6 +322,8 @@ class _Defaults(NamedTuple):
     minimum_version: int
     maximum_version: int
     ciphers: tuple[str, ...]
+    security_level: int
+    common_name: bool
 
 
 _defaults: dict[Any, _Defaults] = {}
@@ -335,7 +338,8 @@ def _template(purpose: Any) -> _Defaults:
         found = _defaults[purpose] = _Defaults(
             t.protocol, t.verify_mode, t.check_hostname, int(t.options), int(t.verify_flags),
             int(t.minimum_version), int(t.maximum_version),
-            tuple(c["name"] for c in t.get_ciphers()),
+            tuple(c["name"] for c in t.get_ciphers()), t.security_level,
+            t.hostname_checks_common_name,
         )
     return found
 
@@ -397,15 +401,18 @@ def _unless(value: int, default: int) -> int | None:
     return None if value == default else value
 
 
-def _ciphers(ctx: ssl.SSLContext, default: tuple[str, ...]) -> str | None:
+def _ciphers(ctx: ssl.SSLContext, d: _Defaults) -> str | None:
+    """The cipher string, with the security level (``@SECLEVEL``, which
+    ``get_ciphers()`` does not show) when it is not the default's."""
     ciphers = ctx.get_ciphers()
-    if tuple(c["name"] for c in ciphers) == default:
+    level = ctx.security_level
+    if tuple(c["name"] for c in ciphers) == d.ciphers and level == d.security_level:
         return None
     # set_ciphers names TLS 1.2 and older suites; TLS 1.3's are not set through it.
     names = ":".join(c["name"] for c in ciphers if c["protocol"] != "TLSv1.3")
     if not names:
         raise ValueError("the ssl context allows no cipher below TLS 1.3: not translatable")
-    return names
+    return names if level == d.security_level else f"{names}:@SECLEVEL={level}"
 
 
 def tls_spec(ctx: ssl.SSLContext) -> TlsSpec:
@@ -431,10 +438,15 @@ def tls_spec(ctx: ssl.SSLContext) -> TlsSpec:
         maximum_version=_unless(int(ctx.maximum_version), d.maximum_version),
         options=_unless(int(ctx.options), d.options),
         verify_flags=_unless(int(ctx.verify_flags), d.verify_flags),
-        ciphers=_ciphers(ctx, d.ciphers),
+        ciphers=_ciphers(ctx, d),
         cert_chain=chain,
         key=key,
         password=password,
+        hostname_checks_common_name=(
+            None
+            if ctx.hostname_checks_common_name == d.common_name
+            else ctx.hostname_checks_common_name
+        ),
     )
 
 

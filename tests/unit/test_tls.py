@@ -663,3 +663,31 @@ def test_fingerprint_mismatch_is_the_seeds_name():
     from worker_client import FingerprintMismatch, ServerFingerprintMismatch
 
     assert FingerprintMismatch is ServerFingerprintMismatch
+
+
+def test_a_security_level_is_carried_even_with_the_default_ciphers():
+    """``@SECLEVEL`` (key sizes, signature hashes) is not in ``get_ciphers()``: a context
+    raised to level 3 must not become the broker's level 2, with or without other
+    ciphers."""
+    import _ssl
+
+    from broker.tls import build_context
+
+    same = ssl.create_default_context()
+    same.set_ciphers(_ssl._DEFAULT_CIPHERS.replace("@SECLEVEL=2", "@SECLEVEL=3"))
+    other = ssl.create_default_context()
+    other.set_ciphers("DEFAULT:@SECLEVEL=3")
+    for ctx in (same, other):
+        assert ctx.security_level == 3
+        spec = tls_spec(ctx)
+        assert spec != DEFAULT_TLS and build_context(spec).security_level == 3
+
+
+def test_hostname_checks_common_name_off_is_carried():
+    from broker.tls import build_context
+
+    ctx = ssl.create_default_context()
+    assert tls_spec(ctx) == DEFAULT_TLS
+    ctx.hostname_checks_common_name = False
+    spec = tls_spec(ctx)
+    assert spec != DEFAULT_TLS and not build_context(spec).hostname_checks_common_name
