@@ -28,8 +28,8 @@ How a context is translated (``tls_spec``):
   plus the others; otherwise exactly the visible ones.
 
 A context's translation is cached per context object (weakly), beside a snapshot of its
-state (verify mode, hostname check, options, verify flags, protocol bounds, and a
-recording context's count of changes): a reused context costs a dict lookup and six
+state (verify mode, hostname checks, options, verify flags, protocol bounds, and a
+recording context's count of changes): a reused context costs a dict lookup and seven
 getters per request (about 1.5 us), and a context changed after its first use is translated again.
 Two changes are not seen on a context that does not record, because OpenSSL offers no
 cheap way to see them: certificates loaded, and ``set_ciphers``, after its first request
@@ -476,6 +476,7 @@ _options = _B.options.__get__  # type: ignore[attr-defined]
 _verify_flags = _B.verify_flags.__get__  # type: ignore[attr-defined]
 _minimum = _B.minimum_version.__get__  # type: ignore[attr-defined]
 _maximum = _B.maximum_version.__get__  # type: ignore[attr-defined]
+_host_flags = _B._host_flags.__get__  # type: ignore[attr-defined]  (hostname_checks_common_name)
 
 _cache: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[tuple[Any, ...], bytes, TlsSpec]] = (
     weakref.WeakKeyDictionary()
@@ -486,7 +487,7 @@ def _state(ctx: ssl.SSLContext) -> tuple[Any, ...]:
     changes = ctx._tls_changes if isinstance(ctx, RecordingSSLContext) else 0
     return (
         _verify_mode(ctx), _check_hostname(ctx), _options(ctx), _verify_flags(ctx),
-        _minimum(ctx), _maximum(ctx), changes,
+        _minimum(ctx), _maximum(ctx), _host_flags(ctx), changes,
     )
 
 

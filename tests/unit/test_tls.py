@@ -405,6 +405,8 @@ def test_a_context_changed_after_use_is_translated_again(make):
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.options |= ssl.OP_NO_TICKET
     assert context_tls(ctx)[1].options == ctx.options
+    ctx.hostname_checks_common_name = False
+    assert context_tls(ctx)[1].hostname_checks_common_name is False
 
 
 def test_a_recording_context_sees_loads_and_ciphers_after_use(tls_certs: Certs):
