@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from shared.rules import sni_name_ok
 from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 
 from .failures import ConnectionFailure
@@ -148,7 +149,7 @@ class Dialer:
                 code, exc.strerror or str(exc), errno=exc.errno or 0, **fields
             ) from None
         if is_ssl and key[3][1]:
-            self.check_fingerprint(conn, key[3][1])
+            self.check_fingerprint(conn, key[3][1], host, port)
         return conn
 
     # -- TLS (kept apart: the proxy's tunnel adds its own steps beside these) ----------
@@ -159,11 +160,16 @@ class Dialer:
         """The context and the SNI name of an https hop (aiohttp strips trailing dots:
         certificates name hosts without them)."""
         tls_id, _, server_hostname = key[3]
+        name = (server_hostname or key[1]).rstrip(".")
+        if not sni_name_ok(name):  # a raw worker's: the ssl module would raise it
+            raise ConnectionFailure(
+                "ssl", f"server_hostname {name!r} is not a host name (SNI)", **fields
+            )
         try:
             ctx = self._tls.context(tls_id, tls)
         except TlsError as exc:
             raise ConnectionFailure("ssl", str(exc), **fields) from None
-        return ctx, (server_hostname or key[1]).rstrip(".")
+        return ctx, name
 
     def tls_kwargs(self) -> dict[str, Any]:
         """aiohttp 3.14: a grace for the TLS close_notify, on Python 3.11+, when set."""
@@ -172,9 +178,12 @@ class Dialer:
             return {"ssl_shutdown_timeout": timeout}
         return {}
 
-    def check_fingerprint(self, conn: HTTP1Connection, expected: bytes) -> None:
+    def check_fingerprint(
+        self, conn: HTTP1Connection, expected: bytes, host: str = "", port: int = 0
+    ) -> None:
         """aiohttp's ``Fingerprint.check``: the SHA-256 of the peer's DER certificate;
-        a mismatch closes the connection. ``host``/``port`` are the peer's address."""
+        a mismatch closes the connection. Its ``host``/``port`` are the peer's address,
+        or the ones given where the peer has none (a Unix socket's is its path)."""
         transport = conn.transport
         assert transport is not None
         sslobj = transport.get_extra_info("ssl_object")
@@ -182,12 +191,14 @@ class Dialer:
         got = hashlib.sha256(der or b"").digest()
         if got == expected:
             return
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            host, port = str(peer[0]), int(peer[1])
         self._close_conn(conn)
         raise ConnectionFailure(
             "fingerprint",
             "the server's certificate does not have the pinned SHA-256 fingerprint",
-            expected=expected, got=got, host=str(peer[0]), port=int(peer[1]),
+            expected=expected, got=got, host=host, port=port,
         )
 
     async def _resolve(self, host: str, port: int, deadline: float | None) -> list[ResolvedAddress]:

@@ -55,6 +55,16 @@ def _disconnected() -> ConnectionFailure:
 _MARK_TLS_CLOSED = sys.version_info < (3, 11)
 
 
+
+def _where(key: Any) -> str:
+    """A pool key for a repr (asyncio logs a protocol's): never its proxy's encoded spec,
+    which holds the proxy's credentials and headers."""
+    if not isinstance(key, tuple) or len(key) < 3:
+        return repr(key)
+    where = f"{key[0]}://{key[1]}:{key[2]}"
+    return where + " via a proxy" if len(key) > 4 and key[4] else where
+
+
 class HTTP1Connection(asyncio.BufferedProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -86,13 +96,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             state = "closed"
         else:
             state = "idle" if self.exchange.recv is R_IDLE else "active"
-        key = self.key
-        if key is not None and len(key) > 4 and key[4]:
-            # the key's last element encodes the proxy's credentials: its label instead
-            from .connector import _label  # (connector imports this module)
-
-            key = _label(key)
-        return f"<HTTP1Connection {key} {state}>"
+        return f"<HTTP1Connection {_where(self.key)} {state}>"
 
     # -- asyncio callbacks ---------------------------------------------------------
 

@@ -16,11 +16,10 @@ with two sets of proxy credentials, never share a slot.
   ``proxy_status`` failure (aiohttp's ``ClientHttpProxyError``) with its status, reason
   and headers.
 - An ``https://`` proxy: TLS to the proxy first, under the request's TLS settings (as
-  aiohttp's proxy request takes the request's ``ssl``) against the proxy's host name
-  (for a plain-http origin, a pinned fingerprint is checked on it: it is the only TLS
-  peer, and ``Fingerprint`` means an unverified context), then as above; an https
-  origin is then TLS in TLS, which asyncio has from Python 3.11 (or uvloop): on 3.10
-  such a request is refused.
+  aiohttp's proxy request takes the request's ``ssl``) against the proxy's host name, a
+  pinned fingerprint checked there too (``ssl=Fingerprint`` verifies nothing else), then
+  as above; an https origin is then TLS in TLS, which asyncio has from Python 3.11 (or
+  uvloop): on 3.10 such a request is refused.
 
 Failing to reach the proxy is ``proxy_connect`` (host and port of the proxy); its name
 failing to resolve is ``dns``, as in aiohttp. Every wait (the connect, the answer to
@@ -229,9 +228,9 @@ async def dial_proxy(
     conn = await _connect_to_proxy(
         dialer, proxy, key, timeout, deadline, ctx if proxy.tls else None
     )
+    if proxy.tls and key[3][1]:  # aiohttp's proxy request pins as the request does
+        dialer.check_fingerprint(conn, key[3][1], proxy.host, proxy.port)
     if scheme != "https":
-        if proxy.tls and key[3][1]:  # the proxy is the only TLS peer: the pin is its
-            dialer.check_fingerprint(conn, key[3][1])
         return conn
     assert ctx is not None and server_hostname is not None
     try:

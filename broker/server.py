@@ -25,8 +25,9 @@ What one worker connection may hold (``Limits`` and the constants below):
   connection's life (requests and ClearDNS); over it a request gets a Failure, a
   ClearDNS an ErrorFrame.
 - TLS settings: at most ``max_tls_specs`` (64) distinct ``TlsSpec`` opened
-  (``TlsOpen``) over the connection's life; a request naming one refused for the cap
-  gets a Failure (``broker``), one naming an id never opened a Failure (``protocol``),
+  (``TlsOpen``) over the connection's life, of at most 16 MiB encoded together; a
+  request naming one refused for a cap gets a Failure (``broker``), one naming an id
+  never opened a Failure (``protocol``),
   and a ``TlsOpen`` whose id is not its spec's SHA-256 an ErrorFrame (``broker/tls.py``).
 - Request bodies: the broker gives a streamed request ``STREAM_WINDOW`` (1 MiB) of
   credit and an ``Ack`` per piece written upstream; Data beyond the credit fails the

@@ -28,6 +28,7 @@ __all__ = [
     "host_header_problem",
     "proxy_bypass",
     "proxy_header_problem",
+    "sni_name_ok",
     "url_problem",
 ]
 
@@ -143,3 +144,15 @@ def proxy_header_problem(name: str, value: str) -> str | None:
     if name.lower() in _PROXY_FRAMING:
         return f"invalid proxy header {name!r}: the client frames its own messages"
     return None
+
+
+def sni_name_ok(name: str) -> bool:
+    """Whether the ssl module takes ``name`` as a ``server_hostname`` (it encodes it
+    with the ``idna`` codec, which refuses an empty or over-long label, and refuses NUL)."""
+    if "\x00" in name:
+        return False
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True

@@ -176,8 +176,9 @@ class TlsSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     ``verify``: the server's certificate is verified (CERT_REQUIRED; else CERT_NONE).
     ``system_store``: the system's CA certificates are trusted; ``ca_certs`` (DER) are
     trusted besides, or alone without it. ``minimum_version``/``maximum_version`` are
-    ``ssl.TLSVersion`` values; ``options``, ``verify_flags`` and ``ciphers`` (an OpenSSL
-    cipher string) None keep the defaults of ``ssl.create_default_context()``.
+    ``ssl.TLSVersion`` values; ``options``, ``verify_flags``, ``ciphers`` (an OpenSSL
+    cipher string, ``@SECLEVEL`` included) and ``hostname_checks_common_name`` None keep
+    the defaults of ``ssl.create_default_context()``.
     ``cert_chain``/``key``/``password``: a client certificate (PEM, as
     ``load_cert_chain`` read it; the key may be encrypted with ``password``). Every TLS
     connection offers ALPN ``http/1.1``.
@@ -199,6 +200,7 @@ class TlsSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     cert_chain: Annotated[bytes, msgspec.Meta(max_length=1 << 20)] = b""
     key: Annotated[bytes, msgspec.Meta(max_length=256 * 1024)] = b""
     password: Annotated[bytes, msgspec.Meta(max_length=4096)] = b""
+    hostname_checks_common_name: bool | None = None
 
     def __post_init__(self) -> None:
         if self.check_hostname and not self.verify:

@@ -7,8 +7,9 @@ the spec's id, the spec itself sent once per connection (``Transport.open_tls``)
 
 How a context is translated (``tls_spec``):
 
-- verify mode, hostname check, protocol bounds, options, verify flags and ciphers are
-  read from it; each one equal to ``ssl.create_default_context()``'s is None (the
+- verify mode, hostname check (and ``hostname_checks_common_name``), protocol bounds,
+  options, verify flags and ciphers (with the security level, ``@SECLEVEL``) are read
+  from it; each one equal to ``ssl.create_default_context()``'s is None (the
   engine's default), so equal settings give equal specs, and a context set up as the
   default one gives the default spec (b"": the same connections as ``ssl=True``).
   Without verification the trusted certificates do not matter and are left out.
@@ -19,14 +20,16 @@ How a context is translated (``tls_spec``):
   client certificate (``load_cert_chain``: its PEM files read at the call, a callable
   password called then). Its spec is exact.
 - Any other context shows only its CA certificates (``get_ca_certs(binary_form=True)``),
-  never a client certificate. The rule: none visible means the system store (as
-  ``ssl.create_default_context()`` gives when OpenSSL reads the store lazily from a
-  directory); all of the system store's (as this process loads it) and more means the
-  system store plus the others; otherwise exactly the visible ones.
+  never a client certificate. The rule: none visible means the system store where this
+  process's own store is unseen too (``ssl.create_default_context()`` shows none when
+  OpenSSL reads the store lazily from a directory), else nothing trusted (a bare context,
+  or one given only a capath: trusting the system store would accept what it refuses);
+  all of the system store's (as this process loads it) and more means the system store
+  plus the others; otherwise exactly the visible ones.
 
 A context's translation is cached per context object (weakly), beside a snapshot of its
-state (verify mode, hostname check, options, verify flags, protocol bounds, and a
-recording context's count of changes): a reused context costs a dict lookup and six
+state (verify mode, hostname checks, options, verify flags, protocol bounds, and a
+recording context's count of changes): a reused context costs a dict lookup and seven
 getters per request (about 1.5 us), and a context changed after its first use is translated again.
 Two changes are not seen on a context that does not record, because OpenSSL offers no
 cheap way to see them: certificates loaded, and ``set_ciphers``, after its first request
@@ -50,6 +53,7 @@ import msgspec
 
 from shared.framing import MAX_FRAME
 from shared.messages import Request
+from shared.rules import sni_name_ok
 from shared.specs import DEFAULT_TLS, UNVERIFIED_TLS, TlsSpec, encode_tls, tls_id
 
 __all__ = [
@@ -143,6 +147,8 @@ def check_server_hostname(server_hostname: Any) -> str:
         raise TypeError(f"server_hostname must be a str or None, got {server_hostname!r}")
     if len(server_hostname) > _MAX_SERVER_HOSTNAME:
         raise ValueError(f"server_hostname is longer than {_MAX_SERVER_HOSTNAME} characters")
+    if not sni_name_ok(server_hostname):
+        raise ValueError(f"server_hostname {server_hostname!r} is not a host name (SNI)")
     return server_hostname
 
 
@@ -316,6 +322,8 @@ class _Defaults(NamedTuple):
     minimum_version: int
     maximum_version: int
     ciphers: tuple[str, ...]
+    security_level: int
+    common_name: bool
 
 
 _defaults: dict[Any, _Defaults] = {}
@@ -330,7 +338,8 @@ def _template(purpose: Any) -> _Defaults:
         found = _defaults[purpose] = _Defaults(
             t.protocol, t.verify_mode, t.check_hostname, int(t.options), int(t.verify_flags),
             int(t.minimum_version), int(t.maximum_version),
-            tuple(c["name"] for c in t.get_ciphers()),
+            tuple(c["name"] for c in t.get_ciphers()), t.security_level,
+            t.hostname_checks_common_name,
         )
     return found
 
@@ -380,9 +389,9 @@ def _system_store() -> frozenset[bytes]:
 
 def _visible_store(ctx: ssl.SSLContext) -> tuple[bool, frozenset[bytes]]:
     certs = frozenset(ctx.get_ca_certs(binary_form=True))
-    if not certs:
-        return True, certs
     system = _system_store()
+    if not certs:  # the system store only where it is unseen here too (else: nothing)
+        return not system, certs
     if system and system <= certs:
         return True, certs - system
     return False, certs
@@ -392,15 +401,18 @@ def _unless(value: int, default: int) -> int | None:
     return None if value == default else value
 
 
-def _ciphers(ctx: ssl.SSLContext, default: tuple[str, ...]) -> str | None:
+def _ciphers(ctx: ssl.SSLContext, d: _Defaults) -> str | None:
+    """The cipher string, with the security level (``@SECLEVEL``, which
+    ``get_ciphers()`` does not show) when it is not the default's."""
     ciphers = ctx.get_ciphers()
-    if tuple(c["name"] for c in ciphers) == default:
+    level = ctx.security_level
+    if tuple(c["name"] for c in ciphers) == d.ciphers and level == d.security_level:
         return None
     # set_ciphers names TLS 1.2 and older suites; TLS 1.3's are not set through it.
     names = ":".join(c["name"] for c in ciphers if c["protocol"] != "TLSv1.3")
     if not names:
         raise ValueError("the ssl context allows no cipher below TLS 1.3: not translatable")
-    return names
+    return names if level == d.security_level else f"{names}:@SECLEVEL={level}"
 
 
 def tls_spec(ctx: ssl.SSLContext) -> TlsSpec:
@@ -426,10 +438,15 @@ def tls_spec(ctx: ssl.SSLContext) -> TlsSpec:
         maximum_version=_unless(int(ctx.maximum_version), d.maximum_version),
         options=_unless(int(ctx.options), d.options),
         verify_flags=_unless(int(ctx.verify_flags), d.verify_flags),
-        ciphers=_ciphers(ctx, d.ciphers),
+        ciphers=_ciphers(ctx, d),
         cert_chain=chain,
         key=key,
         password=password,
+        hostname_checks_common_name=(
+            None
+            if ctx.hostname_checks_common_name == d.common_name
+            else ctx.hostname_checks_common_name
+        ),
     )
 
 
@@ -459,6 +476,7 @@ _options = _B.options.__get__  # type: ignore[attr-defined]
 _verify_flags = _B.verify_flags.__get__  # type: ignore[attr-defined]
 _minimum = _B.minimum_version.__get__  # type: ignore[attr-defined]
 _maximum = _B.maximum_version.__get__  # type: ignore[attr-defined]
+_host_flags = _B._host_flags.__get__  # type: ignore[attr-defined]  (hostname_checks_common_name)
 
 _cache: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[tuple[Any, ...], bytes, TlsSpec]] = (
     weakref.WeakKeyDictionary()
@@ -469,7 +487,7 @@ def _state(ctx: ssl.SSLContext) -> tuple[Any, ...]:
     changes = ctx._tls_changes if isinstance(ctx, RecordingSSLContext) else 0
     return (
         _verify_mode(ctx), _check_hostname(ctx), _options(ctx), _verify_flags(ctx),
-        _minimum(ctx), _maximum(ctx), changes,
+        _minimum(ctx), _maximum(ctx), _host_flags(ctx), changes,
     )
 
 

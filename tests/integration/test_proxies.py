@@ -654,3 +654,58 @@ async def test_proxy_auth_is_deprecated_as_in_aiohttp(
         origin + "/", proxy=auth_proxy.url, proxy_headers={"Proxy-Authorization": value}
     ) as resp:
         assert resp.status == 200
+
+
+async def test_a_pinned_fingerprint_is_checked_on_an_https_proxy_too(
+    origin: str,
+    https_origin: str,
+    make_session: Callable[..., ClientSession],
+    tls_proxy: ProxyServer,
+    tls_certs: Certs,
+) -> None:
+    """As aiohttp's proxy request takes the request's ssl: ssl=Fingerprint(...) means no
+    verification, so the pin is what guards the leg to the proxy (and its credentials).
+    The test proxy and the https origin share a certificate: the right pin passes both."""
+    session = make_session(proxy=tls_proxy.url)
+    wrong = Fingerprint(bytes(32))
+    for url in (origin + "/", https_origin + "/"):
+        with pytest.raises(ServerFingerprintMismatch) as info:
+            await session.get(url, ssl=wrong)
+        assert (info.value.host, info.value.port) == ("127.0.0.1", tls_proxy.port)
+    right = Fingerprint(fingerprint_of(tls_certs.server))
+    for url in (origin + "/plain", https_origin + "/tls"):
+        async with session.get(url, ssl=right) as resp:
+            assert resp.status == 200 and (await resp.json())["through"] == tls_proxy.url
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio takes the grace from 3.11")
+@pytest.mark.parametrize("through", ["tunnel", "https-proxy"])
+async def test_ssl_shutdown_timeout_reaches_tls_through_a_proxy(
+    through: str,
+    origin: str,
+    https_origin: str,
+    open_proxy: ProxyServer,
+    tls_proxy: ProxyServer,
+    tls_certs: Certs,
+) -> None:
+    """aiohttp 3.14 gives the close_notify grace to the TLS inside a tunnel and to an
+    https:// proxy's TLS too, not only to direct connections."""
+    tunnel = through == "tunnel"
+    proxy_server, url = (open_proxy, URL(https_origin)) if tunnel else (tls_proxy, URL(origin))
+    assert url.host is not None and url.port is not None
+    registry = Registry(asyncio.get_running_loop())
+    pool = registry.pool_for(encode_pool(PoolSpec(ssl_shutdown_timeout=2.5)))
+    ca = ssl.PEM_cert_to_DER_cert(tls_certs.ca.read_text())
+    spec = TlsSpec(system_store=False, ca_certs=(ca,))
+    proxy_spec = ProxySpec(url=proxy_server.url)
+    proxy = hop_proxy(encode_proxy(ProxyRoute(http=proxy_spec, https=proxy_spec)), url, url.port)
+    assert proxy is not None
+    key = (url.scheme, url.host, url.port, (tls_id(encode_tls(spec)), b"", ""), proxy.key)
+    conn = await pool.acquire(key, ClientTimeout(total=20, connect=10), None, spec)
+    try:
+        assert conn.transport is not None
+        grace = conn.transport._ssl_protocol._ssl_shutdown_timeout  # type: ignore[attr-defined]
+        assert grace == 2.5
+    finally:
+        conn.abort()
+        await registry.close()

@@ -407,3 +407,38 @@ async def test_ssl_shutdown_timeout_as_aiohttp_3_14(
     pool.give_back(conn)
     await registry.close()
     assert _Recording.ends[-1] == end
+
+
+async def test_a_fingerprint_mismatch_over_a_unix_socket_is_the_mismatch(
+    transport: Transport, tls_certs: Certs, tmp_path: Path
+) -> None:
+    """A Unix socket's peer name is its path, not (host, port): the mismatch names the
+    URL's host and port instead of failing as an internal error."""
+    ctx = server_context(tls_certs.server, tls_certs.server_key)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    path = str(tmp_path / "tls.sock")
+    server = await asyncio.start_unix_server(answer, path, ssl=ctx)
+    try:
+        pool = encode_pool(PoolSpec(kind="unix", path=path))
+        wrong = bytes(32)
+        url = "https://localhost:8443/"
+        f = await failure(fetch(transport, url, UNVERIFIED_TLS, fingerprint=wrong, pool=pool))
+        assert f.code == "fingerprint"
+        assert (f.expected, f.got) == (wrong, fingerprint_of(tls_certs.server))
+        assert (f.host, f.port) == ("localhost", 8443)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".example", "nul\x00.example"])
+async def test_a_server_hostname_ssl_refuses_fails_as_ssl(
+    transport: Transport, tls_server: Callable[..., Awaitable[Server]], name: str
+) -> None:
+    """A raw worker's server_hostname that the ssl module refuses for SNI: the request's
+    clear failure, not an error inside the broker."""
+    server = await tls_server()
+    f = await failure(fetch(transport, server.url, UNVERIFIED_TLS, server_hostname=name))
+    assert f.code == "ssl" and "server_hostname" in f.message

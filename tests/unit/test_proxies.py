@@ -316,7 +316,7 @@ async def test_a_proxied_connections_repr_shows_no_credential() -> None:
     conn = HTTP1Connection(asyncio.get_running_loop())
     conn.key = ("http", "site.test", 80, NO_TLS, proxy.key)
     text = repr(conn)
-    assert "site.test:80 via http://p.test:3128" in text
+    assert "site.test:80 via a proxy" in text
     assert auth.split()[1] not in text
     conn.key = ("http", "site.test", 80, NO_TLS, b"")
     assert "site.test" in repr(conn)
@@ -338,3 +338,20 @@ async def test_connect_answer_skips_informational_answers_as_aiohttp() -> None:
         reader.data_received(b"HTTP/1.1 100 \r\n\r\n")
     with pytest.raises(ConnectionFailure, match="over"):
         reader.done.result()
+
+
+async def test_a_proxied_connection_never_shows_its_proxy_credentials() -> None:
+    """asyncio's exception handler logs a protocol's repr (a fatal TLS error, say): a
+    connection's key holds its proxy's encoded spec, credentials and headers included."""
+    spec = ProxySpec(
+        url="http://127.0.0.1:3128",
+        authorization="Basic dXNlcjpzZWNyZXQ=",
+        headers=(("X-Token", "hunter2"),),
+    )
+    conn = HTTP1Connection(asyncio.get_running_loop())
+    proxy = hop_proxy(encode_proxy(ProxyRoute(https=spec)), URL("https://example.com/"), 443)
+    assert proxy is not None
+    conn.key = ("https", "example.com", 443, NO_TLS, proxy.key)
+    shown = repr(conn)
+    assert "dXNlcjpzZWNyZXQ" not in shown and "hunter2" not in shown
+    assert "https://example.com:443" in shown and "proxy" in shown

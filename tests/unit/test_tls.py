@@ -9,6 +9,7 @@ import pickle
 import ssl
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from aiohttp import client_reqrep as aio_reqrep
 from aiohttp import connector as aio_connector
 
 import worker_client.connector as connector_module
+import worker_client.tls as tls_mod
 from shared.specs import DEFAULT_TLS, UNVERIFIED_TLS, TlsSpec, encode_tls, tls_id
 from tests.tls_certs import CLIENT_KEY_PASSWORD, Certs, server_context
 from worker_client import ClientSession, Fingerprint, TCPConnector, create_default_context
@@ -192,12 +194,26 @@ def test_a_ca_loaded_beside_the_system_store_keeps_both(tls_certs: Certs):
     assert tls_spec(recording) == expected
 
 
-def test_a_bare_context_with_nothing_visible_means_the_system_store():
-    # The documented rule for contexts that do not record (OpenSSL may read the system
-    # store lazily from a directory, unseen); one that records knows it loaded nothing.
-    assert tls_spec(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)).system_store
-    bare = RecordingSSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def test_a_bare_context_with_nothing_visible_trusts_nothing_here():
+    # A context that does not record and shows no CA certificate: the system store only
+    # where this process's own loads unseen (lazily, from a directory). Here it is seen,
+    # so the context has nothing loaded (or a capath, unseen): trusting the system store
+    # instead would accept what the caller's context refuses. One that records knows.
+    if not tls_mod._system_store():
+        pytest.skip("this system's store is read lazily: nothing visible is the store")
+    bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     assert tls_spec(bare) == TlsSpec(system_store=False)
+    with tempfile.TemporaryDirectory() as capath:  # only a private CA directory, unseen
+        bare.load_verify_locations(capath=capath)
+        assert not tls_spec(bare).system_store
+    assert tls_spec(RecordingSSLContext(ssl.PROTOCOL_TLS_CLIENT)) == TlsSpec(system_store=False)
+
+
+def test_nothing_visible_means_the_system_store_where_it_loads_unseen(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(tls_mod, "_system_cas", frozenset())
+    assert tls_spec(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)).system_store
 
 
 def test_cadata_as_pem_text_and_as_concatenated_der(tls_certs: Certs):
@@ -389,6 +405,8 @@ def test_a_context_changed_after_use_is_translated_again(make):
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.options |= ssl.OP_NO_TICKET
     assert context_tls(ctx)[1].options == ctx.options
+    ctx.hostname_checks_common_name = False
+    assert context_tls(ctx)[1].hostname_checks_common_name is False
 
 
 def test_a_recording_context_sees_loads_and_ciphers_after_use(tls_certs: Certs):
@@ -421,6 +439,10 @@ def test_the_cache_does_not_keep_contexts_alive():
 def test_server_hostname_is_checked_before_it_reaches_the_wire():
     assert check_server_hostname(None) == ""
     assert check_server_hostname("example.com") == "example.com"
+    assert check_server_hostname("bücher.example") == "bücher.example"
+    for name in ("a..b", "x" * 64 + ".example", "nul\x00.example"):  # the ssl module's refusals
+        with pytest.raises(ValueError, match="not a host name"):
+            check_server_hostname(name)
     with pytest.raises(TypeError):
         check_server_hostname(b"example.com")
     with pytest.raises(ValueError, match="255"):
@@ -646,3 +668,31 @@ def test_fingerprint_mismatch_is_the_seeds_name():
     from worker_client import FingerprintMismatch, ServerFingerprintMismatch
 
     assert FingerprintMismatch is ServerFingerprintMismatch
+
+
+def test_a_security_level_is_carried_even_with_the_default_ciphers():
+    """``@SECLEVEL`` (key sizes, signature hashes) is not in ``get_ciphers()``: a context
+    raised to level 3 must not become the broker's level 2, with or without other
+    ciphers."""
+    import _ssl
+
+    from broker.tls import build_context
+
+    same = ssl.create_default_context()
+    same.set_ciphers(_ssl._DEFAULT_CIPHERS.replace("@SECLEVEL=2", "@SECLEVEL=3"))
+    other = ssl.create_default_context()
+    other.set_ciphers("DEFAULT:@SECLEVEL=3")
+    for ctx in (same, other):
+        assert ctx.security_level == 3
+        spec = tls_spec(ctx)
+        assert spec != DEFAULT_TLS and build_context(spec).security_level == 3
+
+
+def test_hostname_checks_common_name_off_is_carried():
+    from broker.tls import build_context
+
+    ctx = ssl.create_default_context()
+    assert tls_spec(ctx) == DEFAULT_TLS
+    ctx.hostname_checks_common_name = False
+    spec = tls_spec(ctx)
+    assert spec != DEFAULT_TLS and not build_context(spec).hostname_checks_common_name

@@ -245,3 +245,53 @@ def test_the_table_checks_ids_and_caps_specs() -> None:
 def test_a_spec_never_shows_its_key() -> None:
     spec = TlsSpec(cert_chain=b"CHAIN", key=b"SECRET-KEY", password=b"SECRET-PW")
     assert "SECRET" not in repr(spec) and "client certificate" in repr(spec)
+
+
+def test_a_failure_of_the_moment_is_not_remembered(
+    tls_certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors while a client certificate is loaded: that attempt fails,
+    the next one builds the context (only a spec's own fault is cached)."""
+    spec = _client_spec(tls_certs)
+
+    def exhausted(*args: object, **kw: object) -> object:
+        raise OSError(24, "Too many open files")
+
+    contexts = TlsContexts()
+    with monkeypatch.context() as m:
+        m.setattr(os, "memfd_create", exhausted, raising=False)
+        m.setattr(tempfile, "mkdtemp", exhausted)
+        with pytest.raises(TlsError, match="Too many open files"):
+            contexts.context(tls_id(encode_tls(spec)), spec)
+    ctx = contexts.context(tls_id(encode_tls(spec)), spec)
+    _handshake(ctx, _server(tls_certs, client_ca=tls_certs.ca))
+
+
+def test_the_table_caps_the_bytes_of_its_specs() -> None:
+    """Specs of many CA certificates: the one that would pass the byte cap is refused,
+    and the requests naming it fail with the broker's cap, not as never opened."""
+    big = [TlsSpec(system_store=False, ca_certs=(bytes([n]) * 40_000,)) for n in range(3)]
+    ids = [tls_id(encode_tls(s)) for s in big]
+    table = TlsTable(max_specs=64, max_bytes=100_000)
+    for tls, spec in zip(ids, big, strict=True):
+        table.open(tls, spec)
+    assert len(table) == 2 and table.find(ids[1]) is big[1]
+    with pytest.raises(ConnectionFailure, match="100000 bytes") as capped:
+        table.find(ids[2])
+    assert capped.value.code == "broker"
+
+
+def test_the_contexts_cap_the_bytes_of_their_specs(tls_certs: Certs) -> None:
+    """Two specs of many CA certificates past the byte cap: building the second drops
+    the first (each context holds its CA store), under the count cap."""
+    cas = sorted(ssl.create_default_context().get_ca_certs(binary_form=True))
+    if len(cas) < 40:
+        cas = [_der(tls_certs.ca), _der(tls_certs.other_ca)] * 20
+    half = len(cas) // 2
+    a, b = (TlsSpec(system_store=False, ca_certs=tuple(part)) for part in (cas[:half], cas[half:]))
+    size = max(len(encode_tls(a)), len(encode_tls(b)))
+    contexts = TlsContexts(max_size=64, max_bytes=size + size // 2)
+    ctx_a = contexts.context(tls_id(encode_tls(a)), a)
+    contexts.context(tls_id(encode_tls(b)), b)
+    assert len(contexts) == 1 and contexts.bytes == len(encode_tls(b))
+    assert contexts.context(tls_id(encode_tls(a)), a) is not ctx_a  # built again
