@@ -668,12 +668,13 @@ async def test_a_pinned_fingerprint_is_checked_on_an_https_proxy_too(
     The test proxy and the https origin share a certificate: the right pin passes both."""
     session = make_session(proxy=tls_proxy.url)
     wrong = Fingerprint(bytes(32))
-    for url in (origin + "/", https_origin + "/"):
+    tls_in_tls = sys.version_info >= (3, 11)  # (3.10 refuses it: test_https_proxy_and_tls_in_tls)
+    for url in (origin + "/", https_origin + "/")[: 2 if tls_in_tls else 1]:
         with pytest.raises(ServerFingerprintMismatch) as info:
             await session.get(url, ssl=wrong)
         assert (info.value.host, info.value.port) == ("127.0.0.1", tls_proxy.port)
     right = Fingerprint(fingerprint_of(tls_certs.server))
-    for url in (origin + "/plain", https_origin + "/tls"):
+    for url in (origin + "/plain", https_origin + "/tls")[: 2 if tls_in_tls else 1]:
         async with session.get(url, ssl=right) as resp:
             assert resp.status == 200 and (await resp.json())["through"] == tls_proxy.url
 
