@@ -7,7 +7,8 @@ decode error. A stream is one request: the worker picks its id, odd and increasi
 worker -> broker: Hello, TlsOpen, Request, Data/End (a streamed request body), Ack,
                   Cancel, ClearDNS, StatsRequest, the jar calls (JarOpen, JarClose, JarUpdate,
                   JarFilter, JarCount, JarDump, JarLoad, JarDelete)
-broker -> worker: Welcome, Head, Data/End (the response body), Ack, Rewind, Failure, ErrorFrame,
+broker -> worker: Welcome, TraceEvent, Head, Data/End (the response body), Ack, Rewind,
+                  Failure, ErrorFrame,
                   Stats, the jar replies (JarDone, JarCookies, JarData, JarFailed)
 
 Jar calls are answered in order, one reply each (a ``JarDump`` may answer with several
@@ -119,6 +120,9 @@ class Request(_Msg, tag="req", frozen=True):
     server_hostname: Annotated[str, msgspec.Meta(max_length=255)] = ""
     # A shared.specs.ProxyRoute, encoded (b"": every hop direct).
     proxy: Annotated[bytes, msgspec.Meta(max_length=MAX_PROXY_ROUTE)] = b""
+    # Send this request's TraceEvents (its session has trace_configs); an untraced
+    # request gets none and pays nothing for tracing.
+    trace: bool = False
 
 
 class TlsOpen(_Msg, tag="tlsopen", frozen=True):
@@ -141,6 +145,46 @@ class HistoryItem(msgspec.Struct, frozen=True, array_like=True):
     url: str
     method: str
     request_headers: list[tuple[str, str]]
+
+
+TRACE_KINDS = (
+    "connection_queued_start",
+    "connection_queued_end",
+    "connection_create_start",
+    "connection_create_end",
+    "connection_reuseconn",
+    "dns_resolvehost_start",
+    "dns_resolvehost_end",
+    "dns_cache_hit",
+    "dns_cache_miss",
+    "request_headers_sent",
+    "request_chunk_sent",
+    "request_redirect",
+)
+"""The events the broker sends a traced request, named as aiohttp's signals without
+``on_``; the others (request start/end/exception, response chunks) are the worker's."""
+TraceKind = Annotated[str, msgspec.Meta(max_length=32)]
+
+
+class TraceEvent(_Msg, tag="trace", frozen=True):
+    """Broker to worker, only for a ``Request`` with ``trace``: one connection-level
+    event of aiohttp's tracing, in the order the engine meets it, always before the
+    stream's ``Head`` or ``Failure``. ``kind`` is one of ``TRACE_KINDS``. The fields
+    each kind fills: the dns ones ``host`` (and ``port``); ``request_headers_sent``
+    ``method``, ``url`` and ``headers`` (the hop's request as written, cookies and
+    per-hop headers included); ``request_chunk_sent`` ``size`` (bytes of the request
+    body the broker wrote, in order; the worker knows which); ``request_redirect``
+    ``redirect`` (the response followed). The others fill nothing."""
+
+    stream: int
+    kind: TraceKind
+    host: str = ""
+    port: int = 0
+    method: str = ""
+    url: str = ""
+    headers: list[tuple[str, str]] = []
+    size: int = 0
+    redirect: HistoryItem | None = None
 
 
 class Head(_Msg, tag="head", frozen=True):
@@ -340,6 +384,7 @@ Message = (
     Hello
     | Welcome
     | TlsOpen
+    | TraceEvent
     | Request
     | Head
     | Data
