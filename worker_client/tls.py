@@ -98,6 +98,11 @@ class Fingerprint:
 
 _EXCLUSIVE = "verify_ssl, ssl_context, fingerprint and ssl parameters are mutually exclusive"
 _ALLOWED = (ssl.SSLContext, bool, Fingerprint, type(None))
+_DEPRECATED = {
+    "verify_ssl": "verify_ssl is deprecated, use ssl=False instead",
+    "ssl_context": "ssl_context is deprecated, use ssl=context instead",
+    "fingerprint": "fingerprint is deprecated, use ssl=Fingerprint(fingerprint) instead",
+}
 
 
 def merge_ssl(
@@ -107,31 +112,18 @@ def merge_ssl(
     ``fingerprint`` folded into one ``ssl`` value (each with its DeprecationWarning)."""
     if ssl_ is None:
         ssl_ = True
-    if verify_ssl is not None and not verify_ssl:
-        warnings.warn(
-            "verify_ssl is deprecated, use ssl=False instead", DeprecationWarning, stacklevel=3
-        )
-        if ssl_ is not True:
-            raise ValueError(_EXCLUSIVE)
-        ssl_ = False
-    if ssl_context is not None:
-        warnings.warn(
-            "ssl_context is deprecated, use ssl=context instead",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        if ssl_ is not True:
-            raise ValueError(_EXCLUSIVE)
-        ssl_ = ssl_context
-    if fingerprint is not None:
-        warnings.warn(
-            "fingerprint is deprecated, use ssl=Fingerprint(fingerprint) instead",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        if ssl_ is not True:
-            raise ValueError(_EXCLUSIVE)
-        ssl_ = Fingerprint(fingerprint)
+    if verify_ssl is not None or ssl_context is not None or fingerprint is not None:
+        # (given?, its warning, the ssl value it stands for), in aiohttp's order
+        for given, warning, value in (
+            (verify_ssl is not None and not verify_ssl, "verify_ssl", lambda: False),
+            (ssl_context is not None, "ssl_context", lambda: ssl_context),
+            (fingerprint is not None, "fingerprint", lambda: Fingerprint(fingerprint)),
+        ):
+            if given:
+                warnings.warn(_DEPRECATED[warning], DeprecationWarning, stacklevel=3)
+                if ssl_ is not True:
+                    raise ValueError(_EXCLUSIVE)
+                ssl_ = value()
     if not isinstance(ssl_, _ALLOWED):
         raise TypeError(
             f"ssl should be SSLContext, bool, Fingerprint or None, got {ssl_!r} instead."
