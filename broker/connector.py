@@ -4,8 +4,8 @@ pool's ``Dialer``'s (``broker/dialer.py``).
 A traced request (``acquire``'s ``trace``: its stream) is told what aiohttp's
 ``BaseConnector.connect`` reports: ``connection_queued_start``/``_end`` around each wait
 for a slot, ``connection_reuseconn`` for an idle connection, ``connection_create_start``
-/``_end`` around opening one (the DNS events in between are the dialer's; a failed
-connect has no ``_end``)."""
+/``_end`` around opening one (the DNS events in between are the dialer's, none for a
+connection through a proxy, as in aiohttp; a failed connect has no ``_end``)."""
 
 from __future__ import annotations
 
@@ -299,9 +299,8 @@ class Pool:
         tls: TlsSpec | None = None,
         trace: BrokerStream | None = None,
     ) -> HTTP1Connection:
-        if key[4]:  # through a proxy (broker.proxy)
-            conn = await dial_proxy(self.dialer, key, timeout, deadline, tls, trace)
-            return self._adopt(conn, key)
+        if key[4]:  # through a proxy (broker.proxy); aiohttp traces none of its lookup
+            return self._adopt(await dial_proxy(self.dialer, key, timeout, deadline, tls), key)
         return self._adopt(await self.dialer.dial(key, timeout, deadline, tls, trace), key)
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:

@@ -57,7 +57,6 @@ from .dialer import Dialer, connect_timeout, tls_failure
 from .exchange import DEFAULT_LIMITS
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
-from .stream import BrokerStream
 
 __all__ = [
     "MAX_CONNECT_HEAD", "Proxy", "absolute_target", "dial_proxy", "hop_proxy", "proxy_label",
@@ -210,7 +209,6 @@ async def dial_proxy(
     timeout: ClientTimeout,
     deadline: float | None,
     tls: TlsSpec | None = None,
-    trace: BrokerStream | None = None,
 ) -> HTTP1Connection:
     """A connection for ``key`` (scheme, host, port, tls, proxy key) through its proxy:
     to the proxy itself for an http origin, a tunnel with TLS to the origin for https
@@ -228,7 +226,7 @@ async def dial_proxy(
         fields: dict[str, Any] = {"host": host, "port": port, "ssl": True}
         ctx, server_hostname = dialer.tls_for(key, tls, fields)
     conn = await _connect_to_proxy(
-        dialer, proxy, key, timeout, deadline, ctx if proxy.tls else None, trace
+        dialer, proxy, key, timeout, deadline, ctx if proxy.tls else None
     )
     if proxy.tls and key[3][1]:  # aiohttp's proxy request pins as the request does
         dialer.check_fingerprint(conn, key[3][1], proxy.host, proxy.port)
@@ -252,15 +250,13 @@ async def _connect_to_proxy(
     timeout: ClientTimeout,
     deadline: float | None,
     tls: ssl_mod.SSLContext | None,
-    trace: BrokerStream | None = None,
 ) -> HTTP1Connection:
-    """A connection to the proxy itself; ``tls``: the context for an ``https://`` one;
-    ``trace``: a traced request's stream, told of the proxy's lookup (as aiohttp's)."""
+    """A connection to the proxy itself; ``tls``: the context for an ``https://`` one."""
     loop = dialer._loop
     fields: dict[str, Any] = {"host": proxy.host, "port": proxy.port, "ssl": proxy.tls}
     extra = dialer.tls_kwargs() if tls else {}
     try:
-        addrs = await dialer._resolve(proxy.host, proxy.port, deadline, trace)
+        addrs = await dialer._resolve(proxy.host, proxy.port, deadline)
     except TimeoutError:
         raise connect_timeout(key) from None
     except OSError as exc:

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from shared.messages import TRACE_KINDS, Data, End, Failure, Head, Request, TraceEvent
-from shared.specs import ClientTimeout, PoolSpec, encode_pool
+from shared.specs import ClientTimeout, PoolSpec, ProxyRoute, ProxySpec, encode_pool, encode_proxy
 from worker_client.handle import StreamHandle
 from worker_client.transport import IPCTransport, Transport, get_transport, release_transport
 
@@ -89,14 +89,22 @@ class Ours:
         data: bytes | None = None,
         parts: list[bytes] | None = None,
         sink: Callable[[TraceEvent], None] | None = None,
+        **fields: Any,
     ) -> Head:
         t = self.transport
         sid = t.next_stream_id()
         handle = StreamHandle(t, sid, Failed)
         handle.on_trace = sink or (lambda ev: rec.add(ev.kind, ev))
         req = Request(
-            sid, method, url, body=data, streamed=parts is not None, pool=self.pool,
-            timeout=TIMEOUT, trace=True,
+            sid,
+            method,
+            url,
+            body=data,
+            streamed=parts is not None,
+            pool=self.pool,
+            timeout=TIMEOUT,
+            trace=True,
+            **fields,
         )
         await t.send(req, None if parts is None else _chunks(parts), handle)
         head = await handle.head
@@ -117,9 +125,10 @@ class Theirs:
         method: str = "GET",
         data: bytes | None = None,
         parts: list[bytes] | None = None,
+        **kw: Any,
     ) -> None:
         body: Any = data if parts is None else _chunks(parts)
-        async with self.session.request(method, url, data=body, trace_request_ctx=rec) as r:
+        async with self.session.request(method, url, data=body, trace_request_ctx=rec, **kw) as r:
             await r.read()
 
 
@@ -172,8 +181,17 @@ async def app_url(serve_app: Callable[..., Awaitable[str]]) -> Callable[[], Awai
         async def redirect(request: web.Request) -> web.Response:
             raise web.HTTPFound("/")
 
+        async def nowhere(request: web.Request) -> web.Response:
+            return web.Response(status=302, text="no Location")
+
+        async def loop(request: web.Request) -> web.Response:
+            raise web.HTTPFound("/loop")
+
         async def post(request: web.Request) -> web.Response:
             return web.Response(text=str(len(await request.read())))
+
+        async def refuse(request: web.Request) -> web.Response:
+            return web.Response(status=417, text="no")
 
         async def hold(request: web.Request) -> web.Response:
             got_hold.set()
@@ -183,7 +201,10 @@ async def app_url(serve_app: Callable[..., Awaitable[str]]) -> Callable[[], Awai
         app = web.Application()
         app.router.add_get("/", ok)
         app.router.add_get("/redirect", redirect)
+        app.router.add_get("/nowhere", nowhere)
+        app.router.add_get("/loop", loop)
         app.router.add_post("/post", post)
+        app.router.add_post("/refuse", post, expect_handler=refuse)
         app.router.add_get("/hold", hold)
         url = await serve_app(app, host="localhost")
         return url, got_hold, release
@@ -244,6 +265,105 @@ async def test_first_second_redirect_and_post_sequences_match_aiohttp(
     assert ("Content-Length", "1000") in post.of("request_headers_sent")[0].headers
 
 
+async def test_a_new_connection_to_a_cached_name_is_a_dns_cache_hit_as_in_aiohttp(
+    transport: Transport, app_url: Any, aiohttp_session: Any
+) -> None:
+    url, _, _ = await app_url()
+    ours, theirs = (
+        Ours(transport, fresh_pool(force_close=True)),
+        Theirs(aiohttp_session(force_close=True)),
+    )
+    got, want = [Recorder(), Recorder()], [Recorder(), Recorder()]
+    for rec in got:
+        await ours.fetch(url + "/", rec)
+    for rec in want:
+        await theirs.fetch(url + "/", rec)
+    assert (
+        [r.kinds for r in got]
+        == [r.kinds for r in want]
+        == [
+            FIRST,
+            [
+                "connection_create_start",
+                "dns_cache_hit",
+                "connection_create_end",
+                "request_headers_sent",
+            ],
+        ]
+    )
+
+
+async def test_a_redirect_without_location_and_too_many_redirects_as_in_aiohttp(
+    transport: Transport, app_url: Any, aiohttp_session: Any
+) -> None:
+    url, _, _ = await app_url()
+    ours, theirs = Ours(transport, fresh_pool()), Theirs(aiohttp_session())
+    await ours.fetch(url + "/", Recorder())
+    await theirs.fetch(url + "/", Recorder())
+    mine, want = Recorder(), Recorder()
+    head = await ours.fetch(url + "/nowhere", mine)
+    await theirs.fetch(url + "/nowhere", want)
+    assert head.status == 302 and not head.history  # the response itself, as aiohttp
+    assert mine.kinds == want.kinds == [*SECOND, "request_redirect"]
+    assert mine.of("request_redirect")[0].redirect.status == 302
+
+    mine, want = Recorder(), Recorder()
+    with pytest.raises(Failed) as info:
+        await ours.fetch(url + "/loop", mine, max_redirects=2)
+    assert info.value.failure.code == "too_many_redirects"
+    with pytest.raises(aiohttp.TooManyRedirects):
+        await theirs.fetch(url + "/loop", want, max_redirects=2)
+    assert mine.kinds == want.kinds == [*SECOND, "request_redirect"] * 2
+
+
+async def test_a_connection_through_a_proxy_has_no_dns_events_as_in_aiohttp(
+    transport: Transport, app_url: Any, aiohttp_session: Any
+) -> None:
+    """aiohttp traces none of the proxy's lookup (its connection to the proxy is made
+    with no traces); the origin's name is the proxy's to resolve. The app plays the
+    proxy: it answers the absolute-form request itself."""
+    proxy, _, _ = await app_url()
+    origin = "http://origin.invalid/"
+    route = encode_proxy(ProxyRoute(http=ProxySpec(url=proxy)))
+    mine, want = Recorder(), Recorder()
+    await Ours(transport, fresh_pool()).fetch(origin, mine, proxy=route)
+    await Theirs(aiohttp_session()).fetch(origin, want, proxy=proxy)
+    assert (
+        mine.kinds
+        == want.kinds
+        == [
+            "connection_create_start",
+            "connection_create_end",
+            "request_headers_sent",
+        ]
+    )
+    assert mine.of("request_headers_sent")[0].url == origin
+
+
+async def test_a_body_held_for_100_continue_is_a_chunk_once_sent_as_in_aiohttp(
+    transport: Transport, app_url: Any, aiohttp_session: Any
+) -> None:
+    url, _, _ = await app_url()
+    ours, theirs = Ours(transport, fresh_pool()), Theirs(aiohttp_session())
+    mine, want = Recorder(), Recorder()
+    expect = [("Expect", "100-continue")]
+    head = await ours.fetch(
+        url + "/post", mine, "POST", b"y" * 300, headers=expect, expect100=True
+    )
+    await theirs.fetch(url + "/post", want, "POST", b"y" * 300, expect100=True)
+    assert head.status == 200
+    assert mine.kinds == want.kinds == [*FIRST, "request_chunk_sent"]
+    assert [e.size for e in mine.of("request_chunk_sent")] == [300]
+
+    mine, want = Recorder(), Recorder()  # a final answer first: the body never goes
+    head = await ours.fetch(
+        url + "/refuse", mine, "POST", b"y" * 300, headers=expect, expect100=True
+    )
+    await theirs.fetch(url + "/refuse", want, "POST", b"y" * 300, expect100=True)
+    assert head.status == 417
+    assert mine.kinds == want.kinds == [*SECOND]
+
+
 async def test_a_failed_connection_has_no_create_end_as_in_aiohttp(
     transport: Transport, aiohttp_session: Any
 ) -> None:
@@ -298,12 +418,16 @@ async def test_a_wait_for_a_slot_is_queued_start_and_end_as_in_aiohttp(
         release.set()
         await asyncio.wait_for(asyncio.gather(holder, waiter), 10)
         kinds.append(second.kinds)
-    assert kinds[0] == kinds[1] == [
-        "connection_queued_start",
-        "connection_queued_end",
-        "connection_reuseconn",
-        "request_headers_sent",
-    ]
+    assert (
+        kinds[0]
+        == kinds[1]
+        == [
+            "connection_queued_start",
+            "connection_queued_end",
+            "connection_reuseconn",
+            "request_headers_sent",
+        ]
+    )
 
 
 async def test_a_streamed_body_sends_a_chunk_event_per_piece_written(
@@ -346,9 +470,7 @@ async def test_a_raising_sink_fails_the_request_and_frees_the_slot(
 
 
 @pytest.mark.usefixtures("raw_workers")
-async def test_an_untraced_request_gets_no_trace_frame(
-    broker_process: Any, app_url: Any
-) -> None:
+async def test_an_untraced_request_gets_no_trace_frame(broker_process: Any, app_url: Any) -> None:
     url, _, _ = await app_url()
     w = await RawWorker.connect(broker_process.socket_path)
     pool = encode_pool(fresh_pool())
@@ -362,9 +484,7 @@ async def test_an_untraced_request_gets_no_trace_frame(
 
 
 @pytest.mark.usefixtures("raw_workers")
-async def test_unread_trace_events_hold_no_pool_slot(
-    broker_process: Any, app_url: Any
-) -> None:
+async def test_unread_trace_events_hold_no_pool_slot(broker_process: Any, app_url: Any) -> None:
     """aiohttp issue 5259: a worker that has not handled its events yet (here: has read
     nothing at all) does not keep the connection from the next request."""
     url, _, _ = await app_url()
