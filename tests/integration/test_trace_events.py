@@ -21,6 +21,7 @@ from worker_client.handle import StreamHandle
 from worker_client.transport import IPCTransport, Transport, get_transport, release_transport
 
 from .raw_worker import RawWorker, raw_workers  # noqa: F401  (the fixture)
+from .test_dns import FakeDNS, dns_server, make_resolver  # noqa: F401  (the fixtures)
 
 TIMEOUT = ClientTimeout(total=20, connect=10)
 
@@ -362,6 +363,53 @@ async def test_a_body_held_for_100_continue_is_a_chunk_once_sent_as_in_aiohttp(
     await theirs.fetch(url + "/refuse", want, "POST", b"y" * 300, expect100=True)
     assert head.status == 417
     assert mine.kinds == want.kinds == [*SECOND]
+
+
+async def test_traced_lookup_says_how_each_lookup_went(
+    dns_server: FakeDNS,  # noqa: F811
+    make_resolver: Any,  # noqa: F811
+) -> None:
+    cached, uncached = make_resolver(), make_resolver(use_cache=False)
+    assert cached.traced_lookup("127.0.0.1", 80)[1] == "literal"
+    dns_server.hold()
+    first, how = cached.traced_lookup("svc.test", 80, socket.AF_INET)
+    second, joined = cached.traced_lookup("svc.test", 80, socket.AF_INET)
+    assert (how, joined) == ("miss", "joined") and first is second
+    dns_server.release()
+    assert isinstance(first, asyncio.Task) and await first
+    assert cached.traced_lookup("svc.test", 80, socket.AF_INET)[1] == "hit"
+    lookup, how = uncached.traced_lookup("svc.test", 80, socket.AF_INET)
+    assert how == "uncached" and isinstance(lookup, asyncio.Task) and await lookup
+    assert cached.figures()["hits"] == 1  # told apart without counting a hit or a miss
+
+
+async def test_joining_a_lookup_in_flight_is_a_cache_hit_as_in_aiohttp(
+    transport: Transport,
+    app_url: Any,
+    aiohttp_session: Any,
+    dns_server: FakeDNS,  # noqa: F811
+) -> None:
+    url, _, _ = await app_url()
+    url = url.replace("localhost", "svc.test")
+    resolver = aiohttp.AsyncResolver(nameservers=["127.0.0.1"], **dns_server.resolver_options)
+    ours = Ours(transport, fresh_pool(resolver=dns_server.resolver_spec()))
+    theirs = Theirs(aiohttp_session(resolver=resolver))
+    for client in (ours, theirs):
+        dns_server.hold()
+        first, second = Recorder(), Recorder()
+        a = asyncio.ensure_future(client.fetch(url + "/", first))
+        await first.until("dns_resolvehost_start")
+        b = asyncio.ensure_future(client.fetch(url + "/", second))
+        await second.until("dns_cache_hit")
+        dns_server.release()
+        await asyncio.wait_for(asyncio.gather(a, b), 10)
+        assert first.kinds == FIRST
+        assert second.kinds == [
+            "connection_create_start",
+            "dns_cache_hit",
+            "connection_create_end",
+            "request_headers_sent",
+        ]
 
 
 async def test_a_failed_connection_has_no_create_end_as_in_aiohttp(
