@@ -161,7 +161,7 @@ class Engine:
                 return
             untouched = conn.body_held  # answered before 100 Continue: the body is unread
             pool.give_back(conn)
-            history.append(item or _history_item(head, hop, headers))
+            history.append(item if item is not None else _history_item(head, hop, headers))
             if req.max_redirects and len(history) >= req.max_redirects:
                 raise ConnectionFailure(
                     "too_many_redirects",
