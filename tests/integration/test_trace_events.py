@@ -562,3 +562,16 @@ async def test_a_trace_event_for_an_unknown_stream_is_ignored(
         assert rec.kinds == FIRST
     finally:
         await release_transport(t)
+
+
+async def test_the_handle_takes_trace_events_only_before_its_head(transport: Transport) -> None:
+    handle = StreamHandle(transport, transport.next_stream_id(), Failed)
+    early = TraceEvent(handle.id, "connection_reuseconn")
+    handle.on_trace_event(early)  # no sink yet: dropped
+    got: list[TraceEvent] = []
+    handle.on_trace = got.append
+    handle.on_trace_event(early)
+    handle.on_head(Head(handle.id, 200, "OK", (1, 1), [], "http://x/", "GET"))
+    handle.on_trace_event(TraceEvent(handle.id, "request_headers_sent"))  # a broker's bug
+    assert got == [early]
+    handle.give_up()
