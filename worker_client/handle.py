@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from shared.messages import STREAM_WINDOW, Failure, Head, TraceEvent
+from shared.messages import STREAM_WINDOW, TRACE_KINDS, Failure, Head, TraceEvent
 from shared.stream_state import Event, State, StreamStateError, step
 
 from .exceptions import BrokerProtocolError
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["StreamHandle", "Deadlines"]
 
 _ACK_BATCH = STREAM_WINDOW // 4
+_TRACE_KINDS = frozenset(TRACE_KINDS)
 
 
 class StreamHandle:
@@ -80,9 +81,13 @@ class StreamHandle:
 
     def on_trace_event(self, event: TraceEvent) -> None:
         """A trace event: to ``on_trace`` while the head is awaited, else dropped (a
-        stream given up, or a broker that broke the order)."""
+        stream given up, or a broker that broke the order); one of a kind this worker
+        does not know fails the stream."""
         sink = self.on_trace
         if sink is None or self.done or self.state is not State.OPEN:
+            return
+        if event.kind not in _TRACE_KINDS:
+            self.give_up(BrokerProtocolError(f"stream {self.id}: the broker sent {event!r}"))
             return
         try:
             sink(event)

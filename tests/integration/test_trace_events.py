@@ -17,6 +17,7 @@ from aiohttp import web
 
 from shared.messages import TRACE_KINDS, Data, End, Failure, Head, Request, TraceEvent
 from shared.specs import ClientTimeout, PoolSpec, ProxyRoute, ProxySpec, encode_pool, encode_proxy
+from worker_client.exceptions import BrokerProtocolError
 from worker_client.handle import StreamHandle
 from worker_client.transport import IPCTransport, Transport, get_transport, release_transport
 
@@ -575,3 +576,10 @@ async def test_the_handle_takes_trace_events_only_before_its_head(transport: Tra
     handle.on_trace_event(TraceEvent(handle.id, "request_headers_sent"))  # a broker's bug
     assert got == [early]
     handle.give_up()
+
+    handle = StreamHandle(transport, transport.next_stream_id(), Failed)
+    handle.on_trace = got.append
+    handle.on_trace_event(TraceEvent(handle.id, "connection_teleported"))
+    with pytest.raises(BrokerProtocolError, match="connection_teleported"):
+        await handle.head
+    assert got == [early]
