@@ -1,5 +1,11 @@
 """Connection pools: the asyncio side of ``pool_state``. Opening a connection is the
-pool's ``Dialer``'s (``broker/dialer.py``)."""
+pool's ``Dialer``'s (``broker/dialer.py``).
+
+A traced request (``acquire``'s ``trace``: its stream) is told what aiohttp's
+``BaseConnector.connect`` reports: ``connection_queued_start``/``_end`` around each wait
+for a slot, ``connection_reuseconn`` for an idle connection, ``connection_create_start``
+/``_end`` around opening one (the DNS events in between are the dialer's, none for a
+connection through a proxy, as in aiohttp; a failed connect has no ``_end``)."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from shared.messages import TraceEvent
 from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 
 from .dialer import NO_TLS, ConnKey, Dialer, connect_timeout
@@ -107,20 +114,26 @@ class Pool:
         timeout: ClientTimeout,
         stream: BrokerStream | None = None,
         tls: TlsSpec | None = None,
+        trace: BrokerStream | None = None,
     ) -> HTTP1Connection:
         """A connection for ``key``: an idle one, else a new one when the limits allow,
         else the next one freed. ``timeout.connect`` bounds the wait and the connect.
         Waiting and connecting end at once if ``stream`` is given up (``StreamStopped``).
-        ``tls``: the spec that the key's tls id names, for a new connection."""
+        ``tls``: the spec that the key's tls id names, for a new connection. ``trace``:
+        where a traced request's events go (see the module's docstring)."""
         got = self._take(key)
         if isinstance(got, HTTP1Connection):
+            if trace is not None:
+                trace.trace(TraceEvent(trace.id, "connection_reuseconn"))
             return got
         deadline = self._loop.time() + timeout.connect if timeout.connect else None
         while got is None:
-            got = self._granted(key, await self._wait_grant(key, deadline, stream))
+            got = self._granted(key, await self._wait_grant(key, deadline, stream, trace))
         if got is NEW:
-            return await self._open(key, timeout, deadline, stream, tls)
+            return await self._open(key, timeout, deadline, stream, tls, trace)
         assert isinstance(got, HTTP1Connection)
+        if trace is not None:
+            trace.trace(TraceEvent(trace.id, "connection_reuseconn"))
         return got
 
     def _take(self, key: ConnKey) -> HTTP1Connection | _New | None:
@@ -154,7 +167,11 @@ class Pool:
         return got
 
     async def _wait_grant(
-        self, key: ConnKey, deadline: float | None, stream: BrokerStream | None
+        self,
+        key: ConnKey,
+        deadline: float | None,
+        stream: BrokerStream | None,
+        trace: BrokerStream | None = None,
     ) -> HTTP1Connection | _New:
         waiter: asyncio.Future[HTTP1Connection | _New] = self._loop.create_future()
         self.state.enqueue(key, waiter)
@@ -162,7 +179,12 @@ class Pool:
         if deadline is not None:
             timer = self._loop.call_at(deadline, self._wait_expired, key, waiter)
         try:
-            return await (waiter if stream is None else stream.wait(waiter))
+            if trace is None:
+                return await (waiter if stream is None else stream.wait(waiter))
+            trace.trace(TraceEvent(trace.id, "connection_queued_start"))
+            got = await (waiter if stream is None else stream.wait(waiter))
+            trace.trace(TraceEvent(trace.id, "connection_queued_end"))
+            return got
         except BaseException:
             # A grant that came as we were cancelled is ours to hand back.
             if (
@@ -188,16 +210,22 @@ class Pool:
         deadline: float | None,
         stream: BrokerStream | None,
         tls: TlsSpec | None = None,
+        trace: BrokerStream | None = None,
     ) -> HTTP1Connection:
         """Open a connection in the slot just granted.
 
         The connect is a task whose end settles the slot (``_opened``) whatever stops
         it, even a cancel before it ran at all; a connection nobody waits for any more
         (its requester cancelled or given up as it completed) is closed."""
-        connect = self._loop.create_task(self._connect(key, timeout, deadline, tls))
+        if trace is not None:
+            trace.trace(TraceEvent(trace.id, "connection_create_start"))
+        connect = self._loop.create_task(self._connect(key, timeout, deadline, tls, trace))
         connect.add_done_callback(functools.partial(self._opened, key))
         if stream is not None:
-            return await stream.stoppable(connect, self._orphan)
+            conn = await stream.stoppable(connect, self._orphan)
+            if trace is not None:
+                trace.trace(TraceEvent(trace.id, "connection_create_end"))
+            return conn
         try:
             return await connect
         except BaseException:
@@ -269,10 +297,11 @@ class Pool:
         timeout: ClientTimeout,
         deadline: float | None,
         tls: TlsSpec | None = None,
+        trace: BrokerStream | None = None,
     ) -> HTTP1Connection:
-        if key[4]:  # through a proxy (broker.proxy)
+        if key[4]:  # through a proxy (broker.proxy); aiohttp traces none of its lookup
             return self._adopt(await dial_proxy(self.dialer, key, timeout, deadline, tls), key)
-        return self._adopt(await self.dialer.dial(key, timeout, deadline, tls), key)
+        return self._adopt(await self.dialer.dial(key, timeout, deadline, tls, trace), key)
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
         conn.key = key

@@ -15,6 +15,12 @@ more but never cancels it), then runs the connection attempts as tasks, staggere
 connect wins; an attempt nobody waits for any more is cancelled, or closed if it
 connected all the same (``closing`` holds those until they are). Nothing here uses
 ``asyncio.wait_for``, which on Python 3.11 and older loses a cancel that meets a result.
+
+A traced request's lookup is reported as aiohttp's ``_resolve_host`` reports it
+(``DNS_TRACE``): nothing for an IP literal; with the cache, a hit (or joining a lookup
+in flight) is ``dns_cache_hit``, a new lookup ``dns_cache_miss`` then
+``dns_resolvehost_start``, and ``dns_resolvehost_end`` once it succeeded; without the
+cache, ``dns_resolvehost_start`` and ``_end``.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from shared.messages import TraceEvent
 from shared.rules import sni_name_ok
 from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
 from .resolver import CachedResolver, ResolvedAddress
+from .stream import BrokerStream
 from .tls import TlsContexts, TlsError
 
 __all__ = ["ConnKey", "Dialer", "NO_TLS", "TlsKey", "connect_timeout"]
@@ -44,6 +52,16 @@ NO_TLS: TlsKey = (b"", b"", "")
 ConnKey = tuple[str, str, int, TlsKey, bytes]  # scheme, host, port, tls, proxy (b"": direct)
 _Connected = tuple[asyncio.BaseTransport, HTTP1Connection]  # what create_connection returns
 _HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
+
+# How a lookup went (``CachedResolver.traced_lookup``) -> the trace events before it
+# is awaited, and after it succeeded.
+DNS_TRACE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "literal": ((), ()),
+    "hit": (("dns_cache_hit",), ()),
+    "joined": (("dns_cache_hit",), ()),
+    "miss": (("dns_cache_miss", "dns_resolvehost_start"), ("dns_resolvehost_end",)),
+    "uncached": (("dns_resolvehost_start",), ("dns_resolvehost_end",)),
+}
 
 
 def connect_timeout(key: ConnKey) -> ConnectionFailure:
@@ -90,8 +108,10 @@ class Dialer:
         timeout: ClientTimeout,
         deadline: float | None,
         tls: TlsSpec | None = None,
+        trace: BrokerStream | None = None,
     ) -> HTTP1Connection:
-        """A new connection for ``key``; ``tls``: the spec its tls id names, if any."""
+        """A new connection for ``key``; ``tls``: the spec its tls id names, if any;
+        ``trace``: a traced request's stream, told of the lookup."""
         scheme, host, port = key[0], key[1], key[2]
         is_ssl = scheme in ("https", "wss")
         fields: dict[str, Any] = {"host": host, "port": port, "ssl": is_ssl}
@@ -116,7 +136,7 @@ class Dialer:
             delay, code, fields["url"] = None, "unix_connect", path
         else:
             try:
-                addrs = await self._resolve(host, port, deadline)
+                addrs = await self._resolve(host, port, deadline, trace)
             except TimeoutError:
                 raise connect_timeout(key) from None
             except OSError as exc:
@@ -201,10 +221,31 @@ class Dialer:
             expected=expected, got=got, host=host, port=port,
         )
 
-    async def _resolve(self, host: str, port: int, deadline: float | None) -> list[ResolvedAddress]:
+    async def _resolve(
+        self, host: str, port: int, deadline: float | None, trace: BrokerStream | None = None
+    ) -> list[ResolvedAddress]:
+        if trace is not None:
+            return await self._resolve_traced(host, port, deadline, trace)
         got = self._resolver.lookup(host, port, self.spec.family)
         if isinstance(got, list):
             return got
+        return await self._lookup_done(got, host, deadline)
+
+    async def _resolve_traced(
+        self, host: str, port: int, deadline: float | None, trace: BrokerStream
+    ) -> list[ResolvedAddress]:
+        got, how = self._resolver.traced_lookup(host, port, self.spec.family)
+        before, after = DNS_TRACE[how]
+        for kind in before:
+            trace.trace(TraceEvent(trace.id, kind, host=host, port=port))
+        addrs = got if isinstance(got, list) else await self._lookup_done(got, host, deadline)
+        for kind in after:
+            trace.trace(TraceEvent(trace.id, kind, host=host, port=port))
+        return addrs
+
+    async def _lookup_done(
+        self, got: asyncio.Task[list[ResolvedAddress]], host: str, deadline: float | None
+    ) -> list[ResolvedAddress]:
         # The lookup is shared: wait for it, never cancel it.
         done, _ = await asyncio.wait((got,), timeout=self._remaining(deadline))
         if not done:

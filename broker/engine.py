@@ -7,6 +7,12 @@ streams the body to the ``BrokerStream`` by callbacks, as aiohttp's protocol fee
 reader, so no task waits on a body. Every failure becomes a ``Failure`` message in one
 place (``failures.failure_message``). It is the same code in the broker process and in a
 worker's embedded mode.
+
+Tracing (a ``Request`` with ``trace`` only; an untraced one pays a flag check): the
+engine passes its stream to the pool as the trace sink (``BrokerStream.trace``), which
+reports the connection's queueing, creation or reuse, and the dialer the DNS lookup; the
+engine itself reports each hop's head as written, the request body pieces and each
+redirect followed, in aiohttp's order.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from yarl import URL
 
-from shared.messages import Head, HistoryItem, Request
+from shared.messages import Head, HistoryItem, Request, TraceEvent
 from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 from shared.stream_state import FINAL
@@ -144,19 +150,18 @@ class Engine:
                 values = [v.decode("utf-8", "surrogateescape") for v in set_cookie]
                 jar.update_from_headers(values, hop.url)
             location = None
+            item = None
             if req.allow_redirects and head.status in REDIRECTS:
                 location = redirect_location(head.headers)
+                if req.trace:  # as aiohttp, even for a redirect without a Location
+                    item = _history_item(head, hop, headers)
+                    stream.trace(TraceEvent(req.stream, "request_redirect", redirect=item))
             if location is None:
                 self._deliver(req, stream, conn, pool, head, encoding, hop, headers, history)
                 return
             untouched = conn.body_held  # answered before 100 Continue: the body is unread
             pool.give_back(conn)
-            history.append(
-                HistoryItem(
-                    head.status, head.reason, head.version, head.headers, str(hop.url),
-                    hop.method, headers,
-                )
-            )
+            history.append(item if item is not None else _history_item(head, hop, headers))
             if req.max_redirects and len(history) >= req.max_redirects:
                 raise ConnectionFailure(
                     "too_many_redirects",
@@ -230,12 +235,13 @@ class Engine:
             name.lower() == "expect" and value.strip().lower() == "100-continue"
             for name, value in headers
         )
+        trace = stream if req.trace else None
         turn = pool.wait_turn(key)
         if turn is not None:
             await stream.wait(turn)
         for attempt in (0, 1):
             try:
-                conn = await pool.acquire(key, timeout, stream, tls)
+                conn = await pool.acquire(key, timeout, stream, tls, trace)
             except ConnectionFailure as exc:
                 if exc.code == "proxy_status":  # aiohttp's CONNECT request_info: the hop's
                     exc.fields["url"] = str(url)
@@ -245,9 +251,14 @@ class Engine:
                     raise StreamStopped()
                 conn.exchange.read_until_eof = req.read_until_eof
                 conn.begin(hop.method, head_bytes, body, streamed, length, expect, limits)
+                if trace is not None:
+                    _trace_sent(trace, hop, head_bytes, expect)
                 if streamed:
-                    await self._send_stream(conn, stream, timeout)
-                return await self._read(conn, conn.head_future, timeout, stream), conn
+                    await self._send_stream(conn, stream, timeout, trace)
+                head = await self._read(conn, conn.head_future, timeout, stream)
+                if trace is not None and expect and hop.body and _continued(conn):
+                    trace.trace(TraceEvent(trace.id, "request_chunk_sent", size=len(hop.body)))
+                return head, conn
             except ConnectionFailure as exc:
                 pool.give_back(conn)
                 retry = (
@@ -268,10 +279,15 @@ class Engine:
         raise AssertionError("unreachable")
 
     async def _send_stream(
-        self, conn: HTTP1Connection, stream: BrokerStream, timeout: ClientTimeout
+        self,
+        conn: HTTP1Connection,
+        stream: BrokerStream,
+        timeout: ClientTimeout,
+        trace: BrokerStream | None = None,
     ) -> None:
         """Send the streamed body; with ``Expect: 100-continue``, only once the server
-        said ``100 Continue`` (a final answer first: the body is never sent)."""
+        said ``100 Continue`` (a final answer first: the body is never sent). ``trace``:
+        the traced request's stream, told of each piece written."""
         cont = conn.continue_future
         if cont is not None and not await self._read(conn, cont, timeout, stream):
             return
@@ -279,6 +295,8 @@ class Engine:
             if chunk:
                 await conn.send_body(chunk, stream)
                 stream.body_written(len(chunk))
+                if trace is not None:
+                    trace.trace(TraceEvent(trace.id, "request_chunk_sent", size=len(chunk)))
         conn.end_body()
 
     async def _read(
@@ -343,6 +361,44 @@ class Engine:
             pool.give_back(conn)
             raise
         body.start()
+
+
+def _history_item(head: ResponseHead, hop: Hop, headers: list[tuple[str, str]]) -> HistoryItem:
+    """A redirect response followed, with the request that got it (``headers``: as sent)."""
+    return HistoryItem(
+        head.status, head.reason, head.version, head.headers, str(hop.url), hop.method, headers
+    )
+
+
+def _trace_sent(stream: BrokerStream, hop: Hop, head: bytes, expect: bool) -> None:
+    """aiohttp's ``on_request_headers_sent`` (the head as written: the per-hop headers
+    included), then ``on_request_chunk_sent`` for a body written with it."""
+    stream.trace(
+        TraceEvent(
+            stream.id,
+            "request_headers_sent",
+            method=hop.method,
+            url=str(hop.url),
+            headers=_written_headers(head),
+        )
+    )
+    if hop.body and not hop.streamed and not expect:  # with expect: once it went
+        stream.trace(TraceEvent(stream.id, "request_chunk_sent", size=len(hop.body)))
+
+
+def _written_headers(head: bytes) -> list[tuple[str, str]]:
+    """The header fields of a head that ``build_head`` wrote."""
+    lines = head.decode("utf-8", "surrogateescape").split("\r\n")
+    fields = (line.partition(": ") for line in lines[1:] if line)
+    return [(name, value) for name, _, value in fields]
+
+
+def _continued(conn: HTTP1Connection) -> bool:
+    """The body held for ``100 Continue`` was written (the server said to go on)."""
+    cont = conn.continue_future
+    if cont is None or not cont.done() or cont.cancelled() or cont.exception() is not None:
+        return False
+    return cont.result()
 
 
 def _tls_key(req: Request) -> TlsKey:

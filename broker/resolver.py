@@ -289,6 +289,23 @@ class CachedResolver:
             task.add_done_callback(functools.partial(self._done, key))
         return task
 
+    def traced_lookup(
+        self, host: str, port: int = 0, family: int = 0
+    ) -> tuple[list[ResolvedAddress] | asyncio.Task[list[ResolvedAddress]], str]:
+        """``lookup``, and how it went (``dialer.DNS_TRACE``): ``literal`` (no DNS),
+        ``uncached`` (the cache is off), ``hit``, ``joined`` (a lookup in flight) or
+        ``miss`` (a lookup started)."""
+        if literal_family(host) is not None:
+            how = "literal"
+        elif self.cache is None:
+            how = "uncached"
+        else:
+            how = "joined" if (host, port, family) in self._inflight else "miss"
+        got = self.lookup(host, port, family)
+        if isinstance(got, list) and how != "literal":
+            how = "hit"
+        return got, how
+
     async def _fetch(self, key: CacheKey) -> list[ResolvedAddress]:
         generation = self._generation
         try:

@@ -74,6 +74,7 @@ from shared.messages import (
     Stats,
     StatsRequest,
     TlsOpen,
+    TraceEvent,
     Welcome,
 )
 from shared.specs import TlsSpec, encode_pool
@@ -141,6 +142,18 @@ class IPCStream(BrokerStream):
 
     def _send_failure(self, failure: Failure) -> None:
         self._send_last(encode(failure))
+
+    def _send_trace(self, event: TraceEvent) -> None:
+        """At once, never held: it precedes the head, and nothing waits on its way."""
+        try:
+            frame = encode(event)
+        except UnicodeError as exc:  # a cookie from the jar that is not UTF-8
+            log.warning("stream %s: %s event not sent: %s", self.id, event.kind, exc)
+            return
+        if len(frame) > MAX_FRAME + 4:  # the worker would drop the whole connection
+            log.warning("stream %s: %s event over the frame cap, not sent", self.id, event.kind)
+            return
+        self.conn.write(frame)
 
     def _send_last(self, frame: bytes) -> None:
         held, self._held = self._held, None

@@ -16,6 +16,13 @@ connect, the caller's body iterator): ``halt`` fails the pending future with
 had not resumed yet is caught when it does. In the body phase, ``on_halt`` ends the
 body.
 
+Tracing: for a request with ``trace`` only, the engine, the pool and the dialer hand
+``trace`` the ``TraceEvent``s of aiohttp's connection-level signals as they happen. A
+carrier sends each at once and never waits for the worker to handle it (a slow trace
+handler must not hold a pool slot: aiohttp issue 5259); events come only while the
+stream is open, so always before its head or failure, and at most a handful per hop
+(one per request body piece written), so they are bounded by the request's own progress.
+
 Response flow control: ``data`` counts bytes the worker has not yet acknowledged. When
 that reaches ``STREAM_WINDOW`` the engine pauses reading the upstream socket and parks a
 resume callback here, which ``on_ack`` calls once the worker has consumed half of it.
@@ -27,7 +34,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from shared.messages import STREAM_WINDOW, Failure, Head
+from shared.messages import STREAM_WINDOW, Failure, Head, TraceEvent
 from shared.stream_state import FINAL, Event, State, step
 
 __all__ = ["BrokerStream", "StreamStopped"]
@@ -154,6 +161,12 @@ class BrokerStream:
         self._resume = None
         self._send_failure(failure)
 
+    def trace(self, event: TraceEvent) -> None:
+        """Send one trace event of this (traced) stream; dropped once the stream has its
+        head, has failed or was given up."""
+        if self.state is State.OPEN:
+            self._send_trace(event)
+
     def flush(self) -> None:
         """Deliver what a carrier may have held back to send in one piece."""
 
@@ -205,4 +218,7 @@ class BrokerStream:
         raise NotImplementedError
 
     def _send_failure(self, failure: Failure) -> None:
+        raise NotImplementedError
+
+    def _send_trace(self, event: TraceEvent) -> None:
         raise NotImplementedError

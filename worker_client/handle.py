@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from shared.messages import STREAM_WINDOW, Failure, Head
+from shared.messages import STREAM_WINDOW, TRACE_KINDS, Failure, Head, TraceEvent
 from shared.stream_state import Event, State, StreamStateError, step
 
 from .exceptions import BrokerProtocolError
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["StreamHandle", "Deadlines"]
 
 _ACK_BATCH = STREAM_WINDOW // 4
+_TRACE_KINDS = frozenset(TRACE_KINDS)
 
 
 class StreamHandle:
@@ -29,11 +30,17 @@ class StreamHandle:
     A stream ends one of three ways, each once: completed (``on_end``), failed by the
     broker or by the loss of the connection (``fail``), or given up by the worker
     (``give_up``: a release before the end, a cancel, a total timeout, a closing session).
+
+    ``on_trace``: where a traced request's ``TraceEvent``s go (None: dropped), in the
+    order the broker met them and before the head or the failure is delivered. It runs
+    in the transport's callback (embedded: inside the engine), so it must not block; an
+    exception from it fails the request with that exception, as a raising trace
+    handler does in aiohttp.
     """
 
     __slots__ = (
         "id", "transport", "head", "content", "done", "state", "_unacked", "make_error",
-        "_timer", "__weakref__",
+        "_timer", "on_trace", "__weakref__",
     )
 
     def __init__(
@@ -53,6 +60,7 @@ class StreamHandle:
         self._unacked = 0
         self.make_error = make_error
         self._timer: asyncio.TimerHandle | int | None = None  # see Deadlines
+        self.on_trace: Callable[[TraceEvent], None] | None = None
 
     def __repr__(self) -> str:
         return f"<StreamHandle {self.id} {'done' if self.done else 'open'}>"
@@ -70,6 +78,21 @@ class StreamHandle:
     def on_head(self, msg: Head) -> None:
         if self._step(Event.HEAD) and not self.head.done():
             self.head.set_result(msg)
+
+    def on_trace_event(self, event: TraceEvent) -> None:
+        """A trace event: to ``on_trace`` while the head is awaited, else dropped (a
+        stream given up, or a broker that broke the order); one of a kind this worker
+        does not know fails the stream."""
+        sink = self.on_trace
+        if sink is None or self.done or self.state is not State.OPEN:
+            return
+        if event.kind not in _TRACE_KINDS:
+            self.give_up(BrokerProtocolError(f"stream {self.id}: the broker sent {event!r}"))
+            return
+        try:
+            sink(event)
+        except Exception as exc:
+            self.give_up(exc)
 
     def on_data(self, data: bytes) -> None:
         if self._step(Event.DATA):

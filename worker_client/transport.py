@@ -60,6 +60,7 @@ from shared.messages import (
     Stats,
     StatsRequest,
     TlsOpen,
+    TraceEvent,
     Welcome,
 )
 from shared.specs import JarSpec, PoolSpec, TlsSpec
@@ -208,6 +209,9 @@ class _LocalStream(BrokerStream):
     def _send_failure(self, failure: Failure) -> None:
         self.owner.streams.pop(self.id, None)
         self.handle.on_failure(failure)
+
+    def _send_trace(self, event: TraceEvent) -> None:
+        self.handle.on_trace_event(event)
 
     async def request_body(self) -> AsyncIterator[bytes]:
         if self.body is None:
@@ -443,6 +447,10 @@ class IPCTransport(Transport):
             h = self.handles.get(msg.stream)
             if h is not None:
                 h.on_head(msg)
+        elif kind is TraceEvent:
+            h = self.handles.get(msg.stream)
+            if h is not None:  # else a stream given up: its events are dropped
+                h.on_trace_event(msg)
         elif kind is End:
             if self._pumps:  # a body the response did not wait for (Expect: 100-continue)
                 self._end_pump(msg.stream)
