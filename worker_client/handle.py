@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from shared.messages import STREAM_WINDOW, Failure, Head
+from shared.messages import STREAM_WINDOW, Failure, Head, TraceEvent
 from shared.stream_state import Event, State, StreamStateError, step
 
 from .exceptions import BrokerProtocolError
@@ -33,7 +33,7 @@ class StreamHandle:
 
     __slots__ = (
         "id", "transport", "head", "content", "done", "state", "_unacked", "make_error",
-        "_timer", "__weakref__",
+        "_timer", "on_trace", "__weakref__",
     )
 
     def __init__(
@@ -53,6 +53,8 @@ class StreamHandle:
         self._unacked = 0
         self.make_error = make_error
         self._timer: asyncio.TimerHandle | int | None = None  # see Deadlines
+        # A traced request's sink for the broker's TraceEvents (worker_client.tracing).
+        self.on_trace: Callable[[TraceEvent], None] | None = None
 
     def __repr__(self) -> str:
         return f"<StreamHandle {self.id} {'done' if self.done else 'open'}>"
