@@ -177,10 +177,11 @@ class TraceConfig:
     on_request_headers_sent = property(lambda self: self._on_request_headers_sent)
 
 
-_params = dataclass(frozen=True, slots=True)
+# The params are frozen dataclasses, not slots=True: a frozen slotted dataclass raises
+# TypeError, not AttributeError, when an unknown attribute is set (CPython 3.10-3.12).
 
 
-@_params
+@dataclass(frozen=True)
 class TraceRequestStartParams:
     """Parameters sent by the ``on_request_start`` signal."""
 
@@ -189,7 +190,7 @@ class TraceRequestStartParams:
     headers: CIMultiDict[str]
 
 
-@_params
+@dataclass(frozen=True)
 class TraceRequestChunkSentParams:
     """Parameters sent by the ``on_request_chunk_sent`` signal."""
 
@@ -198,7 +199,7 @@ class TraceRequestChunkSentParams:
     chunk: bytes
 
 
-@_params
+@dataclass(frozen=True)
 class TraceResponseChunkReceivedParams:
     """Parameters sent by the ``on_response_chunk_received`` signal."""
 
@@ -207,7 +208,7 @@ class TraceResponseChunkReceivedParams:
     chunk: bytes
 
 
-@_params
+@dataclass(frozen=True)
 class TraceRequestEndParams:
     """Parameters sent by the ``on_request_end`` signal."""
 
@@ -217,7 +218,7 @@ class TraceRequestEndParams:
     response: ClientResponse
 
 
-@_params
+@dataclass(frozen=True)
 class TraceRequestExceptionParams:
     """Parameters sent by the ``on_request_exception`` signal."""
 
@@ -227,7 +228,7 @@ class TraceRequestExceptionParams:
     exception: BaseException
 
 
-@_params
+@dataclass(frozen=True)
 class TraceRequestRedirectParams:
     """Parameters sent by the ``on_request_redirect`` signal."""
 
@@ -237,60 +238,60 @@ class TraceRequestRedirectParams:
     response: ClientResponse
 
 
-@_params
+@dataclass(frozen=True)
 class TraceConnectionQueuedStartParams:
     """Parameters sent by the ``on_connection_queued_start`` signal."""
 
 
-@_params
+@dataclass(frozen=True)
 class TraceConnectionQueuedEndParams:
     """Parameters sent by the ``on_connection_queued_end`` signal."""
 
 
-@_params
+@dataclass(frozen=True)
 class TraceConnectionCreateStartParams:
     """Parameters sent by the ``on_connection_create_start`` signal."""
 
 
-@_params
+@dataclass(frozen=True)
 class TraceConnectionCreateEndParams:
     """Parameters sent by the ``on_connection_create_end`` signal."""
 
 
-@_params
+@dataclass(frozen=True)
 class TraceConnectionReuseconnParams:
     """Parameters sent by the ``on_connection_reuseconn`` signal."""
 
 
-@_params
+@dataclass(frozen=True)
 class TraceDnsResolveHostStartParams:
     """Parameters sent by the ``on_dns_resolvehost_start`` signal."""
 
     host: str
 
 
-@_params
+@dataclass(frozen=True)
 class TraceDnsResolveHostEndParams:
     """Parameters sent by the ``on_dns_resolvehost_end`` signal."""
 
     host: str
 
 
-@_params
+@dataclass(frozen=True)
 class TraceDnsCacheHitParams:
     """Parameters sent by the ``on_dns_cache_hit`` signal."""
 
     host: str
 
 
-@_params
+@dataclass(frozen=True)
 class TraceDnsCacheMissParams:
     """Parameters sent by the ``on_dns_cache_miss`` signal."""
 
     host: str
 
 
-@_params
+@dataclass(frozen=True)
 class TraceRequestHeadersSentParams:
     """Parameters sent by the ``on_request_headers_sent`` signal."""
 
