@@ -5,9 +5,12 @@ A traced request (its session has ``trace_configs``) keeps a ``RequestTrace``: o
 queue: the session (request start, end, exception), the transport's sink for the
 broker's ``TraceEvent``s (``on_event``: connection, DNS, headers and chunks sent,
 redirects), called synchronously as the events arrive, and a streamed body's tap
-(``tap``: the pieces the worker sends). Only the request's own task awaits the handlers
+(``tap``: the pieces the worker sends). The request's own task awaits the handlers
 (``drain``, while it waits for the head and before it returns or raises), in order, so
 the broker never waits for a handler and a slow handler delays only its own request.
+A streamed body's piece is sent by the task that sends the body when the request's task
+is not waiting for it (embedded mode runs the exchange in the request's task; after the
+head, as aiohttp's writer), one drainer at a time so the order holds.
 
 Bounds: the broker's events of one request, before its head, are a few per hop (at most
 ``max_redirects`` + 1 hops) plus one per body piece it wrote; they are kept as the small
@@ -322,7 +325,7 @@ class RequestTrace:
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
         "streamed", "_queue", "_waiter", "_pending", "_headers_seen", "_hop",
-        "_offset", "_done", "_redirects",
+        "_offset", "_done", "_redirects", "_busy",
     )
 
     def __init__(
@@ -351,6 +354,7 @@ class RequestTrace:
         self._offset = 0
         self._done = False
         self._redirects = 0
+        self._busy: asyncio.Future[None] | None = None  # a task is draining
 
     async def send(self, name: str, params: Any) -> None:
         """Every config's handlers of signal ``name``, in order."""
@@ -379,20 +383,31 @@ class RequestTrace:
                 self._waiter = None
 
     async def drain(self) -> None:
+        """Send the queued signals; one task at a time (another waits its turn)."""
+        while self._busy is not None:
+            await asyncio.shield(self._busy)
         queue = self._queue
-        while queue:
-            kind, payload, delivered = queue.popleft()
-            try:
-                if kind == _OWN_CHUNK:
-                    method, url = self._hop
-                    await self.send(
-                        "request_chunk_sent", TraceRequestChunkSentParams(method, url, payload)
-                    )
-                else:
-                    await self._broker_event(payload)
-            finally:
-                if delivered is not None and not delivered.done():
-                    delivered.set_result(None)
+        if not queue:
+            return
+        busy = self._busy = asyncio.get_running_loop().create_future()
+        try:
+            while queue:
+                kind, payload, delivered = queue.popleft()
+                try:
+                    if kind == _OWN_CHUNK:
+                        method, url = self._hop
+                        await self.send(
+                            "request_chunk_sent",
+                            TraceRequestChunkSentParams(method, url, payload),
+                        )
+                    else:
+                        await self._broker_event(payload)
+                finally:
+                    if delivered is not None and not delivered.done():
+                        delivered.set_result(None)
+        finally:
+            self._busy = None
+            busy.set_result(None)
 
     async def redirect(self, method: str, url: URL, response: ClientResponse) -> None:
         """A redirect followed in the worker (with middlewares)."""
@@ -542,6 +557,12 @@ class RequestTrace:
             return
         if not self._headers_seen:
             self._pending.append((_OWN_CHUNK, chunk, None))
+            return
+        if self._waiter is None:
+            # The request's task is not waiting in ``until`` (embedded: it runs this
+            # body itself): send what is queued, this piece last, from here.
+            self._queue.append((_OWN_CHUNK, chunk, None))
+            await self.drain()
             return
         delivered = asyncio.get_running_loop().create_future()
         self._queue.append((_OWN_CHUNK, chunk, delivered))

@@ -382,3 +382,83 @@ async def test_body_pieces_sent_follow_the_headers(client, serve_app):
         assert b"".join(p.chunk for p in rec.params("request_chunk_sent")) == body
         assert all(p.method == "POST" for p in rec.params("request_chunk_sent"))
         rec.seen.clear()
+
+
+async def test_broker_events_fed_by_hand_reach_the_handlers(make_session, serve_app, monkeypatch):
+    """The session's side of the broker's events, whoever sends them: events handed to
+    a traced stream's ``on_trace`` before its head become their signals, in order, with
+    their params (the redirect's response built as history's, a piece of an inline body
+    sliced from it), all before ``on_request_end``."""
+    from shared.messages import HistoryItem, TraceEvent
+
+    base = await serve_app(_app())
+    rec = Recorder(Client(name="ours", mod=worker_client, make=make_session))
+    session = make_session(trace_configs=[rec.config])
+    transport = await session._get_transport()
+    original = type(transport).send
+    item = HistoryItem(307, "Temporary", (1, 1), [(b"Location", b"/echo")],
+                       base + "/old", "POST", [])
+
+    async def feeding(self: Any, req: Any, body: Any, handle: Any, *rest: Any) -> Any:
+        for event in (
+            TraceEvent(req.stream, "dns_cache_hit", host="fed.test", port=80),
+            TraceEvent(req.stream, "request_headers_sent", method="POST", url=base + "/old",
+                       headers=[("Host", "fed.test")]),
+            TraceEvent(req.stream, "request_chunk_sent", size=4),
+            TraceEvent(req.stream, "request_redirect", redirect=item),
+        ):
+            handle.on_trace(event)
+        return await original(self, req, body, handle, *rest)
+
+    monkeypatch.setattr(type(transport), "send", feeding)
+    async with session.post(base + "/echo", data=b"0123456789") as resp:
+        assert await resp.read() == b"0123456789"
+    names = rec.names()
+    fed = ["dns_cache_hit", "request_headers_sent", "request_chunk_sent", "request_redirect"]
+    at = names.index("dns_cache_hit")
+    assert names[0] == "request_start" and names[at : at + 4] == fed
+    assert names[-2:] == ["request_end", "response_chunk_received"]
+    assert rec.params("dns_cache_hit")[0] == worker_client.TraceDnsCacheHitParams("fed.test")
+    assert rec.params("request_chunk_sent")[0].chunk == b"0123"
+    redirect = rec.params("request_redirect")[0]
+    assert redirect.response.status == 307 and redirect.response.url == URL(base + "/old")
+    assert redirect.response.request_info.url == URL(base + "/echo")
+    assert (redirect.method, redirect.url) == ("POST", URL(base + "/echo"))
+
+
+async def test_streamed_pieces_wait_for_their_signal(make_session, serve_app, monkeypatch):
+    """A streamed body's pieces, once the broker said the headers went: each waits for
+    its ``on_request_chunk_sent`` (run by the request's task) before it goes on."""
+    from shared.messages import TraceEvent
+
+    base = await serve_app(_app())
+    order: list[Any] = []
+    config = worker_client.TraceConfig()
+
+    async def on_chunk(session: Any, ctx: Any, params: Any) -> None:
+        await asyncio.sleep(0)
+        order.append(("signal", params.chunk))
+
+    config.on_request_chunk_sent.append(on_chunk)
+    session = make_session(trace_configs=[config])
+    transport = await session._get_transport()
+    original = type(transport).send
+
+    async def feeding(self: Any, req: Any, body: Any, handle: Any, *rest: Any) -> Any:
+        handle.on_trace(TraceEvent(req.stream, "request_headers_sent", url=base + "/echo"))
+        return await original(self, req, body, handle, *rest)
+
+    monkeypatch.setattr(type(transport), "send", feeding)
+
+    async def stream() -> AsyncIterator[bytes]:
+        for piece in (b"ab", b"cd", b"ef"):
+            order.append(("pulled", piece))
+            yield piece
+
+    async with session.post(base + "/echo", data=stream()) as resp:
+        assert await resp.read() == b"abcdef"
+    signals = [chunk for what, chunk in order if what == "signal"]
+    assert signals[:3] == [b"ab", b"cd", b"ef"]
+    for piece, following in ((b"ab", b"cd"), (b"cd", b"ef")):
+        # the next piece is pulled only once this one's signal was sent
+        assert order.index(("signal", piece)) < order.index(("pulled", following))
