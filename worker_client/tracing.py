@@ -14,7 +14,9 @@ head, as aiohttp's writer), one drainer at a time so the order holds.
 
 Bounds: the broker's events of one request, before its head, are a few per hop (at most
 ``max_redirects`` + 1 hops) plus one per body piece it wrote; they are kept as the small
-``TraceEvent``s (a piece of an inline body is sliced only when its signal is sent). A
+``TraceEvent``s (a piece of an inline body is sliced only when its signal is sent), at
+most ``MAX_QUEUED`` of them waiting for their handlers: a broker that sends more fails
+the request with ``BrokerProtocolError``. A
 streamed body's piece waits for its signal to be sent before it goes on, once the hop's
 headers are sent; before that, the pieces held are those the transport's credit let out
 (``STREAM_WINDOW`` plus one piece).
@@ -35,6 +37,7 @@ from yarl import URL
 
 from shared.messages import Request, TraceEvent
 
+from .exceptions import BrokerProtocolError
 from .response import ClientResponse
 
 if TYPE_CHECKING:
@@ -317,6 +320,9 @@ _HOST_PARAMS: dict[str, type] = {
     "dns_cache_miss": TraceDnsCacheMissParams,
 }
 _OWN_CHUNK = "own_chunk"  # a queued piece of a streamed body the worker sent
+MAX_QUEUED = 1 << 16
+"""Events of one request waiting for their handlers (a 16 GiB inline body in 256 KiB
+pieces and its hops' events fit)."""
 
 
 class RequestTrace:
@@ -325,7 +331,7 @@ class RequestTrace:
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
         "streamed", "_queue", "_waiter", "_pending", "_headers_seen", "_hop",
-        "_offset", "_done", "_redirects", "_busy",
+        "_offset", "_done", "_redirects", "_busy", "_handle",
     )
 
     def __init__(
@@ -355,6 +361,7 @@ class RequestTrace:
         self._done = False
         self._redirects = 0
         self._busy: asyncio.Future[None] | None = None  # a task is draining
+        self._handle: StreamHandle | None = None  # the exchange's stream
 
     async def send(self, name: str, params: Any) -> None:
         """Every config's handlers of signal ``name``, in order."""
@@ -459,6 +466,12 @@ class RequestTrace:
 
     def on_event(self, event: TraceEvent) -> None:
         kind = event.kind
+        if len(self._queue) >= MAX_QUEUED:
+            if self._handle is not None:
+                self._handle.give_up(
+                    BrokerProtocolError(f"more than {MAX_QUEUED} trace events queued")
+                )
+            return
         if kind == "request_chunk_sent" and self.streamed:
             return  # the worker's own pieces stand for these
         if kind == "request_redirect":
@@ -520,6 +533,7 @@ class RequestTrace:
     ) -> tuple[Request, AsyncIterator[bytes] | None, Callable[[], AsyncIterator[bytes]] | None]:
         """One exchange of this request is sent: its events come to ``on_event``."""
         handle.on_trace = self.on_event
+        self._handle = handle
         self.request_info = request_info
         self.body = inline
         self._headers_seen = False

@@ -275,3 +275,22 @@ async def test_failure_drops_pieces_never_sent_and_sends_the_exception_last():
     params = rec.seen[-1][3]
     assert params.exception is exc and params.method == "POST"
     assert params.headers == CIMultiDict(A="b")
+
+
+async def test_a_flood_of_events_fails_the_request(monkeypatch):
+    import worker_client.tracing as tracing
+
+    class Handle:
+        failed: list[BaseException] = []
+
+        def give_up(self, exc: BaseException) -> None:
+            self.failed.append(exc)
+
+    monkeypatch.setattr(tracing, "MAX_QUEUED", 3)
+    trace = _trace(Recorder(1))
+    trace._handle = Handle()  # type: ignore[assignment]
+    for _ in range(4):
+        trace.on_event(TraceEvent(1, "connection_reuseconn"))
+    assert len(trace._queue) == 3
+    (exc,) = Handle.failed
+    assert isinstance(exc, worker_client.BrokerProtocolError)
