@@ -440,7 +440,7 @@ class RequestTrace:
         self._pending.clear()  # pieces taken before headers that never went
         await self.drain()
         self.close()
-        method, url = self._hop
+        method, url = self._hop if self._redirects else (self.method, self.url)
         await self.send(
             "request_exception",
             TraceRequestExceptionParams(method, url, self.headers, exc),
@@ -498,9 +498,7 @@ class RequestTrace:
         if cls is not None:
             await self.send(kind, cls(event.host))
         elif kind == "request_headers_sent":
-            url = URL(event.url, encoded=True)
-            if not self._redirects and url == self.url.with_fragment(None):
-                url = self.url
+            url = URL(event.url, encoded=True)  # as aiohttp's: without the fragment
             self._hop = (event.method, url)
             self._offset = 0
             await self.send(
