@@ -535,6 +535,7 @@ class RequestTrace:
         self.request_info = request_info
         self.body = inline
         self._headers_seen = False
+        self._pending.clear()  # an earlier exchange's pieces that never went
         self.streamed = stream is not None or rewind is not None
         stream, rewind = self.tap(stream, rewind)
         return msgspec.structs.replace(req, trace=True), stream, rewind
