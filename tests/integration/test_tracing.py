@@ -9,6 +9,7 @@ with the worker's signals alone."""
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -88,7 +89,7 @@ class Recorder:
 
 
 def _app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=8 << 20)
 
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
@@ -105,7 +106,12 @@ def _app() -> web.Application:
     app.router.add_get("/", hello)
     app.router.add_get("/r", redirect)
     app.router.add_get("/status/{n}", status)
+    async def redirect307(request: web.Request) -> web.Response:
+        await request.read()
+        raise web.HTTPTemporaryRedirect("/echo")
+
     app.router.add_post("/echo", echo)
+    app.router.add_post("/307", redirect307)
     return app
 
 
@@ -363,7 +369,7 @@ async def test_sequence_of_a_middleware_retry_matches_aiohttp(client, serve_app)
 
 
 async def test_body_pieces_sent_follow_the_headers(client, serve_app):
-    """An inline body and a streamed one: ``on_request_chunk_sent`` after the headers,
+    """Inline bodies and a streamed one: ``on_request_chunk_sent`` after the headers,
     the pieces making up the body."""
     base = await serve_app(_app())
     rec = Recorder(client)
@@ -373,9 +379,12 @@ async def test_body_pieces_sent_follow_the_headers(client, serve_app):
         for piece in (b"ab", b"cd", b"ef"):
             yield piece
 
-    for data in (b"0123456789", stream()):
-        async with session.post(base + "/echo", data=data) as resp:
-            body = await resp.read()
+    # inline, inline over 1 MiB (sent in pieces by the worker, still inline), streamed
+    for data in (b"0123456789", bytes(range(256)) * 4100, stream()):
+        with warnings.catch_warnings():  # aiohttp's ResourceWarning for a large bytes
+            warnings.simplefilter("ignore", ResourceWarning)
+            async with session.post(base + "/echo", data=data) as resp:
+                body = await resp.read()
         names = rec.names({"request_headers_sent", "request_chunk_sent", "request_end"})
         assert names[0] == "request_headers_sent" and names[-1] == "request_end"
         assert set(names[1:-1]) == {"request_chunk_sent"}
@@ -462,3 +471,26 @@ async def test_streamed_pieces_wait_for_their_signal(make_session, serve_app, mo
     for piece, following in ((b"ab", b"cd"), (b"cd", b"ef")):
         # the next piece is pulled only once this one's signal was sent
         assert order.index(("signal", piece)) < order.index(("pulled", following))
+
+
+async def test_body_pieces_sent_again_after_a_307(client, serve_app):
+    """A re-readable streamed body followed through a 307: its pieces after each hop's
+    headers, the redirect between them."""
+    import io
+
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config])
+    data = b"0123456789" * 1000
+    async with session.post(base + "/307", data=io.BytesIO(data)) as resp:
+        assert await resp.read() == data
+    names = rec.names({"request_headers_sent", "request_chunk_sent", "request_redirect"})
+    at = names.index("request_redirect")
+    for hop in (names[:at], names[at + 1 :]):
+        assert hop[0] == "request_headers_sent"
+        assert set(hop[1:]) == {"request_chunk_sent"}
+    chunks = [p.chunk for p in rec.params("request_chunk_sent")]
+    first = names[:at].count("request_chunk_sent")
+    assert b"".join(chunks[:first]) == b"".join(chunks[first:]) == data
+    urls = [p.url.path for p in rec.params("request_chunk_sent")]
+    assert set(urls[:first]) == {"/307"} and set(urls[first:]) == {"/echo"}
