@@ -228,6 +228,57 @@ async def session_jar(make_session: MakeSession, base: str) -> Any:
         return {"filter_cookies": {k: m.value for k, m in chosen.items()}, "sent": sent}
 
 
+def _trace_config_class(make_session: MakeSession) -> Any:
+    return (
+        aiohttp.TraceConfig if make_session is aiohttp.ClientSession
+        else worker_client.TraceConfig
+    )
+
+
+@example("client tracing: start and end of a redirected request, timed in trace_config_ctx")
+async def tracing_start_end(make_session: MakeSession, base: str) -> Any:
+    seen: list[Any] = []
+
+    async def on_request_start(session: Any, trace_config_ctx: Any, params: Any) -> None:
+        trace_config_ctx.start = asyncio.get_running_loop().time()
+        seen.append(("start", params.method, params.url.path))
+
+    async def on_request_end(session: Any, trace_config_ctx: Any, params: Any) -> None:
+        elapsed = asyncio.get_running_loop().time() - trace_config_ctx.start
+        seen.append(("end", params.url.path, params.response.status, elapsed >= 0))
+
+    trace_config = _trace_config_class(make_session)()
+    trace_config.on_request_start.append(on_request_start)
+    trace_config.on_request_end.append(on_request_end)
+    async with make_session(trace_configs=[trace_config]) as client:
+        async with client.get(base + "/some/redirect/") as resp:
+            await resp.read()
+    return seen
+
+
+@example("client tracing: trace_request_ctx, two configs with their own contexts")
+async def tracing_request_ctx(make_session: MakeSession, base: str) -> Any:
+    seen: list[Any] = []
+    configs = []
+    for name in ("audit", "xray"):
+        config = _trace_config_class(make_session)()
+
+        async def on_request_start(session: Any, ctx: Any, params: Any, name: str = name) -> None:
+            ctx.mine = name
+            seen.append((name, ctx.trace_request_ctx))
+
+        async def on_request_end(session: Any, ctx: Any, params: Any, name: str = name) -> None:
+            seen.append((name, ctx.mine))
+
+        config.on_request_start.append(on_request_start)
+        config.on_request_end.append(on_request_end)
+        configs.append(config)
+    async with make_session(trace_configs=configs) as session:
+        async with session.get(base + "/get", trace_request_ctx={"foo": "bar"}):
+            pass
+    return seen
+
+
 # -- the local server standing in for httpbin.org --------------------------------------
 
 

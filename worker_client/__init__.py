@@ -47,6 +47,8 @@ from .resolver import AbstractResolver, AsyncResolver, DefaultResolver, Threaded
 from .response import ClientResponse, StreamReader
 from .session import ClientSession, request
 from .tls import Fingerprint, create_default_context
+from .tracing import *  # noqa: F403
+from .tracing import __all__ as _tracing_all
 from .upload import UploadTracker
 
 __all__ = [
@@ -105,5 +107,7 @@ __all__ = [
     "ClientMiddlewareType",
     "ClientRequest",
     "DigestAuthMiddleware",
+    # tracing
+    *_tracing_all,
     *_exc_all,
 ]

@@ -338,6 +338,7 @@ class HopOptions(NamedTuple):
     server_hostname: str | None = None
     proxy: bytes = b""  # the encoded ProxyRoute (worker_client.proxies)
     proxy_args: tuple[Any, Any, Any] = (None, None, None)  # proxy, proxy_auth, proxy_headers
+    trace: Any = None  # a traced request's RequestTrace (worker_client.tracing)
 
 
 class _Hops:
@@ -403,6 +404,9 @@ class _Hops:
         )
         if tls is not None or sni:
             req = with_tls(req, tls, sni)
+        tracer = spec.trace
+        if tracer is not None:
+            req, stream, _ = tracer.attach(req, handle, request_info, body.inline, stream)
         session._handles.add(handle)
         if self.deadline is not None:
             timeout = spec.timeout
@@ -416,6 +420,8 @@ class _Hops:
             await transport.send(
                 req, stream, handle, None, spec.jar_ref[1], None, spec.written
             )
+            if tracer is not None:
+                await tracer.until(handle.head)
             head = await handle.head
         except BaseException:
             handle.give_up()
@@ -465,6 +471,8 @@ class _Hops:
                 if location is None:
                     resp._history = tuple(history)
                     return resp
+                if spec.trace is not None:
+                    await spec.trace.redirect(creq.method, creq.url, resp)
                 history.append(resp)
                 resp.release()
                 if max_redirects and len(history) >= max_redirects:

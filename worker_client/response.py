@@ -398,6 +398,7 @@ class ClientResponse:
     _body: bytes | None = None
     _cookies: SimpleCookie | None = None
     _links: MultiDictProxy[MultiDictProxy[str | URL]] | None = None
+    _trace: Any = None  # a traced request's RequestTrace (worker_client.tracing)
     # aiohttp's ``fallback_charset_resolver``: a session may set its own on the response.
     _resolve_charset: Callable[[ClientResponse, bytes], str] = staticmethod(
         lambda response, body: "utf-8"
@@ -670,6 +671,8 @@ class ClientResponse:
         if self._body is None:
             try:
                 self._body = await self.content.read()
+                if self._trace is not None:
+                    await self._trace.chunk_received(self, self._body)
             except BaseException:
                 self.close()
                 raise

@@ -60,6 +60,7 @@ from .request_options import (
 )
 from .response import ClientResponse
 from .tls import Fingerprint, check_server_hostname, merge_ssl, request_tls, with_tls
+from .tracing import RequestTrace, TraceConfig
 from .transport import (
     StreamHandle,
     Transport,
@@ -113,14 +114,13 @@ class _RequestOptions(TypedDict, total=False):
     proxy: str | URL | None
     proxy_auth: BasicAuth | None
     proxy_headers: Any
+    trace_request_ctx: Any
 
 
 # aiohttp's request keywords that http-broker does not carry out yet, with the value that
 # means "not used" in aiohttp: passing that value is fine, anything else is refused
 # rather than silently ignored (a proxy= that went direct would be worse than an error).
-_NOT_YET: dict[str, tuple[object, ...]] = {
-    "trace_request_ctx": (None,),
-}
+_NOT_YET: dict[str, tuple[object, ...]] = {}
 
 
 def _check_options(kw: dict[str, Any]) -> None:
@@ -203,6 +203,7 @@ class ClientSession:
         proxy: str | URL | None = None,
         proxy_auth: BasicAuth | None = None,
         trust_env: bool = False,
+        trace_configs: list[TraceConfig] | None = None,
     ) -> None:
         self._base_url = check_base_url(base_url)
         self._version = version
@@ -251,6 +252,9 @@ class ClientSession:
         self._default_proxy = proxy
         self._default_proxy_auth = proxy_auth
         self._trust_env = trust_env
+        self._trace_configs = trace_configs or []
+        for trace_config in self._trace_configs:
+            trace_config.freeze()
         self._env = EnvProxies() if trust_env else None
         # The encoded proxy route of a request that names no proxy of its own: b"" goes
         # direct; None is worked out per request (trust_env) or on first use (proxy=).
@@ -322,6 +326,11 @@ class ClientSession:
     @property
     def version(self) -> HttpVersion:
         return self._version
+
+    @property
+    def trace_configs(self) -> list[TraceConfig]:
+        """The ``TraceConfig``s of this session's requests (frozen)."""
+        return self._trace_configs
 
     @property
     def trust_env(self) -> bool:
@@ -479,6 +488,7 @@ class ClientSession:
         proxy: str | URL | None = None,
         proxy_auth: BasicAuth | None = None,
         proxy_headers: Any = None,
+        trace_request_ctx: Any = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -520,129 +530,156 @@ class ClientSession:
             auth=auth,
             session_auth=self._default_auth,
         )
-        body, rewind = prepared.stream, prepared.rewind
+        tracer = None
+        if self._trace_configs:
+            tracer = RequestTrace(
+                self, self._trace_configs, trace_request_ctx, prepared.method,
+                prepared.real_url or prepared.url, merged,
+            )
+            await tracer.start()
         try:
-            route = self._route
-            if route is None or proxy is not None or proxy_auth is not None or proxy_headers:
-                route = await self._proxy_route(proxy, proxy_auth, proxy_headers)
-            if self._env is not None and "Authorization" not in prepared.headers:
-                netrc = await netrc_auth(self._env, prepared.url.host)
-                if netrc is not None:
-                    prepared.headers["Authorization"] = netrc.encode()
-            chunk = False
-            if compress or chunked is not None:
-                prepared, chunk = compress_and_chunk(
-                    prepared, data, json, compress, chunked, merged
+            body, rewind = prepared.stream, prepared.rewind
+            try:
+                route = self._route
+                if route is None or proxy is not None or proxy_auth is not None or proxy_headers:
+                    route = await self._proxy_route(proxy, proxy_auth, proxy_headers)
+                if self._env is not None and "Authorization" not in prepared.headers:
+                    netrc = await netrc_auth(self._env, prepared.url.host)
+                    if netrc is not None:
+                        prepared.headers["Authorization"] = netrc.encode()
+                chunk = False
+                if compress or chunked is not None:
+                    prepared, chunk = compress_and_chunk(
+                        prepared, data, json, compress, chunked, merged
+                    )
+                    body, rewind = prepared.stream, prepared.rewind
+                expect100 = expects_continue(prepared.headers, expect100)
+                limits = self._limits(max_line_size, max_field_size, max_headers, read_bufsize)
+                if upload_tracker is not None:
+                    body, rewind = upload_tracker._start(body, rewind)
+                transport = await self._get_transport()
+                jar_ref = self._jar_ref
+                if jar_ref is None:
+                    jar_ref = self._jar_ref = request_jar(self._cookie_jar)
+                if jar_ref[0] and jar_ref[0] not in transport.jars_open:
+                    transport.open_jar(jar_ref[0], jar_ref[2])
+                if tls is not None and tls[0] and tls[0] not in transport.tls_open:
+                    transport.open_tls(tls[0], tls[1])
+                own_cookies = (
+                    request_cookies(cookies, self._cookie_jar, prepared.url)
+                    if cookies is not None
+                    else []
                 )
-                body, rewind = prepared.stream, prepared.rewind
-            expect100 = expects_continue(prepared.headers, expect100)
-            limits = self._limits(max_line_size, max_field_size, max_headers, read_bufsize)
-            if upload_tracker is not None:
-                body, rewind = upload_tracker._start(body, rewind)
-            transport = await self._get_transport()
-            jar_ref = self._jar_ref
-            if jar_ref is None:
-                jar_ref = self._jar_ref = request_jar(self._cookie_jar)
-            if jar_ref[0] and jar_ref[0] not in transport.jars_open:
-                transport.open_jar(jar_ref[0], jar_ref[2])
-            if tls is not None and tls[0] and tls[0] not in transport.tls_open:
-                transport.open_tls(tls[0], tls[1])
-            own_cookies = (
-                request_cookies(cookies, self._cookie_jar, prepared.url)
-                if cookies is not None
-                else []
-            )
-        except BaseException as exc:
-            if prepared.payload is not None or upload_tracker is not None:
-                await _body_over(prepared, upload_tracker, exc)
-            raise
-        if middlewares := self._middlewares if middlewares is None else middlewares:
-            return await self._request_hops(
-                middlewares,
-                prepared,
-                HopOptions(
-                    body, rewind,
-                    upload_tracker._wrote if upload_tracker is not None else None,
-                    chunk, expect100, limits, transport, jar_ref, own_cookies, timeout, auth,
-                    skip, allow_redirects,
-                    self._max_redirects if max_redirects is None else max_redirects,
-                    self._auto_decompress if auto_decompress is None else auto_decompress,
-                    read_until_eof,
-                    bool(compress),
-                    ssl,
-                    server_hostname,
-                    route,
-                    (
-                        self._default_proxy if proxy is None else proxy,
-                        self._default_proxy_auth if proxy_auth is None else proxy_auth,
-                        proxy_headers,
+            except BaseException as exc:
+                if prepared.payload is not None or upload_tracker is not None:
+                    await _body_over(prepared, upload_tracker, exc)
+                raise
+            if middlewares := self._middlewares if middlewares is None else middlewares:
+                resp = await self._request_hops(
+                    middlewares,
+                    prepared,
+                    HopOptions(
+                        body, rewind,
+                        upload_tracker._wrote if upload_tracker is not None else None,
+                        chunk, expect100, limits, transport, jar_ref, own_cookies, timeout, auth,
+                        skip, allow_redirects,
+                        self._max_redirects if max_redirects is None else max_redirects,
+                        self._auto_decompress if auto_decompress is None else auto_decompress,
+                        read_until_eof,
+                        bool(compress),
+                        ssl,
+                        server_hostname,
+                        route,
+                        (
+                            self._default_proxy if proxy is None else proxy,
+                            self._default_proxy_auth if proxy_auth is None else proxy_auth,
+                            proxy_headers,
+                        ),
+                        tracer,
                     ),
+                    upload_tracker, raise_for_status,
+                )
+                if tracer is not None:
+                    await tracer.end(resp)
+                return resp
+            sent_headers = CIMultiDictProxy(prepared.headers)
+            request_info = RequestInfo(
+                prepared.url, prepared.method, sent_headers, prepared.real_url or prepared.url
+            )
+
+            def make_error(failure: Failure) -> BaseException:
+                history = tuple(
+                    self._history_response(h, request_info) for h in failure.history
+                )
+                exc = exception_from_failure(failure, request_info, history)
+                if ssl is not True or server_hostname is not None:
+                    exc = with_request_ssl(exc, ssl, server_hostname)
+                return exc
+
+            handle = StreamHandle(transport, transport.next_stream_id(), make_error, limits[3])
+            req = Request(
+                stream=handle.id,
+                method=prepared.method,
+                url=str(prepared.url),
+                headers=list(prepared.headers.items()),
+                body=prepared.body,
+                streamed=prepared.stream is not None,
+                pool=self._pool,
+                timeout=timeout,
+                allow_redirects=allow_redirects,
+                max_redirects=self._max_redirects if max_redirects is None else max_redirects,
+                auto_decompress=(
+                    self._auto_decompress if auto_decompress is None else auto_decompress
                 ),
-                upload_tracker, raise_for_status,
+                read_until_eof=read_until_eof,
+                skip_host=prepared.skip_host,
+                replayable=rewind is not None,
+                jar=jar_ref[0],
+                cookies=own_cookies,
+                expect100=expect100,
+                max_line_size=limits[0],
+                max_field_size=limits[1],
+                max_headers=limits[2],
+                http10=self._http10,
+                chunked=chunk,
+                requote_redirect_url=self._requote_redirect_url,
+                proxy=route,
             )
-        sent_headers = CIMultiDictProxy(prepared.headers)
-        request_info = RequestInfo(
-            prepared.url, prepared.method, sent_headers, prepared.real_url or prepared.url
-        )
-
-        def make_error(failure: Failure) -> BaseException:
-            history = tuple(
-                self._history_response(h, request_info) for h in failure.history
-            )
-            exc = exception_from_failure(failure, request_info, history)
-            if ssl is not True or server_hostname is not None:
-                exc = with_request_ssl(exc, ssl, server_hostname)
-            return exc
-
-        handle = StreamHandle(transport, transport.next_stream_id(), make_error, limits[3])
-        req = Request(
-            stream=handle.id,
-            method=prepared.method,
-            url=str(prepared.url),
-            headers=list(prepared.headers.items()),
-            body=prepared.body,
-            streamed=prepared.stream is not None,
-            pool=self._pool,
-            timeout=timeout,
-            allow_redirects=allow_redirects,
-            max_redirects=self._max_redirects if max_redirects is None else max_redirects,
-            auto_decompress=self._auto_decompress if auto_decompress is None else auto_decompress,
-            read_until_eof=read_until_eof,
-            skip_host=prepared.skip_host,
-            replayable=rewind is not None,
-            jar=jar_ref[0],
-            cookies=own_cookies,
-            expect100=expect100,
-            max_line_size=limits[0],
-            max_field_size=limits[1],
-            max_headers=limits[2],
-            http10=self._http10,
-            chunked=chunk,
-            requote_redirect_url=self._requote_redirect_url,
-            proxy=route,
-        )
-        if tls is not None or sni:
-            req = with_tls(req, tls, sni)
-        self._handles.add(handle)
-        if timeout.total:
-            handle.set_deadline(timeout.total, timeout.ceil_threshold)
-        try:
-            await transport.send(
-                req, body, handle, prepared.url, jar_ref[1], rewind,
-                upload_tracker._wrote if upload_tracker is not None else None,
-            )
-            head = await handle.head
-        except BaseException as exc:
-            handle.give_up()
-            self._handles.discard(handle)
-            del handle  # its head holds the exception, whose traceback holds this frame
+            if tls is not None or sni:
+                req = with_tls(req, tls, sni)
+            if tracer is not None:
+                req, body, rewind = tracer.attach(
+                    req, handle, request_info, prepared.body, body, rewind
+                )
+            self._handles.add(handle)
+            if timeout.total:
+                handle.set_deadline(timeout.total, timeout.ceil_threshold)
+            try:
+                await transport.send(
+                    req, body, handle, prepared.url, jar_ref[1], rewind,
+                    upload_tracker._wrote if upload_tracker is not None else None,
+                )
+                if tracer is not None:
+                    await tracer.until(handle.head)
+                head = await handle.head
+            except BaseException as exc:
+                handle.give_up()
+                self._handles.discard(handle)
+                del handle  # its head holds the exception, whose traceback holds this frame
+                if prepared.payload is not None or upload_tracker is not None:
+                    await _body_over(prepared, upload_tracker, exc)
+                raise
             if prepared.payload is not None or upload_tracker is not None:
-                await _body_over(prepared, upload_tracker, exc)
+                await _body_over(prepared, upload_tracker, None, head.history)
+            resp = self._response(head, handle, request_info, req.url)
+            resp = await self._check_status(resp, raise_for_status)
+            if tracer is not None:
+                await tracer.end(resp)
+            return resp
+        except BaseException as exc:
+            if tracer is not None:
+                await tracer.exception(exc)
             raise
-        if prepared.payload is not None or upload_tracker is not None:
-            await _body_over(prepared, upload_tracker, None, head.history)
-        resp = self._response(head, handle, request_info, req.url)
-        return await self._check_status(resp, raise_for_status)
 
     async def _proxy_route(self, proxy: Any, proxy_auth: Any, proxy_headers: Any) -> bytes:
         """The encoded ``ProxyRoute`` (``worker_client.proxies``): the request's proxy,

@@ -709,12 +709,9 @@ async def test_session_as_context_manager(serve_app, broker_address):
 
 
 async def test_unknown_and_unsupported_request_arguments_are_refused(session):
-    """Nothing is silently ignored: a typo is a TypeError, an aiohttp feature we do not
-    carry out yet is a NotImplementedError, and aiohttp's "unused" values are fine."""
+    """Nothing is silently ignored: a typo is a TypeError."""
     with pytest.raises(TypeError, match="unexpected keyword argument 'parmas'"):
         await session.get("http://127.0.0.1:1/", parmas={"a": 1})
-    with pytest.raises(NotImplementedError, match="trace_request_ctx= is not supported"):
-        await session.get("http://127.0.0.1:1/", trace_request_ctx={"a": 1})
 
 
 async def test_aiohttp_defaults_passed_explicitly_are_accepted(serve_app, session):

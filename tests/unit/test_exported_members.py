@@ -15,15 +15,6 @@ import worker_client
 
 # aiohttp names we do not have yet, by the feature that will bring them.
 NOT_YET = {
-    "tracing": {
-        "TraceConfig", "TraceConnectionCreateEndParams", "TraceConnectionCreateStartParams",
-        "TraceConnectionQueuedEndParams", "TraceConnectionQueuedStartParams",
-        "TraceConnectionReuseconnParams", "TraceDnsCacheHitParams", "TraceDnsCacheMissParams",
-        "TraceDnsResolveHostEndParams", "TraceDnsResolveHostStartParams",
-        "TraceRequestChunkSentParams", "TraceRequestEndParams", "TraceRequestExceptionParams",
-        "TraceRequestHeadersSentParams", "TraceRequestRedirectParams",
-        "TraceRequestStartParams", "TraceResponseChunkReceivedParams",
-    },
     "websockets": {
         "ClientWSTimeout", "ClientWebSocketResponse", "WSCloseCode", "WSMessage", "WSMsgType",
         "WebSocketError",

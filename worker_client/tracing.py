@@ -1,0 +1,583 @@
+"""Client tracing (aiohttp's ``TraceConfig``), its signals run in the worker.
+
+A traced request (its session has ``trace_configs``) keeps a ``RequestTrace``: one
+``trace_config_ctx`` per config and a queue of signals to send. Three sources fill the
+queue: the session (request start, end, exception), the transport's sink for the
+broker's ``TraceEvent``s (``on_event``: connection, DNS, headers and chunks sent,
+redirects), called synchronously as the events arrive, and a streamed body's tap
+(``tap``: the pieces the worker sends). The request's own task awaits the handlers
+(``drain``, while it waits for the head and before it returns or raises), in order, so
+the broker never waits for a handler and a slow handler delays only its own request.
+A streamed body's piece is sent by the task that sends the body when the request's task
+is not waiting for it (embedded mode runs the exchange in the request's task; after the
+head, as aiohttp's writer), one drainer at a time so the order holds.
+
+Bounds: the broker's events of one request, before its head, are a few per hop (at most
+``max_redirects`` + 1 hops) plus one per body piece it wrote; they are kept as the small
+``TraceEvent``s (a piece of an inline body is sliced only when its signal is sent), at
+most ``MAX_QUEUED`` of them waiting for their handlers: a broker that sends more fails
+the request with ``BrokerProtocolError``. A
+streamed body's piece waits for its signal to be sent before it goes on, once the hop's
+headers are sent; before that, the pieces held are those the transport's credit let out
+(``STREAM_WINDOW`` plus one piece).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableSequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, overload
+
+import msgspec
+from multidict import CIMultiDict
+from yarl import URL
+
+from shared.messages import Request, TraceEvent
+
+from .exceptions import BrokerProtocolError
+from .response import ClientResponse
+
+if TYPE_CHECKING:
+    from .handle import StreamHandle
+    from .session import ClientSession
+
+__all__ = (
+    "TraceConfig",
+    "TraceRequestStartParams",
+    "TraceRequestEndParams",
+    "TraceRequestExceptionParams",
+    "TraceConnectionQueuedStartParams",
+    "TraceConnectionQueuedEndParams",
+    "TraceConnectionCreateStartParams",
+    "TraceConnectionCreateEndParams",
+    "TraceConnectionReuseconnParams",
+    "TraceDnsResolveHostStartParams",
+    "TraceDnsResolveHostEndParams",
+    "TraceDnsCacheHitParams",
+    "TraceDnsCacheMissParams",
+    "TraceRequestRedirectParams",
+    "TraceRequestChunkSentParams",
+    "TraceResponseChunkReceivedParams",
+    "TraceRequestHeadersSentParams",
+)
+
+Handler = Callable[..., Awaitable[object]]
+
+
+class Signal(MutableSequence[Handler]):
+    """aiosignal's ``Signal``: a list of async handlers, frozen before it is sent;
+    changing a frozen one raises ``RuntimeError``, as ``frozenlist.FrozenList``."""
+
+    __slots__ = ("_owner", "_items", "_frozen")
+
+    def __init__(self, owner: object) -> None:
+        self._owner = owner
+        self._items: list[Handler] = []
+        self._frozen = False
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def freeze(self) -> None:
+        self._frozen = True
+
+    def _check(self) -> None:
+        if self._frozen:
+            raise RuntimeError("Cannot modify frozen list.")
+
+    @overload
+    def __getitem__(self, index: int) -> Handler: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Handler]: ...
+    def __getitem__(self, index: Any) -> Any:
+        return self._items[index]
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._check()
+        self._items[index] = value
+
+    def __delitem__(self, index: Any) -> None:
+        self._check()
+        del self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Handler]:
+        return iter(self._items)
+
+    def insert(self, index: int, value: Handler) -> None:
+        self._check()
+        self._items.insert(index, value)
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other
+
+    def __hash__(self) -> int:
+        if not self._frozen:
+            raise RuntimeError("Cannot hash unfrozen list.")
+        return hash(tuple(self._items))
+
+    def __repr__(self) -> str:
+        return f"<Signal owner={self._owner}, frozen={self._frozen}, {self._items!r}>"
+
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        """Await every handler in order."""
+        if not self._frozen:
+            raise RuntimeError("Cannot send non-frozen signal.")
+        for receiver in self._items:
+            await receiver(*args, **kwargs)
+
+    def __call__(self, func: Handler) -> Handler:
+        """Decorator: append ``func``."""
+        self.append(func)
+        return func
+
+
+_SIGNALS = (
+    "request_start", "request_chunk_sent", "response_chunk_received", "request_end",
+    "request_exception", "request_redirect", "connection_queued_start",
+    "connection_queued_end", "connection_create_start", "connection_create_end",
+    "connection_reuseconn", "dns_resolvehost_start", "dns_resolvehost_end",
+    "dns_cache_hit", "dns_cache_miss", "request_headers_sent",
+)
+
+
+class TraceConfig:
+    """Handlers for the tracing signals of the requests of the sessions it is given to."""
+
+    def __init__(
+        self, trace_config_ctx_factory: Callable[..., Any] = SimpleNamespace
+    ) -> None:
+        for name in _SIGNALS:
+            setattr(self, "_on_" + name, Signal(self))
+        self._trace_config_ctx_factory = trace_config_ctx_factory
+
+    def trace_config_ctx(self, trace_request_ctx: Any = None) -> Any:
+        """A new ``trace_config_ctx`` (one per request)."""
+        return self._trace_config_ctx_factory(trace_request_ctx=trace_request_ctx)
+
+    def freeze(self) -> None:
+        for name in _SIGNALS:
+            getattr(self, "_on_" + name).freeze()
+
+    on_request_start = property(lambda self: self._on_request_start)
+    on_request_chunk_sent = property(lambda self: self._on_request_chunk_sent)
+    on_response_chunk_received = property(lambda self: self._on_response_chunk_received)
+    on_request_end = property(lambda self: self._on_request_end)
+    on_request_exception = property(lambda self: self._on_request_exception)
+    on_request_redirect = property(lambda self: self._on_request_redirect)
+    on_connection_queued_start = property(lambda self: self._on_connection_queued_start)
+    on_connection_queued_end = property(lambda self: self._on_connection_queued_end)
+    on_connection_create_start = property(lambda self: self._on_connection_create_start)
+    on_connection_create_end = property(lambda self: self._on_connection_create_end)
+    on_connection_reuseconn = property(lambda self: self._on_connection_reuseconn)
+    on_dns_resolvehost_start = property(lambda self: self._on_dns_resolvehost_start)
+    on_dns_resolvehost_end = property(lambda self: self._on_dns_resolvehost_end)
+    on_dns_cache_hit = property(lambda self: self._on_dns_cache_hit)
+    on_dns_cache_miss = property(lambda self: self._on_dns_cache_miss)
+    on_request_headers_sent = property(lambda self: self._on_request_headers_sent)
+
+
+# The params are frozen dataclasses, not slots=True: a frozen slotted dataclass raises
+# TypeError, not AttributeError, when an unknown attribute is set (CPython 3.10-3.12).
+
+
+@dataclass(frozen=True)
+class TraceRequestStartParams:
+    """Parameters sent by the ``on_request_start`` signal."""
+
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+
+
+@dataclass(frozen=True)
+class TraceRequestChunkSentParams:
+    """Parameters sent by the ``on_request_chunk_sent`` signal."""
+
+    method: str
+    url: URL
+    chunk: bytes
+
+
+@dataclass(frozen=True)
+class TraceResponseChunkReceivedParams:
+    """Parameters sent by the ``on_response_chunk_received`` signal."""
+
+    method: str
+    url: URL
+    chunk: bytes
+
+
+@dataclass(frozen=True)
+class TraceRequestEndParams:
+    """Parameters sent by the ``on_request_end`` signal."""
+
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+    response: ClientResponse
+
+
+@dataclass(frozen=True)
+class TraceRequestExceptionParams:
+    """Parameters sent by the ``on_request_exception`` signal."""
+
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+    exception: BaseException
+
+
+@dataclass(frozen=True)
+class TraceRequestRedirectParams:
+    """Parameters sent by the ``on_request_redirect`` signal."""
+
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+    response: ClientResponse
+
+
+@dataclass(frozen=True)
+class TraceConnectionQueuedStartParams:
+    """Parameters sent by the ``on_connection_queued_start`` signal."""
+
+
+@dataclass(frozen=True)
+class TraceConnectionQueuedEndParams:
+    """Parameters sent by the ``on_connection_queued_end`` signal."""
+
+
+@dataclass(frozen=True)
+class TraceConnectionCreateStartParams:
+    """Parameters sent by the ``on_connection_create_start`` signal."""
+
+
+@dataclass(frozen=True)
+class TraceConnectionCreateEndParams:
+    """Parameters sent by the ``on_connection_create_end`` signal."""
+
+
+@dataclass(frozen=True)
+class TraceConnectionReuseconnParams:
+    """Parameters sent by the ``on_connection_reuseconn`` signal."""
+
+
+@dataclass(frozen=True)
+class TraceDnsResolveHostStartParams:
+    """Parameters sent by the ``on_dns_resolvehost_start`` signal."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class TraceDnsResolveHostEndParams:
+    """Parameters sent by the ``on_dns_resolvehost_end`` signal."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class TraceDnsCacheHitParams:
+    """Parameters sent by the ``on_dns_cache_hit`` signal."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class TraceDnsCacheMissParams:
+    """Parameters sent by the ``on_dns_cache_miss`` signal."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class TraceRequestHeadersSentParams:
+    """Parameters sent by the ``on_request_headers_sent`` signal."""
+
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+
+
+_NO_PARAMS: dict[str, type] = {
+    "connection_queued_start": TraceConnectionQueuedStartParams,
+    "connection_queued_end": TraceConnectionQueuedEndParams,
+    "connection_create_start": TraceConnectionCreateStartParams,
+    "connection_create_end": TraceConnectionCreateEndParams,
+    "connection_reuseconn": TraceConnectionReuseconnParams,
+}
+_HOST_PARAMS: dict[str, type] = {
+    "dns_resolvehost_start": TraceDnsResolveHostStartParams,
+    "dns_resolvehost_end": TraceDnsResolveHostEndParams,
+    "dns_cache_hit": TraceDnsCacheHitParams,
+    "dns_cache_miss": TraceDnsCacheMissParams,
+}
+_OWN_CHUNK = "own_chunk"  # a queued piece of a streamed body the worker sent
+MAX_QUEUED = 1 << 16
+"""Events of one request waiting for their handlers (a 16 GiB inline body in 256 KiB
+pieces and its hops' events fit)."""
+
+
+class RequestTrace:
+    """One traced request: its configs' contexts and its queue (module docstring)."""
+
+    __slots__ = (
+        "session", "traces", "method", "url", "headers", "request_info", "body",
+        "streamed", "_queue", "_waiter", "_pending", "_headers_seen", "_hop",
+        "_offset", "_done", "_redirects", "_busy", "_handle",
+    )
+
+    def __init__(
+        self,
+        session: ClientSession,
+        configs: list[TraceConfig],
+        trace_request_ctx: Any,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+    ) -> None:
+        self.session = session
+        self.traces = [
+            (config, config.trace_config_ctx(trace_request_ctx=trace_request_ctx))
+            for config in configs
+        ]
+        self.method, self.url, self.headers = method, url, headers
+        self.request_info: Any = None  # for the redirects' responses
+        self.body: bytes | None = None  # the inline body the broker's pieces are of
+        self.streamed = False  # the body's pieces are the worker's (tap)
+        self._queue: deque[tuple[str, Any, asyncio.Future[None] | None]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._pending: list[tuple[str, Any, asyncio.Future[None] | None]] = []
+        self._headers_seen = False
+        self._hop: tuple[str, URL] = (method, url)
+        self._offset = 0
+        self._done = False
+        self._redirects = 0
+        self._busy: asyncio.Future[None] | None = None  # a task is draining
+        self._handle: StreamHandle | None = None  # the exchange's stream
+
+    async def send(self, name: str, params: Any) -> None:
+        """Every config's handlers of signal ``name``, in order."""
+        session = self.session
+        for config, ctx in self.traces:
+            await getattr(config, "_on_" + name).send(session, ctx, params)
+
+    # -- the request's own task ----------------------------------------------------
+
+    async def start(self) -> None:
+        await self.send(
+            "request_start", TraceRequestStartParams(self.method, self.url, self.headers)
+        )
+
+    async def until(self, head: asyncio.Future[Any]) -> None:
+        """Send the queued signals as they come, until ``head`` is done."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.drain()
+            if head.done():
+                return
+            waiter = self._waiter = loop.create_future()
+            try:
+                await asyncio.wait((head, waiter), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._waiter = None
+
+    async def drain(self) -> None:
+        """Send the queued signals; one task at a time (another waits its turn)."""
+        while self._busy is not None:
+            await asyncio.shield(self._busy)
+        queue = self._queue
+        if not queue:
+            return
+        busy = self._busy = asyncio.get_running_loop().create_future()
+        try:
+            while queue:
+                kind, payload, delivered = queue.popleft()
+                try:
+                    if kind == _OWN_CHUNK:
+                        method, url = self._hop
+                        await self.send(
+                            "request_chunk_sent",
+                            TraceRequestChunkSentParams(method, url, payload),
+                        )
+                    else:
+                        await self._broker_event(payload)
+                finally:
+                    if delivered is not None and not delivered.done():
+                        delivered.set_result(None)
+        finally:
+            self._busy = None
+            busy.set_result(None)
+
+    async def redirect(self, method: str, url: URL, response: ClientResponse) -> None:
+        """A redirect followed in the worker (with middlewares)."""
+        if not self._redirects:
+            url = self.url
+        self._redirects += 1
+        await self.send(
+            "request_redirect",
+            TraceRequestRedirectParams(method, url, self.headers, response),
+        )
+
+    async def end(self, response: ClientResponse) -> None:
+        await self.drain()
+        self.close()
+        url = response.real_url if response.history else self.url
+        response._trace = self
+        await self.send(
+            "request_end",
+            TraceRequestEndParams(response.method, url, self.headers, response),
+        )
+
+    async def exception(self, exc: BaseException) -> None:
+        self._pending.clear()  # pieces taken before headers that never went
+        await self.drain()
+        self.close()
+        method, url = self._hop if self._redirects else (self.method, self.url)
+        await self.send(
+            "request_exception",
+            TraceRequestExceptionParams(method, url, self.headers, exc),
+        )
+
+    def close(self) -> None:
+        """The request task stops draining; a body still going sends its own signals."""
+        self._done = True
+        for _, _, delivered in (*self._queue, *self._pending):
+            if delivered is not None and not delivered.done():
+                delivered.set_result(None)
+        self._queue.clear()
+        self._pending.clear()
+
+    async def chunk_received(self, response: ClientResponse, body: bytes) -> None:
+        """``ClientResponse.read`` has the whole body (where aiohttp sends it)."""
+        await self.send(
+            "response_chunk_received",
+            TraceResponseChunkReceivedParams(response.method, response.url, body),
+        )
+
+    # -- the transport's sink (synchronous) ----------------------------------------
+
+    def on_event(self, event: TraceEvent) -> None:
+        kind = event.kind
+        if len(self._queue) >= MAX_QUEUED:
+            if self._handle is not None:
+                self._handle.give_up(
+                    BrokerProtocolError(f"more than {MAX_QUEUED} trace events queued")
+                )
+            return
+        if kind == "request_chunk_sent" and self.streamed:
+            return  # the worker's own pieces stand for these
+        if kind == "request_redirect":
+            self._headers_seen = False
+        self._queue.append((kind, event, None))
+        if kind == "request_headers_sent":
+            self._headers_seen = True
+            self._queue.extend(self._pending)
+            self._pending.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _broker_event(self, event: TraceEvent) -> None:
+        kind = event.kind
+        cls = _NO_PARAMS.get(kind)
+        if cls is not None:
+            await self.send(kind, cls())
+            return
+        cls = _HOST_PARAMS.get(kind)
+        if cls is not None:
+            await self.send(kind, cls(event.host))
+        elif kind == "request_headers_sent":
+            url = URL(event.url, encoded=True)  # as aiohttp's: without the fragment
+            self._hop = (event.method, url)
+            self._offset = 0
+            await self.send(
+                kind,
+                TraceRequestHeadersSentParams(event.method, url, CIMultiDict(event.headers)),
+            )
+        elif kind == "request_chunk_sent":
+            start = self._offset
+            self._offset = start + event.size
+            chunk = (self.body or b"")[start : self._offset]
+            method, url = self._hop
+            await self.send(kind, TraceRequestChunkSentParams(method, url, chunk))
+        elif kind == "request_redirect" and event.redirect is not None:
+            item = event.redirect
+            url = self.url if not self._redirects else URL(item.url, encoded=True)
+            self._redirects += 1
+            response = self.session._history_response(item, self.request_info)
+            await self.send(
+                kind, TraceRequestRedirectParams(item.method, url, self.headers, response)
+            )
+
+    def attach(
+        self,
+        req: Request,
+        handle: StreamHandle,
+        request_info: Any,
+        inline: bytes | None,
+        stream: AsyncIterator[bytes] | None,
+        rewind: Callable[[], AsyncIterator[bytes]] | None = None,
+    ) -> tuple[Request, AsyncIterator[bytes] | None, Callable[[], AsyncIterator[bytes]] | None]:
+        """One exchange of this request is sent: its events come to ``on_event``."""
+        handle.on_trace = self.on_event
+        self._handle = handle
+        self.request_info = request_info
+        self.body = inline
+        self._headers_seen = False
+        self._pending.clear()  # an earlier exchange's pieces that never went
+        self.streamed = stream is not None or rewind is not None
+        stream, rewind = self.tap(stream, rewind)
+        return msgspec.structs.replace(req, trace=True), stream, rewind
+
+    # -- a streamed body's pieces ---------------------------------------------------
+
+    def tap(
+        self,
+        body: AsyncIterator[bytes] | None,
+        rewind: Callable[[], AsyncIterator[bytes]] | None,
+    ) -> tuple[AsyncIterator[bytes] | None, Callable[[], AsyncIterator[bytes]] | None]:
+        """``body`` and ``rewind`` whose pieces send ``on_request_chunk_sent``."""
+        if body is None and rewind is None:
+            return body, rewind
+        tapped = None if body is None else self._tapped(body)
+        if rewind is None:
+            return tapped, None
+        again = rewind
+        return tapped, lambda: self._tapped(again())
+
+    async def _tapped(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in body:
+            await self._own_chunk(chunk)
+            yield chunk
+
+    async def _own_chunk(self, chunk: bytes) -> None:
+        if self._done:
+            method, url = self._hop
+            await self.send(
+                "request_chunk_sent", TraceRequestChunkSentParams(method, url, chunk)
+            )
+            return
+        if not self._headers_seen:
+            self._pending.append((_OWN_CHUNK, chunk, None))
+            return
+        if self._waiter is None:
+            # The request's task is not waiting in ``until`` (embedded: it runs this
+            # body itself): send what is queued, this piece last, from here.
+            self._queue.append((_OWN_CHUNK, chunk, None))
+            await self.drain()
+            return
+        delivered = asyncio.get_running_loop().create_future()
+        self._queue.append((_OWN_CHUNK, chunk, delivered))
+        self._wake()
+        await delivered
