@@ -334,11 +334,16 @@ class Dialer:
         self._close_conn(task.result()[1])
 
     def _close_conn(self, conn: HTTP1Connection) -> None:
-        """Close a connection nobody will use; ``closing`` holds it until it is."""
+        """Close a connection nobody will use; ``closing`` holds it until it is. A TLS
+        one is aborted unless the pool gives its close_notify a grace
+        (``ssl_shutdown_timeout``, 0 by default: aiohttp 3.14 aborts too)."""
         if conn not in self.closing:
             self.closing.add(conn)
             conn.on_idle_lost = self.closing.discard
-            conn.close()
+            if self.spec.ssl_shutdown_timeout:
+                conn.close()
+            else:
+                conn.abort()
 
 
 def tls_failure(exc: ssl_mod.SSLError, fields: dict[str, Any]) -> ConnectionFailure:
