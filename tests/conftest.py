@@ -113,8 +113,17 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
 
     yield start
     # A TLS connection a client keeps idle (a broker outlives the test) would wait for
-    # its close_notify past this test's loop: abort them instead. Python 3.10's TLS
-    # transport also needs it after its peer left (aiohttp's server never closes it).
+    # its close_notify past this test's loop: abort them instead, those that carried a
+    # request (Python 3.10's TLS transport needs it even after its peer left: aiohttp's
+    # server never closes it) and those still open that carried none (a tunnel that
+    # was only opened).
+    for runner in runners:
+        if runner.server is not None:
+            for handler in list(runner.server.connections):
+                if handler.transport is not None and handler.transport.get_extra_info(
+                    "sslcontext"
+                ):
+                    tls_transports.append(handler.transport)
     for transport in tls_transports:
         transport.abort()
     for runner in runners:
