@@ -135,31 +135,68 @@ class Dialer:
             ]
             delay, code, fields["url"] = None, "unix_connect", path
         else:
-            try:
-                addrs = await self._resolve(host, port, deadline, trace)
-            except TimeoutError:
-                raise connect_timeout(key) from None
-            except OSError as exc:
-                raise ConnectionFailure(
-                    "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
-                ) from None
-            starts = [
-                functools.partial(
-                    loop.create_connection,
-                    factory,
-                    addr.host,
-                    addr.port,
-                    family=addr.family,
-                    ssl=ssl_ctx,
-                    server_hostname=server_hostname,
-                    local_addr=self.spec.local_addr,
-                    **extra,
-                )
-                for addr in _interleave(addrs)
-            ]
+            starts = await self.starts_to(
+                host, port, key, deadline, fields, ssl_ctx, server_hostname, extra, trace
+            )
             delay, code = self.spec.happy_eyeballs_delay, "connect"
+        conn = await self.connect_first(starts, delay, timeout, deadline, key, fields, code)
+        if is_ssl and key[3][1]:
+            self.check_fingerprint(conn, key[3][1], host, port)
+        return conn
+
+    async def starts_to(
+        self,
+        host: str,
+        port: int,
+        key: Any,
+        deadline: float | None,
+        fields: dict[str, Any],
+        ssl_ctx: ssl_mod.SSLContext | None,
+        server_hostname: str | None,
+        extra: dict[str, Any],
+        trace: BrokerStream | None = None,
+    ) -> list[Callable[[], Coroutine[Any, Any, _Connected]]]:
+        """The connection attempts to ``host``'s addresses (families interleaved, RFC
+        8305), for ``first_connected``; a failed lookup is ``dns`` with ``fields``."""
         try:
-            conn = await self.first_connected(starts, delay, timeout.sock_connect, deadline)
+            addrs = await self._resolve(host, port, deadline, trace)
+        except TimeoutError:
+            raise connect_timeout(key) from None
+        except OSError as exc:
+            raise ConnectionFailure(
+                "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
+            ) from None
+        loop = self._loop
+        factory = functools.partial(self._connection_class, loop)
+        return [
+            functools.partial(
+                loop.create_connection,
+                factory,
+                addr.host,
+                addr.port,
+                family=addr.family,
+                ssl=ssl_ctx,
+                server_hostname=server_hostname,
+                local_addr=self.spec.local_addr,
+                **extra,
+            )
+            for addr in _interleave(addrs)
+        ]
+
+    async def connect_first(
+        self,
+        starts: Sequence[Callable[[], Coroutine[Any, Any, _Connected]]],
+        delay: float | None,
+        timeout: ClientTimeout,
+        deadline: float | None,
+        key: Any,
+        fields: dict[str, Any],
+        code: str,
+    ) -> HTTP1Connection:
+        """``first_connected``, its failures as the request's: a TLS one as aiohttp's,
+        any other OS error as ``code`` with ``fields``."""
+        try:
+            return await self.first_connected(starts, delay, timeout.sock_connect, deadline)
         except TimeoutError:
             raise connect_timeout(key) from None
         except ssl_mod.SSLError as exc:
@@ -168,9 +205,6 @@ class Dialer:
             raise ConnectionFailure(
                 code, exc.strerror or str(exc), errno=exc.errno or 0, **fields
             ) from None
-        if is_ssl and key[3][1]:
-            self.check_fingerprint(conn, key[3][1], host, port)
-        return conn
 
     # -- TLS (kept apart: the proxy's tunnel adds its own steps beside these) ----------
 

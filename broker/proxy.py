@@ -37,7 +37,6 @@ whose keys are at most ``MAX_PROXY_ROUTE`` bytes (so at most 4 MiB each).
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import os
@@ -252,44 +251,15 @@ async def _connect_to_proxy(
     tls: ssl_mod.SSLContext | None,
 ) -> HTTP1Connection:
     """A connection to the proxy itself; ``tls``: the context for an ``https://`` one."""
-    loop = dialer._loop
     fields: dict[str, Any] = {"host": proxy.host, "port": proxy.port, "ssl": proxy.tls}
     extra = dialer.tls_kwargs() if tls else {}
-    try:
-        addrs = await dialer._resolve(proxy.host, proxy.port, deadline)
-    except TimeoutError:
-        raise connect_timeout(key) from None
-    except OSError as exc:
-        raise ConnectionFailure(
-            "dns", exc.strerror or str(exc), errno=exc.errno or 0, **fields
-        ) from None
-    factory = functools.partial(dialer._connection_class, loop)
-    starts = [
-        functools.partial(
-            loop.create_connection,
-            factory,
-            addr.host,
-            addr.port,
-            family=addr.family,
-            ssl=tls,
-            server_hostname=proxy.host if tls else None,
-            local_addr=dialer.spec.local_addr,
-            **extra,
-        )
-        for addr in addrs
-    ]
-    try:
-        return await dialer.first_connected(
-            starts, dialer.spec.happy_eyeballs_delay, timeout.sock_connect, deadline
-        )
-    except TimeoutError:
-        raise connect_timeout(key) from None
-    except ssl_mod.SSLError as exc:  # an https:// proxy's certificate or handshake
-        raise tls_failure(exc, fields) from None
-    except OSError as exc:
-        raise ConnectionFailure(
-            "proxy_connect", exc.strerror or str(exc), errno=exc.errno or 0, **fields
-        ) from None
+    host = proxy.host
+    starts = await dialer.starts_to(
+        host, proxy.port, key, deadline, fields, tls, host if tls else None, extra
+    )
+    return await dialer.connect_first(
+        starts, dialer.spec.happy_eyeballs_delay, timeout, deadline, key, fields, "proxy_connect"
+    )
 
 
 _INFORMATIONAL = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9][0-9]")  # 1xx but 101
