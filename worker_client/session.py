@@ -117,24 +117,6 @@ class _RequestOptions(TypedDict, total=False):
     trace_request_ctx: Any
 
 
-# aiohttp's request keywords that http-broker does not carry out yet, with the value that
-# means "not used" in aiohttp: passing that value is fine, anything else is refused
-# rather than silently ignored (a proxy= that went direct would be worse than an error).
-_NOT_YET: dict[str, tuple[object, ...]] = {}
-
-
-def _check_options(kw: dict[str, Any]) -> None:
-    for name in kw:
-        if name not in _NOT_YET:
-            raise TypeError(f"request() got an unexpected keyword argument {name!r}")
-        value = kw[name]
-        if not any(value is ok for ok in _NOT_YET[name]):
-            raise NotImplementedError(
-                f"{name}= is not supported by http-broker yet (got {value!r}); "
-                "see docs/migrating-from-aiohttp.md"
-            )
-
-
 def _warn_auth(auth: Any, proxy_auth: Any, stacklevel: int) -> None:
     """aiohttp 3.14's deprecation of ``auth=`` and ``proxy_auth=`` (both still work)."""
     for name, value, header, where in (
@@ -496,7 +478,8 @@ class ClientSession:
         if self.closed:
             raise RuntimeError("Session is closed")
         if unsupported:
-            _check_options(unsupported)
+            name = next(iter(unsupported))
+            raise TypeError(f"request() got an unexpected keyword argument {name!r}")
         if (
             ssl is not True or verify_ssl is not None or ssl_context is not None
             or fingerprint is not None
