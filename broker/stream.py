@@ -23,7 +23,14 @@ handler must not hold a pool slot: aiohttp issue 5259); events come only while t
 stream is open, so always before its head or failure, and at most a handful per hop
 (one per request body piece written), so they are bounded by the request's own progress.
 
-Response flow control: ``data`` counts bytes the worker has not yet acknowledged. When
+Direct reads (issue 11): for a plain body (nothing to decode) the engine asks
+``body_buffer()`` for memory to read the upstream socket straight into (``recv_into``):
+a carrier that has some returns a writable view (embedded mode: the worker's final
+buffer, once its reader wants the whole body; broker mode: a shared-memory slot), the
+engine reads at most its length into it and calls ``body_filled(n)``, which counts and
+delivers those n bytes as ``data`` would. ``None``: no such memory now, use ``data``.
+
+Response flow control: ``data`` (and ``body_filled``) counts bytes the worker has not yet acknowledged. When
 that reaches ``STREAM_WINDOW`` the engine pauses reading the upstream socket and parks a
 resume callback here, which ``on_ack`` calls once the worker has consumed half of it.
 """
@@ -144,6 +151,19 @@ class BrokerStream:
         self.unacked += len(chunk)
         self._send_data(chunk)
 
+    def body_buffer(self) -> memoryview | None:
+        """Writable memory that the next bytes of a plain response body may be read into
+        directly, or None (use ``data``). The view is valid until the next call on this
+        stream; nothing is written past its length."""
+        return None
+
+    def body_filled(self, size: int) -> None:
+        """``size`` bytes were read into the start of the last ``body_buffer()``: deliver
+        them, counted against the window as ``data`` counts."""
+        self.state = step(self.state, Event.DATA)
+        self.unacked += size
+        self._send_filled(size)
+
     @property
     def window_full(self) -> bool:
         return self.unacked >= STREAM_WINDOW
@@ -213,6 +233,9 @@ class BrokerStream:
 
     def _send_data(self, chunk: bytes) -> None:
         raise NotImplementedError
+
+    def _send_filled(self, size: int) -> None:
+        raise NotImplementedError  # only a carrier whose body_buffer gives memory
 
     def _send_end(self) -> None:
         raise NotImplementedError

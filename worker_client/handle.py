@@ -94,7 +94,9 @@ class StreamHandle:
         except Exception as exc:
             self.give_up(exc)
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
+        """Body bytes. A memoryview (a shared-memory slot) is valid only during this
+        call: the reader copies what it keeps (issue 11)."""
         if self._step(Event.DATA):
             self.content.feed_data(data)
 
