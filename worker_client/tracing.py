@@ -421,9 +421,10 @@ class RequestTrace:
         if not self._redirects:
             url = self.url
         self._redirects += 1
-        await self.send(
+        await self._sent_or_closed(
             "request_redirect",
             TraceRequestRedirectParams(method, url, self.headers, response),
+            response,
         )
 
     async def end(self, response: ClientResponse) -> None:
@@ -431,10 +432,20 @@ class RequestTrace:
         self.close()
         url = response.real_url if response.history else self.url
         response._trace = self
-        await self.send(
+        await self._sent_or_closed(
             "request_end",
             TraceRequestEndParams(response.method, url, self.headers, response),
+            response,
         )
+
+    async def _sent_or_closed(self, name: str, params: Any, response: ClientResponse) -> None:
+        """A handler that raises here keeps ``response`` from its caller: it is closed,
+        so its stream gives its pool slot back (aiohttp's, unreferenced, is released)."""
+        try:
+            await self.send(name, params)
+        except BaseException:
+            response.close()
+            raise
 
     async def exception(self, exc: BaseException) -> None:
         self._pending.clear()  # pieces taken before headers that never went

@@ -9,6 +9,7 @@ with the worker's signals alone."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from yarl import URL
 import worker_client
 
 CLIENTS = ("aiohttp", "embedded", "broker")
+BIG = 4 << 20  # a response body over the stream's window: the broker holds it for the worker
 WORKER_SIGNALS = {"request_start", "request_end", "request_exception", "response_chunk_received"}
 SIGNALS = [
     "request_start", "request_chunk_sent", "response_chunk_received", "request_end",
@@ -110,8 +112,25 @@ def _app() -> web.Application:
         await request.read()
         raise web.HTTPTemporaryRedirect("/echo")
 
+    async def no_location(request: web.Request) -> web.Response:
+        return web.Response(status=302, text="no Location")
+
+    async def to_nowhere(request: web.Request) -> web.Response:
+        await request.read()
+        raise web.HTTPSeeOther("http://127.0.0.1:1/gone#frag")
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * BIG)
+
+    async def big_redirect(request: web.Request) -> web.Response:
+        return web.Response(status=302, body=b"x" * BIG, headers={"Location": "/"})
+
     app.router.add_post("/echo", echo)
     app.router.add_post("/307", redirect307)
+    app.router.add_get("/no-location", no_location)
+    app.router.add_post("/to-nowhere", to_nowhere)
+    app.router.add_get("/big", big)
+    app.router.add_get("/big-redirect", big_redirect)
     return app
 
 
@@ -494,3 +513,43 @@ async def test_body_pieces_sent_again_after_a_307(client, serve_app):
     assert b"".join(chunks[:first]) == b"".join(chunks[first:]) == data
     urls = [p.url.path for p in rec.params("request_chunk_sent")]
     assert set(urls[:first]) == {"/307"} and set(urls[first:]) == {"/echo"}
+
+
+# -- a handler that raises, redirects that fail, compressed bodies: as aiohttp ---------
+
+
+async def passthrough(req: Any, handler: Any) -> Any:
+    return await handler(req)
+
+
+@pytest.mark.parametrize("signal", ["request_end", "request_redirect"])
+async def test_a_raising_end_or_redirect_handler_frees_the_pool_slot(
+    client, serve_app, signal
+):
+    """The response a raising ``on_request_end`` (or, with middlewares, a raising
+    ``on_request_redirect``) never returns gives its connection back, as aiohttp's
+    does: a pool of one serves the next request."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+
+    async def boom(session: Any, ctx: Any, params: Any) -> None:
+        raise LookupError(signal)
+
+    getattr(rec.config, "on_" + signal).append(boom)
+    mw = () if signal == "request_end" else (passthrough,)
+    named = {} if client.name == "aiohttp" else {"name": uuid.uuid4().hex}
+    connector = client.mod.TCPConnector(limit=1, **named)
+    session = client.make(
+        connector=connector, trace_configs=[rec.config], middlewares=mw
+    )
+    other = client.make(connector=connector, connector_owner=False)
+    path = "/big" if signal == "request_end" else "/big-redirect"
+    for _ in range(2):
+        try:
+            await session.get(base + path)
+        except LookupError:
+            pass
+        else:
+            raise AssertionError("the handler's exception was not raised")
+        resp = await asyncio.wait_for(other.get(base + "/"), 10)
+        assert await resp.read() == b"hello"
