@@ -37,7 +37,7 @@ from yarl import URL
 
 from shared.messages import Request, TraceEvent
 
-from .exceptions import BrokerProtocolError
+from .exceptions import BrokerProtocolError, ClientConnectionError
 from .response import ClientResponse
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ class RequestTrace:
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
         "streamed", "_queue", "_waiter", "_pending", "_headers_seen", "_hop",
-        "_offset", "_done", "_redirects", "_busy", "_handle",
+        "_offset", "_done", "_failed", "_redirects", "_busy", "_handle",
     )
 
     def __init__(
@@ -359,6 +359,7 @@ class RequestTrace:
         self._hop: tuple[str, URL] = (method, url)
         self._offset = 0
         self._done = False
+        self._failed = False  # a handler raised: the request fails with its exception
         self._redirects = 0
         self._busy: asyncio.Future[None] | None = None  # a task is draining
         self._handle: StreamHandle | None = None  # the exchange's stream
@@ -402,13 +403,13 @@ class RequestTrace:
                 kind, payload, delivered = queue.popleft()
                 try:
                     if kind == _OWN_CHUNK:
-                        method, url = self._hop
-                        await self.send(
-                            "request_chunk_sent",
-                            TraceRequestChunkSentParams(method, url, payload),
-                        )
+                        await self._chunk_sent(payload)
                     else:
                         await self._broker_event(payload)
+                except BaseException:
+                    self._failed = True  # as aiohttp: no signal after it but the exception
+                    self.close()
+                    raise
                 finally:
                     if delivered is not None and not delivered.done():
                         delivered.set_result(None)
@@ -476,6 +477,8 @@ class RequestTrace:
     # -- the transport's sink (synchronous) ----------------------------------------
 
     def on_event(self, event: TraceEvent) -> None:
+        if self._done:
+            return
         kind = event.kind
         if len(self._queue) >= MAX_QUEUED:
             if self._handle is not None:
@@ -519,9 +522,7 @@ class RequestTrace:
         elif kind == "request_chunk_sent":
             start = self._offset
             self._offset = start + event.size
-            chunk = (self.body or b"")[start : self._offset]
-            method, url = self._hop
-            await self.send(kind, TraceRequestChunkSentParams(method, url, chunk))
+            await self._chunk_sent((self.body or b"")[start : self._offset])
         elif kind == "request_redirect" and event.redirect is not None:
             item = event.redirect
             url = self.url if not self._redirects else URL(item.url, encoded=True)
@@ -569,15 +570,31 @@ class RequestTrace:
 
     async def _tapped(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in body:
-            await self._own_chunk(chunk)
+            try:
+                await self._own_chunk(chunk)
+            except Exception as exc:
+                # the request fails with it, as when the broker's pump meets it (the
+                # embedded engine would make any error of the body an internal one)
+                if self._handle is not None:
+                    self._handle.give_up(exc)
+                raise
             yield chunk
+
+    async def _chunk_sent(self, chunk: bytes) -> None:
+        """``on_request_chunk_sent``; a handler's exception fails the request as
+        aiohttp's writer fails it: a ``ClientConnectionError`` caused by it."""
+        method, url = self._hop
+        try:
+            await self.send("request_chunk_sent", TraceRequestChunkSentParams(method, url, chunk))
+        except Exception as exc:
+            raise ClientConnectionError(
+                f"Failed to send bytes into the underlying connection: {exc!r}"
+            ) from exc
 
     async def _own_chunk(self, chunk: bytes) -> None:
         if self._done:
-            method, url = self._hop
-            await self.send(
-                "request_chunk_sent", TraceRequestChunkSentParams(method, url, chunk)
-            )
+            if not self._failed:
+                await self._chunk_sent(chunk)
             return
         if not self._headers_seen:
             self._pending.append((_OWN_CHUNK, chunk, None))

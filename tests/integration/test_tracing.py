@@ -522,6 +522,57 @@ async def passthrough(req: Any, handler: Any) -> Any:
     return await handler(req)
 
 
+@pytest.mark.parametrize(
+    "signal", ["connection_create_end", "request_headers_sent", "request_redirect"]
+)
+async def test_a_raising_handler_is_the_last_signal_before_the_exception(
+    client, serve_app, signal
+):
+    """A handler that raises fails its request with that exception, as in aiohttp:
+    the events that were still to come are not signalled, only the exception is."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+
+    async def boom(session: Any, ctx: Any, params: Any) -> None:
+        raise LookupError(signal)
+
+    getattr(rec.config, "on_" + signal).append(boom)
+    session = client.make(trace_configs=[rec.config])
+    with pytest.raises(LookupError):
+        await session.post(base + "/307", data=b"abc")
+    names = rec.names()
+    assert names[-2:] == [signal, "request_exception"]
+    assert names.count(signal) == 1
+    assert type(rec.params("request_exception")[0].exception) is LookupError
+
+
+async def test_a_raising_chunk_handler_fails_the_request_as_a_connection_error(
+    client, serve_app
+):
+    """aiohttp's writer turns an exception from ``on_request_chunk_sent`` into a
+    ``ClientConnectionError`` caused by it."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+
+    async def boom(session: Any, ctx: Any, params: Any) -> None:
+        raise LookupError("chunk")
+
+    rec.config.on_request_chunk_sent.append(boom)
+    session = client.make(trace_configs=[rec.config])
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"ab"
+        yield b"cd"
+
+    for data in (b"abc", stream()):
+        with pytest.raises(client.mod.ClientConnectionError) as info:
+            await session.post(base + "/echo", data=data)
+        assert isinstance(info.value.__cause__, LookupError)
+        assert rec.take({"request_chunk_sent", "request_exception"}) == [
+            "request_chunk_sent", "request_exception"
+        ]
+
+
 @pytest.mark.parametrize("signal", ["request_end", "request_redirect"])
 async def test_a_raising_end_or_redirect_handler_frees_the_pool_slot(
     client, serve_app, signal
