@@ -488,6 +488,8 @@ class _Hops:
                     raise self._error(exc.code, exc.message, history, **exc.fields) from None
                 if hop.streamed and not body.sendable():
                     raise ClientPayloadError(CONSUMED_BODY)
+                if spec.trace is not None:
+                    spec.trace.followed(hop.method, hop.url)
                 original = hop.url
         finally:
             self._release_dropped(resp)

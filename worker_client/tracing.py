@@ -35,7 +35,9 @@ import msgspec
 from multidict import CIMultiDict
 from yarl import URL
 
-from shared.messages import Request, TraceEvent
+from broker.failures import ConnectionFailure
+from broker.hops import Hop, follow, redirect_location
+from shared.messages import HistoryItem, Request, TraceEvent
 
 from .exceptions import BrokerProtocolError, ClientConnectionError
 from .response import ClientResponse
@@ -319,6 +321,9 @@ _HOST_PARAMS: dict[str, type] = {
     "dns_cache_hit": TraceDnsCacheHitParams,
     "dns_cache_miss": TraceDnsCacheMissParams,
 }
+_HOP_BEGINS = frozenset(
+    ("connection_queued_start", "connection_create_start", "connection_reuseconn")
+)
 _OWN_CHUNK = "own_chunk"  # a queued piece of a streamed body the worker sent
 MAX_QUEUED = 1 << 16
 """Events of one request waiting for their handlers (a 16 GiB inline body in 256 KiB
@@ -331,7 +336,8 @@ class RequestTrace:
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
         "streamed", "_queue", "_waiter", "_pending", "_headers_seen", "_hop",
-        "_offset", "_done", "_failed", "_redirects", "_busy", "_handle",
+        "_offset", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
+        "_next",
     )
 
     def __init__(
@@ -363,6 +369,10 @@ class RequestTrace:
         self._redirects = 0
         self._busy: asyncio.Future[None] | None = None  # a task is draining
         self._handle: StreamHandle | None = None  # the exchange's stream
+        # aiohttp's method and url while a hop is tried (the exception's): a redirect's
+        # target once it is followed, i.e. once the broker starts on its connection
+        self._current: tuple[str, URL] = (method, url)
+        self._next: tuple[str, URL] | None = None
 
     async def send(self, name: str, params: Any) -> None:
         """Every config's handlers of signal ``name``, in order."""
@@ -452,7 +462,7 @@ class RequestTrace:
         self._pending.clear()  # pieces taken before headers that never went
         await self.drain()
         self.close()
-        method, url = self._hop if self._redirects else (self.method, self.url)
+        method, url = self._current
         await self.send(
             "request_exception",
             TraceRequestExceptionParams(method, url, self.headers, exc),
@@ -506,6 +516,8 @@ class RequestTrace:
         kind = event.kind
         cls = _NO_PARAMS.get(kind)
         if cls is not None:
+            if self._next is not None and kind in _HOP_BEGINS:
+                self._current, self._next = self._next, None
             await self.send(kind, cls())
             return
         cls = _HOST_PARAMS.get(kind)
@@ -527,10 +539,27 @@ class RequestTrace:
             item = event.redirect
             url = self.url if not self._redirects else URL(item.url, encoded=True)
             self._redirects += 1
+            self._next = self._target(item)
             response = self.session._history_response(item, self.request_info)
             await self.send(
                 kind, TraceRequestRedirectParams(item.method, url, self.headers, response)
             )
+
+    def followed(self, method: str, url: URL) -> None:
+        """A redirect followed in the worker (with middlewares): its target is tried."""
+        self._current = (method, url)
+
+    def _target(self, item: HistoryItem) -> tuple[str, URL] | None:
+        """The method and URL the broker follows ``item`` to (None: it does not)."""
+        location = redirect_location(item.headers)
+        if location is None:
+            return None
+        hop = Hop(item.method, URL(item.url, encoded=True), [], None, False, [])
+        try:
+            hop = follow(hop, item.status, location, self.session._requote_redirect_url)
+        except ConnectionFailure:
+            return None
+        return hop.method, hop.url
 
     def attach(
         self,

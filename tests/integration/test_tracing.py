@@ -522,6 +522,25 @@ async def passthrough(req: Any, handler: Any) -> Any:
     return await handler(req)
 
 
+@pytest.mark.parametrize("mw", [(), (passthrough,)], ids=["plain", "middleware"])
+async def test_an_exception_after_a_redirect_names_the_hop_tried(client, serve_app, mw):
+    """``on_request_exception`` carries aiohttp's method and URL of the hop being tried:
+    the redirect's target once it is followed (a 303 made the POST a GET), the redirected
+    hop's own while it is not (too many redirects)."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config], middlewares=mw)
+    with pytest.raises(client.mod.ClientConnectorError):
+        await session.post(base + "/to-nowhere", data=b"abc")
+    (exc,) = rec.params("request_exception")
+    assert (exc.method, exc.url) == ("GET", URL("http://127.0.0.1:1/gone#frag"))
+    rec.seen.clear()
+    with pytest.raises(client.mod.TooManyRedirects):
+        await session.get(base + "/r#frag", max_redirects=1)
+    (exc,) = rec.params("request_exception")
+    assert (exc.method, exc.url) == ("GET", URL(base + "/r#frag"))
+
+
 @pytest.mark.parametrize(
     "signal", ["connection_create_end", "request_headers_sent", "request_redirect"]
 )
