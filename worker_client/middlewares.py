@@ -468,11 +468,11 @@ class _Hops:
                 location = None
                 if spec.allow_redirects and resp.status in REDIRECTS:
                     location = redirect_location(list(resp.raw_headers))
+                    if spec.trace is not None:  # as aiohttp, even without a Location
+                        await spec.trace.redirect(creq.method, creq.url, resp)
                 if location is None:
                     resp._history = tuple(history)
                     return resp
-                if spec.trace is not None:
-                    await spec.trace.redirect(creq.method, creq.url, resp)
                 history.append(resp)
                 resp.release()
                 if max_redirects and len(history) >= max_redirects:

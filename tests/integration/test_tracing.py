@@ -541,6 +541,20 @@ async def test_an_exception_after_a_redirect_names_the_hop_tried(client, serve_a
     assert (exc.method, exc.url) == ("GET", URL(base + "/r#frag"))
 
 
+async def test_a_redirect_without_location_is_signalled_with_middlewares(client, serve_app):
+    """aiohttp sends ``on_request_redirect`` for a redirect status it then returns (no
+    Location), with or without middlewares."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    for mw in ((), (passthrough,)):
+        session = client.make(trace_configs=[rec.config], middlewares=mw)
+        async with session.get(base + "/no-location") as resp:
+            assert resp.status == 302
+        assert rec.take(WORKER_SIGNALS | {"request_redirect"}) == [
+            "request_start", "request_redirect", "request_end"
+        ]
+
+
 @pytest.mark.parametrize(
     "signal", ["connection_create_end", "request_headers_sent", "request_redirect"]
 )
