@@ -531,6 +531,9 @@ class ClientSession:
                     if netrc is not None:
                         prepared.headers["Authorization"] = netrc.encode()
                 chunk = False
+                if compress and tracer is not None:
+                    stream, again = tracer.compressing(prepared.body, body, rewind)
+                    prepared = prepared._replace(stream=stream, rewind=again)
                 if compress or chunked is not None:
                     prepared, chunk = compress_and_chunk(
                         prepared, data, json, compress, chunked, merged

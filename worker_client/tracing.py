@@ -337,7 +337,7 @@ class RequestTrace:
         "session", "traces", "method", "url", "headers", "request_info", "body",
         "streamed", "_queue", "_waiter", "_pending", "_headers_seen", "_hop",
         "_offset", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
-        "_next",
+        "_next", "_plain", "_early",
     )
 
     def __init__(
@@ -373,6 +373,8 @@ class RequestTrace:
         # target once it is followed, i.e. once the broker starts on its connection
         self._current: tuple[str, URL] = (method, url)
         self._next: tuple[str, URL] | None = None
+        self._plain: bytes | None = None  # compress=: the inline body as given
+        self._early = False  # compress=: the stream was tapped before it is compressed
 
     async def send(self, name: str, params: Any) -> None:
         """Every config's handlers of signal ``name``, in order."""
@@ -534,7 +536,10 @@ class RequestTrace:
         elif kind == "request_chunk_sent":
             start = self._offset
             self._offset = start + event.size
-            await self._chunk_sent((self.body or b"")[start : self._offset])
+            if self._plain is None:
+                await self._chunk_sent((self.body or b"")[start : self._offset])
+            elif not start:  # compress=: the pieces are compressed; aiohttp's is the body
+                await self._chunk_sent(self._plain)
         elif kind == "request_redirect" and event.redirect is not None:
             item = event.redirect
             url = self.url if not self._redirects else URL(item.url, encoded=True)
@@ -578,10 +583,24 @@ class RequestTrace:
         self._headers_seen = False
         self._pending.clear()  # an earlier exchange's pieces that never went
         self.streamed = stream is not None or rewind is not None
-        stream, rewind = self.tap(stream, rewind)
+        if not self._early:
+            stream, rewind = self.tap(stream, rewind)
         return msgspec.structs.replace(req, trace=True), stream, rewind
 
     # -- a streamed body's pieces ---------------------------------------------------
+
+    def compressing(
+        self,
+        body: bytes | None,
+        stream: AsyncIterator[bytes] | None,
+        rewind: Callable[[], AsyncIterator[bytes]] | None,
+    ) -> tuple[AsyncIterator[bytes] | None, Callable[[], AsyncIterator[bytes]] | None]:
+        """``compress=``: aiohttp's writer signals each piece before it compresses it, so
+        the pieces are the body as given: ``stream`` tapped now (the exchanges' streams,
+        compressed from it, are not tapped again), ``body`` sent once per hop."""
+        self._plain = body
+        self._early = True
+        return self.tap(stream, rewind)
 
     def tap(
         self,

@@ -637,3 +637,23 @@ async def test_a_raising_end_or_redirect_handler_frees_the_pool_slot(
             raise AssertionError("the handler's exception was not raised")
         resp = await asyncio.wait_for(other.get(base + "/"), 10)
         assert await resp.read() == b"hello"
+
+
+async def test_pieces_of_a_compressed_body_are_the_body_as_given(client, serve_app):
+    """With ``compress=``, aiohttp's writer signals each piece before compressing it."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    data = b"0123456789" * 1000
+
+    async def stream() -> AsyncIterator[bytes]:
+        for at in range(0, len(data), 4000):
+            yield data[at : at + 4000]
+
+    for mw in ((), (passthrough,)):
+        session = client.make(trace_configs=[rec.config], middlewares=mw)
+        for body in (data, stream()):
+            async with session.post(base + "/echo", data=body, compress="deflate") as resp:
+                assert resp.status == 200
+            chunks = [p.chunk for p in rec.params("request_chunk_sent")]
+            assert b"".join(chunks) == data
+            rec.seen.clear()
