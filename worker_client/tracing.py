@@ -18,8 +18,9 @@ Bounds: the broker's events of one request, before its head, are a few per hop (
 most ``MAX_QUEUED`` of them waiting for their handlers: a broker that sends more fails
 the request with ``BrokerProtocolError``. A
 streamed body's piece waits for its signal to be sent before it goes on, once the hop's
-headers are sent; before that, the pieces held are those the transport's credit let out
-(``STREAM_WINDOW`` plus one piece).
+headers are sent; before that, pieces are held up to ``STREAM_WINDOW`` bytes (plus one
+piece; the transport's credit would let out as much, but counts a compressed body's
+bytes), and the next piece waits for the headers.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from yarl import URL
 
 from broker.failures import ConnectionFailure
 from broker.hops import Hop, follow, redirect_location
-from shared.messages import HistoryItem, Request, TraceEvent
+from shared.messages import STREAM_WINDOW, HistoryItem, Request, TraceEvent
 
 from .exceptions import BrokerProtocolError, ClientConnectionError
 from .response import ClientResponse
@@ -335,7 +336,7 @@ class RequestTrace:
 
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
-        "streamed", "_queue", "_waiter", "_pending", "_headers_seen", "_hop",
+        "streamed", "_queue", "_waiter", "_pending", "_held", "_headers_seen", "_hop",
         "_offset", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
         "_next", "_plain", "_early",
     )
@@ -361,6 +362,7 @@ class RequestTrace:
         self._queue: deque[tuple[str, Any, asyncio.Future[None] | None]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._pending: list[tuple[str, Any, asyncio.Future[None] | None]] = []
+        self._held = 0  # bytes of the pieces in _pending
         self._headers_seen = False
         self._hop: tuple[str, URL] = (method, url)
         self._offset = 0
@@ -461,7 +463,7 @@ class RequestTrace:
             raise
 
     async def exception(self, exc: BaseException) -> None:
-        self._pending.clear()  # pieces taken before headers that never went
+        self._drop_pending()  # pieces taken before headers that never went
         await self.drain()
         self.close()
         method, url = self._current
@@ -477,7 +479,14 @@ class RequestTrace:
             if delivered is not None and not delivered.done():
                 delivered.set_result(None)
         self._queue.clear()
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        for _, _, delivered in self._pending:
+            if delivered is not None and not delivered.done():
+                delivered.set_result(None)
         self._pending.clear()
+        self._held = 0
 
     async def chunk_received(self, response: ClientResponse, body: bytes) -> None:
         """``ClientResponse.read`` has the whole body (where aiohttp sends it)."""
@@ -507,6 +516,7 @@ class RequestTrace:
             self._headers_seen = True
             self._queue.extend(self._pending)
             self._pending.clear()
+            self._held = 0
         self._wake()
 
     def _wake(self) -> None:
@@ -581,7 +591,7 @@ class RequestTrace:
         self.request_info = request_info
         self.body = inline
         self._headers_seen = False
-        self._pending.clear()  # an earlier exchange's pieces that never went
+        self._drop_pending()  # an earlier exchange's pieces that never went
         self.streamed = stream is not None or rewind is not None
         if not self._early:
             stream, rewind = self.tap(stream, rewind)
@@ -645,7 +655,13 @@ class RequestTrace:
                 await self._chunk_sent(chunk)
             return
         if not self._headers_seen:
-            self._pending.append((_OWN_CHUNK, chunk, None))
+            if self._held <= STREAM_WINDOW:
+                self._pending.append((_OWN_CHUNK, chunk, None))
+                self._held += len(chunk)
+                return
+            held = asyncio.get_running_loop().create_future()
+            self._pending.append((_OWN_CHUNK, chunk, held))
+            await held  # its signal went, or the exchange ended without its headers
             return
         if self._waiter is None:
             # The request's task is not waiting in ``until`` (embedded: it runs this
