@@ -15,12 +15,12 @@ head, as aiohttp's writer), one drainer at a time so the order holds.
 Bounds: the broker's events of one request, before its head, are a few per hop (at most
 ``max_redirects`` + 1 hops) plus one per body piece it wrote; they are kept as the small
 ``TraceEvent``s (a piece of an inline body is sliced only when its signal is sent), at
-most ``MAX_QUEUED`` of them waiting for their handlers: a broker that sends more fails
-the request with ``BrokerProtocolError``. A
-streamed body's piece waits for its signal to be sent before it goes on, once the hop's
-headers are sent; before that, pieces are held up to ``STREAM_WINDOW`` bytes (plus one
-piece; the transport's credit would let out as much, but counts a compressed body's
-bytes), and the next piece waits for the headers.
+most ``MAX_QUEUED`` of them and ``MAX_QUEUED_BYTES`` of their hosts, URLs and headers
+waiting for their handlers: a broker that sends more fails the request with
+``BrokerProtocolError``. A streamed body's piece waits for its signal to be sent before
+it goes on, once the hop's headers are sent; before that, pieces are held up to
+``STREAM_WINDOW`` bytes (plus one piece; the transport's credit would let out as much,
+but counts a compressed body's bytes), and the next piece waits for the headers.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from yarl import URL
 
 from broker.failures import ConnectionFailure
 from broker.hops import Hop, follow, redirect_location
+from shared.framing import MAX_FRAME
 from shared.messages import STREAM_WINDOW, HistoryItem, Request, TraceEvent
 
 from .exceptions import BrokerProtocolError, ClientConnectionError
@@ -329,6 +330,23 @@ _OWN_CHUNK = "own_chunk"  # a queued piece of a streamed body the worker sent
 MAX_QUEUED = 1 << 16
 """Events of one request waiting for their handlers (a 16 GiB inline body in 256 KiB
 pieces and its hops' events fit)."""
+MAX_QUEUED_BYTES = 16 * MAX_FRAME
+"""Their hosts, URLs and headers, in bytes (16 events as big as a frame may be)."""
+
+
+def _size(event: TraceEvent) -> int:
+    """What a broker's event holds beyond its fixed fields (``MAX_QUEUED_BYTES``)."""
+    size = len(event.host) + len(event.url) + len(event.method)
+    for name, value in event.headers:
+        size += len(name) + len(value)
+    item = event.redirect
+    if item is not None:
+        size += len(item.url) + len(item.reason)
+        for raw_name, raw_value in item.headers:
+            size += len(raw_name) + len(raw_value)
+        for name, value in item.request_headers:
+            size += len(name) + len(value)
+    return size
 
 
 class RequestTrace:
@@ -336,7 +354,8 @@ class RequestTrace:
 
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
-        "streamed", "_queue", "_waiter", "_pending", "_held", "_headers_seen", "_hop",
+        "streamed", "_queue", "_waiter", "_pending", "_held", "_bytes", "_headers_seen",
+        "_hop",
         "_offset", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
         "_next", "_plain", "_early",
     )
@@ -363,6 +382,7 @@ class RequestTrace:
         self._waiter: asyncio.Future[None] | None = None
         self._pending: list[tuple[str, Any, asyncio.Future[None] | None]] = []
         self._held = 0  # bytes of the pieces in _pending
+        self._bytes = 0  # of the broker's events in _queue (_size)
         self._headers_seen = False
         self._hop: tuple[str, URL] = (method, url)
         self._offset = 0
@@ -419,6 +439,7 @@ class RequestTrace:
                     if kind == _OWN_CHUNK:
                         await self._chunk_sent(payload)
                     else:
+                        self._bytes -= _size(payload)
                         await self._broker_event(payload)
                 except BaseException:
                     self._failed = True  # as aiohttp: no signal after it but the exception
@@ -479,6 +500,7 @@ class RequestTrace:
             if delivered is not None and not delivered.done():
                 delivered.set_result(None)
         self._queue.clear()
+        self._bytes = 0
         self._drop_pending()
 
     def _drop_pending(self) -> None:
@@ -501,12 +523,17 @@ class RequestTrace:
         if self._done:
             return
         kind = event.kind
-        if len(self._queue) >= MAX_QUEUED:
+        size = _size(event)
+        if len(self._queue) >= MAX_QUEUED or self._bytes + size > MAX_QUEUED_BYTES:
             if self._handle is not None:
                 self._handle.give_up(
-                    BrokerProtocolError(f"more than {MAX_QUEUED} trace events queued")
+                    BrokerProtocolError(
+                        f"more than {MAX_QUEUED} trace events or {MAX_QUEUED_BYTES} bytes"
+                        " of them queued"
+                    )
                 )
             return
+        self._bytes += size
         if kind == "request_chunk_sent" and self.streamed:
             return  # the worker's own pieces stand for these
         if kind == "request_redirect":

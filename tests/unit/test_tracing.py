@@ -345,3 +345,32 @@ async def test_a_failure_lets_a_piece_waiting_for_the_headers_go():
     await trace.exception(aiohttp.ClientConnectionError("refused"))
     assert await asyncio.wait_for(blocked, 5)
     await stream.aclose()
+
+
+async def test_a_flood_of_big_events_fails_the_request(monkeypatch):
+    """A few events as big as a frame may be (a hostile broker's hosts, URLs or headers)
+    are bounded by their bytes, not only by their count."""
+    import worker_client.tracing as tracing
+
+    class Handle:
+        failed: list[BaseException] = []
+
+        def give_up(self, exc: BaseException) -> None:
+            self.failed.append(exc)
+
+    monkeypatch.setattr(tracing, "MAX_QUEUED_BYTES", 1000)
+    trace = _trace(Recorder(1))
+    trace._handle = Handle()  # type: ignore[assignment]
+    trace.on_event(TraceEvent(1, "dns_cache_hit", host="h" * 600))
+    trace.on_event(TraceEvent(1, "request_headers_sent", url="u", headers=[("a", "b" * 300)]))
+    assert Handle.failed == [] and len(trace._queue) == 2
+    head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    head.set_result(None)
+    await trace.until(head)  # handled: their bytes count no more
+    trace.on_event(TraceEvent(1, "dns_cache_hit", host="h" * 600))
+    trace.on_event(TraceEvent(1, "request_headers_sent", url="u", headers=[("a", "b" * 300)]))
+    assert Handle.failed == []
+    trace.on_event(TraceEvent(1, "dns_cache_hit", host="h" * 600))
+    assert len(trace._queue) == 2
+    (exc,) = Handle.failed
+    assert isinstance(exc, worker_client.BrokerProtocolError)
