@@ -519,7 +519,7 @@ class ClientSession:
                 self, self._trace_configs, trace_request_ctx, prepared.method,
                 prepared.real_url or prepared.url, merged,
             )
-            await tracer.start()
+            await tracer.start(url)
         try:
             body, rewind = prepared.stream, prepared.rewind
             try:

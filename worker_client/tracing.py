@@ -406,10 +406,15 @@ class RequestTrace:
 
     # -- the request's own task ----------------------------------------------------
 
-    async def start(self) -> None:
-        await self.send(
-            "request_start", TraceRequestStartParams(self.method, self.url, self.headers)
-        )
+    async def start(self, given: str | URL) -> None:
+        """``given``: the request's URL as its caller wrote it, whose user and password
+        aiohttp's ``on_request_start`` still has (they are gone from every later one)."""
+        url = self.url
+        if isinstance(given, str):
+            given = URL(given)
+        if given.raw_user is not None:
+            url = url.with_user(given.user).with_password(given.password)
+        await self.send("request_start", TraceRequestStartParams(self.method, url, self.headers))
 
     async def until(self, head: asyncio.Future[Any]) -> None:
         """Send the queued signals as they come, until ``head`` is done."""

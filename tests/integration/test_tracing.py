@@ -657,3 +657,19 @@ async def test_pieces_of_a_compressed_body_are_the_body_as_given(client, serve_a
             chunks = [p.chunk for p in rec.params("request_chunk_sent")]
             assert b"".join(chunks) == data
             rec.seen.clear()
+
+
+async def test_request_start_url_keeps_the_credentials_as_aiohttp(client, serve_app):
+    """aiohttp's ``on_request_start`` gets the URL as given (its user and password
+    included); the request's other signals get it without them."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config])
+    given = base.replace("http://", "http://u%20:p%40ss@") + "/?a=1"
+    async with session.get(given, params={"b": "2"}) as resp:
+        assert resp.status == 200
+    (start,) = rec.params("request_start")
+    assert start.url == URL(given + "&b=2")
+    assert (start.url.user, start.url.password) == ("u ", "p@ss")
+    (end,) = rec.params("request_end")
+    assert end.url == URL(base + "/?a=1&b=2")
