@@ -35,6 +35,7 @@ from shared.messages import Failure, Request
 from shared.specs import ClientTimeout
 
 from .exceptions import (
+    ClientConnectionError,
     ClientPayloadError,
     RequestInfo,
     exception_from_failure,
@@ -422,6 +423,8 @@ class _Hops:
             )
             if tracer is not None:
                 await tracer.until(handle.head)
+                if session._closed:  # while the handlers ran: as aiohttp, it fails
+                    raise ClientConnectionError("Connection closed")
             head = await handle.head
         except BaseException:
             handle.give_up()

@@ -647,6 +647,8 @@ class ClientSession:
                 )
                 if tracer is not None:
                     await tracer.until(handle.head)
+                    if self._closed:  # while the handlers ran: as aiohttp, it fails
+                        raise ClientConnectionError("Connection closed")
                 head = await handle.head
             except BaseException as exc:
                 handle.give_up()

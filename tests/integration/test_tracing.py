@@ -673,3 +673,28 @@ async def test_request_start_url_keeps_the_credentials_as_aiohttp(client, serve_
     assert (start.url.user, start.url.password) == ("u ", "p@ss")
     (end,) = rec.params("request_end")
     assert end.url == URL(base + "/?a=1&b=2")
+
+
+@pytest.mark.parametrize("mw", [(), (passthrough,)], ids=["plain", "middleware"])
+async def test_closing_the_session_while_a_handler_runs_fails_the_request(
+    client, serve_app, mw
+):
+    """``close()`` while a traced request's handler runs (its head may be in already):
+    the request fails, as aiohttp's, and nothing else is signalled but the exception."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow(session: Any, ctx: Any, params: Any) -> None:
+        entered.set()
+        await gate.wait()
+
+    rec.config.on_request_headers_sent.append(slow)
+    session = client.make(trace_configs=[rec.config], middlewares=mw)
+    request = asyncio.ensure_future(session.get(base + "/big"))
+    await entered.wait()
+    await session.close()
+    gate.set()
+    with pytest.raises(client.mod.ClientConnectionError):
+        await request
+    assert rec.names()[-2:] == ["request_headers_sent", "request_exception"]
