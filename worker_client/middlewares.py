@@ -492,7 +492,7 @@ class _Hops:
                 if hop.streamed and not body.sendable():
                     raise ClientPayloadError(CONSUMED_BODY)
                 if spec.trace is not None:
-                    spec.trace.followed(hop.method, hop.url)
+                    spec.trace.followed(resp.status, location)
                 original = hop.url
         finally:
             self._release_dropped(resp)

@@ -39,7 +39,7 @@ from yarl import URL
 from broker.failures import ConnectionFailure
 from broker.hops import Hop, follow, redirect_location
 from shared.framing import MAX_FRAME
-from shared.messages import STREAM_WINDOW, HistoryItem, Request, TraceEvent
+from shared.messages import STREAM_WINDOW, Request, TraceEvent
 
 from .exceptions import BrokerProtocolError, ClientConnectionError
 from .response import ClientResponse
@@ -394,7 +394,7 @@ class RequestTrace:
         # aiohttp's method and url while a hop is tried (the exception's): a redirect's
         # target once it is followed, i.e. once the broker starts on its connection
         self._current: tuple[str, URL] = (method, url)
-        self._next: tuple[str, URL] | None = None
+        self._next: Hop | None = None
         self._plain: bytes | None = None  # compress=: the inline body as given
         self._early = False  # compress=: the stream was tapped before it is compressed
 
@@ -561,7 +561,8 @@ class RequestTrace:
         cls = _NO_PARAMS.get(kind)
         if cls is not None:
             if self._next is not None and kind in _HOP_BEGINS:
-                self._current, self._next = self._next, None
+                self._move(self._next)
+                self._next = None
             await self.send(kind, cls())
             return
         cls = _HOST_PARAMS.get(kind)
@@ -586,27 +587,36 @@ class RequestTrace:
             item = event.redirect
             url = self.url if not self._redirects else URL(item.url, encoded=True)
             self._redirects += 1
-            self._next = self._target(item)
+            location = redirect_location(item.headers)
+            self._next = None if location is None else self._follow(item.status, location)
             response = self.session._history_response(item, self.request_info)
             await self.send(
                 kind, TraceRequestRedirectParams(item.method, url, self.headers, response)
             )
 
-    def followed(self, method: str, url: URL) -> None:
+    def followed(self, status: int, location: bytes) -> None:
         """A redirect followed in the worker (with middlewares): its target is tried."""
-        self._current = (method, url)
+        hop = self._follow(status, location)
+        if hop is not None:
+            self._move(hop)
 
-    def _target(self, item: HistoryItem) -> tuple[str, URL] | None:
-        """The method and URL the broker follows ``item`` to (None: it does not)."""
-        location = redirect_location(item.headers)
-        if location is None:
-            return None
-        hop = Hop(item.method, URL(item.url, encoded=True), [], None, False, [])
+    def _follow(self, status: int, location: bytes) -> Hop | None:
+        """The hop tried after a redirect of the current one (None: none is)."""
+        method, url = self._current
+        hop = Hop(method, url, list(self.headers.items()), None, False, [])
         try:
-            hop = follow(hop, item.status, location, self.session._requote_redirect_url)
+            return follow(hop, status, location, self.session._requote_redirect_url)
         except ConnectionFailure:
             return None
-        return hop.method, hop.url
+
+    def _move(self, hop: Hop) -> None:
+        """``hop`` is tried: aiohttp's method, url and headers become its; the headers
+        in place, as aiohttp's loop changes them (the params' of every signal are that
+        one object), less those ``follow`` dropped (a method made GET, another origin)."""
+        self._current = (hop.method, hop.url)
+        if len(hop.headers) != len(self.headers):
+            self.headers.clear()
+            self.headers.extend(hop.headers)
 
     def attach(
         self,

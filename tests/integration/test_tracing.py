@@ -131,6 +131,11 @@ def _app() -> web.Application:
     app.router.add_post("/to-nowhere", to_nowhere)
     app.router.add_get("/big", big)
     app.router.add_get("/big-redirect", big_redirect)
+
+    async def to(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["u"])
+
+    app.router.add_get("/to", to)
     return app
 
 
@@ -698,3 +703,25 @@ async def test_closing_the_session_while_a_handler_runs_fails_the_request(
     with pytest.raises(client.mod.ClientConnectionError):
         await request
     assert rec.names()[-2:] == ["request_headers_sent", "request_exception"]
+
+
+@pytest.mark.parametrize("mw", [(), (passthrough,)], ids=["plain", "middleware"])
+async def test_a_redirect_to_another_origin_drops_credentials_from_the_headers(
+    client, serve_app, mw
+):
+    """aiohttp's request ``headers`` (the params' of start, redirect and end alike) lose
+    ``Authorization`` and ``Cookie`` when a redirect leaves the origin."""
+    base = await serve_app(_app())
+    other = base.replace("127.0.0.1", "localhost")
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config], middlewares=mw)
+    sent = {"Authorization": "Basic eDp5", "Cookie": "a=b", "X-Kept": "1"}
+    async with session.get(other + "/to", params={"u": base + "/"}, headers=sent) as resp:
+        assert resp.status == 200
+    (end,) = rec.params("request_end")
+    assert dict(end.headers) == {"X-Kept": "1"}
+    rec.seen.clear()
+    async with session.get(base + "/r", headers=sent) as resp:  # same origin: kept
+        assert resp.status == 200
+    (end,) = rec.params("request_end")
+    assert dict(end.headers) == sent
