@@ -18,7 +18,9 @@ Bounds: the broker's events of one request, before its head, are a few per hop (
 most ``MAX_QUEUED`` of them and ``MAX_QUEUED_BYTES`` of their hosts, URLs and headers
 waiting for their handlers: a broker that sends more fails the request with
 ``BrokerProtocolError``. A streamed body's piece waits for its signal to be sent before
-it goes on, once the hop's headers are sent; before that, pieces are held up to
+it goes on, once the hop's headers are sent (with ``Expect: 100-continue``, once the
+broker wrote a first piece: a body refused before it has no pieces signalled, as in
+aiohttp); before that, pieces are held up to
 ``STREAM_WINDOW`` bytes (plus one piece; the transport's credit would let out as much,
 but counts a compressed body's bytes), and the next piece waits for the headers.
 """
@@ -354,9 +356,9 @@ class RequestTrace:
 
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
-        "streamed", "_queue", "_waiter", "_pending", "_held", "_bytes", "_headers_seen",
+        "streamed", "_queue", "_waiter", "_pending", "_held", "_bytes", "_going",
         "_hop",
-        "_offset", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
+        "_offset", "_expect", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
         "_next", "_plain", "_early",
     )
 
@@ -383,7 +385,10 @@ class RequestTrace:
         self._pending: list[tuple[str, Any, asyncio.Future[None] | None]] = []
         self._held = 0  # bytes of the pieces in _pending
         self._bytes = 0  # of the broker's events in _queue (_size)
-        self._headers_seen = False
+        # a streamed body's pieces may be signalled: its hop's headers are sent (with
+        # Expect: 100-continue, the broker wrote a first piece: the server said go on)
+        self._going = False
+        self._expect = False
         self._hop: tuple[str, URL] = (method, url)
         self._offset = 0
         self._done = False
@@ -540,15 +545,21 @@ class RequestTrace:
             return
         self._bytes += size
         if kind == "request_chunk_sent" and self.streamed:
+            if not self._going:  # Expect: 100-continue, and the server said go on
+                self._go()
             return  # the worker's own pieces stand for these
         if kind == "request_redirect":
-            self._headers_seen = False
+            self._going = False
         self._queue.append((kind, event, None))
-        if kind == "request_headers_sent":
-            self._headers_seen = True
-            self._queue.extend(self._pending)
-            self._pending.clear()
-            self._held = 0
+        if kind == "request_headers_sent" and not self._expect:
+            self._go()
+        self._wake()
+
+    def _go(self) -> None:
+        self._going = True
+        self._queue.extend(self._pending)
+        self._pending.clear()
+        self._held = 0
         self._wake()
 
     def _wake(self) -> None:
@@ -632,7 +643,8 @@ class RequestTrace:
         self._handle = handle
         self.request_info = request_info
         self.body = inline
-        self._headers_seen = False
+        self._going = False
+        self._expect = req.expect100
         self._drop_pending()  # an earlier exchange's pieces that never went
         self.streamed = stream is not None or rewind is not None
         if not self._early:
@@ -693,10 +705,10 @@ class RequestTrace:
 
     async def _own_chunk(self, chunk: bytes) -> None:
         if self._done:
-            if not self._failed:
+            if self._going and not self._failed:  # a body still going after the head
                 await self._chunk_sent(chunk)
             return
-        if not self._headers_seen:
+        if not self._going:
             if self._held <= STREAM_WINDOW:
                 self._pending.append((_OWN_CHUNK, chunk, None))
                 self._held += len(chunk)

@@ -136,6 +136,11 @@ def _app() -> web.Application:
         raise web.HTTPFound(request.query["u"])
 
     app.router.add_get("/to", to)
+
+    async def refuse(request: web.Request) -> web.Response:
+        raise web.HTTPExpectationFailed(text="no")
+
+    app.router.add_post("/refuse", echo, expect_handler=refuse)
     return app
 
 
@@ -725,3 +730,25 @@ async def test_a_redirect_to_another_origin_drops_credentials_from_the_headers(
         assert resp.status == 200
     (end,) = rec.params("request_end")
     assert dict(end.headers) == sent
+
+
+async def test_a_streamed_body_refused_before_100_continue_sends_no_pieces(client, serve_app):
+    """``expect100=True`` and a final answer before ``100 Continue``: the body is never
+    written, so no ``on_request_chunk_sent``, as in aiohttp (and none after a go-ahead
+    before it)."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config])
+
+    async def stream() -> AsyncIterator[bytes]:
+        for piece in (b"ab", b"cd", b"ef"):
+            yield piece
+
+    async with session.post(base + "/refuse", data=stream(), expect100=True) as resp:
+        assert resp.status == 417
+    assert "request_chunk_sent" not in rec.names()
+    assert rec.take()[-1] == "request_end"
+    async with session.post(base + "/echo", data=stream(), expect100=True) as resp:
+        assert await resp.read() == b"abcdef"
+    names = rec.names({"request_headers_sent", "request_chunk_sent", "request_end"})
+    assert names == ["request_headers_sent", *["request_chunk_sent"] * 3, "request_end"]
