@@ -20,9 +20,9 @@ waiting for their handlers: a broker that sends more fails the request with
 ``BrokerProtocolError``. A streamed body's piece waits for its signal to be sent before
 it goes on, once the hop's headers are sent (with ``Expect: 100-continue``, once the
 broker wrote a first piece: a body refused before it has no pieces signalled, as in
-aiohttp); before that, pieces are held up to
-``STREAM_WINDOW`` bytes (plus one piece; the transport's credit would let out as much,
-but counts a compressed body's bytes), and the next piece waits for the headers.
+aiohttp); before that, pieces are held up to ``STREAM_WINDOW`` bytes (plus one piece;
+the transport's credit would let out as much, but counts a compressed body's bytes),
+and the next piece waits.
 """
 
 from __future__ import annotations
@@ -356,9 +356,8 @@ class RequestTrace:
 
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
-        "streamed", "_queue", "_waiter", "_pending", "_held", "_bytes", "_going",
-        "_hop",
-        "_offset", "_expect", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
+        "streamed", "_queue", "_waiter", "_pending", "_held", "_bytes", "_going", "_expect",
+        "_hop", "_offset", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
         "_next", "_plain", "_early",
     )
 
