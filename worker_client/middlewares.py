@@ -472,7 +472,7 @@ class _Hops:
                 if spec.allow_redirects and resp.status in REDIRECTS:
                     location = redirect_location(list(resp.raw_headers))
                     if spec.trace is not None:  # as aiohttp, even without a Location
-                        await spec.trace.redirect(creq.method, creq.url, resp)
+                        await spec.trace.redirect(resp)
                 if location is None:
                     resp._history = tuple(history)
                     return resp

@@ -461,10 +461,9 @@ class RequestTrace:
             self._busy = None
             busy.set_result(None)
 
-    async def redirect(self, method: str, url: URL, response: ClientResponse) -> None:
+    async def redirect(self, response: ClientResponse) -> None:
         """A redirect followed in the worker (with middlewares)."""
-        if not self._redirects:
-            url = self.url
+        method, url = self._current
         self._redirects += 1
         await self._sent_or_closed(
             "request_redirect",
@@ -579,7 +578,9 @@ class RequestTrace:
         if cls is not None:
             await self.send(kind, cls(event.host))
         elif kind == "request_headers_sent":
-            url = URL(event.url, encoded=True)  # as aiohttp's: without the fragment
+            url = URL(event.url, encoded=True)
+            if url.raw_fragment:  # a redirect's Location had one: aiohttp's is without
+                url = url.with_fragment(None)
             self._hop = (event.method, url)
             self._offset = 0
             await self.send(

@@ -141,6 +141,16 @@ def _app() -> web.Application:
         raise web.HTTPExpectationFailed(text="no")
 
     app.router.add_post("/refuse", echo, expect_handler=refuse)
+
+    async def chain(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        await request.read()
+        if n == 0:
+            return web.Response(text="end")
+        redirect = web.HTTPTemporaryRedirect if n % 2 else web.HTTPSeeOther
+        raise redirect(f"/chain/{n - 1}#f{n}")
+
+    app.router.add_route("*", "/chain/{n}", chain)
     return app
 
 
@@ -752,3 +762,31 @@ async def test_a_streamed_body_refused_before_100_continue_sends_no_pieces(clien
         assert await resp.read() == b"abcdef"
     names = rec.names({"request_headers_sent", "request_chunk_sent", "request_end"})
     assert names == ["request_headers_sent", *["request_chunk_sent"] * 3, "request_end"]
+
+
+@pytest.mark.parametrize("mw", [(), (passthrough,)], ids=["plain", "middleware"])
+async def test_urls_along_redirects_with_fragments_as_aiohttp(client, serve_app, mw):
+    """Three redirects (307, 303, 307) to Locations with fragments: the hops' headers and
+    pieces sent carry their URLs without the fragment, the redirects and the end
+    aiohttp's ``url`` with it."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config], middlewares=mw)
+    async with session.post(base + "/chain/3", data=b"xyz") as resp:
+        assert await resp.read() == b"end"
+    sent = rec.params("request_headers_sent")
+    assert [(p.method, p.url) for p in sent] == [
+        ("POST", URL(base + "/chain/3")), ("POST", URL(base + "/chain/2")),
+        ("GET", URL(base + "/chain/1")), ("GET", URL(base + "/chain/0")),
+    ]
+    chunks = rec.params("request_chunk_sent")
+    assert [(p.url, p.chunk) for p in chunks] == [
+        (URL(base + "/chain/3"), b"xyz"), (URL(base + "/chain/2"), b"xyz")
+    ]
+    redirects = rec.params("request_redirect")
+    assert [(p.method, p.url) for p in redirects] == [
+        ("POST", URL(base + "/chain/3")), ("POST", URL(base + "/chain/2#f3")),
+        ("GET", URL(base + "/chain/1#f2")),
+    ]
+    (end,) = rec.params("request_end")
+    assert (end.method, end.url) == ("GET", URL(base + "/chain/0#f1"))
