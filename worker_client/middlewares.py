@@ -35,6 +35,7 @@ from shared.messages import Failure, Request
 from shared.specs import ClientTimeout
 
 from .exceptions import (
+    ClientConnectionError,
     ClientPayloadError,
     RequestInfo,
     exception_from_failure,
@@ -422,6 +423,8 @@ class _Hops:
             )
             if tracer is not None:
                 await tracer.until(handle.head)
+                if session._closed:  # while the handlers ran: as aiohttp, it fails
+                    raise ClientConnectionError("Connection closed")
             head = await handle.head
         except BaseException:
             handle.give_up()
@@ -468,11 +471,11 @@ class _Hops:
                 location = None
                 if spec.allow_redirects and resp.status in REDIRECTS:
                     location = redirect_location(list(resp.raw_headers))
+                    if spec.trace is not None:  # as aiohttp, even without a Location
+                        await spec.trace.redirect(resp)
                 if location is None:
                     resp._history = tuple(history)
                     return resp
-                if spec.trace is not None:
-                    await spec.trace.redirect(creq.method, creq.url, resp)
                 history.append(resp)
                 resp.release()
                 if max_redirects and len(history) >= max_redirects:
@@ -488,6 +491,8 @@ class _Hops:
                     raise self._error(exc.code, exc.message, history, **exc.fields) from None
                 if hop.streamed and not body.sendable():
                     raise ClientPayloadError(CONSUMED_BODY)
+                if spec.trace is not None:
+                    spec.trace.followed(resp.status, location)
                 original = hop.url
         finally:
             self._release_dropped(resp)

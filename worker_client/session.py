@@ -519,7 +519,7 @@ class ClientSession:
                 self, self._trace_configs, trace_request_ctx, prepared.method,
                 prepared.real_url or prepared.url, merged,
             )
-            await tracer.start()
+            await tracer.start(url)
         try:
             body, rewind = prepared.stream, prepared.rewind
             try:
@@ -531,6 +531,9 @@ class ClientSession:
                     if netrc is not None:
                         prepared.headers["Authorization"] = netrc.encode()
                 chunk = False
+                if compress and tracer is not None:
+                    stream, again = tracer.compressing(prepared.body, body, rewind)
+                    prepared = prepared._replace(stream=stream, rewind=again)
                 if compress or chunked is not None:
                     prepared, chunk = compress_and_chunk(
                         prepared, data, json, compress, chunked, merged
@@ -644,6 +647,8 @@ class ClientSession:
                 )
                 if tracer is not None:
                     await tracer.until(handle.head)
+                    if self._closed:  # while the handlers ran: as aiohttp, it fails
+                        raise ClientConnectionError("Connection closed")
                 head = await handle.head
             except BaseException as exc:
                 handle.give_up()

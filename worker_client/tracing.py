@@ -15,11 +15,14 @@ head, as aiohttp's writer), one drainer at a time so the order holds.
 Bounds: the broker's events of one request, before its head, are a few per hop (at most
 ``max_redirects`` + 1 hops) plus one per body piece it wrote; they are kept as the small
 ``TraceEvent``s (a piece of an inline body is sliced only when its signal is sent), at
-most ``MAX_QUEUED`` of them waiting for their handlers: a broker that sends more fails
-the request with ``BrokerProtocolError``. A
-streamed body's piece waits for its signal to be sent before it goes on, once the hop's
-headers are sent; before that, the pieces held are those the transport's credit let out
-(``STREAM_WINDOW`` plus one piece).
+most ``MAX_QUEUED`` of them and ``MAX_QUEUED_BYTES`` of their hosts, URLs and headers
+waiting for their handlers: a broker that sends more fails the request with
+``BrokerProtocolError``. A streamed body's piece waits for its signal to be sent before
+it goes on, once the hop's headers are sent (with ``Expect: 100-continue``, once the
+broker wrote a first piece: a body refused before it has no pieces signalled, as in
+aiohttp); before that, pieces are held up to ``STREAM_WINDOW`` bytes (plus one piece;
+the transport's credit would let out as much, but counts a compressed body's bytes),
+and the next piece waits.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ import msgspec
 from multidict import CIMultiDict
 from yarl import URL
 
-from shared.messages import Request, TraceEvent
+from broker.failures import ConnectionFailure
+from broker.hops import Hop, follow, redirect_location
+from shared.framing import MAX_FRAME
+from shared.messages import STREAM_WINDOW, Request, TraceEvent
 
-from .exceptions import BrokerProtocolError
+from .exceptions import BrokerProtocolError, ClientConnectionError
 from .response import ClientResponse
 
 if TYPE_CHECKING:
@@ -319,10 +325,30 @@ _HOST_PARAMS: dict[str, type] = {
     "dns_cache_hit": TraceDnsCacheHitParams,
     "dns_cache_miss": TraceDnsCacheMissParams,
 }
+_HOP_BEGINS = frozenset(
+    ("connection_queued_start", "connection_create_start", "connection_reuseconn")
+)
 _OWN_CHUNK = "own_chunk"  # a queued piece of a streamed body the worker sent
 MAX_QUEUED = 1 << 16
 """Events of one request waiting for their handlers (a 16 GiB inline body in 256 KiB
 pieces and its hops' events fit)."""
+MAX_QUEUED_BYTES = 16 * MAX_FRAME
+"""Their hosts, URLs and headers, in bytes (16 events as big as a frame may be)."""
+
+
+def _size(event: TraceEvent) -> int:
+    """What a broker's event holds beyond its fixed fields (``MAX_QUEUED_BYTES``)."""
+    size = len(event.host) + len(event.url) + len(event.method)
+    for name, value in event.headers:
+        size += len(name) + len(value)
+    item = event.redirect
+    if item is not None:
+        size += len(item.url) + len(item.reason)
+        for raw_name, raw_value in item.headers:
+            size += len(raw_name) + len(raw_value)
+        for name, value in item.request_headers:
+            size += len(name) + len(value)
+    return size
 
 
 class RequestTrace:
@@ -330,8 +356,9 @@ class RequestTrace:
 
     __slots__ = (
         "session", "traces", "method", "url", "headers", "request_info", "body",
-        "streamed", "_queue", "_waiter", "_pending", "_headers_seen", "_hop",
-        "_offset", "_done", "_redirects", "_busy", "_handle",
+        "streamed", "_queue", "_waiter", "_pending", "_held", "_bytes", "_going", "_expect",
+        "_hop", "_offset", "_done", "_failed", "_redirects", "_busy", "_handle", "_current",
+        "_next", "_plain", "_early",
     )
 
     def __init__(
@@ -355,13 +382,25 @@ class RequestTrace:
         self._queue: deque[tuple[str, Any, asyncio.Future[None] | None]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._pending: list[tuple[str, Any, asyncio.Future[None] | None]] = []
-        self._headers_seen = False
+        self._held = 0  # bytes of the pieces in _pending
+        self._bytes = 0  # of the broker's events in _queue (_size)
+        # a streamed body's pieces may be signalled: its hop's headers are sent (with
+        # Expect: 100-continue, the broker wrote a first piece: the server said go on)
+        self._going = False
+        self._expect = False
         self._hop: tuple[str, URL] = (method, url)
         self._offset = 0
         self._done = False
+        self._failed = False  # a handler raised: the request fails with its exception
         self._redirects = 0
         self._busy: asyncio.Future[None] | None = None  # a task is draining
         self._handle: StreamHandle | None = None  # the exchange's stream
+        # aiohttp's method and url while a hop is tried (the exception's): a redirect's
+        # target once it is followed, i.e. once the broker starts on its connection
+        self._current: tuple[str, URL] = (method, url)
+        self._next: Hop | None = None
+        self._plain: bytes | None = None  # compress=: the inline body as given
+        self._early = False  # compress=: the stream was tapped before it is compressed
 
     async def send(self, name: str, params: Any) -> None:
         """Every config's handlers of signal ``name``, in order."""
@@ -371,10 +410,15 @@ class RequestTrace:
 
     # -- the request's own task ----------------------------------------------------
 
-    async def start(self) -> None:
-        await self.send(
-            "request_start", TraceRequestStartParams(self.method, self.url, self.headers)
-        )
+    async def start(self, given: str | URL) -> None:
+        """``given``: the request's URL as its caller wrote it, whose user and password
+        aiohttp's ``on_request_start`` still has (they are gone from every later one)."""
+        url = self.url
+        if isinstance(given, str):
+            given = URL(given)
+        if given.raw_user is not None:
+            url = url.with_user(given.user).with_password(given.password)
+        await self.send("request_start", TraceRequestStartParams(self.method, url, self.headers))
 
     async def until(self, head: asyncio.Future[Any]) -> None:
         """Send the queued signals as they come, until ``head`` is done."""
@@ -402,13 +446,14 @@ class RequestTrace:
                 kind, payload, delivered = queue.popleft()
                 try:
                     if kind == _OWN_CHUNK:
-                        method, url = self._hop
-                        await self.send(
-                            "request_chunk_sent",
-                            TraceRequestChunkSentParams(method, url, payload),
-                        )
+                        await self._chunk_sent(payload)
                     else:
+                        self._bytes -= _size(payload)
                         await self._broker_event(payload)
+                except BaseException:
+                    self._failed = True  # as aiohttp: no signal after it but the exception
+                    self.close()
+                    raise
                 finally:
                     if delivered is not None and not delivered.done():
                         delivered.set_result(None)
@@ -416,14 +461,14 @@ class RequestTrace:
             self._busy = None
             busy.set_result(None)
 
-    async def redirect(self, method: str, url: URL, response: ClientResponse) -> None:
+    async def redirect(self, response: ClientResponse) -> None:
         """A redirect followed in the worker (with middlewares)."""
-        if not self._redirects:
-            url = self.url
+        method, url = self._current
         self._redirects += 1
-        await self.send(
+        await self._sent_or_closed(
             "request_redirect",
             TraceRequestRedirectParams(method, url, self.headers, response),
+            response,
         )
 
     async def end(self, response: ClientResponse) -> None:
@@ -431,16 +476,26 @@ class RequestTrace:
         self.close()
         url = response.real_url if response.history else self.url
         response._trace = self
-        await self.send(
+        await self._sent_or_closed(
             "request_end",
             TraceRequestEndParams(response.method, url, self.headers, response),
+            response,
         )
 
+    async def _sent_or_closed(self, name: str, params: Any, response: ClientResponse) -> None:
+        """A handler that raises here keeps ``response`` from its caller: it is closed,
+        so its stream gives its pool slot back (aiohttp's, unreferenced, is released)."""
+        try:
+            await self.send(name, params)
+        except BaseException:
+            response.close()
+            raise
+
     async def exception(self, exc: BaseException) -> None:
-        self._pending.clear()  # pieces taken before headers that never went
+        self._drop_pending()  # pieces taken before headers that never went
         await self.drain()
         self.close()
-        method, url = self._hop if self._redirects else (self.method, self.url)
+        method, url = self._current
         await self.send(
             "request_exception",
             TraceRequestExceptionParams(method, url, self.headers, exc),
@@ -453,7 +508,15 @@ class RequestTrace:
             if delivered is not None and not delivered.done():
                 delivered.set_result(None)
         self._queue.clear()
+        self._bytes = 0
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        for _, _, delivered in self._pending:
+            if delivered is not None and not delivered.done():
+                delivered.set_result(None)
         self._pending.clear()
+        self._held = 0
 
     async def chunk_received(self, response: ClientResponse, body: bytes) -> None:
         """``ClientResponse.read`` has the whole body (where aiohttp sends it)."""
@@ -465,22 +528,36 @@ class RequestTrace:
     # -- the transport's sink (synchronous) ----------------------------------------
 
     def on_event(self, event: TraceEvent) -> None:
+        if self._done:
+            return
         kind = event.kind
-        if len(self._queue) >= MAX_QUEUED:
+        size = _size(event)
+        if len(self._queue) >= MAX_QUEUED or self._bytes + size > MAX_QUEUED_BYTES:
             if self._handle is not None:
                 self._handle.give_up(
-                    BrokerProtocolError(f"more than {MAX_QUEUED} trace events queued")
+                    BrokerProtocolError(
+                        f"more than {MAX_QUEUED} trace events or {MAX_QUEUED_BYTES} bytes"
+                        " of them queued"
+                    )
                 )
             return
+        self._bytes += size
         if kind == "request_chunk_sent" and self.streamed:
+            if not self._going:  # Expect: 100-continue, and the server said go on
+                self._go()
             return  # the worker's own pieces stand for these
         if kind == "request_redirect":
-            self._headers_seen = False
+            self._going = False
         self._queue.append((kind, event, None))
-        if kind == "request_headers_sent":
-            self._headers_seen = True
-            self._queue.extend(self._pending)
-            self._pending.clear()
+        if kind == "request_headers_sent" and not self._expect:
+            self._go()
+        self._wake()
+
+    def _go(self) -> None:
+        self._going = True
+        self._queue.extend(self._pending)
+        self._pending.clear()
+        self._held = 0
         self._wake()
 
     def _wake(self) -> None:
@@ -492,13 +569,18 @@ class RequestTrace:
         kind = event.kind
         cls = _NO_PARAMS.get(kind)
         if cls is not None:
+            if self._next is not None and kind in _HOP_BEGINS:
+                self._move(self._next)
+                self._next = None
             await self.send(kind, cls())
             return
         cls = _HOST_PARAMS.get(kind)
         if cls is not None:
             await self.send(kind, cls(event.host))
         elif kind == "request_headers_sent":
-            url = URL(event.url, encoded=True)  # as aiohttp's: without the fragment
+            url = URL(event.url, encoded=True)
+            if url.raw_fragment:  # a redirect's Location had one: aiohttp's is without
+                url = url.with_fragment(None)
             self._hop = (event.method, url)
             self._offset = 0
             await self.send(
@@ -508,17 +590,44 @@ class RequestTrace:
         elif kind == "request_chunk_sent":
             start = self._offset
             self._offset = start + event.size
-            chunk = (self.body or b"")[start : self._offset]
-            method, url = self._hop
-            await self.send(kind, TraceRequestChunkSentParams(method, url, chunk))
+            if self._plain is None:
+                await self._chunk_sent((self.body or b"")[start : self._offset])
+            elif not start:  # compress=: the pieces are compressed; aiohttp's is the body
+                await self._chunk_sent(self._plain)
         elif kind == "request_redirect" and event.redirect is not None:
             item = event.redirect
             url = self.url if not self._redirects else URL(item.url, encoded=True)
             self._redirects += 1
+            location = redirect_location(item.headers)
+            self._next = None if location is None else self._follow(item.status, location)
             response = self.session._history_response(item, self.request_info)
             await self.send(
                 kind, TraceRequestRedirectParams(item.method, url, self.headers, response)
             )
+
+    def followed(self, status: int, location: bytes) -> None:
+        """A redirect followed in the worker (with middlewares): its target is tried."""
+        hop = self._follow(status, location)
+        if hop is not None:
+            self._move(hop)
+
+    def _follow(self, status: int, location: bytes) -> Hop | None:
+        """The hop tried after a redirect of the current one (None: none is)."""
+        method, url = self._current
+        hop = Hop(method, url, list(self.headers.items()), None, False, [])
+        try:
+            return follow(hop, status, location, self.session._requote_redirect_url)
+        except ConnectionFailure:
+            return None
+
+    def _move(self, hop: Hop) -> None:
+        """``hop`` is tried: aiohttp's method, url and headers become its; the headers
+        in place, as aiohttp's loop changes them (the params' of every signal are that
+        one object), less those ``follow`` dropped (a method made GET, another origin)."""
+        self._current = (hop.method, hop.url)
+        if len(hop.headers) != len(self.headers):
+            self.headers.clear()
+            self.headers.extend(hop.headers)
 
     def attach(
         self,
@@ -534,13 +643,28 @@ class RequestTrace:
         self._handle = handle
         self.request_info = request_info
         self.body = inline
-        self._headers_seen = False
-        self._pending.clear()  # an earlier exchange's pieces that never went
+        self._going = False
+        self._expect = req.expect100
+        self._drop_pending()  # an earlier exchange's pieces that never went
         self.streamed = stream is not None or rewind is not None
-        stream, rewind = self.tap(stream, rewind)
+        if not self._early:
+            stream, rewind = self.tap(stream, rewind)
         return msgspec.structs.replace(req, trace=True), stream, rewind
 
     # -- a streamed body's pieces ---------------------------------------------------
+
+    def compressing(
+        self,
+        body: bytes | None,
+        stream: AsyncIterator[bytes] | None,
+        rewind: Callable[[], AsyncIterator[bytes]] | None,
+    ) -> tuple[AsyncIterator[bytes] | None, Callable[[], AsyncIterator[bytes]] | None]:
+        """``compress=``: aiohttp's writer signals each piece before it compresses it, so
+        the pieces are the body as given: ``stream`` tapped now (the exchanges' streams,
+        compressed from it, are not tapped again), ``body`` sent once per hop."""
+        self._plain = body
+        self._early = True
+        return self.tap(stream, rewind)
 
     def tap(
         self,
@@ -558,18 +682,40 @@ class RequestTrace:
 
     async def _tapped(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in body:
-            await self._own_chunk(chunk)
+            try:
+                await self._own_chunk(chunk)
+            except Exception as exc:
+                # the request fails with it, as when the broker's pump meets it (the
+                # embedded engine would make any error of the body an internal one)
+                if self._handle is not None:
+                    self._handle.give_up(exc)
+                raise
             yield chunk
+
+    async def _chunk_sent(self, chunk: bytes) -> None:
+        """``on_request_chunk_sent``; a handler's exception fails the request as
+        aiohttp's writer fails it: a ``ClientConnectionError`` caused by it."""
+        method, url = self._hop
+        try:
+            await self.send("request_chunk_sent", TraceRequestChunkSentParams(method, url, chunk))
+        except Exception as exc:
+            raise ClientConnectionError(
+                f"Failed to send bytes into the underlying connection: {exc!r}"
+            ) from exc
 
     async def _own_chunk(self, chunk: bytes) -> None:
         if self._done:
-            method, url = self._hop
-            await self.send(
-                "request_chunk_sent", TraceRequestChunkSentParams(method, url, chunk)
-            )
+            if self._going and not self._failed:  # a body still going after the head
+                await self._chunk_sent(chunk)
             return
-        if not self._headers_seen:
-            self._pending.append((_OWN_CHUNK, chunk, None))
+        if not self._going:
+            if self._held <= STREAM_WINDOW:
+                self._pending.append((_OWN_CHUNK, chunk, None))
+                self._held += len(chunk)
+                return
+            held = asyncio.get_running_loop().create_future()
+            self._pending.append((_OWN_CHUNK, chunk, held))
+            await held  # its signal went, or the exchange ended without its headers
             return
         if self._waiter is None:
             # The request's task is not waiting in ``until`` (embedded: it runs this

@@ -9,6 +9,7 @@ with the worker's signals alone."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from yarl import URL
 import worker_client
 
 CLIENTS = ("aiohttp", "embedded", "broker")
+BIG = 4 << 20  # a response body over the stream's window: the broker holds it for the worker
 WORKER_SIGNALS = {"request_start", "request_end", "request_exception", "response_chunk_received"}
 SIGNALS = [
     "request_start", "request_chunk_sent", "response_chunk_received", "request_end",
@@ -110,8 +112,45 @@ def _app() -> web.Application:
         await request.read()
         raise web.HTTPTemporaryRedirect("/echo")
 
+    async def no_location(request: web.Request) -> web.Response:
+        return web.Response(status=302, text="no Location")
+
+    async def to_nowhere(request: web.Request) -> web.Response:
+        await request.read()
+        raise web.HTTPSeeOther("http://127.0.0.1:1/gone#frag")
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * BIG)
+
+    async def big_redirect(request: web.Request) -> web.Response:
+        return web.Response(status=302, body=b"x" * BIG, headers={"Location": "/"})
+
     app.router.add_post("/echo", echo)
     app.router.add_post("/307", redirect307)
+    app.router.add_get("/no-location", no_location)
+    app.router.add_post("/to-nowhere", to_nowhere)
+    app.router.add_get("/big", big)
+    app.router.add_get("/big-redirect", big_redirect)
+
+    async def to(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["u"])
+
+    app.router.add_get("/to", to)
+
+    async def refuse(request: web.Request) -> web.Response:
+        raise web.HTTPExpectationFailed(text="no")
+
+    app.router.add_post("/refuse", echo, expect_handler=refuse)
+
+    async def chain(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        await request.read()
+        if n == 0:
+            return web.Response(text="end")
+        redirect = web.HTTPTemporaryRedirect if n % 2 else web.HTTPSeeOther
+        raise redirect(f"/chain/{n - 1}#f{n}")
+
+    app.router.add_route("*", "/chain/{n}", chain)
     return app
 
 
@@ -494,3 +533,260 @@ async def test_body_pieces_sent_again_after_a_307(client, serve_app):
     assert b"".join(chunks[:first]) == b"".join(chunks[first:]) == data
     urls = [p.url.path for p in rec.params("request_chunk_sent")]
     assert set(urls[:first]) == {"/307"} and set(urls[first:]) == {"/echo"}
+
+
+# -- a handler that raises, redirects that fail, compressed bodies: as aiohttp ---------
+
+
+async def passthrough(req: Any, handler: Any) -> Any:
+    return await handler(req)
+
+
+@pytest.mark.parametrize("mw", [(), (passthrough,)], ids=["plain", "middleware"])
+async def test_an_exception_after_a_redirect_names_the_hop_tried(client, serve_app, mw):
+    """``on_request_exception`` carries aiohttp's method and URL of the hop being tried:
+    the redirect's target once it is followed (a 303 made the POST a GET), the redirected
+    hop's own while it is not (too many redirects)."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config], middlewares=mw)
+    with pytest.raises(client.mod.ClientConnectorError):
+        await session.post(base + "/to-nowhere", data=b"abc")
+    (exc,) = rec.params("request_exception")
+    assert (exc.method, exc.url) == ("GET", URL("http://127.0.0.1:1/gone#frag"))
+    rec.seen.clear()
+    with pytest.raises(client.mod.TooManyRedirects):
+        await session.get(base + "/r#frag", max_redirects=1)
+    (exc,) = rec.params("request_exception")
+    assert (exc.method, exc.url) == ("GET", URL(base + "/r#frag"))
+
+
+async def test_a_redirect_without_location_is_signalled_with_middlewares(client, serve_app):
+    """aiohttp sends ``on_request_redirect`` for a redirect status it then returns (no
+    Location), with or without middlewares."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    for mw in ((), (passthrough,)):
+        session = client.make(trace_configs=[rec.config], middlewares=mw)
+        async with session.get(base + "/no-location") as resp:
+            assert resp.status == 302
+        assert rec.take(WORKER_SIGNALS | {"request_redirect"}) == [
+            "request_start", "request_redirect", "request_end"
+        ]
+
+
+@pytest.mark.parametrize(
+    "signal", ["connection_create_end", "request_headers_sent", "request_redirect"]
+)
+async def test_a_raising_handler_is_the_last_signal_before_the_exception(
+    client, serve_app, signal
+):
+    """A handler that raises fails its request with that exception, as in aiohttp:
+    the events that were still to come are not signalled, only the exception is."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+
+    async def boom(session: Any, ctx: Any, params: Any) -> None:
+        raise LookupError(signal)
+
+    getattr(rec.config, "on_" + signal).append(boom)
+    session = client.make(trace_configs=[rec.config])
+    with pytest.raises(LookupError):
+        await session.post(base + "/307", data=b"abc")
+    names = rec.names()
+    assert names[-2:] == [signal, "request_exception"]
+    assert names.count(signal) == 1
+    assert type(rec.params("request_exception")[0].exception) is LookupError
+
+
+async def test_a_raising_chunk_handler_fails_the_request_as_a_connection_error(
+    client, serve_app
+):
+    """aiohttp's writer turns an exception from ``on_request_chunk_sent`` into a
+    ``ClientConnectionError`` caused by it."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+
+    async def boom(session: Any, ctx: Any, params: Any) -> None:
+        raise LookupError("chunk")
+
+    rec.config.on_request_chunk_sent.append(boom)
+    session = client.make(trace_configs=[rec.config])
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"ab"
+        yield b"cd"
+
+    for data in (b"abc", stream()):
+        with pytest.raises(client.mod.ClientConnectionError) as info:
+            await session.post(base + "/echo", data=data)
+        assert isinstance(info.value.__cause__, LookupError)
+        assert rec.take({"request_chunk_sent", "request_exception"}) == [
+            "request_chunk_sent", "request_exception"
+        ]
+
+
+@pytest.mark.parametrize("signal", ["request_end", "request_redirect"])
+async def test_a_raising_end_or_redirect_handler_frees_the_pool_slot(
+    client, serve_app, signal
+):
+    """The response a raising ``on_request_end`` (or, with middlewares, a raising
+    ``on_request_redirect``) never returns gives its connection back, as aiohttp's
+    does: a pool of one serves the next request."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+
+    async def boom(session: Any, ctx: Any, params: Any) -> None:
+        raise LookupError(signal)
+
+    getattr(rec.config, "on_" + signal).append(boom)
+    mw = () if signal == "request_end" else (passthrough,)
+    named = {} if client.name == "aiohttp" else {"name": uuid.uuid4().hex}
+    connector = client.mod.TCPConnector(limit=1, **named)
+    session = client.make(
+        connector=connector, trace_configs=[rec.config], middlewares=mw
+    )
+    other = client.make(connector=connector, connector_owner=False)
+    path = "/big" if signal == "request_end" else "/big-redirect"
+    for _ in range(2):
+        try:
+            await session.get(base + path)
+        except LookupError:
+            pass
+        else:
+            raise AssertionError("the handler's exception was not raised")
+        resp = await asyncio.wait_for(other.get(base + "/"), 10)
+        assert await resp.read() == b"hello"
+
+
+async def test_pieces_of_a_compressed_body_are_the_body_as_given(client, serve_app):
+    """With ``compress=``, aiohttp's writer signals each piece before compressing it."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    data = b"0123456789" * 1000
+
+    async def stream() -> AsyncIterator[bytes]:
+        for at in range(0, len(data), 4000):
+            yield data[at : at + 4000]
+
+    for mw in ((), (passthrough,)):
+        session = client.make(trace_configs=[rec.config], middlewares=mw)
+        for body in (data, stream()):
+            async with session.post(base + "/echo", data=body, compress="deflate") as resp:
+                assert resp.status == 200
+            chunks = [p.chunk for p in rec.params("request_chunk_sent")]
+            assert b"".join(chunks) == data
+            rec.seen.clear()
+
+
+async def test_request_start_url_keeps_the_credentials_as_aiohttp(client, serve_app):
+    """aiohttp's ``on_request_start`` gets the URL as given (its user and password
+    included); the request's other signals get it without them."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config])
+    given = base.replace("http://", "http://u%20:p%40ss@") + "/?a=1"
+    async with session.get(given, params={"b": "2"}) as resp:
+        assert resp.status == 200
+    (start,) = rec.params("request_start")
+    assert start.url == URL(given + "&b=2")
+    assert (start.url.user, start.url.password) == ("u ", "p@ss")
+    (end,) = rec.params("request_end")
+    assert end.url == URL(base + "/?a=1&b=2")
+
+
+@pytest.mark.parametrize("mw", [(), (passthrough,)], ids=["plain", "middleware"])
+async def test_closing_the_session_while_a_handler_runs_fails_the_request(
+    client, serve_app, mw
+):
+    """``close()`` while a traced request's handler runs (its head may be in already):
+    the request fails, as aiohttp's, and nothing else is signalled but the exception."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow(session: Any, ctx: Any, params: Any) -> None:
+        entered.set()
+        await gate.wait()
+
+    rec.config.on_request_headers_sent.append(slow)
+    session = client.make(trace_configs=[rec.config], middlewares=mw)
+    request = asyncio.ensure_future(session.get(base + "/big"))
+    await entered.wait()
+    await session.close()
+    gate.set()
+    with pytest.raises(client.mod.ClientConnectionError):
+        await request
+    assert rec.names()[-2:] == ["request_headers_sent", "request_exception"]
+
+
+@pytest.mark.parametrize("mw", [(), (passthrough,)], ids=["plain", "middleware"])
+async def test_a_redirect_to_another_origin_drops_credentials_from_the_headers(
+    client, serve_app, mw
+):
+    """aiohttp's request ``headers`` (the params' of start, redirect and end alike) lose
+    ``Authorization`` and ``Cookie`` when a redirect leaves the origin."""
+    base = await serve_app(_app())
+    other = base.replace("127.0.0.1", "localhost")
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config], middlewares=mw)
+    sent = {"Authorization": "Basic eDp5", "Cookie": "a=b", "X-Kept": "1"}
+    async with session.get(other + "/to", params={"u": base + "/"}, headers=sent) as resp:
+        assert resp.status == 200
+    (end,) = rec.params("request_end")
+    assert dict(end.headers) == {"X-Kept": "1"}
+    rec.seen.clear()
+    async with session.get(base + "/r", headers=sent) as resp:  # same origin: kept
+        assert resp.status == 200
+    (end,) = rec.params("request_end")
+    assert dict(end.headers) == sent
+
+
+async def test_a_streamed_body_refused_before_100_continue_sends_no_pieces(client, serve_app):
+    """``expect100=True`` and a final answer before ``100 Continue``: the body is never
+    written, so no ``on_request_chunk_sent``, as in aiohttp (and none after a go-ahead
+    before it)."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config])
+
+    async def stream() -> AsyncIterator[bytes]:
+        for piece in (b"ab", b"cd", b"ef"):
+            yield piece
+
+    async with session.post(base + "/refuse", data=stream(), expect100=True) as resp:
+        assert resp.status == 417
+    assert "request_chunk_sent" not in rec.names()
+    assert rec.take()[-1] == "request_end"
+    async with session.post(base + "/echo", data=stream(), expect100=True) as resp:
+        assert await resp.read() == b"abcdef"
+    names = rec.names({"request_headers_sent", "request_chunk_sent", "request_end"})
+    assert names == ["request_headers_sent", *["request_chunk_sent"] * 3, "request_end"]
+
+
+@pytest.mark.parametrize("mw", [(), (passthrough,)], ids=["plain", "middleware"])
+async def test_urls_along_redirects_with_fragments_as_aiohttp(client, serve_app, mw):
+    """Three redirects (307, 303, 307) to Locations with fragments: the hops' headers and
+    pieces sent carry their URLs without the fragment, the redirects and the end
+    aiohttp's ``url`` with it."""
+    base = await serve_app(_app())
+    rec = Recorder(client)
+    session = client.make(trace_configs=[rec.config], middlewares=mw)
+    async with session.post(base + "/chain/3", data=b"xyz") as resp:
+        assert await resp.read() == b"end"
+    sent = rec.params("request_headers_sent")
+    assert [(p.method, p.url) for p in sent] == [
+        ("POST", URL(base + "/chain/3")), ("POST", URL(base + "/chain/2")),
+        ("GET", URL(base + "/chain/1")), ("GET", URL(base + "/chain/0")),
+    ]
+    chunks = rec.params("request_chunk_sent")
+    assert [(p.url, p.chunk) for p in chunks] == [
+        (URL(base + "/chain/3"), b"xyz"), (URL(base + "/chain/2"), b"xyz")
+    ]
+    redirects = rec.params("request_redirect")
+    assert [(p.method, p.url) for p in redirects] == [
+        ("POST", URL(base + "/chain/3")), ("POST", URL(base + "/chain/2#f3")),
+        ("GET", URL(base + "/chain/1#f2")),
+    ]
+    (end,) = rec.params("request_end")
+    assert (end.method, end.url) == ("GET", URL(base + "/chain/0#f1"))

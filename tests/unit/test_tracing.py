@@ -294,3 +294,83 @@ async def test_a_flood_of_events_fails_the_request(monkeypatch):
     assert len(trace._queue) == 3
     (exc,) = Handle.failed
     assert isinstance(exc, worker_client.BrokerProtocolError)
+
+
+async def test_pieces_taken_before_the_headers_are_bounded():
+    """Before the broker said the headers went, a streamed body's pieces are held up to
+    ``STREAM_WINDOW`` bytes (the transport's credit, which a compressed body's pieces
+    as given may exceed many times over); the next one waits for the headers."""
+    from shared.messages import STREAM_WINDOW
+
+    rec = Recorder(1)
+    trace = _trace(rec)
+    piece = b"x" * (STREAM_WINDOW // 4)
+
+    async def body():
+        while True:
+            yield piece
+
+    stream, _ = trace.tap(body(), None)
+    assert stream is not None
+    for _ in range(5):  # held, none waits
+        assert await asyncio.wait_for(stream.__anext__(), 5) == piece
+    blocked = asyncio.ensure_future(stream.__anext__())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not blocked.done() and rec.seen == []
+    trace.on_event(TraceEvent(1, "request_headers_sent", method="POST", url="http://a.test/x"))
+    head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    head.set_result(None)
+    await trace.until(head)
+    assert await blocked == piece
+    assert rec.names() == ["request_headers_sent"] + ["request_chunk_sent"] * 6
+    await stream.aclose()
+
+
+async def test_a_failure_lets_a_piece_waiting_for_the_headers_go():
+    trace = _trace(Recorder(1))
+
+    async def body():
+        while True:
+            yield b"x" * 65536
+
+    stream, _ = trace.tap(body(), None)
+    assert stream is not None
+    blocked = asyncio.ensure_future(stream.__anext__())
+    while not trace._pending or trace._pending[-1][2] is None:
+        if blocked.done():
+            await blocked
+            blocked = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0)
+    await trace.exception(aiohttp.ClientConnectionError("refused"))
+    assert await asyncio.wait_for(blocked, 5)
+    await stream.aclose()
+
+
+async def test_a_flood_of_big_events_fails_the_request(monkeypatch):
+    """A few events as big as a frame may be (a hostile broker's hosts, URLs or headers)
+    are bounded by their bytes, not only by their count."""
+    import worker_client.tracing as tracing
+
+    class Handle:
+        failed: list[BaseException] = []
+
+        def give_up(self, exc: BaseException) -> None:
+            self.failed.append(exc)
+
+    monkeypatch.setattr(tracing, "MAX_QUEUED_BYTES", 1000)
+    trace = _trace(Recorder(1))
+    trace._handle = Handle()  # type: ignore[assignment]
+    trace.on_event(TraceEvent(1, "dns_cache_hit", host="h" * 600))
+    trace.on_event(TraceEvent(1, "request_headers_sent", url="u", headers=[("a", "b" * 300)]))
+    assert Handle.failed == [] and len(trace._queue) == 2
+    head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    head.set_result(None)
+    await trace.until(head)  # handled: their bytes count no more
+    trace.on_event(TraceEvent(1, "dns_cache_hit", host="h" * 600))
+    trace.on_event(TraceEvent(1, "request_headers_sent", url="u", headers=[("a", "b" * 300)]))
+    assert Handle.failed == []
+    trace.on_event(TraceEvent(1, "dns_cache_hit", host="h" * 600))
+    assert len(trace._queue) == 2
+    (exc,) = Handle.failed
+    assert isinstance(exc, worker_client.BrokerProtocolError)
