@@ -40,7 +40,9 @@ Rules kept here, all from aiohttp's client where it has one:
   ``max_field_size``, ``max_headers``: 8190, 8190, 128 by default), with aiohttp's
   messages; the status line's reason is checked as it arrives, a field (name plus
   value) once httptools hands it over, so the whole head is also capped at
-  ``MAX_HEAD_BYTES`` counted as it arrives, whatever the limits. A limit is at most
+  ``MAX_HEAD_BYTES`` counted as it arrives, whatever the limits (the parser is fed at
+  most the room left while the head is awaited, so body bytes that come in the same
+  read never count, whatever the read size). A limit is at most
   ``MAX_LIMIT`` (a field or line) or ``MAX_HEADERS_LIMIT`` (the count): a ``Request``
   asking more does not decode. 1xx heads are skipped (101 ends the exchange).
 - No body after a HEAD request, nor for 204/304. httptools cannot be told that a
@@ -256,6 +258,12 @@ def _request_failure(message: str) -> ConnectionFailure:
     return ConnectionFailure("connection", message)
 
 
+def _head_too_large() -> ConnectionFailure:
+    return ConnectionFailure(
+        "bad_response", f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes"
+    )
+
+
 def _too_long(data: bytes, limit: int) -> str:
     """aiohttp's ``LineTooLong`` message (the first 100 bytes of what was too long)."""
     return f"Got more than {limit} bytes when reading: {data[:100] + b'...'!r}."
@@ -402,16 +410,20 @@ class Exchange:
             return []
         self.got_bytes = True
         if recv is R_AWAITING_HEAD:
+            # Only head bytes count towards the cap: feed at most the room left, and
+            # whatever follows once the head is complete goes on as body.
+            room = MAX_HEAD_BYTES - self._head_bytes
+            if len(data) > room:
+                self._head_bytes = MAX_HEAD_BYTES
+                events = self._parse(data[:room]) if room else []
+                if self.recv is R_AWAITING_HEAD:
+                    events.append(self.fail(_head_too_large()))
+                    return events
+                return events + self.receive_data(data[room:])
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                return [
-                    self.fail(
-                        ConnectionFailure(
-                            "bad_response",
-                            f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes",
-                        )
-                    )
-                ]
+        return self._parse(data)
+
+    def _parse(self, data: bytes | memoryview) -> list[Event]:
         events = self._events = []
         try:
             self._parser.feed_data(data)
