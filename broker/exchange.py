@@ -53,6 +53,13 @@ Rules kept here, all from aiohttp's client where it has one:
   ``read_until_eof=False``; such a connection is never reused.
 - Any byte the server sends that no request asked for (after the response, or on an
   idle connection) spoils the connection.
+- A body framed by one plain Content-Length (no Transfer-Encoding) is counted, not
+  parsed: once the read that completed the head has gone through httptools, the rest
+  of the body is ``body_left`` bytes, taken by ``receive_data`` without the parser
+  (which would copy each piece once more) or read by the connection straight into a
+  consumer's memory and told with ``body_received``; the body ends at 0 and the parser
+  is replaced before the next exchange, as after a HEAD. A byte read past the body
+  spoils the connection, as above.
 
 Events from ``receive_data`` and ``connection_lost``: a ``ResponseHead``, ``bytes`` of
 body, ``END``, ``CONTINUE`` (send the body now), or a ``ConnectionFailure`` (the
@@ -258,6 +265,22 @@ def _request_failure(message: str) -> ConnectionFailure:
     return ConnectionFailure("connection", message)
 
 
+def _counted_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The length of a body framed by exactly one plain Content-Length and no
+    Transfer-Encoding (httptools has checked its digits), else None: leave it to the
+    parser."""
+    length = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-length":
+            if length is not None or not value.strip().isdigit():
+                return None
+            length = int(value)
+        elif lname == b"transfer-encoding":
+            return None
+    return length
+
+
 def _head_too_large() -> ConnectionFailure:
     return ConnectionFailure(
         "bad_response", f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes"
@@ -271,10 +294,12 @@ def _too_long(data: bytes, limit: int) -> str:
 
 class Exchange:
     """See the module docstring. Public state: ``send``, ``recv``, ``head``, ``error``,
-    ``got_bytes`` (a byte of this response arrived), ``spoiled``."""
+    ``got_bytes`` (a byte of this response arrived), ``spoiled``, ``body_left`` (the
+    bytes still owed of a counted body, None when the body is not counted)."""
 
     __slots__ = (
         "send", "recv", "head", "error", "got_bytes", "spoiled", "read_until_eof",
+        "body_left",
         "_parser", "_replace_parser", "_head_only", "_remaining", "_declared", "_reason",
         "_headers", "_head_bytes", "_refused", "_events", "_limits", "_held",
         "_streamed",
@@ -288,6 +313,7 @@ class Exchange:
         self.got_bytes = False
         self.spoiled = False
         self.read_until_eof = True
+        self.body_left: int | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._replace_parser = False
         self._head_only = False
@@ -330,6 +356,7 @@ class Exchange:
         self.head = None
         self.error = None
         self.got_bytes = False
+        self.body_left = None
         self._head_only = method == "HEAD"
         self._reason = ""
         self._headers = []
@@ -401,6 +428,8 @@ class Exchange:
     def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed bytes read from the connection; returns the events they complete."""
         recv = self.recv
+        if self.body_left is not None:  # implies R_BODY
+            return self._count(data)
         if recv is not R_BODY and recv is not R_AWAITING_HEAD:
             if recv is R_FAILED:
                 return []
@@ -423,6 +452,37 @@ class Exchange:
             self._head_bytes += len(data)
         return self._parse(data)
 
+    def _count(self, data: bytes | memoryview) -> list[Event]:
+        """A counted body's bytes (``body_left`` of them are owed); bytes past it spoil
+        the connection."""
+        self._replace_parser = True
+        left = self.body_left
+        assert left is not None
+        size = len(data)
+        if size < left:
+            self.body_left = left - size
+            return [bytes(data)]
+        self.body_left = None
+        self.recv = R_DONE
+        if size > left:
+            self.spoiled = True
+            data = data[:left]
+        return [bytes(data), END] if left else [END]
+
+    def body_received(self, size: int) -> bool:
+        """``size`` bytes of a counted body were read straight into a consumer's memory
+        (never more than ``body_left``); True if that ended the body."""
+        left = self.body_left
+        if left is None or not 0 < size <= left:
+            raise RuntimeError(f"{size} body bytes on {self!r}, {left} owed")
+        self._replace_parser = True
+        if size < left:
+            self.body_left = left - size
+            return False
+        self.body_left = None
+        self.recv = R_DONE
+        return True
+
     def _parse(self, data: bytes | memoryview) -> list[Event]:
         events = self._events = []
         try:
@@ -430,6 +490,7 @@ class Exchange:
         except httptools.HttpParserUpgrade:
             # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here.
             self.spoiled = True
+            self.body_left = None
             if self.recv is R_BODY:
                 self.recv = R_DONE
                 events.append(END)
@@ -482,6 +543,7 @@ class Exchange:
             self._held = None
         if self.recv is not R_DONE:
             self.recv = R_FAILED
+        self.body_left = None
         self.spoiled = True
         return failure
 
@@ -576,6 +638,8 @@ class Exchange:
                 # aiohttp's read_until_eof=False: such a response has no body
                 self._head_only = True
                 eof_body = False
+        if not eof_body and not self._head_only and status >= 200 and status not in (204, 304):
+            self.body_left = _counted_length(headers)
         head = ResponseHead(
             status,
             self._reason,
@@ -596,10 +660,13 @@ class Exchange:
     def on_body(self, body: bytes) -> None:
         if self.recv is R_BODY:
             self._events.append(body)
+            if self.body_left is not None:
+                self.body_left -= len(body)
         else:
             self.spoiled = True  # after a HEAD response, or an informational head
 
     def on_message_complete(self) -> None:
         if self.recv is R_BODY:
+            self.body_left = None
             self.recv = R_DONE
             self._events.append(END)

@@ -481,3 +481,58 @@ def test_the_head_cap_is_exact_whatever_follows_in_the_same_read():
     head = _head_of(MAX_HEAD_BYTES + 1, 3)
     assert ex.receive_data(head[:-1]) == []
     assert shape(ex.receive_data(head[-1:] + b"abc")) == [("failure", "bad_response")]
+
+
+def test_a_plain_length_body_is_counted_past_the_read_of_its_head():
+    ex = started()
+    events = ex.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+    assert shape(events) == [("head", 200), b"ab"]
+    assert ex.body_left == 8
+    assert ex.receive_data(memoryview(b"cd")) == [b"cd"]  # bytes, not the view
+    assert ex.body_received(3) is False and ex.body_left == 3
+    assert shape(ex.receive_data(b"hij")) == [b"hij", END]
+    assert ex.body_left is None and ex.reusable and ex.end()
+    # the parser saw only part of that body: the next exchange gets a fresh one
+    ex.start("GET", HEAD)
+    assert shape(feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", one_byte=False)) == [
+        ("head", 200), b"ok", END
+    ]
+
+
+def test_a_counted_body_ends_by_body_received_and_takes_no_more():
+    ex = started()
+    ex.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    with pytest.raises(RuntimeError):
+        ex.body_received(6)  # never more than owed: the connection cuts its reads
+    assert ex.body_received(5) is True
+    assert ex.recv is RecvState.DONE and ex.body_left is None and ex.reusable
+    assert ex.receive_data(b"x") == [] and ex.spoiled  # a byte past the body
+
+
+def test_bytes_past_a_counted_body_in_the_same_read_spoil_the_connection():
+    ex = started()
+    ex.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert shape(ex.receive_data(b"helloHTTP/1.1 200 OK\r\n")) == [b"hello", END]
+    assert ex.spoiled and not ex.end()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",  # until the connection closes
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+    ],
+)
+def test_only_a_plain_content_length_is_counted(head):
+    ex = started()
+    ex.receive_data(head)
+    assert ex.body_left is None
+
+
+def test_a_counted_body_cut_short_is_a_payload_failure():
+    ex = started()
+    ex.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    ex.receive_data(b"abc")
+    assert ex.connection_lost(None).code == "payload"
+    assert ex.body_left is None and not ex.end()
