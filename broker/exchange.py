@@ -53,13 +53,12 @@ Rules kept here, all from aiohttp's client where it has one:
   ``read_until_eof=False``; such a connection is never reused.
 - Any byte the server sends that no request asked for (after the response, or on an
   idle connection) spoils the connection.
-- A body framed by one plain Content-Length (no Transfer-Encoding) is counted, not
-  parsed: once the read that completed the head has gone through httptools, the rest
-  of the body is ``body_left`` bytes, taken by ``receive_data`` without the parser
-  (which would copy each piece once more) or read by the connection straight into a
-  consumer's memory and told with ``body_received``; the body ends at 0 and the parser
-  is replaced before the next exchange, as after a HEAD. A byte read past the body
-  spoils the connection, as above.
+- A body framed by one plain Content-Length (no Transfer-Encoding) is also counted
+  (``body_left``), so that the connection may read it straight into a consumer's
+  memory and say so with ``body_received``, bypassing httptools. From the first such
+  read on, the parser is out of step: the rest of that body is counted, not parsed, by
+  ``receive_data`` too, the body ends at 0, and the parser is replaced before the next
+  exchange, as after a HEAD. A byte read past the body spoils the connection, as above.
 
 Events from ``receive_data`` and ``connection_lost``: a ``ResponseHead``, ``bytes`` of
 body, ``END``, ``CONTINUE`` (send the body now), or a ``ConnectionFailure`` (the
@@ -428,7 +427,7 @@ class Exchange:
     def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed bytes read from the connection; returns the events they complete."""
         recv = self.recv
-        if self.body_left is not None:  # implies R_BODY
+        if self._replace_parser and self.body_left is not None:  # bypassed, in R_BODY
             return self._count(data)
         if recv is not R_BODY and recv is not R_AWAITING_HEAD:
             if recv is R_FAILED:
@@ -453,9 +452,8 @@ class Exchange:
         return self._parse(data)
 
     def _count(self, data: bytes | memoryview) -> list[Event]:
-        """A counted body's bytes (``body_left`` of them are owed); bytes past it spoil
-        the connection."""
-        self._replace_parser = True
+        """The bytes of a body the parser was bypassed for (``body_left`` of them are
+        owed); bytes past it spoil the connection."""
         left = self.body_left
         assert left is not None
         size = len(data)
@@ -588,6 +586,10 @@ class Exchange:
         return True
 
     # -- httptools callbacks ---------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.recv is R_DONE:
+            self.spoiled = True  # bytes after the response, in the same read
 
     def on_status(self, status: bytes) -> None:
         self._reason += status.decode("latin-1")  # in pieces if the line came so

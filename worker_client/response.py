@@ -9,7 +9,7 @@ stream once ``STREAM_WINDOW`` bytes are unacknowledged (plus the one chunk that 
 it), and only what the caller reads is acknowledged.
 
 Whole-body reads (issue 11): ``read()`` with no size, on a body of known length (one
-plain Content-Length, nothing decoded: ``ClientResponse._plain_length``) of at least
+plain Content-Length, nothing decoded: ``plain_length``) of at least
 ``CLAIM_MIN`` bytes still to come, claims the body: it makes the final ``bytes`` once
 (``shared.rawbytes.RawBytes``, filled in place), copies in what is buffered, and from
 then on bytes land there as they arrive: ``feed_data`` copies into it (a memoryview
@@ -97,7 +97,7 @@ class StreamReader:
         "_waiter",
         "_on_consumed",
         "_on_drained",
-        "_plain_length",
+        "_head",
         "_claim",
         "_filled",
         "_prepaid",
@@ -118,8 +118,9 @@ class StreamReader:
         self._on_consumed = on_consumed
         # Called once when the body has been fed to EOF and entirely handed out.
         self._on_drained: Callable[[], None] | None = None
-        # The body's whole length when known exactly (set by ClientResponse).
-        self._plain_length: Callable[[], int | None] | None = None
+        # (method, status, raw headers) of the response, for ``plain_length``; set by
+        # ClientResponse (a tuple, not the response: no reference cycle).
+        self._head: tuple[str, int, tuple[tuple[bytes, bytes], ...]] | None = None
         self._claim: RawBytes | None = None  # the final buffer of a whole-body read
         self._filled = 0  # bytes of it written
         self._prepaid = 0  # buffered bytes already acknowledged (a claim given back)
@@ -254,7 +255,7 @@ class StreamReader:
         if not n:
             return b""
         if n < 0:
-            if not self._eof and self._plain_length is not None and self._claim is None:
+            if not self._eof and self._head is not None and self._claim is None:
                 body = await self._read_claimed()
                 if body is not None:
                     return body
@@ -369,8 +370,8 @@ class StreamReader:
     async def _read_claimed(self) -> bytes | None:
         """The rest of the body through a claim; None: not claimed, or given back (the
         caller reads on as usual)."""
-        assert self._plain_length is not None
-        length = self._plain_length()
+        assert self._head is not None
+        length = plain_length(*self._head)
         if length is None:
             return None
         owed = length - (self.total_bytes - self._size)  # not yet handed out
@@ -484,6 +485,26 @@ class StreamReader:
             callback()
 
 
+def plain_length(
+    method: str, status: int, raw_headers: tuple[tuple[bytes, bytes], ...]
+) -> int | None:
+    """A response body's exact length, if one plain Content-Length gives it: no body
+    for HEAD, 1xx, 204, 304; none known when it is chunked or encoded."""
+    if method == "HEAD" or status < 200 or status in _NO_BODY_STATUSES:
+        return None
+    length = None
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname == b"content-length":
+            if length is not None or not value.strip().isdigit():
+                return None
+            length = int(value)
+        elif lname in (b"transfer-encoding", b"content-encoding"):
+            if lname == b"transfer-encoding" or value.strip().lower() != b"identity":
+                return None
+    return length
+
+
 def _empty_content() -> StreamReader:
     content = StreamReader()
     content.feed_eof()
@@ -558,26 +579,9 @@ class ClientResponse:
         self._released = False  # release()/close() was called
         self._in_context = False
         content._on_drained = self._response_eof
-        content._plain_length = self._plain_length
+        content._head = (method, status, raw_headers)
         if content.at_eof() and content.exception() is None:
             self._response_eof()
-
-    def _plain_length(self) -> int | None:
-        """The body's exact length, if one plain Content-Length gives it: no body
-        for HEAD, 1xx, 204, 304; none known when it is chunked or encoded."""
-        if self.method == "HEAD" or self.status < 200 or self.status in _NO_BODY_STATUSES:
-            return None
-        length = None
-        for name, value in self._raw_headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                if length is not None or not value.strip().isdigit():
-                    return None
-                length = int(value)
-            elif lname in (b"transfer-encoding", b"content-encoding"):
-                if lname == b"transfer-encoding" or value.strip().lower() != b"identity":
-                    return None
-        return length
 
     @classmethod
     def from_head(
