@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
+import resource
+
 import pytest
 
 from shared.rawbytes import INPLACE, RawBytes
@@ -45,3 +48,24 @@ def test_sizes_that_cannot_be_had(inplace):
         RawBytes(0, inplace=inplace)
     with pytest.raises((MemoryError, OverflowError)):
         RawBytes(1 << 62, inplace=inplace)
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "never"
+
+
+@pytest.mark.skipif(_thp_mode() == "never", reason="no transparent huge pages here")
+def test_a_large_buffer_is_first_touched_in_huge_pages():
+    size = 64 << 20
+    piece = b"p" * (1 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    raw = RawBytes(size)
+    for i in range(0, size, len(piece)):
+        raw.view[i : i + len(piece)] = piece
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert raw.finish(size).count(b"p") == size
+    assert faults < size // mmap.PAGESIZE // 2  # 16,384 with 4 KiB pages only
