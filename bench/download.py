@@ -16,10 +16,13 @@ For each it prints the median GB/s (10^9 bytes per second, over the whole reques
 connect, head, body, ``read()``), the ratio to aiohttp's median, and the median page
 faults per download (``resource.getrusage(RUSAGE_SELF).ru_minflt``, this process only,
 so not the broker's for ``broker``). Each body is checked by length; ``--check`` also
-compares its SHA-256. Loopback only.
+compares its SHA-256. ``--read any`` reads with ``async for chunk in
+resp.content.iter_any()`` instead of ``read()`` (the path that keeps chunks). Loopback
+only.
 
     python bench/download.py [--rounds 5] [--size 100] [--server auto|nginx|aiohttp]
                              [--broker] [--bufsizes 64,256,1024] [--check]
+                             [--read whole|any]
 """
 
 from __future__ import annotations
@@ -171,20 +174,30 @@ def wait_port(port: int, proc: subprocess.Popen[Any]) -> None:
 # -- the clients ----------------------------------------------------------------------
 
 
-async def download(make: Callable[[], Any], url: str, size: int, check: bytes | None) -> tuple[
-    float, int
-]:
+async def download(
+    make: Callable[[], Any], url: str, size: int, check: bytes | None, whole: bool = True
+) -> tuple[float, int]:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     async with make() as session, session.get(url) as resp:
         if resp.status != 200:
             raise AssertionError(f"the server answered {resp.status}")
-        body = await resp.read()
+        h = hashlib.sha256() if check is not None else None
+        if whole:
+            body = await resp.read()
+            got = len(body)
+        else:
+            got = 0
+            async for chunk in resp.content.iter_any():
+                got += len(chunk)
+                if h is not None:
+                    h.update(chunk)
     elapsed = time.perf_counter() - start
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    if len(body) != size or (check is not None and hashlib.sha256(body).digest() != check):
-        raise AssertionError(f"wrong body: {len(body)} bytes")
-    del body
+    if whole and h is not None:
+        h.update(body)
+    if got != size or (h is not None and h.digest() != check):
+        raise AssertionError(f"wrong body: {got} bytes")
     return size / elapsed / 1e9, faults
 
 
@@ -217,12 +230,13 @@ async def measure(args: argparse.Namespace, url: str, broker_socket: str | None)
         makers[f"embedded/{kib}K"] = embedded(kib * 1024)
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in makers}
     names = list(makers)
+    whole = args.read == "whole"
     for name in names:  # warm up: imports, the server's page cache
-        await download(makers[name], url, size, None)
+        await download(makers[name], url, size, None, whole)
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            results[name].append(await download(makers[name], url, size, check))
+            results[name].append(await download(makers[name], url, size, check, whole))
         print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     broker.http1._BUFSIZE = default_bufsize
     return results
@@ -233,7 +247,9 @@ def report(results: dict[str, list[tuple[float, int]]], args: argparse.Namespace
     import broker.http1
 
     print(
-        f"\n{args.size} MiB download, await resp.read(), from {server} on 127.0.0.1; "
+        f"\n{args.size} MiB download, "
+        f"{'await resp.read()' if args.read == 'whole' else 'iter_any()'}, "
+        f"from {server} on 127.0.0.1; "
         f"{args.rounds} alternating rounds, medians"
     )
     print(
@@ -261,6 +277,7 @@ def main() -> int:
         help="read sizes in KiB to try embedded, e.g. 64,256,1024",
     )
     parser.add_argument("--check", action="store_true", help="compare SHA-256 too")
+    parser.add_argument("--read", choices=("whole", "any"), default="whole")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:

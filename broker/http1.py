@@ -33,9 +33,12 @@ past that, reading pauses until a consumer is set. So at most ``EARLY_LIMIT`` pl
 read (``_BUFSIZE``) is held per connection.
 
 The read size, ``_BUFSIZE``, by measurement (``bench/download.py --bufsizes``: a 100 MiB
-body from nginx on loopback, ``await resp.read()`` embedded, medians of 3 alternating
-rounds; aiohttp 0.89 GB/s in the same run): 64 KiB 0.70 GB/s, 128 KiB 0.83, 256 KiB
-0.89, 512 KiB 0.86, 1 MiB 0.86 (past ``body.MAX_DATA`` each read is cut again).
+body from nginx on loopback, embedded, medians of 5 alternating rounds on a loaded
+2-CPU VM). Read in chunks (``--read any``: the parser path, each read copied once;
+aiohttp 1.38 GB/s in the same run): 64 KiB 0.93 GB/s, 128 KiB 1.35, 256 KiB 1.54,
+512 KiB 1.26, 1 MiB 1.26 (past ``body.MAX_DATA`` each read is cut again). Before direct
+reads, ``read()`` took the same path: 64 KiB 0.70, 256 KiB 0.89, 1 MiB 0.86 (aiohttp
+0.89). A whole-body ``read()`` now reads straight into its result, whatever this size.
 """
 
 from __future__ import annotations

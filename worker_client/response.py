@@ -20,6 +20,11 @@ caller asked for all of them: the claim, the body's own length, is the bound). A
 that turns out longer than claimed, or a read cancelled while it waits, gives the claim
 back as one buffered chunk (already acknowledged: ``_prepaid``), so nothing is lost.
 
+Measured (``bench/download.py``: 100 MiB from nginx on loopback, ``await resp.read()``,
+medians of 5 alternating rounds in one process, a loaded 2-CPU VM): embedded 1.54 GB/s
+and 562 page faults per download against aiohttp's 0.49 GB/s and 51,196 (3.2x); through
+a broker 0.40 GB/s (0.83x: frames over the socket until the shared-memory slots land).
+
 A response is released once: when its body has been read to the end (complete), or by
 ``release()``/``close()``/leaving ``async with``; ``on_release(complete)`` then tells the
 transport whether the stream finished or must be cancelled.
