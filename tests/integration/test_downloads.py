@@ -198,3 +198,28 @@ async def test_a_gzip_body_with_a_length_is_still_decoded(serve_app, session):
         assert await resp.read() == plain
     async with session.get(url, auto_decompress=False) as resp:
         assert await resp.read() == packed
+
+
+async def test_a_big_body_over_tls_arrives_byte_for_byte(serve_app, session, tls_certs):
+    """TLS hands the decrypted bytes to the same buffers (asyncio's SSL protocol reads
+    into what ``get_buffer`` gives)."""
+    import ssl
+
+    from aiohttp import web
+
+    from tests.tls_certs import server_context
+
+    body = _body(16 * MiB)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    ctx = server_context(tls_certs.server, tls_certs.server_key)
+    url = await serve_app(app, ssl_context=ctx, host="localhost") + "/"
+    client_ctx = ssl.create_default_context(cafile=str(tls_certs.ca))
+    for _ in range(2):
+        async with session.get(url, ssl=client_ctx) as resp:
+            got = await resp.read()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
