@@ -264,22 +264,6 @@ def _request_failure(message: str) -> ConnectionFailure:
     return ConnectionFailure("connection", message)
 
 
-def _counted_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """The length of a body framed by exactly one plain Content-Length and no
-    Transfer-Encoding (httptools has checked its digits), else None: leave it to the
-    parser."""
-    length = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname == b"content-length":
-            if length is not None or not value.strip().isdigit():
-                return None
-            length = int(value)
-        elif lname == b"transfer-encoding":
-            return None
-    return length
-
-
 def _head_too_large() -> ConnectionFailure:
     return ConnectionFailure(
         "bad_response", f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes"
@@ -427,9 +411,14 @@ class Exchange:
     def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed bytes read from the connection; returns the events they complete."""
         recv = self.recv
-        if self._replace_parser and self.body_left is not None:  # bypassed, in R_BODY
-            return self._count(data)
-        if recv is not R_BODY and recv is not R_AWAITING_HEAD:
+        if recv is R_BODY:
+            left = self.body_left
+            if left is not None:
+                if self._replace_parser:  # the parser was bypassed for this body
+                    return self._count(data)
+                if len(data) > left:
+                    self.spoiled = True  # bytes past the body, in this read
+        elif recv is not R_AWAITING_HEAD:
             if recv is R_FAILED:
                 return []
             self.spoiled = True
@@ -449,7 +438,14 @@ class Exchange:
                     return events
                 return events + self.receive_data(data[room:])
             self._head_bytes += len(data)
-        return self._parse(data)
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgraded(events)
+        except httptools.HttpParserError as exc:
+            self._parse_failed(events, exc)
+        return events
 
     def _count(self, data: bytes | memoryview) -> list[Event]:
         """The bytes of a body the parser was bypassed for (``body_left`` of them are
@@ -486,21 +482,27 @@ class Exchange:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here.
-            self.spoiled = True
-            self.body_left = None
-            if self.recv is R_BODY:
-                self.recv = R_DONE
-                events.append(END)
+            self._upgraded(events)
         except httptools.HttpParserError as exc:
-            if self.recv is R_DONE:  # garbage after a whole response
-                self.spoiled = True
-                return events
-            # A limit of ours raised inside a callback reaches us as a bare "callback
-            # error": say which limit it was, in aiohttp's words.
-            detail = self._refused or f"invalid HTTP response: {exc}"
-            events.append(self.fail(ConnectionFailure("bad_response", detail)))
+            self._parse_failed(events, exc)
         return events
+
+    def _upgraded(self, events: list[Event]) -> None:
+        # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here.
+        self.spoiled = True
+        self.body_left = None
+        if self.recv is R_BODY:
+            self.recv = R_DONE
+            events.append(END)
+
+    def _parse_failed(self, events: list[Event], exc: Exception) -> None:
+        if self.recv is R_DONE:  # garbage after a whole response
+            self.spoiled = True
+            return
+        # A limit of ours raised inside a callback reaches us as a bare "callback
+        # error": say which limit it was, in aiohttp's words.
+        detail = self._refused or f"invalid HTTP response: {exc}"
+        events.append(self.fail(ConnectionFailure("bad_response", detail)))
 
     def connection_lost(self, exc: BaseException | None) -> Event | None:
         """The connection closed; the event it makes, if any."""
@@ -587,10 +589,6 @@ class Exchange:
 
     # -- httptools callbacks ---------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        if self.recv is R_DONE:
-            self.spoiled = True  # bytes after the response, in the same read
-
     def on_status(self, status: bytes) -> None:
         self._reason += status.decode("latin-1")  # in pieces if the line came so
         limit = self._limits.line
@@ -623,12 +621,18 @@ class Exchange:
                     self._events.append(CONTINUE)
             return
         headers = self._headers
+        # Framed by Content-Length or chunked, else until the connection closes. httptools
+        # refuses a second Content-Length, one beside Transfer-Encoding, or one not all
+        # digits, before the head completes: a Content-Length here is the only framing.
         eof_body = True
+        length = None
         for name, value in headers:
             lname = name.lower()
-            if lname == b"content-length" or (
-                lname == b"transfer-encoding" and b"chunked" in value.lower()
-            ):
+            if lname == b"content-length":
+                eof_body = False
+                length = value
+                break
+            if lname == b"transfer-encoding" and b"chunked" in value.lower():
                 eof_body = False
                 break
         reuse = p.should_keep_alive()
@@ -640,8 +644,8 @@ class Exchange:
                 # aiohttp's read_until_eof=False: such a response has no body
                 self._head_only = True
                 eof_body = False
-        if not eof_body and not self._head_only and status >= 200 and status not in (204, 304):
-            self.body_left = _counted_length(headers)
+        elif length is not None and status != 101:
+            self.body_left = int(length)
         head = ResponseHead(
             status,
             self._reason,
