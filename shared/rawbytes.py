@@ -65,12 +65,15 @@ def _advise_huge(address: int, size: int) -> None:
 
 class RawBytes:
     """``size`` bytes to fill through ``view``, then ``finish`` for the ``bytes``.
-    ``inplace=False``: the fallback (a bytearray, copied at the end). Raises
+    ``inplace=False`` (default: ``INPLACE``): the fallback (a bytearray, copied at the
+    end). Raises
     MemoryError (or OverflowError) for a size that cannot be had."""
 
     __slots__ = ("view", "size", "_obj")
 
-    def __init__(self, size: int, inplace: bool = INPLACE) -> None:
+    def __init__(self, size: int, inplace: bool | None = None) -> None:
+        if inplace is None:
+            inplace = INPLACE
         if size <= 0:
             raise ValueError(f"RawBytes of {size} bytes")
         self.size = size

@@ -223,3 +223,26 @@ async def test_a_big_body_over_tls_arrives_byte_for_byte(serve_app, session, tls
         async with session.get(url, ssl=client_ctx) as resp:
             got = await resp.read()
         assert hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
+
+
+@pytest.mark.parametrize("inplace", [True, False], ids=["in place", "copying fallback"])
+async def test_whole_body_reads_with_either_kind_of_result_buffer(
+    big_url, session, monkeypatch, inplace
+):
+    import shared.rawbytes
+
+    monkeypatch.setattr(shared.rawbytes, "INPLACE", inplace)
+    made = []
+    real = shared.rawbytes.RawBytes
+
+    class Recorded(real):
+        def __init__(self, size: int, inplace: bool | None = None) -> None:
+            super().__init__(size, inplace)
+            made.append(type(self._obj))
+
+    monkeypatch.setattr("worker_client.response.RawBytes", Recorded)
+    url, digest = big_url
+    async with session.get(url) as resp:
+        body = await resp.read()
+    assert type(body) is bytes and hashlib.sha256(body).hexdigest() == digest
+    assert made == [bytes if inplace else bytearray]
