@@ -13,6 +13,10 @@ worker is the one who left. The worker-left hook is installed before anything el
 no path can return without it (issue 6's leak: a gzip body that came whole with its head
 but decoded past the window had no hook, and its slot was never freed).
 
+A plain body (no decoder) may instead be read straight into the stream's memory: the
+body is the connection's ``DirectSink`` (``body_buffer``/``body_filled``, see
+``http1``), and those bytes count against the window as ``data`` does.
+
 Bounds: the body is decoded (or, plain, cut) in pieces of at most ``MAX_DATA`` bytes.
 When the worker has ``STREAM_WINDOW`` bytes unacknowledged the body stops: it pauses
 reading the upstream socket, keeps the compressed input it has not decoded yet, and goes
@@ -86,7 +90,7 @@ class ResponseBody:
     def start(self) -> None:
         """Take the body: bytes that came with the head first, then the rest as it comes."""
         conn = self.conn
-        conn.set_body_consumer(self._feed)
+        conn.set_body_consumer(self._feed, self if self.decoder is None else None)
         if self.state is BodyState.ENDED:
             return
         if conn.exchange_over:  # the whole response came with its head: the common case
@@ -120,6 +124,14 @@ class ResponseBody:
             except DecodeError as exc:
                 self._decode_failed(exc)
                 return
+        self._pump()
+
+    def body_buffer(self) -> memoryview | None:
+        """For a plain body: the stream's memory to read into (``http1.DirectSink``)."""
+        return self.stream.body_buffer() if self.state is BodyState.FLOWING else None
+
+    def body_filled(self, size: int) -> None:
+        self.stream.body_filled(size)
         self._pump()
 
     def _emit(self, data: bytes) -> None:

@@ -40,7 +40,9 @@ Rules kept here, all from aiohttp's client where it has one:
   ``max_field_size``, ``max_headers``: 8190, 8190, 128 by default), with aiohttp's
   messages; the status line's reason is checked as it arrives, a field (name plus
   value) once httptools hands it over, so the whole head is also capped at
-  ``MAX_HEAD_BYTES`` counted as it arrives, whatever the limits. A limit is at most
+  ``MAX_HEAD_BYTES`` counted as it arrives, whatever the limits (the parser is fed at
+  most the room left while the head is awaited, so body bytes that come in the same
+  read never count, whatever the read size). A limit is at most
   ``MAX_LIMIT`` (a field or line) or ``MAX_HEADERS_LIMIT`` (the count): a ``Request``
   asking more does not decode. 1xx heads are skipped (101 ends the exchange).
 - No body after a HEAD request, nor for 204/304. httptools cannot be told that a
@@ -51,6 +53,12 @@ Rules kept here, all from aiohttp's client where it has one:
   ``read_until_eof=False``; such a connection is never reused.
 - Any byte the server sends that no request asked for (after the response, or on an
   idle connection) spoils the connection.
+- A body framed by one plain Content-Length (no Transfer-Encoding) is also counted
+  (``body_left``), so that the connection may read it straight into a consumer's
+  memory and say so with ``body_received``, bypassing httptools. From the first such
+  read on, the parser is out of step: the rest of that body is counted, not parsed, by
+  ``receive_data`` too, the body ends at 0, and the parser is replaced before the next
+  exchange, as after a HEAD. A byte read past the body spoils the connection, as above.
 
 Events from ``receive_data`` and ``connection_lost``: a ``ResponseHead``, ``bytes`` of
 body, ``END``, ``CONTINUE`` (send the body now), or a ``ConnectionFailure`` (the
@@ -256,6 +264,12 @@ def _request_failure(message: str) -> ConnectionFailure:
     return ConnectionFailure("connection", message)
 
 
+def _head_too_large() -> ConnectionFailure:
+    return ConnectionFailure(
+        "bad_response", f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes"
+    )
+
+
 def _too_long(data: bytes, limit: int) -> str:
     """aiohttp's ``LineTooLong`` message (the first 100 bytes of what was too long)."""
     return f"Got more than {limit} bytes when reading: {data[:100] + b'...'!r}."
@@ -263,10 +277,12 @@ def _too_long(data: bytes, limit: int) -> str:
 
 class Exchange:
     """See the module docstring. Public state: ``send``, ``recv``, ``head``, ``error``,
-    ``got_bytes`` (a byte of this response arrived), ``spoiled``."""
+    ``got_bytes`` (a byte of this response arrived), ``spoiled``, ``body_left`` (the
+    bytes still owed of a counted body, None when the body is not counted)."""
 
     __slots__ = (
         "send", "recv", "head", "error", "got_bytes", "spoiled", "read_until_eof",
+        "body_left",
         "_parser", "_replace_parser", "_head_only", "_remaining", "_declared", "_reason",
         "_headers", "_head_bytes", "_refused", "_events", "_limits", "_held",
         "_streamed",
@@ -280,6 +296,7 @@ class Exchange:
         self.got_bytes = False
         self.spoiled = False
         self.read_until_eof = True
+        self.body_left: int | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._replace_parser = False
         self._head_only = False
@@ -322,6 +339,7 @@ class Exchange:
         self.head = None
         self.error = None
         self.got_bytes = False
+        self.body_left = None
         self._head_only = method == "HEAD"
         self._reason = ""
         self._headers = []
@@ -393,7 +411,14 @@ class Exchange:
     def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed bytes read from the connection; returns the events they complete."""
         recv = self.recv
-        if recv is not R_BODY and recv is not R_AWAITING_HEAD:
+        if recv is R_BODY:
+            left = self.body_left
+            if left is not None:
+                if self._replace_parser:  # the parser was bypassed for this body
+                    return self._count(data)
+                if len(data) > left:
+                    self.spoiled = True  # bytes past the body, in this read
+        elif recv is not R_AWAITING_HEAD:
             if recv is R_FAILED:
                 return []
             self.spoiled = True
@@ -402,34 +427,82 @@ class Exchange:
             return []
         self.got_bytes = True
         if recv is R_AWAITING_HEAD:
+            # Only head bytes count towards the cap: feed at most the room left, and
+            # whatever follows once the head is complete goes on as body.
+            room = MAX_HEAD_BYTES - self._head_bytes
+            if len(data) > room:
+                self._head_bytes = MAX_HEAD_BYTES
+                events = self._parse(data[:room]) if room else []
+                if self.recv is R_AWAITING_HEAD:
+                    events.append(self.fail(_head_too_large()))
+                    return events
+                return events + self.receive_data(data[room:])
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                return [
-                    self.fail(
-                        ConnectionFailure(
-                            "bad_response",
-                            f"invalid HTTP response: the head is over {MAX_HEAD_BYTES} bytes",
-                        )
-                    )
-                ]
         events = self._events = []
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here.
-            self.spoiled = True
-            if self.recv is R_BODY:
-                self.recv = R_DONE
-                events.append(END)
+            self._upgraded(events)
         except httptools.HttpParserError as exc:
-            if self.recv is R_DONE:  # garbage after a whole response
-                self.spoiled = True
-                return events
-            # A limit of ours raised inside a callback reaches us as a bare "callback
-            # error": say which limit it was, in aiohttp's words.
-            detail = self._refused or f"invalid HTTP response: {exc}"
-            events.append(self.fail(ConnectionFailure("bad_response", detail)))
+            self._parse_failed(events, exc)
         return events
+
+    def _count(self, data: bytes | memoryview) -> list[Event]:
+        """The bytes of a body the parser was bypassed for (``body_left`` of them are
+        owed); bytes past it spoil the connection."""
+        left = self.body_left
+        assert left is not None
+        size = len(data)
+        if size < left:
+            self.body_left = left - size
+            return [bytes(data)]
+        self.body_left = None
+        self.recv = R_DONE
+        if size > left:
+            self.spoiled = True
+            data = data[:left]
+        return [bytes(data), END] if left else [END]
+
+    def body_received(self, size: int) -> bool:
+        """``size`` bytes of a counted body were read straight into a consumer's memory
+        (never more than ``body_left``); True if that ended the body."""
+        left = self.body_left
+        if left is None or not 0 < size <= left:
+            raise RuntimeError(f"{size} body bytes on {self!r}, {left} owed")
+        self._replace_parser = True
+        if size < left:
+            self.body_left = left - size
+            return False
+        self.body_left = None
+        self.recv = R_DONE
+        return True
+
+    def _parse(self, data: bytes | memoryview) -> list[Event]:
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgraded(events)
+        except httptools.HttpParserError as exc:
+            self._parse_failed(events, exc)
+        return events
+
+    def _upgraded(self, events: list[Event]) -> None:
+        # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here.
+        self.spoiled = True
+        self.body_left = None
+        if self.recv is R_BODY:
+            self.recv = R_DONE
+            events.append(END)
+
+    def _parse_failed(self, events: list[Event], exc: Exception) -> None:
+        if self.recv is R_DONE:  # garbage after a whole response
+            self.spoiled = True
+            return
+        # A limit of ours raised inside a callback reaches us as a bare "callback
+        # error": say which limit it was, in aiohttp's words.
+        detail = self._refused or f"invalid HTTP response: {exc}"
+        events.append(self.fail(ConnectionFailure("bad_response", detail)))
 
     def connection_lost(self, exc: BaseException | None) -> Event | None:
         """The connection closed; the event it makes, if any."""
@@ -470,6 +543,7 @@ class Exchange:
             self._held = None
         if self.recv is not R_DONE:
             self.recv = R_FAILED
+        self.body_left = None
         self.spoiled = True
         return failure
 
@@ -547,12 +621,18 @@ class Exchange:
                     self._events.append(CONTINUE)
             return
         headers = self._headers
+        # Framed by Content-Length or chunked, else until the connection closes. httptools
+        # refuses a second Content-Length, one beside Transfer-Encoding, or one not all
+        # digits, before the head completes: a Content-Length here is the only framing.
         eof_body = True
+        length = None
         for name, value in headers:
             lname = name.lower()
-            if lname == b"content-length" or (
-                lname == b"transfer-encoding" and b"chunked" in value.lower()
-            ):
+            if lname == b"content-length":
+                eof_body = False
+                length = value
+                break
+            if lname == b"transfer-encoding" and b"chunked" in value.lower():
                 eof_body = False
                 break
         reuse = p.should_keep_alive()
@@ -564,6 +644,8 @@ class Exchange:
                 # aiohttp's read_until_eof=False: such a response has no body
                 self._head_only = True
                 eof_body = False
+        elif length is not None and status != 101:
+            self.body_left = int(length)
         head = ResponseHead(
             status,
             self._reason,
@@ -584,10 +666,13 @@ class Exchange:
     def on_body(self, body: bytes) -> None:
         if self.recv is R_BODY:
             self._events.append(body)
+            if self.body_left is not None:
+                self.body_left -= len(body)
         else:
             self.spoiled = True  # after a HEAD response, or an informational head
 
     def on_message_complete(self) -> None:
         if self.recv is R_BODY:
+            self.body_left = None
             self.recv = R_DONE
             self._events.append(END)

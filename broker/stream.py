@@ -30,9 +30,10 @@ buffer, once its reader wants the whole body; broker mode: a shared-memory slot)
 engine reads at most its length into it and calls ``body_filled(n)``, which counts and
 delivers those n bytes as ``data`` would. ``None``: no such memory now, use ``data``.
 
-Response flow control: ``data`` (and ``body_filled``) counts bytes the worker has not yet acknowledged. When
-that reaches ``STREAM_WINDOW`` the engine pauses reading the upstream socket and parks a
-resume callback here, which ``on_ack`` calls once the worker has consumed half of it.
+Response flow control: ``data`` (and ``body_filled``) counts bytes the worker has not yet
+acknowledged. When that reaches ``STREAM_WINDOW`` the engine pauses reading the upstream
+socket and parks a resume callback here, which ``on_ack`` calls once the worker has
+consumed half of it.
 """
 
 from __future__ import annotations

@@ -100,6 +100,16 @@ class StreamHandle:
         if self._step(Event.DATA):
             self.content.feed_data(data)
 
+    def body_buffer(self) -> memoryview | None:
+        """Embedded: memory the engine may read body bytes straight into (the reader's
+        claimed whole-body buffer), or None."""
+        return None if self.done else self.content.claim_buffer()
+
+    def on_filled(self, size: int) -> None:
+        """``size`` body bytes were written into the last ``body_buffer()``."""
+        if self._step(Event.DATA):
+            self.content.claim_filled(size)
+
     def on_end(self, raw_bytes: int = 0) -> None:
         """The body ended; ``raw_bytes``: its size before decoding, if it was decoded."""
         if self._step(Event.END):

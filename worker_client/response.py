@@ -8,6 +8,23 @@ So what a reader buffers is bounded by the sender, not here: the engine stops se
 stream once ``STREAM_WINDOW`` bytes are unacknowledged (plus the one chunk that crossed
 it), and only what the caller reads is acknowledged.
 
+Whole-body reads (issue 11): ``read()`` with no size, on a body of known length (one
+plain Content-Length, nothing decoded: ``plain_length``) of at least
+``CLAIM_MIN`` bytes still to come, claims the body: it makes the final ``bytes`` once
+(``shared.rawbytes.RawBytes``, filled in place), copies in what is buffered, and from
+then on bytes land there as they arrive: ``feed_data`` copies into it (a memoryview
+from a shared-memory slot too), and embedded, the engine reads the socket straight into
+it (``claim_buffer``/``claim_filled``, the carrier's ``body_buffer``), so the body is
+never copied again nor joined. Claimed bytes are acknowledged as they arrive (the
+caller asked for all of them: the claim, the body's own length, is the bound). A body
+that turns out longer than claimed, or a read cancelled while it waits, gives the claim
+back as one buffered chunk (already acknowledged: ``_prepaid``), so nothing is lost.
+
+Measured (``bench/download.py``: 100 MiB from nginx on loopback, ``await resp.read()``,
+medians of 5 alternating rounds in one process, a loaded 2-CPU VM): embedded 1.54 GB/s
+and 562 page faults per download against aiohttp's 0.49 GB/s and 51,196 (3.2x); through
+a broker 0.40 GB/s (0.83x: frames over the socket until the shared-memory slots land).
+
 A response is released once: when its body has been read to the end (complete), or by
 ``release()``/``close()``/leaving ``async with``; ``on_release(complete)`` then tells the
 transport whether the stream finished or must be cancelled.
@@ -31,6 +48,7 @@ from yarl import URL
 
 from broker.cookie_store import parse_set_cookie_headers
 from shared.messages import Head, HistoryItem
+from shared.rawbytes import RawBytes
 
 from .exceptions import (
     ClientConnectionError,
@@ -50,6 +68,9 @@ from .helpers import (
 __all__ = ["ClientResponse", "StreamReader"]
 
 _T = TypeVar("_T")
+
+CLAIM_MIN = 1 << 16  # a smaller whole-body read joins its chunks as before
+_NO_BODY_STATUSES = frozenset((204, 304))
 
 
 class _AsyncStreamIterator(Generic[_T]):
@@ -81,6 +102,10 @@ class StreamReader:
         "_waiter",
         "_on_consumed",
         "_on_drained",
+        "_head",
+        "_claim",
+        "_filled",
+        "_prepaid",
         "total_bytes",
         "total_compressed_bytes",
     )
@@ -98,6 +123,12 @@ class StreamReader:
         self._on_consumed = on_consumed
         # Called once when the body has been fed to EOF and entirely handed out.
         self._on_drained: Callable[[], None] | None = None
+        # (method, status, raw headers) of the response, for ``plain_length``; set by
+        # ClientResponse (a tuple, not the response: no reference cycle).
+        self._head: tuple[str, int, tuple[tuple[bytes, bytes], ...]] | None = None
+        self._claim: RawBytes | None = None  # the final buffer of a whole-body read
+        self._filled = 0  # bytes of it written
+        self._prepaid = 0  # buffered bytes already acknowledged (a claim given back)
         self.total_bytes = 0
         self.total_compressed_bytes: int | None = None  # set at the end of a decoded body
 
@@ -122,15 +153,46 @@ class StreamReader:
             return self.total_bytes
         return self.total_compressed_bytes
 
-    def feed_data(self, data: bytes) -> None:
-        """Append received bytes and wake a waiting reader."""
+    def feed_data(self, data: bytes | memoryview) -> None:
+        """Append received bytes and wake a waiting reader. A memoryview is valid only
+        during the call: its bytes are copied."""
         assert not self._eof, "feed_data after feed_eof"
         if not data:
             return
+        claim = self._claim
+        if claim is not None:
+            filled = self._filled
+            end = filled + len(data)
+            if end <= claim.size:
+                claim.view[filled:end] = data
+                self._filled = end
+                self.total_bytes += len(data)
+                self._report(len(data))
+                return
+            self._unclaim()
+        if type(data) is not bytes:
+            data = bytes(data)
         self._buffer.append(data)
         self._size += len(data)
         self.total_bytes += len(data)
         self._wake()
+
+    def claim_buffer(self) -> memoryview | None:
+        """The free part of a claimed whole-body buffer, for body bytes to be written
+        into directly (then ``claim_filled``); None when there is none."""
+        claim = self._claim
+        if claim is None or self._filled >= claim.size:
+            return None
+        return claim.view[self._filled :]
+
+    def claim_filled(self, size: int) -> None:
+        """``size`` bytes were written at the start of the last ``claim_buffer()``."""
+        claim = self._claim
+        if claim is None or self._filled + size > claim.size:
+            raise RuntimeError(f"{size} bytes filled in {self!r}")
+        self._filled += size
+        self.total_bytes += size
+        self._report(size)
 
     def feed_eof(self) -> None:
         """Mark the end of the body."""
@@ -198,6 +260,10 @@ class StreamReader:
         if not n:
             return b""
         if n < 0:
+            if not self._eof and self._head is not None and self._claim is None:
+                body = await self._read_claimed()
+                if body is not None:
+                    return body
             blocks = []
             while block := await self.readany():
                 blocks.append(block)
@@ -306,6 +372,58 @@ class StreamReader:
 
     # -- internals --
 
+    async def _read_claimed(self) -> bytes | None:
+        """The rest of the body through a claim; None: not claimed, or given back (the
+        caller reads on as usual)."""
+        assert self._head is not None
+        length = plain_length(*self._head)
+        if length is None:
+            return None
+        owed = length - (self.total_bytes - self._size)  # not yet handed out
+        if owed - self._size < CLAIM_MIN:
+            return None
+        try:
+            claim = RawBytes(owed)
+        except (MemoryError, OverflowError):
+            return None
+        held = self._size
+        view, filled = claim.view, 0
+        offset = self._offset
+        for chunk in self._buffer:
+            part = memoryview(chunk)[offset:] if offset else chunk
+            offset = 0
+            view[filled : filled + len(part)] = part
+            filled += len(part)
+        self._buffer.clear()
+        self._offset = self._size = 0
+        self._claim, self._filled = claim, filled
+        self._report(held)
+        try:
+            while self._claim is claim and not self._eof:
+                await self._wait("read")
+        except BaseException:
+            if self._claim is claim:
+                if self._exception is not None:
+                    self._claim = None  # failed: the partial body is dropped unseen
+                else:
+                    self._unclaim()  # cancelled: the bytes stay for the next read
+            raise
+        if self._claim is not claim:
+            return None  # the body was longer than its length: read on as usual
+        self._claim = None
+        self._check_drained()
+        return claim.finish(self._filled)
+
+    def _unclaim(self) -> None:
+        """Give the claim back as one buffered chunk, already acknowledged."""
+        claim, self._claim = self._claim, None
+        if claim is not None and self._filled:
+            data = claim.finish(self._filled)
+            self._buffer.appendleft(data)
+            self._size += len(data)
+            self._prepaid += len(data)
+            self._wake()
+
     async def _wait(self, func_name: str) -> None:
         # One future links feed_data() to the one reader; two concurrent readers
         # could not tell which of them gets the data.
@@ -354,13 +472,42 @@ class StreamReader:
         return data
 
     def _report(self, n: int) -> None:
+        if self._prepaid:
+            paid = min(n, self._prepaid)
+            self._prepaid -= paid
+            n -= paid
         if n and self._on_consumed is not None:
             self._on_consumed(n)
 
     def _check_drained(self) -> None:
-        if self._on_drained is not None and self._eof and not self._buffer:
+        if (
+            self._on_drained is not None
+            and self._eof
+            and not self._buffer
+            and self._claim is None
+        ):
             callback, self._on_drained = self._on_drained, None
             callback()
+
+
+def plain_length(
+    method: str, status: int, raw_headers: tuple[tuple[bytes, bytes], ...]
+) -> int | None:
+    """A response body's exact length, if one plain Content-Length gives it: no body
+    for HEAD, 1xx, 204, 304; none known when it is chunked or encoded."""
+    if method == "HEAD" or status < 200 or status in _NO_BODY_STATUSES:
+        return None
+    length = None
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname == b"content-length":
+            if length is not None or not value.strip().isdigit():
+                return None
+            length = int(value)
+        elif lname in (b"transfer-encoding", b"content-encoding"):
+            if lname == b"transfer-encoding" or value.strip().lower() != b"identity":
+                return None
+    return length
 
 
 def _empty_content() -> StreamReader:
@@ -437,6 +584,7 @@ class ClientResponse:
         self._released = False  # release()/close() was called
         self._in_context = False
         content._on_drained = self._response_eof
+        content._head = (method, status, raw_headers)
         if content.at_eof() and content.exception() is None:
             self._response_eof()
 

@@ -3,8 +3,10 @@
 ``IPCTransport`` is one Unix-socket connection from this process to the broker, shared by
 every session of this process on this event loop and multiplexing their streams.
 ``EmbeddedTransport`` runs the broker's engine inside this process and hands it the same
-message objects without encoding them. Both deliver into a ``StreamHandle``
-(``worker_client.handle``).
+message objects without encoding them; its streams' ``body_buffer`` is the reader's
+claimed whole-body buffer (``response.StreamReader``), so a plain body that ``read()``
+waits for is read from the socket straight into the ``bytes`` it returns. Both deliver
+into a ``StreamHandle`` (``worker_client.handle``).
 
 Transports are counted: each session that uses one holds it, and the last one to close
 closes it, so that nothing outlives the event loop. A transport made in another process
@@ -201,6 +203,12 @@ class _LocalStream(BrokerStream):
 
     def _send_data(self, chunk: bytes) -> None:
         self.handle.on_data(chunk)
+
+    def body_buffer(self) -> memoryview | None:
+        return self.handle.body_buffer()
+
+    def _send_filled(self, size: int) -> None:
+        self.handle.on_filled(size)
 
     def _send_end(self) -> None:
         self.owner.streams.pop(self.id, None)

@@ -11,6 +11,7 @@ import psutil
 import pytest
 from aiohttp import web
 
+from broker.http1 import _BUFSIZE as READ_SIZE
 from broker.http1 import EARLY_LIMIT
 from worker_client import ClientConnectionError, ClientTimeout, TCPConnector
 
@@ -236,7 +237,7 @@ async def test_an_unfinished_upload_holds_what_the_server_streams_back(
         if mode == "embedded":
             engine = session._transport.engine
             (conn,) = [c for pool in engine.registry.pools for c in pool._active]
-            assert 0 < conn.early_bytes <= EARLY_LIMIT + (1 << 16)
+            assert 0 < conn.early_bytes <= EARLY_LIMIT + READ_SIZE
             assert conn.reading_paused
         else:
             assert broker_rss(proc) - before < 48 << 20

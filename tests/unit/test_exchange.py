@@ -446,3 +446,94 @@ def test_http10_head_asks_for_keep_alive_unless_told():
     assert head == b"GET /p HTTP/1.0\r\nHost: h\r\nConnection: close\r\n\r\n"
     head = build_head("GET", url, [], None, False, False, (1, 0), force_close=True)
     assert head == b"GET /p HTTP/1.0\r\nHost: h\r\n\r\n"
+
+
+def _head_of(size: int, length: int) -> bytes:
+    """A response head of exactly ``size`` bytes announcing a ``length``-byte body."""
+    start = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Fill: " % length
+    return start + b"f" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("piece", [None, 4096], ids=["one read", "4 KiB reads"])
+def test_body_bytes_read_with_the_head_do_not_count_towards_the_head_cap(piece):
+    body = bytes(range(256)) * 4096  # 1 MiB, in the same read as the head
+    data = _head_of(200, len(body)) + body
+    ex = started()
+    events = []
+    for i in range(0, len(data), piece or len(data)):
+        events += ex.receive_data(data[i : i + (piece or len(data))])
+    assert shape(events)[0] == ("head", 200) and events[-1] is END
+    assert b"".join(ev for ev in events if type(ev) is bytes) == body
+    assert ex.reusable and ex.end()
+
+
+def test_the_head_cap_is_exact_whatever_follows_in_the_same_read():
+    limits = HeadLimits(field=MAX_LIMIT)
+    ex = started(limits=limits)
+    events = ex.receive_data(_head_of(MAX_HEAD_BYTES, 3) + b"abc" + b"z" * 100)
+    assert shape(events) == [("head", 200), b"abc", END]
+    assert ex.spoiled  # what followed the body: no request asked for it
+    ex = started(limits=limits)
+    events = ex.receive_data(_head_of(MAX_HEAD_BYTES + 1, 3) + b"abc")
+    assert shape(events) == [("failure", "bad_response")]
+    assert f"the head is over {MAX_HEAD_BYTES}" in events[0].message
+    ex = started(limits=limits)  # the cap counts across reads too
+    head = _head_of(MAX_HEAD_BYTES + 1, 3)
+    assert ex.receive_data(head[:-1]) == []
+    assert shape(ex.receive_data(head[-1:] + b"abc")) == [("failure", "bad_response")]
+
+
+def test_a_plain_length_body_is_counted_and_can_bypass_the_parser():
+    ex = started()
+    events = ex.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+    assert shape(events) == [("head", 200), b"ab"]
+    assert ex.body_left == 8
+    assert ex.receive_data(memoryview(b"cd")) == [b"cd"]  # bytes, not the view
+    assert ex.body_left == 6
+    assert ex.body_received(3) is False and ex.body_left == 3
+    assert shape(ex.receive_data(b"hij")) == [b"hij", END]  # counted from now on
+    assert ex.body_left is None and ex.reusable and ex.end()
+    # the parser saw only part of that body: the next exchange gets a fresh one
+    ex.start("GET", HEAD)
+    assert shape(feed(ex, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", one_byte=False)) == [
+        ("head", 200), b"ok", END
+    ]
+
+
+def test_a_counted_body_ends_by_body_received_and_takes_no_more():
+    ex = started()
+    ex.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    with pytest.raises(RuntimeError):
+        ex.body_received(6)  # never more than owed: the connection cuts its reads
+    assert ex.body_received(5) is True
+    assert ex.recv is RecvState.DONE and ex.body_left is None and ex.reusable
+    assert ex.receive_data(b"x") == [] and ex.spoiled  # a byte past the body
+
+
+def test_bytes_past_a_counted_body_in_the_same_read_spoil_the_connection():
+    ex = started()
+    ex.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert shape(ex.receive_data(b"helloHTTP/1.1 200 OK\r\n")) == [b"hello", END]
+    assert ex.spoiled and not ex.end()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",  # until the connection closes
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+    ],
+)
+def test_only_a_plain_content_length_is_counted(head):
+    ex = started()
+    ex.receive_data(head)
+    assert ex.body_left is None
+
+
+def test_a_counted_body_cut_short_is_a_payload_failure():
+    ex = started()
+    ex.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    ex.receive_data(b"abc")
+    assert ex.connection_lost(None).code == "payload"
+    assert ex.body_left is None and not ex.end()

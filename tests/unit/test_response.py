@@ -28,7 +28,7 @@ from worker_client.helpers import (
     is_json_content_type,
     parse_content_type,
 )
-from worker_client.response import ClientResponse, StreamReader
+from worker_client.response import ClientResponse, StreamReader, plain_length
 
 # -- StreamReader -----------------------------------------------------------------------
 
@@ -830,3 +830,130 @@ async def test_fallback_charset_resolver_can_be_replaced() -> None:
     response._resolve_charset = resolve  # type: ignore[method-assign]
     assert await response.text() == "café"
     assert seen == [(response, b"caf\xe9")]
+
+
+# -- whole-body reads into one claimed buffer (issue 11) ---------------------------------
+
+
+def claiming_reader(length: int | None) -> tuple[StreamReader, Consumed]:
+    consumed = Consumed()
+    reader = StreamReader(consumed)
+    if length is not None:
+        reader._head = ("GET", 200, ((b"Content-Length", b"%d" % length),))
+    return reader, consumed
+
+
+BIG = bytes(range(256)) * 1024  # 256 KiB
+
+
+async def test_read_claims_the_body_and_takes_the_rest_in_place():
+    reader, consumed = claiming_reader(len(BIG))
+    reader.feed_data(BIG[:1000])
+    reader.read_nowait(10)  # partly handed out before the whole-body read
+    reader.feed_data(BIG[1000:5000])
+    task = asyncio.ensure_future(reader.read())
+    await asyncio.sleep(0)
+    view = reader.claim_buffer()
+    assert view is not None and len(view) == len(BIG) - 5000
+    view[:100_000] = BIG[5000:105_000]
+    reader.claim_filled(100_000)
+    slot = bytearray(BIG[105_000:200_000])
+    reader.feed_data(memoryview(slot))  # a slot: valid only during the call
+    slot[:] = b"\0" * len(slot)
+    reader.feed_data(BIG[200_000:])
+    assert reader.claim_buffer() is None  # full
+    assert not task.done()
+    reader.feed_eof()
+    out = await task
+    assert type(out) is bytes and out == BIG[10:]
+    assert consumed.total == len(BIG)  # every byte acknowledged once
+    assert reader.total_bytes == len(BIG) and reader.at_eof()
+
+
+async def test_feed_data_copies_a_memoryview_without_a_claim():
+    reader, _ = claiming_reader(None)
+    slot = bytearray(b"abc")
+    reader.feed_data(memoryview(slot))
+    slot[:] = b"xyz"
+    reader.feed_eof()
+    assert await reader.read() == b"abc"
+
+
+@pytest.mark.parametrize("length", [None, 100])
+async def test_no_claim_without_a_length_or_for_a_small_rest(length):
+    reader, _ = claiming_reader(length)
+    task = asyncio.ensure_future(reader.read())
+    await asyncio.sleep(0)
+    assert reader.claim_buffer() is None
+    reader.feed_data(b"x" * 100)
+    reader.feed_eof()
+    assert await task == b"x" * 100
+
+
+async def test_a_body_longer_than_claimed_is_read_whole_all_the_same():
+    reader, consumed = claiming_reader(len(BIG) - 10)
+    task = asyncio.ensure_future(reader.read())
+    await asyncio.sleep(0)
+    reader.feed_data(BIG[:200_000])
+    reader.feed_data(BIG[200_000:])  # past the claim: it is given back as a chunk
+    reader.feed_eof()
+    assert await task == BIG
+    assert consumed.total == len(BIG)
+
+
+async def test_a_cancelled_whole_body_read_loses_nothing():
+    reader, consumed = claiming_reader(len(BIG))
+    task = asyncio.ensure_future(reader.read())
+    await asyncio.sleep(0)
+    reader.feed_data(BIG[:70_000])
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert reader.claim_buffer() is None
+    assert await reader.read(10) == BIG[:10]
+    reader.feed_data(BIG[70_000:])
+    reader.feed_eof()
+    assert await reader.read() == BIG[10:]
+    assert consumed.total == len(BIG)  # the given-back bytes are not acknowledged twice
+
+
+async def test_a_failed_whole_body_read_raises_and_drops_the_claim():
+    reader, _ = claiming_reader(len(BIG))
+    task = asyncio.ensure_future(reader.read())
+    await asyncio.sleep(0)
+    reader.feed_data(BIG[:70_000])
+    reader.set_exception(ClientPayloadError("cut short"))
+    with pytest.raises(ClientPayloadError):
+        await task
+    assert reader.claim_buffer() is None
+
+
+async def test_the_drained_callback_waits_for_the_claimed_read():
+    reader, _ = claiming_reader(len(BIG))
+    drained = []
+    reader._on_drained = lambda: drained.append(True)
+    task = asyncio.ensure_future(reader.read())
+    await asyncio.sleep(0)
+    reader.feed_data(BIG)
+    reader.feed_eof()
+    assert not drained  # the body is not handed out yet
+    assert await task == BIG and drained == [True]
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "length"),
+    [
+        ("GET", 200, [(b"Content-Length", b"300000")], 300000),
+        ("GET", 200, [(b"content-length", b"5"), (b"Content-Encoding", b"identity")], 5),
+        ("HEAD", 200, [(b"Content-Length", b"300000")], None),
+        ("GET", 204, [(b"Content-Length", b"300000")], None),
+        ("GET", 304, [(b"Content-Length", b"300000")], None),
+        ("GET", 200, [(b"Content-Length", b"300000"), (b"Content-Encoding", b"gzip")], None),
+        ("GET", 200, [(b"Content-Length", b"3"), (b"Transfer-Encoding", b"chunked")], None),
+        ("GET", 200, [(b"Content-Length", b"3"), (b"Content-Length", b"3")], None),
+        ("GET", 200, [(b"Content-Length", b"-3")], None),
+        ("GET", 200, [], None),
+    ],
+)
+def test_the_plain_length_of_a_response(method, status, headers, length):
+    assert plain_length(method, status, tuple(headers)) == length

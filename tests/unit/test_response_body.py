@@ -34,8 +34,9 @@ class FakeConn:
         self.ended = 0
 
     # what the body uses
-    def set_body_consumer(self, consumer):
+    def set_body_consumer(self, consumer, sink=None):
         self.consumer = consumer
+        self.sink = sink
         early, self.early = self.early, []
         for chunk in early:
             (consumer or (lambda b: None))(chunk)
