@@ -382,7 +382,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self._hello_timer = asyncio.get_running_loop().call_later(
             self.limits.handshake_timeout, self._handshake_late
         )
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.server.watch_peer(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
