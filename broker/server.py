@@ -35,6 +35,18 @@ What one worker connection may hold (``Limits`` and the constants below):
 - Response bodies: at most ``STREAM_WINDOW`` unacknowledged per stream, plus one piece
   (one upstream read, 64 KiB, or one decoded piece, ``body.MAX_DATA`` = 256 KiB); an
   Ack for more than is unacknowledged is a protocol error.
+- Shared memory (a worker that asked, ``Hello.shm``): two memfd arenas per connection,
+  ``down_slots`` (16) and ``up_slots`` (8) slots of ``slot_size`` (1 MiB), made at the
+  handshake and unmapped when the connection closes; all workers' arenas together at
+  most ``max_shm_bytes`` (384 MiB), beyond which (or with ``HTTP_BROKER_SHM=0`` in the
+  broker's environment, or no memfd) a worker gets inline bodies. A stream has at most
+  ``SLOTS_PER_STREAM`` (4) down slots out; at that with no room left its window is full.
+  So whatever the workers do, the broker's shared memory is the budget, and a slow
+  reader's bytes wait in its own arena or, inline, under the window above. Up slots are
+  copied out as their ``Slot`` frames arrive and given back within the loop pass
+  (``Release``: one frame per pass); down slots come back from the worker the same way.
+  A ``Slot`` or ``Release`` naming a slot out of range, bytes past its slot, or a
+  reference that is not out closes the connection (ErrorFrame).
 - The worker's socket: the transport pauses writing over ``WRITE_HIGH`` (1 MiB)
   buffered. While paused, every stream of the worker holds back (``window_full``) and
   the connection handles none of the worker's frames and stops reading its socket. A
@@ -103,14 +115,14 @@ HELLO_MAX_FRAME = 1024
 WRITE_HIGH = 1 << 20
 REAP_INTERVAL = 0.5
 # Shared memory: see the module's docstring for what these bound, and docs/protocol.md
-# for the measurements behind them.
-SLOT_SIZE = 256 * 1024
+# ("Shared memory") for the measurements behind the sizes and the threshold.
+SLOT_SIZE = 1 << 20
 DOWN_SLOTS = 16
-UP_SLOTS = 16
+UP_SLOTS = 8
 SLOTS_PER_STREAM = 4
-MAX_SHM_BYTES = 256 << 20
+MAX_SHM_BYTES = 384 << 20
 MIN_ROOM = 64 * 1024  # a slot's tail smaller than this is not filled: a new slot is taken
-INLINE_MAX = 16 * 1024  # a body piece smaller than this goes inline (in a Data frame)
+INLINE_MAX = 32 * 1024  # a body piece smaller than this goes inline (in a Data frame)
 
 
 class IPCStream(BrokerStream):
@@ -135,7 +147,7 @@ class IPCStream(BrokerStream):
 
     __slots__ = (
         "conn", "task", "_held", "_credit", "_body", "_body_end", "_body_waiter",
-        "_slot", "_fill", "slots_out",
+        "_slot", "_fill", "_told", "_fresh", "_tick_due", "slots_out",
     )
 
     def __init__(self, stream_id: int, conn: WorkerConnection, streamed: bool) -> None:
@@ -150,6 +162,9 @@ class IPCStream(BrokerStream):
         self._body_waiter: asyncio.Future[None] | None = None
         self._slot = -1  # the down slot this stream fills, if any
         self._fill = 0  # bytes of it filled
+        self._told = 0  # bytes of it the worker was told of (Slot frames)
+        self._fresh = False  # filled since the last tick (see ``_tick``)
+        self._tick_due = False
         self.slots_out = 0  # slots this stream holds (filling, or named by frames out)
 
     # -- response ---------------------------------------------------------------------
@@ -172,6 +187,7 @@ class IPCStream(BrokerStream):
                 pos += n
             else:
                 return
+        self._tell()
         self._write(encode(Data(self.id, chunk)))
 
     def body_buffer(self) -> memoryview | None:
@@ -194,18 +210,45 @@ class IPCStream(BrokerStream):
         if k is None:
             return None
         self.slots_out += 1
-        self._slot, self._fill = k, 0
+        self._slot, self._fill, self._told = k, 0, 0
         return down.slot(k)
 
     def _send_filled(self, size: int) -> None:
-        k = self._slot
-        self.conn.lend_slot(k)
-        self._write(encode(Slot(self.id, k, self._fill, size)))
+        """Coalesced: the worker is told when the slot is full, when the engine flushes
+        (it waits for the worker) or the stream ends, before an inline piece, and else
+        once a loop pass brought no more bytes (``_tick``): one frame and one wake-up of
+        the worker per slot or per burst, not per upstream read."""
         self._fill += size
-        if self.conn.down is not None and self._fill >= self.conn.down.slot_size:
+        down = self.conn.down
+        if down is not None and self._fill >= down.slot_size:
             self._stop_filling()
+            return
+        self._fresh = True
+        if not self._tick_due:
+            self._tick_due = True
+            asyncio.get_running_loop().call_soon(self._tick)
 
-    def _stop_filling(self) -> None:
+    def _tick(self) -> None:
+        """Runs after the reads of the next loop pass: tell the worker unless that pass
+        filled more (then look again after the next)."""
+        if self._fresh and self._slot >= 0:
+            self._fresh = False
+            asyncio.get_running_loop().call_soon(self._tick)
+            return
+        self._tick_due = False
+        self._tell()
+
+    def _tell(self) -> None:
+        """One Slot frame for the bytes filled that the worker was not told of yet."""
+        k, told = self._slot, self._told
+        if k >= 0 and self._fill > told:
+            self._told = self._fill
+            self.conn.lend_slot(k)
+            self._write(encode(Slot(self.id, k, told, self._fill - told)))
+
+    def _stop_filling(self, tell: bool = True) -> None:
+        if tell:
+            self._tell()
         k, self._slot = self._slot, -1
         if k >= 0:
             self.conn.slot_filled(k)
@@ -245,6 +288,7 @@ class IPCStream(BrokerStream):
         self.conn.forget(self)
 
     def flush(self) -> None:
+        self._tell()
         held, self._held = self._held, None
         if held is not None:
             self.conn.write(b"".join(held))
@@ -259,6 +303,11 @@ class IPCStream(BrokerStream):
             or (self.slots_out >= SLOTS_PER_STREAM and self._slot < 0)
         )
 
+    def on_ack(self, size: int) -> None:
+        self.unacked -= size
+        if self._resume is not None and self.unacked < STREAM_WINDOW // 2:
+            self.wake()
+
     def wake(self) -> None:
         """The worker's socket drained, or a slot came back: carry on if the engine
         parked here."""
@@ -271,7 +320,7 @@ class IPCStream(BrokerStream):
     def give_up(self) -> None:
         """The worker cancelled or went away: the engine lets go, in either phase."""
         super().give_up()
-        self._stop_filling()
+        self._stop_filling(tell=False)
         self.conn.forget(self)
 
     def refuse(self, message: str) -> None:
@@ -279,7 +328,7 @@ class IPCStream(BrokerStream):
         log.warning("worker pid=%s, stream %s: %s", self.conn.pid, self.id, message)
         if not self.finished:
             self.fail(Failure(self.id, ErrorCode.PROTOCOL, message))
-        self._stop_filling()
+        self._stop_filling(tell=False)
         self.conn.forget(self)
         self.halt()
 

@@ -22,6 +22,10 @@ of ``Data`` unacknowledged on a stream; the receiver sends ``Ack(stream, n)`` on
 reader has consumed n bytes. An ``Ack`` for more than was sent unacknowledged is a
 protocol error, and so is ``Data`` beyond the credit (the broker enforces both).
 
+Shared memory (``shared.arena``): a worker that asks in its ``Hello`` may get two arenas
+with the ``Welcome``; a ``Slot`` then stands for a ``Data`` whose bytes are in the
+sender's arena, given back with ``Release`` (docs/protocol.md, "Shared memory").
+
 Numbers a peer sends are range-checked as they decode (``Annotated`` bounds below): a
 value out of range makes the frame malformed.
 """

@@ -84,7 +84,7 @@ Rewinder = Callable[[], AsyncIterator[bytes]]
 _BUFSIZE = 1 << 18
 # A request body piece smaller than this goes inline (a Data frame), a larger one into
 # an up-arena slot when one is free (the figures: docs/protocol.md).
-_SLOT_MIN = 16 * 1024
+_SLOT_MIN = 32 * 1024
 # Whether StreamHandle.on_data copies what it keeps out of a memoryview (issue 11's
 # contract): until the reader does, a slot's bytes are copied here first.
 _ON_DATA_TAKES_VIEWS = False
@@ -378,9 +378,6 @@ class _BrokerProtocol(asyncio.BufferedProtocol):
                 dispatch(msg)
         except Exception as exc:
             owner.lost(BrokerProtocolError(f"the broker's {type(msg).__name__}: {exc!r}"))
-            return
-        if owner._releases:
-            owner.flush()
 
     def pause_writing(self) -> None:
         self.owner.pause_writing()
@@ -650,7 +647,8 @@ class IPCTransport(Transport):
             self.lost(BrokerProtocolError(f"the broker sent a bad Slot: {problem}"))
             return
         assert down is not None
-        self._releases.append(msg.slot)  # flushed at the end of this read
+        self._releases.append(msg.slot)
+        self._flush_soon()
         h = self.handles.get(msg.stream)
         if h is not None:
             view = down.slot(msg.slot, msg.offset, msg.size)
@@ -668,8 +666,7 @@ class IPCTransport(Transport):
             return
 
     def flush(self) -> None:
-        """Send the acknowledgements and slot references gathered in this loop pass, in
-        one write."""
+        """Send the acknowledgements and slot references gathered, in one write."""
         self._flush_due = False
         acks, self._acks = self._acks, {}
         slots, self._releases = self._releases, []
@@ -853,9 +850,14 @@ class IPCTransport(Transport):
     def ack(self, stream_id: int, size: int) -> None:
         if not self.closed:
             self._acks[stream_id] = self._acks.get(stream_id, 0) + size
-            if not self._flush_due:
-                self._flush_due = True
-                self.loop.call_soon(self.flush)
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """At the next loop pass: after the readers woken by this read took their bytes,
+        so that their acknowledgements go in the same write as the slot references."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self.flush)
 
     def clear_dns(self, pool: PoolSpec, host: str | None, port: int | None) -> None:
         if not self.closed:

@@ -260,25 +260,25 @@ async def _slots_of_a_download(raw: RawWorker, url: str) -> list[Slot]:
     return slots
 
 
-def _out_of_range(slots: list[Slot]) -> list[Any]:
+def _out_of_range(slots: list[Slot], slot_size: int) -> list[Any]:
     return [Release([1 << 20])]
 
 
-def _never_sent(slots: list[Slot]) -> list[Any]:
+def _never_sent(slots: list[Slot], slot_size: int) -> list[Any]:
     sent = {m.slot for m in slots}
     return [Release([next(k for k in range(1 << 10) if k not in sent)])]
 
 
-def _released_twice(slots: list[Slot]) -> list[Any]:
+def _released_twice(slots: list[Slot], slot_size: int) -> list[Any]:
     return [Release([m.slot for m in slots]), StatsRequest(), Release([slots[0].slot])]
 
 
-def _upload_out_of_range(slots: list[Slot]) -> list[Any]:
+def _upload_out_of_range(slots: list[Slot], slot_size: int) -> list[Any]:
     return [Slot(9, 1 << 20, 0, 1)]
 
 
-def _upload_past_its_slot(slots: list[Slot]) -> list[Any]:
-    return [Slot(9, 0, 250 * 1024, 100 * 1024)]
+def _upload_past_its_slot(slots: list[Slot], slot_size: int) -> list[Any]:
+    return [Slot(9, 0, slot_size - 10, 100)]
 
 
 @pytest.mark.parametrize(
@@ -290,7 +290,7 @@ async def test_bad_slot_references_cut_off_that_worker_alone(own_broker, serve_a
     raw = await RawWorker.connect(own_broker.address, shm=True)
     assert raw.welcome is not None and raw.welcome.slot_size
     slots = await _slots_of_a_download(raw, url)
-    raw.send(*bad(slots))
+    raw.send(*bad(slots, raw.welcome.slot_size))
     msgs = await raw.until(lambda m: isinstance(m, ErrorFrame))
     assert isinstance(msgs[-1], ErrorFrame) and msgs[-1].code == "protocol", msgs
     if bad is _released_twice:
