@@ -172,9 +172,11 @@ def _arenas_mapped(pid: int) -> int:
 
 async def test_a_slow_reader_bounds_the_broker_memory(own_broker, raw_server) -> None:
     """The server writes as fast as the broker takes; the reader takes 4 MiB each time
-    the server finds its socket full (the broker stopped reading), 256 MiB in all."""
+    the server finds its socket full (the broker stopped reading), 256 MiB in all, and
+    the broker's RSS is sampled at each of those moments."""
     total, step = 256 * MiB, 4 * MiB
     server_blocked = asyncio.Event()
+    server_done = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request_head(reader)
@@ -185,25 +187,35 @@ async def test_a_slow_reader_bounds_the_broker_memory(own_broker, raw_server) ->
             if writer.transport.get_write_buffer_size():
                 server_blocked.set()  # the kernel took no more: nobody reads upstream
             await writer.drain()
+        server_done.set()
+
+    async def stalled() -> None:
+        """Until the server is held back by the broker (or has written everything: a
+        broker that takes it all)."""
+        waits = {asyncio.ensure_future(e.wait()) for e in (server_blocked, server_done)}
+        _, pending = await asyncio.wait(waits, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
 
     url = await raw_server(handler)
     rss = psutil.Process(own_broker.pid).memory_info
     async with ClientSession(broker=own_broker.address) as session:
         async with session.get(url) as resp:
             assert _uses_shm(session)
-            await asyncio.wait_for(server_blocked.wait(), 30)
-            base = rss().rss
-            peak, stalls, got = base, 0, 0
+            got = len(await resp.content.readexactly(MiB))
+            await stalled()
+            base = peak = rss().rss
+            stalls = 0
             while got < total:
                 if server_blocked.is_set():
                     stalls += 1
                     server_blocked.clear()
-                peak = max(peak, rss().rss)
                 got += len(await resp.content.readexactly(min(step, total - got)))
-                if got < total - 16 * MiB:
-                    await asyncio.wait_for(server_blocked.wait(), 30)
-    assert stalls > total // step // 2  # the reader was the slow end
+                if not server_done.is_set():
+                    await stalled()
+                peak = max(peak, rss().rss)
     assert peak - base < 64 * MiB, f"broker RSS grew by {(peak - base) >> 20} MiB"
+    assert stalls > total // step // 2  # the reader was the slow end
 
 
 async def test_a_killed_worker_frees_its_arenas_and_others_carry_on(own_broker, serve_app) -> None:
