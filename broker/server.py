@@ -37,7 +37,8 @@ What one worker connection may hold (``Limits`` and the constants below):
   Ack for more than is unacknowledged is a protocol error.
 - Shared memory (a worker that asked, ``Hello.shm``): two memfd arenas per connection,
   ``down_slots`` (16) and ``up_slots`` (8) slots of ``slot_size`` (1 MiB), made at the
-  handshake and unmapped when the connection closes; all workers' arenas together at
+  handshake and unmapped when the connection closes (each mapping holds a descriptor
+  until then: two per worker); all workers' arenas together at
   most ``max_shm_bytes`` (384 MiB), beyond which (or with ``HTTP_BROKER_SHM=0`` in the
   broker's environment, or no memfd) a worker gets inline bodies. A stream has at most
   ``SLOTS_PER_STREAM`` (4) down slots out; at that with no room left its window is full.

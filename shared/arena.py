@@ -59,7 +59,8 @@ def memfd_supported() -> bool:
 
 class Arena:
     """One mapped arena: ``slots`` slots of ``slot_size`` bytes. The descriptor is kept
-    open only until it has been passed on (``close_fd``)."""
+    open only until it has been passed on (``close_fd``); the mapping holds one of its
+    own (Python's ``mmap`` keeps a duplicate) until ``close``."""
 
     __slots__ = ("fd", "slot_size", "slots", "size", "_map", "view")
 
