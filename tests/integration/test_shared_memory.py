@@ -318,3 +318,61 @@ async def test_release_without_shared_memory_is_a_protocol_error(own_broker, ser
     msgs = await raw.until(lambda m: isinstance(m, ErrorFrame))
     assert isinstance(msgs[-1], ErrorFrame) and "shared memory" in msgs[-1].message
     await _still_served(own_broker.address, url)
+
+
+@pytest.mark.parametrize("why", ["no_memfd", "over_budget"])
+async def test_a_broker_without_shared_memory_serves_inline(
+    serve_app, tmp_path, monkeypatch, why
+) -> None:
+    """A broker in this process whose memfd_create fails (a platform without memfd), or
+    whose budget is spent: the worker asked, gets a plain Welcome, and the same bytes."""
+    from broker import server as server_module
+    from shared.arena import Arena
+
+    if why == "no_memfd":
+
+        def no_memfd(*args: Any, **kwargs: Any) -> Arena:
+            raise OSError(38, "Function not implemented")
+
+        monkeypatch.setattr(Arena, "create", no_memfd)
+        limits = server_module.Limits()
+    else:
+        limits = server_module.Limits(max_shm_bytes=(1 << 20) * 23)  # one worker needs 24
+    url = await serve_app(_app())
+    server = server_module.BrokerServer(str(tmp_path / "b.sock"), limits=limits)
+    await server.start()
+    try:
+        async with ClientSession(broker=server.path) as session:
+            async with session.get(f"{url}/body", params={"size": 8 * MiB, "seed": 6}) as resp:
+                assert _sha(await resp.read()) == _sha(body(8 * MiB, 6))
+            async with session.post(f"{url}/hash", data=body(8 * MiB, 6)) as resp:
+                assert (await resp.json())["sha256"] == _sha(body(8 * MiB, 6))
+            assert not _uses_shm(session)
+        assert server.shm_bytes == 0
+    finally:
+        await server.stop(drain_timeout=0)
+
+
+async def test_arenas_are_counted_while_a_worker_is_connected_and_freed_after(
+    serve_app, tmp_path
+) -> None:
+    from broker import server as server_module
+
+    url = await serve_app(_app())
+    server = server_module.BrokerServer(str(tmp_path / "b.sock"))
+    await server.start()
+    try:
+        async with ClientSession(broker=server.path) as session:
+            async with session.get(f"{url}/body", params={"size": 4 * MiB, "seed": 8}) as resp:
+                assert _sha(await resp.read()) == _sha(body(4 * MiB, 8))
+            assert _uses_shm(session)
+            (conn,) = server.workers
+            assert server.shm_bytes == conn.down.size + conn.up.size == 24 * MiB
+            table = conn._down_slots
+            await wait_until(  # every slot comes back (the last Release is on its way)
+                lambda: table.free == conn.down.slots, what=lambda: table
+            )
+        await wait_until(lambda: server.shm_bytes == 0, what=lambda: server.shm_bytes)
+        assert conn.down is None and conn.up is None
+    finally:
+        await server.stop(drain_timeout=0)
