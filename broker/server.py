@@ -230,8 +230,8 @@ class IPCStream(BrokerStream):
             asyncio.get_running_loop().call_soon(self._tick)
 
     def _tick(self) -> None:
-        """Runs after the reads of the next loop pass: tell the worker unless that pass
-        filled more (then look again after the next)."""
+        """A loop pass after a fill: tell the worker, unless more was filled since (the
+        upstream is still sending: look again a pass later)."""
         if self._fresh and self._slot >= 0:
             self._fresh = False
             asyncio.get_running_loop().call_soon(self._tick)

@@ -408,7 +408,6 @@ class IPCTransport(Transport):
         super().__init__(loop)
         self.path = path
         self._transport: asyncio.Transport | None = None
-        self._welcome: asyncio.Future[Welcome] = loop.create_future()
         self._lost: asyncio.Future[None] = loop.create_future()
         self._error: BaseException | None = None
         self._credit: dict[int, int] = {}
@@ -621,9 +620,6 @@ class IPCTransport(Transport):
                 # The requests already sent with it fail with the broker's word for it
                 # (a cap); the next request opens it again.
                 self.jars_open.discard(token)
-        elif kind is Welcome:
-            if not self._welcome.done():
-                self._welcome.set_result(msg)
         elif kind is Stats:
             if not self._stats:
                 self.lost(BrokerProtocolError("the broker sent Stats nobody asked for"))
@@ -689,7 +685,7 @@ class IPCTransport(Transport):
         self.closed = True
         exc = self._error or BrokerConnectionError("lost the connection to the broker")
         self._error = exc
-        waiters: list[asyncio.Future[Any]] = [self._welcome, *self._stats]
+        waiters: list[asyncio.Future[Any]] = [*self._stats]
         for fut in waiters:
             if not fut.done():
                 fut.set_exception(exc)
