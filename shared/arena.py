@@ -9,6 +9,10 @@ access a SIGBUS), and passes both descriptors with its ``Welcome``
 (``socket.send_fds``). The *down* arena carries response bodies (the broker writes, the
 worker reads), the *up* arena request bodies (the worker writes, the broker reads).
 
+The broker never interprets arena bytes (a request body's are copied out as they are),
+so a worker that writes into either arena at any time, through the descriptor it holds,
+can spoil only its own bodies.
+
 Only the writer of an arena hands out its slots (``SlotTable``): a ``Slot`` frame names
 (slot, offset, size) and the reader, once it has copied those bytes out, gives the
 reference back in a ``Release`` frame (batched: one frame per loop pass at most). A slot
