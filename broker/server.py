@@ -35,6 +35,19 @@ What one worker connection may hold (``Limits`` and the constants below):
 - Response bodies: at most ``STREAM_WINDOW`` unacknowledged per stream, plus one piece
   (one upstream read, 64 KiB, or one decoded piece, ``body.MAX_DATA`` = 256 KiB); an
   Ack for more than is unacknowledged is a protocol error.
+- Shared memory (a worker that asked, ``Hello.shm``): two memfd arenas per connection,
+  ``down_slots`` (16) and ``up_slots`` (8) slots of ``slot_size`` (1 MiB), made at the
+  handshake and unmapped when the connection closes (each mapping holds a descriptor
+  until then: two per worker); all workers' arenas together at
+  most ``max_shm_bytes`` (384 MiB), beyond which (or with ``HTTP_BROKER_SHM=0`` in the
+  broker's environment, or no memfd) a worker gets inline bodies. A stream has at most
+  ``SLOTS_PER_STREAM`` (4) down slots out; at that with no room left its window is full.
+  So whatever the workers do, the broker's shared memory is the budget, and a slow
+  reader's bytes wait in its own arena or, inline, under the window above. Up slots are
+  copied out as their ``Slot`` frames arrive and given back within the loop pass
+  (``Release``: one frame per pass); down slots come back from the worker the same way.
+  A ``Slot`` or ``Release`` naming a slot out of range, bytes past its slot, or a
+  reference that is not out closes the connection (ErrorFrame).
 - The worker's socket: the transport pauses writing over ``WRITE_HIGH`` (1 MiB)
   buffered. While paused, every stream of the worker holds back (``window_full``) and
   the connection handles none of the worker's frames and stops reading its socket. A
@@ -53,11 +66,13 @@ import socket
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from shared.arena import Arena, SlotError, SlotTable, memfd_supported
 from shared.errors import ErrorCode
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
+    MAX_RELEASE,
     PROTOCOL_VERSION,
     STREAM_WINDOW,
     Ack,
@@ -69,8 +84,10 @@ from shared.messages import (
     Failure,
     Head,
     Hello,
+    Release,
     Request,
     Rewind,
+    Slot,
     Stats,
     StatsRequest,
     TlsOpen,
@@ -98,6 +115,15 @@ _BUFSIZE = 1 << 18
 HELLO_MAX_FRAME = 1024
 WRITE_HIGH = 1 << 20
 REAP_INTERVAL = 0.5
+# Shared memory: see the module's docstring for what these bound, and docs/protocol.md
+# ("Shared memory") for the measurements behind the sizes and the threshold.
+SLOT_SIZE = 1 << 20
+DOWN_SLOTS = 16
+UP_SLOTS = 8
+SLOTS_PER_STREAM = 4
+MAX_SHM_BYTES = 384 << 20
+MIN_ROOM = 64 * 1024  # a slot's tail smaller than this is not filled: a new slot is taken
+INLINE_MAX = 32 * 1024  # a body piece smaller than this goes inline (in a Data frame)
 
 
 class IPCStream(BrokerStream):
@@ -107,12 +133,23 @@ class IPCStream(BrokerStream):
     response that arrived whole (the common case) goes out as one write of its Head,
     Data and End frames instead of three.
 
-    A streamed request body arrives as Data frames within the credit this stream gave
-    (``STREAM_WINDOW``, then an ``Ack`` per piece written upstream); what has arrived
-    and the engine has not taken yet is kept in one buffer, at most the credit.
+    With shared memory (the worker's ``down`` arena), body bytes go into slots: the
+    engine reads into ``body_buffer()`` (a slot's free tail), or ``data`` copies a piece
+    of at least ``INLINE_MAX`` bytes there; each fill is one ``Slot`` frame. The stream
+    has at most ``SLOTS_PER_STREAM`` slots out; at that, with no room left in the one it
+    fills, its window is full (the engine pauses the upstream socket) until one comes
+    back. Smaller pieces, and any while the arena has no free slot, go inline.
+
+    A streamed request body arrives as Data or Slot frames within the credit this stream
+    gave (``STREAM_WINDOW``, then an ``Ack`` per piece written upstream); what has
+    arrived and the engine has not taken yet is kept (copied out of the slots), at most
+    the credit.
     """
 
-    __slots__ = ("conn", "task", "_held", "_credit", "_body", "_body_end", "_body_waiter")
+    __slots__ = (
+        "conn", "task", "_held", "_credit", "_body", "_body_end", "_body_waiter",
+        "_slot", "_fill", "_told", "_fresh", "_tick_due", "slots_out",
+    )
 
     def __init__(self, stream_id: int, conn: WorkerConnection, streamed: bool) -> None:
         super().__init__(stream_id)
@@ -121,9 +158,15 @@ class IPCStream(BrokerStream):
         self._held: list[bytes] | None = None
         # None while no Data or End may come: not streamed, or after End until a Rewind.
         self._credit: int | None = STREAM_WINDOW if streamed else None
-        self._body: bytearray | None = None
+        self._body: list[bytes] = []
         self._body_end = False
         self._body_waiter: asyncio.Future[None] | None = None
+        self._slot = -1  # the down slot this stream fills, if any
+        self._fill = 0  # bytes of it filled
+        self._told = 0  # bytes of it the worker was told of (Slot frames)
+        self._fresh = False  # filled since the last tick (see ``_tick``)
+        self._tick_due = False
+        self.slots_out = 0  # slots this stream holds (filling, or named by frames out)
 
     # -- response ---------------------------------------------------------------------
 
@@ -131,7 +174,87 @@ class IPCStream(BrokerStream):
         self._held = [encode(msg)]
 
     def _send_data(self, chunk: bytes) -> None:
-        frame = encode(Data(self.id, chunk))
+        if self.conn.down is not None and len(chunk) >= INLINE_MAX:
+            view = memoryview(chunk)
+            pos, size = 0, len(view)
+            while pos < size:
+                room = self._room(min(size - pos, MIN_ROOM))
+                if room is None:
+                    chunk = bytes(view[pos:])
+                    break
+                n = min(len(room), size - pos)
+                room[:n] = view[pos : pos + n]
+                self._send_filled(n)
+                pos += n
+            else:
+                return
+        self._tell()
+        self._write(encode(Data(self.id, chunk)))
+
+    def body_buffer(self) -> memoryview | None:
+        if self.conn.down is None:
+            return None
+        return self._room(MIN_ROOM)
+
+    def _room(self, need: int) -> memoryview | None:
+        """Free memory of at least ``need`` bytes in this stream's slot (a new one if
+        its own has less left), or None."""
+        down = self.conn.down
+        assert down is not None
+        if self._slot >= 0:
+            if down.slot_size - self._fill >= need:
+                return down.slot(self._slot, self._fill)
+            self._stop_filling()
+        if self.slots_out >= SLOTS_PER_STREAM:
+            return None
+        k = self.conn.take_slot(self)
+        if k is None:
+            return None
+        self.slots_out += 1
+        self._slot, self._fill, self._told = k, 0, 0
+        return down.slot(k)
+
+    def _send_filled(self, size: int) -> None:
+        """Coalesced: the worker is told when the slot is full, when the engine flushes
+        (it waits for the worker) or the stream ends, before an inline piece, and else
+        once a loop pass brought no more bytes (``_tick``): one frame and one wake-up of
+        the worker per slot or per burst, not per upstream read."""
+        self._fill += size
+        down = self.conn.down
+        if down is not None and self._fill >= down.slot_size:
+            self._stop_filling()
+            return
+        self._fresh = True
+        if not self._tick_due:
+            self._tick_due = True
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """A loop pass after a fill: tell the worker, unless more was filled since (the
+        upstream is still sending: look again a pass later)."""
+        if self._fresh and self._slot >= 0:
+            self._fresh = False
+            asyncio.get_running_loop().call_soon(self._tick)
+            return
+        self._tick_due = False
+        self._tell()
+
+    def _tell(self) -> None:
+        """One Slot frame for the bytes filled that the worker was not told of yet."""
+        k, told = self._slot, self._told
+        if k >= 0 and self._fill > told:
+            self._told = self._fill
+            self.conn.lend_slot(k)
+            self._write(encode(Slot(self.id, k, told, self._fill - told)))
+
+    def _stop_filling(self, tell: bool = True) -> None:
+        if tell:
+            self._tell()
+        k, self._slot = self._slot, -1
+        if k >= 0:
+            self.conn.slot_filled(k)
+
+    def _write(self, frame: bytes) -> None:
         if self._held is not None:
             self._held.append(frame)
         else:
@@ -156,6 +279,7 @@ class IPCStream(BrokerStream):
         self.conn.write(frame)
 
     def _send_last(self, frame: bytes) -> None:
+        self._stop_filling()
         held, self._held = self._held, None
         if held is not None:
             held.append(frame)
@@ -165,17 +289,29 @@ class IPCStream(BrokerStream):
         self.conn.forget(self)
 
     def flush(self) -> None:
+        self._tell()
         held, self._held = self._held, None
         if held is not None:
             self.conn.write(b"".join(held))
 
     @property
     def window_full(self) -> bool:
-        """Also while the worker's socket is write-paused: the worker is not reading."""
-        return self.unacked >= STREAM_WINDOW or self.conn.write_paused
+        """Also while the worker's socket is write-paused (the worker is not reading),
+        and while this stream has all the slots it may have out and none to fill."""
+        return (
+            self.unacked >= STREAM_WINDOW
+            or self.conn.write_paused
+            or (self.slots_out >= SLOTS_PER_STREAM and self._slot < 0)
+        )
+
+    def on_ack(self, size: int) -> None:
+        self.unacked -= size
+        if self._resume is not None and self.unacked < STREAM_WINDOW // 2:
+            self.wake()
 
     def wake(self) -> None:
-        """The worker's socket drained: carry on if the engine parked here."""
+        """The worker's socket drained, or a slot came back: carry on if the engine
+        parked here."""
         if self._resume is not None and not self.window_full:
             resume, self._resume = self._resume, None
             resume()
@@ -185,6 +321,7 @@ class IPCStream(BrokerStream):
     def give_up(self) -> None:
         """The worker cancelled or went away: the engine lets go, in either phase."""
         super().give_up()
+        self._stop_filling(tell=False)
         self.conn.forget(self)
 
     def refuse(self, message: str) -> None:
@@ -192,6 +329,7 @@ class IPCStream(BrokerStream):
         log.warning("worker pid=%s, stream %s: %s", self.conn.pid, self.id, message)
         if not self.finished:
             self.fail(Failure(self.id, ErrorCode.PROTOCOL, message))
+        self._stop_filling(tell=False)
         self.conn.forget(self)
         self.halt()
 
@@ -208,10 +346,7 @@ class IPCStream(BrokerStream):
             return
         self._credit = credit - len(chunk)
         if chunk:
-            if self._body is None:
-                self._body = bytearray(chunk)
-            else:
-                self._body += chunk
+            self._body.append(chunk)
             self._wake_body()
 
     def end_body(self) -> None:
@@ -231,8 +366,8 @@ class IPCStream(BrokerStream):
         while True:
             body = self._body
             if body:
-                self._body = None
-                yield bytes(body)
+                self._body = []
+                yield body[0] if len(body) == 1 else b"".join(body)
             elif self._body_end:
                 return
             else:
@@ -245,7 +380,7 @@ class IPCStream(BrokerStream):
         self.conn.send(Ack(self.id, size))
 
     def rewind(self) -> bool:
-        self._body = None
+        self._body = []
         self._body_end = False
         self._credit = STREAM_WINDOW
         self.conn.send(Rewind(self.id))
@@ -271,6 +406,12 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.write_paused = False
         self._backlog: list[Any] | None = None  # frames held while write_paused
         self._hello_timer: asyncio.TimerHandle | None = None
+        # Shared memory (see the module's docstring), once the handshake gave it.
+        self.down: Arena | None = None
+        self.up: Arena | None = None
+        self._down_slots: SlotTable | None = None
+        self._owners: list[IPCStream | None] = []  # the stream holding each down slot
+        self._releases: list[int] = []  # up slots to give back, at the end of this pass
 
     def __repr__(self) -> str:
         return f"<WorkerConnection pid={self.pid} streams={len(self.streams)}>"
@@ -278,8 +419,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
     # -- asyncio --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
         if creds is not None:
@@ -292,7 +432,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self._hello_timer = asyncio.get_running_loop().call_later(
             self.limits.handshake_timeout, self._handshake_late
         )
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.server.watch_peer(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -357,6 +497,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         for stream in list(self.streams.values()):
             stream.give_up()
         self.streams.clear()
+        self._close_arenas()
         self.server.jars.drop_connection(self)
         if self.greeted:
             # A pid the kernel did not give cannot be watched: its jars go at once.
@@ -400,6 +541,10 @@ class WorkerConnection(asyncio.BufferedProtocol):
             s = self.streams.get(msg.stream)
             if s is not None:
                 s.feed_body(msg.data)
+        elif kind is Slot:
+            self._take_up_slot(msg)
+        elif kind is Release:
+            self._give_back(msg.slots)
         elif kind is End:
             s = self.streams.get(msg.stream)
             if s is not None:
@@ -439,7 +584,120 @@ class WorkerConnection(asyncio.BufferedProtocol):
             # one; a pid only claimed is kept apart from the kernel's (negative).
             self.process = self.peer_pid or -self.pid
             self.server.process_joined(self.process)
-            self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
+            if not (msg.shm and self._welcome_with_arenas()):
+                self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
+
+    # -- shared memory --------------------------------------------------------------
+
+    def _welcome_with_arenas(self) -> bool:
+        """Make this worker's two arenas and send them with the Welcome; False (nothing
+        sent, nothing kept) if the budget, the platform or the socket says no."""
+        arenas = self.server.open_arenas()
+        if arenas is None:
+            return False
+        down, up = arenas
+        welcome = Welcome(PROTOCOL_VERSION, os.getpid(), down.slot_size, down.slots, up.slots)
+        assert down.fd is not None and up.fd is not None
+        if not self._send_with_fds(encode(welcome), [down.fd, up.fd]):
+            self.server.close_arenas(down, up)
+            return False
+        down.close_fd()
+        up.close_fd()
+        self.down, self.up = down, up
+        self._down_slots = SlotTable(down.slots)
+        self._owners = [None] * down.slots
+        return True
+
+    def _send_with_fds(self, frame: bytes, fds: list[int]) -> bool:
+        """``frame`` with ``fds`` attached (SCM_RIGHTS), on a duplicate of the socket:
+        an asyncio transport cannot carry descriptors. Only while nothing is queued on
+        the transport, so that the frame keeps its place in the stream."""
+        transport = self.transport
+        if transport is None or transport.get_write_buffer_size():
+            return False
+        raw = transport.get_extra_info("socket")
+        if raw is None:
+            return False
+        try:
+            with socket.socket(fileno=os.dup(raw.fileno())) as dup:
+                sent = socket.send_fds(dup, [frame], fds)
+        except OSError as exc:  # EAGAIN cannot happen on an idle socket; anything else
+            log.warning("worker pid=%s: arenas not sent (%s); inline bodies", self.pid, exc)
+            return False
+        if sent < len(frame):
+            transport.write(frame[sent:])
+        return True
+
+    def take_slot(self, stream: IPCStream) -> int | None:
+        assert self._down_slots is not None
+        k = self._down_slots.take()
+        if k is not None:
+            self._owners[k] = stream
+        return k
+
+    def lend_slot(self, k: int) -> None:
+        assert self._down_slots is not None
+        self._down_slots.lend(k)
+
+    def slot_filled(self, k: int) -> None:
+        if self._down_slots is not None and self._down_slots.filled(k):
+            self._freed(k)
+
+    def _freed(self, k: int) -> IPCStream | None:
+        owner, self._owners[k] = self._owners[k], None
+        if owner is not None:
+            owner.slots_out -= 1
+        return owner
+
+    def _give_back(self, slots: list[int]) -> None:
+        table = self._down_slots
+        if table is None:
+            self.hang_up("protocol", "Release from a worker that has no shared memory")
+            return
+        woken: list[IPCStream] = []
+        try:
+            for k in slots:
+                if table.give_back(k):
+                    owner = self._freed(k)
+                    if owner is not None and owner._resume is not None:
+                        woken.append(owner)
+        except SlotError as exc:
+            self.hang_up("protocol", f"bad Release: {exc}")
+            return
+        for stream in woken:
+            if self.write_paused or self.closed:
+                return
+            stream.wake()
+
+    def _take_up_slot(self, msg: Slot) -> None:
+        """A piece of a request body in the up arena: copied out, the slot given back."""
+        up = self.up
+        if up is None:
+            self.hang_up("protocol", "Slot from a worker that has no shared memory")
+            return
+        problem = up.check(msg.slot, msg.offset, msg.size)
+        if problem is not None:
+            self.hang_up("protocol", f"bad Slot on stream {msg.stream}: {problem}")
+            return
+        if not self._releases:
+            asyncio.get_running_loop().call_soon(self._send_releases)
+        self._releases.append(msg.slot)
+        s = self.streams.get(msg.stream)
+        if s is not None:
+            s.feed_body(bytes(up.slot(msg.slot, msg.offset, msg.size)))
+
+    def _send_releases(self) -> None:
+        slots, self._releases = self._releases, []
+        for i in range(0, len(slots), MAX_RELEASE):
+            self.send(Release(slots[i : i + MAX_RELEASE]))
+
+    def _close_arenas(self) -> None:
+        down, up, self.down, self.up = self.down, self.up, None, None
+        self._down_slots = None
+        self._owners = []
+        self._releases = []
+        if down is not None and up is not None:
+            self.server.close_arenas(down, up)
 
     def _handshake_late(self) -> None:
         self._hello_timer = None
@@ -563,6 +821,10 @@ class Limits:
     max_pool_specs: int = 256
     max_tls_specs: int = 64
     max_jars: int = 1024  # per worker process, all its connections together
+    slot_size: int = SLOT_SIZE
+    down_slots: int = DOWN_SLOTS
+    up_slots: int = UP_SLOTS
+    max_shm_bytes: int = MAX_SHM_BYTES  # all workers' arenas together; 0: inline only
 
 
 class BrokerServer:
@@ -581,6 +843,9 @@ class BrokerServer:
         self.jars = JarTable(max_jars=limits.max_jars)
         self.cookie_file = CookieFile(cookie_file, self.jars) if cookie_file else None
         self.workers: set[WorkerConnection] = set()
+        shm = os.environ.get("HTTP_BROKER_SHM", "").strip().lower() not in _OFF and _MEMFD
+        self.shm_budget = limits.max_shm_bytes if shm else 0
+        self.shm_bytes = 0  # in the workers' arenas now
         self._processes: dict[int, int] = {}  # greeted connections per worker process
         self.draining = False
         # One read buffer for every connection: a read is handled to its end before
@@ -725,6 +990,30 @@ class BrokerServer:
         if pid not in self._processes:
             self.jars.drop_owner(pid)
 
+    def open_arenas(self) -> tuple[Arena, Arena] | None:
+        """A new worker's two arenas, within the budget; None: inline bodies."""
+        lim = self.limits
+        size = lim.slot_size * (lim.down_slots + lim.up_slots)
+        if self.shm_bytes + size > self.shm_budget:
+            return None
+        try:
+            down = Arena.create(lim.slot_size, lim.down_slots)
+            try:
+                up = Arena.create(lim.slot_size, lim.up_slots, writable=False)
+            except BaseException:
+                down.close()
+                raise
+        except OSError as exc:
+            log.warning("no shared memory for a worker (%s); inline bodies", exc)
+            return None
+        self.shm_bytes += size
+        return down, up
+
+    def close_arenas(self, down: Arena, up: Arena) -> None:
+        self.shm_bytes -= down.size + up.size
+        down.close()
+        up.close()
+
     def connection_gone(self, conn: WorkerConnection) -> None:
         self.stream_done()
 
@@ -772,6 +1061,8 @@ def _pidfd_works() -> bool:
 
 
 _PIDFD = _pidfd_works()
+_MEMFD = memfd_supported()
+_OFF = ("0", "no", "off", "false")
 
 
 def _gone(pid: int) -> bool:

@@ -4,11 +4,11 @@ Every message is a frozen, tagged ``msgspec.Struct`` encoded as a MessagePack ar
 tag first), so the union below decodes with one typed decoder and anything else is a
 decode error. A stream is one request: the worker picks its id, odd and increasing.
 
-worker -> broker: Hello, TlsOpen, Request, Data/End (a streamed request body), Ack,
-                  Cancel, ClearDNS, StatsRequest, the jar calls (JarOpen, JarClose, JarUpdate,
-                  JarFilter, JarCount, JarDump, JarLoad, JarDelete)
-broker -> worker: Welcome, TraceEvent, Head, Data/End (the response body), Ack, Rewind,
-                  Failure, ErrorFrame,
+worker -> broker: Hello, TlsOpen, Request, Data/Slot/End (a streamed request body), Ack,
+                  Release, Cancel, ClearDNS, StatsRequest, the jar calls (JarOpen, JarClose,
+                  JarUpdate, JarFilter, JarCount, JarDump, JarLoad, JarDelete)
+broker -> worker: Welcome, TraceEvent, Head, Data/Slot/End (the response body), Ack,
+                  Release, Rewind, Failure, ErrorFrame,
                   Stats, the jar replies (JarDone, JarCookies, JarData, JarFailed)
 
 Jar calls are answered in order, one reply each (a ``JarDump`` may answer with several
@@ -21,6 +21,10 @@ Flow control is by credit: the sender of a body may have at most ``STREAM_WINDOW
 of ``Data`` unacknowledged on a stream; the receiver sends ``Ack(stream, n)`` once its
 reader has consumed n bytes. An ``Ack`` for more than was sent unacknowledged is a
 protocol error, and so is ``Data`` beyond the credit (the broker enforces both).
+
+Shared memory (``shared.arena``): a worker that asks in its ``Hello`` may get two arenas
+with the ``Welcome``; a ``Slot`` then stands for a ``Data`` whose bytes are in the
+sender's arena, given back with ``Release`` (docs/protocol.md, "Shared memory").
 
 Numbers a peer sends are range-checked as they decode (``Annotated`` bounds below): a
 value out of range makes the frame malformed.
@@ -45,6 +49,8 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 # One acknowledgement is for bytes already sent: far below this, which only rules out
 # the absurd before the broker checks it against what it sent.
 AckSize = Annotated[int, msgspec.Meta(ge=0, le=1 << 32)]
+SlotNo = Annotated[int, msgspec.Meta(ge=0, le=1 << 32)]
+MAX_RELEASE = 1 << 16  # slot references in one Release frame
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 # The head limits a request may ask for (aiohttp's max_line_size, max_field_size,
 # max_headers): the broker caps a whole head at HEAD_LIMIT_MAX bytes whatever they are.
@@ -76,11 +82,19 @@ class _Msg(msgspec.Struct, frozen=True, array_like=True, tag=True, omit_defaults
 class Hello(_Msg, tag="hello", frozen=True):
     version: Count
     pid: Count
+    shm: bool = False  # the worker would take bodies through shared memory
 
 
 class Welcome(_Msg, tag="welcome", frozen=True):
+    """With ``slot_size``, the broker passed two arena descriptors along with this
+    frame (down, then up: ``shared.arena``), of ``down_slots`` and ``up_slots`` slots;
+    without, bodies travel inline only."""
+
     version: int
     pid: int
+    slot_size: Count = 0
+    down_slots: Count = 0
+    up_slots: Count = 0
 
 
 class Request(_Msg, tag="req", frozen=True):
@@ -204,6 +218,25 @@ class Head(_Msg, tag="head", frozen=True):
 class Data(_Msg, tag="data", frozen=True):
     stream: StreamId
     data: bytes
+
+
+class Slot(_Msg, tag="slot", frozen=True):
+    """Body bytes of ``stream`` as ``Data`` carries them, but in shared memory: ``size``
+    bytes at ``offset`` of slot ``slot`` of the sender's arena (broker -> worker: the
+    down arena; worker -> broker: the up arena). Counted against the stream's credit as
+    ``Data`` is; the receiver copies them out and gives the reference back (``Release``)."""
+
+    stream: StreamId
+    slot: SlotNo
+    offset: SlotNo
+    size: SlotNo
+
+
+class Release(_Msg, tag="release", frozen=True):
+    """Slot references given back, one entry per ``Slot`` frame received (a slot may be
+    named by several); sent at most once per loop pass."""
+
+    slots: Annotated[list[SlotNo], msgspec.Meta(max_length=MAX_RELEASE)]
 
 
 class End(_Msg, tag="end", frozen=True):
@@ -388,6 +421,8 @@ Message = (
     | Request
     | Head
     | Data
+    | Slot
+    | Release
     | End
     | Ack
     | Cancel

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -40,8 +41,10 @@ from broker.peercred import peer_uid, trusted_broker_uids, untrusted_broker
 from broker.stats import build_stats
 from broker.stream import BrokerStream
 from broker.tls import TlsTable
+from shared.arena import Arena, ArenaError, SlotError, SlotTable
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
+    MAX_RELEASE,
     PROTOCOL_VERSION,
     STREAM_WINDOW,
     Ack,
@@ -57,8 +60,10 @@ from shared.messages import (
     JarDone,
     JarFailed,
     JarOpen,
+    Release,
     Request,
     Rewind,
+    Slot,
     Stats,
     StatsRequest,
     TlsOpen,
@@ -79,6 +84,35 @@ __all__ = [
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
 Rewinder = Callable[[], AsyncIterator[bytes]]
 _BUFSIZE = 1 << 18
+# A request body piece smaller than this goes inline (a Data frame), a larger one into
+# an up-arena slot when one is free (the figures: docs/protocol.md).
+_SLOT_MIN = 32 * 1024
+
+
+_OFF = ("0", "no", "off", "false")
+_CMSG_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+def _closed_error(msg: ErrorFrame) -> BaseException:
+    text = f"the broker closed the connection: {msg.message}"
+    if msg.code in ("protocol", "version"):
+        return BrokerProtocolError(text)
+    return BrokerConnectionError(text)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
 
 
 def broker_address(explicit: str | None) -> str | None:
@@ -322,11 +356,11 @@ async def _slices(body: bytes, size: int = 1 << 18) -> AsyncIterator[bytes]:
 
 
 class _BrokerProtocol(asyncio.BufferedProtocol):
-    def __init__(self, owner: IPCTransport) -> None:
+    def __init__(self, owner: IPCTransport, reader: FrameReader) -> None:
         self.owner = owner
         self._buf = bytearray(_BUFSIZE)
         self._view = memoryview(self._buf)
-        self.reader = FrameReader()
+        self.reader = reader  # the handshake's, with any bytes it read past the Welcome
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -342,12 +376,13 @@ class _BrokerProtocol(asyncio.BufferedProtocol):
         except Exception as exc:  # RecursionError for a frame nested too deep
             self.owner.lost(BrokerProtocolError(f"the broker sent an undecodable frame: {exc!r}"))
             return
-        dispatch = self.owner.dispatch
+        owner = self.owner
+        dispatch = owner.dispatch
         try:
             for msg in msgs:
                 dispatch(msg)
         except Exception as exc:
-            self.owner.lost(BrokerProtocolError(f"the broker's {type(msg).__name__}: {exc!r}"))
+            owner.lost(BrokerProtocolError(f"the broker's {type(msg).__name__}: {exc!r}"))
 
     def pause_writing(self) -> None:
         self.owner.pause_writing()
@@ -378,7 +413,6 @@ class IPCTransport(Transport):
         super().__init__(loop)
         self.path = path
         self._transport: asyncio.Transport | None = None
-        self._welcome: asyncio.Future[Welcome] = loop.create_future()
         self._lost: asyncio.Future[None] = loop.create_future()
         self._error: BaseException | None = None
         self._credit: dict[int, int] = {}
@@ -393,39 +427,123 @@ class IPCTransport(Transport):
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
         self.broker_pid = 0
         self.broker_uid: int | None = None
+        # Shared memory, if the broker gave it: the down arena (response bodies, read
+        # here) and the up arena (request bodies, written here, its slots handed out by
+        # ``_up_slots``); down-slot references to give back, and acknowledgements to
+        # send, both once per loop pass (``flush``).
+        self.down: Arena | None = None
+        self.up: Arena | None = None
+        self._up_slots: SlotTable | None = None
+        self._releases: list[int] = []
+        self._acks: dict[int, int] = {}
+        self._flush_due = False
 
     async def connect(
-        self, timeout: float = 10.0, trusted: frozenset[int] | None = None
+        self, timeout: float = 10.0, trusted: frozenset[int] | None = None, shm: bool | None = None
     ) -> None:
         """Connect, check the broker's uid against ``trusted`` (default: this process's
-        uid and ``HTTP_BROKER_UID``), then shake hands within ``timeout`` seconds."""
+        uid and ``HTTP_BROKER_UID``), then shake hands within ``timeout`` seconds.
+
+        The handshake runs on the bare socket (the broker's Welcome may carry the arenas'
+        descriptors, which an asyncio transport cannot receive); ``shm`` (default: unless
+        ``HTTP_BROKER_SHM`` is 0/no/off) asks for shared memory."""
         if trusted is None:
             trusted = trusted_broker_uids()
+        if shm is None:
+            shm = os.environ.get("HTTP_BROKER_SHM", "").strip().lower() not in _OFF
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            transport, _ = await self.loop.create_unix_connection(
-                lambda: _BrokerProtocol(self), self.path
-            )
-        except OSError as exc:
-            raise BrokerConnectionError(
-                f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
-            ) from None
-        self._transport = transport
-        try:
-            self.broker_uid = peer_uid(transport.get_extra_info("socket"), self.path)
-            check_broker_uid(self.path, self.broker_uid, trusted)
-            transport.write(encode(Hello(PROTOCOL_VERSION, os.getpid())))
-            timer = self.loop.call_later(timeout, self._handshake_timed_out)
+            sock.setblocking(False)
             try:
-                welcome = await self._welcome
-            finally:
-                timer.cancel()
+                await self.loop.sock_connect(sock, self.path)
+            except OSError as exc:
+                raise BrokerConnectionError(
+                    f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
+                ) from None
+            self.broker_uid = peer_uid(sock, self.path)
+            check_broker_uid(self.path, self.broker_uid, trusted)
+            reader = FrameReader()
+            try:
+                welcome, more = await asyncio.wait_for(self._handshake(sock, reader, shm), timeout)
+            except asyncio.TimeoutError:
+                raise BrokerConnectionError(
+                    f"the broker at {self.path} did not answer the handshake"
+                ) from None
+            self._transport, _ = await self.loop.create_unix_connection(
+                lambda: _BrokerProtocol(self, reader), sock=sock
+            )
         except BaseException:
-            transport.close()
+            sock.close()
+            self._close_arenas()
             raise
         self.broker_pid = welcome.pid
+        for msg in more:
+            self.dispatch(msg)
 
-    def _handshake_timed_out(self) -> None:
-        self.lost(BrokerConnectionError(f"the broker at {self.path} did not answer the handshake"))
+    async def _handshake(
+        self, sock: socket.socket, reader: FrameReader, shm: bool
+    ) -> tuple[Welcome, list[Any]]:
+        """Send Hello, receive the Welcome (and its descriptors): it and what followed."""
+        await self.loop.sock_sendall(sock, encode(Hello(PROTOCOL_VERSION, os.getpid(), shm)))
+        fds: list[int] = []
+        try:
+            while True:
+                await _readable(self.loop, sock)
+                try:
+                    data, got, flags, _ = socket.recv_fds(sock, _BUFSIZE, 2, _CMSG_FLAGS)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    raise BrokerConnectionError(
+                        f"lost the connection to the broker: {exc}"
+                    ) from None
+                fds += got
+                if flags & socket.MSG_CTRUNC:
+                    raise BrokerProtocolError("the broker sent more descriptors than two")
+                if not data:
+                    raise BrokerConnectionError("lost the connection to the broker")
+                try:
+                    msgs = reader.feed(data)
+                except FrameError as exc:
+                    raise BrokerProtocolError(f"the broker sent a bad frame: {exc}") from None
+                if msgs:
+                    break
+            first = msgs[0]
+            if type(first) is ErrorFrame:
+                raise _closed_error(first)
+            if type(first) is not Welcome:
+                raise BrokerProtocolError(
+                    f"the broker sent {type(first).__name__} instead of Welcome"
+                )
+            if first.slot_size:
+                if len(fds) != 2:
+                    raise BrokerProtocolError(
+                        f"the broker announced shared memory with {len(fds)} descriptors"
+                    )
+                down_fd, up_fd = fds
+                fds = []
+                self._attach(first, down_fd, up_fd)
+            return first, msgs[1:]
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _attach(self, welcome: Welcome, down_fd: int, up_fd: int) -> None:
+        try:
+            try:
+                self.down = Arena.attach(down_fd, welcome.slot_size, welcome.down_slots, False)
+            finally:
+                self.up = Arena.attach(up_fd, welcome.slot_size, welcome.up_slots, True)
+        except ArenaError as exc:
+            raise BrokerProtocolError(f"the broker's shared memory: {exc}") from None
+        self._up_slots = SlotTable(welcome.up_slots)
+
+    def _close_arenas(self) -> None:
+        down, up, self.down, self.up = self.down, self.up, None, None
+        self._up_slots = None
+        for arena in (down, up):
+            if arena is not None:
+                arena.close()
 
     def forget(self, stream_id: int) -> None:
         super().forget(stream_id)
@@ -447,7 +565,9 @@ class IPCTransport(Transport):
 
     def dispatch(self, msg: Any) -> None:
         kind = type(msg)
-        if kind is Data:
+        if kind is Slot:
+            self._on_slot(msg)
+        elif kind is Data:
             h = self.handles.get(msg.stream)
             if h is not None:
                 h.on_data(msg.data)
@@ -505,9 +625,6 @@ class IPCTransport(Transport):
                 # The requests already sent with it fail with the broker's word for it
                 # (a cap); the next request opens it again.
                 self.jars_open.discard(token)
-        elif kind is Welcome:
-            if not self._welcome.done():
-                self._welcome.set_result(msg)
         elif kind is Stats:
             if not self._stats:
                 self.lost(BrokerProtocolError("the broker sent Stats nobody asked for"))
@@ -515,14 +632,52 @@ class IPCTransport(Transport):
             waiter = self._stats.popleft()
             if not waiter.done():  # else that caller was cancelled
                 waiter.set_result(msg)
+        elif kind is Release:
+            self._on_release(msg.slots)
         elif kind is ErrorFrame:
-            self.lost(
-                BrokerProtocolError(f"the broker closed the connection: {msg.message}")
-                if msg.code in ("protocol", "version")
-                else BrokerConnectionError(f"the broker closed the connection: {msg.message}")
-            )
+            self.lost(_closed_error(msg))
         else:
             self.lost(BrokerProtocolError(f"the broker sent an unexpected {kind.__name__}"))
+
+    def _on_slot(self, msg: Slot) -> None:
+        down = self.down
+        problem = "no shared memory" if down is None else down.check(
+            msg.slot, msg.offset, msg.size
+        )
+        if problem is not None:
+            self.lost(BrokerProtocolError(f"the broker sent a bad Slot: {problem}"))
+            return
+        assert down is not None
+        self._releases.append(msg.slot)
+        self._flush_soon()
+        h = self.handles.get(msg.stream)
+        if h is not None:
+            view = down.slot(msg.slot, msg.offset, msg.size)
+            h.on_data(view)  # the reader copies what it keeps, during the call
+
+    def _on_release(self, slots: list[int]) -> None:
+        table = self._up_slots
+        try:
+            if table is None:
+                raise SlotError("no shared memory")
+            for k in slots:
+                table.give_back(k)
+        except SlotError as exc:
+            self.lost(BrokerProtocolError(f"the broker sent a bad Release: {exc}"))
+            return
+
+    def flush(self) -> None:
+        """Send the acknowledgements and slot references gathered, in one write."""
+        self._flush_due = False
+        acks, self._acks = self._acks, {}
+        slots, self._releases = self._releases, []
+        if self.closed or self._transport is None:
+            return
+        frames = [encode(Ack(sid, size)) for sid, size in acks.items()]
+        for i in range(0, len(slots), MAX_RELEASE):
+            frames.append(encode(Release(slots[i : i + MAX_RELEASE])))
+        if frames:
+            self._transport.write(b"".join(frames))
 
     def lost(self, exc: BaseException) -> None:
         if self._error is None:
@@ -535,7 +690,7 @@ class IPCTransport(Transport):
         self.closed = True
         exc = self._error or BrokerConnectionError("lost the connection to the broker")
         self._error = exc
-        waiters: list[asyncio.Future[Any]] = [self._welcome, *self._stats]
+        waiters: list[asyncio.Future[Any]] = [*self._stats]
         for fut in waiters:
             if not fut.done():
                 fut.set_exception(exc)
@@ -550,6 +705,9 @@ class IPCTransport(Transport):
         self.resume_writing()  # whoever waits to write finds the error
         if not self._lost.done():
             self._lost.set_result(None)
+        self._acks.clear()
+        self._releases.clear()
+        self._close_arenas()
         _drop(self)
 
     # -- streams -----------------------------------------------------------------
@@ -634,16 +792,18 @@ class IPCTransport(Transport):
     async def _pump(self, stream_id: int, body: AsyncIterator[bytes]) -> None:
         try:
             async for chunk in body:
-                while chunk:
+                view = memoryview(chunk)
+                pos, size = 0, len(view)
+                while pos < size:
                     while self._credit.get(stream_id, 0) <= 0:
                         w = self._credit_waiters[stream_id] = self.loop.create_future()
                         await w
                     if self._writable is not None:
                         await self._until_writable()
-                    part = chunk[: self._credit[stream_id]]
-                    chunk = chunk[len(part):]
-                    self._credit[stream_id] -= len(part)
-                    self._send(Data(stream_id, bytes(part)))
+                    n = min(self._credit[stream_id], size - pos)
+                    n = self._send_piece(stream_id, view[pos : pos + n])
+                    self._credit[stream_id] -= n
+                    pos += n
             self._send(End(stream_id))
         except asyncio.CancelledError:
             raise
@@ -658,6 +818,22 @@ class IPCTransport(Transport):
             self._pumps.pop(stream_id, None)
             self._credit.pop(stream_id, None)
             self._credit_waiters.pop(stream_id, None)
+
+    def _send_piece(self, stream_id: int, piece: memoryview) -> int:
+        """Send the start of ``piece``: into an up-arena slot if it is large enough and
+        one is free, else inline; how many bytes went."""
+        up, table = self.up, self._up_slots
+        if up is not None and table is not None and len(piece) >= _SLOT_MIN:
+            k = table.take()
+            if k is not None:
+                n = min(len(piece), up.slot_size)
+                up.slot(k, 0, n)[:] = piece[:n]
+                table.lend(k)
+                table.filled(k)
+                self._send(Slot(stream_id, k, 0, n))
+                return n
+        self._send(Data(stream_id, bytes(piece)))
+        return len(piece)
 
     def _end_pump(self, stream_id: int) -> None:
         task = self._pumps.pop(stream_id, None)
@@ -674,7 +850,15 @@ class IPCTransport(Transport):
 
     def ack(self, stream_id: int, size: int) -> None:
         if not self.closed:
-            self._send(Ack(stream_id, size))
+            self._acks[stream_id] = self._acks.get(stream_id, 0) + size
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """At the next loop pass: after the readers woken by this read took their bytes,
+        so that their acknowledgements go in the same write as the slot references."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self.flush)
 
     def clear_dns(self, pool: PoolSpec, host: str | None, port: int | None) -> None:
         if not self.closed:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from shared.arena import Arena
 from shared.framing import FrameReader, encode
 from shared.messages import PROTOCOL_VERSION, End, Failure, Hello, Message, Welcome
 
@@ -26,19 +27,47 @@ class RawWorker:
         self.writer = writer
         self._frames = FrameReader()
         self._pending: list[Any] = []
+        self.welcome: Welcome | None = None
+        self.down: Arena | None = None  # with shm=True, the arenas the broker gave
+        self.up: Arena | None = None
 
     @classmethod
     async def connect(
-        cls, path: str, *, hello: bool = True, rcvbuf: int | None = None
+        cls, path: str, *, hello: bool = True, rcvbuf: int | None = None, shm: bool = False
     ) -> RawWorker:
+        """``shm``: ask for shared memory (a blocking handshake on the bare socket, which
+        alone can receive the arenas' descriptors)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.connect(path)
+        frames = FrameReader()
+        msgs: list[Any] = []
+        fds: list[int] = []
+        if shm:
+            sock.settimeout(10)
+            sock.sendall(encode(Hello(PROTOCOL_VERSION, os.getpid(), shm=True)))
+            while not msgs:
+                data, got, _, _ = socket.recv_fds(sock, 1 << 16, 2)
+                fds += got
+                assert data, "the broker hung up during the handshake"
+                msgs = frames.feed(data)
         sock.setblocking(False)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         worker = cls(reader, writer)
-        if hello:
+        if shm:
+            worker._frames = frames
+            welcome = msgs.pop(0)
+            assert isinstance(welcome, Welcome)
+            worker.welcome = welcome
+            worker._pending = msgs
+            if welcome.slot_size:
+                worker.down = Arena.attach(fds[0], welcome.slot_size, welcome.down_slots, False)
+                worker.up = Arena.attach(fds[1], welcome.slot_size, welcome.up_slots, True)
+            else:
+                for fd in fds:
+                    os.close(fd)
+        elif hello:
             worker.send(Hello(PROTOCOL_VERSION, os.getpid()))
             assert isinstance(await worker.next(), Welcome)
         return worker
@@ -74,6 +103,9 @@ class RawWorker:
 
     def close(self) -> None:
         self.writer.close()
+        for arena in (self.down, self.up):
+            if arena is not None:
+                arena.close()
 
 
 @pytest.fixture
@@ -81,4 +113,4 @@ async def raw_workers() -> AsyncIterator[None]:
     """Closes every ``RawWorker`` a test opened."""
     yield
     while RawWorker.opened:
-        RawWorker.opened.pop().writer.close()
+        RawWorker.opened.pop().close()

@@ -1,0 +1,175 @@
+"""The worker's side of the shared-memory handshake against a fake broker: every
+descriptor received is checked (a memfd of the announced size, sealed) and closed on
+every path; a Welcome without arenas means inline bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from shared.arena import Arena
+from shared.framing import FrameReader, encode
+from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Welcome
+from worker_client.exceptions import BrokerConnectionError, BrokerProtocolError
+from worker_client.transport import IPCTransport
+
+Answer = Callable[[], tuple[Any, list[int]]]  # the frame to send and the fds to attach
+
+
+@pytest.fixture
+async def fake_broker() -> AsyncIterator[Callable[[Answer], Any]]:
+    """``await fake_broker(answer)``: a socket path; whoever connects gets ``answer()``
+    (a message and descriptors) after its Hello, which is kept in ``hellos``."""
+    folder = tempfile.mkdtemp(prefix="hb-")
+    servers: list[asyncio.AbstractServer] = []
+    hellos: list[Hello] = []
+
+    async def start(answer: Answer) -> tuple[str, list[Hello]]:
+        path = os.path.join(folder, f"{len(servers)}.sock")
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            frames = FrameReader()
+            msgs: list[Any] = []
+            while not msgs:
+                data = await reader.read(1024)
+                if not data:
+                    return
+                msgs = frames.feed(data)
+            hellos.append(msgs[0])
+            msg, fds = answer()
+            sock = writer.get_extra_info("socket")
+            with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                socket.send_fds(dup, [encode(msg)], fds)
+            for fd in fds:
+                os.close(fd)
+            await reader.read()  # until the worker hangs up
+            writer.close()
+
+        server = await asyncio.start_unix_server(serve, path)
+        servers.append(server)
+        return path, hellos
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def _held() -> set[str]:
+    """What the memfds and pipes this process holds open are (the fake broker's own
+    sockets are in the same process: not counted)."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith(("/memfd:", "pipe:")):
+            held.add(target)
+    return held
+
+
+def _pipe() -> int:
+    r, w = os.pipe()
+    os.close(w)
+    return r
+
+
+def _memfd(size: int, seals: int = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) -> int:
+    fd = os.memfd_create("test", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def _welcome(slot_size: int = 4096, slots: int = 2) -> Welcome:
+    return Welcome(PROTOCOL_VERSION, 1, slot_size, slots, slots)
+
+
+async def _connect(path: str, shm: bool = True) -> IPCTransport:
+    transport = IPCTransport(asyncio.get_running_loop(), path)
+    await transport.connect(timeout=5, shm=shm)
+    return transport
+
+
+async def test_good_arenas_are_mapped_and_their_descriptors_closed(fake_broker) -> None:
+    before = _held()
+    path, hellos = await fake_broker(lambda: (_welcome(), [_memfd(8192), _memfd(8192)]))
+    transport = await _connect(path)
+    try:
+        assert hellos[0].shm
+        assert transport.down is not None and transport.up is not None
+        assert transport.down.slots == 2 and transport.up.slot_size == 4096
+    finally:
+        await transport.aclose()
+    assert _held() == before  # (a mapping keeps a descriptor of its own until unmapped)
+
+
+@pytest.mark.parametrize(
+    "fds, problem",
+    [
+        pytest.param(lambda: [_memfd(8192)], "with 1 descriptors", id="one_fd"),
+        pytest.param(lambda: [_memfd(8192), _memfd(4096)], "4096 bytes", id="wrong_size"),
+        pytest.param(lambda: [_memfd(8192), _memfd(8192, seals=0)], "sealed", id="unsealed"),
+        pytest.param(lambda: [_memfd(8192), _pipe()], "memfd", id="not_a_memfd"),
+    ],
+)
+async def test_bad_arenas_fail_the_connection_and_leak_no_descriptor(
+    fake_broker, fds, problem
+) -> None:
+    before = _held()
+    path, _ = await fake_broker(lambda: (_welcome(), fds()))
+    with pytest.raises(BrokerProtocolError, match=problem):
+        await _connect(path)
+    assert _held() == before
+
+
+async def test_descriptors_nobody_announced_are_closed_and_bodies_go_inline(fake_broker) -> None:
+    before = _held()
+    path, hellos = await fake_broker(
+        lambda: (Welcome(PROTOCOL_VERSION, 1), [_memfd(8192), _memfd(8192)])
+    )
+    transport = await _connect(path, shm=False)
+    try:
+        assert not hellos[0].shm
+        assert transport.down is None and transport.up is None
+        assert _held() == before
+    finally:
+        await transport.aclose()
+
+
+async def test_an_error_frame_in_the_handshake_says_why(fake_broker) -> None:
+    path, _ = await fake_broker(lambda: (ErrorFrame("version", "speak 9"), []))
+    with pytest.raises(BrokerProtocolError, match="speak 9"):
+        await _connect(path)
+
+
+async def test_a_broker_that_hangs_up_in_the_handshake(tmp_path) -> None:
+    path = str(tmp_path / "b.sock")
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_unix_server(hang_up, path)
+    try:
+        with pytest.raises(BrokerConnectionError, match="lost the connection"):
+            await _connect(path)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_an_arena_made_by_the_broker_passes_the_worker_checks() -> None:
+    arena = Arena.create(4096, 2)
+    assert arena.fd is not None
+    Arena.attach(os.dup(arena.fd), 4096, 2, writable=True).close()
+    arena.close()
