@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import struct
 
 import msgspec
@@ -112,18 +113,32 @@ def _case(rng: random.Random, url: str, sink: str) -> tuple[bytes, bool]:
 
 
 async def _converse(path: str, data: bytes, expect_error: bool = False) -> None:
-    reader, writer = await asyncio.open_unix_connection(path)
-    try:
-        writer.write(data)
-        await writer.drain()
-        writer.write_eof()
+    """Send ``data``, then read all the broker says. On a bare socket: the broker may
+    hang up while we still write (a bad frame early in ``data``), and what it said
+    before is still to be read, where an asyncio stream would drop it for the write's
+    error."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, path)
+        try:
+            await loop.sock_sendall(sock, data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the broker hung up on us mid-write: read what it said
+            pass
         # The broker either closes on us (an ErrorFrame first) or answers and waits for
         # more; either way it must not hang up on anyone else. Read what it says.
-        answer = await asyncio.wait_for(reader.read(), 5)
-    except (ConnectionError, asyncio.TimeoutError):
-        answer = b""
-    finally:
-        writer.close()
+        chunks: list[bytes] = []
+
+        async def read_all() -> None:
+            while chunk := await loop.sock_recv(sock, 1 << 16):
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read_all(), 5)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        answer = b"".join(chunks)
     if expect_error:
         try:
             said = FrameReader().feed(answer)
