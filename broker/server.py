@@ -33,7 +33,7 @@ What one worker connection may hold (``Limits`` and the constants below):
   credit and an ``Ack`` per piece written upstream; Data beyond the credit fails the
   stream. So at most ``STREAM_WINDOW`` per stream waits in the broker.
 - Response bodies: at most ``STREAM_WINDOW`` unacknowledged per stream, plus one piece
-  (one upstream read, 64 KiB, or one decoded piece, ``body.MAX_DATA`` = 256 KiB); an
+  (one upstream read, 256 KiB, or one decoded piece, ``body.MAX_DATA`` = 256 KiB); an
   Ack for more than is unacknowledged is a protocol error.
 - Shared memory (a worker that asked, ``Hello.shm``): two memfd arenas per connection,
   ``down_slots`` (16) and ``up_slots`` (8) slots of ``slot_size`` (1 MiB), made at the
