@@ -53,7 +53,7 @@ import socket
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from shared.errors import ErrorCode
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
@@ -278,9 +278,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
     # -- asyncio --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        sock = self.transport.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
         if creds is not None:
             self.peer_pid, uid = creds
@@ -292,7 +291,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self._hello_timer = asyncio.get_running_loop().call_later(
             self.limits.handshake_timeout, self._handshake_late
         )
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.server.watch_peer(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
