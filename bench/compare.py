@@ -401,9 +401,8 @@ class Server:
             raise RuntimeError(f"nginx did not start: {exc}\n{log[-2000:]}") from None
         self.http = f"http://127.0.0.1:{http}"
         self.https = f"https://127.0.0.1:{https}"
-        self.version = subprocess.run(
-            [binary, "-v"], capture_output=True, text=True
-        ).stderr.strip()
+        version = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr
+        self.version = version.strip().replace("nginx version: nginx/", "nginx ")
 
     def tls_counts(self) -> tuple[int, int]:
         """(TLS connections accepted that carried a request, https requests) so far."""
