@@ -74,7 +74,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
@@ -470,7 +470,7 @@ class Client:
                 status, body = resp.status, await resp.read()
         if status != 200:
             raise RuntimeError(f"GET {url}: {status} {body[:100]!r}")
-        return body
+        return cast(bytes, body)  # no copy: read() may hand out what it likes
 
     async def post(self, url: str, data: bytes) -> bytes:
         if self.name == "httpx":
@@ -481,7 +481,7 @@ class Client:
                 status, body = resp.status, await resp.read()
         if status != 200:
             raise RuntimeError(f"POST {url}: {status} {body[:100]!r}")
-        return body
+        return cast(bytes, body)  # no copy: read() may hand out what it likes
 
     async def close(self) -> None:
         if self.name == "httpx":
@@ -529,7 +529,7 @@ async def _concurrent(c: Client, url: str, seconds: float, conc: int) -> dict[st
 
 async def _sequential(c: Client, url: str, n: int, seconds: float) -> dict[str, Any]:
     """``n`` GETs one after the other, or as many as fit in ``seconds`` when n is 0."""
-    latencies = []
+    latencies: list[float] = []
     clock = time.perf_counter
     end = clock() + seconds
     while (len(latencies) < n) if n else (clock() < end):
@@ -651,10 +651,10 @@ def startup_code(client: str) -> str:
 
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     """One line of the child's stdout, or "" at its end or after ``timeout`` seconds."""
-    assert proc.stdout is not None
+    stdout = proc.stdout
+    assert stdout is not None
     box: queue.Queue[str] = queue.Queue()
-    t = threading.Thread(target=lambda: box.put(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    t.start()
+    threading.Thread(target=lambda: box.put(stdout.readline()), daemon=True).start()
     try:
         return box.get(timeout=timeout)
     except queue.Empty:
@@ -786,7 +786,9 @@ class Bench:
             return 1 if client == "broker1" else 4
         return BROKER_CLIENTS.get(client, 1)
 
-    def specs(self, client: str, workload: str, broker: str | None, group: str) -> list[dict]:
+    def specs(
+        self, client: str, workload: str, broker: str | None, group: str
+    ) -> list[dict[str, Any]]:
         s, http = self.sizes, self.server.http
         p = self.processes(client, workload)
         base: dict[str, Any] = {
@@ -928,7 +930,9 @@ def medians(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def table(meds: dict[str, dict[str, float]], clients: list[str], cells: list[dict]) -> str:
+def table(
+    meds: dict[str, dict[str, float]], clients: list[str], cells: list[dict[str, Any]]
+) -> str:
     failed = {(c["client"], c["workload"]) for c in cells if "error" in c}
     head = "| | " + " | ".join(CLIENTS[c] for c in clients) + " |"
     rows = [head, "| --- |" + " ---: |" * len(clients)]
