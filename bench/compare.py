@@ -36,7 +36,8 @@ connections) except the TLS, idle and start-up ones. The workloads:
   against the test CA; total time from the first start to the last end, and the TLS
   connections the server accepted (nginx: its access log; aiohttp.web: ``sni_callback``);
 - ``idle``: 1,000 requests held open together, then RSS of the process that holds the
-  1,000 idle keep-alive connections: the client process, or the broker (a fresh one);
+  1,000 idle keep-alive connections: the client process (the first cell of its round, so
+  a fresh one), or the broker (a fresh one), and its growth over the cell;
 - ``startup``: a fresh process imports the client and makes a session and one small GET:
   import time and RSS (broker x4: the same as x1, not run).
 
@@ -89,7 +90,8 @@ CLIENTS = {
 }
 BROKER_CLIENTS = {"broker1": 1, "broker4": 4}  # worker processes per cell
 TEAM = 4  # worker processes per client and round
-WORKLOADS = ["get_64", "get_seq", "dl_1m", "dl_100m", "up_100m", "tls", "idle", "startup"]
+# idle first: its RSS is the one of fresh worker processes (a team lives for a round)
+WORKLOADS = ["idle", "get_64", "get_seq", "dl_1m", "dl_100m", "up_100m", "tls", "startup"]
 NOT_RUN = {("broker4", "startup")}  # a fresh process's figures: the same as broker1's
 
 
@@ -1048,7 +1050,7 @@ def report(bench: Bench, args: argparse.Namespace, out: Path, seconds: float) ->
     print(f"JSON: {out / (stem + '.json')}{charted}")
     if args.docs:
         section = (
-            f"### `python bench/compare.py{' --loop uvloop' if args.loop == 'uvloop' else ''}`"
+            f"#### `python bench/compare.py{' --loop uvloop' if args.loop == 'uvloop' else ''}`"
             f"\n\n{describe(meta)}\n\n{text}\n\n"
             + (f"![ratios to aiohttp]({stem}.png)\n\n" if has_chart else "")
             + f"All samples: [{stem}.json]({stem}.json)."
