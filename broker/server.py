@@ -419,8 +419,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
     # -- asyncio --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        sock = self.transport.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
         if creds is not None:
             self.peer_pid, uid = creds
