@@ -556,9 +556,8 @@ ERRORS: dict[ErrorCode, ErrorBuilder] = {
     ErrorCode.BAD_RESPONSE: lambda f, ri, h: ClientResponseError(
         _request_info(f, ri), h, status=400, message=f.message
     ),
-    ErrorCode.TOO_MANY_REDIRECTS: lambda f, ri, h: TooManyRedirects(
-        _request_info(f, ri), h, status=f.status, message=f.message
-    ),
+    # aiohttp's: status 0 and no message (the history says how many and which)
+    ErrorCode.TOO_MANY_REDIRECTS: lambda f, ri, h: TooManyRedirects(_request_info(f, ri), h),
     ErrorCode.NON_HTTP_REDIRECT: lambda f, ri, h: NonHttpUrlRedirectClientError(f.url),
     ErrorCode.INVALID_REDIRECT: lambda f, ri, h: InvalidUrlRedirectClientError(f.url, f.message),
     ErrorCode.INVALID_URL: lambda f, ri, h: InvalidUrlClientError(f.url, f.message),
