@@ -98,7 +98,8 @@ class Arena:
     def attach(cls, fd: int, slot_size: int, slots: int, writable: bool) -> Arena:
         """Map a received descriptor after checking that it is what was announced: a
         memfd of exactly ``slots`` x ``slot_size`` bytes that can neither shrink nor
-        grow. The descriptor is closed once mapped, and on every failure."""
+        grow, and that maps as asked. The descriptor is closed once mapped, and on every
+        failure (``ArenaError``)."""
         try:
             if slot_size <= 0 or slots <= 0:
                 raise ArenaError(f"an arena of {slots} x {slot_size} bytes")
@@ -115,7 +116,10 @@ class Arena:
                 raise ArenaError("the arena's descriptor is not a memfd") from None
             if seals & _SEALS != _SEALS:
                 raise ArenaError("the arena is not sealed against shrinking and growing")
-            arena = cls(fd, slot_size, slots, writable)
+            try:
+                arena = cls(fd, slot_size, slots, writable)
+            except OSError as exc:  # e.g. sealed against writes, mapped writable
+                raise ArenaError(f"the arena cannot be mapped: {exc.strerror or exc}") from None
         finally:
             os.close(fd)
         arena.fd = None

@@ -90,6 +90,9 @@ def _memfd(size: int, seals: int = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) -> i
     return fd
 
 
+_WRITE_SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
 def _welcome(slot_size: int = 4096, slots: int = 2) -> Welcome:
     return Welcome(PROTOCOL_VERSION, 1, slot_size, slots, slots)
 
@@ -120,6 +123,11 @@ async def test_good_arenas_are_mapped_and_their_descriptors_closed(fake_broker) 
         pytest.param(lambda: [_memfd(8192), _memfd(4096)], "4096 bytes", id="wrong_size"),
         pytest.param(lambda: [_memfd(8192), _memfd(8192, seals=0)], "sealed", id="unsealed"),
         pytest.param(lambda: [_memfd(8192), _pipe()], "memfd", id="not_a_memfd"),
+        pytest.param(
+            lambda: [_memfd(8192), _memfd(8192, seals=_WRITE_SEALED)],
+            "cannot be mapped",
+            id="up_arena_sealed_against_writes",
+        ),
     ],
 )
 async def test_bad_arenas_fail_the_connection_and_leak_no_descriptor(
