@@ -376,3 +376,60 @@ async def test_arenas_are_counted_while_a_worker_is_connected_and_freed_after(
         assert conn.down is None and conn.up is None
     finally:
         await server.stop(drain_timeout=0)
+
+
+async def test_streams_given_up_mid_body_return_every_slot_and_others_stay_exact(
+    serve_app, raw_server, tmp_path
+) -> None:
+    """Several large downloads at once through one worker connection; some are closed
+    part-way (their slots being filled, some named by frames still in flight), while
+    their servers keep sending: the others arrive byte for byte, every down slot comes
+    back with no stream holding any, and the next downloads are exact too."""
+    from broker import server as server_module
+
+    payload = body(8 * MiB, 5)
+    half = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload))
+            writer.write(payload[: 3 * MiB])
+            await writer.drain()
+            await half.wait()
+            writer.write(payload[3 * MiB :])
+            await writer.drain()
+
+    slow = await raw_server(handler)
+    url = await serve_app(_app())
+    server = server_module.BrokerServer(str(tmp_path / "b.sock"))
+    await server.start()
+    try:
+        async with ClientSession(broker=server.path) as session:
+
+            async def given_up() -> None:
+                resp = await session.get(slow + "/")
+                await resp.content.readexactly(MiB + 17)
+                resp.close()
+
+            async def whole(seed: int) -> str:
+                async with session.get(
+                    f"{url}/body", params={"size": 6 * MiB + 3, "seed": seed}
+                ) as resp:
+                    return _sha(await resp.read())
+
+            results = await asyncio.gather(
+                given_up(), whole(1), given_up(), whole(2), given_up(), whole(3)
+            )
+            assert results[1::2] == [_sha(body(6 * MiB + 3, s)) for s in (1, 2, 3)]
+            half.set()
+            assert _uses_shm(session)
+            (conn,) = server.workers
+            table = conn._down_slots
+            await wait_until(lambda: table.free == conn.down.slots, what=lambda: table)
+            assert not any(conn._owners)
+            again = await asyncio.gather(*(whole(s) for s in (4, 5)))
+            assert again == [_sha(body(6 * MiB + 3, s)) for s in (4, 5)]
+            await wait_until(lambda: table.free == conn.down.slots, what=lambda: table)
+    finally:
+        await server.stop(drain_timeout=0)
