@@ -20,6 +20,8 @@ from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Welcome
 from worker_client.exceptions import BrokerConnectionError, BrokerProtocolError
 from worker_client.transport import IPCTransport
 
+from ..conftest import wait_until
+
 Answer = Callable[[], tuple[Any, list[int]]]  # the frame to send and the fds to attach
 
 
@@ -181,3 +183,57 @@ def test_an_arena_made_by_the_broker_passes_the_worker_checks() -> None:
     assert arena.fd is not None
     Arena.attach(os.dup(arena.fd), 4096, 2, writable=True).close()
     arena.close()
+
+
+async def test_descriptors_are_close_on_exec_from_the_moment_they_arrive(tmp_path) -> None:
+    """The Welcome comes in two parts, the descriptors with the first: while the worker
+    waits for the rest, the memfds it holds are already close-on-exec (a fork and exec
+    elsewhere in the process meanwhile must not inherit them)."""
+    path = str(tmp_path / "b.sock")
+    before = _held()
+    first_part = asyncio.Event()
+    go_on = asyncio.Event()
+    frame = encode(_welcome())
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        fds = [_memfd(8192), _memfd(8192)]
+        sock = writer.get_extra_info("socket")
+        with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+            socket.send_fds(dup, [frame[:3]], fds)
+        for fd in fds:
+            os.close(fd)
+        first_part.set()
+        await go_on.wait()
+        writer.write(frame[3:])
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path)
+    try:
+        connecting = asyncio.ensure_future(_connect(path))
+        await first_part.wait()
+
+        def received() -> list[int]:
+            return [
+                int(fd)
+                for fd in os.listdir("/proc/self/fd")
+                if _target(fd).startswith("/memfd:") and _target(fd) not in before
+            ]
+
+        await wait_until(lambda: len(received()) == 2, what=received)  # read, not mapped
+        assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in received())
+        go_on.set()
+        transport = await connecting
+        assert transport.down is not None
+        await transport.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        return ""
