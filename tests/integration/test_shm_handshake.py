@@ -142,6 +142,22 @@ async def test_bad_arenas_fail_the_connection_and_leak_no_descriptor(
     assert _held() == before
 
 
+async def test_more_slots_than_the_cap_are_refused_before_any_bookkeeping(fake_broker) -> None:
+    """The worker keeps a few words per slot of its up arena: a broker announcing slots
+    past ``MAX_SLOTS`` (1-byte slots of a large sparse memfd could make it allocate
+    gigabytes) fails the connection instead."""
+    from shared.arena import MAX_SLOTS
+
+    slots = MAX_SLOTS + 1
+    before = _held()
+    path, _ = await fake_broker(
+        lambda: (_welcome(slot_size=1, slots=slots), [_memfd(slots), _memfd(slots)])
+    )
+    with pytest.raises(BrokerProtocolError, match="slots"):
+        await _connect(path)
+    assert _held() == before
+
+
 async def test_descriptors_nobody_announced_are_closed_and_bodies_go_inline(fake_broker) -> None:
     before = _held()
     path, hellos = await fake_broker(
