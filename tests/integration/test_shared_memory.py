@@ -433,3 +433,30 @@ async def test_streams_given_up_mid_body_return_every_slot_and_others_stay_exact
             await wait_until(lambda: table.free == conn.down.slots, what=lambda: table)
     finally:
         await server.stop(drain_timeout=0)
+
+
+async def test_a_redirect_with_a_large_body_then_a_large_body(carrier, raw_server) -> None:
+    """The redirect's own 3 MiB body (a plain Content-Length, on the connection the
+    final response then comes on) never reaches the worker: the final body is exact."""
+    kind, address = carrier
+    moved, final = body(3 * MiB, 11), body(5 * MiB + 7, 12)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_request_head(reader)
+            if head.startswith(b"GET /moved "):
+                writer.write(
+                    b"HTTP/1.1 302 Found\r\nLocation: /final\r\nContent-Length: %d\r\n\r\n"
+                    % len(moved) + moved
+                )
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(final) + final)
+            await writer.drain()
+
+    base = await raw_server(handler)
+    async with ClientSession(broker=address) as session:
+        for _ in range(2):
+            async with session.get(base + "/moved") as resp:
+                assert resp.status == 200 and len(resp.history) == 1
+                assert _sha(await resp.read()) == _sha(final)
+        assert _uses_shm(session) is (kind == "shm")
