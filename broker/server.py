@@ -1006,7 +1006,7 @@ class BrokerServer:
             except BaseException:
                 down.close()
                 raise
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # no memfd; Limits past an arena's bounds
             log.warning("no shared memory for a worker (%s); inline bodies", exc)
             return None
         self.shm_bytes += size

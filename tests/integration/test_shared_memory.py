@@ -320,12 +320,13 @@ async def test_release_without_shared_memory_is_a_protocol_error(own_broker, ser
     await _still_served(own_broker.address, url)
 
 
-@pytest.mark.parametrize("why", ["no_memfd", "over_budget"])
+@pytest.mark.parametrize("why", ["no_memfd", "over_budget", "too_many_slots"])
 async def test_a_broker_without_shared_memory_serves_inline(
     serve_app, tmp_path, monkeypatch, why
 ) -> None:
-    """A broker in this process whose memfd_create fails (a platform without memfd), or
-    whose budget is spent: the worker asked, gets a plain Welcome, and the same bytes."""
+    """A broker in this process whose memfd_create fails (a platform without memfd), whose
+    budget is spent, or whose arenas would have too many slots: the worker asked, gets a
+    plain Welcome, and the same bytes."""
     from broker import server as server_module
     from shared.arena import Arena
 
@@ -336,8 +337,12 @@ async def test_a_broker_without_shared_memory_serves_inline(
 
         monkeypatch.setattr(Arena, "create", no_memfd)
         limits = server_module.Limits()
-    else:
+    elif why == "over_budget":
         limits = server_module.Limits(max_shm_bytes=(1 << 20) * 23)  # one worker needs 24
+    else:  # configured past the arena's cap: refused as no memfd is, not a hang-up
+        from shared.arena import MAX_SLOTS
+
+        limits = server_module.Limits(slot_size=4096, down_slots=MAX_SLOTS + 1)
     url = await serve_app(_app())
     server = server_module.BrokerServer(str(tmp_path / "b.sock"), limits=limits)
     await server.start()
