@@ -188,7 +188,8 @@ class IPCStream(BrokerStream):
                 pos += n
             else:
                 return
-        self._tell()
+        if self._slot >= 0:
+            self._tell()
         self._write(encode(Data(self.id, chunk)))
 
     def body_buffer(self) -> memoryview | None:
@@ -279,7 +280,8 @@ class IPCStream(BrokerStream):
         self.conn.write(frame)
 
     def _send_last(self, frame: bytes) -> None:
-        self._stop_filling()
+        if self._slot >= 0:
+            self._stop_filling()
         held, self._held = self._held, None
         if held is not None:
             held.append(frame)
@@ -289,7 +291,8 @@ class IPCStream(BrokerStream):
         self.conn.forget(self)
 
     def flush(self) -> None:
-        self._tell()
+        if self._slot >= 0:
+            self._tell()
         held, self._held = self._held, None
         if held is not None:
             self.conn.write(b"".join(held))
@@ -1003,7 +1006,7 @@ class BrokerServer:
             except BaseException:
                 down.close()
                 raise
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # no memfd; Limits past an arena's bounds
             log.warning("no shared memory for a worker (%s); inline bodies", exc)
             return None
         self.shm_bytes += size

@@ -22,7 +22,9 @@ reference came back. A reader that names a slot out of range, or gives back a re
 that is not out, breaks the protocol (its connection closes; nothing else is affected).
 
 Bounds: an arena is ``slots`` x ``slot_size`` bytes, fixed at creation (the sizes and the
-figures behind them are in ``broker.server``); nothing here allocates per frame.
+figures behind them are in ``broker.server``), of at most ``MAX_SLOTS`` slots (what a
+worker is told of is checked against it before its ``SlotTable`` is made); nothing here
+allocates per frame.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import mmap
 import os
 import stat
 
-__all__ = ["Arena", "ArenaError", "SlotError", "SlotTable", "memfd_supported"]
+__all__ = ["MAX_SLOTS", "Arena", "ArenaError", "SlotError", "SlotTable", "memfd_supported"]
+
+MAX_SLOTS = 1 << 16  # per arena: the bookkeeping is a few words per slot
 
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 _ALL_SEALS = _SEALS | fcntl.F_SEAL_SEAL
@@ -83,8 +87,8 @@ class Arena:
     @classmethod
     def create(cls, slot_size: int, slots: int, writable: bool = True) -> Arena:
         """A new sealed arena, mapped; raises ``OSError`` where there is no memfd."""
-        if slot_size <= 0 or slots <= 0:
-            raise ValueError("an arena needs at least one slot of at least one byte")
+        if slot_size <= 0 or not 0 < slots <= MAX_SLOTS:
+            raise ValueError(f"an arena has 1 to {MAX_SLOTS} slots of at least one byte")
         fd = os.memfd_create("http-broker", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, slot_size * slots)
@@ -98,10 +102,11 @@ class Arena:
     def attach(cls, fd: int, slot_size: int, slots: int, writable: bool) -> Arena:
         """Map a received descriptor after checking that it is what was announced: a
         memfd of exactly ``slots`` x ``slot_size`` bytes that can neither shrink nor
-        grow. The descriptor is closed once mapped, and on every failure."""
+        grow, and that maps as asked. The descriptor is closed once mapped, and on every
+        failure (``ArenaError``)."""
         try:
-            if slot_size <= 0 or slots <= 0:
-                raise ArenaError(f"an arena of {slots} x {slot_size} bytes")
+            if slot_size <= 0 or not 0 < slots <= MAX_SLOTS:
+                raise ArenaError(f"an arena of {slots} slots of {slot_size} bytes")
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ArenaError("the arena's descriptor is not a memfd")
@@ -115,7 +120,10 @@ class Arena:
                 raise ArenaError("the arena's descriptor is not a memfd") from None
             if seals & _SEALS != _SEALS:
                 raise ArenaError("the arena is not sealed against shrinking and growing")
-            arena = cls(fd, slot_size, slots, writable)
+            try:
+                arena = cls(fd, slot_size, slots, writable)
+            except OSError as exc:  # e.g. sealed against writes, mapped writable
+                raise ArenaError(f"the arena cannot be mapped: {exc.strerror or exc}") from None
         finally:
             os.close(fd)
         arena.fd = None

@@ -76,6 +76,8 @@ class RawBytes:
             inplace = INPLACE
         if size <= 0:
             raise ValueError(f"RawBytes of {size} bytes")
+        if size > sys.maxsize:  # the C API would take it for a negative size
+            raise OverflowError(f"RawBytes of {size} bytes")
         self.size = size
         if inplace:
             obj = _new(None, size)

@@ -23,6 +23,7 @@ sending its ``Hello`` anyway, and a process that is not ours is not trusted unas
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 import socket
@@ -91,6 +92,7 @@ _SLOT_MIN = 32 * 1024
 
 _OFF = ("0", "no", "off", "false")
 _CMSG_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_INT = array.array("i")
 
 
 def _closed_error(msg: ErrorFrame) -> BaseException:
@@ -98,6 +100,19 @@ def _closed_error(msg: ErrorFrame) -> BaseException:
     if msg.code in ("protocol", "version"):
         return BrokerProtocolError(text)
     return BrokerConnectionError(text)
+
+
+def _recv_fds(sock: socket.socket, maxfds: int) -> tuple[bytes, list[int], int]:
+    """``socket.recv_fds``, but with the descriptors close-on-exec as they arrive
+    (``recv_fds`` ignores its ``flags``: they would be inheritable until closed)."""
+    data, ancdata, flags, _ = sock.recvmsg(
+        _BUFSIZE, socket.CMSG_LEN(maxfds * _INT.itemsize), _CMSG_FLAGS
+    )
+    fds = array.array("i")
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    return data, fds.tolist(), flags
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -490,7 +505,7 @@ class IPCTransport(Transport):
             while True:
                 await _readable(self.loop, sock)
                 try:
-                    data, got, flags, _ = socket.recv_fds(sock, _BUFSIZE, 2, _CMSG_FLAGS)
+                    data, got, flags = _recv_fds(sock, 2)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:

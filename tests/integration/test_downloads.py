@@ -101,6 +101,25 @@ async def test_a_body_shorter_than_its_content_length_fails(raw_server, session)
             await resp.read()
 
 
+@pytest.mark.parametrize("length", [(1 << 63) + 5, (1 << 64) - 616])
+async def test_a_length_past_any_buffer_is_read_until_the_server_stops(
+    raw_server, session, length
+):
+    """httptools takes a Content-Length up to 2**64 - 1: no buffer of that size can be
+    had, so ``read()`` reads on as usual, and the body cut short fails as any does (it
+    raised SystemError from making the buffer)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request_head(reader)
+        writer.write(_ok(_body(MiB), length=length))
+        await writer.drain()
+
+    base = await raw_server(handler)
+    async with session.get(base + "/") as resp:
+        with pytest.raises(ClientPayloadError):
+            await resp.read()
+
+
 async def test_bytes_past_the_content_length_are_never_a_response(raw_server, session):
     body = _body(3 * MiB)
     conns = []

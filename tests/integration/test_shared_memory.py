@@ -320,12 +320,13 @@ async def test_release_without_shared_memory_is_a_protocol_error(own_broker, ser
     await _still_served(own_broker.address, url)
 
 
-@pytest.mark.parametrize("why", ["no_memfd", "over_budget"])
+@pytest.mark.parametrize("why", ["no_memfd", "over_budget", "too_many_slots"])
 async def test_a_broker_without_shared_memory_serves_inline(
     serve_app, tmp_path, monkeypatch, why
 ) -> None:
-    """A broker in this process whose memfd_create fails (a platform without memfd), or
-    whose budget is spent: the worker asked, gets a plain Welcome, and the same bytes."""
+    """A broker in this process whose memfd_create fails (a platform without memfd), whose
+    budget is spent, or whose arenas would have too many slots: the worker asked, gets a
+    plain Welcome, and the same bytes."""
     from broker import server as server_module
     from shared.arena import Arena
 
@@ -336,8 +337,12 @@ async def test_a_broker_without_shared_memory_serves_inline(
 
         monkeypatch.setattr(Arena, "create", no_memfd)
         limits = server_module.Limits()
-    else:
+    elif why == "over_budget":
         limits = server_module.Limits(max_shm_bytes=(1 << 20) * 23)  # one worker needs 24
+    else:  # configured past the arena's cap: refused as no memfd is, not a hang-up
+        from shared.arena import MAX_SLOTS
+
+        limits = server_module.Limits(slot_size=4096, down_slots=MAX_SLOTS + 1)
     url = await serve_app(_app())
     server = server_module.BrokerServer(str(tmp_path / "b.sock"), limits=limits)
     await server.start()
@@ -376,3 +381,87 @@ async def test_arenas_are_counted_while_a_worker_is_connected_and_freed_after(
         assert conn.down is None and conn.up is None
     finally:
         await server.stop(drain_timeout=0)
+
+
+async def test_streams_given_up_mid_body_return_every_slot_and_others_stay_exact(
+    serve_app, raw_server, tmp_path
+) -> None:
+    """Several large downloads at once through one worker connection; some are closed
+    part-way (their slots being filled, some named by frames still in flight), while
+    their servers keep sending: the others arrive byte for byte, every down slot comes
+    back with no stream holding any, and the next downloads are exact too."""
+    from broker import server as server_module
+
+    payload = body(8 * MiB, 5)
+    half = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload))
+            writer.write(payload[: 3 * MiB])
+            await writer.drain()
+            await half.wait()
+            writer.write(payload[3 * MiB :])
+            await writer.drain()
+
+    slow = await raw_server(handler)
+    url = await serve_app(_app())
+    server = server_module.BrokerServer(str(tmp_path / "b.sock"))
+    await server.start()
+    try:
+        async with ClientSession(broker=server.path) as session:
+
+            async def given_up() -> None:
+                resp = await session.get(slow + "/")
+                await resp.content.readexactly(MiB + 17)
+                resp.close()
+
+            async def whole(seed: int) -> str:
+                async with session.get(
+                    f"{url}/body", params={"size": 6 * MiB + 3, "seed": seed}
+                ) as resp:
+                    return _sha(await resp.read())
+
+            results = await asyncio.gather(
+                given_up(), whole(1), given_up(), whole(2), given_up(), whole(3)
+            )
+            assert results[1::2] == [_sha(body(6 * MiB + 3, s)) for s in (1, 2, 3)]
+            half.set()
+            assert _uses_shm(session)
+            (conn,) = server.workers
+            table = conn._down_slots
+            await wait_until(lambda: table.free == conn.down.slots, what=lambda: table)
+            assert not any(conn._owners)
+            again = await asyncio.gather(*(whole(s) for s in (4, 5)))
+            assert again == [_sha(body(6 * MiB + 3, s)) for s in (4, 5)]
+            await wait_until(lambda: table.free == conn.down.slots, what=lambda: table)
+    finally:
+        await server.stop(drain_timeout=0)
+
+
+async def test_a_redirect_with_a_large_body_then_a_large_body(carrier, raw_server) -> None:
+    """The redirect's own 3 MiB body (a plain Content-Length, on the connection the
+    final response then comes on) never reaches the worker: the final body is exact."""
+    kind, address = carrier
+    moved, final = body(3 * MiB, 11), body(5 * MiB + 7, 12)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_request_head(reader)
+            if head.startswith(b"GET /moved "):
+                writer.write(
+                    b"HTTP/1.1 302 Found\r\nLocation: /final\r\nContent-Length: %d\r\n\r\n"
+                    % len(moved) + moved
+                )
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(final) + final)
+            await writer.drain()
+
+    base = await raw_server(handler)
+    async with ClientSession(broker=address) as session:
+        for _ in range(2):
+            async with session.get(base + "/moved") as resp:
+                assert resp.status == 200 and len(resp.history) == 1
+                assert _sha(await resp.read()) == _sha(final)
+        assert _uses_shm(session) is (kind == "shm")

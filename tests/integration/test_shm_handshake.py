@@ -20,6 +20,8 @@ from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello, Welcome
 from worker_client.exceptions import BrokerConnectionError, BrokerProtocolError
 from worker_client.transport import IPCTransport
 
+from ..conftest import wait_until
+
 Answer = Callable[[], tuple[Any, list[int]]]  # the frame to send and the fds to attach
 
 
@@ -90,6 +92,9 @@ def _memfd(size: int, seals: int = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) -> i
     return fd
 
 
+_WRITE_SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
 def _welcome(slot_size: int = 4096, slots: int = 2) -> Welcome:
     return Welcome(PROTOCOL_VERSION, 1, slot_size, slots, slots)
 
@@ -120,6 +125,11 @@ async def test_good_arenas_are_mapped_and_their_descriptors_closed(fake_broker) 
         pytest.param(lambda: [_memfd(8192), _memfd(4096)], "4096 bytes", id="wrong_size"),
         pytest.param(lambda: [_memfd(8192), _memfd(8192, seals=0)], "sealed", id="unsealed"),
         pytest.param(lambda: [_memfd(8192), _pipe()], "memfd", id="not_a_memfd"),
+        pytest.param(
+            lambda: [_memfd(8192), _memfd(8192, seals=_WRITE_SEALED)],
+            "cannot be mapped",
+            id="up_arena_sealed_against_writes",
+        ),
     ],
 )
 async def test_bad_arenas_fail_the_connection_and_leak_no_descriptor(
@@ -128,6 +138,22 @@ async def test_bad_arenas_fail_the_connection_and_leak_no_descriptor(
     before = _held()
     path, _ = await fake_broker(lambda: (_welcome(), fds()))
     with pytest.raises(BrokerProtocolError, match=problem):
+        await _connect(path)
+    assert _held() == before
+
+
+async def test_more_slots_than_the_cap_are_refused_before_any_bookkeeping(fake_broker) -> None:
+    """The worker keeps a few words per slot of its up arena: a broker announcing slots
+    past ``MAX_SLOTS`` (1-byte slots of a large sparse memfd could make it allocate
+    gigabytes) fails the connection instead."""
+    from shared.arena import MAX_SLOTS
+
+    slots = MAX_SLOTS + 1
+    before = _held()
+    path, _ = await fake_broker(
+        lambda: (_welcome(slot_size=1, slots=slots), [_memfd(slots), _memfd(slots)])
+    )
+    with pytest.raises(BrokerProtocolError, match="slots"):
         await _connect(path)
     assert _held() == before
 
@@ -173,3 +199,57 @@ def test_an_arena_made_by_the_broker_passes_the_worker_checks() -> None:
     assert arena.fd is not None
     Arena.attach(os.dup(arena.fd), 4096, 2, writable=True).close()
     arena.close()
+
+
+async def test_descriptors_are_close_on_exec_from_the_moment_they_arrive(tmp_path) -> None:
+    """The Welcome comes in two parts, the descriptors with the first: while the worker
+    waits for the rest, the memfds it holds are already close-on-exec (a fork and exec
+    elsewhere in the process meanwhile must not inherit them)."""
+    path = str(tmp_path / "b.sock")
+    before = _held()
+    first_part = asyncio.Event()
+    go_on = asyncio.Event()
+    frame = encode(_welcome())
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        fds = [_memfd(8192), _memfd(8192)]
+        sock = writer.get_extra_info("socket")
+        with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+            socket.send_fds(dup, [frame[:3]], fds)
+        for fd in fds:
+            os.close(fd)
+        first_part.set()
+        await go_on.wait()
+        writer.write(frame[3:])
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path)
+    try:
+        connecting = asyncio.ensure_future(_connect(path))
+        await first_part.wait()
+
+        def received() -> list[int]:
+            return [
+                int(fd)
+                for fd in os.listdir("/proc/self/fd")
+                if _target(fd).startswith("/memfd:") and _target(fd) not in before
+            ]
+
+        await wait_until(lambda: len(received()) == 2, what=received)  # read, not mapped
+        assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in received())
+        go_on.set()
+        transport = await connecting
+        assert transport.down is not None
+        await transport.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        return ""

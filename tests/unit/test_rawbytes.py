@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import resource
+import sys
 
 import pytest
 
@@ -69,3 +70,10 @@ def test_a_large_buffer_is_first_touched_in_huge_pages():
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert raw.finish(size).count(b"p") == size
     assert faults < size // mmap.PAGESIZE // 2  # 16,384 with 4 KiB pages only
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+@pytest.mark.parametrize("size", [sys.maxsize + 1, (1 << 64) - 1])
+def test_a_size_past_ssize_t_is_an_overflow(size: int, inplace: bool) -> None:
+    with pytest.raises(OverflowError):
+        RawBytes(size, inplace=inplace)
