@@ -38,9 +38,11 @@ What one worker connection may hold (``Limits`` and the constants below):
 - Shared memory (a worker that asked, ``Hello.shm``): two memfd arenas per connection,
   ``down_slots`` (16) and ``up_slots`` (8) slots of ``slot_size`` (1 MiB), made at the
   handshake and unmapped when the connection closes (each mapping holds a descriptor
-  until then: two per worker); all workers' arenas together at
-  most ``max_shm_bytes`` (384 MiB), beyond which (or with ``HTTP_BROKER_SHM=0`` in the
-  broker's environment, or no memfd) a worker gets inline bodies. A stream has at most
+  until then: two per worker); all workers' arenas together at most ``max_shm_bytes``
+  (384 MiB), and at most ``shm_per_process`` (2) connections of one worker process with
+  arenas (so no process takes the budget from the others); beyond these (or with
+  ``HTTP_BROKER_SHM=0`` in the broker's environment, or no memfd) a worker gets inline
+  bodies. A stream has at most
   ``SLOTS_PER_STREAM`` (4) down slots out; at that with no room left its window is full.
   So whatever the workers do, the broker's shared memory is the budget, and a slow
   reader's bytes wait in its own arena or, inline, under the window above. Up slots are
@@ -122,6 +124,7 @@ DOWN_SLOTS = 16
 UP_SLOTS = 8
 SLOTS_PER_STREAM = 4
 MAX_SHM_BYTES = 384 << 20
+SHM_PER_PROCESS = 2
 MIN_ROOM = 64 * 1024  # a slot's tail smaller than this is not filled: a new slot is taken
 INLINE_MAX = 32 * 1024  # a body piece smaller than this goes inline (in a Data frame)
 
@@ -595,14 +598,14 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def _welcome_with_arenas(self) -> bool:
         """Make this worker's two arenas and send them with the Welcome; False (nothing
         sent, nothing kept) if the budget, the platform or the socket says no."""
-        arenas = self.server.open_arenas()
+        arenas = self.server.open_arenas(self.process)
         if arenas is None:
             return False
         down, up = arenas
         welcome = Welcome(PROTOCOL_VERSION, os.getpid(), down.slot_size, down.slots, up.slots)
         assert down.fd is not None and up.fd is not None
         if not self._send_with_fds(encode(welcome), [down.fd, up.fd]):
-            self.server.close_arenas(down, up)
+            self.server.close_arenas(self.process, down, up)
             return False
         down.close_fd()
         up.close_fd()
@@ -700,7 +703,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self._owners = []
         self._releases = []
         if down is not None and up is not None:
-            self.server.close_arenas(down, up)
+            self.server.close_arenas(self.process, down, up)
 
     def _handshake_late(self) -> None:
         self._hello_timer = None
@@ -828,6 +831,9 @@ class Limits:
     down_slots: int = DOWN_SLOTS
     up_slots: int = UP_SLOTS
     max_shm_bytes: int = MAX_SHM_BYTES  # all workers' arenas together; 0: inline only
+    # connections of one worker process that get arenas (a process has one per event
+    # loop): no process can take the whole budget from the others
+    shm_per_process: int = SHM_PER_PROCESS
 
 
 class BrokerServer:
@@ -849,6 +855,7 @@ class BrokerServer:
         shm = os.environ.get("HTTP_BROKER_SHM", "").strip().lower() not in _OFF and _MEMFD
         self.shm_budget = limits.max_shm_bytes if shm else 0
         self.shm_bytes = 0  # in the workers' arenas now
+        self._shm_processes: dict[int, int] = {}  # connections with arenas per process
         self._processes: dict[int, int] = {}  # greeted connections per worker process
         self.draining = False
         # One read buffer for every connection: a read is handled to its end before
@@ -993,11 +1000,14 @@ class BrokerServer:
         if pid not in self._processes:
             self.jars.drop_owner(pid)
 
-    def open_arenas(self) -> tuple[Arena, Arena] | None:
-        """A new worker's two arenas, within the budget; None: inline bodies."""
+    def open_arenas(self, process: int) -> tuple[Arena, Arena] | None:
+        """A new connection's two arenas, within the budget and the share of its worker
+        ``process``; None: inline bodies."""
         lim = self.limits
         size = lim.slot_size * (lim.down_slots + lim.up_slots)
         if self.shm_bytes + size > self.shm_budget:
+            return None
+        if self._shm_processes.get(process, 0) >= lim.shm_per_process:
             return None
         try:
             down = Arena.create(lim.slot_size, lim.down_slots)
@@ -1010,10 +1020,14 @@ class BrokerServer:
             log.warning("no shared memory for a worker (%s); inline bodies", exc)
             return None
         self.shm_bytes += size
+        self._shm_processes[process] = self._shm_processes.get(process, 0) + 1
         return down, up
 
-    def close_arenas(self, down: Arena, up: Arena) -> None:
+    def close_arenas(self, process: int, down: Arena, up: Arena) -> None:
         self.shm_bytes -= down.size + up.size
+        left = self._shm_processes.pop(process, 1) - 1
+        if left > 0:
+            self._shm_processes[process] = left
         down.close()
         up.close()
 

@@ -465,3 +465,26 @@ async def test_a_redirect_with_a_large_body_then_a_large_body(carrier, raw_serve
                 assert resp.status == 200 and len(resp.history) == 1
                 assert _sha(await resp.read()) == _sha(final)
         assert _uses_shm(session) is (kind == "shm")
+
+
+async def test_one_process_gets_arenas_for_two_connections_at_most(own_broker) -> None:
+    """No worker process can take the whole budget from the others: its first
+    ``shm_per_process`` (2) connections get arenas, a third gets inline bodies, and one
+    closed makes room again (counted by the kernel's pid of the peer)."""
+    first = await RawWorker.connect(own_broker.socket_path, shm=True)
+    second = await RawWorker.connect(own_broker.socket_path, shm=True)
+    third = await RawWorker.connect(own_broker.socket_path, shm=True)
+    try:
+        assert [w.welcome.slot_size for w in (first, second)] == [MiB, MiB]
+        assert third.welcome.slot_size == 0 and third.down is None
+        assert _arenas_mapped(own_broker.pid) == 4  # two per connection with arenas
+        first.close()
+        await wait_until(lambda: _arenas_mapped(own_broker.pid) == 2)
+        fourth = await RawWorker.connect(own_broker.socket_path, shm=True)
+        try:
+            assert fourth.welcome.slot_size == MiB
+        finally:
+            fourth.close()
+    finally:
+        for w in (second, third):
+            w.close()
