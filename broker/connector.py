@@ -5,7 +5,13 @@ A traced request (``acquire``'s ``trace``: its stream) is told what aiohttp's
 ``BaseConnector.connect`` reports: ``connection_queued_start``/``_end`` around each wait
 for a slot, ``connection_reuseconn`` for an idle connection, ``connection_create_start``
 /``_end`` around opening one (the DNS events in between are the dialer's, none for a
-connection through a proxy, as in aiohttp; a failed connect has no ``_end``)."""
+connection through a proxy, as in aiohttp; a failed connect has no ``_end``).
+
+A connection the pool closes (not reusable, expired, evicted) stays in its ``_closing``
+until its socket is closed: a TLS close waits for the peer's close_notify or end of
+stream, on Python 3.11+ at most the pool's ``ssl_shutdown_timeout`` when set (else
+asyncio's 30 s), on 3.10 as long as the peer takes. Closing the pool aborts those still
+open, and waits for them as for the rest: no socket outlives its pool."""
 
 from __future__ import annotations
 
