@@ -5,7 +5,13 @@ A traced request (``acquire``'s ``trace``: its stream) is told what aiohttp's
 ``BaseConnector.connect`` reports: ``connection_queued_start``/``_end`` around each wait
 for a slot, ``connection_reuseconn`` for an idle connection, ``connection_create_start``
 /``_end`` around opening one (the DNS events in between are the dialer's, none for a
-connection through a proxy, as in aiohttp; a failed connect has no ``_end``)."""
+connection through a proxy, as in aiohttp; a failed connect has no ``_end``).
+
+A connection the pool closes (not reusable, expired, evicted) stays in its ``_closing``
+until its socket is closed: a TLS close waits for the peer's close_notify or end of
+stream, on Python 3.11+ at most the pool's ``ssl_shutdown_timeout`` when set (else
+asyncio's 30 s), on 3.10 as long as the peer takes. Closing the pool aborts those still
+open, and waits for them as for the rest: no socket outlives its pool."""
 
 from __future__ import annotations
 
@@ -63,6 +69,9 @@ class Pool:
             clock=clock or loop.time,
         )
         self._active: set[HTTP1Connection] = set()
+        # closed by the pool, the socket not yet: a TLS close waits for the peer's
+        # close_notify (3.10 without end); ``close`` cuts those short
+        self._closing: set[HTTP1Connection] = set()
         self._expiry: asyncio.TimerHandle | None = None
         self.rate = (
             RateLimiter(spec.rate_limit_per_host, clock=loop.time)
@@ -272,6 +281,9 @@ class Pool:
         if reusable:
             self._schedule_expiry()
 
+    def _closed_one(self, conn: HTTP1Connection, _lost: asyncio.Future[None]) -> None:
+        self._closing.discard(conn)
+
     def _return_grant(self, key: Any, got: Any) -> None:
         if got is NEW:
             self._apply(self.state.discard(key))
@@ -282,6 +294,9 @@ class Pool:
         for conn in decision.close:
             conn.on_idle_lost = None  # the pool is done with it
             conn.close()
+            if not conn.lost.done():
+                self._closing.add(conn)
+                conn.lost.add_done_callback(functools.partial(self._closed_one, conn))
         for waiter, key, got in decision.grants:
             assert isinstance(waiter, asyncio.Future)
             if waiter.done():  # cancelled, its task not yet out of the queue
@@ -362,6 +377,10 @@ class Pool:
                 conn.close()
             else:
                 conn.abort()
+        closing = list(self._closing)
+        for conn in closing:  # as aiohttp's close aborts its cleanup_closed transports
+            conn.abort()
+        conns += closing
         for waiter in self.state.drain_waiters():
             assert isinstance(waiter, asyncio.Future)
             if not waiter.done():

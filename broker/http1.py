@@ -435,6 +435,11 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             await self._lost
 
+    @property
+    def lost(self) -> asyncio.Future[None]:
+        """Done once ``connection_lost`` has run: the socket is closed."""
+        return self._lost
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()

@@ -33,6 +33,7 @@ from shared.specs import (
     encode_tls,
     tls_id,
 )
+from tests.conftest import read_request_head
 from tests.integration.proxy_server import ProxyServer
 from tests.tls_certs import Certs, fingerprint_of, server_context
 from worker_client import (
@@ -710,3 +711,50 @@ async def test_ssl_shutdown_timeout_reaches_tls_through_a_proxy(
     finally:
         conn.abort()
         await registry.close()
+
+
+@pytest.mark.parametrize("mode", ["embedded"])  # the pool of the test's own process
+async def test_a_tls_close_its_peer_never_answers_ends_with_the_pool(
+    https_origin: str,
+    raw_server: Callable[..., Any],
+    ca_trusting_session: Callable[..., ClientSession],
+) -> None:
+    """A tunnel whose proxy keeps our side open after the origin left: the TLS close we
+    begin when the origin's ``Connection: close`` answer ends the exchange gets no
+    close_notify back, nor an end of stream. Closing the session (its pool) still closes
+    that connection's socket, before it returns: none outlives the pool (3.10's TLS waits
+    for the peer without end, 3.11's for 30 s; past the test's loop, a ResourceWarning
+    blamed on whichever test collects the socket)."""
+    client_left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def lazy_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        target = (await read_request_head(reader)).split()[1]
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", int(target.rsplit(b":", 1)[1])
+        )
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def client_to_origin() -> None:
+            try:
+                while data := await reader.read(65536):
+                    if not up_writer.is_closing():
+                        up_writer.write(data)
+            finally:
+                if not client_left.done():
+                    client_left.set_result(None)
+
+        async def origin_to_client() -> None:  # the origin leaving is not passed on
+            while data := await up_reader.read(65536):
+                writer.write(data)
+            up_writer.close()
+
+        await asyncio.gather(client_to_origin(), origin_to_client())
+
+    proxy = await raw_server(lazy_tunnel)
+    session = ca_trusting_session(proxy=proxy)
+    async with session.get(https_origin + "/") as resp:
+        assert resp.status == 200 and resp.headers["Connection"] == "close"
+        await resp.read()
+    assert not client_left.done()
+    await session.close()
+    await asyncio.wait_for(client_left, 5)
