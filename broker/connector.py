@@ -10,8 +10,10 @@ connection through a proxy, as in aiohttp; a failed connect has no ``_end``).
 A connection the pool closes (not reusable, expired, evicted) stays in its ``_closing``
 until its socket is closed: a TLS close waits for the peer's close_notify or end of
 stream, on Python 3.11+ at most the pool's ``ssl_shutdown_timeout`` when set (else
-asyncio's 30 s), on 3.10 as long as the peer takes. Closing the pool aborts those still
-open, and waits for them as for the rest: no socket outlives its pool."""
+asyncio's 30 s); the pool aborts one still open after ``CLOSE_LIMIT`` (30 s, or the
+``ssl_shutdown_timeout`` if longer), which is what bounds it on 3.10, whose TLS close
+waits as long as the peer takes. Closing the pool aborts those still open, and waits for
+them as for the rest: no socket outlives its pool."""
 
 from __future__ import annotations
 
@@ -33,7 +35,10 @@ from .resolver import CachedResolver
 from .stream import BrokerStream
 from .tls import TlsContexts
 
-__all__ = ["Pool", "ConnKey"]
+__all__ = ["Pool", "ConnKey", "CLOSE_LIMIT"]
+
+CLOSE_LIMIT = 30.0  # seconds a connection the pool closed may take to close its socket
+
 
 class Pool:
     """One pool of connections, shared by every request whose ``PoolSpec`` is equal.
@@ -281,7 +286,10 @@ class Pool:
         if reusable:
             self._schedule_expiry()
 
-    def _closed_one(self, conn: HTTP1Connection, _lost: asyncio.Future[None]) -> None:
+    def _closed_one(
+        self, conn: HTTP1Connection, timer: asyncio.TimerHandle, _lost: asyncio.Future[None]
+    ) -> None:
+        timer.cancel()
         self._closing.discard(conn)
 
     def _return_grant(self, key: Any, got: Any) -> None:
@@ -296,7 +304,9 @@ class Pool:
             conn.close()
             if not conn.lost.done():
                 self._closing.add(conn)
-                conn.lost.add_done_callback(functools.partial(self._closed_one, conn))
+                limit = max(CLOSE_LIMIT, self.spec.ssl_shutdown_timeout or 0)
+                timer = self._loop.call_later(limit, conn.abort)
+                conn.lost.add_done_callback(functools.partial(self._closed_one, conn, timer))
         for waiter, key, got in decision.grants:
             assert isinstance(waiter, asyncio.Future)
             if waiter.done():  # cancelled, its task not yet out of the queue
