@@ -46,6 +46,9 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from quick_rps import stop_server  # noqa: E402
 
 MiB = 1 << 20
 
@@ -150,12 +153,7 @@ def aiohttp_server(size: int) -> Iterator[str]:
             raise RuntimeError(f"the server subprocess did not start (printed {line!r})")
         yield f"http://127.0.0.1:{line}/body"
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def wait_port(port: int, proc: subprocess.Popen[Any]) -> None:
