@@ -107,7 +107,7 @@ class BrokerStream:
         task = asyncio.ensure_future(aw)  # even when given up already: ``aw`` settles
         waiter: asyncio.Future[T] = task.get_loop().create_future()
 
-        def done(t: asyncio.Future[T]) -> None:
+        def done(t: asyncio.Future[T], waiter: asyncio.Future[T] = waiter) -> None:
             if waiter.done():
                 if orphan is not None and not t.cancelled() and t.exception() is None:
                     orphan(t.result())
@@ -135,6 +135,9 @@ class BrokerStream:
             raise
         finally:
             self.waiting = None
+            # An exception raised here keeps this frame in its traceback; the task and
+            # the waiter (and so ``done``) hold that exception: no cycle for the collector.
+            del task, waiter, done
         if self.finished:  # given up after the result came, before we resumed
             if orphan is not None:
                 orphan(result)

@@ -583,10 +583,11 @@ class ClientResponse:
         self._closed = False
         self._released = False  # release()/close() was called
         self._in_context = False
-        content._on_drained = self._response_eof
         content._head = (method, status, raw_headers)
         if content.at_eof() and content.exception() is None:
             self._response_eof()
+        else:  # a callback kept only until it runs: the reader and self hold each other
+            content._on_drained = self._response_eof
 
     @classmethod
     def from_head(

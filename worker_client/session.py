@@ -811,7 +811,10 @@ class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
         return self._coro.send(arg)
 
     def throw(self, *args: Any) -> Any:
-        return self._coro.throw(*args)
+        try:
+            return self._coro.throw(*args)
+        finally:
+            del args  # the exception, whose traceback holds this frame
 
     def close(self) -> None:
         self._coro.close()
