@@ -27,10 +27,11 @@ import array
 import asyncio
 import os
 import socket
+import sys
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from yarl import URL
@@ -82,6 +83,7 @@ __all__ = [
     "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
 ]
 
+T = TypeVar("T")
 _INLINE_BODY_MAX = 1 << 20  # a bigger request body would not fit in one frame
 Rewinder = Callable[[], AsyncIterator[bytes]]
 _BUFSIZE = 1 << 18
@@ -479,7 +481,7 @@ class IPCTransport(Transport):
             check_broker_uid(self.path, self.broker_uid, trusted)
             reader = FrameReader()
             try:
-                welcome, more = await asyncio.wait_for(self._handshake(sock, reader, shm), timeout)
+                welcome, more = await _within(self._handshake(sock, reader, shm), timeout)
             except asyncio.TimeoutError:
                 raise BrokerConnectionError(
                     f"the broker at {self.path} did not answer the handshake"
@@ -950,6 +952,34 @@ async def get_transport(
         check_broker_uid(transport.path, transport.broker_uid, trusted)
     transport.users += 1
     return transport
+
+
+async def _within(aw: Awaitable[T], seconds: float) -> T:
+    """``aw``'s result, or ``asyncio.TimeoutError`` after ``seconds``: what
+    ``asyncio.wait_for`` promises, without its flaw on 3.10 and 3.11 (CPython gh-86296):
+    a cancel of the caller that lands as ``aw`` finishes is swallowed there, and the
+    request whose caller gave up goes on. Here that cancel always propagates."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await aw
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        if expired:
+            raise asyncio.TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
 
 
 async def _connect(
