@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +34,7 @@ import pytest
 from tests.integration.apps import closed_port
 from worker_client import ClientConnectorError, ClientSession, ClientTimeout
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROUNDS = 300  # about 1 s per test; a cycle per request leaves at least 2 * ROUNDS
 LATE_ROUNDS = 100  # the requests given up: each waits 1 ms
 SMALL = b"ok"
@@ -78,9 +80,9 @@ def serve() -> None:
 
 @pytest.fixture
 async def base() -> AsyncIterator[str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(  # as a module of the checkout, whose
+        sys.executable, "-m", __name__, stdin=asyncio.subprocess.PIPE,  # root is the cwd
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
