@@ -184,9 +184,31 @@ PATTERNS: dict[str, tuple[Pattern, tuple[str, ...], int]] = {
 }
 
 
+# On Python 3.10, asyncio's Future.result() re-raises with a traceback that holds the
+# future (3.11 keeps them apart): these patterns, where an exception passes through
+# awaited futures (the end of a body iterator, a refused connect, a timeout), leave
+# cycles that asyncio itself makes. Measured on 3.10.13: 28-40 objects per request.
+ON_310_ASYNCIO_CYCLES = {
+    ("streamed_upload", "embedded"),
+    ("connection_refused", "broker"),
+    ("total_timeout", "broker"),
+}
+_ASYNCIO_310 = pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="on 3.10 asyncio's Future.result() re-raises with a traceback that holds the "
+    "future (a cycle asyncio itself makes; 3.11 keeps the traceback apart)",
+)
+
+
 @pytest.mark.parametrize(
     ("pattern", "mode"),
-    [(name, mode) for name, (_, modes, _) in PATTERNS.items() for mode in modes],
+    [
+        pytest.param(name, mode, marks=_ASYNCIO_310)
+        if (name, mode) in ON_310_ASYNCIO_CYCLES
+        else (name, mode)
+        for name, (_, modes, _) in PATTERNS.items()
+        for mode in modes
+    ],
 )
 async def test_requests_leave_no_cyclic_garbage(pattern, base, make_session):
     session = make_session()
