@@ -87,11 +87,11 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     ``handler_cancellation=True`` cancels a handler when its client goes away (aiohttp's
     option), so a handler that holds a request can notice the client leave."""
     runners: list[web.AppRunner] = []
-    tls_transports: list[asyncio.BaseTransport] = []
+    transports: list[asyncio.BaseTransport] = []
 
     async def note_transport(request: web.Request, response: web.StreamResponse) -> None:
         if request.transport is not None:
-            tls_transports.append(request.transport)
+            transports.append(request.transport)
 
     async def start(
         app: web.Application,
@@ -101,8 +101,7 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
         host: str = "127.0.0.1",
     ) -> str:
         """With ``ssl_context`` the app serves https; the URL names ``host``."""
-        if ssl_context is not None:
-            app.on_response_prepare.append(note_transport)
+        app.on_response_prepare.append(note_transport)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=handler_cancellation)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
@@ -112,19 +111,19 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
         return f"{'https' if ssl_context else 'http'}://{host}:{port}"
 
     yield start
-    # A TLS connection a client keeps idle (a broker outlives the test) would wait for
-    # its close_notify past this test's loop: abort them instead, those that carried a
-    # request (Python 3.10's TLS transport needs it even after its peer left: aiohttp's
-    # server never closes it) and those still open that carried none (a tunnel that
-    # was only opened).
+    # The test is over: every server connection is aborted, those that carried a
+    # request and those still open that carried none. A TLS connection a client keeps
+    # idle (a broker outlives the test) would wait for its close_notify past this
+    # test's loop (Python 3.10's TLS transport even after its peer left: aiohttp's
+    # server never closes it), a tunnel only opened too; a plain one closing with a
+    # response still unsent (a client that gave up a big body, its broker not yet done
+    # with the upstream socket) would wait for a reader that is gone.
     for runner in runners:
         if runner.server is not None:
             for handler in list(runner.server.connections):
-                if handler.transport is not None and handler.transport.get_extra_info(
-                    "sslcontext"
-                ):
-                    tls_transports.append(handler.transport)
-    for transport in tls_transports:
+                if handler.transport is not None:
+                    transports.append(handler.transport)
+    for transport in transports:
         transport.abort()
     for runner in runners:
         await runner.cleanup()
