@@ -5,6 +5,7 @@
     python bench/compare.py                # 5 rounds, about 10 minutes; rewrites docs/
     python bench/compare.py --loop uvloop  # the same with uvloop in the client processes
     python bench/compare.py --quick --out /tmp/x   # smoke run: 1 round, small sizes
+    python bench/compare.py --pin 0 --workloads get_seq,get_64   # every process on CPU 0
 
 The server: nginx when the ``nginx`` binary is found (a private config in a temporary
 directory, loopback ports, one worker process, ``daemon off``; no root needed), else an
@@ -50,6 +51,13 @@ temporary directory). The client processes run on asyncio, or uvloop with ``--lo
 uvloop``; the broker process runs on uvloop whenever it is installed (``broker.cli``).
 Every child process is in a process group of its own and is ended when the run ends,
 also on Ctrl-C or SIGTERM. Loopback only.
+
+``--pin CPU`` runs the whole process tree (server, broker, client processes) on that one
+CPU (``os.sched_setaffinity`` of this process, inherited by every child). Unpinned on a
+shared VM a wake-up across cores costs a scheduler's whim (about 0.4 ms here), and a
+chain of three processes (worker, broker, server) pays it twice per request; pinned, the
+figures measure the code rather than the scheduler (issue 12). A pinned full run writes
+its own section of ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -933,12 +941,18 @@ def medians(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def table(
-    meds: dict[str, dict[str, float]], clients: list[str], cells: list[dict[str, Any]]
+    meds: dict[str, dict[str, float]],
+    clients: list[str],
+    cells: list[dict[str, Any]],
+    workloads: list[str] | None = None,
 ) -> str:
+    """The markdown table: a row per metric of the workloads run (all: None)."""
     failed = {(c["client"], c["workload"]) for c in cells if "error" in c}
     head = "| | " + " | ".join(CLIENTS[c] for c in clients) + " |"
     rows = [head, "| --- |" + " ---: |" * len(clients)]
     for metric, workload, _, label, unit, higher, fmt in METRICS:
+        if workloads is not None and workload not in workloads:
+            continue
         arrow = "higher is better" if higher else "lower is better"
         name = f"{label} ({unit}, {arrow})" if unit else f"{label} ({arrow})"
         if metric == "tls_hs":
@@ -1007,12 +1021,15 @@ def versions() -> dict[str, str]:
 def describe(meta: dict[str, Any]) -> str:
     v = meta["versions"]
     loop = "uvloop" if meta["loop"] == "uvloop" else "asyncio (the default loop)"
+    pinned = (
+        f" Every process pinned to CPU {meta['pin']}." if meta.get("pin") is not None else ""
+    )
     broker_loop = "uvloop" if "uvloop" in v else "asyncio"
     return (
         f"Server: {meta['server']}. Client event loop: {loop}; broker process: "
         f"{broker_loop}. {meta['rounds']} rounds, medians; Python {v['python']}, "
         f"aiohttp {v.get('aiohttp', '?')}, httpx {v.get('httpx', '?')}, "
-        f"{meta['cpus']} CPUs, commit {v.get('commit', '?')}, {meta['date']}."
+        f"{meta['cpus']} CPUs, commit {v.get('commit', '?')}, {meta['date']}.{pinned}"
     )
 
 
@@ -1033,14 +1050,15 @@ def report(bench: Bench, args: argparse.Namespace, out: Path, seconds: float) ->
     meta = {
         "server": bench.server.kind if bench.server.kind != "nginx"
         else getattr(bench.server, "version", "nginx"),
-        "loop": args.loop, "rounds": args.rounds, "quick": args.quick,
+        "loop": args.loop, "rounds": args.rounds, "quick": args.quick, "pin": args.pin,
         "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "sizes": dataclasses.asdict(bench.sizes), "versions": versions(), "seconds": round(seconds),
     }
     if meta["server"] == "aiohttp":
         meta["server"] = "aiohttp.web (nginx not found)"
-    text = table(meds, args.clients, bench.cells)
-    stem = f"benchmarks-compare-{args.loop}"
+    text = table(meds, args.clients, bench.cells, args.workloads)
+    section = args.loop if args.pin is None else f"{args.loop}-pinned"
+    stem = f"benchmarks-compare-{section}"
     (out / f"{stem}.json").write_text(
         json.dumps({"meta": meta, "medians": meds, "cells": bench.cells}, indent=1) + "\n"
     )
@@ -1049,13 +1067,13 @@ def report(bench: Bench, args: argparse.Namespace, out: Path, seconds: float) ->
     charted = f"; chart: {out / (stem + '.png')}" if has_chart else ""
     print(f"JSON: {out / (stem + '.json')}{charted}")
     if args.docs:
-        section = (
-            f"#### `python bench/compare.py{' --loop uvloop' if args.loop == 'uvloop' else ''}`"
+        body = (
+            f"#### `{' '.join(['python bench/compare.py', *args.argv])}`"
             f"\n\n{describe(meta)}\n\n{text}\n\n"
             + (f"![ratios to aiohttp]({stem}.png)\n\n" if has_chart else "")
             + f"All samples: [{stem}.json]({stem}.json)."
         )
-        write_docs(section, args.loop)
+        write_docs(body, section)
         print("docs/benchmarks.md updated")
 
 
@@ -1068,12 +1086,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="where the JSON and PNG go (not docs/)")
     parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
+    parser.add_argument("--pin", type=int, metavar="CPU", default=None,
+                        help="run every process of the run on this one CPU")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the heading's command line
     args.clients = args.clients.split(",")
     args.workloads = args.workloads.split(",")
     for given, known in ((args.clients, CLIENTS), (args.workloads, WORKLOADS)):
         if set(given) - set(known):
             parser.error(f"unknown {sorted(set(given) - set(known))}; choose from {list(known)}")
+    if args.pin is not None and args.pin not in os.sched_getaffinity(0):
+        parser.error(f"--pin {args.pin}: not one of this process's CPUs "
+                     f"{sorted(os.sched_getaffinity(0))}")
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.sizes = QUICK if args.quick else Sizes()
     args.docs = args.out is None and not args.quick
@@ -1090,6 +1114,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     kind = pick_server(args.server)
+    if args.pin is not None:
+        os.sched_setaffinity(0, {args.pin})  # every child inherits it
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
