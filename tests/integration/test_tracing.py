@@ -293,17 +293,19 @@ async def test_docs_trace_request_ctx(client, serve_app):
     assert seen == [{"foo": v} for v in ("get", "post", "put", "delete", "request")]
 
 
+async def retry_once(req: Any, handler: Any) -> Any:
+    """A middleware that sends every request twice, keeping the second answer."""
+    resp = await handler(req)
+    resp.release()
+    return await handler(req)
+
+
 async def test_middleware_retry_is_one_request_start(client, serve_app):
     """aiohttp 3.14 sends ``on_request_start`` once per request, before its
     middlewares: a retry is a second exchange (connection and headers sent again),
     not a second request start."""
     base = await serve_app(_app())
     rec = Recorder(client)
-
-    async def retry_once(req: Any, handler: Any) -> Any:
-        resp = await handler(req)
-        resp.release()
-        return await handler(req)
 
     session = client.make(trace_configs=[rec.config], middlewares=[retry_once])
     async with session.get(base + "/") as resp:
@@ -391,11 +393,6 @@ async def test_sequence_matches_aiohttp(client, serve_app):
 async def test_sequence_of_a_middleware_retry_matches_aiohttp(client, serve_app):
     base = await serve_app(_app())
     rec = Recorder(client)
-
-    async def retry_once(req: Any, handler: Any) -> Any:
-        resp = await handler(req)
-        resp.release()
-        return await handler(req)
 
     session = client.make(trace_configs=[rec.config], middlewares=[retry_once])
     async with session.get(base + "/") as resp:
