@@ -214,7 +214,11 @@ def broker_instructions(client: str, url: str, n: int, conc: int) -> int:
             cwd=ROOT, stderr=subprocess.PIPE, text=True, env=ENV,
         )
         try:
-            _wait_for(lambda: os.path.exists(sock), 60)
+            # valgrind runs Python ~50x slower: on a loaded machine start-up takes minutes
+            _wait_for(lambda: os.path.exists(sock) or broker.poll() is not None, 300)
+            if broker.poll() is not None:
+                err = broker.stderr.read() if broker.stderr is not None else ""
+                raise RuntimeError(f"the broker under callgrind exited:\n{err[-2000:]}")
             subprocess.run(
                 [sys.executable, client, sock, url, str(n), str(conc)], check=True, env=ENV
             )
@@ -262,7 +266,7 @@ def measure(n1: int, n2: int, conc: int, jobs: int) -> dict[str, float]:
         "broker_process": lambda n: broker_instructions(client, url, n, conc),
     }
     try:
-        _wait_for(lambda: _accepts(port) and os.path.exists(sock), 30)
+        _wait_for(lambda: _accepts(port) and os.path.exists(sock), 120)
         with ThreadPoolExecutor(jobs) as pool:
             counts = {key: [pool.submit(run, n) for n in (n1, n2)] for key, run in runs.items()}
             return {key: (b.result() - a.result()) / (n2 - n1) for key, (a, b) in counts.items()}
