@@ -12,7 +12,6 @@ import socket
 import sys
 import warnings
 import weakref
-from ssl import SSLContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,8 @@ from .resolver import resolver_spec
 from .tls import Fingerprint, merge_ssl
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from .transport import Transport
 
 __all__ = ["BaseConnector", "TCPConnector", "UnixConnector"]

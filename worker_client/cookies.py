@@ -57,7 +57,6 @@ from broker.cookie_store import (
     is_domain_match,
     parse_set_cookie_headers,
 )
-from broker.jars import jar_figures
 from shared.messages import CookieData
 from shared.specs import JarSpec
 
@@ -189,6 +188,8 @@ _own_stores: weakref.WeakSet[CookieStore] = weakref.WeakSet()
 
 def embedded_jar_figures() -> list[dict[str, object]]:
     """``Stats.jars`` of this process's embedded jars (the broker's ``JarTable.figures``)."""
+    from broker.jars import jar_figures
+
     with _group_lock:
         named = [(spec, store, 0) for spec, store in _group_stores.items()]
     return jar_figures(named, list(_own_stores))
