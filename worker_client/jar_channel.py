@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from yarl import URL
 
-from broker.cookie_store import new_morsel
 from shared.framing import encode
 from shared.messages import (
     MAX_JAR_RECORDS,
@@ -374,6 +373,8 @@ class BrokerJar:
 
     def filter(self, url: URL) -> BaseCookie[str]:
         """The cookies to send to ``url``."""
+        from broker.cookie_store import new_morsel
+
         (reply,) = self._channel.call([JarFilter(0, self.token, str(url))])[0]
         assert isinstance(reply, JarCookies)
         out: BaseCookie[str] = BaseCookie()

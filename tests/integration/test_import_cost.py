@@ -6,7 +6,8 @@ Each check runs in a fresh interpreter (this one has imported everything already
   needs: the HTTP/1.1 exchange, httptools), nor ``importlib.metadata``, nor the modules of
   rarely used names (``worker_client.__getattr__`` loads those on first use), and makes
   no SSL context (about 21 ms each; aiohttp makes two at import);
-- a request in broker mode leaves it so: the engine runs in the broker;
+- a request in broker mode leaves it so: the engine, and the session's cookie jar, are
+  the broker's;
 - a request in embedded mode loads the engine (so the check above can see it).
 
 ``ssl`` itself is not on the list: asyncio imports it (``asyncio.sslproto``), so it is
@@ -27,6 +28,7 @@ NEVER_IN_A_WORKER = ("broker.engine", "broker.exchange", "broker.http1", "httpto
 NOT_AT_IMPORT = (
     *NEVER_IN_A_WORKER,
     "importlib.metadata",
+    "broker.cookie_store",
     "ctypes",
     "urllib.request",
     "worker_client.multipart",
@@ -88,6 +90,7 @@ async def test_import_and_a_broker_mode_request_load_no_engine(serve_app, broker
     assert report["contexts_at_import"] == []
     assert not set(NEVER_IN_A_WORKER) & set(report["request"])
     assert "importlib.metadata" not in report["request"]
+    assert "broker.cookie_store" not in report["request"]  # the jar is the broker's
     assert report["contexts"] == []  # plain http: no TLS setting made anywhere
 
 
@@ -144,6 +147,12 @@ def test_lazy_names_are_their_modules_objects_and_listed_once():
     every = [name for names in worker_client._LAZY.values() for name in names]
     assert len(every) == len(set(every))
     assert set(every) <= set(worker_client.__all__)
+
+
+def test_the_cookie_jars_max_time_is_the_cookie_rules_one():
+    from broker.cookie_store import MAX_TIME
+
+    assert worker_client.CookieJar.MAX_TIME == MAX_TIME  # written out in worker_client.cookies
 
 
 def test_an_unknown_name_is_an_attribute_error():
