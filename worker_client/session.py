@@ -56,7 +56,6 @@ from .request_options import (
     session_timeout,
 )
 from .response import ClientResponse
-from .tls import check_server_hostname, merge_ssl, request_tls, with_tls
 from .transport import (
     StreamHandle,
     Transport,
@@ -74,6 +73,34 @@ if TYPE_CHECKING:
     from .tls import Fingerprint
     from .tracing import TraceConfig
     from .upload import UploadTracker
+
+
+
+# worker_client.tls's, imported by the first request that names a TLS setting (it hashes
+# specs and handles SSL contexts, which a plain request never needs).
+def merge_ssl(ssl: Any, verify_ssl: Any, ssl_context: Any, fingerprint: Any) -> Any:
+    from .tls import merge_ssl
+
+    return merge_ssl(ssl, verify_ssl, ssl_context, fingerprint)
+
+
+def request_tls(ssl: Any, connector_ssl: Any) -> Any:
+    from .tls import request_tls
+
+    return request_tls(ssl, connector_ssl)
+
+
+def check_server_hostname(server_hostname: Any) -> str:
+    from .tls import check_server_hostname
+
+    return check_server_hostname(server_hostname)
+
+
+def with_tls(req: Request, tls: Any, sni: str) -> Request:
+    from .tls import with_tls
+
+    return with_tls(req, tls, sni)
+
 
 if sys.version_info >= (3, 11):
     from typing import Unpack

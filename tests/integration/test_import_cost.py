@@ -29,6 +29,7 @@ NOT_AT_IMPORT = (
     *NEVER_IN_A_WORKER,
     "importlib.metadata",
     "broker.cookie_store",
+    "worker_client.tls",
     "ctypes",
     "urllib.request",
     "worker_client.multipart",
@@ -91,6 +92,7 @@ async def test_import_and_a_broker_mode_request_load_no_engine(serve_app, broker
     assert not set(NEVER_IN_A_WORKER) & set(report["request"])
     assert "importlib.metadata" not in report["request"]
     assert "broker.cookie_store" not in report["request"]  # the jar is the broker's
+    assert "worker_client.tls" not in report["request"]  # no TLS setting named
     assert report["contexts"] == []  # plain http: no TLS setting made anywhere
 
 
