@@ -42,7 +42,8 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("broker %d serving on %s (%s)", os.getpid(), socket_path, type(loop).__module__)
+    kind = type(loop).__module__.partition(".")[0]  # "asyncio" or "uvloop"
+    log.info("broker %d serving on %s (%s)", os.getpid(), socket_path, kind)
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
