@@ -3,6 +3,10 @@
 ``from worker_client import ClientSession`` where you had ``from aiohttp import
 ClientSession``. With ``HTTP_BROKER`` set (or ``broker=``), requests go through that
 broker; otherwise the same engine runs inside this process.
+
+Importing this package loads what a plain request needs; the modules of rarely used
+names (multipart, payloads, tracing, middlewares...) load on first use (``_LAZY``), the
+engine with the first embedded transport.
 """
 
 from __future__ import annotations
