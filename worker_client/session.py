@@ -75,7 +75,6 @@ if TYPE_CHECKING:
     from .upload import UploadTracker
 
 
-
 # worker_client.tls's, imported by the first request that names a TLS setting (it hashes
 # specs and handles SSL contexts, which a plain request never needs).
 def merge_ssl(ssl: Any, verify_ssl: Any, ssl_context: Any, fingerprint: Any) -> Any:
