@@ -1,7 +1,7 @@
 """http-broker beside aiohttp and httpx: one command, one process tree, a table and a chart.
 
     apt-get install -y nginx-light         # optional: the fast server (else aiohttp.web)
-    pip install -e '.[bench]'              # httpx, matplotlib (and '.[speed]' for uvloop)
+    pip install -e '.[bench]'              # httpx, matplotlib (uvloop: a dependency)
     python bench/compare.py                # 5 rounds, about 10 minutes; rewrites docs/
     python bench/compare.py --loop uvloop  # the same with uvloop in the client processes
     python bench/compare.py --quick --out /tmp/x   # smoke run: 1 round, small sizes
@@ -40,7 +40,8 @@ connections) except the TLS, idle and start-up ones. The workloads:
   1,000 idle keep-alive connections: the client process (the first cell of its round, so
   a fresh one), or the broker (a fresh one), and its growth over the cell;
 - ``startup``: a fresh process imports the client and makes a session and one small GET:
-  import time and RSS (broker x4: the same as x1, not run).
+  import time and RSS (broker x4: the same as x1, not run). Every client is imported
+  from bytecode, compiled by an untimed import first into a cache of the run's.
 
 Output: a table of medians with each one's ratio to aiohttp's (value / aiohttp's; the
 table says per row whether higher or lower is better), a JSON file with every sample, and
@@ -160,9 +161,17 @@ def starting_children() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def spawn(cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
+def spawn(
+    cmd: list[str], env_changes: dict[str, str | None] | None = None, **kw: Any
+) -> subprocess.Popen[Any]:
+    """``env_changes``: variables to set in the child's environment (None: to unset)."""
     env = {k: v for k, v in os.environ.items() if k != "HTTP_BROKER"}  # embedded = embedded
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    for name, value in (env_changes or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     with starting_children():
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, **kw)
         _children.append(proc)
@@ -649,11 +658,14 @@ print(json.dumps({{"import_ms": import_ms, "rss_mib": run_loop(main(), spec["loo
 """
 
 
+def startup_module(client: str) -> str:
+    return {"httpx": "httpx", "aiohttp": "aiohttp"}.get(client, "worker_client")
+
+
 def startup_code(client: str) -> str:
     """A fresh process: the client's import timed first, then a session and one GET
     (this module is imported only after the timed import)."""
-    module = {"httpx": "httpx", "aiohttp": "aiohttp"}.get(client, "worker_client")
-    return STARTUP.format(module=module, root=ROOT)
+    return STARTUP.format(module=startup_module(client), root=ROOT)
 
 
 # -- the orchestrator ---------------------------------------------------------------
@@ -777,6 +789,14 @@ class Bench:
         self.teams: dict[str, Team] = {}
         self.cells: list[dict[str, Any]] = []
         self.log = tmp / "workers.log"
+        # The start-up processes import every client from bytecode, as an installed
+        # package does: compiled once (untimed) into a cache of this run's, whatever
+        # PYTHONDONTWRITEBYTECODE says (else a checkout's modules would be compiled in
+        # every timed import while the site-packages' come compiled).
+        self.bytecode: dict[str, str | None] = {
+            "PYTHONDONTWRITEBYTECODE": None, "PYTHONPYCACHEPREFIX": str(tmp / "pycache"),
+        }
+        self.compiled: set[str] = set()
 
     def team(self, client: str) -> Team:
         team = self.teams.get(client)
@@ -887,8 +907,19 @@ class Bench:
             "client": client, "loop": self.args.loop, "url": f"{self.server.http}/small",
             "broker": broker.socket_path if broker is not None else None,
         }
+        module = startup_module(client)
+        if module not in self.compiled:
+            warm = spawn(
+                [sys.executable, "-c", f"import {module}"], self.bytecode,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            try:
+                warm.wait(60)
+            finally:
+                end(warm)
+            self.compiled.add(module)
         proc = spawn(
-            [sys.executable, "-c", startup_code(client), json.dumps(spec)],
+            [sys.executable, "-c", startup_code(client), json.dumps(spec)], self.bytecode,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:

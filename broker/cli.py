@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -41,7 +42,8 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("broker %d serving on %s", os.getpid(), socket_path)
+    kind = type(loop).__module__.partition(".")[0]  # "asyncio" or "uvloop"
+    log.info("broker %d serving on %s (%s)", os.getpid(), socket_path, kind)
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
@@ -63,12 +65,22 @@ async def serve(
     log.info("broker %d stopped", os.getpid())
 
 
-def _run(coro: Any) -> Any:
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def _runner(loop: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """What runs the broker: uvloop's ``run`` when uvloop is installed ("auto"), else the
+    loop named; ImportError for "uvloop" when it is not installed."""
+    if loop == "asyncio":
+        return asyncio.run
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        if loop == "uvloop":
+            raise
+        return asyncio.run
+    run: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument(
         "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR"
     )
+    p_serve.add_argument(
+        "--loop", choices=LOOPS, default=os.environ.get("HTTP_BROKER_LOOP") or "auto",
+        help="the event loop: uvloop when installed (auto, the default), or the one named "
+        "(default from HTTP_BROKER_LOOP)",
+    )
     p_stats = sub.add_parser("stats", help="print a running broker's figures as JSON")
     p_stats.add_argument("--socket", default=os.environ.get("HTTP_BROKER"))
     args = parser.parse_args(argv)
@@ -100,8 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
+        if args.loop not in LOOPS:  # from HTTP_BROKER_LOOP
+            parser.error(f"the loop must be one of {', '.join(LOOPS)}, got {args.loop!r}")
         try:
-            _run(
+            run = _runner(args.loop)
+        except ImportError as exc:
+            print(f"http-broker: --loop uvloop: {exc}", file=sys.stderr)
+            return 1
+        try:
+            run(
                 serve(
                     args.socket,
                     parent_pid=args.parent_pid,

@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -69,6 +67,9 @@ def start(
 
     ``cookie_file``: a JSON file where the broker keeps the named cookie jars (loaded at
     start, saved within a second of a change)."""
+    import shutil  # here: a worker imports this package without starting a broker
+    import tempfile
+
     starter = os.getpid()
     tmpdir = None
     if socket_path is None:
@@ -125,6 +126,8 @@ def _stop(
     previous: str | None,
     drain_timeout: float,
 ) -> None:
+    import shutil
+
     if export:
         if previous is None:
             os.environ.pop("HTTP_BROKER", None)

@@ -13,6 +13,7 @@ owner may lower (the broker does until a worker's Hello, which is tiny).
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import msgspec
@@ -25,8 +26,13 @@ MAX_FRAME = 4 << 20
 _LEN = struct.Struct("<I")
 # enc_hook: header names may be multidict.istr (a str subclass msgspec does not take).
 _encoder = msgspec.msgpack.Encoder(enc_hook=str)
-# Decoders are stateless: one for every reader (a broker has a reader per worker).
-_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+
+
+@functools.cache
+def _decoder() -> msgspec.msgpack.Decoder[Message]:
+    """Decoders are stateless: one for every reader (a broker has a reader per worker),
+    made by the first reader (its tables cost milliseconds an embedded worker never needs)."""
+    return msgspec.msgpack.Decoder(Message)
 
 
 class FrameError(Exception):
@@ -44,12 +50,13 @@ def encode(msg: Message) -> bytes:
 class FrameReader:
     """Turns a byte stream into messages."""
 
-    __slots__ = ("_buf", "max_frame", "_broken")
+    __slots__ = ("_buf", "max_frame", "_broken", "_decode")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
         self.max_frame = max_frame
         self._broken = False
+        self._decode = _decoder().decode
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """The whole messages in what has arrived so far.
@@ -75,7 +82,7 @@ class FrameReader:
         out: list[Message] = []
         pos = 0
         end = len(view)
-        decode = _decoder.decode
+        decode = self._decode
         cap = self.max_frame
         while end - pos >= 4:
             (size,) = _LEN.unpack_from(view, pos)

@@ -22,8 +22,10 @@ Where ctypes has no ``pythonapi`` (not CPython), ``view`` is a ``bytearray``'s a
 
 from __future__ import annotations
 
+import functools
 import mmap
 import sys
+from typing import Any
 
 __all__ = ["HUGE_MIN", "INPLACE", "RawBytes"]
 
@@ -31,36 +33,44 @@ HUGE_MIN = 8 << 20
 _PAGE = mmap.PAGESIZE
 _MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 
-try:
-    import ctypes
+# CPython's C API, through ctypes (imported by the first in-place RawBytes: ctypes costs
+# milliseconds to import, which a process that reads no big body never needs).
+INPLACE = sys.implementation.name == "cpython"
 
-    _new = ctypes.pythonapi.PyBytes_FromStringAndSize
-    _new.restype = ctypes.py_object
-    _new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-    _storage = ctypes.pythonapi.PyBytes_AsString
-    _storage.restype = ctypes.c_void_p
-    _storage.argtypes = (ctypes.py_object,)
-    INPLACE = True
-except (ImportError, AttributeError):  # pragma: no cover - not CPython
-    INPLACE = False
 
-_madvise = None
-if INPLACE and _MADV_HUGEPAGE is not None and sys.platform.startswith("linux"):
+@functools.cache
+def _c_api() -> tuple[Any, Any, Any, Any] | None:
+    """(ctypes, PyBytes_FromStringAndSize, PyBytes_AsString, madvise or None); None where
+    ctypes has no ``pythonapi``."""
     try:
-        _madvise = ctypes.CDLL(None, use_errno=True).madvise
-        _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        _madvise.restype = ctypes.c_int
-    except (OSError, AttributeError):  # pragma: no cover - a libc without it
-        _madvise = None
+        import ctypes
+
+        new = ctypes.pythonapi.PyBytes_FromStringAndSize
+        new.restype = ctypes.py_object
+        new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+        storage = ctypes.pythonapi.PyBytes_AsString
+        storage.restype = ctypes.c_void_p
+        storage.argtypes = (ctypes.py_object,)
+    except (ImportError, AttributeError):  # pragma: no cover - not CPython
+        return None
+    madvise = None
+    if _MADV_HUGEPAGE is not None and sys.platform.startswith("linux"):
+        try:
+            madvise = ctypes.CDLL(None, use_errno=True).madvise
+            madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            madvise.restype = ctypes.c_int
+        except (OSError, AttributeError):  # pragma: no cover - a libc without it
+            madvise = None
+    return ctypes, new, storage, madvise
 
 
-def _advise_huge(address: int, size: int) -> None:
+def _advise_huge(madvise: Any, address: int, size: int) -> None:
     """Ask for huge pages on the whole pages inside [address, address + size); a
     kernel that says no changes nothing."""
     start = -(-address // _PAGE) * _PAGE
     end = (address + size) // _PAGE * _PAGE
-    if _madvise is not None and end > start:
-        _madvise(start, end - start, _MADV_HUGEPAGE)
+    if madvise is not None and end > start:
+        madvise(start, end - start, _MADV_HUGEPAGE)
 
 
 class RawBytes:
@@ -79,13 +89,15 @@ class RawBytes:
         if size > sys.maxsize:  # the C API would take it for a negative size
             raise OverflowError(f"RawBytes of {size} bytes")
         self.size = size
-        if inplace:
-            obj = _new(None, size)
-            address = _storage(obj)
+        api = _c_api() if inplace else None
+        if api is not None:
+            ctypes, new, storage, madvise = api
+            obj = new(None, size)
+            address = storage(obj)
             if size >= HUGE_MIN:
-                _advise_huge(address, size)
+                _advise_huge(madvise, address, size)
             array = (ctypes.c_char * size).from_address(address)
-            array._keep = obj  # type: ignore[attr-defined]  # views keep the object alive
+            array._keep = obj  # views keep the object alive
             self._obj: bytes | bytearray = obj
             self.view = memoryview(array).cast("B")
         else:

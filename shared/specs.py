@@ -7,7 +7,6 @@ dict key there.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated
 
 import msgspec
@@ -231,6 +230,8 @@ def encode_tls(spec: TlsSpec) -> bytes:
 def tls_id(encoded: bytes) -> bytes:
     """The id a request names an encoded ``TlsSpec`` by: its SHA-256. The broker computes
     it itself from what ``TlsOpen`` carries, so no worker can name another's spec."""
+    import hashlib  # here: only a TLS setting needs it
+
     return hashlib.sha256(encoded).digest()
 
 

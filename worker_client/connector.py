@@ -12,7 +12,6 @@ import socket
 import sys
 import warnings
 import weakref
-from ssl import SSLContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +19,11 @@ from shared.rules import check_host_port
 from shared.specs import PoolSpec
 
 from .resolver import resolver_spec
-from .tls import Fingerprint, merge_ssl
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from .tls import Fingerprint
     from .transport import Transport
 
 __all__ = ["BaseConnector", "TCPConnector", "UnixConnector"]
@@ -159,6 +160,8 @@ class TCPConnector(BaseConnector):
         rate_limit_per_host: float = 0,
         name: str = "",
     ) -> None:
+        from .tls import merge_ssl
+
         merged = merge_ssl(ssl, verify_ssl, ssl_context, fingerprint)
         super().__init__(
             PoolSpec(

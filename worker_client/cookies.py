@@ -45,23 +45,18 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from http.cookies import BaseCookie, Morsel, SimpleCookie
 from types import MappingProxyType
-from typing import Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from yarl import URL
 
-from broker.cookie_store import (
-    MAX_COOKIE_HEADER_SIZE,
-    MAX_COOKIES,
-    MAX_TIME,
-    CookieStore,
-    is_domain_match,
-    parse_set_cookie_headers,
-)
-from broker.jars import jar_figures
 from shared.messages import CookieData
 from shared.specs import JarSpec
 
 from .transport import broker_address, trusted_broker_uids
+
+if TYPE_CHECKING:  # the cookie rules: imported by the first jar kept in this process, or
+    # the first method that parses cookies (a broker's jar keeps them in the broker)
+    from broker.cookie_store import CookieStore
 
 __all__ = ["AbstractCookieJar", "ClearCookiePredicate", "CookieJar", "DummyCookieJar"]
 
@@ -76,6 +71,10 @@ _Key = tuple[str, str, str]  # (domain, path without trailing "/", name)
 _NO_URL = URL()
 _NO_JAR = JarSpec()
 _ATTRIBUTES = frozenset(Morsel._reserved)  # type: ignore[attr-defined]
+# broker.cookie_store.MAX_TIME (aiohttp's CookieJar.MAX_TIME: datetime.max in seconds),
+# written out here so that a jar kept in a broker needs no cookie rules in this process
+# (tests/integration/test_import_cost.py checks that they agree).
+_MAX_TIME = 253_402_300_799
 
 
 class AbstractCookieJar(Sized, Iterable["Morsel[str]"]):
@@ -125,6 +124,8 @@ class AbstractCookieJar(Sized, Iterable["Morsel[str]"]):
 
     def update_cookies_from_headers(self, headers: Sequence[str], response_url: URL) -> None:
         """Store the cookies of raw ``Set-Cookie`` values."""
+        from broker.cookie_store import parse_set_cookie_headers
+
         if headers and (cookies := parse_set_cookie_headers(headers)):
             self.update_cookies(cookies, response_url)
 
@@ -189,12 +190,16 @@ _own_stores: weakref.WeakSet[CookieStore] = weakref.WeakSet()
 
 def embedded_jar_figures() -> list[dict[str, object]]:
     """``Stats.jars`` of this process's embedded jars (the broker's ``JarTable.figures``)."""
+    from broker.jars import jar_figures
+
     with _group_lock:
         named = [(spec, store, 0) for spec, store in _group_stores.items()]
     return jar_figures(named, list(_own_stores))
 
 
 def _new_store(spec: JarSpec) -> CookieStore:
+    from broker.cookie_store import CookieStore
+
     return CookieStore(
         unsafe=spec.unsafe,
         quote_cookie=spec.quote_cookie,
@@ -262,8 +267,8 @@ class CookieJar(AbstractCookieJar):
     """aiohttp's ``CookieJar`` (RFC 6265), kept in the broker; ``name=`` makes it the
     group's jar of that name (equal arguments, same cookies, in every process)."""
 
-    MAX_TIME = MAX_TIME
-    SUB_MAX_TIME = MAX_TIME - 1
+    MAX_TIME = _MAX_TIME
+    SUB_MAX_TIME = _MAX_TIME - 1
 
     def __init__(
         self,
@@ -430,6 +435,8 @@ class CookieJar(AbstractCookieJar):
         backend.delete(chosen)
 
     def clear_domain(self, domain: str) -> None:
+        from broker.cookie_store import is_domain_match
+
         self.clear(lambda morsel: is_domain_match(domain, morsel["domain"]))
 
     def __iter__(self) -> Iterator[Morsel[str]]:
@@ -541,6 +548,8 @@ def request_cookies(
     """A request's own ``cookies=`` as aiohttp sends them: through a temporary jar with
     the session jar's settings, filtered for ``url``. aiohttp lifts its jar caps there;
     the store's per-request caps (150 cookies, an 8190-byte header) still hold."""
+    from broker.cookie_store import MAX_COOKIE_HEADER_SIZE, MAX_COOKIES, CookieStore
+
     store = CookieStore(
         unsafe=jar.unsafe,
         quote_cookie=jar.quote_cookie,

@@ -59,8 +59,6 @@ from yarl import URL
 from shared.errors import ErrorCode
 from shared.messages import Failure
 
-from .tls import Fingerprint
-
 # The public names (``worker_client`` exports them); ``ConnectionKey``, ``ERRORS`` and
 # ``exception_from_failure`` are the transport's.
 __all__ = [
@@ -156,6 +154,8 @@ class ConnectionKey(NamedTuple):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # An SSLContext does not pickle: the key crosses processes with its repr.
+        from .tls import Fingerprint
+
         ssl = self.ssl
         if not isinstance(ssl, (bool, Fingerprint, type(None))):
             ssl = repr(ssl)

@@ -37,19 +37,15 @@ import atexit
 import itertools
 import logging
 import os
-import secrets
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from http.cookies import BaseCookie, Morsel
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from yarl import URL
 
-from broker.blocking import BlockingPeer, PeerError, PeerTimeout
-from broker.cookie_store import new_morsel
-from broker.jars import PIECE_SIZE, split_cookie_data
 from shared.framing import encode
 from shared.messages import (
     MAX_JAR_RECORDS,
@@ -72,6 +68,9 @@ from shared.messages import (
 from shared.specs import JarSpec
 
 from .exceptions import BrokerConnectionError, BrokerProtocolError
+
+if TYPE_CHECKING:  # the channel's socket and the jar table's rules: imported by the first call
+    from broker.blocking import BlockingPeer
 
 __all__ = ["BrokerJar", "JarChannel", "channel", "CALL_TIMEOUT", "take_closes"]
 
@@ -147,6 +146,8 @@ class JarChannel:
     # -- under the lock -----------------------------------------------------------------
 
     def _run(self, msgs: list[Any]) -> list[list[Message]]:
+        from broker.blocking import PeerError, PeerTimeout
+
         if self._pid != os.getpid():
             self._forked()
         closes = [JarClose(token) for token in self.take_closes()]
@@ -206,6 +207,8 @@ class JarChannel:
         self._pid = os.getpid()
 
     def _connected(self) -> BlockingPeer:
+        from broker.blocking import BlockingPeer
+
         if self._peer is not None:
             return self._peer
         peer = BlockingPeer(self.path, CALL_TIMEOUT, self.trusted)
@@ -319,6 +322,8 @@ def _record(morsel: Morsel[str]) -> CookieRecord:
 
 def _pieces(items: Iterable[Any], size_of: Any) -> Iterator[list[Any]]:
     """``items`` in pieces of at most ``PIECE_SIZE`` bytes and ``MAX_JAR_RECORDS`` items."""
+    from broker.jars import PIECE_SIZE
+
     piece: list[Any] = []
     size = 0
     for item in items:
@@ -340,6 +345,8 @@ class BrokerJar:
     __slots__ = ("token", "spec", "_channel", "__weakref__")
 
     def __init__(self, path: str, trusted: frozenset[int], spec: JarSpec) -> None:
+        import secrets
+
         self.token = secrets.token_bytes(16)
         self.spec = spec
         self._channel = channel(path, trusted)
@@ -366,6 +373,8 @@ class BrokerJar:
 
     def filter(self, url: URL) -> BaseCookie[str]:
         """The cookies to send to ``url``."""
+        from broker.cookie_store import new_morsel
+
         (reply,) = self._channel.call([JarFilter(0, self.token, str(url))])[0]
         assert isinstance(reply, JarCookies)
         out: BaseCookie[str] = BaseCookie()
@@ -391,6 +400,8 @@ class BrokerJar:
 
     def load(self, data: dict[str, Any]) -> None:
         """Replace the contents with ``dump()``'s data; ``ValueError`` changes nothing."""
+        from broker.jars import split_cookie_data
+
         checked = msgspec.convert(data, CookieData)  # a ValidationError is a ValueError
         pieces = split_cookie_data(checked)
         last = len(pieces) - 1

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import netrc
 import os
-import urllib.request
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from multidict import CIMultiDict
@@ -40,6 +37,10 @@ from shared.specs import ProxyRoute, ProxySpec, decode_proxy, encode_proxy
 
 from .exceptions import InvalidURL
 from .helpers import BasicAuth
+
+if TYPE_CHECKING:  # netrc, pathlib and urllib.request: imported with trust_env only
+    import netrc
+    from pathlib import Path
 
 __all__ = ["EnvProxies", "fixed_route", "netrc_auth"]
 
@@ -120,6 +121,8 @@ def _encoded(route: ProxyRoute) -> bytes:
 
 
 def _netrc_path() -> Path | None:
+    from pathlib import Path
+
     env = os.environ.get("NETRC")
     if env is not None:
         return Path(env)
@@ -141,6 +144,8 @@ def _stat_key(path: Path | None) -> tuple[Any, ...]:
 
 def _read_netrc(path: Path | None) -> netrc.netrc | None:
     """aiohttp's ``netrc_from_env``: None (and a logged warning) if it cannot be read."""
+    import netrc
+
     if path is None:
         return None
     try:
@@ -184,6 +189,8 @@ class EnvProxies:
 
     async def route(self) -> bytes:
         """The environment's route, encoded (b"": no proxy in the environment)."""
+        import urllib.request
+
         proxies = urllib.request.getproxies_environment()
         wanted = {k: v for k, v in proxies.items() if k in _SCHEMES}
         if not wanted:

@@ -11,30 +11,24 @@ later in the loop, with a ``rewind`` to make it again when it can be re-read (a
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json as _json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlencode
 
 from multidict import CIMultiDict
 from yarl import URL
 
+from shared import __version__
 from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 
 from .exceptions import ClientPayloadError, InvalidUrlClientError, NonHttpUrlClientError
 from .helpers import BasicAuth, check_base_url
-from .multipart import FormData
-from .payload import (
-    PAYLOAD_REGISTRY,
-    BytesIOPayload,
-    BytesPayload,
-    LookupError,
-    Payload,
-    StreamReaderPayload,
-)
+
+if TYPE_CHECKING:  # .payload and .multipart: imported by the first body that needs them
+    from .payload import Payload
 
 __all__ = ["CONSUMED_BODY", "DEFAULT_HEADERS", "USER_AGENT", "PreparedRequest", "prepare_request"]
 
@@ -44,13 +38,6 @@ CONSUMED_BODY = (  # aiohttp's words
 )
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("http-broker")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.1.0"
-
-
 def _accept_encoding() -> str:
     """What the engine decodes (br only with a brotli that decodes in bounded pieces)."""
     from broker.decoding import SUPPORTED
@@ -58,7 +45,7 @@ def _accept_encoding() -> str:
     return ", ".join(SUPPORTED)
 
 
-USER_AGENT = f"Python/{sys.version_info[0]}.{sys.version_info[1]} http-broker/{_package_version()}"
+USER_AGENT = f"Python/{sys.version_info[0]}.{sys.version_info[1]} http-broker/{__version__}"
 DEFAULT_HEADERS = {
     "Accept": "*/*",
     "Accept-Encoding": _accept_encoding(),
@@ -218,6 +205,9 @@ _INLINE_MAX = 1 << 20  # an in-memory body up to this size goes inline, whole
 
 def _payload_for(data: Any) -> Payload:
     """aiohttp's ``update_body_from_data``: the registry, else a form of the pairs."""
+    from .multipart import FormData
+    from .payload import PAYLOAD_REGISTRY, LookupError, Payload, StreamReaderPayload
+
     if isinstance(data, FormData):
         data = data()
     if hasattr(data, "iter_any") and not isinstance(data, Payload):
@@ -251,6 +241,8 @@ def _plain_form(data: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bytes | N
 
 def _inline(payload: Payload) -> bytes | None:
     """The payload's bytes, when they are in memory and small: sent in the Request."""
+    from .payload import BytesIOPayload, BytesPayload
+
     if isinstance(payload, BytesPayload) and type(payload)._chunks is BytesPayload._chunks:
         value = payload._value
         return value if type(value) is bytes else bytes(value)

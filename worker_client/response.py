@@ -46,7 +46,6 @@ from typing import Any, Generic, TypeVar
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
-from broker.cookie_store import parse_set_cookie_headers
 from shared.messages import Head, HistoryItem
 from shared.rawbytes import RawBytes
 
@@ -709,6 +708,8 @@ class ClientResponse:
         """The cookies of this response's Set-Cookie headers, parsed as aiohttp 3.14
         does (a malformed one is skipped)."""
         if self._cookies is None:
+            from broker.cookie_store import parse_set_cookie_headers
+
             cookies = SimpleCookie()
             cookies.update(parse_set_cookie_headers(self._headers.getall("Set-Cookie", ()), None))
             self._cookies = cookies

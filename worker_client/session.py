@@ -14,9 +14,8 @@ import os
 import sys
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
-from ssl import SSLContext
 from types import TracebackType
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
@@ -31,7 +30,6 @@ from shared.messages import (
 )
 from shared.specs import DEFAULT_POOL_BYTES, ClientTimeout, encode_pool
 
-from .connector import BaseConnector, TCPConnector
 from .cookies import (
     AbstractCookieJar,
     CookieJar,
@@ -47,7 +45,6 @@ from .exceptions import (
     with_request_ssl,
 )
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
-from .middlewares import ClientMiddlewareType, HopOptions, _Hops
 from .proxies import EnvProxies, fixed_route, netrc_auth
 from .request_builder import PreparedRequest, prepare_request
 from .request_options import (
@@ -59,8 +56,6 @@ from .request_options import (
     session_timeout,
 )
 from .response import ClientResponse
-from .tls import Fingerprint, check_server_hostname, merge_ssl, request_tls, with_tls
-from .tracing import RequestTrace, TraceConfig
 from .transport import (
     StreamHandle,
     Transport,
@@ -69,7 +64,42 @@ from .transport import (
     release_transport,
     trusted_broker_uids,
 )
-from .upload import UploadTracker
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from .connector import BaseConnector
+    from .middlewares import ClientMiddlewareType, HopOptions
+    from .tls import Fingerprint
+    from .tracing import TraceConfig
+    from .upload import UploadTracker
+
+
+# worker_client.tls's, imported by the first request that names a TLS setting (it hashes
+# specs and handles SSL contexts, which a plain request never needs).
+def merge_ssl(ssl: Any, verify_ssl: Any, ssl_context: Any, fingerprint: Any) -> Any:
+    from .tls import merge_ssl
+
+    return merge_ssl(ssl, verify_ssl, ssl_context, fingerprint)
+
+
+def request_tls(ssl: Any, connector_ssl: Any) -> Any:
+    from .tls import request_tls
+
+    return request_tls(ssl, connector_ssl)
+
+
+def check_server_hostname(server_hostname: Any) -> str:
+    from .tls import check_server_hostname
+
+    return check_server_hostname(server_hostname)
+
+
+def with_tls(req: Request, tls: Any, sni: str) -> Request:
+    from .tls import with_tls
+
+    return with_tls(req, tls, sni)
+
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -211,6 +241,8 @@ class ClientSession:
                 stacklevel=2,
             )
             if connector is None:  # as aiohttp: the session's own connector takes it
+                from .connector import TCPConnector
+
                 connector = TCPConnector(ssl_shutdown_timeout=ssl_shutdown_timeout)
         self._connector = connector
         self._connector_owner = connector_owner
@@ -515,6 +547,8 @@ class ClientSession:
         )
         tracer = None
         if self._trace_configs:
+            from .tracing import RequestTrace
+
             tracer = RequestTrace(
                 self, self._trace_configs, trace_request_ctx, prepared.method,
                 prepared.real_url or prepared.url, merged,
@@ -561,6 +595,8 @@ class ClientSession:
                     await _body_over(prepared, upload_tracker, exc)
                 raise
             if middlewares := self._middlewares if middlewares is None else middlewares:
+                from .middlewares import HopOptions
+
                 resp = await self._request_hops(
                     middlewares,
                     prepared,
@@ -695,6 +731,8 @@ class ClientSession:
         raise_for_status: Any,
     ) -> ClientResponse:
         """A request with middlewares: each hop through them (``worker_client.middlewares``)."""
+        from .middlewares import _Hops
+
         try:
             resp = await _Hops(self, spec).run(middlewares, prepared)
         except BaseException as exc:

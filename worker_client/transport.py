@@ -31,18 +31,14 @@ import sys
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from yarl import URL
 
-from broker.cookie_store import CookieStore
-from broker.engine import Engine
 from broker.failures import ConnectionFailure, failure_message
 from broker.peercred import peer_uid, trusted_broker_uids, untrusted_broker
-from broker.stats import build_stats
 from broker.stream import BrokerStream
-from broker.tls import TlsTable
 from shared.arena import Arena, ArenaError, SlotError, SlotTable
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
@@ -78,6 +74,9 @@ from shared.stream_state import State
 from . import jar_channel
 from .exceptions import BrokerConnectionError, BrokerProtocolError
 from .handle import Deadlines, StreamHandle
+
+if TYPE_CHECKING:  # the engine's modules are imported by the first EmbeddedTransport
+    from broker.cookie_store import CookieStore
 
 __all__ = [
     "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
@@ -298,6 +297,9 @@ class EmbeddedTransport(Transport):
     kind = "embedded"
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from broker.engine import Engine
+        from broker.tls import TlsTable
+
         super().__init__(loop)
         self.engine = Engine(loop)
         self.streams: dict[int, _LocalStream] = {}
@@ -348,6 +350,8 @@ class EmbeddedTransport(Transport):
         self.engine.clear_dns(pool, host, port)
 
     async def stats(self) -> Stats:
+        from broker.stats import build_stats
+
         from .cookies import embedded_jar_figures  # cookies.py imports this module
 
         return build_stats(

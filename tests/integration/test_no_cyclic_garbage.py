@@ -6,7 +6,9 @@ time when a stream handle and its reader held each other). Each test runs one re
 pattern ``ROUNDS`` times with the collector disabled, then ``gc.collect()``, which
 returns the number of unreachable objects it found: it must be 0. Any cycle made per
 request would leave ``ROUNDS`` times its size, so one that is freed only now and then
-(a shared structure that is sometimes replaced) would show too.
+(a shared structure that is sometimes replaced) would show too. One more test runs
+``REQUESTS`` plain GETs with the collector on and counts, with ``gc.callbacks``, the
+collections that run and what they find.
 
 The server runs in a subprocess, so that only the client's objects are counted: in
 embedded mode those include the engine's (broker side, same process); in broker mode
@@ -220,6 +222,52 @@ async def test_requests_leave_no_cyclic_garbage(pattern, base, make_session):
 
     found, kinds = await unreachable_after(once, rounds)
     assert found == 0, kinds.most_common(40)
+
+
+REQUESTS = 10_000  # about 5 s embedded, 10 s through a broker, on a loaded 2-core VM
+
+
+async def test_ten_thousand_requests_give_the_collector_nothing_to_do(base, make_session):
+    """Issue 12's count, with the collector running as in production: over ``REQUESTS``
+    plain GETs (``read()``), ``gc.callbacks`` records every collection that runs. None
+    may find an unreachable object, nor may a final ``gc.collect()``; no gen-2 (full)
+    collection may run, and at most one collection per 100 requests (measured: none at
+    all, in both modes).
+
+    Why these bounds are sound, from how CPython schedules collections: a gen-0 one runs
+    when allocations of container objects outnumber deallocations by 700 since the last
+    (``gc.get_threshold()``); a gen-1 one every 10 gen-0; a full one every 10 gen-1, and
+    only if the objects promoted to gen 2 since the last full collection exceed a
+    quarter of all gen-2 objects. A request that frees by reference counting everything
+    it made leaves the count where it found it, so it brings no collection nearer. One
+    that leaves k objects behind (garbage, or a leak) brings one every 700 / k requests:
+    more than 100 collections means k >= 7. The ``gc.collect()`` before the requests
+    makes every object of this process (pytest, aiohttp, the client: hundreds of
+    thousands) long-lived, so a full collection within the run would take tens of
+    thousands of promoted objects."""
+    session = make_session()
+    await _get_read(session, base)  # the session's connection to a broker, set up once
+    await _get_read(session, base)
+    runs: list[tuple[int, int]] = []  # (generation, unreachable objects found)
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            runs.append((info["generation"], info["collected"] + info["uncollectable"]))
+
+    gc.collect()
+    gc.callbacks.append(record)
+    try:
+        for _ in range(REQUESTS):
+            await _get_read(session, base)
+    finally:
+        gc.callbacks.remove(record)
+    found_at_end = gc.collect()
+    per_generation = Counter(generation for generation, _ in runs)
+    print(f"collections over {REQUESTS} requests, by generation: {dict(per_generation)}")
+    assert [found for _, found in runs if found] == []
+    assert found_at_end == 0
+    assert per_generation[2] == 0
+    assert len(runs) <= REQUESTS // 100
 
 
 if __name__ == "__main__":
