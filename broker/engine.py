@@ -40,7 +40,7 @@ from .exchange import (
     ResponseHead,
     build_head,
     declared_length,
-    head_fields,
+    set_cookies,
 )
 from .failures import ConnectionFailure, failure_message
 from .fast import Resumed
@@ -146,10 +146,8 @@ class Engine:
                 pool, req, hop, headers, stream, tls_key, tls, first
             )
             first = None
-            encoding, set_cookie = head_fields(head.headers)
-            if set_cookie and jar is not None:
-                values = [v.decode("utf-8", "surrogateescape") for v in set_cookie]
-                jar.update_from_headers(values, hop.url)
+            if head.set_cookie and jar is not None:
+                jar.update_from_headers(set_cookies(head.headers), hop.url)
             location = None
             item = None
             if req.allow_redirects and head.status in REDIRECTS:
@@ -158,7 +156,7 @@ class Engine:
                     item = _history_item(head, hop, headers)
                     stream.trace(TraceEvent(req.stream, "request_redirect", redirect=item))
             if location is None:
-                self._deliver(req, stream, conn, pool, head, encoding, hop, headers, history)
+                self._deliver(req, stream, conn, pool, head, head.encoding, hop, headers, history)
                 return
             untouched = conn.body_held  # answered before 100 Continue: the body is unread
             pool.give_back(conn)

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from shared.messages import Head
 
-from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, head_fields
+from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, set_cookies
 from .failures import ConnectionFailure
 from .hops import REDIRECTS
 from .http1 import HTTP1Connection
@@ -113,14 +113,13 @@ def finish(
     None: the engine's to go on with (see the module docstring)."""
     if allow_redirects and head.status in REDIRECTS:
         return None
-    encoding, set_cookie = head_fields(head.headers)
-    if encoding and decode:
+    if head.encoding and decode:
         return None
     body = conn.whole_body()
     if body is None:
         return None
-    if set_cookie and jar is not None:
-        jar.update_from_headers([v.decode("utf-8", "surrogateescape") for v in set_cookie], url)
+    if head.set_cookie and jar is not None:
+        jar.update_from_headers(set_cookies(head.headers), url)
     pool.give_back(conn)
     return body
 

@@ -94,17 +94,37 @@ class _Plan(NamedTuple):
 
 
 class _Call:
-    """One fast request in flight: what a total timeout or the session's close ends."""
+    """One fast request in flight: what its timeouts, a cancel or the session's close
+    end (``give_up``: the connection is given up with it)."""
 
-    __slots__ = ("fut", "conn", "pool", "timer", "__weakref__")
+    __slots__ = ("fut", "conn", "pool", "deadlines", "timer", "unwatch", "__weakref__")
 
-    def __init__(
-        self, fut: asyncio.Future[Any], conn: HTTP1Connection, pool: Pool
-    ) -> None:
+    def __init__(self, fut: asyncio.Future[Any], conn: HTTP1Connection, pool: Pool) -> None:
         self.fut = fut
         self.conn = conn
         self.pool = pool
+        self.deadlines: Any = None
         self.timer: Any = None
+        self.unwatch: Any = None
+
+    def arm(self, timeout: ClientTimeout, transport: Any) -> None:
+        if timeout.total:
+            self.deadlines = transport.deadlines
+            self.timer = self.deadlines.add(self, timeout.total, timeout.ceil_threshold)
+        if timeout.sock_read:
+            self.unwatch = watch_silence(transport.loop, self.conn, self.fut, timeout.sock_read)
+
+    def disarm(self) -> float | None:
+        """Stop the timers; the seconds left of the total timeout (None: none)."""
+        timer = self.timer
+        if self.unwatch is not None:
+            self.unwatch()
+        if timer is None:
+            return None
+        self.timer = None
+        self.deadlines.discard(self, timer)
+        due = timer if type(timer) is int else timer.when()
+        return max(due - self.fut.get_loop().time(), 0.0)
 
     def give_up(self, exc: BaseException | None = None) -> None:
         fut = self.fut
@@ -120,10 +140,9 @@ class _Call:
         self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
 
 
-def _hashable(value: Any) -> Any:
-    """A cache key part for headers or params: None, or the items of a dict of str."""
-    if value is None:
-        return None
+def _items(value: Any) -> tuple[Any, ...]:
+    """A cache key part for headers or params: the items of a dict (of str: else
+    ``_make_plan`` finds no plan); TypeError for anything else."""
     if type(value) is dict:
         return tuple(value.items())
     raise TypeError
@@ -162,27 +181,36 @@ class FastPath:
         if plan is None or jar[0] or (store is not None and len(store)):
             return await s._request(method, url, **kw)
         pool = transport.engine.registry.pool_for(s._pool)  # type: ignore[attr-defined]
-        loop = transport.loop
-        timeout = kw.get("timeout", _SENTINEL)
-        timeout = s._timeout if timeout is _SENTINEL else _request_timeout(timeout)
-        started = loop.time() if timeout.total else 0.0
-        fut = loop.create_future()
+        fut = transport.loop.create_future()
         conn = engine_fast.start(pool, plan.key, plan.method, plan.head, data, fut.set_result,
                                  self._limits)
         if conn is None:
             return await s._request(method, url, **kw)
         self.requests += 1
-        result = await self._wait(fut, conn, pool, timeout, transport)
+        timeout = kw.get("timeout", _SENTINEL)
+        call = _Call(fut, conn, pool)
+        call.arm(s._timeout if timeout is _SENTINEL else _request_timeout(timeout), transport)
+        handles = s._handles
+        handles.add(call)  # type: ignore[arg-type]
+        try:
+            result = await fut
+        except BaseException:
+            call.give_up()
+            raise
+        finally:
+            handles.discard(call)  # type: ignore[arg-type]
+            left = call.disarm()
         if type(result) is ResponseHead:
             body = engine_fast.finish(
                 pool, conn, result, kw.get("allow_redirects", True), s._auto_decompress,
                 store, plan.url,
             )
             if body is not None:
-                return await self._response(plan, result, body, kw.get("raise_for_status"))
-        left = None
-        if timeout.total:
-            left = max(timeout.total - (loop.time() - started), 0.0)
+                resp = self._response(plan, result, body)
+                rfs = kw.get("raise_for_status")
+                if rfs is None:
+                    rfs = s._raise_for_status
+                return await s._check_status(resp, rfs) if rfs else resp
         handover = Handover((conn, result), left)
         try:
             return await s._request(method, url, **kw, _handover=handover)
@@ -190,41 +218,7 @@ class FastPath:
             if not handover.taken:
                 engine_fast.abandon(pool, conn)
 
-    async def _wait(
-        self,
-        fut: asyncio.Future[Any],
-        conn: HTTP1Connection,
-        pool: Pool,
-        timeout: ClientTimeout,
-        transport: Any,
-    ) -> Any:
-        """The head or the failure, under the request's timeouts; a caller that gives
-        up (a cancel, the total timeout, the session's close) gives the connection up."""
-        call = _Call(fut, conn, pool)
-        handles = self._session._handles
-        handles.add(call)  # type: ignore[arg-type]
-        if timeout.total:
-            call.timer = transport.deadlines.add(call, timeout.total, timeout.ceil_threshold)
-        unwatch = (
-            watch_silence(transport.loop, conn, fut, timeout.sock_read)
-            if timeout.sock_read
-            else None
-        )
-        try:
-            return await fut
-        except BaseException:
-            call.give_up()
-            raise
-        finally:
-            handles.discard(call)  # type: ignore[arg-type]
-            if call.timer is not None:
-                transport.deadlines.discard(call, call.timer)
-            if unwatch is not None:
-                unwatch()
-
-    async def _response(
-        self, plan: _Plan, head: ResponseHead, body: bytes, rfs: Any
-    ) -> ClientResponse:
+    def _response(self, plan: _Plan, head: ResponseHead, body: bytes) -> ClientResponse:
         s = self._session
         content = StreamReader(None, limit=s._read_bufsize)
         if body:
@@ -247,18 +241,19 @@ class FastPath:
         )
         if s._resolve_charset is not None:
             resp._resolve_charset = s._resolve_charset
-        if rfs is None:
-            rfs = s._raise_for_status
-        if rfs:
-            return await s._check_status(resp, rfs)
         return resp
 
     def _plan(self, method: str, url: Any, headers: Any, params: Any, data: Any) -> _Plan | None:
         """The cached plan for this request, or None: not a fast one."""
         version = getversion(self._session._default_headers)
         try:
-            key = (method, url, _hashable(headers), _hashable(params),
-                   -1 if data is None else len(data))
+            key = (
+                method,
+                url,
+                None if headers is None else _items(headers),
+                None if params is None else _items(params),
+                -1 if data is None else len(data),
+            )
             plan = self._plans.get(key, _SENTINEL)
         except TypeError:  # unhashable: not cached, not fast
             return None

@@ -260,7 +260,9 @@ class StreamReader:
         if not n:
             return b""
         if n < 0:
-            if not self._eof and self._head is not None and self._claim is None:
+            if self._eof:  # all of it is buffered
+                return self._consume(self._take(-1))
+            if self._head is not None and self._claim is None:
                 body = await self._read_claimed()
                 if body is not None:
                     return body
@@ -539,6 +541,9 @@ class _Noop:
         yield from ()
 
 
+_NOOP = _Noop()
+
+
 class ClientResponse:
     """A response whose head has arrived; the body streams in through ``content``."""
 
@@ -770,11 +775,13 @@ class ClientResponse:
 
     def release(self) -> Awaitable[None]:
         """Give the stream back: complete if its body fully arrived, else cancelled."""
+        if self._released:  # once: nothing is left to give back
+            return _NOOP
         complete = self.content.is_eof() and self.content.exception() is None
         self._poison_content()
         self._closed = True
         self._notify_release(complete)
-        return _Noop()
+        return _NOOP
 
     def close(self) -> None:
         """Abandon the stream (the broker drops its connection)."""

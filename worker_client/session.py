@@ -881,8 +881,7 @@ class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
         tb: TracebackType | None,
     ) -> None:
         assert self._resp is not None
-        self._resp.release()
-        await self._resp.wait_for_close()
+        self._resp.release()  # all that wait_for_close does
 
 
 def request(method: str, url: str | URL, **kwargs: Any) -> _SessionRequestContextManager:
