@@ -244,9 +244,16 @@ class PoolState(Generic[C]):
         already queued on ``key``): never a slot for a new one, never a decision."""
         if key in self._queues:
             return None
-        conn = self._pop_idle(key)
-        if conn is not None:
-            self._active(key, 1)
+        # ``_pop_idle`` and ``_active``, inline: this runs once per fast request
+        conns = self.idle.get(key)
+        if not conns:
+            return None
+        conn, _ = conns.popitem()
+        if not conns:
+            del self.idle[key]
+        del self._idle_order[conn]
+        active = self.active_per_key
+        active[key] = active.get(key, 0) + 1
         return conn
 
     def enqueue(self, key: K, waiter: object) -> None:

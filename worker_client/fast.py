@@ -114,15 +114,18 @@ class _Call:
         if timeout.sock_read:
             self.unwatch = watch_silence(transport.loop, self.conn, self.fut, timeout.sock_read)
 
-    def disarm(self) -> float | None:
-        """Stop the timers; the seconds left of the total timeout (None: none)."""
-        timer = self.timer
+    def disarm(self) -> None:
+        """Stop the timers (``left`` still tells what was left of the total)."""
         if self.unwatch is not None:
             self.unwatch()
+        if self.timer is not None:
+            self.deadlines.discard(self, self.timer)
+
+    def left(self) -> float | None:
+        """The seconds left of the total timeout (None: none)."""
+        timer = self.timer
         if timer is None:
             return None
-        self.timer = None
-        self.deadlines.discard(self, timer)
         due = timer if type(timer) is int else timer.when()
         return max(due - self.fut.get_loop().time(), 0.0)
 
@@ -199,7 +202,7 @@ class FastPath:
             raise
         finally:
             handles.discard(call)  # type: ignore[arg-type]
-            left = call.disarm()
+            call.disarm()
         if type(result) is ResponseHead:
             body = engine_fast.finish(
                 pool, conn, result, kw.get("allow_redirects", True), s._auto_decompress,
@@ -211,7 +214,7 @@ class FastPath:
                 if rfs is None:
                     rfs = s._raise_for_status
                 return await s._check_status(resp, rfs) if rfs else resp
-        handover = Handover((conn, result), left)
+        handover = Handover((conn, result), call.left())
         try:
             return await s._request(method, url, **kw, _handover=handover)
         finally:
@@ -220,10 +223,7 @@ class FastPath:
 
     def _response(self, plan: _Plan, head: ResponseHead, body: bytes) -> ClientResponse:
         s = self._session
-        content = StreamReader(None, limit=s._read_bufsize)
-        if body:
-            content.feed_data(body)
-        content.feed_eof()
+        content = StreamReader.whole(body, s._read_bufsize)
         version = head.version
         resp = ClientResponse(
             plan.method,

@@ -132,6 +132,17 @@ class StreamReader:
         self.total_bytes = 0
         self.total_compressed_bytes: int | None = None  # set at the end of a decoded body
 
+    @classmethod
+    def whole(cls, body: bytes, limit: int = 2**16) -> StreamReader:
+        """A reader of a body received whole already (``feed_data`` then ``feed_eof``,
+        with nobody to wake)."""
+        reader = cls(limit=limit)
+        if body:
+            reader._buffer.append(body)
+            reader._size = reader.total_bytes = len(body)
+        reader._eof = True
+        return reader
+
     def __repr__(self) -> str:
         info = [type(self).__name__]
         if self._size:
