@@ -296,7 +296,7 @@ class PoolState(Generic[C]):
         if reusable:
             self._add_idle(key, conn, now)
             if not self._heads:
-                return NOTHING  # the usual case: no object made
+                return NOTHING  # the usual case: no Decision made
         decision: Decision[C] = Decision()
         if not reusable:
             self._count(key, -1)
