@@ -139,7 +139,8 @@ class Engine:
         tls_key = _tls_key(req)
         while True:
             headers = hop.headers
-            if hop.cookies or (jar is not None and len(jar)):
+            # (a fast first attempt was sent with none: the jar was empty then)
+            if first is None and (hop.cookies or (jar is not None and len(jar))):
                 chosen = jar.filter_cookies(hop.url) if jar is not None else None
                 headers = with_cookies(headers, chosen, hop.cookies)
             head, conn = await self._exchange(

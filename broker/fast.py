@@ -17,7 +17,8 @@ the engine than this. The API, in the order of use:
     Called once, from the connection's protocol callbacks (``HTTP1Connection.
     begin_fast``): ``result`` is the ``ResponseHead``, at the end of the read that
     completed it (body bytes of that read are kept on the connection), or the
-    ``ConnectionFailure`` that came before any head. A caller that gives up first
+    ``ConnectionFailure`` that came before any head (even before ``start`` returns:
+    a connection found closed as the head was written). A caller that gives up first
     (cancel, total timeout) calls ``abandon`` instead, after which it is never called.
 
 ``body = finish(pool, conn, head, allow_redirects, decode, jar, url)``

@@ -487,10 +487,14 @@ class StreamReader:
 
     def _take(self, n: int) -> bytes:
         """Up to n bytes (all if n == -1) from the buffer."""
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             return b""
         if n == -1 or n >= self._size:
-            if len(self._buffer) == 1:
+            if len(buffer) == 1:
+                if not self._offset:  # the whole chunk, as ``_take_chunk`` would give it
+                    self._size = 0
+                    return buffer.popleft()
                 return self._take_chunk(-1)
             n = self._size
         chunks = []
@@ -858,7 +862,11 @@ class ClientResponse:
         """Read the whole body (cached; the response is released at its end)."""
         if self._body is None:
             try:
-                self._body = await self.content.read()
+                content = self.content
+                if content._eof and content._exception is None:  # all here: no await
+                    self._body = content._consume(content._take(-1))
+                else:
+                    self._body = await content.read()
                 if self._trace is not None:
                     await self._trace.chunk_received(self, self._body)
             except BaseException:
