@@ -155,6 +155,7 @@ class FastPath:
     """The fast path of one session (see the module docstring)."""
 
     __slots__ = ("_session", "_plans", "_limits", "_forks", "requests")
+    keys = FAST_KEYS  # the only keywords a fast request may name
 
     def __init__(self, session: ClientSession) -> None:
         self._session = session
