@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 from yarl import URL
 
 from broker import fast
@@ -76,8 +77,17 @@ async def test_a_whole_response_goes_to_a_broker_stream(raw_server):
             got.append(result)
             told.set()
 
-        head = build_head("GET", url, [], None, False, False)
-        conn = fast.start(pool, _key(url), "GET", head, None, on_response)
+        req = Request(stream=1, method="GET", url=str(url), headers=[("X-A", "1")])
+        plan = fast.prepare(req, url, pool, None)
+        assert plan is not None
+        key, head, limits = plan
+        assert key == _key(url)
+        assert head == build_head("GET", url, [("X-A", "1")], None, False, False)
+        for other in (msgspec.structs.replace(req, trace=True),
+                      msgspec.structs.replace(req, streamed=True),
+                      msgspec.structs.replace(req, expect100=True, body=b"x")):
+            assert fast.prepare(other, url, pool, None) is None  # the general path's
+        conn = fast.start(pool, key, "GET", head, None, on_response, limits)
         assert conn is not None and pool.state.n_idle == 0
         await told.wait()
         [result] = got
