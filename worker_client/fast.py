@@ -19,8 +19,8 @@ Plans: what is the same from one request to the next for a (method, URL, headers
 params, body length) key: the checked URL, the ``RequestInfo``, the request head as
 written and the pool key, made once by the general path's own pure code
 (``prepare_request``, ``build_head``). A session keeps at most ``PLANS_MAX`` of them
-(emptied when full); a change to the session's default headers (their multidict
-version) makes a plan again.
+(emptied when full), and drops them all when the session's default headers change
+(their multidict version).
 """
 
 from __future__ import annotations
@@ -90,7 +90,6 @@ class _Plan(NamedTuple):
     info: RequestInfo
     head: bytes
     key: tuple[Any, ...]
-    version: int  # of the session's default headers
 
 
 class _Call:
@@ -154,12 +153,13 @@ def _items(value: Any) -> tuple[Any, ...]:
 class FastPath:
     """The fast path of one session (see the module docstring)."""
 
-    __slots__ = ("_session", "_plans", "_limits", "_forks", "requests")
+    __slots__ = ("_session", "_plans", "_version", "_limits", "_forks", "requests")
     keys = FAST_KEYS  # the only keywords a fast request may name
 
     def __init__(self, session: ClientSession) -> None:
         self._session = session
-        self._plans: dict[Any, _Plan | None] = {}
+        self._plans: dict[Any, _Plan | None] = {}  # None: not a fast request
+        self._version = getversion(session._default_headers)
         line, field, count, _ = session._default_limits
         limits = HeadLimits(line, field, count)
         self._limits = DEFAULT_LIMITS if limits == DEFAULT_LIMITS else limits
@@ -247,6 +247,9 @@ class FastPath:
     def _plan(self, method: str, url: Any, headers: Any, params: Any, data: Any) -> _Plan | None:
         """The cached plan for this request, or None: not a fast one."""
         version = getversion(self._session._default_headers)
+        if version != self._version:  # the session's headers changed: every plan too
+            self._plans.clear()
+            self._version = version
         try:
             key = (
                 method,
@@ -258,15 +261,15 @@ class FastPath:
             plan = self._plans.get(key, _SENTINEL)
         except TypeError:  # unhashable: not cached, not fast
             return None
-        if plan is _SENTINEL or (plan is not None and plan.version != version):
-            plan = self._make_plan(method, url, headers, params, data, version)
+        if plan is _SENTINEL:
+            plan = self._make_plan(method, url, headers, params, data)
             if len(self._plans) >= PLANS_MAX:
                 self._plans.clear()
             self._plans[key] = plan
         return plan  # type: ignore[return-value]
 
     def _make_plan(
-        self, method: str, url: Any, headers: Any, params: Any, data: Any, version: int
+        self, method: str, url: Any, headers: Any, params: Any, data: Any
     ) -> _Plan | None:
         s = self._session
         if params is not None and not all(type(v) is str for v in params.values()):
@@ -299,7 +302,7 @@ class FastPath:
         if info.real_url is not purl and info.real_url.with_fragment(None) != purl:
             info = RequestInfo(purl, prepared.method, info.headers, purl)
         key = (purl.scheme, purl.raw_host, port, NO_TLS, b"")
-        return _Plan(prepared.method, purl, info, head, key, version)
+        return _Plan(prepared.method, purl, info, head, key)
 
 
 def _request_timeout(timeout: Any) -> ClientTimeout:
