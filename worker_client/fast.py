@@ -96,7 +96,7 @@ class _Call:
     """One fast request in flight: what its timeouts, a cancel or the session's close
     end (``give_up``: the connection is given up with it)."""
 
-    __slots__ = ("fut", "conn", "pool", "deadlines", "timer", "unwatch", "__weakref__")
+    __slots__ = ("fut", "conn", "pool", "deadlines", "timer", "unwatch", "late", "__weakref__")
 
     def __init__(self, fut: asyncio.Future[Any], conn: HTTP1Connection, pool: Pool) -> None:
         self.fut = fut
@@ -105,6 +105,8 @@ class _Call:
         self.deadlines: Any = None
         self.timer: Any = None
         self.unwatch: Any = None
+        # given up after the head came, before the caller resumed: it fails all the same
+        self.late: BaseException | None = None
 
     def arm(self, timeout: ClientTimeout, transport: Any) -> None:
         if timeout.total:
@@ -135,6 +137,8 @@ class _Call:
                 fut.cancel()
             else:
                 fut.set_exception(exc)
+        elif exc is not None:
+            self.late = exc
         engine_fast.abandon(self.pool, self.conn)
 
     def _timed_out(self) -> None:
@@ -166,11 +170,22 @@ class FastPath:
         self._forks = _forks[0]
         self.requests = 0  # sent on the fast path: for tests and figures
 
-    async def request(self, method: str, url: Any, kw: dict[str, Any]) -> ClientResponse:
+    async def request(
+        self,
+        method: str,
+        url: Any,
+        kw: dict[str, Any],
+        headers: Any = None,
+        params: Any = None,
+        data: Any = None,
+        timeout: Any = _SENTINEL,
+        allow_redirects: bool = True,
+        raise_for_status: Any = None,
+    ) -> ClientResponse:
+        """``kw``: the call's keywords (``keys`` only), bound to the parameters too."""
         s = self._session
         transport = s._transport
         jar = s._jar_ref
-        data = kw.get("data")
         if (
             transport is None
             or transport.closed
@@ -181,7 +196,7 @@ class FastPath:
         ):
             return await s._request(method, url, **kw)
         store = jar[1]
-        plan = self._plan(method, url, kw.get("headers"), kw.get("params"), data)
+        plan = self._plan(method, url, headers, params, data)
         if plan is None or jar[0] or (store is not None and len(store)):
             return await s._request(method, url, **kw)
         pool = transport.engine.registry.pool_for(s._pool)  # type: ignore[attr-defined]
@@ -191,7 +206,6 @@ class FastPath:
         if conn is None:
             return await s._request(method, url, **kw)
         self.requests += 1
-        timeout = kw.get("timeout", _SENTINEL)
         call = _Call(fut, conn, pool)
         call.arm(s._timeout if timeout is _SENTINEL else _request_timeout(timeout), transport)
         handles = s._handles
@@ -204,14 +218,16 @@ class FastPath:
         finally:
             handles.discard(call)  # type: ignore[arg-type]
             call.disarm()
+        if call.late is not None:  # the connection went with it
+            raise call.late
         if type(result) is ResponseHead:
             body = engine_fast.finish(
-                pool, conn, result, kw.get("allow_redirects", True), s._auto_decompress,
+                pool, conn, result, allow_redirects, s._auto_decompress,
                 store, plan.url,
             )
             if body is not None:
                 resp = self._response(plan, result, body)
-                rfs = kw.get("raise_for_status")
+                rfs = raise_for_status
                 if rfs is None:
                     rfs = s._raise_for_status
                 return await s._check_status(resp, rfs) if rfs else resp

@@ -454,7 +454,7 @@ class ClientSession:
         """The request's coroutine: the fast path's when it may be (``worker_client.fast``)."""
         fast = self._fast
         if fast is not None and kwargs.keys() <= fast.keys:
-            return _RequestContextManager(fast.request(method, url, kwargs))
+            return _RequestContextManager(fast.request(method, url, kwargs, **kwargs))
         return _RequestContextManager(self._request(method, url, **kwargs))
 
     async def _request(

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 import worker_client
+from broker import fast as broker_fast
 from tests.conftest import read_request_head
 from worker_client import ClientPayloadError, ClientSession, ClientTimeout
 from worker_client.transport import EmbeddedTransport
@@ -360,3 +361,39 @@ async def test_a_change_to_the_session_headers_reaches_the_next_request(raw_serv
             assert resp.request_info.headers["X-Session"] == value
     assert [h.count(b"X-Session: 2") for h in heads] == [0, 0, 1]
     assert fast_count(session) == 2
+
+
+async def test_a_timeout_after_the_head_came_still_fails_the_request(
+    raw_server, session, monkeypatch
+):
+    """The total timeout fires in the loop pass that brought the whole response, before
+    the request resumes: it fails all the same, and the connection (its exchange
+    complete) goes back to the pool once, for the next request."""
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        while True:
+            await read_request_head(reader)
+            writer.write(ok())
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    original = broker_fast.start
+
+    def start(pool, key, method, head, body, on_response, limits):  # type: ignore[no-untyped-def]
+        def told(result):  # type: ignore[no-untyped-def]
+            on_response(result)
+            for call in list(session._handles):
+                call._timed_out()
+
+        return original(pool, key, method, head, body, told, limits)
+
+    monkeypatch.setattr(broker_fast, "start", start)
+    with pytest.raises(asyncio.TimeoutError):
+        await session.get(base + "/")
+    monkeypatch.setattr(broker_fast, "start", original)
+    async with session.get(base + "/") as resp:
+        assert await resp.read() == b"ok"
+    assert fast_count(session) == 2
+    assert len(connections) == 1
