@@ -28,7 +28,7 @@ from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 from .dialer import NO_TLS, ConnKey, Dialer, connect_timeout
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
-from .pool_state import NEW, Decision, PoolState, _New
+from .pool_state import NEW, NOTHING, Decision, PoolState, _New
 from .proxy import dial_proxy, proxy_label
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver
@@ -149,6 +149,24 @@ class Pool:
         if trace is not None:
             trace.trace(TraceEvent(trace.id, "connection_reuseconn"))
         return got
+
+    def take_idle(self, key: ConnKey) -> HTTP1Connection | None:
+        """A live idle connection for ``key``, leased, or None: the fast path's take
+        (``broker.fast``). Never waits, opens nor queues; None under a rate limit (its
+        turn is ``wait_turn``'s) and from a closed pool."""
+        if self.closed or self.rate is not None:
+            return None
+        state = self.state
+        while True:
+            conn = state.take_idle(key)
+            if conn is None:
+                return None
+            if not conn.closed:
+                conn.reused = True
+                conn.in_use = True
+                self._active.add(conn)
+                return conn
+            self._apply(state.discard(key))  # closed while idle, not yet noticed
 
     def _take(self, key: ConnKey) -> HTTP1Connection | _New | None:
         """``try_acquire`` without waiting: a live idle connection, NEW, or None."""
@@ -282,8 +300,10 @@ class Pool:
             and self.spec.keepalive_timeout != 0
             and not self.closed
         )
-        self._apply(self.state.release(conn.key, conn, reusable))
-        if reusable:
+        decision = self.state.release(conn.key, conn, reusable)
+        if decision is not NOTHING:
+            self._apply(decision)
+        if reusable and self._expiry is None:
             self._schedule_expiry()
 
     def _closed_one(

@@ -101,6 +101,9 @@ def with_tls(req: Request, tls: Any, sni: str) -> Request:
     return with_tls(req, tls, sni)
 
 
+if TYPE_CHECKING:
+    from .fast import FastPath, Handover
+
 if sys.version_info >= (3, 11):
     from typing import Unpack
 else:  # pragma: no cover
@@ -293,6 +296,18 @@ class ClientSession:
         self._handles: set[StreamHandle] = set()
         self._pid = os.getpid()
         self._closed = False
+        self._fast: FastPath | None = None
+        if (
+            self._broker is None
+            and not self._middlewares
+            and not self._trace_configs
+            and self._route == b""
+            and self._conn_ssl is True
+        ):
+            from .fast import FastPath, enabled  # embedded only: it needs the engine
+
+            if enabled():
+                self._fast = FastPath(self)
 
     # -- properties as aiohttp's -------------------------------------------------------
 
@@ -439,33 +454,40 @@ class ClientSession:
         self, method: str, url: str | URL, **kwargs: Unpack[_RequestOptions]
     ) -> _RequestContextManager:
         """Perform an HTTP request; await it or use it with ``async with``."""
-        return _RequestContextManager(self._request(method, url, **kwargs))
+        return self._start(method, url, kwargs)
 
     def get(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
-        return _RequestContextManager(self._request("GET", url, **kwargs))
+        return self._start("GET", url, kwargs)
 
     def options(
         self, url: str | URL, **kwargs: Unpack[_RequestOptions]
     ) -> _RequestContextManager:
-        return _RequestContextManager(self._request("OPTIONS", url, **kwargs))
+        return self._start("OPTIONS", url, kwargs)
 
     def head(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
         kwargs.setdefault("allow_redirects", False)
-        return _RequestContextManager(self._request("HEAD", url, **kwargs))
+        return self._start("HEAD", url, kwargs)
 
     def post(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
-        return _RequestContextManager(self._request("POST", url, **kwargs))
+        return self._start("POST", url, kwargs)
 
     def put(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
-        return _RequestContextManager(self._request("PUT", url, **kwargs))
+        return self._start("PUT", url, kwargs)
 
     def patch(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
-        return _RequestContextManager(self._request("PATCH", url, **kwargs))
+        return self._start("PATCH", url, kwargs)
 
     def delete(
         self, url: str | URL, **kwargs: Unpack[_RequestOptions]
     ) -> _RequestContextManager:
-        return _RequestContextManager(self._request("DELETE", url, **kwargs))
+        return self._start("DELETE", url, kwargs)
+
+    def _start(self, method: str, url: str | URL, kwargs: Any) -> _RequestContextManager:
+        """The request's coroutine: the fast path's when it may be (``worker_client.fast``)."""
+        fast = self._fast
+        if fast is not None and kwargs.keys() <= fast.keys:
+            return _RequestContextManager(fast.request(method, url, kwargs, **kwargs))
+        return _RequestContextManager(self._request(method, url, **kwargs))
 
     async def _request(
         self,
@@ -503,6 +525,7 @@ class ClientSession:
         proxy_auth: BasicAuth | None = None,
         proxy_headers: Any = None,
         trace_request_ctx: Any = None,
+        _handover: Handover | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -523,27 +546,8 @@ class ClientSession:
         if auth is not None or proxy_auth is not None:
             _warn_auth(auth, proxy_auth, 4)
         timeout = self._timeout if timeout is _SENTINEL else _request_timeout(timeout)
-        merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
-        if headers:
-            extra = CIMultiDict(headers)
-            for name in extra.keys():
-                merged.popall(name, None)
-            merged.extend(extra)
-        skip: Iterable[str] = self._skip_auto_headers
-        if skip_auto_headers:
-            skip = {*skip, *(istr(h) for h in skip_auto_headers)}
-        prepared = prepare_request(
-            method,
-            url,
-            base_url=self._base_url,
-            params=params,
-            data=data,
-            json=json,
-            json_serialize=self._json_dumps,
-            headers=merged,
-            skip_auto_headers=skip,
-            auth=auth,
-            session_auth=self._default_auth,
+        merged, prepared, skip = self._prepare(
+            method, url, params, data, headers, json, skip_auto_headers, auth
         )
         tracer = None
         if self._trace_configs:
@@ -675,12 +679,22 @@ class ClientSession:
                 )
             self._handles.add(handle)
             if timeout.total:
-                handle.set_deadline(timeout.total, timeout.ceil_threshold)
+                left = timeout.total
+                if _handover is not None and _handover.left is not None:
+                    left = _handover.left
+                handle.set_deadline(left, timeout.ceil_threshold)
             try:
-                await transport.send(
-                    req, body, handle, prepared.url, jar_ref[1], rewind,
-                    upload_tracker._wrote if upload_tracker is not None else None,
-                )
+                if _handover is not None:  # the fast path's attempt, for the engine
+                    assert transport.kind == "embedded"
+                    _handover.taken = True
+                    await transport.resume(  # type: ignore[attr-defined]
+                        req, handle, prepared.url, jar_ref[1], _handover.first
+                    )
+                else:
+                    await transport.send(
+                        req, body, handle, prepared.url, jar_ref[1], rewind,
+                        upload_tracker._wrote if upload_tracker is not None else None,
+                    )
                 if tracer is not None:
                     await tracer.until(handle.head)
                     if self._closed:  # while the handlers ran: as aiohttp, it fails
@@ -704,6 +718,43 @@ class ClientSession:
             if tracer is not None:
                 await tracer.exception(exc)
             raise
+
+    def _prepare(
+        self,
+        method: str,
+        url: str | URL,
+        params: Any,
+        data: Any,
+        headers: Any,
+        json: Any = None,
+        skip_auto_headers: Iterable[str] | None = None,
+        auth: BasicAuth | None = None,
+    ) -> tuple[CIMultiDict[str], PreparedRequest, Iterable[str]]:
+        """The request's headers (the session's merged with its own), what
+        ``prepare_request`` makes of it, and the auto headers skipped."""
+        merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
+        if headers:
+            extra = CIMultiDict(headers)
+            for name in extra.keys():
+                merged.popall(name, None)
+            merged.extend(extra)
+        skip: Iterable[str] = self._skip_auto_headers
+        if skip_auto_headers:
+            skip = {*skip, *(istr(h) for h in skip_auto_headers)}
+        prepared = prepare_request(
+            method,
+            url,
+            base_url=self._base_url,
+            params=params,
+            data=data,
+            json=json,
+            json_serialize=self._json_dumps,
+            headers=merged,
+            skip_auto_headers=skip,
+            auth=auth,
+            session_auth=self._default_auth,
+        )
+        return merged, prepared, skip
 
     async def _proxy_route(self, proxy: Any, proxy_auth: Any, proxy_headers: Any) -> bytes:
         """The encoded ``ProxyRoute`` (``worker_client.proxies``): the request's proxy,
@@ -871,8 +922,7 @@ class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
         tb: TracebackType | None,
     ) -> None:
         assert self._resp is not None
-        self._resp.release()
-        await self._resp.wait_for_close()
+        self._resp.release()  # all that wait_for_close does
 
 
 def request(method: str, url: str | URL, **kwargs: Any) -> _SessionRequestContextManager:

@@ -77,6 +77,7 @@ from .handle import Deadlines, StreamHandle
 
 if TYPE_CHECKING:  # the engine's modules are imported by the first EmbeddedTransport
     from broker.cookie_store import CookieStore
+    from broker.fast import Resumed
 
 __all__ = [
     "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
@@ -315,7 +316,29 @@ class EmbeddedTransport(Transport):
         rewind: Rewinder | None = None,
         written: Callable[[int], None] | None = None,
     ) -> None:
-        stream = _LocalStream(handle, body, self, rewind, written)
+        await self._perform(req, _LocalStream(handle, body, self, rewind, written), url, jar)
+
+    async def resume(
+        self,
+        req: Request,
+        handle: StreamHandle,
+        url: URL,
+        jar: CookieStore | None,
+        first: Resumed,
+    ) -> None:
+        """``send`` for a request whose first attempt the fast path made
+        (``worker_client.fast``): the engine goes on from ``first``."""
+        await self._perform(req, _LocalStream(handle, None, self), url, jar, first)
+
+    async def _perform(
+        self,
+        req: Request,
+        stream: _LocalStream,
+        url: URL | None,
+        jar: CookieStore | None,
+        first: Resumed | None = None,
+    ) -> None:
+        handle = stream.handle
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
         tls = None
@@ -327,7 +350,7 @@ class EmbeddedTransport(Transport):
                 return
         try:
             # Same process, same checks already made: the engine may skip its own.
-            await self.engine.perform(req, stream, url, jar, tls)
+            await self.engine.perform(req, stream, url, jar, tls, first)
         finally:
             if stream.state is not State.BODY:
                 self.streams.pop(req.stream, None)
