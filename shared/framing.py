@@ -17,7 +17,7 @@ import struct
 
 import msgspec
 
-from .messages import Message
+from .messages import Message, Outgoing
 
 __all__ = ["FrameError", "FrameReader", "encode", "MAX_FRAME"]
 
@@ -33,7 +33,7 @@ class FrameError(Exception):
     """The peer sent something that is not a valid frame."""
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg: Outgoing) -> bytes:
     """One message as a complete frame."""
     buf = bytearray(4)
     _encoder.encode_into(msg, buf, 4)
