@@ -150,6 +150,24 @@ class Pool:
             trace.trace(TraceEvent(trace.id, "connection_reuseconn"))
         return got
 
+    def take_idle(self, key: ConnKey) -> HTTP1Connection | None:
+        """A live idle connection for ``key``, leased, or None: the fast path's take
+        (``broker.fast``). Never waits, opens nor queues; None under a rate limit (its
+        turn is ``wait_turn``'s) and from a closed pool."""
+        if self.closed or self.rate is not None:
+            return None
+        state = self.state
+        while True:
+            conn = state.take_idle(key)
+            if conn is None:
+                return None
+            if not conn.closed:
+                conn.reused = True
+                conn.in_use = True
+                self._active.add(conn)
+                return conn
+            self._apply(state.discard(key))  # closed while idle, not yet noticed
+
     def _take(self, key: ConnKey) -> HTTP1Connection | _New | None:
         """``try_acquire`` without waiting: a live idle connection, NEW, or None."""
         while True:

@@ -35,8 +35,16 @@ from .cookie_header import with_cookies
 from .cookie_store import COOKIE_NAME_RE, CookieStore
 from .decoding import make_decoder
 from .dialer import NO_TLS, TlsKey
-from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, build_head, declared_length
+from .exchange import (
+    DEFAULT_LIMITS,
+    HeadLimits,
+    ResponseHead,
+    build_head,
+    declared_length,
+    head_fields,
+)
 from .failures import ConnectionFailure, failure_message
+from .fast import Resumed
 from .hops import REDIRECTS, Hop, follow, redirect_location
 from .http1 import HTTP1Connection, watch_silence
 from .known import Checked
@@ -50,20 +58,6 @@ log = logging.getLogger("broker.engine")
 
 _NO_BODY_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))  # aiohttp's GET_METHODS
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
-
-
-def _read_head(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, list[bytes]]:
-    """What the engine needs of a head, in one pass: the first Content-Encoding, and the
-    Set-Cookie values."""
-    encoding = None
-    set_cookie: list[bytes] = []
-    for k, v in headers:
-        name = k.lower()
-        if name == b"set-cookie":
-            set_cookie.append(v)
-        elif name == b"content-encoding" and encoding is None:
-            encoding = v
-    return encoding, set_cookie
 
 
 class Engine:
@@ -105,6 +99,7 @@ class Engine:
         checked_url: URL | None = None,
         jar: CookieStore | None = None,
         tls: TlsSpec | None = None,
+        first: Resumed | None = None,
     ) -> None:
         """Carry out ``req`` up to its response head; report through ``stream``.
 
@@ -114,11 +109,13 @@ class Engine:
         checked the request already (embedded mode); else the engine checks it.
         ``jar``: the cookie store that ``req.jar`` names (None: no jar), found by the
         caller, which knows whose jars the worker may name. ``tls``: the ``TlsSpec``
-        that ``req.tls`` names (None for the default), found by the caller likewise."""
+        that ``req.tls`` names (None for the default), found by the caller likewise.
+        ``first``: the fast path's outcome of the first hop's attempt (``broker.fast``),
+        which the engine takes on from there as if it had made that attempt itself."""
         self.requests += 1
         history: list[HistoryItem] = []
         try:
-            await self._hops(req, stream, history, checked_url, jar, tls)
+            await self._hops(req, stream, history, checked_url, jar, tls, first)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -133,6 +130,7 @@ class Engine:
         checked_url: URL | None,
         jar: CookieStore | None,
         tls: TlsSpec | None = None,
+        first: Resumed | None = None,
     ) -> None:
         """Carry out the hops of ``req``: redirects are followed here, where the pool
         and the cookie jar see every hop. Each hop is sent the jar's cookies for its
@@ -146,8 +144,11 @@ class Engine:
             if hop.cookies or (jar is not None and len(jar)):
                 chosen = jar.filter_cookies(hop.url) if jar is not None else None
                 headers = with_cookies(headers, chosen, hop.cookies)
-            head, conn = await self._exchange(pool, req, hop, headers, stream, tls_key, tls)
-            encoding, set_cookie = _read_head(head.headers)
+            head, conn = await self._exchange(
+                pool, req, hop, headers, stream, tls_key, tls, first
+            )
+            first = None
+            encoding, set_cookie = head_fields(head.headers)
             if set_cookie and jar is not None:
                 values = [v.decode("utf-8", "surrogateescape") for v in set_cookie]
                 jar.update_from_headers(values, hop.url)
@@ -187,11 +188,21 @@ class Engine:
         stream: BrokerStream,
         tls_key: TlsKey = NO_TLS,
         tls: TlsSpec | None = None,
+        first: Resumed | None = None,
     ) -> tuple[ResponseHead, HTTP1Connection]:
         """Send one hop (with ``headers``, its own plus its cookies) and read its head;
         retry once on a stale keep-alive connection. ``tls_key``/``tls``: the request's
-        TLS choice, for an https hop (every https hop of a request uses it)."""
+        TLS choice, for an https hop (every https hop of a request uses it). ``first``:
+        the fast path made the first attempt already: its head, or its failure."""
         url = hop.url
+        attempts: tuple[int, ...] = (0, 1)
+        if first is not None:
+            conn, got = first
+            if not isinstance(got, ConnectionFailure):
+                return got, conn
+            pool.give_back(conn)
+            _retry_or_raise(got, conn, 0, hop.method, hop.streamed, url)
+            attempts = (1,)
         if not url.raw_host:
             raise ConnectionFailure("invalid_url", "URL has no host", url=str(url))
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -241,7 +252,7 @@ class Engine:
         turn = pool.wait_turn(key)
         if turn is not None:
             await stream.wait(turn)
-        for attempt in (0, 1):
+        for attempt in attempts:
             try:
                 conn = await pool.acquire(key, timeout, stream, tls, trace)
             except ConnectionFailure as exc:
@@ -263,18 +274,7 @@ class Engine:
                 return head, conn
             except ConnectionFailure as exc:
                 pool.give_back(conn)
-                retry = (
-                    attempt == 0
-                    and exc.code in ("disconnected", "os")
-                    and conn.reused
-                    and not conn.got_response_bytes
-                    and hop.method in IDEMPOTENT
-                    and not streamed
-                )
-                if not retry:
-                    if exc.code == "disconnected":
-                        exc.fields.setdefault("url", str(url))
-                    raise
+                _retry_or_raise(exc, conn, attempt, hop.method, streamed, url)
             except BaseException:
                 pool.give_back(conn)
                 raise
@@ -363,6 +363,31 @@ class Engine:
             pool.give_back(conn)
             raise
         body.start()
+
+
+def _retry_or_raise(
+    exc: ConnectionFailure,
+    conn: HTTP1Connection,
+    attempt: int,
+    method: str,
+    streamed: bool,
+    url: URL,
+) -> None:
+    """After a failed attempt: return to try once more (a stale keep-alive connection,
+    given back already, that the server closed before answering an idempotent request),
+    else raise the failure."""
+    if (
+        attempt == 0
+        and exc.code in ("disconnected", "os")
+        and conn.reused
+        and not conn.got_response_bytes
+        and method in IDEMPOTENT
+        and not streamed
+    ):
+        return
+    if exc.code == "disconnected":
+        exc.fields.setdefault("url", str(url))
+    raise exc
 
 
 def _history_item(head: ResponseHead, hop: Hop, headers: list[tuple[str, str]]) -> HistoryItem:

@@ -108,6 +108,7 @@ __all__ = [
     "SendState",
     "build_head",
     "declared_length",
+    "head_fields",
 ]
 
 # aiohttp's defaults: max_line_size=8190, max_field_size=8190, max_headers=128.
@@ -258,6 +259,20 @@ def declared_length(headers: list[tuple[str, str]]) -> int | None:
     if not _DIGITS.fullmatch(value.strip()):
         raise ConnectionFailure("connection", f"invalid Content-Length header: {value!r}")
     return int(value)
+
+
+def head_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, list[bytes]]:
+    """What the engine needs of a response head, in one pass: the first
+    Content-Encoding, and the Set-Cookie values."""
+    encoding = None
+    set_cookie: list[bytes] = []
+    for k, v in headers:
+        name = k.lower()
+        if name == b"set-cookie":
+            set_cookie.append(v)
+        elif name == b"content-encoding" and encoding is None:
+            encoding = v
+    return encoding, set_cookie
 
 
 def _request_failure(message: str) -> ConnectionFailure:

@@ -136,6 +136,8 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self._drain_fut: asyncio.Future[None] | None = None
         self._read_paused = False
         self._lost: asyncio.Future[None] = loop.create_future()
+        # The fast path's callback (``begin_fast``): told the head or the failure, once.
+        self._on_response: Callable[[ResponseHead | ConnectionFailure], None] | None = None
 
     def __repr__(self) -> str:
         if self.closed:
@@ -172,6 +174,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             if ended and (self._read_paused or self._done_fut is not None):
                 self._finish()
             return
+        head = None
         for event in self.exchange.receive_data(self._view[:nbytes]):
             kind = type(event)
             if kind is bytes:
@@ -184,6 +187,9 @@ class HTTP1Connection(asyncio.BufferedProtocol):
                     if self._early_size > EARLY_LIMIT:
                         self.pause_reading()
             elif kind is ResponseHead:
+                if self._on_response is not None:
+                    head = event  # told after this read: its body bytes are kept by then
+                    continue
                 fut = self.head_future
                 if not fut.done():
                     fut.set_result(event)  # type: ignore[arg-type]
@@ -198,6 +204,10 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             else:
                 self._fail(event)  # type: ignore[arg-type]
                 self.close()
+        if head is not None:
+            tell, self._on_response = self._on_response, None
+            if tell is not None:
+                tell(head)  # type: ignore[arg-type]
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost decides what it means
@@ -269,6 +279,10 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             cont.set_result(True)
 
     def _fail(self, failure: ConnectionFailure) -> None:
+        tell = self._on_response
+        if tell is not None and self.exchange.head is None:  # with a head: told the head
+            self._on_response = None
+            tell(failure)
         for fut in (self.head_future, self._done_fut, self.continue_future):
             if fut is not None and not fut.done():
                 fut.set_exception(failure)
@@ -293,6 +307,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             method, head, body, streamed, length, expect_continue, limits
         )
         self.continue_future = self._loop.create_future() if expect_continue else None
+        self._on_response = None
         self._on_body = None
         self._sink = None
         self._early = []
@@ -304,6 +319,46 @@ class HTTP1Connection(asyncio.BufferedProtocol):
             self.transport.write(out)
         else:
             self.transport.writelines(out)
+
+    def begin_fast(
+        self,
+        method: str,
+        head: bytes,
+        body: bytes | None,
+        on_response: Callable[[ResponseHead | ConnectionFailure], None],
+        limits: HeadLimits = DEFAULT_LIMITS,
+    ) -> None:
+        """Start an exchange with a whole body (or none) whose head is told to
+        ``on_response`` instead of ``head_future``: once, at the end of the read that
+        completed it (the body bytes of that read kept: ``whole_body``), or the failure
+        that came first. No future is made."""
+        if self.closed or self.transport is None:
+            raise _disconnected()
+        out = self.exchange.start(method, head, body, False, None, False, limits)
+        self._on_response = on_response
+        self.continue_future = None
+        self._on_body = None
+        self._sink = None
+        self._early = []
+        self._early_size = 0
+        self.last_read = self._loop.time()
+        self._done_fut = None
+        if isinstance(out, bytes):
+            self.transport.write(out)
+        else:
+            self.transport.writelines(out)
+
+    def whole_body(self) -> bytes | None:
+        """The whole body, when the response is complete and no consumer took it yet
+        (the fast path's common case: it came with the head); else None."""
+        if self.exchange.recv is not R_DONE or self._on_body is not None:
+            return None
+        early = self._early
+        if not early:
+            return b""
+        self._early = []
+        self._early_size = 0
+        return early[0] if len(early) == 1 else b"".join(early)
 
     async def send_body(self, data: bytes, stream: BrokerStream | None = None) -> None:
         """Write a piece of the streamed body, then wait while the socket is full (a
@@ -395,6 +450,7 @@ class HTTP1Connection(asyncio.BufferedProtocol):
     def end_exchange(self) -> bool:
         """The caller is done with this exchange; True if the connection can be reused."""
         reusable = self.exchange.end() and not self.closed
+        self._on_response = None
         self._done_fut = None
         self.continue_future = None
         self._on_body = None

@@ -235,6 +235,16 @@ class PoolState(Generic[C]):
             return None, decision
         return self._try(key, decision), decision
 
+    def take_idle(self, key: K) -> C | None:
+        """An idle connection of ``key``, made active, or None (none idle, or requests
+        already queued on ``key``): never a slot for a new one, never a decision."""
+        if key in self._queues:
+            return None
+        conn = self._pop_idle(key)
+        if conn is not None:
+            self._active(key, 1)
+        return conn
+
     def enqueue(self, key: K, waiter: object) -> None:
         seq = next(self._seq)
         queue = self._queues.get(key)

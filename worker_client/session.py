@@ -46,6 +46,8 @@ from .exceptions import (
     exception_from_failure,
     with_request_ssl,
 )
+from .fast import FAST_KEYS, FastPath, Handover
+from .fast import enabled as fast_enabled
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
 from .middlewares import ClientMiddlewareType, HopOptions, _Hops
 from .proxies import EnvProxies, fixed_route, netrc_auth
@@ -62,6 +64,7 @@ from .response import ClientResponse
 from .tls import Fingerprint, check_server_hostname, merge_ssl, request_tls, with_tls
 from .tracing import RequestTrace, TraceConfig
 from .transport import (
+    EmbeddedTransport,
     StreamHandle,
     Transport,
     broker_address,
@@ -261,6 +264,16 @@ class ClientSession:
         self._handles: set[StreamHandle] = set()
         self._pid = os.getpid()
         self._closed = False
+        self._fast = (
+            FastPath(self)
+            if self._broker is None
+            and not self._middlewares
+            and not self._trace_configs
+            and self._route == b""
+            and self._conn_ssl is True
+            and fast_enabled()
+            else None
+        )
 
     # -- properties as aiohttp's -------------------------------------------------------
 
@@ -407,33 +420,40 @@ class ClientSession:
         self, method: str, url: str | URL, **kwargs: Unpack[_RequestOptions]
     ) -> _RequestContextManager:
         """Perform an HTTP request; await it or use it with ``async with``."""
-        return _RequestContextManager(self._request(method, url, **kwargs))
+        return self._start(method, url, kwargs)
 
     def get(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
-        return _RequestContextManager(self._request("GET", url, **kwargs))
+        return self._start("GET", url, kwargs)
 
     def options(
         self, url: str | URL, **kwargs: Unpack[_RequestOptions]
     ) -> _RequestContextManager:
-        return _RequestContextManager(self._request("OPTIONS", url, **kwargs))
+        return self._start("OPTIONS", url, kwargs)
 
     def head(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
         kwargs.setdefault("allow_redirects", False)
-        return _RequestContextManager(self._request("HEAD", url, **kwargs))
+        return self._start("HEAD", url, kwargs)
 
     def post(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
-        return _RequestContextManager(self._request("POST", url, **kwargs))
+        return self._start("POST", url, kwargs)
 
     def put(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
-        return _RequestContextManager(self._request("PUT", url, **kwargs))
+        return self._start("PUT", url, kwargs)
 
     def patch(self, url: str | URL, **kwargs: Unpack[_RequestOptions]) -> _RequestContextManager:
-        return _RequestContextManager(self._request("PATCH", url, **kwargs))
+        return self._start("PATCH", url, kwargs)
 
     def delete(
         self, url: str | URL, **kwargs: Unpack[_RequestOptions]
     ) -> _RequestContextManager:
-        return _RequestContextManager(self._request("DELETE", url, **kwargs))
+        return self._start("DELETE", url, kwargs)
+
+    def _start(self, method: str, url: str | URL, kwargs: Any) -> _RequestContextManager:
+        """The request's coroutine: the fast path's when it may be (``worker_client.fast``)."""
+        fast = self._fast
+        if fast is not None and kwargs.keys() <= FAST_KEYS:
+            return _RequestContextManager(fast.request(method, url, kwargs))
+        return _RequestContextManager(self._request(method, url, **kwargs))
 
     async def _request(
         self,
@@ -471,6 +491,7 @@ class ClientSession:
         proxy_auth: BasicAuth | None = None,
         proxy_headers: Any = None,
         trace_request_ctx: Any = None,
+        _handover: Handover | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -491,27 +512,8 @@ class ClientSession:
         if auth is not None or proxy_auth is not None:
             _warn_auth(auth, proxy_auth, 4)
         timeout = self._timeout if timeout is _SENTINEL else _request_timeout(timeout)
-        merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
-        if headers:
-            extra = CIMultiDict(headers)
-            for name in extra.keys():
-                merged.popall(name, None)
-            merged.extend(extra)
-        skip: Iterable[str] = self._skip_auto_headers
-        if skip_auto_headers:
-            skip = {*skip, *(istr(h) for h in skip_auto_headers)}
-        prepared = prepare_request(
-            method,
-            url,
-            base_url=self._base_url,
-            params=params,
-            data=data,
-            json=json,
-            json_serialize=self._json_dumps,
-            headers=merged,
-            skip_auto_headers=skip,
-            auth=auth,
-            session_auth=self._default_auth,
+        merged, prepared, skip = self._prepare(
+            method, url, params, data, headers, json, skip_auto_headers, auth
         )
         tracer = None
         if self._trace_configs:
@@ -639,12 +641,21 @@ class ClientSession:
                 )
             self._handles.add(handle)
             if timeout.total:
-                handle.set_deadline(timeout.total, timeout.ceil_threshold)
+                left = timeout.total
+                if _handover is not None and _handover.left is not None:
+                    left = _handover.left
+                handle.set_deadline(left, timeout.ceil_threshold)
             try:
-                await transport.send(
-                    req, body, handle, prepared.url, jar_ref[1], rewind,
-                    upload_tracker._wrote if upload_tracker is not None else None,
-                )
+                if _handover is not None:  # the fast path's attempt, for the engine
+                    assert isinstance(transport, EmbeddedTransport)
+                    _handover.taken = True
+                    await transport.resume(req, handle, prepared.url, jar_ref[1],
+                                           _handover.first)
+                else:
+                    await transport.send(
+                        req, body, handle, prepared.url, jar_ref[1], rewind,
+                        upload_tracker._wrote if upload_tracker is not None else None,
+                    )
                 if tracer is not None:
                     await tracer.until(handle.head)
                     if self._closed:  # while the handlers ran: as aiohttp, it fails
@@ -668,6 +679,43 @@ class ClientSession:
             if tracer is not None:
                 await tracer.exception(exc)
             raise
+
+    def _prepare(
+        self,
+        method: str,
+        url: str | URL,
+        params: Any,
+        data: Any,
+        headers: Any,
+        json: Any = None,
+        skip_auto_headers: Iterable[str] | None = None,
+        auth: BasicAuth | None = None,
+    ) -> tuple[CIMultiDict[str], PreparedRequest, Iterable[str]]:
+        """The request's headers (the session's merged with its own), what
+        ``prepare_request`` makes of it, and the auto headers skipped."""
+        merged: CIMultiDict[str] = CIMultiDict(self._default_headers)
+        if headers:
+            extra = CIMultiDict(headers)
+            for name in extra.keys():
+                merged.popall(name, None)
+            merged.extend(extra)
+        skip: Iterable[str] = self._skip_auto_headers
+        if skip_auto_headers:
+            skip = {*skip, *(istr(h) for h in skip_auto_headers)}
+        prepared = prepare_request(
+            method,
+            url,
+            base_url=self._base_url,
+            params=params,
+            data=data,
+            json=json,
+            json_serialize=self._json_dumps,
+            headers=merged,
+            skip_auto_headers=skip,
+            auth=auth,
+            session_auth=self._default_auth,
+        )
+        return merged, prepared, skip
 
     async def _proxy_route(self, proxy: Any, proxy_auth: Any, proxy_headers: Any) -> bytes:
         """The encoded ``ProxyRoute`` (``worker_client.proxies``): the request's proxy,

@@ -39,6 +39,7 @@ from yarl import URL
 from broker.cookie_store import CookieStore
 from broker.engine import Engine
 from broker.failures import ConnectionFailure, failure_message
+from broker.fast import Resumed
 from broker.peercred import peer_uid, trusted_broker_uids, untrusted_broker
 from broker.stats import build_stats
 from broker.stream import BrokerStream
@@ -325,7 +326,29 @@ class EmbeddedTransport(Transport):
         rewind: Rewinder | None = None,
         written: Callable[[int], None] | None = None,
     ) -> None:
-        stream = _LocalStream(handle, body, self, rewind, written)
+        await self._perform(req, _LocalStream(handle, body, self, rewind, written), url, jar)
+
+    async def resume(
+        self,
+        req: Request,
+        handle: StreamHandle,
+        url: URL,
+        jar: CookieStore | None,
+        first: Resumed,
+    ) -> None:
+        """``send`` for a request whose first attempt the fast path made
+        (``worker_client.fast``): the engine goes on from ``first``."""
+        await self._perform(req, _LocalStream(handle, None, self), url, jar, first)
+
+    async def _perform(
+        self,
+        req: Request,
+        stream: _LocalStream,
+        url: URL | None,
+        jar: CookieStore | None,
+        first: Resumed | None = None,
+    ) -> None:
+        handle = stream.handle
         self.handles[req.stream] = handle
         self.streams[req.stream] = stream
         tls = None
@@ -337,7 +360,7 @@ class EmbeddedTransport(Transport):
                 return
         try:
             # Same process, same checks already made: the engine may skip its own.
-            await self.engine.perform(req, stream, url, jar, tls)
+            await self.engine.perform(req, stream, url, jar, tls, first)
         finally:
             if stream.state is not State.BODY:
                 self.streams.pop(req.stream, None)

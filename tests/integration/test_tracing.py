@@ -352,8 +352,10 @@ async def test_untraced_session_asks_for_no_events(make_session, serve_app, monk
     for session in (plain, traced):
         async with session.get(base + "/"):
             pass
-    assert sent[0] == (False, None)
-    assert sent[1][0] is True and sent[1][1] is not None
+    # the plain session's request may take the fast path (worker_client.fast): no
+    # Request at all, so nothing to trace either
+    assert sent[:-1] in ([], [(False, None)])
+    assert sent[-1][0] is True and sent[-1][1] is not None
 
 
 # -- the whole sequence, beside aiohttp's (needs the broker's TraceEvents) -------------

@@ -1,0 +1,344 @@
+"""The embedded fast path (``worker_client.fast``, ``broker.fast``): taken for the
+common request on an idle keep-alive connection, and whatever is not simple goes on in
+the general machinery with the behaviour unchanged (raw servers for the peers that
+misbehave). The request-level test files also run with the fast path off (.ci/run)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+import worker_client
+from tests.conftest import read_request_head
+from worker_client import ClientPayloadError, ClientSession, ClientTimeout
+from worker_client.transport import EmbeddedTransport
+
+
+async def hi(request: web.Request) -> web.Response:
+    return web.Response(text="hi")
+
+
+@pytest.fixture(autouse=True)
+def _fast_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "1")  # whatever the run's environment
+
+
+@pytest.fixture
+async def session(_fast_on: None) -> AsyncIterator[ClientSession]:
+    s = ClientSession(broker=None)
+    assert s._fast is not None
+    yield s
+    await s.close()
+
+
+def fast_count(session: ClientSession) -> int:
+    assert session._fast is not None
+    return session._fast.requests
+
+
+def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def test_taken_when_on_with_no_request_message(serve_app, session, monkeypatch):
+    app = web.Application()
+    app.router.add_get("/", hi)
+    base = await serve_app(app)
+    sent: list[object] = []
+    original = EmbeddedTransport.send
+
+    async def spy(self, req, *rest):  # type: ignore[no-untyped-def]
+        sent.append(req)
+        return await original(self, req, *rest)
+
+    monkeypatch.setattr(EmbeddedTransport, "send", spy)
+    for _ in range(3):
+        async with session.get(base + "/", headers={"X-A": "1"}, params={"q": "v"}) as resp:
+            assert await resp.text() == "hi"
+            assert resp.request_info.headers["X-A"] == "1"
+            assert str(resp.url).endswith("/?q=v")
+    assert len(sent) == 1  # the first opened the connection; the others went fast
+    assert fast_count(session) == 2
+
+
+async def test_not_taken_when_off(serve_app, monkeypatch):
+    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "0")
+    app = web.Application()
+    app.router.add_get("/", hi)
+    base = await serve_app(app)
+    async with ClientSession(broker=None) as s:
+        assert s._fast is None
+        for _ in range(2):
+            async with s.get(base + "/") as resp:
+                assert await resp.text() == "hi"
+
+
+async def test_a_post_with_a_small_body(serve_app, session):
+    got: list[bytes] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        got.append(await request.read())
+        return web.Response(body=b"done")
+
+    app = web.Application()
+    app.router.add_post("/", echo)
+    base = await serve_app(app)
+    for body in (b"one", b"two", b"three"):
+        async with session.post(base + "/", data=body) as resp:
+            assert await resp.read() == b"done"
+            assert resp.request_info.headers["Content-Length"] == str(len(body))
+    assert got == [b"one", b"two", b"three"]
+    assert fast_count(session) == 2
+
+
+async def test_a_server_that_lies_about_content_length(raw_server, session):
+    """Fewer bytes than declared, then close: the body fails as on the general path;
+    more than declared: the response is cut at its length, the connection not reused."""
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        await read_request_head(reader)
+        writer.write(ok())
+        await read_request_head(reader)
+        if len(connections) == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+            await writer.drain()
+            return  # closed
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+        await writer.drain()
+        await reader.read()
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    resp = await session.get(base + "/")
+    with pytest.raises(ClientPayloadError):
+        await resp.read()
+    assert fast_count(session) == 1
+    assert await (await session.get(base + "/")).read() == b"ok"
+    async with session.get(base + "/") as resp:
+        assert await resp.read() == b"ok"
+    assert fast_count(session) == 2
+    async with session.get(base + "/") as resp:  # the spoiled one was not pooled
+        assert await resp.read() == b"ok"
+    assert len(connections) == 3
+
+
+async def test_a_stale_connection_is_retried_once(raw_server, session):
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        n = len(connections)
+        await read_request_head(reader)
+        writer.write(ok(b"conn%d" % n))
+        await writer.drain()
+        if n == 1:
+            await read_request_head(reader)  # the next request: dropped unanswered
+            return
+        await reader.read()
+
+    base = await raw_server(handler)
+    async with session.get(base + "/") as resp:
+        assert await resp.text() == "conn1"
+    async with session.get(base + "/") as resp:
+        assert await resp.text() == "conn2"
+    assert fast_count(session) == 1
+    assert len(connections) == 2
+
+
+async def test_a_connection_closed_while_idle_is_not_taken(raw_server, session):
+    closed = asyncio.Event()
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        await read_request_head(reader)
+        writer.write(ok())
+        await writer.drain()
+        if len(connections) == 1:
+            writer.close()
+            await writer.wait_closed()
+            closed.set()
+            return
+        await reader.read()
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    await closed.wait()
+    pool = session._transport.engine.registry.pool_for(session._pool)  # type: ignore[union-attr]
+    for _ in range(100):  # the close reaches the idle connection's protocol
+        if not pool.state.n_idle:
+            break
+        await asyncio.sleep(0)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    assert len(connections) == 2
+
+
+async def test_a_server_that_refuses_keep_alive(raw_server, session):
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        await read_request_head(reader)
+        writer.write(ok(extra=b"Connection: close\r\n"))
+        await writer.drain()
+
+    base = await raw_server(handler)
+    for _ in range(3):
+        async with session.get(base + "/") as resp:
+            assert await resp.read() == b"ok"
+    assert len(connections) == 3
+    assert fast_count(session) == 0  # never an idle connection to take
+
+
+async def test_a_redirect_on_the_fast_path_is_followed(raw_server, session):
+    async def handler(reader, writer):
+        while True:
+            head = await read_request_head(reader)
+            if head.startswith(b"GET /r "):
+                writer.write(
+                    b"HTTP/1.1 302 Found\r\nLocation: /done\r\nContent-Length: 0\r\n\r\n"
+                )
+            else:
+                writer.write(ok(head.split(b" ")[1]))
+            await writer.drain()
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"/"
+    async with session.get(base + "/r") as resp:
+        assert await resp.read() == b"/done"
+        assert resp.status == 200 and str(resp.url) == base + "/done"
+        assert [h.status for h in resp.history] == [302]
+        assert str(resp.history[0].url) == base + "/r"
+    async with session.get(base + "/r", allow_redirects=False) as resp:
+        assert resp.status == 302 and resp.headers["Location"] == "/done"
+    assert fast_count(session) == 2
+
+
+async def test_set_cookie_is_stored_and_sent(raw_server):
+    heads: list[bytes] = []
+
+    async def handler(reader, writer):
+        while True:
+            heads.append(await read_request_head(reader))
+            extra = b"Set-Cookie: a=1; Path=/\r\n" if len(heads) == 2 else b""
+            writer.write(ok(extra=extra))
+            await writer.drain()
+
+    base = await raw_server(handler)
+    jar = worker_client.CookieJar(unsafe=True)
+    async with ClientSession(broker=None, cookie_jar=jar) as s:
+        for _ in range(3):
+            async with s.get(base + "/") as resp:
+                assert await resp.read() == b"ok"
+        assert fast_count(s) == 1  # the second; the third has a cookie to send
+        assert {c.key: c.value for c in jar} == {"a": "1"}
+    assert b"Cookie: a=1" not in heads[1]
+    assert b"Cookie: a=1\r\n" in heads[2]
+
+
+async def test_total_and_sock_read_timeouts(raw_server, session):
+    lost = asyncio.Event()
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        await read_request_head(reader)
+        writer.write(ok())
+        await read_request_head(reader)  # never answered
+        await reader.read()
+        lost.set()
+
+    base = await raw_server(handler)
+    for timeout, exc in (
+        (ClientTimeout(total=0.1), asyncio.TimeoutError),
+        (ClientTimeout(sock_read=0.1), worker_client.ServerTimeoutError),
+    ):
+        lost.clear()
+        assert await (await session.get(base + "/")).read() == b"ok"
+        with pytest.raises(exc):
+            await session.get(base + "/", timeout=timeout)
+        await lost.wait()  # the connection was closed, never pooled
+    assert fast_count(session) == 2
+    assert len(connections) == 2
+
+
+async def test_a_cancel_mid_request_closes_the_connection(raw_server, session):
+    asked = asyncio.Event()
+    lost = asyncio.Event()
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        await read_request_head(reader)
+        writer.write(ok())
+        if len(connections) > 1:
+            await reader.read()
+            return
+        await read_request_head(reader)
+        asked.set()
+        await reader.read()
+        lost.set()
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    task = asyncio.ensure_future(session.get(base + "/"))
+    await asked.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await lost.wait()
+    assert fast_count(session) == 1
+    assert await (await session.get(base + "/")).read() == b"ok"
+    assert len(connections) == 2
+
+
+async def test_a_body_longer_than_what_came_with_the_head(raw_server, session):
+    more = asyncio.Event()
+    connections: list[int] = []
+    big = b"x" * 300_000
+
+    async def handler(reader, writer):
+        connections.append(1)
+        await read_request_head(reader)
+        writer.write(ok())
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big[:10])
+        await more.wait()
+        writer.write(big[10:])
+        await read_request_head(reader)
+        writer.write(ok())
+        await reader.read()
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    async with session.get(base + "/") as resp:
+        assert resp.content_length == len(big)
+        more.set()
+        assert await resp.read() == big
+    assert await (await session.get(base + "/")).read() == b"ok"
+    assert fast_count(session) == 2
+    assert len(connections) == 1
+
+
+async def test_closing_the_session_fails_a_fast_request(raw_server, session):
+    asked = asyncio.Event()
+
+    async def handler(reader, writer):
+        await read_request_head(reader)
+        writer.write(ok())
+        await read_request_head(reader)
+        asked.set()
+        await reader.read()
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    task = asyncio.ensure_future(session.get(base + "/"))
+    await asked.wait()
+    await session.close()
+    with pytest.raises(worker_client.ClientConnectionError, match="Connection closed"):
+        await task

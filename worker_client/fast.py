@@ -1,0 +1,312 @@
+"""The session's fast path (issue 12): the common small request in embedded mode, from
+``session.get()`` to the socket write and from the parser to a ``ClientResponse``, with
+one future between (``broker.fast`` is the engine's side of it).
+
+Taken when the session has no middlewares, trace configs, proxy, ``trust_env`` nor an
+ssl= of its connector's own, and the call names nothing but ``headers``, ``params``,
+``data`` (bytes, at most ``BODY_MAX``), ``timeout``, ``allow_redirects`` and
+``raise_for_status``; then, per request, when the transport is embedded (made by an
+earlier request), the cookie jar holds no cookie (it would add a Cookie header), the
+request asks no 100-continue, and the pool has an idle connection for it. Anything
+else takes the general path (``ClientSession._request``) before a byte is sent. After
+the head, a response that is not complete with its head, is a redirect to follow, has
+a body to decode, or a failure (a stale connection's retry included) is handed to the
+engine with its connection (``Engine.perform(first=...)``) through the general path,
+which goes on as if it had made that attempt itself. ``HTTP_BROKER_FAST_PATH=0`` (read
+when a session is made) turns the fast path off.
+
+Plans: what is the same from one request to the next for a (method, URL, headers,
+params, body length) key: the checked URL, the ``RequestInfo``, the request head as
+written and the pool key, made once by the general path's own pure code
+(``prepare_request``, ``build_head``). A session keeps at most ``PLANS_MAX`` of them
+(emptied when full); a change to the session's default headers (their multidict
+version) makes a plan again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from multidict import CIMultiDictProxy, getversion
+from yarl import URL
+
+from broker import fast as engine_fast
+from broker.dialer import NO_TLS
+from broker.exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, build_head
+from broker.http1 import watch_silence
+from shared.specs import ClientTimeout
+
+from .exceptions import RequestInfo
+from .helpers import HttpVersion
+from .response import _VERSIONS, ClientResponse, StreamReader
+
+if TYPE_CHECKING:
+    from broker.connector import Pool
+    from broker.http1 import HTTP1Connection
+
+    from .session import ClientSession
+
+__all__ = ["BODY_MAX", "FAST_KEYS", "PLANS_MAX", "FastPath", "Handover", "enabled"]
+
+BODY_MAX = 64 * 1024
+PLANS_MAX = 64
+FAST_KEYS = frozenset(
+    ("headers", "params", "data", "timeout", "allow_redirects", "raise_for_status")
+)
+_SENTINEL: Any = object()
+_forks = [0]  # bumped in a forked child: its parent's connections are not its own
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def enabled() -> bool:
+    """``HTTP_BROKER_FAST_PATH``: on unless 0/no/off/false."""
+    value = os.environ.get("HTTP_BROKER_FAST_PATH", "1").strip().lower()
+    return value not in ("0", "no", "off", "false")
+
+
+class Handover:
+    """A fast attempt handed to the general path: the engine's ``first``, and the
+    seconds left of the total timeout (None: none). ``taken``: the engine has it."""
+
+    __slots__ = ("first", "left", "taken")
+
+    def __init__(self, first: engine_fast.Resumed, left: float | None) -> None:
+        self.first = first
+        self.left = left
+        self.taken = False
+
+
+class _Plan(NamedTuple):
+    method: str
+    url: URL
+    info: RequestInfo
+    head: bytes
+    key: tuple[Any, ...]
+    version: int  # of the session's default headers
+
+
+class _Call:
+    """One fast request in flight: what a total timeout or the session's close ends."""
+
+    __slots__ = ("fut", "conn", "pool", "timer", "__weakref__")
+
+    def __init__(
+        self, fut: asyncio.Future[Any], conn: HTTP1Connection, pool: Pool
+    ) -> None:
+        self.fut = fut
+        self.conn = conn
+        self.pool = pool
+        self.timer: Any = None
+
+    def give_up(self, exc: BaseException | None = None) -> None:
+        fut = self.fut
+        if not fut.done():
+            if exc is None:
+                fut.cancel()
+            else:
+                fut.set_exception(exc)
+        engine_fast.abandon(self.pool, self.conn)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
+
+
+def _hashable(value: Any) -> Any:
+    """A cache key part for headers or params: None, or the items of a dict of str."""
+    if value is None:
+        return None
+    if type(value) is dict:
+        return tuple(value.items())
+    raise TypeError
+
+
+class FastPath:
+    """The fast path of one session (see the module docstring)."""
+
+    __slots__ = ("_session", "_plans", "_limits", "_forks", "requests")
+
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+        self._plans: dict[Any, _Plan | None] = {}
+        line, field, count, _ = session._default_limits
+        limits = HeadLimits(line, field, count)
+        self._limits = DEFAULT_LIMITS if limits == DEFAULT_LIMITS else limits
+        self._forks = _forks[0]
+        self.requests = 0  # sent on the fast path: for tests and figures
+
+    async def request(self, method: str, url: Any, kw: dict[str, Any]) -> ClientResponse:
+        s = self._session
+        transport = s._transport
+        jar = s._jar_ref
+        data = kw.get("data")
+        if (
+            transport is None
+            or transport.closed
+            or s.closed
+            or jar is None
+            or self._forks != _forks[0]
+            or (data is not None and (type(data) is not bytes or len(data) > BODY_MAX))
+        ):
+            return await s._request(method, url, **kw)
+        store = jar[1]
+        plan = self._plan(method, url, kw.get("headers"), kw.get("params"), data)
+        if plan is None or jar[0] or (store is not None and len(store)):
+            return await s._request(method, url, **kw)
+        pool = transport.engine.registry.pool_for(s._pool)  # type: ignore[attr-defined]
+        loop = transport.loop
+        timeout = kw.get("timeout", _SENTINEL)
+        timeout = s._timeout if timeout is _SENTINEL else _request_timeout(timeout)
+        started = loop.time() if timeout.total else 0.0
+        fut = loop.create_future()
+        conn = engine_fast.start(pool, plan.key, plan.method, plan.head, data, fut.set_result,
+                                 self._limits)
+        if conn is None:
+            return await s._request(method, url, **kw)
+        self.requests += 1
+        result = await self._wait(fut, conn, pool, timeout, transport)
+        if type(result) is ResponseHead:
+            body = engine_fast.finish(
+                pool, conn, result, kw.get("allow_redirects", True), s._auto_decompress,
+                store, plan.url,
+            )
+            if body is not None:
+                return await self._response(plan, result, body, kw.get("raise_for_status"))
+        left = None
+        if timeout.total:
+            left = max(timeout.total - (loop.time() - started), 0.0)
+        handover = Handover((conn, result), left)
+        try:
+            return await s._request(method, url, **kw, _handover=handover)
+        finally:
+            if not handover.taken:
+                engine_fast.abandon(pool, conn)
+
+    async def _wait(
+        self,
+        fut: asyncio.Future[Any],
+        conn: HTTP1Connection,
+        pool: Pool,
+        timeout: ClientTimeout,
+        transport: Any,
+    ) -> Any:
+        """The head or the failure, under the request's timeouts; a caller that gives
+        up (a cancel, the total timeout, the session's close) gives the connection up."""
+        call = _Call(fut, conn, pool)
+        handles = self._session._handles
+        handles.add(call)  # type: ignore[arg-type]
+        if timeout.total:
+            call.timer = transport.deadlines.add(call, timeout.total, timeout.ceil_threshold)
+        unwatch = (
+            watch_silence(transport.loop, conn, fut, timeout.sock_read)
+            if timeout.sock_read
+            else None
+        )
+        try:
+            return await fut
+        except BaseException:
+            call.give_up()
+            raise
+        finally:
+            handles.discard(call)  # type: ignore[arg-type]
+            if call.timer is not None:
+                transport.deadlines.discard(call, call.timer)
+            if unwatch is not None:
+                unwatch()
+
+    async def _response(
+        self, plan: _Plan, head: ResponseHead, body: bytes, rfs: Any
+    ) -> ClientResponse:
+        s = self._session
+        content = StreamReader(None, limit=s._read_bufsize)
+        if body:
+            content.feed_data(body)
+        content.feed_eof()
+        version = head.version
+        resp = ClientResponse(
+            plan.method,
+            plan.url,
+            status=head.status,
+            reason=head.reason,
+            version=_VERSIONS.get(version) or HttpVersion(*version),
+            raw_headers=tuple(head.headers),
+            content=content,
+            request_info=plan.info,
+            history=(),
+            on_release=None,
+            loop=s._transport.loop,  # type: ignore[union-attr]
+            real_url=plan.info.real_url,
+        )
+        if s._resolve_charset is not None:
+            resp._resolve_charset = s._resolve_charset
+        if rfs is None:
+            rfs = s._raise_for_status
+        if rfs:
+            return await s._check_status(resp, rfs)
+        return resp
+
+    def _plan(self, method: str, url: Any, headers: Any, params: Any, data: Any) -> _Plan | None:
+        """The cached plan for this request, or None: not a fast one."""
+        version = getversion(self._session._default_headers)
+        try:
+            key = (method, url, _hashable(headers), _hashable(params),
+                   -1 if data is None else len(data))
+            plan = self._plans.get(key, _SENTINEL)
+        except TypeError:  # unhashable: not cached, not fast
+            return None
+        if plan is _SENTINEL or (plan is not None and plan.version != version):
+            plan = self._make_plan(method, url, headers, params, data, version)
+            if len(self._plans) >= PLANS_MAX:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan  # type: ignore[return-value]
+
+    def _make_plan(
+        self, method: str, url: Any, headers: Any, params: Any, data: Any, version: int
+    ) -> _Plan | None:
+        s = self._session
+        if params is not None and not all(type(v) is str for v in params.values()):
+            return None  # 1 and 1.0 are one key but two queries
+        try:
+            _, prepared, _ = s._prepare(method, url, params, data, headers)
+        except Exception:  # the general path raises it
+            return None
+        pheaders = prepared.headers
+        expect = pheaders.get("Expect")
+        if expect is not None and expect.lower() == "100-continue":
+            return None
+        purl = prepared.url
+        pool_spec = s._connector.spec if s._connector is not None else None
+        force_close = bool(pool_spec is not None and pool_spec.force_close)
+        head = build_head(
+            prepared.method,
+            purl,
+            list(pheaders.items()),
+            len(data) if data is not None else None,
+            False,
+            prepared.skip_host,
+            (1, 0) if s._http10 else (1, 1),
+            force_close,
+        )
+        port = purl.port or (443 if purl.scheme == "https" else 80)
+        info = RequestInfo(
+            purl, prepared.method, CIMultiDictProxy(pheaders), prepared.real_url or purl
+        )
+        if info.real_url is not purl and info.real_url.with_fragment(None) != purl:
+            info = RequestInfo(purl, prepared.method, info.headers, purl)
+        key = (purl.scheme, purl.raw_host, port, NO_TLS, b"")
+        return _Plan(prepared.method, purl, info, head, key, version)
+
+
+def _request_timeout(timeout: Any) -> ClientTimeout:
+    from .session import _request_timeout as convert
+
+    return convert(timeout)
