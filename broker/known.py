@@ -12,21 +12,26 @@ Bounds, per connection: ``max_pools`` pool specs of at most ``MAX_POOL_SPEC`` (1
 opened by id (4 MiB at the default 256; an inline spec is counted, and kept for the cap
 as before); ``max_timeouts`` (64) timeouts; ``CHECKED_URLS`` (128) URLs of at most
 ``CHECKED_URL_LENGTH`` (1,024) characters and ``CHECKED_HEADERS`` (64) header lists of
-at most ``CHECKED_HEADERS_LENGTH`` (2,048) characters together, about 400 KiB at worst
-with their parsed URLs; a longer URL or list is checked every time, and a full table
-starts afresh.
+at most ``CHECKED_HEADERS_LENGTH`` (2,048) characters together, and ``CHECKED_HEADS``
+(64) request heads of the fast path (``server._FastStart``) of at most
+``CHECKED_HEAD_LENGTH`` (4 KiB), about 700 KiB at worst with the parsed URLs; a
+longer URL, list or head is checked or built every time, and a full table starts
+afresh.
 """
 
 from __future__ import annotations
 
 from yarl import URL
 
+from shared.messages import Request
 from shared.specs import ClientTimeout
 
+from .exchange import build_head
 from .failures import ConnectionFailure
 
 __all__ = [
-    "CHECKED_HEADERS", "CHECKED_HEADERS_LENGTH", "CHECKED_URLS", "CHECKED_URL_LENGTH",
+    "CHECKED_HEADERS", "CHECKED_HEADERS_LENGTH", "CHECKED_HEADS", "CHECKED_HEAD_LENGTH",
+    "CHECKED_URLS", "CHECKED_URL_LENGTH",
     "Checked", "SpecIds",
 ]
 
@@ -34,8 +39,11 @@ CHECKED_URLS = 128
 CHECKED_URL_LENGTH = 1024
 CHECKED_HEADERS = 64
 CHECKED_HEADERS_LENGTH = 2048
+CHECKED_HEADS = 64
+CHECKED_HEAD_LENGTH = 4096
 
 Headers = tuple[tuple[str, str], ...]
+HeadKey = tuple[str, str, Headers, int | None, bool, bool]
 
 
 class SpecIds:
@@ -123,13 +131,15 @@ class SpecIds:
 
 class Checked:
     """URLs (with their parsed form) and header lists that passed the broker's checks
-    on this connection (see the module's docstring for the bounds)."""
+    on this connection, and the request heads built for them (see the module's
+    docstring for the bounds)."""
 
-    __slots__ = ("urls", "headers")
+    __slots__ = ("urls", "headers", "heads")
 
     def __init__(self) -> None:
         self.urls: dict[str, URL] = {}
         self.headers: set[Headers] = set()
+        self.heads: dict[HeadKey, bytes] = {}
 
     def __repr__(self) -> str:
         return f"<Checked {len(self.urls)} URLs, {len(self.headers)} header lists>"
@@ -140,6 +150,23 @@ class Checked:
         if len(self.urls) >= CHECKED_URLS:
             self.urls.clear()
         self.urls[text] = url
+
+    def head(self, req: Request, url: URL, force_close: bool) -> bytes:
+        """The head of ``req`` (a fast-path kind: ``server._fast_kind``) to ``url`` as
+        ``exchange.build_head`` writes it, built once per distinct request."""
+        body = req.body
+        length = None if body is None else len(body)
+        key = (req.method, req.url, tuple(req.headers), length, req.skip_host, force_close)
+        head = self.heads.get(key)
+        if head is None:
+            head = build_head(
+                req.method, url, req.headers, length, False, req.skip_host, (1, 1), force_close
+            )
+            if len(head) <= CHECKED_HEAD_LENGTH:
+                if len(self.heads) >= CHECKED_HEADS:
+                    self.heads.clear()
+                self.heads[key] = head
+        return head
 
     def keep_headers(self, headers: Headers) -> None:
         if sum(len(name) + len(value) for name, value in headers) > CHECKED_HEADERS_LENGTH:

@@ -73,7 +73,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -113,9 +113,15 @@ from shared.messages import (
 from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, TlsSpec, encode_pool
 from shared.stream_state import State
 
+from . import fast as fast_core
+from .connector import Pool
 from .cookie_store import CookieStore
+from .dialer import NO_TLS
 from .engine import Engine, _checked
+from .exchange import ResponseHead
 from .failures import ConnectionFailure, failure_message
+from .fast import Resumed
+from .http1 import HTTP1Connection, watch_silence
 from .jar_file import CookieFile
 from .jars import JAR_CALLS, UNKNOWN_JAR, JarTable
 from .known import Checked, SpecIds
@@ -811,8 +817,23 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 return
         stream = IPCStream(req.stream, self, req.streamed)
         self.streams[req.stream] = stream
+        if self.server.fast and _fast_kind(req) and (jar is None or not len(jar)):
+            if _FastStart.begin(self, req, stream, url, jar):
+                return
+        self.run(req, stream, url, jar, tls)
+
+    def run(
+        self,
+        req: Request,
+        stream: IPCStream,
+        url: URL,
+        jar: CookieStore | None,
+        tls: TlsSpec | None,
+        first: Resumed | None = None,
+    ) -> None:
+        """The general path: the engine in a task of its own."""
         stream.task = asyncio.get_running_loop().create_task(
-            self._run(req, stream, url, jar, tls)
+            self._run(req, stream, url, jar, tls, first)
         )
 
     def _resolve(self, req: RequestFrame) -> URL:
@@ -851,9 +872,10 @@ class WorkerConnection(asyncio.BufferedProtocol):
         url: URL,
         jar: CookieStore | None,
         tls: TlsSpec | None,
+        first: Resumed | None = None,
     ) -> None:
         try:
-            await self.engine.perform(req, stream, url, jar, tls)
+            await self.engine.perform(req, stream, url, jar, tls, first)
         finally:
             # In the body phase the stream lives on without this task, until its end.
             if stream.state is not State.BODY:
@@ -889,6 +911,139 @@ class WorkerConnection(asyncio.BufferedProtocol):
             else:
                 transport.close()
         self.closed = True
+
+
+def _fast_kind(req: Request) -> bool:
+    """Whether ``req`` is of the kind the fast path carries (``broker.fast``): a whole
+    body or none, no trace, proxy, TLS settings of its own, cookies of its own,
+    100-continue, chunked framing or HTTP/1.0, the default head limits."""
+    return not (
+        req.streamed
+        or req.trace
+        or req.proxy
+        or req.tls
+        or req.fingerprint
+        or req.server_hostname
+        or req.cookies
+        or req.expect100
+        or req.chunked
+        or req.http10
+        or not req.read_until_eof
+        or req.max_line_size != 8190
+        or req.max_field_size != 8190
+        or req.max_headers != 128
+    )
+
+
+class _FastStart:
+    """A request started without a task (``broker.fast``): the head written on an idle
+    keep-alive connection as the frame is handled, the response told by callback. A
+    response complete with its head, not a redirect to follow, nothing to decode, goes
+    to the stream at once (one frame: ``IPCStream``); anything else, or a failure, is
+    handed to the engine in a task with the attempt made (``Engine.perform(first=)``),
+    which goes on as if it had made it. A stream given up meanwhile gives the
+    connection back (``on_halt``); ``sock_read`` is watched as the engine does."""
+
+    __slots__ = ("conn", "req", "stream", "url", "jar", "pool", "upstream", "early", "told",
+                 "_unwatch")
+
+    def __init__(
+        self,
+        conn: WorkerConnection,
+        req: Request,
+        stream: IPCStream,
+        url: URL,
+        jar: CookieStore | None,
+        pool: Pool,
+    ) -> None:
+        self.conn = conn
+        self.req = req
+        self.stream = stream
+        self.url = url
+        self.jar = jar
+        self.pool = pool
+        self.upstream: HTTP1Connection | None = None
+        self.early: ResponseHead | ConnectionFailure | None = None  # told within start()
+        self.told = False
+        self._unwatch: Callable[[], None] | None = None
+
+    @classmethod
+    def begin(
+        cls,
+        conn: WorkerConnection,
+        req: Request,
+        stream: IPCStream,
+        url: URL,
+        jar: CookieStore | None,
+    ) -> bool:
+        """Started; False: no idle connection (or a pool the general path must report
+        on), nothing sent."""
+        try:
+            pool = conn.engine.registry.pool_for(req.pool)
+        except ConnectionFailure:
+            return False
+        port = url.port or (443 if url.scheme == "https" else 80)
+        key = (url.scheme, url.raw_host or "", port, NO_TLS, b"")
+        head = conn.checked.head(req, url, pool.spec.force_close)
+        fast = cls(conn, req, stream, url, jar, pool)
+        upstream = fast_core.start(pool, key, req.method, head, req.body, fast.on_response)
+        if upstream is None:
+            return False
+        conn.engine.requests += 1
+        conn.server.fast_requests += 1
+        fast.upstream = upstream
+        early, fast.early = fast.early, None
+        if early is not None:  # a failure as the head was written
+            fast.on_response(early)
+            return True
+        stream.on_halt = fast.abandon
+        sock_read = req.timeout.sock_read
+        if sock_read:
+            loop = asyncio.get_running_loop()
+            fast._unwatch = watch_silence(loop, upstream, fast, sock_read)  # type: ignore[arg-type]
+        return True
+
+    def done(self) -> bool:
+        """For ``watch_silence``: whether the response was told."""
+        return self.told
+
+    def abandon(self) -> None:
+        """The worker gave the stream up: the connection goes back (closed)."""
+        self.told = True
+        self._stop()
+        if self.upstream is not None:
+            fast_core.abandon(self.pool, self.upstream)
+
+    def _stop(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+
+    def on_response(self, result: ResponseHead | ConnectionFailure) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            self.early = result
+            return
+        if self.told:
+            return
+        self.told = True
+        self._stop()
+        stream, req = self.stream, self.req
+        stream.on_halt = None
+        try:
+            if type(result) is ResponseHead:
+                body = fast_core.finish(
+                    self.pool, upstream, result, req.allow_redirects, req.auto_decompress,
+                    self.jar, self.url,
+                )
+                if body is not None:
+                    fast_core.deliver(stream, result, body, req.url, req.method)
+                    return
+            self.conn.run(req, stream, self.url, self.jar, None, (upstream, result))
+        except Exception as exc:  # a bug: that stream fails, never the upstream's loop
+            log.error("stream %s: the fast path failed", stream.id, exc_info=exc)
+            if not stream.finished:
+                stream.refuse(f"the broker failed: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -932,6 +1087,10 @@ class BrokerServer:
         self._shm_processes: dict[int, int] = {}  # connections with arenas per process
         self._processes: dict[int, int] = {}  # greeted connections per worker process
         self.draining = False
+        # Requests started without a task where they can be (``_FastStart``), unless
+        # HTTP_BROKER_FAST_PATH is 0/no/off/false in the broker's environment.
+        self.fast = os.environ.get("HTTP_BROKER_FAST_PATH", "1").strip().lower() not in _OFF
+        self.fast_requests = 0  # started so: for tests and figures
         # One read buffer for every connection: a read is handled to its end before
         # the loop reads another socket, and what a frame reader keeps it copies.
         self.read_view = memoryview(bytearray(_BUFSIZE))

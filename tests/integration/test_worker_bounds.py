@@ -506,6 +506,68 @@ async def test_the_one_frame_reply_reaches_the_response(broker_process, serve_ap
                 assert 0 < resp.content.total_raw_bytes < 200
 
 
+# -- 5c. requests started without a task ------------------------------------------------
+
+
+def _answers_then_silent(answered: int):
+    """A raw handler answering the first ``answered`` requests of a connection with
+    "ok", then reading the next head and saying nothing."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(answered):
+            await read_request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await read_request_head(reader)
+        await writer.wait_closed()
+
+    return handler
+
+
+async def test_a_request_on_an_idle_connection_starts_without_a_task(local_broker, hello_url):
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path, split=False)
+    worker.send(Request(1, "GET", hello_url))  # opens the connection: the general path
+    assert [type(m) for m in await worker.until_end_of(1)] == [Head]
+    assert server.fast_requests == 0
+    worker.send(Request(3, "GET", hello_url))
+    (head,) = await worker.until_end_of(3)
+    assert head.body == b"hello" and server.fast_requests == 1
+    (conn,) = server.workers
+    assert not conn.streams
+    (pool,) = server.engine.registry.pools
+    assert pool.figures()["idle"] == 1
+
+
+async def test_a_fast_request_given_up_frees_its_connection(local_broker, raw_server):
+    server = await local_broker()
+    base = await raw_server(_answers_then_silent(1))
+    worker = await RawWorker.connect(server.path)
+    worker.send(Request(1, "GET", base + "/"))
+    await worker.until_end_of(1)
+    worker.send(Request(3, "GET", base + "/"))
+    (conn,) = server.workers
+    await wait_until(lambda: 3 in conn.streams)
+    assert server.fast_requests == 1 and conn.streams[3].task is None
+    (pool,) = server.engine.registry.pools
+    assert pool.figures()["active"] == 1
+    worker.send(Cancel(3))
+    await wait_until(lambda: pool.figures()["active"] == 0 and not conn.streams)
+    assert pool.figures()["idle"] == 0  # its exchange unfinished: closed, not reused
+
+
+async def test_a_fast_request_has_its_sock_read_timeout(local_broker, raw_server):
+    server = await local_broker()
+    base = await raw_server(_answers_then_silent(1))
+    worker = await RawWorker.connect(server.path)
+    worker.send(TimeoutOpen(1, ClientTimeout(sock_read=0.2)))
+    worker.send(Request(1, "GET", base + "/", timeout_id=1))
+    await worker.until_end_of(1)
+    worker.send(Request(3, "GET", base + "/", timeout_id=1))
+    (failure,) = await worker.until_end_of(3)
+    assert isinstance(failure, Failure) and failure.code == "sock_read_timeout", failure
+    assert server.fast_requests == 1
+
+
 # -- 6. write backpressure on the worker's socket ------------------------------------------
 
 
