@@ -25,6 +25,8 @@ MAX_FRAME = 4 << 20
 _LEN = struct.Struct("<I")
 # enc_hook: header names may be multidict.istr (a str subclass msgspec does not take).
 _encoder = msgspec.msgpack.Encoder(enc_hook=str)
+_encode = _encoder.encode
+_pack = _LEN.pack
 # Decoders are stateless: one for every reader (a broker has a reader per worker).
 _decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
@@ -35,10 +37,8 @@ class FrameError(Exception):
 
 def encode(msg: Outgoing) -> bytes:
     """One message as a complete frame."""
-    buf = bytearray(4)
-    _encoder.encode_into(msg, buf, 4)
-    _LEN.pack_into(buf, 0, len(buf) - 4)
-    return bytes(buf)
+    body = _encode(msg)  # then a copy behind its length: cheaper than encode_into and bytes()
+    return _pack(len(body)) + body
 
 
 class FrameReader:
