@@ -28,7 +28,7 @@ from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 from .dialer import NO_TLS, ConnKey, Dialer, connect_timeout
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
-from .pool_state import NEW, Decision, PoolState, _New
+from .pool_state import NEW, NOTHING, Decision, PoolState, _New
 from .proxy import dial_proxy, proxy_label
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver
@@ -300,8 +300,10 @@ class Pool:
             and self.spec.keepalive_timeout != 0
             and not self.closed
         )
-        self._apply(self.state.release(conn.key, conn, reusable))
-        if reusable:
+        decision = self.state.release(conn.key, conn, reusable)
+        if decision is not NOTHING:
+            self._apply(decision)
+        if reusable and self._expiry is None:
             self._schedule_expiry()
 
     def _closed_one(

@@ -41,7 +41,7 @@ from .exchange import (
     ResponseHead,
     build_head,
     declared_length,
-    head_fields,
+    set_cookies,
 )
 from .failures import ConnectionFailure, failure_message
 from .fast import Resumed
@@ -141,17 +141,16 @@ class Engine:
         tls_key = _tls_key(req)
         while True:
             headers = hop.headers
-            if hop.cookies or (jar is not None and len(jar)):
+            # (a fast first attempt was sent with none: the jar was empty then)
+            if first is None and (hop.cookies or (jar is not None and len(jar))):
                 chosen = jar.filter_cookies(hop.url) if jar is not None else None
                 headers = with_cookies(headers, chosen, hop.cookies)
             head, conn = await self._exchange(
                 pool, req, hop, headers, stream, tls_key, tls, first
             )
             first = None
-            encoding, set_cookie = head_fields(head.headers)
-            if set_cookie and jar is not None:
-                values = [v.decode("utf-8", "surrogateescape") for v in set_cookie]
-                jar.update_from_headers(values, hop.url)
+            if head.set_cookie and jar is not None:
+                jar.update_from_headers(set_cookies(head.headers), hop.url)
             location = None
             item = None
             if req.allow_redirects and head.status in REDIRECTS:
@@ -160,7 +159,7 @@ class Engine:
                     item = _history_item(head, hop, headers)
                     stream.trace(TraceEvent(req.stream, "request_redirect", redirect=item))
             if location is None:
-                self._deliver(req, stream, conn, pool, head, encoding, hop, headers, history)
+                self._deliver(req, stream, conn, pool, head, head.encoding, hop, headers, history)
                 return
             untouched = conn.body_held  # answered before 100 Continue: the body is unread
             pool.give_back(conn)

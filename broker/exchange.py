@@ -108,7 +108,7 @@ __all__ = [
     "SendState",
     "build_head",
     "declared_length",
-    "head_fields",
+    "set_cookies",
 ]
 
 # aiohttp's defaults: max_line_size=8190, max_field_size=8190, max_headers=128.
@@ -146,6 +146,8 @@ class ResponseHead(msgspec.Struct, gc=False):
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
     eof_body: bool  # the body ends when the connection closes
+    encoding: bytes | None = None  # the first Content-Encoding
+    set_cookie: bool = False  # a Set-Cookie among the headers (``set_cookies``)
 
 
 class _End:
@@ -261,18 +263,11 @@ def declared_length(headers: list[tuple[str, str]]) -> int | None:
     return int(value)
 
 
-def head_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, list[bytes]]:
-    """What the engine needs of a response head, in one pass: the first
-    Content-Encoding, and the Set-Cookie values."""
-    encoding = None
-    set_cookie: list[bytes] = []
-    for k, v in headers:
-        name = k.lower()
-        if name == b"set-cookie":
-            set_cookie.append(v)
-        elif name == b"content-encoding" and encoding is None:
-            encoding = v
-    return encoding, set_cookie
+def set_cookies(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The Set-Cookie values of a response head, as the cookie store takes them."""
+    return [
+        v.decode("utf-8", "surrogateescape") for k, v in headers if k.lower() == b"set-cookie"
+    ]
 
 
 def _request_failure(message: str) -> ConnectionFailure:
@@ -612,16 +607,29 @@ class Exchange:
             raise _HeadTooLarge(self._refused)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self._limits
-        if len(name) + len(value) > limits.field:
-            self._refused = _too_long(value if len(name) <= limits.field else name, limits.field)
-            raise _HeadTooLarge(self._refused)
-        if len(self._headers) >= limits.headers:
-            self._refused = "Too many headers received"
-            raise _HeadTooLarge(self._refused)
+        # Checked against the limits once the head is complete (``_check_fields``); the
+        # head itself is capped at MAX_HEAD_BYTES meanwhile.
         self._headers.append((name, value))
 
+    def _check_fields(self) -> None:
+        """aiohttp's field size and count limits, field by field in order, as a parser
+        that checks each as it comes would find the first one broken."""
+        limits = self._limits
+        for i, (name, value) in enumerate(self._headers):
+            if len(name) + len(value) > limits.field:
+                self._refused = _too_long(
+                    value if len(name) <= limits.field else name, limits.field
+                )
+                raise _HeadTooLarge(self._refused)
+            if i >= limits.headers:
+                self._refused = "Too many headers received"
+                raise _HeadTooLarge(self._refused)
+
     def on_headers_complete(self) -> None:
+        limits = self._limits
+        # no field can be longer than the head so far: the usual case checks nothing
+        if self._head_bytes > limits.field or len(self._headers) > limits.headers:
+            self._check_fields()
         if self.recv is not R_AWAITING_HEAD:
             self.spoiled = True  # a second response to one request
             return
@@ -639,17 +647,20 @@ class Exchange:
         # Framed by Content-Length or chunked, else until the connection closes. httptools
         # refuses a second Content-Length, one beside Transfer-Encoding, or one not all
         # digits, before the head completes: a Content-Length here is the only framing.
-        eof_body = True
-        length = None
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                eof_body = False
-                length = value
-                break
-            if lname == b"transfer-encoding" and b"chunked" in value.lower():
-                eof_body = False
-                break
+        # The names lowercased in one piece (a name is a token: never a NUL), looked up
+        # in C: a Python step per header is what this costs most.
+        names = b"\0".join([name for name, _ in headers]).lower().split(b"\0")
+        length = encoding = None
+        if b"content-length" in names:
+            length = headers[names.index(b"content-length")][1]
+        chunked = b"transfer-encoding" in names and any(
+            n == b"transfer-encoding" and b"chunked" in v.lower()
+            for n, (_, v) in zip(names, headers, strict=True)
+        )
+        if b"content-encoding" in names:
+            encoding = headers[names.index(b"content-encoding")][1]
+        set_cookie = b"set-cookie" in names
+        eof_body = length is None and not chunked
         reuse = p.should_keep_alive()
         if status in (204, 304) or self._head_only:
             eof_body = False
@@ -668,6 +679,8 @@ class Exchange:
             headers,
             reuse,
             eof_body,
+            encoding,
+            set_cookie,
         )
         self.head = head
         self._events.append(head)

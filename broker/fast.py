@@ -6,6 +6,13 @@ The common request (no body or a whole one in memory; no rate limit, proxy,
 100-continue, streamed or chunked body, trace; default head limits) needs no more of
 the engine than this. The API, in the order of use:
 
+``plan = prepare(req, url, pool, jar)``
+    For a ``Request`` (the broker process): None when it is not a fast one (a streamed,
+    chunked or 100-continue body, a proxy, TLS settings of its own, a trace, its own
+    cookies or a jar holding some, ``read_until_eof=False``, a rate-limited pool), else
+    ``(key, head, limits)`` for ``start``: what ``Engine`` would write for its first
+    attempt. ``url``: ``req.url`` checked (``engine._checked``).
+
 ``conn = start(pool, key, method, head, body, on_response, limits)``
     Takes an idle connection of ``key`` (``Pool.take_idle``: never waits, opens, or
     jumps a queue; None under ``rate_limit_per_host``) and writes ``head`` (the bytes of
@@ -17,7 +24,8 @@ the engine than this. The API, in the order of use:
     Called once, from the connection's protocol callbacks (``HTTP1Connection.
     begin_fast``): ``result`` is the ``ResponseHead``, at the end of the read that
     completed it (body bytes of that read are kept on the connection), or the
-    ``ConnectionFailure`` that came before any head. A caller that gives up first
+    ``ConnectionFailure`` that came before any head (even before ``start`` returns:
+    a connection found closed as the head was written). A caller that gives up first
     (cancel, total timeout) calls ``abandon`` instead, after which it is never called.
 
 ``body = finish(pool, conn, head, allow_redirects, decode, jar, url)``
@@ -57,9 +65,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
-from shared.messages import Head
+from shared.messages import Head, Request
 
-from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, head_fields
+from .dialer import NO_TLS
+from .exchange import DEFAULT_LIMITS, HeadLimits, ResponseHead, build_head, set_cookies
 from .failures import ConnectionFailure
 from .hops import REDIRECTS
 from .http1 import HTTP1Connection
@@ -72,11 +81,52 @@ if TYPE_CHECKING:
     from .dialer import ConnKey
     from .stream import BrokerStream
 
-__all__ = ["OnResponse", "Resumed", "abandon", "deliver", "finish", "start"]
+__all__ = ["OnResponse", "Resumed", "abandon", "deliver", "finish", "prepare", "start"]
 
 OnResponse: TypeAlias = Callable[[ResponseHead | ConnectionFailure], None]
 Resumed: TypeAlias = "tuple[HTTP1Connection, ResponseHead | ConnectionFailure]"
 """What the fast path hands the engine: the connection and what its attempt got."""
+
+
+def prepare(
+    req: Request, url: URL, pool: Pool, jar: CookieStore | None
+) -> tuple[ConnKey, bytes, HeadLimits] | None:
+    """The pool key, head and head limits of a fast ``req``; None: not a fast one."""
+    if (
+        req.streamed
+        or req.chunked
+        or req.expect100
+        or req.proxy
+        or req.tls
+        or req.fingerprint
+        or req.server_hostname
+        or req.trace
+        or req.cookies
+        or not req.read_until_eof
+        or pool.rate is not None
+        or (jar is not None and len(jar))
+    ):
+        return None
+    host = url.raw_host
+    if not host:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    head = build_head(
+        req.method,
+        url,
+        req.headers,
+        None if req.body is None else len(req.body),
+        False,
+        req.skip_host,
+        (1, 0) if req.http10 else (1, 1),
+        pool.spec.force_close,
+    )
+    limits = (req.max_line_size, req.max_field_size, req.max_headers)
+    return (
+        (url.scheme, host, port, NO_TLS, b""),
+        head,
+        DEFAULT_LIMITS if limits == DEFAULT_LIMITS else HeadLimits(*limits),
+    )
 
 
 def start(
@@ -113,14 +163,13 @@ def finish(
     None: the engine's to go on with (see the module docstring)."""
     if allow_redirects and head.status in REDIRECTS:
         return None
-    encoding, set_cookie = head_fields(head.headers)
-    if encoding and decode:
+    if head.encoding and decode:
         return None
     body = conn.whole_body()
     if body is None:
         return None
-    if set_cookie and jar is not None:
-        jar.update_from_headers([v.decode("utf-8", "surrogateescape") for v in set_cookie], url)
+    if head.set_cookie and jar is not None:
+        jar.update_from_headers(set_cookies(head.headers), url)
     pool.give_back(conn)
     return body
 

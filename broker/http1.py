@@ -328,21 +328,18 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         on_response: Callable[[ResponseHead | ConnectionFailure], None],
         limits: HeadLimits = DEFAULT_LIMITS,
     ) -> None:
-        """Start an exchange with a whole body (or none) whose head is told to
+        """Start an exchange on an idle connection (one that ``end_exchange`` made
+        reusable), with a whole body (or none), whose head is told to
         ``on_response`` instead of ``head_future``: once, at the end of the read that
         completed it (the body bytes of that read kept: ``whole_body``), or the failure
         that came first. No future is made."""
         if self.closed or self.transport is None:
             raise _disconnected()
         out = self.exchange.start(method, head, body, False, None, False, limits)
+        # The rest of the exchange's state is as ``end_exchange`` left it: only an idle
+        # connection starts this way.
         self._on_response = on_response
-        self.continue_future = None
-        self._on_body = None
-        self._sink = None
-        self._early = []
-        self._early_size = 0
         self.last_read = self._loop.time()
-        self._done_fut = None
         if isinstance(out, bytes):
             self.transport.write(out)
         else:

@@ -19,8 +19,8 @@ Plans: what is the same from one request to the next for a (method, URL, headers
 params, body length) key: the checked URL, the ``RequestInfo``, the request head as
 written and the pool key, made once by the general path's own pure code
 (``prepare_request``, ``build_head``). A session keeps at most ``PLANS_MAX`` of them
-(emptied when full); a change to the session's default headers (their multidict
-version) makes a plan again.
+(emptied when full), and drops them all when the session's default headers change
+(their multidict version).
 """
 
 from __future__ import annotations
@@ -90,21 +90,43 @@ class _Plan(NamedTuple):
     info: RequestInfo
     head: bytes
     key: tuple[Any, ...]
-    version: int  # of the session's default headers
 
 
 class _Call:
-    """One fast request in flight: what a total timeout or the session's close ends."""
+    """One fast request in flight: what its timeouts, a cancel or the session's close
+    end (``give_up``: the connection is given up with it)."""
 
-    __slots__ = ("fut", "conn", "pool", "timer", "__weakref__")
+    __slots__ = ("fut", "conn", "pool", "deadlines", "timer", "unwatch", "__weakref__")
 
-    def __init__(
-        self, fut: asyncio.Future[Any], conn: HTTP1Connection, pool: Pool
-    ) -> None:
+    def __init__(self, fut: asyncio.Future[Any], conn: HTTP1Connection, pool: Pool) -> None:
         self.fut = fut
         self.conn = conn
         self.pool = pool
+        self.deadlines: Any = None
         self.timer: Any = None
+        self.unwatch: Any = None
+
+    def arm(self, timeout: ClientTimeout, transport: Any) -> None:
+        if timeout.total:
+            self.deadlines = transport.deadlines
+            self.timer = self.deadlines.add(self, timeout.total, timeout.ceil_threshold)
+        if timeout.sock_read:
+            self.unwatch = watch_silence(transport.loop, self.conn, self.fut, timeout.sock_read)
+
+    def disarm(self) -> None:
+        """Stop the timers (``left`` still tells what was left of the total)."""
+        if self.unwatch is not None:
+            self.unwatch()
+        if self.timer is not None:
+            self.deadlines.discard(self, self.timer)
+
+    def left(self) -> float | None:
+        """The seconds left of the total timeout (None: none)."""
+        timer = self.timer
+        if timer is None:
+            return None
+        due = timer if type(timer) is int else timer.when()
+        return max(due - self.fut.get_loop().time(), 0.0)
 
     def give_up(self, exc: BaseException | None = None) -> None:
         fut = self.fut
@@ -120,10 +142,9 @@ class _Call:
         self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
 
 
-def _hashable(value: Any) -> Any:
-    """A cache key part for headers or params: None, or the items of a dict of str."""
-    if value is None:
-        return None
+def _items(value: Any) -> tuple[Any, ...]:
+    """A cache key part for headers or params: the items of a dict (of str: else
+    ``_make_plan`` finds no plan); TypeError for anything else."""
     if type(value) is dict:
         return tuple(value.items())
     raise TypeError
@@ -132,11 +153,13 @@ def _hashable(value: Any) -> Any:
 class FastPath:
     """The fast path of one session (see the module docstring)."""
 
-    __slots__ = ("_session", "_plans", "_limits", "_forks", "requests")
+    __slots__ = ("_session", "_plans", "_version", "_limits", "_forks", "requests")
+    keys = FAST_KEYS  # the only keywords a fast request may name
 
     def __init__(self, session: ClientSession) -> None:
         self._session = session
-        self._plans: dict[Any, _Plan | None] = {}
+        self._plans: dict[Any, _Plan | None] = {}  # None: not a fast request
+        self._version = getversion(session._default_headers)
         line, field, count, _ = session._default_limits
         limits = HeadLimits(line, field, count)
         self._limits = DEFAULT_LIMITS if limits == DEFAULT_LIMITS else limits
@@ -162,74 +185,46 @@ class FastPath:
         if plan is None or jar[0] or (store is not None and len(store)):
             return await s._request(method, url, **kw)
         pool = transport.engine.registry.pool_for(s._pool)  # type: ignore[attr-defined]
-        loop = transport.loop
-        timeout = kw.get("timeout", _SENTINEL)
-        timeout = s._timeout if timeout is _SENTINEL else _request_timeout(timeout)
-        started = loop.time() if timeout.total else 0.0
-        fut = loop.create_future()
+        fut = transport.loop.create_future()
         conn = engine_fast.start(pool, plan.key, plan.method, plan.head, data, fut.set_result,
                                  self._limits)
         if conn is None:
             return await s._request(method, url, **kw)
         self.requests += 1
-        result = await self._wait(fut, conn, pool, timeout, transport)
+        timeout = kw.get("timeout", _SENTINEL)
+        call = _Call(fut, conn, pool)
+        call.arm(s._timeout if timeout is _SENTINEL else _request_timeout(timeout), transport)
+        handles = s._handles
+        handles.add(call)  # type: ignore[arg-type]
+        try:
+            result = await fut
+        except BaseException:
+            call.give_up()
+            raise
+        finally:
+            handles.discard(call)  # type: ignore[arg-type]
+            call.disarm()
         if type(result) is ResponseHead:
             body = engine_fast.finish(
                 pool, conn, result, kw.get("allow_redirects", True), s._auto_decompress,
                 store, plan.url,
             )
             if body is not None:
-                return await self._response(plan, result, body, kw.get("raise_for_status"))
-        left = None
-        if timeout.total:
-            left = max(timeout.total - (loop.time() - started), 0.0)
-        handover = Handover((conn, result), left)
+                resp = self._response(plan, result, body)
+                rfs = kw.get("raise_for_status")
+                if rfs is None:
+                    rfs = s._raise_for_status
+                return await s._check_status(resp, rfs) if rfs else resp
+        handover = Handover((conn, result), call.left())
         try:
             return await s._request(method, url, **kw, _handover=handover)
         finally:
             if not handover.taken:
                 engine_fast.abandon(pool, conn)
 
-    async def _wait(
-        self,
-        fut: asyncio.Future[Any],
-        conn: HTTP1Connection,
-        pool: Pool,
-        timeout: ClientTimeout,
-        transport: Any,
-    ) -> Any:
-        """The head or the failure, under the request's timeouts; a caller that gives
-        up (a cancel, the total timeout, the session's close) gives the connection up."""
-        call = _Call(fut, conn, pool)
-        handles = self._session._handles
-        handles.add(call)  # type: ignore[arg-type]
-        if timeout.total:
-            call.timer = transport.deadlines.add(call, timeout.total, timeout.ceil_threshold)
-        unwatch = (
-            watch_silence(transport.loop, conn, fut, timeout.sock_read)
-            if timeout.sock_read
-            else None
-        )
-        try:
-            return await fut
-        except BaseException:
-            call.give_up()
-            raise
-        finally:
-            handles.discard(call)  # type: ignore[arg-type]
-            if call.timer is not None:
-                transport.deadlines.discard(call, call.timer)
-            if unwatch is not None:
-                unwatch()
-
-    async def _response(
-        self, plan: _Plan, head: ResponseHead, body: bytes, rfs: Any
-    ) -> ClientResponse:
+    def _response(self, plan: _Plan, head: ResponseHead, body: bytes) -> ClientResponse:
         s = self._session
-        content = StreamReader(None, limit=s._read_bufsize)
-        if body:
-            content.feed_data(body)
-        content.feed_eof()
+        content = StreamReader.whole(body, s._read_bufsize)
         version = head.version
         resp = ClientResponse(
             plan.method,
@@ -247,30 +242,34 @@ class FastPath:
         )
         if s._resolve_charset is not None:
             resp._resolve_charset = s._resolve_charset
-        if rfs is None:
-            rfs = s._raise_for_status
-        if rfs:
-            return await s._check_status(resp, rfs)
         return resp
 
     def _plan(self, method: str, url: Any, headers: Any, params: Any, data: Any) -> _Plan | None:
         """The cached plan for this request, or None: not a fast one."""
         version = getversion(self._session._default_headers)
+        if version != self._version:  # the session's headers changed: every plan too
+            self._plans.clear()
+            self._version = version
         try:
-            key = (method, url, _hashable(headers), _hashable(params),
-                   -1 if data is None else len(data))
+            key = (
+                method,
+                url,
+                None if headers is None else _items(headers),
+                None if params is None else _items(params),
+                -1 if data is None else len(data),
+            )
             plan = self._plans.get(key, _SENTINEL)
         except TypeError:  # unhashable: not cached, not fast
             return None
-        if plan is _SENTINEL or (plan is not None and plan.version != version):
-            plan = self._make_plan(method, url, headers, params, data, version)
+        if plan is _SENTINEL:
+            plan = self._make_plan(method, url, headers, params, data)
             if len(self._plans) >= PLANS_MAX:
                 self._plans.clear()
             self._plans[key] = plan
         return plan  # type: ignore[return-value]
 
     def _make_plan(
-        self, method: str, url: Any, headers: Any, params: Any, data: Any, version: int
+        self, method: str, url: Any, headers: Any, params: Any, data: Any
     ) -> _Plan | None:
         s = self._session
         if params is not None and not all(type(v) is str for v in params.values()):
@@ -303,7 +302,7 @@ class FastPath:
         if info.real_url is not purl and info.real_url.with_fragment(None) != purl:
             info = RequestInfo(purl, prepared.method, info.headers, purl)
         key = (purl.scheme, purl.raw_host, port, NO_TLS, b"")
-        return _Plan(prepared.method, purl, info, head, key, version)
+        return _Plan(prepared.method, purl, info, head, key)
 
 
 def _request_timeout(timeout: Any) -> ClientTimeout:

@@ -69,6 +69,13 @@ __all__ = ["ClientResponse", "StreamReader"]
 
 _T = TypeVar("_T")
 
+_RELEASED: Any = Exception("released: a read raises _released()")  # a marker, never raised
+
+
+def _released() -> ClientConnectionError:
+    return ClientConnectionError("Connection closed")
+
+
 CLAIM_MIN = 1 << 16  # a smaller whole-body read joins its chunks as before
 _NO_BODY_STATUSES = frozenset((204, 304))
 
@@ -131,6 +138,17 @@ class StreamReader:
         self._prepaid = 0  # buffered bytes already acknowledged (a claim given back)
         self.total_bytes = 0
         self.total_compressed_bytes: int | None = None  # set at the end of a decoded body
+
+    @classmethod
+    def whole(cls, body: bytes, limit: int = 2**16) -> StreamReader:
+        """A reader of a body received whole already (``feed_data`` then ``feed_eof``,
+        with nobody to wake)."""
+        reader = cls(limit=limit)
+        if body:
+            reader._buffer.append(body)
+            reader._size = reader.total_bytes = len(body)
+        reader._eof = True
+        return reader
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -200,6 +218,20 @@ class StreamReader:
         self._wake()
         self._check_drained()
 
+    def poison(self) -> None:
+        """The response was released: every read from now on raises aiohttp's
+        ``ClientConnectionError("Connection closed")``, made when raised."""
+        if self._exception is None:
+            self._exception = _RELEASED
+            self._on_drained = None
+            if self._waiter is not None:
+                self.set_exception(_released())
+
+    def _failure(self) -> BaseException:
+        exc = self._exception
+        assert exc is not None
+        return _released() if exc is _RELEASED else exc
+
     def set_exception(self, exc: BaseException) -> None:
         """Fail the body: every read from now on raises ``exc``."""
         self._exception = exc
@@ -221,7 +253,7 @@ class StreamReader:
 
     def exception(self) -> BaseException | None:
         """The exception set with ``set_exception``, if any."""
-        return self._exception
+        return None if self._exception is None else self._failure()
 
     def is_eof(self) -> bool:
         """True once ``feed_eof`` was called."""
@@ -256,11 +288,13 @@ class StreamReader:
     async def read(self, n: int = -1) -> bytes:
         """Read up to n bytes, or everything until EOF if n < 0."""
         if self._exception is not None:
-            raise self._exception
+            raise self._failure()
         if not n:
             return b""
         if n < 0:
-            if not self._eof and self._head is not None and self._claim is None:
+            if self._eof:  # all of it is buffered
+                return self._consume(self._take(-1))
+            if self._head is not None and self._claim is None:
                 body = await self._read_claimed()
                 if body is not None:
                     return body
@@ -275,7 +309,7 @@ class StreamReader:
     async def readany(self) -> bytes:
         """Read whatever is buffered, waiting for at least one byte unless at EOF."""
         if self._exception is not None:
-            raise self._exception
+            raise self._failure()
         while not self._buffer and not self._eof:
             await self._wait("readany")
         return self._consume(self._take(-1))
@@ -286,7 +320,7 @@ class StreamReader:
         HTTP chunk boundaries do not cross the broker, so the flag is always False.
         """
         if self._exception is not None:
-            raise self._exception
+            raise self._failure()
         while not self._buffer and not self._eof:
             await self._wait("readchunk")
         if not self._buffer:
@@ -296,7 +330,7 @@ class StreamReader:
     async def readexactly(self, n: int) -> bytes:
         """Read exactly n bytes; raise ``asyncio.IncompleteReadError`` at an early EOF."""
         if self._exception is not None:
-            raise self._exception
+            raise self._failure()
         blocks: list[bytes] = []
         while n > 0:
             block = await self.read(n)
@@ -321,7 +355,7 @@ class StreamReader:
         if seplen == 0:
             raise ValueError("Separator should be at least one-byte string")
         if self._exception is not None:
-            raise self._exception
+            raise self._failure()
         max_size = max_size or 2 * self._limit
         parts: list[bytes] = []
         size = unreported = 0
@@ -365,7 +399,7 @@ class StreamReader:
     def read_nowait(self, n: int = -1) -> bytes:
         """Read up to n bytes (all if n < 0) of what is buffered, without waiting."""
         if self._exception is not None:
-            raise self._exception
+            raise self._failure()
         if self._waiter is not None:
             raise RuntimeError("Called while some coroutine is waiting for incoming data.")
         return self._consume(self._take(n))
@@ -453,10 +487,14 @@ class StreamReader:
 
     def _take(self, n: int) -> bytes:
         """Up to n bytes (all if n == -1) from the buffer."""
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             return b""
         if n == -1 or n >= self._size:
-            if len(self._buffer) == 1:
+            if len(buffer) == 1:
+                if not self._offset:  # the whole chunk, as ``_take_chunk`` would give it
+                    self._size = 0
+                    return buffer.popleft()
                 return self._take_chunk(-1)
             n = self._size
         chunks = []
@@ -539,10 +577,17 @@ class _Noop:
         yield from ()
 
 
+_NOOP = _Noop()
+
+
 class ClientResponse:
     """A response whose head has arrived; the body streams in through ``content``."""
 
     _body: bytes | None = None
+    _decoded: CIMultiDictProxy[str] | None = None  # the headers, decoded on first use
+    _closed = False
+    _released = False  # release()/close() was called
+    _in_context = False
     _cookies: SimpleCookie | None = None
     _links: MultiDictProxy[MultiDictProxy[str | URL]] | None = None
     _trace: Any = None  # a traced request's RequestTrace (worker_client.tracing)
@@ -574,15 +619,11 @@ class ClientResponse:
         self.reason = reason
         self.version = version
         self._raw_headers = raw_headers
-        self._decoded: CIMultiDictProxy[str] | None = None  # made on first use
         self.content = content
         self._request_info = request_info
         self._history = history
         self._on_release = on_release
         self._loop = loop
-        self._closed = False
-        self._released = False  # release()/close() was called
-        self._in_context = False
         content._head = (method, status, raw_headers)
         if content.at_eof() and content.exception() is None:
             self._response_eof()
@@ -765,16 +806,18 @@ class ClientResponse:
     def _poison_content(self) -> None:
         if not self._released:
             self._released = True
-            if self.content.exception() is None:
-                self.content.set_exception(ClientConnectionError("Connection closed"))
+            self.content.poison()
 
     def release(self) -> Awaitable[None]:
         """Give the stream back: complete if its body fully arrived, else cancelled."""
-        complete = self.content.is_eof() and self.content.exception() is None
+        if self._released:  # once: nothing is left to give back
+            return _NOOP
+        content = self.content
+        complete = content._eof and content._exception is None
         self._poison_content()
         self._closed = True
         self._notify_release(complete)
-        return _Noop()
+        return _NOOP
 
     def close(self) -> None:
         """Abandon the stream (the broker drops its connection)."""
@@ -819,7 +862,11 @@ class ClientResponse:
         """Read the whole body (cached; the response is released at its end)."""
         if self._body is None:
             try:
-                self._body = await self.content.read()
+                content = self.content
+                if content._eof and content._exception is None:  # all here: no await
+                    self._body = content._consume(content._take(-1))
+                else:
+                    self._body = await content.read()
                 if self._trace is not None:
                     await self._trace.chunk_received(self, self._body)
             except BaseException:

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
@@ -46,8 +46,6 @@ from .exceptions import (
     exception_from_failure,
     with_request_ssl,
 )
-from .fast import FAST_KEYS, FastPath, Handover
-from .fast import enabled as fast_enabled
 from .helpers import BasicAuth, HttpVersion, HttpVersion11, check_base_url
 from .middlewares import ClientMiddlewareType, HopOptions, _Hops
 from .proxies import EnvProxies, fixed_route, netrc_auth
@@ -64,7 +62,6 @@ from .response import ClientResponse
 from .tls import Fingerprint, check_server_hostname, merge_ssl, request_tls, with_tls
 from .tracing import RequestTrace, TraceConfig
 from .transport import (
-    EmbeddedTransport,
     StreamHandle,
     Transport,
     broker_address,
@@ -73,6 +70,9 @@ from .transport import (
     trusted_broker_uids,
 )
 from .upload import UploadTracker
+
+if TYPE_CHECKING:
+    from .fast import FastPath, Handover
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -264,16 +264,18 @@ class ClientSession:
         self._handles: set[StreamHandle] = set()
         self._pid = os.getpid()
         self._closed = False
-        self._fast = (
-            FastPath(self)
-            if self._broker is None
+        self._fast: FastPath | None = None
+        if (
+            self._broker is None
             and not self._middlewares
             and not self._trace_configs
             and self._route == b""
             and self._conn_ssl is True
-            and fast_enabled()
-            else None
-        )
+        ):
+            from .fast import FastPath, enabled  # embedded only: it needs the engine
+
+            if enabled():
+                self._fast = FastPath(self)
 
     # -- properties as aiohttp's -------------------------------------------------------
 
@@ -451,7 +453,7 @@ class ClientSession:
     def _start(self, method: str, url: str | URL, kwargs: Any) -> _RequestContextManager:
         """The request's coroutine: the fast path's when it may be (``worker_client.fast``)."""
         fast = self._fast
-        if fast is not None and kwargs.keys() <= FAST_KEYS:
+        if fast is not None and kwargs.keys() <= fast.keys:
             return _RequestContextManager(fast.request(method, url, kwargs))
         return _RequestContextManager(self._request(method, url, **kwargs))
 
@@ -647,10 +649,11 @@ class ClientSession:
                 handle.set_deadline(left, timeout.ceil_threshold)
             try:
                 if _handover is not None:  # the fast path's attempt, for the engine
-                    assert isinstance(transport, EmbeddedTransport)
+                    assert transport.kind == "embedded"
                     _handover.taken = True
-                    await transport.resume(req, handle, prepared.url, jar_ref[1],
-                                           _handover.first)
+                    await transport.resume(  # type: ignore[attr-defined]
+                        req, handle, prepared.url, jar_ref[1], _handover.first
+                    )
                 else:
                     await transport.send(
                         req, body, handle, prepared.url, jar_ref[1], rewind,
@@ -881,8 +884,7 @@ class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
         tb: TracebackType | None,
     ) -> None:
         assert self._resp is not None
-        self._resp.release()
-        await self._resp.wait_for_close()
+        self._resp.release()  # all that wait_for_close does
 
 
 def request(method: str, url: str | URL, **kwargs: Any) -> _SessionRequestContextManager:

@@ -31,7 +31,7 @@ import sys
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from yarl import URL
@@ -39,7 +39,6 @@ from yarl import URL
 from broker.cookie_store import CookieStore
 from broker.engine import Engine
 from broker.failures import ConnectionFailure, failure_message
-from broker.fast import Resumed
 from broker.peercred import peer_uid, trusted_broker_uids, untrusted_broker
 from broker.stats import build_stats
 from broker.stream import BrokerStream
@@ -90,6 +89,9 @@ from shared.stream_state import State
 from . import jar_channel
 from .exceptions import BrokerConnectionError, BrokerProtocolError
 from .handle import Deadlines, StreamHandle
+
+if TYPE_CHECKING:
+    from broker.fast import Resumed
 
 __all__ = [
     "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",

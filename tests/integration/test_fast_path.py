@@ -342,3 +342,21 @@ async def test_closing_the_session_fails_a_fast_request(raw_server, session):
     await session.close()
     with pytest.raises(worker_client.ClientConnectionError, match="Connection closed"):
         await task
+
+
+async def test_a_change_to_the_session_headers_reaches_the_next_request(raw_server, session):
+    heads: list[bytes] = []
+
+    async def handler(reader, writer):
+        while True:
+            heads.append(await read_request_head(reader))
+            writer.write(ok())
+
+    base = await raw_server(handler)
+    for value in ("1", "1", "2"):
+        session.headers["X-Session"] = value
+        async with session.get(base + "/") as resp:
+            assert await resp.read() == b"ok"
+            assert resp.request_info.headers["X-Session"] == value
+    assert [h.count(b"X-Session: 2") for h in heads] == [0, 0, 1]
+    assert fast_count(session) == 2

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from broker.pool_state import NEW, PoolState
+from broker.pool_state import NEW, NOTHING, PoolState
 
 
 class Clock:
@@ -385,3 +385,19 @@ def test_decides_as_the_naive_rules_do(seed):
         assert list(s.waiters) == [waiter for waiter, _ in naive.queue]
         assert s.per_key == {k: n for k, n in naive.open.items() if n}
         assert s.n_idle == len(naive.idle) and s.total == sum(naive.open.values())
+
+
+def test_take_idle_gives_an_idle_connection_or_nothing():
+    """The fast path's take: never a slot for a new connection, never past a queue."""
+    s: PoolState[str] = PoolState(limit=1)
+    assert s.take_idle(A) is None and s.total == 0  # nothing idle: no slot taken either
+    assert s.acquire(A, "w1")[0] is NEW
+    assert s.release(A, "c1", reusable=True) is NOTHING  # nothing to do, nothing made
+    assert s.take_idle(B) is None
+    assert s.take_idle(A) == "c1"
+    assert repr(s) == (
+        "<PoolState [Requests: 1 active, 0 queued | Connections: 1 open, 0 idle]>"
+    )
+    assert s.acquire(A, "w2")[0] is None  # queued behind the taken one
+    d = s.release(A, "c1", reusable=True)
+    assert d.grants == [("w2", A, "c1")]
