@@ -124,7 +124,9 @@ class Request(_Msg, tag="req", frozen=True):
     connection (``PoolOpen``, ``TimeoutOpen``); 0: the ``pool``/``timeout`` fields. On
     the wire, ``pool`` b"" and ``timeout`` nil stand for the id's, or else the default:
     a request naming its settings by id carries three bytes for them, and the broker
-    decodes no ``ClientTimeout`` per request (``RequestFrame``)."""
+    decodes no ``ClientTimeout`` per request (``RequestFrame``). As in every message,
+    trailing fields may be left out at their defaults: the common request is its first
+    six fields (``IPCTransport``), whatever comes after them."""
 
     stream: StreamId
     method: str

@@ -105,6 +105,9 @@ _BUFSIZE = 1 << 18
 # an up-arena slot when one is free (the figures: docs/protocol.md).
 _SLOT_MIN = 32 * 1024
 _POOL_IDS = 1024  # pool specs named by id per connection (the broker caps them lower)
+# Request's fields from ``body`` to ``trace`` at their defaults: a request with these
+# (and its pool and timeout by id or the defaults) goes as its first six fields.
+_DEFAULT_FIELDS = msgspec.structs.astuple(Request(0, "", ""))[6:-2]
 
 
 _OFF = ("0", "no", "off", "false")
@@ -885,13 +888,19 @@ class IPCTransport(Transport):
                 opens.append(TimeoutOpen(timeout_id, timeout))
             if timeout_id:
                 timeout = None
-        req = msgspec.structs.replace(
-            req, pool_id=pool_id, timeout_id=timeout_id, pool=pool, timeout=timeout
-        )
+        fields = msgspec.structs.astuple(req)
+        wire: Any
+        if not pool and timeout is None and fields[6:-2] == _DEFAULT_FIELDS:
+            # The common request: its first fields only, the decoder fills in the rest.
+            wire = ["req", fields[0], fields[1], fields[2], fields[3], pool_id, timeout_id]
+        else:
+            wire = msgspec.structs.replace(
+                req, pool_id=pool_id, timeout_id=timeout_id, pool=pool, timeout=timeout
+            )
         if not opens:
-            self._send(req)
+            self._send(wire)
             return
-        self._send(*opens, req)
+        self._send(*opens, wire)
         for msg in opens:  # sent: the ids are known to the broker from now on
             if type(msg) is PoolOpen:
                 self._pool_ids[msg.pool] = msg.id

@@ -193,3 +193,11 @@ def test_spec_ids_are_bounded_as_they_decode(msg):
     body = msgspec.msgpack.encode(msg)
     with pytest.raises(FrameError, match="malformed"):
         FrameReader().feed(len(body).to_bytes(4, "little") + body)
+
+
+def test_a_request_of_its_first_fields_decodes_with_the_defaults():
+    """What a worker sends for the common request (``IPCTransport._send_request``)."""
+    short = msgspec.msgpack.encode(["req", 3, "GET", "http://h/", [["A", "b"]], 1, 2])
+    (got,) = FrameReader().feed(len(short).to_bytes(4, "little") + short)
+    full = RequestFrame(3, "GET", "http://h/", [("A", "b")], pool_id=1, timeout_id=2)
+    assert got == full and got.timeout is None
