@@ -1000,7 +1000,6 @@ class _FastStart:
         upstream = fast_core.start(pool, key, req.method, head, req.body, fast.on_response)
         if upstream is None:
             return False
-        conn.engine.requests += 1
         conn.server.fast_requests += 1
         fast.upstream = upstream
         early, fast.early = fast.early, None
@@ -1021,6 +1020,7 @@ class _FastStart:
     def abandon(self) -> None:
         """The worker gave the stream up: the connection goes back (closed)."""
         self.told = True
+        self.conn.engine.requests += 1  # (one handed over is the engine's to count)
         self._stop()
         if self.upstream is not None:
             fast_core.abandon(self.pool, self.upstream)
@@ -1048,6 +1048,7 @@ class _FastStart:
                     self.jar, self.url,
                 )
                 if body is not None:
+                    self.conn.engine.requests += 1
                     if len(body) < INLINE_MAX:
                         stream.whole(result, body, req.url, req.method)
                     else:

@@ -532,6 +532,7 @@ async def test_a_request_on_an_idle_connection_starts_without_a_task(local_broke
     worker.send(Request(3, "GET", hello_url))
     (head,) = await worker.until_end_of(3)
     assert head.body == b"hello" and server.fast_requests == 1
+    assert server.engine.requests == 2  # counted once each, either way
     (conn,) = server.workers
     assert not conn.streams
     (pool,) = server.engine.registry.pools
@@ -565,7 +566,8 @@ async def test_a_fast_request_has_its_sock_read_timeout(local_broker, raw_server
     worker.send(Request(3, "GET", base + "/", timeout_id=1))
     (failure,) = await worker.until_end_of(3)
     assert isinstance(failure, Failure) and failure.code == "sock_read_timeout", failure
-    assert server.fast_requests == 1
+    assert server.fast_requests == 1  # then handed to the engine, which failed it
+    assert server.engine.requests == 2
 
 
 # -- 6. write backpressure on the worker's socket ------------------------------------------
