@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from yarl import URL
@@ -46,6 +47,7 @@ from .failures import ConnectionFailure, failure_message
 from .fast import Resumed
 from .hops import REDIRECTS, Hop, follow, redirect_location
 from .http1 import HTTP1Connection, watch_silence
+from .known import Checked
 from .proxy import absolute_target, hop_proxy
 from .registry import Registry
 from .stream import BrokerStream, StreamStopped
@@ -441,10 +443,37 @@ def _limits(req: Request) -> HeadLimits:
     return HeadLimits(*limits)
 
 
-def _checked(req: Request) -> URL:
+def _checked(req: Request, known: Checked | None = None) -> URL:
     """The request's URL, after checking what the worker should have checked already:
     a worker is trusted with its own requests, not with the broker's other sockets, so
-    nothing it sends may smuggle a second request onto an upstream connection."""
+    nothing it sends may smuggle a second request onto an upstream connection.
+    ``known``: the worker connection's URLs and header lists checked before (a hit is
+    not checked again: an equal string passed already)."""
+    url = known.urls.get(req.url) if known is not None else None
+    if url is None:
+        url = _checked_url(req)
+        if known is not None:
+            known.keep_url(req.url, url)
+    if req.method not in _METHODS and not TOKEN_RE.fullmatch(req.method):
+        raise ConnectionFailure("protocol", f"invalid method {req.method!r}")
+    if req.headers:
+        if known is None:
+            _check_headers(req.headers)
+        else:
+            fields = tuple(req.headers)
+            if fields not in known.headers:
+                _check_headers(fields)
+                known.keep_headers(fields)
+    for name, value in req.cookies:  # they go into the Cookie header as they are
+        if not COOKIE_NAME_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
+            raise ConnectionFailure("protocol", f"invalid cookie {name!r}")
+    return url
+
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))  # tokens
+
+
+def _checked_url(req: Request) -> URL:
     try:
         url = URL(req.url, encoded=True)
     except (ValueError, TypeError):
@@ -456,14 +485,12 @@ def _checked(req: Request) -> URL:
     problem = url_problem(url)
     if problem is not None:
         raise ConnectionFailure("invalid_url", problem, url=req.url)
-    if not TOKEN_RE.fullmatch(req.method):
-        raise ConnectionFailure("protocol", f"invalid method {req.method!r}")
-    for name, value in req.headers:
+    return url
+
+
+def _check_headers(headers: Iterable[tuple[str, str]]) -> None:
+    for name, value in headers:
         if not TOKEN_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
         if name.lower() == "host" and host_header_problem(value) is not None:
             raise ConnectionFailure("protocol", f"invalid header {name!r}")
-    for name, value in req.cookies:  # they go into the Cookie header as they are
-        if not COOKIE_NAME_RE.fullmatch(name) or FORBIDDEN_VALUE_RE.search(value):
-            raise ConnectionFailure("protocol", f"invalid cookie {name!r}")
-    return url

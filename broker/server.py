@@ -16,14 +16,21 @@ What one worker connection may hold (``Limits`` and the constants below):
   not spoken costs its socket and a few hundred bytes.
 - Frames: one unfinished frame, at most ``MAX_FRAME`` (4 MiB).
 - Streams: at most ``max_streams`` (1024) open at once; the next request gets a Failure.
+- Replies: a response whose whole body (under ``INLINE_MAX``, 32 KiB) came with its head
+  goes as one Head frame carrying it (``shared.messages``); the head and the pieces held
+  for it are at most that per stream.
 - Cookie jars: at most ``max_jars`` (1024) tokens open per worker process (all its
   connections together; kept until the process closes them or exits, which costs a
   pidfd per process whose last connection closed while it held jars), and the bounds
   of ``broker.jars`` (named jars, stores, staged loads). A jar call is answered at
   once; the largest answer, a ``JarDump``, is one jar's contents (its store's caps).
 - Pool specs: at most ``max_pool_specs`` (256) distinct ``PoolSpec`` over the
-  connection's life (requests and ClearDNS); over it a request gets a Failure, a
-  ClearDNS an ErrorFrame.
+  connection's life (opened by id, inline in requests, and ClearDNS); over it a request
+  gets a Failure, a ClearDNS an ErrorFrame. Timeouts opened by id: at most
+  ``max_timeouts`` (64). A request naming an id never opened gets a Failure
+  (``protocol``), one opened over a cap a Failure (``broker``); an id opened twice is an
+  ErrorFrame. What the connection had checked already: ``broker.known`` (about 400 KiB
+  at most).
 - TLS settings: at most ``max_tls_specs`` (64) distinct ``TlsSpec`` opened
   (``TlsOpen``) over the connection's life, of at most 16 MiB encoded together; a
   request naming one refused for a cap gets a Failure (``broker``), one naming an id
@@ -66,15 +73,19 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
+
+from msgspec.structs import force_setattr, replace
+from yarl import URL
 
 from shared.arena import Arena, SlotError, SlotTable, memfd_supported
 from shared.errors import ErrorCode
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
     MAX_RELEASE,
+    MAX_TIMEOUT_IDS,
     PROTOCOL_VERSION,
     STREAM_WINDOW,
     Ack,
@@ -86,24 +97,34 @@ from shared.messages import (
     Failure,
     Head,
     Hello,
+    PoolOpen,
     Release,
     Request,
+    RequestFrame,
     Rewind,
     Slot,
     Stats,
     StatsRequest,
+    TimeoutOpen,
     TlsOpen,
     TraceEvent,
     Welcome,
 )
-from shared.specs import TlsSpec, encode_pool
-from shared.stream_state import State
+from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, TlsSpec, encode_pool
+from shared.stream_state import Event, State, step
 
+from . import fast as fast_core
+from .connector import Pool
 from .cookie_store import CookieStore
-from .engine import Engine
-from .failures import ConnectionFailure
+from .dialer import NO_TLS
+from .engine import Engine, _checked
+from .exchange import ResponseHead
+from .failures import ConnectionFailure, failure_message
+from .fast import Resumed
+from .http1 import HTTP1Connection, watch_silence
 from .jar_file import CookieFile
 from .jars import JAR_CALLS, UNKNOWN_JAR, JarTable
+from .known import Checked, SpecIds
 from .peercred import peer_credentials
 from .stats import build_stats
 from .stream import BrokerStream
@@ -132,9 +153,11 @@ INLINE_MAX = 32 * 1024  # a body piece smaller than this goes inline (in a Data 
 class IPCStream(BrokerStream):
     """A stream carried over a worker's socket.
 
-    The head is held back until the engine flushes or the stream ends, so that a
-    response that arrived whole (the common case) goes out as one write of its Head,
-    Data and End frames instead of three.
+    The head is held back until the engine flushes or the stream ends, with the body
+    pieces that come while it is held as long as they stay under ``INLINE_MAX`` bytes
+    together: a response that arrived whole (the common case) goes out as one ``Head``
+    frame carrying its body and its end. Past that (or on a flush, a slot, a failure),
+    the held head and pieces go out as ``Head`` and ``Data`` frames in one write.
 
     With shared memory (the worker's ``down`` arena), body bytes go into slots: the
     engine reads into ``body_buffer()`` (a slot's free tail), or ``data`` copies a piece
@@ -150,7 +173,8 @@ class IPCStream(BrokerStream):
     """
 
     __slots__ = (
-        "conn", "task", "_held", "_credit", "_body", "_body_end", "_body_waiter",
+        "conn", "task", "_head", "_small", "_small_size", "_held", "_credit", "_body",
+        "_body_end", "_body_waiter",
         "_slot", "_fill", "_told", "_fresh", "_tick_due", "slots_out",
     )
 
@@ -158,7 +182,10 @@ class IPCStream(BrokerStream):
         super().__init__(stream_id)
         self.conn = conn
         self.task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak ref
-        self._held: list[bytes] | None = None
+        self._head: Head | None = None  # held, not encoded yet, with ``_small``
+        self._small: list[bytes] = []
+        self._small_size = 0
+        self._held: list[bytes] | None = None  # frames held, once the head went into them
         # None while no Data or End may come: not streamed, or after End until a Rewind.
         self._credit: int | None = STREAM_WINDOW if streamed else None
         self._body: list[bytes] = []
@@ -174,9 +201,16 @@ class IPCStream(BrokerStream):
     # -- response ---------------------------------------------------------------------
 
     def _send_head(self, msg: Head) -> None:
-        self._held = [encode(msg)]
+        self._head = msg
 
     def _send_data(self, chunk: bytes) -> None:
+        if self._head is not None:
+            size = self._small_size + len(chunk)
+            if size < INLINE_MAX:
+                self._small.append(chunk)
+                self._small_size = size
+                return
+            self._unhold()
         if self.conn.down is not None and len(chunk) >= INLINE_MAX:
             view = memoryview(chunk)
             pos, size = 0, len(view)
@@ -258,13 +292,43 @@ class IPCStream(BrokerStream):
         if k >= 0:
             self.conn.slot_filled(k)
 
+    def _unhold(self) -> None:
+        """The held head (and pieces) as frames, still held."""
+        head, self._head = self._head, None
+        if head is None:
+            return
+        held = self._held = [encode(head)]
+        small, self._small = self._small, []
+        if small:
+            held.append(encode(Data(self.id, small[0] if len(small) == 1 else b"".join(small))))
+
     def _write(self, frame: bytes) -> None:
+        if self._head is not None:
+            self._unhold()
         if self._held is not None:
             self._held.append(frame)
         else:
             self.conn.write(frame)
 
+    def whole(self, head: ResponseHead, body: bytes, url: str, method: str) -> None:
+        """A whole response (under ``INLINE_MAX``) at once: ``head``, ``data``, ``end``
+        in one step and one frame (the fast path's)."""
+        self.state = step(step(self.state, Event.HEAD), Event.END)
+        self._send_last(
+            encode(
+                Head(self.id, head.status, head.reason, head.version, head.headers, url,
+                     method, [], [], body)
+            )
+        )
+
     def _send_end(self) -> None:
+        head = self._head
+        if head is not None and self._slot < 0:
+            self._head = None
+            small = self._small
+            body = small[0] if len(small) == 1 else b"".join(small)
+            self._send_last(encode(replace(head, body=body, raw=self.raw_bytes)))
+            return
         self._send_last(encode(End(self.id, self.raw_bytes)))
 
     def _send_failure(self, failure: Failure) -> None:
@@ -285,6 +349,8 @@ class IPCStream(BrokerStream):
     def _send_last(self, frame: bytes) -> None:
         if self._slot >= 0:
             self._stop_filling()
+        if self._head is not None:
+            self._unhold()
         held, self._held = self._held, None
         if held is not None:
             held.append(frame)
@@ -296,6 +362,8 @@ class IPCStream(BrokerStream):
     def flush(self) -> None:
         if self._slot >= 0:
             self._tell()
+        if self._head is not None:
+            self._unhold()
         held, self._held = self._held, None
         if held is not None:
             self.conn.write(b"".join(held))
@@ -401,7 +469,9 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self._reader = FrameReader(HELLO_MAX_FRAME)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, IPCStream] = {}
-        self.pools: set[bytes] = set()  # every (encoded) spec this worker named, for its cap
+        # the pools and timeouts it opened by id; what it had checked (``broker.known``)
+        self.ids = SpecIds(self.limits.max_pool_specs, self.limits.max_timeouts)
+        self.checked = Checked()
         self.tls = TlsTable(self.limits.max_tls_specs)  # the TlsSpecs it opened, by id
         self.pid = 0
         self.process = 0  # see _greet
@@ -524,8 +594,18 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self._greet(msg)
             return
         kind = type(msg)
-        if kind is Request:
+        if kind is RequestFrame:
             self._start(msg)
+        elif kind is PoolOpen:
+            try:
+                self.ids.open_pool(msg.id, msg.pool)
+            except ValueError as exc:
+                self.hang_up("protocol", str(exc))
+        elif kind is TimeoutOpen:
+            try:
+                self.ids.open_timeout(msg.id, msg.timeout)
+            except ValueError as exc:
+                self.hang_up("protocol", str(exc))
         elif kind is TlsOpen:
             try:
                 self.tls.open(msg.id, msg.spec)
@@ -565,10 +645,10 @@ class WorkerConnection(asyncio.BufferedProtocol):
         elif kind is StatsRequest:
             self.send(self.server.stats())
         elif kind is ClearDNS:
-            if self._admit(encode_pool(msg.pool)):
+            if self.ids.admit(encode_pool(msg.pool)):
                 self.engine.clear_dns(msg.pool, msg.host, msg.port)
             else:
-                self.hang_up("protocol", self._over_specs())
+                self.hang_up("protocol", self.ids.over_specs())
         else:
             self.hang_up("protocol", f"a worker may not send {kind.__name__}")
 
@@ -716,13 +796,18 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self._hello_timer.cancel()
             self._hello_timer = None
 
-    def _start(self, req: Request) -> None:
+    def _start(self, req: RequestFrame) -> None:
         if req.stream in self.streams:
             self.hang_up("protocol", f"stream {req.stream} is already open")
             return
-        refusal = self._refusal(req)
+        refusal = self._refusal()
         if refusal is not None:
             self.send(Failure(req.stream, ErrorCode.BROKER, refusal))
+            return
+        try:
+            url = self._resolve(req)
+        except ConnectionFailure as exc:
+            self.send(failure_message(req, exc, []))
             return
         jar = None
         if req.jar:
@@ -743,10 +828,45 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 return
         stream = IPCStream(req.stream, self, req.streamed)
         self.streams[req.stream] = stream
-        stream.task = asyncio.get_running_loop().create_task(self._run(req, stream, jar, tls))
+        if self.server.fast and _fast_kind(req) and (jar is None or not len(jar)):
+            if _FastStart.begin(self, req, stream, url, jar):
+                return
+        self.run(req, stream, url, jar, tls)
 
+    def run(
+        self,
+        req: Request,
+        stream: IPCStream,
+        url: URL,
+        jar: CookieStore | None,
+        tls: TlsSpec | None,
+        first: Resumed | None = None,
+    ) -> None:
+        """The general path: the engine in a task of its own."""
+        stream.task = asyncio.get_running_loop().create_task(
+            self._run(req, stream, url, jar, tls, first)
+        )
 
-    def _refusal(self, req: Request) -> str | None:
+    def _resolve(self, req: RequestFrame) -> URL:
+        """Put the pool and timeout that ``req`` names (by id, or the defaults) in its
+        fields (a message just decoded, which nothing else holds yet), check the request
+        (cheaply for what this worker sent before, ``broker.known``), and return its URL
+        parsed; raises ``ConnectionFailure``."""
+        ids = self.ids
+        if req.pool_id:
+            force_setattr(req, "pool", ids.pool(req.pool_id))
+        else:
+            if not req.pool:
+                force_setattr(req, "pool", DEFAULT_POOL_BYTES)
+            if not ids.admit(req.pool):
+                raise ConnectionFailure("broker", ids.over_specs())
+        if req.timeout_id:
+            force_setattr(req, "timeout", ids.timeout(req.timeout_id))
+        elif req.timeout is None:
+            force_setattr(req, "timeout", DEFAULT_TIMEOUT)
+        return _checked(req, self.checked)
+
+    def _refusal(self) -> str | None:
         if self.server.draining:
             return "the broker is shutting down"
         if len(self.streams) >= self.limits.max_streams:
@@ -754,33 +874,19 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 f"this worker has {len(self.streams)} requests open on the broker, its cap "
                 f"(BrokerServer limits.max_streams); wait for some to finish"
             )
-        if not self._admit(req.pool):
-            return self._over_specs()
         return None
 
-    def _admit(self, spec: bytes) -> bool:
-        """Whether this worker may use ``spec``: one it used before, or one more under
-        its cap of distinct specs."""
-        pools = self.pools
-        if spec in pools:
-            return True
-        if len(pools) >= self.limits.max_pool_specs:
-            return False
-        pools.add(spec)
-        return True
-
-    def _over_specs(self) -> str:
-        return (
-            f"this worker already named {len(self.pools)} distinct connection pools "
-            f"(connector settings), the broker's cap (limits.max_pool_specs); reuse "
-            f"connectors instead of making new ones"
-        )
-
     async def _run(
-        self, req: Request, stream: IPCStream, jar: CookieStore | None, tls: TlsSpec | None
+        self,
+        req: Request,
+        stream: IPCStream,
+        url: URL,
+        jar: CookieStore | None,
+        tls: TlsSpec | None,
+        first: Resumed | None = None,
     ) -> None:
         try:
-            await self.engine.perform(req, stream, None, jar, tls)
+            await self.engine.perform(req, stream, url, jar, tls, first)
         finally:
             # In the body phase the stream lives on without this task, until its end.
             if stream.state is not State.BODY:
@@ -818,6 +924,143 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.closed = True
 
 
+def _fast_kind(req: Request) -> bool:
+    """Whether ``req`` is of the kind the fast path carries (``broker.fast``): a whole
+    body or none, no trace, proxy, TLS settings of its own, cookies of its own,
+    100-continue, chunked framing or HTTP/1.0, the default head limits."""
+    return not (
+        req.streamed
+        or req.trace
+        or req.proxy
+        or req.tls
+        or req.fingerprint
+        or req.server_hostname
+        or req.cookies
+        or req.expect100
+        or req.chunked
+        or req.http10
+        or not req.read_until_eof
+        or req.max_line_size != 8190
+        or req.max_field_size != 8190
+        or req.max_headers != 128
+    )
+
+
+class _FastStart:
+    """A request started without a task (``broker.fast``): the head written on an idle
+    keep-alive connection as the frame is handled, the response told by callback. A
+    response complete with its head, not a redirect to follow, nothing to decode, goes
+    to the stream at once (one frame: ``IPCStream``); anything else, or a failure, is
+    handed to the engine in a task with the attempt made (``Engine.perform(first=)``),
+    which goes on as if it had made it. A stream given up meanwhile gives the
+    connection back (``on_halt``); ``sock_read`` is watched as the engine does."""
+
+    __slots__ = ("conn", "req", "stream", "url", "jar", "pool", "upstream", "early", "told",
+                 "_unwatch")
+
+    def __init__(
+        self,
+        conn: WorkerConnection,
+        req: Request,
+        stream: IPCStream,
+        url: URL,
+        jar: CookieStore | None,
+        pool: Pool,
+    ) -> None:
+        self.conn = conn
+        self.req = req
+        self.stream = stream
+        self.url = url
+        self.jar = jar
+        self.pool = pool
+        self.upstream: HTTP1Connection | None = None
+        self.early: ResponseHead | ConnectionFailure | None = None  # told within start()
+        self.told = False
+        self._unwatch: Callable[[], None] | None = None
+
+    @classmethod
+    def begin(
+        cls,
+        conn: WorkerConnection,
+        req: Request,
+        stream: IPCStream,
+        url: URL,
+        jar: CookieStore | None,
+    ) -> bool:
+        """Started; False: no idle connection (or a pool the general path must report
+        on), nothing sent."""
+        try:
+            pool = conn.engine.registry.pool_for(req.pool)
+        except ConnectionFailure:
+            return False
+        port = url.port or (443 if url.scheme == "https" else 80)
+        key = (url.scheme, url.raw_host or "", port, NO_TLS, b"")
+        head = conn.checked.head(req, url, pool.spec.force_close)
+        fast = cls(conn, req, stream, url, jar, pool)
+        upstream = fast_core.start(pool, key, req.method, head, req.body, fast.on_response)
+        if upstream is None:
+            return False
+        conn.server.fast_requests += 1
+        fast.upstream = upstream
+        early, fast.early = fast.early, None
+        if early is not None:  # a failure as the head was written
+            fast.on_response(early)
+            return True
+        stream.on_halt = fast.abandon
+        sock_read = req.timeout.sock_read
+        if sock_read:
+            loop = asyncio.get_running_loop()
+            fast._unwatch = watch_silence(loop, upstream, fast, sock_read)  # type: ignore[arg-type]
+        return True
+
+    def done(self) -> bool:
+        """For ``watch_silence``: whether the response was told."""
+        return self.told
+
+    def abandon(self) -> None:
+        """The worker gave the stream up: the connection goes back (closed)."""
+        self.told = True
+        self.conn.engine.requests += 1  # (one handed over is the engine's to count)
+        self._stop()
+        if self.upstream is not None:
+            fast_core.abandon(self.pool, self.upstream)
+
+    def _stop(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+
+    def on_response(self, result: ResponseHead | ConnectionFailure) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            self.early = result
+            return
+        if self.told:
+            return
+        self.told = True
+        self._stop()
+        stream, req = self.stream, self.req
+        stream.on_halt = None
+        try:
+            if type(result) is ResponseHead:
+                body = fast_core.finish(
+                    self.pool, upstream, result, req.allow_redirects, req.auto_decompress,
+                    self.jar, self.url,
+                )
+                if body is not None:
+                    self.conn.engine.requests += 1
+                    if len(body) < INLINE_MAX:
+                        stream.whole(result, body, req.url, req.method)
+                    else:
+                        fast_core.deliver(stream, result, body, req.url, req.method)
+                    return
+            self.conn.run(req, stream, self.url, self.jar, None, (upstream, result))
+        except Exception as exc:  # a bug: that stream fails, never the upstream's loop
+            log.error("stream %s: the fast path failed", stream.id, exc_info=exc)
+            if not stream.finished:
+                stream.refuse(f"the broker failed: {type(exc).__name__}: {exc}")
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one worker connection may hold in the broker (see the module's docstring)."""
@@ -825,6 +1068,7 @@ class Limits:
     handshake_timeout: float = 5.0
     max_streams: int = 1024
     max_pool_specs: int = 256
+    max_timeouts: int = MAX_TIMEOUT_IDS
     max_tls_specs: int = 64
     max_jars: int = 1024  # per worker process, all its connections together
     slot_size: int = SLOT_SIZE
@@ -858,6 +1102,10 @@ class BrokerServer:
         self._shm_processes: dict[int, int] = {}  # connections with arenas per process
         self._processes: dict[int, int] = {}  # greeted connections per worker process
         self.draining = False
+        # Requests started without a task where they can be (``_FastStart``), unless
+        # HTTP_BROKER_FAST_PATH is 0/no/off/false in the broker's environment.
+        self.fast = os.environ.get("HTTP_BROKER_FAST_PATH", "1").strip().lower() not in _OFF
+        self.fast_requests = 0  # started so: for tests and figures
         # One read buffer for every connection: a read is handled to its end before
         # the loop reads another socket, and what a frame reader keeps it copies.
         self.read_view = memoryview(bytearray(_BUFSIZE))

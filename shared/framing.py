@@ -18,7 +18,7 @@ import struct
 
 import msgspec
 
-from .messages import Message
+from .messages import Message, Outgoing
 
 __all__ = ["FrameError", "FrameReader", "encode", "MAX_FRAME"]
 
@@ -26,6 +26,8 @@ MAX_FRAME = 4 << 20
 _LEN = struct.Struct("<I")
 # enc_hook: header names may be multidict.istr (a str subclass msgspec does not take).
 _encoder = msgspec.msgpack.Encoder(enc_hook=str)
+_encode = _encoder.encode
+_pack = _LEN.pack
 
 
 @functools.cache
@@ -39,12 +41,10 @@ class FrameError(Exception):
     """The peer sent something that is not a valid frame."""
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg: Outgoing) -> bytes:
     """One message as a complete frame."""
-    buf = bytearray(4)
-    _encoder.encode_into(msg, buf, 4)
-    _LEN.pack_into(buf, 0, len(buf) - 4)
-    return bytes(buf)
+    body = _encode(msg)  # then a copy behind its length: cheaper than encode_into and bytes()
+    return _pack(len(body)) + body
 
 
 class FrameReader:

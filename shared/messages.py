@@ -4,10 +4,12 @@ Every message is a frozen, tagged ``msgspec.Struct`` encoded as a MessagePack ar
 tag first), so the union below decodes with one typed decoder and anything else is a
 decode error. A stream is one request: the worker picks its id, odd and increasing.
 
-worker -> broker: Hello, TlsOpen, Request, Data/Slot/End (a streamed request body), Ack,
-                  Release, Cancel, ClearDNS, StatsRequest, the jar calls (JarOpen, JarClose,
-                  JarUpdate, JarFilter, JarCount, JarDump, JarLoad, JarDelete)
-broker -> worker: Welcome, TraceEvent, Head, Data/Slot/End (the response body), Ack,
+worker -> broker: Hello, TlsOpen, PoolOpen, TimeoutOpen, Request, Data/Slot/End (a
+                  streamed request body), Ack, Release, Cancel, ClearDNS, StatsRequest,
+                  the jar calls (JarOpen, JarClose, JarUpdate, JarFilter, JarCount,
+                  JarDump, JarLoad, JarDelete)
+broker -> worker: Welcome, TraceEvent, Head (with the whole body, when small), Data/Slot/End
+                  (the response body), Ack,
                   Release, Rewind, Failure, ErrorFrame,
                   Stats, the jar replies (JarDone, JarCookies, JarData, JarFailed)
 
@@ -16,6 +18,16 @@ Jar calls are answered in order, one reply each (a ``JarDump`` may answer with s
 by a 16-byte token that the worker draws at random and opens with ``JarOpen``: it belongs
 to the connection that opened it, and requests of the same worker process (any of its
 connections) name it in ``Request.jar``.
+
+Pools and timeouts are registered once per connection and named by small ids:
+``PoolOpen(id, pool)`` and ``TimeoutOpen(id, timeout)`` before the first ``Request`` whose
+``pool_id``/``timeout_id`` names them (not answered: frames are ordered). Id 0 names the
+``Request``'s own ``pool``/``timeout`` fields (the defaults unless given), which a worker
+uses when its table is full (at most ``MAX_TIMEOUT_IDS`` timeouts) or a spec is too
+large to keep (``MAX_POOL_SPEC``).
+
+A small response goes in one frame: a ``Head`` with ``body`` (not None) is the head, the
+whole body and the ``End`` (its ``raw``) together.
 
 Flow control is by credit: the sender of a body may have at most ``STREAM_WINDOW`` bytes
 of ``Data`` unacknowledged on a stream; the receiver sends ``Ack(stream, n)`` once its
@@ -39,8 +51,12 @@ import msgspec
 from .errors import ErrorCode
 from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, JarSpec, PoolSpec, TlsSpec
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 STREAM_WINDOW = 1 << 20
+MAX_TIMEOUT_IDS = 64
+"""Timeouts a worker opens per connection (``TimeoutOpen``); more go inline."""
+MAX_POOL_SPEC = 16 * 1024
+"""The largest encoded ``PoolSpec`` a ``PoolOpen`` carries; a larger one goes inline."""
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -64,6 +80,8 @@ NoTls = Annotated[bytes, msgspec.Meta(max_length=32)]  # a TlsId, or b"": the de
 Fingerprint = Annotated[bytes, msgspec.Meta(max_length=32)]  # a SHA-256 digest, or b""
 MAX_PROXY_ROUTE = 64 * 1024
 NoJar = Annotated[bytes, msgspec.Meta(max_length=16)]  # a JarToken, or b"": no jar
+SpecId = Annotated[int, msgspec.Meta(ge=1, le=(1 << 31) - 1)]
+NoSpecId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 31) - 1)]  # a SpecId, or 0: inline
 CookieRecord = dict[str, str | bool | float]
 """One cookie as aiohttp's JSON cookie file keeps it: ``key``, ``value``,
 ``coded_value``, its attributes (``path``, ``domain``, ``secure``...), and for a stored
@@ -101,16 +119,23 @@ class Request(_Msg, tag="req", frozen=True):
     """One request. ``url`` is absolute and already encoded; ``headers`` are final
     except for the per-hop ones the broker adds (Host, Content-Length or
     Transfer-Encoding). With ``streamed`` the body follows as Data frames and an End;
-    ``replayable`` says the worker can send it again when asked (``Rewind``)."""
+    ``replayable`` says the worker can send it again when asked (``Rewind``).
+    ``pool_id``/``timeout_id``: a pool spec and a timeout opened before on this
+    connection (``PoolOpen``, ``TimeoutOpen``); 0: the ``pool``/``timeout`` fields. On
+    the wire, ``pool`` b"" and ``timeout`` nil stand for the id's, or else the default:
+    a request naming its settings by id carries three bytes for them, and the broker
+    decodes no ``ClientTimeout`` per request (``RequestFrame``). As in every message,
+    trailing fields may be left out at their defaults: the common request is its first
+    six fields (``IPCTransport``), whatever comes after them."""
 
     stream: StreamId
     method: str
     url: str
     headers: list[tuple[str, str]] = []
+    pool_id: NoSpecId = 0
+    timeout_id: NoSpecId = 0
     body: bytes | None = None
     streamed: bool = False
-    pool: bytes = DEFAULT_POOL_BYTES  # a PoolSpec, encoded: shared.specs.encode_pool
-    timeout: ClientTimeout = DEFAULT_TIMEOUT
     allow_redirects: bool = True
     max_redirects: Count = 10
     auto_decompress: bool = True
@@ -137,6 +162,16 @@ class Request(_Msg, tag="req", frozen=True):
     # Send this request's TraceEvents (its session has trace_configs); an untraced
     # request gets none and pays nothing for tracing.
     trace: bool = False
+    pool: bytes = DEFAULT_POOL_BYTES  # a PoolSpec, encoded: shared.specs.encode_pool
+    timeout: ClientTimeout = DEFAULT_TIMEOUT
+
+
+class RequestFrame(Request, tag="req", frozen=True):
+    """A ``Request`` as it is decoded: ``timeout`` may be nil (see ``Request``). The
+    broker puts the pool and timeout it stands for in before anything else sees it, so
+    that from then on it is a ``Request`` like any other."""
+
+    timeout: ClientTimeout | None = None  # type: ignore[assignment]
 
 
 class TlsOpen(_Msg, tag="tlsopen", frozen=True):
@@ -147,6 +182,25 @@ class TlsOpen(_Msg, tag="tlsopen", frozen=True):
 
     id: TlsId
     spec: TlsSpec
+
+
+class PoolOpen(_Msg, tag="poolopen", frozen=True):
+    """Worker to broker, before the first request naming ``id`` (``Request.pool_id``)
+    on this connection: the pool spec it stands for (``shared.specs.encode_pool``). Not
+    answered; an id is opened once per connection. Over the broker's cap of distinct
+    specs (``max_pool_specs``) it is refused: the requests naming it fail (``broker``);
+    a request naming an id never opened fails (``protocol``)."""
+
+    id: SpecId
+    pool: Annotated[bytes, msgspec.Meta(max_length=MAX_POOL_SPEC)]
+
+
+class TimeoutOpen(_Msg, tag="timeoutopen", frozen=True):
+    """``PoolOpen``'s twin for a ``ClientTimeout`` (``Request.timeout_id``), at most
+    ``MAX_TIMEOUT_IDS`` per connection."""
+
+    id: SpecId
+    timeout: ClientTimeout
 
 
 class HistoryItem(msgspec.Struct, frozen=True, array_like=True):
@@ -202,7 +256,9 @@ class TraceEvent(_Msg, tag="trace", frozen=True):
 
 
 class Head(_Msg, tag="head", frozen=True):
-    """The final response's head, with the redirects that led to it."""
+    """The final response's head, with the redirects that led to it. With ``body`` (not
+    None) it is the whole response in one frame: the head, the body, and the ``End``
+    (``raw`` as ``End.raw``)."""
 
     stream: int
     status: int
@@ -213,6 +269,8 @@ class Head(_Msg, tag="head", frozen=True):
     method: str
     request_headers: list[tuple[str, str]] = []
     history: list[HistoryItem] = []
+    body: bytes | None = None
+    raw: Count = 0
 
 
 class Data(_Msg, tag="data", frozen=True):
@@ -417,8 +475,10 @@ Message = (
     Hello
     | Welcome
     | TlsOpen
+    | PoolOpen
+    | TimeoutOpen
     | TraceEvent
-    | Request
+    | RequestFrame
     | Head
     | Data
     | Slot
@@ -445,3 +505,5 @@ Message = (
     | JarData
     | JarFailed
 )
+"""What a frame decodes into (a ``Request`` is sent, a ``RequestFrame`` received)."""
+Outgoing = Message | Request

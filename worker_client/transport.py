@@ -42,7 +42,9 @@ from broker.stream import BrokerStream
 from shared.arena import Arena, ArenaError, SlotError, SlotTable
 from shared.framing import MAX_FRAME, FrameError, FrameReader, encode
 from shared.messages import (
+    MAX_POOL_SPEC,
     MAX_RELEASE,
+    MAX_TIMEOUT_IDS,
     PROTOCOL_VERSION,
     STREAM_WINDOW,
     Ack,
@@ -58,17 +60,26 @@ from shared.messages import (
     JarDone,
     JarFailed,
     JarOpen,
+    PoolOpen,
     Release,
     Request,
     Rewind,
     Slot,
     Stats,
     StatsRequest,
+    TimeoutOpen,
     TlsOpen,
     TraceEvent,
     Welcome,
 )
-from shared.specs import JarSpec, PoolSpec, TlsSpec
+from shared.specs import (
+    DEFAULT_POOL_BYTES,
+    DEFAULT_TIMEOUT,
+    ClientTimeout,
+    JarSpec,
+    PoolSpec,
+    TlsSpec,
+)
 from shared.stream_state import State
 
 from . import jar_channel
@@ -90,6 +101,10 @@ _BUFSIZE = 1 << 18
 # A request body piece smaller than this goes inline (a Data frame), a larger one into
 # an up-arena slot when one is free (the figures: docs/protocol.md).
 _SLOT_MIN = 32 * 1024
+_POOL_IDS = 1024  # pool specs named by id per connection (the broker caps them lower)
+# Request's fields from ``body`` to ``trace`` at their defaults: a request with these
+# (and its pool and timeout by id or the defaults) goes as its first six fields.
+_DEFAULT_FIELDS = msgspec.structs.astuple(Request(0, "", ""))[6:-2]
 
 
 _OFF = ("0", "no", "off", "false")
@@ -465,6 +480,11 @@ class IPCTransport(Transport):
         self._replay: dict[int, Rewinder] = {}  # bodies the broker may ask for again
         self._progress: dict[int, Callable[[int], None]] = {}  # upload trackers' counters
         self._jar_opens: dict[int, bytes] = {}  # open_jar calls not answered yet: tokens
+        # Pool specs and timeouts opened on this connection, by their ids (PoolOpen,
+        # TimeoutOpen): at most _POOL_IDS and MAX_TIMEOUT_IDS; past them they go inline.
+        self._pool_ids: dict[bytes, int] = {}
+        self._timeout_ids: dict[ClientTimeout, int] = {}
+        self._next_spec_id = 1
         self._next_jar_call = 1
         # One waiter per StatsRequest sent; the broker answers them in order.
         self._stats: deque[asyncio.Future[Stats]] = deque()
@@ -594,18 +614,22 @@ class IPCTransport(Transport):
         self._replay.pop(stream_id, None)
         self._progress.pop(stream_id, None)
 
-    def _send(self, msg: Any) -> None:
+    def _send(self, *msgs: Any) -> None:
+        """``msgs`` in one write."""
         if self._error is not None:
             raise self._error
         assert self._transport is not None
-        frame = encode(msg)
-        if len(frame) > MAX_FRAME + 4:
-            # The broker would drop this whole connection, and every stream on it.
-            raise ValueError(
-                f"{type(msg).__name__} of {len(frame)} bytes is over the broker's frame "
-                f"cap of {MAX_FRAME} (headers or URL too large)"
-            )
-        self._transport.write(frame)
+        frames = []
+        for msg in msgs:
+            frame = encode(msg)
+            if len(frame) > MAX_FRAME + 4:
+                # The broker would drop this whole connection, and every stream on it.
+                raise ValueError(
+                    f"{type(msg).__name__} of {len(frame)} bytes is over the broker's frame "
+                    f"cap of {MAX_FRAME} (headers or URL too large)"
+                )
+            frames.append(frame)
+        self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def dispatch(self, msg: Any) -> None:
         kind = type(msg)
@@ -617,7 +641,15 @@ class IPCTransport(Transport):
                 h.on_data(msg.data)
         elif kind is Head:
             h = self.handles.get(msg.stream)
-            if h is not None:
+            if msg.body is not None:  # the whole response: head, body and end
+                if self._pumps:
+                    self._end_pump(msg.stream)
+                if h is not None:
+                    h.on_head(msg)
+                    if msg.body:
+                        h.on_data(msg.body)
+                    h.on_end(msg.raw)
+            elif h is not None:
                 h.on_head(msg)
         elif kind is TraceEvent:
             h = self.handles.get(msg.stream)
@@ -827,11 +859,60 @@ class IPCTransport(Transport):
             req = msgspec.structs.replace(
                 req, body=None, streamed=True, replayable=True, headers=headers
             )
-        self._send(req)
+        self._send_request(req)
         self.handles[req.stream] = handle
         if body is not None:
             self._credit[req.stream] = STREAM_WINDOW
             self._pumps[req.stream] = self.loop.create_task(self._pump(req.stream, body))
+
+    def _send_request(self, req: Request) -> None:
+        """``req`` with its pool and timeout named by id (opened first if new, in the
+        same write), or for the defaults by nothing (``Request``: b"" and nil)."""
+        opens: list[Any] = []
+        pool_id = timeout_id = 0
+        pool: bytes = req.pool
+        timeout: ClientTimeout | None = req.timeout
+        if pool is DEFAULT_POOL_BYTES:
+            pool = b""
+        else:
+            pool_id = self._pool_ids.get(pool, 0)
+            if not pool_id and len(pool) <= MAX_POOL_SPEC and len(self._pool_ids) < _POOL_IDS:
+                pool_id = self._new_spec_id()
+                opens.append(PoolOpen(pool_id, pool))
+            if pool_id:
+                pool = b""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = None
+        else:
+            timeout_id = self._timeout_ids.get(timeout, 0)  # type: ignore[arg-type]
+            if not timeout_id and len(self._timeout_ids) < MAX_TIMEOUT_IDS:
+                timeout_id = self._new_spec_id()
+                opens.append(TimeoutOpen(timeout_id, timeout))
+            if timeout_id:
+                timeout = None
+        fields = msgspec.structs.astuple(req)
+        wire: Any
+        if not pool and timeout is None and fields[6:-2] == _DEFAULT_FIELDS:
+            # The common request: its first fields only, the decoder fills in the rest.
+            wire = ["req", fields[0], fields[1], fields[2], fields[3], pool_id, timeout_id]
+        else:
+            wire = msgspec.structs.replace(
+                req, pool_id=pool_id, timeout_id=timeout_id, pool=pool, timeout=timeout
+            )
+        if not opens:
+            self._send(wire)
+            return
+        self._send(*opens, wire)
+        for msg in opens:  # sent: the ids are known to the broker from now on
+            if type(msg) is PoolOpen:
+                self._pool_ids[msg.pool] = msg.id
+            else:
+                self._timeout_ids[msg.timeout] = msg.id
+
+    def _new_spec_id(self) -> int:
+        sid = self._next_spec_id
+        self._next_spec_id += 1
+        return sid
 
     async def _pump(self, stream_id: int, body: AsyncIterator[bytes]) -> None:
         try:

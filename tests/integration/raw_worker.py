@@ -1,5 +1,10 @@
 """A worker's side of the broker socket, spoken by hand: for tests that send what a real
-worker never would (bad frames, floods, wrong orders) and read every frame back."""
+worker never would (bad frames, floods, wrong orders) and read every frame back.
+
+A small response comes as one ``Head`` frame carrying its body and its end
+(``shared.messages``); ``next`` gives it as the ``Head``, ``Data`` and ``End`` it stands
+for (what most tests look at: a stream's events), unless the worker was made with
+``split=False`` (tests of the frames themselves)."""
 
 from __future__ import annotations
 
@@ -10,10 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from shared.arena import Arena
 from shared.framing import FrameReader, encode
-from shared.messages import PROTOCOL_VERSION, End, Failure, Hello, Message, Welcome
+from shared.messages import PROTOCOL_VERSION, Data, End, Failure, Head, Hello, Message, Welcome
 
 
 class RawWorker:
@@ -30,13 +36,20 @@ class RawWorker:
         self.welcome: Welcome | None = None
         self.down: Arena | None = None  # with shm=True, the arenas the broker gave
         self.up: Arena | None = None
+        self.split = True
 
     @classmethod
     async def connect(
-        cls, path: str, *, hello: bool = True, rcvbuf: int | None = None, shm: bool = False
+        cls,
+        path: str,
+        *,
+        hello: bool = True,
+        rcvbuf: int | None = None,
+        shm: bool = False,
+        split: bool = True,
     ) -> RawWorker:
         """``shm``: ask for shared memory (a blocking handshake on the bare socket, which
-        alone can receive the arenas' descriptors)."""
+        alone can receive the arenas' descriptors). ``split``: see the module's docstring."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -55,6 +68,7 @@ class RawWorker:
         sock.setblocking(False)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         worker = cls(reader, writer)
+        worker.split = split
         if shm:
             worker._frames = frames
             welcome = msgs.pop(0)
@@ -82,7 +96,12 @@ class RawWorker:
             if not data:
                 return None
             self._pending.extend(self._frames.feed(data))
-        return self._pending.pop(0)
+        msg = self._pending.pop(0)
+        if self.split and type(msg) is Head and msg.body is not None:
+            events: list[Any] = [Data(msg.stream, msg.body)] if msg.body else []
+            self._pending[:0] = [*events, End(msg.stream, msg.raw)]
+            msg = replace(msg, body=None, raw=0)
+        return msg
 
     async def until(self, done: Callable[[Any], bool]) -> list[Any]:
         """Messages up to the first for which ``done`` is true (included), or to EOF."""
@@ -96,9 +115,11 @@ class RawWorker:
                 return out
 
     async def until_end_of(self, stream: int) -> list[Any]:
-        """Messages up to the End or Failure of ``stream`` (included), or to EOF."""
+        """Messages up to the End or Failure of ``stream`` (included; unsplit, a whole
+        response's Head), or to EOF."""
         return await self.until(
-            lambda m: getattr(m, "stream", None) == stream and isinstance(m, End | Failure)
+            lambda m: getattr(m, "stream", None) == stream
+            and (isinstance(m, End | Failure) or (type(m) is Head and m.body is not None))
         )
 
     def close(self) -> None:

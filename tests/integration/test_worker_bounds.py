@@ -31,11 +31,13 @@ from shared.messages import (
     Failure,
     Head,
     Hello,
+    PoolOpen,
     Request,
     Stats,
     StatsRequest,
+    TimeoutOpen,
 )
-from shared.specs import PoolSpec, ResolverSpec, encode_pool
+from shared.specs import ClientTimeout, PoolSpec, ResolverSpec, decode_pool, encode_pool
 from worker_client import ClientSession
 
 from ..conftest import ROOT, read_request_head, wait_until
@@ -372,6 +374,202 @@ async def test_pool_specs_over_the_cap_fail(local_broker, hello_url):
     assert "distinct connection pools" in _error(await worker.until(lambda m: False)).message
 
 
+async def test_pools_and_timeouts_named_by_id(local_broker, hello_url):
+    """Opened once, named by id: the request uses that pool and that timeout."""
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path)
+    spec = encode_pool(PoolSpec(name="by-id"))
+    worker.send(PoolOpen(7, spec), TimeoutOpen(9, ClientTimeout(total=30, sock_read=5)))
+    for stream in (1, 3):
+        worker.send(Request(stream, "GET", hello_url, pool_id=7, timeout_id=9, pool=b""))
+        msgs = await worker.until_end_of(stream)
+        assert [type(m) for m in msgs] == [Head, Data, End], msgs
+    (conn,) = server.workers
+    assert conn.ids.pools == {7: spec} and conn.ids.timeouts[9].sock_read == 5
+    assert [p.spec.name for p in server.engine.registry.pools] == ["by-id"]
+
+
+@pytest.mark.parametrize("field", ["pool_id", "timeout_id"])
+async def test_an_unknown_pool_or_timeout_id_fails_that_request_alone(
+    local_broker, hello_url, field
+):
+    server = await local_broker()
+    bad = await RawWorker.connect(server.path)
+    other = await RawWorker.connect(server.path)
+    bad.send(Request(1, "GET", hello_url, **{field: 5}))
+    failure = await bad.next()
+    assert isinstance(failure, Failure) and failure.stream == 1, failure
+    assert failure.code == "protocol"
+    assert f"{field.removesuffix('_id')} id 5, never opened" in failure.message
+    # That worker's connection carries on, and so does every other worker.
+    for worker in (bad, other):
+        worker.send(Request(3, "GET", hello_url))
+        assert [type(m) for m in await worker.until_end_of(3)] == [Head, Data, End]
+
+
+async def test_opens_over_the_caps_are_refused(local_broker, hello_url):
+    server = await local_broker(max_pool_specs=1, max_timeouts=1)
+    worker = await RawWorker.connect(server.path)
+    worker.send(
+        PoolOpen(1, encode_pool(PoolSpec(name="a"))),
+        PoolOpen(2, encode_pool(PoolSpec(name="b"))),  # over max_pool_specs
+        TimeoutOpen(3, ClientTimeout(total=10)),
+        TimeoutOpen(4, ClientTimeout(total=20)),  # over max_timeouts
+    )
+    worker.send(Request(1, "GET", hello_url, pool_id=2))
+    failure = await worker.next()
+    assert isinstance(failure, Failure) and failure.code == "broker", failure
+    assert "1 distinct connection pools" in failure.message
+    worker.send(Request(3, "GET", hello_url, pool_id=1, timeout_id=4))
+    failure = await worker.next()
+    assert isinstance(failure, Failure) and failure.code == "broker", failure
+    assert "limits.max_timeouts" in failure.message
+    worker.send(Request(5, "GET", hello_url, pool_id=1, timeout_id=3))  # what it has
+    assert [type(m) for m in await worker.until_end_of(5)] == [Head, Data, End]
+    (conn,) = server.workers
+    assert (len(conn.ids.pools), len(conn.ids.timeouts)) == (1, 1)
+
+
+async def test_an_id_opened_twice_closes_that_worker(local_broker, hello_url):
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path)
+    spec = encode_pool(PoolSpec(name="a"))
+    worker.send(PoolOpen(1, spec), PoolOpen(1, spec))
+    assert "pool id 1 is open already" in _error(await worker.until(lambda m: False)).message
+    await _good_worker_still_served(server.path, hello_url)
+
+
+async def test_a_worker_client_opens_its_settings_once(local_broker, hello_url):
+    """A real session: its connector's spec and its timeout go once per connection."""
+    from worker_client import ClientTimeout as Timeout
+    from worker_client import TCPConnector
+
+    server = await local_broker()
+    connector = TCPConnector(limit=7)
+    async with ClientSession(
+        broker=server.path, connector=connector, timeout=Timeout(total=40)
+    ) as session:
+        for _ in range(3):
+            async with session.get(hello_url) as resp:
+                assert await resp.text() == "hello"
+        async with session.get(hello_url, timeout=Timeout(total=41)) as resp:
+            assert await resp.text() == "hello"
+        (conn,) = server.workers
+        assert [decode_pool(p).limit for p in conn.ids.pools.values()] == [7]
+        assert sorted(t.total for t in conn.ids.timeouts.values()) == [40, 41]
+
+
+# -- 5b. one frame for a small response ------------------------------------------------
+
+
+async def test_a_small_response_is_one_frame_and_a_large_one_streams(local_broker, serve_app):
+    """Head, body and end known together, under INLINE_MAX: one Head frame with the
+    body; a larger body the usual Head, Data..., End."""
+    from .apps import text_app
+
+    base = str(await serve_app(text_app("x" * 1000)))
+    big = str(await serve_app(text_app("y" * (64 << 10))))
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path, split=False)
+    worker.send(Request(1, "GET", base + "/"))
+    (head,) = await worker.until_end_of(1)
+    assert isinstance(head, Head) and head.status == 200 and head.body == b"x" * 1000
+    worker.send(Request(3, "HEAD", base + "/"))
+    (head,) = await worker.until_end_of(3)
+    assert isinstance(head, Head) and head.body == b""
+    worker.send(Request(5, "GET", big + "/"))
+    msgs = await worker.until_end_of(5)
+    assert type(msgs[0]) is Head and msgs[0].body is None
+    assert type(msgs[-1]) is End
+    assert b"".join(m.data for m in msgs[1:-1]) == b"y" * (64 << 10)
+
+
+async def test_the_one_frame_reply_reaches_the_response(broker_process, serve_app):
+    """Through ``worker_client``: the body, its end, and a decoded body's size as
+    received (``End.raw``, carried by the one frame) all arrive."""
+    from aiohttp import web
+
+    async def gzipped(request: web.Request) -> web.Response:
+        resp = web.Response(text="z" * 5000)
+        resp.enable_compression(web.ContentCoding.gzip)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", gzipped)
+    base = str(await serve_app(app))
+    async with ClientSession(broker=broker_process.socket_path) as session:
+        for _ in range(3):
+            async with session.get(base + "/") as resp:
+                assert resp.headers["Content-Encoding"] == "gzip"
+                assert await resp.text() == "z" * 5000
+                assert resp.content.at_eof()
+                assert 0 < resp.content.total_raw_bytes < 200
+
+
+# -- 5c. requests started without a task ------------------------------------------------
+
+
+def _answers_then_silent(answered: int):
+    """A raw handler answering the first ``answered`` requests of a connection with
+    "ok", then reading the next head and saying nothing."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(answered):
+            await read_request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await read_request_head(reader)
+        await writer.wait_closed()
+
+    return handler
+
+
+async def test_a_request_on_an_idle_connection_starts_without_a_task(local_broker, hello_url):
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path, split=False)
+    worker.send(Request(1, "GET", hello_url))  # opens the connection: the general path
+    assert [type(m) for m in await worker.until_end_of(1)] == [Head]
+    assert server.fast_requests == 0
+    worker.send(Request(3, "GET", hello_url))
+    (head,) = await worker.until_end_of(3)
+    assert head.body == b"hello" and server.fast_requests == 1
+    assert server.engine.requests == 2  # counted once each, either way
+    (conn,) = server.workers
+    assert not conn.streams
+    (pool,) = server.engine.registry.pools
+    assert pool.figures()["idle"] == 1
+
+
+async def test_a_fast_request_given_up_frees_its_connection(local_broker, raw_server):
+    server = await local_broker()
+    base = await raw_server(_answers_then_silent(1))
+    worker = await RawWorker.connect(server.path)
+    worker.send(Request(1, "GET", base + "/"))
+    await worker.until_end_of(1)
+    worker.send(Request(3, "GET", base + "/"))
+    (conn,) = server.workers
+    await wait_until(lambda: 3 in conn.streams)
+    assert server.fast_requests == 1 and conn.streams[3].task is None
+    (pool,) = server.engine.registry.pools
+    assert pool.figures()["active"] == 1
+    worker.send(Cancel(3))
+    await wait_until(lambda: pool.figures()["active"] == 0 and not conn.streams)
+    assert pool.figures()["idle"] == 0  # its exchange unfinished: closed, not reused
+
+
+async def test_a_fast_request_has_its_sock_read_timeout(local_broker, raw_server):
+    server = await local_broker()
+    base = await raw_server(_answers_then_silent(1))
+    worker = await RawWorker.connect(server.path)
+    worker.send(TimeoutOpen(1, ClientTimeout(sock_read=0.2)))
+    worker.send(Request(1, "GET", base + "/", timeout_id=1))
+    await worker.until_end_of(1)
+    worker.send(Request(3, "GET", base + "/", timeout_id=1))
+    (failure,) = await worker.until_end_of(3)
+    assert isinstance(failure, Failure) and failure.code == "sock_read_timeout", failure
+    assert server.fast_requests == 1  # then handed to the engine, which failed it
+    assert server.engine.requests == 2
+
+
 # -- 6. write backpressure on the worker's socket ------------------------------------------
 
 
@@ -481,8 +679,8 @@ async def test_a_dead_worker_is_found_though_a_child_holds_its_socket(local_brok
 
 @pytest.mark.parametrize(
     "pool",
-    [b"\xc1", b"", encode_pool(PoolSpec())[:-1], msgspec.msgpack.encode([1, 2, 3])],
-    ids=["garbage", "empty", "truncated", "not-a-spec"],
+    [b"\xc1", encode_pool(PoolSpec())[:-1], msgspec.msgpack.encode([1, 2, 3])],
+    ids=["garbage", "truncated", "not-a-spec"],  # (b"" is the default pool: Request)
 )
 async def test_connector_settings_that_are_not_a_spec_fail_that_request(
     broker_process, hello_url, pool

@@ -10,9 +10,12 @@ from shared.messages import (
     Head,
     Hello,
     HistoryItem,
+    PoolOpen,
     Request,
+    RequestFrame,
     Rewind,
     Stats,
+    TimeoutOpen,
 )
 from shared.specs import ClientTimeout, PoolSpec, decode_pool, encode_pool
 
@@ -35,11 +38,23 @@ MESSAGES = [
     ),
     Data(3, b"x" * 1000),
     End(3),
+    PoolOpen(1, encode_pool(PoolSpec(limit=8))),
+    TimeoutOpen(2, ClientTimeout(total=3)),
+    Request(stream=9, method="GET", url="http://h/", pool_id=1, timeout_id=2),
+    Head(11, 200, "OK", (1, 1), [], "http://h/", "GET", body=b"ok", raw=40),
+    Head(13, 204, "No Content", (1, 1), [], "http://h/", "GET", body=b""),
     Ack(3, 1000),
     Failure(5, "connect", "Connection refused", host="h", port=1, errno=111),
     Rewind(7),
     Stats(pid=1, workers=2, streams=3, requests=4, pools=[{"open": 1}]),
 ]
+
+
+def _sent(msgs):
+    """What the receiver decodes: a ``Request`` arrives as a ``RequestFrame``."""
+    return [
+        RequestFrame(**msgspec.structs.asdict(m)) if type(m) is Request else m for m in msgs
+    ]
 
 
 def test_round_trip_fed_one_byte_at_a_time():
@@ -48,18 +63,18 @@ def test_round_trip_fed_one_byte_at_a_time():
     out = []
     for i in range(len(wire)):
         out.extend(reader.feed(wire[i : i + 1]))
-    assert out == MESSAGES
+    assert out == _sent(MESSAGES)
     assert reader.buffered == 0
 
 
 def test_round_trip_in_one_piece_and_in_odd_splits():
     wire = b"".join(encode(m) for m in MESSAGES)
-    assert FrameReader().feed(wire) == MESSAGES
+    assert FrameReader().feed(wire) == _sent(MESSAGES)
     reader = FrameReader()
     out = []
     for i in range(0, len(wire), 7):
         out.extend(reader.feed(memoryview(wire)[i : i + 7]))
-    assert out == MESSAGES
+    assert out == _sent(MESSAGES)
 
 
 def test_partial_frame_waits_for_the_rest():
@@ -146,3 +161,43 @@ def test_jar_calls_are_bounded_as_they_decode():
     )
     with pytest.raises(FrameError):
         FrameReader().feed(raw("jardelete", 1, token, [["d", "/", "n"]] * (MAX_JAR_RECORDS + 1)))
+
+
+def test_a_request_naming_ids_carries_neither_pool_nor_timeout():
+    """As a worker sends it (``IPCTransport``): b"" and nil instead of the spec and the
+    timeout, which decode to no ``ClientTimeout`` at all (none checked per request)."""
+    named = Request(
+        stream=1, method="GET", url="http://h/", pool_id=1, timeout_id=1, pool=b"",
+        timeout=None,  # type: ignore[arg-type]
+    )
+    inline = Request(
+        stream=1, method="GET", url="http://h/", pool=encode_pool(PoolSpec(limit=8)),
+        timeout=ClientTimeout(total=3),
+    )
+    assert len(encode(named)) < len(encode(inline)) - 50
+    (got,) = FrameReader().feed(encode(named))
+    assert type(got) is RequestFrame and isinstance(got, Request)
+    assert (got.pool_id, got.timeout_id, got.pool, got.timeout) == (1, 1, b"", None)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        ["poolopen", 0, b""],  # ids start at 1 (0 names the inline field)
+        ["poolopen", 1, b"x" * (16 * 1024 + 1)],  # over MAX_POOL_SPEC
+        ["timeoutopen", 1, [-1]],  # the ClientTimeout is checked as it decodes
+        ["req", 1, "GET", "http://h/", [], -1],  # a pool id out of range
+    ],
+)
+def test_spec_ids_are_bounded_as_they_decode(msg):
+    body = msgspec.msgpack.encode(msg)
+    with pytest.raises(FrameError, match="malformed"):
+        FrameReader().feed(len(body).to_bytes(4, "little") + body)
+
+
+def test_a_request_of_its_first_fields_decodes_with_the_defaults():
+    """What a worker sends for the common request (``IPCTransport._send_request``)."""
+    short = msgspec.msgpack.encode(["req", 3, "GET", "http://h/", [["A", "b"]], 1, 2])
+    (got,) = FrameReader().feed(len(short).to_bytes(4, "little") + short)
+    full = RequestFrame(3, "GET", "http://h/", [("A", "b")], pool_id=1, timeout_id=2)
+    assert got == full and got.timeout is None
