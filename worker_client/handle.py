@@ -79,6 +79,13 @@ class StreamHandle:
         if self._step(Event.HEAD) and not self.head.done():
             self.head.set_result(msg)
 
+    def on_whole(self, msg: Head) -> None:
+        """The whole response in one frame (``Head.body``): head, body and end."""
+        self.on_head(msg)
+        if msg.body:
+            self.on_data(msg.body)
+        self.on_end(msg.raw)
+
     def on_trace_event(self, event: TraceEvent) -> None:
         """A trace event: to ``on_trace`` while the head is awaited, else dropped (a
         stream given up, or a broker that broke the order); one of a kind this worker

@@ -103,6 +103,7 @@ def with_tls(req: Request, tls: Any, sni: str) -> Request:
 
 if TYPE_CHECKING:
     from .fast import FastPath, Handover
+    from .fast_broker import BrokerFastPath
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -296,7 +297,7 @@ class ClientSession:
         self._handles: set[StreamHandle] = set()
         self._pid = os.getpid()
         self._closed = False
-        self._fast: FastPath | None = None
+        self._fast: FastPath | BrokerFastPath | None = None
         if (
             self._broker is None
             and not self._middlewares
@@ -308,6 +309,18 @@ class ClientSession:
 
             if enabled():
                 self._fast = FastPath(self)
+        elif (
+            self._broker is not None
+            and not self._middlewares
+            and not self._trace_configs
+            and self._route == b""
+            and self._conn_ssl is True
+        ):
+            from .fast_broker import BrokerFastPath
+            from .fast_broker import enabled as broker_fast_enabled
+
+            if broker_fast_enabled():
+                self._fast = BrokerFastPath(self)
 
     # -- properties as aiohttp's -------------------------------------------------------
 

@@ -645,10 +645,7 @@ class IPCTransport(Transport):
                 if self._pumps:
                     self._end_pump(msg.stream)
                 if h is not None:
-                    h.on_head(msg)
-                    if msg.body:
-                        h.on_data(msg.body)
-                    h.on_end(msg.raw)
+                    h.on_whole(msg)
             elif h is not None:
                 h.on_head(msg)
         elif kind is TraceEvent:
