@@ -42,7 +42,8 @@ from shared.stream_state import Event, State, step
 from . import jar_channel
 from .exceptions import RequestInfo, exception_from_failure
 from .handle import StreamHandle
-from .response import ClientResponse, StreamReader
+from .helpers import HttpVersion
+from .response import _VERSIONS, ClientResponse, StreamReader
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -124,7 +125,8 @@ class FastHandle(StreamHandle):
         if self._timer is not None:
             self.transport.deadlines.discard(self, self._timer)
             self._timer = None
-        self.transport.forget(self.id)
+        # (IPCTransport.forget: nothing else is kept for a fast stream)
+        self.transport.handles.pop(self.id, None)
 
 
 class _Plan:
@@ -203,7 +205,8 @@ class BrokerFastPath:
         template = frames.get((tmo, allow_redirects), _SENTINEL)
         if jar_channel.closing:
             transport._send_closes()
-        sid = transport.next_stream_id()
+        sid = transport._next  # next_stream_id()
+        transport._next = sid + 2
         if template is None or template is _SENTINEL:
             req = self._build(plan, sid, data, tmo, allow_redirects, jar[0])
             transport._send_request(req)
@@ -221,8 +224,8 @@ class BrokerFastPath:
         transport.handles[sid] = handle
         handles = s._handles
         handles.add(handle)
-        if tmo.total:
-            handle.set_deadline(tmo.total, tmo.ceil_threshold)
+        if tmo.total:  # set_deadline
+            handle._timer = transport.deadlines.add(handle, tmo.total, tmo.ceil_threshold)
         try:
             head = await handle.head
         except BaseException:
@@ -246,20 +249,33 @@ class BrokerFastPath:
         if head.raw:
             content.total_compressed_bytes = head.raw
         info = plan.info
-        if head.history or head.request_headers:
-            history = tuple(s._history_response(h, info) for h in head.history)
-            info = s._info_for(head, info)
-        else:
-            history = ()
-        resp = ClientResponse.from_head(
-            head,
-            request_info=info,
-            content=content,
-            history=history,
-            on_release=None,
-            loop=s._transport.loop,  # type: ignore[union-attr]
-            request_url=plan.url_str,
-        )
+        loop = s._transport.loop  # type: ignore[union-attr]
+        if head.history or head.request_headers or head.url != plan.url_str:
+            resp = ClientResponse.from_head(
+                head,
+                request_info=s._info_for(head, info),
+                content=content,
+                history=tuple(s._history_response(h, info) for h in head.history),
+                on_release=None,
+                loop=loop,
+                request_url=plan.url_str,
+            )
+        else:  # from_head's, for the usual case
+            version = head.version
+            resp = ClientResponse(
+                head.method,
+                plan.url,
+                status=head.status,
+                reason=head.reason,
+                version=_VERSIONS.get(version) or HttpVersion(*version),
+                raw_headers=tuple(head.headers),
+                content=content,
+                request_info=info,
+                history=(),
+                on_release=None,
+                loop=loop,
+                real_url=info.real_url,
+            )
         if s._resolve_charset is not None:
             resp._resolve_charset = s._resolve_charset
         return resp
@@ -337,6 +353,8 @@ class BrokerFastPath:
         info = RequestInfo(
             purl, prepared.method, CIMultiDictProxy(pheaders), prepared.real_url or purl
         )
+        if info.real_url is not purl and info.real_url.with_fragment(None) != purl:
+            info = RequestInfo(purl, prepared.method, info.headers, purl)  # as from_head
         return _Plan(s, prepared.method, purl, info, list(pheaders.items()), prepared.skip_host)
 
 

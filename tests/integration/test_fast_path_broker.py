@@ -74,8 +74,12 @@ async def test_taken_when_on_and_the_response_is_whole(serve_app, session, gener
             assert resp.request_info.headers["X-A"] == "1"
             assert str(resp.url) == base + "/?q=v" and resp.history == ()
             assert resp.version == worker_client.HttpVersion11
+    for _ in range(2):
+        async with session.get(base + "/#frag") as resp:  # as aiohttp: real_url keeps it
+            assert str(resp.url) == base + "/" and str(resp.real_url) == base + "/#frag"
+            assert str(resp.request_info.real_url) == base + "/#frag"
     assert general_calls == [base + "/"]  # the first made the transport
-    assert fast_count(session) == 3
+    assert fast_count(session) == 5
     assert not session._handles and not session._transport.handles  # type: ignore[union-attr]
 
 
