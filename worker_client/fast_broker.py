@@ -133,7 +133,7 @@ class _Plan:
     """What one (method, URL, headers, params, body length) request always is."""
 
     __slots__ = ("method", "url", "url_str", "info", "headers", "skip_host", "transport",
-                 "frames", "make_error")
+                 "frames", "last", "make_error")
 
     def __init__(self, session: ClientSession, method: str, url: URL, info: RequestInfo,
                  headers: list[tuple[str, str]], skip_host: bool) -> None:
@@ -146,6 +146,7 @@ class _Plan:
         self.transport: Any = None
         # (timeout, allow_redirects) -> (frame start, frame end), or None: no template
         self.frames: dict[Any, tuple[bytes, bytes] | None] = {}
+        self.last: tuple[Any, bool, tuple[bytes, bytes] | None] | None = None
 
         def make_error(failure: Failure) -> BaseException:  # the general path's
             history = tuple(session._history_response(h, info) for h in failure.history)
@@ -201,8 +202,14 @@ class BrokerFastPath:
         if plan.transport is not transport:
             plan.transport = transport
             plan.frames = {}
-        frames = plan.frames
-        template = frames.get((tmo, allow_redirects), _SENTINEL)
+            plan.last = None
+        last = plan.last  # the last one used: no ClientTimeout hashed for it
+        if last is not None and last[0] is tmo and last[1] is allow_redirects:
+            template = last[2]
+        else:
+            template = plan.frames.get((tmo, allow_redirects), _SENTINEL)
+            if template is not _SENTINEL:
+                plan.last = (tmo, allow_redirects, template)
         if jar_channel.closing:
             transport._send_closes()
         sid = transport._next  # next_stream_id()
@@ -211,6 +218,7 @@ class BrokerFastPath:
             req = self._build(plan, sid, data, tmo, allow_redirects, jar[0])
             transport._send_request(req)
             if template is _SENTINEL:
+                frames = plan.frames
                 if len(frames) >= FRAMES_MAX:
                     frames.clear()
                 frames[(tmo, allow_redirects)] = _template(transport, req)
