@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from multidict import CIMultiDictProxy, getversion
 
-from shared.framing import MAX_FRAME
+from shared.framing import MAX_FRAME, _encode
 from shared.messages import Failure, Head, Request
 from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout
 from shared.stream_state import Event, State, step
@@ -144,9 +144,9 @@ class _Plan:
         self.headers = headers
         self.skip_host = skip_host
         self.transport: Any = None
-        # (timeout, allow_redirects) -> (frame start, frame end), or None: no template
-        self.frames: dict[Any, tuple[bytes, bytes] | None] = {}
-        self.last: tuple[Any, bool, tuple[bytes, bytes] | None] | None = None
+        # (timeout, allow_redirects) -> the frame in parts (_template), or None: no template
+        self.frames: dict[Any, tuple[bytes, bytes, bytes] | None] = {}
+        self.last: tuple[Any, bool, tuple[bytes, bytes, bytes] | None] | None = None
 
         def make_error(failure: Failure) -> BaseException:  # the general path's
             history = tuple(session._history_response(h, info) for h in failure.history)
@@ -225,8 +225,12 @@ class BrokerFastPath:
         else:
             if transport._error is not None:
                 raise transport._error
-            start, end = template
-            transport._transport.write(start + _U64.pack(sid) + end)  # type: ignore[union-attr]
+            start, mid, end = template
+            if data is None:
+                frame = start + _U64.pack(sid) + mid
+            else:
+                frame = start + _U64.pack(sid) + mid + _encode(data) + end
+            transport._transport.write(frame)  # type: ignore[union-attr]
         self.requests += 1
         handle = FastHandle(transport, sid, plan.make_error, s._read_bufsize)
         transport.handles[sid] = handle
@@ -366,9 +370,12 @@ class BrokerFastPath:
         return _Plan(s, prepared.method, purl, info, list(pheaders.items()), prepared.skip_host)
 
 
-def _template(transport: IPCTransport, req: Request) -> tuple[bytes, bytes] | None:
+def _template(transport: IPCTransport, req: Request) -> tuple[bytes, bytes, bytes] | None:
     """``req``'s frame as its connection sends it (pool and timeout by id, or the
-    defaults), split around a 9-byte stream id; None if they are not both by id."""
+    defaults), in three parts: before a 9-byte stream id, between it and the body (the
+    rest when there is no body), after the body (a plan's bodies are of one length, so
+    the frame's is too); None if the pool and timeout are not both by id. A MessagePack
+    array is its header then its elements' encodings, so the parts are encoded apart."""
     from shared.framing import _encode
 
     if req.pool is DEFAULT_POOL_BYTES:
@@ -386,15 +393,17 @@ def _template(transport: IPCTransport, req: Request) -> tuple[bytes, bytes] | No
     fields = [getattr(req, name) for name in Request.__struct_fields__[6:_REST]]
     while fields and fields[-1] == _DEFAULTS[len(fields) - 1]:
         fields.pop()
-    marker = 0xFFFF_FFFF_FFFF  # any id of 9 bytes in MessagePack
-    wire = ["req", marker, req.method, req.url, req.headers, pool_id, timeout_id, *fields]
-    body = _encode(wire)
-    coded = b"\xcf" + _U64.pack(marker)
-    at = body.find(coded)
-    if at < 0 or len(body) > MAX_FRAME:
+    wire = ["req", 0, req.method, req.url, req.headers, pool_id, timeout_id, *fields]
+    n = len(wire)
+    header = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    coded = [_encode(x) for x in wire]
+    size = len(header) + sum(map(len, coded)) - 1 + 9  # the id as 9 bytes
+    if size > MAX_FRAME:
         return None
-    start = _LEN.pack(len(body)) + body[: at + 1]
-    return start, body[at + 9 :]
+    start = _LEN.pack(size) + header + coded[0] + b"\xcf"
+    if req.body is None:
+        return start, b"".join(coded[2:]), b""
+    return start, b"".join(coded[2:7]), b"".join(coded[8:])
 
 
 def _items(value: Any) -> tuple[Any, ...]:

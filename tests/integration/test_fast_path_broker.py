@@ -11,6 +11,7 @@ import asyncio
 import gzip
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -107,13 +108,14 @@ async def test_a_post_a_gzip_body_and_raise_for_status(serve_app, session):
     app.router.add_post("/", echo)
     base = await serve_app(app)
     await (await session.post(base + "/", data=b"x")).read()
-    async with session.post(base + "/", data=b"hello") as resp:
-        assert await resp.read() == b"hello"
-        assert resp.content.total_raw_bytes == len(gzip.compress(b"hello"))
+    for body in (b"hello", b"world", b"hallo"):  # one plan (one length), three bodies
+        async with session.post(base + "/", data=body) as resp:
+            assert await resp.read() == body
+            assert resp.content.total_raw_bytes == len(gzip.compress(body))
     with pytest.raises(worker_client.ClientResponseError) as info:
         await session.post(base + "/", data=b"bad", raise_for_status=True)
     assert info.value.status == 418
-    assert fast_count(session) == 2
+    assert fast_count(session) == 4
 
 
 async def test_a_body_that_streams(serve_app, session):
@@ -317,3 +319,55 @@ async def test_templates_follow_the_timeout_the_pool_and_a_new_connection(
                 assert await (await other.get(base + "/")).text() == "hi"
             assert fast_count(other) == 2
         assert (await s.stats()).streams == 0
+
+
+async def test_the_fast_frame_is_the_general_paths_request(
+    serve_app, broker_process, monkeypatch
+):
+    """Decoded as the broker decodes it, the templated frame is the Request the general
+    path sends for the same call (stream id aside)."""
+    from shared.framing import FrameReader
+
+    app = web.Application()
+    app.router.add_post("/", hi)
+    base = await serve_app(app)
+    requests = {}
+    for on in ("0", "1"):
+        monkeypatch.setenv("HTTP_BROKER_FAST_PATH", on)
+        frames: list[bytes] = []
+        async with ClientSession(
+            broker=broker_process.socket_path, connector=worker_client.TCPConnector(limit=4),
+            timeout=ClientTimeout(total=8), max_redirects=3, auto_decompress=False,
+            requote_redirect_url=False,
+        ) as s:
+            await (await s.post(base + "/", data=b"first")).read()
+            raw = s._transport._transport  # type: ignore[union-attr]
+            write = raw.write
+
+            def spy(data: bytes, write=write, frames=frames) -> None:  # type: ignore[no-untyped-def]
+                frames.append(bytes(data))
+                write(data)
+
+            raw.write = spy
+            try:
+                for _ in range(3):
+                    async with s.post(
+                        base + "/", data=b"12345", headers={"X-A": "1"}, allow_redirects=False
+                    ) as resp:
+                        assert await resp.text() == "hi"
+            finally:
+                raw.write = write
+            if on == "1":
+                assert fast_count(s) == 3
+        decoded = [m for f in frames for m in FrameReader().feed(f)]
+        requests[on] = [
+            # each session its own jar; by id, what the pool and timeout fields hold is unread
+            msgspec.structs.asdict(m) | {"stream": 0, "jar": bool(m.jar), "pool": 0, "timeout": 0}
+            for m in decoded
+            if type(m).__name__ == "RequestFrame"
+        ]
+    assert len(requests["0"]) == len(requests["1"]) == 3
+    for r in requests["0"] + requests["1"]:
+        assert r == requests["0"][0]
+    assert requests["1"][0]["body"] == b"12345" and requests["1"][0]["jar"]
+    assert requests["1"][0]["pool_id"] and requests["1"][0]["timeout_id"]
