@@ -195,6 +195,8 @@ class FastPath:
             or (data is not None and (type(data) is not bytes or len(data) > BODY_MAX))
         ):
             return await s._request(method, url, **kw)
+        # converted (and refused: the general path's error) before a byte is sent
+        timeout = s._timeout if timeout is _SENTINEL else _request_timeout(timeout)
         store = jar[1]
         plan = self._plan(method, url, headers, params, data)
         if plan is None or jar[0] or (store is not None and len(store)):
@@ -207,7 +209,7 @@ class FastPath:
             return await s._request(method, url, **kw)
         self.requests += 1
         call = _Call(fut, conn, pool)
-        call.arm(s._timeout if timeout is _SENTINEL else _request_timeout(timeout), transport)
+        call.arm(timeout, transport)
         handles = s._handles
         handles.add(call)  # type: ignore[arg-type]
         try:

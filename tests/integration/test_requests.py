@@ -563,6 +563,30 @@ async def test_a_bad_timeout_is_a_clear_error_that_leaves_nothing(make_session, 
     assert "never retrieved" not in caplog.text
 
 
+async def test_a_bad_timeout_on_a_kept_alive_connection_sends_nothing(raw_server, session):
+    """Refused before a byte is sent, also when an idle connection is there to take
+    (the fast path's case): the connection stays idle for the next request."""
+    heads: list[bytes] = []
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        while True:
+            heads.append(await read_request_head(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    for bad in ("5", True, [5]):
+        with pytest.raises(TypeError, match="a ClientTimeout or a number of seconds"):
+            await session.get(base + "/bad", timeout=bad)
+    with pytest.raises(ValueError, match="must be None or >= 0"):
+        await session.get(base + "/bad", timeout=-1)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    assert [h.split(b" ")[1] for h in heads] == [b"/", b"/"]
+    assert len(connections) == 1
+
+
 async def test_the_session_timeout_must_be_a_client_timeout_as_in_aiohttp():
     import aiohttp
 
