@@ -44,6 +44,7 @@ from .response import _VERSIONS, ClientResponse, StreamReader
 
 if TYPE_CHECKING:
     from broker.connector import Pool
+    from broker.failures import ConnectionFailure
     from broker.http1 import HTTP1Connection
 
     from .session import ClientSession
@@ -98,15 +99,22 @@ class _Call:
 
     __slots__ = ("fut", "conn", "pool", "deadlines", "timer", "unwatch", "late", "__weakref__")
 
-    def __init__(self, fut: asyncio.Future[Any], conn: HTTP1Connection, pool: Pool) -> None:
+    def __init__(self, fut: asyncio.Future[Any], pool: Pool) -> None:
         self.fut = fut
-        self.conn = conn
+        self.conn: HTTP1Connection = None  # type: ignore[assignment]  # set once started
         self.pool = pool
         self.deadlines: Any = None
         self.timer: Any = None
         self.unwatch: Any = None
         # given up after the head came, before the caller resumed: it fails all the same
         self.late: BaseException | None = None
+
+    def told(self, result: ResponseHead | ConnectionFailure) -> None:
+        """``on_response``: the answer, unless given up already (a cancel of the task
+        cancels ``fut`` before the request resumes to abandon the connection)."""
+        fut = self.fut
+        if not fut.done():
+            fut.set_result(result)
 
     def arm(self, timeout: ClientTimeout, transport: Any) -> None:
         if timeout.total:
@@ -203,12 +211,13 @@ class FastPath:
             return await s._request(method, url, **kw)
         pool = transport.engine.registry.pool_for(s._pool)  # type: ignore[attr-defined]
         fut = transport.loop.create_future()
-        conn = engine_fast.start(pool, plan.key, plan.method, plan.head, data, fut.set_result,
+        call = _Call(fut, pool)
+        conn = engine_fast.start(pool, plan.key, plan.method, plan.head, data, call.told,
                                  self._limits)
         if conn is None:
             return await s._request(method, url, **kw)
         self.requests += 1
-        call = _Call(fut, conn, pool)
+        call.conn = conn
         call.arm(timeout, transport)
         handles = s._handles
         handles.add(call)  # type: ignore[arg-type]

@@ -397,3 +397,39 @@ async def test_a_timeout_after_the_head_came_still_fails_the_request(
         assert await resp.read() == b"ok"
     assert fast_count(session) == 2
     assert len(connections) == 1
+
+
+@pytest.mark.parametrize("fast", ["0", "1"])
+async def test_a_cancel_as_the_answer_arrives(raw_server, monkeypatch, fast):
+    """Cancelled in the loop pass that brings the whole response, before the request
+    resumes: as on the general path, nothing fails in the connection's callbacks (the
+    answer finds the request's future cancelled) and the connection, its exchange
+    complete, is kept for the next request."""
+    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", fast)
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    answered = asyncio.Event()
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        await read_request_head(reader)
+        writer.write(ok())
+        await read_request_head(reader)
+        writer.write(ok(b"late"))  # in the socket before the test resumes: read after it
+        answered.set()
+        await read_request_head(reader)
+        writer.write(ok(b"next"))
+        await reader.read()
+
+    base = await raw_server(handler)
+    async with ClientSession(broker=None) as s:
+        assert await (await s.get(base + "/")).read() == b"ok"
+        task = asyncio.ensure_future(s.get(base + "/"))
+        await answered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await (await s.get(base + "/")).read() == b"next"
+    assert errors == []
+    assert len(connections) == 1
