@@ -6,7 +6,7 @@ Taken when the session has no middlewares, trace configs, proxy, ``trust_env`` n
 ssl= of its connector's own, and the call names nothing but ``headers``, ``params``,
 ``data`` (bytes, at most ``BODY_MAX``), ``timeout``, ``allow_redirects`` and
 ``raise_for_status``; then, per request, when the transport is embedded (made by an
-earlier request), the cookie jar holds no cookie (it would add a Cookie header), the
+earlier request), no trace config was added to the session since, the cookie jar holds no cookie (it would add a Cookie header), the
 request asks no 100-continue, and the pool has an idle connection for it. Anything
 else takes the general path (``ClientSession._request``) before a byte is sent. After
 the head, a response that is not complete with its head, is a redirect to follow, has
@@ -198,6 +198,7 @@ class FastPath:
             transport is None
             or transport.closed
             or s.closed
+            or s._trace_configs  # one added since (aiohttp reads the list per request)
             or jar is None
             or self._forks != _forks[0]
             or (data is not None and (type(data) is not bytes or len(data) > BODY_MAX))
