@@ -6,9 +6,9 @@ Taken when the session has no middlewares, trace configs, proxy, ``trust_env`` n
 ssl= of its connector's own, and the call names nothing but ``headers``, ``params``,
 ``data`` (bytes, at most ``BODY_MAX``), ``timeout``, ``allow_redirects`` and
 ``raise_for_status``; then, per request, when the transport is embedded (made by an
-earlier request), no trace config was added to the session since, the cookie jar holds no cookie (it would add a Cookie header), the
-request asks no 100-continue, and the pool has an idle connection for it. Anything
-else takes the general path (``ClientSession._request``) before a byte is sent. After
+earlier request), no trace config was added to the session since, the cookie jar
+holds no cookie (it would add a Cookie header), the request asks no 100-continue, and
+the pool has an idle connection for it. Anything else takes the general path (``ClientSession._request``) before a byte is sent. After
 the head, a response that is not complete with its head, is a redirect to follow, has
 a body to decode, or a failure (a stale connection's retry included) is handed to the
 engine with its connection (``Engine.perform(first=...)``) through the general path,
