@@ -8,11 +8,12 @@ ssl= of its connector's own, and the call names nothing but ``headers``, ``param
 ``raise_for_status``; then, per request, when the transport is embedded (made by an
 earlier request), no trace config was added to the session since, the cookie jar
 holds no cookie (it would add a Cookie header), the request asks no 100-continue, and
-the pool has an idle connection for it. Anything else takes the general path (``ClientSession._request``) before a byte is sent. After
-the head, a response that is not complete with its head, is a redirect to follow, has
-a body to decode, or a failure (a stale connection's retry included) is handed to the
-engine with its connection (``Engine.perform(first=...)``) through the general path,
-which goes on as if it had made that attempt itself. ``HTTP_BROKER_FAST_PATH=0`` (read
+the pool has an idle connection for it. Anything else takes the general path
+(``ClientSession._request``) before a byte is sent. After the head, a response that
+is not complete with its head, is a redirect to follow, has a body to decode, or a
+failure (a stale connection's retry included) is handed to the engine with its
+connection (``Engine.perform(first=...)``) through the general path, which goes on
+as if it had made that attempt itself. ``HTTP_BROKER_FAST_PATH=0`` (read
 when a session is made) turns the fast path off.
 
 Plans: what is the same from one request to the next for a (method, URL, headers,
@@ -210,7 +211,8 @@ class FastPath:
         plan = self._plan(method, url, headers, params, data)
         if plan is None or jar[0] or (store is not None and len(store)):
             return await s._request(method, url, **kw)
-        pool = transport.engine.registry.pool_for(s._pool)  # type: ignore[attr-defined]
+        engine = transport.engine  # type: ignore[attr-defined]
+        pool = engine.registry.pool_for(s._pool)
         fut = transport.loop.create_future()
         call = _Call(fut, pool)
         conn = engine_fast.start(pool, plan.key, plan.method, plan.head, data, call.told,
@@ -218,6 +220,7 @@ class FastPath:
         if conn is None:
             return await s._request(method, url, **kw)
         self.requests += 1
+        engine.requests += 1  # the figures' count (``perform`` counts none with ``first``)
         call.conn = conn
         call.arm(timeout, transport)
         handles = s._handles

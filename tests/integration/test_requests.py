@@ -286,6 +286,29 @@ async def test_sequential_requests_reuse_one_connection(serve_app, session):
     assert len(set(ports)) == 1
 
 
+async def test_the_figures_count_every_request(serve_app, session):
+    """``stats().requests`` counts the requests on a kept-alive connection too (the
+    fast path's), a redirect's hops once, as docs/operations.md says."""
+    app, _ = counting_app()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=request.path)
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/0")
+
+    app.router.add_get("/r", moved)
+    app.router.add_get("/{n}", page)
+    base = await serve_app(app)
+    before = (await session.stats()).requests
+    for n in range(3):
+        async with session.get(f"{base}/{n}") as resp:
+            assert await resp.text() == f"/{n}"
+    async with session.get(f"{base}/r") as resp:
+        assert await resp.text() == "/0"
+    assert (await session.stats()).requests - before == 4
+
+
 async def test_concurrent_requests_each_get_an_answer(serve_app, session):
     app, ports = counting_app()
     all_in = asyncio.Event()
