@@ -17,11 +17,11 @@ as if it had made that attempt itself. ``HTTP_BROKER_FAST_PATH=0`` (read
 when a session is made) turns the fast path off.
 
 Plans: what is the same from one request to the next for a (method, URL, headers,
-params, body length) key: the checked URL, the ``RequestInfo``, the request head as
-written and the pool key, made once by the general path's own pure code
-(``prepare_request``, ``build_head``). A session keeps at most ``PLANS_MAX`` of them
-(emptied when full), and drops them all when the session's default headers change
-(their multidict version).
+params, body length) key (the types of its strings too): the checked URL, the
+``RequestInfo``, the request head as written and the pool key, made once by the
+general path's own pure code (``prepare_request``, ``build_head``). A session keeps
+at most ``PLANS_MAX`` of them (emptied when full), and drops them all when the
+session's default headers change (their multidict version).
 """
 
 from __future__ import annotations
@@ -157,9 +157,10 @@ class _Call:
 
 def _items(value: Any) -> tuple[Any, ...]:
     """A cache key part for headers or params: the items of a dict (of str: else
-    ``_make_plan`` finds no plan); TypeError for anything else."""
+    ``_make_plan`` finds no plan) and their types (a str subclass, an Enum member, equals
+    its value but may be written otherwise); TypeError for anything else."""
     if type(value) is dict:
-        return tuple(value.items())
+        return (*value.items(), *map(type, value), *map(type, value.values()))
     raise TypeError
 
 
@@ -285,6 +286,7 @@ class FastPath:
             key = (
                 method,
                 url,
+                type(url),  # as for ``_items``
                 None if headers is None else _items(headers),
                 None if params is None else _items(params),
                 -1 if data is None else len(data),

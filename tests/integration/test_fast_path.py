@@ -6,6 +6,7 @@ misbehave). The request-level test files also run with the fast path off (.ci/ru
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncIterator
 
 import pytest
@@ -433,3 +434,40 @@ async def test_a_cancel_as_the_answer_arrives(raw_server, monkeypatch, fast):
         assert await (await s.get(base + "/")).read() == b"next"
     assert errors == []
     assert len(connections) == 1
+
+
+class _Str(str, enum.Enum):
+    """A str that equals (and hashes as) its value but is written as ``_Str.X``."""
+
+    VALUE = "v"
+    URL = "http://127.0.0.1:1/"
+
+
+@pytest.mark.parametrize("fast", ["0", "1"])
+async def test_a_str_subclass_equal_to_a_cached_request_is_not_taken_for_it(
+    raw_server, monkeypatch, fast
+):
+    """A plan is for requests written the same: a header, a query value or a URL of a
+    str subclass that equals another request's plain str (an Enum member) is written
+    as the general path (and aiohttp) writes it, not as the plain one was."""
+    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", fast)
+    heads: list[bytes] = []
+
+    async def handler(reader, writer):
+        while True:
+            heads.append(await read_request_head(reader))
+            writer.write(ok())
+
+    base = await raw_server(handler)
+    async with ClientSession(broker=None) as s:
+        for _ in range(2):
+            assert await (await s.get(base + "/", headers={"X-A": "v"})).read() == b"ok"
+            assert await (await s.get(base + "/", params={"q": "v"})).read() == b"ok"
+            with pytest.raises(worker_client.ClientConnectionError):
+                await s.get("http://127.0.0.1:1/")
+        assert await (await s.get(base + "/", headers={"X-A": _Str.VALUE})).read() == b"ok"
+        assert f"\r\nX-A: {_Str.VALUE}\r\n".encode() in heads[-1]  # (Python's format)
+        assert await (await s.get(base + "/", params={"q": _Str.VALUE})).read() == b"ok"
+        assert heads[-1].startswith(b"GET /?q=_Str.VALUE ")
+        with pytest.raises(worker_client.InvalidUrlClientError):
+            await s.get(_Str.URL)
