@@ -102,7 +102,7 @@ class _Call:
 
     def __init__(self, fut: asyncio.Future[Any], pool: Pool) -> None:
         self.fut = fut
-        self.conn: HTTP1Connection = None  # type: ignore[assignment]  # set once started
+        self.conn: HTTP1Connection | None = None  # set once started, None once given up
         self.pool = pool
         self.deadlines: Any = None
         self.timer: Any = None
@@ -122,6 +122,7 @@ class _Call:
             self.deadlines = transport.deadlines
             self.timer = self.deadlines.add(self, timeout.total, timeout.ceil_threshold)
         if timeout.sock_read:
+            assert self.conn is not None
             self.unwatch = watch_silence(transport.loop, self.conn, self.fut, timeout.sock_read)
 
     def disarm(self) -> None:
@@ -140,6 +141,12 @@ class _Call:
         return max(due - self.fut.get_loop().time(), 0.0)
 
     def give_up(self, exc: BaseException | None = None) -> None:
+        """Once: the connection goes back with the first reason (a timeout, the
+        session's close, a cancel); another request may hold it by the next."""
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
         fut = self.fut
         if not fut.done():
             if exc is None:
@@ -148,7 +155,7 @@ class _Call:
                 fut.set_exception(exc)
         elif exc is not None:
             self.late = exc
-        engine_fast.abandon(self.pool, self.conn)
+        engine_fast.abandon(self.pool, conn)
 
     def _timed_out(self) -> None:
         self.timer = None

@@ -471,3 +471,44 @@ async def test_a_str_subclass_equal_to_a_cached_request_is_not_taken_for_it(
         assert heads[-1].startswith(b"GET /?q=_Str.VALUE ")
         with pytest.raises(worker_client.InvalidUrlClientError):
             await s.get(_Str.URL)
+
+
+async def test_a_request_given_up_twice_lets_go_of_its_connection_once(
+    raw_server, session, monkeypatch
+):
+    """Given up after the head came (its total timeout), the connection back in the pool
+    and leased by another request, then given up again (the session's close, or a
+    cancel, before it resumes): the other request's lease is left alone."""
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        while True:
+            await read_request_head(reader)
+            writer.write(ok())
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    original = broker_fast.start
+    leased: list[object] = []
+
+    def start(pool, key, method, head, body, on_response, limits):  # type: ignore[no-untyped-def]
+        def told(result):  # type: ignore[no-untyped-def]
+            on_response(result)
+            (call,) = session._handles
+            call._timed_out()  # type: ignore[attr-defined]
+            leased.append(pool.take_idle(key))  # another request's, in the meantime
+            call.give_up(worker_client.ClientConnectionError("Connection closed"))
+
+        return original(pool, key, method, head, body, told, limits)
+
+    monkeypatch.setattr(broker_fast, "start", start)
+    with pytest.raises(asyncio.TimeoutError):
+        await session.get(base + "/")
+    monkeypatch.setattr(broker_fast, "start", original)
+    (conn,) = leased
+    assert conn.in_use and not conn.closed  # type: ignore[attr-defined]
+    pool = session._transport.engine.registry.pool_for(session._pool)  # type: ignore[union-attr]
+    pool.give_back(conn)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    assert len(connections) == 1
