@@ -448,7 +448,18 @@ class Exchange:
                     return events
                 return events + self.receive_data(data[room:])
             self._head_bytes += len(data)
-        return self._parse(data)
+        events = self._events = []  # ``_parse``, inline: this runs once per read
+        try:
+            self._parser.feed_data(data)
+            if self.recv is R_AWAITING_HEAD and self._headers:
+                self._check_partial()  # a head not yet complete: its fields so far
+        except httptools.HttpParserUpgrade:
+            self._upgraded(events)
+        except httptools.HttpParserError as exc:
+            self._parse_failed(events, exc)
+        except _HeadTooLarge as exc:
+            events.append(self.fail(ConnectionFailure("bad_response", str(exc))))
+        return events
 
     def _count(self, data: bytes | memoryview) -> list[Event]:
         """The bytes of a body the parser was bypassed for (``body_left`` of them are
