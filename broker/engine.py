@@ -111,8 +111,10 @@ class Engine:
         caller, which knows whose jars the worker may name. ``tls``: the ``TlsSpec``
         that ``req.tls`` names (None for the default), found by the caller likewise.
         ``first``: the fast path's outcome of the first hop's attempt (``broker.fast``),
-        which the engine takes on from there as if it had made that attempt itself."""
-        self.requests += 1
+        which the engine takes on from there as if it had made that attempt itself
+        (counted in ``requests`` by the fast path already)."""
+        if first is None:
+            self.requests += 1
         history: list[HistoryItem] = []
         try:
             await self._hops(req, stream, history, checked_url, jar, tls, first)

@@ -39,7 +39,7 @@ Rules kept here, all from aiohttp's client where it has one:
 - Head limits, per request (``HeadLimits``, aiohttp's ``max_line_size``,
   ``max_field_size``, ``max_headers``: 8190, 8190, 128 by default), with aiohttp's
   messages; the status line's reason is checked as it arrives, a field (name plus
-  value) once httptools hands it over, so the whole head is also capped at
+  value) by the end of the read that completed it, so the whole head is also capped at
   ``MAX_HEAD_BYTES`` counted as it arrives, whatever the limits (the parser is fed at
   most the room left while the head is awaited, so body bytes that come in the same
   read never count, whatever the read size). A limit is at most
@@ -448,13 +448,17 @@ class Exchange:
                     return events
                 return events + self.receive_data(data[room:])
             self._head_bytes += len(data)
-        events = self._events = []
+        events = self._events = []  # ``_parse``, inline: this runs once per read
         try:
             self._parser.feed_data(data)
+            if self.recv is R_AWAITING_HEAD and self._headers:
+                self._check_partial()  # a head not yet complete: its fields so far
         except httptools.HttpParserUpgrade:
             self._upgraded(events)
         except httptools.HttpParserError as exc:
             self._parse_failed(events, exc)
+        except _HeadTooLarge as exc:
+            events.append(self.fail(ConnectionFailure("bad_response", str(exc))))
         return events
 
     def _count(self, data: bytes | memoryview) -> list[Event]:
@@ -491,10 +495,14 @@ class Exchange:
         events = self._events = []
         try:
             self._parser.feed_data(data)
+            if self.recv is R_AWAITING_HEAD and self._headers:
+                self._check_partial()  # a head not yet complete: its fields so far
         except httptools.HttpParserUpgrade:
             self._upgraded(events)
         except httptools.HttpParserError as exc:
             self._parse_failed(events, exc)
+        except _HeadTooLarge as exc:
+            events.append(self.fail(ConnectionFailure("bad_response", str(exc))))
         return events
 
     def _upgraded(self, events: list[Event]) -> None:
@@ -625,11 +633,17 @@ class Exchange:
                 self._refused = "Too many headers received"
                 raise _HeadTooLarge(self._refused)
 
-    def on_headers_complete(self) -> None:
+    def _check_partial(self) -> None:
+        """The fields of the head so far, when it did not complete in the reads until
+        now: a broken limit fails at once (as when each is checked as it comes), not
+        after a head that may never end."""
         limits = self._limits
         # no field can be longer than the head so far: the usual case checks nothing
         if self._head_bytes > limits.field or len(self._headers) > limits.headers:
             self._check_fields()
+
+    def on_headers_complete(self) -> None:
+        self._check_partial()
         if self.recv is not R_AWAITING_HEAD:
             self.spoiled = True  # a second response to one request
             return

@@ -6,21 +6,22 @@ Taken when the session has no middlewares, trace configs, proxy, ``trust_env`` n
 ssl= of its connector's own, and the call names nothing but ``headers``, ``params``,
 ``data`` (bytes, at most ``BODY_MAX``), ``timeout``, ``allow_redirects`` and
 ``raise_for_status``; then, per request, when the transport is embedded (made by an
-earlier request), the cookie jar holds no cookie (it would add a Cookie header), the
-request asks no 100-continue, and the pool has an idle connection for it. Anything
-else takes the general path (``ClientSession._request``) before a byte is sent. After
-the head, a response that is not complete with its head, is a redirect to follow, has
-a body to decode, or a failure (a stale connection's retry included) is handed to the
-engine with its connection (``Engine.perform(first=...)``) through the general path,
-which goes on as if it had made that attempt itself. ``HTTP_BROKER_FAST_PATH=0`` (read
+earlier request), no trace config was added to the session since, the cookie jar
+holds no cookie (it would add a Cookie header), the request asks no 100-continue, and
+the pool has an idle connection for it. Anything else takes the general path
+(``ClientSession._request``) before a byte is sent. After the head, a response that
+is not complete with its head, is a redirect to follow, has a body to decode, or a
+failure (a stale connection's retry included) is handed to the engine with its
+connection (``Engine.perform(first=...)``) through the general path, which goes on
+as if it had made that attempt itself. ``HTTP_BROKER_FAST_PATH=0`` (read
 when a session is made) turns the fast path off.
 
 Plans: what is the same from one request to the next for a (method, URL, headers,
-params, body length) key: the checked URL, the ``RequestInfo``, the request head as
-written and the pool key, made once by the general path's own pure code
-(``prepare_request``, ``build_head``). A session keeps at most ``PLANS_MAX`` of them
-(emptied when full), and drops them all when the session's default headers change
-(their multidict version).
+params, body length) key (the types of its strings too): the checked URL, the
+``RequestInfo``, the request head as written and the pool key, made once by the
+general path's own pure code (``prepare_request``, ``build_head``). A session keeps
+at most ``PLANS_MAX`` of them (emptied when full), and drops them all when the
+session's default headers change (their multidict version).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .response import _VERSIONS, ClientResponse, StreamReader
 
 if TYPE_CHECKING:
     from broker.connector import Pool
+    from broker.failures import ConnectionFailure
     from broker.http1 import HTTP1Connection
 
     from .session import ClientSession
@@ -98,9 +100,9 @@ class _Call:
 
     __slots__ = ("fut", "conn", "pool", "deadlines", "timer", "unwatch", "late", "__weakref__")
 
-    def __init__(self, fut: asyncio.Future[Any], conn: HTTP1Connection, pool: Pool) -> None:
+    def __init__(self, fut: asyncio.Future[Any], pool: Pool) -> None:
         self.fut = fut
-        self.conn = conn
+        self.conn: HTTP1Connection | None = None  # set once started, None once given up
         self.pool = pool
         self.deadlines: Any = None
         self.timer: Any = None
@@ -108,11 +110,19 @@ class _Call:
         # given up after the head came, before the caller resumed: it fails all the same
         self.late: BaseException | None = None
 
+    def told(self, result: ResponseHead | ConnectionFailure) -> None:
+        """``on_response``: the answer, unless given up already (a cancel of the task
+        cancels ``fut`` before the request resumes to abandon the connection)."""
+        fut = self.fut
+        if not fut.done():
+            fut.set_result(result)
+
     def arm(self, timeout: ClientTimeout, transport: Any) -> None:
         if timeout.total:
             self.deadlines = transport.deadlines
             self.timer = self.deadlines.add(self, timeout.total, timeout.ceil_threshold)
         if timeout.sock_read:
+            assert self.conn is not None
             self.unwatch = watch_silence(transport.loop, self.conn, self.fut, timeout.sock_read)
 
     def disarm(self) -> None:
@@ -131,6 +141,12 @@ class _Call:
         return max(due - self.fut.get_loop().time(), 0.0)
 
     def give_up(self, exc: BaseException | None = None) -> None:
+        """Once: the connection goes back with the first reason (a timeout, the
+        session's close, a cancel); another request may hold it by the next."""
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
         fut = self.fut
         if not fut.done():
             if exc is None:
@@ -139,7 +155,7 @@ class _Call:
                 fut.set_exception(exc)
         elif exc is not None:
             self.late = exc
-        engine_fast.abandon(self.pool, self.conn)
+        engine_fast.abandon(self.pool, conn)
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -148,9 +164,10 @@ class _Call:
 
 def _items(value: Any) -> tuple[Any, ...]:
     """A cache key part for headers or params: the items of a dict (of str: else
-    ``_make_plan`` finds no plan); TypeError for anything else."""
+    ``_make_plan`` finds no plan) and their types (a str subclass, an Enum member, equals
+    its value but may be written otherwise); TypeError for anything else."""
     if type(value) is dict:
-        return tuple(value.items())
+        return (*value.items(), *map(type, value), *map(type, value.values()))
     raise TypeError
 
 
@@ -190,24 +207,30 @@ class FastPath:
             transport is None
             or transport.closed
             or s.closed
+            or s._trace_configs  # one added since (aiohttp reads the list per request)
             or jar is None
             or self._forks != _forks[0]
             or (data is not None and (type(data) is not bytes or len(data) > BODY_MAX))
         ):
             return await s._request(method, url, **kw)
+        # converted (and refused: the general path's error) before a byte is sent
+        timeout = s._timeout if timeout is _SENTINEL else _request_timeout(timeout)
         store = jar[1]
         plan = self._plan(method, url, headers, params, data)
         if plan is None or jar[0] or (store is not None and len(store)):
             return await s._request(method, url, **kw)
-        pool = transport.engine.registry.pool_for(s._pool)  # type: ignore[attr-defined]
+        engine = transport.engine  # type: ignore[attr-defined]
+        pool = engine.registry.pool_for(s._pool)
         fut = transport.loop.create_future()
-        conn = engine_fast.start(pool, plan.key, plan.method, plan.head, data, fut.set_result,
+        call = _Call(fut, pool)
+        conn = engine_fast.start(pool, plan.key, plan.method, plan.head, data, call.told,
                                  self._limits)
         if conn is None:
             return await s._request(method, url, **kw)
         self.requests += 1
-        call = _Call(fut, conn, pool)
-        call.arm(s._timeout if timeout is _SENTINEL else _request_timeout(timeout), transport)
+        engine.requests += 1  # the figures' count (``perform`` counts none with ``first``)
+        call.conn = conn
+        call.arm(timeout, transport)
         handles = s._handles
         handles.add(call)  # type: ignore[arg-type]
         try:
@@ -270,6 +293,7 @@ class FastPath:
             key = (
                 method,
                 url,
+                type(url),  # as for ``_items``
                 None if headers is None else _items(headers),
                 None if params is None else _items(params),
                 -1 if data is None else len(data),

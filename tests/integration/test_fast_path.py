@@ -6,6 +6,7 @@ misbehave). The request-level test files also run with the fast path off (.ci/ru
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncIterator
 
 import pytest
@@ -396,4 +397,118 @@ async def test_a_timeout_after_the_head_came_still_fails_the_request(
     async with session.get(base + "/") as resp:
         assert await resp.read() == b"ok"
     assert fast_count(session) == 2
+    assert len(connections) == 1
+
+
+@pytest.mark.parametrize("fast", ["0", "1"])
+async def test_a_cancel_as_the_answer_arrives(raw_server, monkeypatch, fast):
+    """Cancelled in the loop pass that brings the whole response, before the request
+    resumes: as on the general path, nothing fails in the connection's callbacks (the
+    answer finds the request's future cancelled) and the connection, its exchange
+    complete, is kept for the next request."""
+    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", fast)
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    answered = asyncio.Event()
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        await read_request_head(reader)
+        writer.write(ok())
+        await read_request_head(reader)
+        writer.write(ok(b"late"))  # in the socket before the test resumes: read after it
+        answered.set()
+        await read_request_head(reader)
+        writer.write(ok(b"next"))
+        await reader.read()
+
+    base = await raw_server(handler)
+    async with ClientSession(broker=None) as s:
+        assert await (await s.get(base + "/")).read() == b"ok"
+        task = asyncio.ensure_future(s.get(base + "/"))
+        await answered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await (await s.get(base + "/")).read() == b"next"
+    assert errors == []
+    assert len(connections) == 1
+
+
+class _Str(str, enum.Enum):
+    """A str that equals (and hashes as) its value but is written as ``_Str.X``."""
+
+    VALUE = "v"
+    URL = "http://127.0.0.1:1/"
+
+
+@pytest.mark.parametrize("fast", ["0", "1"])
+async def test_a_str_subclass_equal_to_a_cached_request_is_not_taken_for_it(
+    raw_server, monkeypatch, fast
+):
+    """A plan is for requests written the same: a header, a query value or a URL of a
+    str subclass that equals another request's plain str (an Enum member) is written
+    as the general path (and aiohttp) writes it, not as the plain one was."""
+    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", fast)
+    heads: list[bytes] = []
+
+    async def handler(reader, writer):
+        while True:
+            heads.append(await read_request_head(reader))
+            writer.write(ok())
+
+    base = await raw_server(handler)
+    async with ClientSession(broker=None) as s:
+        for _ in range(2):
+            assert await (await s.get(base + "/", headers={"X-A": "v"})).read() == b"ok"
+            assert await (await s.get(base + "/", params={"q": "v"})).read() == b"ok"
+            with pytest.raises(worker_client.ClientConnectionError):
+                await s.get("http://127.0.0.1:1/")
+        assert await (await s.get(base + "/", headers={"X-A": _Str.VALUE})).read() == b"ok"
+        assert f"\r\nX-A: {_Str.VALUE}\r\n".encode() in heads[-1]  # (Python's format)
+        assert await (await s.get(base + "/", params={"q": _Str.VALUE})).read() == b"ok"
+        assert heads[-1].startswith(b"GET /?q=_Str.VALUE ")
+        with pytest.raises(worker_client.InvalidUrlClientError):
+            await s.get(_Str.URL)
+
+
+async def test_a_request_given_up_twice_lets_go_of_its_connection_once(
+    raw_server, session, monkeypatch
+):
+    """Given up after the head came (its total timeout), the connection back in the pool
+    and leased by another request, then given up again (the session's close, or a
+    cancel, before it resumes): the other request's lease is left alone."""
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        while True:
+            await read_request_head(reader)
+            writer.write(ok())
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    original = broker_fast.start
+    leased: list[object] = []
+
+    def start(pool, key, method, head, body, on_response, limits):  # type: ignore[no-untyped-def]
+        def told(result):  # type: ignore[no-untyped-def]
+            on_response(result)
+            (call,) = session._handles
+            call._timed_out()  # type: ignore[attr-defined]
+            leased.append(pool.take_idle(key))  # another request's, in the meantime
+            call.give_up(worker_client.ClientConnectionError("Connection closed"))
+
+        return original(pool, key, method, head, body, told, limits)
+
+    monkeypatch.setattr(broker_fast, "start", start)
+    with pytest.raises(asyncio.TimeoutError):
+        await session.get(base + "/")
+    monkeypatch.setattr(broker_fast, "start", original)
+    (conn,) = leased
+    assert conn.in_use and not conn.closed  # type: ignore[attr-defined]
+    pool = session._transport.engine.registry.pool_for(session._pool)  # type: ignore[union-attr]
+    pool.give_back(conn)
+    assert await (await session.get(base + "/")).read() == b"ok"
     assert len(connections) == 1

@@ -17,6 +17,7 @@ from worker_client import (
     ClientOSError,
     ClientPayloadError,
     ClientResponseError,
+    ClientTimeout,
     ServerDisconnectedError,
 )
 
@@ -313,4 +314,35 @@ async def test_oversized_heads_are_refused(make_session, raw_server, head, needl
     session = make_session()
     with pytest.raises(ClientResponseError, match=needle) as info:
         await session.get(base + "/")
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("head", "needle"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\nX-Next: b\r\n",
+            "Got more than 8190 bytes when reading",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(200)),
+            "Too many headers received",
+        ),
+    ],
+    ids=["long", "many"],
+)
+async def test_a_head_over_a_limit_fails_before_it_ends(make_session, raw_server, head, needle):
+    """As aiohttp: the fields that broke a limit fail the request at once, though the
+    server never ends the head (no wait for the total timeout)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        await writer.drain()
+        await reader.read()
+
+    base = await raw_server(handler)
+    session = make_session()
+    with pytest.raises(ClientResponseError, match=needle) as info:
+        await session.get(base + "/", timeout=ClientTimeout(total=20))
     assert info.value.status == 400

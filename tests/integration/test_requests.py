@@ -286,6 +286,29 @@ async def test_sequential_requests_reuse_one_connection(serve_app, session):
     assert len(set(ports)) == 1
 
 
+async def test_the_figures_count_every_request(serve_app, session):
+    """``stats().requests`` counts the requests on a kept-alive connection too (the
+    fast path's), a redirect's hops once, as docs/operations.md says."""
+    app, _ = counting_app()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=request.path)
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/0")
+
+    app.router.add_get("/r", moved)
+    app.router.add_get("/{n}", page)
+    base = await serve_app(app)
+    before = (await session.stats()).requests
+    for n in range(3):
+        async with session.get(f"{base}/{n}") as resp:
+            assert await resp.text() == f"/{n}"
+    async with session.get(f"{base}/r") as resp:
+        assert await resp.text() == "/0"
+    assert (await session.stats()).requests - before == 4
+
+
 async def test_concurrent_requests_each_get_an_answer(serve_app, session):
     app, ports = counting_app()
     all_in = asyncio.Event()
@@ -561,6 +584,30 @@ async def test_a_bad_timeout_is_a_clear_error_that_leaves_nothing(make_session, 
     await session.close()
     gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+async def test_a_bad_timeout_on_a_kept_alive_connection_sends_nothing(raw_server, session):
+    """Refused before a byte is sent, also when an idle connection is there to take
+    (the fast path's case): the connection stays idle for the next request."""
+    heads: list[bytes] = []
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(1)
+        while True:
+            heads.append(await read_request_head(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    base = await raw_server(handler)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    for bad in ("5", True, [5]):
+        with pytest.raises(TypeError, match="a ClientTimeout or a number of seconds"):
+            await session.get(base + "/bad", timeout=bad)
+    with pytest.raises(ValueError, match="must be None or >= 0"):
+        await session.get(base + "/bad", timeout=-1)
+    assert await (await session.get(base + "/")).read() == b"ok"
+    assert [h.split(b" ")[1] for h in heads] == [b"/", b"/"]
+    assert len(connections) == 1
 
 
 async def test_the_session_timeout_must_be_a_client_timeout_as_in_aiohttp():

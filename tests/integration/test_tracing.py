@@ -183,6 +183,25 @@ async def test_start_end_and_response_chunk(client, serve_app):
     assert rec.names(WORKER_SIGNALS) == ["request_start", "request_end"]
 
 
+async def test_a_config_added_to_the_session_later_traces_its_requests(client, serve_app):
+    """As aiohttp reads ``session.trace_configs`` per request: a (frozen) config added
+    after the session was made traces the next requests, on a kept-alive connection too."""
+    base = await serve_app(_app())
+    session = client.make()
+    for _ in range(2):
+        async with session.get(base + "/") as resp:
+            assert await resp.text() == "hello"
+    rec = Recorder(client)
+    rec.config.freeze()
+    session.trace_configs.append(rec.config)
+    for _ in range(2):
+        async with session.get(base + "/") as resp:
+            assert await resp.text() == "hello"
+    assert rec.names(WORKER_SIGNALS) == [
+        "request_start", "request_end", "response_chunk_received"
+    ] * 2
+
+
 async def test_redirect_ends_at_the_last_url(client, serve_app):
     base = await serve_app(_app())
     rec = Recorder(client)

@@ -178,6 +178,26 @@ def test_head_limits_and_garbage_fail(head, detail, one_byte):
     assert ex.receive_data(b"more") == []  # a failed exchange takes nothing further
 
 
+@pytest.mark.parametrize(
+    "head, detail",
+    [
+        (b"HTTP/1.1 200 OK\r\nX: " + b"a" * (MAX_FIELD_SIZE + 1) + b"\r\nY: z\r\n",
+         f"Got more than {MAX_FIELD_SIZE} bytes when reading: b'aaa"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (MAX_HEADERS + 2), "Too many headers received"),
+    ],
+    ids=["long", "many"],
+)
+@byte_by_byte
+def test_a_field_over_a_limit_fails_before_the_head_ends(head, detail, one_byte):
+    """As a parser that checks each field as it comes (aiohttp's): the read that brought
+    the field over a limit fails the exchange, with no wait for the rest of the head."""
+    ex = started()
+    events = feed(ex, head, one_byte=one_byte)
+    assert shape(events) == [("failure", "bad_response")]
+    assert detail in events[-1].message
+    assert ex.recv is RecvState.FAILED
+
+
 def test_connection_lost_before_and_inside_the_body():
     ex = started()
     assert ex.connection_lost(None).code == "disconnected"
