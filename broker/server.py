@@ -1001,6 +1001,7 @@ class _FastStart:
         if upstream is None:
             return False
         conn.server.fast_requests += 1
+        conn.engine.requests += 1  # (``Engine.perform(first=)`` counts none)
         fast.upstream = upstream
         early, fast.early = fast.early, None
         if early is not None:  # a failure as the head was written
@@ -1020,7 +1021,6 @@ class _FastStart:
     def abandon(self) -> None:
         """The worker gave the stream up: the connection goes back (closed)."""
         self.told = True
-        self.conn.engine.requests += 1  # (one handed over is the engine's to count)
         self._stop()
         if self.upstream is not None:
             fast_core.abandon(self.pool, self.upstream)
@@ -1048,7 +1048,6 @@ class _FastStart:
                     self.jar, self.url,
                 )
                 if body is not None:
-                    self.conn.engine.requests += 1
                     if len(body) < INLINE_MAX:
                         stream.whole(result, body, req.url, req.method)
                     else:

@@ -27,7 +27,6 @@ session's default headers change (their multidict version).
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from multidict import CIMultiDictProxy, getversion
@@ -40,6 +39,8 @@ from broker.http1 import watch_silence
 from shared.specs import ClientTimeout
 
 from .exceptions import RequestInfo
+from .fast_rules import BODY_MAX, FAST_KEYS, PLANS_MAX, SENTINEL, forks, request_timeout
+from .fast_rules import key as plan_key
 from .helpers import HttpVersion
 from .response import _VERSIONS, ClientResponse, StreamReader
 
@@ -50,28 +51,9 @@ if TYPE_CHECKING:
 
     from .session import ClientSession
 
-__all__ = ["BODY_MAX", "FAST_KEYS", "PLANS_MAX", "FastPath", "Handover", "enabled"]
+__all__ = ["FastPath", "Handover"]
 
-BODY_MAX = 64 * 1024
-PLANS_MAX = 64
-FAST_KEYS = frozenset(
-    ("headers", "params", "data", "timeout", "allow_redirects", "raise_for_status")
-)
-_SENTINEL: Any = object()
-_forks = [0]  # bumped in a forked child: its parent's connections are not its own
-
-
-def _forked() -> None:
-    _forks[0] += 1
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def enabled() -> bool:
-    """``HTTP_BROKER_FAST_PATH``: on unless 0/no/off/false."""
-    value = os.environ.get("HTTP_BROKER_FAST_PATH", "1").strip().lower()
-    return value not in ("0", "no", "off", "false")
+_SENTINEL = SENTINEL
 
 
 class Handover:
@@ -162,15 +144,6 @@ class _Call:
         self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
 
 
-def _items(value: Any) -> tuple[Any, ...]:
-    """A cache key part for headers or params: the items of a dict (of str: else
-    ``_make_plan`` finds no plan) and their types (a str subclass, an Enum member, equals
-    its value but may be written otherwise); TypeError for anything else."""
-    if type(value) is dict:
-        return (*value.items(), *map(type, value), *map(type, value.values()))
-    raise TypeError
-
-
 class FastPath:
     """The fast path of one session (see the module docstring)."""
 
@@ -184,7 +157,7 @@ class FastPath:
         line, field, count, _ = session._default_limits
         limits = HeadLimits(line, field, count)
         self._limits = DEFAULT_LIMITS if limits == DEFAULT_LIMITS else limits
-        self._forks = _forks[0]
+        self._forks = forks[0]
         self.requests = 0  # sent on the fast path: for tests and figures
 
     async def request(
@@ -209,12 +182,12 @@ class FastPath:
             or s.closed
             or s._trace_configs  # one added since (aiohttp reads the list per request)
             or jar is None
-            or self._forks != _forks[0]
+            or self._forks != forks[0]
             or (data is not None and (type(data) is not bytes or len(data) > BODY_MAX))
         ):
             return await s._request(method, url, **kw)
         # converted (and refused: the general path's error) before a byte is sent
-        timeout = s._timeout if timeout is _SENTINEL else _request_timeout(timeout)
+        timeout = s._timeout if timeout is _SENTINEL else request_timeout(timeout)
         store = jar[1]
         plan = self._plan(method, url, headers, params, data)
         if plan is None or jar[0] or (store is not None and len(store)):
@@ -290,14 +263,7 @@ class FastPath:
             self._plans.clear()
             self._version = version
         try:
-            key = (
-                method,
-                url,
-                type(url),  # as for ``_items``
-                None if headers is None else _items(headers),
-                None if params is None else _items(params),
-                -1 if data is None else len(data),
-            )
+            key = plan_key(method, url, headers, params, data)
             plan = self._plans.get(key, _SENTINEL)
         except TypeError:  # unhashable: not cached, not fast
             return None
@@ -343,9 +309,3 @@ class FastPath:
             info = RequestInfo(purl, prepared.method, info.headers, purl)
         key = (purl.scheme, purl.raw_host, port, NO_TLS, b"")
         return _Plan(prepared.method, purl, info, head, key)
-
-
-def _request_timeout(timeout: Any) -> ClientTimeout:
-    from .session import _request_timeout as convert
-
-    return convert(timeout)

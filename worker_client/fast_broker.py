@@ -27,7 +27,6 @@ on (pool and timeout ids are per connection), at most ``FRAMES_MAX`` of them.
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,8 @@ from shared.stream_state import Event, State, step
 
 from . import jar_channel
 from .exceptions import RequestInfo, exception_from_failure
+from .fast_rules import BODY_MAX, FAST_KEYS, PLANS_MAX, SENTINEL, forks, request_timeout
+from .fast_rules import key as plan_key
 from .handle import StreamHandle
 from .helpers import HttpVersion
 from .response import _VERSIONS, ClientResponse, StreamReader
@@ -51,35 +52,15 @@ if TYPE_CHECKING:
     from .session import ClientSession
     from .transport import IPCTransport
 
-__all__ = ["BODY_MAX", "FAST_KEYS", "FRAMES_MAX", "PLANS_MAX", "BrokerFastPath", "FastHandle"]
+__all__ = ["FRAMES_MAX", "BrokerFastPath", "FastHandle"]
 
-# The embedded fast path's rules (worker_client.fast, which imports the engine).
-BODY_MAX = 64 * 1024
-PLANS_MAX = 64
-FRAMES_MAX = 8
-FAST_KEYS = frozenset(
-    ("headers", "params", "data", "timeout", "allow_redirects", "raise_for_status")
-)
-_SENTINEL: Any = object()
-_forks = [0]
+FRAMES_MAX = 8  # frame templates per plan: one per (timeout, allow_redirects) met
+_SENTINEL = SENTINEL
 _U64 = struct.Struct(">Q")
 _LEN = struct.Struct("<I")
 _REST = len(Request.__struct_fields__) - 2  # the fields before pool and timeout
 _DEFAULTS = msgspec.structs.astuple(Request(0, "", ""))[6:_REST]  # body .. trace
 _WHOLE = step(step(State.OPEN, Event.HEAD), Event.END)
-
-
-def _forked() -> None:
-    _forks[0] += 1
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def enabled() -> bool:
-    """``HTTP_BROKER_FAST_PATH``: on unless 0/no/off/false."""
-    value = os.environ.get("HTTP_BROKER_FAST_PATH", "1").strip().lower()
-    return value not in ("0", "no", "off", "false")
 
 
 class FastHandle(StreamHandle):
@@ -165,7 +146,7 @@ class BrokerFastPath:
         self._session = session
         self._plans: dict[Any, _Plan | None] = {}  # None: not a fast request
         self._version = getversion(session._default_headers)
-        self._forks = _forks[0]
+        self._forks = forks[0]
         self.requests = 0  # sent on the fast path: for tests and figures
 
     async def request(
@@ -189,8 +170,9 @@ class BrokerFastPath:
             or transport.closed
             or transport._writable is not None
             or s.closed
+            or s._trace_configs  # one added since (aiohttp reads the list per request)
             or jar is None
-            or self._forks != _forks[0]
+            or self._forks != forks[0]
             or (jar[0] and jar[0] not in transport.jars_open)
             or (data is not None and (type(data) is not bytes or len(data) > BODY_MAX))
         ):
@@ -198,7 +180,7 @@ class BrokerFastPath:
         plan = self._plan(method, url, headers, params, data)
         if plan is None:
             return await s._request(method, url, **kw)
-        tmo = s._timeout if timeout is _SENTINEL else _request_timeout(timeout)
+        tmo = s._timeout if timeout is _SENTINEL else request_timeout(timeout)
         if plan.transport is not transport:
             plan.transport = transport
             plan.frames = {}
@@ -326,13 +308,7 @@ class BrokerFastPath:
             self._plans.clear()
             self._version = version
         try:
-            key = (
-                method,
-                url,
-                None if headers is None else _items(headers),
-                None if params is None else _items(params),
-                -1 if data is None else len(data),
-            )
+            key = plan_key(method, url, headers, params, data)
             plan = self._plans.get(key, _SENTINEL)
         except TypeError:
             return None
@@ -404,15 +380,3 @@ def _template(transport: IPCTransport, req: Request) -> tuple[bytes, bytes, byte
     if req.body is None:
         return start, b"".join(coded[2:]), b""
     return start, b"".join(coded[2:7]), b"".join(coded[8:])
-
-
-def _items(value: Any) -> tuple[Any, ...]:
-    if type(value) is dict:
-        return tuple(value.items())
-    raise TypeError
-
-
-def _request_timeout(timeout: Any) -> ClientTimeout:
-    from .session import _request_timeout as convert
-
-    return convert(timeout)

@@ -305,7 +305,8 @@ class ClientSession:
             and self._route == b""
             and self._conn_ssl is True
         ):
-            from .fast import FastPath, enabled  # embedded only: it needs the engine
+            from .fast import FastPath  # embedded only: it needs the engine
+            from .fast_rules import enabled
 
             if enabled():
                 self._fast = FastPath(self)
@@ -317,9 +318,9 @@ class ClientSession:
             and self._conn_ssl is True
         ):
             from .fast_broker import BrokerFastPath
-            from .fast_broker import enabled as broker_fast_enabled
+            from .fast_rules import enabled
 
-            if broker_fast_enabled():
+            if enabled():
                 self._fast = BrokerFastPath(self)
 
     # -- properties as aiohttp's -------------------------------------------------------
