@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from multidict import CIMultiDictProxy, getversion
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from broker import fast as engine_fast
@@ -39,8 +39,7 @@ from broker.http1 import watch_silence
 from shared.specs import ClientTimeout
 
 from .exceptions import RequestInfo
-from .fast_rules import BODY_MAX, FAST_KEYS, PLANS_MAX, SENTINEL, forks, request_timeout
-from .fast_rules import key as plan_key
+from .fast_rules import BODY_MAX, SENTINEL, PlanCache, forks, request_timeout
 from .helpers import HttpVersion
 from .response import _VERSIONS, ClientResponse, StreamReader
 
@@ -144,21 +143,16 @@ class _Call:
         self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
 
 
-class FastPath:
+class FastPath(PlanCache[_Plan]):
     """The fast path of one session (see the module docstring)."""
 
-    __slots__ = ("_session", "_plans", "_version", "_limits", "_forks", "requests")
-    keys = FAST_KEYS  # the only keywords a fast request may name
+    __slots__ = ("_limits",)
 
     def __init__(self, session: ClientSession) -> None:
-        self._session = session
-        self._plans: dict[Any, _Plan | None] = {}  # None: not a fast request
-        self._version = getversion(session._default_headers)
+        super().__init__(session)
         line, field, count, _ = session._default_limits
         limits = HeadLimits(line, field, count)
         self._limits = DEFAULT_LIMITS if limits == DEFAULT_LIMITS else limits
-        self._forks = forks[0]
-        self.requests = 0  # sent on the fast path: for tests and figures
 
     async def request(
         self,
@@ -255,24 +249,6 @@ class FastPath:
         if s._resolve_charset is not None:
             resp._resolve_charset = s._resolve_charset
         return resp
-
-    def _plan(self, method: str, url: Any, headers: Any, params: Any, data: Any) -> _Plan | None:
-        """The cached plan for this request, or None: not a fast one."""
-        version = getversion(self._session._default_headers)
-        if version != self._version:  # the session's headers changed: every plan too
-            self._plans.clear()
-            self._version = version
-        try:
-            key = plan_key(method, url, headers, params, data)
-            plan = self._plans.get(key, _SENTINEL)
-        except TypeError:  # unhashable: not cached, not fast
-            return None
-        if plan is _SENTINEL:
-            plan = self._make_plan(method, url, headers, params, data)
-            if len(self._plans) >= PLANS_MAX:
-                self._plans.clear()
-            self._plans[key] = plan
-        return plan  # type: ignore[return-value]
 
     def _make_plan(
         self, method: str, url: Any, headers: Any, params: Any, data: Any

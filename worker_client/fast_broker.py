@@ -31,7 +31,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from multidict import CIMultiDictProxy, getversion
+from multidict import CIMultiDictProxy
 
 from shared.framing import MAX_FRAME, _encode
 from shared.messages import Failure, Head, Request
@@ -40,8 +40,7 @@ from shared.stream_state import Event, State, step
 
 from . import jar_channel
 from .exceptions import RequestInfo, exception_from_failure
-from .fast_rules import BODY_MAX, FAST_KEYS, PLANS_MAX, SENTINEL, forks, request_timeout
-from .fast_rules import key as plan_key
+from .fast_rules import BODY_MAX, SENTINEL, PlanCache, forks, request_timeout
 from .handle import StreamHandle
 from .helpers import HttpVersion
 from .response import _VERSIONS, ClientResponse, StreamReader
@@ -136,18 +135,10 @@ class _Plan:
         self.make_error = make_error
 
 
-class BrokerFastPath:
+class BrokerFastPath(PlanCache[_Plan]):
     """The broker-mode fast path of one session (see the module docstring)."""
 
-    __slots__ = ("_session", "_plans", "_version", "_forks", "requests")
-    keys = FAST_KEYS
-
-    def __init__(self, session: ClientSession) -> None:
-        self._session = session
-        self._plans: dict[Any, _Plan | None] = {}  # None: not a fast request
-        self._version = getversion(session._default_headers)
-        self._forks = forks[0]
-        self.requests = 0  # sent on the fast path: for tests and figures
+    __slots__ = ()
 
     async def request(
         self,
@@ -300,24 +291,6 @@ class BrokerFastPath:
             http10=s._http10,
             requote_redirect_url=s._requote_redirect_url,
         )
-
-    def _plan(self, method: str, url: Any, headers: Any, params: Any, data: Any) -> _Plan | None:
-        """The cached plan for this request, or None: not a fast one."""
-        version = getversion(self._session._default_headers)
-        if version != self._version:
-            self._plans.clear()
-            self._version = version
-        try:
-            key = plan_key(method, url, headers, params, data)
-            plan = self._plans.get(key, _SENTINEL)
-        except TypeError:
-            return None
-        if plan is _SENTINEL:
-            plan = self._make_plan(method, url, headers, params, data)
-            if len(self._plans) >= PLANS_MAX:
-                self._plans.clear()
-            self._plans[key] = plan
-        return plan  # type: ignore[no-any-return]
 
     def _make_plan(
         self, method: str, url: Any, headers: Any, params: Any, data: Any

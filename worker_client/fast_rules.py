@@ -12,12 +12,17 @@ string's plan.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from multidict import getversion
 
 from shared.specs import ClientTimeout
 
-__all__ = ["BODY_MAX", "FAST_KEYS", "PLANS_MAX", "SENTINEL", "enabled", "forks", "key",
-           "request_timeout"]
+if TYPE_CHECKING:
+    from .session import ClientSession
+
+__all__ = ["BODY_MAX", "FAST_KEYS", "PLANS_MAX", "SENTINEL", "PlanCache", "enabled", "forks",
+           "key", "request_timeout"]
 
 BODY_MAX = 64 * 1024  # a bigger body goes the general way
 PLANS_MAX = 64  # plans per session (the cache is emptied when full)
@@ -67,3 +72,46 @@ def request_timeout(timeout: Any) -> ClientTimeout:
     from .session import _request_timeout  # the session imports the fast paths
 
     return _request_timeout(timeout)
+
+
+P = TypeVar("P")
+
+
+class PlanCache(Generic[P]):
+    """A session's plans, as both fast paths keep them: per ``key`` of a call, at most
+    ``PLANS_MAX`` (emptied when full), all dropped when the session's default headers
+    change (their multidict version); None cached for a call that is not a fast one.
+    A subclass makes a plan (``_make_plan``)."""
+
+    __slots__ = ("_session", "_plans", "_version", "_forks", "requests")
+    keys = FAST_KEYS  # the only keywords a fast call may name
+
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+        self._plans: dict[Any, P | None] = {}
+        self._version = getversion(session._default_headers)
+        self._forks = forks[0]
+        self.requests = 0  # sent on the fast path: for tests and figures
+
+    def _plan(self, method: str, url: Any, headers: Any, params: Any, data: Any) -> P | None:
+        """The cached plan for this call, or None: not a fast one."""
+        version = getversion(self._session._default_headers)
+        if version != self._version:  # the session's headers changed: every plan too
+            self._plans.clear()
+            self._version = version
+        try:
+            k = key(method, url, headers, params, data)
+            plan = self._plans.get(k, SENTINEL)
+        except TypeError:  # unhashable: not cached, not fast
+            return None
+        if plan is SENTINEL:
+            plan = self._make_plan(method, url, headers, params, data)
+            if len(self._plans) >= PLANS_MAX:
+                self._plans.clear()
+            self._plans[k] = plan
+        return plan
+
+    def _make_plan(
+        self, method: str, url: Any, headers: Any, params: Any, data: Any
+    ) -> P | None:
+        raise NotImplementedError
