@@ -14,7 +14,8 @@ as before); ``max_timeouts`` (64) timeouts; ``CHECKED_URLS`` (128) URLs of at mo
 ``CHECKED_URL_LENGTH`` (1,024) characters and ``CHECKED_HEADERS`` (64) header lists of
 at most ``CHECKED_HEADERS_LENGTH`` (2,048) characters together, and ``CHECKED_HEADS``
 (64) request heads of the fast path (``server._FastStart``) of at most
-``CHECKED_HEAD_LENGTH`` (4 KiB), about 700 KiB at worst with the parsed URLs; a
+``CHECKED_HEAD_LENGTH`` (4 KiB), as their keys' URL and headers together, about
+700 KiB at worst with the parsed URLs; a
 longer URL, list or head is checked or built every time, and a full table starts
 afresh.
 """
@@ -162,7 +163,11 @@ class Checked:
             head = build_head(
                 req.method, url, req.headers, length, False, req.skip_host, (1, 1), force_close
             )
-            if len(head) <= CHECKED_HEAD_LENGTH:
+            # the key's size, not the head's: a URL's fragment or userinfo and the
+            # headers a head leaves out are in the key only
+            if len(head) <= CHECKED_HEAD_LENGTH and len(req.url) + sum(
+                len(name) + len(value) for name, value in key[2]
+            ) <= CHECKED_HEAD_LENGTH:
                 if len(self.heads) >= CHECKED_HEADS:
                     self.heads.clear()
                 self.heads[key] = head

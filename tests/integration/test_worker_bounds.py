@@ -570,6 +570,30 @@ async def test_a_fast_request_has_its_sock_read_timeout(local_broker, raw_server
     assert server.engine.requests == 2
 
 
+async def test_the_cached_heads_stay_small_whatever_the_urls_carry(local_broker, hello_url):
+    """A head is cached by its request's URL and headers: a URL whose fragment (or a
+    header dropped from the head) is large makes a small head but a large key, which
+    must not be kept (broker.known's bound: about 700 KiB per connection)."""
+    from broker.known import CHECKED_HEADS
+
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path, split=False)
+    worker.send(Request(1, "GET", hello_url))
+    await worker.until_end_of(1)
+    fragment = "f" * (256 << 10)
+    for i in range(CHECKED_HEADS // 2):
+        sid = 3 + 2 * i
+        worker.send(Request(sid, "GET", f"{hello_url}#{i}{fragment}"))
+        (head,) = await worker.until_end_of(sid)
+        assert head.body == b"hello"
+    assert server.fast_requests == CHECKED_HEADS // 2
+    (conn,) = server.workers
+    kept = sum(
+        len(key[1]) + sum(len(n) + len(v) for n, v in key[2]) for key in conn.checked.heads
+    )
+    assert kept < 700 << 10, kept >> 10
+
+
 # -- 6. write backpressure on the worker's socket ------------------------------------------
 
 
