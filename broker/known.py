@@ -9,8 +9,9 @@ passed ``engine._checked``: strings are immutable, so an equal string was checke
 already, and a hit costs a hash instead of a parse and a regex per header.
 
 Bounds, per connection: ``max_pools`` pool specs of at most ``MAX_POOL_SPEC`` (16 KiB)
-opened by id (4 MiB at the default 256; an inline spec is counted, and kept for the cap
-as before); ``max_timeouts`` (64) timeouts; ``CHECKED_URLS`` (128) URLs of at most
+opened by id, as many ids (one spec under several ids counts each time; 4 MiB at
+the default 256; an inline spec is counted, and kept for the cap as before);
+``max_timeouts`` (64) timeouts; ``CHECKED_URLS`` (128) URLs of at most
 ``CHECKED_URL_LENGTH`` (1,024) characters and ``CHECKED_HEADERS`` (64) header lists of
 at most ``CHECKED_HEADERS_LENGTH`` (2,048) characters together, and ``CHECKED_HEADS``
 (64) request heads of the fast path (``server._FastStart``) of at most
@@ -82,7 +83,8 @@ class SpecIds:
         the cap it is not kept: the requests naming it fail (``pool``)."""
         if sid in self.pools:
             raise ValueError(f"PoolOpen: pool id {sid} is open already on this connection")
-        if self.admit(spec):
+        # ids are capped as specs are: many ids for one spec would each keep its bytes
+        if len(self.pools) < self.max_pools and self.admit(spec):
             self.pools[sid] = spec
         else:
             self._refused[0] = True

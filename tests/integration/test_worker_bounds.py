@@ -430,6 +430,23 @@ async def test_opens_over_the_caps_are_refused(local_broker, hello_url):
     assert (len(conn.ids.pools), len(conn.ids.timeouts)) == (1, 1)
 
 
+async def test_pool_ids_are_capped_even_for_one_spec(local_broker, hello_url):
+    """Every PoolOpen keeps its spec's bytes under its id: many ids for one spec
+    (which ``admit`` lets through: no new spec) must meet the cap too, or a worker grows
+    the broker's memory without bound (documented: max_pool_specs specs by id)."""
+    server = await local_broker(max_pool_specs=2)
+    worker = await RawWorker.connect(server.path)
+    spec = encode_pool(PoolSpec(name="a" * 1000))
+    worker.send(*(PoolOpen(i, spec) for i in range(1, 101)))
+    worker.send(Request(1, "GET", hello_url, pool_id=1))
+    assert [type(m) for m in await worker.until_end_of(1)] == [Head, Data, End]
+    worker.send(Request(3, "GET", hello_url, pool_id=100))
+    failure = await worker.next()
+    assert isinstance(failure, Failure) and failure.code == "broker", failure
+    (conn,) = server.workers
+    assert len(conn.ids.pools) == 2
+
+
 async def test_an_id_opened_twice_closes_that_worker(local_broker, hello_url):
     server = await local_broker()
     worker = await RawWorker.connect(server.path)
