@@ -13,7 +13,8 @@ opened by id, as many ids (one spec under several ids counts each time; 4 MiB at
 the default 256; an inline spec is counted, and kept for the cap as before);
 ``max_timeouts`` (64) timeouts; ``CHECKED_URLS`` (128) URLs of at most
 ``CHECKED_URL_LENGTH`` (1,024) characters and ``CHECKED_HEADERS`` (64) header lists of
-at most ``CHECKED_HEADERS_LENGTH`` (2,048) characters together, and ``CHECKED_HEADS``
+at most ``CHECKED_HEADERS_LENGTH`` (2,048) characters together (a pair counted as
+``PAIR``, 64, more: its tuple), and ``CHECKED_HEADS``
 (64) request heads of the fast path (``server._FastStart``) of at most
 ``CHECKED_HEAD_LENGTH`` (4 KiB), as their keys' URL and headers together, about
 700 KiB at worst with the parsed URLs; a
@@ -43,6 +44,7 @@ CHECKED_HEADERS = 64
 CHECKED_HEADERS_LENGTH = 2048
 CHECKED_HEADS = 64
 CHECKED_HEAD_LENGTH = 4096
+PAIR = 64  # what a header pair costs beyond its characters (its tuple), counted as many
 
 Headers = tuple[tuple[str, str], ...]
 HeadKey = tuple[str, str, Headers, int | None, bool, bool]
@@ -167,17 +169,23 @@ class Checked:
             )
             # the key's size, not the head's: a URL's fragment or userinfo and the
             # headers a head leaves out are in the key only
-            if len(head) <= CHECKED_HEAD_LENGTH and len(req.url) + sum(
-                len(name) + len(value) for name, value in key[2]
-            ) <= CHECKED_HEAD_LENGTH:
+            if len(head) <= CHECKED_HEAD_LENGTH and len(req.url) + _size(key[2]) <= (
+                CHECKED_HEAD_LENGTH
+            ):
                 if len(self.heads) >= CHECKED_HEADS:
                     self.heads.clear()
                 self.heads[key] = head
         return head
 
     def keep_headers(self, headers: Headers) -> None:
-        if sum(len(name) + len(value) for name, value in headers) > CHECKED_HEADERS_LENGTH:
+        if _size(headers) > CHECKED_HEADERS_LENGTH:
             return
         if len(self.headers) >= CHECKED_HEADERS:
             self.headers.clear()
         self.headers.add(headers)
+
+
+def _size(headers: Headers) -> int:
+    """A header list's size as the bounds count it: its characters, and ``PAIR`` for
+    each pair (a tuple of its own, however short its strings)."""
+    return sum(len(name) + len(value) for name, value in headers) + PAIR * len(headers)
