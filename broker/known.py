@@ -9,12 +9,15 @@ passed ``engine._checked``: strings are immutable, so an equal string was checke
 already, and a hit costs a hash instead of a parse and a regex per header.
 
 Bounds, per connection: ``max_pools`` pool specs of at most ``MAX_POOL_SPEC`` (16 KiB)
-opened by id (4 MiB at the default 256; an inline spec is counted, and kept for the cap
-as before); ``max_timeouts`` (64) timeouts; ``CHECKED_URLS`` (128) URLs of at most
+opened by id, as many ids (one spec under several ids counts each time; 4 MiB at
+the default 256; an inline spec is counted, and kept for the cap as before);
+``max_timeouts`` (64) timeouts; ``CHECKED_URLS`` (128) URLs of at most
 ``CHECKED_URL_LENGTH`` (1,024) characters and ``CHECKED_HEADERS`` (64) header lists of
-at most ``CHECKED_HEADERS_LENGTH`` (2,048) characters together, and ``CHECKED_HEADS``
+at most ``CHECKED_HEADERS_LENGTH`` (2,048) characters together (a pair counted as
+``PAIR``, 64, more: its tuple), and ``CHECKED_HEADS``
 (64) request heads of the fast path (``server._FastStart``) of at most
-``CHECKED_HEAD_LENGTH`` (4 KiB), about 700 KiB at worst with the parsed URLs; a
+``CHECKED_HEAD_LENGTH`` (4 KiB), as their keys' URL and headers together, about
+700 KiB at worst with the parsed URLs; a
 longer URL, list or head is checked or built every time, and a full table starts
 afresh.
 """
@@ -41,6 +44,7 @@ CHECKED_HEADERS = 64
 CHECKED_HEADERS_LENGTH = 2048
 CHECKED_HEADS = 64
 CHECKED_HEAD_LENGTH = 4096
+PAIR = 64  # what a header pair costs beyond its characters (its tuple), counted as many
 
 Headers = tuple[tuple[str, str], ...]
 HeadKey = tuple[str, str, Headers, int | None, bool, bool]
@@ -81,7 +85,8 @@ class SpecIds:
         the cap it is not kept: the requests naming it fail (``pool``)."""
         if sid in self.pools:
             raise ValueError(f"PoolOpen: pool id {sid} is open already on this connection")
-        if self.admit(spec):
+        # ids are capped as specs are: many ids for one spec would each keep its bytes
+        if len(self.pools) < self.max_pools and self.admit(spec):
             self.pools[sid] = spec
         else:
             self._refused[0] = True
@@ -162,15 +167,25 @@ class Checked:
             head = build_head(
                 req.method, url, req.headers, length, False, req.skip_host, (1, 1), force_close
             )
-            if len(head) <= CHECKED_HEAD_LENGTH:
+            # the key's size, not the head's: a URL's fragment or userinfo and the
+            # headers a head leaves out are in the key only
+            if len(head) <= CHECKED_HEAD_LENGTH and len(req.url) + _size(key[2]) <= (
+                CHECKED_HEAD_LENGTH
+            ):
                 if len(self.heads) >= CHECKED_HEADS:
                     self.heads.clear()
                 self.heads[key] = head
         return head
 
     def keep_headers(self, headers: Headers) -> None:
-        if sum(len(name) + len(value) for name, value in headers) > CHECKED_HEADERS_LENGTH:
+        if _size(headers) > CHECKED_HEADERS_LENGTH:
             return
         if len(self.headers) >= CHECKED_HEADERS:
             self.headers.clear()
         self.headers.add(headers)
+
+
+def _size(headers: Headers) -> int:
+    """A header list's size as the bounds count it: its characters, and ``PAIR`` for
+    each pair (a tuple of its own, however short its strings)."""
+    return sum(len(name) + len(value) for name, value in headers) + PAIR * len(headers)

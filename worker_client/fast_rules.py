@@ -6,7 +6,8 @@ a broker-mode worker never loads it.
 A plan is cached per (method, URL, headers, params, body length) of a call, the types
 of its strings included (``key``): a ``str`` subclass or an Enum member equals and
 hashes like its value but may be written otherwise, so it must not find a plain
-string's plan.
+string's plan; a yarl ``URL`` with an empty path equals and hashes like the one with
+"/" (its ``raw_parts`` tell them apart).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from multidict import getversion
+
+from yarl import URL
 
 from shared.specs import ClientTimeout
 
@@ -61,6 +64,8 @@ def key(method: str, url: Any, headers: Any, params: Any, data: bytes | None) ->
         method,
         url,
         type(url),
+        # a URL with no path equals and hashes as one with "/", but keeps its form
+        url.raw_parts if type(url) is URL else None,
         None if headers is None else _items(headers),
         None if params is None else _items(params),
         -1 if data is None else len(data),

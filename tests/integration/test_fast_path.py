@@ -66,6 +66,21 @@ async def test_taken_when_on_with_no_request_message(serve_app, session, monkeyp
     assert fast_count(session) == 2
 
 
+async def test_urls_equal_but_written_otherwise_keep_their_own_form(serve_app, session):
+    """yarl's URL("http://h") equals (and hashes as) URL("http://h/"), but the response's
+    url is the one asked for, as in the general path: a plan must not be shared."""
+    from yarl import URL
+
+    app = web.Application()
+    app.router.add_get("/", hi)
+    base = await serve_app(app)
+    for url in (base + "/", base + "/", base, base, base + "/"):
+        async with session.get(URL(url)) as resp:
+            assert await resp.text() == "hi"
+            assert str(resp.url) == url and str(resp.request_info.url) == url
+    assert fast_count(session) >= 4
+
+
 async def test_not_taken_when_off(serve_app, monkeypatch):
     monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "0")
     app = web.Application()

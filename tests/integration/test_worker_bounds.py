@@ -430,6 +430,23 @@ async def test_opens_over_the_caps_are_refused(local_broker, hello_url):
     assert (len(conn.ids.pools), len(conn.ids.timeouts)) == (1, 1)
 
 
+async def test_pool_ids_are_capped_even_for_one_spec(local_broker, hello_url):
+    """Every PoolOpen keeps its spec's bytes under its id: many ids for one spec
+    (which ``admit`` lets through: no new spec) must meet the cap too, or a worker grows
+    the broker's memory without bound (documented: max_pool_specs specs by id)."""
+    server = await local_broker(max_pool_specs=2)
+    worker = await RawWorker.connect(server.path)
+    spec = encode_pool(PoolSpec(name="a" * 1000))
+    worker.send(*(PoolOpen(i, spec) for i in range(1, 101)))
+    worker.send(Request(1, "GET", hello_url, pool_id=1))
+    assert [type(m) for m in await worker.until_end_of(1)] == [Head, Data, End]
+    worker.send(Request(3, "GET", hello_url, pool_id=100))
+    failure = await worker.next()
+    assert isinstance(failure, Failure) and failure.code == "broker", failure
+    (conn,) = server.workers
+    assert len(conn.ids.pools) == 2
+
+
 async def test_an_id_opened_twice_closes_that_worker(local_broker, hello_url):
     server = await local_broker()
     worker = await RawWorker.connect(server.path)
@@ -568,6 +585,30 @@ async def test_a_fast_request_has_its_sock_read_timeout(local_broker, raw_server
     assert isinstance(failure, Failure) and failure.code == "sock_read_timeout", failure
     assert server.fast_requests == 1  # then handed to the engine, which failed it
     assert server.engine.requests == 2
+
+
+async def test_the_cached_heads_stay_small_whatever_the_urls_carry(local_broker, hello_url):
+    """A head is cached by its request's URL and headers: a URL whose fragment (or a
+    header dropped from the head) is large makes a small head but a large key, which
+    must not be kept (broker.known's bound: about 700 KiB per connection)."""
+    from broker.known import CHECKED_HEADS
+
+    server = await local_broker()
+    worker = await RawWorker.connect(server.path, split=False)
+    worker.send(Request(1, "GET", hello_url))
+    await worker.until_end_of(1)
+    fragment = "f" * (256 << 10)
+    for i in range(CHECKED_HEADS // 2):
+        sid = 3 + 2 * i
+        worker.send(Request(sid, "GET", f"{hello_url}#{i}{fragment}"))
+        (head,) = await worker.until_end_of(sid)
+        assert head.body == b"hello"
+    assert server.fast_requests == CHECKED_HEADS // 2
+    (conn,) = server.workers
+    kept = sum(
+        len(key[1]) + sum(len(n) + len(v) for n, v in key[2]) for key in conn.checked.heads
+    )
+    assert kept < 700 << 10, kept >> 10
 
 
 # -- 6. write backpressure on the worker's socket ------------------------------------------

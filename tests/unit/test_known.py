@@ -53,6 +53,22 @@ def test_the_tables_are_bounded():
     assert len(known.headers) == 1
 
 
+def test_a_list_of_many_short_headers_counts_its_pairs():
+    """Each pair is a tuple of its own (tens of bytes) whatever its characters: a list of
+    a thousand one-character headers is no small list to keep (the documented bound
+    counts bytes)."""
+    import sys
+
+    known = Checked()
+    headers = [(f"{chr(65 + i % 26)}", "") for i in range(1000)]
+    kept = sum(sys.getsizeof(pair) for pair in headers)
+    assert kept > 2 * 2048  # many times what its characters say
+    _checked(_req(headers=headers), known)
+    assert not known.headers
+    known.head(_req(headers=headers), _checked(_req(), known), False)
+    assert not known.heads
+
+
 def test_spec_ids():
     ids = SpecIds(max_pools=1, max_timeouts=1)
     ids.open_pool(1, b"a")
