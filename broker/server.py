@@ -29,8 +29,8 @@ What one worker connection may hold (``Limits`` and the constants below):
   gets a Failure, a ClearDNS an ErrorFrame. Timeouts opened by id: at most
   ``max_timeouts`` (64). A request naming an id never opened gets a Failure
   (``protocol``), one opened over a cap a Failure (``broker``); an id opened twice is an
-  ErrorFrame. What the connection had checked already: ``broker.known`` (about 400 KiB
-  at most).
+  ErrorFrame. What the connection had checked already: ``broker.known`` (about 700 KiB
+  at most: its docstring).
 - TLS settings: at most ``max_tls_specs`` (64) distinct ``TlsSpec`` opened
   (``TlsOpen``) over the connection's life, of at most 16 MiB encoded together; a
   request naming one refused for a cap gets a Failure (``broker``), one naming an id

@@ -16,7 +16,6 @@ import os
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from multidict import getversion
-
 from yarl import URL
 
 from shared.specs import ClientTimeout
