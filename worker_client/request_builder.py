@@ -183,6 +183,8 @@ def _build_headers(headers: Any) -> CIMultiDict[str]:
             raise TypeError(f"header names must be str, got {name!r}")
         if not isinstance(value, str):
             raise TypeError(f"the value of header {name!r} must be str, got {type(value).__name__}")
+        if type(value) is not str:  # a str subclass (a str Enum member) is written as it
+            value = format(value)  # formats, as aiohttp does, in both modes (not its .value)
         if not TOKEN_RE.fullmatch(name):
             raise ValueError(f"Invalid header name {name!r}: potential header injection")
         if FORBIDDEN_VALUE_RE.search(value):

@@ -458,14 +458,18 @@ class _Str(str, enum.Enum):
     URL = "http://127.0.0.1:1/"
 
 
+@pytest.mark.parametrize("mode", ["embedded", "broker"])
 @pytest.mark.parametrize("fast", ["0", "1"])
 async def test_a_str_subclass_equal_to_a_cached_request_is_not_taken_for_it(
-    raw_server, monkeypatch, fast
+    raw_server, monkeypatch, fast, mode, request
 ):
     """A plan is for requests written the same: a header, a query value or a URL of a
     str subclass that equals another request's plain str (an Enum member) is written
-    as the general path (and aiohttp) writes it, not as the plain one was."""
+    as the general path (and aiohttp) writes it, not as the plain one was (the plans
+    of both modes: ``worker_client.fast_rules.key``); through a broker too, where the
+    header crosses the wire (msgspec would send an Enum member's value)."""
     monkeypatch.setenv("HTTP_BROKER_FAST_PATH", fast)
+    address = request.getfixturevalue("broker_process").socket_path if mode == "broker" else None
     heads: list[bytes] = []
 
     async def handler(reader, writer):
@@ -474,7 +478,7 @@ async def test_a_str_subclass_equal_to_a_cached_request_is_not_taken_for_it(
             writer.write(ok())
 
     base = await raw_server(handler)
-    async with ClientSession(broker=None) as s:
+    async with ClientSession(broker=address) as s:
         for _ in range(2):
             assert await (await s.get(base + "/", headers={"X-A": "v"})).read() == b"ok"
             assert await (await s.get(base + "/", params={"q": "v"})).read() == b"ok"
