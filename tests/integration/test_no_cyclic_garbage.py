@@ -61,8 +61,8 @@ def serve() -> None:
         return web.Response(body=await request.read())
 
     async def late(request: web.Request) -> web.Response:
-        await asyncio.sleep(2)  # the server's: past the client's timeout
-        return web.Response(body=SMALL)
+        await asyncio.get_running_loop().create_future()  # never answers: the client
+        return web.Response(body=SMALL)  # times out and closes (the handler is cancelled)
 
     async def main() -> None:
         app = web.Application()
