@@ -16,6 +16,7 @@ import msgspec
 
 from .server import BrokerServer
 from .stats import fetch_stats
+from .top import render, run_top
 
 __all__ = ["main", "serve"]
 
@@ -109,8 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the event loop: uvloop when installed (auto, the default), or the one named "
         "(default from HTTP_BROKER_LOOP)",
     )
-    p_stats = sub.add_parser("stats", help="print a running broker's figures as JSON")
+    p_stats = sub.add_parser("stats", help="print a running broker's figures")
     p_stats.add_argument("--socket", default=os.environ.get("HTTP_BROKER"))
+    p_stats.add_argument(
+        "--json", action="store_true", help="as JSON (docs/operations.md names every field)"
+    )
+    p_top = sub.add_parser("top", help="show a running broker's figures live, until Ctrl-C")
+    p_top.add_argument("--socket", default=os.environ.get("HTTP_BROKER"))
+    p_top.add_argument(
+        "--interval", type=_positive, default=1.0, help="seconds between frames (default 1)"
+    )
+    p_top.add_argument("--once", action="store_true", help="print one frame and exit")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -139,11 +149,28 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if not args.socket:
-        parser.error("stats needs --socket or HTTP_BROKER")
+        parser.error(f"{args.command} needs --socket or HTTP_BROKER")
+    path = args.socket.removeprefix("unix:")
+    if args.command == "top":
+        return run_top(lambda: fetch_stats(path), args.interval, args.once)
+    return _stats(path, args.json)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _stats(path: str, as_json: bool) -> int:
     try:
-        stats = fetch_stats(args.socket.removeprefix("unix:"))
+        stats = fetch_stats(path)
     except OSError as exc:
         print(f"http-broker: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(msgspec.structs.asdict(stats), indent=2))
+    if as_json:
+        print(json.dumps(msgspec.to_builtins(msgspec.structs.asdict(stats)), indent=2))
+    else:
+        print(render(stats), end="")
     return 0

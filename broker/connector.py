@@ -22,7 +22,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from shared.messages import TraceEvent
+from shared.messages import PoolFigures, TraceEvent
 from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 
 from .dialer import NO_TLS, ConnKey, Dialer, connect_timeout
@@ -368,7 +368,7 @@ class Pool:
 
     # -- figures and shutdown --------------------------------------------------------
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> PoolFigures:
         s = self.state
         queued: dict[Any, tuple[int, float]] = s.queued_per_key()
         return {

@@ -24,7 +24,7 @@ from typing import Any
 
 from yarl import URL
 
-from shared.messages import Head, HistoryItem, Request, TraceEvent
+from shared.messages import DnsFigures, Head, HistoryItem, PoolFigures, Request, TraceEvent
 from shared.rules import FORBIDDEN_VALUE_RE, TOKEN_RE, host_header_problem, url_problem
 from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 from shared.stream_state import FINAL
@@ -84,10 +84,10 @@ class Engine:
         self.closed = True
         await self.registry.close()
 
-    def figures(self) -> list[dict[str, Any]]:
+    def figures(self) -> list[PoolFigures]:
         return self.registry.figures()
 
-    def dns_figures(self) -> list[dict[str, Any]]:
+    def dns_figures(self) -> list[DnsFigures]:
         return self.registry.dns_figures()
 
     # -- one request ---------------------------------------------------------------

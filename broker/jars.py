@@ -62,6 +62,7 @@ from shared.messages import (
     JarDone,
     JarDump,
     JarFailed,
+    JarFigures,
     JarFilter,
     JarLoad,
     JarOpen,
@@ -377,7 +378,7 @@ class JarTable:
 
     # -- figures ------------------------------------------------------------------------------
 
-    def figures(self) -> list[dict[str, object]]:
+    def figures(self) -> list[JarFigures]:
         """One entry per named jar, and one for all the unnamed jars together."""
         tokens: dict[JarSpec, int] = {}
         unnamed: dict[int, CookieStore] = {}
@@ -392,10 +393,10 @@ class JarTable:
 
 def jar_figures(
     named: Iterable[tuple[JarSpec, CookieStore, int]], unnamed: Collection[CookieStore]
-) -> list[dict[str, object]]:
+) -> list[JarFigures]:
     """``Stats.jars``: each named jar (its spec, cookies, and the jar objects open on
     it), then the unnamed jars together (how many, and their cookies). Both modes."""
-    out: list[dict[str, object]] = [
+    out: list[JarFigures] = [
         {
             "name": spec.name,
             "unsafe": spec.unsafe,

@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from shared.messages import DnsFigures, PoolFigures
 from shared.specs import PoolSpec, ResolverSpec, decode_pool
 
 from .connector import Pool
@@ -270,21 +271,25 @@ class Registry:
 
     # -- figures and shutdown -----------------------------------------------------------
 
-    def figures(self) -> list[dict[str, Any]]:
+    def figures(self) -> list[PoolFigures]:
         return [pool.figures() for pool in self._pools.values()]
 
-    def dns_figures(self) -> list[dict[str, Any]]:
-        return [
-            {
+    def dns_figures(self) -> list[DnsFigures]:
+        out: list[DnsFigures] = []
+        for (spec, ttl, max_size, use_cache), held in self._resolvers.items():
+            counts = held.resolver.figures()
+            out.append({
                 "kind": spec.kind,
                 "nameservers": list(spec.nameservers),
                 "ttl": ttl,
                 "max_size": max_size,
                 "use_cache": use_cache,
-                **held.resolver.figures(),
-            }
-            for (spec, ttl, max_size, use_cache), held in self._resolvers.items()
-        ]
+                "hits": counts["hits"],
+                "misses": counts["misses"],
+                "size": counts["size"],
+                "inflight": counts["inflight"],
+            })
+        return out
 
     async def close(self) -> None:
         """Close every pool, then every resolver; wait for evictions in progress."""

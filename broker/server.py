@@ -126,7 +126,7 @@ from .jar_file import CookieFile
 from .jars import JAR_CALLS, UNKNOWN_JAR, JarTable
 from .known import Checked, SpecIds
 from .peercred import peer_credentials
-from .stats import build_stats
+from .stats import build_stats, worker_figures
 from .stream import BrokerStream
 from .tls import TlsTable
 
@@ -1282,7 +1282,11 @@ class BrokerServer:
         self.stream_done()
 
     def stats(self) -> Stats:
-        return build_stats(self.engine, len(self.workers), self.streams, self.jars.figures())
+        processes = worker_figures((w.process, len(w.streams)) for w in self.workers if w.greeted)
+        return build_stats(
+            self.engine, len(self.workers), self.streams, self.jars.figures(), processes,
+            self.fast_requests,
+        )
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight streams finish (up to a limit), close all."""

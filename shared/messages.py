@@ -44,9 +44,15 @@ value out of range makes the frame malformed.
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import msgspec
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired, TypedDict
+else:  # 3.10's TypedDict does not know NotRequired
+    from typing_extensions import NotRequired, TypedDict
 
 from .errors import ErrorCode
 from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, JarSpec, PoolSpec, TlsSpec
@@ -359,16 +365,108 @@ class StatsRequest(_Msg, tag="statsq", frozen=True):
     pass
 
 
+# The figures' shapes. The per-pool, DNS and jar figures are ``TypedDict``s (plain dicts
+# that msgspec checks as it decodes: read them as ``pool["active"]``); the per-process
+# ones are Structs (``worker.rss``). Both are JSON objects with these keys
+# (docs/operations.md, "Figures: stats and top").
+
+
+class HostFigures(TypedDict):
+    """One host (scheme, host, port and TLS/proxy choice) of a pool."""
+
+    open: int
+    active: int
+    idle: int
+    queued: int
+    longest_wait: float
+
+
+class PoolFigures(TypedDict):
+    """One connection pool: its label, its settings and its connections now."""
+
+    pool: str
+    options: dict[str, Any]
+    limit: int
+    limit_per_host: int
+    open: int
+    idle: int
+    active: int
+    queued: int
+    longest_wait: float
+    hosts: dict[str, HostFigures]
+
+
+class DnsFigures(TypedDict):
+    """One DNS cache: the resolver settings it serves and its counters."""
+
+    kind: str
+    nameservers: list[str]
+    ttl: float | None
+    max_size: int
+    use_cache: bool
+    hits: int
+    misses: int
+    size: int
+    inflight: int
+
+
+class JarFigures(TypedDict):
+    """A named jar (its options, its cookies, the jar objects ``open`` on it), or the
+    unnamed jars together (``name`` None: ``jars`` of them, their ``cookies``)."""
+
+    name: str | None
+    cookies: int
+    unsafe: NotRequired[bool]
+    quote_cookie: NotRequired[bool]
+    treat_as_secure_origin: NotRequired[list[str]]
+    open: NotRequired[int]
+    jars: NotRequired[int]
+
+
+class WorkerFigures(msgspec.Struct, frozen=True):
+    """One worker process connected now. ``cpu`` (user + system seconds) and ``rss``
+    (bytes) are None when the process cannot be read (gone, another user's, or a pid
+    only claimed in its ``Hello``, not the kernel's)."""
+
+    pid: int
+    connections: int
+    streams: int
+    cpu: float | None = None
+    rss: int | None = None
+
+
+class BrokerFigures(msgspec.Struct, frozen=True):
+    """The process that answers: the broker's (a worker's own in embedded mode)."""
+
+    pid: int
+    version: str
+    protocol: int
+    loop: str
+    uptime: float
+    cpu: float | None = None
+    rss: int | None = None
+
+
+class Totals(msgspec.Struct, frozen=True):
+    """Counts since the engine started."""
+
+    requests: int = 0
+    fast_requests: int = 0
+
+
 class Stats(_Msg, tag="stats", frozen=True):
-    """Broker figures; ``pools`` maps a pool description to its counters."""
+    """Broker figures (docs/operations.md, "Figures: stats and top")."""
 
     pid: int
     workers: int
     streams: int
     requests: int = 0
-    pools: list[dict[str, object]] = []
-    dns: list[dict[str, object]] = []
-    jars: list[dict[str, object]] = []
+    pools: list[PoolFigures] = []
+    dns: list[DnsFigures] = []
+    jars: list[JarFigures] = []
+    broker: BrokerFigures | None = None
+    processes: list[WorkerFigures] = []
+    totals: Totals | None = None
 
 
 # -- cookie jars -------------------------------------------------------------------------

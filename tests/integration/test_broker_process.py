@@ -795,7 +795,8 @@ async def test_a_request_too_large_for_a_frame_fails_alone(broker_process, serve
 def test_cli_stats_and_its_errors(broker_process, tmp_path):
     run = [sys.executable, "-m", "broker", "stats", "--socket"]
     out = subprocess.run(
-        [*run, broker_process.socket_path], capture_output=True, text=True, cwd=ROOT, timeout=30
+        [*run, broker_process.socket_path, "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=30,
     )
     figures = json.loads(out.stdout)
     assert figures["pid"] == broker_process.pid

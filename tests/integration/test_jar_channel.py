@@ -417,7 +417,7 @@ def test_http_broker_stats_shows_the_jars(broker_process):
     jar = BrokerJar(path, TRUSTED, JarSpec(name=name))
     jar.update(morsels(("a", "1"), ("b", "2")), SITE)
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "stats", "--socket", path],
+        [sys.executable, "-m", "broker", "stats", "--socket", path, "--json"],
         capture_output=True, check=True, timeout=30,
     ).stdout
     (figure,) = [f for f in json.loads(out)["jars"] if f["name"] == name]
