@@ -4,6 +4,7 @@ import pytest
 from shared.framing import FrameError, FrameReader, encode
 from shared.messages import (
     Ack,
+    BrokerFigures,
     Data,
     End,
     Failure,
@@ -16,6 +17,8 @@ from shared.messages import (
     Rewind,
     Stats,
     TimeoutOpen,
+    Totals,
+    WorkerFigures,
 )
 from shared.specs import ClientTimeout, PoolSpec, decode_pool, encode_pool
 
@@ -46,7 +49,20 @@ MESSAGES = [
     Ack(3, 1000),
     Failure(5, "connect", "Connection refused", host="h", port=1, errno=111),
     Rewind(7),
-    Stats(pid=1, workers=2, streams=3, requests=4, pools=[{"open": 1}]),
+    Stats(
+        pid=1, workers=2, streams=3, requests=4,
+        pools=[{
+            "pool": "p", "options": {"limit": 8}, "limit": 8, "limit_per_host": 0, "open": 1,
+            "idle": 0, "active": 1, "queued": 2, "longest_wait": 0.5,
+            "hosts": {"http://h:80": {"open": 1, "active": 1, "idle": 0, "queued": 2,
+                                      "longest_wait": 0.5}},
+        }],
+        jars=[{"name": None, "jars": 1, "cookies": 0}],
+        broker=BrokerFigures(1, "0.1.0", 5, "uvloop", 2.5, 0.25, 1 << 20),
+        processes=[WorkerFigures(7, 2, 3, None, None)],
+        totals=Totals(4, 1),
+    ),
+    Stats(1, 1, 0),  # defaults left off the wire, as an older broker leaves the new fields
 ]
 
 
