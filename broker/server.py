@@ -107,6 +107,7 @@ from shared.messages import (
     StatsRequest,
     TimeoutOpen,
     TlsOpen,
+    Totals,
     TraceEvent,
     Welcome,
 )
@@ -332,6 +333,7 @@ class IPCStream(BrokerStream):
         self._send_last(encode(End(self.id, self.raw_bytes)))
 
     def _send_failure(self, failure: Failure) -> None:
+        self.conn.server.failures += 1
         self._send_last(encode(failure))
 
     def _send_trace(self, event: TraceEvent) -> None:
@@ -1105,6 +1107,7 @@ class BrokerServer:
         # HTTP_BROKER_FAST_PATH is 0/no/off/false in the broker's environment.
         self.fast = os.environ.get("HTTP_BROKER_FAST_PATH", "1").strip().lower() not in _OFF
         self.fast_requests = 0  # started so: for tests and figures
+        self.failures = 0  # streams that ended in a Failure: for the figures
         # One read buffer for every connection: a read is handled to its end before
         # the loop reads another socket, and what a frame reader keeps it copies.
         self.read_view = memoryview(bytearray(_BUFSIZE))
@@ -1285,7 +1288,7 @@ class BrokerServer:
         processes = worker_figures((w.process, len(w.streams)) for w in self.workers if w.greeted)
         return build_stats(
             self.engine, len(self.workers), self.streams, self.jars.figures(), processes,
-            self.fast_requests,
+            Totals(self.engine.requests, self.fast_requests, self.failures),
         )
 
     async def stop(self, drain_timeout: float = 30.0) -> None:

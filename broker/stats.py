@@ -38,12 +38,12 @@ def build_stats(
     streams: int,
     jars: Sequence[JarFigures] = (),
     processes: Sequence[WorkerFigures] = (),
-    fast_requests: int = 0,
+    totals: Totals | None = None,
 ) -> Stats:
     """The figures of ``engine`` in this process, serving ``workers`` connections with
     ``streams`` open; ``jars``: the cookie jars' figures (``JarTable.figures``);
-    ``processes``: the worker processes' (``worker_figures``); ``fast_requests``: how
-    many of the requests the server's fast path started."""
+    ``processes``: the worker processes' (``worker_figures``); ``totals``: the server's
+    counts (else the engine's requests only)."""
     return Stats(
         pid=os.getpid(),
         workers=workers,
@@ -54,7 +54,7 @@ def build_stats(
         jars=list(jars),
         broker=broker_figures(),
         processes=list(processes),
-        totals=Totals(requests=engine.requests, fast_requests=fast_requests),
+        totals=totals or Totals(requests=engine.requests),
     )
 
 

@@ -57,7 +57,9 @@ def _header(stats: Stats, previous: Stats | None, elapsed: float | None) -> list
     if previous is not None and elapsed:
         before = previous.totals.requests if previous.totals is not None else previous.requests
         rate = f"  {(requests - before) / elapsed:.1f} req/s"
-    fast = f" ({totals.fast_requests} fast)" if totals is not None else ""
+    fast = ""
+    if totals is not None:
+        fast = f" ({totals.fast_requests} fast, {totals.failures} failed)"
     second = (
         f"requests {requests}{fast}{rate}  connections {stats.workers}  "
         f"processes {len(stats.processes)}  streams {stats.streams}"

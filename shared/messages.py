@@ -448,10 +448,12 @@ class BrokerFigures(msgspec.Struct, frozen=True):
 
 
 class Totals(msgspec.Struct, frozen=True):
-    """Counts since the engine started."""
+    """Counts since the engine started (``fast_requests`` and ``failures``: the broker's
+    only, 0 in embedded mode)."""
 
     requests: int = 0
     fast_requests: int = 0
+    failures: int = 0
 
 
 class Stats(_Msg, tag="stats", frozen=True):

@@ -6,17 +6,24 @@ from __future__ import annotations
 import asyncio
 import os
 
-from worker_client import ClientSession, CookieJar, TCPConnector
+from worker_client import ClientConnectorError, ClientSession, CookieJar, TCPConnector
 
 
 async def _login_then_hold(broker: str, login: str, hold: str, jar_name: str) -> int:
-    """Log in through a named jar on pool "stats-idle" (its connection stays idle), then
-    one request on pool "stats-one" (limit 1) that the server holds."""
+    """Log in through a named jar on pool "stats-idle" (its connection stays idle), fail
+    to connect to a closed port, then make one request on pool "stats-one" (limit 1)
+    that the server holds."""
     jar = CookieJar(name=jar_name, unsafe=True)
     idle = TCPConnector(name="stats-idle")
     async with ClientSession(broker=broker, connector=idle, cookie_jar=jar) as session:
         async with session.get(login) as resp:
             await resp.read()
+        try:
+            await session.get("http://127.0.0.1:1/")  # nothing listens: a failure
+        except ClientConnectorError:
+            pass
+        else:
+            raise AssertionError("port 1 answered")
         one = TCPConnector(name="stats-one", limit=1)
         async with ClientSession(broker=broker, connector=one) as held:
             async with held.get(hold, params={"pid": os.getpid()}) as resp:

@@ -75,7 +75,7 @@ async def test_stats_json_field_by_field_and_top_once(serve_app, tmp_path):
     loop = asyncio.get_running_loop()
     with broker.start(path, export=False) as proc:
         # Worker A: a login through a named jar (its connection then idle, "localhost"
-        # in the DNS cache), then a request held on pool "stats-one" (limit 1).
+        # in the DNS cache), a failure, then a request held on pool "stats-one" (limit 1).
         a_job = loop.run_in_executor(
             None, run_in_processes, _stats_workers.login_then_hold,
             [(path, login_host + "/login", held_host + "/hold", jar_name)],
@@ -104,7 +104,7 @@ async def test_stats_json_field_by_field_and_top_once(serve_app, tmp_path):
 
         assert figures["pid"] == proc.pid
         assert figures["streams"] == 3  # A's held request, B's two queued
-        assert figures["requests"] == 4  # A's login and held request, B's two
+        assert figures["requests"] == 5  # A's login, failure and held request, B's two
 
         one = _pool(figures, "stats-one")
         assert one["options"] == {"limit": 1} and one["limit"] == 1
@@ -155,11 +155,12 @@ async def test_stats_json_field_by_field_and_top_once(serve_app, tmp_path):
         assert (b["pid"], b["version"], b["protocol"]) == (proc.pid, __version__, PROTOCOL_VERSION)
         assert b["loop"] in ("asyncio", "uvloop")
         assert b["uptime"] > 0 and b["cpu"] > 0 and b["rss"] > 1 << 20
-        assert figures["totals"] == {"requests": 4, "fast_requests": 0}  # no idle connection
+        # none on the fast path: no idle connection for them
+        assert figures["totals"] == {"requests": 5, "fast_requests": 0, "failures": 1}
 
         lines = frame.splitlines()
         assert lines[0].startswith(f"http-broker {__version__}  pid {proc.pid}  ")
-        assert "requests 4 (0 fast)" in lines[1] and "streams 3" in lines[1]
+        assert "requests 5 (0 fast, 1 failed)" in lines[1] and "streams 3" in lines[1]
         rows = [ln.split() for ln in lines if ln.startswith(("stats-", "  http"))]
         names = [row[0] for row in rows]
         assert sorted(names) == sorted(["stats-one", held_host, "stats-idle", login_host])
@@ -188,7 +189,7 @@ async def test_stats_json_field_by_field_and_top_once(serve_app, tmp_path):
         await wait_until(workers_gone, timeout=30, what="the workers' connections closed")
         cli_pid, out = await _cli("stats", "--json", "--socket", path)
         after = json.loads(out)
-        assert after["streams"] == 0 and after["requests"] == 4
+        assert after["streams"] == 0 and after["requests"] == 5
         assert [p["pid"] for p in after["processes"]] == [cli_pid]
         one = _pool(after, "stats-one")
         assert (one["open"], one["active"], one["idle"], one["queued"]) == (1, 0, 1, 0)

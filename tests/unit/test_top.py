@@ -59,7 +59,7 @@ def stats(
             WorkerFigures(1001, 2, 7, worker_cpu, 30 << 20),
             WorkerFigures(1002, 1, 0, None, None),
         ],
-        totals=Totals(requests=requests, fast_requests=60),
+        totals=Totals(requests=requests, fast_requests=60, failures=2),
     )
 
 
@@ -68,7 +68,7 @@ def test_a_frame_has_every_table_aligned():
     lines = frame.splitlines()
     assert lines[:2] == [
         "http-broker 1.2.3  pid 42  uvloop  protocol 5  up 10.0s  cpu 2.00s  rss 50.0 MiB",
-        "requests 100 (60 fast)  connections 3  processes 2  streams 7",
+        "requests 100 (60 fast, 2 failed)  connections 3  processes 2  streams 7",
     ]
     assert "\n".join(lines[3:7]) == (
         "POOL / HOST         LIMIT/HOST  OPEN  ACTIVE  IDLE  QUEUED  LONGEST WAIT\n"
@@ -97,7 +97,7 @@ def test_rates_come_from_the_previous_frame_over_the_brokers_uptime():
     now = stats(uptime=12.0, requests=350, cpu=2.5, worker_cpu=1.5)
     lines = top.render(now, before).splitlines()
     assert "cpu 2.50s (25.0%)" in lines[0]
-    assert lines[1].startswith("requests 350 (60 fast)  125.0 req/s  ")
+    assert lines[1].startswith("requests 350 (60 fast, 2 failed)  125.0 req/s  ")
     (row,) = [ln.split() for ln in lines if ln.startswith("1001")]
     assert row[4] == "25.0%"
     # A restarted broker (another pid) or no time passed: no rates.
