@@ -389,7 +389,9 @@ class OpenCap:
     connection's socket is closed (``closed``), or given back unused (``closed`` too).
     Waiters are granted in arrival order (``OrderedDict``), and nobody takes a place
     while others wait. Connections are counted whatever the limit, so a limit set later
-    (``set_limit``, a reload) holds at once against what is open."""
+    (``set_limit``, a reload) holds at once against what is open. ``waiters`` holds one
+    entry per connect waiting, so it is bounded as the requests are (each worker
+    connection's ``max_streams``)."""
 
     __slots__ = ("limit", "open", "waiters")
 

@@ -153,7 +153,9 @@ async def test_a_failed_save_is_logged_and_tried_again_on_close(tmp_path, caplog
     resource.setrlimit(resource.RLIMIT_FSIZE, (1024, old_limit[1]))
     try:
         cookie_file.changed()
-        await wait_until(lambda: "cookie_file_save_failed" in caplog.text, what="the logged failure")
+        await wait_until(
+            lambda: "cookie_file_save_failed" in caplog.text, what="the logged failure"
+        )
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         signal.signal(signal.SIGXFSZ, old_handler)
