@@ -56,7 +56,6 @@ APPLY: dict[str, Callable[[BrokerServer, Config], None]] = {
     "broker.max_workers": _set_max_workers,
     "broker.max_connections": _set_max_connections,
     "broker.drain_timeout": _set_nothing,
-    "timeouts.total": _set_timeouts,
     "timeouts.connect": _set_timeouts,
     "timeouts.sock_read": _set_timeouts,
     "timeouts.sock_connect": _set_timeouts,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from shared.specs import ClientTimeout
+from shared.specs import DEFAULT_TIMEOUT, ClientTimeout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,11 +66,11 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class TimeoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[timeouts]``: the ``ClientTimeout`` of a request whose session kept aiohttp's
-    default timeout (seconds; 0: none). A session or request with a timeout of its own
-    keeps it."""
+    """``[timeouts]``: for a request whose session kept aiohttp's default timeout (sent
+    as "default"), the parts of its ``ClientTimeout`` that the broker enforces (seconds;
+    0: none). A session or request with a timeout of its own keeps it. ``total`` is not
+    among them: the worker enforces it, with its own session's value."""
 
-    total: float = 300.0
     connect: float = 0.0
     sock_read: float = 0.0
     sock_connect: float = 30.0
@@ -83,7 +83,7 @@ class TimeoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     def client_timeout(self) -> ClientTimeout:
         return ClientTimeout(
-            total=self.total or None,
+            total=DEFAULT_TIMEOUT.total,
             connect=self.connect or None,
             sock_read=self.sock_read or None,
             sock_connect=self.sock_connect or None,

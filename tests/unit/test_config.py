@@ -63,7 +63,9 @@ def test_an_unknown_key_is_named_with_its_table_and_the_file(tmp_path, text, mes
     [
         ("[broker]\nmax_workers = 'many'\n",
          "key 'max_workers' (in [broker]): expected `int`, got `str`"),
-        ("[timeouts]\ntotal = true\n", "key 'total' (in [timeouts]): expected `float`, got `bool`"),
+        ("[timeouts]\nconnect = true\n",
+         "key 'connect' (in [timeouts]): expected `float`, got `bool`"),
+        ("[timeouts]\ntotal = 5\n", "unknown key 'total' (in [timeouts])"),
         ("[log]\nlevel = 'loud'\n", "key 'level' (in [log]): invalid enum value 'loud'"),
         ("broker = 3\n", "[broker]: expected `object`, got `int`"),
         ("[broker]\nsocket_mode = 0o666\n", "socket_mode 0o666 lets every user connect"),
@@ -97,8 +99,8 @@ def test_the_command_line_overrides_the_file():
 
 
 def test_timeouts_of_zero_are_none():
-    config = parse({"timeouts": {"total": 0, "sock_read": 2.5}})
-    assert config.timeouts.client_timeout() == ClientTimeout(sock_read=2.5, sock_connect=30)
+    config = parse({"timeouts": {"sock_connect": 0, "sock_read": 2.5}})
+    assert config.timeouts.client_timeout() == ClientTimeout(total=300, sock_read=2.5)
 
 
 def test_changes_split_what_applies_from_what_needs_a_restart():
