@@ -299,3 +299,43 @@ async def test_the_log_of_requests_with_credentials_holds_none(short_dir, serve_
     assert f"url=http://{dead}/p " in text  # the URL is there, without what it carried
     assert "secret" not in text.lower(), text
     assert "Bearer" not in text and "c2VjcmV0" not in text  # nor base64 of "secret"
+
+
+_HANDSHAKE = """
+import os, socket, sys
+from shared.framing import FrameReader, encode
+from shared.messages import PROTOCOL_VERSION, ErrorFrame, Hello
+os.setgroups([]); os.setgid(65534); os.setuid(int(sys.argv[2]))
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(10)
+sock.connect(sys.argv[1])
+sock.sendall(encode(Hello(PROTOCOL_VERSION, os.getpid())))
+reader, msgs = FrameReader(), []
+while not msgs:
+    data = sock.recv(65536)
+    if not data:
+        break
+    msgs = reader.feed(data)
+msg = msgs[0] if msgs else None
+print(type(msg).__name__, getattr(msg, "code", ""))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts workers of other uids: needs root")
+async def test_allowed_uids_are_served_and_other_uids_refused(short_dir):
+    async with serve(short_dir, "[broker]\nsocket_mode = 0o660\nallowed_uids = [65534]\n"
+                     + INFO) as broker:
+        os.chmod(short_dir, 0o755)  # the file system lets both in: the broker decides
+        os.chown(broker.socket, -1, 65534)
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        answers = {}
+        for uid in (65534, 65533):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _HANDSHAKE, broker.socket, str(uid),
+                stdout=asyncio.subprocess.PIPE, env=env, cwd="/",
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            answers[uid] = out.decode().strip()
+        assert answers == {65534: "Welcome", 65533: "ErrorFrame permission"}
+        line = await broker.until("event=worker_refused")
+        assert "reason=uid" in line and "uid=65533" in line
