@@ -31,6 +31,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
+from logging import ERROR
 from typing import TYPE_CHECKING
 
 from shared.messages import HistoryItem, Request
@@ -38,6 +39,7 @@ from shared.messages import HistoryItem, Request
 from .decoding import DecodeError, Decoder
 from .failures import ConnectionFailure, failure_message
 from .http1 import HTTP1Connection, watch_silence
+from .logs import event
 from .stream import BrokerStream
 
 if TYPE_CHECKING:
@@ -221,7 +223,7 @@ class ResponseBody:
             else:
                 stream.fail(failure_message(self.req, error, self.history))
         except Exception as exc:  # a carrier bug: log it, never raise into the loop
-            log.error("stream %s could not be ended", self.req.stream, exc_info=exc)
+            event(log, ERROR, "stream_end_failed", stream=self.req.stream, exc_info=exc)
 
     def _stop_watch(self) -> None:
         if self._unwatch is not None:

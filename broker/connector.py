@@ -13,7 +13,13 @@ stream, on Python 3.11+ at most the pool's ``ssl_shutdown_timeout`` when set (el
 asyncio's 30 s); the pool aborts one still open after ``CLOSE_LIMIT`` (30 s, or the
 ``ssl_shutdown_timeout`` if longer), which is what bounds it on 3.10, whose TLS close
 waits as long as the peer takes. Closing the pool aborts those still open, and waits for
-them as for the rest: no socket outlives its pool."""
+them as for the rest: no socket outlives its pool.
+
+The broker-wide cap on open connections (``pool_state.OpenCap``, one for all pools, the
+registry's): a connect takes a place in it before dialing, waiting for one in arrival
+order within the same ``timeout.connect`` deadline, and holds it until its socket is
+closed. While requests wait there, the oldest idle connection of any pool is closed to
+make room (``make_room``: once per waiter, and once per connection released idle)."""
 
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from shared.specs import ClientTimeout, PoolSpec, TlsSpec
 from .dialer import NO_TLS, ConnKey, Dialer, connect_timeout
 from .failures import ConnectionFailure
 from .http1 import HTTP1Connection
-from .pool_state import NEW, NOTHING, Decision, PoolState, _New
+from .pool_state import NEW, NOTHING, Decision, OpenCap, PoolState, _New
 from .proxy import dial_proxy, proxy_label
 from .rate_limit import RateLimiter
 from .resolver import CachedResolver
@@ -63,8 +69,12 @@ class Pool:
         resolver: CachedResolver,
         clock: Callable[[], float] | None = None,
         tls: TlsContexts | None = None,
+        cap: OpenCap | None = None,
+        make_room: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.cap = cap if cap is not None else OpenCap()
+        self._make_room = make_room or _nothing
         self._loop = loop
         self._resolver = resolver
         self.state: PoolState[HTTP1Connection] = PoolState(
@@ -303,6 +313,8 @@ class Pool:
         decision = self.state.release(conn.key, conn, reusable)
         if decision is not NOTHING:
             self._apply(decision)
+        if reusable and self.cap.waiters:
+            self._make_room()
         if reusable and self._expiry is None:
             self._schedule_expiry()
 
@@ -344,14 +356,58 @@ class Pool:
         tls: TlsSpec | None = None,
         trace: BrokerStream | None = None,
     ) -> HTTP1Connection:
-        if key[4]:  # through a proxy (broker.proxy); aiohttp traces none of its lookup
-            return self._adopt(await dial_proxy(self.dialer, key, timeout, deadline, tls), key)
-        return self._adopt(await self.dialer.dial(key, timeout, deadline, tls, trace), key)
+        if not self.cap.take():
+            await self._cap_place(key, deadline)
+        try:
+            if key[4]:  # through a proxy (broker.proxy); aiohttp traces none of its lookup
+                conn = await dial_proxy(self.dialer, key, timeout, deadline, tls)
+            else:
+                conn = await self.dialer.dial(key, timeout, deadline, tls, trace)
+        except BaseException:
+            self._cap_free()
+            raise
+        conn.lost.add_done_callback(self._cap_closed)
+        return self._adopt(conn, key)
+
+    async def _cap_place(self, key: ConnKey, deadline: float | None) -> None:
+        """Wait for a place under the broker-wide cap (see the module's docstring)."""
+        cap = self.cap
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        cap.enqueue(waiter)
+        self._make_room()
+        timer = None
+        if deadline is not None:
+            timer = self._loop.call_at(deadline, self._cap_expired, key, waiter)
+        try:
+            await waiter
+        except BaseException:
+            # A place granted as we were cancelled is given back.
+            if not cap.cancel(waiter) and waiter.done() and not waiter.cancelled() and (
+                waiter.exception() is None
+            ):
+                self._cap_free()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _cap_expired(self, key: ConnKey, waiter: asyncio.Future[None]) -> None:
+        if self.cap.cancel(waiter):
+            waiter.set_exception(connect_timeout(key))
+
+    def _cap_closed(self, _lost: asyncio.Future[None]) -> None:
+        self._cap_free()
+
+    def _cap_free(self) -> None:
+        grant_places(self.cap, self.cap.closed())
 
     def _adopt(self, conn: HTTP1Connection, key: ConnKey) -> HTTP1Connection:
         conn.key = key
         conn.on_idle_lost = self._idle_lost
         return conn
+
+    def close_oldest_idle(self) -> None:
+        self._apply(self.state.close_oldest_idle())
 
     def _idle_lost(self, conn: HTTP1Connection) -> None:
         self._apply(self.state.idle_lost(conn.key, conn))
@@ -456,3 +512,19 @@ def _is_tls(conn: HTTP1Connection) -> bool:
 def _set_done(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _nothing() -> None:
+    pass
+
+
+def grant_places(cap: OpenCap, granted: list[object]) -> None:
+    """Wake the waiters ``cap`` granted a place; a place granted to one that gave up
+    meanwhile goes on to the next."""
+    while granted:
+        waiter = granted.pop(0)
+        assert isinstance(waiter, asyncio.Future)
+        if waiter.done():
+            granted += cap.closed()
+        else:
+            waiter.set_result(None)

@@ -11,10 +11,13 @@ worker maps onto aiohttp's exception (``worker_client.exceptions``).
 from __future__ import annotations
 
 import logging
+from logging import DEBUG, ERROR
 from typing import Any
 
 from shared.errors import ErrorCode
 from shared.messages import Failure, HistoryItem, Request
+
+from .logs import event
 
 __all__ = ["ConnectionFailure", "failure_message"]
 
@@ -34,7 +37,10 @@ class ConnectionFailure(Exception):
 def failure_message(req: Request, exc: BaseException, history: list[HistoryItem]) -> Failure:
     """The wire ``Failure`` for ``exc``, which ended ``req`` after ``history``."""
     if isinstance(exc, ConnectionFailure):
+        event(log, DEBUG, "request_failed", stream=req.stream, method=req.method, url=req.url,
+              code=exc.code.value, reason=exc.message)
         return Failure(req.stream, exc.code, exc.message, history=history, **exc.fields)
     # A bug here must not take the broker down: report it, keep serving.
-    log.error("request %s failed inside the broker", req.stream, exc_info=exc)
+    event(log, ERROR, "request_crashed", stream=req.stream, method=req.method, url=req.url,
+          exc_info=exc)
     return Failure(req.stream, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")

@@ -34,12 +34,14 @@ import logging
 import os
 import tempfile
 import time
+from logging import ERROR, WARNING
 from typing import Any
 
 from shared.messages import CookieData
 from shared.specs import JarSpec
 
 from .jars import JarTable
+from .logs import event
 
 __all__ = ["CookieFile", "parse_document", "write_atomically", "FORMAT_VERSION"]
 
@@ -152,10 +154,8 @@ class CookieFile:
         except (ValueError, RecursionError) as exc:  # JSON and UnicodeDecodeError included
             aside = f"{self.path}.corrupt-{int(time.time())}"
             os.replace(self.path, aside)
-            log.error(
-                "the cookie file %s is corrupt (%s); moved it to %s and started with no "
-                "named cookie jars", self.path, exc, aside,
-            )
+            event(log, ERROR, "cookie_file_corrupt", path=self.path, error=str(exc),
+                  moved_to=aside, action="started with no named cookie jars")
 
     def start(self) -> None:
         """Save on every change of a named jar from now on."""
@@ -184,7 +184,7 @@ class CookieFile:
                     self._failed(exc)
                     return
                 if self._retry:
-                    log.warning("saved the cookie file %s again", self.path)
+                    event(log, WARNING, "cookie_file_saved_again", path=self.path)
                     self._retry = 0.0
                 self.saves += 1
                 if self._dirty and not self._closed:
@@ -196,13 +196,12 @@ class CookieFile:
         """Try again later, waiting twice as long each time up to ``RETRY_MAX``; log the
         first failure of a run, not each one."""
         if self._closed:
-            log.error(
-                "could not save the cookie file %s at stop: %s; the changes since the last "
-                "save are lost", self.path, exc,
-            )
+            event(log, ERROR, "cookie_file_save_failed", path=self.path, error=str(exc),
+                  action="stopping: the changes since the last save are lost")
             return
         if not self._retry:
-            log.error("could not save the cookie file %s: %s; trying again", self.path, exc)
+            event(log, ERROR, "cookie_file_save_failed", path=self.path, error=str(exc),
+                  action="trying again")
         self._retry = min(max(self._retry * 2, self.delay * 2), RETRY_MAX)
         if not self._closed and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._retry, self._save_now)

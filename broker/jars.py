@@ -46,6 +46,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass
+from logging import ERROR
 from typing import Any
 
 import msgspec
@@ -72,6 +73,7 @@ from shared.messages import (
 from shared.specs import JarSpec
 
 from .cookie_store import CookieStore
+from .logs import event
 
 __all__ = [
     "JAR_CALLS", "MAX_NAMED_JARS", "PIECE_SIZE", "JarTable", "UNKNOWN_JAR",
@@ -220,7 +222,7 @@ class JarTable:
         except ValueError as exc:
             return [JarFailed(msg.call, str(exc), invalid=True)]
         except Exception as exc:  # a bug here costs the call, not the connection
-            log.error("jar call %s failed", type(msg).__name__, exc_info=exc)
+            event(log, ERROR, "jar_call_failed", call=type(msg).__name__, exc_info=exc)
             call = getattr(msg, "call", None)
             if call is None:
                 return []

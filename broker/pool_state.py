@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 C = TypeVar("C", bound=Hashable)
 K = Hashable
 
-__all__ = ["NEW", "NOTHING", "Decision", "PoolState"]
+__all__ = ["NEW", "NOTHING", "Decision", "OpenCap", "PoolState"]
 
 
 class _New:
@@ -339,6 +339,19 @@ class PoolState(Generic[C]):
         self._dispatch(decision)
         return decision
 
+    def oldest_idle(self) -> float | None:
+        """Since when the pool's oldest idle connection is idle; None: none is."""
+        for _, since in self._idle_order.values():
+            return since
+        return None
+
+    def close_oldest_idle(self) -> Decision[C]:
+        """Close the oldest idle connection (to free a place under ``OpenCap``)."""
+        decision: Decision[C] = Decision()
+        if self._evict_other_idle(decision):
+            self._dispatch(decision)
+        return decision
+
     def close_all_idle(self) -> list[C]:
         out = list(self._idle_order)
         for key, _ in self._idle_order.values():
@@ -365,3 +378,58 @@ class PoolState(Generic[C]):
 
 
 _MISSING = object()
+
+
+class OpenCap:
+    """The broker-wide cap on open upstream connections, over all pools (``limit``; 0:
+    none), on top of each pool's own limits.
+
+    A pool that got a slot to open a connection (``NEW``) takes a place here first:
+    ``take``, or else ``enqueue`` and wait for a grant. A place is held until the
+    connection's socket is closed (``closed``), or given back unused (``closed`` too).
+    Waiters are granted in arrival order (``OrderedDict``), and nobody takes a place
+    while others wait. Connections are counted whatever the limit, so a limit set later
+    (``set_limit``, a reload) holds at once against what is open. ``waiters`` holds one
+    entry per connect waiting, so it is bounded as the requests are (each worker
+    connection's ``max_streams``)."""
+
+    __slots__ = ("limit", "open", "waiters")
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.open = 0
+        self.waiters: OrderedDict[object, None] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"<OpenCap {self.open}/{self.limit or 'no limit'} open, {len(self.waiters)} waiting>"
+
+    def take(self) -> bool:
+        if self.waiters or (self.limit and self.open >= self.limit):
+            return False
+        self.open += 1
+        return True
+
+    def enqueue(self, waiter: object) -> None:
+        self.waiters[waiter] = None
+
+    def cancel(self, waiter: object) -> bool:
+        """A waiter gave up; True if it was still waiting (nothing granted)."""
+        return self.waiters.pop(waiter, _MISSING) is not _MISSING
+
+    def closed(self) -> list[object]:
+        """A place is free again: the waiters granted one (counted), in order."""
+        self.open -= 1
+        return self._grant()
+
+    def set_limit(self, limit: int) -> list[object]:
+        self.limit = limit
+        return self._grant()
+
+    def _grant(self) -> list[object]:
+        out: list[object] = []
+        waiters = self.waiters
+        while waiters and (not self.limit or self.open < self.limit):
+            waiter, _ = waiters.popitem(last=False)
+            self.open += 1
+            out.append(waiter)
+        return out

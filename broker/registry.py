@@ -21,7 +21,10 @@ The only cost on the request path is one counter: ``pool()`` numbers its calls a
 stamps the pool it returns, so the least recently used quiet pool is the quiet one with
 the smallest stamp, found by a scan that runs only when a new spec meets the cap.
 Closing an evicted pool or resolver runs as a task, which ``close()`` waits for.
-The TLS contexts (``broker.tls.TlsContexts``, bounded there) are one cache for all pools.
+The TLS contexts (``broker.tls.TlsContexts``, bounded there) are one cache for all pools,
+and so is the cap on open connections (``cap``, ``pool_state.OpenCap``; 0: none): when a
+connect waits for it, ``make_room`` closes the oldest idle connection of all pools (a
+scan of the pools, only then).
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ import msgspec
 from shared.messages import DnsFigures, PoolFigures
 from shared.specs import PoolSpec, ResolverSpec, decode_pool
 
-from .connector import Pool
+from .connector import Pool, grant_places
 from .failures import ConnectionFailure
+from .pool_state import OpenCap
 from .resolver import CachedResolver
 from .tls import TlsContexts
 
@@ -81,6 +85,7 @@ class Registry:
         max_pools: int = MAX_POOLS,
         max_resolvers: int = MAX_RESOLVERS,
         idle_ttl: float = POOL_IDLE_TTL,
+        max_connections: int = 0,
     ) -> None:
         if max_pools < 1 or max_resolvers < 1 or idle_ttl <= 0:
             raise ValueError("max_pools, max_resolvers and idle_ttl must be > 0")
@@ -95,6 +100,7 @@ class Registry:
         self._picks = 0  # pool() calls: a pool's ``picked`` is the last one's number
         self._resolvers: dict[ResolverKey, _Held] = {}
         self.tls = TlsContexts()  # every pool's TLS contexts, by tls id
+        self.cap = OpenCap(max_connections)  # upstream connections open, over all pools
         self._closing: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.evicted = 0
@@ -160,7 +166,8 @@ class Registry:
             )
         held = self._resolver_for(resolver_key(spec))
         pool = self._pools[spec] = Pool(
-            spec, self._loop, held.resolver, clock=self._clock, tls=self.tls
+            spec, self._loop, held.resolver, clock=self._clock, tls=self.tls, cap=self.cap,
+            make_room=self.make_room,
         )
         held.users += 1
         if self._sweeper is None:
@@ -200,6 +207,23 @@ class Registry:
         held = self._resolvers.get(resolver_key(spec))
         if held is not None:
             held.resolver.clear(host, port)
+
+    # -- the cap on open connections -------------------------------------------------
+
+    def set_max_connections(self, limit: int) -> None:
+        """A new cap (0: none); waiters it lets through go at once."""
+        grant_places(self.cap, self.cap.set_limit(limit))
+
+    def make_room(self) -> None:
+        """Close the oldest idle connection of all pools, if any is idle."""
+        oldest: Pool | None = None
+        since = 0.0
+        for pool in self._pools.values():
+            t = pool.state.oldest_idle()
+            if t is not None and (oldest is None or t < since):
+                oldest, since = pool, t
+        if oldest is not None:
+            oldest.close_oldest_idle()
 
     # -- eviction --------------------------------------------------------------------
 

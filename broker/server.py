@@ -73,8 +73,9 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from logging import ERROR, INFO, WARNING
 from typing import Any, cast
 
 from msgspec.structs import force_setattr, replace
@@ -111,7 +112,7 @@ from shared.messages import (
     TraceEvent,
     Welcome,
 )
-from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, TlsSpec, encode_pool
+from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, TlsSpec, encode_pool
 from shared.stream_state import Event, State, step
 
 from . import fast as fast_core
@@ -126,6 +127,7 @@ from .http1 import HTTP1Connection, watch_silence
 from .jar_file import CookieFile
 from .jars import JAR_CALLS, UNKNOWN_JAR, JarTable
 from .known import Checked, SpecIds
+from .logs import event
 from .peercred import peer_credentials
 from .stats import build_stats, worker_figures
 from .stream import BrokerStream
@@ -336,15 +338,17 @@ class IPCStream(BrokerStream):
         self.conn.server.failures += 1
         self._send_last(encode(failure))
 
-    def _send_trace(self, event: TraceEvent) -> None:
+    def _send_trace(self, trace: TraceEvent) -> None:
         """At once, never held: it precedes the head, and nothing waits on its way."""
         try:
-            frame = encode(event)
+            frame = encode(trace)
         except UnicodeError as exc:  # a cookie from the jar that is not UTF-8
-            log.warning("stream %s: %s event not sent: %s", self.id, event.kind, exc)
+            event(log, WARNING, "trace_event_dropped", stream=self.id, kind=trace.kind,
+                  reason=str(exc))
             return
         if len(frame) > MAX_FRAME + 4:  # the worker would drop the whole connection
-            log.warning("stream %s: %s event over the frame cap, not sent", self.id, event.kind)
+            event(log, WARNING, "trace_event_dropped", stream=self.id, kind=trace.kind,
+                  reason="over the frame cap")
             return
         self.conn.write(frame)
 
@@ -402,7 +406,7 @@ class IPCStream(BrokerStream):
 
     def refuse(self, message: str) -> None:
         """The worker broke this stream's rules: the stream fails alone, its work stops."""
-        log.warning("worker pid=%s, stream %s: %s", self.conn.pid, self.id, message)
+        event(log, WARNING, "stream_refused", pid=self.conn.pid, stream=self.id, reason=message)
         if not self.finished:
             self.fail(Failure(self.id, ErrorCode.PROTOCOL, message))
         self._stop_filling(tell=False)
@@ -500,12 +504,29 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         sock = self.transport.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
+        uid = -1
         if creds is not None:
             self.peer_pid, uid = creds
-            if uid != os.getuid() and uid != 0:
-                log.warning("refused a worker of uid %s (broker uid %s)", uid, os.getuid())
-                self.hang_up("permission", "the broker serves only its own user")
+            if uid != os.getuid() and uid != 0 and uid not in self.server.allowed_uids:
+                event(log, WARNING, "worker_refused", reason="uid", pid=self.peer_pid, uid=uid,
+                      broker_uid=os.getuid())
+                self.hang_up(
+                    "permission",
+                    "the broker serves only its own user and the allowed_uids of its "
+                    "configuration",
+                )
                 return
+        cap = self.server.max_workers
+        if cap and len(self.server.workers) >= cap:
+            event(log, WARNING, "worker_refused", reason="max_workers", pid=self.peer_pid,
+                  uid=uid, max_workers=cap)
+            self.hang_up(
+                "busy",
+                f"the broker serves at most {cap} worker connections at once (max_workers "
+                "in its configuration), and has that many; try again later",
+            )
+            return
+        event(log, INFO, "worker_connected", pid=self.peer_pid, uid=uid)
         self.server.workers.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(
             self.limits.handshake_timeout, self._handshake_late
@@ -539,7 +560,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
             try:
                 self._dispatch(msg)
             except Exception as exc:
-                log.error("worker pid=%s: %s failed", self.pid, type(msg).__name__, exc_info=exc)
+                event(log, ERROR, "frame_failed", pid=self.pid, frame=type(msg).__name__,
+                      exc_info=exc)
                 self.hang_up(
                     "protocol",
                     f"the broker could not handle {type(msg).__name__}: "
@@ -563,10 +585,14 @@ class WorkerConnection(asyncio.BufferedProtocol):
             try:
                 stream.wake()
             except Exception as exc:  # an engine bug: that stream fails, not the loop
-                log.error("stream %s could not resume", stream.id, exc_info=exc)
+                event(log, ERROR, "stream_resume_failed", pid=self.pid, stream=stream.id,
+                      exc_info=exc)
                 stream.refuse(f"the broker failed: {type(exc).__name__}: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self in self.server.workers:
+            event(log, INFO, "worker_disconnected", pid=self.peer_pid or self.pid,
+                  streams=len(self.streams))
         self.closed = True
         self._cancel_hello_timer()
         self._backlog = None
@@ -585,7 +611,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def peer_gone(self) -> None:
         """The worker process exited, though its socket may live on in a child."""
         self.server.unwatch_peer(self)
-        log.info("worker %d is gone; closing its connection", self.peer_pid)
+        event(log, INFO, "worker_gone", pid=self.peer_pid)
         if self.transport is not None:
             self.transport.abort()
 
@@ -710,7 +736,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
             with socket.socket(fileno=os.dup(raw.fileno())) as dup:
                 sent = socket.send_fds(dup, [frame], fds)
         except OSError as exc:  # EAGAIN cannot happen on an idle socket; anything else
-            log.warning("worker pid=%s: arenas not sent (%s); inline bodies", self.pid, exc)
+            event(log, WARNING, "shm_not_sent", pid=self.pid, reason=str(exc), bodies="inline")
             return False
         if sent < len(frame):
             transport.write(frame[sent:])
@@ -865,7 +891,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         if req.timeout_id:
             force_setattr(req, "timeout", ids.timeout(req.timeout_id))
         elif req.timeout is None:
-            force_setattr(req, "timeout", DEFAULT_TIMEOUT)
+            force_setattr(req, "timeout", self.server.default_timeout)
         return _checked(req, self.checked)
 
     def _refusal(self) -> str | None:
@@ -911,7 +937,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
 
     def hang_up(self, code: str, message: str) -> None:
         """Say why, then close this worker's connection."""
-        log.warning("closing worker connection pid=%s: %s", self.pid, message)
+        event(log, WARNING, "worker_closed", pid=self.pid, code=code, reason=message)
         self._cancel_hello_timer()
         transport = self.transport
         if transport is not None and not self.closed:
@@ -1057,7 +1083,8 @@ class _FastStart:
                     return
             self.conn.run(req, stream, self.url, self.jar, None, (upstream, result))
         except Exception as exc:  # a bug: that stream fails, never the upstream's loop
-            log.error("stream %s: the fast path failed", stream.id, exc_info=exc)
+            event(log, ERROR, "fast_path_failed", pid=self.conn.pid, stream=stream.id,
+                  exc_info=exc)
             if not stream.finished:
                 stream.refuse(f"the broker failed: {type(exc).__name__}: {exc}")
 
@@ -1090,10 +1117,21 @@ class BrokerServer:
         engine: Engine | None = None,
         limits: Limits = Limits(),
         cookie_file: str | None = None,
+        *,
+        socket_mode: int = 0o600,
+        allowed_uids: Iterable[int] = (),
+        max_workers: int = 0,
+        default_timeout: ClientTimeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.path = path
         self.engine = engine or Engine()
         self.limits = limits
+        self.socket_mode = socket_mode
+        # Set again on a reload (``broker.cli``): read where a worker connects or asks.
+        self.allowed_uids = frozenset(allowed_uids)  # besides the broker's own and root
+        self.max_workers = max_workers  # worker connections at once; 0: no cap
+        # a request's timeout when its session kept the default (sent as none)
+        self.default_timeout = default_timeout
         self.jars = JarTable(max_jars=limits.max_jars)
         self.cookie_file = CookieFile(cookie_file, self.jars) if cookie_file else None
         self.workers: set[WorkerConnection] = set()
@@ -1129,12 +1167,13 @@ class BrokerServer:
             self.cookie_file.load()
             self.cookie_file.start()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+        # born with its mode: no window where others can connect
+        old = os.umask(0o777 & ~self.socket_mode)
         try:
             sock.bind(self.path)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        os.chmod(self.path, self.socket_mode)
         sock.listen(512)
         self._server = await loop.create_unix_server(
             lambda: WorkerConnection(self), sock=sock
@@ -1155,7 +1194,7 @@ class BrokerServer:
                 conn.peer_gone()
                 return
             except OSError as exc:
-                log.warning("no pidfd for worker %d (%s); polling its pid", pid, exc)
+                event(log, WARNING, "no_pidfd", pid=pid, reason=str(exc), fallback="polling")
             else:
                 conn.pidfd = fd
                 asyncio.get_running_loop().add_reader(fd, conn.peer_gone)
@@ -1227,7 +1266,7 @@ class BrokerServer:
                 self.jars.drop_owner(pid)
                 return
             except OSError as exc:
-                log.warning("no pidfd for worker %d (%s); polling its pid", pid, exc)
+                event(log, WARNING, "no_pidfd", pid=pid, reason=str(exc), fallback="polling")
             else:
                 asyncio.get_running_loop().add_reader(fd, self._process_exited, pid)
         elif _gone(pid):
@@ -1267,7 +1306,7 @@ class BrokerServer:
                 down.close()
                 raise
         except (OSError, ValueError) as exc:  # no memfd; Limits past an arena's bounds
-            log.warning("no shared memory for a worker (%s); inline bodies", exc)
+            event(log, WARNING, "no_shm", pid=process, reason=str(exc), bodies="inline")
             return None
         self.shm_bytes += size
         self._shm_processes[process] = self._shm_processes.get(process, 0) + 1
@@ -1306,7 +1345,8 @@ class BrokerServer:
             finally:
                 idle.cancel()
             if self.streams:
-                log.warning("drain timed out with %d streams in flight", self.streams)
+                event(log, WARNING, "drain_timed_out", streams=self.streams,
+                      drain_timeout=drain_timeout)
         for w in list(self.workers):
             if w.transport is not None:
                 w.transport.close()

@@ -344,7 +344,7 @@ def test_a_truncated_cookie_file_is_moved_aside_and_the_broker_starts(tmp_path, 
     (aside,) = tmp_path.glob("cookies.json.corrupt-*")
     assert aside.read_bytes() == text[:-10]
     err = capfd.readouterr().err
-    assert "ERROR" in err and "corrupt" in err and str(aside) in err
+    assert "level=error" in err and "corrupt" in err and str(aside) in err
     assert _file_has(str(cookie_file), '"new"')  # the final save at stop
 
 

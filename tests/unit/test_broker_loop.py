@@ -61,9 +61,9 @@ def test_the_broker_process_runs_on_the_loop_chosen(tmp_path, env, expected):
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()  # the first INFO line: "broker PID serving on PATH (LOOP)"
-        assert "serving on" in line, line
-        assert line.rstrip().endswith(f"({expected})"), line
+        line = proc.stderr.readline()  # the first INFO line: "... event=serving ... loop=LOOP"
+        assert "event=serving" in line, line
+        assert f" loop={expected} " in line, line
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

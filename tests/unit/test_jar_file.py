@@ -153,7 +153,9 @@ async def test_a_failed_save_is_logged_and_tried_again_on_close(tmp_path, caplog
     resource.setrlimit(resource.RLIMIT_FSIZE, (1024, old_limit[1]))
     try:
         cookie_file.changed()
-        await wait_until(lambda: "could not save" in caplog.text, what="the logged failure")
+        await wait_until(
+            lambda: "cookie_file_save_failed" in caplog.text, what="the logged failure"
+        )
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         signal.signal(signal.SIGXFSZ, old_handler)
@@ -173,11 +175,11 @@ async def test_a_failed_save_is_tried_again_without_another_change(tmp_path, cap
     cookie_file.start()
     directory.rename(tmp_path / "away")
     set_cookies(table, SITE, "http://example.com/", ("login", ("yes", {})))
-    await wait_until(lambda: "could not save" in caplog.text, what="the logged failure")
+    await wait_until(lambda: "cookie_file_save_failed" in caplog.text, what="the logged failure")
     (tmp_path / "away").rename(directory)
     await wait_until(lambda: os.path.exists(path), timeout=10, what="the retried save")
     assert "login" in read_doc(path)["jars"][0]["cookies"]["example.com|"]
-    assert caplog.text.count("could not save") == 1  # once per run of failures
+    assert caplog.text.count("cookie_file_save_failed") == 1  # once per run of failures
     await cookie_file.close()
 
 

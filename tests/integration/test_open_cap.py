@@ -1,0 +1,80 @@
+"""The broker-wide cap on open connections on the pools' asyncio side: waiting for a
+place is cancellation-safe, bounded by the connect timeout, and an idle connection of
+another pool is closed to make room."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from broker.dialer import NO_TLS
+from broker.failures import ConnectionFailure
+from broker.registry import Registry
+from shared.specs import ClientTimeout, PoolSpec
+
+from ..conftest import wait_until
+
+
+async def test_waiting_for_the_cap_is_cancellation_safe_and_bounded(raw_server):
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    registry = Registry(asyncio.get_running_loop(), max_connections=1)
+    one, two = registry.pool(PoolSpec(limit=10)), registry.pool(PoolSpec(limit=20))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    cap = registry.cap
+    try:
+        first = await one.acquire(key, ClientTimeout())
+        assert cap.open == 1
+
+        waiting = asyncio.ensure_future(two.acquire(key, ClientTimeout()))
+        await wait_until(lambda: cap.waiters, what="a connect waiting for the cap")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not cap.waiters and cap.open == 1 and two.state.total == 0
+
+        with pytest.raises(ConnectionFailure) as info:
+            await two.acquire(key, ClientTimeout(connect=0.05))
+        assert info.value.code == "connect_timeout"
+        assert not cap.waiters and cap.open == 1 and two.state.total == 0
+
+        waiting = asyncio.ensure_future(two.acquire(key, ClientTimeout()))
+        await wait_until(lambda: cap.waiters, what="a connect waiting for the cap")
+        first.in_use = False
+        one.release(first, reusable=True)  # idle in pool one: closed to make room
+        second = await asyncio.wait_for(waiting, 5)
+        assert one.state.total == 0 and two.state.total == 1 and cap.open == 1
+        second.in_use = False
+        two.release(second, reusable=False)
+        await second.wait_closed()
+        assert cap.open == 0
+    finally:
+        with contextlib.suppress(Exception):
+            await registry.close()
+    assert cap.open == 0 and not cap.waiters
+
+
+async def test_raising_the_cap_lets_the_waiters_through(raw_server):
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    registry = Registry(asyncio.get_running_loop(), max_connections=1)
+    pool = registry.pool(PoolSpec(limit=10))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    try:
+        first = await pool.acquire(key, ClientTimeout())
+        waiting = asyncio.ensure_future(pool.acquire(key, ClientTimeout()))
+        await wait_until(lambda: registry.cap.waiters, what="a connect waiting for the cap")
+        registry.set_max_connections(2)
+        second = await asyncio.wait_for(waiting, 5)
+        assert registry.cap.open == 2 and second is not first
+        for conn in (first, second):
+            conn.in_use = False
+            pool.release(conn, reusable=False)
+    finally:
+        await registry.close()
