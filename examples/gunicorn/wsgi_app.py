@@ -42,14 +42,10 @@ def session() -> SyncSession:
 
 
 def fetch(url: str) -> dict[str, Any]:
-    with session().get(url, headers={"X-Worker": str(os.getpid())}) as resp:
+    client = session()
+    with client.get(url, headers={"X-Worker": str(os.getpid())}) as resp:
         body = resp.text()
-    return {
-        "worker": os.getpid(),
-        "status": resp.status,
-        "body": body,
-        "broker": os.environ.get("HTTP_BROKER"),
-    }
+    return {"worker": os.getpid(), "status": resp.status, "body": body, "broker": client.broker}
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
