@@ -52,7 +52,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .start import BrokerProcess, start
+from .start import start
 
 __all__ = ["on_starting", "on_exit"]
 
@@ -106,7 +106,7 @@ class _Running:
         self.owner = 0
         self.atexit_registered = False
 
-    def start(self, log: Any) -> BrokerProcess:
+    def start(self, log: Any) -> None:
         block = contextlib.ExitStack()
         proc = block.enter_context(start(**broker_settings(os.environ)))
         block.callback(_restore, MASTER_VAR, os.environ.get(MASTER_VAR))
@@ -116,16 +116,15 @@ class _Running:
             atexit.register(self.stop)
             self.atexit_registered = True
         log.info("http-broker: started pid %s at %s", proc.pid, proc.socket_path)
-        return proc
 
     def running_here(self) -> bool:
         return self.block is not None and self.owner == os.getpid()
 
     def stop(self) -> None:
-        if not self.running_here():
+        block = self.block
+        if block is None or self.owner != os.getpid():
             return
-        block, self.block = self.block, None
-        assert block is not None
+        self.block = None
         block.close()
 
 

@@ -4,7 +4,9 @@ requests: ``TCPConnector(limit=2)`` means two upstream connections for all worke
     gunicorn -c examples/gunicorn/gunicorn_conf.py -w 4 \\
         -k aiohttp.GunicornWebWorker examples.gunicorn.app:app
 
-``GET /fetch?url=...`` fetches ``url`` through the broker and answers with what it got.
+``GET /fetch?url=...`` fetches ``url`` through the broker (``X-Worker`` tells the upstream
+which worker asked) and answers with what it got. ``wsgi_app.py`` is the same app for
+gunicorn's sync workers, with ``SyncSession``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ all workers together.
 
     gunicorn -c examples/gunicorn/gunicorn_conf.py -w 4 examples.gunicorn.wsgi_app:app
 
-``GET /fetch?url=...`` fetches ``url`` through the broker with ``SyncSession`` and
-answers with what it got.
+``GET /fetch?url=...`` fetches ``url`` through the broker with ``SyncSession``
+(``X-Worker`` tells the upstream which worker asked) and answers with what it got.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ import psutil
 import pytest
 
 import broker
-import worker_client
 from broker import gunicorn as hooks
 
 from ..conftest import ROOT
@@ -63,6 +62,11 @@ def _brokers(parent: int) -> list[psutil.Process]:
     return found
 
 
+def _broker_option(proc: psutil.Process, option: str) -> str:
+    cmdline = proc.cmdline()
+    return cmdline[cmdline.index(option) + 1]
+
+
 async def _fetch_all(port: int, upstream_url: str, n: int) -> list[dict[str, object]]:
     """``n`` requests at once at the app's ``GET /fetch``."""
     async with aiohttp.ClientSession() as client:
@@ -78,13 +82,7 @@ async def _fetch_all(port: int, upstream_url: str, n: int) -> list[dict[str, obj
         return await asyncio.gather(*(one() for _ in range(n)))
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param("sync", marks=pytest.mark.skipif(
-        not hasattr(worker_client, "SyncSession"),
-        reason="worker_client.SyncSession (branch h-sync) is not merged yet",
-    )),
-    "aiohttp",
-])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_gunicorn_workers_share_one_pool_across_a_reload(kind: str) -> None:
     upstream = CountingServer(open_at=2)  # the limit: reached for sure
     up_port = await upstream.start()
@@ -104,7 +102,7 @@ async def test_gunicorn_workers_share_one_pool_across_a_reload(kind: str) -> Non
     counts = upstream.counts
     broker_path = None
     try:
-        await asyncio.wait_for(upstream.arrived(WORKERS * BURST), 15)
+        await asyncio.wait_for(upstream.arrived(WORKERS * BURST), 30)
         assert sorted(counts.workers.values()) == [BURST] * WORKERS
         assert counts.max_open["*"] == 2
         assert counts.max_inflight["*"] == 2
@@ -113,12 +111,12 @@ async def test_gunicorn_workers_share_one_pool_across_a_reload(kind: str) -> Non
         broker_path = first[0]["broker"]
         assert isinstance(broker_path, str) and broker_path.endswith("broker.sock")
         assert os.path.exists(broker_path)
-        assert broker_proc.cmdline()[broker_proc.cmdline().index("--socket") + 1] == broker_path
+        assert _broker_option(broker_proc, "--socket") == broker_path
 
         # A reload replaces every worker: the old ones exit, and the broker (the
         # master's) outlives them. The new workers burst through it again.
         proc.send_signal(signal.SIGHUP)
-        await asyncio.wait_for(upstream.arrived(2 * WORKERS * BURST + 8), 15)
+        await asyncio.wait_for(upstream.arrived(2 * WORKERS * BURST + 8), 30)
         assert len(counts.workers) == 2 * WORKERS
         assert counts.max_open["*"] == 2
         assert _brokers(proc.pid) == [broker_proc]
@@ -137,11 +135,6 @@ async def test_gunicorn_workers_share_one_pool_across_a_reload(kind: str) -> Non
 
 # The hooks by themselves, called as gunicorn calls them, with a stand-in for the arbiter.
 ARBITER = SimpleNamespace(log=logging.getLogger("test-gunicorn"))
-
-
-def _broker_option(proc: psutil.Process, option: str) -> str:
-    cmdline = proc.cmdline()
-    return cmdline[cmdline.index(option) + 1]
 
 
 def test_hooks_start_a_broker_with_the_settings_and_stop_it_on_exit(
