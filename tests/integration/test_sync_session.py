@@ -272,13 +272,11 @@ def test_iter_content_reads_chunk_by_chunk(servers, sync):
     half = 512 * 1024
     body = os.urandom(2 * half)
     rest = asyncio.Event()
-    held = threading.Event()
 
     async def two_halves(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Length": str(len(body))})
         await resp.prepare(request)
         await resp.write(body[:half])
-        held.set()
         await rest.wait()
         await resp.write(body[half:])
         return resp
@@ -288,15 +286,13 @@ def test_iter_content_reads_chunk_by_chunk(servers, sync):
     base = servers.serve(app)
     with sync.get(base + "/big") as resp:
         chunks = resp.iter_content(chunk_size=65536)
-        got = [next(chunks)]  # arrives while the server still holds the second half
-        assert held.is_set() and not rest.is_set()
+        got = [next(chunks)]  # arrives while the server holds back the second half
         servers.call_soon(rest.set)
         got.extend(chunks)
     assert b"".join(got) == body
     assert all(0 < len(c) <= 65536 for c in got)
     assert len(got) >= 16
     with sync.get(base + "/big") as resp:  # a read body is handed out in chunks too
-        servers.call_soon(rest.set)
         resp.read()
         assert b"".join(resp.iter_content(300_000)) == body
     with pytest.raises(ValueError, match="chunk_size"):
@@ -499,7 +495,8 @@ def test_a_response_made_as_its_caller_gave_up_is_closed(servers, sync):
     from worker_client.sync import _Call, _own
 
     base = servers.serve(text_app("x" * 100_000))
-    loop = sync._runner().loop
+    sync.stats()  # the loop runs
+    loop = sync._loop.loop
     session = sync.session
     made: list[Any] = []
     last_step: list[asyncio.Future[None]] = []
@@ -536,19 +533,42 @@ def test_a_response_made_as_its_caller_gave_up_is_closed(servers, sync):
 
 
 def test_close_stops_the_thread_and_later_calls_fail_as_aiohttp(servers, broker_address):
-    base = servers.serve(text_app("fine"))
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "100"})
+        await resp.prepare(request)
+        await resp.write(b"abc")
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    app = text_app("fine")
+    app.router.add_get("/stalls", stalls)
+    base = servers.serve(app)
     with SyncSession(broker=broker_address) as s:
-        resp = s.get(base + "/")
-        thread = s._runner().thread
+        unread = s.get(base + "/stalls")
+        read = s.get(base + "/")
+        assert read.read() == b"fine"
+        missing = s.get(base + "/missing")
+        missing.read()
+        thread = s._loop.thread
         assert thread.daemon and thread.is_alive()
         assert not s.closed
     assert s.closed and not thread.is_alive()
     with pytest.raises(RuntimeError, match="Session is closed"):
         s.get(base + "/")
     s.close()  # again: nothing
-    resp.close()  # a response of a closed session: nothing left to let go of
-    with pytest.raises(ClientConnectionError):  # ClientConnectionError
-        resp.read()
+    # The responses, as the async session leaves them: a read body stays readable...
+    assert (read.text(), read.read()) == ("fine", b"fine")
+    with pytest.raises(ClientResponseError) as info:
+        missing.raise_for_status()
+    assert info.value.status == 404
+    # ...one whose body had not all come lost its connection; letting go of it is a no-op
+    with pytest.raises(ClientConnectionError, match="Connection closed"):
+        unread.read()
+    with pytest.raises(ClientConnectionError, match="Connection closed"):
+        list(unread.iter_content())
+    unread.close()
+    with unread:
+        pass
 
 
 def test_close_fails_the_requests_other_threads_wait_for(servers, broker_address):
@@ -586,7 +606,7 @@ def test_an_unclosed_session_warns_and_its_thread_ends(servers, broker_address):
     base = servers.serve(text_app("fine"))
     s = SyncSession(broker=broker_address)
     assert s.get(base + "/").text() == "fine"
-    thread = s._runner().thread
+    thread = s._loop.thread
     with pytest.warns(ResourceWarning, match="Unclosed sync session"):
         del s
         gc.collect()
