@@ -594,6 +594,43 @@ def test_close_fails_the_requests_other_threads_wait_for(servers, broker_address
     assert type(error) is ClientConnectionError and str(error) == "Connection closed"
 
 
+def _request_until_closed(s: SyncSession, url: str, outcomes: list[str]) -> None:
+    """Request ``url`` again and again; record each failure, return at the first
+    ``RuntimeError`` (the session is closed)."""
+    while True:
+        try:
+            with s.get(url) as resp:
+                assert resp.text() == "ok"
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+            return
+        except ClientConnectionError as exc:
+            outcomes.append(str(exc))
+
+
+def test_close_under_load_ends_every_threads_call_cleanly(servers, broker_address):
+    """Closing while 8 threads keep requesting: each call gives its response or the
+    async session's errors for a closed session, and no thread is left waiting."""
+    server, base = servers.counting_server()
+    for _ in range(3):
+        s = SyncSession(broker=broker_address)
+        outcomes: list[str] = []
+        threads = [
+            threading.Thread(target=_request_until_closed, args=(s, base + "/", outcomes))
+            for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        seen = server.counts.requests
+        servers.run(lambda seen=seen: server.arrived(seen + 40))
+        s.close()
+        for thread in threads:
+            thread.join(WAIT)
+        assert not any(thread.is_alive() for thread in threads)
+        assert set(outcomes) <= {"Session is closed", "Connection closed"}
+        assert outcomes.count("Session is closed") == 8
+
+
 def test_an_unused_session_closes_without_a_thread():
     s = SyncSession()
     s.close()
