@@ -417,6 +417,55 @@ def test_timeouts_raise_the_async_sessions_exceptions(servers, sync):
     assert sync.get(fine + "/", timeout=5).text() == "fine"
 
 
+def test_every_failure_is_the_async_sessions_own(servers, broker_address):
+    """The same failing calls through ``ClientSession`` and ``SyncSession``: the same
+    exception class and message each time."""
+    never, _, _ = _never_app()
+    slow = servers.serve(never)
+    base = servers.serve(_chain_app())
+    echo_url = base + "/echo"
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("http://", {}),
+        ("ftp://127.0.0.1/", {}),
+        (f"http://127.0.0.1:{closed_port()}/", {}),
+        (slow + "/", {"timeout": ClientTimeout(total=0.1)}),
+        (slow + "/", {"timeout": ClientTimeout(sock_read=0.1)}),
+        (base + "/chain/3", {"max_redirects": 1}),
+        (base + "/chain/x", {"raise_for_status": True}),  # the handler fails: a 500
+        (echo_url, {"bogus": 1}),
+        (echo_url, {"timeout": -1}),
+        (echo_url, {"json": {}, "data": b"x"}),
+    ]
+
+    def outcome(exc: BaseException) -> tuple[type, str]:
+        return type(exc), str(exc)
+
+    async def async_outcomes() -> list[tuple[type, str]]:
+        out = []
+        async with ClientSession(broker=broker_address) as session:
+            for url, kwargs in calls:
+                with pytest.raises(Exception) as info:
+                    await session.get(url, **kwargs)
+                out.append(outcome(info.value))
+        return out
+
+    expected = asyncio.run(async_outcomes())
+    got = []
+    with SyncSession(broker=broker_address) as s:
+        for url, kwargs in calls:
+            with pytest.raises(Exception) as info:
+                s.get(url, **kwargs)
+            got.append(outcome(info.value))
+    assert got == expected
+    assert len({kind for kind, _ in got}) >= 8  # the calls fail in different ways
+    for keywords in ({"timeout": 5}, {"bogus": 1}, {"max_line_size": -1}):
+        with pytest.raises(Exception) as sync_error:
+            SyncSession(**keywords)
+        with pytest.raises(Exception) as async_error:
+            ClientSession(**keywords)
+        assert outcome(sync_error.value) == outcome(async_error.value)
+
+
 # -- threads --------------------------------------------------------------------------------
 
 
