@@ -104,7 +104,8 @@ class _Loop:
             target=self._run, args=(self.loop, started), name="http-broker-sync", daemon=True
         )
         self.thread.start()
-        started.wait()
+        if not started.wait(CLOSE_TIMEOUT):
+            raise RuntimeError("the SyncSession's loop thread did not start")
 
     @staticmethod
     def _run(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
