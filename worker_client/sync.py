@@ -15,8 +15,12 @@ The rules at the seam:
 - a wait in the calling thread that ends in an exception (``KeyboardInterrupt``, a signal
   handler's timeout) cancels the coroutine on the loop; a response that was already made
   for it is closed, so nothing is left holding a connection;
-- ``close()`` closes the async session on the loop, cancels what other threads still wait
-  for (they get ``RuntimeError("Session is closed")``), then stops and joins the thread;
+- ``close()`` closes the async session on the loop (a request in flight in another
+  thread fails as it does there), cancels every other call still running (its caller gets
+  ``RuntimeError("Session is closed")``), then stops and joins the thread; calls are
+  started under the session's lock, so none lands on the loop after that;
+- a response of a closed session still does what needs no loop (a read body's
+  ``text()``, ``raise_for_status()``, a release), as an async response does;
 - the thread does not survive ``fork``: a session used before a fork raises
   ``RuntimeError`` in the child (make one ``SyncSession`` per process);
 - gevent and eventlet monkey-patching are not supported (the loop thread would be a
