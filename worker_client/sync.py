@@ -15,8 +15,12 @@ The rules at the seam:
 - a wait in the calling thread that ends in an exception (``KeyboardInterrupt``, a signal
   handler's timeout) cancels the coroutine on the loop; a response that was already made
   for it is closed, so nothing is left holding a connection;
-- ``close()`` closes the async session on the loop, cancels what other threads still wait
-  for (they get ``RuntimeError("Session is closed")``), then stops and joins the thread;
+- ``close()`` closes the async session on the loop (a request in flight in another
+  thread fails as it does there), cancels every other call still running (its caller gets
+  ``RuntimeError("Session is closed")``), then stops and joins the thread; calls are
+  started under the session's lock, so none lands on the loop after that;
+- a response of a closed session still does what needs no loop (a read body's
+  ``text()``, ``raise_for_status()``, a release), as an async response does;
 - the thread does not survive ``fork``: a session used before a fork raises
   ``RuntimeError`` in the child (make one ``SyncSession`` per process);
 - gevent and eventlet monkey-patching are not supported (the loop thread would be a
@@ -75,6 +79,19 @@ async def _settle(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
+def _without_loop(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a response's coroutine in this thread, for a session closed already: what
+    needs no waiting (a read body's text, a release) works as in the async session;
+    what would wait finds the connection gone."""
+    steps = factory().__await__()
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    steps.close()
+    raise ClientConnectionError("Connection closed")
+
+
 async def _next_or_none(chunks: AsyncIterator[bytes]) -> bytes | None:
     return await anext(chunks, None)
 
@@ -91,7 +108,8 @@ class _Loop:
             target=self._run, args=(self.loop, started), name="http-broker-sync", daemon=True
         )
         self.thread.start()
-        started.wait()
+        if not started.wait(CLOSE_TIMEOUT):
+            raise RuntimeError("the SyncSession's loop thread did not start")
 
     @staticmethod
     def _run(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
@@ -103,13 +121,17 @@ class _Loop:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    def submit(
+    def start(
         self, factory: Callable[[], Awaitable[T]], discard: Callable[[T], Any] | None
-    ) -> T:
-        """Run ``factory()``'s awaitable on the loop and wait for its result."""
+    ) -> concurrent.futures.Future[T]:
+        """Hand ``factory()``'s awaitable to the loop (it is called there)."""
         call = _Call(discard)
         fut = asyncio.run_coroutine_threadsafe(_own(factory, call), self.loop)
         call.future = fut
+        return fut
+
+    def wait(self, fut: concurrent.futures.Future[T], discard: Callable[[T], Any] | None) -> T:
+        """The call's result; if waiting ends in an exception, the call is cancelled."""
         try:
             return fut.result()
         except BaseException:
@@ -222,13 +244,12 @@ class SyncSession:
     # -- running on the loop ----------------------------------------------------------
 
     def _runner(self) -> _Loop:
-        """The loop thread, started on first use (under the lock: one per session)."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("Session is closed")
-            runner = self._loop
-            if runner is None:
-                runner = self._loop = _Loop()
+        """The loop thread, started on first use; call with the lock held."""
+        if self._closed:
+            raise RuntimeError("Session is closed")
+        runner = self._loop
+        if runner is None:
+            runner = self._loop = _Loop()
         if runner.pid != os.getpid():
             raise RuntimeError(
                 "this SyncSession was used in process "
@@ -248,24 +269,33 @@ class SyncSession:
             )
 
     def _run(
-        self, factory: Callable[[], Awaitable[T]], discard: Callable[[T], Any] | None = None
+        self,
+        factory: Callable[[], Awaitable[T]],
+        discard: Callable[[T], Any] | None = None,
+        when_closed: Callable[[Callable[[], Awaitable[T]]], T] | None = None,
     ) -> T:
-        runner = self._runner()
+        """``factory()``'s result, awaited on the loop. Started under the lock, so that
+        every call ``close()`` did not refuse is on the loop before its shutdown is."""
+        with self._lock:
+            if self._closed and when_closed is not None:
+                runner = None
+            else:
+                runner = self._runner()
+                fut = runner.start(factory, discard)
+        if runner is None:
+            assert when_closed is not None
+            return when_closed(factory)
         try:
-            return runner.submit(factory, discard)
+            return runner.wait(fut, discard)
         except concurrent.futures.CancelledError:
             if self._closed:
                 raise RuntimeError("Session is closed") from None
             raise
 
     def _run_response(self, factory: Callable[[], Awaitable[T]]) -> T:
-        """A response's call: after the session closed, its connection is gone."""
-        with self._lock:
-            runner = self._loop
-            done = self._closed
-        if done or runner is None:
-            raise ClientConnectionError("Connection closed")
-        return self._run(factory)
+        """A response's call; once the session is closed, run here as far as it can go
+        with no loop (a read body, a release)."""
+        return self._run(factory, when_closed=_without_loop)
 
     # -- what the async session has -------------------------------------------------
 
@@ -464,9 +494,9 @@ class SyncResponse:
 
     def raise_for_status(self) -> None:
         """Raise ``ClientResponseError`` if ``status`` is 400 or more."""
-        if self._resp.ok:
-            return
-        self._owner._run_response(lambda: _settle(self._resp.raise_for_status))
+        resp = self._resp
+        if not resp.ok:
+            self._owner._run_response(lambda: _settle(resp.raise_for_status))
 
     def release(self) -> None:
         """Give the connection back (complete if the body was read to its end)."""
@@ -477,11 +507,7 @@ class SyncResponse:
         self._let_go(self._resp.close)
 
     def _let_go(self, how: Callable[[], Any]) -> None:
-        try:
-            self._owner._run_response(lambda: _settle(how))
-        except (ClientConnectionError, RuntimeError):
-            if not self._owner.closed:  # a closed session let go of everything already
-                raise
+        self._owner._run_response(lambda: _settle(how))
 
     def __enter__(self) -> SyncResponse:
         resp = self._resp
@@ -495,8 +521,4 @@ class SyncResponse:
         tb: TracebackType | None,
     ) -> None:
         resp = self._resp
-        try:
-            self._owner._run_response(lambda: resp.__aexit__(exc_type, exc, tb))
-        except (ClientConnectionError, RuntimeError):
-            if not self._owner.closed:
-                raise
+        self._owner._run_response(lambda: resp.__aexit__(exc_type, exc, tb))
