@@ -5,8 +5,8 @@ ClientSession``. With ``HTTP_BROKER`` set (or ``broker=``), requests go through 
 broker; otherwise the same engine runs inside this process.
 
 Importing this package loads what a plain request needs; the modules of rarely used
-names (multipart, payloads, tracing, middlewares...) load on first use (``_LAZY``), the
-engine with the first embedded transport.
+names (multipart, payloads, tracing, middlewares, the sync API...) load on first use
+(``_LAZY``), the engine with the first embedded transport.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ _LAZY = {
         "streamer",
     ),
     "resolver": ("AbstractResolver", "AsyncResolver", "DefaultResolver", "ThreadedResolver"),
+    "sync": ("SyncResponse", "SyncSession"),
     "tls": ("Fingerprint", "create_default_context"),
     "tracing": (  # worker_client.tracing.__all__
         "TraceConfig",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:
         streamer,
     )
     from .resolver import AbstractResolver, AsyncResolver, DefaultResolver, ThreadedResolver
+    from .sync import SyncResponse, SyncSession
     from .tls import Fingerprint, create_default_context
     from .tracing import *  # noqa: F403
     from .upload import UploadTracker
@@ -158,6 +160,9 @@ __all__ = [
     "TCPConnector",
     "UnixConnector",
     "request",
+    # sync API (ours: aiohttp has none)
+    "SyncResponse",
+    "SyncSession",
     # TLS
     "Fingerprint",
     "create_default_context",

@@ -220,7 +220,7 @@ class BrokerFastPath(PlanCache[_Plan]):
             raise
         if handle.content is None:
             handles.discard(handle)
-            resp = self._whole(plan, head)
+            resp = self._whole(plan, head, transport.loop)
         else:
             resp = s._response(head, handle, plan.info, plan.url_str)
         rfs = raise_for_status
@@ -228,13 +228,12 @@ class BrokerFastPath(PlanCache[_Plan]):
             rfs = s._raise_for_status
         return await s._check_status(resp, rfs) if rfs else resp
 
-    def _whole(self, plan: _Plan, head: Head) -> ClientResponse:
+    def _whole(self, plan: _Plan, head: Head, loop: Any) -> ClientResponse:
         s = self._session
         content = StreamReader.whole(head.body, s._read_bufsize)  # type: ignore[arg-type]
         if head.raw:
             content.total_compressed_bytes = head.raw
         info = plan.info
-        loop = s._transport.loop  # type: ignore[union-attr]
         if head.history or head.request_headers or head.url != plan.url_str:
             resp = ClientResponse.from_head(
                 head,

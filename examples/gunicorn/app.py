@@ -4,7 +4,9 @@ requests: ``TCPConnector(limit=2)`` means two upstream connections for all worke
     gunicorn -c examples/gunicorn/gunicorn_conf.py -w 4 \\
         -k aiohttp.GunicornWebWorker examples.gunicorn.app:app
 
-``GET /fetch?url=...`` fetches ``url`` through the broker and answers with what it got.
+``GET /fetch?url=...`` fetches ``url`` through the broker (``X-Worker`` tells the upstream
+which worker asked) and answers with what it got. ``wsgi_app.py`` is the same app for
+gunicorn's sync workers, with ``SyncSession``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ UPSTREAM_LIMIT = 2
 
 
 async def open_session(app: web.Application) -> None:
-    # One session per worker process; HTTP_BROKER (set by gunicorn_conf.py in the
-    # master before it forked the workers) points it at the shared broker.
+    # One session per worker process, made in the worker; HTTP_BROKER (exported by the
+    # hooks in gunicorn_conf.py in the master before it forked the workers) points it at
+    # the shared broker.
     app["client"] = ClientSession(connector=TCPConnector(limit=UPSTREAM_LIMIT, name="upstream"))
 
 
@@ -30,7 +33,7 @@ async def close_session(app: web.Application) -> None:
 
 async def fetch(request: web.Request) -> web.Response:
     session: ClientSession = request.app["client"]
-    async with session.get(request.query["url"]) as resp:
+    async with session.get(request.query["url"], headers={"X-Worker": str(os.getpid())}) as resp:
         body = await resp.text()
     return web.json_response(
         {"worker": os.getpid(), "status": resp.status, "body": body, "broker": session.broker}

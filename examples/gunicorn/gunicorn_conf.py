@@ -1,27 +1,8 @@
-"""gunicorn settings that run one http-broker for the whole group.
+"""gunicorn settings that run one http-broker for the whole group: the master starts it
+before it forks any worker, a reload (HUP) keeps it, and it stops with the master.
+See ``broker/gunicorn.py`` for what the hooks do and the ``HTTP_BROKER_*`` settings.
 
-The master starts the broker before it forks any worker; ``broker.start()`` exports
-``HTTP_BROKER``, which the workers inherit. The broker stops when the master exits (and
-by itself if the master dies). Workers that exit or are replaced (HUP, TTOU, max
-requests) leave it alone: only the process that started a broker stops it.
+    gunicorn -c examples/gunicorn/gunicorn_conf.py -w 4 examples.gunicorn.wsgi_app:app
 """
 
-from __future__ import annotations
-
-import atexit
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import broker  # noqa: E402
-
-
-def on_starting(server: object) -> None:
-    # Called once in the master. A reload (HUP) re-reads this file but does not call
-    # on_starting again, so the broker is kept in no module global that a reload loses.
-    block = broker.start()
-    block.__enter__()
-    atexit.register(block.__exit__, None, None, None)
+from broker.gunicorn import on_exit, on_starting  # noqa: F401

@@ -33,6 +33,8 @@ OURS_ONLY = {
     "BrokerConnectionError",
     "BrokerProtocolError",
     "PreparedRequest",
+    "SyncResponse",  # aiohttp has no sync API (worker_client.sync)
+    "SyncSession",
     "create_default_context",  # records what is loaded into it (worker_client.tls)
     "UnixClientConnectorError",  # in aiohttp.client_exceptions, not in aiohttp.__all__
 }
