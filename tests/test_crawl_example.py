@@ -1,0 +1,56 @@
+"""examples/crawl.py, the README's first command: a crawl by several processes whose
+limits and login hold for the group, as the crawled site itself counts them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from .conftest import ROOT
+
+pytest.importorskip("tqdm")  # the examples extra: python3 -m pip install -e '.[examples]'
+
+SMALL = ["--pages", "200", "--workers", "3", "--limit-per-host", "3", "--rate", "100"]
+
+
+def crawl(*args: str) -> tuple[int, dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if k != "HTTP_BROKER"}
+    out = subprocess.run(
+        [sys.executable, "examples/crawl.py", *SMALL, "--json", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert out.stdout.lstrip().startswith("{"), out.stdout + out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_crawl_through_the_broker_holds_the_group_limits() -> None:
+    code, s = crawl()
+    assert code == 0 and s["ok"], s
+    assert s["pages_found"] == s["site_pages"] == 200
+    assert s["pages_fetched_more_than_once"] == 0
+    assert s["errors"] == s["errors_expected"]  # the site's 404s and 500s, no 403
+    # what the workers sent is what the site saw, all of it with the main process's login
+    assert sum(s["worker_requests"]) == s["requests"] == s["requests_with_login_cookie"]
+    assert s["requests_after_login"] == s["requests"]
+    assert all(n > 0 for n in s["worker_requests"])  # every process took part
+    assert 1 <= s["most_connections_at_once"] <= 3
+    # the rate limit was reached (it is what paced the crawl) and held
+    assert 0.8 * 100 <= s["highest_requests_in_window"] <= s["rate_allowed_in_window"]
+    assert s["rate_allowed_in_window"] == int(100 * (1 + s["rate_slack_seconds"])) + 1
+    assert s["requests_per_second"] <= 100 * 1.1
+
+
+def test_crawl_without_broker_is_caught_by_the_site() -> None:
+    """The same crawl with a pool and a jar per process: the site's counts catch it, so
+    the checks above can fail."""
+    code, s = crawl("--no-broker")
+    assert code == 1 and not s["ok"]
+    assert s["requests_with_login_cookie"] == 0 < s["requests_after_login"]
+    assert s["errors"]["403"] > 0 and s["pages_found"] < s["site_pages"]
+    assert s["highest_requests_in_window"] > 100 + 1  # more than one pool's rate
+    assert not s["checks"]["login_cookie_on_every_request"]
