@@ -35,7 +35,7 @@ which varies, plus the longest stall of the site's own event loop (a busy machin
 during which arrivals queue and then count as arriving together.
 
 Run from the repository root: ``python examples/crawl.py [--pages N] [--workers N]
-[--limit-per-host N] [--rate R] [--json]``. Only loopback traffic.
+[--limit-per-host N] [--rate R] [--no-broker] [--json]``. Only loopback traffic.
 """
 
 from __future__ import annotations
@@ -146,9 +146,8 @@ class SiteCounts:
     open_most: int = 0
     connections: int = 0
     arrivals: list[float] = field(default_factory=list)  # loop time of each request
-    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     page_hits: collections.Counter[int] = field(default_factory=collections.Counter)
-    logged_in_at: int | None = None  # requests before the login's
+    login: int | None = None  # the login's index in ``arrivals``
     longest_stall: float = 0.0  # seconds the site's event loop ran late, at most
     with_cookie: int = 0  # of the requests after the login
     without_cookie: int = 0
@@ -163,7 +162,7 @@ class SiteCounts:
 
     def crawl_span(self) -> float:
         """Seconds from the first request after the login to the last request."""
-        after = self.arrivals[(self.logged_in_at or 0) + 1 :]
+        after = self.arrivals[(self.login or 0) + 1 :]
         return after[-1] - after[0] if len(after) > 1 else 0.0
 
     async def watch_stalls(self) -> None:
@@ -231,9 +230,7 @@ class Site:
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             counts.arrivals.append(loop.time())
-            resp = await self._answer(request)
-            counts.statuses[resp.status] += 1
-            return resp
+            return await self._answer(request)
 
         runner = web.ServerRunner(CountingServer(handle, access_log=None))
         await runner.setup()
@@ -253,13 +250,13 @@ class Site:
 
         counts, sitemap = self.counts, self.map
         logged_in = request.cookies.get("session") == TOKEN
-        if counts.logged_in_at is not None:
+        if counts.login is not None:
             if logged_in:
                 counts.with_cookie += 1
             else:
                 counts.without_cookie += 1
         if request.method == "POST" and request.path == "/login":
-            counts.logged_in_at = len(counts.arrivals)
+            counts.login = len(counts.arrivals) - 1
             resp = web.Response(text="welcome")
             resp.set_cookie("session", TOKEN, httponly=True)
             return resp

@@ -41,8 +41,9 @@ def test_crawl_through_the_broker_holds_the_group_limits() -> None:
     assert 1 <= s["most_connections_at_once"] <= 3
     # the rate limit was reached (it is what paced the crawl) and held
     assert 0.8 * 100 <= s["highest_requests_in_window"] <= s["rate_allowed_in_window"]
-    assert s["rate_allowed_in_window"] == int(100 * (1 + s["rate_slack_seconds"])) + 1
-    assert s["requests_per_second"] <= 100 * 1.1
+    # the bound: rate + 1 starts in 1 s, stretched by the arrival jitter the site allowed
+    assert abs(s["rate_allowed_in_window"] - (100 * (1 + s["rate_slack_seconds"]) + 1)) <= 1
+    assert s["requests_per_second"] <= 100 * 1.2
 
 
 def test_crawl_without_broker_is_caught_by_the_site() -> None:
