@@ -52,6 +52,7 @@ import os
 import queue
 import random
 import re
+import signal
 import sys
 import threading
 import time
@@ -328,6 +329,7 @@ async def crawl_worker(opts: Options, base: str, todo: Any, done: Any) -> int:
 
 
 def worker_main(index: int, opts: Options, base: str, todo: Any, done: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the main process's to handle
     try:
         requests = asyncio.run(crawl_worker(opts, base, todo, done))
         done.put(("done", index, os.getpid(), requests))
@@ -391,23 +393,42 @@ def run_crawl(opts: Options, base: str, bar: Any) -> Crawl:
                 if time.monotonic() > deadline:
                     crawl.failures.append(f"not finished in {opts.timeout:g} s")
                 continue
-            if msg[0] == "failed":
-                crawl.failures.append(f"worker {msg[1]} (pid {msg[2]}): {msg[3]}")
-                continue
-            _, _, answer, hops, links = msg
-            crawl.pending -= 1
-            crawl.answers[answer] += 1
-            crawl.hops += hops
-            for link in links:
-                crawl.add(link, todo, base)
-            if not bar.n:
-                bar.reset(len(crawl.seen))  # the clock starts with the first page, not the spawns
-            bar.total = len(crawl.seen)
-            bar.update(1)
-            if answer != "200":
-                bar.set_postfix(errors=crawl.errors, refresh=False)
+            take(crawl, msg, todo, base, bar)
+    except KeyboardInterrupt:
+        crawl.failures.append("interrupted")
     finally:
-        for _ in range(opts.workers * opts.concurrency):
+        stop_workers(crawl, procs, todo, done, opts.concurrency)
+        bar.close()
+    return crawl
+
+
+def take(crawl: Crawl, msg: tuple[Any, ...], todo: Any, base: str, bar: Any) -> None:
+    """One message from a worker: a page's answer and links, or a worker's failure."""
+    if msg[0] == "failed":
+        crawl.failures.append(f"worker {msg[1]} (pid {msg[2]}): {msg[3]}")
+        return
+    _, _, answer, hops, links = msg
+    crawl.pending -= 1
+    crawl.answers[answer] += 1
+    crawl.hops += hops
+    for link in links:
+        crawl.add(link, todo, base)
+    if not bar.n:
+        bar.reset(len(crawl.seen))  # the clock starts with the first page, not the spawns
+    bar.total = len(crawl.seen)
+    bar.update(1)
+    if answer != "200":
+        bar.set_postfix(errors=crawl.errors, refresh=False)
+
+
+def stop_workers(crawl: Crawl, procs: list[Any], todo: Any, done: Any, concurrency: int) -> None:
+    """At the end, a None for each fetcher and each worker's count; after a failure (or
+    ^C) the URLs still queued are not worth crawling: the workers are terminated."""
+    if crawl.failures:
+        for proc in procs:
+            proc.terminate()
+    else:
+        for _ in range(len(procs) * concurrency):
             todo.put(None)
         for _ in procs:
             try:
@@ -416,14 +437,13 @@ def run_crawl(opts: Options, base: str, bar: Any) -> Crawl:
                 break
             if msg[0] == "done":
                 crawl.workers[msg[1]] = msg[3]
-            elif msg[0] == "failed":
+            else:  # "failed": no page answers are left once none is pending
                 crawl.failures.append(f"worker {msg[1]} (pid {msg[2]}): {msg[3]}")
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-        bar.close()
-    return crawl
+    for proc in procs:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def summarize(
@@ -579,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=1))
     else:
         report(summary)
-    return 0 if summary["ok"] else 1
+    return 0 if summary["ok"] else 130 if "interrupted" in crawl.failures else 1
 
 
 if __name__ == "__main__":
