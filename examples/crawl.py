@@ -20,8 +20,9 @@ What happens:
    the login;
 5. the main process keeps the frontier: workers take URLs from one queue and send back
    each page's links; the main process queues each URL it has not seen, counts the URLs
-   queued and not yet answered, and stops the workers when none is left. Each answer
-   moves the progress bar (tqdm, on stderr; none when stderr is not a terminal);
+   queued and not yet answered, and stops the workers when none is left (both queues
+   hold at most one entry per URL of the site). Each answer moves the progress bar
+   (tqdm, on stderr; none when stderr is not a terminal);
 6. the summary: pages, errors by kind, requests per second, and what the site saw
    against the limits set. The exit code is 1 when a limit was exceeded, a page was not
    found, or a request after the login came without its cookie.
@@ -363,8 +364,9 @@ class Crawl:
     def errors(self) -> int:
         return sum(self.answers.values()) - self.answers["200"]
 
-    def add(self, url: str, todo: Any, host: str) -> None:
-        if url not in self.seen and url.startswith(host):
+    def add(self, url: str, todo: Any, base: str) -> None:
+        """Queue ``url`` if it is new and on the site (the frontier holds each once)."""
+        if url not in self.seen and url.startswith(base):
             self.seen.add(url)
             self.pending += 1
             todo.put(url)
