@@ -34,3 +34,12 @@ def test_connector_examples_run(mode):
     assert all(" 200 " in line for line in lines), out.stdout
     assert "hello from example.test" in out.stdout  # through the local DNS server
     assert "hello from localhost" in out.stdout  # through the Unix socket
+
+
+def test_demo_runs():
+    """examples/demo.py, the one-screen tour (the README's first command runs the crawler)."""
+    out = run_example("examples/demo.py")
+    assert out.returncode == 0, out.stdout + out.stderr
+    # "ok": the demo's own checks held (at most limit=4 connections for the four
+    # processes, every worker request carried the parent's login)
+    assert out.stdout.rstrip().splitlines()[-1].startswith("ok in ")
