@@ -250,9 +250,7 @@ class Engine:
             for name, value in headers
         )
         trace = stream if req.trace else None
-        turn = pool.wait_turn(key)
-        if turn is not None:
-            await stream.wait(turn)
+        paced = pool.rate is not None
         for attempt in attempts:
             try:
                 conn = await pool.acquire(key, timeout, stream, tls, trace)
@@ -261,6 +259,14 @@ class Engine:
                     exc.fields["url"] = str(url)
                 raise
             try:
+                if paced:
+                    # The rate's turn is taken with the connection in hand: a turn taken
+                    # before a wait for a connection (limit_per_host) would have passed
+                    # by the time it ends, and the requests held would start together.
+                    paced = False
+                    turn = pool.wait_turn(key)
+                    if turn is not None:
+                        await stream.wait(turn)
                 if stream.finished:  # given up while connecting
                     raise StreamStopped()
                 conn.exchange.read_until_eof = req.read_until_eof

@@ -156,6 +156,43 @@ async def test_rate_limit_per_host_holds_across_workers(broker_process):
     assert sorted(gaps)[len(gaps) // 2] >= 0.9 / rate  # the median gap is one interval
 
 
+async def test_rate_limit_holds_after_a_wait_for_a_connection(make_session, serve_app):
+    """A request's rate turn is taken once it has its connection: turns booked while
+    limit_per_host held the requests back would have passed, and they would go out
+    together when a slow response let the connection go."""
+    rate = 50.0
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+
+    async def page(request: web.Request) -> web.Response:
+        arrivals.append(loop.time())
+        if len(arrivals) == 1:  # a slow page holds the only connection for 0.3 s
+            slow: asyncio.Future[None] = loop.create_future()
+            loop.call_later(0.3, slow.set_result, None)
+            await slow
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    base = await serve_app(app)
+    session: ClientSession = make_session(
+        connector=TCPConnector(limit_per_host=1, rate_limit_per_host=rate)
+    )
+
+    async def get() -> None:
+        async with session.get(base + "/") as resp:
+            await resp.read()
+
+    await asyncio.gather(*(get() for _ in range(16)))
+    assert len(arrivals) == 16
+    # 0.3 s held: 15 turns would have passed; at 50/s, 0.1 s holds at most 6 starts
+    # (one more for an arrival late by the server's loop).
+    most = max(
+        sum(1 for t in arrivals[i:] if t < start + 0.1) for i, start in enumerate(arrivals)
+    )
+    assert most <= 7, [round(t - arrivals[0], 3) for t in arrivals]
+
+
 async def test_local_addr_and_family(make_session, serve_app):
     peers: list[str] = []
     app = web.Application()
