@@ -12,6 +12,16 @@ Transports are counted: each session that uses one holds it, and the last one to
 closes it, so that nothing outlives the event loop. A transport made in another process
 (before a fork) is never reused: the cache is keyed by pid.
 
+Losing the broker (it died, or stopped): every stream on the connection fails at once
+with ``BrokerConnectionError`` ("the broker went away ..."), its upload pumps stop, the
+old broker's shared memory is unmapped, and the transport leaves the cache, so that the
+next request makes a new one (ids of pools, timeouts, jars and TLS settings are per
+connection: they are opened again there). Nothing in flight is sent again: how far the
+broker got with it is unknown. A request that provably reached no broker does go on the
+new connection: one whose frame the dead socket refused before the loop read the
+hang-up (``IPCTransport.write``), and one about to use an idle connection that a
+zero-timeout poll finds hung up (``IPCTransport.stale``).
+
 Trust: whatever listens on the broker path receives every request of this process, its
 credentials included. So before the first byte (the ``Hello``), the worker asks the
 kernel who serves the socket (``SO_PEERCRED``: the uid that called ``listen``) and talks

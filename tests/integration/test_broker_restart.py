@@ -200,6 +200,9 @@ class Sessions:
         assert await self.text(self.with_jar, base + "/cookie") == str(n)
         assert len(self.jar) == 1
         assert await self.text(self.pooled, https + "/", ssl=self.ctx) == "tls ok"
+        connector = self.pooled.connector
+        assert connector is not None and self.pooled._transport in connector._transports
+        connector.clear_dns_cache()  # to the broker of the day
         assert await self.text(self.traced, base + "/") == "ok"
         async with self.pooled.post(base + "/upload", data=pieces()) as resp:
             assert await resp.text() == str(2 * len(BODY_PIECE))
@@ -293,8 +296,15 @@ async def test_requests_in_flight_fail_at_once_and_the_next_ones_reconnect(
 
     await brokers.gone()
     asked = loop.time()
+    for attempt in (
+        lambda: sessions.plain.get(base + "/"),
+        lambda: sessions.pooled.post(base + "/upload", data=pieces()),
+        sessions.plain.stats,
+    ):
+        with pytest.raises(BrokerConnectionError, match="cannot reach the broker at"):
+            await attempt()
     with pytest.raises(BrokerConnectionError, match="cannot reach the broker at"):
-        await sessions.plain.get(base + "/")
+        len(sessions.jar)  # the jar channel's blocking call
     assert loop.time() - asked < 1.0
 
     brokers.start()
