@@ -32,12 +32,16 @@ BODY_PIECE = b"x" * 65536
 WENT_AWAY = "the broker went away"
 
 
+@pytest.fixture(autouse=True)
+def _fast_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "1")
+
+
 @pytest.fixture(params=["shm", "no-shm"])
 def shm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Shared memory on and off, for the worker and the brokers it starts."""
     on = request.param == "shm"
     monkeypatch.setenv("HTTP_BROKER_SHM", "1" if on else "0")
-    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "1")
     return on
 
 
