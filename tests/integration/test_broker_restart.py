@@ -284,6 +284,7 @@ async def test_requests_in_flight_fail_at_once_and_the_next_ones_reconnect(
     base = await serve_app(upstream.app(), handler_cancellation=True)
     brokers.start()
     await sessions.check_all_paths(base, https_base, 1)
+    mappings = arena_mappings()
     tasks = await in_flight(sessions, base, https_base, upstream)
     loop = asyncio.get_running_loop()
 
@@ -314,6 +315,7 @@ async def test_requests_in_flight_fail_at_once_and_the_next_ones_reconnect(
     brokers.start()
     await sessions.check_all_paths(base, https_base, 2)
     assert upstream.arrived == 20  # nothing in flight was sent again to the new broker
+    assert arena_mappings() == mappings  # the old broker's were unmapped
 
 
 def open_descriptors() -> int:
