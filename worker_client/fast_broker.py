@@ -39,7 +39,7 @@ from shared.specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout
 from shared.stream_state import Event, State, step
 
 from . import jar_channel
-from .exceptions import RequestInfo, exception_from_failure
+from .exceptions import BrokerConnectionError, RequestInfo, exception_from_failure
 from .fast_rules import BODY_MAX, SENTINEL, PlanCache, forks, request_timeout
 from .handle import StreamHandle
 from .helpers import HttpVersion
@@ -189,21 +189,25 @@ class BrokerFastPath(PlanCache[_Plan]):
         transport._next = sid + 2
         if template is None or template is _SENTINEL:
             req = self._build(plan, sid, data, tmo, allow_redirects, jar[0])
-            transport._send_request(req)
+            try:
+                transport._send_request(req)
+            except BrokerConnectionError:
+                return await s._request(method, url, **kw)  # see _unsent
             if template is _SENTINEL:
                 frames = plan.frames
                 if len(frames) >= FRAMES_MAX:
                     frames.clear()
                 frames[(tmo, allow_redirects)] = _template(transport, req)
         else:
-            if transport._error is not None:
-                raise transport._error
             start, mid, end = template
             if data is None:
                 frame = start + _U64.pack(sid) + mid
             else:
                 frame = start + _U64.pack(sid) + mid + _encode(data) + end
-            transport._transport.write(frame)  # type: ignore[union-attr]
+            w = transport._transport
+            w.write(frame)  # type: ignore[union-attr]
+            if w.is_closing():  # type: ignore[union-attr]
+                return await self._unsent(transport, method, url, kw)
         self.requests += 1
         handle = FastHandle(transport, sid, plan.make_error, s._read_bufsize)
         transport.handles[sid] = handle
@@ -227,6 +231,16 @@ class BrokerFastPath(PlanCache[_Plan]):
         if rfs is None:
             rfs = s._raise_for_status
         return await s._check_status(resp, rfs) if rfs else resp
+
+    async def _unsent(
+        self, transport: IPCTransport, method: str, url: Any, kw: dict[str, Any]
+    ) -> ClientResponse:
+        """The request's frame went nowhere: the broker was gone before this process's
+        loop read its hang-up (a loop kept busy). Nothing of it reached a broker, so it
+        goes the general way, which connects anew (to a broker restarted at the same
+        path) or says that none listens."""
+        transport.connection_lost()
+        return await self._session._request(method, url, **kw)
 
     def _whole(self, plan: _Plan, head: Head, loop: Any) -> ClientResponse:
         s = self._session

@@ -445,7 +445,8 @@ class ClientSession:
             self._handles = set()
             self._jar_ref = None
         if self._transport is not None and not self._transport.closed:
-            return self._transport
+            if not self._transport.stale():
+                return self._transport
         if self._transport_lock is None:
             self._transport_lock = asyncio.Lock()
         async with self._transport_lock:

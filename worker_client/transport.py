@@ -12,6 +12,16 @@ Transports are counted: each session that uses one holds it, and the last one to
 closes it, so that nothing outlives the event loop. A transport made in another process
 (before a fork) is never reused: the cache is keyed by pid.
 
+Losing the broker (it died, or stopped): every stream on the connection fails at once
+with ``BrokerConnectionError`` ("the broker went away ..."), its upload pumps stop, the
+old broker's shared memory is unmapped, and the transport leaves the cache, so that the
+next request makes a new one (ids of pools, timeouts, jars and TLS settings are per
+connection: they are opened again there). Nothing in flight is sent again: how far the
+broker got with it is unknown. A request that provably reached no broker does go on the
+new connection: one whose frame the dead socket refused before the loop read the
+hang-up (``IPCTransport.write``), and one about to use an idle connection that a
+zero-timeout poll finds hung up (``IPCTransport.stale``).
+
 Trust: whatever listens on the broker path receives every request of this process, its
 credentials included. So before the first byte (the ``Hello``), the worker asks the
 kernel who serves the socket (``SO_PEERCRED``: the uid that called ``listen``) and talks
@@ -25,7 +35,9 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
+import select
 import socket
 import sys
 import weakref
@@ -184,6 +196,10 @@ class Transport:
 
     def forget(self, stream_id: int) -> None:
         self.handles.pop(stream_id, None)
+
+    def stale(self) -> bool:
+        """Whether this transport is known to be dead though it does not say so yet."""
+        return False
 
     async def send(
         self,
@@ -501,6 +517,7 @@ class IPCTransport(Transport):
         self._releases: list[int] = []
         self._acks: dict[int, int] = {}
         self._flush_due = False
+        self._hangup: select.poll | None = None  # see stale()
 
     async def connect(
         self, timeout: float = 10.0, trusted: frozenset[int] | None = None, shm: bool | None = None
@@ -536,6 +553,8 @@ class IPCTransport(Transport):
             self._transport, _ = await self.loop.create_unix_connection(
                 lambda: _BrokerProtocol(self, reader), sock=sock
             )
+            self._hangup = select.poll()
+            self._hangup.register(sock.fileno(), select.POLLHUP)
         except BaseException:
             sock.close()
             self._close_arenas()
@@ -614,11 +633,35 @@ class IPCTransport(Transport):
         self._replay.pop(stream_id, None)
         self._progress.pop(stream_id, None)
 
+    def stale(self) -> bool:
+        """Whether the broker hung up while this process's loop has not read it yet (a
+        loop kept busy when the broker died): a zero-timeout poll, as urllib3 and httpcore
+        check an idle keep-alive connection before reusing it, made only while nothing
+        is open on the connection (no stream, no stats call), so that nothing unread can
+        be lost; if so the connection ends now, and the caller makes a new one."""
+        if self.handles or self._stats or self.closed or self._hangup is None:
+            return False
+        if not self._hangup.poll(0):
+            return False
+        self.connection_lost()
+        return True
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` to the broker; if the write went nowhere (the broker is gone: the
+        socket refused it, or the transport had already closed) the connection ends now
+        and its error is raised: what was written never reached a broker."""
+        transport = self._transport
+        assert transport is not None
+        transport.write(data)
+        if transport.is_closing():
+            self.connection_lost()
+            assert self._error is not None
+            raise self._error
+
     def _send(self, *msgs: Any) -> None:
-        """``msgs`` in one write."""
+        """``msgs`` in one write (see ``write``)."""
         if self._error is not None:
             raise self._error
-        assert self._transport is not None
         frames = []
         for msg in msgs:
             frame = encode(msg)
@@ -629,7 +672,7 @@ class IPCTransport(Transport):
                     f"cap of {MAX_FRAME} (headers or URL too large)"
                 )
             frames.append(frame)
-        self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        self.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def dispatch(self, msg: Any) -> None:
         kind = type(msg)
@@ -760,8 +803,13 @@ class IPCTransport(Transport):
         self.connection_lost()
 
     def connection_lost(self) -> None:
+        if self._lost.done():
+            return
         self.closed = True
-        exc = self._error or BrokerConnectionError("lost the connection to the broker")
+        exc = self._error or BrokerConnectionError(
+            f"the broker went away (lost the connection to {self.path}); "
+            "the next request reconnects"
+        )
         self._error = exc
         waiters: list[asyncio.Future[Any]] = [*self._stats]
         for fut in waiters:
@@ -775,6 +823,8 @@ class IPCTransport(Transport):
             if not w.done():
                 w.set_exception(exc)
                 w.exception()
+        for task in self._pumps.values():
+            task.cancel()  # a body waiting on the caller's iterator is read no further
         self.resume_writing()  # whoever waits to write finds the error
         if not self._lost.done():
             self._lost.set_result(None)
@@ -968,7 +1018,8 @@ class IPCTransport(Transport):
         self._end_pump(stream_id)
         self.forget(stream_id)
         if not self.closed:
-            self._send(Cancel(stream_id))
+            with contextlib.suppress(BrokerConnectionError):  # gone now: nothing to stop
+                self._send(Cancel(stream_id))
 
     def ack(self, stream_id: int, size: int) -> None:
         if not self.closed:
@@ -984,7 +1035,8 @@ class IPCTransport(Transport):
 
     def clear_dns(self, pool: PoolSpec, host: str | None, port: int | None) -> None:
         if not self.closed:
-            self._send(ClearDNS(pool, host, port))
+            with contextlib.suppress(BrokerConnectionError):  # a new broker's cache is empty
+                self._send(ClearDNS(pool, host, port))
 
     async def stats(self) -> Stats:
         self._send(StatsRequest())
