@@ -237,8 +237,11 @@ class SyncSession:
         if runner is None or getattr(self, "_closed", True) or runner.pid != os.getpid():
             return
         self._closed = True
-        if not runner.loop.is_closed():
-            asyncio.run_coroutine_threadsafe(runner.shutdown(self._session), runner.loop)
+        shutdown = runner.shutdown(self._session)
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown, runner.loop)
+        except RuntimeError:  # its loop is closed already (interpreter exit)
+            shutdown.close()
         _warnings.warn(f"Unclosed sync session {self!r}", ResourceWarning, source=self)
 
     # -- running on the loop ----------------------------------------------------------
