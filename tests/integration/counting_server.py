@@ -23,6 +23,9 @@ class Counts:
     requests: int = 0
     arrivals: list[tuple[float, str]] = field(default_factory=list)
     workers: Counter[str] = field(default_factory=Counter)  # by X-Worker header
+    # The most this server's loop ran late (a 5 ms tick's lateness): how late an arrival
+    # can have been stamped on a loaded machine, for a test that measures gaps.
+    max_lag: float = 0.0
 
     def total(self, c: Counter[str]) -> int:
         return sum(c.values())
@@ -38,7 +41,13 @@ class CountingServer:
         self._arrival_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tick: asyncio.TimerHandle | None = None
         self.port = 0
+
+    def _watch_lag(self, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.counts.max_lag = max(self.counts.max_lag, loop.time() - due)
+        self._tick = loop.call_at(due + 0.005, self._watch_lag, due + 0.005)
 
     def _bump(self, which: Counter[str], top: Counter[str], host: str, delta: int) -> None:
         for key in (host, self.ALL):
@@ -108,9 +117,12 @@ class CountingServer:
         self._servers.append(first)
         for h in hosts[1:]:
             self._servers.append(await asyncio.start_server(self._handle, h, self.port))
+        self._watch_lag(asyncio.get_running_loop().time())
         return self.port
 
     async def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
         for w in list(self._writers):
             w.close()
         for s in self._servers:

@@ -150,10 +150,13 @@ async def test_rate_limit_per_host_holds_across_workers(broker_process):
     assert done == [4, 4, 4]
     times = sorted(t for t, _ in server.counts.arrivals)
     assert len(times) == 12
-    # 12 starts at one per 50 ms take at least 11 intervals (jitter allowed per arrival).
-    assert times[-1] - times[0] >= 11 / rate * 0.9
+    # 12 starts at one per 50 ms take at least 11 intervals. An arrival is stamped when
+    # the server's loop gets to it: the first may have been stamped late by as much as
+    # that loop ever ran late (a loaded machine), never early.
+    lag = server.counts.max_lag
+    assert times[-1] - times[0] >= 11 / rate - lag - 0.005, lag
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert sorted(gaps)[len(gaps) // 2] >= 0.9 / rate  # the median gap is one interval
+    assert sorted(gaps)[len(gaps) // 2] >= 0.9 / rate - lag  # the median gap: one interval
 
 
 async def test_rate_limit_holds_after_a_wait_for_a_connection(make_session, serve_app):
