@@ -526,6 +526,12 @@ class _Conn:
     def fill(self, stream: _Stream, one: bool = False) -> None:
         """Receive the stream's body to its end (``one``: one more message)."""
         with self:
+            content = stream.content
+            if not one and content is not None and content._size > content._prepaid:
+                # What waits in the reader: acknowledged now, as the rest will be.
+                owed = content._size - content._prepaid
+                content._prepaid = content._size
+                self._ack(stream, owed)
             try:
                 while not stream.done:
                     self.pump(stream.deadline, None if one else stream)
