@@ -103,7 +103,8 @@ from .exceptions import (
     RequestInfo,
     exception_from_failure,
 )
-from .fast_rules import enabled, forks
+from .fast_broker import BrokerFastPath
+from .fast_rules import BODY_MAX, FAST_KEYS, PlanCache, enabled, forks
 from .request_options import expects_continue
 from .response import ClientResponse, StreamReader
 from .session import _request_timeout, _warn_auth
@@ -111,6 +112,8 @@ from .sync import SyncResponse, _without_loop
 from .transport import IPCTransport, _closed_error, check_broker_uid
 
 if TYPE_CHECKING:
+    from shared.specs import ClientTimeout
+
     from .session import ClientSession
 
 __all__ = ["INLINE_MAX", "WIRE_KEYS", "WirePath", "WireResponse", "wire_path"]
@@ -226,6 +229,7 @@ class _Conn:
         self._timeout_ids: dict[Any, int] = {}
         self._next_spec_id = 1
         self._stats: Stats | None = None
+        self.unsent = False  # the connection was found gone before a byte of a write went
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._connect(trusted)
@@ -287,6 +291,7 @@ class _Conn:
                 except BlockingIOError:
                     self._wait(select.POLLOUT, deadline)
         except OSError as exc:
+            self.unsent = not sent
             self._lose(exc)
             raise _Gone from None
         except BaseException:
@@ -311,10 +316,13 @@ class _Conn:
         if not ready and deadline is not None and deadline <= time.monotonic():
             raise _Expired
 
-    def _next_msg(self, deadline: float | None) -> Any:
+    def _next_msg(self, deadline: float | None, wait: bool = False) -> Any:
         """The next message from the broker; ``_Expired`` past ``deadline``, ``_Gone``
-        when the connection ended."""
+        when the connection ended. ``wait``: nothing can be there yet (a request was
+        just sent), so wait before reading."""
         pending = self.pending
+        if wait and not pending and not self.closed:
+            self._wait(select.POLLIN, deadline)
         while not pending:
             if self.closed:
                 raise _Gone
@@ -338,25 +346,6 @@ class _Conn:
                 self._lose(BrokerProtocolError(f"the broker sent an undecodable frame: {exc!r}"))
                 raise _Gone from None
         return pending.popleft()
-
-    def hung_up(self) -> bool:
-        """Whether the broker closed this idle connection (what arrived is kept)."""
-        try:
-            data = self.sock.recv(_READ_SIZE)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            self._lose(exc)
-            return True
-        if not data:
-            self._lose(None)
-            return True
-        try:
-            self.pending.extend(self.reader.feed(data))
-        except Exception as exc:
-            self._lose(BrokerProtocolError(f"the broker sent a bad frame: {exc}"))
-            return True
-        return False
 
     @property
     def _error(self) -> BaseException:
@@ -416,10 +405,12 @@ class _Conn:
 
     # -- what arrives ---------------------------------------------------------------------
 
-    def pump(self, deadline: float | None, eager: _Stream | None = None) -> None:
+    def pump(
+        self, deadline: float | None, eager: _Stream | None = None, wait: bool = False
+    ) -> None:
         """Take one message and deliver it. ``eager``: its body bytes are acknowledged as
         they arrive (the caller takes them all), else as they are read."""
-        msg = self._next_msg(deadline)
+        msg = self._next_msg(deadline, wait)
         kind = type(msg)
         if kind is Data:
             stream = self.streams.get(msg.stream)
@@ -508,8 +499,10 @@ class _Conn:
     def head(self, stream: _Stream) -> Head:
         """Wait for the stream's head; its failure raises."""
         try:
+            wait = True
             while stream.head is None and stream.error is None:
-                self.pump(stream.deadline)
+                self.pump(stream.deadline, None, wait)
+                wait = False
         except _Expired:
             self.cancel(stream, asyncio.TimeoutError(_TOTAL))
         except _Gone:
@@ -565,13 +558,17 @@ class _Conn:
             return stats
 
 
-class WirePath:
-    """The blocking path of one ``SyncSession`` (see the module docstring)."""
+class WirePath(PlanCache[Any]):
+    """The blocking path of one ``SyncSession`` (see the module docstring). A call the
+    async fast path would take (``FAST_KEYS``) is made from a cached plan, as there
+    (``BrokerFastPath``'s plans and ``Request``)."""
 
     keys = WIRE_KEYS
+    _make_plan = BrokerFastPath._make_plan
 
     def __init__(self, session: ClientSession) -> None:
         assert session._broker is not None
+        super().__init__(session)
         self.session = session
         self.path: str = session._broker
         self._local = threading.local()
@@ -647,15 +644,39 @@ class WirePath:
         s = self.session
         if self._closed or s.closed:
             raise RuntimeError("Session is closed")
+        jar = s._jar_ref
+        if jar is None:
+            jar = s._jar_ref = request_jar(s._cookie_jar)
+        if kw.keys() <= FAST_KEYS:  # the async fast path's calls: a cached plan
+            data = kw.get("data")
+            if data is None or (type(data) is bytes and len(data) <= BODY_MAX):
+                plan = self._plan(method, url, kw.get("headers"), kw.get("params"), data)
+                if plan is not None:
+                    tmo = s._timeout if "timeout" not in kw else _request_timeout(kw["timeout"])
+                    redirects = kw.get("allow_redirects", True)
+
+                    def build(sid: int) -> Request:
+                        return BrokerFastPath._build(
+                            self, plan, sid, data, tmo, redirects, jar[0]  # type: ignore[arg-type]
+                        )
+
+                    return self._exchange(
+                        plan.info, plan.url_str, s._read_bufsize, tmo, jar, build,
+                        kw.get("raise_for_status"),
+                    )
+        return self._general(method, url, kw, jar)
+
+    def _general(
+        self, method: str, url: Any, kw: Mapping[str, Any], jar: tuple[bytes, Any, Any]
+    ) -> WireResponse | None:
+        """A call with no plan: made as ``ClientSession._request`` makes it."""
+        s = self.session
         auth = kw.get("auth")
         if auth is not None:
-            _warn_auth(auth, None, 5)
-        timeout = kw["timeout"] if "timeout" in kw else s._timeout
-        if "timeout" in kw:
-            timeout = _request_timeout(timeout)
-        data, json = kw.get("data"), kw.get("json")
+            _warn_auth(auth, None, 6)
+        timeout = s._timeout if "timeout" not in kw else _request_timeout(kw["timeout"])
         _, prepared, _ = s._prepare(
-            method, url, kw.get("params"), data, kw.get("headers"), json,
+            method, url, kw.get("params"), kw.get("data"), kw.get("headers"), kw.get("json"),
             kw.get("skip_auto_headers"), auth,
         )
         body = prepared.body
@@ -670,9 +691,6 @@ class WirePath:
             kw.get("max_line_size"), kw.get("max_field_size"), kw.get("max_headers"),
             kw.get("read_bufsize"),
         )
-        jar = s._jar_ref
-        if jar is None:
-            jar = s._jar_ref = request_jar(s._cookie_jar)
         cookies = kw.get("cookies")
         own_cookies = (
             request_cookies(cookies, s._cookie_jar, prepared.url) if cookies is not None else []
@@ -681,28 +699,12 @@ class WirePath:
             prepared.url, prepared.method, CIMultiDictProxy(prepared.headers),
             prepared.real_url or prepared.url,
         )
-
-        def make_error(failure: Failure) -> BaseException:
-            return exception_from_failure(failure, info, self._history(failure.history, info))
-
         max_redirects = kw.get("max_redirects")
         auto_decompress = kw.get("auto_decompress")
         url_str = str(prepared.url)
-        deadline = None
-        if timeout.total:
-            deadline = time.monotonic() + timeout.total
-            if timeout.total >= timeout.ceil_threshold:  # as Deadlines: on a whole second
-                deadline = float(math.ceil(deadline))
-        conn = self._conn()
-        with conn:
-            hung_up = conn.hung_up()  # by a broker that went away since its last use
-        if hung_up:
-            conn = self._conn()
-        with conn:
-            sid = conn._next
-            conn._next = sid + 2
-            stream = _Stream(conn, sid, deadline, make_error, limits[3])
-            req = Request(
+
+        def build(sid: int) -> Request:
+            return Request(
                 stream=sid,
                 method=prepared.method,
                 url=url_str,
@@ -724,22 +726,76 @@ class WirePath:
                 http10=s._http10,
                 requote_redirect_url=s._requote_redirect_url,
             )
-            try:
-                conn.open(req, jar, stream)
-            except _Gone:
-                raise conn._error from None
+
+        return self._exchange(
+            info, url_str, limits[3], timeout, jar, build, kw.get("raise_for_status")
+        )
+
+    def _exchange(
+        self,
+        info: RequestInfo,
+        url_str: str,
+        limit: int,
+        timeout: ClientTimeout,
+        jar: tuple[bytes, Any, Any],
+        build: Callable[[int], Request],
+        rfs: Any,
+    ) -> WireResponse:
+        """Send the request ``build`` makes on this thread's connection; its response."""
+
+        def make_error(failure: Failure) -> BaseException:
+            return exception_from_failure(failure, info, self._history(failure.history, info))
+
+        deadline = None
+        total = timeout.total
+        if total:
+            deadline = time.monotonic() + total
+            if total >= timeout.ceil_threshold:  # as Deadlines: on a whole second
+                deadline = float(math.ceil(deadline))
+        conn = self._conn()
+        with conn:
+            stream = self._open(conn, build, jar, deadline, make_error, limit)
+            if stream is None:  # the broker went away since: the request went nowhere
+                conn = self._conn()
+                with conn:
+                    stream = self._open(conn, build, jar, deadline, make_error, limit)
+                    if stream is None:
+                        raise conn._error
             head = conn.head(stream)
-        self.requests += 1
+        with self._lock:
+            self.requests += 1
         resp = self._response(stream, head, info, url_str)
-        rfs = kw.get("raise_for_status")
         if rfs is None:
-            rfs = s._raise_for_status
+            rfs = self.session._raise_for_status
         if rfs and not resp.ok:
             try:
                 resp.raise_for_status()
             finally:
                 resp.release()
         return WireResponse(_NO_LOOP, resp, stream if head.body is None else None)
+
+    @staticmethod
+    def _open(
+        conn: _Conn,
+        build: Callable[[int], Request],
+        jar: tuple[bytes, Any, Any],
+        deadline: float | None,
+        make_error: Callable[[Failure], BaseException],
+        limit: int,
+    ) -> _Stream | None:
+        """The request sent on ``conn``, as a stream; None if the connection was found
+        closed before any of it went (the caller sends it on a new one)."""
+        sid = conn._next
+        conn._next = sid + 2
+        stream = _Stream(conn, sid, deadline, make_error, limit)
+        try:
+            conn.open(build(sid), jar, stream)
+        except _Gone:
+            conn.streams.pop(sid, None)
+            if conn.unsent and not conn.closing:
+                return None
+            raise conn._error from None
+        return stream
 
     def _history(self, items: Any, info: RequestInfo) -> tuple[ClientResponse, ...]:
         """``ClientSession._history_response``'s responses, made without a loop."""
