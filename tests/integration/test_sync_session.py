@@ -110,6 +110,8 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     through a broker on the background loop (the wire path switched off)."""
     if request.param == "broker-loop":
         monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "0")
+    elif request.param == "broker-wire":
+        monkeypatch.delenv("HTTP_BROKER_FAST_PATH", raising=False)
     return str(request.param)
 
 

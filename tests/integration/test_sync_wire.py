@@ -45,7 +45,10 @@ def servers() -> Iterator[ServerThread]:
 
 
 @pytest.fixture
-def make_sync(broker_process: broker.BrokerProcess) -> Iterator[Callable[..., SyncSession]]:
+def make_sync(
+    broker_process: broker.BrokerProcess, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., SyncSession]]:
+    monkeypatch.delenv("HTTP_BROKER_FAST_PATH", raising=False)  # this path is the subject
     sessions: list[SyncSession] = []
 
     def factory(**kwargs: Any) -> SyncSession:
