@@ -13,15 +13,15 @@ How this works. Each thread has its own connection per session (a
 ``threading.local``, made on the thread's first request: connect, the broker's uid
 checked before a byte is sent, ``Hello`` without shared memory, ``Welcome``). A request
 is one write (a ``JarOpen`` before the first request naming the session's jar on that
-connection, the pool and timeout named by id as ``IPCTransport`` names them) and the
-frames that answer it are read on the calling thread: a whole ``Head`` (the body in
+connection, the pool and timeout named by id as ``IPCTransport`` names them; a call the
+async fast path would take is made from ``BrokerFastPath``'s cached plans, at most
+``PLANS_MAX`` per session) and the frames that answer it are read on the calling thread: a whole ``Head`` (the body in
 it), or a head followed by ``Data`` and ``End``. The response is a ``ClientResponse``
 built on a ``StreamReader`` that this module feeds (``WireResponse`` wraps it as
 ``SyncResponse`` does, so every attribute, method and exception is the async one's);
 its body is read from the socket only when ``read()``/``text()``/``json()`` or
-``iter_content()`` asks for it, acknowledging what it takes out of the socket
-(``Ack`` every ``STREAM_WINDOW // 4`` bytes), so the broker never sends more than its
-window ahead. A ``Failure`` becomes the async session's exception; the request's
+``iter_content()`` asks for it (``Ack`` every ``STREAM_WINDOW // 4`` bytes, see below).
+A ``Failure`` becomes the async session's exception; the request's
 total timeout is a deadline on every wait of the request and its body, after which the
 stream is cancelled and ``asyncio.TimeoutError`` raised, as a ``StreamHandle``'s
 deadline does (``sock_read`` and the rest are the broker's, as for the async session).
@@ -39,8 +39,8 @@ its socket at a time.
 
 The connection is lost when the broker goes away: the request or body read waiting on
 it fails with ``BrokerConnectionError`` ("the broker went away"), and the thread's next
-request connects again (one whose connection is found hung up before it is sent goes on
-a new connection at once). ``SyncSession.close()`` shuts every thread's connection down
+request connects again (a request whose write finds the connection closed, nothing of
+it sent, goes on a new connection at once). ``SyncSession.close()`` shuts every thread's connection down
 (a thread waiting on one gets ``ClientConnectionError("Connection closed")``, as from
 the async session's close) and closes them; a thread that died leaves its connection to
 ``close()`` or to the garbage collector. A forked child never touches its parent's
