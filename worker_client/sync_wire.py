@@ -9,25 +9,25 @@ a call naming only ``WIRE_KEYS`` with a body that is bytes, str or a form dict (
 call goes to the session's background loop (``worker_client.sync``), which is never
 started by this path.
 
-How this works. Each thread has its own connection per session (a
-``threading.local``, made on the thread's first request: connect, the broker's uid
-checked before a byte is sent, ``Hello`` without shared memory, ``Welcome``). A request
-is one write (a ``JarOpen`` before the first request naming the session's jar on that
-connection, the pool and timeout named by id as ``IPCTransport`` names them; a call the
-async fast path would take is made from ``BrokerFastPath``'s cached plans, at most
-``PLANS_MAX`` per session) and the frames that answer it are read on the calling thread: a whole ``Head`` (the body in
-it), or a head followed by ``Data`` and ``End``. The response is a ``ClientResponse``
-built on a ``StreamReader`` that this module feeds (``WireResponse`` wraps it as
-``SyncResponse`` does, so every attribute, method and exception is the async one's);
-its body is read from the socket only when ``read()``/``text()``/``json()`` or
+How this works. Each thread has its own connection per session (a ``threading.local``,
+made on the thread's first request: connect, the broker's uid checked before a byte is
+sent, ``Hello`` without shared memory, ``Welcome``). A request is one write (a
+``JarOpen`` before the first request naming the session's jar on that connection, the
+pool and timeout named by id as ``IPCTransport`` names them; a call the async fast path
+would take is made from ``BrokerFastPath``'s cached plans, at most ``PLANS_MAX`` per
+session) and the frames that answer it are read on the calling thread: a whole ``Head``
+(the body in it), or a head followed by ``Data`` and ``End``. The response is a
+``ClientResponse`` built on a ``StreamReader`` that this module feeds (``WireResponse``
+wraps it as ``SyncResponse`` does, so every attribute, method and exception is the async
+one's); its body is read from the socket only when ``read()``/``text()``/``json()`` or
 ``iter_content()`` asks for it (``Ack`` every ``STREAM_WINDOW // 4`` bytes, see below).
-A ``Failure`` becomes the async session's exception; the request's
-total timeout is a deadline on every wait of the request and its body, after which the
-stream is cancelled and ``asyncio.TimeoutError`` raised, as a ``StreamHandle``'s
-deadline does (``sock_read`` and the rest are the broker's, as for the async session).
-An interrupt (``KeyboardInterrupt``) while waiting cancels the stream. After a
-``Cancel`` the connection stays in use: the broker sends nothing new for the stream,
-and what was already on its way is dropped by stream id.
+A ``Failure`` becomes the async session's exception; the request's total timeout is a
+deadline on every wait of the request and its body, after which the stream is cancelled
+and ``asyncio.TimeoutError`` raised, as a ``StreamHandle``'s deadline does
+(``sock_read`` and the rest are the broker's, as for the async session). An interrupt
+(``KeyboardInterrupt``) while waiting cancels the stream. After a ``Cancel`` the
+connection stays in use: the broker sends nothing new for the stream, and what was
+already on its way is dropped by stream id.
 
 Several responses of one thread may be open at once (streams multiplexed on its
 connection, as on the async session's): the frames of a stream that arrive while the
@@ -37,14 +37,15 @@ any of them; ``read()`` acknowledges as it receives (it takes the whole body). A
 response may be read from another thread: the connection's lock keeps one reader on
 its socket at a time.
 
-The connection is lost when the broker goes away: the request or body read waiting on
-it fails with ``BrokerConnectionError`` ("the broker went away"), and the thread's next
-request connects again (a request whose write finds the connection closed, nothing of
-it sent, goes on a new connection at once). ``SyncSession.close()`` shuts every thread's connection down
-(a thread waiting on one gets ``ClientConnectionError("Connection closed")``, as from
-the async session's close) and closes them; a thread that died leaves its connection to
-``close()`` or to the garbage collector. A forked child never touches its parent's
-connections (it makes its own) and closes its copies of their descriptors.
+The connection is lost when the broker goes away: the request or body read waiting on it
+fails with ``BrokerConnectionError`` ("the broker went away"), and the thread's next
+request connects again (a request whose write finds the connection closed, nothing of it
+sent, goes on a new connection at once). ``SyncSession.close()`` shuts every thread's
+connection down (a thread waiting on one gets ``ClientConnectionError("Connection
+closed")``, as from the async session's close) and closes them; a thread that died
+leaves its connection to ``close()`` or to the garbage collector. A forked child never
+touches its parent's connections (it makes its own) and closes its copies of their
+descriptors.
 
 Bounds: per connection, the frame reader's partial frame (under ``MAX_FRAME``) and the
 frames of one ``recv`` (``_READ_SIZE`` bytes); per open response, the broker's window
