@@ -21,10 +21,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 import broker
 from shared.messages import STREAM_WINDOW
 from tests.integration.apps import echo, echo_app, text_app
+from tests.integration.test_session_cookies import cookie_app
 from tests.integration.test_sync_session import WAIT, ServerThread, _never_app
 from worker_client import (
     BrokerConnectionError,
@@ -157,6 +159,18 @@ def test_a_middleware_session_works_on_the_loop(servers, make_sync):
     s = make_sync(middlewares=(note,))
     assert s.get(base + "/").text() == "fine"
     assert seen == ["GET"] and s._loop is not None
+
+
+def test_cookies_set_on_the_wire_are_in_the_jar_and_sent_back(servers, make_sync):
+    base = servers.serve(cookie_app(), host="localhost")
+    s = make_sync()
+    with s.get(base + "/set", params={"sid": "abc"}) as resp:
+        assert resp.cookies["sid"].value == "abc"
+    assert {m.key: m.value for m in s.cookie_jar} == {"sid": "abc"}  # the broker's jar
+    s.cookie_jar.update_cookies({"given": "1"}, URL(base))
+    with s.get(base + "/echo", cookies={"once": "2"}) as resp:
+        assert resp.json()["cookies"] == {"sid": "abc", "given": "1", "once": "2"}
+    assert s._wire.requests == 2 and no_loop(s)
 
 
 # -- bodies and flow control -----------------------------------------------------------------
