@@ -15,8 +15,12 @@ The rules at the seam:
 - a wait in the calling thread that ends in an exception (``KeyboardInterrupt``, a signal
   handler's timeout) cancels the coroutine on the loop; a response that was already made
   for it is closed, so nothing is left holding a connection;
-- ``close()`` closes the async session on the loop, cancels what other threads still wait
-  for (they get ``RuntimeError("Session is closed")``), then stops and joins the thread;
+- ``close()`` closes the async session on the loop (a request in flight in another
+  thread fails as it does there), cancels every other call still running (its caller gets
+  ``RuntimeError("Session is closed")``), then stops and joins the thread; calls are
+  started under the session's lock, so none lands on the loop after that;
+- a response of a closed session still does what needs no loop (a read body's
+  ``text()``, ``raise_for_status()``, a release), as an async response does;
 - the thread does not survive ``fork``: a session used before a fork raises
   ``RuntimeError`` in the child (make one ``SyncSession`` per process);
 - gevent and eventlet monkey-patching are not supported (the loop thread would be a
@@ -105,7 +109,8 @@ class _Loop:
             target=self._run, args=(self.loop, started), name="http-broker-sync", daemon=True
         )
         self.thread.start()
-        started.wait()
+        if not started.wait(CLOSE_TIMEOUT):
+            raise RuntimeError("the SyncSession's loop thread did not start")
 
     @staticmethod
     def _run(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
@@ -248,8 +253,11 @@ class SyncSession:
                 _warnings.warn(f"Unclosed sync session {self!r}", ResourceWarning, source=self)
             return
         self._closed = True
-        if not runner.loop.is_closed():
-            asyncio.run_coroutine_threadsafe(runner.shutdown(self._session), runner.loop)
+        shutdown = runner.shutdown(self._session)
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown, runner.loop)
+        except RuntimeError:  # its loop is closed already (interpreter exit)
+            shutdown.close()
         _warnings.warn(f"Unclosed sync session {self!r}", ResourceWarning, source=self)
 
     # -- running on the loop ----------------------------------------------------------

@@ -701,10 +701,12 @@ def test_close_under_load_ends_every_threads_call_cleanly(servers, broker_addres
         assert outcomes.count("Session is closed") == 8
 
 
-def test_an_unused_session_closes_without_a_thread():
-    s = SyncSession()
-    s.close()
-    assert s.closed
+def test_an_unused_session_closes_with_its_connector():
+    connector = TCPConnector()
+    s = SyncSession(connector=connector)
+    s.close()  # the async close runs on a loop thread started for it, then stopped
+    assert s.closed and connector.closed
+    assert not s._loop.thread.is_alive()
     with pytest.raises(RuntimeError, match="Session is closed"):
         s.get("http://127.0.0.1:1/")
 
