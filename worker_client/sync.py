@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from .helpers import HttpVersion
     from .response import ClientResponse
     from .session import _RequestOptions
+    from .sync_wire import WirePath
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -192,6 +193,11 @@ class SyncSession:
         self._lock = threading.Lock()
         self._loop: _Loop | None = None
         self._closed = False
+        self._wire: WirePath | None = None
+        if self._session._broker is not None:
+            from .sync_wire import wire_path  # it imports this module
+
+            self._wire = wire_path(self._session)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -220,9 +226,12 @@ class SyncSession:
                 return
             self._closed = True
             runner = self._loop
-        if runner is None:
-            runner = self._loop = _Loop()  # the async session's close needs a loop
-        elif runner.pid != os.getpid():
+        if self._wire is not None:
+            self._wire.close()
+        if runner is None:  # it never ran on a loop: its close does not wait
+            _without_loop(self._session.close)
+            return
+        if runner.pid != os.getpid():
             return  # the parent's thread: not ours to stop
         fut = asyncio.run_coroutine_threadsafe(runner.shutdown(self._session), runner.loop)
         try:
@@ -233,8 +242,15 @@ class SyncSession:
             runner.thread.join(CLOSE_TIMEOUT)
 
     def __del__(self, _warnings: Any = warnings) -> None:
+        if getattr(self, "_closed", True):
+            return
+        wire = getattr(self, "_wire", None)
+        wired = wire is not None and wire.abandon()
         runner = getattr(self, "_loop", None)
-        if runner is None or getattr(self, "_closed", True) or runner.pid != os.getpid():
+        if runner is None or runner.pid != os.getpid():
+            if wired:
+                self._closed = True
+                _warnings.warn(f"Unclosed sync session {self!r}", ResourceWarning, source=self)
             return
         self._closed = True
         shutdown = runner.shutdown(self._session)
@@ -321,6 +337,8 @@ class SyncSession:
 
     def stats(self) -> Any:
         """The engine's figures (pools, streams) as a ``Stats`` message."""
+        if self._wire is not None:
+            return self._wire.stats()
         return self._run(self._session.stats)
 
     # -- requests ---------------------------------------------------------------------
@@ -329,6 +347,11 @@ class SyncSession:
         self, method: str, url: str | URL, **kwargs: Unpack[_RequestOptions]
     ) -> SyncResponse:
         """Perform an HTTP request; the response works with or without ``with``."""
+        wire = self._wire
+        if wire is not None and wire.takes(kwargs):  # the blocking path (sync_wire)
+            made = wire.request(method, url, kwargs)
+            if made is not None:
+                return made
         session = self._session
         resp = self._run(lambda: session.request(method, url, **kwargs), _close_response)
         return SyncResponse(self, resp)

@@ -104,6 +104,17 @@ class ServerThread:
             self.loop.close()
 
 
+@pytest.fixture(params=("embedded", "broker-wire", "broker-loop"))
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Embedded; through a broker on the blocking wire path (``worker_client.sync_wire``);
+    through a broker on the background loop (the wire path switched off)."""
+    if request.param == "broker-loop":
+        monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "0")
+    elif request.param == "broker-wire":
+        monkeypatch.delenv("HTTP_BROKER_FAST_PATH", raising=False)
+    return str(request.param)
+
+
 @pytest.fixture
 def servers() -> Iterator[ServerThread]:
     threaded = ServerThread()
@@ -544,7 +555,7 @@ def test_a_response_made_as_its_caller_gave_up_is_closed(servers, sync):
     from worker_client.sync import _Call, _own
 
     base = servers.serve(text_app("x" * 100_000))
-    sync.stats()  # the loop runs
+    sync._run(lambda: asyncio.sleep(0))  # the loop runs (never on the wire path)
     loop = sync._loop.loop
     session = sync.session
     made: list[Any] = []
@@ -572,7 +583,7 @@ def test_a_response_made_as_its_caller_gave_up_is_closed(servers, sync):
     assert finishing.wait(WAIT)
     assert fut.cancel()
     cancelled.set()
-    sync.stats()  # a round trip on the loop: the task's callbacks have run by now
+    sync._run(lambda: asyncio.sleep(0))  # a round trip: the task's callbacks have run
     (resp,) = made
     assert resp.closed
     assert pool_host(sync, base).get("active", 0) == 0
@@ -581,7 +592,18 @@ def test_a_response_made_as_its_caller_gave_up_is_closed(servers, sync):
 # -- close, garbage, fork -------------------------------------------------------------------
 
 
-def test_close_stops_the_thread_and_later_calls_fail_as_aiohttp(servers, broker_address):
+def _loop_thread(s: SyncSession, mode: str) -> threading.Thread | None:
+    """The session's loop thread, alive; None on the wire path, which starts none."""
+    if mode == "broker-wire":
+        assert s._loop is None
+        assert "http-broker-sync" not in {t.name for t in threading.enumerate()}
+        return None
+    thread = s._loop.thread
+    assert thread.daemon and thread.is_alive()
+    return thread
+
+
+def test_close_stops_the_thread_and_later_calls_fail_as_aiohttp(servers, broker_address, mode):
     async def stalls(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Length": "100"})
         await resp.prepare(request)
@@ -598,10 +620,9 @@ def test_close_stops_the_thread_and_later_calls_fail_as_aiohttp(servers, broker_
         assert read.read() == b"fine"
         missing = s.get(base + "/missing")
         missing.read()
-        thread = s._loop.thread
-        assert thread.daemon and thread.is_alive()
+        thread = _loop_thread(s, mode)
         assert not s.closed
-    assert s.closed and not thread.is_alive()
+    assert s.closed and (thread is None or not thread.is_alive())
     with pytest.raises(RuntimeError, match="Session is closed"):
         s.get(base + "/")
     s.close()  # again: nothing
@@ -683,23 +704,27 @@ def test_close_under_load_ends_every_threads_call_cleanly(servers, broker_addres
 def test_an_unused_session_closes_with_its_connector():
     connector = TCPConnector()
     s = SyncSession(connector=connector)
-    s.close()  # the async close runs on a loop thread started for it, then stopped
+    s.close()  # the async close, which waits for nothing: no loop thread is started for it
     assert s.closed and connector.closed
-    assert not s._loop.thread.is_alive()
+    assert s._loop is None
     with pytest.raises(RuntimeError, match="Session is closed"):
         s.get("http://127.0.0.1:1/")
 
 
-def test_an_unclosed_session_warns_and_its_thread_ends(servers, broker_address):
+def test_an_unclosed_session_warns_and_its_thread_ends(servers, broker_address, mode):
     base = servers.serve(text_app("fine"))
     s = SyncSession(broker=broker_address)
     assert s.get(base + "/").text() == "fine"
-    thread = s._loop.thread
+    thread = _loop_thread(s, mode)
+    socks = [conn.sock for conn in s._wire._conns] if thread is None else []
     with pytest.warns(ResourceWarning, match="Unclosed sync session"):
         del s
         gc.collect()
-    thread.join(WAIT)
-    assert not thread.is_alive()
+    if thread is not None:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    else:  # the wire path's connection is closed
+        assert [sock.fileno() for sock in socks] == [-1]
 
 
 def test_an_unclosed_session_does_not_keep_the_process_alive(servers, broker_address):
@@ -719,7 +744,7 @@ def test_an_unclosed_session_does_not_keep_the_process_alive(servers, broker_add
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_a_session_used_before_a_fork_fails_clearly_in_the_child(servers, sync):
+def test_a_session_used_before_a_fork_fails_clearly_in_the_child(servers, sync, mode):
     base = servers.serve(text_app("fine"))
     assert sync.get(base + "/").text() == "fine"
     read_end, write_end = os.pipe()
@@ -740,5 +765,8 @@ def test_a_session_used_before_a_fork_fails_clearly_in_the_child(servers, sync):
     with os.fdopen(read_end, "rb") as child:
         said = child.read().decode()
     assert os.waitpid(pid, 0)[1] == 0
-    assert "forked child" in said and "make a SyncSession per process" in said
+    if mode == "broker-wire":  # the child makes a connection of its own
+        assert said == "no error"
+    else:
+        assert "forked child" in said and "make a SyncSession per process" in said
     assert sync.get(base + "/").text() == "fine"  # the parent's goes on

@@ -1,0 +1,387 @@
+"""``SyncSession``'s blocking path through a broker (``worker_client/sync_wire.py``):
+that it is taken (no loop thread is ever started), what goes to the loop instead, flow
+control over one blocking connection per thread, timeouts, interrupts, threads, a
+broker restart and fork. The request/response behaviour itself is
+``test_sync_session.py``'s, run on this path too (its ``broker-wire`` mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+import broker
+from shared.messages import STREAM_WINDOW
+from tests.integration.apps import echo, echo_app, text_app
+from tests.integration.test_session_cookies import cookie_app
+from tests.integration.test_sync_session import WAIT, ServerThread, _never_app
+from worker_client import (
+    BrokerConnectionError,
+    ClientResponseError,
+    ClientTimeout,
+    SyncSession,
+    TraceConfig,
+)
+
+BIG = 3 * STREAM_WINDOW + 12345  # a body that needs acknowledgements to arrive
+
+
+@pytest.fixture
+def servers() -> Iterator[ServerThread]:
+    threaded = ServerThread()
+    yield threaded
+    threaded.close()
+
+
+@pytest.fixture
+def make_sync(
+    broker_process: broker.BrokerProcess, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., SyncSession]]:
+    monkeypatch.delenv("HTTP_BROKER_FAST_PATH", raising=False)  # this path is the subject
+    sessions: list[SyncSession] = []
+
+    def factory(**kwargs: Any) -> SyncSession:
+        kwargs.setdefault("broker", broker_process.socket_path)
+        s = SyncSession(**kwargs)
+        sessions.append(s)
+        return s
+
+    yield factory
+    for s in sessions:
+        s.close()
+
+
+def no_loop(s: SyncSession) -> bool:
+    return s._loop is None and "http-broker-sync" not in {
+        t.name for t in threading.enumerate()
+    }
+
+
+def big_app(body: bytes) -> web.Application:
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    return app
+
+
+# -- which way a call goes -------------------------------------------------------------------
+
+
+def test_the_wire_path_starts_no_loop_thread(servers, make_sync):
+    base = servers.serve(echo_app())
+    s = make_sync()
+    assert s._wire is not None
+    with s.post(base + "/x", json={"a": 1}, params={"q": "1"}, headers={"X-A": "b"}) as resp:
+        assert resp.json()["method"] == "POST"
+    with s.get(base + "/y", auth=None, timeout=5, allow_redirects=False) as resp:
+        assert b'"path": "/y"' in b"".join(resp.iter_content(7))
+    assert s.stats().pools
+    assert s._wire.requests == 2
+    assert no_loop(s)
+    s.close()
+    assert no_loop(s)  # closing needs no loop either
+
+
+async def _hand_off(request: Any, handler: Any) -> Any:
+    return await handler(request)
+
+
+async def _strict(resp: Any) -> None:
+    resp.raise_for_status()
+
+
+@pytest.mark.parametrize(
+    ("session_kw", "request_kw"),
+    [
+        ({}, {"data": io.BytesIO(b"a file")}),
+        ({}, {"compress": "deflate", "data": b"x"}),
+        ({}, {"raise_for_status": _strict}),
+        ({}, {"ssl": False}),
+        ({}, {"expect100": True, "data": b"x"}),
+        ({}, {"data": b"x" * (1 << 20 | 1)}),  # over one frame
+        ({"raise_for_status": _strict}, {}),
+    ],
+    ids=["file", "compress", "rfs-callable", "ssl", "expect100", "big-body", "session-rfs"],
+)
+def test_calls_it_cannot_carry_go_to_the_loop(servers, make_sync, session_kw, request_kw):
+    app = web.Application(client_max_size=4 << 20)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    base = servers.serve(app)
+    s = make_sync(**session_kw)
+    with s.post(base + "/p", **request_kw) as resp:
+        assert resp.status == 200 and resp.json()["method"] == "POST"
+    assert s._wire.requests == 0
+    assert s._loop is not None  # the background loop took it
+    with s.post(base + "/p", data=b"plain") as resp:  # and the next plain one is the wire's
+        assert resp.json()["body"] == "plain"
+    assert s._wire.requests == (0 if session_kw else 1)
+
+
+@pytest.mark.parametrize(
+    "session_kw",
+    [{"middlewares": (_hand_off,)}, {"trace_configs": [TraceConfig()]}, {"trust_env": True},
+     {"proxy": "http://127.0.0.1:1"}],
+    ids=["middleware", "trace", "trust_env", "proxy"],
+)
+def test_sessions_it_cannot_carry_have_no_wire_path(make_sync, session_kw):
+    assert make_sync(**session_kw)._wire is None
+
+
+def test_the_fast_path_switch_and_embedded_mode_have_no_wire_path(make_sync, monkeypatch):
+    assert SyncSession()._wire is None
+    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "0")
+    assert make_sync()._wire is None
+
+
+def test_a_middleware_session_works_on_the_loop(servers, make_sync):
+    base = servers.serve(text_app("fine"))
+    seen: list[str] = []
+
+    async def note(request: Any, handler: Any) -> Any:
+        seen.append(request.method)
+        return await handler(request)
+
+    s = make_sync(middlewares=(note,))
+    assert s.get(base + "/").text() == "fine"
+    assert seen == ["GET"] and s._loop is not None
+
+
+def test_cookies_set_on_the_wire_are_in_the_jar_and_sent_back(servers, make_sync):
+    base = servers.serve(cookie_app(), host="localhost")
+    s = make_sync()
+    with s.get(base + "/set", params={"sid": "abc"}) as resp:
+        assert resp.cookies["sid"].value == "abc"
+    assert {m.key: m.value for m in s.cookie_jar} == {"sid": "abc"}  # the broker's jar
+    s.cookie_jar.update_cookies({"given": "1"}, URL(base))
+    with s.get(base + "/echo", cookies={"once": "2"}) as resp:
+        assert resp.json()["cookies"] == {"sid": "abc", "given": "1", "once": "2"}
+    assert s._wire.requests == 2 and no_loop(s)
+
+
+# -- bodies and flow control -----------------------------------------------------------------
+
+
+def test_a_body_over_the_window_arrives_by_read_and_by_iter_content(servers, make_sync):
+    body = os.urandom(BIG)
+    base = servers.serve(big_app(body))
+    s = make_sync()
+    with s.get(base + "/big") as resp:
+        assert resp.read() == body
+    with s.get(base + "/big") as resp:
+        chunks = list(resp.iter_content(100_000))
+    assert b"".join(chunks) == body
+    assert all(0 < len(c) <= 100_000 for c in chunks)
+    assert no_loop(s)
+
+
+def test_two_open_responses_on_one_thread_each_stay_within_the_window(servers, make_sync):
+    first, second = os.urandom(BIG), os.urandom(BIG)
+    base = servers.serve(big_app(first))
+    other = servers.serve(big_app(second))
+    s = make_sync()
+    older = s.get(base + "/big")
+    newer = s.get(other + "/big")
+    assert newer.read() == second  # the older one's frames wait, unacknowledged
+    assert older._resp.content._size <= STREAM_WINDOW + 256 * 1024
+    assert older.read() == first
+    older.close()
+    newer.close()
+    (conn,) = s._wire._conns
+    assert conn.streams == {}
+
+
+def test_a_response_can_be_read_on_another_thread(servers, make_sync):
+    body = os.urandom(BIG)
+    base = servers.serve(big_app(body))
+    s = make_sync()
+    resp = s.get(base + "/big")
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(resp.read).result(WAIT) == body
+    assert s.get(base + "/big").read() == body
+
+
+def test_a_response_released_early_cancels_its_stream_and_the_connection_goes_on(
+    servers, make_sync
+):
+    body = os.urandom(BIG)
+    base = servers.serve(big_app(body))
+    s = make_sync()
+    s.get(base + "/big").close()
+    (conn,) = s._wire._conns
+    with s.get(base + "/big") as resp:
+        next(resp.iter_content(10))
+    assert conn.streams == {}
+    with s.get(base + "/big") as resp:
+        assert resp.read() == body  # the cancelled streams' late frames were dropped
+    assert s._wire._conns == {conn} and not conn.closed
+
+
+# -- errors, timeouts, interrupts ------------------------------------------------------------
+
+
+def test_a_total_timeout_in_the_body_raises_and_keeps_the_connection(servers, make_sync):
+    async def half(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "100"})
+        await resp.prepare(request)
+        await resp.write(b"abc")
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    app = text_app("fine")
+    app.router.add_get("/half", half)
+    base = servers.serve(app)
+    s = make_sync()
+    started = time.monotonic()
+    resp = s.get(base + "/half", timeout=ClientTimeout(total=0.5))
+    with pytest.raises(asyncio.TimeoutError) as info:
+        resp.read()
+    assert str(info.value) == "Timeout on request (total)"
+    assert 0.4 < time.monotonic() - started < 5
+    with pytest.raises(asyncio.TimeoutError):  # again, as the async response
+        resp.read()
+    (conn,) = s._wire._conns
+    assert s.get(base + "/").text() == "fine"
+    assert s._wire._conns == {conn} and not conn.closed
+
+
+def test_raise_for_status_releases_as_the_async_session(servers, make_sync):
+    async def missing(request: web.Request) -> web.Response:
+        return web.Response(status=404, reason="Nope", body=b"x" * BIG)
+
+    app = web.Application()
+    app.router.add_get("/m", missing)
+    base = servers.serve(app)
+    s = make_sync(raise_for_status=True)
+    with pytest.raises(ClientResponseError) as info:
+        s.get(base + "/m")
+    assert (info.value.status, info.value.message) == (404, "Nope")
+    (conn,) = s._wire._conns
+    assert conn.streams == {}  # released: its stream cancelled
+    assert s.get(base + "/m", raise_for_status=False).read() == b"x" * BIG
+
+
+def test_an_interrupt_while_waiting_cancels_the_stream(servers, make_sync):
+    app, arrived, left = _never_app()
+    base = servers.serve(app)
+    fine = servers.serve(text_app("fine"))
+    s = make_sync()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def interrupt_main_when_held() -> None:
+        if arrived.wait(WAIT):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        helper = threading.Thread(target=interrupt_main_when_held)
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            s.get(base + "/")
+        helper.join(WAIT)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert left.wait(WAIT)  # the broker cancelled it upstream
+    (conn,) = s._wire._conns
+    assert s.get(fine + "/").text() == "fine"
+    assert s._wire._conns == {conn} and conn.streams == {}
+
+
+# -- threads, restarts, fork -----------------------------------------------------------------
+
+
+def test_each_thread_has_its_own_connection(servers, make_sync):
+    base = servers.serve(text_app("ok"))
+    s = make_sync()
+    barrier = threading.Barrier(4)
+
+    def twenty(_: int) -> list[str]:
+        barrier.wait(WAIT)
+        return [s.get(base + "/").text() for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(twenty, range(4))) == [["ok"] * 20] * 4
+    assert len(s._wire._conns) == 4
+    assert s._wire.requests == 80 and no_loop(s)
+    conns = list(s._wire._conns)
+    s.close()
+    assert all(c.closed and c.sock.fileno() == -1 for c in conns)
+
+
+def test_a_broker_restart_fails_the_waiting_request_and_the_next_ones_reconnect(servers):
+    app, arrived, _ = _never_app()
+    held = servers.serve(app)
+    fine = servers.serve(text_app("fine"))
+    where = tempfile.mkdtemp(prefix="hb-wire-")
+    path = os.path.join(where, "b.sock")
+    other = ThreadPoolExecutor(1)  # a thread whose connection is idle through the restart
+    try:
+        with broker.start(path, export=False) as first:
+            s = SyncSession(broker=path)
+            assert s.get(fine + "/").text() == "fine"
+            assert other.submit(lambda: s.get(fine + "/").text()).result(WAIT) == "fine"
+            killed: list[float] = []
+
+            def kill_when_held() -> None:
+                if arrived.wait(WAIT):
+                    killed.append(time.monotonic())
+                    first.process.kill()
+
+            threading.Thread(target=kill_when_held).start()
+            with pytest.raises(BrokerConnectionError, match="the broker went away") as info:
+                s.get(held + "/")
+            assert time.monotonic() - killed[0] < 1.0
+            assert "the next request reconnects" in str(info.value)
+            first.process.wait(WAIT)
+        with broker.start(path, export=False):
+            assert s.get(fine + "/").text() == "fine"
+            assert other.submit(lambda: s.get(fine + "/").text()).result(WAIT) == "fine"
+            assert len(s._wire._conns) == 2 and no_loop(s)
+            s.close()
+    finally:
+        other.shutdown()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_never_uses_its_parents_connection(servers, make_sync):
+    base = servers.serve(echo_app())
+    s = make_sync()
+    assert s.get(base + "/").json()["method"] == "GET"
+    (parent_conn,) = s._wire._conns
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork with threads
+        pid = os.fork()
+    if pid == 0:
+        try:
+            said = s.get(base + "/child").json()["path"]
+            conns = s._wire._conns
+            said += f" {parent_conn not in conns} {len(conns)} {parent_conn.sock.fileno()}"
+        except BaseException as exc:  # noqa: BLE001
+            said = repr(exc)
+        os.write(write_end, said.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as child:
+        said = child.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert said == "/child True 1 -1"  # its own connection; its copy of the parent's closed
+    assert s.get(base + "/parent").json()["path"] == "/parent"
+    assert s._wire._conns == {parent_conn} and not parent_conn.closed
