@@ -19,7 +19,8 @@ The broker-wide cap on open connections (``pool_state.OpenCap``, one for all poo
 registry's): a connect takes a place in it before dialing, waiting for one in arrival
 order within the same ``timeout.connect`` deadline, and holds it until its socket is
 closed. While requests wait there, the oldest idle connection of any pool is closed to
-make room (``make_room``: once per waiter, and once per connection released idle)."""
+make room (``make_room``: once per waiter, and once per connection released idle,
+whether by its request or as a grant handed back)."""
 
 from __future__ import annotations
 
@@ -327,8 +328,11 @@ class Pool:
     def _return_grant(self, key: Any, got: Any) -> None:
         if got is NEW:
             self._apply(self.state.discard(key))
-        else:
-            self._apply(self.state.release(key, got, not got.closed))
+            return
+        reusable = not got.closed
+        self._apply(self.state.release(key, got, reusable))
+        if reusable and self.cap.waiters:  # back idle, as in ``release``
+            self._make_room()
 
     def _apply(self, decision: Decision[HTTP1Connection]) -> None:
         for conn in decision.close:

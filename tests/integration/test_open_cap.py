@@ -78,3 +78,35 @@ async def test_raising_the_cap_lets_the_waiters_through(raw_server):
             pool.release(conn, reusable=False)
     finally:
         await registry.close()
+
+
+async def test_a_grant_handed_back_idle_makes_room_for_a_waiter(raw_server):
+    """A connection granted to a pool waiter that was cancelled as it got it goes back
+    idle (``_return_grant``): with a connect waiting for the cap, it is closed to make
+    room, not left idle until its keep-alive ends."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    registry = Registry(asyncio.get_running_loop(), max_connections=1)
+    one = registry.pool(PoolSpec(limit=1, keepalive_timeout=3600))
+    two = registry.pool(PoolSpec(limit=10))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    try:
+        first = await one.acquire(key, ClientTimeout())
+        queued = asyncio.ensure_future(one.acquire(key, ClientTimeout()))
+        await wait_until(lambda: one.state.waiters, what="a request queued in pool one")
+        waiting = asyncio.ensure_future(two.acquire(key, ClientTimeout()))
+        await wait_until(lambda: registry.cap.waiters, what="a connect waiting for the cap")
+        first.in_use = False
+        one.release(first, reusable=True)  # granted to the queued request...
+        queued.cancel()  # ...which is cancelled before it runs: the grant comes back
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        second = await asyncio.wait_for(waiting, 5)
+        assert one.state.total == 0 and two.state.total == 1 and registry.cap.open == 1
+        second.in_use = False
+        two.release(second, reusable=False)
+    finally:
+        await registry.close()
