@@ -263,6 +263,30 @@ async def test_sigterm_lets_a_request_in_flight_finish(short_dir):
         await server.stop()
 
 
+async def test_a_sighup_during_the_drain_neither_reloads_nor_cuts_it_short(short_dir):
+    """``systemctl reload`` (or a log rotation's HUP) while the broker drains: the drain
+    goes on (SIGHUP's default action would kill the broker with requests in flight)."""
+    server = CountingServer(open_at=None)
+    port = await server.start()
+    try:
+        async with serve(short_dir, "[broker]\ndrain_timeout = 20\n" + INFO) as broker:
+            async with ClientSession(broker=broker.socket) as session:
+                request = asyncio.ensure_future(get(session, f"http://127.0.0.1:{port}/"))
+                await server.arrived(1)
+                broker.proc.send_signal(signal.SIGTERM)
+                await broker.until("event=draining")
+                broker.proc.send_signal(signal.SIGHUP)
+                line = await broker.until("event=reload_refused")
+                assert "reason=draining" in line
+                server.release()
+                assert await request == (200, "ok")
+                await broker.until("event=stopped")
+            assert await asyncio.wait_for(broker.proc.wait(), 30) == 0
+    finally:
+        server.release()
+        await server.stop()
+
+
 async def test_the_log_of_requests_with_credentials_holds_none(short_dir, serve_app):
     async def answer(request: web.Request) -> web.Response:
         resp = web.Response(text="ok")
