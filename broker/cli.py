@@ -31,7 +31,7 @@ def _parent_gone(parent_pid: int) -> bool:
 
 
 def _set_allowed_uids(server: BrokerServer, config: Config) -> None:
-    server.allowed_uids = frozenset(config.broker.allowed_uids)
+    server.set_allowed_uids(config.broker.allowed_uids)
 
 
 def _set_max_workers(server: BrokerServer, config: Config) -> None:

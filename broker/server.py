@@ -482,6 +482,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.pid = 0
         self.process = 0  # see _greet
         self.peer_pid = 0  # from the kernel (SO_PEERCRED), in the broker's pid namespace
+        self.uid = -1  # from the kernel too; -1 where it has none to tell
         self.pidfd: int | None = None
         self.greeted = False
         self.closed = False
@@ -504,29 +505,24 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         sock = self.transport.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
-        uid = -1
         if creds is not None:
-            self.peer_pid, uid = creds
-            if uid != os.getuid() and uid != 0 and uid not in self.server.allowed_uids:
-                event(log, WARNING, "worker_refused", reason="uid", pid=self.peer_pid, uid=uid,
-                      broker_uid=os.getuid())
-                self.hang_up(
-                    "permission",
-                    "the broker serves only its own user and the allowed_uids of its "
-                    "configuration",
-                )
+            self.peer_pid, self.uid = creds
+            if not self.server.serves_uid(self.uid):
+                event(log, WARNING, "worker_refused", reason="uid", pid=self.peer_pid,
+                      uid=self.uid, broker_uid=os.getuid())
+                self.hang_up("permission", _NOT_SERVED)
                 return
         cap = self.server.max_workers
         if cap and len(self.server.workers) >= cap:
             event(log, WARNING, "worker_refused", reason="max_workers", pid=self.peer_pid,
-                  uid=uid, max_workers=cap)
+                  uid=self.uid, max_workers=cap)
             self.hang_up(
                 "busy",
                 f"the broker serves at most {cap} worker connections at once (max_workers "
                 "in its configuration), and has that many; try again later",
             )
             return
-        event(log, INFO, "worker_connected", pid=self.peer_pid, uid=uid)
+        event(log, INFO, "worker_connected", pid=self.peer_pid, uid=self.uid)
         self.server.workers.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(
             self.limits.handshake_timeout, self._handshake_late
@@ -1179,6 +1175,20 @@ class BrokerServer:
             lambda: WorkerConnection(self), sock=sock
         )
 
+    def serves_uid(self, uid: int) -> bool:
+        """Whether a worker of ``uid`` is served (-1: the kernel could not tell)."""
+        return uid in (-1, 0, os.getuid()) or uid in self.allowed_uids
+
+    def set_allowed_uids(self, uids: Iterable[int]) -> None:
+        """A new list (a reload): a uid taken out of it is revoked, its connections
+        closed with ``ErrorFrame("permission")``."""
+        self.allowed_uids = frozenset(uids)
+        for w in list(self.workers):
+            if not w.closed and not self.serves_uid(w.uid):
+                event(log, WARNING, "worker_refused", reason="uid", pid=w.peer_pid, uid=w.uid,
+                      broker_uid=os.getuid())
+                w.hang_up("permission", _NOT_SERVED)
+
     # -- dead workers -------------------------------------------------------------------
     # A worker's exit normally shows as EOF on its socket at once; but a socket inherited
     # by a forked child stays open when the worker dies. So each peer pid is watched.
@@ -1371,6 +1381,9 @@ def _pidfd_works() -> bool:
     return True
 
 
+_NOT_SERVED = (
+    "the broker serves only its own user and the allowed_uids of its configuration"
+)
 _PIDFD = _pidfd_works()
 _MEMFD = memfd_supported()
 _OFF = ("0", "no", "off", "false")

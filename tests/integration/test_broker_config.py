@@ -363,3 +363,38 @@ async def test_allowed_uids_are_served_and_other_uids_refused(short_dir):
         assert answers == {65534: "Welcome", 65533: "ErrorFrame permission"}
         line = await broker.until("event=worker_refused")
         assert "reason=uid" in line and "uid=65533" in line
+
+
+_STAY = _HANDSHAKE + """
+sys.stdout.flush()
+while len(msgs) < 2:
+    data = sock.recv(65536)
+    if not data:
+        break
+    msgs += reader.feed(data)
+msg = msgs[1] if len(msgs) > 1 else None
+print(type(msg).__name__, getattr(msg, "code", ""))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts a worker of another uid: needs root")
+async def test_a_uid_taken_out_of_allowed_uids_by_a_reload_is_cut_off(short_dir):
+    """A reload that takes a uid out of ``allowed_uids`` revokes it: that uid's worker
+    connections already made are closed with ``ErrorFrame("permission")``, not served
+    on until they hang up."""
+    async with serve(short_dir, "[broker]\nsocket_mode = 0o660\nallowed_uids = [65534]\n"
+                     + INFO) as broker:
+        os.chmod(short_dir, 0o755)
+        os.chown(broker.socket, -1, 65534)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _STAY, broker.socket, "65534",
+            stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT}, cwd="/",
+        )
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert first.decode().strip() == "Welcome"
+        broker.rewrite("[broker]\nsocket_mode = 0o660\nallowed_uids = []\n" + INFO)
+        broker.proc.send_signal(signal.SIGHUP)
+        assert "applied=broker.allowed_uids " in await broker.until("event=reloaded")
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert out.decode().strip() == "ErrorFrame permission"
