@@ -8,8 +8,9 @@ between the two, over the time the broker's uptime says passed (no clock of our 
 
 ``run_top`` redraws a frame every ``interval`` seconds until Ctrl-C: through rich's
 ``Live`` when rich is installed (the ``ops`` extra: ``pip install 'http-broker[ops]'``),
-else by clearing the terminal with ANSI codes before each frame. It ends (1) when the
-broker cannot be asked.
+else by clearing the terminal with ANSI codes before each frame; without a terminal (a
+file, a pipe) it prints each frame in turn, plain. It ends (1) when the broker cannot be
+asked.
 """
 
 from __future__ import annotations
@@ -261,7 +262,17 @@ class _Rich:
         self._live.update(Text(frame), refresh=True)
 
 
+class _Plain(_Ansi):
+    """No terminal (a file, a pipe): each frame in turn, whole, a blank line after it."""
+
+    def show(self, frame: str) -> None:
+        self.out.write(frame + "\n")
+        self.out.flush()
+
+
 def _live(out: TextIO) -> _Ansi | _Rich:
+    if not out.isatty():
+        return _Plain(out)
     try:
         return _Rich(out)
     except ImportError:
