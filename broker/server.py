@@ -1147,6 +1147,7 @@ class BrokerServer:
         self.read_view = memoryview(bytearray(_BUFSIZE))
         self.use_pidfd = _PIDFD
         self._server: asyncio.AbstractServer | None = None
+        self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket made
         self._idle = asyncio.Event()
         self._idle.set()
         self._polled: set[WorkerConnection] = set()
@@ -1170,6 +1171,8 @@ class BrokerServer:
         finally:
             os.umask(old)
         os.chmod(self.path, self.socket_mode)
+        made = os.lstat(self.path)
+        self._socket_id = (made.st_dev, made.st_ino)
         sock.listen(512)
         self._server = await loop.create_unix_server(
             lambda: WorkerConnection(self), sock=sock
@@ -1367,8 +1370,16 @@ class BrokerServer:
         await self.engine.close()
         if self.cookie_file is not None:
             await self.cookie_file.close()
+        self._unlink_own_socket()
+
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket, unless another broker took the path meanwhile (one started
+        during the drain: this broker's listener was closed, so it took the socket for
+        a leftover and replaced it)."""
         try:
-            os.unlink(self.path)
+            now = os.lstat(self.path)
+            if (now.st_dev, now.st_ino) == self._socket_id:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 

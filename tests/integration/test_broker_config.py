@@ -287,6 +287,33 @@ async def test_a_sighup_during_the_drain_neither_reloads_nor_cuts_it_short(short
         await server.stop()
 
 
+async def test_a_draining_broker_leaves_the_socket_of_the_broker_that_replaced_it(
+    short_dir, serve_app
+):
+    """A new broker started on the path while the old one drains (its listener is closed
+    at once, so the new one takes the path for a leftover) keeps its socket: the old
+    one, ending its drain, removes only a socket that is still its own."""
+    url = await serve_app(text_app("hello"))
+    server = CountingServer(open_at=None)
+    port = await server.start()
+    try:
+        async with serve(short_dir, "[broker]\ndrain_timeout = 20\n" + INFO) as old:
+            async with ClientSession(broker=old.socket) as session:
+                request = asyncio.ensure_future(get(session, f"http://127.0.0.1:{port}/"))
+                await server.arrived(1)
+                old.proc.send_signal(signal.SIGTERM)
+                await old.until("event=draining")
+                async with serve(short_dir, INFO) as new:
+                    server.release()
+                    assert await request == (200, "ok")
+                    assert await asyncio.wait_for(old.proc.wait(), 30) == 0
+                    assert stat.S_ISSOCK(os.stat(new.socket).st_mode)
+                    assert await get(session, url) == (200, "hello")  # on the new broker
+    finally:
+        server.release()
+        await server.stop()
+
+
 async def test_the_log_of_requests_with_credentials_holds_none(short_dir, serve_app):
     async def answer(request: web.Request) -> web.Response:
         resp = web.Response(text="ok")
