@@ -78,12 +78,15 @@ class Pool:
         self._make_room = make_room or _nothing
         self._loop = loop
         self._resolver = resolver
+        self._clock = clock or loop.time
         self.state: PoolState[HTTP1Connection] = PoolState(
             spec.limit,
             spec.limit_per_host,
             spec.keepalive_timeout,
-            clock=clock or loop.time,
+            clock=self._clock,
         )
+        # connects waiting for a place under the cap: their key and since when (figures)
+        self._cap_waiting: dict[asyncio.Future[None], tuple[ConnKey, float]] = {}
         self._active: set[HTTP1Connection] = set()
         # closed by the pool, the socket not yet: a TLS close waits for the peer's
         # close_notify (3.10 without end); ``close`` cuts those short
@@ -378,6 +381,7 @@ class Pool:
         cap = self.cap
         waiter: asyncio.Future[None] = self._loop.create_future()
         cap.enqueue(waiter)
+        self._cap_waiting[waiter] = (key, self._clock())
         self._make_room()
         timer = None
         if deadline is not None:
@@ -392,6 +396,7 @@ class Pool:
                 self._cap_free()
             raise
         finally:
+            del self._cap_waiting[waiter]
             if timer is not None:
                 timer.cancel()
 
@@ -429,22 +434,32 @@ class Pool:
     # -- figures and shutdown --------------------------------------------------------
 
     def figures(self) -> PoolFigures:
+        """A connect waiting for the cap holds its slot in ``state`` (as one being
+        opened): here it is a queued request, not an open connection."""
         s = self.state
         queued: dict[Any, tuple[int, float]] = s.queued_per_key()
+        capped: dict[Any, int] = {}
+        if self._cap_waiting:
+            now = self._clock()
+            for k, since in self._cap_waiting.values():
+                capped[k] = capped.get(k, 0) + 1
+                n, longest = queued.get(k, (0, 0.0))
+                queued[k] = (n + 1, max(longest, now - since))
+        waiting = len(self._cap_waiting)
         return {
             "pool": self.spec.name or self.spec.kind,
             "options": _options(self.spec),
             "limit": s.limit,
             "limit_per_host": s.limit_per_host,
-            "open": s.total,
+            "open": s.total - waiting,
             "idle": s.n_idle,
-            "active": s.total - s.n_idle,
-            "queued": len(s.waiters),
-            "longest_wait": s.longest_wait(),
+            "active": s.total - s.n_idle - waiting,
+            "queued": len(s.waiters) + waiting,
+            "longest_wait": max((w for _, w in queued.values()), default=0.0),
             "hosts": {
                 _label(k): {
-                    "open": s.per_key.get(k, 0),
-                    "active": s.active_per_key.get(k, 0),
+                    "open": s.per_key.get(k, 0) - capped.get(k, 0),
+                    "active": s.active_per_key.get(k, 0) - capped.get(k, 0),
                     "idle": len(s.idle.get(k, ())),
                     "queued": queued.get(k, (0, 0.0))[0],
                     "longest_wait": queued.get(k, (0, 0.0))[1],

@@ -110,3 +110,40 @@ async def test_a_grant_handed_back_idle_makes_room_for_a_waiter(raw_server):
         two.release(second, reusable=False)
     finally:
         await registry.close()
+
+
+async def test_a_request_waiting_for_the_cap_is_queued_in_the_figures(raw_server):
+    """``stats``: a request waiting for a place under the cap is a queued request of its
+    pool and host (with its wait), not an open, active connection that does not exist."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    clock = [100.0]
+    registry = Registry(asyncio.get_running_loop(), max_connections=1, clock=lambda: clock[0])
+    one, two = registry.pool(PoolSpec(limit=10)), registry.pool(PoolSpec(limit=20))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    label = f"http://127.0.0.1:{port}"
+    try:
+        first = await one.acquire(key, ClientTimeout())
+        waiting = asyncio.ensure_future(two.acquire(key, ClientTimeout()))
+        await wait_until(lambda: registry.cap.waiters, what="a connect waiting for the cap")
+        clock[0] += 2.5
+        figures = two.figures()
+        assert (figures["open"], figures["active"], figures["idle"]) == (0, 0, 0)
+        assert figures["queued"] == 1 and figures["longest_wait"] == 2.5
+        host = figures["hosts"][label]
+        assert (host["open"], host["active"], host["queued"], host["longest_wait"]) == (
+            0, 0, 1, 2.5
+        )
+        assert one.figures()["open"] == 1 and one.figures()["queued"] == 0
+        first.in_use = False
+        one.release(first, reusable=False)
+        second = await asyncio.wait_for(waiting, 5)
+        figures = two.figures()
+        assert (figures["open"], figures["active"], figures["queued"]) == (1, 1, 0)
+        second.in_use = False
+        two.release(second, reusable=False)
+    finally:
+        await registry.close()
