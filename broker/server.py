@@ -69,10 +69,13 @@ What one worker connection may hold (``Limits`` and the constants below):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import socket
 import stat
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
@@ -1164,13 +1167,11 @@ class BrokerServer:
             self.cookie_file.load()
             self.cookie_file.start()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # born with its mode: no window where others can connect
-        old = os.umask(0o777 & ~self.socket_mode)
         try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, self.socket_mode)
+            _bind_with_mode(sock, self.path, self.socket_mode)
+        except BaseException:
+            sock.close()
+            raise
         made = os.lstat(self.path)
         self._socket_id = (made.st_dev, made.st_ino)
         sock.listen(512)
@@ -1413,6 +1414,37 @@ def _gone(pid: int) -> bool:
     # "pid (comm) state ...": comm may hold anything, so the state follows the last ")"
     end = stat_line.rfind(b")")
     return stat_line[end + 2 : end + 3] in (b"Z", b"X")
+
+
+_SUN_PATH_MAX = 107  # Linux's sun_path, less its NUL; the BSDs' is shorter still (103)
+
+
+def _bind_with_mode(sock: socket.socket, path: str, mode: int) -> None:
+    """Bind ``sock`` at ``path`` with ``mode`` from its first moment there, leaving the
+    umask alone (it is the whole process's: a thread creating a file meanwhile would get
+    it): bound in a fresh directory of mode 0700 beside ``path``, given its mode, then
+    linked into place; ``link`` fails on a path taken meanwhile, as ``bind`` would. The
+    bind goes through ``/proc/self/fd`` where there is one, so the detour costs nothing
+    of the 107 bytes a socket path may have."""
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:  # the detour would not find it out
+        raise OSError(errno.ENAMETOOLONG, f"AF_UNIX path too long (at most {_SUN_PATH_MAX} "
+                      f"bytes): {path}")
+    directory = tempfile.mkdtemp(prefix=".hb-", dir=os.path.dirname(path) or ".")
+    made = os.path.join(directory, "s")
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        short = f"/proc/self/fd/{fd}/s"
+        sock.bind(short if os.path.isdir(f"/proc/self/fd/{fd}") else made)
+        os.chmod(made, mode)
+        try:
+            os.link(made, path)
+        except FileExistsError:
+            raise OSError(errno.EADDRINUSE, f"{path} was taken as the broker started") from None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(made)
+        os.rmdir(directory)
 
 
 def _remove_stale_socket(path: str) -> None:
