@@ -15,6 +15,7 @@ asked.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -223,6 +224,21 @@ def run_top(
                     return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # ``top | head``: the reader went away
+        _silence(out)
+        return 0
+
+
+def _silence(out: TextIO) -> None:
+    """Point ``out``'s descriptor at /dev/null, so that flushing it at exit does not
+    fail again (Python's advice for SIGPIPE)."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 class _Ansi:

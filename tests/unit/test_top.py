@@ -212,3 +212,19 @@ def test_top_without_a_terminal_prints_every_frame_plainly(monkeypatch, rich):
     fetch, wait = frames([a, b, c])
     assert top.run_top(fetch, out=out, wait=wait) == 0
     assert out.getvalue() == "\n".join([top.render(a), top.render(b, a), top.render(c, b), ""])
+
+
+def test_top_into_a_pipe_whose_reader_left_ends_quietly():
+    """``http-broker top | head``: the reader goes, the next frame meets EPIPE: top ends
+    (0) rather than with a traceback."""
+
+    class Pipe(io.StringIO):
+        def write(self, text: str) -> int:
+            if self.getvalue():
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    out = Pipe()
+    fetch, wait = frames([stats(), stats(uptime=11.0), stats(uptime=12.0)])
+    assert top.run_top(fetch, out=out, wait=wait) == 0
+    assert out.getvalue() == top.render(stats()) + "\n"
