@@ -147,3 +147,67 @@ async def test_a_request_waiting_for_the_cap_is_queued_in_the_figures(raw_server
         two.release(second, reusable=False)
     finally:
         await registry.close()
+
+
+async def test_keep_alive_holds_under_the_cap(raw_server):
+    """A connection released idle goes to a connect of its pool and host waiting for the
+    cap, rather than being closed to make room for a new one to the same place: ten
+    requests through a cap of one use one connection, as through a pool limit of one."""
+    accepted = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    registry = Registry(asyncio.get_running_loop(), max_connections=1)
+    pool = registry.pool(PoolSpec(limit=10))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    first = await pool.acquire(key, ClientTimeout())
+    try:
+        waiting = [asyncio.ensure_future(pool.acquire(key, ClientTimeout())) for _ in range(9)]
+        await wait_until(lambda: len(registry.cap.waiters) == 9, what="nine connects waiting")
+        conn = first
+        for i in range(9):
+            conn.in_use = False
+            pool.release(conn, reusable=True)
+            conn = await asyncio.wait_for(waiting[i], 5)
+            assert conn is first and conn.reused
+            assert registry.cap.open == 1 and len(registry.cap.waiters) == 8 - i
+        figures = pool.figures()
+        assert (figures["open"], figures["active"], figures["queued"]) == (1, 1, 0)
+        conn.in_use = False
+        pool.release(conn, reusable=True)
+        assert pool.figures()["idle"] == 1 and len(accepted) == 1
+    finally:
+        await registry.close()
+    assert registry.cap.open == 0
+
+
+async def test_a_connection_handed_to_a_connect_cancelled_meanwhile_goes_back(raw_server):
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    registry = Registry(asyncio.get_running_loop(), max_connections=1)
+    pool = registry.pool(PoolSpec(limit=10))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    try:
+        first = await pool.acquire(key, ClientTimeout())
+        waiting = asyncio.ensure_future(pool.acquire(key, ClientTimeout()))
+        await wait_until(lambda: registry.cap.waiters, what="a connect waiting for the cap")
+        first.in_use = False
+        pool.release(first, reusable=True)  # handed to the waiting connect...
+        waiting.cancel()  # ...cancelled before it ran
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await wait_until(lambda: pool.state.total == 1, what="the slot for a new one gone")
+        figures = pool.figures()
+        assert (figures["open"], figures["idle"], figures["active"]) == (1, 1, 0)
+        again = await asyncio.wait_for(pool.acquire(key, ClientTimeout()), 5)
+        assert again is first and registry.cap.open == 1
+        again.in_use = False
+        pool.release(again, reusable=False)
+    finally:
+        await registry.close()
+    assert registry.cap.open == 0 and not registry.cap.waiters
