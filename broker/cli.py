@@ -31,7 +31,7 @@ def _parent_gone(parent_pid: int) -> bool:
 
 
 def _set_allowed_uids(server: BrokerServer, config: Config) -> None:
-    server.allowed_uids = frozenset(config.broker.allowed_uids)
+    server.set_allowed_uids(config.broker.allowed_uids)
 
 
 def _set_max_workers(server: BrokerServer, config: Config) -> None:
@@ -167,13 +167,18 @@ async def serve(
 
     watcher = loop.create_task(watch_parent()) if parent_pid else None
     await stop.wait()
-    loop.remove_signal_handler(signal.SIGHUP)
+    # SIGHUP's default action would end the drain: it is refused, and said so
+    loop.add_signal_handler(signal.SIGHUP, _reload_while_draining)
     if watcher is not None:
         watcher.cancel()
     drain = running.config.broker.drain_timeout
     event(log, INFO, "draining", streams=server.streams, drain_timeout=drain)
     await server.stop(drain)
     event(log, INFO, "stopped", pid=os.getpid())
+
+
+def _reload_while_draining() -> None:
+    event(log, WARNING, "reload_refused", reason="draining")
 
 
 LOOPS = ("auto", "uvloop", "asyncio")

@@ -120,6 +120,10 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{name}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib's for bytes that are not UTF-8
+        raise ConfigError(
+            f"{name}: not valid TOML: not UTF-8 (byte {exc.start}: {exc.reason})"
+        ) from None
     return parse(data, name)
 
 

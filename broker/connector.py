@@ -18,8 +18,11 @@ them as for the rest: no socket outlives its pool.
 The broker-wide cap on open connections (``pool_state.OpenCap``, one for all pools, the
 registry's): a connect takes a place in it before dialing, waiting for one in arrival
 order within the same ``timeout.connect`` deadline, and holds it until its socket is
-closed. While requests wait there, the oldest idle connection of any pool is closed to
-make room (``make_room``: once per waiter, and once per connection released idle)."""
+closed. A connection that goes idle (released by its request, or a grant handed back)
+while connects of its pool and host wait there goes to the first of them, leased
+(``_hand_idle``: keep-alive holds under the cap); else, while requests wait, the oldest
+idle connection of any pool is closed to make room (``make_room``: once per waiter, and
+once per connection released idle)."""
 
 from __future__ import annotations
 
@@ -77,12 +80,16 @@ class Pool:
         self._make_room = make_room or _nothing
         self._loop = loop
         self._resolver = resolver
+        self._clock = clock or loop.time
         self.state: PoolState[HTTP1Connection] = PoolState(
             spec.limit,
             spec.limit_per_host,
             spec.keepalive_timeout,
-            clock=clock or loop.time,
+            clock=self._clock,
         )
+        # connects waiting for a place under the cap: their key and since when; the
+        # waiter's result is None for a place, or a connection of its key freed meanwhile
+        self._cap_waiting: dict[_CapWaiter, tuple[ConnKey, float]] = {}
         self._active: set[HTTP1Connection] = set()
         # closed by the pool, the socket not yet: a TLS close waits for the peer's
         # close_notify (3.10 without end); ``close`` cuts those short
@@ -313,7 +320,7 @@ class Pool:
         decision = self.state.release(conn.key, conn, reusable)
         if decision is not NOTHING:
             self._apply(decision)
-        if reusable and self.cap.waiters:
+        if reusable and self.cap.waiters and not self._hand_idle(conn.key):
             self._make_room()
         if reusable and self._expiry is None:
             self._schedule_expiry()
@@ -327,8 +334,11 @@ class Pool:
     def _return_grant(self, key: Any, got: Any) -> None:
         if got is NEW:
             self._apply(self.state.discard(key))
-        else:
-            self._apply(self.state.release(key, got, not got.closed))
+            return
+        reusable = not got.closed
+        self._apply(self.state.release(key, got, reusable))
+        if reusable and self.cap.waiters and not self._hand_idle(key):  # as ``release``
+            self._make_room()
 
     def _apply(self, decision: Decision[HTTP1Connection]) -> None:
         for conn in decision.close:
@@ -357,7 +367,10 @@ class Pool:
         trace: BrokerStream | None = None,
     ) -> HTTP1Connection:
         if not self.cap.take():
-            await self._cap_place(key, deadline)
+            handed = await self._cap_place(key, deadline)
+            if handed is not None:  # instead of a new one: the slot for it goes
+                self._apply(self.state.discard(key))
+                return handed
         try:
             if key[4]:  # through a proxy (broker.proxy); aiohttp traces none of its lookup
                 conn = await dial_proxy(self.dialer, key, timeout, deadline, tls)
@@ -369,29 +382,54 @@ class Pool:
         conn.lost.add_done_callback(self._cap_closed)
         return self._adopt(conn, key)
 
-    async def _cap_place(self, key: ConnKey, deadline: float | None) -> None:
-        """Wait for a place under the broker-wide cap (see the module's docstring)."""
+    async def _cap_place(self, key: ConnKey, deadline: float | None) -> HTTP1Connection | None:
+        """Wait for a place under the broker-wide cap (see the module's docstring): None,
+        or a connection of ``key`` that went idle meanwhile (``_hand_idle``), leased."""
         cap = self.cap
-        waiter: asyncio.Future[None] = self._loop.create_future()
+        waiter: _CapWaiter = self._loop.create_future()
         cap.enqueue(waiter)
+        self._cap_waiting[waiter] = (key, self._clock())
         self._make_room()
         timer = None
         if deadline is not None:
             timer = self._loop.call_at(deadline, self._cap_expired, key, waiter)
         try:
-            await waiter
+            return await waiter
         except BaseException:
-            # A place granted as we were cancelled is given back.
+            # A place or a connection granted as we were cancelled is given back.
             if not cap.cancel(waiter) and waiter.done() and not waiter.cancelled() and (
                 waiter.exception() is None
             ):
-                self._cap_free()
+                handed = waiter.result()
+                if handed is None:
+                    self._cap_free()
+                else:
+                    self.release(handed, not handed.closed)
             raise
         finally:
+            del self._cap_waiting[waiter]
             if timer is not None:
                 timer.cancel()
 
-    def _cap_expired(self, key: ConnKey, waiter: asyncio.Future[None]) -> None:
+    def _hand_idle(self, key: ConnKey) -> bool:
+        """A connection of ``key`` went idle while connects wait for the cap: the first
+        of this pool's for ``key`` takes it, rather than it being closed to make room
+        for a new one to the same place (keep-alive holds under the cap)."""
+        for waiter, (k, _) in self._cap_waiting.items():
+            if k == key and not waiter.done():
+                conn = self.state.take_idle(key)
+                if conn is None:
+                    return False
+                if conn.closed:  # closed while idle, not yet noticed
+                    self._apply(self.state.discard(key))
+                    return False
+                self.cap.cancel(waiter)
+                conn.reused = True
+                waiter.set_result(conn)
+                return True
+        return False
+
+    def _cap_expired(self, key: ConnKey, waiter: _CapWaiter) -> None:
         if self.cap.cancel(waiter):
             waiter.set_exception(connect_timeout(key))
 
@@ -425,22 +463,32 @@ class Pool:
     # -- figures and shutdown --------------------------------------------------------
 
     def figures(self) -> PoolFigures:
+        """A connect waiting for the cap holds its slot in ``state`` (as one being
+        opened): here it is a queued request, not an open connection."""
         s = self.state
         queued: dict[Any, tuple[int, float]] = s.queued_per_key()
+        capped: dict[Any, int] = {}
+        if self._cap_waiting:
+            now = self._clock()
+            for k, since in self._cap_waiting.values():
+                capped[k] = capped.get(k, 0) + 1
+                n, longest = queued.get(k, (0, 0.0))
+                queued[k] = (n + 1, max(longest, now - since))
+        waiting = len(self._cap_waiting)
         return {
             "pool": self.spec.name or self.spec.kind,
             "options": _options(self.spec),
             "limit": s.limit,
             "limit_per_host": s.limit_per_host,
-            "open": s.total,
+            "open": s.total - waiting,
             "idle": s.n_idle,
-            "active": s.total - s.n_idle,
-            "queued": len(s.waiters),
-            "longest_wait": s.longest_wait(),
+            "active": s.total - s.n_idle - waiting,
+            "queued": len(s.waiters) + waiting,
+            "longest_wait": max((w for _, w in queued.values()), default=0.0),
             "hosts": {
                 _label(k): {
-                    "open": s.per_key.get(k, 0),
-                    "active": s.active_per_key.get(k, 0),
+                    "open": s.per_key.get(k, 0) - capped.get(k, 0),
+                    "active": s.active_per_key.get(k, 0) - capped.get(k, 0),
                     "idle": len(s.idle.get(k, ())),
                     "queued": queued.get(k, (0, 0.0))[0],
                     "longest_wait": queued.get(k, (0, 0.0))[1],
@@ -516,6 +564,9 @@ def _set_done(fut: asyncio.Future[None]) -> None:
 
 def _nothing() -> None:
     pass
+
+
+_CapWaiter = asyncio.Future[HTTP1Connection | None]
 
 
 def grant_places(cap: OpenCap, granted: list[object]) -> None:

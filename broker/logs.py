@@ -24,9 +24,12 @@ from typing import Any
 
 __all__ = ["KeyValueFormatter", "TextFormatter", "configure", "event", "formatter", "scrub"]
 
+# A URL ends at whitespace, a double quote or a backslash (never in a URL; what closes
+# a quoted value, escaped or not); an apostrophe is a URL's own (a sub-delim yarl leaves
+# as it is). Userinfo runs to the authority's last "@" (a raw "@" in a password).
 _URL = re.compile(
-    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?:[^\s/?#@\"']*@)?(?P<rest>[^\s?#\"']*)"
-    r"(?:\?[^\s#\"']*)?(?:#[^\s\"']*)?"
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?:[^\s/?#\"\\]*@)?(?P<rest>[^\s?#\"\\]*)"
+    r"(?:\?[^\s#\"\\]*)?(?:#[^\s\"\\]*)?"
 )
 _QUOTE = re.compile(r"[\s\"=\\]|[\x00-\x1f\x7f]")
 

@@ -69,10 +69,13 @@ What one worker connection may hold (``Limits`` and the constants below):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import socket
 import stat
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
@@ -482,6 +485,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.pid = 0
         self.process = 0  # see _greet
         self.peer_pid = 0  # from the kernel (SO_PEERCRED), in the broker's pid namespace
+        self.uid = -1  # from the kernel too; -1 where it has none to tell
         self.pidfd: int | None = None
         self.greeted = False
         self.closed = False
@@ -504,29 +508,24 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         sock = self.transport.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
-        uid = -1
         if creds is not None:
-            self.peer_pid, uid = creds
-            if uid != os.getuid() and uid != 0 and uid not in self.server.allowed_uids:
-                event(log, WARNING, "worker_refused", reason="uid", pid=self.peer_pid, uid=uid,
-                      broker_uid=os.getuid())
-                self.hang_up(
-                    "permission",
-                    "the broker serves only its own user and the allowed_uids of its "
-                    "configuration",
-                )
+            self.peer_pid, self.uid = creds
+            if not self.server.serves_uid(self.uid):
+                event(log, WARNING, "worker_refused", reason="uid", pid=self.peer_pid,
+                      uid=self.uid, broker_uid=os.getuid())
+                self.hang_up("permission", _NOT_SERVED)
                 return
         cap = self.server.max_workers
         if cap and len(self.server.workers) >= cap:
             event(log, WARNING, "worker_refused", reason="max_workers", pid=self.peer_pid,
-                  uid=uid, max_workers=cap)
+                  uid=self.uid, max_workers=cap)
             self.hang_up(
                 "busy",
                 f"the broker serves at most {cap} worker connections at once (max_workers "
                 "in its configuration), and has that many; try again later",
             )
             return
-        event(log, INFO, "worker_connected", pid=self.peer_pid, uid=uid)
+        event(log, INFO, "worker_connected", pid=self.peer_pid, uid=self.uid)
         self.server.workers.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(
             self.limits.handshake_timeout, self._handshake_late
@@ -1151,6 +1150,7 @@ class BrokerServer:
         self.read_view = memoryview(bytearray(_BUFSIZE))
         self.use_pidfd = _PIDFD
         self._server: asyncio.AbstractServer | None = None
+        self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket made
         self._idle = asyncio.Event()
         self._idle.set()
         self._polled: set[WorkerConnection] = set()
@@ -1167,17 +1167,31 @@ class BrokerServer:
             self.cookie_file.load()
             self.cookie_file.start()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # born with its mode: no window where others can connect
-        old = os.umask(0o777 & ~self.socket_mode)
         try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, self.socket_mode)
+            _bind_with_mode(sock, self.path, self.socket_mode)
+        except BaseException:
+            sock.close()
+            raise
+        made = os.lstat(self.path)
+        self._socket_id = (made.st_dev, made.st_ino)
         sock.listen(512)
         self._server = await loop.create_unix_server(
             lambda: WorkerConnection(self), sock=sock
         )
+
+    def serves_uid(self, uid: int) -> bool:
+        """Whether a worker of ``uid`` is served (-1: the kernel could not tell)."""
+        return uid in (-1, 0, os.getuid()) or uid in self.allowed_uids
+
+    def set_allowed_uids(self, uids: Iterable[int]) -> None:
+        """A new list (a reload): a uid taken out of it is revoked, its connections
+        closed with ``ErrorFrame("permission")``."""
+        self.allowed_uids = frozenset(uids)
+        for w in list(self.workers):
+            if not w.closed and not self.serves_uid(w.uid):
+                event(log, WARNING, "worker_refused", reason="uid", pid=w.peer_pid, uid=w.uid,
+                      broker_uid=os.getuid())
+                w.hang_up("permission", _NOT_SERVED)
 
     # -- dead workers -------------------------------------------------------------------
     # A worker's exit normally shows as EOF on its socket at once; but a socket inherited
@@ -1357,8 +1371,16 @@ class BrokerServer:
         await self.engine.close()
         if self.cookie_file is not None:
             await self.cookie_file.close()
+        self._unlink_own_socket()
+
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket, unless another broker took the path meanwhile (one started
+        during the drain: this broker's listener was closed, so it took the socket for
+        a leftover and replaced it)."""
         try:
-            os.unlink(self.path)
+            now = os.lstat(self.path)
+            if (now.st_dev, now.st_ino) == self._socket_id:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 
@@ -1371,6 +1393,9 @@ def _pidfd_works() -> bool:
     return True
 
 
+_NOT_SERVED = (
+    "the broker serves only its own user and the allowed_uids of its configuration"
+)
 _PIDFD = _pidfd_works()
 _MEMFD = memfd_supported()
 _OFF = ("0", "no", "off", "false")
@@ -1389,6 +1414,37 @@ def _gone(pid: int) -> bool:
     # "pid (comm) state ...": comm may hold anything, so the state follows the last ")"
     end = stat_line.rfind(b")")
     return stat_line[end + 2 : end + 3] in (b"Z", b"X")
+
+
+_SUN_PATH_MAX = 107  # Linux's sun_path, less its NUL; the BSDs' is shorter still (103)
+
+
+def _bind_with_mode(sock: socket.socket, path: str, mode: int) -> None:
+    """Bind ``sock`` at ``path`` with ``mode`` from its first moment there, leaving the
+    umask alone (it is the whole process's: a thread creating a file meanwhile would get
+    it): bound in a fresh directory of mode 0700 beside ``path``, given its mode, then
+    linked into place; ``link`` fails on a path taken meanwhile, as ``bind`` would. The
+    bind goes through ``/proc/self/fd`` where there is one, so the detour costs nothing
+    of the 107 bytes a socket path may have."""
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:  # the detour would not find it out
+        raise OSError(errno.ENAMETOOLONG, f"AF_UNIX path too long (at most {_SUN_PATH_MAX} "
+                      f"bytes): {path}")
+    directory = tempfile.mkdtemp(prefix=".hb-", dir=os.path.dirname(path) or ".")
+    made = os.path.join(directory, "s")
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        short = f"/proc/self/fd/{fd}/s"
+        sock.bind(short if os.path.isdir(f"/proc/self/fd/{fd}") else made)
+        os.chmod(made, mode)
+        try:
+            os.link(made, path)
+        except FileExistsError:
+            raise OSError(errno.EADDRINUSE, f"{path} was taken as the broker started") from None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(made)
+        os.rmdir(directory)
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -8,12 +8,14 @@ between the two, over the time the broker's uptime says passed (no clock of our 
 
 ``run_top`` redraws a frame every ``interval`` seconds until Ctrl-C: through rich's
 ``Live`` when rich is installed (the ``ops`` extra: ``pip install 'http-broker[ops]'``),
-else by clearing the terminal with ANSI codes before each frame. It ends (1) when the
-broker cannot be asked.
+else by clearing the terminal with ANSI codes before each frame; without a terminal (a
+file, a pipe) it prints each frame in turn, plain. It ends (1) when the broker cannot be
+asked.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -222,6 +224,21 @@ def run_top(
                     return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # ``top | head``: the reader went away
+        _silence(out)
+        return 0
+
+
+def _silence(out: TextIO) -> None:
+    """Point ``out``'s descriptor at /dev/null, so that flushing it at exit does not
+    fail again (Python's advice for SIGPIPE)."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 class _Ansi:
@@ -261,7 +278,17 @@ class _Rich:
         self._live.update(Text(frame), refresh=True)
 
 
+class _Plain(_Ansi):
+    """No terminal (a file, a pipe): each frame in turn, whole, a blank line after it."""
+
+    def show(self, frame: str) -> None:
+        self.out.write(frame + "\n")
+        self.out.flush()
+
+
 def _live(out: TextIO) -> _Ansi | _Rich:
+    if not out.isatty():
+        return _Plain(out)
     try:
         return _Rich(out)
     except ImportError:

@@ -263,6 +263,57 @@ async def test_sigterm_lets_a_request_in_flight_finish(short_dir):
         await server.stop()
 
 
+async def test_a_sighup_during_the_drain_neither_reloads_nor_cuts_it_short(short_dir):
+    """``systemctl reload`` (or a log rotation's HUP) while the broker drains: the drain
+    goes on (SIGHUP's default action would kill the broker with requests in flight)."""
+    server = CountingServer(open_at=None)
+    port = await server.start()
+    try:
+        async with serve(short_dir, "[broker]\ndrain_timeout = 20\n" + INFO) as broker:
+            async with ClientSession(broker=broker.socket) as session:
+                request = asyncio.ensure_future(get(session, f"http://127.0.0.1:{port}/"))
+                await server.arrived(1)
+                broker.proc.send_signal(signal.SIGTERM)
+                await broker.until("event=draining")
+                broker.proc.send_signal(signal.SIGHUP)
+                line = await broker.until("event=reload_refused")
+                assert "reason=draining" in line
+                server.release()
+                assert await request == (200, "ok")
+                await broker.until("event=stopped")
+            assert await asyncio.wait_for(broker.proc.wait(), 30) == 0
+    finally:
+        server.release()
+        await server.stop()
+
+
+async def test_a_draining_broker_leaves_the_socket_of_the_broker_that_replaced_it(
+    short_dir, serve_app
+):
+    """A new broker started on the path while the old one drains (its listener is closed
+    at once, so the new one takes the path for a leftover) keeps its socket: the old
+    one, ending its drain, removes only a socket that is still its own."""
+    url = await serve_app(text_app("hello"))
+    server = CountingServer(open_at=None)
+    port = await server.start()
+    try:
+        async with serve(short_dir, "[broker]\ndrain_timeout = 20\n" + INFO) as old:
+            async with ClientSession(broker=old.socket) as session:
+                request = asyncio.ensure_future(get(session, f"http://127.0.0.1:{port}/"))
+                await server.arrived(1)
+                old.proc.send_signal(signal.SIGTERM)
+                await old.until("event=draining")
+                async with serve(short_dir, INFO) as new:
+                    server.release()
+                    assert await request == (200, "ok")
+                    assert await asyncio.wait_for(old.proc.wait(), 30) == 0
+                    assert stat.S_ISSOCK(os.stat(new.socket).st_mode)
+                    assert await get(session, url) == (200, "hello")  # on the new broker
+    finally:
+        server.release()
+        await server.stop()
+
+
 async def test_the_log_of_requests_with_credentials_holds_none(short_dir, serve_app):
     async def answer(request: web.Request) -> web.Response:
         resp = web.Response(text="ok")
@@ -339,3 +390,38 @@ async def test_allowed_uids_are_served_and_other_uids_refused(short_dir):
         assert answers == {65534: "Welcome", 65533: "ErrorFrame permission"}
         line = await broker.until("event=worker_refused")
         assert "reason=uid" in line and "uid=65533" in line
+
+
+_STAY = _HANDSHAKE + """
+sys.stdout.flush()
+while len(msgs) < 2:
+    data = sock.recv(65536)
+    if not data:
+        break
+    msgs += reader.feed(data)
+msg = msgs[1] if len(msgs) > 1 else None
+print(type(msg).__name__, getattr(msg, "code", ""))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts a worker of another uid: needs root")
+async def test_a_uid_taken_out_of_allowed_uids_by_a_reload_is_cut_off(short_dir):
+    """A reload that takes a uid out of ``allowed_uids`` revokes it: that uid's worker
+    connections already made are closed with ``ErrorFrame("permission")``, not served
+    on until they hang up."""
+    async with serve(short_dir, "[broker]\nsocket_mode = 0o660\nallowed_uids = [65534]\n"
+                     + INFO) as broker:
+        os.chmod(short_dir, 0o755)
+        os.chown(broker.socket, -1, 65534)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _STAY, broker.socket, "65534",
+            stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT}, cwd="/",
+        )
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert first.decode().strip() == "Welcome"
+        broker.rewrite("[broker]\nsocket_mode = 0o660\nallowed_uids = []\n" + INFO)
+        broker.proc.send_signal(signal.SIGHUP)
+        assert "applied=broker.allowed_uids " in await broker.until("event=reloaded")
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert out.decode().strip() == "ErrorFrame permission"

@@ -78,3 +78,136 @@ async def test_raising_the_cap_lets_the_waiters_through(raw_server):
             pool.release(conn, reusable=False)
     finally:
         await registry.close()
+
+
+async def test_a_grant_handed_back_idle_makes_room_for_a_waiter(raw_server):
+    """A connection granted to a pool waiter that was cancelled as it got it goes back
+    idle (``_return_grant``): with a connect waiting for the cap, it is closed to make
+    room, not left idle until its keep-alive ends."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    registry = Registry(asyncio.get_running_loop(), max_connections=1)
+    one = registry.pool(PoolSpec(limit=1, keepalive_timeout=3600))
+    two = registry.pool(PoolSpec(limit=10))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    try:
+        first = await one.acquire(key, ClientTimeout())
+        queued = asyncio.ensure_future(one.acquire(key, ClientTimeout()))
+        await wait_until(lambda: one.state.waiters, what="a request queued in pool one")
+        waiting = asyncio.ensure_future(two.acquire(key, ClientTimeout()))
+        await wait_until(lambda: registry.cap.waiters, what="a connect waiting for the cap")
+        first.in_use = False
+        one.release(first, reusable=True)  # granted to the queued request...
+        queued.cancel()  # ...which is cancelled before it runs: the grant comes back
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        second = await asyncio.wait_for(waiting, 5)
+        assert one.state.total == 0 and two.state.total == 1 and registry.cap.open == 1
+        second.in_use = False
+        two.release(second, reusable=False)
+    finally:
+        await registry.close()
+
+
+async def test_a_request_waiting_for_the_cap_is_queued_in_the_figures(raw_server):
+    """``stats``: a request waiting for a place under the cap is a queued request of its
+    pool and host (with its wait), not an open, active connection that does not exist."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    clock = [100.0]
+    registry = Registry(asyncio.get_running_loop(), max_connections=1, clock=lambda: clock[0])
+    one, two = registry.pool(PoolSpec(limit=10)), registry.pool(PoolSpec(limit=20))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    label = f"http://127.0.0.1:{port}"
+    try:
+        first = await one.acquire(key, ClientTimeout())
+        waiting = asyncio.ensure_future(two.acquire(key, ClientTimeout()))
+        await wait_until(lambda: registry.cap.waiters, what="a connect waiting for the cap")
+        clock[0] += 2.5
+        figures = two.figures()
+        assert (figures["open"], figures["active"], figures["idle"]) == (0, 0, 0)
+        assert figures["queued"] == 1 and figures["longest_wait"] == 2.5
+        host = figures["hosts"][label]
+        assert (host["open"], host["active"], host["queued"], host["longest_wait"]) == (
+            0, 0, 1, 2.5
+        )
+        assert one.figures()["open"] == 1 and one.figures()["queued"] == 0
+        first.in_use = False
+        one.release(first, reusable=False)
+        second = await asyncio.wait_for(waiting, 5)
+        figures = two.figures()
+        assert (figures["open"], figures["active"], figures["queued"]) == (1, 1, 0)
+        second.in_use = False
+        two.release(second, reusable=False)
+    finally:
+        await registry.close()
+
+
+async def test_keep_alive_holds_under_the_cap(raw_server):
+    """A connection released idle goes to a connect of its pool and host waiting for the
+    cap, rather than being closed to make room for a new one to the same place: ten
+    requests through a cap of one use one connection, as through a pool limit of one."""
+    accepted = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    registry = Registry(asyncio.get_running_loop(), max_connections=1)
+    pool = registry.pool(PoolSpec(limit=10))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    first = await pool.acquire(key, ClientTimeout())
+    try:
+        waiting = [asyncio.ensure_future(pool.acquire(key, ClientTimeout())) for _ in range(9)]
+        await wait_until(lambda: len(registry.cap.waiters) == 9, what="nine connects waiting")
+        conn = first
+        for i in range(9):
+            conn.in_use = False
+            pool.release(conn, reusable=True)
+            conn = await asyncio.wait_for(waiting[i], 5)
+            assert conn is first and conn.reused
+            assert registry.cap.open == 1 and len(registry.cap.waiters) == 8 - i
+        figures = pool.figures()
+        assert (figures["open"], figures["active"], figures["queued"]) == (1, 1, 0)
+        conn.in_use = False
+        pool.release(conn, reusable=True)
+        assert pool.figures()["idle"] == 1 and len(accepted) == 1
+    finally:
+        await registry.close()
+    assert registry.cap.open == 0
+
+
+async def test_a_connection_handed_to_a_connect_cancelled_meanwhile_goes_back(raw_server):
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    port = int((await raw_server(handler)).rsplit(":", 1)[1])
+    registry = Registry(asyncio.get_running_loop(), max_connections=1)
+    pool = registry.pool(PoolSpec(limit=10))
+    key = ("http", "127.0.0.1", port, NO_TLS, b"")
+    try:
+        first = await pool.acquire(key, ClientTimeout())
+        waiting = asyncio.ensure_future(pool.acquire(key, ClientTimeout()))
+        await wait_until(lambda: registry.cap.waiters, what="a connect waiting for the cap")
+        first.in_use = False
+        pool.release(first, reusable=True)  # handed to the waiting connect...
+        waiting.cancel()  # ...cancelled before it ran
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await wait_until(lambda: pool.state.total == 1, what="the slot for a new one gone")
+        figures = pool.figures()
+        assert (figures["open"], figures["idle"], figures["active"]) == (1, 1, 0)
+        again = await asyncio.wait_for(pool.acquire(key, ClientTimeout()), 5)
+        assert again is first and registry.cap.open == 1
+        again.in_use = False
+        pool.release(again, reusable=False)
+    finally:
+        await registry.close()
+    assert registry.cap.open == 0 and not registry.cap.waiters

@@ -86,6 +86,15 @@ def test_not_toml_and_no_file_are_clear_errors(tmp_path):
         load(str(tmp_path / "none.toml"))
 
 
+def test_a_file_not_in_utf8_is_a_clear_error(tmp_path):
+    """TOML is UTF-8: tomllib raises UnicodeDecodeError, not TOMLDecodeError, for other
+    bytes (serve died with a traceback; a SIGHUP logged no reload_refused)."""
+    path = tmp_path / "broker.toml"
+    path.write_bytes(b"[broker]\nsocket = '/run/hb/\xff.sock'\n")
+    with pytest.raises(ConfigError, match=r"broker\.toml: not valid TOML: not UTF-8"):
+        load(str(path))
+
+
 def test_the_command_line_overrides_the_file():
     config = with_overrides(load(EXAMPLE), {
         "broker.socket": "/tmp/b.sock", "broker.max_workers": 4, "log.level": "debug",

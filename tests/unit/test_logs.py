@@ -63,6 +63,12 @@ def test_a_record_of_a_library_is_an_event_log(caplog):
         ("url=https://u@example.com?q=1", "url=https://example.com"),
         ('"http://p:s@127.0.0.1:3128" and ws://h/p?x', '"http://127.0.0.1:3128" and ws://h/p'),
         ("no url here: a@b?c", "no url here: a@b?c"),
+        # what yarl leaves unencoded: an apostrophe (a sub-delim) in userinfo, path, query
+        ("http://us:pa'ss@h/x", "http://h/x"),
+        ("http://h/it's?token=s3cret", "http://h/it's"),
+        ("http://h/p?q=it's&token=s3cret#f'", "http://h/p"),
+        # a raw '@' in a password: everything up to the last '@' of the authority goes
+        ("http://u:p@ss@h/x", "http://h/x"),
     ],
 )
 def test_scrub_takes_credentials_and_queries_out_of_urls(text, expected):
@@ -81,3 +87,18 @@ def test_urls_are_scrubbed_in_fields_messages_and_exceptions(log, caplog):
         assert "secret" not in text, text
         assert "http://h/p" in text
     assert "secret" not in records(caplog)[0].getMessage()
+
+
+def test_a_quoted_url_in_a_quoted_value_keeps_the_line_splittable(log, caplog):
+    """A message's or an exception's quotes are escaped (``\\"``) before the line is
+    scrubbed: the scrub must not take the backslash of an escaped quote after a URL."""
+    try:
+        raise ValueError('bad url "http://u:pw@h/p?token=s3cret" here')
+    except ValueError as exc:
+        event(log, logging.WARNING, "x", exc_info=exc)
+    logging.getLogger("broker.test").warning('got "http://h/q#frag"')
+    kv = KeyValueFormatter()
+    line, plain = (kv.format(r) for r in records(caplog))
+    assert "s3cret" not in line and "pw@" not in line
+    assert r'exc="ValueError: bad url \"http://h/p\" here"' in line
+    assert plain.endswith(r'event=log msg="got \"http://h/q\""')

@@ -153,9 +153,14 @@ def frames(figures: list[Stats | OSError]) -> tuple[Callable[[], Stats], Callabl
     return fetch, wait
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_top_without_rich_redraws_with_ansi_until_ctrl_c(monkeypatch):
     monkeypatch.setitem(sys.modules, "rich.live", None)  # as if rich were not installed
-    out = io.StringIO()
+    out = Terminal()
     first, second = stats(uptime=10.0), stats(uptime=11.0, requests=150)
     fetch, wait = frames([first, second])
     assert top.run_top(fetch, interval=0.5, out=out, wait=wait) == 0
@@ -184,10 +189,42 @@ def test_top_ends_when_the_broker_cannot_be_asked(capsys):
 
 def test_top_with_rich_draws_each_frame_live():
     pytest.importorskip("rich.live")
-    out = io.StringIO()
+    out = Terminal()
     first, second = stats(uptime=10.0), stats(uptime=11.0, requests=150)
     fetch, wait = frames([first, second])
     assert top.run_top(fetch, out=out, wait=wait) == 0
     drawn = out.getvalue()
     assert top.CLEAR not in drawn
     assert "50.0 req/s" in drawn and "crawl" in drawn
+
+
+@pytest.mark.parametrize("rich", [True, False])
+def test_top_without_a_terminal_prints_every_frame_plainly(monkeypatch, rich):
+    """``top > file`` or ``top | grep``: each frame as it comes, whole, with no terminal
+    codes (rich's Live wrote nothing until Ctrl-C, then only the last frame, wrapped at
+    80 columns; the ANSI fallback wrote its clear codes into the file)."""
+    if rich:
+        pytest.importorskip("rich.live")
+    else:
+        monkeypatch.setitem(sys.modules, "rich.live", None)
+    out = io.StringIO()
+    a, b, c = stats(uptime=10.0), stats(uptime=11.0, requests=150), stats(uptime=12.0)
+    fetch, wait = frames([a, b, c])
+    assert top.run_top(fetch, out=out, wait=wait) == 0
+    assert out.getvalue() == "\n".join([top.render(a), top.render(b, a), top.render(c, b), ""])
+
+
+def test_top_into_a_pipe_whose_reader_left_ends_quietly():
+    """``http-broker top | head``: the reader goes, the next frame meets EPIPE: top ends
+    (0) rather than with a traceback."""
+
+    class Pipe(io.StringIO):
+        def write(self, text: str) -> int:
+            if self.getvalue():
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    out = Pipe()
+    fetch, wait = frames([stats(), stats(uptime=11.0), stats(uptime=12.0)])
+    assert top.run_top(fetch, out=out, wait=wait) == 0
+    assert out.getvalue() == top.render(stats()) + "\n"
