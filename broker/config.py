@@ -124,7 +124,22 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(
             f"{name}: not valid TOML: not UTF-8 (byte {exc.start}: {exc.reason})"
         ) from None
-    return parse(data, name)
+    return _anchored(parse(data, name), os.path.dirname(os.path.abspath(name)))
+
+
+def _anchored(config: Config, base: str) -> Config:
+    """``config`` with a relative ``socket`` or ``cookie_file`` taken as relative to
+    ``base``, the file's directory: not to the working directory, which is ``/`` under
+    systemd and whatever the shell had elsewhere."""
+    b = config.broker
+    fixed = {
+        key: os.path.join(base, value)
+        for key in ("socket", "cookie_file")
+        if (value := getattr(b, key)) and not os.path.isabs(value)
+    }
+    if not fixed:
+        return config
+    return msgspec.structs.replace(config, broker=msgspec.structs.replace(b, **fixed))
 
 
 def parse(data: dict[str, Any], name: str = "<config>") -> Config:

@@ -42,6 +42,16 @@ def test_an_empty_file_is_the_defaults(tmp_path):
     assert Config().broker.socket_mode == 0o600 and Config().broker.max_workers == 0
 
 
+def test_relative_paths_are_taken_from_the_files_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")  # as under systemd
+    path = write(tmp_path, "[broker]\nsocket = 'run/b.sock'\ncookie_file = 'jars.json'\n")
+    config = load(path)
+    assert config.broker.socket == str(tmp_path / "run" / "b.sock")
+    assert config.broker.cookie_file == str(tmp_path / "jars.json")
+    absolute = load(write(tmp_path, "[broker]\nsocket = '/tmp/x.sock'\n"))
+    assert absolute.broker.socket == "/tmp/x.sock" and absolute.broker.cookie_file == ""
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
