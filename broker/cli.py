@@ -289,6 +289,9 @@ def _stats(path: str, as_json: bool) -> int:
 def _serve_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``serve``: 2 for a configuration that cannot be used, 1 for a broker that could
     not start."""
+    # Until serve() handles it, a SIGHUP (an operator's reload as the broker starts)
+    # would end the process: it is ignored until then.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     overrides = {
         "broker.socket": args.socket,
         "broker.drain_timeout": args.drain_timeout,
