@@ -471,8 +471,7 @@ class _Conn:
             if exc is not None:
                 stream.fail(exc)
             stream.done = True
-            self.streams.pop(stream.id, None)
-            if not self.closed:
+            if self.streams.pop(stream.id, None) is not None and not self.closed:
                 try:
                     self._send(Cancel(stream.id))
                 except _Gone:
@@ -754,49 +753,50 @@ class WirePath(PlanCache[Any]):
             if total >= timeout.ceil_threshold:  # as Deadlines: on a whole second
                 deadline = float(math.ceil(deadline))
         conn = self._conn()
-        with conn:
-            stream = self._open(conn, build, jar, deadline, make_error, limit)
-            if stream is None:  # the broker went away since: the request went nowhere
-                conn = self._conn()
-                with conn:
-                    stream = self._open(conn, build, jar, deadline, make_error, limit)
-                    if stream is None:
-                        raise conn._error
-            head = conn.head(stream)
-        with self._lock:
-            self.requests += 1
-        resp = self._response(stream, head, info, url_str)
-        if rfs is None:
-            rfs = self.session._raise_for_status
-        if rfs and not resp.ok:
-            try:
-                resp.raise_for_status()
-            finally:
-                resp.release()
-        return WireResponse(_NO_LOOP, resp, stream if head.body is None else None)
+        stream = _Stream(conn, 0, deadline, make_error, limit)
+        try:  # until the caller has the response, an exception (an interrupt) cancels
+            with conn:
+                if not self._open(conn, build, jar, stream):
+                    # The broker went away since: the request went nowhere.
+                    conn = self._conn()
+                    stream = _Stream(conn, 0, deadline, make_error, limit)
+                    with conn:
+                        if not self._open(conn, build, jar, stream):
+                            raise conn._error
+                head = conn.head(stream)
+            with self._lock:
+                self.requests += 1
+            resp = self._response(stream, head, info, url_str)
+            if rfs is None:
+                rfs = self.session._raise_for_status
+            if rfs and not resp.ok:
+                try:
+                    resp.raise_for_status()
+                finally:
+                    resp.release()
+            return WireResponse(_NO_LOOP, resp, stream if head.body is None else None)
+        except BaseException:
+            stream.conn.cancel(stream, None)
+            raise
 
     @staticmethod
     def _open(
-        conn: _Conn,
-        build: Callable[[int], Request],
-        jar: tuple[bytes, Any, Any],
-        deadline: float | None,
-        make_error: Callable[[Failure], BaseException],
-        limit: int,
-    ) -> _Stream | None:
-        """The request sent on ``conn``, as a stream; None if the connection was found
-        closed before any of it went (the caller sends it on a new one)."""
-        sid = conn._next
+        conn: _Conn, build: Callable[[int], Request], jar: tuple[bytes, Any, Any],
+        stream: _Stream,
+    ) -> bool:
+        """Send the request as ``stream`` (given its id) on ``conn``; False if the
+        connection was found closed before any of it went (the caller sends it on a
+        new one)."""
+        sid = stream.id = conn._next
         conn._next = sid + 2
-        stream = _Stream(conn, sid, deadline, make_error, limit)
         try:
             conn.open(build(sid), jar, stream)
         except _Gone:
             conn.streams.pop(sid, None)
             if conn.unsent and not conn.closing:
-                return None
+                return False
             raise conn._error from None
-        return stream
+        return True
 
     def _history(self, items: Any, info: RequestInfo) -> tuple[ClientResponse, ...]:
         """``ClientSession._history_response``'s responses, made without a loop."""

@@ -303,6 +303,41 @@ def test_an_interrupt_while_waiting_cancels_the_stream(servers, make_sync):
     assert s._wire._conns == {conn} and conn.streams == {}
 
 
+def test_an_interrupt_just_after_the_request_went_cancels_it(servers, make_sync, monkeypatch):
+    """A signal may land between the write and the wait for the head."""
+    app, arrived, left = _never_app()
+    base = servers.serve(app)
+    fine = servers.serve(text_app("fine"))
+    s = make_sync()
+    assert s.get(fine + "/").text() == "fine"
+    (conn,) = s._wire._conns
+    sent = type(conn)._send_request
+
+    def send_then_interrupt(self: Any, req: Any) -> None:
+        sent(self, req)
+        if req.url.startswith(base):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(conn), "_send_request", send_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        s.get(base + "/")
+    assert conn.streams == {}
+    assert s.stats().streams == 0  # the broker read the Cancel before this question
+    assert not arrived.is_set() or left.wait(WAIT)  # and let go upstream if it got there
+    assert s.get(fine + "/").text() == "fine"
+
+
+def test_a_request_over_the_frame_cap_is_refused_and_leaves_nothing(servers, make_sync):
+    base = servers.serve(text_app("fine"))
+    s = make_sync()
+    assert s.get(base + "/").text() == "fine"
+    (conn,) = s._wire._conns
+    with pytest.raises(ValueError, match="frame cap"):
+        s.get(base + "/", headers={"X-Big": "x" * (5 << 20)})
+    assert conn.streams == {}  # nothing (the 5 MiB header with it) is kept
+    assert s.get(base + "/").text() == "fine" and not conn.closed
+
+
 # -- threads, restarts, fork -----------------------------------------------------------------
 
 
@@ -385,3 +420,4 @@ def test_a_forked_child_never_uses_its_parents_connection(servers, make_sync):
     assert said == "/child True 1 -1"  # its own connection; its copy of the parent's closed
     assert s.get(base + "/parent").json()["path"] == "/parent"
     assert s._wire._conns == {parent_conn} and not parent_conn.closed
+
