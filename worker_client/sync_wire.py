@@ -645,7 +645,9 @@ class WirePath(PlanCache[Any]):
         if self._closed or s.closed:
             raise RuntimeError("Session is closed")
         jar = s._jar_ref
-        if jar is None:
+        if jar is None or self._forks != forks[0]:
+            # A forked child names its own jar, as the async session does after a fork.
+            self._forks = forks[0]
             jar = s._jar_ref = request_jar(s._cookie_jar)
         if kw.keys() <= FAST_KEYS:  # the async fast path's calls: a cached plan
             data = kw.get("data")

@@ -421,3 +421,27 @@ def test_a_forked_child_never_uses_its_parents_connection(servers, make_sync):
     assert s.get(base + "/parent").json()["path"] == "/parent"
     assert s._wire._conns == {parent_conn} and not parent_conn.closed
 
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_childs_wire_cookies_are_in_its_own_jar(servers, make_sync):
+    base = servers.serve(cookie_app(), host="localhost")
+    s = make_sync()
+    assert s.get(base + "/echo").json()["cookies"] == {}  # the jar is named in the parent
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork with threads
+        pid = os.fork()
+    if pid == 0:
+        try:
+            s.get(base + "/set", params={"sid": "kid"}).read()
+            said = repr({m.key: m.value for m in s.cookie_jar})
+        except BaseException as exc:  # noqa: BLE001
+            said = repr(exc)
+        os.write(write_end, said.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as child:
+        said = child.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert said == "{'sid': 'kid'}"  # what the child's requests stored, its jar shows
+    assert {m.key: m.value for m in s.cookie_jar} == {}  # the parent's jar is its own
