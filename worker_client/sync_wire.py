@@ -47,8 +47,15 @@ leaves its connection to ``close()`` or to the garbage collector. A forked child
 touches its parent's connections (it makes its own) and closes its copies of their
 descriptors.
 
+A write that finds the socket full reads what the broker sent meanwhile into the
+connection's queue (the broker stops reading a connection whose replies it cannot write,
+so a writer that did not read could wait for ever); the frames are delivered, in order,
+by the next wait for a message.
+
 Bounds: per connection, the frame reader's partial frame (under ``MAX_FRAME``) and the
-frames of one ``recv`` (``_READ_SIZE`` bytes); per open response, the broker's window
+frames received but not yet delivered (those of one ``recv``, ``_READ_SIZE`` bytes, or
+while a write waits what the broker may send unacknowledged, its window per open
+stream); per open response, the broker's window
 of unread bytes (``STREAM_WINDOW``: ``iter_content`` and a response not being read),
 or the whole body for ``read()`` (as the async ``read()``). Waits: the connect and
 handshake ``CONNECT_TIMEOUT``, ``stats()`` ``CALL_TIMEOUT``, a request its total timeout
@@ -285,12 +292,15 @@ class _Conn:
     def _write(self, data: bytes, deadline: float | None) -> None:
         view = memoryview(data)
         sent = 0
+        self.unsent = False
         try:
             while sent < len(view):
                 try:
                     sent += self.sock.send(view[sent:])
                 except BlockingIOError:
-                    self._wait(select.POLLOUT, deadline)
+                    # The broker may be waiting for us to read before it reads again.
+                    if self._wait(select.POLLOUT | select.POLLIN, deadline) & select.POLLIN:
+                        self._take_in()
         except OSError as exc:
             self.unsent = not sent
             self._lose(exc)
@@ -300,7 +310,8 @@ class _Conn:
                 self._lose(None)
             raise
 
-    def _wait(self, events: int, deadline: float | None) -> None:
+    def _wait(self, events: int, deadline: float | None) -> int:
+        """Until the socket is ready for ``events`` (those it is ready for)."""
         if deadline is None:
             ms = -1
         else:
@@ -316,6 +327,28 @@ class _Conn:
             ready = self._poll.poll(ms)
         if not ready and deadline is not None and deadline <= time.monotonic():
             raise _Expired
+        return ready[0][1] if ready else 0
+
+    def _take_in(self) -> None:
+        """What the broker sent while a write waits, queued for ``_next_msg`` (an OSError
+        ends the write as the socket's own would)."""
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            raise ConnectionResetError("the broker closed the connection")
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.pending.extend(self.reader.feed(data))
+        except FrameError as exc:
+            self._lose(BrokerProtocolError(f"the broker sent a bad frame: {exc}"))
+            raise _Gone from None
+        except Exception as exc:  # RecursionError for a frame nested too deep
+            self._lose(BrokerProtocolError(f"the broker sent an undecodable frame: {exc!r}"))
+            raise _Gone from None
 
     def _next_msg(self, deadline: float | None, wait: bool = False) -> Any:
         """The next message from the broker; ``_Expired`` past ``deadline``, ``_Gone``
@@ -338,14 +371,7 @@ class _Conn:
             if not data:
                 self._lose(None)
                 raise _Gone
-            try:
-                pending.extend(self.reader.feed(data))
-            except FrameError as exc:
-                self._lose(BrokerProtocolError(f"the broker sent a bad frame: {exc}"))
-                raise _Gone from None
-            except Exception as exc:  # RecursionError for a frame nested too deep
-                self._lose(BrokerProtocolError(f"the broker sent an undecodable frame: {exc!r}"))
-                raise _Gone from None
+            self._feed(data)
         return pending.popleft()
 
     @property

@@ -7,11 +7,14 @@ broker restart and fork. The request/response behaviour itself is
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import os
 import shutil
 import signal
+import struct
 import tempfile
+import termios
 import threading
 import time
 import warnings
@@ -203,6 +206,53 @@ def test_two_open_responses_on_one_thread_each_stay_within_the_window(servers, m
     newer.close()
     (conn,) = s._wire._conns
     assert conn.streams == {}
+
+
+def test_a_big_request_goes_while_open_responses_fill_the_brokers_buffer(servers, make_sync):
+    """Unread responses fill the broker's buffer for this connection, so it stops reading
+    it (its writes to it are paused); a request written then fills the socket, and must
+    not wait for ever for a broker that waits for it to read."""
+    body = os.urandom(BIG)
+    go = threading.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(body))})
+        await resp.prepare(request)
+        await asyncio.get_running_loop().run_in_executor(None, go.wait, WAIT)
+        await resp.write(body)
+        return resp
+
+    app = echo_app()
+    app.router.add_get("/held", held)
+    base = servers.serve(app)
+    s = make_sync()
+    opened: list[Any] = []
+    posted: list[Any] = []
+
+    def open_then_post() -> None:  # on one thread: one connection
+        opened.extend(s.get(base + "/held") for _ in range(4))
+        (conn,) = s._wire._conns
+        go.set()  # 4 bodies to a connection that reads nothing: the broker pauses
+        queued, until = -1, time.monotonic() + WAIT
+        while queued < (queued := _queued(conn.sock)) or queued == 0:
+            assert time.monotonic() < until
+            time.sleep(0.05)  # until the socket holds all it can: the rest waits in the broker
+        # A new timeout: its TimeoutOpen frame, read whole, is what the broker stops at.
+        tmo = ClientTimeout(total=WAIT + 1)
+        with s.post(base + "/up", data=b"y" * (1 << 20), timeout=tmo) as resp:
+            posted.append(len(resp.json()["body"]))
+
+    sender = threading.Thread(target=open_then_post, daemon=True)
+    sender.start()
+    sender.join(WAIT)
+    assert posted == [1 << 20]
+    assert [r.read() for r in opened] == [body] * 4  # what arrived meanwhile kept its order
+    assert no_loop(s)
+
+
+def _queued(sock: Any) -> int:
+    """The bytes waiting in ``sock``'s receive queue."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
 
 
 def test_a_response_can_be_read_on_another_thread(servers, make_sync):
