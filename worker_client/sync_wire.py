@@ -43,7 +43,8 @@ request connects again (a request whose write finds the connection closed, nothi
 sent, goes on a new connection at once). ``SyncSession.close()`` shuts every thread's
 connection down (a thread waiting on one gets ``ClientConnectionError("Connection
 closed")``, as from the async session's close) and closes them; a thread that died
-leaves its connection to ``close()`` or to the garbage collector. A forked child never
+takes its connection with it (closed when its thread-local goes, unless a response of
+it is still open). A forked child never
 touches its parent's connections (it makes its own) and closes its copies of their
 descriptors.
 
@@ -273,6 +274,11 @@ class _Conn:
             raise _closed_error(welcome)
         if type(welcome) is not Welcome or welcome.version != PROTOCOL_VERSION:
             raise BrokerProtocolError(f"the broker sent {welcome!r} instead of a Welcome")
+
+    def __del__(self) -> None:
+        sock = getattr(self, "sock", None)  # its thread ended, or close() let it go
+        if sock is not None:
+            sock.close()
 
     def __enter__(self) -> _Conn:
         self.lock.acquire()
@@ -599,7 +605,8 @@ class WirePath(PlanCache[Any]):
         self.path: str = session._broker
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._conns: set[_Conn] = set()  # every thread's, under the lock
+        # Every live thread's, under the lock; a finished thread's goes with its locals.
+        self._conns: weakref.WeakSet[_Conn] = weakref.WeakSet()
         self._closed = False
         self.requests = 0  # taken by this path: for tests and figures
         _paths.add(self)
@@ -645,7 +652,7 @@ class WirePath(PlanCache[Any]):
         """Shut and close every thread's connection; whether there were any."""
         with self._lock:
             self._closed = True
-            conns, self._conns = self._conns, set()
+            conns, self._conns = list(self._conns), weakref.WeakSet()
         for conn in conns:
             conn.shut()
         return bool(conns)

@@ -278,7 +278,7 @@ def test_a_response_released_early_cancels_its_stream_and_the_connection_goes_on
     assert conn.streams == {}
     with s.get(base + "/big") as resp:
         assert resp.read() == body  # the cancelled streams' late frames were dropped
-    assert s._wire._conns == {conn} and not conn.closed
+    assert set(s._wire._conns) == {conn} and not conn.closed
 
 
 # -- errors, timeouts, interrupts ------------------------------------------------------------
@@ -306,7 +306,7 @@ def test_a_total_timeout_in_the_body_raises_and_keeps_the_connection(servers, ma
         resp.read()
     (conn,) = s._wire._conns
     assert s.get(base + "/").text() == "fine"
-    assert s._wire._conns == {conn} and not conn.closed
+    assert set(s._wire._conns) == {conn} and not conn.closed
 
 
 def test_raise_for_status_releases_as_the_async_session(servers, make_sync):
@@ -350,7 +350,7 @@ def test_an_interrupt_while_waiting_cancels_the_stream(servers, make_sync):
     assert left.wait(WAIT)  # the broker cancelled it upstream
     (conn,) = s._wire._conns
     assert s.get(fine + "/").text() == "fine"
-    assert s._wire._conns == {conn} and conn.streams == {}
+    assert set(s._wire._conns) == {conn} and conn.streams == {}
 
 
 def test_an_interrupt_just_after_the_request_went_cancels_it(servers, make_sync, monkeypatch):
@@ -396,17 +396,38 @@ def test_each_thread_has_its_own_connection(servers, make_sync):
     s = make_sync()
     barrier = threading.Barrier(4)
 
-    def twenty(_: int) -> list[str]:
+    def twenty(_: int) -> tuple[list[str], Any]:
         barrier.wait(WAIT)
-        return [s.get(base + "/").text() for _ in range(20)]
+        return [s.get(base + "/").text() for _ in range(20)], s._wire._local.conn
 
     with ThreadPoolExecutor(4) as pool:
-        assert list(pool.map(twenty, range(4))) == [["ok"] * 20] * 4
-    assert len(s._wire._conns) == 4
+        results = list(pool.map(twenty, range(4)))
+        assert len(s._wire._conns) == 4  # the pool's threads are alive: theirs too
+    assert [texts for texts, _ in results] == [["ok"] * 20] * 4
+    conns = [conn for _, conn in results]
+    assert set(s._wire._conns) == set(conns)  # held here, so close() closes them
     assert s._wire.requests == 80 and no_loop(s)
-    conns = list(s._wire._conns)
     s.close()
     assert all(c.closed and c.sock.fileno() == -1 for c in conns)
+
+
+def test_a_finished_threads_connection_is_closed(servers, make_sync):
+    """A server with a thread per request must not gather a connection per request."""
+    base = servers.serve(text_app("ok"))
+    s = make_sync()
+    socks: list[Any] = []
+
+    def one() -> None:
+        assert s.get(base + "/").text() == "ok"
+        socks.append(s._wire._local.conn.sock)  # this thread's
+
+    for _ in range(3):
+        worker = threading.Thread(target=one)
+        worker.start()
+        worker.join(WAIT)
+    assert len(socks) == 3 and all(sock.fileno() == -1 for sock in socks)
+    assert len(s._wire._conns) == 0
+    assert s.get(base + "/").text() == "ok"
 
 
 def test_a_broker_restart_fails_the_waiting_request_and_the_next_ones_reconnect(servers):
@@ -469,7 +490,7 @@ def test_a_forked_child_never_uses_its_parents_connection(servers, make_sync):
     assert os.waitpid(pid, 0)[1] == 0
     assert said == "/child True 1 -1"  # its own connection; its copy of the parent's closed
     assert s.get(base + "/parent").json()["path"] == "/parent"
-    assert s._wire._conns == {parent_conn} and not parent_conn.closed
+    assert set(s._wire._conns) == {parent_conn} and not parent_conn.closed
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
