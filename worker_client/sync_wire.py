@@ -25,7 +25,9 @@ A ``Failure`` becomes the async session's exception; the request's total timeout
 deadline on every wait of the request and its body, after which the stream is cancelled
 and ``asyncio.TimeoutError`` raised, as a ``StreamHandle``'s deadline does
 (``sock_read`` and the rest are the broker's, as for the async session). An interrupt
-(``KeyboardInterrupt``) while waiting cancels the stream. After a ``Cancel`` the
+(``KeyboardInterrupt``) while waiting cancels the stream; one that lands between a
+``recv`` and the frame reader has lost bytes of a frame, so that connection ends (what
+waits on it fails, the thread's next request connects again). After a ``Cancel`` the
 connection stays in use: the broker sends nothing new for the stream, and what was
 already on its way is dropped by stream id.
 
@@ -239,6 +241,9 @@ class _Conn:
         self._next_spec_id = 1
         self._stats: Stats | None = None
         self.unsent = False  # the connection was found gone before a byte of a write went
+        # Between a recv and the frame reader: an exception (an interrupt) there drops
+        # the bytes received, so nothing more can be read here.
+        self.torn = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._connect(trusted)
@@ -338,13 +343,25 @@ class _Conn:
     def _take_in(self) -> None:
         """What the broker sent while a write waits, queued for ``_next_msg`` (an OSError
         ends the write as the socket's own would)."""
+        self._check_torn()
+        self.torn = True
         try:
             data = self.sock.recv(_READ_SIZE)
         except BlockingIOError:
+            self.torn = False
             return
         if not data:
             raise ConnectionResetError("the broker closed the connection")
         self._feed(data)
+        self.torn = False
+
+    def _check_torn(self) -> None:
+        if self.torn:
+            self._lose(BrokerConnectionError(
+                "a read from the broker was interrupted (bytes of a frame are lost); "
+                "the next request connects again"
+            ))
+            raise _Gone
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -366,9 +383,12 @@ class _Conn:
         while not pending:
             if self.closed:
                 raise _Gone
+            self._check_torn()
+            self.torn = True
             try:
                 data = self.sock.recv(_READ_SIZE)
             except BlockingIOError:
+                self.torn = False
                 self._wait(select.POLLIN, deadline)
                 continue
             except OSError as exc:
@@ -378,6 +398,7 @@ class _Conn:
                 self._lose(None)
                 raise _Gone
             self._feed(data)
+            self.torn = False
         return pending.popleft()
 
     @property
@@ -626,7 +647,7 @@ class WirePath(PlanCache[Any]):
 
     def _conn(self) -> _Conn:
         conn: _Conn | None = getattr(self._local, "conn", None)
-        if conn is not None and not conn.closed and conn.forks == forks[0]:
+        if conn is not None and not conn.closed and not conn.torn and conn.forks == forks[0]:
             return conn
         if conn is not None:
             self._forget(conn)
@@ -645,6 +666,12 @@ class WirePath(PlanCache[Any]):
         self._local.conn = None
         if conn.forks != forks[0]:
             conn.shut()  # the parent's: only this process's copy of its descriptor closes
+        elif conn.torn:
+            with conn:
+                try:
+                    conn._check_torn()
+                except _Gone:
+                    pass
         with self._lock:
             self._conns.discard(conn)
 

@@ -388,6 +388,34 @@ def test_a_request_over_the_frame_cap_is_refused_and_leaves_nothing(servers, mak
     assert s.get(base + "/").text() == "fine" and not conn.closed
 
 
+def test_an_interrupt_just_after_bytes_were_received_costs_only_that_connection(
+    servers, make_sync, monkeypatch
+):
+    """A signal may land between a ``recv`` and the frame reader: those bytes are gone,
+    so nothing more can be read on that connection; the next request takes a new one."""
+    body = os.urandom(BIG)
+    base = servers.serve(big_app(body))
+    fine = servers.serve(text_app("fine"))
+    s = make_sync()
+    resp = s.get(base + "/big")
+    (conn,) = s._wire._conns
+    feed = type(conn)._feed
+    calls = [0]
+
+    def feed_then_interrupt(self: Any, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        feed(self, data)
+
+    monkeypatch.setattr(type(conn), "_feed", feed_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        resp.read()
+    for _ in range(3):
+        assert s.get(fine + "/").text() == "fine"
+        assert s.get(base + "/big").read() == body
+
+
 # -- threads, restarts, fork -----------------------------------------------------------------
 
 
