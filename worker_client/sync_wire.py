@@ -25,7 +25,9 @@ A ``Failure`` becomes the async session's exception; the request's total timeout
 deadline on every wait of the request and its body, after which the stream is cancelled
 and ``asyncio.TimeoutError`` raised, as a ``StreamHandle``'s deadline does
 (``sock_read`` and the rest are the broker's, as for the async session). An interrupt
-(``KeyboardInterrupt``) while waiting cancels the stream. After a ``Cancel`` the
+(``KeyboardInterrupt``) while waiting cancels the stream; one that lands between a
+``recv`` and the frame reader has lost bytes of a frame, so that connection ends (what
+waits on it fails, the thread's next request connects again). After a ``Cancel`` the
 connection stays in use: the broker sends nothing new for the stream, and what was
 already on its way is dropped by stream id.
 
@@ -43,12 +45,20 @@ request connects again (a request whose write finds the connection closed, nothi
 sent, goes on a new connection at once). ``SyncSession.close()`` shuts every thread's
 connection down (a thread waiting on one gets ``ClientConnectionError("Connection
 closed")``, as from the async session's close) and closes them; a thread that died
-leaves its connection to ``close()`` or to the garbage collector. A forked child never
+takes its connection with it (closed when its thread-local goes, unless a response of
+it is still open). A forked child never
 touches its parent's connections (it makes its own) and closes its copies of their
 descriptors.
 
+A write that finds the socket full reads what the broker sent meanwhile into the
+connection's queue (the broker stops reading a connection whose replies it cannot write,
+so a writer that did not read could wait for ever); the frames are delivered, in order,
+by the next wait for a message.
+
 Bounds: per connection, the frame reader's partial frame (under ``MAX_FRAME``) and the
-frames of one ``recv`` (``_READ_SIZE`` bytes); per open response, the broker's window
+frames received but not yet delivered (those of one ``recv``, ``_READ_SIZE`` bytes, or
+while a write waits what the broker may send unacknowledged, its window per open
+stream); per open response, the broker's window
 of unread bytes (``STREAM_WINDOW``: ``iter_content`` and a response not being read),
 or the whole body for ``read()`` (as the async ``read()``). Waits: the connect and
 handshake ``CONNECT_TIMEOUT``, ``stats()`` ``CALL_TIMEOUT``, a request its total timeout
@@ -231,6 +241,9 @@ class _Conn:
         self._next_spec_id = 1
         self._stats: Stats | None = None
         self.unsent = False  # the connection was found gone before a byte of a write went
+        # Between a recv and the frame reader: an exception (an interrupt) there drops
+        # the bytes received, so nothing more can be read here.
+        self.torn = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._connect(trusted)
@@ -267,6 +280,11 @@ class _Conn:
         if type(welcome) is not Welcome or welcome.version != PROTOCOL_VERSION:
             raise BrokerProtocolError(f"the broker sent {welcome!r} instead of a Welcome")
 
+    def __del__(self) -> None:
+        sock = getattr(self, "sock", None)  # its thread ended, or close() let it go
+        if sock is not None:
+            sock.close()
+
     def __enter__(self) -> _Conn:
         self.lock.acquire()
         return self
@@ -285,12 +303,15 @@ class _Conn:
     def _write(self, data: bytes, deadline: float | None) -> None:
         view = memoryview(data)
         sent = 0
+        self.unsent = False
         try:
             while sent < len(view):
                 try:
                     sent += self.sock.send(view[sent:])
                 except BlockingIOError:
-                    self._wait(select.POLLOUT, deadline)
+                    # The broker may be waiting for us to read before it reads again.
+                    if self._wait(select.POLLOUT | select.POLLIN, deadline) & select.POLLIN:
+                        self._take_in()
         except OSError as exc:
             self.unsent = not sent
             self._lose(exc)
@@ -300,7 +321,8 @@ class _Conn:
                 self._lose(None)
             raise
 
-    def _wait(self, events: int, deadline: float | None) -> None:
+    def _wait(self, events: int, deadline: float | None) -> int:
+        """Until the socket is ready for ``events`` (those it is ready for)."""
         if deadline is None:
             ms = -1
         else:
@@ -316,6 +338,40 @@ class _Conn:
             ready = self._poll.poll(ms)
         if not ready and deadline is not None and deadline <= time.monotonic():
             raise _Expired
+        return ready[0][1] if ready else 0
+
+    def _take_in(self) -> None:
+        """What the broker sent while a write waits, queued for ``_next_msg`` (an OSError
+        ends the write as the socket's own would)."""
+        self._check_torn()
+        self.torn = True
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            self.torn = False
+            return
+        if not data:
+            raise ConnectionResetError("the broker closed the connection")
+        self._feed(data)
+        self.torn = False
+
+    def _check_torn(self) -> None:
+        if self.torn:
+            self._lose(BrokerConnectionError(
+                "a read from the broker was interrupted (bytes of a frame are lost); "
+                "the next request connects again"
+            ))
+            raise _Gone
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.pending.extend(self.reader.feed(data))
+        except FrameError as exc:
+            self._lose(BrokerProtocolError(f"the broker sent a bad frame: {exc}"))
+            raise _Gone from None
+        except Exception as exc:  # RecursionError for a frame nested too deep
+            self._lose(BrokerProtocolError(f"the broker sent an undecodable frame: {exc!r}"))
+            raise _Gone from None
 
     def _next_msg(self, deadline: float | None, wait: bool = False) -> Any:
         """The next message from the broker; ``_Expired`` past ``deadline``, ``_Gone``
@@ -327,9 +383,12 @@ class _Conn:
         while not pending:
             if self.closed:
                 raise _Gone
+            self._check_torn()
+            self.torn = True
             try:
                 data = self.sock.recv(_READ_SIZE)
             except BlockingIOError:
+                self.torn = False
                 self._wait(select.POLLIN, deadline)
                 continue
             except OSError as exc:
@@ -338,14 +397,8 @@ class _Conn:
             if not data:
                 self._lose(None)
                 raise _Gone
-            try:
-                pending.extend(self.reader.feed(data))
-            except FrameError as exc:
-                self._lose(BrokerProtocolError(f"the broker sent a bad frame: {exc}"))
-                raise _Gone from None
-            except Exception as exc:  # RecursionError for a frame nested too deep
-                self._lose(BrokerProtocolError(f"the broker sent an undecodable frame: {exc!r}"))
-                raise _Gone from None
+            self._feed(data)
+            self.torn = False
         return pending.popleft()
 
     @property
@@ -471,8 +524,7 @@ class _Conn:
             if exc is not None:
                 stream.fail(exc)
             stream.done = True
-            self.streams.pop(stream.id, None)
-            if not self.closed:
+            if self.streams.pop(stream.id, None) is not None and not self.closed:
                 try:
                     self._send(Cancel(stream.id))
                 except _Gone:
@@ -574,7 +626,8 @@ class WirePath(PlanCache[Any]):
         self.path: str = session._broker
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._conns: set[_Conn] = set()  # every thread's, under the lock
+        # Every live thread's, under the lock; a finished thread's goes with its locals.
+        self._conns: weakref.WeakSet[_Conn] = weakref.WeakSet()
         self._closed = False
         self.requests = 0  # taken by this path: for tests and figures
         _paths.add(self)
@@ -594,7 +647,7 @@ class WirePath(PlanCache[Any]):
 
     def _conn(self) -> _Conn:
         conn: _Conn | None = getattr(self._local, "conn", None)
-        if conn is not None and not conn.closed and conn.forks == forks[0]:
+        if conn is not None and not conn.closed and not conn.torn and conn.forks == forks[0]:
             return conn
         if conn is not None:
             self._forget(conn)
@@ -613,6 +666,12 @@ class WirePath(PlanCache[Any]):
         self._local.conn = None
         if conn.forks != forks[0]:
             conn.shut()  # the parent's: only this process's copy of its descriptor closes
+        elif conn.torn:
+            with conn:
+                try:
+                    conn._check_torn()
+                except _Gone:
+                    pass
         with self._lock:
             self._conns.discard(conn)
 
@@ -620,7 +679,7 @@ class WirePath(PlanCache[Any]):
         """Shut and close every thread's connection; whether there were any."""
         with self._lock:
             self._closed = True
-            conns, self._conns = self._conns, set()
+            conns, self._conns = list(self._conns), weakref.WeakSet()
         for conn in conns:
             conn.shut()
         return bool(conns)
@@ -646,7 +705,9 @@ class WirePath(PlanCache[Any]):
         if self._closed or s.closed:
             raise RuntimeError("Session is closed")
         jar = s._jar_ref
-        if jar is None:
+        if jar is None or self._forks != forks[0]:
+            # A forked child names its own jar, as the async session does after a fork.
+            self._forks = forks[0]
             jar = s._jar_ref = request_jar(s._cookie_jar)
         if kw.keys() <= FAST_KEYS:  # the async fast path's calls: a cached plan
             data = kw.get("data")
@@ -754,49 +815,50 @@ class WirePath(PlanCache[Any]):
             if total >= timeout.ceil_threshold:  # as Deadlines: on a whole second
                 deadline = float(math.ceil(deadline))
         conn = self._conn()
-        with conn:
-            stream = self._open(conn, build, jar, deadline, make_error, limit)
-            if stream is None:  # the broker went away since: the request went nowhere
-                conn = self._conn()
-                with conn:
-                    stream = self._open(conn, build, jar, deadline, make_error, limit)
-                    if stream is None:
-                        raise conn._error
-            head = conn.head(stream)
-        with self._lock:
-            self.requests += 1
-        resp = self._response(stream, head, info, url_str)
-        if rfs is None:
-            rfs = self.session._raise_for_status
-        if rfs and not resp.ok:
-            try:
-                resp.raise_for_status()
-            finally:
-                resp.release()
-        return WireResponse(_NO_LOOP, resp, stream if head.body is None else None)
+        stream = _Stream(conn, 0, deadline, make_error, limit)
+        try:  # until the caller has the response, an exception (an interrupt) cancels
+            with conn:
+                if not self._open(conn, build, jar, stream):
+                    # The broker went away since: the request went nowhere.
+                    conn = self._conn()
+                    stream = _Stream(conn, 0, deadline, make_error, limit)
+                    with conn:
+                        if not self._open(conn, build, jar, stream):
+                            raise conn._error
+                head = conn.head(stream)
+            with self._lock:
+                self.requests += 1
+            resp = self._response(stream, head, info, url_str)
+            if rfs is None:
+                rfs = self.session._raise_for_status
+            if rfs and not resp.ok:
+                try:
+                    resp.raise_for_status()
+                finally:
+                    resp.release()
+            return WireResponse(_NO_LOOP, resp, stream if head.body is None else None)
+        except BaseException:
+            stream.conn.cancel(stream, None)
+            raise
 
     @staticmethod
     def _open(
-        conn: _Conn,
-        build: Callable[[int], Request],
-        jar: tuple[bytes, Any, Any],
-        deadline: float | None,
-        make_error: Callable[[Failure], BaseException],
-        limit: int,
-    ) -> _Stream | None:
-        """The request sent on ``conn``, as a stream; None if the connection was found
-        closed before any of it went (the caller sends it on a new one)."""
-        sid = conn._next
+        conn: _Conn, build: Callable[[int], Request], jar: tuple[bytes, Any, Any],
+        stream: _Stream,
+    ) -> bool:
+        """Send the request as ``stream`` (given its id) on ``conn``; False if the
+        connection was found closed before any of it went (the caller sends it on a
+        new one)."""
+        sid = stream.id = conn._next
         conn._next = sid + 2
-        stream = _Stream(conn, sid, deadline, make_error, limit)
         try:
             conn.open(build(sid), jar, stream)
         except _Gone:
             conn.streams.pop(sid, None)
             if conn.unsent and not conn.closing:
-                return None
+                return False
             raise conn._error from None
-        return stream
+        return True
 
     def _history(self, items: Any, info: RequestInfo) -> tuple[ClientResponse, ...]:
         """``ClientSession._history_response``'s responses, made without a loop."""

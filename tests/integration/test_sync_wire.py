@@ -7,11 +7,14 @@ broker restart and fork. The request/response behaviour itself is
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import os
 import shutil
 import signal
+import struct
 import tempfile
+import termios
 import threading
 import time
 import warnings
@@ -205,6 +208,53 @@ def test_two_open_responses_on_one_thread_each_stay_within_the_window(servers, m
     assert conn.streams == {}
 
 
+def test_a_big_request_goes_while_open_responses_fill_the_brokers_buffer(servers, make_sync):
+    """Unread responses fill the broker's buffer for this connection, so it stops reading
+    it (its writes to it are paused); a request written then fills the socket, and must
+    not wait for ever for a broker that waits for it to read."""
+    body = os.urandom(BIG)
+    go = threading.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(body))})
+        await resp.prepare(request)
+        await asyncio.get_running_loop().run_in_executor(None, go.wait, WAIT)
+        await resp.write(body)
+        return resp
+
+    app = echo_app()
+    app.router.add_get("/held", held)
+    base = servers.serve(app)
+    s = make_sync()
+    opened: list[Any] = []
+    posted: list[Any] = []
+
+    def open_then_post() -> None:  # on one thread: one connection
+        opened.extend(s.get(base + "/held") for _ in range(4))
+        (conn,) = s._wire._conns
+        go.set()  # 4 bodies to a connection that reads nothing: the broker pauses
+        queued, until = -1, time.monotonic() + WAIT
+        while queued < (queued := _queued(conn.sock)) or queued == 0:
+            assert time.monotonic() < until
+            time.sleep(0.05)  # until the socket holds all it can: the rest waits in the broker
+        # A new timeout: its TimeoutOpen frame, read whole, is what the broker stops at.
+        tmo = ClientTimeout(total=WAIT + 1)
+        with s.post(base + "/up", data=b"y" * (1 << 20), timeout=tmo) as resp:
+            posted.append(len(resp.json()["body"]))
+
+    sender = threading.Thread(target=open_then_post, daemon=True)
+    sender.start()
+    sender.join(WAIT)
+    assert posted == [1 << 20]
+    assert [r.read() for r in opened] == [body] * 4  # what arrived meanwhile kept its order
+    assert no_loop(s)
+
+
+def _queued(sock: Any) -> int:
+    """The bytes waiting in ``sock``'s receive queue."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
 def test_a_response_can_be_read_on_another_thread(servers, make_sync):
     body = os.urandom(BIG)
     base = servers.serve(big_app(body))
@@ -228,7 +278,7 @@ def test_a_response_released_early_cancels_its_stream_and_the_connection_goes_on
     assert conn.streams == {}
     with s.get(base + "/big") as resp:
         assert resp.read() == body  # the cancelled streams' late frames were dropped
-    assert s._wire._conns == {conn} and not conn.closed
+    assert set(s._wire._conns) == {conn} and not conn.closed
 
 
 # -- errors, timeouts, interrupts ------------------------------------------------------------
@@ -256,7 +306,7 @@ def test_a_total_timeout_in_the_body_raises_and_keeps_the_connection(servers, ma
         resp.read()
     (conn,) = s._wire._conns
     assert s.get(base + "/").text() == "fine"
-    assert s._wire._conns == {conn} and not conn.closed
+    assert set(s._wire._conns) == {conn} and not conn.closed
 
 
 def test_raise_for_status_releases_as_the_async_session(servers, make_sync):
@@ -300,7 +350,70 @@ def test_an_interrupt_while_waiting_cancels_the_stream(servers, make_sync):
     assert left.wait(WAIT)  # the broker cancelled it upstream
     (conn,) = s._wire._conns
     assert s.get(fine + "/").text() == "fine"
-    assert s._wire._conns == {conn} and conn.streams == {}
+    assert set(s._wire._conns) == {conn} and conn.streams == {}
+
+
+def test_an_interrupt_just_after_the_request_went_cancels_it(servers, make_sync, monkeypatch):
+    """A signal may land between the write and the wait for the head."""
+    app, arrived, left = _never_app()
+    base = servers.serve(app)
+    fine = servers.serve(text_app("fine"))
+    s = make_sync()
+    assert s.get(fine + "/").text() == "fine"
+    (conn,) = s._wire._conns
+    sent = type(conn)._send_request
+
+    def send_then_interrupt(self: Any, req: Any) -> None:
+        sent(self, req)
+        if req.url.startswith(base):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(conn), "_send_request", send_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        s.get(base + "/")
+    assert conn.streams == {}
+    assert s.stats().streams == 0  # the broker read the Cancel before this question
+    assert not arrived.is_set() or left.wait(WAIT)  # and let go upstream if it got there
+    assert s.get(fine + "/").text() == "fine"
+
+
+def test_a_request_over_the_frame_cap_is_refused_and_leaves_nothing(servers, make_sync):
+    base = servers.serve(text_app("fine"))
+    s = make_sync()
+    assert s.get(base + "/").text() == "fine"
+    (conn,) = s._wire._conns
+    with pytest.raises(ValueError, match="frame cap"):
+        s.get(base + "/", headers={"X-Big": "x" * (5 << 20)})
+    assert conn.streams == {}  # nothing (the 5 MiB header with it) is kept
+    assert s.get(base + "/").text() == "fine" and not conn.closed
+
+
+def test_an_interrupt_just_after_bytes_were_received_costs_only_that_connection(
+    servers, make_sync, monkeypatch
+):
+    """A signal may land between a ``recv`` and the frame reader: those bytes are gone,
+    so nothing more can be read on that connection; the next request takes a new one."""
+    body = os.urandom(BIG)
+    base = servers.serve(big_app(body))
+    fine = servers.serve(text_app("fine"))
+    s = make_sync()
+    resp = s.get(base + "/big")
+    (conn,) = s._wire._conns
+    feed = type(conn)._feed
+    calls = [0]
+
+    def feed_then_interrupt(self: Any, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        feed(self, data)
+
+    monkeypatch.setattr(type(conn), "_feed", feed_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        resp.read()
+    for _ in range(3):
+        assert s.get(fine + "/").text() == "fine"
+        assert s.get(base + "/big").read() == body
 
 
 # -- threads, restarts, fork -----------------------------------------------------------------
@@ -311,20 +424,44 @@ def test_each_thread_has_its_own_connection(servers, make_sync):
     s = make_sync()
     barrier = threading.Barrier(4)
 
-    def twenty(_: int) -> list[str]:
+    def twenty(_: int) -> tuple[list[str], Any]:
         barrier.wait(WAIT)
-        return [s.get(base + "/").text() for _ in range(20)]
+        return [s.get(base + "/").text() for _ in range(20)], s._wire._local.conn
 
     with ThreadPoolExecutor(4) as pool:
-        assert list(pool.map(twenty, range(4))) == [["ok"] * 20] * 4
-    assert len(s._wire._conns) == 4
+        results = list(pool.map(twenty, range(4)))
+        assert len(s._wire._conns) == 4  # the pool's threads are alive: theirs too
+    assert [texts for texts, _ in results] == [["ok"] * 20] * 4
+    conns = [conn for _, conn in results]
+    assert set(s._wire._conns) == set(conns)  # held here, so close() closes them
     assert s._wire.requests == 80 and no_loop(s)
-    conns = list(s._wire._conns)
     s.close()
     assert all(c.closed and c.sock.fileno() == -1 for c in conns)
 
 
-def test_a_broker_restart_fails_the_waiting_request_and_the_next_ones_reconnect(servers):
+def test_a_finished_threads_connection_is_closed(servers, make_sync):
+    """A server with a thread per request must not gather a connection per request."""
+    base = servers.serve(text_app("ok"))
+    s = make_sync()
+    socks: list[Any] = []
+
+    def one() -> None:
+        assert s.get(base + "/").text() == "ok"
+        socks.append(s._wire._local.conn.sock)  # this thread's
+
+    for _ in range(3):
+        worker = threading.Thread(target=one)
+        worker.start()
+        worker.join(WAIT)
+    assert len(socks) == 3 and all(sock.fileno() == -1 for sock in socks)
+    assert len(s._wire._conns) == 0
+    assert s.get(base + "/").text() == "ok"
+
+
+def test_a_broker_restart_fails_the_waiting_request_and_the_next_ones_reconnect(
+    servers, monkeypatch
+):
+    monkeypatch.delenv("HTTP_BROKER_FAST_PATH", raising=False)  # this path is the subject
     app, arrived, _ = _never_app()
     held = servers.serve(app)
     fine = servers.serve(text_app("fine"))
@@ -384,4 +521,29 @@ def test_a_forked_child_never_uses_its_parents_connection(servers, make_sync):
     assert os.waitpid(pid, 0)[1] == 0
     assert said == "/child True 1 -1"  # its own connection; its copy of the parent's closed
     assert s.get(base + "/parent").json()["path"] == "/parent"
-    assert s._wire._conns == {parent_conn} and not parent_conn.closed
+    assert set(s._wire._conns) == {parent_conn} and not parent_conn.closed
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_childs_wire_cookies_are_in_its_own_jar(servers, make_sync):
+    base = servers.serve(cookie_app(), host="localhost")
+    s = make_sync()
+    assert s.get(base + "/echo").json()["cookies"] == {}  # the jar is named in the parent
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork with threads
+        pid = os.fork()
+    if pid == 0:
+        try:
+            s.get(base + "/set", params={"sid": "kid"}).read()
+            said = repr({m.key: m.value for m in s.cookie_jar})
+        except BaseException as exc:  # noqa: BLE001
+            said = repr(exc)
+        os.write(write_end, said.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as child:
+        said = child.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert said == "{'sid': 'kid'}"  # what the child's requests stored, its jar shows
+    assert {m.key: m.value for m in s.cookie_jar} == {}  # the parent's jar is its own
