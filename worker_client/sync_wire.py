@@ -941,14 +941,18 @@ class WireResponse(SyncResponse):
             yield from super()._chunks(chunk_size)
             return
         content = resp.content
+        conn = stream.conn
         while True:
-            if not (content._buffer or content._eof or content._exception is not None):
-                if stream.done:  # cancelled: the reader raises
-                    content.set_exception(ClientConnectionError("Connection closed"))
-                else:
-                    stream.conn.fill(stream, one=True)
-                continue
-            chunk = _without_loop(lambda: content.read(chunk_size))
+            # Under the connection's lock: the reader is fed by whichever thread pumps
+            # this connection, and its counts make the Acks the broker checks.
+            with conn:
+                if not (content._buffer or content._eof or content._exception is not None):
+                    if stream.done:  # cancelled: the reader raises
+                        content.set_exception(ClientConnectionError("Connection closed"))
+                    else:
+                        conn.fill(stream, one=True)
+                    continue
+                chunk = _without_loop(lambda: content.read(chunk_size))
             if not chunk:
                 return
             yield chunk
