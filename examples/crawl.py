@@ -499,7 +499,8 @@ def summarize(
         "requests_per_second": round(requests / span, 1) if span else 0.0,
         "wall_seconds": round(wall, 3),
         "workers": opts.workers,
-        "worker_requests": [crawl.workers.get(i, 0) for i in range(opts.workers)],
+        # None: the worker did not report its count (it died, or was stopped by a failure)
+        "worker_requests": [crawl.workers.get(i) for i in range(opts.workers)],
         "limit_per_host": opts.limit_per_host,
         "most_connections_at_once": counts.open_most,
         "connections_opened": counts.connections,
@@ -525,7 +526,7 @@ def report(s: dict[str, Any]) -> None:
     def kinds(counts: dict[str, int]) -> str:
         return ", ".join(f"{kind} x{n}" for kind, n in counts.items()) or "none"
 
-    per_worker = ", ".join(str(n) for n in s["worker_requests"])
+    per_worker = ", ".join("?" if n is None else str(n) for n in s["worker_requests"])
     rate = s["rate_limit_per_host"]
     print(
         f"pages     {s['pages_found']} of the site's {s['site_pages']} found "

@@ -129,4 +129,5 @@ def test_a_worker_that_dies_mid_crawl_ends_the_crawl_at_once() -> None:
     assert proc.returncode == 1 and not s["ok"]
     assert any("exited with -9" in f for f in s["failures"]), s["failures"]
     assert 0 < s["pages_found"] < s["site_pages"]  # it did not crawl on to the end
+    assert s["worker_requests"][0] is None  # a count it never reported is not shown as 0
     assert took < 4, took
