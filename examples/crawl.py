@@ -79,6 +79,7 @@ from worker_client import (  # noqa: E402
 
 TOKEN = "crawl-login-token"
 WINDOW = 1.0  # seconds: the site's sliding window for the request rate
+CHECK_EVERY = 0.5  # seconds between the main process's looks at its workers' health
 JITTER = 0.05  # seconds of start-to-arrival variation the rate check allows for
 TICK = 0.002  # seconds between the site's checks of its own event loop's stalls
 LINK = re.compile(r'href="([^"]+)"')
@@ -384,24 +385,39 @@ def run_crawl(opts: Options, base: str, bar: Any) -> Crawl:
     for proc in procs:
         proc.start()
     deadline = time.monotonic() + opts.timeout
+    check_at = time.monotonic() + CHECK_EVERY
     try:
         while crawl.pending and not crawl.failures:
-            try:
-                msg = done.get(timeout=0.5)
-            except queue.Empty:
-                crawl.failures += [
-                    f"{p.name} exited with {p.exitcode}" for p in procs if p.exitcode is not None
-                ]
-                if time.monotonic() > deadline:
-                    crawl.failures.append(f"not finished in {opts.timeout:g} s")
+            with contextlib.suppress(queue.Empty):
+                take(crawl, done.get(timeout=CHECK_EVERY), todo, base, bar)
+            now = time.monotonic()
+            if now < check_at:
                 continue
-            take(crawl, msg, todo, base, bar)
+            check_at = now + CHECK_EVERY
+            # a worker that died (killed, out of memory) says nothing: its URLs would
+            # never be answered, and the others would crawl on without it
+            if dead := [p for p in procs if p.exitcode is not None]:
+                drain(crawl, todo, done, base, bar)  # its own words, if it left any
+                if not crawl.failures:
+                    crawl.failures += [f"{p.name} exited with {p.exitcode}" for p in dead]
+            if now > deadline:
+                crawl.failures.append(f"not finished in {opts.timeout:g} s")
     except KeyboardInterrupt:
         crawl.failures.append("interrupted")
     finally:
         stop_workers(crawl, procs, todo, done, opts.concurrency)
         bar.close()
     return crawl
+
+
+def drain(crawl: Crawl, todo: Any, done: Any, base: str, bar: Any) -> None:
+    """Take what the workers sent so far (at most one answer per URL of the site)."""
+    while True:
+        try:
+            msg = done.get_nowait()
+        except queue.Empty:
+            return
+        take(crawl, msg, todo, base, bar)
 
 
 def take(crawl: Crawl, msg: tuple[Any, ...], todo: Any, base: str, bar: Any) -> None:
@@ -436,6 +452,11 @@ def stop_workers(crawl: Crawl, procs: list[Any], todo: Any, done: Any, concurren
             try:
                 msg = done.get(timeout=10)
             except queue.Empty:
+                crawl.failures += [
+                    f"{p.name} did not report its end (exit code {p.exitcode})"
+                    for i, p in enumerate(procs)
+                    if i not in crawl.workers
+                ]
                 break
             if msg[0] == "done":
                 crawl.workers[msg[1]] = msg[3]
@@ -478,7 +499,8 @@ def summarize(
         "requests_per_second": round(requests / span, 1) if span else 0.0,
         "wall_seconds": round(wall, 3),
         "workers": opts.workers,
-        "worker_requests": [crawl.workers.get(i, 0) for i in range(opts.workers)],
+        # None: the worker did not report its count (it died, or was stopped by a failure)
+        "worker_requests": [crawl.workers.get(i) for i in range(opts.workers)],
         "limit_per_host": opts.limit_per_host,
         "most_connections_at_once": counts.open_most,
         "connections_opened": counts.connections,
@@ -504,7 +526,7 @@ def report(s: dict[str, Any]) -> None:
     def kinds(counts: dict[str, int]) -> str:
         return ", ".join(f"{kind} x{n}" for kind, n in counts.items()) or "none"
 
-    per_worker = ", ".join(str(n) for n in s["worker_requests"])
+    per_worker = ", ".join("?" if n is None else str(n) for n in s["worker_requests"])
     rate = s["rate_limit_per_host"]
     print(
         f"pages     {s['pages_found']} of the site's {s['site_pages']} found "

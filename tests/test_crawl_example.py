@@ -12,6 +12,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -96,3 +97,37 @@ def test_crawl_without_broker_is_caught_by_the_site() -> None:
     assert s["highest_requests_in_window"] > 100 + 1  # more than one pool's rate
     assert not s["checks"]["login_cookie_on_every_request"]
     assert "%|" not in stderr  # no bar when stderr is not a terminal
+
+
+def test_a_worker_that_dies_mid_crawl_ends_the_crawl_at_once() -> None:
+    """A worker killed while the others keep answering: the crawl stops within a second
+    or so and says which worker died, rather than crawling on without it."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "HTTP_BROKER"}
+    cmd = [sys.executable, "examples/crawl.py", "--pages", "2000", "--workers", "3",
+           "--rate", "200", "--json"]
+    with subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        me = psutil.Process(proc.pid)
+        workers: list[psutil.Process] = []
+        deadline = time.monotonic() + 30
+        while len(workers) < 3 and time.monotonic() < deadline:
+            workers = [c for c in me.children() if "--multiprocessing-fork" in c.cmdline()]
+            time.sleep(0.05)
+        assert len(workers) == 3
+        # crawling once it talks to the broker (the whole crawl takes 10 s at this rate)
+        # (asyncio's self-pipe is two of its Unix sockets, the broker's connection the third)
+        while len(workers[0].net_connections("unix")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers[0].kill()
+        killed = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - killed
+    s = json.loads(stdout)
+    assert proc.returncode == 1 and not s["ok"]
+    assert any("exited with -9" in f for f in s["failures"]), s["failures"]
+    assert 0 < s["pages_found"] < s["site_pages"]  # it did not crawl on to the end
+    assert s["worker_requests"][0] is None  # a count it never reported is not shown as 0
+    assert took < 4, took

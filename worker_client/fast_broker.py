@@ -184,7 +184,10 @@ class BrokerFastPath(PlanCache[_Plan]):
             if template is not _SENTINEL:
                 plan.last = (tmo, allow_redirects, template)
         if jar_channel.closing:
-            transport._send_closes()
+            try:
+                transport._send_closes()
+            except BrokerConnectionError:  # refused: the request has not gone either
+                return await s._request(method, url, **kw)
         sid = transport._next  # next_stream_id()
         transport._next = sid + 2
         if template is None or template is _SENTINEL:

@@ -19,8 +19,9 @@ next request makes a new one (ids of pools, timeouts, jars and TLS settings are 
 connection: they are opened again there). Nothing in flight is sent again: how far the
 broker got with it is unknown. A request that provably reached no broker does go on the
 new connection: one whose frame the dead socket refused before the loop read the
-hang-up (``IPCTransport.write``), and one about to use an idle connection that a
-zero-timeout poll finds hung up (``IPCTransport.stale``).
+hang-up (``IPCTransport.write``), and one about to use a connection that a zero-timeout
+poll finds hung up with nothing left unread, or with nothing open on it
+(``IPCTransport.stale``).
 
 Trust: whatever listens on the broker path receives every request of this process, its
 credentials included. So before the first byte (the ``Hello``), the worker asks the
@@ -36,10 +37,12 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import fcntl
 import os
 import select
 import socket
 import sys
+import termios
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -430,6 +433,13 @@ async def _slices(body: bytes, size: int = 1 << 18) -> AsyncIterator[bytes]:
         yield body[start : start + size]
 
 
+def _unread(fd: int) -> int:
+    """The bytes waiting to be read on socket ``fd``."""
+    n = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, n, True)
+    return n[0]
+
+
 class _BrokerProtocol(asyncio.BufferedProtocol):
     def __init__(self, owner: IPCTransport, reader: FrameReader) -> None:
         self.owner = owner
@@ -518,6 +528,7 @@ class IPCTransport(Transport):
         self._acks: dict[int, int] = {}
         self._flush_due = False
         self._hangup: select.poll | None = None  # see stale()
+        self._hangup_fd = -1
 
     async def connect(
         self, timeout: float = 10.0, trusted: frozenset[int] | None = None, shm: bool | None = None
@@ -554,7 +565,8 @@ class IPCTransport(Transport):
                 lambda: _BrokerProtocol(self, reader), sock=sock
             )
             self._hangup = select.poll()
-            self._hangup.register(sock.fileno(), select.POLLHUP)
+            self._hangup_fd = sock.fileno()
+            self._hangup.register(self._hangup_fd, select.POLLHUP)
         except BaseException:
             sock.close()
             self._close_arenas()
@@ -636,12 +648,14 @@ class IPCTransport(Transport):
     def stale(self) -> bool:
         """Whether the broker hung up while this process's loop has not read it yet (a
         loop kept busy when the broker died): a zero-timeout poll, as urllib3 and httpcore
-        check an idle keep-alive connection before reusing it, made only while nothing
-        is open on the connection (no stream, no stats call), so that nothing unread can
-        be lost; if so the connection ends now, and the caller makes a new one."""
-        if self.handles or self._stats or self.closed or self._hangup is None:
+        check an idle keep-alive connection before reusing it. If so the connection ends
+        now (what is open on it fails, as it would once the loop read the hang-up), and
+        the caller makes a new one; unless something is open on it (a stream, a stats
+        call) and the socket still holds unread bytes, which may answer it: the loop
+        reads them first."""
+        if self.closed or self._hangup is None or not self._hangup.poll(0):
             return False
-        if not self._hangup.poll(0):
+        if (self.handles or self._stats) and _unread(self._hangup_fd):
             return False
         self.connection_lost()
         return True

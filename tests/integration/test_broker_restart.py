@@ -371,3 +371,65 @@ async def test_a_request_sent_before_the_loss_was_read_goes_on_a_new_connection(
     assert await sessions.text(session, base + "/") == "ok"
     assert old.closed and session._transport is not old
     await sessions.check_all_paths(base, https_base, 2)
+
+
+async def test_a_request_sent_beside_one_in_flight_before_the_loss_was_read_reconnects(
+    brokers: Brokers,
+    sessions: Sessions,
+    serve_app: Callable[..., Awaitable[str]],
+    https_base: str,
+) -> None:
+    """As above, with a request in flight on the same connection: it fails as the broker
+    went away, and the next one goes on a new connection, on the general path too (the
+    hang-up check finds nothing left unread that could answer the one in flight)."""
+    upstream = Upstream(1)
+    base = await serve_app(upstream.app(), handler_cancellation=True)
+    first = brokers.start()
+    await sessions.check_all_paths(base, https_base, 1)
+    old = sessions.plain._transport
+    assert old is not None and sessions.traced._transport is old
+    held = asyncio.ensure_future(sessions.text(sessions.plain, base + "/hold"))
+    await asyncio.wait_for(upstream.all_arrived.wait(), 10)
+    first.process.kill()
+    first.process.wait()  # blocking, on purpose
+    brokers.start()
+    assert not old.closed and old.handles
+    assert await sessions.text(sessions.traced, base + "/") == "ok"
+    assert sessions.traced._transport is not old
+    with pytest.raises(BrokerConnectionError) as info:
+        await asyncio.wait_for(held, 10)
+    assert went_away(info.value, brokers.path)
+    assert sessions.traced_errors == []
+    upstream.release.set()
+    await sessions.check_all_paths(base, https_base, 2)
+
+
+async def test_a_fast_request_with_jar_closes_due_reconnects_after_an_unread_loss(
+    brokers: Brokers,
+    sessions: Sessions,
+    serve_app: Callable[..., Awaitable[str]],
+    https_base: str,
+) -> None:
+    """As above, when the request's write first carries the closes of collected jars: the
+    dead socket refuses that write, so nothing went, and the request reconnects."""
+    import gc
+
+    from worker_client import jar_channel
+
+    base = await serve_app(Upstream(0).app())
+    first = brokers.start()
+    await sessions.check_all_paths(base, https_base, 1)
+    jar = CookieJar(name=f"collected-{os.getpid()}", unsafe=True, broker=brokers.path)
+    async with ClientSession(broker=brokers.path, cookie_jar=jar) as other:
+        assert await sessions.text(other, base + "/") == "ok"
+    del other, jar
+    gc.collect()
+    assert jar_channel.closing
+    old = sessions.plain._transport
+    first.process.kill()
+    first.process.wait()  # blocking, on purpose
+    brokers.start()
+    assert old is not None and not old.closed
+    assert await sessions.text(sessions.plain, base + "/") == "ok"
+    assert old.closed and sessions.plain._transport is not old
+    await sessions.check_all_paths(base, https_base, 2)
