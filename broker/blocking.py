@@ -110,7 +110,7 @@ class BlockingPeer:
         """Send encoded frames (several messages in one write)."""
         self._settimeout()
         try:
-            self._sock.sendall(frames)
+            self._sock.sendall(frames, getattr(socket, "MSG_NOSIGNAL", 0))  # EPIPE, not SIGPIPE
         except TimeoutError:
             raise PeerTimeout(f"the broker at {self.path} did not take frames in time") from None
         except OSError as exc:

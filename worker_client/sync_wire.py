@@ -137,6 +137,9 @@ WIRE_KEYS = frozenset((
 """The only keywords a call on this path may name."""
 INLINE_MAX = 1 << 20  # a request body that fits one frame (IPCTransport's inline bound)
 CONNECT_TIMEOUT = 10.0
+# A dead broker is an EPIPE here, not a SIGPIPE that a host embedding Python may not
+# ignore (the interpreter ignores it; mod_wsgi-like hosts need not).
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 CALL_TIMEOUT = 10.0
 _READ_SIZE = 1 << 18
 _ACK_BATCH = STREAM_WINDOW // 4
@@ -307,7 +310,7 @@ class _Conn:
         try:
             while sent < len(view):
                 try:
-                    sent += self.sock.send(view[sent:])
+                    sent += self.sock.send(view[sent:], _NOSIGNAL)
                 except BlockingIOError:
                     # The broker may be waiting for us to read before it reads again.
                     if self._wait(select.POLLOUT | select.POLLIN, deadline) & select.POLLIN:

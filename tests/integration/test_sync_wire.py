@@ -13,6 +13,8 @@ import os
 import shutil
 import signal
 import struct
+import subprocess
+import sys
 import tempfile
 import termios
 import threading
@@ -28,6 +30,7 @@ from yarl import URL
 
 import broker
 from shared.messages import STREAM_WINDOW
+from tests.conftest import ROOT
 from tests.integration.apps import echo, echo_app, text_app
 from tests.integration.test_session_cookies import cookie_app
 from tests.integration.test_sync_session import WAIT, ServerThread, _never_app
@@ -547,3 +550,32 @@ def test_a_forked_childs_wire_cookies_are_in_its_own_jar(servers, make_sync):
     assert os.waitpid(pid, 0)[1] == 0
     assert said == "{'sid': 'kid'}"  # what the child's requests stored, its jar shows
     assert {m.key: m.value for m in s.cookie_jar} == {}  # the parent's jar is its own
+
+
+_SIGPIPE_CHILD = """
+import signal
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a host embedding Python may leave it
+import broker
+from worker_client import BrokerConnectionError, SyncSession
+with broker.start(export=False) as b:
+    s = SyncSession(broker=b.address)
+    s.stats()
+    b.process.kill()
+    b.process.wait()
+    try:
+        s.stats()
+    except BrokerConnectionError as exc:
+        print("raised:", exc)
+    s.close()
+"""
+
+
+def test_a_write_to_a_dead_broker_is_an_error_not_a_sigpipe():
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("HTTP_BROKER_FAST_PATH", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGPIPE_CHILD], env=env, capture_output=True, text=True,
+        timeout=WAIT * 3,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "raised: the broker went away" in done.stdout
