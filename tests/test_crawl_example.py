@@ -7,6 +7,8 @@ import fcntl
 import json
 import os
 import pty
+import re
+import select
 import struct
 import subprocess
 import sys
@@ -107,27 +109,49 @@ def test_a_worker_that_dies_mid_crawl_ends_the_crawl_at_once() -> None:
     env = {k: v for k, v in os.environ.items() if k != "HTTP_BROKER"}
     cmd = [sys.executable, "examples/crawl.py", "--pages", "2000", "--workers", "3",
            "--rate", "200", "--json"]
-    with subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        me = psutil.Process(proc.pid)
-        workers: list[psutil.Process] = []
-        deadline = time.monotonic() + 30
-        while len(workers) < 3 and time.monotonic() < deadline:
-            workers = [c for c in me.children() if "--multiprocessing-fork" in c.cmdline()]
-            time.sleep(0.05)
-        assert len(workers) == 3
-        # crawling once it talks to the broker (the whole crawl takes 10 s at this rate)
-        # (asyncio's self-pipe is two of its Unix sockets, the broker's connection the third)
-        while len(workers[0].net_connections("unix")) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers[0].kill()
-        killed = time.monotonic()
-        stdout, stderr = proc.communicate(timeout=30)
-        took = time.monotonic() - killed
+    master, slave = pty.openpty()  # the bar says how far the crawl is
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        with subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, env=env
+        ) as proc:
+            os.close(slave)
+            bar, deadline = b"", time.monotonic() + 30
+            while not _pages_done(bar) >= 20:  # crawling (the whole crawl takes 10 s)
+                ready, _, _ = select.select([master], [], [], deadline - time.monotonic())
+                assert ready, bar[-500:]
+                bar += os.read(master, 65536)
+            workers = [
+                c for c in psutil.Process(proc.pid).children()
+                if "--multiprocessing-fork" in c.cmdline()
+            ]
+            assert len(workers) == 3
+            workers[0].kill()
+            killed = time.monotonic()
+            drain = threading.Thread(target=_drain, args=(master,), daemon=True)
+            drain.start()  # a full terminal would stop the bar, and the crawl with it
+            stdout, _ = proc.communicate(timeout=30)
+            took = time.monotonic() - killed
+    finally:
+        os.close(master)
     s = json.loads(stdout)
     assert proc.returncode == 1 and not s["ok"]
     assert any("exited with -9" in f for f in s["failures"]), s["failures"]
-    assert 0 < s["pages_found"] < s["site_pages"]  # it did not crawl on to the end
+    assert 20 <= s["pages_found"] < s["site_pages"]  # it did not crawl on to the end
     assert s["worker_requests"][0] is None  # a count it never reported is not shown as 0
     assert took < 4, took
+
+
+def _pages_done(bar: bytes) -> int:
+    """The count the last drawn frame of the bar shows (``  42/2000 [``), 0 before one."""
+    counts = re.findall(rb"(\d+)/\d+ \[", bar)
+    return int(counts[-1]) if counts else 0
+
+
+def _drain(fd: int) -> None:
+    while True:
+        try:
+            if not os.read(fd, 65536):
+                return
+        except OSError:  # EIO: the last writer closed, or the test closed it
+            return
