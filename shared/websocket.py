@@ -405,12 +405,16 @@ class WebSocketReader:
         after a final one) each need a fresh decompressor; their count per message is
         capped, since an empty member costs input but yields nothing for the size bound
         to see, and the input goes in slices so that handing a member's unused rest to
-        the next decompressor copies at most a slice."""
-        data = memoryview(payload + WS_DEFLATE_TRAILING if fin else payload)
+        the next decompressor copies at most a slice. The message's tail (RFC 7692
+        7.2.2) completes an open block; after a final block there is none to complete
+        and it is dropped."""
+        data = memoryview(payload)
         for start in range(0, len(data), _INFLATE_SLICE):
             self._inflate_slice(data[start : start + _INFLATE_SLICE])
+        if fin and self._inflate is not None:
+            self._inflate_slice(WS_DEFLATE_TRAILING, tail=True)
 
-    def _inflate_slice(self, data: bytes | memoryview) -> None:
+    def _inflate_slice(self, data: bytes | memoryview, tail: bool = False) -> None:
         limit = self.max_msg_size
         while True:
             if self._inflate is None:
@@ -429,7 +433,7 @@ class WebSocketReader:
                 return
             data = self._inflate.unused_data
             self._inflate = None
-            if not data:
+            if not data or tail:
                 return
             self._members += 1
             if self._members >= MAX_DECOMPRESS_MEMBERS:
