@@ -32,6 +32,7 @@ own buffers) between messages.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -144,6 +145,7 @@ WS_KEY: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 DEFAULT_MAX_MSG_SIZE: Final = 4 * 1024 * 1024
 MAX_DECOMPRESS_MEMBERS: Final = 1024
 _INFLATE_SLICE: Final = 64 * 1024
+_MASK_BY_INT: Final = 512
 
 _DATA_OPCODES: Final = frozenset((0x0, 0x1, 0x2))
 _KNOWN_OPCODES: Final = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
@@ -163,16 +165,34 @@ def _error(code: WSCloseCode, message: str) -> WebSocketProtocolError:
 # ---------------------------------------------------------------- masking
 
 
+@functools.cache
+def _xor_tables() -> tuple[bytes, ...]:
+    return tuple(bytes(a ^ b for a in range(256)) for b in range(256))
+
+
 def websocket_mask(key: bytes, data: bytes | bytearray | memoryview, offset: int = 0) -> bytes:
     """``data`` XORed with the 4-byte ``key`` (RFC 6455 5.3), starting ``offset`` bytes
-    into the key's cycle: one big-integer XOR over the whole payload."""
+    into the key's cycle.
+
+    Measured (CPython 3.11): one big-integer XOR over the payload is the fastest below
+    ~512 bytes (20 B: 0.6 us, a byte loop 2.2 us); above, four strided
+    ``bytes.translate`` passes win (1 MiB: 2.4 ms, ~430 MB/s, against 6.5 ms for the
+    integer XOR and 147 ms for a byte loop)."""
     n = len(data)
     if not n:
         return b""
     if offset & 3:
         key = key[offset & 3 :] + key[: offset & 3]
-    stream = (key * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+    if n < _MASK_BY_INT:
+        stream = (key * ((n >> 2) + 1))[:n]
+        return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(
+            n, "little"
+        )
+    tables = _xor_tables()
+    out = bytearray(data)
+    for i in range(4):
+        out[i::4] = out[i::4].translate(tables[key[i]])
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- reader
