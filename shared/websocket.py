@@ -453,14 +453,16 @@ class WebSocketReader:
                 return
             data = self._inflate.unused_data
             self._inflate = None
-            if not data or tail:
+            if tail:
                 return
             self._members += 1
-            if self._members >= MAX_DECOMPRESS_MEMBERS:
+            if self._members > MAX_DECOMPRESS_MEMBERS:
                 raise _error(
                     WSCloseCode.MESSAGE_TOO_BIG,
                     "Compressed message has too many deflate members",
                 )
+            if not data:
+                return
 
 
 def _close_message(payload: bytes) -> WSMessage:

@@ -410,6 +410,15 @@ def test_compressed_member_flood_rejected() -> None:
           "too many deflate members", compress=True, max_msg_size=max_msg_size)
 
 
+def test_member_flood_across_fragments_rejected() -> None:
+    one = H1(0x42, 2) + b"\x03\x00"
+    more = H1(0x00, 2) + b"\x03\x00"
+    r = reader(compress=True)
+    r.feed(one + more * 1022)
+    with pytest.raises(WebSocketProtocolError, match="too many deflate members"):
+        r.feed(more * 2)
+
+
 def test_corrupt_compressed_data() -> None:
     fails(H1(0xC2, 4) + b"\xff\xff\xff\xff", WSCloseCode.PROTOCOL_ERROR, compress=True)
 
