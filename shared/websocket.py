@@ -265,16 +265,23 @@ class WebSocketReader:
         )
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[WSMessage]:
-        """The messages completed by ``data`` (any split of the stream).
+        """The messages completed by ``data`` (any split of the stream). ``data`` may be
+        a view of the caller's reused read buffer: it is read in place, only an
+        incomplete frame header is copied to be kept.
 
         On a protocol error raises ``WebSocketProtocolError``, whose ``messages`` are the
         ones this call completed before it; the reader then stays failed."""
         if self._failed is not None:
             raise _error(WSCloseCode(self._failed.code), "the reader already failed")
-        self._buf += data
         out: list[WSMessage] = []
         try:
-            self._parse(out)
+            if self._buf:
+                self._buf += data
+                del self._buf[: self._parse(self._buf, out)]
+            else:
+                with memoryview(data) as view:
+                    pos = self._parse(view, out)
+                    self._buf[:] = view[pos:]
         except WebSocketProtocolError as exc:
             exc.messages = out
             self._failed = exc
@@ -284,37 +291,34 @@ class WebSocketReader:
             raise
         return out
 
-    def _parse(self, out: list[WSMessage]) -> None:
-        buf = self._buf
+    def _parse(self, buf: bytearray | memoryview, out: list[WSMessage]) -> int:
+        """Reads frames from ``buf``, appending whole messages to ``out``; returns how
+        many bytes it used (all but an incomplete header)."""
         pos = 0
-        try:
-            while True:
+        while True:
+            frame = self._frame
+            if frame is None:
+                used = self._read_header(buf, pos)
+                if not used:
+                    return pos
+                pos += used
                 frame = self._frame
-                if frame is None:
-                    used = self._read_header(buf, pos)
-                    if not used:
-                        return
-                    pos += used
-                    frame = self._frame
-                    assert frame is not None
-                take = min(frame.length - frame.got, len(buf) - pos)
-                if take:
-                    chunk = memoryview(buf)[pos : pos + take]
+                assert frame is not None
+            take = min(frame.length - frame.got, len(buf) - pos)
+            if take:
+                with memoryview(buf)[pos : pos + take] as chunk:
                     if frame.key is not None:
                         frame.into += websocket_mask(frame.key, chunk, frame.got)
                     else:
                         frame.into += chunk
-                    chunk.release()
-                    pos += take
-                    frame.got += take
-                if frame.got < frame.length:
-                    return
-                self._frame = None
-                self._handle(frame, out)
-        finally:
-            del buf[:pos]
+                pos += take
+                frame.got += take
+            if frame.got < frame.length:
+                return pos
+            self._frame = None
+            self._handle(frame, out)
 
-    def _read_header(self, buf: bytearray, pos: int) -> int:
+    def _read_header(self, buf: bytearray | memoryview, pos: int) -> int:
         """Bytes of a whole frame header at ``pos`` (0 if not all there yet), validated
         and the announced size checked against ``max_msg_size``."""
         avail = len(buf) - pos

@@ -150,6 +150,19 @@ def test_one_byte_at_a_time() -> None:
     assert out == [(WSMsgType.BINARY, b"binary", "")]
 
 
+def test_reads_from_a_reused_buffer_keep_nothing_of_it() -> None:
+    data = build_frame(b"first", WSMsgType.TEXT) + build_frame(b"x" * 300, WSMsgType.BINARY)
+    r = reader()
+    scratch = bytearray(9)
+    out = []
+    for i in range(0, len(data), 9):
+        piece = data[i : i + 9]
+        scratch[: len(piece)] = piece
+        out += r.feed(memoryview(scratch)[: len(piece)])
+        scratch[:] = b"\xee" * 9
+    assert out == [(WSMsgType.TEXT, "first", ""), (WSMsgType.BINARY, b"x" * 300, "")]
+
+
 @pytest.mark.parametrize("mask", [False, True])
 def test_large_message(mask: bool) -> None:
     payload = os.urandom(131072)
