@@ -285,12 +285,7 @@ class ClientWebSocketResponse(Generic[_DecodeText]):
     def _on_data_received(self) -> None:
         # Also reached by our own CLOSING/ERROR messages and by data after the close
         # began: those must not restart a heartbeat that was cancelled.
-        if (
-            self._heartbeat is None
-            or self._need_heartbeat_reset
-            or self._closing
-            or self._closed
-        ):
+        if self._heartbeat is None or self._need_heartbeat_reset or self._closing or self._closed:
             return
         self._need_heartbeat_reset = True
         self._heartbeat_reset_handle = self._loop.call_soon(self._flush_heartbeat_reset)
@@ -382,14 +377,6 @@ class ClientWebSocketResponse(Generic[_DecodeText]):
     @property
     def client_notakeover(self) -> bool:
         return self._client_notakeover
-
-    @property
-    def autoclose(self) -> bool:
-        return self._autoclose
-
-    @property
-    def autoping(self) -> bool:
-        return self._autoping
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Extra info from the connection's transport (None once it is gone)."""
