@@ -81,15 +81,6 @@ _LAZY = {
         "TraceRequestHeadersSentParams",
     ),
     "upload": ("UploadTracker",),
-    # Not in __all__ until ws_connect lands (the exports test's not-yet "websockets").
-    "websocket": (
-        "ClientWSTimeout",
-        "ClientWebSocketResponse",
-        "WSCloseCode",
-        "WSMessage",
-        "WSMsgType",
-        "WebSocketError",
-    ),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -128,14 +119,6 @@ if TYPE_CHECKING:
     from .tls import Fingerprint, create_default_context
     from .tracing import *  # noqa: F403
     from .upload import UploadTracker
-    from .websocket import (  # noqa: F401  (into __all__ with ws_connect)
-        ClientWebSocketResponse,
-        ClientWSTimeout,
-        WebSocketError,
-        WSCloseCode,
-        WSMessage,
-        WSMsgType,
-    )
 
 
 def __getattr__(name: str) -> Any:

@@ -18,11 +18,17 @@ Heartbeat: ``heartbeat`` seconds after the last data arrived a PING goes out; no
 and a ``ServerTimeoutError``, delivered as an ERROR message to a waiting ``receive()``.
 Data that arrives resets the timer once per loop iteration, however many chunks came.
 
-Bounds: ``IncomingMessages`` holds at most ``2 * limit`` bytes of payload (aiohttp's
-``2 * 2**16``) before it pauses the channel, plus the one message that crossed the
-line (itself bounded by the channel's ``max_msg_size``); reading below the line resumes
-it. Waits are bounded by ``ClientWSTimeout`` (``ws_receive`` None waits for the peer,
-as aiohttp's; ``ws_close`` defaults to 10 s).
+Bounds: ``IncomingMessages`` pauses its channel once it holds more than ``2 * limit``
+bytes of payload (aiohttp's ``2 * 2**16``) and resumes it when reading brings it below;
+beyond the line it holds only what the channel had under way when paused (one message,
+at most the channel's ``max_msg_size``, for a channel that pauses between messages).
+Waits: ``close()`` waits at most ``ws_close`` for the peer's CLOSE, ``receive()`` at
+most ``ws_receive`` or its ``timeout``; with neither (``DEFAULT_WS_CLIENT_TIMEOUT``:
+``ws_receive=None, ws_close=10.0``, aiohttp's), a receive waits for the peer, and the
+heartbeat is what notices a peer that went silent.
+
+The names join ``worker_client.__all__`` with ``ws_connect`` (the exports test lists
+them as not built yet until then).
 """
 
 from __future__ import annotations
