@@ -771,3 +771,24 @@ async def test_no_heartbeat_no_timers():
     channel.peer(WSMsgType.TEXT, "a")
     await clock.advance(1000)
     assert clock.pending() == [] and channel.sent_now() == []
+
+
+# -- the errors --------------------------------------------------------------------------
+
+
+def test_websocket_errors_have_one_home_and_aiohttps_shape():
+    import worker_client.exceptions as exceptions
+    import worker_client.websocket as websocket
+
+    assert exceptions.WebSocketError is websocket.WebSocketError is WebSocketError
+    assert issubclass(WebSocketProtocolError, WebSocketError)
+    exc = WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, "Message size 2 exceeds limit 1")
+    theirs = aiohttp.WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, "Message size 2 exceeds limit 1")
+    assert (exc.code, exc.args, str(exc)) == (theirs.code, theirs.args, str(theirs))
+    assert pickle.loads(pickle.dumps(exc)).code == 1009
+    assert [c.__name__ for c in WebSocketError.__mro__] == [
+        c.__name__ for c in aiohttp.WebSocketError.__mro__
+    ]
+    assert [c.__name__ for c in exceptions.WSServerHandshakeError.__mro__] == [
+        c.__name__ for c in aiohttp.WSServerHandshakeError.__mro__
+    ]
