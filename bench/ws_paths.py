@@ -38,7 +38,7 @@ both is a minimal Protocol, not a ``ClientWebSocketResponse``. Each way is measu
 the relay's broker serves nothing else, so its cost shows as latency and throughput of
 one connection, not as CPU taken from other workers.
 
-    python3 bench/ws_paths.py [--rounds 5] [--messages 2000] [--big 5]
+    python3 bench/ws_paths.py [--rounds 11] [--messages 5000] [--big 10]
 """
 
 from __future__ import annotations
@@ -418,9 +418,9 @@ def _spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--big", type=int, default=5, help="1 MiB echoes per round")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--big", type=int, default=10, help="1 MiB echoes per round")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--broker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
