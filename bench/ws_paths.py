@@ -97,35 +97,6 @@ class WsFrameReader(FrameReader):
         self._decode = _WS_DECODER.decode  # type: ignore[assignment]
 
 
-# ------------------------------------------------------------------ the server
-
-
-def serve() -> None:
-    """``--serve``: an echo WebSocket server; print its port, serve until stdin closes."""
-    from aiohttp import WSMsgType as AioType
-    from aiohttp import web
-
-    async def echo(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type is AioType.TEXT:
-                await ws.send_str(msg.data)
-        return ws
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/", echo)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        print(runner.addresses[0][1], flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        await runner.cleanup()
-
-    asyncio.run(main())
-
-
 # ------------------------------------------------------------------ the broker
 
 
@@ -407,9 +378,9 @@ async def _measure(way: str, port: int, path: str, messages: int, big: int) -> t
         ctrl.close()
 
 
-def _spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
+def _spawn(script: str, *args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *args],
+        [sys.executable, script, *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
@@ -421,12 +392,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--big", type=int, default=10, help="1 MiB echoes per round")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--broker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        serve()
-        return
     if args.broker:
         broker(args.broker)
         return
@@ -434,8 +401,10 @@ def main() -> None:
     results: dict[str, list[tuple[float, ...]]] = {way: [] for way in ways}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "broker.sock")
-        server, port = _spawn("--serve")
-        brokerp, _ = _spawn("--broker", path)
+        # the echo server of ws_relay_probe.py (its own process)
+        probe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ws_relay_probe.py")
+        server, port = _spawn(probe, "--serve")
+        brokerp, _ = _spawn(os.path.abspath(__file__), "--broker", path)
         started = time.perf_counter()
         try:
             for r in range(args.rounds):
