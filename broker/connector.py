@@ -334,11 +334,8 @@ class Pool:
     def _return_grant(self, key: Any, got: Any) -> None:
         if got is NEW:
             self._apply(self.state.discard(key))
-            return
-        reusable = not got.closed
-        self._apply(self.state.release(key, got, reusable))
-        if reusable and self.cap.waiters and not self._hand_idle(key):  # as ``release``
-            self._make_room()
+        else:
+            self.release(got, not got.closed)
 
     def _apply(self, decision: Decision[HTTP1Connection]) -> None:
         for conn in decision.close:

@@ -1082,6 +1082,9 @@ class _FastStart:
                     return
             self.conn.run(req, stream, self.url, self.jar, None, (upstream, result))
         except Exception as exc:  # a bug: that stream fails, never the upstream's loop
+            # The lease ends (once per lease: nothing if finish() gave it back already),
+            # the connection closed unless its exchange completed: no slot is lost.
+            fast_core.abandon(self.pool, upstream)
             event(log, ERROR, "fast_path_failed", pid=self.conn.pid, stream=stream.id,
                   exc_info=exc)
             if not stream.finished:

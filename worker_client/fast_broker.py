@@ -30,7 +30,6 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from multidict import CIMultiDictProxy
 
 from shared.framing import MAX_FRAME, _encode
@@ -44,6 +43,7 @@ from .fast_rules import BODY_MAX, SENTINEL, PlanCache, forks, request_timeout
 from .handle import StreamHandle
 from .helpers import HttpVersion
 from .response import _VERSIONS, ClientResponse, StreamReader
+from .transport import _DEFAULT_FIELDS
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -58,7 +58,6 @@ _SENTINEL = SENTINEL
 _U64 = struct.Struct(">Q")
 _LEN = struct.Struct("<I")
 _REST = len(Request.__struct_fields__) - 2  # the fields before pool and timeout
-_DEFAULTS = msgspec.structs.astuple(Request(0, "", ""))[6:_REST]  # body .. trace
 _WHOLE = step(step(State.OPEN, Event.HEAD), Event.END)
 
 
@@ -195,7 +194,7 @@ class BrokerFastPath(PlanCache[_Plan]):
             try:
                 transport._send_request(req)
             except BrokerConnectionError:
-                return await s._request(method, url, **kw)  # see _unsent
+                return await s._request(method, url, **kw)  # see IPCTransport.write
             if template is _SENTINEL:
                 frames = plan.frames
                 if len(frames) >= FRAMES_MAX:
@@ -207,10 +206,10 @@ class BrokerFastPath(PlanCache[_Plan]):
                 frame = start + _U64.pack(sid) + mid
             else:
                 frame = start + _U64.pack(sid) + mid + _encode(data) + end
-            w = transport._transport
-            w.write(frame)  # type: ignore[union-attr]
-            if w.is_closing():  # type: ignore[union-attr]
-                return await self._unsent(transport, method, url, kw)
+            try:
+                transport.write(frame)
+            except BrokerConnectionError:  # it reached no broker (IPCTransport.write)
+                return await s._request(method, url, **kw)
         self.requests += 1
         handle = FastHandle(transport, sid, plan.make_error, s._read_bufsize)
         transport.handles[sid] = handle
@@ -234,16 +233,6 @@ class BrokerFastPath(PlanCache[_Plan]):
         if rfs is None:
             rfs = s._raise_for_status
         return await s._check_status(resp, rfs) if rfs else resp
-
-    async def _unsent(
-        self, transport: IPCTransport, method: str, url: Any, kw: dict[str, Any]
-    ) -> ClientResponse:
-        """The request's frame went nowhere: the broker was gone before this process's
-        loop read its hang-up (a loop kept busy). Nothing of it reached a broker, so it
-        goes the general way, which connects anew (to a broker restarted at the same
-        path) or says that none listens."""
-        transport.connection_lost()
-        return await self._session._request(method, url, **kw)
 
     def _whole(self, plan: _Plan, head: Head, loop: Any) -> ClientResponse:
         s = self._session
@@ -341,8 +330,6 @@ def _template(transport: IPCTransport, req: Request) -> tuple[bytes, bytes, byte
     rest when there is no body), after the body (a plan's bodies are of one length, so
     the frame's is too); None if the pool and timeout are not both by id. A MessagePack
     array is its header then its elements' encodings, so the parts are encoded apart."""
-    from shared.framing import _encode
-
     if req.pool is DEFAULT_POOL_BYTES:
         pool_id = 0
     else:
@@ -356,7 +343,7 @@ def _template(transport: IPCTransport, req: Request) -> tuple[bytes, bytes, byte
         if not timeout_id:
             return None
     fields = [getattr(req, name) for name in Request.__struct_fields__[6:_REST]]
-    while fields and fields[-1] == _DEFAULTS[len(fields) - 1]:
+    while fields and fields[-1] == _DEFAULT_FIELDS[len(fields) - 1]:
         fields.pop()
     wire = ["req", 0, req.method, req.url, req.headers, pool_id, timeout_id, *fields]
     n = len(wire)

@@ -299,28 +299,22 @@ class ClientSession:
         self._closed = False
         self._fast: FastPath | BrokerFastPath | None = None
         if (
-            self._broker is None
-            and not self._middlewares
+            not self._middlewares
             and not self._trace_configs
             and self._route == b""
             and self._conn_ssl is True
         ):
-            from .fast import FastPath  # embedded only: it needs the engine
             from .fast_rules import enabled
 
-            if enabled():
+            if not enabled():
+                pass
+            elif self._broker is None:
+                from .fast import FastPath  # embedded only: it needs the engine
+
                 self._fast = FastPath(self)
-        elif (
-            self._broker is not None
-            and not self._middlewares
-            and not self._trace_configs
-            and self._route == b""
-            and self._conn_ssl is True
-        ):
-            from .fast_broker import BrokerFastPath
-            from .fast_rules import enabled
+            else:
+                from .fast_broker import BrokerFastPath
 
-            if enabled():
                 self._fast = BrokerFastPath(self)
 
     # -- properties as aiohttp's -------------------------------------------------------

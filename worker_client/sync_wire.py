@@ -115,7 +115,7 @@ from .exceptions import (
     exception_from_failure,
 )
 from .fast_broker import BrokerFastPath
-from .fast_rules import BODY_MAX, FAST_KEYS, PlanCache, enabled, forks
+from .fast_rules import BODY_MAX, FAST_KEYS, PlanCache, forks
 from .request_options import expects_continue
 from .response import ClientResponse, StreamReader
 from .session import _request_timeout, _warn_auth
@@ -158,15 +158,9 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 def wire_path(session: ClientSession) -> WirePath | None:
-    """The blocking path of ``session``'s ``SyncSession``, if its options allow one."""
-    if (
-        session._broker is None
-        or session._middlewares
-        or session._trace_configs
-        or session._route != b""
-        or session._conn_ssl is not True
-        or not enabled()
-    ):
+    """The blocking path of ``session``'s ``SyncSession``: where the async session has
+    its broker fast path (the same session options allow both), else None."""
+    if not isinstance(session._fast, BrokerFastPath):
         return None
     return WirePath(session)
 
@@ -625,14 +619,12 @@ class WirePath(PlanCache[Any]):
     def __init__(self, session: ClientSession) -> None:
         assert session._broker is not None
         super().__init__(session)
-        self.session = session
         self.path: str = session._broker
         self._local = threading.local()
         self._lock = threading.Lock()
         # Every live thread's, under the lock; a finished thread's goes with its locals.
         self._conns: weakref.WeakSet[_Conn] = weakref.WeakSet()
         self._closed = False
-        self.requests = 0  # taken by this path: for tests and figures
         _paths.add(self)
 
     def takes(self, kwargs: Mapping[str, Any]) -> bool:
@@ -643,8 +635,8 @@ class WirePath(PlanCache[Any]):
             return False
         rfs = kwargs.get("raise_for_status")
         if rfs is None:
-            rfs = self.session._raise_for_status
-        return type(rfs) is bool and not self.session._trace_configs
+            rfs = self._session._raise_for_status
+        return type(rfs) is bool and not self._session._trace_configs
 
     # -- connections ------------------------------------------------------------------
 
@@ -656,7 +648,7 @@ class WirePath(PlanCache[Any]):
             self._forget(conn)
         if self._closed:
             raise RuntimeError("Session is closed")
-        conn = _Conn(self.path, self.session._broker_uids)
+        conn = _Conn(self.path, self._session._broker_uids)
         with self._lock:
             if self._closed:
                 conn._lose(None)
@@ -704,7 +696,7 @@ class WirePath(PlanCache[Any]):
 
     def request(self, method: str, url: Any, kw: Mapping[str, Any]) -> WireResponse | None:
         """The call's response, or None: not one for this path (nothing was sent)."""
-        s = self.session
+        s = self._session
         if self._closed or s.closed:
             raise RuntimeError("Session is closed")
         jar = s._jar_ref
@@ -735,7 +727,7 @@ class WirePath(PlanCache[Any]):
         self, method: str, url: Any, kw: Mapping[str, Any], jar: tuple[bytes, Any, Any]
     ) -> WireResponse | None:
         """A call with no plan: made as ``ClientSession._request`` makes it."""
-        s = self.session
+        s = self._session
         auth = kw.get("auth")
         if auth is not None:
             _warn_auth(auth, None, 6)
@@ -833,7 +825,7 @@ class WirePath(PlanCache[Any]):
                 self.requests += 1
             resp = self._response(stream, head, info, url_str)
             if rfs is None:
-                rfs = self.session._raise_for_status
+                rfs = self._session._raise_for_status
             if rfs and not resp.ok:
                 try:
                     resp.raise_for_status()
@@ -865,7 +857,7 @@ class WirePath(PlanCache[Any]):
 
     def _history(self, items: Any, info: RequestInfo) -> tuple[ClientResponse, ...]:
         """``ClientSession._history_response``'s responses, made without a loop."""
-        info_for = self.session._info_for
+        info_for = self._session._info_for
         return tuple(
             ClientResponse.from_head(
                 item, request_info=info_for(item, info), content=None, history=(),
@@ -877,7 +869,7 @@ class WirePath(PlanCache[Any]):
     def _response(
         self, stream: _Stream, head: Head, info: RequestInfo, url_str: str
     ) -> ClientResponse:
-        s = self.session
+        s = self._session
         if head.body is not None:
             content = StreamReader.whole(head.body, stream.limit)
             if head.raw:

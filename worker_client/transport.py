@@ -840,8 +840,7 @@ class IPCTransport(Transport):
         for task in self._pumps.values():
             task.cancel()  # a body waiting on the caller's iterator is read no further
         self.resume_writing()  # whoever waits to write finds the error
-        if not self._lost.done():
-            self._lost.set_result(None)
+        self._lost.set_result(None)
         self._acks.clear()
         self._releases.clear()
         self._close_arenas()

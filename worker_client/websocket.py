@@ -520,7 +520,7 @@ class ClientWebSocketResponse(Generic[_DecodeText]):
             except _EofStream:
                 self._close_code = WSCloseCode.OK
                 await self.close()
-                return WSMessage(WSMsgType.CLOSED, None, None)
+                return WS_CLOSED_MESSAGE
             except ClientError:
                 # the connection was lost (ServerDisconnectedError, most likely)
                 self._set_closed()
