@@ -57,6 +57,26 @@ async def test_a_path_taken_as_the_socket_is_made_is_not_replaced(folder):
         await server.stop(drain_timeout=0)
 
 
+async def test_a_path_taken_between_bind_and_link_is_left_alone(folder, monkeypatch):
+    """The race itself: the path is taken after the checks, as the socket goes into
+    place. ``link`` refuses (a rename would replace the file); nothing is left behind."""
+    path = os.path.join(folder, "b.sock")
+    real_link = os.link
+
+    def racing_link(src: str, dst: str) -> None:
+        with open(dst, "w") as f:  # someone takes the path meanwhile
+            f.write("theirs")
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", racing_link)
+    with pytest.raises(OSError, match="was taken as the broker started"):
+        await BrokerServer(path).start()
+    assert stat.S_ISREG(os.lstat(path).st_mode)
+    with open(path) as f:
+        assert f.read() == "theirs"
+    assert os.listdir(folder) == ["b.sock"]
+
+
 async def test_a_socket_path_over_the_limit_is_refused(folder):
     path = os.path.join(folder, "x" * 120 + ".sock")
     with pytest.raises(OSError, match="AF_UNIX path too long"):

@@ -236,10 +236,15 @@ def test_a_big_request_goes_while_open_responses_fill_the_brokers_buffer(servers
         opened.extend(s.get(base + "/held") for _ in range(4))
         (conn,) = s._wire._conns
         go.set()  # 4 bodies to a connection that reads nothing: the broker pauses
-        queued, until = -1, time.monotonic() + WAIT
-        while queued < (queued := _queued(conn.sock)) or queued == 0:
+        # Until the socket holds all it can (the rest waits in the broker): no event says
+        # so, so the kernel's count is read until it has stood still four times running.
+        until, stable, last = time.monotonic() + WAIT, 0, -1
+        while stable < 4:
             assert time.monotonic() < until
-            time.sleep(0.05)  # until the socket holds all it can: the rest waits in the broker
+            time.sleep(0.05)
+            queued = _queued(conn.sock)
+            stable = stable + 1 if queued == last and queued > 0 else 0
+            last = queued
         # A new timeout: its TimeoutOpen frame, read whole, is what the broker stops at.
         tmo = ClientTimeout(total=WAIT + 1)
         with s.post(base + "/up", data=b"y" * (1 << 20), timeout=tmo) as resp:
