@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json as _json
 import os
 import sys
@@ -123,10 +124,9 @@ class _Loop:
             loop.close()
 
     def start(
-        self, factory: Callable[[], Awaitable[T]], discard: Callable[[T], Any] | None
+        self, factory: Callable[[], Awaitable[T]], call: _Call
     ) -> concurrent.futures.Future[T]:
         """Hand ``factory()``'s awaitable to the loop (it is called there)."""
-        call = _Call(discard)
         fut = asyncio.run_coroutine_threadsafe(_own(factory, call), self.loop)
         call.future = fut
         return fut
@@ -159,6 +159,9 @@ async def _own(factory: Callable[[], Awaitable[T]], call: _Call) -> T:
     """``await factory()`` on the loop, watched by ``call``."""
     task = asyncio.current_task()
     assert task is not None
+    if call.gone:  # its caller was interrupted before it had the future to cancel
+        raise asyncio.CancelledError
+    call.task = task
     task.add_done_callback(call.finished)
     return await factory()
 
@@ -167,11 +170,24 @@ class _Call:
     """One sync call: if its caller gave up (cancelled the concurrent future) by the time
     the coroutine finished, what it made is discarded here, since nobody will take it."""
 
-    __slots__ = ("discard", "future")
+    __slots__ = ("discard", "future", "gone", "task")
 
     def __init__(self, discard: Callable[[Any], Any] | None) -> None:
         self.discard = discard
         self.future: concurrent.futures.Future[Any] | None = None
+        self.gone = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def give_up(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The caller is gone, whether or not it got the future (an interrupt can land
+        between the hand-over and the wait): the call is cancelled on the loop."""
+        self.gone = True
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing runs there
+            loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
     def finished(self, task: asyncio.Task[Any]) -> None:
         # Runs after run_coroutine_threadsafe's own callback (added before the task's
@@ -295,20 +311,23 @@ class SyncSession:
     ) -> T:
         """``factory()``'s result, awaited on the loop. Started under the lock, so that
         every call ``close()`` did not refuse is on the loop before its shutdown is."""
-        with self._lock:
-            if self._closed and when_closed is not None:
-                runner = None
-            else:
-                runner = self._runner()
-                fut = runner.start(factory, discard)
-        if runner is None:
-            assert when_closed is not None
-            return when_closed(factory)
+        call, runner = _Call(discard), None
         try:
+            with self._lock:
+                if not (self._closed and when_closed is not None):
+                    runner = self._runner()
+                    fut = runner.start(factory, call)
+            if runner is None:
+                assert when_closed is not None
+                return when_closed(factory)
             return runner.wait(fut, discard)
         except concurrent.futures.CancelledError:
             if self._closed:
                 raise RuntimeError("Session is closed") from None
+            raise
+        except BaseException:
+            if runner is not None:  # an interrupt anywhere after the hand-over
+                call.give_up(runner.loop)
             raise
 
     def _run_response(self, factory: Callable[[], Awaitable[T]]) -> T:

@@ -548,6 +548,32 @@ def test_an_interrupt_while_waiting_cancels_the_request(servers, sync):
     assert sync.get(fine + "/").text() == "fine"
 
 
+def test_an_interrupt_before_the_wait_began_still_cancels_the_request(servers, monkeypatch):
+    """The interrupt lands after the call was handed to the loop but before its caller
+    had the future to cancel (a machine busy enough to hold the caller there): the call
+    is cancelled on the loop all the same."""
+    from worker_client import sync as sync_module
+
+    monkeypatch.delenv("HTTP_BROKER", raising=False)
+    app, arrived, left = _never_app()
+    base = servers.serve(app)
+
+    def interrupted(self: Any, fut: Any, discard: Any) -> Any:
+        assert arrived.wait(WAIT)  # the request is at the server
+        raise KeyboardInterrupt  # before the wait: fut is never cancelled here
+
+    s = SyncSession()
+    try:
+        s.get(base + "/x404")  # the loop runs
+        monkeypatch.setattr(sync_module._Loop, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            s.get(base + "/")
+        assert left.wait(WAIT)  # cancelled on the loop: its connection closed
+    finally:
+        monkeypatch.undo()
+        s.close()
+
+
 def test_a_response_made_as_its_caller_gave_up_is_closed(servers, sync):
     """The race an interrupt cannot time: the caller cancels its wait while the request's
     last step is already queued on the loop, so the task ends with a response that the
