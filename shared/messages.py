@@ -57,7 +57,7 @@ else:  # 3.10's TypedDict does not know NotRequired
 from .errors import ErrorCode
 from .specs import DEFAULT_POOL_BYTES, DEFAULT_TIMEOUT, ClientTimeout, JarSpec, PoolSpec, TlsSpec
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 STREAM_WINDOW = 1 << 20
 MAX_TIMEOUT_IDS = 64
 """Timeouts a worker opens per connection (``TimeoutOpen``); more go inline."""
@@ -170,6 +170,7 @@ class Request(_Msg, tag="req", frozen=True):
     trace: bool = False
     pool: bytes = DEFAULT_POOL_BYTES  # a PoolSpec, encoded: shared.specs.encode_pool
     timeout: ClientTimeout = DEFAULT_TIMEOUT
+    upgrade: bool = False
 
 
 class RequestFrame(Request, tag="req", frozen=True):

@@ -81,6 +81,14 @@ _LAZY = {
         "TraceRequestHeadersSentParams",
     ),
     "upload": ("UploadTracker",),
+    "websocket": (
+        "ClientWSTimeout",
+        "ClientWebSocketResponse",
+        "WSCloseCode",
+        "WSMessage",
+        "WSMsgType",
+        "WebSocketError",
+    ),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -119,6 +127,14 @@ if TYPE_CHECKING:
     from .tls import Fingerprint, create_default_context
     from .tracing import *  # noqa: F403
     from .upload import UploadTracker
+    from .websocket import (
+        ClientWebSocketResponse,
+        ClientWSTimeout,
+        WebSocketError,
+        WSCloseCode,
+        WSMessage,
+        WSMsgType,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -163,6 +179,13 @@ __all__ = [
     # sync API (ours: aiohttp has none)
     "SyncResponse",
     "SyncSession",
+    # WebSockets
+    "ClientWSTimeout",
+    "ClientWebSocketResponse",
+    "WSCloseCode",
+    "WSMessage",
+    "WSMsgType",
+    "WebSocketError",
     # TLS
     "Fingerprint",
     "create_default_context",

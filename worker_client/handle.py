@@ -140,6 +140,13 @@ class StreamHandle:
     def set_deadline(self, seconds: float, ceil_threshold: float = 5) -> None:
         self._timer = self.transport.deadlines.add(self, seconds, ceil_threshold)
 
+    def clear_deadline(self) -> None:
+        """The total timeout no longer runs (an upgraded stream: the WebSocket's own
+        timeouts take over)."""
+        if self._timer is not None:
+            self.transport.deadlines.discard(self, self._timer)
+            self._timer = None
+
     def _timed_out(self) -> None:
         self._timer = None
         self.give_up(asyncio.TimeoutError("Timeout on request (total)"))
@@ -172,9 +179,7 @@ class StreamHandle:
     def _close(self) -> None:
         self.done = True
         self.content._on_consumed = None
-        if self._timer is not None:
-            self.transport.deadlines.discard(self, self._timer)
-            self._timer = None
+        self.clear_deadline()
         self.transport.forget(self.id)
 
 

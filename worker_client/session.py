@@ -73,6 +73,8 @@ if TYPE_CHECKING:
     from .tls import Fingerprint
     from .tracing import TraceConfig
     from .upload import UploadTracker
+    from .ws_channel import Outgoing
+    from .ws_connect import WSRequestContextManager
 
 
 # worker_client.tls's, imported by the first request that names a TLS setting (it hashes
@@ -491,6 +493,13 @@ class ClientSession:
     ) -> _RequestContextManager:
         return self._start("DELETE", url, kwargs)
 
+    def ws_connect(self, url: str | URL, **kwargs: Any) -> WSRequestContextManager:
+        """Open a WebSocket (aiohttp's ``ws_connect``, same keywords); await it or use
+        it with ``async with``, which closes it at the end."""
+        from .ws_connect import WSRequestContextManager, ws_connect
+
+        return WSRequestContextManager(ws_connect(self, url, **kwargs))
+
     def _start(self, method: str, url: str | URL, kwargs: Any) -> _RequestContextManager:
         """The request's coroutine: the fast path's when it may be (``worker_client.fast``)."""
         fast = self._fast
@@ -535,6 +544,7 @@ class ClientSession:
         proxy_headers: Any = None,
         trace_request_ctx: Any = None,
         _handover: Handover | None = None,
+        _upgrade: Outgoing | None = None,
         **unsupported: Any,
     ) -> ClientResponse:
         # Explicit keywords (bound by the interpreter), as aiohttp's _request; the
@@ -569,6 +579,8 @@ class ClientSession:
             await tracer.start(url)
         try:
             body, rewind = prepared.stream, prepared.rewind
+            if _upgrade is not None:  # ws_connect's: the frames the WebSocket writes
+                body = _upgrade
             try:
                 route = self._route
                 if route is None or proxy is not None or proxy_auth is not None or proxy_headers:
@@ -607,7 +619,9 @@ class ClientSession:
                 if prepared.payload is not None or upload_tracker is not None:
                     await _body_over(prepared, upload_tracker, exc)
                 raise
-            if middlewares := self._middlewares if middlewares is None else middlewares:
+            if _upgrade is None and (
+                middlewares := self._middlewares if middlewares is None else middlewares
+            ):
                 from .middlewares import HopOptions
 
                 resp = await self._request_hops(
@@ -658,7 +672,7 @@ class ClientSession:
                 url=str(prepared.url),
                 headers=list(prepared.headers.items()),
                 body=prepared.body,
-                streamed=prepared.stream is not None,
+                streamed=body is not None,
                 pool=self._pool,
                 timeout=timeout,
                 allow_redirects=allow_redirects,
@@ -679,7 +693,10 @@ class ClientSession:
                 chunked=chunk,
                 requote_redirect_url=self._requote_redirect_url,
                 proxy=route,
+                upgrade=_upgrade is not None,
             )
+            if _upgrade is not None:
+                _upgrade.handle = handle
             if tls is not None or sni:
                 req = with_tls(req, tls, sni)
             if tracer is not None:

@@ -15,10 +15,6 @@ import worker_client
 
 # aiohttp names we do not have yet, by the feature that will bring them.
 NOT_YET = {
-    "websockets": {
-        "ClientWSTimeout", "ClientWebSocketResponse", "WSCloseCode", "WSMessage", "WSMsgType",
-        "WebSocketError",
-    },
     "server side and internals (not a client's API here)": {
         "AddrInfoType", "ChainMapProxy", "DataQueue", "ETag", "EofStream",
         "FlowControlDataQueue", "GunicornUVLoopWebWorker", "GunicornWebWorker",

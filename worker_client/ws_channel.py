@@ -1,0 +1,248 @@
+"""A WebSocket's channel over an upgraded stream: the codec runs here, in the worker.
+
+``session.ws_connect`` sends the upgrade as a request whose body is an ``Outgoing`` (the
+frame bytes the WebSocket writes, an async iterator the transport pumps as Data within
+the stream's credit) and, once the 101 is in, puts a ``StreamChannel`` in the place of
+the stream's body reader: the handle then feeds it the tunnel's bytes (the origin's
+frames) as they arrive, in the transport's callback, and it parses them into messages
+for the ``ClientWebSocketResponse`` with no task of its own. The broker (or, embedded,
+the engine in this process) relays bytes and knows nothing of frames but their headers.
+
+Bounds:
+- outgoing: ``Outgoing`` holds what the WebSocket wrote and the transport has not taken
+  yet; ``send`` waits (``drain``) while that is over ``OUTGOING_LIMIT`` bytes, so at most
+  that plus one message is held here, and the transport's credit (``STREAM_WINDOW``)
+  bounds what is in flight beyond.
+- incoming: the messages not yet received are ``IncomingMessages``' (it pauses its
+  channel above ``2 * 2**16`` bytes); while paused, the bytes fed are parsed but not
+  acknowledged, so the broker stops after ``STREAM_WINDOW`` unacknowledged bytes and
+  pauses the origin. So at most ``STREAM_WINDOW`` plus the reader's one message in the
+  making (``max_msg_size``, refused from the frame's header before it is buffered) wait
+  here beyond the messages' own limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shared.websocket import (
+    WebSocketError,
+    WebSocketProtocolError,
+    WebSocketReader,
+    WebSocketWriter,
+    WSMsgType,
+)
+
+from .exceptions import ClientConnectionResetError
+from .websocket import IncomingMessages
+
+if TYPE_CHECKING:
+    from .handle import StreamHandle
+
+__all__ = ["OUTGOING_LIMIT", "Outgoing", "StreamChannel"]
+
+OUTGOING_LIMIT = 2**16
+"""Bytes a WebSocket may have written that the transport has not taken, before ``send``
+waits (aiohttp's writer waits on the socket's high-water mark, 64 KiB)."""
+
+
+class Outgoing:
+    """The upgrade request's body: the frame bytes written, until ``end`` or ``abort``.
+
+    One consumer (the transport's pump) iterates it; each step takes everything written
+    so far, joined."""
+
+    __slots__ = ("_chunks", "_size", "_ended", "_error", "_waiter", "_drained", "handle")
+
+    def __init__(self) -> None:
+        self.handle: StreamHandle | None = None  # the upgrade's stream, once it is sent
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None  # the consumer, for more
+        self._drained: asyncio.Future[None] | None = None  # a writer, for room
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended else "open"
+        return f"<Outgoing [{len(self._chunks)} chunks, {self._size} bytes | {state}]>"
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        if self._ended:
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        self._chunks.append(data)
+        self._size += len(data)
+        _wake(self._waiter)
+        self._waiter = None
+
+    async def drain(self) -> None:
+        """Wait until what is held is at most ``OUTGOING_LIMIT`` bytes (or it ended)."""
+        while self._size > OUTGOING_LIMIT and not self._ended:
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
+        if self._error is not None:
+            raise ClientConnectionResetError("Cannot write to closing transport")
+
+    def end(self, error: BaseException | None = None) -> None:
+        """No more bytes: the consumer gets what is held, then the end (``error``: what
+        a writer waiting for room is told; the held bytes are dropped)."""
+        if self._ended:
+            return
+        self._ended = True
+        self._error = error
+        if error is not None:
+            self._chunks.clear()
+            self._size = 0
+        _wake(self._waiter)
+        self._waiter = None
+        _wake(self._drained)
+        self._drained = None
+
+    def __aiter__(self) -> Outgoing:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            if self._ended:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        _wake(self._drained)
+        self._drained = None
+        return data
+
+
+def _wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+class StreamChannel:
+    """A ``MessageChannel`` on an upgraded stream: it takes the place of the stream's
+    body reader (``StreamHandle.content``) and writes frames into its ``Outgoing``."""
+
+    def __init__(
+        self,
+        handle: StreamHandle,
+        outgoing: Outgoing,
+        drop: Callable[[], None],
+        *,
+        max_msg_size: int,
+        compress: int,
+        notakeover: bool,
+        decode_text: bool,
+        extra: dict[str, Any],
+    ) -> None:
+        self._handle = handle
+        self._out = outgoing
+        self._drop = drop
+        self._reader = WebSocketReader(
+            max_msg_size=max_msg_size, compress=bool(compress), decode_text=decode_text
+        )
+        self._writer = WebSocketWriter(compress=compress, notakeover=notakeover)
+        self._extra = extra
+        self.incoming = IncomingMessages(self._pause, self._resume)
+        self._paused = False
+        self._held = 0  # bytes parsed while paused: acknowledged on resume
+        self._closed = False
+        # what StreamHandle expects of its content
+        self._on_consumed: Callable[[int], None] | None = handle._consumed
+        self.total_compressed_bytes = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "paused" if self._paused else "open"
+        return f"<StreamChannel stream {self._handle.id} [{state}]>"
+
+    # -- MessageChannel ----------------------------------------------------------------
+
+    async def send(self, payload: bytes, opcode: WSMsgType, compress: int | None = None) -> None:
+        if self._closed:
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        writer = self._writer
+        if opcode < 8:
+            how: bool | int = compress if compress else bool(writer.compress)
+            data = writer.frame(opcode, payload, mask=True, compress=how)
+        else:
+            data = writer.frame(opcode, payload, mask=True)
+        out = self._out
+        out.write(data)
+        if out.size > OUTGOING_LIMIT:
+            await out.drain()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._out.end(ClientConnectionResetError("Cannot write to closing transport"))
+        self._drop()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    # -- the stream's body reader, as StreamHandle feeds it ------------------------------
+
+    def feed_data(self, data: bytes | memoryview) -> None:
+        self.feed_early(data)
+        if self._paused:
+            self._held += len(data)
+        elif self._on_consumed is not None:
+            self._on_consumed(len(data))
+
+    def feed_early(self, data: bytes | memoryview) -> None:
+        """Parse ``data`` without acknowledging it: bytes that the stream's first body
+        reader took (and acknowledged) before this channel took its place."""
+        messages = self.incoming
+        try:
+            got = self._reader.feed(data)
+        except WebSocketProtocolError as exc:
+            for message in exc.messages:
+                messages.feed_data(message, _size(message))
+            # aiohttp's reader raises WebSocketError itself, not a subclass
+            messages.set_exception(WebSocketError(exc.code, str(exc)))
+            return
+        if got:
+            for message in got:
+                messages.feed_data(message, _size(message))
+        else:
+            messages.data_received()
+
+    def claim_buffer(self) -> None:
+        return None
+
+    def claim_filled(self, size: int) -> None:  # never: claim_buffer gives no memory
+        raise RuntimeError("a WebSocket stream has no claimed buffer")
+
+    def feed_eof(self) -> None:
+        self.incoming.feed_eof()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.incoming.set_exception(exc)
+
+    def _pause(self) -> None:
+        self._paused = True
+
+    def _resume(self) -> None:
+        self._paused = False
+        held, self._held = self._held, 0
+        if held and self._on_consumed is not None:
+            self._on_consumed(held)
+
+
+def _size(message: Any) -> int:
+    data = message.data
+    return len(data) if isinstance(data, (bytes, bytearray, str)) else 0
