@@ -47,6 +47,8 @@ __all__ = ["EnvProxies", "fixed_route", "netrc_auth"]
 log = logging.getLogger("worker_client.proxies")
 
 _SCHEMES = frozenset(("http", "https"))
+# A WebSocket upgrade takes ws_proxy for its http hops and wss_proxy for its https ones.
+_WS_SCHEMES = {"ws": "http", "wss": "https"}
 _ROUTES: dict[tuple[Any, ...], bytes] = {}
 _ROUTES_MAX = 64
 
@@ -187,12 +189,17 @@ class EnvProxies:
             self._netrc_key = key
         return self._netrc
 
-    async def route(self) -> bytes:
-        """The environment's route, encoded (b"": no proxy in the environment)."""
+    async def route(self, websocket: bool = False) -> bytes:
+        """The environment's route, encoded (b"": no proxy in the environment). For a
+        WebSocket's upgrade (``websocket``), ``ws_proxy`` and ``wss_proxy`` stand for
+        ``http_proxy`` and ``https_proxy``, as aiohttp reads them for ws:// and wss://."""
         import urllib.request
 
         proxies = urllib.request.getproxies_environment()
-        wanted = {k: v for k, v in proxies.items() if k in _SCHEMES}
+        if websocket:
+            wanted = {_WS_SCHEMES[k]: v for k, v in proxies.items() if k in _WS_SCHEMES}
+        else:
+            wanted = {k: v for k, v in proxies.items() if k in _SCHEMES}
         if not wanted:
             return b""
         obj = await self.netrc()

@@ -583,8 +583,13 @@ class ClientSession:
                 body = _upgrade
             try:
                 route = self._route
-                if route is None or proxy is not None or proxy_auth is not None or proxy_headers:
-                    route = await self._proxy_route(proxy, proxy_auth, proxy_headers)
+                if (
+                    route is None or proxy is not None or proxy_auth is not None
+                    or proxy_headers or _upgrade is not None
+                ):
+                    route = await self._proxy_route(
+                        proxy, proxy_auth, proxy_headers, _upgrade is not None
+                    )
                 if self._env is not None and "Authorization" not in prepared.headers:
                     netrc = await netrc_auth(self._env, prepared.url.host)
                     if netrc is not None:
@@ -782,9 +787,12 @@ class ClientSession:
         )
         return merged, prepared, skip
 
-    async def _proxy_route(self, proxy: Any, proxy_auth: Any, proxy_headers: Any) -> bytes:
+    async def _proxy_route(
+        self, proxy: Any, proxy_auth: Any, proxy_headers: Any, websocket: bool = False
+    ) -> bytes:
         """The encoded ``ProxyRoute`` (``worker_client.proxies``): the request's proxy,
-        else the session's, else the environment's with ``trust_env``."""
+        else the session's, else the environment's with ``trust_env`` (for a
+        WebSocket's upgrade, its ``ws_proxy``/``wss_proxy``)."""
         if proxy_auth is None:
             proxy_auth = self._default_proxy_auth
         if proxy is not None:
@@ -796,7 +804,7 @@ class ClientSession:
                 self._route = route  # the session's own: kept for the next request
             return route
         if self._env is not None:
-            return await self._env.route()
+            return await self._env.route(websocket)
         return b""
 
     async def _request_hops(

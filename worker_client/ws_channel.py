@@ -42,7 +42,7 @@ from .websocket import IncomingMessages
 if TYPE_CHECKING:
     from .handle import StreamHandle
 
-__all__ = ["OUTGOING_LIMIT", "Outgoing", "StreamChannel"]
+__all__ = ["OUTGOING_LIMIT", "Outgoing", "SocketChannel", "StreamChannel"]
 
 OUTGOING_LIMIT = 2**16
 """Bytes a WebSocket may have written that the transport has not taken, before ``send``
@@ -132,9 +132,63 @@ def _wake(fut: asyncio.Future[None] | None) -> None:
         fut.set_result(None)
 
 
-class StreamChannel:
-    """A ``MessageChannel`` on an upgraded stream: it takes the place of the stream's
-    body reader (``StreamHandle.content``) and writes frames into its ``Outgoing``."""
+class _Channel:
+    """What both channels share: the codec (our writer masks, our reader expects
+    unmasked frames) and the incoming messages."""
+
+    def __init__(
+        self,
+        *,
+        max_msg_size: int,
+        compress: int,
+        notakeover: bool,
+        decode_text: bool,
+    ) -> None:
+        self._reader = WebSocketReader(
+            max_msg_size=max_msg_size, compress=bool(compress), decode_text=decode_text
+        )
+        self._writer = WebSocketWriter(compress=compress, notakeover=notakeover)
+        self.incoming = IncomingMessages(self._pause, self._resume)
+        self._closed = False
+
+    def _frame(self, payload: bytes, opcode: WSMsgType, compress: int | None) -> bytes:
+        if self._closed:
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        writer = self._writer
+        if opcode < 8:
+            # aiohttp's: an int compresses this message with its own context, else the
+            # agreed context does when one was agreed
+            how: bool | int = compress if compress else bool(writer.compress)
+            return writer.frame(opcode, payload, mask=True, compress=how)
+        return writer.frame(opcode, payload, mask=True)
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        messages = self.incoming
+        try:
+            got = self._reader.feed(data)
+        except WebSocketProtocolError as exc:
+            for message in exc.messages:
+                messages.feed_data(message, _size(message))
+            # aiohttp's reader raises WebSocketError itself, not a subclass
+            messages.set_exception(WebSocketError(exc.code, str(exc)))
+            return
+        if got:
+            for message in got:
+                messages.feed_data(message, _size(message))
+        else:
+            messages.data_received()
+
+    def _pause(self) -> None:
+        raise NotImplementedError
+
+    def _resume(self) -> None:
+        raise NotImplementedError
+
+
+class StreamChannel(_Channel):
+    """A ``MessageChannel`` on an upgraded stream (the broker relays the bytes): it
+    takes the place of the stream's body reader (``StreamHandle.content``) and writes
+    frames into its ``Outgoing``."""
 
     def __init__(
         self,
@@ -148,18 +202,18 @@ class StreamChannel:
         decode_text: bool,
         extra: dict[str, Any],
     ) -> None:
+        super().__init__(
+            max_msg_size=max_msg_size,
+            compress=compress,
+            notakeover=notakeover,
+            decode_text=decode_text,
+        )
         self._handle = handle
         self._out = outgoing
         self._drop = drop
-        self._reader = WebSocketReader(
-            max_msg_size=max_msg_size, compress=bool(compress), decode_text=decode_text
-        )
-        self._writer = WebSocketWriter(compress=compress, notakeover=notakeover)
         self._extra = extra
-        self.incoming = IncomingMessages(self._pause, self._resume)
         self._paused = False
         self._held = 0  # bytes parsed while paused: acknowledged on resume
-        self._closed = False
         # what StreamHandle expects of its content
         self._on_consumed: Callable[[int], None] | None = handle._consumed
         self.total_compressed_bytes = 0
@@ -171,16 +225,8 @@ class StreamChannel:
     # -- MessageChannel ----------------------------------------------------------------
 
     async def send(self, payload: bytes, opcode: WSMsgType, compress: int | None = None) -> None:
-        if self._closed:
-            raise ClientConnectionResetError("Cannot write to closing transport")
-        writer = self._writer
-        if opcode < 8:
-            how: bool | int = compress if compress else bool(writer.compress)
-            data = writer.frame(opcode, payload, mask=True, compress=how)
-        else:
-            data = writer.frame(opcode, payload, mask=True)
         out = self._out
-        out.write(data)
+        out.write(self._frame(payload, opcode, compress))
         if out.size > OUTGOING_LIMIT:
             await out.drain()
 
@@ -197,7 +243,7 @@ class StreamChannel:
     # -- the stream's body reader, as StreamHandle feeds it ------------------------------
 
     def feed_data(self, data: bytes | memoryview) -> None:
-        self.feed_early(data)
+        self._parse(data)
         if self._paused:
             self._held += len(data)
         elif self._on_consumed is not None:
@@ -206,20 +252,7 @@ class StreamChannel:
     def feed_early(self, data: bytes | memoryview) -> None:
         """Parse ``data`` without acknowledging it: bytes that the stream's first body
         reader took (and acknowledged) before this channel took its place."""
-        messages = self.incoming
-        try:
-            got = self._reader.feed(data)
-        except WebSocketProtocolError as exc:
-            for message in exc.messages:
-                messages.feed_data(message, _size(message))
-            # aiohttp's reader raises WebSocketError itself, not a subclass
-            messages.set_exception(WebSocketError(exc.code, str(exc)))
-            return
-        if got:
-            for message in got:
-                messages.feed_data(message, _size(message))
-        else:
-            messages.data_received()
+        self._parse(data)
 
     def claim_buffer(self) -> None:
         return None
@@ -241,6 +274,98 @@ class StreamChannel:
         held, self._held = self._held, 0
         if held and self._on_consumed is not None:
             self._on_consumed(held)
+
+
+class SocketChannel(_Channel, asyncio.Protocol):
+    """A ``MessageChannel`` that owns the upgraded connection: the protocol of its
+    asyncio transport (embedded: the engine's connection, taken over after the 101;
+    through a broker: a plain ``ws://`` socket the broker handed over). Frames are
+    written straight to the transport; ``send`` waits while the transport is over its
+    high-water mark, and reading pauses while the messages are over their limit.
+    ``on_lost`` runs once, when the connection is gone (whoever lent it learns)."""
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        on_lost: Callable[[], None],
+        *,
+        max_msg_size: int,
+        compress: int,
+        notakeover: bool,
+        decode_text: bool,
+    ) -> None:
+        super().__init__(
+            max_msg_size=max_msg_size,
+            compress=compress,
+            notakeover=notakeover,
+            decode_text=decode_text,
+        )
+        self._transport = transport
+        self._on_lost: Callable[[], None] | None = on_lost
+        self._drained: asyncio.Future[None] | None = None
+        self._write_paused = False
+
+    def __repr__(self) -> str:
+        return f"<SocketChannel [{'closed' if self._closed else 'open'}]>"
+
+    # -- MessageChannel ----------------------------------------------------------------
+
+    async def send(self, payload: bytes, opcode: WSMsgType, compress: int | None = None) -> None:
+        data = self._frame(payload, opcode, compress)
+        transport = self._transport
+        if transport.is_closing():
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        transport.write(data)
+        if self._write_paused:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._transport.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._parse(data)
+
+    def eof_received(self) -> bool:
+        self.incoming.feed_eof()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closed = True
+        self.incoming.feed_eof()  # aiohttp's: a lost connection ends the messages
+        self._write_paused = False
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_exception(ClientConnectionResetError("Cannot write to closing transport"))
+            drained.exception()  # retrieved here: a sender may have gone
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        _wake(self._drained)
+        self._drained = None
+
+    def _pause(self) -> None:
+        if not self._closed:
+            self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._transport.resume_reading()
 
 
 def _size(message: Any) -> int:

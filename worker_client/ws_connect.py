@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict
+from yarl import URL
 
 from shared.websocket import WSHandshakeError, check_response, make_key, request_headers
 
@@ -86,7 +87,7 @@ async def ws_connect(
     outgoing = Outgoing()
     resp = await session._request(
         method,
-        url,
+        _http_url(url),
         params=params,
         headers=real,
         read_until_eof=False,
@@ -150,6 +151,23 @@ async def ws_connect(
     if resp.content.is_eof():  # the tunnel ended before the channel took over
         channel.feed_eof()
     return ws
+
+
+def _http_url(url: Any) -> Any:
+    """A ws:// or wss:// URL as the http:// or https:// one the upgrade request goes to
+    (aiohttp's connector treats them alike); any other URL as it is."""
+    if isinstance(url, str):
+        scheme, sep, rest = url.partition("://")
+        lowered = scheme.lower()
+        if sep and lowered in _HTTP_FOR:
+            return _HTTP_FOR[lowered] + sep + rest
+        return url
+    if isinstance(url, URL) and url.scheme in _HTTP_FOR:
+        return url.with_scheme(_HTTP_FOR[url.scheme])
+    return url
+
+
+_HTTP_FOR = {"ws": "http", "wss": "https"}
 
 
 def _ws_timeout(timeout: Any, receive_timeout: float | None) -> ClientWSTimeout:
