@@ -278,6 +278,9 @@ class Head(_Msg, tag="head", frozen=True):
     history: list[HistoryItem] = []
     body: bytes | None = None
     raw: Count = 0
+    # An upgrade's 101 whose socket the worker is to take (ws:// hand-over): the token
+    # it claims the socket with, on a connection of its own (``Claim``). b"": none.
+    handover: bytes = b""
 
 
 class Data(_Msg, tag="data", frozen=True):
@@ -572,8 +575,25 @@ class JarFailed(_Msg, tag="jarfailed", frozen=True):
     invalid: bool = False
 
 
+class Claim(_Msg, tag="claim", frozen=True):
+    """The first and only message of a hand-over connection: the worker claims the
+    upgraded socket that a ``Head.handover`` named. Answered with ``Granted`` (the
+    socket's descriptor attached) or an ``ErrorFrame``, then the broker hangs up."""
+
+    token: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+
+
+class Granted(_Msg, tag="granted", frozen=True):
+    """The claimed socket (SCM_RIGHTS) and the bytes the broker had read from it past
+    the 101 head (``early``; at most one read)."""
+
+    early: bytes = b""
+
+
 Message = (
     Hello
+    | Claim
+    | Granted
     | Welcome
     | TlsOpen
     | PoolOpen

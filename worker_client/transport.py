@@ -64,11 +64,13 @@ from shared.messages import (
     STREAM_WINDOW,
     Ack,
     Cancel,
+    Claim,
     ClearDNS,
     Data,
     End,
     ErrorFrame,
     Failure,
+    Granted,
     Head,
     Hello,
     JarClose,
@@ -225,6 +227,12 @@ class Transport:
     def cancel(self, stream_id: int) -> None:
         """The worker gives up the stream: whatever it holds in the engine is released,
         and nothing more of it reaches its handle."""
+        raise NotImplementedError
+
+    async def claim(self, token: bytes) -> tuple[Any, bytes]:
+        """The upgraded connection that a ``Head.handover`` named (a socket through a
+        broker, the engine's asyncio transport embedded) and the bytes read past its
+        101."""
         raise NotImplementedError
 
     def open_jar(self, token: bytes, spec: JarSpec) -> None:
@@ -619,6 +627,70 @@ class IPCTransport(Transport):
                 fds = []
                 self._attach(first, down_fd, up_fd)
             return first, msgs[1:]
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    async def claim(self, token: bytes, timeout: float = 10.0) -> tuple[socket.socket, bytes]:
+        """The upgraded socket that a ``Head.handover`` named, and the bytes the broker
+        read past its 101: claimed on a connection of its own (an asyncio transport
+        cannot receive descriptors), which the broker closes after answering."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            try:
+                await self.loop.sock_connect(sock, self.path)
+            except OSError as exc:
+                raise BrokerConnectionError(
+                    f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
+                ) from None
+            check_broker_uid(self.path, peer_uid(sock, self.path), trusted_broker_uids())
+            try:
+                return await _within(self._claimed(sock, token), timeout)
+            except asyncio.TimeoutError:
+                raise BrokerConnectionError(
+                    f"the broker at {self.path} did not hand the WebSocket over"
+                ) from None
+        finally:
+            sock.close()
+
+    async def _claimed(self, sock: socket.socket, token: bytes) -> tuple[socket.socket, bytes]:
+        await self.loop.sock_sendall(sock, encode(Claim(token)))
+        reader = FrameReader()
+        fds: list[int] = []
+        try:
+            while True:
+                await _readable(self.loop, sock)
+                try:
+                    data, got, flags = _recv_fds(sock, 1)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    raise BrokerConnectionError(
+                        f"lost the connection to the broker: {exc}"
+                    ) from None
+                fds += got
+                if flags & socket.MSG_CTRUNC or len(fds) > 1:
+                    raise BrokerProtocolError("the broker sent more than one descriptor")
+                if not data:
+                    raise BrokerConnectionError("the broker hung up before the hand-over")
+                try:
+                    msgs = reader.feed(data)
+                except FrameError as exc:
+                    raise BrokerProtocolError(f"the broker sent a bad frame: {exc}") from None
+                if msgs:
+                    break
+            first = msgs[0]
+            if type(first) is ErrorFrame:
+                raise _closed_error(first)
+            if type(first) is not Granted or len(fds) != 1:
+                raise BrokerProtocolError(
+                    f"the broker sent {type(first).__name__} with {len(fds)} descriptors "
+                    "instead of the WebSocket's"
+                )
+            upgraded = socket.socket(fileno=fds.pop())
+            upgraded.setblocking(False)
+            return upgraded, first.early
         finally:
             for fd in fds:
                 os.close(fd)

@@ -33,6 +33,7 @@ from shared.websocket import (
     WebSocketProtocolError,
     WebSocketReader,
     WebSocketWriter,
+    WSCloseCode,
     WSMsgType,
 )
 
@@ -150,6 +151,7 @@ class _Channel:
         self._writer = WebSocketWriter(compress=compress, notakeover=notakeover)
         self.incoming = IncomingMessages(self._pause, self._resume)
         self._closed = False
+        self._close_sent = False
 
     def _frame(self, payload: bytes, opcode: WSMsgType, compress: int | None) -> bytes:
         if self._closed:
@@ -160,7 +162,14 @@ class _Channel:
             # agreed context does when one was agreed
             how: bool | int = compress if compress else bool(writer.compress)
             return writer.frame(opcode, payload, mask=True, compress=how)
+        if opcode == WSMsgType.CLOSE:
+            self._close_sent = True
         return writer.frame(opcode, payload, mask=True)
+
+    def feed_early(self, data: bytes | memoryview) -> None:
+        """Bytes of the connection read before this channel took it (with the 101, or by
+        the stream's first reader, which acknowledged them): parsed first."""
+        self._parse(data)
 
     def _parse(self, data: bytes | memoryview) -> None:
         messages = self.incoming
@@ -249,11 +258,6 @@ class StreamChannel(_Channel):
         elif self._on_consumed is not None:
             self._on_consumed(len(data))
 
-    def feed_early(self, data: bytes | memoryview) -> None:
-        """Parse ``data`` without acknowledging it: bytes that the stream's first body
-        reader took (and acknowledged) before this channel took its place."""
-        self._parse(data)
-
     def claim_buffer(self) -> None:
         return None
 
@@ -286,7 +290,6 @@ class SocketChannel(_Channel, asyncio.Protocol):
 
     def __init__(
         self,
-        transport: asyncio.Transport,
         on_lost: Callable[[], None],
         *,
         max_msg_size: int,
@@ -300,10 +303,12 @@ class SocketChannel(_Channel, asyncio.Protocol):
             notakeover=notakeover,
             decode_text=decode_text,
         )
-        self._transport = transport
+        self._transport: asyncio.Transport | None = None
         self._on_lost: Callable[[], None] | None = on_lost
         self._drained: asyncio.Future[None] | None = None
         self._write_paused = False
+        self._on_consumed: Callable[[int], None] | None = None  # as StreamHandle's content
+        self.total_compressed_bytes = 0
 
     def __repr__(self) -> str:
         return f"<SocketChannel [{'closed' if self._closed else 'open'}]>"
@@ -313,7 +318,7 @@ class SocketChannel(_Channel, asyncio.Protocol):
     async def send(self, payload: bytes, opcode: WSMsgType, compress: int | None = None) -> None:
         data = self._frame(payload, opcode, compress)
         transport = self._transport
-        if transport.is_closing():
+        if transport is None or transport.is_closing():
             raise ClientConnectionResetError("Cannot write to closing transport")
         transport.write(data)
         if self._write_paused:
@@ -325,12 +330,43 @@ class SocketChannel(_Channel, asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
-        self._transport.close()
+        if self._transport is not None:
+            self._transport.close()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self._transport is None:
+            return default
         return self._transport.get_extra_info(name, default)
 
+    # -- the stream's body reader, as StreamHandle feeds it: the stream holds the
+    # connection's place in the pool and carries no bytes; its end is the socket's ---
+
+    def feed_data(self, data: bytes | memoryview) -> None:
+        """Never sent on a stream whose socket was handed over: dropped."""
+
+    def feed_eof(self) -> None:
+        """The stream ended: the socket lives on until the WebSocket closes it."""
+
+    def claim_buffer(self) -> None:
+        return None
+
+    def set_exception(self, exc: BaseException) -> None:
+        """The stream failed or was given up (the broker went away, the session closed):
+        the WebSocket ends with ``exc``, the peer gets a CLOSE with 1001 (our frames are
+        written whole, so this one starts on a frame boundary) and the socket closes."""
+        if self._closed:
+            return
+        self.incoming.set_exception(exc)
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and not self._close_sent:
+            self._close_sent = True
+            transport.write(self._writer.close(WSCloseCode.GOING_AWAY, mask=True))
+        self.close()
+
     # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self._parse(data)
@@ -360,11 +396,11 @@ class SocketChannel(_Channel, asyncio.Protocol):
         self._drained = None
 
     def _pause(self) -> None:
-        if not self._closed:
+        if not self._closed and self._transport is not None:
             self._transport.pause_reading()
 
     def _resume(self) -> None:
-        if not self._closed:
+        if not self._closed and self._transport is not None:
             self._transport.resume_reading()
 
 

@@ -15,7 +15,9 @@ life either) and the WebSocket's own ``ClientWSTimeout`` and heartbeat take over
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
 import warnings
 from collections.abc import Coroutine, Generator, Iterable
 from types import TracebackType
@@ -28,7 +30,7 @@ from shared.websocket import WSHandshakeError, check_response, make_key, request
 
 from .exceptions import WSServerHandshakeError
 from .websocket import DEFAULT_WS_CLIENT_TIMEOUT, ClientWebSocketResponse, ClientWSTimeout
-from .ws_channel import Outgoing, StreamChannel
+from .ws_channel import Outgoing, SocketChannel, StreamChannel
 
 if TYPE_CHECKING:
     from .session import ClientSession
@@ -118,20 +120,31 @@ async def ws_connect(
             ) from exc
         assert handle is not None
         handle.clear_deadline()
-        channel = StreamChannel(
-            handle,
-            outgoing,
-            resp.close,
-            max_msg_size=max_msg_size,
-            compress=agreed.compress,
-            notakeover=agreed.notakeover,
-            decode_text=decode_text,
-            extra={},
-        )
-        # What came with the head went to the stream's first reader (acknowledged):
-        # the channel parses it first. A failure already delivered there is re-raised.
-        early = resp.content.read_nowait()
-        handle.content = channel  # type: ignore[assignment]
+        head = handle.head.result()
+        options = {
+            "max_msg_size": max_msg_size,
+            "compress": agreed.compress,
+            "notakeover": agreed.notakeover,
+            "decode_text": decode_text,
+        }
+        channel: StreamChannel | SocketChannel
+        if head.handover:  # the upgraded socket is ours: the codec on it directly
+            channel = SocketChannel(resp.close, **options)
+            got, early = await handle.transport.claim(head.handover)
+            if isinstance(got, socket.socket):  # from the broker, over SCM_RIGHTS
+                await asyncio.get_running_loop().create_connection(lambda: channel, sock=got)
+            else:  # embedded: the engine's own transport, with reading paused
+                got.set_protocol(channel)
+                channel.connection_made(got)
+                got.resume_reading()
+            handle.content = channel  # type: ignore[assignment]
+        else:  # the broker relays the bytes
+            channel = StreamChannel(handle, outgoing, resp.close, extra={}, **options)
+            # What came with the head went to the stream's first reader (and was
+            # acknowledged): the channel parses it first.
+            early = resp.content.read_nowait()
+            eof = resp.content.is_eof()
+            handle.content = channel  # type: ignore[assignment]
     except BaseException:
         outgoing.end()
         resp.close()
@@ -148,7 +161,7 @@ async def ws_connect(
     )
     if early:
         channel.feed_early(early)
-    if resp.content.is_eof():  # the tunnel ended before the channel took over
+    if isinstance(channel, StreamChannel) and eof:  # the tunnel ended before the swap
         channel.feed_eof()
     return ws
 
