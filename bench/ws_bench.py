@@ -27,11 +27,12 @@ rounds, the ways in a rotating order; the table gives the medians over rounds an
 way's ratio to aiohttp, written so that > 1 means faster than aiohttp (latency: aiohttp's
 / ours; throughput: ours / aiohttp's). A cell that fails (or takes more than
 ``--cell-timeout`` seconds) is reported and the run goes on; the exit status is then 1.
-``--json PATH`` writes every sample. The client runs on asyncio's default loop.
-Loopback only.
+``--json PATH`` writes every sample. ``--pin CPU`` runs every process of the run (echo
+server, broker, this one) on that CPU, as ``bench/compare.py --pin`` does. The client
+runs on asyncio's default loop. Loopback only.
 
     python3 bench/ws_bench.py [--rounds 11] [--messages 5000] [--big 500] \\
-        [--ways aiohttp,embedded,broker] [--json out.json]
+        [--ways aiohttp,embedded,broker] [--json out.json] [--pin 0]
 """
 
 from __future__ import annotations
@@ -285,13 +286,14 @@ def meta(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
 def describe(args: argparse.Namespace, m: dict[str, Any]) -> str:
     big = f", {args.big} x 64 KiB binary" if args.big else ""
     broker = f"; broker process: {m['broker_loop']}" if m["broker_loop"] else ""
+    pinned = f" Every process pinned to CPU {args.pin}." if args.pin is not None else ""
     return (
         f"WebSocket echo, aiohttp.web on 127.0.0.1 (its own process). {args.rounds} rounds "
         f"x {args.messages} messages of 16 bytes{big}; medians over rounds.\n"
         f"In brackets: the ratio to aiohttp, > 1 = faster than aiohttp (latency: "
         f"aiohttp's / ours; throughput: ours / aiohttp's).\n"
         f"Client loop: asyncio{broker}. Python {m['python']}, aiohttp {m['aiohttp']}, "
-        f"{m['cpus']} CPUs, {m['date']}; {m['seconds']:.0f} s."
+        f"{m['cpus']} CPUs, {m['date']}; {m['seconds']:.0f} s.{pinned}"
     )
 
 
@@ -306,7 +308,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="write every sample there")
     parser.add_argument("--cell-timeout", type=float, default=120.0,
                         help="seconds one way may take in one round")
+    parser.add_argument("--pin", type=int, metavar="CPU", default=None,
+                        help="run every process of the run on this one CPU")
     args = parser.parse_args(argv)
+    if args.pin is not None and args.pin not in os.sched_getaffinity(0):
+        parser.error(f"--pin {args.pin}: not one of this process's CPUs "
+                     f"{sorted(os.sched_getaffinity(0))}")
     args.ways = list(dict.fromkeys(args.ways.split(",")))
     if set(args.ways) - set(WAYS):
         parser.error(f"unknown ways {sorted(set(args.ways) - set(WAYS))}; choose from {list(WAYS)}")
@@ -325,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no way left to measure")
         return 1
     os.environ.pop("HTTP_BROKER", None)  # embedded must mean embedded
+    if args.pin is not None:
+        os.sched_setaffinity(0, {args.pin})  # every child inherits it
     started = time.monotonic()
     server, url = start_echo_server()
     try:
