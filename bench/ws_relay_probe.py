@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def serve() -> None:
-    """``--serve``: an echo WebSocket server; print its port, serve until stdin closes."""
+    """``--serve``: an echo WebSocket server (text and binary); print its port, serve until
+    stdin closes."""
     from aiohttp import WSMsgType, web
 
     async def echo(request: web.Request) -> web.WebSocketResponse:
@@ -41,6 +42,8 @@ def serve() -> None:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 await ws.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:  # for ws_bench.py's 64 KiB messages
+                await ws.send_bytes(msg.data)
         return ws
 
     async def main() -> None:
