@@ -12,9 +12,28 @@ import pytest
 from broker.dialer import NO_TLS
 from broker.failures import ConnectionFailure
 from broker.registry import Registry
+from broker.stream import BrokerStream
+from shared.messages import TraceEvent
 from shared.specs import ClientTimeout, PoolSpec
 
 from ..conftest import wait_until
+
+# A connect waiting for the cap announces nothing (its trace's connection_create_start
+# comes before the connect task runs, let alone reaches the cap; the server sees no
+# connection): the tests poll ``cap.waiters`` for it, the one wait with no event.
+
+
+class QueueTrace(BrokerStream):
+    """Where a traced acquire's events go: ``queued`` is set by its
+    ``connection_queued_start``, as it waits in its pool's queue."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.queued = asyncio.Event()
+
+    def _send_trace(self, event: TraceEvent) -> None:
+        if event.kind == "connection_queued_start":
+            self.queued.set()
 
 
 async def test_waiting_for_the_cap_is_cancellation_safe_and_bounded(raw_server):
@@ -95,8 +114,10 @@ async def test_a_grant_handed_back_idle_makes_room_for_a_waiter(raw_server):
     key = ("http", "127.0.0.1", port, NO_TLS, b"")
     try:
         first = await one.acquire(key, ClientTimeout())
-        queued = asyncio.ensure_future(one.acquire(key, ClientTimeout()))
-        await wait_until(lambda: one.state.waiters, what="a request queued in pool one")
+        trace = QueueTrace()
+        queued = asyncio.ensure_future(one.acquire(key, ClientTimeout(), trace=trace))
+        await trace.queued.wait()
+        assert one.state.waiters
         waiting = asyncio.ensure_future(two.acquire(key, ClientTimeout()))
         await wait_until(lambda: registry.cap.waiters, what="a connect waiting for the cap")
         first.in_use = False
@@ -200,8 +221,8 @@ async def test_a_connection_handed_to_a_connect_cancelled_meanwhile_goes_back(ra
         pool.release(first, reusable=True)  # handed to the waiting connect...
         waiting.cancel()  # ...cancelled before it ran
         with pytest.raises(asyncio.CancelledError):
-            await waiting
-        await wait_until(lambda: pool.state.total == 1, what="the slot for a new one gone")
+            await waiting  # its connect settled the slot for a new one first (_opened)
+        assert pool.state.total == 1, repr(pool.state)
         figures = pool.figures()
         assert (figures["open"], figures["idle"], figures["active"]) == (1, 1, 0)
         again = await asyncio.wait_for(pool.acquire(key, ClientTimeout()), 5)
