@@ -1,14 +1,14 @@
 """The broker-mode fast path on the worker's side (``worker_client.fast_broker``): taken
 for the common request once the session's transport is up, one Request frame and one
 head future; whatever is not a whole one-frame response goes on in the general
-``StreamHandle`` machinery, with the behaviour unchanged. Real broker process, real
-servers (raw ones for the answers a test needs to hold back). The request-level test
-files also run with the fast path off (.ci/run)."""
+``StreamHandle`` machinery, with the behaviour unchanged. Here what is the broker
+mode's own (its frames, templates, streamed bodies, failures); what both modes share is
+in test_fast_path.py, run in each. Real broker process, real servers. The request-level
+test files also run with the fast path off (.ci/run)."""
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -17,14 +17,10 @@ from aiohttp import web
 
 import broker
 import worker_client
-from tests.conftest import read_request_head
 from worker_client import ClientSession, ClientTimeout
 from worker_client.fast_broker import BrokerFastPath
-from worker_client.session import ClientSession as _Session
 
-
-async def hi(request: web.Request) -> web.Response:
-    return web.Response(text="hi", headers={"X-Seen": request.headers.get("X-A", "")})
+from .test_fast_path import fast_count, hi
 
 
 @pytest.fixture(autouse=True)
@@ -38,99 +34,6 @@ async def session(broker_process: broker.BrokerProcess) -> AsyncIterator[ClientS
     assert isinstance(s._fast, BrokerFastPath)
     yield s
     await s.close()
-
-
-@pytest.fixture
-def general_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The URLs that went the general way (``ClientSession._request``)."""
-    calls: list[str] = []
-    original = _Session._request
-
-    async def spy(self, method, url, **kw):  # type: ignore[no-untyped-def]
-        calls.append(str(url))
-        return await original(self, method, url, **kw)
-
-    monkeypatch.setattr(_Session, "_request", spy)
-    return calls
-
-
-def fast_count(session: ClientSession) -> int:
-    assert isinstance(session._fast, BrokerFastPath)
-    return session._fast.requests
-
-
-def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
-
-
-async def test_taken_when_on_and_the_response_is_whole(serve_app, session, general_calls):
-    app = web.Application()
-    app.router.add_get("/", hi)
-    base = await serve_app(app)
-    for _ in range(4):
-        async with session.get(base + "/", headers={"X-A": "1"}, params={"q": "v"}) as resp:
-            assert resp.status == 200 and resp.reason == "OK"
-            assert await resp.text() == "hi"
-            assert resp.headers["X-Seen"] == "1"
-            assert resp.request_info.headers["X-A"] == "1"
-            assert str(resp.url) == base + "/?q=v" and resp.history == ()
-            assert resp.version == worker_client.HttpVersion11
-    for _ in range(2):
-        async with session.get(base + "/#frag") as resp:  # as aiohttp: real_url keeps it
-            assert str(resp.url) == base + "/" and str(resp.real_url) == base + "/#frag"
-            assert str(resp.request_info.real_url) == base + "/#frag"
-    assert general_calls == [base + "/"]  # the first made the transport
-    assert fast_count(session) == 5
-    assert not session._handles and not session._transport.handles  # type: ignore[union-attr]
-
-
-async def test_urls_equal_but_written_otherwise_keep_their_own_form(serve_app, session):
-    """yarl's URL("http://h") equals (and hashes as) URL("http://h/"), but the response's
-    url is the one asked for, as in the general path: a plan must not be shared."""
-    from yarl import URL
-
-    app = web.Application()
-    app.router.add_get("/", hi)
-    base = await serve_app(app)
-    for url in (base + "/", base + "/", base, base, base + "/"):
-        async with session.get(URL(url)) as resp:
-            assert await resp.text() == "hi"
-            assert str(resp.url) == url and str(resp.request_info.url) == url
-    assert fast_count(session) == 4
-
-
-async def test_not_taken_when_off(serve_app, broker_process, monkeypatch):
-    monkeypatch.setenv("HTTP_BROKER_FAST_PATH", "0")
-    app = web.Application()
-    app.router.add_get("/", hi)
-    base = await serve_app(app)
-    async with ClientSession(broker=broker_process.socket_path) as s:
-        assert s._fast is None
-        for _ in range(2):
-            async with s.get(base + "/") as resp:
-                assert await resp.text() == "hi"
-
-
-async def test_a_post_a_gzip_body_and_raise_for_status(serve_app, session):
-    async def echo(request: web.Request) -> web.Response:
-        body = await request.read()
-        return web.Response(
-            body=gzip.compress(body), headers={"Content-Encoding": "gzip"},
-            status=200 if body != b"bad" else 418,
-        )
-
-    app = web.Application()
-    app.router.add_post("/", echo)
-    base = await serve_app(app)
-    await (await session.post(base + "/", data=b"x")).read()
-    for body in (b"hello", b"world", b"hallo"):  # one plan (one length), three bodies
-        async with session.post(base + "/", data=body) as resp:
-            assert await resp.read() == body
-            assert resp.content.total_raw_bytes == len(gzip.compress(body))
-    with pytest.raises(worker_client.ClientResponseError) as info:
-        await session.post(base + "/", data=b"bad", raise_for_status=True)
-    assert info.value.status == 418
-    assert fast_count(session) == 4
 
 
 async def test_a_body_that_streams(serve_app, session):
@@ -165,124 +68,6 @@ async def test_a_body_that_streams(serve_app, session):
         assert await resp.read() == b"tail"
     assert fast_count(session) == 3
     assert (await session.stats()).streams == 0
-
-
-async def test_a_redirect_comes_in_the_history(raw_server, session):
-    async def handler(reader, writer):
-        while True:
-            head = await read_request_head(reader)
-            if head.startswith(b"GET /r "):
-                writer.write(
-                    b"HTTP/1.1 302 Found\r\nLocation: /done\r\nContent-Length: 0\r\n\r\n"
-                )
-            else:
-                writer.write(ok(head.split(b" ")[1]))
-            await writer.drain()
-
-    base = await raw_server(handler)
-    assert await (await session.get(base + "/")).read() == b"/"
-    async with session.get(base + "/r") as resp:
-        assert await resp.read() == b"/done"
-        assert resp.status == 200 and str(resp.url) == base + "/done"
-        assert [h.status for h in resp.history] == [302]
-        assert str(resp.history[0].url) == base + "/r"
-    async with session.get(base + "/r", allow_redirects=False) as resp:
-        assert resp.status == 302 and resp.headers["Location"] == "/done"
-    assert fast_count(session) == 2
-
-
-async def test_set_cookie_then_the_broker_sends_it(raw_server, broker_process):
-    heads: list[bytes] = []
-
-    async def handler(reader, writer):
-        while True:
-            heads.append(await read_request_head(reader))
-            extra = b"Set-Cookie: a=1; Path=/\r\n" if len(heads) == 2 else b""
-            writer.write(ok(extra=extra))
-            await writer.drain()
-
-    base = await raw_server(handler)
-    jar = worker_client.CookieJar(unsafe=True)
-    async with ClientSession(broker=broker_process.socket_path, cookie_jar=jar) as s:
-        for _ in range(3):
-            async with s.get(base + "/") as resp:
-                assert await resp.read() == b"ok"
-        assert fast_count(s) == 2  # the jar lives in the broker: no reason to leave
-        assert {c.key: c.value for c in jar} == {"a": "1"}
-    assert b"Cookie: a=1" not in heads[1]
-    assert b"Cookie: a=1\r\n" in heads[2]
-
-
-async def test_a_total_timeout_fails_it_and_frees_the_stream(raw_server, session):
-    lost = asyncio.Event()
-
-    async def handler(reader, writer):
-        await read_request_head(reader)
-        writer.write(ok())
-        await read_request_head(reader)  # never answered
-        await reader.read()
-        lost.set()
-
-    base = await raw_server(handler)
-    assert await (await session.get(base + "/")).read() == b"ok"
-    with pytest.raises(asyncio.TimeoutError):
-        await session.get(base + "/", timeout=ClientTimeout(total=0.1))
-    await lost.wait()  # the broker gave the connection up with the stream
-    assert fast_count(session) == 1
-    assert (await session.stats()).streams == 0
-    assert not session._handles
-
-
-async def test_a_cancel_mid_request_frees_the_brokers_stream(raw_server, session):
-    asked = asyncio.Event()
-    lost = asyncio.Event()
-    connections: list[int] = []
-
-    async def handler(reader, writer):
-        connections.append(1)
-        await read_request_head(reader)
-        writer.write(ok())
-        if len(connections) > 1:
-            while True:
-                await read_request_head(reader)
-                writer.write(ok())
-        await read_request_head(reader)
-        asked.set()
-        await reader.read()
-        lost.set()
-
-    base = await raw_server(handler)
-    assert await (await session.get(base + "/")).read() == b"ok"
-    task = asyncio.ensure_future(session.get(base + "/"))
-    await asked.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await lost.wait()
-    assert (await session.stats()).streams == 0
-    assert await (await session.get(base + "/")).read() == b"ok"
-    assert fast_count(session) == 2
-    assert len(connections) == 2
-
-
-async def test_closing_the_session_fails_a_fast_request(raw_server, session):
-    asked = asyncio.Event()
-
-    async def handler(reader, writer):
-        await read_request_head(reader)
-        writer.write(ok())
-        await read_request_head(reader)
-        asked.set()
-        await reader.read()
-
-    base = await raw_server(handler)
-    assert await (await session.get(base + "/")).read() == b"ok"
-    task = asyncio.ensure_future(session.get(base + "/"))
-    await asked.wait()
-    await session.close()
-    with pytest.raises(worker_client.ClientConnectionError, match="Connection closed"):
-        await task
-    assert fast_count(session) == 1
 
 
 async def test_a_failure_reaches_the_caller_as_in_the_general_path(
