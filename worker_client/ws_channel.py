@@ -151,10 +151,11 @@ class _Channel:
         self._writer = WebSocketWriter(compress=compress, notakeover=notakeover)
         self.incoming = IncomingMessages(self._pause, self._resume)
         self._closed = False
+        self._ended = False  # the connection ended (the origin's EOF): nothing goes out
         self._close_sent = False
 
     def _frame(self, payload: bytes, opcode: WSMsgType, compress: int | None) -> bytes:
-        if self._closed:
+        if self._closed or self._ended:
             raise ClientConnectionResetError("Cannot write to closing transport")
         writer = self._writer
         if opcode < 8:
@@ -240,11 +241,17 @@ class StreamChannel(_Channel):
             await out.drain()
 
     def close(self) -> None:
+        """As aiohttp's ``transport.close()``: what was written still goes, then the
+        connection closes. The ``Outgoing`` ends (the worker's End), on which the broker
+        writes what it has and closes the upstream connection; the stream's end that
+        follows releases the response. A stream that ended already is released now."""
         if self._closed:
             return
         self._closed = True
-        self._out.end(ClientConnectionResetError("Cannot write to closing transport"))
-        self._drop()
+        if self._handle.done:
+            self._drop()
+        else:
+            self._out.end()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._extra.get(name, default)
@@ -265,10 +272,17 @@ class StreamChannel(_Channel):
         raise RuntimeError("a WebSocket stream has no claimed buffer")
 
     def feed_eof(self) -> None:
+        self._ended = True  # as aiohttp's transport after the end: a write fails
         self.incoming.feed_eof()
+        if self._closed:
+            self._drop()
 
     def set_exception(self, exc: BaseException) -> None:
+        self._ended = True
+        self._out.end(exc)
         self.incoming.set_exception(exc)
+        if self._closed:
+            self._drop()
 
     def _pause(self) -> None:
         self._paused = True
@@ -372,6 +386,7 @@ class SocketChannel(_Channel, asyncio.Protocol):
         self._parse(data)
 
     def eof_received(self) -> bool:
+        self._ended = True
         self.incoming.feed_eof()
         return False  # the transport closes itself
 

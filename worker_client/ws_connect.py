@@ -28,7 +28,7 @@ from yarl import URL
 
 from shared.websocket import WSHandshakeError, check_response, make_key, request_headers
 
-from .exceptions import WSServerHandshakeError
+from .exceptions import RequestInfo, WSServerHandshakeError
 from .websocket import DEFAULT_WS_CLIENT_TIMEOUT, ClientWebSocketResponse, ClientWSTimeout
 from .ws_channel import Outgoing, SocketChannel, StreamChannel
 
@@ -112,7 +112,7 @@ async def ws_connect(
             )
         except WSHandshakeError as exc:
             raise WSServerHandshakeError(
-                resp.request_info,
+                _as_asked(resp.request_info, url),
                 resp.history,
                 message=exc.args[0],
                 status=resp.status,
@@ -164,6 +164,18 @@ async def ws_connect(
     if isinstance(channel, StreamChannel) and eof:  # the tunnel ended before the swap
         channel.feed_eof()
     return ws
+
+
+def _as_asked(info: RequestInfo, url: Any) -> RequestInfo:
+    """``info`` with the ws:// or wss:// scheme the caller asked for (aiohttp's request
+    keeps it), where the upgrade went as http:// or https://."""
+    scheme = URL(url).scheme if isinstance(url, (str, URL)) else ""
+    if scheme not in _HTTP_FOR:
+        return info
+    return RequestInfo(
+        info.url.with_scheme(scheme), info.method, info.headers,
+        info.real_url.with_scheme(scheme),
+    )
 
 
 def _http_url(url: Any) -> Any:
