@@ -158,6 +158,22 @@ async def test_json_round_trip(client, serve_ws):
         assert await ws.receive_json() == {"got": {"items": [1, "two", None], "é": True}, "n": 3}
 
 
+async def test_send_json_bytes_and_decode_text_false(client, serve_ws):
+    """aiohttp 3.14: ``send_json_bytes`` sends what its ``dumps`` returns as a BINARY
+    message; with ``decode_text=False`` TEXT messages come as bytes (``receive_str``
+    returns bytes, ``receive_json`` still parses)."""
+    url = await serve_ws(echo())
+    async with client.session().ws_connect(url, decode_text=False) as ws:
+        await ws.send_json_bytes({"b": 2}, dumps=lambda d: json.dumps(d).encode())
+        msg = await ws.receive()
+        assert (msg.type, msg.data) == (client.lib.WSMsgType.BINARY, b'{"b": 2}/answer')
+        await ws.send_str("é")
+        assert await ws.receive_str() == "é/answer".encode()
+        await ws.send_str('{"a": ')
+        with pytest.raises(json.JSONDecodeError):
+            await ws.receive_json()  # '{"a": /answer'
+
+
 async def test_receiving_the_wrong_type_raises(client, serve_ws):
     """aiohttp: ``receive_str`` of a BINARY message (``receive_bytes`` of a TEXT one)
     raises WSMessageTypeError naming the message; the WebSocket stays open."""
@@ -310,7 +326,7 @@ async def test_heartbeat_closes_when_the_server_never_answers(client, serve_ws):
     assert msg.type is client.lib.WSMsgType.ERROR
     assert isinstance(msg.data, client.lib.ServerTimeoutError)
     assert str(msg.data) == "No PONG received after 0.025 seconds"
-    assert pinged.is_set()
+    await asyncio.wait_for(pinged.wait(), 10)
     assert ws.closed
     assert ws.close_code == 1006
     assert ws.exception() is msg.data
@@ -411,9 +427,22 @@ async def test_close_return_values_and_state(client, serve_ws):
     assert ws.exception() is None
 
 
+async def test_sending_after_close_raises(client, serve_ws):
+    """aiohttp: once its CLOSE is sent, every send (PING and PONG too) raises
+    ClientConnectionResetError("Cannot write to closing transport")."""
+    url = await serve_ws(echo())
+    ws = await client.session().ws_connect(url)
+    await ws.close()
+    sends = [ws.send_str, ws.send_bytes, ws.send_json, ws.ping, ws.pong]
+    for send, arg in zip(sends, ["x", b"x", 1, b"", b""], strict=True):
+        with pytest.raises(client.lib.ClientConnectionResetError, match="closing transport"):
+            await send(arg)
+
+
 async def test_close_from_another_task_while_receive_waits(client, serve_ws):
-    """aiohttp: the waiting ``receive()`` returns a CLOSING message, then ``close()``
-    completes the handshake and returns True. (The client's receive is known to wait
+    """aiohttp: a second ``receive()`` meanwhile raises RuntimeError; the waiting
+    ``receive()`` returns a CLOSING message, then ``close()`` completes the handshake
+    and returns True. (The client's receive is known to wait
     once the server has its PONG: answering the server's PING is what that receive did
     before it went back to waiting.)"""
     ponged = asyncio.Event()
@@ -435,6 +464,8 @@ async def test_close_from_another_task_while_receive_waits(client, serve_ws):
     receiving = asyncio.ensure_future(ws.receive())
     await asyncio.wait_for(ponged.wait(), 10)
     assert not receiving.done()
+    with pytest.raises(RuntimeError, match="Concurrent call to receive"):
+        await ws.receive()
     assert await ws.close() is True
     msg = await receiving
     assert msg.type is client.lib.WSMsgType.CLOSING
@@ -824,6 +855,19 @@ async def test_the_handshake_request_carries_headers_origin_auth_and_params(clie
     await ws.close()
     assert seen[1].headers["Sec-WebSocket-Key"] != h["Sec-WebSocket-Key"]
     assert seen[1].headers["Sec-WebSocket-Version"] == "13"
+
+
+async def test_method_goes_on_the_handshake(client, serve_app):
+    """``method=`` is the handshake request's method (aiohttp's server upgrades a POST
+    too when the route takes it)."""
+    seen: list[web.Request] = []
+    app = web.Application()
+    app.router.add_route("*", "/", echo(seen))
+    url = (await serve_app(app)).replace("http", "ws", 1) + "/"
+    async with client.session().ws_connect(url, method="POST") as ws:
+        await ws.send_str("posted")
+        assert await ws.receive_str() == "posted/answer"
+    assert seen[0].method == "POST"
 
 
 async def test_cookies_go_with_the_handshake_and_come_from_it(client, serve_ws):

@@ -7,8 +7,8 @@
   (RFC 6455), for raw servers that answer handshakes by hand.
 - ``CountingRelay``: a loopback TCP relay that counts the bytes it carries each way
   (what went on the wire, e.g. with and without compression).
-- ``open_websockets``: the entry point of a spawned worker process (importable under
-  spawn) that opens WebSockets through a broker with ``limit_per_host``.
+- ``open_websockets``, ``open_then_die``: entry points of spawned worker processes
+  (importable under spawn) that open WebSockets through a broker.
 """
 
 from __future__ import annotations
@@ -95,3 +95,21 @@ def open_websockets(broker: str, url: str, n: int, connector_kw: dict) -> list[s
     """Entry point for a spawned worker: ``n`` WebSockets opened at once, each sends
     ``pid/i`` and returns what the server echoed."""
     return asyncio.run(_open_websockets(broker, url, n, connector_kw))
+
+
+async def _open_then_die(broker: str, url: str) -> None:
+    import signal
+
+    from worker_client import ClientSession
+
+    session = ClientSession(broker=broker)
+    ws = await session.ws_connect(url)  # type: ignore[attr-defined]
+    await ws.send_str("hello")
+    await ws.receive_str()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def open_then_die(broker: str, url: str) -> None:
+    """Entry point for a spawned worker: open a WebSocket through ``broker``, send
+    "hello", read the answer, then die by SIGKILL with the WebSocket open."""
+    asyncio.run(_open_then_die(broker, url))
