@@ -376,10 +376,10 @@ async def test_a_server_close_code_reaches_the_client(client, serve_ws):
 
 
 async def test_without_autoclose_the_client_answers_the_close_itself(client, serve_ws):
-    """aiohttp: with ``autoclose=False`` the server's CLOSE is a message and the
-    WebSocket is not closed until ``close()``, which returns True and keeps the server's
-    code as ``close_code``... unless no code was set: ``close()`` sets ``close_code``
-    to what the peer's CLOSE said."""
+    """aiohttp: with ``autoclose=False`` the server's CLOSE is returned as a message and
+    sets ``close_code`` (4003), but the WebSocket stays open until ``close()``, which
+    answers it (the server's own ``close()`` returns True then), returns True and keeps
+    the server's code."""
     server_closed: asyncio.Future[bool] = future()
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -392,7 +392,9 @@ async def test_without_autoclose_the_client_answers_the_close_itself(client, ser
     ws = await client.session().ws_connect(url, autoclose=False)
     msg = await ws.receive()
     assert (msg.type, msg.data, msg.extra) == (client.lib.WSMsgType.CLOSE, 4003, "manual")
+    assert ws.close_code == 4003
     assert not ws.closed
+    assert not server_closed.done()
     assert await ws.close() is True
     assert ws.closed
     assert ws.close_code == 4003
@@ -451,9 +453,9 @@ async def test_sending_after_close_raises(client, serve_ws):
 async def test_close_from_another_task_while_receive_waits(client, serve_ws):
     """aiohttp: a second ``receive()`` meanwhile raises RuntimeError; the waiting
     ``receive()`` returns a CLOSING message, then ``close()`` completes the handshake
-    and returns True. (The client's receive is known to wait
-    once the server has its PONG: answering the server's PING is what that receive did
-    before it went back to waiting.)"""
+    and returns True. (The client's receive is known to wait once the server has its
+    PONG: answering the server's PING is what that receive did before it went back to
+    waiting.)"""
     ponged = asyncio.Event()
     close_seen: asyncio.Future[int] = future()
 
@@ -534,7 +536,8 @@ async def test_the_server_dropping_the_connection_ends_the_websocket(client, ser
 
 async def test_a_protocol_error_from_the_server(client, serve_ws):
     """Bytes that are no valid frame: ``receive()`` returns an ERROR message with a
-    WebSocketError (code 1002), the client sends CLOSE with that code."""
+    WebSocketError (code 1002); the client sends CLOSE with that code and, its
+    ``close_code`` being set, drops the connection without waiting for an answer."""
     close_seen: asyncio.Future[int] = future()
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -547,7 +550,7 @@ async def test_a_protocol_error_from_the_server(client, serve_ws):
         return ws
 
     url = await serve_ws(handler)
-    ws = await client.session().ws_connect(url, timeout=client.lib.ClientWSTimeout(ws_close=1))
+    ws = await client.session().ws_connect(url)
     msg = await ws.receive()
     assert msg.type is client.lib.WSMsgType.ERROR
     assert type(msg.data) is client.lib.WebSocketError
