@@ -28,7 +28,7 @@ from tests.conftest import read_request_head
 from tests.integration.proxy_server import ProxyServer
 from tests.tls_certs import Certs, server_context
 
-from .ws_support import CountingRelay, accept_key, skip_until_ours_have_ws_connect
+from .ws_support import CountingRelay, accept_key
 
 KINDS = ("aiohttp", "embedded", "broker")
 MiB = 1 << 20
@@ -56,7 +56,6 @@ async def client(request: pytest.FixtureRequest, serve_app: Any) -> AsyncIterato
     if request.param == "aiohttp":
         c = Client("aiohttp", aiohttp, aiohttp.ClientSession)
     else:
-        skip_until_ours_have_ws_connect()
         import worker_client
 
         broker = None

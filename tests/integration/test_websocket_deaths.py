@@ -16,7 +16,7 @@ from aiohttp import web
 
 import broker
 
-from .ws_support import open_then_die, skip_until_ours_have_ws_connect
+from .ws_support import open_then_die
 
 
 async def _serve(serve_app: Callable[..., Awaitable[str]], handler: Any) -> str:
@@ -26,7 +26,6 @@ async def _serve(serve_app: Callable[..., Awaitable[str]], handler: Any) -> str:
 
 
 async def test_a_dead_worker_closes_its_websocket_upstream_with_1001(serve_app, broker_process):
-    skip_until_ours_have_ws_connect()
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[tuple[Any, float]] = loop.create_future()
 
@@ -63,7 +62,6 @@ async def test_a_dead_broker_fails_the_websocket_with_a_clear_error(serve_app, t
     1006; the error (the ERROR message's data, else ``exception()``) is a
     BrokerConnectionError saying the broker went away, as for requests in flight
     (test_broker_restart.py). The origin sees its connection end."""
-    skip_until_ours_have_ws_connect()
     from worker_client import BrokerConnectionError, ClientSession, WSMsgType  # type: ignore[attr-defined]
 
     loop = asyncio.get_running_loop()

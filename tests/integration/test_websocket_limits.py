@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from . import _workers
-from .ws_support import open_websockets, skip_until_ours_have_ws_connect
+from .ws_support import open_websockets
 
 LIMIT = 2
 
@@ -78,7 +78,6 @@ async def test_aiohttp_open_websockets_count_against_limit_per_host(serve_app):
 
 
 async def test_four_workers_share_limit_per_host_for_websockets(serve_app, broker_process):
-    skip_until_ours_have_ws_connect()
     workers, each = 4, 3
     counter = OpenWebSockets()
     url = await _serve(serve_app, counter)

@@ -1,8 +1,5 @@
 """Shared by the WebSocket tests (``test_websocket.py``, ``test_websocket_limits.py``).
 
-- ``skip_until_ours_have_ws_connect()``: the one guard that skips the tests of our
-  client while ``worker_client.ClientSession`` has no ``ws_connect`` (it goes, with its
-  calls, when ``ws_connect`` is merged).
 - ``accept_key(key)``: the ``Sec-WebSocket-Accept`` a server answers to ``key``
   (RFC 6455), for raw servers that answer handshakes by hand.
 - ``CountingRelay``: a loopback TCP relay that counts the bytes it carries each way
@@ -18,16 +15,7 @@ import base64
 import hashlib
 import os
 
-import pytest
-
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def skip_until_ours_have_ws_connect() -> None:
-    import worker_client
-
-    if not hasattr(worker_client.ClientSession, "ws_connect"):
-        pytest.skip("worker_client.ClientSession has no ws_connect yet")
 
 
 def accept_key(key: str) -> str:
