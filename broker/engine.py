@@ -298,7 +298,8 @@ class Engine:
                 return head, conn
             except ConnectionFailure as exc:
                 pool.give_back(conn)
-                _retry_or_raise(exc, conn, attempt, hop.method, streamed, url)
+                # an upgrade sent its head alone: as safe to send again as a GET
+                _retry_or_raise(exc, conn, attempt, hop.method, streamed and not upgrade, url)
             except BaseException:
                 pool.give_back(conn)
                 raise
