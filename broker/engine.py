@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from yarl import URL
@@ -408,17 +408,18 @@ class Engine:
         tunnel.start()
 
 
+# An upgrade's bytes follow its 101 as a stream: nothing may be sent before, or framed.
+_UPGRADE_RULES: tuple[tuple[Callable[[Request], bool], str], ...] = (
+    (lambda req: not req.streamed, "must be streamed"),
+    (lambda req: req.body is not None, "may not have a body"),
+    (lambda req: req.chunked, "may not be chunked"),
+)
+
+
 def _check_upgrade(req: Request) -> None:
-    """An upgrade's bytes follow its 101 as a stream: nothing may be sent before."""
-    problem = None
-    if not req.streamed:
-        problem = "must be streamed"
-    elif req.body is not None:
-        problem = "may not have a body"
-    elif req.chunked:
-        problem = "may not be chunked"
-    if problem is not None:
-        raise ConnectionFailure("protocol", f"an upgrade request (upgrade=True) {problem}")
+    for broken, problem in _UPGRADE_RULES:
+        if broken(req):
+            raise ConnectionFailure("protocol", f"an upgrade request (upgrade=True) {problem}")
 
 
 def _retry_or_raise(

@@ -121,6 +121,7 @@ class EchoApp:
     def __init__(self) -> None:
         self.connections = 0
         self.close_codes: list[int | None] = []
+        self.close_frames: list[int | None] = []
         self.closed = asyncio.Event()
 
     def app(self) -> web.Application:
@@ -133,11 +134,16 @@ class EchoApp:
         self.connections += 1
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        async for msg in ws:
+        while True:
+            msg = await ws.receive()
             if msg.type == AioMsgType.TEXT:
                 await ws.send_str(msg.data)
             elif msg.type == AioMsgType.BINARY:
                 await ws.send_bytes(msg.data)
+            else:
+                break
+        # the code of the CLOSE frame received (None: the connection ended without one)
+        self.close_frames.append(msg.data if msg.type == AioMsgType.CLOSE else None)
         self.close_codes.append(ws.close_code)
         self.closed.set()
         return ws
@@ -243,7 +249,7 @@ async def test_a_cancel_without_a_close_tells_the_server_going_away(broker_proce
     assert msg.data == "hi"
     worker.send(Cancel(1))
     await asyncio.wait_for(server.closed.wait(), 5)
-    assert server.close_codes == [WSCloseCode.GOING_AWAY]
+    assert server.close_frames == server.close_codes == [WSCloseCode.GOING_AWAY]
 
 
 async def test_the_workers_death_tells_the_server_going_away_within_a_second(
@@ -257,7 +263,7 @@ async def test_the_workers_death_tells_the_server_going_away_within_a_second(
     assert msg.data == b"x" * 1000
     worker.close()
     await asyncio.wait_for(server.closed.wait(), 1)
-    assert server.close_codes == [WSCloseCode.GOING_AWAY]
+    assert server.close_frames == server.close_codes == [WSCloseCode.GOING_AWAY]
 
 
 def _recorder(got: list[bytes], done: asyncio.Event):
@@ -461,3 +467,109 @@ async def test_a_tunnel_leaves_no_task_and_gives_its_slot_back(local_server, ech
         return not _pumps() and local_server.streams == 0 and figures[0]["active"] == 0
 
     await wait_until(settled, what=lambda: (_pumps(), local_server.engine.figures()))
+
+
+# -- the rest of the engine's path: TLS, redirects, a slow origin -----------------------------
+
+
+async def test_an_upgrade_over_tls(broker_process, serve_app, tls_certs):
+    from shared.messages import TlsOpen
+    from shared.specs import TlsSpec, encode_tls, tls_id
+    from tests.tls_certs import server_context
+
+    server = EchoApp()
+    base = await serve_app(
+        server.app(), ssl_context=server_context(tls_certs.server, tls_certs.server_key)
+    )
+    spec = TlsSpec(system_store=False, ca_certs=(_der(tls_certs.ca),))
+    tls = tls_id(encode_tls(spec))
+    worker = await RawWorker.connect(broker_process.socket_path)
+    worker.send(TlsOpen(tls, spec))
+    await tunnel_open(worker, upgrade(1, base + "/ws", tls=tls))
+    worker.send(Data(1, client_frame(WSMsgType.TEXT, b"secret")))
+    msg = await receive(worker, 1, WebSocketReader())
+    assert (msg.type, msg.data) == (WSMsgType.TEXT, "secret")
+    worker.send(Cancel(1))  # the CLOSE goes through TLS before the connection closes
+    await asyncio.wait_for(server.closed.wait(), 5)
+    # (its close_code may then be 1006: its own CLOSE meets the TLS connection closed)
+    assert server.close_frames == [WSCloseCode.GOING_AWAY]
+
+
+def _der(path: Any) -> bytes:
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+
+async def test_an_upgrade_follows_a_redirect(broker_process, serve_app):
+    server = EchoApp()
+    app = server.app()
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/ws")
+
+    app.router.add_get("/old", moved)
+    base = await serve_app(app)
+    worker = await RawWorker.connect(broker_process.socket_path)
+    head = await tunnel_open(worker, upgrade(1, base + "/old"))
+    assert head.url == base + "/ws" and [h.status for h in head.history] == [307]
+    worker.send(Data(1, client_frame(WSMsgType.TEXT, b"moved")))
+    msg = await receive(worker, 1, WebSocketReader())
+    assert msg.data == "moved"
+    worker.send(Cancel(1))
+
+
+async def test_an_origin_that_stops_reading_holds_the_workers_bytes(
+    broker_process, raw_server
+):
+    """The broker acks only what the origin's socket took: a worker within its credit
+    stops there, and everything arrives, in order, once the origin reads again."""
+    reading = asyncio.Event()
+    got: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(switching(await read_request_head(reader)))
+        await reading.wait()
+        got.append(await reader.read())
+
+    base = await raw_server(handler)
+    worker = await RawWorker.connect(broker_process.socket_path)
+    await tunnel_open(worker, upgrade(1, base + "/"))
+    piece = bytes(range(256)) * 1024  # 256 KiB
+    total = 64 << 20
+    sent = acked = 0
+
+    async def more_acks(rounds: int) -> bool:
+        """Whether an Ack comes within ``rounds`` turns of the broker's loop."""
+        nonlocal acked
+        for _ in range(rounds):
+            worker.send(StatsRequest())
+            msgs = await worker.until(lambda m: isinstance(m, Stats))
+            new = sum(m.size for m in msgs if isinstance(m, Ack))
+            if new:
+                acked += new
+                return True
+        return False
+
+    while True:  # send within the credit until the acks stop
+        while sent < total and sent + len(piece) <= acked + STREAM_WINDOW:
+            worker.send(Data(1, piece))
+            sent += len(piece)
+        if sent == total or not await more_acks(50):
+            break
+    assert sent < total, "the broker took 64 MiB that the origin never read"
+    assert sent - acked <= STREAM_WINDOW
+    reading.set()
+    while sent < total:  # the origin reads again: the rest goes as acks come
+        await more_acks(1 << 20)
+        while sent < total and sent + len(piece) <= acked + STREAM_WINDOW:
+            worker.send(Data(1, piece))
+            sent += len(piece)
+    while acked < total:
+        msg = await worker.next()
+        assert isinstance(msg, Ack), msg
+        acked += msg.size
+    worker.send(Cancel(1))
+    await wait_until(lambda: bool(got), what="the origin never saw the end")
+    assert len(got[0]) == total
+    assert got[0] == piece * (total // len(piece))  # in order, nothing added: mid-frame
