@@ -1,7 +1,8 @@
 """WebSocket upgrades through a real broker, spoken by hand (``RawWorker``): the 101's
 head, then a byte tunnel both ways with the usual credit; the pool slot held until the
 tunnel ends; a CLOSE 1001 for the origin when the worker is cut off between frames.
-Against aiohttp.web WebSocket servers and raw asyncio servers on loopback."""
+Against aiohttp.web WebSocket servers and raw asyncio servers on loopback. The last
+tests take the worker's transports (both modes) as ``ws_connect`` will."""
 
 from __future__ import annotations
 
@@ -573,3 +574,65 @@ async def test_an_origin_that_stops_reading_holds_the_workers_bytes(
     await wait_until(lambda: bool(got), what="the origin never saw the end")
     assert len(got[0]) == total
     assert got[0] == piece * (total // len(piece))  # in order, nothing added: mid-frame
+
+
+# -- through the worker's transports (both modes), as ws_connect will use them -------------
+
+
+class _Failed(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+@pytest.mark.parametrize("ending", ["give-up", "close-handshake"])
+async def test_a_tunnel_through_the_workers_transport(broker_address, echo, ending):
+    """The request's body is an iterator of frame bytes, the tunnel is read from the
+    response's content: the same in embedded and in broker mode."""
+    from worker_client.handle import StreamHandle
+    from worker_client.transport import get_transport, release_transport
+
+    server, base = echo
+    transport = await get_transport(broker_address)
+    out: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def frames() -> AsyncIterator[bytes]:
+        while (item := await out.get()) is not None:
+            yield item
+
+    try:
+        sid = transport.next_stream_id()
+        handle = StreamHandle(transport, sid, _Failed)
+        await transport.send(upgrade(sid, base + "/ws"), frames(), handle)
+        head = await asyncio.wait_for(handle.head, 10)
+        assert head.status == 101
+        reader = WebSocketReader()
+
+        async def message() -> WSMessage:
+            got: list[WSMessage] = []
+            while not got:
+                data = await asyncio.wait_for(handle.content.readany(), 10)
+                assert data, "the tunnel ended"
+                got = reader.feed(data)
+            return got[0]
+
+        for text in (b"one", b"two" * 100_000):
+            out.put_nowait(client_frame(WSMsgType.TEXT, text))
+            assert (await message()).data == text.decode()
+        if ending == "give-up":
+            handle.give_up()
+            await asyncio.wait_for(server.closed.wait(), 5)
+            assert server.close_frames == [WSCloseCode.GOING_AWAY]
+        else:
+            out.put_nowait(client_close())
+            out.put_nowait(None)  # the worker's End: it sends no more
+            msg = await message()
+            assert (msg.type, msg.data) == (WSMsgType.CLOSE, WSCloseCode.OK)
+            assert await asyncio.wait_for(handle.content.read(), 10) == b""  # the origin's EOF
+            await asyncio.wait_for(server.closed.wait(), 5)
+            assert server.close_frames == [WSCloseCode.OK]
+        # embedded, the engine's pump ran here: it is gone with the tunnel
+        await wait_until(lambda: not _pumps(), what=_pumps)
+    finally:
+        out.put_nowait(None)
+        await release_transport(transport)
