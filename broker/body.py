@@ -17,6 +17,10 @@ A plain body (no decoder) may instead be read straight into the stream's memory:
 body is the connection's ``DirectSink`` (``body_buffer``/``body_filled``, see
 ``http1``), and those bytes count against the window as ``data`` does.
 
+A tunnel (a 101 that answered an upgrade, ``broker.tunnel``) is such a body too: the
+origin's bytes until it closes, with no ``sock_read`` watch (an open WebSocket may be
+silent for long), and its ``Tunnel`` is closed in ``_end`` before the connection goes.
+
 Bounds: the body is decoded (or, plain, cut) in pieces of at most ``MAX_DATA`` bytes.
 When the worker has ``STREAM_WINDOW`` bytes unacknowledged the body stops: it pauses
 reading the upstream socket, keeps the compressed input it has not decoded yet, and goes
@@ -44,6 +48,7 @@ from .stream import BrokerStream
 
 if TYPE_CHECKING:
     from .connector import Pool
+    from .tunnel import Tunnel
 
 __all__ = ["ResponseBody", "BodyState", "MAX_DATA"]
 
@@ -62,7 +67,7 @@ class ResponseBody:
     """The body of one response, streamed from ``conn`` to ``stream``."""
 
     __slots__ = ("_loop", "req", "stream", "conn", "pool", "decoder", "history", "state",
-                 "_unwatch", "_raw")
+                 "_unwatch", "_raw", "tunnel")
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class ResponseBody:
         pool: Pool,
         decoder: Decoder | None,
         history: list[HistoryItem],
+        tunnel: Tunnel | None = None,
     ) -> None:
         self._loop = loop
         self.req = req
@@ -84,6 +90,7 @@ class ResponseBody:
         self.state = BodyState.FLOWING
         self._unwatch: Callable[[], None] | None = None
         self._raw = 0  # bytes fed to the decoder (aiohttp's total_raw_bytes)
+        self.tunnel = tunnel
         stream.on_halt = self._worker_left  # first: every later path can end by it
 
     def __repr__(self) -> str:
@@ -100,7 +107,7 @@ class ResponseBody:
             return
         self.stream.flush()  # the body is still coming: the worker gets the head now
         done = conn.done_future
-        if self.req.timeout.sock_read:
+        if self.req.timeout.sock_read and self.tunnel is None:
             self._unwatch = watch_silence(self._loop, conn, done, self.req.timeout.sock_read)
         done.add_done_callback(self._on_done)
 
@@ -212,6 +219,8 @@ class ResponseBody:
         self._stop_watch()
         conn = self.conn
         conn.set_body_consumer(None)
+        if self.tunnel is not None:
+            self.tunnel.close()
         self.pool.give_back(conn)
         if stream.finished:
             return

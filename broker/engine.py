@@ -13,13 +13,18 @@ engine passes its stream to the pool as the trace sink (``BrokerStream.trace``),
 reports the connection's queueing, creation or reuse, and the dialer the DNS lookup; the
 engine itself reports each hop's head as written, the request body pieces and each
 redirect followed, in aiohttp's order.
+
+Upgrades (``Request.upgrade``, a WebSocket's handshake): the head goes with no body
+framing and nothing after it; a final 101 hands the connection to a ``ResponseBody``
+(the origin's bytes) and a ``broker.tunnel.Tunnel`` (the worker's bytes), which hold it
+leased until the tunnel ends. Any other final head is an ordinary response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from yarl import URL
@@ -51,6 +56,7 @@ from .known import Checked
 from .proxy import absolute_target, hop_proxy
 from .registry import Registry
 from .stream import BrokerStream, StreamStopped
+from .tunnel import Tunnel
 
 __all__ = ["Engine"]
 
@@ -138,6 +144,8 @@ class Engine:
         and the cookie jar see every hop. Each hop is sent the jar's cookies for its
         URL at that moment, and its ``Set-Cookie`` is stored before the next one."""
         url = checked_url if checked_url is not None else _checked(req)
+        if req.upgrade:
+            _check_upgrade(req)
         hop = Hop(req.method, url, req.headers, req.body, req.streamed, req.cookies)
         pool = self.registry.pool_for(req.pool)
         tls_key = _tls_key(req)
@@ -161,9 +169,14 @@ class Engine:
                     item = _history_item(head, hop, headers)
                     stream.trace(TraceEvent(req.stream, "request_redirect", redirect=item))
             if location is None:
+                if req.upgrade and conn.tunnel:
+                    self._tunnel(req, stream, conn, pool, head, hop, headers, history)
+                    return
                 self._deliver(req, stream, conn, pool, head, head.encoding, hop, headers, history)
                 return
-            untouched = conn.body_held  # answered before 100 Continue: the body is unread
+            # answered before 100 Continue (or an upgrade, which sends after a 101 only):
+            # the body is unread
+            untouched = conn.body_held or req.upgrade
             pool.give_back(conn)
             history.append(item if item is not None else _history_item(head, hop, headers))
             if req.max_redirects and len(history) >= req.max_redirects:
@@ -218,10 +231,14 @@ class Engine:
         timeout = req.timeout
         body = hop.body
         streamed = hop.streamed
-        length = declared_length(headers) if streamed else None
-        chunked = streamed or (
-            req.chunked and (body is not None or hop.method not in _NO_BODY_METHODS)
-        )
+        upgrade = req.upgrade
+        if upgrade:  # no body framing; the bytes follow a 101 only (``_tunnel``)
+            streamed, length, chunked = True, None, False
+        else:
+            length = declared_length(headers) if streamed else None
+            chunked = streamed or (
+                req.chunked and (body is not None or hop.method not in _NO_BODY_METHODS)
+            )
         if chunked and not streamed:
             # framed here: a Content-Length beside it would let the framing carry a
             # second request (aiohttp refuses the pair too)
@@ -245,7 +262,7 @@ class Engine:
         limits = _limits(req)
         # Wait for 100 Continue only when the head asks for it: a flag without the header
         # (a middleware took it out) would hold the body for an answer never coming.
-        expect = req.expect100 and any(
+        expect = req.expect100 and not upgrade and any(
             name.lower() == "expect" and value.strip().lower() == "100-continue"
             for name, value in headers
         )
@@ -270,10 +287,10 @@ class Engine:
                 if stream.finished:  # given up while connecting
                     raise StreamStopped()
                 conn.exchange.read_until_eof = req.read_until_eof
-                conn.begin(hop.method, head_bytes, body, streamed, length, expect, limits)
+                conn.begin(hop.method, head_bytes, body, streamed, length, expect, limits, upgrade)
                 if trace is not None:
                     _trace_sent(trace, hop, head_bytes, expect)
-                if streamed:
+                if streamed and not upgrade:
                     await self._send_stream(conn, stream, timeout, trace)
                 head = await self._read(conn, conn.head_future, timeout, stream)
                 if trace is not None and expect and hop.body and _continued(conn):
@@ -281,7 +298,8 @@ class Engine:
                 return head, conn
             except ConnectionFailure as exc:
                 pool.give_back(conn)
-                _retry_or_raise(exc, conn, attempt, hop.method, streamed, url)
+                # an upgrade sent its head alone: as safe to send again as a GET
+                _retry_or_raise(exc, conn, attempt, hop.method, streamed and not upgrade, url)
             except BaseException:
                 pool.give_back(conn)
                 raise
@@ -344,13 +362,14 @@ class Engine:
         hop: Hop,
         headers: list[tuple[str, str]],
         history: list[HistoryItem],
+        tunnel: Tunnel | None = None,
     ) -> None:
         """Hand the connection to the response body, then send the head. The request
         headers go with it when they are not the worker's own (a redirect, cookies)."""
         decoder = None
         if req.auto_decompress and encoding:
             decoder = make_decoder(encoding.decode("latin-1"))
-        body = ResponseBody(self._loop, req, stream, conn, pool, decoder, history)
+        body = ResponseBody(self._loop, req, stream, conn, pool, decoder, history, tunnel)
         try:
             stream.head(
                 Head(
@@ -370,6 +389,37 @@ class Engine:
             pool.give_back(conn)
             raise
         body.start()
+
+    def _tunnel(
+        self,
+        req: Request,
+        stream: BrokerStream,
+        conn: HTTP1Connection,
+        pool: Pool,
+        head: ResponseHead,
+        hop: Hop,
+        headers: list[tuple[str, str]],
+        history: list[HistoryItem],
+    ) -> None:
+        """A 101 answered the upgrade: the 101's head to the worker, then the origin's
+        bytes as its body and the worker's to the origin, until either ends it."""
+        tunnel = Tunnel(stream, conn)
+        self._deliver(req, stream, conn, pool, head, None, hop, headers, history, tunnel)
+        tunnel.start()
+
+
+# An upgrade's bytes follow its 101 as a stream: nothing may be sent before, or framed.
+_UPGRADE_RULES: tuple[tuple[Callable[[Request], bool], str], ...] = (
+    (lambda req: not req.streamed, "must be streamed"),
+    (lambda req: req.body is not None, "may not have a body"),
+    (lambda req: req.chunked, "may not be chunked"),
+)
+
+
+def _check_upgrade(req: Request) -> None:
+    for broken, problem in _UPGRADE_RULES:
+        if broken(req):
+            raise ConnectionFailure("protocol", f"an upgrade request (upgrade=True) {problem}")
 
 
 def _retry_or_raise(

@@ -23,6 +23,9 @@ listed, ``fail``: ``fail()``, a parse error, a broken limit, or the rule named):
     SENDING --connection lost-->     FAILED   BODY          --lost, no framing->DONE
     SENT/SENDING/FAILED --end-->     IDLE *   *             --fail-->           FAILED
                                               DONE/FAILED   --end-->            IDLE *
+    IDLE --start, upgrade-->         SENDING  AWAITING_HEAD --101, upgrade-->   TUNNEL
+                                              TUNNEL        --bytes-->          TUNNEL
+                                              TUNNEL        --connection lost-> DONE
     (* only when ``reusable``: SENT, DONE, keep-alive, no stray byte; else the
     connection is closed and the Exchange is dropped with it)
 
@@ -59,6 +62,16 @@ Rules kept here, all from aiohttp's client where it has one:
   read on, the parser is out of step: the rest of that body is counted, not parsed, by
   ``receive_data`` too, the body ends at 0, and the parser is replaced before the next
   exchange, as after a HEAD. A byte read past the body spoils the connection, as above.
+
+- Upgrades (``start(upgrade=True)``: a WebSocket handshake): the head carries no body
+  framing and the request half stays SENDING (the request never "ends": the
+  connection is never reused). A final ``101`` makes the response half a TUNNEL: every
+  byte after the head (from httptools' ``HttpParserUpgrade`` offset, so those in the
+  read that completed the head too) and every later read is body, until the connection
+  closes (``END``); what goes the other way is ``send_raw``'s, unframed. A 101 that
+  httptools does not take as an upgrade (no ``Upgrade``/``Connection: upgrade``) fails.
+  A 101 to a request that was not an upgrade ends the exchange at its head, as any
+  other upgrade of the protocol does, and spoils the connection.
 
 Events from ``receive_data`` and ``connection_lost``: a ``ResponseHead``, ``bytes`` of
 body, ``END``, ``CONTINUE`` (send the body now), or a ``ConnectionFailure`` (the
@@ -100,6 +113,7 @@ __all__ = [
     "R_DONE",
     "R_FAILED",
     "R_IDLE",
+    "R_TUNNEL",
     "S_EXPECTING",
     "S_FAILED",
     "S_IDLE",
@@ -183,11 +197,12 @@ class RecvState(enum.Enum):
     BODY = "body"
     DONE = "done"
     FAILED = "failed"
+    TUNNEL = "tunnel"  # after a 101 to an upgrade: raw bytes until the connection closes
 
 
 # Enum members are slow to look up (a descriptor each time); the hot path uses these.
 S_IDLE, S_SENDING, S_SENT, S_FAILED, S_EXPECTING = SendState
-R_IDLE, R_AWAITING_HEAD, R_BODY, R_DONE, R_FAILED = RecvState
+R_IDLE, R_AWAITING_HEAD, R_BODY, R_DONE, R_FAILED, R_TUNNEL = RecvState
 
 
 class _HeadTooLarge(Exception):
@@ -295,7 +310,7 @@ class Exchange:
         "body_left",
         "_parser", "_replace_parser", "_head_only", "_remaining", "_declared", "_reason",
         "_headers", "_head_bytes", "_refused", "_events", "_limits", "_held",
-        "_streamed",
+        "_streamed", "_upgrade",
     )
 
     def __init__(self) -> None:
@@ -320,6 +335,7 @@ class Exchange:
         self._limits = DEFAULT_LIMITS
         self._held: bytes | None = None  # a whole body waiting for 100 Continue
         self._streamed = False
+        self._upgrade = False
 
     def __repr__(self) -> str:
         return f"<Exchange send={self.send.value} recv={self.recv.value}>"
@@ -335,11 +351,13 @@ class Exchange:
         length: int | None = None,
         expect_continue: bool = False,
         limits: HeadLimits = DEFAULT_LIMITS,
+        upgrade: bool = False,
     ) -> bytes | tuple[bytes, bytes]:
         """Begin an exchange; returns what to write (one buffer, or two to write as
         lines). ``streamed``: the body follows by ``send_body``, held to ``length``
         bytes, chunked if ``length`` is None. ``expect_continue``: only the head now,
-        the body after ``CONTINUE`` and ``proceed``."""
+        the body after ``CONTINUE`` and ``proceed``. ``upgrade``: the head alone, and a
+        101 makes a tunnel (see the module docstring)."""
         if self.send is not S_IDLE or self.recv is not R_IDLE:
             raise RuntimeError(f"cannot start a request on {self!r}")
         if self._replace_parser:
@@ -357,6 +375,11 @@ class Exchange:
         self._refused = None
         self._limits = limits
         self._streamed = streamed
+        self._upgrade = upgrade
+        if upgrade:
+            self.send = S_SENDING
+            self._remaining = None
+            return head
         if streamed:
             self.send = S_SENDING
             self._remaining = length
@@ -400,6 +423,17 @@ class Exchange:
         self._remaining = remaining - len(data)
         return (data,)
 
+    def send_raw(self, data: bytes) -> bytes:
+        """The bytes to write for a piece going through the tunnel: as they are."""
+        if self.recv is not R_TUNNEL:
+            raise self.error or RuntimeError(f"no tunnel on {self!r}")
+        return data
+
+    @property
+    def tunnel(self) -> bool:
+        """A 101 answered the upgrade: the connection is a byte pipe now."""
+        return self.recv is R_TUNNEL
+
     def end_body(self) -> bytes:
         """The bytes that end a streamed body. Raises ConnectionFailure, having failed
         the exchange, if the body is shorter than its declared length."""
@@ -429,6 +463,8 @@ class Exchange:
                 if len(data) > left:
                     self.spoiled = True  # bytes past the body, in this read
         elif recv is not R_AWAITING_HEAD:
+            if recv is R_TUNNEL:
+                return [bytes(data)]
             if recv is R_FAILED:
                 return []
             self.spoiled = True
@@ -453,8 +489,8 @@ class Exchange:
             self._parser.feed_data(data)
             if self.recv is R_AWAITING_HEAD and self._headers:
                 self._check_partial()  # a head not yet complete: its fields so far
-        except httptools.HttpParserUpgrade:
-            self._upgraded(events)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(events, data, exc.args[0])
         except httptools.HttpParserError as exc:
             self._parse_failed(events, exc)
         except _HeadTooLarge as exc:
@@ -497,17 +533,22 @@ class Exchange:
             self._parser.feed_data(data)
             if self.recv is R_AWAITING_HEAD and self._headers:
                 self._check_partial()  # a head not yet complete: its fields so far
-        except httptools.HttpParserUpgrade:
-            self._upgraded(events)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(events, data, exc.args[0])
         except httptools.HttpParserError as exc:
             self._parse_failed(events, exc)
         except _HeadTooLarge as exc:
             events.append(self.fail(ConnectionFailure("bad_response", str(exc))))
         return events
 
-    def _upgraded(self, events: list[Event]) -> None:
-        # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here.
+    def _upgraded(self, events: list[Event], data: bytes | memoryview, offset: int) -> None:
+        # 101 or CONNECT: what follows is not HTTP/1.1; the exchange ends here, or, for
+        # an upgrade we asked for, the tunnel begins with the rest of this read.
         self.spoiled = True
+        if self.recv is R_TUNNEL:
+            if offset < len(data):
+                events.append(bytes(data[offset:]))
+            return
         self.body_left = None
         if self.recv is R_BODY:
             self.recv = R_DONE
@@ -517,6 +558,10 @@ class Exchange:
         if self.recv is R_DONE:  # garbage after a whole response
             self.spoiled = True
             return
+        if self.recv is R_TUNNEL:  # a 101 that httptools does not take for an upgrade
+            self._refused = (
+                "invalid HTTP response: a 101 without Upgrade and Connection: upgrade"
+            )
         # A limit of ours raised inside a callback reaches us as a bare "callback
         # error": say which limit it was, in aiohttp's words.
         detail = self._refused or f"invalid HTTP response: {exc}"
@@ -536,6 +581,9 @@ class Exchange:
                 msg = exc.strerror or str(exc)
                 return self.fail(ConnectionFailure("os", msg, errno=exc.errno or 0))
             return self.fail(ConnectionFailure("disconnected", "Server disconnected"))
+        if recv is R_TUNNEL:
+            self.recv = R_DONE
+            return END
         if recv is R_BODY:
             assert self.head is not None
             if self.head.eof_body:
@@ -674,6 +722,9 @@ class Exchange:
         if b"content-encoding" in names:
             encoding = headers[names.index(b"content-encoding")][1]
         set_cookie = b"set-cookie" in names
+        if status == 101 and self._upgrade:
+            self._tunnel_head(status, headers, encoding, set_cookie)
+            return
         eof_body = length is None and not chunked
         reuse = p.should_keep_alive()
         if status in (204, 304) or self._head_only:
@@ -704,6 +755,23 @@ class Exchange:
             self._events.append(END)
         else:
             self.recv = R_BODY
+
+    def _tunnel_head(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        encoding: bytes | None,
+        set_cookie: bool,
+    ) -> None:
+        """The 101 that answers an upgrade: the rest of the connection is its body."""
+        version = (1, 0) if self._parser.get_http_version() == "1.0" else (1, 1)
+        head = ResponseHead(status, self._reason, version, headers, False, True, encoding,
+                            set_cookie)
+        self.head = head
+        self._events.append(head)
+        self.recv = R_TUNNEL
+        self.spoiled = True
+        self._replace_parser = True
 
     def on_body(self, body: bytes) -> None:
         if self.recv is R_BODY:

@@ -9,7 +9,9 @@ which wait while the socket's write buffer is over its high-water mark),
 a whole body held back is written, or False if the final head came first;
 ``head_future`` resolves with the response head, body chunks go to the consumer given
 to ``set_body_consumer``, and ``done_future``, made only if someone asks, resolves at
-the end of the response.
+the end of the response. ``begin(upgrade=True)`` asks for an upgrade: after a 101 the
+exchange is a tunnel (``tunnel``), whose bytes come as body until the connection closes,
+and ``send_raw`` writes the other way (as ``send_body`` waits, with no framing).
 
 Direct reads (issue 11): while the exchange counts a plain body (``Exchange.body_left``)
 and the consumer was set with a ``DirectSink`` (a body with nothing to decode),
@@ -297,14 +299,16 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         length: int | None = None,
         expect_continue: bool = False,
         limits: HeadLimits = DEFAULT_LIMITS,
+        upgrade: bool = False,
     ) -> None:
         """Start an exchange: write the request head and the whole body, if any; a
         ``streamed`` body follows by ``send_body`` (``length`` bytes; None: chunked).
-        ``expect_continue``: the body waits for ``100 Continue`` (``continue_future``)."""
+        ``expect_continue``: the body waits for ``100 Continue`` (``continue_future``).
+        ``upgrade``: the head alone; a 101 makes a tunnel (``send_raw``)."""
         if self.closed or self.transport is None:
             raise _disconnected()
         out = self.exchange.start(
-            method, head, body, streamed, length, expect_continue, limits
+            method, head, body, streamed, length, expect_continue, limits, upgrade
         )
         self.continue_future = self._loop.create_future() if expect_continue else None
         self._on_response = None
@@ -372,6 +376,31 @@ class HTTP1Connection(asyncio.BufferedProtocol):
         self.transport.writelines(out)
         if self._write_paused:
             await self.drain(stream)
+
+    async def send_raw(self, data: bytes, stream: BrokerStream | None = None) -> None:
+        """Write bytes through the tunnel as they are, then wait while the socket is
+        full (a wait that ``stream`` being given up ends). Raises ConnectionFailure if
+        the connection is gone."""
+        if self.closed or self.transport is None:
+            raise self.exchange.error or _disconnected()
+        self.transport.write(self.exchange.send_raw(data))
+        if self._write_paused:
+            await self.drain(stream)
+
+    def write_last(self, data: bytes) -> bool:
+        """Write bytes through the tunnel just before it is closed (no wait: the
+        transport flushes them on close); False if the connection is gone."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        if not self.exchange.tunnel:
+            return False
+        self.transport.write(data)
+        return True
+
+    @property
+    def tunnel(self) -> bool:
+        """A 101 answered this exchange's upgrade: the connection is a byte pipe."""
+        return self.exchange.tunnel
 
     def end_body(self) -> None:
         """End the streamed body; raises ConnectionFailure (the connection then closes)

@@ -953,10 +953,11 @@ class WorkerConnection(asyncio.BufferedProtocol):
 
 def _fast_kind(req: Request) -> bool:
     """Whether ``req`` is of the kind the fast path carries (``broker.fast``): a whole
-    body or none, no trace, proxy, TLS settings of its own, cookies of its own,
-    100-continue, chunked framing or HTTP/1.0, the default head limits."""
+    body or none, not an upgrade, no trace, proxy, TLS settings of its own, cookies of
+    its own, 100-continue, chunked framing or HTTP/1.0, the default head limits."""
     return not (
         req.streamed
+        or req.upgrade
         or req.trace
         or req.proxy
         or req.tls

@@ -38,6 +38,16 @@ Shared memory (``shared.arena``): a worker that asks in its ``Hello`` may get tw
 with the ``Welcome``; a ``Slot`` then stands for a ``Data`` whose bytes are in the
 sender's arena, given back with ``Release`` (docs/protocol.md, "Shared memory").
 
+Upgrades (``Request.upgrade``, a WebSocket's handshake; version 6): the request has
+``streamed`` set, no ``body`` and no ``chunked`` (else it fails with ``protocol``); its
+head goes with no body framing. A final ``101`` answer's ``Head`` is followed by every
+byte the origin sends after it, as the response body (``Data``/``Slot``, the usual
+credit), until the origin closes (``End``); the worker's ``Data``/``Slot`` go to the
+origin as they are (credit and ``Ack`` as for a streamed request body). A ``Cancel`` (or
+the worker's death) closes the upstream connection, after a masked CLOSE frame with code
+1001 if the worker sent none and its bytes stand at a frame boundary. Any other final
+status is an ordinary response.
+
 Numbers a peer sends are range-checked as they decode (``Annotated`` bounds below): a
 value out of range makes the frame malformed.
 """
@@ -170,6 +180,7 @@ class Request(_Msg, tag="req", frozen=True):
     trace: bool = False
     pool: bytes = DEFAULT_POOL_BYTES  # a PoolSpec, encoded: shared.specs.encode_pool
     timeout: ClientTimeout = DEFAULT_TIMEOUT
+    # A WebSocket (or other) upgrade: see the module docstring, "Upgrades".
     upgrade: bool = False
 
 
