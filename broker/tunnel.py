@@ -6,8 +6,9 @@ until-EOF body, with the stream's credit, the upstream socket paused while the w
 full) and to a ``Tunnel``, which pumps the worker's bytes the other way: one task that
 takes ``stream.request_body()`` piece by piece, writes each as it is
 (``HTTP1Connection.send_raw``, which waits while the socket is over its high-water
-mark) and then acks it (``stream.body_written``). The worker's End ends the pump; the
-tunnel ends with the body, whatever ends that (the origin closed, a failure, the worker
+mark) and then acks it (``stream.body_written``). The worker's End ends the pump and
+closes the connection once what it sent is written (the worker let its WebSocket go,
+as aiohttp's ``transport.close()`` does); the tunnel ends with the body, whatever ends that (the origin closed, a failure, the worker
 cancelled or died): ``ResponseBody`` calls ``Tunnel.close`` before the connection goes
 back to the pool, which closes it (a tunnel is never reused). ``close`` stops the pump
 and, if the worker's bytes stand between two frames and held no CLOSE frame, writes a
@@ -130,10 +131,15 @@ class Tunnel:
                     await conn.send_raw(chunk, stream)
                     stream.body_written(len(chunk))
         except (StreamStopped, ConnectionFailure):
-            pass  # the stream was given up, or the connection is gone: the body ends it
+            return  # the stream was given up, or the connection is gone: the body ends it
         except Exception as exc:  # the worker's own body iterator (embedded), or a bug
             event(log, WARNING, "tunnel_pump_failed", stream=stream.id, exc_info=exc)
             conn.close()  # the body then ends with the connection
+            return
+        # The worker's End: it let its WebSocket go (aiohttp's transport.close()). What
+        # it sent is written; the connection closes after it, which ends the body.
+        self.close()
+        conn.close()
 
     def close(self) -> None:
         """The tunnel ends, before its connection is closed: stop the pump, and say

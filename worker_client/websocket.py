@@ -521,8 +521,10 @@ class ClientWebSocketResponse(Generic[_DecodeText]):
                 self._close_code = WSCloseCode.OK
                 await self.close()
                 return WS_CLOSED_MESSAGE
-            except ClientError:
-                # the connection was lost (ServerDisconnectedError, most likely)
+            except ClientError as exc:
+                # the connection was lost: as aiohttp, CLOSED with 1006; its error is
+                # kept for exception() (ours: the broker went away, the session closed)
+                self._exception = exc
                 self._set_closed()
                 self._close_code = WSCloseCode.ABNORMAL_CLOSURE
                 return WS_CLOSED_MESSAGE

@@ -625,10 +625,10 @@ async def test_a_tunnel_through_the_workers_transport(broker_address, echo, endi
             assert server.close_frames == [WSCloseCode.GOING_AWAY]
         else:
             out.put_nowait(client_close())
-            out.put_nowait(None)  # the worker's End: it sends no more
             msg = await message()
             assert (msg.type, msg.data) == (WSMsgType.CLOSE, WSCloseCode.OK)
-            assert await asyncio.wait_for(handle.content.read(), 10) == b""  # the origin's EOF
+            out.put_nowait(None)  # the worker's End: it lets go, the connection closes
+            assert await asyncio.wait_for(handle.content.read(), 10) == b""  # and ends
             await asyncio.wait_for(server.closed.wait(), 5)
             assert server.close_frames == [WSCloseCode.OK]
         # embedded, the engine's pump ran here: it is gone with the tunnel
