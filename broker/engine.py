@@ -370,6 +370,22 @@ class Engine:
         if req.auto_decompress and encoding:
             decoder = make_decoder(encoding.decode("latin-1"))
         body = ResponseBody(self._loop, req, stream, conn, pool, decoder, history, tunnel)
+        self._send_head(req, stream, conn, pool, head, hop, headers, history)
+        body.start()
+
+    def _send_head(
+        self,
+        req: Request,
+        stream: BrokerStream,
+        conn: HTTP1Connection,
+        pool: Pool,
+        head: ResponseHead,
+        hop: Hop,
+        headers: list[tuple[str, str]],
+        history: list[HistoryItem],
+        handover: bytes = b"",
+    ) -> None:
+        """The final head to the worker; if that fails, the connection goes back."""
         try:
             stream.head(
                 Head(
@@ -382,13 +398,13 @@ class Engine:
                     hop.method,
                     headers if history or headers is not req.headers else [],
                     history,
+                    handover=handover,
                 )
             )
         except BaseException:
             stream.on_halt = None
             pool.give_back(conn)
             raise
-        body.start()
 
     def _tunnel(
         self,
@@ -401,8 +417,15 @@ class Engine:
         headers: list[tuple[str, str]],
         history: list[HistoryItem],
     ) -> None:
-        """A 101 answered the upgrade: the 101's head to the worker, then the origin's
-        bytes as its body and the worker's to the origin, until either ends it."""
+        """A 101 answered the upgrade: the 101's head to the worker, then, unless the
+        worker takes the connection whole (``broker.handover``), the origin's bytes as
+        its body and the worker's to the origin, until either ends it."""
+        if req.handover:
+            token = stream.adopt(conn, pool)  # the worker takes the socket whole
+            if token:
+                self._send_head(req, stream, conn, pool, head, hop, headers, history, token)
+                stream.flush()
+                return
         tunnel = Tunnel(stream, conn)
         self._deliver(req, stream, conn, pool, head, None, hop, headers, history, tunnel)
         tunnel.start()

@@ -78,7 +78,7 @@ import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from logging import ERROR, INFO, WARNING
+from logging import DEBUG, ERROR, INFO, WARNING
 from typing import Any, cast
 
 from msgspec.structs import force_setattr, replace
@@ -94,11 +94,13 @@ from shared.messages import (
     STREAM_WINDOW,
     Ack,
     Cancel,
+    Claim,
     ClearDNS,
     Data,
     End,
     ErrorFrame,
     Failure,
+    Granted,
     Head,
     Hello,
     PoolOpen,
@@ -126,6 +128,7 @@ from .engine import Engine, _checked
 from .exchange import ResponseHead
 from .failures import ConnectionFailure, failure_message
 from .fast import Resumed
+from .handover import Adoption
 from .http1 import HTTP1Connection, watch_silence
 from .jar_file import CookieFile
 from .jars import JAR_CALLS, UNKNOWN_JAR, JarTable
@@ -398,6 +401,27 @@ class IPCStream(BrokerStream):
         if self._resume is not None and not self.window_full:
             resume, self._resume = self._resume, None
             resume()
+
+    # -- hand-over (broker.handover) ---------------------------------------------------
+
+    def adopt(self, conn: HTTP1Connection, pool: Pool) -> bytes:
+        """A plain socket with nothing left to write goes to the worker; a TLS one (its
+        state is in this process) is relayed."""
+        transport = conn.transport
+        if (
+            transport is None
+            or conn.closed
+            or transport.get_extra_info("sslcontext") is not None
+            or transport.get_extra_info("socket") is None
+            or transport.get_write_buffer_size()
+            or not self.conn.peer_pid
+        ):
+            return b""
+        return Adoption(self.conn.server.adoptions, self, conn, pool, self.conn.peer_pid).token
+
+    @property
+    def orphaned(self) -> bool:
+        return self.conn.closed
 
     # -- the worker's side --------------------------------------------------------------
 
@@ -680,8 +704,10 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self.hang_up("protocol", f"a worker may not send {kind.__name__}")
 
     def _greet(self, msg: Any) -> None:
-        if type(msg) is not Hello:
-            self.hang_up("protocol", "the first message must be Hello")
+        if type(msg) is Claim:
+            self._claim(msg.token)
+        elif type(msg) is not Hello:
+            self.hang_up("protocol", "the first message must be Hello (or Claim)")
         elif msg.version != PROTOCOL_VERSION:
             self.hang_up(
                 "version",
@@ -699,6 +725,24 @@ class WorkerConnection(asyncio.BufferedProtocol):
             self.server.process_joined(self.process)
             if not (msg.shm and self._welcome_with_arenas()):
                 self.send(Welcome(PROTOCOL_VERSION, os.getpid()))
+
+    def _claim(self, token: bytes) -> None:
+        """A hand-over connection: the upgraded socket that ``token`` names goes to it,
+        if its process is the one whose request got the socket; then it is closed."""
+        self._cancel_hello_timer()
+        adoption = self.server.adoptions.get(token)
+        if adoption is None or not self.peer_pid or adoption.process != self.peer_pid:
+            self.hang_up("protocol", "no upgraded connection of this process has that token")
+            return
+        transport, early = adoption.claim()
+        raw = transport.get_extra_info("socket")
+        if raw is None or not self._send_with_fds(encode(Granted(early)), [raw.fileno()]):
+            self.hang_up("busy", "the upgraded connection could not be handed over")
+            return
+        event(log, DEBUG, "websocket_handed_over", pid=self.peer_pid, stream=adoption.stream.id)
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
 
     # -- shared memory --------------------------------------------------------------
 
@@ -1138,6 +1182,8 @@ class BrokerServer:
         self.jars = JarTable(max_jars=limits.max_jars)
         self.cookie_file = CookieFile(cookie_file, self.jars) if cookie_file else None
         self.workers: set[WorkerConnection] = set()
+        # upgraded connections offered to their workers, by token (broker.handover)
+        self.adoptions: dict[bytes, Adoption] = {}
         shm = os.environ.get("HTTP_BROKER_SHM", "").strip().lower() not in _OFF and _MEMFD
         self.shm_budget = limits.max_shm_bytes if shm else 0
         self.shm_bytes = 0  # in the workers' arenas now

@@ -205,6 +205,17 @@ class BrokerStream:
     def body_written(self, size: int) -> None:
         """``size`` bytes of the streamed request body are on the upstream socket."""
 
+    def adopt(self, conn: Any, pool: Any) -> bytes:
+        """Take the upgraded connection ``conn`` (of ``pool``) whole for the worker
+        (``broker.handover``): the token the worker claims it with, or b"" if this
+        carrier cannot (the engine relays its bytes instead)."""
+        return b""
+
+    @property
+    def orphaned(self) -> bool:
+        """The worker is gone (not merely done with this stream)."""
+        return False
+
     # -- called by the carrier -------------------------------------------------------
 
     def give_up(self) -> None:

@@ -8,9 +8,10 @@ takes ``stream.request_body()`` piece by piece, writes each as it is
 (``HTTP1Connection.send_raw``, which waits while the socket is over its high-water
 mark) and then acks it (``stream.body_written``). The worker's End ends the pump and
 closes the connection once what it sent is written (the worker let its WebSocket go,
-as aiohttp's ``transport.close()`` does); the tunnel ends with the body, whatever ends that (the origin closed, a failure, the worker
-cancelled or died): ``ResponseBody`` calls ``Tunnel.close`` before the connection goes
-back to the pool, which closes it (a tunnel is never reused). ``close`` stops the pump
+as aiohttp's ``transport.close()`` does); the tunnel ends with the body, whatever ends
+that (the origin closed, a failure, the worker cancelled or died): ``ResponseBody``
+calls ``Tunnel.close`` before the connection goes back to the pool, which closes it (a
+tunnel is never reused). ``close`` stops the pump
 and, if the worker's bytes stand between two frames and held no CLOSE frame, writes a
 masked CLOSE with code 1001 (going away) first, so the origin learns why.
 

@@ -182,6 +182,9 @@ class Request(_Msg, tag="req", frozen=True):
     timeout: ClientTimeout = DEFAULT_TIMEOUT
     # A WebSocket (or other) upgrade: see the module docstring, "Upgrades".
     upgrade: bool = False
+    # The worker takes the upgraded socket when the broker can give it (a plain one):
+    # ``Head.handover`` then names it, and nothing is relayed.
+    handover: bool = False
 
 
 class RequestFrame(Request, tag="req", frozen=True):

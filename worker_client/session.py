@@ -699,6 +699,7 @@ class ClientSession:
                 requote_redirect_url=self._requote_redirect_url,
                 proxy=route,
                 upgrade=_upgrade is not None,
+                handover=_upgrade is not None,
             )
             if _upgrade is not None:
                 _upgrade.handle = handle

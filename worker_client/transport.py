@@ -106,6 +106,7 @@ from .handle import Deadlines, StreamHandle
 if TYPE_CHECKING:  # the engine's modules are imported by the first EmbeddedTransport
     from broker.cookie_store import CookieStore
     from broker.fast import Resumed
+    from broker.handover import Adoption
 
 __all__ = [
     "StreamHandle", "Transport", "get_transport", "broker_address", "trusted_broker_uids",
@@ -291,6 +292,13 @@ class _LocalStream(BrokerStream):
             return False
         return True
 
+    def adopt(self, conn: Any, pool: Any) -> bytes:
+        """Embedded, the worker takes any upgraded connection (TLS too): its transport
+        is in this process already."""
+        from broker.handover import Adoption
+
+        return Adoption(self.owner.adoptions, self, conn, pool).token
+
     def _send_head(self, msg: Head) -> None:
         self.handle.on_head(msg)
 
@@ -347,6 +355,17 @@ class EmbeddedTransport(Transport):
         self.engine = Engine(loop)
         self.streams: dict[int, _LocalStream] = {}
         self.tls = TlsTable()  # as a worker connection's in the broker, with its cap
+        self.adoptions: dict[bytes, Adoption] = {}  # upgraded connections to take
+
+    async def claim(self, token: bytes) -> tuple[Any, bytes]:
+        """The engine's own transport of the upgraded connection (reading paused), and
+        what it read past the 101; its ``HTTP1Connection`` is to be told when the
+        transport is lost (``lost``), for the pool."""
+        adoption = self.adoptions.get(token)
+        if adoption is None:
+            raise BrokerProtocolError("no upgraded connection has that token")
+        transport, early = adoption.claim()
+        return _Taken(transport, adoption.conn.connection_lost), early
 
     async def send(
         self,
@@ -431,6 +450,19 @@ class EmbeddedTransport(Transport):
                 stream.give_up()
         self.streams.clear()
         await self.engine.close()
+
+
+class _Taken:
+    """An upgraded connection's transport taken from the engine, embedded; ``lost`` is
+    its ``HTTP1Connection.connection_lost``, for whoever becomes its protocol to call."""
+
+    __slots__ = ("transport", "lost")
+
+    def __init__(
+        self, transport: asyncio.Transport, lost: Callable[[Exception | None], None]
+    ) -> None:
+        self.transport = transport
+        self.lost = lost
 
 
 # -- through a broker process ------------------------------------------------------------

@@ -300,11 +300,11 @@ class SocketChannel(_Channel, asyncio.Protocol):
     through a broker: a plain ``ws://`` socket the broker handed over). Frames are
     written straight to the transport; ``send`` waits while the transport is over its
     high-water mark, and reading pauses while the messages are over their limit.
-    ``on_lost`` runs once, when the connection is gone (whoever lent it learns)."""
+    ``on_lost(exc)`` runs once, when the connection is gone (whoever lent it learns)."""
 
     def __init__(
         self,
-        on_lost: Callable[[], None],
+        on_lost: Callable[[BaseException | None], None],
         *,
         max_msg_size: int,
         compress: int,
@@ -318,7 +318,7 @@ class SocketChannel(_Channel, asyncio.Protocol):
             decode_text=decode_text,
         )
         self._transport: asyncio.Transport | None = None
-        self._on_lost: Callable[[], None] | None = on_lost
+        self._on_lost: Callable[[BaseException | None], None] | None = on_lost
         self._drained: asyncio.Future[None] | None = None
         self._write_paused = False
         self._on_consumed: Callable[[int], None] | None = None  # as StreamHandle's content
@@ -400,7 +400,7 @@ class SocketChannel(_Channel, asyncio.Protocol):
             drained.exception()  # retrieved here: a sender may have gone
         on_lost, self._on_lost = self._on_lost, None
         if on_lost is not None:
-            on_lost()
+            on_lost(exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -128,15 +128,22 @@ async def ws_connect(
             "decode_text": decode_text,
         }
         channel: StreamChannel | SocketChannel
-        if head.handover:  # the upgraded socket is ours: the codec on it directly
-            channel = SocketChannel(resp.close, **options)
+        if head.handover:  # the upgraded connection is ours: the codec on it directly
             got, early = await handle.transport.claim(head.handover)
             if isinstance(got, socket.socket):  # from the broker, over SCM_RIGHTS
+                channel = SocketChannel(lambda exc: resp.close(), **options)
                 await asyncio.get_running_loop().create_connection(lambda: channel, sock=got)
             else:  # embedded: the engine's own transport, with reading paused
-                got.set_protocol(channel)
-                channel.connection_made(got)
-                got.resume_reading()
+                lost = got.lost
+
+                def gone(exc: BaseException | None) -> None:
+                    lost(exc)  # the engine's connection learns: the pool counts it out
+                    resp.close()
+
+                channel = SocketChannel(gone, **options)
+                got.transport.set_protocol(channel)
+                channel.connection_made(got.transport)
+                got.transport.resume_reading()
             handle.content = channel  # type: ignore[assignment]
         else:  # the broker relays the bytes
             channel = StreamChannel(handle, outgoing, resp.close, extra={}, **options)
