@@ -4,14 +4,14 @@ Every message is a frozen, tagged ``msgspec.Struct`` encoded as a MessagePack ar
 tag first), so the union below decodes with one typed decoder and anything else is a
 decode error. A stream is one request: the worker picks its id, odd and increasing.
 
-worker -> broker: Hello, TlsOpen, PoolOpen, TimeoutOpen, Request, Data/Slot/End (a
-                  streamed request body), Ack, Release, Cancel, ClearDNS, StatsRequest,
-                  the jar calls (JarOpen, JarClose, JarUpdate, JarFilter, JarCount,
-                  JarDump, JarLoad, JarDelete)
-broker -> worker: Welcome, TraceEvent, Head (with the whole body, when small), Data/Slot/End
-                  (the response body), Ack,
-                  Release, Rewind, Failure, ErrorFrame,
-                  Stats, the jar replies (JarDone, JarCookies, JarData, JarFailed)
+worker -> broker: Hello (or Claim), TlsOpen, PoolOpen, TimeoutOpen, Request,
+                  Data/Slot/End (a streamed request body), Ack, Release, Cancel,
+                  ClearDNS, StatsRequest, the jar calls (JarOpen, JarClose, JarUpdate,
+                  JarFilter, JarCount, JarDump, JarLoad, JarDelete)
+broker -> worker: Welcome (or Granted), TraceEvent, Head (with the whole body, when
+                  small), Data/Slot/End (the response body), Ack, Release, Rewind,
+                  Failure, ErrorFrame, Stats, the jar replies (JarDone, JarCookies,
+                  JarData, JarFailed)
 
 Jar calls are answered in order, one reply each (a ``JarDump`` may answer with several
 ``JarData``, the last with ``more=False``; ``JarClose`` is not answered). A jar is named
@@ -45,8 +45,11 @@ byte the origin sends after it, as the response body (``Data``/``Slot``, the usu
 credit), until the origin closes (``End``); the worker's ``Data``/``Slot`` go to the
 origin as they are (credit and ``Ack`` as for a streamed request body). A ``Cancel`` (or
 the worker's death) closes the upstream connection, after a masked CLOSE frame with code
-1001 if the worker sent none and its bytes stand at a frame boundary. Any other final
-status is an ordinary response.
+1001 if the worker sent none and its bytes stand at a frame boundary; the worker's End
+closes it once what the worker sent is written. Any other final status is an ordinary
+response. With ``Request.handover`` as well, a plain socket goes to the worker instead:
+the 101's ``Head.handover`` is a token, which the worker claims on a connection of its
+own (``Claim``, answered by ``Granted`` with the descriptor; docs/protocol.md).
 
 Numbers a peer sends are range-checked as they decode (``Annotated`` bounds below): a
 value out of range makes the frame malformed.
