@@ -1000,3 +1000,33 @@ async def test_wss_through_an_http_proxy(client, tls_ws, tls_certs, open_proxy, 
         await ws.send_str("tunnelled")
         assert await ws.receive_str() == "tunnelled/answer"
         assert peers[0] in open_proxy.sockets()
+
+
+async def test_trust_env_takes_wss_proxy_for_a_websocket(
+    client, tls_ws, tls_certs, open_proxy, monkeypatch
+):
+    """aiohttp, ``trust_env=True``: a wss:// WebSocket goes through the proxy that
+    ``wss_proxy`` names (not ``https_proxy``, which an https request would take)."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "ws_proxy", "wss_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("wss_proxy", open_proxy.url)
+    peers: list[int] = []
+    inner = echo()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername")[1])
+        return await inner(request)
+
+    url = await tls_ws(handler)
+    ctx = ssl.create_default_context(cafile=str(tls_certs.ca))
+    session = client.session(trust_env=True)
+    async with session.ws_connect(url, ssl=ctx) as ws:
+        await ws.send_str("from the environment")
+        assert await ws.receive_str() == "from the environment/answer"
+        assert peers[0] in open_proxy.sockets()  # the proxy's, while it is open
+        # and an https request of the same session does not take it
+        async with session.get(url.replace("wss://", "https://", 1), ssl=ctx) as resp:
+            assert resp.status == 400  # aiohttp.web: a plain GET to a WebSocket route
+            assert len(peers) == 2 and peers[1] not in open_proxy.sockets()
