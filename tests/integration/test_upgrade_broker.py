@@ -123,6 +123,7 @@ class EchoApp:
         self.connections = 0
         self.close_codes: list[int | None] = []
         self.close_frames: list[int | None] = []
+        self.sockets: list[Any] = []  # the server's end of each connection
         self.closed = asyncio.Event()
 
     def app(self) -> web.Application:
@@ -133,6 +134,8 @@ class EchoApp:
 
     async def echo(self, request: web.Request) -> web.WebSocketResponse:
         self.connections += 1
+        assert request.transport is not None
+        self.sockets.append(request.transport.get_extra_info("socket"))
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         while True:
@@ -494,6 +497,8 @@ async def test_an_upgrade_over_tls(broker_process, serve_app, tls_certs):
     await asyncio.wait_for(server.closed.wait(), 5)
     # (its close_code may then be 1006: its own CLOSE meets the TLS connection closed)
     assert server.close_frames == [WSCloseCode.GOING_AWAY]
+    # both ends' TLS shutdowns done: a server socket closing as the loop ends is left open
+    await wait_until(lambda: all(s.fileno() == -1 for s in server.sockets))
 
 
 def _der(path: Any) -> bytes:
