@@ -57,7 +57,7 @@ FRAMES_MAX = 8  # frame templates per plan: one per (timeout, allow_redirects) m
 _SENTINEL = SENTINEL
 _U64 = struct.Struct(">Q")
 _LEN = struct.Struct("<I")
-_REST = len(Request.__struct_fields__) - 2  # the fields before pool and timeout
+_REST = Request.__struct_fields__.index("pool")  # the fields before pool and timeout
 _WHOLE = step(step(State.OPEN, Event.HEAD), Event.END)
 
 

@@ -122,7 +122,9 @@ _SLOT_MIN = 32 * 1024
 _POOL_IDS = 1024  # pool specs named by id per connection (the broker caps them lower)
 # Request's fields from ``body`` to ``trace`` at their defaults: a request with these
 # (and its pool and timeout by id or the defaults) goes as its first six fields.
-_DEFAULT_FIELDS = msgspec.structs.astuple(Request(0, "", ""))[6:-2]
+_POOL_AT = Request.__struct_fields__.index("pool")  # then timeout, then the rest
+_DEFAULT_FIELDS = msgspec.structs.astuple(Request(0, "", ""))[6:_POOL_AT]
+_DEFAULT_TAIL = msgspec.structs.astuple(Request(0, "", ""))[_POOL_AT + 2 :]
 
 
 _OFF = ("0", "no", "off", "false")
@@ -1056,7 +1058,12 @@ class IPCTransport(Transport):
                 timeout = None
         fields = msgspec.structs.astuple(req)
         wire: Any
-        if not pool and timeout is None and fields[6:-2] == _DEFAULT_FIELDS:
+        if (
+            not pool
+            and timeout is None
+            and fields[6:_POOL_AT] == _DEFAULT_FIELDS
+            and fields[_POOL_AT + 2 :] == _DEFAULT_TAIL
+        ):
             # The common request: its first fields only, the decoder fills in the rest.
             wire = ["req", fields[0], fields[1], fields[2], fields[3], pool_id, timeout_id]
         else:

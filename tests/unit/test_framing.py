@@ -217,3 +217,29 @@ def test_a_request_of_its_first_fields_decodes_with_the_defaults():
     (got,) = FrameReader().feed(len(short).to_bytes(4, "little") + short)
     full = RequestFrame(3, "GET", "http://h/", [("A", "b")], pool_id=1, timeout_id=2)
     assert got == full and got.timeout is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"pool": encode_pool(PoolSpec(limit=3))}, {"upgrade": True}, {"handover": True}],
+    ids=["defaults", "a-pool-by-id", "upgrade", "handover"],
+)
+async def test_the_workers_short_request_leaves_out_only_defaults(fields):
+    """``IPCTransport._send_request`` sends the common request as its first fields: a
+    pool named by id still qualifies, a field after the pool and timeout
+    (``upgrade``, ``handover``) set does not, and nothing set is ever lost."""
+    import asyncio
+
+    from worker_client.transport import IPCTransport
+
+    transport = IPCTransport(asyncio.get_running_loop(), "/nonexistent")
+    sent: list[object] = []
+    transport._send = lambda *msgs: sent.extend(msgs)  # type: ignore[method-assign]
+    req = Request(stream=1, method="GET", url="http://h/", **fields)
+    transport._send_request(req)
+    wire = sent[-1]
+    assert isinstance(wire, list) == (not fields or "pool" in fields)  # the short form
+    body = msgspec.msgpack.encode(wire)
+    (got,) = FrameReader().feed(len(body).to_bytes(4, "little") + body)
+    assert (got.upgrade, got.handover) == (req.upgrade, req.handover)
+    assert got.pool_id == (1 if "pool" in fields else 0)
