@@ -1030,3 +1030,63 @@ async def test_trust_env_takes_wss_proxy_for_a_websocket(
         async with session.get(url.replace("wss://", "https://", 1), ssl=ctx) as resp:
             assert resp.status == 400  # aiohttp.web: a plain GET to a WebSocket route
             assert len(peers) == 2 and peers[1] not in open_proxy.sockets()
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_heartbeats_keep_working_under_load(
+    broker_process, serve_app, tls_certs, scheme
+):
+    """Through a broker, with the same worker connection busy downloading big bodies
+    (the relay of wss:// shares it; a handed-over ws:// socket does not): the client's
+    heartbeat pings reach the server and its pongs come back in time, three times over,
+    and the WebSocket stays open."""
+    from worker_client import ClientSession
+
+    pings = downloads = 0
+    three: asyncio.Future[None] = future()
+    big = b"x" * (8 << 20)
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal pings
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is web.WSMsgType.PING:
+                await ws.pong(msg.data)
+                pings += 1
+                if pings == 3 and not three.done():
+                    three.set_result(None)
+        return ws
+
+    async def body(request: web.Request) -> web.Response:
+        return web.Response(body=big)
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    app.router.add_get("/big", body)
+    ctx = server_context(tls_certs.server, tls_certs.server_key) if scheme == "wss" else None
+    base = await serve_app(app, ssl_context=ctx)
+    client_ctx = ssl.create_default_context(cafile=str(tls_certs.ca))
+    async with ClientSession(broker=broker_process.socket_path) as session:
+        ws = await session.ws_connect(base.replace("http", "ws", 1) + "/", heartbeat=0.3,
+                                      ssl=client_ctx)
+
+        async def load() -> None:
+            nonlocal downloads
+            while not three.done():
+                async with session.get(base + "/big", ssl=client_ctx) as resp:
+                    assert len(await resp.read()) == len(big)
+                downloads += 1
+
+        loaders = [asyncio.ensure_future(load()) for _ in range(3)]
+        try:
+            await asyncio.wait_for(asyncio.shield(three), 20)
+        finally:
+            for task in loaders:
+                task.cancel()
+            await asyncio.gather(*loaders, return_exceptions=True)
+        assert downloads >= 3  # the load was real: 24 MiB and more beside the pings
+        assert not ws.closed and ws.exception() is None
+        await ws.send_str("still here")
+        await ws.close()
+        assert ws.close_code == 1000
