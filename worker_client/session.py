@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
@@ -76,6 +76,8 @@ if TYPE_CHECKING:
     from .ws_channel import Outgoing
     from .ws_connect import WSRequestContextManager
 
+
+_T = TypeVar("_T")
 
 # worker_client.tls's, imported by the first request that names a TLS setting (it hashes
 # specs and handles SSL contexts, which a plain request never needs).
@@ -922,14 +924,15 @@ def _request_timeout(timeout: ClientTimeout | float | None) -> ClientTimeout:
     return ClientTimeout(total=timeout)
 
 
-class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
-    """What the verb methods return: awaitable, and an async context manager."""
+class AwaitableContext(Coroutine[Any, Any, _T]):
+    """Awaitable, and an async context manager whose ``__aexit__`` a subclass gives:
+    what the verb methods (and ``ws_connect``) return."""
 
     __slots__ = ("_coro", "_resp")
 
-    def __init__(self, coro: Coroutine[Any, Any, ClientResponse]) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, _T]) -> None:
         self._coro = coro
-        self._resp: ClientResponse | None = None
+        self._resp: _T | None = None
 
     def send(self, arg: Any) -> Any:
         return self._coro.send(arg)
@@ -943,12 +946,16 @@ class _RequestContextManager(Coroutine[Any, Any, ClientResponse]):
     def close(self) -> None:
         self._coro.close()
 
-    def __await__(self) -> Generator[Any, None, ClientResponse]:
+    def __await__(self) -> Generator[Any, None, _T]:
         return self._coro.__await__()
 
-    async def __aenter__(self) -> ClientResponse:
+    async def __aenter__(self) -> _T:
         self._resp = await self._coro
         return self._resp
+
+
+class _RequestContextManager(AwaitableContext[ClientResponse]):
+    __slots__ = ()
 
     async def __aexit__(
         self,

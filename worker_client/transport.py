@@ -621,30 +621,11 @@ class IPCTransport(Transport):
         self, sock: socket.socket, reader: FrameReader, shm: bool
     ) -> tuple[Welcome, list[Any]]:
         """Send Hello, receive the Welcome (and its descriptors): it and what followed."""
-        await self.loop.sock_sendall(sock, encode(Hello(PROTOCOL_VERSION, os.getpid(), shm)))
         fds: list[int] = []
         try:
-            while True:
-                await _readable(self.loop, sock)
-                try:
-                    data, got, flags = _recv_fds(sock, 2)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:
-                    raise BrokerConnectionError(
-                        f"lost the connection to the broker: {exc}"
-                    ) from None
-                fds += got
-                if flags & socket.MSG_CTRUNC:
-                    raise BrokerProtocolError("the broker sent more descriptors than two")
-                if not data:
-                    raise BrokerConnectionError("lost the connection to the broker")
-                try:
-                    msgs = reader.feed(data)
-                except FrameError as exc:
-                    raise BrokerProtocolError(f"the broker sent a bad frame: {exc}") from None
-                if msgs:
-                    break
+            msgs = await self._ask_bare(
+                sock, reader, Hello(PROTOCOL_VERSION, os.getpid(), shm), fds, 2
+            )
             first = msgs[0]
             if type(first) is ErrorFrame:
                 raise _closed_error(first)
@@ -664,6 +645,33 @@ class IPCTransport(Transport):
         finally:
             for fd in fds:
                 os.close(fd)
+
+    async def _ask_bare(
+        self, sock: socket.socket, reader: FrameReader, msg: Any, fds: list[int], most: int
+    ) -> list[Any]:
+        """Send ``msg`` on the bare socket and read until a whole message arrives: the
+        messages read, and into ``fds`` (the caller's to close) the descriptors that
+        came with them, at most ``most``."""
+        await self.loop.sock_sendall(sock, encode(msg))
+        while True:
+            await _readable(self.loop, sock)
+            try:
+                data, got, flags = _recv_fds(sock, most)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                raise BrokerConnectionError(f"lost the connection to the broker: {exc}") from None
+            fds += got
+            if flags & socket.MSG_CTRUNC or len(fds) > most:
+                raise BrokerProtocolError(f"the broker sent more descriptors than {most}")
+            if not data:
+                raise BrokerConnectionError("lost the connection to the broker")
+            try:
+                msgs = reader.feed(data)
+            except FrameError as exc:
+                raise BrokerProtocolError(f"the broker sent a bad frame: {exc}") from None
+            if msgs:
+                return msgs
 
     async def claim(self, token: bytes, timeout: float = 10.0) -> tuple[socket.socket, bytes]:
         """The upgraded socket that a ``Head.handover`` named, and the bytes the broker
@@ -689,31 +697,9 @@ class IPCTransport(Transport):
             sock.close()
 
     async def _claimed(self, sock: socket.socket, token: bytes) -> tuple[socket.socket, bytes]:
-        await self.loop.sock_sendall(sock, encode(Claim(token)))
-        reader = FrameReader()
         fds: list[int] = []
         try:
-            while True:
-                await _readable(self.loop, sock)
-                try:
-                    data, got, flags = _recv_fds(sock, 1)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:
-                    raise BrokerConnectionError(
-                        f"lost the connection to the broker: {exc}"
-                    ) from None
-                fds += got
-                if flags & socket.MSG_CTRUNC or len(fds) > 1:
-                    raise BrokerProtocolError("the broker sent more than one descriptor")
-                if not data:
-                    raise BrokerConnectionError("the broker hung up before the hand-over")
-                try:
-                    msgs = reader.feed(data)
-                except FrameError as exc:
-                    raise BrokerProtocolError(f"the broker sent a bad frame: {exc}") from None
-                if msgs:
-                    break
+            msgs = await self._ask_bare(sock, FrameReader(), Claim(token), fds, 1)
             first = msgs[0]
             if type(first) is ErrorFrame:
                 raise _closed_error(first)

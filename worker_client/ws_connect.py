@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import socket
 import warnings
-from collections.abc import Coroutine, Generator, Iterable
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from yarl import URL
 from shared.websocket import WSHandshakeError, check_response, make_key, request_headers
 
 from .exceptions import RequestInfo, WSServerHandshakeError
+from .session import AwaitableContext
 from .websocket import DEFAULT_WS_CLIENT_TIMEOUT, ClientWebSocketResponse, ClientWSTimeout
 from .ws_channel import Outgoing, SocketChannel, StreamChannel
 
@@ -228,34 +229,11 @@ def _ws_timeout(timeout: Any, receive_timeout: float | None) -> ClientWSTimeout:
     return ws_timeout
 
 
-class WSRequestContextManager(Coroutine[Any, Any, ClientWebSocketResponse[Any]]):
+class WSRequestContextManager(AwaitableContext[ClientWebSocketResponse[Any]]):
     """What ``ws_connect`` returns: awaitable, and an async context manager that closes
     the WebSocket at its end (aiohttp's ``_WSRequestContextManager``)."""
 
-    __slots__ = ("_coro", "_ws")
-
-    def __init__(self, coro: Coroutine[Any, Any, ClientWebSocketResponse[Any]]) -> None:
-        self._coro = coro
-        self._ws: ClientWebSocketResponse[Any] | None = None
-
-    def send(self, arg: Any) -> Any:
-        return self._coro.send(arg)
-
-    def throw(self, *args: Any) -> Any:
-        try:
-            return self._coro.throw(*args)
-        finally:
-            del args
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def __await__(self) -> Generator[Any, None, ClientWebSocketResponse[Any]]:
-        return self._coro.__await__()
-
-    async def __aenter__(self) -> ClientWebSocketResponse[Any]:
-        self._ws = await self._coro
-        return self._ws
+    __slots__ = ()
 
     async def __aexit__(
         self,
@@ -263,5 +241,5 @@ class WSRequestContextManager(Coroutine[Any, Any, ClientWebSocketResponse[Any]])
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._ws is not None
-        await self._ws.close()
+        assert self._resp is not None
+        await self._resp.close()
