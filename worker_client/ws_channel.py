@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from shared.websocket import (
     WebSocketError,
@@ -43,7 +43,7 @@ from .websocket import IncomingMessages
 if TYPE_CHECKING:
     from .handle import StreamHandle
 
-__all__ = ["OUTGOING_LIMIT", "Outgoing", "SocketChannel", "StreamChannel"]
+__all__ = ["OUTGOING_LIMIT", "CodecOptions", "Outgoing", "SocketChannel", "StreamChannel"]
 
 OUTGOING_LIMIT = 2**16
 """Bytes a WebSocket may have written that the transport has not taken, before ``send``
@@ -126,6 +126,15 @@ class Outgoing:
         _wake(self._drained)
         self._drained = None
         return data
+
+
+class CodecOptions(TypedDict):
+    """A channel's codec settings (``_Channel``'s keywords)."""
+
+    max_msg_size: int
+    compress: int
+    notakeover: bool
+    decode_text: bool
 
 
 def _wake(fut: asyncio.Future[None] | None) -> None:
@@ -248,7 +257,7 @@ class StreamChannel(_Channel):
         if self._closed:
             return
         self._closed = True
-        if self._handle.done:
+        if self._ended or self._handle.done:
             self._drop()
         else:
             self._out.end()

@@ -31,7 +31,7 @@ from shared.websocket import WSHandshakeError, check_response, make_key, request
 from .exceptions import RequestInfo, WSServerHandshakeError
 from .session import AwaitableContext
 from .websocket import DEFAULT_WS_CLIENT_TIMEOUT, ClientWebSocketResponse, ClientWSTimeout
-from .ws_channel import Outgoing, SocketChannel, StreamChannel
+from .ws_channel import CodecOptions, Outgoing, SocketChannel, StreamChannel
 
 if TYPE_CHECKING:
     from .session import ClientSession
@@ -122,18 +122,23 @@ async def ws_connect(
         assert handle is not None
         handle.clear_deadline()
         head = handle.head.result()
-        options = {
-            "max_msg_size": max_msg_size,
-            "compress": agreed.compress,
-            "notakeover": agreed.notakeover,
-            "decode_text": decode_text,
-        }
+        options = CodecOptions(
+            max_msg_size=max_msg_size,
+            compress=agreed.compress,
+            notakeover=agreed.notakeover,
+            decode_text=decode_text,
+        )
         channel: StreamChannel | SocketChannel
         if head.handover:  # the upgraded connection is ours: the codec on it directly
             got, early = await handle.transport.claim(head.handover)
             if isinstance(got, socket.socket):  # from the broker, over SCM_RIGHTS
-                channel = SocketChannel(lambda exc: resp.close(), **options)
-                await asyncio.get_running_loop().create_connection(lambda: channel, sock=got)
+                owned = SocketChannel(lambda exc: resp.close(), **options)
+                try:
+                    await asyncio.get_running_loop().create_connection(lambda: owned, sock=got)
+                except BaseException:
+                    got.close()
+                    raise
+                channel = owned
             else:  # embedded: the engine's own transport, with reading paused
                 lost = got.lost
 

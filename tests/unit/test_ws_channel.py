@@ -27,6 +27,7 @@ class FakeHandle:
 
     def __init__(self) -> None:
         self.acked = 0
+        self.done = False  # the stream ended
 
     def _consumed(self, size: int) -> None:
         self.acked += size
@@ -181,15 +182,47 @@ async def test_a_protocol_error_reaches_the_reader_as_websocket_error() -> None:
     assert info.value.code == WSCloseCode.MESSAGE_TOO_BIG
 
 
-async def test_close_ends_the_outgoing_bytes_and_drops_the_stream_once() -> None:
+async def test_close_lets_what_was_written_go_then_drops_the_stream_at_its_end() -> None:
+    """As aiohttp's transport.close(): the bytes written still go (the Outgoing ends
+    after them: the worker's End), and the response is dropped once the stream ends."""
     channel, out, _, drops = make()
     await channel.send(b"bye", WSMsgType.TEXT)
     channel.close()
     channel.close()
-    assert drops == ["drop"]
+    assert drops == []
     with pytest.raises(ClientConnectionResetError):
         await channel.send(b"late", WSMsgType.TEXT)
-    with pytest.raises(StopAsyncIteration):  # what was held is dropped with the stream
+    got = WebSocketReader(client=False).feed(await out.__anext__())
+    assert [m.data for m in got] == ["bye"]
+    with pytest.raises(StopAsyncIteration):
         await out.__anext__()
+    channel.feed_eof()  # the broker closed the connection after them: the stream ends
+    assert drops == ["drop"]
     assert channel.get_extra_info("peername") == ("127.0.0.1", 1)
     assert channel.get_extra_info("nothing", 5) == 5
+
+
+async def test_close_of_a_stream_that_ended_drops_it_at_once() -> None:
+    channel, _, handle, drops = make()
+    channel.feed_eof()
+    handle.done = True
+    with pytest.raises(ClientConnectionResetError):  # the connection is gone
+        await channel.send(b"x", WSMsgType.TEXT)
+    channel.close()
+    assert drops == ["drop"]
+
+
+async def test_a_failed_stream_fails_the_messages_and_a_waiting_writer() -> None:
+    channel, out, _, drops = make()
+    out.write(b"x" * (OUTGOING_LIMIT + 1))
+    drain = asyncio.ensure_future(out.drain())
+    await asyncio.sleep(0)
+    gone = ConnectionError("the broker went away")
+    channel.set_exception(gone)
+    with pytest.raises(ClientConnectionResetError):
+        await drain
+    with pytest.raises(ConnectionError):
+        await channel.incoming.read()
+    assert drops == []  # not let go by its WebSocket yet
+    channel.close()
+    assert drops == ["drop"]
