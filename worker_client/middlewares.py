@@ -340,6 +340,7 @@ class HopOptions(NamedTuple):
     proxy: bytes = b""  # the encoded ProxyRoute (worker_client.proxies)
     proxy_args: tuple[Any, Any, Any] = (None, None, None)  # proxy, proxy_auth, proxy_headers
     trace: Any = None  # a traced request's RequestTrace (worker_client.tracing)
+    upgrade: Any = None  # ws_connect's Outgoing (worker_client.ws_channel): an upgrade
 
 
 class _Hops:
@@ -359,7 +360,10 @@ class _Hops:
         route = spec.proxy if creq._proxy_seen == creq._proxy_now() else creq._own_route()
         transport = spec.transport
         body = creq._body
-        stream = body.take() if body.streamed else None
+        if spec.upgrade is not None:  # ws_connect's frames, whatever the hop: after a 101
+            stream = spec.upgrade
+        else:
+            stream = body.take() if body.streamed else None
         limits = spec.limits
         request_info = creq.request_info
         ssl, server_hostname = creq._ssl, creq.server_hostname
@@ -402,7 +406,11 @@ class _Hops:
             chunked=spec.chunked,
             requote_redirect_url=session._requote_redirect_url,
             proxy=route,
+            upgrade=spec.upgrade is not None,
+            handover=spec.upgrade is not None,
         )
+        if spec.upgrade is not None:
+            spec.upgrade.handle = handle  # the last hop's is the WebSocket's
         if tls is not None or sni:
             req = with_tls(req, tls, sni)
         tracer = spec.trace

@@ -626,9 +626,7 @@ class ClientSession:
                 if prepared.payload is not None or upload_tracker is not None:
                     await _body_over(prepared, upload_tracker, exc)
                 raise
-            if _upgrade is None and (
-                middlewares := self._middlewares if middlewares is None else middlewares
-            ):
+            if middlewares := self._middlewares if middlewares is None else middlewares:
                 from .middlewares import HopOptions
 
                 resp = await self._request_hops(
@@ -652,6 +650,7 @@ class ClientSession:
                             proxy_headers,
                         ),
                         tracer,
+                        _upgrade,
                     ),
                     upload_tracker, raise_for_status,
                 )

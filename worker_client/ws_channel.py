@@ -51,10 +51,11 @@ waits (aiohttp's writer waits on the socket's high-water mark, 64 KiB)."""
 
 
 class Outgoing:
-    """The upgrade request's body: the frame bytes written, until ``end`` or ``abort``.
+    """The upgrade request's body: the frame bytes written, until ``end``.
 
     One consumer (the transport's pump) iterates it; each step takes everything written
-    so far, joined."""
+    so far, joined. A second consumer (the upgrade sent again, by a middleware or for a
+    redirect) takes its place, and the first one's iteration ends."""
 
     __slots__ = ("_chunks", "_size", "_ended", "_error", "_waiter", "_drained", "handle")
 
@@ -114,11 +115,17 @@ class Outgoing:
         while not self._chunks:
             if self._ended:
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
+            older = self._waiter
+            if older is not None and not older.done():
+                # A newer stream took over (a middleware sent the upgrade again): the
+                # older one's upload ends; nothing was taken from it before a 101.
+                older.set_exception(StopAsyncIteration())
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                if self._waiter is waiter:
+                    self._waiter = None
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()

@@ -1090,3 +1090,40 @@ async def test_heartbeats_keep_working_under_load(
         await ws.send_str("still here")
         await ws.close()
         assert ws.close_code == 1000
+
+
+async def test_session_middlewares_run_around_the_upgrade(client, serve_ws):
+    """aiohttp 3.12+: ``ws_connect`` goes through the session's middlewares like any
+    request. One adds a header; another answers a 401 by sending the upgrade again with
+    credentials (a retry), and the WebSocket then works."""
+    seen: list[tuple[str | None, str | None]] = []
+    inner = echo()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append((request.headers.get("X-Mw"), request.headers.get("Authorization")))
+        if "Authorization" not in request.headers:
+            return web.Response(status=401)
+        return await inner(request)
+
+    calls: list[str] = []
+
+    async def tag(req: Any, handler: Any) -> Any:
+        req.headers["X-Mw"] = "yes"
+        calls.append(req.method)
+        return await handler(req)
+
+    async def auth(req: Any, handler: Any) -> Any:
+        resp = await handler(req)
+        if resp.status == 401:
+            resp.release()
+            req.headers["Authorization"] = "Bearer token"
+            resp = await handler(req)
+        return resp
+
+    url = await serve_ws(handler)
+    session = client.session(middlewares=(tag, auth))
+    async with session.ws_connect(url) as ws:
+        await ws.send_str("through the middlewares")
+        assert await ws.receive_str() == "through the middlewares/answer"
+    assert seen == [("yes", None), ("yes", "Bearer token")]
+    assert calls == ["GET"]

@@ -226,3 +226,17 @@ async def test_a_failed_stream_fails_the_messages_and_a_waiting_writer() -> None
     assert drops == []  # not let go by its WebSocket yet
     channel.close()
     assert drops == ["drop"]
+
+
+async def test_a_second_consumer_takes_the_place_of_the_first() -> None:
+    """The upgrade sent again (a middleware's retry): the first stream's upload ends,
+    the second gets what the WebSocket writes."""
+    out = Outgoing()
+    first = asyncio.ensure_future(out.__anext__())
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(out.__anext__())
+    await asyncio.sleep(0)
+    with pytest.raises(StopAsyncIteration):
+        await first
+    out.write(b"frames")
+    assert await second == b"frames"
