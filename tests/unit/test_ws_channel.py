@@ -33,7 +33,9 @@ class FakeHandle:
         self.acked += size
 
 
-def make(compress: int = 0, max_msg_size: int = 1 << 20) -> tuple[StreamChannel, Outgoing, FakeHandle, list[str]]:
+def make(
+    compress: int = 0, max_msg_size: int = 1 << 20
+) -> tuple[StreamChannel, Outgoing, FakeHandle, list[str]]:
     handle = FakeHandle()
     out = Outgoing()
     drops: list[str] = []
