@@ -27,6 +27,7 @@ class FakeHandle:
 
     def __init__(self) -> None:
         self.acked = 0
+        self.done = False  # StreamHandle's: the stream ended
 
     def _consumed(self, size: int) -> None:
         self.acked += size
@@ -182,14 +183,26 @@ async def test_a_protocol_error_reaches_the_reader_as_websocket_error() -> None:
 
 
 async def test_close_ends_the_outgoing_bytes_and_drops_the_stream_once() -> None:
-    channel, out, _, drops = make()
+    """As aiohttp's transport.close(): what was written still goes, then the end; the
+    stream is dropped once it ended (at once if it had)."""
+    channel, out, handle, drops = make()
     await channel.send(b"bye", WSMsgType.TEXT)
     channel.close()
     channel.close()
-    assert drops == ["drop"]
+    assert drops == []
     with pytest.raises(ClientConnectionResetError):
         await channel.send(b"late", WSMsgType.TEXT)
-    with pytest.raises(StopAsyncIteration):  # what was held is dropped with the stream
+    got = WebSocketReader(client=False).feed(await out.__anext__())
+    assert [(m.type, m.data) for m in got] == [(WSMsgType.TEXT, "bye")]
+    with pytest.raises(StopAsyncIteration):
         await out.__anext__()
+    channel.feed_eof()  # the broker closed the connection after the worker's End
+    assert drops == ["drop"]
     assert channel.get_extra_info("peername") == ("127.0.0.1", 1)
     assert channel.get_extra_info("nothing", 5) == 5
+
+    channel, out, handle, drops = make()
+    handle.done = True  # the stream ended before the WebSocket closed
+    channel.close()
+    channel.close()
+    assert drops == ["drop"]
