@@ -340,6 +340,9 @@ class HopOptions(NamedTuple):
     proxy: bytes = b""  # the encoded ProxyRoute (worker_client.proxies)
     proxy_args: tuple[Any, Any, Any] = (None, None, None)  # proxy, proxy_auth, proxy_headers
     trace: Any = None  # a traced request's RequestTrace (worker_client.tracing)
+    # ws_connect's upgrade: each hop's streamed body (worker_client.ws_channel.Outgoing;
+    # nothing is written to it before a 101), told the hop's handle
+    upgrade: Any = None
 
 
 class _Hops:
@@ -360,6 +363,9 @@ class _Hops:
         transport = spec.transport
         body = creq._body
         stream = body.take() if body.streamed else None
+        upgrade = spec.upgrade
+        if upgrade is not None:
+            stream = upgrade
         limits = spec.limits
         request_info = creq.request_info
         ssl, server_hostname = creq._ssl, creq.server_hostname
@@ -402,7 +408,11 @@ class _Hops:
             chunked=spec.chunked,
             requote_redirect_url=session._requote_redirect_url,
             proxy=route,
+            upgrade=upgrade is not None,
+            handover=upgrade is not None,
         )
+        if upgrade is not None:
+            upgrade.handle = handle
         if tls is not None or sni:
             req = with_tls(req, tls, sni)
         tracer = spec.trace

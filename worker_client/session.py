@@ -624,16 +624,14 @@ class ClientSession:
                 if prepared.payload is not None or upload_tracker is not None:
                     await _body_over(prepared, upload_tracker, exc)
                 raise
-            if _upgrade is None and (
-                middlewares := self._middlewares if middlewares is None else middlewares
-            ):
+            if middlewares := self._middlewares if middlewares is None else middlewares:
                 from .middlewares import HopOptions
 
                 resp = await self._request_hops(
                     middlewares,
                     prepared,
                     HopOptions(
-                        body, rewind,
+                        prepared.stream, rewind,
                         upload_tracker._wrote if upload_tracker is not None else None,
                         chunk, expect100, limits, transport, jar_ref, own_cookies, timeout, auth,
                         skip, allow_redirects,
@@ -650,6 +648,7 @@ class ClientSession:
                             proxy_headers,
                         ),
                         tracer,
+                        _upgrade,
                     ),
                     upload_tracker, raise_for_status,
                 )

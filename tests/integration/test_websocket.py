@@ -1000,3 +1000,45 @@ async def test_wss_through_an_http_proxy(client, tls_ws, tls_certs, open_proxy, 
         await ws.send_str("tunnelled")
         assert await ws.receive_str() == "tunnelled/answer"
         assert peers[0] in open_proxy.sockets()
+
+
+async def test_the_sessions_middlewares_run_for_the_handshake(client, serve_ws):
+    """aiohttp's ws_connect sends its handshake with ``session.request``: the session's
+    middlewares see it (one adds a header here) and its response (the 101)."""
+    seen: list[web.Request] = []
+    url = await serve_ws(echo(seen))
+    statuses: list[int] = []
+
+    async def sign(req: Any, handler: Any) -> Any:
+        req.headers["X-Signed"] = "yes"
+        resp = await handler(req)
+        statuses.append(resp.status)
+        return resp
+
+    async with client.session(middlewares=(sign,)).ws_connect(url) as ws:
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "hello/answer"
+    assert seen[0].headers.get("X-Signed") == "yes"
+    assert statuses == [101]
+
+
+async def test_a_redirected_handshake_through_middlewares(client, serve_ws):
+    """With middlewares the worker follows the redirect (each hop through them): the
+    WebSocket is the last hop's."""
+    seen: list[web.Request] = []
+    hops: list[int] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/")
+
+    async def count(req: Any, handler: Any) -> Any:
+        resp = await handler(req)
+        hops.append(resp.status)
+        return resp
+
+    url = await serve_ws(echo(seen), moved=moved)
+    async with client.session(middlewares=(count,)).ws_connect(url + "moved") as ws:
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "hello/answer"
+    assert hops == [307, 101]
+    assert len(seen) == 1
