@@ -512,6 +512,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.uid = -1  # from the kernel too; -1 where it has none to tell
         self.pidfd: int | None = None
         self.greeted = False
+        self.claim_only = False  # let in over max_workers to claim a socket (_may_claim)
         self.closed = False
         self.write_paused = False
         self._backlog: list[Any] | None = None  # frames held while write_paused
@@ -541,14 +542,10 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 return
         cap = self.server.max_workers
         if cap and len(self.server.workers) >= cap:
-            event(log, WARNING, "worker_refused", reason="max_workers", pid=self.peer_pid,
-                  uid=self.uid, max_workers=cap)
-            self.hang_up(
-                "busy",
-                f"the broker serves at most {cap} worker connections at once (max_workers "
-                "in its configuration), and has that many; try again later",
-            )
-            return
+            if not self._may_claim():
+                self._refuse_over_cap()
+                return
+            self.claim_only = True  # over the cap: it may claim a socket, not be a worker
         event(log, INFO, "worker_connected", pid=self.peer_pid, uid=self.uid)
         self.server.workers.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(
@@ -556,6 +553,23 @@ class WorkerConnection(asyncio.BufferedProtocol):
         )
         self.transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.server.watch_peer(self)
+
+    def _may_claim(self) -> bool:
+        """A process with a worker connection may open a hand-over connection beyond
+        ``max_workers`` (``broker.handover``: it claims one socket, then it is closed)."""
+        pid = self.peer_pid
+        return bool(pid) and any(w.greeted and w.peer_pid == pid for w in self.server.workers)
+
+    def _refuse_over_cap(self) -> None:
+        cap = self.server.max_workers
+        self.server.workers.discard(self)  # not counted while it hangs up
+        event(log, WARNING, "worker_refused", reason="max_workers", pid=self.peer_pid,
+              uid=self.uid, max_workers=cap)
+        self.hang_up(
+            "busy",
+            f"the broker serves at most {cap} worker connections at once (max_workers "
+            "in its configuration), and has that many; try again later",
+        )
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server.read_view
@@ -706,6 +720,8 @@ class WorkerConnection(asyncio.BufferedProtocol):
     def _greet(self, msg: Any) -> None:
         if type(msg) is Claim:
             self._claim(msg.token)
+        elif self.claim_only:
+            self._refuse_over_cap()
         elif type(msg) is not Hello:
             self.hang_up("protocol", "the first message must be Hello (or Claim)")
         elif msg.version != PROTOCOL_VERSION:

@@ -30,9 +30,8 @@ import asyncio
 import logging
 from logging import WARNING
 
-from shared.websocket import WebSocketWriter, WSCloseCode
-
 from .failures import ConnectionFailure
+from .handover import GOING_AWAY
 from .http1 import HTTP1Connection
 from .logs import event
 from .stream import BrokerStream, StreamStopped
@@ -153,4 +152,4 @@ class Tunnel:
             task.cancel()
         tracker = self.tracker
         if not tracker.close_seen and tracker.at_boundary:
-            self.conn.write_last(WebSocketWriter().close(WSCloseCode.GOING_AWAY, mask=True))
+            self.conn.write_last(GOING_AWAY)

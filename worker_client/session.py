@@ -633,7 +633,7 @@ class ClientSession:
                     middlewares,
                     prepared,
                     HopOptions(
-                        body, rewind,
+                        prepared.stream, rewind,
                         upload_tracker._wrote if upload_tracker is not None else None,
                         chunk, expect100, limits, transport, jar_ref, own_cookies, timeout, auth,
                         skip, allow_redirects,

@@ -357,11 +357,23 @@ class SocketChannel(_Channel, asyncio.Protocol):
             await asyncio.shield(self._drained)
 
     def close(self) -> None:
+        """As aiohttp's ``response.close()``: the transport closes once it has written
+        what it holds, and the connection's place in the pool is given back now (a
+        peer that reads nothing would otherwise hold it until the socket gives up)."""
         if self._closed:
             return
         self._closed = True
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is not None:
+            held = transport.get_write_buffer_size()  # (a closed TLS transport cannot say)
+            transport.close()
+            if held:
+                self._lost(None)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost(exc)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if self._transport is None:
@@ -414,9 +426,7 @@ class SocketChannel(_Channel, asyncio.Protocol):
         if drained is not None and not drained.done():
             drained.set_exception(ClientConnectionResetError("Cannot write to closing transport"))
             drained.exception()  # retrieved here: a sender may have gone
-        on_lost, self._on_lost = self._on_lost, None
-        if on_lost is not None:
-            on_lost(exc)
+        self._lost(exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True

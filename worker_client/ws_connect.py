@@ -1,7 +1,8 @@
 """``ClientSession.ws_connect``: aiohttp 3.14's, over an upgrade request to the engine.
 
 The upgrade is an ordinary request of the session (its pool and limits, DNS, proxy,
-TLS, cookies and redirects, in the broker or embedded) with ``Request.upgrade`` set and
+TLS, cookies and redirects, in the broker or embedded; its middlewares, as aiohttp's
+``session.request`` runs them) with ``Request.upgrade`` set and
 an ``Outgoing`` as its streamed body. The handshake is ours: the key is drawn here and
 the 101 checked here with aiohttp's messages (``WSServerHandshakeError``). After the 101
 the stream is a byte tunnel to the origin, and a ``StreamChannel`` runs the codec on it

@@ -425,3 +425,25 @@ async def test_a_uid_taken_out_of_allowed_uids_by_a_reload_is_cut_off(short_dir)
         assert "applied=broker.allowed_uids " in await broker.until("event=reloaded")
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         assert out.decode().strip() == "ErrorFrame permission"
+
+
+async def test_a_websocket_is_handed_over_to_a_worker_the_cap_counts_once(short_dir, serve_app):
+    """A plain ws:// socket goes to its worker on a connection of its own (``Claim``):
+    that short connection is not a worker, so ``max_workers`` (here 1, taken by the
+    worker's own connection) does not refuse it."""
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data + "/answer")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", echo)
+    url = (await serve_app(app)).replace("http", "ws", 1) + "/"
+    async with serve(short_dir, "[broker]\nmax_workers = 1\n" + INFO) as broker:
+        async with ClientSession(broker=broker.socket) as session:
+            async with session.ws_connect(url) as ws:  # type: ignore[attr-defined]
+                await ws.send_str("hello")
+                assert await ws.receive_str() == "hello/answer"

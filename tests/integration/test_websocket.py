@@ -1106,6 +1106,7 @@ async def test_session_middlewares_run_around_the_upgrade(client, serve_ws):
         return await inner(request)
 
     calls: list[str] = []
+    statuses: list[int] = []
 
     async def tag(req: Any, handler: Any) -> Any:
         req.headers["X-Mw"] = "yes"
@@ -1118,6 +1119,7 @@ async def test_session_middlewares_run_around_the_upgrade(client, serve_ws):
             resp.release()
             req.headers["Authorization"] = "Bearer token"
             resp = await handler(req)
+        statuses.append(resp.status)
         return resp
 
     url = await serve_ws(handler)
@@ -1127,3 +1129,103 @@ async def test_session_middlewares_run_around_the_upgrade(client, serve_ws):
         assert await ws.receive_str() == "through the middlewares/answer"
     assert seen == [("yes", None), ("yes", "Bearer token")]
     assert calls == ["GET"]
+    assert statuses == [101]  # the middleware sees the 101, as aiohttp's do
+
+
+async def test_a_redirected_handshake_through_middlewares(client, serve_ws):
+    """With middlewares the worker follows the redirect (each hop through them): the
+    WebSocket is the last hop's."""
+    seen: list[web.Request] = []
+    hops: list[int] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/")
+
+    async def count(req: Any, handler: Any) -> Any:
+        resp = await handler(req)
+        hops.append(resp.status)
+        return resp
+
+    url = await serve_ws(echo(seen), moved=moved)
+    async with client.session(middlewares=(count,)).ws_connect(url + "moved") as ws:
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "hello/answer"
+    assert hops == [307, 101]
+    assert len(seen) == 1
+
+
+class _DeafOrigin(asyncio.Protocol):
+    """A raw origin that answers a handshake with its 101 and then reads nothing until
+    ``hear()`` (its connection stays open); any other request gets a 200."""
+
+    def __init__(self, opened: list[_DeafOrigin]) -> None:
+        self._head = b""
+        self.upgraded = False
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        opened.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def hear(self) -> None:
+        """Read (and drop) again: the client's transport can write what it holds."""
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            return
+        self._head += data
+        if b"\r\n\r\n" not in self._head:
+            return
+        head, self._head = self._head, b""
+        key = next(
+            (line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+             if line.lower().startswith(b"sec-websocket-key:")),
+            None,
+        )
+        if key is None:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return
+        self.upgraded = True
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(key.decode()).encode() + b"\r\n\r\n"
+        )
+        self.transport.pause_reading()
+
+
+async def test_a_websocket_dropped_with_unsent_bytes_gives_its_slot_back(client):
+    """aiohttp's response.close() gives the connection's place in the pool back at once,
+    though the transport may still hold bytes for a peer that does not read: a
+    WebSocket whose close() was given up (its CLOSE stuck behind them) does not keep
+    ``limit_per_host`` taken."""
+    opened: list[_DeafOrigin] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _DeafOrigin(opened), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        session = client.session(connector=client.lib.TCPConnector(limit_per_host=1))
+        ws = await session.ws_connect(f"ws://127.0.0.1:{port}/")
+        big = b"x" * (64 << 20)  # more than the socket buffers hold: the send waits
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.send_bytes(big), 1)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.close(), 1)  # its CLOSE waits behind the bytes
+        assert ws.closed and ws.close_code == 1006
+        # the slot is free (bounded: a slot still held would keep it queued)
+        bounded = client.lib.ClientTimeout(total=10)
+        async with session.get(f"http://127.0.0.1:{port}/", timeout=bounded) as resp:
+            assert await resp.text() == "ok"
+        assert [o.upgraded for o in opened] == [True, False]
+        opened[0].hear()  # the dropped WebSocket's transport writes its bytes, then closes
+        await asyncio.wait_for(opened[0].lost, 10)
+    finally:
+        server.close()
+        for origin in opened:
+            origin.transport.abort()
+        await server.wait_closed()
