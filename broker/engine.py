@@ -402,8 +402,11 @@ class Engine:
                 )
             )
         except BaseException:
-            stream.on_halt = None
-            pool.give_back(conn)
+            hook, stream.on_halt = stream.on_halt, None
+            if handover and hook is not None:
+                hook()  # the adoption lets go of its token and gives the connection back
+            else:
+                pool.give_back(conn)
             raise
 
     def _tunnel(

@@ -421,7 +421,7 @@ class IPCStream(BrokerStream):
 
     @property
     def orphaned(self) -> bool:
-        return self.conn.closed
+        return self.conn.peer_left
 
     # -- the worker's side --------------------------------------------------------------
 
@@ -514,6 +514,7 @@ class WorkerConnection(asyncio.BufferedProtocol):
         self.greeted = False
         self.claim_only = False  # let in over max_workers to claim a socket (_may_claim)
         self.closed = False
+        self.peer_left = False  # see connection_lost
         self.write_paused = False
         self._backlog: list[Any] | None = None  # frames held while write_paused
         self._hello_timer: asyncio.TimerHandle | None = None
@@ -627,6 +628,9 @@ class WorkerConnection(asyncio.BufferedProtocol):
                 stream.refuse(f"the broker failed: {type(exc).__name__}: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The worker went (it exited, or closed its end), rather than the broker hanging
+        # up on it: its hand-overs then end with a CLOSE 1001 from here (broker.handover).
+        self.peer_left = not self.closed
         if self in self.server.workers:
             event(log, INFO, "worker_disconnected", pid=self.peer_pid or self.pid,
                   streams=len(self.streams))
@@ -1429,6 +1433,7 @@ class BrokerServer:
                       drain_timeout=drain_timeout)
         for w in list(self.workers):
             if w.transport is not None:
+                w.closed = True  # we hang up: its WebSockets are the worker's to close
                 w.transport.close()
         if self._server is not None:
             await self._server.wait_closed()

@@ -602,7 +602,7 @@ class Claim(_Msg, tag="claim", frozen=True):
 
 class Granted(_Msg, tag="granted", frozen=True):
     """The claimed socket (SCM_RIGHTS) and the bytes the broker had read from it past
-    the 101 head (``early``; at most one read)."""
+    the 101 head (``early``: at most ``http1.EARLY_LIMIT`` plus one read, 512 KiB)."""
 
     early: bytes = b""
 

@@ -47,8 +47,9 @@ __all__ = ["EnvProxies", "fixed_route", "netrc_auth"]
 log = logging.getLogger("worker_client.proxies")
 
 _SCHEMES = frozenset(("http", "https"))
-# A WebSocket upgrade takes ws_proxy for its http hops and wss_proxy for its https ones.
-_WS_SCHEMES = {"ws": "http", "wss": "https"}
+# A WebSocket's schemes as the http ones its upgrade goes as (ws_connect), and so the
+# environment's ws_proxy/wss_proxy stand for http_proxy/https_proxy for it.
+WS_SCHEMES = {"ws": "http", "wss": "https"}
 _ROUTES: dict[tuple[Any, ...], bytes] = {}
 _ROUTES_MAX = 64
 
@@ -197,7 +198,7 @@ class EnvProxies:
 
         proxies = urllib.request.getproxies_environment()
         if websocket:
-            wanted = {_WS_SCHEMES[k]: v for k, v in proxies.items() if k in _WS_SCHEMES}
+            wanted = {WS_SCHEMES[k]: v for k, v in proxies.items() if k in WS_SCHEMES}
         else:
             wanted = {k: v for k, v in proxies.items() if k in _SCHEMES}
         if not wanted:

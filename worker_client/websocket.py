@@ -481,7 +481,8 @@ class ClientWebSocketResponse(Generic[_DecodeText]):
         while True:
             try:
                 read = self._reader.read()
-                msg = await (_within(read, timeout) if timeout else read)
+                # (0 expires at once, as aiohttp's timeout(0); None waits for the peer)
+                msg = await (_within(read, timeout) if timeout is not None else read)
             except asyncio.CancelledError:
                 self._abort()
                 raise

@@ -30,6 +30,7 @@ from yarl import URL
 from shared.websocket import WSHandshakeError, check_response, make_key, request_headers
 
 from .exceptions import RequestInfo, WSServerHandshakeError
+from .proxies import WS_SCHEMES as _HTTP_FOR
 from .session import AwaitableContext
 from .websocket import DEFAULT_WS_CLIENT_TIMEOUT, ClientWebSocketResponse, ClientWSTimeout
 from .ws_channel import CodecOptions, Outgoing, SocketChannel, StreamChannel
@@ -206,7 +207,6 @@ def _http_url(url: Any) -> Any:
     return url
 
 
-_HTTP_FOR = {"ws": "http", "wss": "https"}
 
 
 def _ws_timeout(timeout: Any, receive_timeout: float | None) -> ClientWSTimeout:

@@ -322,8 +322,11 @@ async def test_close_message_may_be_str():
     assert channel.sent_now() == [close_frame(1001, "été".encode())]
 
 
-async def test_close_times_out_without_the_peers_close():
-    ws, channel = make_ws(FakeChannel(echo_close=False), timeout=ClientWSTimeout(ws_close=0.01))
+@pytest.mark.parametrize("ws_close", [0.01, 0])  # 0: at once, as aiohttp's timeout(0)
+async def test_close_times_out_without_the_peers_close(ws_close):
+    ws, channel = make_ws(
+        FakeChannel(echo_close=False), timeout=ClientWSTimeout(ws_close=ws_close)
+    )
     assert await ws.close() is True
     assert ws.closed
     assert ws.close_code == WSCloseCode.ABNORMAL_CLOSURE
