@@ -26,7 +26,17 @@ import pytest
 from yarl import URL
 
 from shared.framing import FrameReader, encode
-from shared.messages import Cancel, Claim, Data, End, ErrorFrame, Granted, Head, Stats, StatsRequest, TlsOpen
+from shared.messages import (
+    Cancel,
+    Claim,
+    Data,
+    ErrorFrame,
+    Granted,
+    Head,
+    Stats,
+    StatsRequest,
+    TlsOpen,
+)
 from shared.specs import PoolSpec, TlsSpec, encode_pool, encode_tls, tls_id
 from shared.websocket import WebSocketReader, WSCloseCode, WSMessage, WSMsgType
 from tests.tls_certs import server_context
@@ -262,3 +272,149 @@ async def test_wss_is_relayed_even_when_handover_is_asked(broker_process, serve_
     worker.send(Cancel(1))
     await asyncio.wait_for(server.closed.wait(), 5)
     assert server.close_frames == [WSCloseCode.GOING_AWAY]
+
+
+# -- 4. the lease ------------------------------------------------------------------------------
+
+
+class RawOrigin:
+    """A raw WebSocket origin: answers the handshake, then echoes every byte it gets as
+    it is and keeps them, until EOF (``ended``), one entry per connection."""
+
+    def __init__(self) -> None:
+        self.got: list[bytearray] = []
+        self.ended: list[asyncio.Event] = []
+
+    async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(switching(await read_request_head(reader)))
+        got = bytearray()
+        ended = asyncio.Event()
+        self.got.append(got)
+        self.ended.append(ended)
+        while data := await reader.read(1 << 16):
+            got += data
+            writer.write(data)
+        ended.set()
+
+
+async def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    while len(data) < size:
+        more = await asyncio.wait_for(loop.sock_recv(sock, size - len(data)), 10)
+        assert more, "the origin hung up"
+        data += more
+    return data
+
+
+@pytest.mark.parametrize("claimed", [False, True], ids=["unclaimed", "claimed"])
+async def test_the_lease_holds_until_the_stream_is_cancelled(broker_process, raw_server, claimed):
+    """Under ``limit_per_host=1`` a second upgrade waits while the first, handed over,
+    is open; the first one's Cancel lets it through and ends the offer. A claimed
+    socket is the worker's: the Cancel sends the origin no CLOSE, and the connection
+    ends when the worker closes the socket."""
+    path = broker_process.socket_path
+    origin = RawOrigin()
+    base = await raw_server(origin.handler)
+    name = f"handover-lease-{next(_names)}"
+    pool = encode_pool(PoolSpec(limit_per_host=1, name=name))
+    worker = await RawWorker.connect(path)
+    head = await tunnel_open(worker, upgrade(1, base + "/", pool=pool, handover=True))
+    sock = (await granted(path, head.handover))[0] if claimed else None
+    other = await RawWorker.connect(path)
+    other.send(upgrade(1, base + "/", pool=pool, handover=True))
+    await wait_until(lambda: _queued(worker, name), what="the second upgrade never queued")
+    assert len(origin.got) == 1
+    worker.send(Cancel(1))
+    second = await other.next()
+    assert isinstance(second, Head) and second.status == 101 and len(second.handover) == 16
+    assert len(origin.got) == 2
+    if sock is None:
+        await refused(path, head.handover)  # the offer ended with its stream
+        sent = b""
+    else:
+        with sock:  # still connected to the origin, which got no CLOSE
+            sent = client_frame(WSMsgType.TEXT, b"still mine")
+            await asyncio.get_running_loop().sock_sendall(sock, sent)
+            assert await recv_exactly(sock, len(sent)) == sent
+            assert not origin.ended[0].is_set()
+    await asyncio.wait_for(origin.ended[0].wait(), 5)
+    assert bytes(origin.got[0]) == sent
+    other.send(Cancel(1))
+    await asyncio.wait_for(origin.ended[1].wait(), 5)
+
+
+# -- 5. the worker's death -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("claimed", [False, True], ids=["unclaimed", "claimed"])
+async def test_a_dead_workers_origin_hears_going_away_within_a_second(
+    broker_process, echo, claimed
+):
+    """The worker's connection to the broker is lost: the broker writes CLOSE 1001 on
+    the upgraded connection, even while the claimed socket is open in this process."""
+    server, base = echo
+    worker = await RawWorker.connect(broker_process.socket_path)
+    head = await tunnel_open(worker, upgrade(1, base + "/ws", handover=True))
+    reader = WebSocketReader()
+    sock = None
+    if claimed:
+        sock, _ = await granted(broker_process.socket_path, head.handover)
+        await asyncio.get_running_loop().sock_sendall(sock, client_frame(WSMsgType.TEXT, b"hi"))
+        assert (await next_message(sock, reader)).data == "hi"
+    worker.close()
+    await asyncio.wait_for(server.closed.wait(), 1)
+    assert server.close_frames == [WSCloseCode.GOING_AWAY]
+    if sock is not None:
+        with sock:  # the same connection: the origin's answer to the CLOSE comes here
+            msg = await next_message(sock, reader)
+            assert msg.type == WSMsgType.CLOSE
+
+
+# -- 6. embedded: the engine's own transport ---------------------------------------------------
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
+async def test_embedded_ws_connect_takes_the_engines_transport(serve_app, tls_certs, secure):
+    """The WebSocket is the protocol of the connection the engine opened (the peer the
+    server sees is this socket), which its pool counts as active until it closes."""
+    from aiohttp import web
+
+    peers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    context = server_context(tls_certs.server, tls_certs.server_key) if secure else None
+    base = URL(await serve_app(app, ssl_context=context))
+    client_ssl: Any = ssl.create_default_context(cafile=str(tls_certs.ca)) if secure else True
+
+    async def active() -> int:
+        stats = await session.stats()
+        return sum(p["active"] for p in stats.pools)
+
+    async def idle() -> bool:
+        return await active() == 0
+
+    async with ClientSession() as session:
+        ws = await session.ws_connect(base.with_scheme("wss" if secure else "ws") / "ws",
+                                      ssl=client_ssl)
+        await ws.send_str("mine")
+        assert await ws.receive_str() == "mine"
+        assert tuple(ws.get_extra_info("peername")[:2]) == ("127.0.0.1", base.port)
+        assert tuple(ws.get_extra_info("sockname")[:2]) == tuple(peers[0][:2])
+        assert (ws.get_extra_info("ssl_object") is not None) is secure
+        assert await active() == 1
+        assert session._transport.adoptions == {}  # taken
+        await ws.close()
+        assert ws.get_extra_info("peername") is None
+        await wait_until(idle, what="the pool still counts it")
+    assert len(peers) == 1
