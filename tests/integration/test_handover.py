@@ -202,7 +202,7 @@ async def test_bytes_in_the_same_write_as_the_101_come_as_early(broker_process, 
 
 
 async def test_a_token_is_good_once(broker_process, echo):
-    _, base = echo
+    server, base = echo
     worker = await RawWorker.connect(broker_process.socket_path)
     head = await tunnel_open(worker, upgrade(1, base + "/ws", handover=True))
     sock, _ = await granted(broker_process.socket_path, head.handover)
@@ -210,6 +210,7 @@ async def test_a_token_is_good_once(broker_process, echo):
     error = await refused(broker_process.socket_path, head.handover)
     assert error.code == "protocol" and "token" in error.message
     worker.send(Cancel(1))
+    await asyncio.wait_for(server.closed.wait(), 5)
 
 
 async def test_an_unknown_token_is_refused(broker_process):
@@ -245,7 +246,7 @@ async def test_another_process_cannot_claim_the_socket(broker_process, echo):
 
 
 async def test_without_handover_the_broker_relays(broker_process, echo):
-    _, base = echo
+    server, base = echo
     worker = await RawWorker.connect(broker_process.socket_path)
     head = await tunnel_open(worker, upgrade(1, base + "/ws"))
     assert head.handover == b""
@@ -253,6 +254,8 @@ async def test_without_handover_the_broker_relays(broker_process, echo):
     msg = await receive(worker, 1, WebSocketReader())
     assert msg.data == "relayed"
     worker.send(Cancel(1))
+    await asyncio.wait_for(server.closed.wait(), 5)
+    assert server.close_frames == [WSCloseCode.GOING_AWAY]  # the relay's, for the worker
 
 
 async def test_wss_is_relayed_even_when_handover_is_asked(broker_process, serve_app, tls_certs):
