@@ -153,7 +153,7 @@ async def test_a_handed_over_socket_speaks_to_the_origin(broker_process, echo):
     assert len(head.handover) == 16
     transport = await get_transport(broker_process.socket_path)
     try:
-        sock, early = await transport.claim(head.handover)  # type: ignore[call-arg]
+        sock, early = await transport.claim(head.handover)
     finally:
         await release_transport(transport)
     loop = asyncio.get_running_loop()
