@@ -507,6 +507,65 @@ def _der(path: Any) -> bytes:
     return ssl.PEM_cert_to_DER_cert(path.read_text())
 
 
+@pytest.mark.parametrize("closed", [True, False], ids=["after-its-close", "without-a-close"])
+@pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
+async def test_the_workers_end_closes_a_connection_the_origin_keeps_open(
+    broker_process, tls_certs, secure, closed
+):
+    """A relayed tunnel (plain without ``handover``; TLS, which is relayed even when the
+    worker asks for the socket): the worker's End after its bytes. The origin, which
+    never closes on its own, gets them (and a CLOSE 1001 if they held none), then EOF;
+    the worker's stream ends."""
+    from shared.messages import TlsOpen
+    from shared.specs import TlsSpec, encode_tls, tls_id
+    from tests.tls_certs import server_context
+
+    got: list[bytes] = []
+    done = asyncio.Event()
+    release = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        writer.write(switching(await read_request_head(reader)))
+        got.append(await reader.read())  # until the broker closes
+        done.set()
+        await release.wait()  # and never closes on its own
+
+    context = server_context(tls_certs.server, tls_certs.server_key) if secure else None
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    worker = await RawWorker.connect(broker_process.socket_path)
+    fields: dict[str, Any] = {}
+    if secure:
+        spec = TlsSpec(system_store=False, ca_certs=(_der(tls_certs.ca),))
+        fields["tls"] = tls_id(encode_tls(spec))
+        worker.send(TlsOpen(fields["tls"], spec))
+    try:
+        url = f"{'https' if secure else 'http'}://127.0.0.1:{port}/"
+        head = await tunnel_open(worker, upgrade(1, url, handover=secure, **fields))
+        assert head.handover == b""
+        sent = client_frame(WSMsgType.TEXT, b"last words")
+        if closed:
+            sent += client_close(4000)
+        worker.send(Data(1, sent), End(1))
+        await asyncio.wait_for(done.wait(), 5)
+        tail = got[0][len(sent) :]
+        assert got[0][: len(sent)] == sent
+        assert [(m.type, m.data) for m in server_messages(tail)] == (
+            [] if closed else [(WSMsgType.CLOSE, WSCloseCode.GOING_AWAY)]
+        )
+        rest = [m for m in await worker.until_end_of(1) if not isinstance(m, Ack)]
+        assert [type(m) for m in rest] == [End], rest
+    finally:
+        release.set()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+
+
 async def test_an_upgrade_follows_a_redirect(broker_process, serve_app):
     server = EchoApp()
     app = server.app()
