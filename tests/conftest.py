@@ -92,6 +92,12 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     async def note_transport(request: web.Request, response: web.StreamResponse) -> None:
         if request.transport is not None:
             transports.append(request.transport)
+            # TLS: the socket's own transport too, noted now. Once the server has closed
+            # the TLS one twice it lets go of its protocol, and an abort of it reaches
+            # nothing while the socket waits for the client's close_notify.
+            raw = getattr(getattr(request.transport, "_ssl_protocol", None), "_transport", None)
+            if raw is not None:
+                transports.append(raw)
 
     async def start(
         app: web.Application,
@@ -125,7 +131,8 @@ async def serve_app() -> AsyncIterator[Callable[..., Awaitable[str]]]:
                     transports.append(handler.transport)
     sockets = [_socket_of(t) for t in transports]
     for transport in transports:
-        transport.abort()
+        if not transport.is_closing():
+            transport.abort()
     for runner in runners:
         await runner.cleanup()
     # An aborted TLS connection closes its socket a loop pass later: one still closing
