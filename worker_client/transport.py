@@ -585,17 +585,8 @@ class IPCTransport(Transport):
             trusted = trusted_broker_uids()
         if shm is None:
             shm = os.environ.get("HTTP_BROKER_SHM", "").strip().lower() not in _OFF
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock, self.broker_uid = await self._connect_bare(trusted)
         try:
-            sock.setblocking(False)
-            try:
-                await self.loop.sock_connect(sock, self.path)
-            except OSError as exc:
-                raise BrokerConnectionError(
-                    f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
-                ) from None
-            self.broker_uid = peer_uid(sock, self.path)
-            check_broker_uid(self.path, self.broker_uid, trusted)
             reader = FrameReader()
             try:
                 welcome, more = await _within(self._handshake(sock, reader, shm), timeout)
@@ -616,6 +607,26 @@ class IPCTransport(Transport):
         self.broker_pid = welcome.pid
         for msg in more:
             self.dispatch(msg)
+
+    async def _connect_bare(self, trusted: frozenset[int]) -> tuple[socket.socket, int | None]:
+        """A new connection to the broker, not yet an asyncio transport, and the uid
+        that serves it, checked against ``trusted`` before any byte goes (closed on
+        failure; else the caller's to close)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            try:
+                await self.loop.sock_connect(sock, self.path)
+            except OSError as exc:
+                raise BrokerConnectionError(
+                    f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
+                ) from None
+            uid = peer_uid(sock, self.path)
+            check_broker_uid(self.path, uid, trusted)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, uid
 
     async def _handshake(
         self, sock: socket.socket, reader: FrameReader, shm: bool
@@ -677,16 +688,8 @@ class IPCTransport(Transport):
         """The upgraded socket that a ``Head.handover`` named, and the bytes the broker
         read past its 101: claimed on a connection of its own (an asyncio transport
         cannot receive descriptors), which the broker closes after answering."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock, _ = await self._connect_bare(trusted_broker_uids())
         try:
-            sock.setblocking(False)
-            try:
-                await self.loop.sock_connect(sock, self.path)
-            except OSError as exc:
-                raise BrokerConnectionError(
-                    f"cannot reach the broker at {self.path}: {exc.strerror or exc}"
-                ) from None
-            check_broker_uid(self.path, peer_uid(sock, self.path), trusted_broker_uids())
             try:
                 return await _within(self._claimed(sock, token), timeout)
             except asyncio.TimeoutError:
