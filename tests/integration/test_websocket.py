@@ -980,13 +980,17 @@ def open_proxy(tmp_path_factory: pytest.TempPathFactory) -> Any:
     proxy.stop()
 
 
-async def test_wss_through_an_http_proxy(client, tls_ws, tls_certs, open_proxy, monkeypatch):
-    """``proxy=`` with a wss:// URL: a CONNECT tunnel through the proxy, TLS to the
-    origin inside it. The origin's peer is one of the proxy's connections."""
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable of this machine's environment in the way."""
     for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "ws_proxy", "wss_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
-    peers: list[int] = []
+    return monkeypatch
+
+
+def echo_noting_peers(peers: list[int]) -> Handler:
+    """``echo()``, noting the port each handshake came from (a proxy's, or ours)."""
     inner = echo()
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -994,7 +998,14 @@ async def test_wss_through_an_http_proxy(client, tls_ws, tls_certs, open_proxy, 
         peers.append(request.transport.get_extra_info("peername")[1])
         return await inner(request)
 
-    url = await tls_ws(handler)
+    return handler
+
+
+async def test_wss_through_an_http_proxy(client, tls_ws, tls_certs, open_proxy, no_proxy_env):
+    """``proxy=`` with a wss:// URL: a CONNECT tunnel through the proxy, TLS to the
+    origin inside it. The origin's peer is one of the proxy's connections."""
+    peers: list[int] = []
+    url = await tls_ws(echo_noting_peers(peers))
     ctx = ssl.create_default_context(cafile=str(tls_certs.ca))
     async with client.session().ws_connect(url, ssl=ctx, proxy=open_proxy.url) as ws:
         await ws.send_str("tunnelled")
@@ -1003,23 +1014,13 @@ async def test_wss_through_an_http_proxy(client, tls_ws, tls_certs, open_proxy, 
 
 
 async def test_trust_env_takes_wss_proxy_for_a_websocket(
-    client, tls_ws, tls_certs, open_proxy, monkeypatch
+    client, tls_ws, tls_certs, open_proxy, no_proxy_env
 ):
     """aiohttp, ``trust_env=True``: a wss:// WebSocket goes through the proxy that
     ``wss_proxy`` names (not ``https_proxy``, which an https request would take)."""
-    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "ws_proxy", "wss_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setenv("wss_proxy", open_proxy.url)
+    no_proxy_env.setenv("wss_proxy", open_proxy.url)
     peers: list[int] = []
-    inner = echo()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        assert request.transport is not None
-        peers.append(request.transport.get_extra_info("peername")[1])
-        return await inner(request)
-
-    url = await tls_ws(handler)
+    url = await tls_ws(echo_noting_peers(peers))
     ctx = ssl.create_default_context(cafile=str(tls_certs.ca))
     session = client.session(trust_env=True)
     async with session.ws_connect(url, ssl=ctx) as ws:
